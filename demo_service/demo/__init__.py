@@ -1,0 +1,1 @@
+"""The demo recommendation service: GET /demo/{id} -> {"id": .., "rec": .., "version": ..}."""

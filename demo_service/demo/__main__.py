@@ -1,0 +1,23 @@
+"""python -m demo [--port 8080]: run the demo service."""
+import argparse
+import logging
+
+from aiohttp import web
+
+from .app import Settings, make_app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="demo", description="Demo recommendation service")
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all, inside a container)")
+    parser.add_argument("--port", type=int, default=8080)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    settings = Settings.from_env()
+    logging.info("demo %s listening on %s:%d", settings.version, args.host, args.port)
+    web.run_app(make_app(settings), host=args.host, port=args.port, print=None,
+                access_log_format='%a "%r" %s %Tf')
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Runs a service's integration-test image against one instance, boxed in and time-limited."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import docker
+import docker.errors
+import requests
+
+from catalog.model import ERROR, FAILED, PASSED
+
+from . import TEST_LABEL, TEST_LABEL_VALUE
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TestLimits:
+    timeout: float = 120.0
+    memory: str = "256m"
+    cpus: float = 1.0
+    pids: int = 128
+
+
+@dataclass(frozen=True)
+class TestResult:
+    state: str          # passed | failed | error
+    summary: str        # one line, shown as the gate check's output
+    log_tail: str
+    started: float
+    finished: float
+
+
+def last_line(text: str) -> str:
+    lines = [l.strip() for l in text.splitlines() if l.strip()]
+    return lines[-1][:300] if lines else ""
+
+
+class DockerTester:
+    def __init__(self, client: Optional[docker.DockerClient] = None, limits: TestLimits = TestLimits()):
+        self.client = client or docker.from_env(timeout=30)
+        self.limits = limits
+
+    def run(self, image: str, url: str, instance_id: str) -> TestResult:
+        started = time.time()
+
+        def result(state: str, summary: str, logs: str = "") -> TestResult:
+            return TestResult(state, summary, logs[-4000:], started, time.time())
+
+        if not image:
+            return result(ERROR, "no integration tests: the container has no gatekeeper.tests label")
+        if not self._have_image(image):
+            return result(ERROR, f"test image {image} is not on this engine and could not be pulled")
+        lim = self.limits
+        try:
+            container = self.client.containers.run(
+                image, detach=True, environment={"URL": url}, network_mode="host",
+                mem_limit=lim.memory, memswap_limit=lim.memory, nano_cpus=int(lim.cpus * 1e9),
+                pids_limit=lim.pids, read_only=True, tmpfs={"/tmp": "size=16m"},
+                cap_drop=["ALL"], security_opt=["no-new-privileges"],
+                labels={TEST_LABEL: TEST_LABEL_VALUE, "proxystack.instance": instance_id[:200]})
+        except docker.errors.APIError as exc:
+            return result(ERROR, f"could not start test image {image}: {exc.explanation or exc}")
+        try:
+            try:
+                code = container.wait(timeout=lim.timeout)["StatusCode"]
+            except (requests.ReadTimeout, requests.ConnectionError):
+                container.kill()
+                logs = container.logs().decode("utf-8", "replace")
+                return result(ERROR, f"tests timed out after {lim.timeout:.0f} s"
+                              + (f"; last output: {last_line(logs)}" if last_line(logs) else ""), logs)
+            logs = container.logs().decode("utf-8", "replace")
+            summary = last_line(logs) or "(no output)"
+            if code == 0:
+                return result(PASSED, summary, logs)
+            if code == 137:
+                return result(ERROR, f"tests were killed (exit 137: out of memory?); {summary}", logs)
+            return result(FAILED, f"{summary} (exit {code})", logs)
+        finally:
+            try:
+                container.remove(force=True)
+            except docker.errors.APIError:
+                pass
+
+    def _have_image(self, image: str) -> bool:
+        try:
+            self.client.images.get(image)
+            return True
+        except docker.errors.ImageNotFound:
+            pass
+        try:
+            self.client.images.pull(image)
+            return True
+        except (docker.errors.APIError, requests.RequestException) as exc:
+            log.warning("pull of %s failed: %s", image, exc)
+            return False

@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# Installs what the stack needs and is missing, reusing whatever already exists.
+#   scripts/install.sh [all|venv|docker|consul|nginx|images]...
+# Safe to run again and again: every step checks before it acts.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+APT_UPDATED=0
+apt_install() {          # apt_install PKG...: install the Debian packages that are missing
+  local missing=()
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  command -v apt-get >/dev/null || die "need ${missing[*]} but apt-get is not available; install them by hand"
+  local sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  if [ "$APT_UPDATED" -eq 0 ]; then info "apt-get update"; $sudo apt-get update -qq >"$LOGS/apt.log" 2>&1 || die "apt-get update failed (see $LOGS/apt.log)"; APT_UPDATED=1; fi
+  info "apt-get install ${missing[*]}"
+  # Packages such as nginx and docker.io start their own daemon on install; the stack runs its
+  # own instances, so forbid service starts for the duration of the install.
+  local policy=/usr/sbin/policy-rc.d placed=0
+  if [ ! -e "$policy" ]; then printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null; $sudo chmod +x "$policy"; placed=1; fi
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >>"$LOGS/apt.log" 2>&1 \
+    || { [ $placed -eq 1 ] && $sudo rm -f "$policy"; die "apt-get install ${missing[*]} failed (see $LOGS/apt.log)"; }
+  [ $placed -eq 1 ] && $sudo rm -f "$policy"
+  return 0
+}
+
+install_venv() {
+  step "Python virtual environment ($VENV)"
+  local py="${PYTHON:-python3}"
+  if [ ! -x "$VENV/bin/python" ]; then
+    "$py" -m venv "$VENV" 2>/dev/null || { apt_install python3-venv; "$py" -m venv "$VENV"; }
+    info "created"
+  fi
+  local stamp="$VENV/.installed" want
+  want="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)"
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    "$VENV/bin/pip" install -q -e "$ROOT[test]" >"$LOGS/pip.log" 2>&1 || die "pip install failed (see $LOGS/pip.log)"
+    echo "$want" >"$stamp"
+    info "installed the project and its test dependencies"
+  else
+    info "up to date"
+  fi
+}
+
+install_docker() {
+  step "Docker Engine"
+  if docker info >/dev/null 2>&1; then
+    info "reusing the running engine ($(docker version -f '{{.Server.Version}}' 2>/dev/null))"
+    return 0
+  fi
+  command -v dockerd >/dev/null || apt_install docker.io
+  command -v docker >/dev/null || die "docker client missing after install"
+  info "starting dockerd (published ports bind to 127.0.0.1; log: $LOGS/dockerd.log)"
+  # --ip=127.0.0.1: every -p/-P port is published on loopback only.
+  setsid dockerd --ip=127.0.0.1 -p "$RUN/dockerd.pid" >"$LOGS/dockerd.log" 2>&1 < /dev/null &
+  wait_for "dockerd" 60 docker info
+  info "engine $(docker version -f '{{.Server.Version}}') is up"
+}
+
+install_consul() {
+  step "Consul"
+  if command -v consul >/dev/null; then info "using $(command -v consul) ($(consul version | head -1))"; return 0; fi
+  # Debian 12 has no consul package; Debian 11 does. Fetch that .deb without touching the
+  # machine's apt configuration and unpack the binary into the stack's own bin folder.
+  local mirror; mirror="$(debian_mirror)"; [ -n "$mirror" ] || die "no Debian mirror found in /etc/apt; put consul on PATH and run again"
+  local work="$STATE/cache/consul-apt"; rm -rf "$work"; mkdir -p "$work/lists/partial" "$work/archives/partial"
+  echo "deb $mirror bullseye main" >"$work/sources.list"
+  local opts=(-o "Dir::Etc::SourceList=$work/sources.list" -o Dir::Etc::SourceParts=/dev/null
+              -o "Dir::State::Lists=$work/lists" -o "Dir::Cache::Archives=$work/archives")
+  info "downloading consul from Debian 11 ($mirror)"
+  apt-get "${opts[@]}" update -qq >"$LOGS/consul-fetch.log" 2>&1 || die "could not read Debian 11 package lists (see $LOGS/consul-fetch.log)"
+  (cd "$work" && apt-get "${opts[@]}" download consul >>"$LOGS/consul-fetch.log" 2>&1) || die "could not download consul (see $LOGS/consul-fetch.log)"
+  dpkg -x "$work"/consul_*.deb "$work/pkg"
+  install -m 0755 "$work/pkg/usr/bin/consul" "$BIN/consul"
+  info "installed $BIN/consul ($("$BIN/consul" version | head -1))"
+}
+
+install_nginx() {
+  step "nginx"
+  if command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; then info "using $( (command -v nginx || echo /usr/sbin/nginx) ) ($(/usr/sbin/nginx -v 2>&1 | cut -d/ -f2))"; return 0; fi
+  apt_install nginx-light 2>/dev/null || apt_install nginx
+  info "installed $(/usr/sbin/nginx -v 2>&1)"
+}
+
+# The base image every project image builds FROM. Uses BASE_IMAGE when given, a registry's
+# python:3.11-slim when one answers, or else a Debian 12 root made with debootstrap (once).
+ensure_base_image() {
+  if [ -n "${BASE_IMAGE:-}" ]; then info "base image: $BASE_IMAGE (from BASE_IMAGE)"; echo "$BASE_IMAGE" >"$STATE/base-image"; return 0; fi
+  if docker image inspect "$BASE_TAG" >/dev/null 2>&1; then info "base image: $BASE_TAG (reused)"; echo "$BASE_TAG" >"$STATE/base-image"; return 0; fi
+  if docker image inspect python:3.11-slim >/dev/null 2>&1 || timeout 20 docker pull -q python:3.11-slim >/dev/null 2>&1; then
+    info "base image: python:3.11-slim"; echo "python:3.11-slim" >"$STATE/base-image"; return 0
+  fi
+  info "no image registry reachable; building $BASE_TAG with debootstrap (about a minute, once)"
+  apt_install debootstrap
+  local mirror; mirror="$(debian_mirror)"; [ -n "$mirror" ] || die "no Debian mirror configured for debootstrap"
+  local root="$STATE/cache/base-root"; rm -rf "$root"
+  debootstrap --variant=minbase --include=python3,python3-pip,ca-certificates bookworm "$root" "$mirror" \
+    >"$LOGS/debootstrap.log" 2>&1 || die "debootstrap failed (see $LOGS/debootstrap.log)"
+  rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+  tar -C "$root" -c . | docker import -c 'ENV LANG=C.UTF-8' -c 'CMD ["python3"]' - "$BASE_TAG" >/dev/null
+  rm -rf "$root"
+  info "base image: $BASE_TAG (built)"
+  echo "$BASE_TAG" >"$STATE/base-image"
+}
+
+# Python packages reach images as wheels built on the host: no pip download inside a build.
+ensure_wheelhouse() {
+  local req="$ROOT/demo_service/requirements.txt" wh="$STATE/wheelhouse"
+  local want; want="$(sha256sum "$req" | cut -c1-16)"
+  if [ "$(cat "$wh/.stamp" 2>/dev/null)" = "$want" ]; then info "wheelhouse: reused ($wh)"; return 0; fi
+  rm -rf "$wh"; mkdir -p "$wh"
+  "$VENV/bin/pip" wheel -q -w "$wh" -r "$req" >"$LOGS/wheelhouse.log" 2>&1 || die "building the wheelhouse failed (see $LOGS/wheelhouse.log)"
+  echo "$want" >"$wh/.stamp"
+  info "wheelhouse: built ($(ls "$wh" | grep -c whl) wheels)"
+}
+
+# build_image TAG DOCKERFILE [--build-arg K=V]...: docker build from a staged copy of
+# demo_service/ plus the wheelhouse (the legacy builder reuses its cache when nothing changed).
+build_image() {
+  local tag="$1" file="$2"; shift 2
+  local stage="$STATE/build/demo_service"
+  docker build -q -t "$tag" -f "$stage/$file" --build-arg "BASE_IMAGE=$(cat "$STATE/base-image")" "$@" "$stage" \
+    >"$LOGS/build-${tag//[:\/]/_}.log" 2>&1 || die "docker build of $tag failed (see $LOGS/build-${tag//[:\/]/_}.log)"
+  info "image $tag"
+}
+
+install_images() {
+  step "Images (demo service v1, v2, a broken v3, and its integration tests)"
+  ensure_base_image
+  ensure_wheelhouse
+  local stage="$STATE/build/demo_service"
+  rm -rf "$stage"; mkdir -p "$stage"
+  (cd "$ROOT/demo_service" && tar --exclude=__pycache__ --exclude=.pytest_cache -c .) | tar -C "$stage" -x
+  cp -r "$STATE/wheelhouse" "$stage/wheels"
+  build_image demo:v1 Dockerfile --build-arg VERSION=v1
+  build_image demo:v2 Dockerfile --build-arg VERSION=v2
+  build_image demo:v3 Dockerfile --build-arg VERSION=v3 --build-arg BROKEN=1
+  build_image demo-test:latest Dockerfile.test
+}
+
+targets=("$@"); [ ${#targets[@]} -gt 0 ] || targets=(all)
+for t in "${targets[@]}"; do
+  case "$t" in
+    all) install_venv; install_docker; install_consul; install_nginx; install_images ;;
+    venv) install_venv ;; docker) install_docker ;; consul) install_consul ;;
+    nginx) install_nginx ;; images) install_images ;;
+    *) die "unknown target '$t' (expected: all, venv, docker, consul, nginx, images)" ;;
+  esac
+done
