@@ -3,6 +3,8 @@
   gatekeeper run                 the daemon: test every new instance, promote what passes
   gatekeeper status [SERVICE]    versions, instances, verdicts, and what the proxy serves
   gatekeeper promote SERVICE     make the canary the stable version
+  gatekeeper wait SERVICE --version V [--timeout S]
+                                 for CD jobs: exit 0 admitted, 1 tests failed, 2 timed out
 
 Exit codes: 0 done, 1 refused (the message says why), 2 bad usage, 3 Consul unreachable.
 """
@@ -51,7 +53,20 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("promote", help="make the canary of SERVICE its stable version")
     pr.add_argument("service")
     pr.add_argument("--json", action="store_true", help="machine-readable output")
+
+    wt = sub.add_parser("wait", help="wait until a version is admitted (exit 0), fails (1) or times out (2)")
+    wt.add_argument("service")
+    wt.add_argument("--version", required=True)
+    wt.add_argument("--timeout", type=float, default=300.0, help="seconds (default %(default)s)")
     return p
+
+
+def cmd_wait(args, store) -> int:
+    from .wait import wait_for_version
+    check("service", args.service)
+    check("version", args.version)
+    return wait_for_version(store, args.service, args.version, args.timeout,
+                            say=lambda line: print(line, flush=True))
 
 
 def cmd_run(args, store) -> int:
@@ -70,10 +85,19 @@ def cmd_run(args, store) -> int:
     promoter = Promoter(store, client, drain_seconds=args.drain_seconds, stop_old=not args.keep_old)
     gate = Gate(store, DockerTester(client, limits), parallel=args.parallel, on_admitted=promoter.admitted)
     daemon = Daemon(store, gate, wait=args.wait)
-    signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
-    signal.signal(signal.SIGINT, lambda *_: daemon.stop())
+    def on_signal(*_):
+        # The main thread usually sits in a blocking query; leave it now rather than after
+        # the wait. A test cut short keeps its "testing" verdict and is rerun on restart.
+        daemon.stop()
+        raise SystemExit(EXIT_OK)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     logging.info("gatekeeper watching Consul at %s", args.consul)
-    daemon.run()
+    try:
+        daemon.run()
+    finally:
+        gate.shutdown()
     return EXIT_OK
 
 
@@ -105,7 +129,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         store = ConsulStore(args.consul, token=read_token(args.consul_token_file))
-        return {"run": cmd_run, "status": cmd_status, "promote": cmd_promote}[args.command](args, store)
+        return {"run": cmd_run, "status": cmd_status, "promote": cmd_promote, "wait": cmd_wait}[args.command](args, store)
     except InvalidValue as exc:
         print(f"gatekeeper: {exc}", file=sys.stderr)
         return EXIT_USAGE

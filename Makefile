@@ -1,0 +1,23 @@
+# The two commands: `make demo` (the stack up, demo deployed through the gate) and `make test`.
+SHELL := /bin/bash
+.PHONY: demo test stop status install bench
+
+demo:  ## install what is missing, start the stack, deploy demo v1 -> v2 -> broken v3
+	@bash scripts/install.sh all
+	@bash scripts/stack.sh up
+	@bash scripts/demo.sh
+
+test:  ## install what is missing and run the whole test suite against real components
+	@bash scripts/test.sh
+
+stop:  ## stop everything the stack scripts started
+	@bash scripts/stack.sh down
+
+status:
+	@bash scripts/stack.sh status
+
+install:
+	@bash scripts/install.sh all
+
+bench: ## deploy lead time and failed requests during a switch (needs `make install`)
+	@bash scripts/bench.sh

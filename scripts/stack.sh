@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Starts, stops and reports the stack: Consul, nginx, registrator, gatekeeper, proxy-reloader.
+#   scripts/stack.sh up | down | status
+# Logs: .stack/logs/<component>.log   pid files: .stack/run/<component>.pid
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+CONSUL_ADDR="127.0.0.1:8500"
+PROXY_LISTEN="${PROXY_LISTEN:-127.0.0.1:8000}"
+NGINX_PREFIX="$STATE/nginx"
+NGINX_BIN="$(command -v nginx || echo /usr/sbin/nginx)"
+DEMO_LABEL="proxystack.demo"
+
+start_bg() {   # start_bg NAME COMMAND...: run in its own session, log and pid file by NAME
+  local name="$1"; shift
+  if is_running "$name"; then info "$name already running (pid $(cat "$RUN/$name.pid"))"; return 0; fi
+  setsid "$@" >>"$LOGS/$name.log" 2>&1 < /dev/null &
+  echo $! >"$RUN/$name.pid"
+  info "$name started (pid $!, log $LOGS/$name.log)"
+}
+
+up() {
+  step "Consul (single-node server, data in $STATE/consul, UI http://$CONSUL_ADDR/ui/)"
+  mkdir -p "$STATE/consul"
+  start_bg consul consul agent -server -bootstrap-expect 1 -data-dir "$STATE/consul" -node proxystack \
+    -bind 127.0.0.1 -client 127.0.0.1 -ui -log-level warn
+  wait_for "Consul leader election" 60 sh -c "curl -sf http://$CONSUL_ADDR/v1/status/leader | grep -q ':'"
+  info "leader elected"
+
+  step "nginx on http://$PROXY_LISTEN/ (prefix $NGINX_PREFIX)"
+  mkdir -p "$NGINX_PREFIX/logs"
+  proxy-reloader --consul "$CONSUL_ADDR" --nginx-prefix "$NGINX_PREFIX" --listen "$PROXY_LISTEN" --once \
+    >>"$LOGS/proxy-reloader.log" 2>&1 || die "could not render the first nginx config (see $LOGS/proxy-reloader.log)"
+  if [ -s "$NGINX_PREFIX/nginx.pid" ] && kill -0 "$(cat "$NGINX_PREFIX/nginx.pid")" 2>/dev/null; then
+    info "nginx already running (pid $(cat "$NGINX_PREFIX/nginx.pid"))"
+  else
+    "$NGINX_BIN" -p "$NGINX_PREFIX" -c "$NGINX_PREFIX/nginx.conf" 2>>"$LOGS/nginx.log" || die "nginx did not start (see $LOGS/nginx.log)"
+    wait_for "nginx" 10 test -s "$NGINX_PREFIX/nginx.pid"
+    cp "$NGINX_PREFIX/nginx.pid" "$RUN/nginx.pid"
+    info "nginx started (pid $(cat "$RUN/nginx.pid"), logs $NGINX_PREFIX/logs/)"
+  fi
+
+  step "registrator, gatekeeper, proxy-reloader"
+  start_bg registrator registrator --consul "$CONSUL_ADDR" --explicit
+  start_bg gatekeeper gatekeeper --consul "$CONSUL_ADDR" run --drain-seconds "${DRAIN_SECONDS:-5}"
+  start_bg proxy-reloader proxy-reloader --consul "$CONSUL_ADDR" --nginx-prefix "$NGINX_PREFIX" --listen "$PROXY_LISTEN"
+}
+
+down() {
+  step "Stopping the stack"
+  local ids
+  ids="$(docker ps -aq --filter "label=$DEMO_LABEL" 2>/dev/null || true)"
+  if [ -n "$ids" ]; then docker rm -f $ids >/dev/null; info "removed $(echo "$ids" | wc -l) demo container(s)"; fi
+  for c in proxy-reloader gatekeeper registrator; do stop_pid "$c"; done
+  if [ -s "$RUN/nginx.pid" ]; then kill -QUIT "$(cat "$RUN/nginx.pid")" 2>/dev/null || true; sleep 0.5; stop_pid nginx; fi
+  stop_pid consul
+  if [ -s "$RUN/dockerd.pid" ]; then
+    stop_pid dockerd
+  fi
+}
+
+status() {
+  for c in consul nginx registrator gatekeeper proxy-reloader dockerd; do
+    if is_running "$c"; then echo "$c: running (pid $(cat "$RUN/$c.pid"))"; else echo "$c: not started by this stack"; fi
+  done
+}
+
+case "${1:-}" in
+  up) up ;; down) down ;; status) status ;;
+  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+esac
