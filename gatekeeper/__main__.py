@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--test-timeout", type=float, default=120.0, help="seconds a test run may take")
     run.add_argument("--test-memory", default="256m", help="memory limit of a test container")
     run.add_argument("--test-cpus", type=float, default=1.0, help="CPU limit of a test container")
+    run.add_argument("--test-label", action="append", default=[], metavar="KEY=VALUE",
+                     help="extra label on every test container (repeatable)")
     run.add_argument("--drain-seconds", type=float, default=10.0,
                      help="after a promotion, seconds before old instances' containers are stopped")
     run.add_argument("--keep-old", action="store_true", help="never stop old instances' containers")
@@ -75,15 +77,21 @@ def cmd_run(args, store) -> int:
     from .daemon import Daemon
     from .gate import Gate
     from .promotion import Promoter
-    from .tester import DockerTester, TestLimits
+    from .tester import DockerTester, RunLimits
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s gatekeeper %(levelname)s %(message)s")
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     client = docker.from_env(timeout=30)
-    limits = TestLimits(timeout=args.test_timeout, memory=args.test_memory, cpus=args.test_cpus)
+    limits = RunLimits(timeout=args.test_timeout, memory=args.test_memory, cpus=args.test_cpus)
     promoter = Promoter(store, client, drain_seconds=args.drain_seconds, stop_old=not args.keep_old)
-    gate = Gate(store, DockerTester(client, limits), parallel=args.parallel, on_admitted=promoter.admitted)
+    labels = {}
+    for item in args.test_label:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--test-label must be KEY=VALUE, got {item!r}")
+        labels[key] = value
+    gate = Gate(store, DockerTester(client, limits, labels), parallel=args.parallel, on_admitted=promoter.admitted)
     daemon = Daemon(store, gate, wait=args.wait)
     def on_signal(*_):
         # The main thread usually sits in a blocking query; leave it now rather than after

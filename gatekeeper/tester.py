@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class TestLimits:
+class RunLimits:
     timeout: float = 120.0
     memory: str = "256m"
     cpus: float = 1.0
@@ -26,7 +26,7 @@ class TestLimits:
 
 
 @dataclass(frozen=True)
-class TestResult:
+class RunResult:
     state: str          # passed | failed | error
     summary: str        # one line, shown as the gate check's output
     log_tail: str
@@ -40,15 +40,17 @@ def last_line(text: str) -> str:
 
 
 class DockerTester:
-    def __init__(self, client: Optional[docker.DockerClient] = None, limits: TestLimits = TestLimits()):
+    def __init__(self, client: Optional[docker.DockerClient] = None, limits: RunLimits = RunLimits(),
+                 labels: Optional[dict] = None):
         self.client = client or docker.from_env(timeout=30)
         self.limits = limits
+        self.labels = dict(labels or {})
 
-    def run(self, image: str, url: str, instance_id: str) -> TestResult:
+    def run(self, image: str, url: str, instance_id: str) -> RunResult:
         started = time.time()
 
-        def result(state: str, summary: str, logs: str = "") -> TestResult:
-            return TestResult(state, summary, logs[-4000:], started, time.time())
+        def result(state: str, summary: str, logs: str = "") -> RunResult:
+            return RunResult(state, summary, logs[-4000:], started, time.time())
 
         if not image:
             return result(ERROR, "no integration tests: the container has no gatekeeper.tests label")
@@ -61,7 +63,7 @@ class DockerTester:
                 mem_limit=lim.memory, memswap_limit=lim.memory, nano_cpus=int(lim.cpus * 1e9),
                 pids_limit=lim.pids, read_only=True, tmpfs={"/tmp": "size=16m"},
                 cap_drop=["ALL"], security_opt=["no-new-privileges"],
-                labels={TEST_LABEL: TEST_LABEL_VALUE, "proxystack.instance": instance_id[:200]})
+                labels={**self.labels, TEST_LABEL: TEST_LABEL_VALUE, "proxystack.instance": instance_id[:200]})
         except docker.errors.APIError as exc:
             return result(ERROR, f"could not start test image {image}: {exc.explanation or exc}")
         try:

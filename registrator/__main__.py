@@ -28,6 +28,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--hostname", default=socket.gethostname(), help="host part of instance ids")
     p.add_argument("--explicit", action="store_true", help="register only containers with SERVICE_NAME")
     p.add_argument("--filter-label", default="", metavar="KEY=VALUE", help="register only containers with this label")
+    p.add_argument("--exclude-label", action="append", default=[], metavar="KEY",
+                   help="skip containers that carry this label (repeatable)")
     p.add_argument("--id", default="", help="identity stored with each registration (default: registrator@HOSTNAME)")
     p.add_argument("--resync", type=float, default=60.0, help="seconds between full resyncs")
     p.add_argument("--cleanup-on-exit", action="store_true", help="deregister everything on SIGTERM")
@@ -46,7 +48,7 @@ def main(argv=None) -> int:
                         format="%(asctime)s registrator %(levelname)s %(message)s")
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     settings = Settings(hostname=args.hostname, address=args.address, explicit=args.explicit,
-                        filter_label=args.filter_label,
+                        filter_label=args.filter_label, exclude_labels=tuple(args.exclude_label),
                         registered_by=args.id or f"registrator@{args.hostname}")
     try:
         store = ConsulStore(args.consul, token=read_token(args.consul_token_file))

@@ -28,6 +28,7 @@ class Settings:
     registered_by: str = "registrator"
     explicit: bool = False        # only containers with SERVICE_NAME
     filter_label: str = ""        # KEY=VALUE: only containers carrying this label
+    exclude_labels: tuple = ()    # containers carrying any of these label keys are skipped
 
 
 class Rejected(Exception):
@@ -54,6 +55,8 @@ def image_version(image: str) -> str:
 
 
 def selected(c: Container, s: Settings) -> bool:
+    if any(key in c.labels for key in s.exclude_labels):
+        return False
     if s.filter_label:
         key, _, want = s.filter_label.partition("=")
         if c.labels.get(key) != want:
@@ -100,10 +103,10 @@ def _instance(c, s, cfg, port, base_name, several) -> Instance:
     v.check("image", c.image, "image")
     path = cfg.get("proxy.path", "")
     if path:
-        v.check("proxy.path", path)
+        v.check("proxy.path", path, "proxy_path")
     host = cfg.get("proxy.host", "")
     if host:
-        v.check("proxy.host", host)
+        v.check("proxy.host", host, "proxy_host")
     tags = tuple(sorted({t.strip() for t in cfg.get("SERVICE_TAGS", "").split(",") if t.strip()}))
     for t in tags:
         v.check("SERVICE_TAGS", t, "tag")

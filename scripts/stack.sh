@@ -40,7 +40,7 @@ up() {
   fi
 
   step "registrator, gatekeeper, proxy-reloader"
-  start_bg registrator registrator --consul "$CONSUL_ADDR" --explicit
+  start_bg registrator registrator --consul "$CONSUL_ADDR" --explicit --exclude-label proxystack.test
   start_bg gatekeeper gatekeeper --consul "$CONSUL_ADDR" run --drain-seconds "${DRAIN_SECONDS:-5}"
   start_bg proxy-reloader proxy-reloader --consul "$CONSUL_ADDR" --nginx-prefix "$NGINX_PREFIX" --listen "$PROXY_LISTEN"
 }

@@ -12,6 +12,10 @@ REC_MODULUS = 10007
 REC_FACTOR = 7671          # rec(1) == 7671
 
 
+SETTINGS = web.AppKey("settings")
+COUNTERS = web.AppKey("counters", dict)
+
+
 def recommend(item_id: int) -> int:
     """The recommendation for an item: deterministic, so every instance answers alike."""
     return (item_id * REC_FACTOR) % REC_MODULUS
@@ -35,8 +39,8 @@ def json_error(status: int, message: str) -> web.Response:
 
 
 async def get_rec(request: web.Request) -> web.Response:
-    settings: Settings = request.app["settings"]
-    counters = request.app["counters"]
+    settings: Settings = request.app[SETTINGS]
+    counters = request.app[COUNTERS]
     counters["requests"] += 1
     if "X-Forwarded-For" in request.headers:      # set by the proxy
         counters["proxied"] += 1
@@ -54,18 +58,18 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def version(request: web.Request) -> web.Response:
-    return web.json_response({"version": request.app["settings"].version})
+    return web.json_response({"version": request.app[SETTINGS].version})
 
 
 async def stats(request: web.Request) -> web.Response:
     """Request counters: `proxied` counts the requests that came through the proxy."""
-    return web.json_response(dict(request.app["counters"]))
+    return web.json_response(dict(request.app[COUNTERS]))
 
 
 def make_app(settings: Settings | None = None) -> web.Application:
     app = web.Application()
-    app["settings"] = settings or Settings()
-    app["counters"] = {"requests": 0, "proxied": 0}
+    app[SETTINGS] = settings or Settings()
+    app[COUNTERS] = {"requests": 0, "proxied": 0}
     app.router.add_get("/demo/{item_id}", get_rec)
     app.router.add_get("/health", health)
     app.router.add_get("/version", version)

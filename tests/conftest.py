@@ -1,0 +1,88 @@
+"""Fixtures that start the real components. Every container a test starts carries the label
+proxystack.test=<session id>, and only those are removed afterwards."""
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import docker
+import docker.errors
+import pytest
+
+from catalog.consul_store import ConsulStore
+from tests.support.processes import ConsulServer
+
+SESSION = uuid.uuid4().hex[:10]
+TEST_LABEL = "proxystack.test"
+DEMO_IMAGES = ("demo:v1", "demo:v2", "demo:v3", "demo-test:latest")
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    try:
+        client = docker.from_env(timeout=60)
+        client.ping()
+    except docker.errors.DockerException as exc:
+        pytest.fail(f"no Docker Engine reachable ({exc}); `make test` installs and starts one")
+    yield client
+    for c in client.containers.list(all=True, filters={"label": f"{TEST_LABEL}={SESSION}"}):
+        try:
+            c.remove(force=True)
+        except docker.errors.APIError:
+            pass
+
+
+@pytest.fixture(scope="session")
+def demo_images(docker_client):
+    missing = []
+    for tag in DEMO_IMAGES:
+        try:
+            docker_client.images.get(tag)
+        except docker.errors.ImageNotFound:
+            missing.append(tag)
+    if missing:
+        pytest.fail(f"images {', '.join(missing)} are missing; `bash scripts/install.sh images` builds them")
+    return DEMO_IMAGES
+
+
+@pytest.fixture(scope="session")
+def consul_server(tmp_path_factory):
+    server = ConsulServer(tmp_path_factory.mktemp("consul")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def store(consul_server) -> ConsulStore:
+    return ConsulStore(consul_server.address, timeout=5, max_wait=5)
+
+
+@pytest.fixture
+def run_container(docker_client):
+    """Start a labelled container; everything started is removed at the end of the test."""
+    started = []
+
+    def run(image: str, labels: dict = None, name: str = None, **kwargs):
+        name = name or f"pst-{SESSION}-{uuid.uuid4().hex[:6]}"
+        c = docker_client.containers.run(image, detach=True, name=name, publish_all_ports=True,
+                                         labels={TEST_LABEL: SESSION, **(labels or {})}, **kwargs)
+        started.append(c)
+        c.reload()
+        return c
+
+    yield run
+    for c in started:
+        try:
+            c.remove(force=True)
+        except docker.errors.APIError:
+            pass
+
+
+def host_port(container, port: str = "8080/tcp") -> int:
+    container.reload()
+    return int(container.attrs["NetworkSettings"]["Ports"][port][0]["HostPort"])
+
+
+@pytest.fixture
+def unique():
+    return f"t{uuid.uuid4().hex[:8]}"

@@ -1,0 +1,74 @@
+"""ConsulStore against a real Consul server: the behaviour the rest of the stack relies on."""
+import json
+
+import pytest
+
+from catalog.model import PASSED, Instance, RoutingPolicy, Verdict
+from catalog.validation import InvalidValue
+
+
+def make(unique):
+    return Instance(id=f"{unique}:web:8080", service=unique, address="127.0.0.1", port=31000,
+                    version="v1", container_id="cid", container_name="web", image="demo:v1",
+                    registered_by=f"registrator@{unique}", tests_image="demo-test:latest",
+                    proxy_path=f"/{unique}/")
+
+
+def test_a_new_instance_starts_with_a_critical_gate_and_is_not_admitted(store, unique):
+    inst = make(unique)
+    store.register(inst)
+    [ri] = store.instances(unique)
+    assert ri.gate_status == "critical" and not ri.admitted
+    store.deregister(inst.id)
+
+
+def test_gate_pass_admits_with_its_output_and_survives_reregistration(store, unique):
+    inst = make(unique)
+    store.register(inst)
+    store.set_gate(inst, True, "9/9 passed in 0.2 s")
+    [ri] = store.instances(unique)
+    assert ri.admitted and ri.gate_output == "9/9 passed in 0.2 s"
+    store.register(inst)                     # a registrator resync that does re-register
+    [ri] = store.instances(unique)
+    assert ri.admitted, "re-registering the same instance must not reset its gate"
+    store.set_gate(inst, False, "failed: 0/9")
+    assert not store.instances(unique)[0].admitted
+    store.deregister(inst.id)
+
+
+def test_blocking_query_returns_on_a_check_change(store, unique):
+    inst = make(unique)
+    store.register(inst)
+    index, _ = store.wait_checks(0, 1)
+    store.set_gate(inst, True, "ok")
+    new_index, checks = store.wait_checks(index, 5)
+    assert new_index > index
+    assert any(c["CheckID"] == inst.gate_check_id and c["Status"] == "passing" for c in checks)
+    store.deregister(inst.id)
+
+
+def test_verdict_roundtrip(store, unique):
+    v = Verdict(f"{unique}:web:8080", "cid", "demo-test:latest", PASSED, "9/9 passed", 10.0, 11.5, "tail")
+    store.put_verdict(v)
+    assert store.verdict(v.instance_id) == v
+    assert json.loads(store.kv_get("gatekeeper/verdicts/" + v.instance_id)[1])["duration"] == 1.5
+
+
+def test_policy_check_and_set_refuses_a_stale_writer(store, unique):
+    cas, none = store.policy(unique)
+    assert none is None and cas == 0
+    assert store.put_policy(RoutingPolicy(service=unique, stable="v1"), cas)
+    cas1, p1 = store.policy(unique)
+    assert store.put_policy(RoutingPolicy(service=unique, stable="v2"), cas1)
+    assert not store.put_policy(RoutingPolicy(service=unique, stable="v3"), cas1), "stale CAS must lose"
+    assert store.policy(unique)[1].stable == "v2"
+
+
+def test_a_malformed_policy_is_reported_not_crashed_on(store, unique):
+    store.kv_put(f"gatekeeper/policies/{unique}", "{not json")
+    with pytest.raises(InvalidValue):
+        store.policy(unique)
+    store.kv_put(f"gatekeeper/policies/{unique}", json.dumps({"service": unique, "weight": 500}))
+    with pytest.raises(InvalidValue) as err:
+        store.policy(unique)
+    assert "weight" in str(err.value)

@@ -1,0 +1,50 @@
+"""The in-memory registry used by unit tests behaves like Consul on the same calls."""
+import pytest
+
+from catalog.model import HttpCheck, Instance
+from registrator.bridge import same_registration
+from tests.support.fakes import InMemoryRegistry
+
+
+def make(unique, n=1, **kw):
+    base = dict(id=f"{unique}:web{n}:8080", service=unique, address="127.0.0.1", port=30000 + n,
+                version="v1", container_id=f"cid{n}", container_name=f"web{n}", image="demo:v1",
+                registered_by=f"registrator@{unique}", tests_image="demo-test:latest",
+                proxy_path=f"/{unique}/", tags=("a", "b"), extra_meta=(("region", "eu-1"),))
+    base.update(kw)
+    return Instance(**base)
+
+
+@pytest.fixture(params=["memory", "consul"])
+def registry(request, store):
+    if request.param == "memory":
+        yield InMemoryRegistry()
+        return
+    yield store
+    for iid in store.local_instances():
+        if iid.startswith("t"):
+            store.deregister(iid)
+
+
+def test_register_reads_back_as_the_same_registration(registry, unique):
+    inst = make(unique, http_check=HttpCheck("/health"))
+    registry.register(inst)
+    got = registry.local_instances(inst.registered_by)
+    assert list(got) == [inst.id]
+    assert same_registration(got[inst.id], inst)
+
+
+def test_local_instances_only_returns_the_asking_registrators(registry, unique):
+    mine, theirs = make(unique, 1), make(unique, 2, registered_by="registrator@elsewhere")
+    registry.register(mine)
+    registry.register(theirs)
+    assert list(registry.local_instances(mine.registered_by)) == [mine.id]
+    registry.deregister(theirs.id)
+
+
+def test_deregister_removes_and_is_idempotent(registry, unique):
+    inst = make(unique)
+    registry.register(inst)
+    registry.deregister(inst.id)
+    registry.deregister(inst.id)
+    assert registry.local_instances(inst.registered_by) == {}

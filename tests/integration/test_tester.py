@@ -1,0 +1,54 @@
+"""gatekeeper's test runs against real containers: pass, fail, hang, missing image."""
+import io
+import tarfile
+
+import pytest
+
+from catalog.model import ERROR, FAILED, PASSED
+from gatekeeper.tester import DockerTester, RunLimits
+from tests.conftest import SESSION, TEST_LABEL, host_port
+
+
+@pytest.fixture
+def tester(docker_client):
+    return DockerTester(docker_client, RunLimits(timeout=20), labels={TEST_LABEL: SESSION})
+
+
+def test_good_instance_passes_with_the_reports_summary(tester, demo_images, run_container):
+    c = run_container("demo:v2")
+    res = tester.run("demo-test:latest", f"http://127.0.0.1:{host_port(c)}", "t:pass")
+    assert res.state == PASSED, res.log_tail
+    assert res.summary.startswith("9/9 passed in")
+    assert "PASS rec_shape" in res.log_tail
+
+
+def test_broken_build_fails_and_says_which_checks(tester, demo_images, run_container):
+    c = run_container("demo:v3")
+    res = tester.run("demo-test:latest", f"http://127.0.0.1:{host_port(c)}", "t:fail")
+    assert res.state == FAILED
+    assert "failed: rec_shape" in res.summary and "(exit 1)" in res.summary
+
+
+def test_missing_test_image_is_an_error_not_a_pass(tester):
+    res = tester.run("proxystack-no-such-image:never", "http://127.0.0.1:1", "t:missing")
+    assert res.state == ERROR and "not on this engine" in res.summary
+
+
+def test_a_hanging_test_is_killed_at_the_time_limit(docker_client, demo_images):
+    dockerfile = b"FROM demo-test:latest\nENTRYPOINT [\"python3\", \"-c\", \"print('starting', flush=True); import time; time.sleep(600)\"]\n"
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(dockerfile)
+        tar.addfile(info, io.BytesIO(dockerfile))
+    buf.seek(0)
+    tag = f"proxystack-hang-test:{SESSION}"
+    docker_client.images.build(fileobj=buf, custom_context=True, tag=tag, labels={TEST_LABEL: SESSION})
+    try:
+        tester = DockerTester(docker_client, RunLimits(timeout=3), labels={TEST_LABEL: SESSION})
+        res = tester.run(tag, "http://127.0.0.1:1", "t:hang")
+        assert res.state == ERROR and "timed out after 3 s" in res.summary and "starting" in res.summary
+        assert res.finished - res.started < 20
+        assert not docker_client.containers.list(all=True, filters={"label": "proxystack.instance=t:hang"})
+    finally:
+        docker_client.images.remove(tag, force=True)

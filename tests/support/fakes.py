@@ -1,0 +1,48 @@
+"""In-memory stand-ins for unit tests. Each has a twin test against the real component
+(tests/integration/test_registry_contract.py, test_docker_source.py)."""
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+from catalog.model import Instance
+from registrator.docker_source import Container, PublishedPort
+
+
+class InMemoryRegistry:
+    def __init__(self):
+        self.services: Dict[str, Instance] = {}
+        self.calls: List[tuple] = []
+        self.rejections: Dict[str, str] = {}
+
+    def register(self, inst: Instance) -> None:
+        self.calls.append(("register", inst.id))
+        self.services[inst.id] = inst
+
+    def deregister(self, instance_id: str) -> None:
+        self.calls.append(("deregister", instance_id))
+        self.services.pop(instance_id, None)
+
+    def local_instances(self, registered_by: Optional[str] = None) -> Dict[str, Instance]:
+        return {i: s for i, s in self.services.items() if registered_by in (None, s.registered_by)}
+
+    def record_rejection(self, container_name: str, reason: str) -> None:
+        self.rejections[container_name] = reason
+
+
+class FakeDocker:
+    def __init__(self):
+        self.containers: Dict[str, Container] = {}
+
+    def add(self, cid: str, name: str, image: str = "demo:v1", labels=None, env=None,
+            ports=((8080, 32768),), running=True) -> Container:
+        c = Container(id=cid, name=name, image=image, running=running, labels=dict(labels or {}),
+                      env=dict(env or {}),
+                      ports=tuple(PublishedPort(cp, "tcp", "127.0.0.1", hp) for cp, hp in ports))
+        self.containers[cid] = c
+        return c
+
+    def inspect(self, cid: str) -> Optional[Container]:
+        return self.containers.get(cid)
+
+    def running_ids(self) -> List[str]:
+        return [cid for cid, c in self.containers.items() if c.running]

@@ -1,0 +1,160 @@
+"""Real components for the tests: a Consul server, nginx, and the stack's own daemons.
+
+Each is started as a real process with its own ports and folders and stopped by its pid.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def find_binary(name: str, extra: List[Path] = ()) -> str:
+    found = shutil.which(name)
+    if found:
+        return found
+    for d in list(extra) + [ROOT / ".stack" / "bin", Path("/usr/sbin")]:
+        if (d / name).exists():
+            return str(d / name)
+    raise RuntimeError(f"{name} not found: run `bash scripts/install.sh` (make test does) to install it")
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    last_exc = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:        # the thing is still coming up
+            last_exc = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}" + (f" (last error: {last_exc})" if last_exc else ""))
+
+
+class Proc:
+    """One child process, logging to a file, stopped by its pid."""
+
+    def __init__(self, name: str, args: List[str], log_dir: Path, env: Optional[dict] = None):
+        self.name, self.args, self.log_path = name, args, log_dir / f"{name}.log"
+        self.env = env
+        self.popen: Optional[subprocess.Popen] = None
+
+    def start(self) -> "Proc":
+        log = open(self.log_path, "ab")
+        self.popen = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                      env={**os.environ, **(self.env or {})}, start_new_session=True)
+        log.close()
+        return self
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if not self.alive():
+            return
+        self.popen.send_signal(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait(5)
+
+    def kill(self) -> None:
+        if self.alive():
+            self.popen.kill()
+            self.popen.wait(5)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+
+class ConsulServer:
+    """A single-node Consul server with a data folder, on ports apart from the demo stack's."""
+
+    def __init__(self, base: Path, http_port: int = 18500, port_base: int = 18300):
+        self.data = base / "consul-data"
+        self.data.mkdir(parents=True, exist_ok=True)
+        self.http_port = http_port
+        self.address = f"127.0.0.1:{http_port}"
+        self.proc = Proc("consul", [
+            find_binary("consul"), "agent", "-server", "-bootstrap-expect", "1", "-node", "proxystack-test",
+            "-data-dir", str(self.data), "-bind", "127.0.0.1", "-client", "127.0.0.1",
+            "-http-port", str(http_port), "-dns-port", "-1", "-grpc-port", "-1",
+            "-server-port", str(port_base), "-serf-lan-port", str(port_base + 1),
+            "-serf-wan-port", str(port_base + 2), "-log-level", "warn", "-ui",
+        ], base)
+
+    def start(self) -> "ConsulServer":
+        self.proc.start()
+        wait_until(lambda: ":" in requests.get(f"http://{self.address}/v1/status/leader", timeout=2).json(),
+                   60, "Consul leader election")
+        return self
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+
+class NginxServer:
+    """nginx under its own prefix; its config is rendered by proxy-reloader --once first."""
+
+    def __init__(self, prefix: Path, listen: str):
+        self.prefix, self.listen = prefix, listen
+        self.binary = find_binary("nginx")
+        (prefix / "logs").mkdir(parents=True, exist_ok=True)
+
+    @property
+    def conf(self) -> Path:
+        return self.prefix / "nginx.conf"
+
+    def start(self) -> "NginxServer":
+        subprocess.run([self.binary, "-p", str(self.prefix), "-c", str(self.conf)], check=True,
+                       capture_output=True, timeout=30)
+        wait_until(lambda: (self.prefix / "nginx.pid").exists(), 10, "nginx pid file")
+        return self
+
+    def master_pid(self) -> Optional[int]:
+        try:
+            return int((self.prefix / "nginx.pid").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def stop(self) -> None:
+        pid = self.master_pid()
+        if pid:
+            try:
+                os.kill(pid, signal.SIGQUIT)
+                wait_until(lambda: not _alive(pid), 15, "nginx to quit")
+            except ProcessLookupError:
+                pass
+            except AssertionError:
+                os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def python_module(module: str, *args: str) -> List[str]:
+    return [sys.executable, "-m", module, *args]

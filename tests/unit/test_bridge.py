@@ -1,0 +1,58 @@
+from catalog.model import Instance
+from registrator.bridge import Bridge
+from registrator.translate import Settings
+from tests.support.fakes import FakeDocker, InMemoryRegistry
+
+S = Settings(hostname="h", registered_by="registrator@h")
+L = {"SERVICE_NAME": "demo", "gatekeeper.tests": "demo-test:latest"}
+
+
+def setup():
+    reg, dock = InMemoryRegistry(), FakeDocker()
+    return reg, dock, Bridge(reg, dock, S)
+
+
+def test_start_registers_and_stop_deregisters():
+    reg, dock, bridge = setup()
+    dock.add("c1", "web1", labels=L)
+    bridge.add("c1")
+    assert list(reg.services) == ["h:web1:8080"]
+    bridge.remove("c1")
+    assert reg.services == {}
+
+
+def test_add_of_a_container_already_gone_registers_nothing():
+    reg, dock, bridge = setup()
+    bridge.add("gone")
+    assert reg.services == {} and reg.calls == []
+
+
+def test_sync_adds_missing_removes_own_stale_and_leaves_others_alone():
+    reg, dock, bridge = setup()
+    dock.add("c1", "web1", labels=L)
+    foreign = Instance(id="other:x:1", service="x", address="127.0.0.1", port=1, version="v1",
+                       container_id="zz", container_name="x", image="x:v1", registered_by="registrator@other")
+    stale = Instance(id="h:old:8080", service="demo", address="127.0.0.1", port=2, version="v0",
+                     container_id="c0", container_name="old", image="demo:v0", registered_by="registrator@h")
+    reg.services.update({foreign.id: foreign, stale.id: stale})
+    bridge.sync()
+    assert set(reg.services) == {"h:web1:8080", "other:x:1"}
+
+
+def test_resync_never_reregisters_an_unchanged_instance():
+    reg, dock, bridge = setup()
+    dock.add("c1", "web1", labels=L)
+    bridge.sync()
+    reg.calls.clear()
+    fresh = Bridge(reg, dock, S)           # a restarted registrator
+    fresh.sync()
+    fresh.add("c1")                        # a late start event
+    assert reg.calls == []
+
+
+def test_rejected_container_is_recorded_not_registered():
+    reg, dock, bridge = setup()
+    dock.add("c1", "web1", labels={"SERVICE_NAME": "demo", "proxy.path": "/x;y/"})
+    bridge.add("c1")
+    assert reg.services == {}
+    assert "proxy.path" in reg.rejections["web1"]

@@ -1,0 +1,92 @@
+"""The gate's decisions, with an in-memory store; tests/e2e runs the same against real parts."""
+import time
+
+from catalog.model import FAILED, PASSED, Instance, RegisteredInstance, Verdict
+from gatekeeper.gate import Gate
+from gatekeeper.tester import RunResult
+
+
+class Store:
+    def __init__(self, *instances):
+        self.gates = {i.id: "critical" for i in instances}
+        self.instances = {i.id: i for i in instances}
+        self.verdicts = {}
+        self.outputs = {}
+
+    def all_instances(self):
+        return {"demo": [RegisteredInstance(i, {i.gate_check_id: self.gates[i.id]}) for i in self.instances.values()]}
+
+    def verdict(self, iid):
+        return self.verdicts.get(iid)
+
+    def put_verdict(self, v):
+        self.verdicts[v.instance_id] = v
+
+    def set_gate(self, inst, passing, output):
+        self.gates[inst.id] = "passing" if passing else "critical"
+        self.outputs[inst.id] = output
+
+
+class Tester:
+    def __init__(self, state=PASSED, summary="9/9 passed in 0.1 s"):
+        self.state, self.summary, self.runs = state, summary, []
+
+    def run(self, image, url, iid):
+        self.runs.append((image, url))
+        return RunResult(self.state, self.summary, "log", time.time(), time.time())
+
+
+def inst(cid="c1"):
+    return Instance(id="h:web:8080", service="demo", address="127.0.0.1", port=32768, version="v1",
+                    container_id=cid, container_name="web", image="demo:v1", registered_by="r",
+                    tests_image="demo-test:latest")
+
+
+def settle(gate):
+    gate.pool.shutdown(wait=True)
+
+
+def test_new_instance_is_tested_against_its_own_address_and_admitted_on_pass():
+    store, tester, admitted = Store(inst()), Tester(), []
+    gate = Gate(store, tester, on_admitted=admitted.append)
+    gate.reconcile()
+    settle(gate)
+    assert tester.runs == [("demo-test:latest", "http://127.0.0.1:32768")]
+    assert store.gates["h:web:8080"] == "passing" and store.outputs["h:web:8080"] == "9/9 passed in 0.1 s"
+    assert store.verdicts["h:web:8080"].state == PASSED and admitted
+
+
+def test_failed_tests_leave_the_gate_critical_with_the_summary():
+    store = Store(inst())
+    gate = Gate(store, Tester(FAILED, "5/9 passed; failed: rec_shape"))
+    gate.reconcile()
+    settle(gate)
+    assert store.gates["h:web:8080"] == "critical"
+    assert "5/9 passed" in store.outputs["h:web:8080"]
+
+
+def test_a_gate_opened_without_a_verdict_is_closed_and_retested():
+    store, tester = Store(inst()), Tester(FAILED, "0/9")
+    store.gates["h:web:8080"] = "passing"            # someone passed it by hand
+    gate = Gate(store, tester)
+    gate.reconcile()
+    settle(gate)
+    assert len(tester.runs) == 1 and store.gates["h:web:8080"] == "critical"
+
+
+def test_stored_verdict_is_reapplied_without_retesting():
+    store, tester = Store(inst()), Tester()
+    store.verdicts["h:web:8080"] = Verdict("h:web:8080", "c1", "demo-test:latest", PASSED, "9/9 passed", 1, 2)
+    gate = Gate(store, tester)
+    gate.reconcile()
+    settle(gate)
+    assert tester.runs == [] and store.gates["h:web:8080"] == "passing"
+
+
+def test_a_new_container_under_the_same_name_is_tested_again():
+    store, tester = Store(inst(cid="new")), Tester()
+    store.verdicts["h:web:8080"] = Verdict("h:web:8080", "old", "demo-test:latest", PASSED, "9/9 passed", 1, 2)
+    gate = Gate(store, tester)
+    gate.reconcile()
+    settle(gate)
+    assert len(tester.runs) == 1

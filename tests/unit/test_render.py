@@ -1,0 +1,41 @@
+"""Rendered configs are checked by the real nginx (-t), not by string matching alone."""
+import subprocess
+
+from catalog.routing import Pool, Route
+from proxy_reloader.nginx import Nginx, NginxError
+from proxy_reloader.render import render
+
+import pytest
+
+
+def nginx_t(tmp_path, text):
+    nginx = Nginx(str(tmp_path))
+    return nginx.validate(text)
+
+
+def test_services_with_and_without_instances_and_a_canary_pass_nginx_t(tmp_path):
+    routes = [Route("demo", "/demo/", "", Pool("v2", (("127.0.0.1", 32768), ("127.0.0.1", 32769))),
+                    Pool("v3", (("127.0.0.1", 32770),)), 20),
+              Route("empty", "/empty/", "", None),
+              Route("hosted", "/", "api.example.com", Pool("v1", (("127.0.0.1", 1),)))]
+    text = render(routes, str(tmp_path), "127.0.0.1:18999")
+    assert nginx_t(tmp_path, text).exists()
+    assert "server 127.0.0.1:32769" in text and "20% canary" in text
+    assert 'return 503' in text and "no admitted instance of service empty" in text
+    assert "upstream empty" not in text          # never an empty upstream
+
+
+def test_rendering_is_deterministic(tmp_path):
+    routes = [Route("b", "/b/", "", None), Route("a", "/a/", "", Pool("v1", (("127.0.0.1", 1),)))]
+    assert render(routes, "/p", "127.0.0.1:1") == render(list(reversed(routes)), "/p", "127.0.0.1:1")
+
+
+def test_a_config_nginx_refuses_raises_and_leaves_the_live_one(tmp_path):
+    nginx = Nginx(str(tmp_path))
+    good = render([], str(tmp_path), "127.0.0.1:18999")
+    nginx.apply(good)
+    with pytest.raises(NginxError) as err:
+        nginx.apply(good.replace("events {", "events { bogus_directive 1;"))
+    assert "bogus_directive" in str(err.value)
+    assert nginx.current() == good
+    assert not list(tmp_path.glob(".nginx.conf.*.tmp"))

@@ -1,0 +1,76 @@
+import pytest
+
+from registrator.docker_source import Container, PublishedPort
+from registrator.translate import Rejected, Settings, image_version, instances_for
+
+S = Settings(hostname="host1", registered_by="registrator@host1")
+
+
+def container(labels=None, env=None, ports=((8080, 32768),), image="demo:v2", name="web1", running=True):
+    return Container(id="c" * 64, name=name, image=image, running=running, labels=dict(labels or {}),
+                     env=dict(env or {}),
+                     ports=tuple(PublishedPort(cp, "tcp", "127.0.0.1", hp) for cp, hp in ports))
+
+
+def test_one_instance_per_published_port_with_gate_metadata():
+    [inst] = instances_for(container({"SERVICE_NAME": "demo", "gatekeeper.tests": "demo-test:latest"}), S)
+    assert inst.id == "host1:web1:8080"
+    assert (inst.service, inst.address, inst.port, inst.version) == ("demo", "127.0.0.1", 32768, "v2")
+    assert inst.tests_image == "demo-test:latest"
+    assert inst.gate_check_id == "host1:web1:8080:gate"
+    assert inst.meta()["container_id"] == "c" * 64 and inst.meta()["proxy_path"] == "/demo/"
+    assert "version=v2" in inst.all_tags()
+
+
+def test_environment_works_like_labels_and_labels_win():
+    [inst] = instances_for(container({"SERVICE_NAME": "fromlabel"}, env={"SERVICE_NAME": "fromenv", "SERVICE_TAGS": "a,b"}), S)
+    assert inst.service == "fromlabel" and inst.tags == ("a", "b")
+
+
+def test_version_label_overrides_image_tag():
+    [inst] = instances_for(container({"SERVICE_NAME": "demo", "gatekeeper.version": "2024.1"}), S)
+    assert inst.version == "2024.1"
+    assert image_version("registry:5000/x/demo") == "latest"
+    assert image_version("registry:5000/x/demo:v9") == "v9"
+
+
+def test_several_ports_are_named_per_port_unless_named_explicitly():
+    c = container({"SERVICE_NAME": "app", "SERVICE_9090_NAME": "metrics"}, ports=((8080, 1), (9090, 2), (7000, 3)))
+    names = sorted(i.service for i in instances_for(c, S))
+    assert names == ["app-7000", "app-8080", "metrics"]
+
+
+def test_ignore_explicit_filter_and_exclude():
+    assert instances_for(container({"SERVICE_NAME": "demo", "SERVICE_IGNORE": "1"}), S) == []
+    assert instances_for(container({"SERVICE_NAME": "demo", "SERVICE_8080_IGNORE": "1"}), S) == []
+    assert instances_for(container({}), Settings(hostname="h", explicit=True)) == []
+    assert [i.service for i in instances_for(container({}), S)] == ["demo"]   # image name
+    assert instances_for(container({"SERVICE_NAME": "demo"}), Settings(hostname="h", filter_label="team=x")) == []
+    assert instances_for(container({"SERVICE_NAME": "demo", "proxystack.test": "1"}),
+                         Settings(hostname="h", exclude_labels=("proxystack.test",))) == []
+    assert instances_for(container({"SERVICE_NAME": "demo"}, ports=()), S) == []
+    assert instances_for(container({"SERVICE_NAME": "demo"}, running=False), S) == []
+
+
+def test_other_service_keys_become_metadata_but_never_secrets():
+    [inst] = instances_for(container({"SERVICE_NAME": "demo", "SERVICE_REGION": "eu-1"},
+                                     env={"SERVICE_DB_PASSWORD": "hunter2", "SERVICE_API_TOKEN": "t"}), S)
+    meta = inst.meta()
+    assert meta["region"] == "eu-1"
+    assert "hunter2" not in str(meta) and "db_password" not in meta and "api_token" not in meta
+
+
+@pytest.mark.parametrize("labels,label", [
+    ({"SERVICE_NAME": "Bad_Name"}, "SERVICE_NAME"),
+    ({"SERVICE_NAME": "demo", "proxy.path": "/a b/"}, "proxy.path"),
+    ({"SERVICE_NAME": "demo", "proxy.path": "/x/;return 200/"}, "proxy.path"),
+    ({"SERVICE_NAME": "demo", "proxy.host": "a}b"}, "proxy.host"),
+    ({"SERVICE_NAME": "demo", "gatekeeper.version": "v1\nx"}, "gatekeeper.version"),
+    ({"SERVICE_NAME": "demo", "SERVICE_CHECK_HTTP": "/health", "SERVICE_CHECK_INTERVAL": "often"}, "SERVICE_CHECK_INTERVAL"),
+    ({"SERVICE_NAME": "demo", "SERVICE_TAGS": "ok,b$d"}, "SERVICE_TAGS"),
+])
+def test_invalid_values_reject_the_container_naming_container_label_and_rule(labels, label):
+    with pytest.raises(Rejected) as err:
+        instances_for(container(labels), S)
+    text = str(err.value)
+    assert "web1" in text and label in text and "must be" in text

@@ -1,0 +1,59 @@
+import pytest
+
+from catalog import validation as v
+from catalog.model import RoutingPolicy
+
+HOSTILE = [" ", ";", "{", "}", "#", "'", '"', "$", "\\", "\r", "\n", "\x00", "`"]
+
+
+@pytest.mark.parametrize("field,good", [
+    ("service", "demo"), ("service", "demo-api2"), ("version", "v1.2.3_rc-1"),
+    ("proxy_path", "/demo/"), ("proxy_path", "/api/demo/"), ("proxy_host", "demo.example.com"),
+    ("image", "registry.local:5000/team/demo:v2"), ("address", "127.0.0.1"),
+])
+def test_accepts_ordinary_values(field, good):
+    assert v.check(field, good) == good
+
+
+@pytest.mark.parametrize("field,base", [
+    ("service", "demo"), ("version", "v1"), ("proxy_path", "/demo/"), ("proxy_host", "demo.local"),
+    ("image", "demo:v1"), ("address", "127.0.0.1"),
+])
+@pytest.mark.parametrize("bad", HOSTILE)
+def test_rejects_every_character_that_could_break_a_config(field, base, bad):
+    with pytest.raises(v.InvalidValue) as err:
+        v.check(field, base[:-1] + bad + base[-1:])
+    assert str(err.value).startswith(f"{field}=")
+
+
+@pytest.mark.parametrize("field,value,reason", [
+    ("service", "Demo", "upper case"), ("service", "-demo", "leading dash"), ("service", "a" * 64, "too long"),
+    ("proxy_path", "demo/", "relative"), ("proxy_path", "/demo", "no trailing slash"),
+    ("version", "", "empty"), ("version", "v" * 65, "too long"),
+])
+def test_rejects_malformed_values(field, value, reason):
+    with pytest.raises(v.InvalidValue):
+        v.check(field, value)
+
+
+def test_error_names_field_value_and_rule():
+    with pytest.raises(v.InvalidValue) as err:
+        v.check("proxy.path", "/de mo/", "proxy_path")
+    text = str(err.value)
+    assert "proxy.path" in text and "'/de mo/'" in text and "ending in '/'" in text
+
+
+def test_port_rules():
+    assert v.check_port("port", "8080") == 8080
+    for bad in ("0", "65536", "80a", "", None, "1e3"):
+        with pytest.raises(v.InvalidValue):
+            v.check_port("port", bad)
+
+
+def test_policy_roundtrip_and_errors():
+    p = RoutingPolicy(service="demo", stable="v2", canary="v3", weight=20, mode="manual", previous="v1")
+    assert RoutingPolicy.from_json(p.to_json()) == p
+    for bad in ({"service": "demo", "weight": 101}, {"service": "demo", "mode": "yolo"},
+                {"service": "demo", "stable": "v 1"}, {"service": "de;mo"}, [], {"service": "demo", "weight": True}):
+        with pytest.raises(v.InvalidValue):
+            v.validate_policy(bad)
