@@ -61,7 +61,7 @@ class Gate:
 
     def _test(self, inst: Instance) -> None:
         try:
-            log.info("%s: testing %s v%s with %s against %s", inst.id, inst.service, inst.version,
+            log.info("%s: testing %s %s with %s against %s", inst.id, inst.service, inst.version,
                      inst.tests_image or "(none)", instance_url(inst))
             self.store.put_verdict(Verdict(inst.id, inst.container_id, inst.tests_image, TESTING,
                                            f"testing with {inst.tests_image}"))

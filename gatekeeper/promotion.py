@@ -112,7 +112,7 @@ class Promoter:
                     continue                            # failed builds stay up for inspection
                 try:
                     self.docker.containers.get(inst.container_id).stop(timeout=10)
-                    log.info("%s: stopped %s (v%s) after draining", service, inst.container_name, inst.version)
+                    log.info("%s: stopped %s (%s) after draining", service, inst.container_name, inst.version)
                 except docker.errors.NotFound:
                     pass
         except Exception:

@@ -87,5 +87,5 @@ class Bridge:
             return
         self.registry.register(inst)
         self.known[inst.id] = inst
-        log.info("registered %s as %s v%s at %s:%d", inst.id, inst.service, inst.version,
+        log.info("registered %s as %s %s at %s:%d", inst.id, inst.service, inst.version,
                  inst.address, inst.port)

@@ -22,7 +22,7 @@ up() {
   step "Consul (single-node server, data in $STATE/consul, UI http://$CONSUL_ADDR/ui/)"
   mkdir -p "$STATE/consul"
   start_bg consul consul agent -server -bootstrap-expect 1 -data-dir "$STATE/consul" -node proxystack \
-    -bind 127.0.0.1 -client 127.0.0.1 -ui -log-level warn
+    -bind 127.0.0.1 -client 127.0.0.1 -ui -log-level warn -hcl 'check_update_interval = "0s"'
   wait_for "Consul leader election" 60 sh -c "curl -sf http://$CONSUL_ADDR/v1/status/leader | grep -q ':'"
   info "leader elected"
 

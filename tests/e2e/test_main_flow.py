@@ -1,0 +1,183 @@
+"""The main job end to end on the real Docker Engine, Consul and nginx.
+
+The stack's three daemons run as real processes against a test Consul server and an nginx
+on 127.0.0.1:18000; the demo service is deployed with `docker run` and labels only.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from catalog.consul_store import ConsulStore
+from tests.conftest import SESSION, TEST_LABEL, host_port
+from tests.support.load import LoadClient
+from tests.support.processes import NginxServer, Proc, python_module, wait_until
+
+pytestmark = pytest.mark.e2e
+
+LISTEN_PORT = 18000
+E2E_LABEL = "proxystack.e2e"
+
+
+class Stack:
+    def __init__(self, consul, base, docker_client):
+        self.consul, self.base, self.docker = consul, base, docker_client
+        self.store = ConsulStore(consul.address, timeout=5, max_wait=5)
+        self.nginx = NginxServer(base / "nginx", f"127.0.0.1:{LISTEN_PORT}")
+        self.containers = {}
+        self.registrator = self._registrator()
+        self.gatekeeper = Proc("gatekeeper", python_module(
+            "gatekeeper", "--consul", consul.address, "run", "--drain-seconds", "3", "--wait", "5",
+            "--test-timeout", "60", "--test-label", f"{TEST_LABEL}={SESSION}"), base)
+        self.reloader = Proc("proxy-reloader", python_module(
+            "proxy_reloader", "--consul", consul.address, "--nginx-prefix", str(self.nginx.prefix),
+            "--listen", self.nginx.listen), base)
+
+    def _registrator(self):
+        return Proc("registrator", python_module(
+            "registrator", "--consul", self.consul.address, "--hostname", "e2e",
+            "--filter-label", f"{E2E_LABEL}={SESSION}", "--resync", "30"), self.base)
+
+    def start(self):
+        Proc("render-once", python_module("proxy_reloader", "--consul", self.consul.address, "--nginx-prefix",
+                                          str(self.nginx.prefix), "--listen", self.nginx.listen, "--once"),
+             self.base).start().popen.wait(30)
+        self.nginx.start()
+        for p in (self.registrator, self.gatekeeper, self.reloader):
+            p.start()
+        return self
+
+    def stop(self):
+        for p in (self.reloader, self.gatekeeper, self.registrator):
+            p.stop()
+        self.nginx.stop()
+
+    def deploy(self, name, image):
+        c = self.docker.containers.run(image, detach=True, name=f"e2e-{SESSION}-{name}", publish_all_ports=True,
+                                       labels={"SERVICE_NAME": "demo", "gatekeeper.tests": "demo-test:latest",
+                                               TEST_LABEL: SESSION, E2E_LABEL: SESSION})
+        self.containers[name] = c
+        return c
+
+    def get(self, path="/demo/1"):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{LISTEN_PORT}{path}", timeout=5) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"{}")
+
+    def served_version(self):
+        status, body = self.get()
+        return body.get("version") if status == 200 else None
+
+    def instance(self, container):
+        for ri in self.store.instances("demo"):
+            if ri.instance.container_id == container.id:
+                return ri
+        return None
+
+    def logs(self):
+        return "\n".join(f"--- {p.name}\n{p.log()[-3000:]}" for p in (self.registrator, self.gatekeeper, self.reloader))
+
+
+@pytest.fixture(scope="module")
+def stack(consul_server, docker_client, demo_images, tmp_path_factory):
+    s = Stack(consul_server, tmp_path_factory.mktemp("e2e"), docker_client).start()
+    yield s
+    s.stop()
+    for c in s.containers.values():
+        try:
+            c.remove(force=True)
+        except Exception:
+            pass
+
+
+def wait(stack, predicate, timeout, what):
+    try:
+        return wait_until(predicate, timeout, what, interval=0.2)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{stack.logs()}") from None
+
+
+class TestMainFlow:
+    def test_1_v1_is_registered_tested_admitted_and_served(self, stack):
+        status, body = stack.get()
+        assert status == 503 or status == 404, "nothing is admitted yet"
+        v1 = stack.deploy("v1", "demo:v1")
+        ri = wait(stack, lambda: stack.instance(v1), 30, "v1 registered in Consul")
+        assert ri.instance.port == host_port(v1) and ri.instance.address == "127.0.0.1"
+        assert ri.instance.tests_image == "demo-test:latest" and ri.instance.version == "v1"
+        wait(stack, lambda: stack.served_version() == "v1", 90, "the proxy to serve v1")
+        assert stack.get() == (200, {"id": 1, "rec": 7671, "version": "v1"})
+        assert stack.instance(v1).gate_output.startswith("9/9 passed")
+
+    def test_2_v2_takes_over_with_zero_failed_requests(self, stack):
+        load = LoadClient("127.0.0.1", LISTEN_PORT, max_seconds=150)
+        load.start()
+        time.sleep(0.5)
+        stack.deploy("v2", "demo:v2")
+        wait(stack, lambda: stack.served_version() == "v2", 90, "the proxy to serve v2")
+        v1 = stack.containers["v1"]
+        wait(stack, lambda: (v1.reload(), v1.status)[1] != "running", 30, "v1 to be drained and stopped")
+        time.sleep(1.0)
+        load.finish()
+        assert load.failures == [], f"{len(load.failures)} of {load.total} failed: {load.failures[:5]}"
+        assert load.versions["v1"] > 0 and load.versions["v2"] > 0, load.versions
+        assert {stack.served_version() for _ in range(30)} == {"v2"}
+
+    def test_3_broken_build_fails_its_tests_and_never_gets_a_request(self, stack):
+        v3 = stack.deploy("v3", "demo:v3")
+        ri = wait(stack, lambda: (lambda r: r if r and "failed" in r.gate_output else None)(stack.instance(v3)),
+                  90, "v3's gate verdict")
+        assert ri.gate_status == "critical" and "failed: rec_shape" in ri.gate_output
+        verdict = stack.store.verdict(ri.instance.id)
+        assert verdict.state == "failed" and "FAIL rec_shape" in verdict.log_tail
+        assert [stack.served_version() for _ in range(100)] == ["v2"] * 100
+        with urllib.request.urlopen(f"http://127.0.0.1:{host_port(v3)}/stats", timeout=5) as r:
+            assert json.loads(r.read())["proxied"] == 0
+
+    def test_4_a_stopped_container_is_deregistered_and_leaves_the_nginx_config(self, stack):
+        extra = stack.deploy("v2b", "demo:v2")
+        port = host_port(extra)
+        wait(stack, lambda: f"127.0.0.1:{port} " in stack.nginx.conf.read_text(), 90, "v2b in the nginx config")
+        extra.stop(timeout=5)
+        wait(stack, lambda: stack.instance(extra) is None, 20, "v2b deregistered")
+        wait(stack, lambda: f"127.0.0.1:{port} " not in stack.nginx.conf.read_text(), 20, "v2b out of nginx")
+        assert stack.served_version() == "v2"
+
+    def test_5_registrator_restart_loses_nothing_and_resets_no_verdict(self, stack):
+        v2 = stack.containers["v2"]
+        before = stack.instance(v2)
+        verdict_before = stack.store.verdict(before.instance.id)
+        gate_seen, stop = set(), threading.Event()
+
+        def watch_gate():
+            while not stop.is_set():
+                ri = stack.instance(v2)
+                gate_seen.add(ri.gate_status if ri else "missing")
+                time.sleep(0.05)
+
+        watcher = threading.Thread(target=watch_gate, daemon=True)
+        watcher.start()
+        load = LoadClient("127.0.0.1", LISTEN_PORT, max_seconds=60)
+        load.start()
+        stack.registrator.kill()                       # SIGKILL: no chance to clean up
+        stack.registrator = stack._registrator().start()
+        wait(stack, lambda: "sync:" in stack.registrator.log().split("registrator@e2e")[-1], 30,
+             "the restarted registrator's resync")
+        time.sleep(2)
+        load.finish()
+        stop.set()
+        watcher.join(5)
+        ids = [ri.instance.id for ri in stack.store.instances("demo")]
+        running = [c for c in stack.containers.values() if (c.reload(), c.status)[1] == "running"]
+        assert sorted(ids) == sorted(f"e2e:{c.name}:8080" for c in running), "no duplicate, none lost"
+        assert gate_seen == {"passing"}, f"v2's gate left passing during the restart: {gate_seen}"
+        assert stack.store.verdict(before.instance.id) == verdict_before
+        assert load.failures == [], load.failures[:5]
+        assert load.versions == {"v2": load.total}
