@@ -8,93 +8,26 @@ from __future__ import annotations
 import json
 import threading
 import time
-import urllib.error
 import urllib.request
 
 import pytest
 
-from catalog.consul_store import ConsulStore
-from tests.conftest import SESSION, TEST_LABEL, host_port
+from tests.conftest import SESSION, host_port
 from tests.support.load import LoadClient
-from tests.support.processes import NginxServer, Proc, python_module, wait_until
+from tests.support.processes import wait_until
+from tests.support.stack import Stack
 
 pytestmark = pytest.mark.e2e
 
 LISTEN_PORT = 18000
-E2E_LABEL = "proxystack.e2e"
-
-
-class Stack:
-    def __init__(self, consul, base, docker_client):
-        self.consul, self.base, self.docker = consul, base, docker_client
-        self.store = ConsulStore(consul.address, timeout=5, max_wait=5)
-        self.nginx = NginxServer(base / "nginx", f"127.0.0.1:{LISTEN_PORT}")
-        self.containers = {}
-        self.registrator = self._registrator()
-        self.gatekeeper = Proc("gatekeeper", python_module(
-            "gatekeeper", "--consul", consul.address, "run", "--drain-seconds", "3", "--wait", "5",
-            "--test-timeout", "60", "--test-label", f"{TEST_LABEL}={SESSION}"), base)
-        self.reloader = Proc("proxy-reloader", python_module(
-            "proxy_reloader", "--consul", consul.address, "--nginx-prefix", str(self.nginx.prefix),
-            "--listen", self.nginx.listen), base)
-
-    def _registrator(self):
-        return Proc("registrator", python_module(
-            "registrator", "--consul", self.consul.address, "--hostname", "e2e",
-            "--filter-label", f"{E2E_LABEL}={SESSION}", "--resync", "30"), self.base)
-
-    def start(self):
-        Proc("render-once", python_module("proxy_reloader", "--consul", self.consul.address, "--nginx-prefix",
-                                          str(self.nginx.prefix), "--listen", self.nginx.listen, "--once"),
-             self.base).start().popen.wait(30)
-        self.nginx.start()
-        for p in (self.registrator, self.gatekeeper, self.reloader):
-            p.start()
-        return self
-
-    def stop(self):
-        for p in (self.reloader, self.gatekeeper, self.registrator):
-            p.stop()
-        self.nginx.stop()
-
-    def deploy(self, name, image):
-        c = self.docker.containers.run(image, detach=True, name=f"e2e-{SESSION}-{name}", publish_all_ports=True,
-                                       labels={"SERVICE_NAME": "demo", "gatekeeper.tests": "demo-test:latest",
-                                               TEST_LABEL: SESSION, E2E_LABEL: SESSION})
-        self.containers[name] = c
-        return c
-
-    def get(self, path="/demo/1"):
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{LISTEN_PORT}{path}", timeout=5) as r:
-                return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read() or b"{}")
-
-    def served_version(self):
-        status, body = self.get()
-        return body.get("version") if status == 200 else None
-
-    def instance(self, container):
-        for ri in self.store.instances("demo"):
-            if ri.instance.container_id == container.id:
-                return ri
-        return None
-
-    def logs(self):
-        return "\n".join(f"--- {p.name}\n{p.log()[-3000:]}" for p in (self.registrator, self.gatekeeper, self.reloader))
 
 
 @pytest.fixture(scope="module")
 def stack(consul_server, docker_client, demo_images, tmp_path_factory):
-    s = Stack(consul_server, tmp_path_factory.mktemp("e2e"), docker_client).start()
+    s = Stack(consul_server, tmp_path_factory.mktemp("e2e"), docker_client, SESSION, LISTEN_PORT).start()
     yield s
     s.stop()
-    for c in s.containers.values():
-        try:
-            c.remove(force=True)
-        except Exception:
-            pass
+    s.remove_containers()
 
 
 def wait(stack, predicate, timeout, what):

@@ -1,0 +1,85 @@
+"""Deploy lead time and failed requests during the switch, on the real stack.
+
+Each run deploys the other version with `docker run` (v1 is stable -> deploy v2, then v2 ->
+v1, ...) and measures the time from `docker run` to the first response through nginx that
+comes from the new version, while a client sends requests through the proxy (a new
+connection per request) and counts failures. Prints every run and the medians.
+
+    .venv/bin/python -m bench.deploy_lead_time [--runs 5] [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import docker
+
+from tests.support.load import LoadClient
+from tests.support.processes import ConsulServer, wait_until
+from tests.support.stack import TEST_LABEL, Stack
+
+LISTEN_PORT = 18100
+
+
+def one_run(stack: Stack, name: str, image: str, version: str, drain_wait: float) -> dict:
+    load = LoadClient("127.0.0.1", LISTEN_PORT, max_seconds=180, pause=0.002)
+    load.start()
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    stack.deploy(name, image)
+    wait_until(lambda: stack.served_version() == version, 120, f"the proxy to serve {version}", interval=0.02)
+    lead = time.monotonic() - t0
+    time.sleep(drain_wait)               # the old version drains and is stopped meanwhile
+    load.finish()
+    return {"lead_time_s": round(lead, 3), "requests": load.total, "failed": len(load.failures),
+            "failures": load.failures[:3]}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    session = "bench" + uuid.uuid4().hex[:6]
+    client = docker.from_env(timeout=60)
+    base = Path(tempfile.mkdtemp(prefix="proxystack-bench-"))
+    consul = ConsulServer(base, http_port=18600, port_base=18400).start()
+    stack = Stack(consul, base, client, session, LISTEN_PORT, drain_seconds=2).start()
+    results = []
+    try:
+        stack.deploy("v1-0", "demo:v1")
+        wait_until(lambda: stack.served_version() == "v1", 120, "v1 to be served")
+        for i in range(1, args.runs + 1):
+            version = "v2" if i % 2 else "v1"
+            r = one_run(stack, f"{version}-{i}", f"demo:{version}", version, drain_wait=4.0)
+            results.append(r)
+            if not args.json:
+                print(f"run {i}: deploy {version}: lead time {r['lead_time_s']:.2f} s, "
+                      f"{r['failed']} failed of {r['requests']} requests", flush=True)
+    finally:
+        stack.stop()
+        for c in client.containers.list(all=True, filters={"label": f"{TEST_LABEL}={session}"}):
+            c.remove(force=True)
+        consul.stop()
+    summary = {"runs": results,
+               "median_lead_time_s": round(statistics.median(r["lead_time_s"] for r in results), 3),
+               "median_failed": statistics.median(r["failed"] for r in results),
+               "total_failed": sum(r["failed"] for r in results),
+               "total_requests": sum(r["requests"] for r in results)}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"median deploy lead time (docker run -> first proxied response from the new version): "
+              f"{summary['median_lead_time_s']:.2f} s over {len(results)} runs; failed requests: "
+              f"median {summary['median_failed']}, total {summary['total_failed']} of {summary['total_requests']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

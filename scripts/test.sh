@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The whole test suite on real components. Installs what is missing (as make demo does),
+# runs pytest, and stops any Docker Engine it had to start itself.
+#   scripts/test.sh [pytest args...]
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+engine_was_running=0
+docker info >/dev/null 2>&1 && engine_was_running=1
+
+cleanup() {
+  if [ "$engine_was_running" -eq 0 ] && is_running dockerd; then
+    step "Stopping the Docker Engine this run started"
+    stop_pid dockerd
+  fi
+}
+trap cleanup EXIT
+
+bash "$ROOT/scripts/install.sh" all
+
+step "Running the test suite (unit, real Consul/Docker/nginx, end to end)"
+cd "$ROOT"
+"$VENV/bin/python" -m pytest -ra "$@"

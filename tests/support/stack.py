@@ -1,0 +1,88 @@
+"""The whole stack as real processes, for end-to-end tests and benchmarks.
+
+registrator, gatekeeper and proxy-reloader run against a given Consul server, nginx on its own
+prefix and port; demo containers are started with `docker run` and labels only.
+"""
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+from catalog.consul_store import ConsulStore
+from tests.support.processes import NginxServer, Proc, python_module
+
+E2E_LABEL = "proxystack.e2e"
+TEST_LABEL = "proxystack.test"
+
+
+class Stack:
+    def __init__(self, consul, base, docker_client, session: str, listen_port: int = 18000,
+                 drain_seconds: float = 3.0):
+        self.consul, self.base, self.docker = consul, base, docker_client
+        self.session, self.listen_port = session, listen_port
+        self.store = ConsulStore(consul.address, timeout=5, max_wait=5)
+        self.nginx = NginxServer(base / "nginx", f"127.0.0.1:{listen_port}")
+        self.containers = {}
+        self.registrator = self._registrator()
+        self.gatekeeper = Proc("gatekeeper", python_module(
+            "gatekeeper", "--consul", consul.address, "run", "--drain-seconds", str(drain_seconds), "--wait", "5",
+            "--test-timeout", "60", "--test-label", f"{TEST_LABEL}={self.session}"), base)
+        self.reloader = Proc("proxy-reloader", python_module(
+            "proxy_reloader", "--consul", consul.address, "--nginx-prefix", str(self.nginx.prefix),
+            "--listen", self.nginx.listen), base)
+
+    def _registrator(self):
+        return Proc("registrator", python_module(
+            "registrator", "--consul", self.consul.address, "--hostname", "e2e",
+            "--filter-label", f"{E2E_LABEL}={self.session}", "--resync", "30"), self.base)
+
+    def start(self):
+        Proc("render-once", python_module("proxy_reloader", "--consul", self.consul.address, "--nginx-prefix",
+                                          str(self.nginx.prefix), "--listen", self.nginx.listen, "--once"),
+             self.base).start().popen.wait(30)
+        self.nginx.start()
+        for p in (self.registrator, self.gatekeeper, self.reloader):
+            p.start()
+        return self
+
+    def stop(self):
+        for p in (self.reloader, self.gatekeeper, self.registrator):
+            p.stop()
+        self.nginx.stop()
+
+    def deploy(self, name, image):
+        """`docker run -d -P` with labels only, as an operator would."""
+        c = self.docker.containers.run(image, detach=True, name=f"e2e-{self.session}-{name}", publish_all_ports=True,
+                                       labels={"SERVICE_NAME": "demo", "gatekeeper.tests": "demo-test:latest",
+                                               TEST_LABEL: self.session, E2E_LABEL: self.session})
+        self.containers[name] = c
+        return c
+
+    def get(self, path="/demo/1"):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.listen_port}{path}", timeout=5) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"{}")
+
+    def served_version(self):
+        status, body = self.get()
+        return body.get("version") if status == 200 else None
+
+    def instance(self, container):
+        for ri in self.store.instances("demo"):
+            if ri.instance.container_id == container.id:
+                return ri
+        return None
+
+    def remove_containers(self):
+        for c in self.containers.values():
+            try:
+                c.remove(force=True)
+            except Exception:
+                pass
+        self.containers.clear()
+
+    def logs(self):
+        return "\n".join(f"--- {p.name}\n{p.log()[-3000:]}" for p in (self.registrator, self.gatekeeper, self.reloader))
