@@ -27,7 +27,7 @@ class Store:
         self.outputs[inst.id] = output
 
 
-class Tester:
+class FakeTester:
     def __init__(self, state=PASSED, summary="9/9 passed in 0.1 s"):
         self.state, self.summary, self.runs = state, summary, []
 
@@ -47,7 +47,7 @@ def settle(gate):
 
 
 def test_new_instance_is_tested_against_its_own_address_and_admitted_on_pass():
-    store, tester, admitted = Store(inst()), Tester(), []
+    store, tester, admitted = Store(inst()), FakeTester(), []
     gate = Gate(store, tester, on_admitted=admitted.append)
     gate.reconcile()
     settle(gate)
@@ -58,7 +58,7 @@ def test_new_instance_is_tested_against_its_own_address_and_admitted_on_pass():
 
 def test_failed_tests_leave_the_gate_critical_with_the_summary():
     store = Store(inst())
-    gate = Gate(store, Tester(FAILED, "5/9 passed; failed: rec_shape"))
+    gate = Gate(store, FakeTester(FAILED, "5/9 passed; failed: rec_shape"))
     gate.reconcile()
     settle(gate)
     assert store.gates["h:web:8080"] == "critical"
@@ -66,7 +66,7 @@ def test_failed_tests_leave_the_gate_critical_with_the_summary():
 
 
 def test_a_gate_opened_without_a_verdict_is_closed_and_retested():
-    store, tester = Store(inst()), Tester(FAILED, "0/9")
+    store, tester = Store(inst()), FakeTester(FAILED, "0/9")
     store.gates["h:web:8080"] = "passing"            # someone passed it by hand
     gate = Gate(store, tester)
     gate.reconcile()
@@ -75,7 +75,7 @@ def test_a_gate_opened_without_a_verdict_is_closed_and_retested():
 
 
 def test_stored_verdict_is_reapplied_without_retesting():
-    store, tester = Store(inst()), Tester()
+    store, tester = Store(inst()), FakeTester()
     store.verdicts["h:web:8080"] = Verdict("h:web:8080", "c1", "demo-test:latest", PASSED, "9/9 passed", 1, 2)
     gate = Gate(store, tester)
     gate.reconcile()
@@ -84,7 +84,7 @@ def test_stored_verdict_is_reapplied_without_retesting():
 
 
 def test_a_new_container_under_the_same_name_is_tested_again():
-    store, tester = Store(inst(cid="new")), Tester()
+    store, tester = Store(inst(cid="new")), FakeTester()
     store.verdicts["h:web:8080"] = Verdict("h:web:8080", "old", "demo-test:latest", PASSED, "9/9 passed", 1, 2)
     gate = Gate(store, tester)
     gate.reconcile()
