@@ -14,10 +14,9 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import consul
 import consul.base
 
-from .model import (GATE_SUFFIX, HEALTH_SUFFIX, META_CONTAINER_ID, META_CONTAINER_NAME,
-                    META_IMAGE, META_PROXY_HOST, META_PROXY_PATH, META_REGISTERED_BY,
-                    META_TESTS_IMAGE, META_VERSION, HttpCheck, Instance, RegisteredInstance,
-                    RoutingPolicy, Verdict)
+from .model import (META_CONTAINER_ID, META_CONTAINER_NAME, META_DOCKER_HEALTH, META_IMAGE,
+                    META_PROXY_HOST, META_PROXY_PATH, META_REGISTERED_BY, META_TESTS_IMAGE,
+                    META_VERSION, Instance, RegisteredInstance, RoutingPolicy, Verdict)
 from .validation import InvalidValue
 
 log = logging.getLogger(__name__)
@@ -27,7 +26,7 @@ POLICIES = "gatekeeper/policies/"
 REJECTED = "registrator/rejected/"
 GATE_TTL = "87600h"        # the gate is set by gatekeeper, never by expiry
 _OWN_META = {META_CONTAINER_ID, META_CONTAINER_NAME, META_IMAGE, META_VERSION, META_TESTS_IMAGE,
-             META_PROXY_PATH, META_PROXY_HOST, META_REGISTERED_BY}
+             META_PROXY_PATH, META_PROXY_HOST, META_REGISTERED_BY, META_DOCKER_HEALTH}
 
 
 class ConsulError(RuntimeError):
@@ -77,13 +76,21 @@ class ConsulStore:
             "TTL": GATE_TTL,
             "Status": "critical",
         }]
-        if inst.http_check:
+        hc = inst.health_check
+        if hc:
+            check = {"CheckID": inst.health_check_id, "Interval": hc.interval, "Timeout": hc.timeout}
+            if hc.kind == "http":
+                check.update(Name=f"HTTP {hc.target}", HTTP=f"http://{inst.address}:{inst.port}{hc.target}")
+            else:
+                check.update(Name="TCP connect", TCP=f"{inst.address}:{inst.port}")
+            checks.append(check)
+        if inst.docker_health:
             checks.append({
-                "CheckID": inst.health_check_id,
-                "Name": f"HTTP {inst.http_check.path}",
-                "HTTP": f"http://{inst.address}:{inst.port}{inst.http_check.path}",
-                "Interval": inst.http_check.interval,
-                "Timeout": inst.http_check.timeout,
+                "CheckID": inst.docker_health_check_id,
+                "Name": "Docker HEALTHCHECK",
+                "Notes": "set by registrator from Docker's health_status; admitted only when healthy",
+                "TTL": GATE_TTL,
+                "Status": "critical",
             })
         payload = {"ID": inst.id, "Name": inst.service, "Address": inst.address, "Port": inst.port,
                    "Tags": inst.all_tags(), "Meta": inst.meta(), "Checks": checks}
@@ -113,6 +120,12 @@ class ConsulStore:
             except ValueError:
                 continue
         return out
+
+    def set_docker_health(self, inst: Instance, status: str) -> None:
+        """Mirror Docker's health status (healthy / starting / unhealthy) into the instance's check."""
+        verb = "pass" if status == "healthy" else "fail"
+        self._put(f"/v1/agent/check/{verb}/{inst.docker_health_check_id}",
+                  params=[("note", f"Docker reports the container {status}")])
 
     # --- gate: gatekeeper's side ---------------------------------------------------------
     def set_gate(self, inst: Instance, passing: bool, output: str) -> None:
@@ -230,4 +243,5 @@ def instance_from_consul(svc: dict) -> Optional[Instance]:
         tests_image=meta.get(META_TESTS_IMAGE, ""), proxy_path=meta.get(META_PROXY_PATH, ""),
         proxy_host=meta.get(META_PROXY_HOST, ""), tags=tags,
         extra_meta=tuple(sorted((k, v) for k, v in meta.items() if k not in _OWN_META)),
+        docker_health=meta.get(META_DOCKER_HEALTH) == "1",
     )

@@ -21,6 +21,8 @@ META_TESTS_IMAGE = "tests_image"
 META_PROXY_PATH = "proxy_path"
 META_PROXY_HOST = "proxy_host"
 META_REGISTERED_BY = "registered_by"
+META_DOCKER_HEALTH = "docker_health"
+DOCKER_HEALTH_SUFFIX = ":docker-health"
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,8 @@ class Instance:
     proxy_host: str = ""
     tags: Tuple[str, ...] = ()
     extra_meta: Tuple[Tuple[str, str], ...] = ()
-    http_check: Optional["HttpCheck"] = None
+    health_check: Optional["HealthCheck"] = None
+    docker_health: bool = False      # the container has a Docker HEALTHCHECK
 
     @property
     def gate_check_id(self) -> str:
@@ -50,6 +53,10 @@ class Instance:
     @property
     def health_check_id(self) -> str:
         return self.id + HEALTH_SUFFIX
+
+    @property
+    def docker_health_check_id(self) -> str:
+        return self.id + DOCKER_HEALTH_SUFFIX
 
     @property
     def path(self) -> str:
@@ -67,6 +74,8 @@ class Instance:
             META_PROXY_HOST: self.proxy_host,
             META_REGISTERED_BY: self.registered_by,
         })
+        if self.docker_health:
+            meta[META_DOCKER_HEALTH] = "1"
         return meta
 
     def all_tags(self) -> list:
@@ -74,8 +83,10 @@ class Instance:
 
 
 @dataclass(frozen=True)
-class HttpCheck:
-    path: str
+class HealthCheck:
+    """SERVICE_CHECK_HTTP (target: a path) or SERVICE_CHECK_TCP (target: empty)."""
+    kind: str                 # "http" | "tcp"
+    target: str = ""
     interval: str = "5s"
     timeout: str = "2s"
 

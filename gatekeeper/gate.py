@@ -44,6 +44,9 @@ class Gate:
                 return
         verdict = self.store.verdict(inst.id)
         if verdict is None or not verdict.applies_to(inst) or not verdict.final:
+            if inst.docker_health and ri.checks.get(inst.docker_health_check_id) != "passing":
+                log.debug("%s: waiting for Docker to report the container healthy before testing", inst.id)
+                return
             self._start_test(inst)             # new, replaced, or interrupted mid-test
             return
         passing = verdict.state == PASSED

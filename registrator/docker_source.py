@@ -30,13 +30,17 @@ class Container:
     labels: Dict[str, str] = field(default_factory=dict)
     env: Dict[str, str] = field(default_factory=dict)
     ports: Tuple[PublishedPort, ...] = ()
+    exposed: Tuple[int, ...] = ()          # container ports (tcp) the image exposes
+    internal_ip: str = ""
+    health: Optional[str] = None           # None: no HEALTHCHECK; else starting|healthy|unhealthy
 
 
 @dataclass(frozen=True)
 class ContainerEvent:
-    action: str            # start, die, stop, kill, destroy, ...
+    action: str            # start, die, stop, kill, destroy, health_status, ...
     container_id: str
     attributes: Dict[str, str] = field(default_factory=dict)
+    detail: str = ""       # after the colon: "healthy" in "health_status: healthy"
 
 
 def container_from_inspect(data: dict) -> Container:
@@ -53,11 +57,22 @@ def container_from_inspect(data: dict) -> Container:
                 continue
             ports.append(PublishedPort(int(cport), proto or "tcp", b.get("HostIp") or "", int(b["HostPort"])))
             break
+    state = data.get("State") or {}
+    net = data.get("NetworkSettings") or {}
+    internal_ip = net.get("IPAddress") or next(
+        (n.get("IPAddress") for n in (net.get("Networks") or {}).values() if n.get("IPAddress")), "")
+    exposed = sorted(int(spec.partition("/")[0]) for spec in (cfg.get("ExposedPorts") or {})
+                     if spec.endswith("/tcp") or "/" not in spec)
+    test = (cfg.get("Healthcheck") or {}).get("Test") or []
+    health = None
+    if test and test[0] != "NONE":
+        health = (state.get("Health") or {}).get("Status") or "starting"
     return Container(
         id=data["Id"], name=data["Name"].lstrip("/"), image=cfg.get("Image", ""),
-        running=bool((data.get("State") or {}).get("Running")),
+        running=bool(state.get("Running")),
         labels=dict(cfg.get("Labels") or {}), env=env,
         ports=tuple(sorted(ports, key=lambda p: (p.container_port, p.protocol))),
+        exposed=tuple(exposed), internal_ip=internal_ip, health=health,
     )
 
 
@@ -92,9 +107,9 @@ class DockerSource:
                 if stop.is_set():
                     break
                 actor = ev.get("Actor") or {}
-                action = (ev.get("Action") or ev.get("status") or "").split(":")[0]
-                on_event(ContainerEvent(action, actor.get("ID") or ev.get("id", ""),
-                                        dict(actor.get("Attributes") or {})))
+                action, _, detail = (ev.get("Action") or ev.get("status") or "").partition(":")
+                on_event(ContainerEvent(action.strip(), actor.get("ID") or ev.get("id", ""),
+                                        dict(actor.get("Attributes") or {}), detail.strip()))
         finally:
             stream.close()
 

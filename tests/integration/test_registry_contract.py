@@ -1,7 +1,7 @@
 """The in-memory registry used by unit tests behaves like Consul on the same calls."""
 import pytest
 
-from catalog.model import HttpCheck, Instance
+from catalog.model import HealthCheck, Instance
 from registrator.bridge import same_registration
 from tests.support.fakes import InMemoryRegistry
 
@@ -27,7 +27,7 @@ def registry(request, store):
 
 
 def test_register_reads_back_as_the_same_registration(registry, unique):
-    inst = make(unique, http_check=HttpCheck("/health"))
+    inst = make(unique, health_check=HealthCheck("http", "/health"), docker_health=True)
     registry.register(inst)
     got = registry.local_instances(inst.registered_by)
     assert list(got) == [inst.id]

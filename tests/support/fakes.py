@@ -13,6 +13,7 @@ class InMemoryRegistry:
         self.services: Dict[str, Instance] = {}
         self.calls: List[tuple] = []
         self.rejections: Dict[str, str] = {}
+        self.docker_health: Dict[str, str] = {}
 
     def register(self, inst: Instance) -> None:
         self.calls.append(("register", inst.id))
@@ -28,16 +29,21 @@ class InMemoryRegistry:
     def record_rejection(self, container_name: str, reason: str) -> None:
         self.rejections[container_name] = reason
 
+    def set_docker_health(self, inst: Instance, status: str) -> None:
+        self.calls.append(("docker_health", inst.id, status))
+        self.docker_health[inst.id] = status
+
 
 class FakeDocker:
     def __init__(self):
         self.containers: Dict[str, Container] = {}
 
     def add(self, cid: str, name: str, image: str = "demo:v1", labels=None, env=None,
-            ports=((8080, 32768),), running=True) -> Container:
+            ports=((8080, 32768),), running=True, health=None) -> Container:
         c = Container(id=cid, name=name, image=image, running=running, labels=dict(labels or {}),
                       env=dict(env or {}),
-                      ports=tuple(PublishedPort(cp, "tcp", "127.0.0.1", hp) for cp, hp in ports))
+                      ports=tuple(PublishedPort(cp, "tcp", "127.0.0.1", hp) for cp, hp in ports),
+                      exposed=tuple(cp for cp, _ in ports), internal_ip="192.0.2.10", health=health)
         self.containers[cid] = c
         return c
 

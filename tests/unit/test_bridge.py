@@ -56,3 +56,21 @@ def test_rejected_container_is_recorded_not_registered():
     bridge.add("c1")
     assert reg.services == {}
     assert "proxy.path" in reg.rejections["web1"]
+
+
+def test_docker_health_is_mirrored_once_per_change():
+    reg, dock, bridge = setup()
+    dock.add("c1", "web1", labels=L, health="starting")
+    bridge.add("c1")
+    assert reg.docker_health == {"h:web1:8080": "starting"}
+    bridge.health_changed("c1", "healthy")
+    bridge.health_changed("c1", "healthy")
+    assert [c for c in reg.calls if c[0] == "docker_health"] == [
+        ("docker_health", "h:web1:8080", "starting"), ("docker_health", "h:web1:8080", "healthy")]
+
+
+def test_a_restarted_registrator_mirrors_current_health_at_sync():
+    reg, dock, bridge = setup()
+    dock.add("c1", "web1", labels=L, health="healthy")
+    Bridge(reg, dock, S).sync()
+    assert reg.docker_health == {"h:web1:8080": "healthy"}

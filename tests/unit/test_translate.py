@@ -74,3 +74,32 @@ def test_invalid_values_reject_the_container_naming_container_label_and_rule(lab
         instances_for(container(labels), S)
     text = str(err.value)
     assert "web1" in text and label in text and "must be" in text
+
+
+def test_tcp_check_and_docker_healthcheck_are_carried():
+    c = Container(id="c" * 64, name="web1", image="demo:v1", running=True, labels={"SERVICE_NAME": "demo",
+                  "SERVICE_CHECK_TCP": "true", "SERVICE_CHECK_INTERVAL": "2s"},
+                  ports=(PublishedPort(8080, "tcp", "127.0.0.1", 1),), health="starting")
+    [inst] = instances_for(c, S)
+    assert inst.health_check.kind == "tcp" and inst.health_check.interval == "2s"
+    assert inst.docker_health and inst.meta()["docker_health"] == "1"
+
+
+def test_internal_mode_registers_the_container_address_and_exposed_ports():
+    c = Container(id="c" * 64, name="web1", image="demo:v1", running=True, labels={"SERVICE_NAME": "demo"},
+                  exposed=(8080,), internal_ip="192.0.2.7")
+    assert instances_for(c, S) == []                       # nothing published
+    [inst] = instances_for(c, Settings(hostname="h", internal=True))
+    assert (inst.address, inst.port) == ("192.0.2.7", 8080)
+
+
+def test_a_label_for_a_port_the_container_does_not_publish_rejects_it():
+    with pytest.raises(Rejected) as err:
+        instances_for(container({"SERVICE_NAME": "demo", "SERVICE_9999_NAME": "metrics"}), S)
+    assert "SERVICE_9999_NAME" in str(err.value) and "not published" in str(err.value)
+
+
+def test_a_container_with_a_name_but_no_port_is_logged(caplog):
+    caplog.set_level("INFO")
+    assert instances_for(container({"SERVICE_NAME": "demo"}, ports=()), S) == []
+    assert "web1" in caplog.text and "no published port" in caplog.text
