@@ -10,6 +10,7 @@ from registrator.translate import Settings
 from tests.support.fakes import FakeDocker, InMemoryRegistry
 
 L = {"SERVICE_NAME": "demo"}
+END = object()          # in a script: the stream closes here (as when dockerd restarts)
 
 
 class ScriptedDocker(FakeDocker):
@@ -34,10 +35,13 @@ class ScriptedDocker(FakeDocker):
             stop.wait()
             return
         for step in script:
+            if step is END:
+                return
             if callable(step):
                 step()
             else:
                 on_event(step)
+        stop.wait()
 
 
 def run_until(runner, condition, timeout=10):
@@ -66,7 +70,7 @@ def test_a_broken_event_stream_reconnects_and_resyncs_away_what_died_meanwhile()
     def container_dies_while_disconnected():
         dock.containers.pop("c1")
 
-    dock = ScriptedDocker([[container_dies_while_disconnected]])   # stream ends: a dockerd restart
+    dock = ScriptedDocker([[container_dies_while_disconnected, END]])
     dock.add("c1", "web", labels=L)
     runner = Runner(Bridge(reg, dock, Settings(hostname="h")), dock, RunnerOptions(resync_every=60))
     assert run_until(runner, lambda: dock.syncs >= 2 and reg.services == {})
