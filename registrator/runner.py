@@ -84,9 +84,14 @@ class Runner:
             else:
                 self._handle(item)
         if self.options.cleanup_on_exit:
-            for iid in list(self.bridge.known):
-                self._retrying(self.bridge.registry.deregister, iid)
-            log.info("removed %d registration(s) on exit", len(self.bridge.known))
+            self._cleanup()
+
+    @backoff(max_wait=2.0, attempts=5, what="deregistration on exit")
+    def _cleanup(self) -> None:
+        for iid in list(self.bridge.known):
+            self.bridge.registry.deregister(iid)
+            self.bridge.known.pop(iid)
+            log.info("deregistered %s on exit (--cleanup-on-exit)", iid)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -103,9 +108,20 @@ class Runner:
         self._retrying(self.bridge.sync)
 
     def _retrying(self, fn, *args) -> None:
-        """Consul or Docker unreachable: retry with back-off until it answers (or we stop)."""
+        """Consul or Docker unreachable: retry with back-off until it answers (or we stop).
+        After an outage, a full resync follows: a restarted agent may have lost registrations."""
+        failures = 0
+
         @backoff(max_wait=10.0, on=TRANSIENT + DOCKER_ERRORS, what=getattr(fn, "__name__", "call"))
         def attempt():
+            nonlocal failures
             if not self.stopping.is_set():
-                fn(*args)
+                try:
+                    fn(*args)
+                except TRANSIENT + DOCKER_ERRORS:
+                    failures += 1
+                    raise
         attempt()
+        if failures and fn != self.bridge.sync:
+            log.info("recovered after %d failed attempt(s); resyncing", failures)
+            self.events.put(_RESYNC)

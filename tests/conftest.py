@@ -17,6 +17,11 @@ TEST_LABEL = "proxystack.test"
 DEMO_IMAGES = ("demo:v1", "demo:v2", "demo:v3", "demo-test:latest")
 
 
+def pytest_collection_modifyitems(items):
+    """Tests that restart the Docker Engine run last: it stops every container."""
+    items.sort(key=lambda item: item.get_closest_marker("engine_restart") is not None)
+
+
 @pytest.fixture(scope="session")
 def docker_client():
     try:

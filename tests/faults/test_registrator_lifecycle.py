@@ -1,0 +1,182 @@
+"""registrator on the real Docker Engine and Consul: lifecycle, restarts, outages, bad input."""
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import tarfile
+import threading
+import time
+
+import pytest
+import requests
+
+from tests.conftest import SESSION, TEST_LABEL, host_port
+from tests.support.processes import ConsulServer, Proc, python_module, wait_until
+
+FAULT_LABEL = "proxystack.faults"
+LABELS = {"SERVICE_NAME": "flt", "gatekeeper.tests": "demo-test:latest", FAULT_LABEL: SESSION}
+
+
+def start_registrator(consul, base, *extra):
+    return Proc("registrator", python_module(
+        "registrator", "--consul", consul.address, "--hostname", "flt", "--filter-label",
+        f"{FAULT_LABEL}={SESSION}", "--resync", "5", *extra), base).start()
+
+
+@pytest.fixture
+def registrator(consul_server, tmp_path, demo_images):
+    proc = start_registrator(consul_server, tmp_path)
+    yield proc
+    proc.stop()
+
+
+def instance_of(store, container, service="flt"):
+    return next((ri for ri in store.instances(service) if ri.instance.container_id == container.id), None)
+
+
+def catalog_entry(consul, service):
+    return requests.get(f"http://{consul.address}/v1/catalog/service/{service}", timeout=5).json()
+
+
+def test_docker_stop_takes_the_instance_out_on_kill_before_the_process_exits(store, registrator, run_container):
+    # `sleep` as PID 1 ignores SIGTERM, so the container lives until docker stop's SIGKILL.
+    c = run_container("demo:v1", labels=LABELS, command=["sleep", "60"])
+    wait_until(lambda: instance_of(store, c), 20, "registration")
+    stopper = threading.Thread(target=lambda: c.stop(timeout=6), daemon=True)
+    t0 = time.monotonic()
+    stopper.start()
+    wait_until(lambda: instance_of(store, c) is None, 5, "deregistration on the kill event")
+    out_after = time.monotonic() - t0
+    c.reload()
+    assert c.status == "running", "the instance must leave before the process exits"
+    assert out_after < 3.0
+    stopper.join(15)
+
+
+def test_a_rm_container_gone_before_inspection_leaves_nothing(store, registrator, run_container, consul_server):
+    c = run_container("demo:v1", labels=LABELS, command=["true"], auto_remove=True)
+    time.sleep(3)
+    assert instance_of(store, c) is None
+    assert "Traceback" not in registrator.log()
+
+
+def test_a_restart_policy_respawn_is_registered_again(store, registrator, run_container):
+    c = run_container("demo:v1", labels=LABELS, command=["sh", "-c", "sleep 2; exit 1"],
+                      restart_policy={"Name": "on-failure", "MaximumRetryCount": 3})
+    seen = []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and seen[-3:] != [True, False, True]:
+        now = instance_of(store, c) is not None
+        if not seen or seen[-1] != now:
+            seen.append(now)
+        time.sleep(0.05)
+    assert seen[-3:] == [True, False, True], f"registered/deregistered sequence: {seen}"
+
+
+def test_sigterm_leaves_registrations_and_cleanup_on_exit_removes_them(store, consul_server, tmp_path, run_container):
+    c = run_container("demo:v1", labels=LABELS)
+    reg = start_registrator(consul_server, tmp_path)
+    wait_until(lambda: instance_of(store, c), 20, "registration")
+    reg.stop()
+    assert instance_of(store, c) is not None, "SIGTERM must leave registrations in place"
+    reg = start_registrator(consul_server, tmp_path, "--cleanup-on-exit")
+    wait_until(lambda: reg.log().count("sync:") >= 2, 20, "the second registrator's first sync")
+    reg.stop()
+    assert instance_of(store, c) is None
+
+
+def test_sigkill_and_restart_removes_own_stale_adds_missed_and_touches_nothing_else(
+        store, consul_server, tmp_path, run_container):
+    keep = run_container("demo:v1", labels=LABELS)
+    gone = run_container("demo:v1", labels=LABELS)
+    reg = start_registrator(consul_server, tmp_path)
+    wait_until(lambda: instance_of(store, keep) and instance_of(store, gone), 20, "both registered")
+    kept = instance_of(store, keep).instance
+    store.set_gate(kept, True, "9/9 passed (set by this test)")
+    before = {e["ServiceID"]: e["ModifyIndex"] for e in catalog_entry(consul_server, "flt")}
+    reg.kill()
+    gone.remove(force=True)
+    missed = run_container("demo:v1", labels=LABELS)
+    reg = start_registrator(consul_server, tmp_path)
+    try:
+        wait_until(lambda: instance_of(store, missed) and instance_of(store, gone) is None, 20,
+                   "the resync after the restart")
+        time.sleep(1)
+        after = {e["ServiceID"]: e["ModifyIndex"] for e in catalog_entry(consul_server, "flt")}
+        assert after[kept.id] == before[kept.id], "an unchanged instance must not be re-registered"
+        ri = instance_of(store, keep)
+        assert ri.gate_status == "passing" and ri.gate_output.startswith("9/9 passed")
+        assert sorted(after) == sorted([kept.id, instance_of(store, missed).instance.id])
+    finally:
+        reg.stop()
+
+
+def test_invalid_label_is_rejected_logged_recorded_and_secrets_stay_out(store, registrator, run_container, consul_server):
+    c = run_container("demo:v1", labels={**LABELS, "proxy.path": "/x; return 200 pwned;/"},
+                      environment={"SERVICE_DB_PASSWORD": "hunter2-secret"})
+    ok = run_container("demo:v1", labels=LABELS, environment={"SERVICE_DB_PASSWORD": "hunter2-secret",
+                                                              "SERVICE_REGION": "eu-1"})
+    wait_until(lambda: instance_of(store, ok), 20, "the valid container's registration")
+    wait_until(lambda: c.name in store.rejections(), 10, "the rejection in KV")
+    assert instance_of(store, c) is None
+    log = registrator.log()
+    assert c.name in log and "proxy.path" in log and "absolute path" in log
+    assert "hunter2" not in log
+    meta = instance_of(store, ok).instance.meta()
+    assert meta["region"] == "eu-1" and "hunter2" not in json.dumps(meta)
+    status = subprocess.run(python_module("gatekeeper", "--consul", consul_server.address, "status", "--json"),
+                            capture_output=True, text=True, timeout=30)
+    assert status.returncode == 0, status.stderr
+    assert "proxy.path" in json.loads(status.stdout)["rejected"][c.name]["reason"]
+
+
+def build_healthcheck_image(docker_client):
+    dockerfile = (b"FROM demo:v1\n"
+                  b"HEALTHCHECK --interval=1s --timeout=2s --retries=1 --start-period=120s "
+                  b"CMD test -e /tmp/ready && test ! -e /tmp/sick\n")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(dockerfile)
+        tar.addfile(info, io.BytesIO(dockerfile))
+    buf.seek(0)
+    tag = f"proxystack-healthcheck:{SESSION}"
+    docker_client.images.build(fileobj=buf, custom_context=True, tag=tag, labels={TEST_LABEL: SESSION})
+    return tag
+
+
+def test_a_docker_healthcheck_gates_testing_and_admission(store, registrator, run_container, docker_client,
+                                                           consul_server, tmp_path):
+    tag = build_healthcheck_image(docker_client)
+    gk = Proc("gatekeeper", python_module("gatekeeper", "--consul", consul_server.address, "run", "--wait", "2",
+                                          "--keep-old", "--test-label", f"{TEST_LABEL}={SESSION}"), tmp_path).start()
+    try:
+        c = run_container(tag, labels=LABELS)
+        ri = wait_until(lambda: instance_of(store, c), 20, "registration")
+        assert ri.checks[ri.instance.docker_health_check_id] == "critical"
+        time.sleep(3)
+        assert store.verdict(ri.instance.id) is None, "no test before Docker reports healthy"
+        c.exec_run(["touch", "/tmp/ready"])
+        wait_until(lambda: instance_of(store, c).admitted, 60, "healthy, tested and admitted")
+        assert store.verdict(ri.instance.id).state == "passed"
+        c.exec_run(["touch", "/tmp/sick"])
+        wait_until(lambda: not instance_of(store, c).admitted, 20, "unhealthy -> out of traffic")
+        assert instance_of(store, c).gate_status == "passing", "the verdict stands; Docker health is separate"
+    finally:
+        gk.stop()
+        docker_client.images.remove(tag, force=True)
+
+
+def test_consul_down_for_10_seconds_loses_nothing(store, registrator, run_container, consul_server):
+    before = run_container("demo:v1", labels=LABELS)
+    wait_until(lambda: instance_of(store, before), 20, "registration")
+    consul_server.stop()
+    try:
+        during = run_container("demo:v1", labels=LABELS)
+        time.sleep(10)
+    finally:
+        consul_server.start()
+    wait_until(lambda: instance_of(store, during) and instance_of(store, before), 60,
+               "both registered once Consul is back")
+    assert registrator.alive()
