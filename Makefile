@@ -1,6 +1,6 @@
 # The two commands: `make demo` (the stack up, demo deployed through the gate) and `make test`.
 SHELL := /bin/bash
-.PHONY: demo test stop status install bench
+.PHONY: demo test stop status install bench bench-registrator
 
 demo:  ## install what is missing, start the stack, deploy demo v1 -> v2 -> broken v3
 	@bash scripts/install.sh all
@@ -21,3 +21,7 @@ install:
 
 bench: ## deploy lead time and failed requests during a switch (needs `make install`)
 	@bash scripts/bench.sh
+
+bench-registrator: ## registration latency, resync of 200 containers, stop -> out of traffic
+	@bash scripts/install.sh all
+	@.venv/bin/python -m bench.registrator_bench

@@ -99,6 +99,10 @@ class Runner:
     def _handle(self, ev: ContainerEvent) -> None:
         if ev.action in ADD_ACTIONS:
             self._retrying(self.bridge.add, ev.container_id)
+        elif ev.action == "rename":
+            # ids carry the container name: drop the old ones, register under the new name
+            self._retrying(self.bridge.remove, ev.container_id, "renamed")
+            self._retrying(self.bridge.add, ev.container_id)
         elif ev.action == "health_status":
             self._retrying(self.bridge.health_changed, ev.container_id, ev.detail)
         elif ev.action in REMOVE_ACTIONS or (ev.action == "kill" and ev.attributes.get("signal") in STOP_SIGNALS):

@@ -180,3 +180,13 @@ def test_consul_down_for_10_seconds_loses_nothing(store, registrator, run_contai
     wait_until(lambda: instance_of(store, during) and instance_of(store, before), 60,
                "both registered once Consul is back")
     assert registrator.alive()
+
+
+def test_a_renamed_container_is_registered_once_under_its_new_name(store, registrator, run_container):
+    c = run_container("demo:v1", labels=LABELS)
+    wait_until(lambda: instance_of(store, c), 20, "registration")
+    c.rename(c.name + "-renamed")
+    wait_until(lambda: (lambda ri: ri and ri.instance.container_name.endswith("-renamed"))(instance_of(store, c)),
+               20, "the new name")
+    ids = [ri.instance.id for ri in store.instances("flt") if ri.instance.container_id == c.id]
+    assert ids == [f"flt:{c.name}-renamed:8080"]
