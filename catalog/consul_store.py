@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 VERDICTS = "gatekeeper/verdicts/"
 POLICIES = "gatekeeper/policies/"
 REJECTED = "registrator/rejected/"
+DEFAULT_TESTS = "gatekeeper/tests/"
+RETESTS = "gatekeeper/retest/"
+HISTORY = "gatekeeper/history/"
+LEADER = "gatekeeper/leader"
 GATE_TTL = "87600h"        # the gate is set by gatekeeper, never by expiry
 _OWN_META = {META_CONTAINER_ID, META_CONTAINER_NAME, META_IMAGE, META_VERSION, META_TESTS_IMAGE,
              META_PROXY_PATH, META_PROXY_HOST, META_REGISTERED_BY, META_DOCKER_HEALTH}
@@ -218,6 +222,53 @@ class ConsulStore:
     def put_policy(self, policy: RoutingPolicy, cas: int) -> bool:
         """Check-and-set: False when someone else changed the policy since `cas` was read."""
         return self.kv_put(POLICIES + policy.service, policy.to_json(), cas=cas)
+
+    def default_tests_image(self, service: str) -> str:
+        return self.kv_get(DEFAULT_TESTS + service)[1] or ""
+
+    def request_retest(self, instance_id: str) -> None:
+        self.kv_put(RETESTS + instance_id, json.dumps({"time": time.time()}))
+
+    def retest_requests(self) -> List[str]:
+        return [k[len(RETESTS):] for k in self.kv_list(RETESTS)]
+
+    def clear_retest(self, instance_id: str) -> None:
+        self.kv_delete(RETESTS + instance_id)
+
+    def add_history(self, service: str, event: str, **details) -> None:
+        entry = {"time": time.time(), "event": event, **details}
+        self.kv_put(f"{HISTORY}{service}/{time.time_ns():020d}", json.dumps(entry, sort_keys=True))
+
+    def history(self, service: str) -> List[dict]:
+        out = []
+        for key, raw in sorted(self.kv_list(f"{HISTORY}{service}/").items()):
+            try:
+                out.append(json.loads(raw))
+            except ValueError:
+                continue
+        return out
+
+    # --- sessions and the leader lock ------------------------------------------------------
+    def session_create(self, name: str, ttl: int = 10, lock_delay: int = 5) -> str:
+        return self._c.session.create(name=name, ttl=ttl, lock_delay=lock_delay, behavior="release")
+
+    def session_renew(self, session: str) -> bool:
+        return self._c.session.renew(session) is not None
+
+    def session_destroy(self, session: str) -> None:
+        self._c.session.destroy(session)
+
+    def acquire(self, key: str, session: str, value: str) -> bool:
+        return bool(self._c.kv.put(key, value, acquire=session))
+
+    def release(self, key: str, session: str) -> None:
+        self._c.kv.put(key, "", release=session)
+
+    def lock_holder(self, key: str) -> Tuple[Optional[str], str]:
+        _, item = self._c.kv.get(key)
+        if not item:
+            return None, ""
+        return item.get("Session"), (item.get("Value") or b"").decode()
 
     # --- plumbing --------------------------------------------------------------------------
     def _put(self, path: str, data: str = "", params: Iterable = ()) -> None:

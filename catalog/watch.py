@@ -6,6 +6,11 @@ as a wait index (that would return at once).
 """
 from __future__ import annotations
 
+import threading
+from typing import Callable
+
+from .retry import backoff
+
 
 class IndexTracker:
     def __init__(self) -> None:
@@ -23,3 +28,28 @@ class IndexTracker:
         changed = new_index != self.index
         self.index = new_index
         return changed
+
+
+class Watch(threading.Thread):
+    """One blocking-query loop; calls `changed()` whenever its data may have changed.
+
+    `fetch(index, wait)` returns (index, data); equal data under a new index is not a change.
+    """
+
+    def __init__(self, name: str, fetch: Callable[[int, float], tuple], changed: Callable[[], None],
+                 wait: float, stopping: threading.Event):
+        super().__init__(name=f"watch-{name}", daemon=True)
+        self.fetch, self.changed, self.wait, self.stopping = fetch, changed, wait, stopping
+        self.tracker = IndexTracker()
+        self.last_data = None
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            index, data = self._fetch()
+            if self.tracker.advance(index) and data != self.last_data:
+                self.last_data = data
+                self.changed()
+
+    @backoff(max_wait=10.0, what="Consul blocking query")
+    def _fetch(self):
+        return self.fetch(self.tracker.index, self.wait)

@@ -5,12 +5,11 @@ an operator, or two operators) never silently overwrite each other.
 """
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from dataclasses import replace
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import docker
 import docker.errors
@@ -19,8 +18,6 @@ from catalog.model import AUTO, MANUAL, PASSED, Instance, RoutingPolicy
 from catalog.validation import InvalidValue
 
 log = logging.getLogger(__name__)
-
-HISTORY = "gatekeeper/history/"
 
 
 class PromotionError(RuntimeError):
@@ -43,12 +40,6 @@ def update_policy(store, service: str, change: Callable[[RoutingPolicy], Optiona
         if store.put_policy(new, cas):
             return new
     raise Conflict(f"the routing policy of {service} kept changing under us; try again")
-
-
-def record_history(store, service: str, event: str, **details) -> None:
-    entry = {"time": time.time(), "event": event, **details}
-    key = f"{HISTORY}{service}/{time.time_ns()}"
-    store.kv_put(key, json.dumps(entry, sort_keys=True))
 
 
 class Promoter:
@@ -82,13 +73,33 @@ class Promoter:
         if mode == MANUAL and before and before.stable:
             log.info("%s: %s passed and is now the canary (weight 0); `gatekeeper promote %s` to make it stable",
                      inst.service, inst.version, inst.service)
-            record_history(self.store, inst.service, "canary", version=inst.version, by="gatekeeper")
+            self.store.add_history(inst.service, "canary", version=inst.version, by="gatekeeper")
             return
         log.info("%s: %s passed and is now stable (was %s)", inst.service, inst.version,
                  before.stable if before and before.stable else "none")
-        record_history(self.store, inst.service, "promoted", version=inst.version,
+        self.store.add_history(inst.service, "promoted", version=inst.version,
                        previous=before.stable if before else "", by="gatekeeper (auto)")
         self.drain_later(inst.service, inst.version)
+
+    def check_canary(self, service: str, registered) -> None:
+        """Auto-abort a canary none of whose tested instances is healthy any more."""
+        try:
+            policy = self.store.policy(service)[1]
+        except InvalidValue:
+            return
+        if not policy or not policy.canary:
+            return
+        canary = [ri for ri in registered if ri.instance.version == policy.canary]
+        if not canary or any(ri.admitted for ri in canary):
+            return
+        reasons = sorted({f"{ri.instance.id}: " + ", ".join(f"{c} {st}" for c, st in ri.checks.items() if st != "passing")
+                          for ri in canary})
+        log.warning("%s: canary %s has no healthy instance left; aborting it", service, policy.canary)
+        try:
+            abort(self.store, service, why="no healthy canary instance: " + "; ".join(reasons)[:300],
+                  by="gatekeeper (auto-rollback)")
+        except PromotionError:
+            pass
 
     def drain_later(self, service: str, stable: str) -> None:
         """After the drain period, stop the containers of admitted instances of other versions."""
@@ -119,17 +130,106 @@ class Promoter:
             log.exception("%s: stopping old instances failed", service)
 
 
-def promote(store, service: str) -> RoutingPolicy:
-    """Make the canary stable (operator command)."""
+# --- operator commands: each returns the new policy and a sentence that explains it ----------
+
+PROMOTE_STEPS = (25, 50, 100)
+
+
+def _policy_or_error(store, service: str) -> RoutingPolicy:
+    try:
+        policy = store.policy(service)[1]
+    except InvalidValue as exc:
+        raise PromotionError(f"the routing policy of {service} is invalid ({exc}); fix or delete "
+                             f"gatekeeper/policies/{service} in Consul KV") from None
+    if policy is None:
+        raise PromotionError(f"unknown service {service!r}: it has no routing policy yet "
+                             "(a service gets one when its first instance passes its tests)")
+    return policy
+
+
+def _admitted_versions(store, service: str) -> set:
+    return {ri.instance.version for ri in store.instances(service) if ri.admitted}
+
+
+def promote(store, service: str, full: bool = False) -> Tuple[RoutingPolicy, str]:
+    """Next step of the canary (25 % -> 50 % -> stable), or straight to stable with `full`."""
+    before = _policy_or_error(store, service)
+
     def change(p: RoutingPolicy) -> RoutingPolicy:
         if not p.canary:
-            raise PromotionError(f"{service} has no canary to promote (stable is {p.stable or 'not set'})")
-        return p.promoted(p.canary)
+            raise PromotionError(f"{service} has no canary to promote (stable is {p.stable or 'not set'}); "
+                                 "a canary appears when a new version passes its tests in manual mode")
+        nxt = next((s for s in PROMOTE_STEPS if s > p.weight), 100)
+        if full or nxt >= 100:
+            return p.promoted(p.canary)
+        return replace(p, weight=nxt)
 
-    before = store.policy(service)[1]
-    if before is None:
-        raise PromotionError(f"unknown service {service!r}: no routing policy yet "
-                             "(a service gets one when its first instance passes its tests)")
     after = update_policy(store, service, change)
-    record_history(store, service, "promoted", version=after.stable, previous=before.stable, by="operator")
-    return after
+    if after.stable != before.stable:
+        store.add_history(service, "promoted", version=after.stable, previous=before.stable, by="operator")
+        return after, (f"{service}: {after.stable} is now stable and takes all traffic "
+                       f"({before.stable or 'nothing'} is kept as the rollback target)")
+    store.add_history(service, "weight", version=after.canary, weight=after.weight, by="operator (promote)")
+    return after, (f"{service}: canary {after.canary} now takes {after.weight}% of traffic; "
+                   f"promote again for the next step, or --full for all of it")
+
+
+def set_weight(store, service: str, weight: int) -> Tuple[RoutingPolicy, str]:
+    if not 0 <= weight <= 100:
+        raise InvalidValue("weight", weight, "a whole number from 0 to 100")
+    _policy_or_error(store, service)
+
+    def change(p: RoutingPolicy) -> RoutingPolicy:
+        if not p.canary:
+            raise PromotionError(f"{service} has no canary; a weight applies to a canary only")
+        return replace(p, weight=weight)
+
+    after = update_policy(store, service, change)
+    store.add_history(service, "weight", version=after.canary, weight=weight, by="operator")
+    return after, f"{service}: canary {after.canary} takes {weight}% of traffic, stable {after.stable} the rest"
+
+
+def abort(store, service: str, why: str = "", by: str = "operator") -> Tuple[RoutingPolicy, str]:
+    before = _policy_or_error(store, service)
+
+    def change(p: RoutingPolicy) -> RoutingPolicy:
+        if not p.canary:
+            raise PromotionError(f"{service} has no canary to abort; stable {p.stable} serves all traffic")
+        return replace(p, canary="", weight=0)
+
+    after = update_policy(store, service, change)
+    store.add_history(service, "aborted", version=before.canary, by=by, **({"reason": why} if why else {}))
+    return after, (f"{service}: canary {before.canary} aborted{' (' + why + ')' if why else ''}; "
+                   f"stable {after.stable} serves all traffic. {before.canary}'s instances keep running "
+                   "but get no requests")
+
+
+def rollback(store, service: str) -> Tuple[RoutingPolicy, str]:
+    before = _policy_or_error(store, service)
+    if not before.previous:
+        raise PromotionError(f"{service} has no previous stable version to roll back to")
+    if before.previous not in _admitted_versions(store, service):
+        raise PromotionError(
+            f"cannot roll {service} back to {before.previous}: it has no admitted instance "
+            "(its containers were stopped after draining?). Deploy it again, or run gatekeeper "
+            "with --keep-old so old versions stay ready for rollback")
+
+    def change(p: RoutingPolicy) -> RoutingPolicy:
+        return replace(p, stable=p.previous, previous=p.stable, canary="", weight=0)
+
+    after = update_policy(store, service, change)
+    store.add_history(service, "rolled back", version=after.stable, previous=before.stable, by="operator")
+    return after, f"{service}: rolled back to {after.stable}; {before.stable} gets no more traffic"
+
+
+def set_mode(store, service: str, mode: str) -> Tuple[RoutingPolicy, str]:
+    if mode not in (AUTO, MANUAL):
+        raise InvalidValue("mode", mode, "'auto' or 'manual'")
+    known = store.policy(service)[1] is not None or bool(store.instances(service))
+    if not known:
+        raise PromotionError(f"unknown service {service!r}: no instance and no policy")
+    after = update_policy(store, service, lambda p: replace(p, mode=mode))
+    store.add_history(service, "mode", mode=mode, by="operator")
+    explain = ("a new version that passes becomes stable at once and old ones drain" if mode == AUTO else
+               "a new version that passes becomes a canary at 0%; `gatekeeper promote` moves it on")
+    return after, f"{service}: mode {mode}: {explain}"

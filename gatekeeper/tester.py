@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import docker
@@ -32,6 +33,7 @@ class RunResult:
     log_tail: str
     started: float
     finished: float
+    aborted: bool = False        # killed because this daemon stopped leading
 
 
 def last_line(text: str) -> str:
@@ -45,6 +47,27 @@ class DockerTester:
         self.client = client or docker.from_env(timeout=30)
         self.limits = limits
         self.labels = dict(labels or {})
+        self.running: dict = {}                 # container id -> instance id
+        self.aborted: set = set()               # container ids killed by abort_all
+        self.lock = threading.Lock()
+
+    def remove_leftovers(self, instance_id: str) -> None:
+        """Remove test containers for this instance that a dead daemon left running."""
+        for c in self.client.containers.list(all=True, filters={
+                "label": [f"{TEST_LABEL}={TEST_LABEL_VALUE}", f"proxystack.instance={instance_id[:200]}"]}):
+            if c.id not in self.running:
+                log.warning("%s: removing leftover test container %s", instance_id, c.short_id)
+                c.remove(force=True)
+
+    def abort_all(self) -> None:
+        with self.lock:
+            ids = list(self.running)
+            self.aborted.update(ids)
+        for cid in ids:
+            try:
+                self.client.containers.get(cid).kill()
+            except docker.errors.APIError:
+                pass
 
     def run(self, image: str, url: str, instance_id: str) -> RunResult:
         started = time.time()
@@ -66,6 +89,8 @@ class DockerTester:
                 labels={**self.labels, TEST_LABEL: TEST_LABEL_VALUE, "proxystack.instance": instance_id[:200]})
         except docker.errors.APIError as exc:
             return result(ERROR, f"could not start test image {image}: {exc.explanation or exc}")
+        with self.lock:
+            self.running[container.id] = instance_id
         try:
             try:
                 code = container.wait(timeout=lim.timeout)["StatusCode"]
@@ -76,12 +101,17 @@ class DockerTester:
                               + (f"; last output: {last_line(logs)}" if last_line(logs) else ""), logs)
             logs = container.logs().decode("utf-8", "replace")
             summary = last_line(logs) or "(no output)"
+            if container.id in self.aborted:
+                return replace(result(ERROR, "aborted: this gatekeeper stopped leading", logs), aborted=True)
             if code == 0:
                 return result(PASSED, summary, logs)
             if code == 137:
                 return result(ERROR, f"tests were killed (exit 137: out of memory?); {summary}", logs)
             return result(FAILED, f"{summary} (exit {code})", logs)
         finally:
+            with self.lock:
+                self.running.pop(container.id, None)
+                self.aborted.discard(container.id)
             try:
                 container.remove(force=True)
             except docker.errors.APIError:

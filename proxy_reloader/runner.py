@@ -10,11 +10,11 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 from catalog.consul_store import POLICIES
 from catalog.retry import TRANSIENT, backoff
-from catalog.watch import IndexTracker
+from catalog.watch import Watch
 
 from .nginx import Nginx, NginxError
 from .render import render
@@ -30,28 +30,6 @@ class RunnerOptions:
     max_wait: float = 1.0
     wait: float = 30.0          # blocking query wait
     workers: str = "2"
-
-
-class Watch(threading.Thread):
-    """One blocking-query loop; calls `changed()` whenever its data may have changed."""
-
-    def __init__(self, name: str, fetch: Callable[[int, float], tuple], changed: Callable[[], None],
-                 wait: float, stopping: threading.Event):
-        super().__init__(name=f"watch-{name}", daemon=True)
-        self.fetch, self.changed, self.wait, self.stopping = fetch, changed, wait, stopping
-        self.tracker = IndexTracker()
-        self.last_data = None
-
-    def run(self) -> None:
-        while not self.stopping.is_set():
-            index, data = self._fetch()
-            if self.tracker.advance(index) and data != self.last_data:
-                self.last_data = data
-                self.changed()
-
-    @backoff(max_wait=10.0, what="Consul blocking query")
-    def _fetch(self):
-        return self.fetch(self.tracker.index, self.wait)
 
 
 class Runner:

@@ -27,7 +27,6 @@ def stack(consul_server, docker_client, demo_images, tmp_path_factory):
     s = Stack(consul_server, tmp_path_factory.mktemp("e2e"), docker_client, SESSION, LISTEN_PORT).start()
     yield s
     s.stop()
-    s.remove_containers()
 
 
 def wait(stack, predicate, timeout, what):

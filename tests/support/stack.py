@@ -18,16 +18,16 @@ TEST_LABEL = "proxystack.test"
 
 class Stack:
     def __init__(self, consul, base, docker_client, session: str, listen_port: int = 18000,
-                 drain_seconds: float = 3.0):
+                 drain_seconds: float = 3.0, service: str = "demo", gatekeeper_args=()):
         self.consul, self.base, self.docker = consul, base, docker_client
-        self.session, self.listen_port = session, listen_port
+        self.session, self.listen_port, self.service = session, listen_port, service
         self.store = ConsulStore(consul.address, timeout=5, max_wait=5)
         self.nginx = NginxServer(base / "nginx", f"127.0.0.1:{listen_port}")
         self.containers = {}
         self.registrator = self._registrator()
         self.gatekeeper = Proc("gatekeeper", python_module(
             "gatekeeper", "--consul", consul.address, "run", "--drain-seconds", str(drain_seconds), "--wait", "5",
-            "--test-timeout", "60", "--test-label", f"{TEST_LABEL}={self.session}"), base)
+            "--test-timeout", "60", "--test-label", f"{TEST_LABEL}={self.session}", *gatekeeper_args), base)
         self.reloader = Proc("proxy-reloader", python_module(
             "proxy_reloader", "--consul", consul.address, "--nginx-prefix", str(self.nginx.prefix),
             "--listen", self.nginx.listen), base)
@@ -47,31 +47,34 @@ class Stack:
         return self
 
     def stop(self):
+        self.remove_containers()          # while registrator still runs, so it deregisters them
         for p in (self.reloader, self.gatekeeper, self.registrator):
             p.stop()
         self.nginx.stop()
 
-    def deploy(self, name, image):
+    def deploy(self, name, image, **labels):
         """`docker run -d -P` with labels only, as an operator would."""
+        base = {"SERVICE_NAME": self.service, "gatekeeper.tests": "demo-test:latest", "proxy.path": "/demo/",
+                TEST_LABEL: self.session, E2E_LABEL: self.session}
         c = self.docker.containers.run(image, detach=True, name=f"e2e-{self.session}-{name}", publish_all_ports=True,
-                                       labels={"SERVICE_NAME": "demo", "gatekeeper.tests": "demo-test:latest",
-                                               TEST_LABEL: self.session, E2E_LABEL: self.session})
+                                       labels={**base, **labels})
         self.containers[name] = c
         return c
 
-    def get(self, path="/demo/1"):
+    def get(self, path="/demo/1", headers=None):
+        req = urllib.request.Request(f"http://127.0.0.1:{self.listen_port}{path}", headers=headers or {})
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.listen_port}{path}", timeout=5) as r:
+            with urllib.request.urlopen(req, timeout=5) as r:
                 return r.status, json.loads(r.read())
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read() or b"{}")
 
-    def served_version(self):
-        status, body = self.get()
+    def served_version(self, headers=None):
+        status, body = self.get(headers=headers)
         return body.get("version") if status == 200 else None
 
     def instance(self, container):
-        for ri in self.store.instances("demo"):
+        for ri in self.store.instances(self.service):
             if ri.instance.container_id == container.id:
                 return ri
         return None
@@ -83,6 +86,13 @@ class Stack:
             except Exception:
                 pass
         self.containers.clear()
+
+    def gatekeeper_cli(self, *args):
+        """Run the gatekeeper CLI against this stack's Consul: (exit code, stdout, stderr)."""
+        import subprocess
+        res = subprocess.run(python_module("gatekeeper", "--consul", self.consul.address, *args),
+                             capture_output=True, text=True, timeout=120)
+        return res.returncode, res.stdout, res.stderr
 
     def logs(self):
         return "\n".join(f"--- {p.name}\n{p.log()[-3000:]}" for p in (self.registrator, self.gatekeeper, self.reloader))

@@ -22,6 +22,15 @@ class Store:
     def put_verdict(self, v):
         self.verdicts[v.instance_id] = v
 
+    def default_tests_image(self, service):
+        return ""
+
+    def retest_requests(self):
+        return []
+
+    def clear_retest(self, iid):
+        pass
+
     def set_gate(self, inst, passing, output):
         self.gates[inst.id] = "passing" if passing else "critical"
         self.outputs[inst.id] = output
@@ -30,6 +39,12 @@ class Store:
 class FakeTester:
     def __init__(self, state=PASSED, summary="9/9 passed in 0.1 s"):
         self.state, self.summary, self.runs = state, summary, []
+
+    def remove_leftovers(self, iid):
+        pass
+
+    def abort_all(self):
+        pass
 
     def run(self, image, url, iid):
         self.runs.append((image, url))
