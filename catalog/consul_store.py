@@ -33,8 +33,8 @@ _OWN_META = {META_CONTAINER_ID, META_CONTAINER_NAME, META_IMAGE, META_VERSION, M
              META_PROXY_PATH, META_PROXY_HOST, META_REGISTERED_BY, META_DOCKER_HEALTH}
 
 
-class ConsulError(RuntimeError):
-    """Consul refused a request or answered something unusable."""
+class ConsulError(consul.base.ConsulException):
+    """Consul refused a request; str() starts with the path and carries Consul's status code."""
 
 
 def parse_address(addr: str) -> Tuple[str, str, int]:

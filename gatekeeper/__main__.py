@@ -25,6 +25,7 @@ import sys
 import time
 from dataclasses import asdict
 
+import consul.base
 import requests
 
 from catalog.consul_store import DEFAULT_TESTS, ConsulStore, read_token
@@ -256,6 +257,9 @@ def main(argv=None) -> int:
     except (requests.ConnectionError, requests.Timeout) as exc:
         print(f"gatekeeper: Consul at {args.consul} is unreachable ({type(exc).__name__}); "
               "is the stack running? (make demo starts it)", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except consul.base.ConsulException as exc:
+        print(f"gatekeeper: Consul at {args.consul} refused the request: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except ValueError as exc:
         print(f"gatekeeper: {exc}", file=sys.stderr)

@@ -29,7 +29,12 @@ class LeaderLock:
         """One attempt; True when this daemon now leads."""
         if self.session is None:
             self.session = self.store.session_create(self.identity, ttl=self.ttl, lock_delay=self.lock_delay)
-        if self.store.acquire(LEADER, self.session, self.identity):
+        try:
+            acquired = self.store.acquire(LEADER, self.session, self.identity)
+        except TRANSIENT:
+            self.session = None        # e.g. "invalid session" after a Consul restart: start afresh
+            raise
+        if acquired:
             if not self.is_leader.is_set():
                 log.info("%s is now the leader", self.identity)
             self.is_leader.set()

@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from catalog.retry import TRANSIENT, backoff
+from catalog.retry import TRANSIENT, backoff, is_transient
 
 from .bridge import Bridge
 from .docker_source import DOCKER_ERRORS, ContainerEvent, DockerSource
@@ -116,16 +116,21 @@ class Runner:
         After an outage, a full resync follows: a restarted agent may have lost registrations."""
         failures = 0
 
-        @backoff(max_wait=10.0, on=TRANSIENT + DOCKER_ERRORS, what=getattr(fn, "__name__", "call"))
+        @backoff(max_wait=10.0, on=DOCKER_ERRORS, what=getattr(fn, "__name__", "call"))
         def attempt():
             nonlocal failures
             if not self.stopping.is_set():
                 try:
                     fn(*args)
-                except TRANSIENT + DOCKER_ERRORS:
-                    failures += 1
+                except TRANSIENT + DOCKER_ERRORS as exc:
+                    if is_transient(exc) or isinstance(exc, DOCKER_ERRORS):
+                        failures += 1
                     raise
-        attempt()
+        try:
+            attempt()
+        except TRANSIENT as exc:            # a 4xx: Consul refuses this; retrying will not help
+            log.error("%s refused by Consul: %s", getattr(fn, "__name__", "call"), exc)
+            return
         if failures and fn != self.bridge.sync:
             log.info("recovered after %d failed attempt(s); resyncing", failures)
             self.events.put(_RESYNC)

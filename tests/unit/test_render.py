@@ -39,3 +39,11 @@ def test_a_config_nginx_refuses_raises_and_leaves_the_live_one(tmp_path):
     assert "bogus_directive" in str(err.value)
     assert nginx.current() == good
     assert not list(tmp_path.glob(".nginx.conf.*.tmp"))
+
+
+@pytest.mark.parametrize("weight", [0, 1, 50, 99, 100])
+def test_every_canary_weight_renders_a_config_nginx_accepts(tmp_path, weight):
+    route = Route("demo", "/demo/", "", Pool("v1", (("127.0.0.1", 1),)), Pool("v2", (("127.0.0.1", 2),)), weight)
+    text = render([route], str(tmp_path), "127.0.0.1:18999")
+    nginx_t(tmp_path, text)
+    assert ("split_clients" in text) == (0 < weight < 100)
