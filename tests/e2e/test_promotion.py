@@ -22,7 +22,7 @@ SERVICE = "promo"
 @pytest.fixture(scope="module")
 def stack(consul_server, docker_client, demo_images, tmp_path_factory):
     s = Stack(consul_server, tmp_path_factory.mktemp("promo"), docker_client, SESSION + "p", PORT,
-              service=SERVICE, gatekeeper_args=("--keep-old",)).start()
+              service=SERVICE, gatekeeper_args=("--keep-old", "--reverify-every", "15")).start()
     yield s
     s.stop()
 
@@ -143,6 +143,26 @@ class TestCommandsAndGate:
         wait(stack, lambda: stack.store.verdict(ri.instance.id).finished > before.finished, 60, "the retest")
         assert stack.served_version() == "v1"
         assert stack.store.verdict(ri.instance.id).state == "passed"
+
+    def test_default_tests_and_reverification_take_an_instance_that_starts_failing_out(self, stack, docker_client):
+        from tests.integration.test_tester import build
+        failing = build(docker_client, "failing-tests", "print('0/1 passed: forced failure'); raise SystemExit(1)")
+        try:
+            code, out, _ = stack.gatekeeper_cli("tests", SERVICE, "demo-test:latest")
+            assert code == 0 and "demo-test:latest" in out
+            c = stack.deploy("rv", "demo:v1", **{"gatekeeper.tests": "", "gatekeeper.version": "v8"})
+            ri = wait(stack, lambda: (lambda r: r if r and r.gate_status == "passing" else None)(stack.instance(c)),
+                      60, "admitted with the default test image")
+            assert stack.store.verdict(ri.instance.id).tests_image == "demo-test:latest"
+            assert stack.gatekeeper_cli("tests", SERVICE, failing)[0] == 0
+            ri = wait(stack, lambda: (lambda r: r if r and "forced failure" in r.gate_output else None)(stack.instance(c)),
+                      90, "re-verification to fail and close the gate")
+            assert ri.gate_status == "critical" and not ri.admitted
+        finally:
+            stack.gatekeeper_cli("tests", SERVICE, "demo-test:latest")
+            if "rv" in stack.containers:
+                stack.containers.pop("rv").remove(force=True)
+            docker_client.images.remove(failing, force=True)
 
     def test_a_missing_test_image_is_an_error_and_stays_closed(self, stack):
         c = stack.deploy("noimg", "demo:v1", **{"gatekeeper.tests": "proxystack-missing-tests:none",

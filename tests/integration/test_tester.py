@@ -1,5 +1,6 @@
 """gatekeeper's test runs against real containers: pass, fail, hang, missing image."""
 import io
+import json
 import tarfile
 
 import pytest
@@ -50,5 +51,50 @@ def test_a_hanging_test_is_killed_at_the_time_limit(docker_client, demo_images):
         assert res.state == ERROR and "timed out after 3 s" in res.summary and "starting" in res.summary
         assert res.finished - res.started < 20
         assert not docker_client.containers.list(all=True, filters={"label": "proxystack.instance=t:hang"})
+    finally:
+        docker_client.images.remove(tag, force=True)
+
+
+def build(docker_client, name, entrypoint_py):
+    dockerfile = ("FROM demo-test:latest\nENTRYPOINT [\"python3\", \"-c\", " + json.dumps(entrypoint_py) + "]\n").encode()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(dockerfile)
+        tar.addfile(info, io.BytesIO(dockerfile))
+    buf.seek(0)
+    tag = f"proxystack-{name}:{SESSION}"
+    docker_client.images.build(fileobj=buf, custom_context=True, tag=tag, labels={TEST_LABEL: SESSION})
+    return tag
+
+
+PROBE = """
+import os
+checks = []
+try:
+    open('/probe', 'w'); checks.append('root-writable')
+except OSError:
+    checks.append('root-read-only')
+checks.append('socket-present' if os.path.exists('/var/run/docker.sock') else 'no-docker-socket')
+caps = [l.split()[1] for l in open('/proc/self/status') if l.startswith('CapEff')][0]
+checks.append('caps-' + caps)
+nnp = [l.split()[1] for l in open('/proc/self/status') if l.startswith('NoNewPrivs')][0]
+checks.append('nnp-' + nnp)
+mem = open('/sys/fs/cgroup/memory.max').read().strip() if os.path.exists('/sys/fs/cgroup/memory.max') else open('/sys/fs/cgroup/memory/memory.limit_in_bytes').read().strip()
+checks.append('mem-' + mem)
+print(' '.join(checks))
+"""
+
+
+def test_test_containers_are_boxed_in(docker_client, demo_images):
+    tag = build(docker_client, "probe", PROBE)
+    try:
+        res = DockerTester(docker_client, RunLimits(timeout=30, memory="128m"), labels={TEST_LABEL: SESSION}).run(
+            tag, "http://127.0.0.1:1", "t:probe")
+        assert res.state == PASSED, res.log_tail
+        words = res.summary.split()
+        assert "root-read-only" in words and "no-docker-socket" in words
+        assert "caps-0000000000000000" in words and "nnp-1" in words
+        assert f"mem-{128 * 1024 * 1024}" in words
     finally:
         docker_client.images.remove(tag, force=True)

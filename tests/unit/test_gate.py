@@ -105,3 +105,31 @@ def test_a_new_container_under_the_same_name_is_tested_again():
     gate.reconcile()
     settle(gate)
     assert len(tester.runs) == 1
+
+
+def test_tests_run_in_parallel_but_no_more_than_the_bound():
+    import threading
+
+    class SlowTester(FakeTester):
+        def __init__(self):
+            super().__init__()
+            self.now = self.peak = 0
+            self.lock = threading.Lock()
+
+        def run(self, image, url, iid):
+            with self.lock:
+                self.now += 1
+                self.peak = max(self.peak, self.now)
+            time.sleep(0.2)
+            with self.lock:
+                self.now -= 1
+            return super().run(image, url, iid)
+
+    instances = [Instance(id=f"h:web{i}:8080", service="demo", address="127.0.0.1", port=30000 + i, version="v1",
+                          container_id=f"c{i}", container_name=f"web{i}", image="demo:v1", registered_by="r",
+                          tests_image="demo-test:latest") for i in range(6)]
+    store, tester = Store(*instances), SlowTester()
+    gate = Gate(store, tester, parallel=2)
+    gate.reconcile()
+    settle(gate)
+    assert len(tester.runs) == 6 and tester.peak == 2
