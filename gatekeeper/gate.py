@@ -116,7 +116,9 @@ class Gate:
             if reverify:
                 self.store.clear_retest(inst.id)
             log.info("%s: %s (%s) in %.1f s", inst.id, res.state, res.summary, verdict.duration)
-            if passed:
+            if passed and not reverify:
+                # Only a first admission may change routing: a re-verified old version that
+                # is kept for rollback must not be promoted again.
                 self.on_admitted(inst)
         except ConsulError as exc:
             log.warning("%s: could not record the verdict (%s); the instance is probably gone", inst.id, exc)

@@ -46,8 +46,10 @@ class Promoter:
     """Acts on admitted instances: auto mode makes a passed version stable and drains the rest."""
 
     def __init__(self, store, docker_client: Optional[docker.DockerClient] = None,
-                 drain_seconds: float = 10.0, stop_old: bool = True):
+                 drain_seconds: float = 10.0, stop_old: bool = True, unhealthy_grace: float = 10.0):
         self.store = store
+        self.unhealthy_grace = unhealthy_grace
+        self.unhealthy_since: dict = {}          # service -> when its canary was first seen unhealthy
         self.docker = docker_client
         self.drain_seconds = drain_seconds
         self.stop_old = stop_old
@@ -82,19 +84,27 @@ class Promoter:
         self.drain_later(inst.service, inst.version)
 
     def check_canary(self, service: str, registered) -> None:
-        """Auto-abort a canary none of whose tested instances is healthy any more."""
+        """Auto-abort a canary none of whose instances is healthy any more: at once when every
+        one failed its re-verification, after `unhealthy_grace` seconds when health checks fail
+        (a single stale read of the catalog must not abort a healthy canary)."""
         try:
             policy = self.store.policy(service)[1]
         except InvalidValue:
             return
-        if not policy or not policy.canary:
+        canary = [ri for ri in registered if policy and ri.instance.version == policy.canary]
+        if not policy or not policy.canary or not canary or any(ri.admitted for ri in canary):
+            self.unhealthy_since.pop(service, None)
             return
-        canary = [ri for ri in registered if ri.instance.version == policy.canary]
-        if not canary or any(ri.admitted for ri in canary):
+        verdicts = [self.store.verdict(ri.instance.id) for ri in canary]
+        all_failed = all(v is not None and v.applies_to(ri.instance) and v.final and v.state != PASSED
+                         for ri, v in zip(canary, verdicts))
+        since = self.unhealthy_since.setdefault(service, time.monotonic())
+        if not all_failed and time.monotonic() - since < self.unhealthy_grace:
             return
         reasons = sorted({f"{ri.instance.id}: " + ", ".join(f"{c} {st}" for c, st in ri.checks.items() if st != "passing")
                           for ri in canary})
         log.warning("%s: canary %s has no healthy instance left; aborting it", service, policy.canary)
+        self.unhealthy_since.pop(service, None)
         try:
             abort(self.store, service, why="no healthy canary instance: " + "; ".join(reasons)[:300],
                   by="gatekeeper (auto-rollback)")

@@ -133,3 +133,14 @@ def test_tests_run_in_parallel_but_no_more_than_the_bound():
     gate.reconcile()
     settle(gate)
     assert len(tester.runs) == 6 and tester.peak == 2
+
+
+def test_a_passing_reverification_does_not_promote_again():
+    store, admitted = Store(inst()), []
+    store.verdicts["h:web:8080"] = Verdict("h:web:8080", "c1", "demo-test:latest", PASSED, "9/9 passed", 1, 2)
+    store.gates["h:web:8080"] = "passing"
+    gate = Gate(store, FakeTester(), on_admitted=admitted.append, reverify_every=0.001)
+    gate.reconcile()
+    settle(gate)
+    assert store.verdicts["h:web:8080"].finished > 2, "re-verified"
+    assert admitted == []

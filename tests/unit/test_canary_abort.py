@@ -1,0 +1,58 @@
+"""When gatekeeper aborts a canary by itself (the real-stack twin: tests/e2e/test_promotion.py)."""
+from catalog.model import FAILED, PASSED, Instance, RegisteredInstance, RoutingPolicy, Verdict
+from gatekeeper.promotion import Promoter
+
+
+class Store:
+    def __init__(self, verdict_state=PASSED):
+        self.pol = RoutingPolicy(service="demo", stable="v1", canary="v2", weight=20, mode="manual")
+        self.verdict_state = verdict_state
+        self.hist = []
+
+    def policy(self, service):
+        return 1, self.pol
+
+    def put_policy(self, policy, cas):
+        self.pol = policy
+        return True
+
+    def verdict(self, iid):
+        return Verdict(iid, "c2", "t", self.verdict_state, "s", 1, 2)
+
+    def add_history(self, service, event, **details):
+        self.hist.append((event, details))
+
+
+def canary(gate="passing", health="critical"):
+    inst = Instance(id="h:c2:8080", service="demo", address="127.0.0.1", port=2, version="v2",
+                    container_id="c2", container_name="c2", image="demo:v2", registered_by="r")
+    return [RegisteredInstance(inst, {inst.gate_check_id: gate, inst.health_check_id: health})]
+
+
+def test_one_unhealthy_reading_does_not_abort_but_a_lasting_one_does():
+    store = Store()
+    p = Promoter(store, None, unhealthy_grace=0.3)
+    p.check_canary("demo", canary())
+    assert store.pol.canary == "v2"
+    import time
+    time.sleep(0.35)
+    p.check_canary("demo", canary())
+    assert store.pol.canary == "" and store.hist[-1][0] == "aborted"
+    assert store.hist[-1][1]["by"] == "gatekeeper (auto-rollback)"
+
+
+def test_a_healthy_reading_resets_the_grace_period():
+    store = Store()
+    p = Promoter(store, None, unhealthy_grace=0.2)
+    p.check_canary("demo", canary())
+    p.check_canary("demo", canary(health="passing"))
+    import time
+    time.sleep(0.25)
+    p.check_canary("demo", canary())
+    assert store.pol.canary == "v2"
+
+
+def test_failed_reverification_of_every_canary_instance_aborts_at_once():
+    store = Store(verdict_state=FAILED)
+    Promoter(store, None, unhealthy_grace=60).check_canary("demo", canary(gate="critical", health="passing"))
+    assert store.pol.canary == ""
