@@ -1,6 +1,6 @@
 # The two commands: `make demo` (the stack up, demo deployed through the gate) and `make test`.
 SHELL := /bin/bash
-.PHONY: demo test stop status install bench bench-registrator
+.PHONY: demo test stop status install bench bench-registrator bench-promotion
 
 demo:  ## install what is missing, start the stack, deploy demo v1 -> v2 -> broken v3
 	@bash scripts/install.sh all
@@ -25,3 +25,7 @@ bench: ## deploy lead time and failed requests during a switch (needs `make inst
 bench-registrator: ## registration latency, resync of 200 containers, stop -> out of traffic
 	@bash scripts/install.sh all
 	@.venv/bin/python -m bench.registrator_bench
+
+bench-promotion: ## gate pass -> first proxied request, promote -> all traffic
+	@bash scripts/install.sh all
+	@.venv/bin/python -m bench.promotion_bench
