@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     command("rollback", "make the previous stable version stable again")
     md = command("mode", "auto or manual promotion")
     md.add_argument("mode", choices=["auto", "manual"])
-    wa = command("wait", "wait until a version is admitted (exit 0), fails (1) or times out (2)", json_flag=False)
+    wa = command("wait", "wait until a version is admitted (exit 0), fails (1) or times out (2)")
     wa.add_argument("--version", required=True)
     wa.add_argument("--timeout", type=float, default=300.0, help="seconds (default %(default)s)")
     command("history", "promotions, aborts and rollbacks of a service")
@@ -188,8 +188,14 @@ def cmd_wait(args, store) -> int:
     from .wait import wait_for_version
     check("service", args.service)
     check("version", args.version)
-    return wait_for_version(store, args.service, args.version, args.timeout,
-                            say=lambda line: print(line, flush=True))
+    lines = []
+    say = lines.append if args.json else (lambda line: print(line, flush=True))
+    code = wait_for_version(store, args.service, args.version, args.timeout, say=say)
+    if args.json:
+        print(json.dumps({"service": args.service, "version": args.version, "exit": code,
+                          "result": {0: "admitted", 1: "failed", 2: "timed out"}[code],
+                          "summary": lines[-1] if lines else ""}))
+    return code
 
 
 def cmd_history(args, store) -> int:

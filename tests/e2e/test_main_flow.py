@@ -72,6 +72,12 @@ class TestMainFlow:
         assert [stack.served_version() for _ in range(100)] == ["v2"] * 100
         with urllib.request.urlopen(f"http://127.0.0.1:{host_port(v3)}/stats", timeout=5) as r:
             assert json.loads(r.read())["proxied"] == 0
+        code, out, _ = stack.gatekeeper_cli("wait", "demo", "--version", "v3", "--timeout", "30")
+        assert code == 1 and "tests failed" in out, "a CD job gets a no"
+        code, out, _ = stack.gatekeeper_cli("wait", "demo", "--version", "v2", "--timeout", "30", "--json")
+        assert code == 0 and json.loads(out)["result"] == "admitted"
+        code, out, _ = stack.gatekeeper_cli("wait", "demo", "--version", "v99", "--timeout", "1")
+        assert code == 2 and "timed out" in out
 
     def test_4_a_stopped_container_is_deregistered_and_leaves_the_nginx_config(self, stack):
         extra = stack.deploy("v2b", "demo:v2")
