@@ -248,6 +248,18 @@ class ConsulStore:
                 continue
         return out
 
+    def self_reporter(self, name: str, service_id: str, address: str):
+        """Register a component as a service with a TTL check; return report(ok, note)."""
+        host, _, port = address.rpartition(":")
+        check_id = service_id + ":config"
+        self._put("/v1/agent/service/register", json.dumps({
+            "ID": service_id, "Name": name, "Address": host, "Port": int(port),
+            "Checks": [{"CheckID": check_id, "Name": "config applied", "TTL": GATE_TTL, "Status": "passing"}]}))
+
+        def report(ok: bool, note: str) -> None:
+            self._put(f"/v1/agent/check/{'pass' if ok else 'fail'}/{check_id}", params=[("note", note[:1000])])
+        return report
+
     # --- sessions and the leader lock ------------------------------------------------------
     def session_create(self, name: str, ttl: int = 10, lock_delay: int = 5) -> str:
         return self._c.session.create(name=name, ttl=ttl, lock_delay=lock_delay, behavior="release")

@@ -45,11 +45,22 @@ def route_for(service: str, registered: Sequence[RegisteredInstance],
     first = registered[0].instance if registered else None
     path = first.path if first else f"/{service}/"
     host = first.proxy_host if first else ""
+    panic = ""
+    if not admitted:
+        # Panic policy: when every instance fails a health check at once (a health-check
+        # outage, say), keep serving those whose integration tests passed rather than nobody.
+        # The gate itself is never overridden: an untested or failed instance gets nothing.
+        admitted = [r.instance for r in registered if r.gate_status == "passing"]
+        if not admitted:
+            return Route(service, path, host, None)
+        panic = "panic: every instance fails a health check; serving those that passed their tests"
     by_version: Dict[str, List[Instance]] = {}
     for inst in admitted:
         by_version.setdefault(inst.version, []).append(inst)
-    if not admitted:
-        return Route(service, path, host, None)
+    if panic:
+        version = policy.stable if policy and policy.stable in by_version else "*"
+        pool = by_version[version] if version != "*" else admitted
+        return Route(service, path, host, _pool(version, pool), note=panic)
     if policy is None or not policy.stable:
         return Route(service, path, host, _pool("*", admitted),
                      note="no routing policy yet: every admitted instance serves")

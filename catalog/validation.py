@@ -48,11 +48,15 @@ _RULES = {
 }
 
 
+_MAX_LEN = {"proxy_host": 253}
+
+
 def check(field: str, value: Any, rule: str | None = None) -> str:
     """Return `value` when it matches the rule for `field` (or `rule`), else raise InvalidValue."""
     pattern, text = _RULES[rule or field]
-    if not isinstance(value, str) or not pattern.fullmatch(value):
-        raise InvalidValue(field, value, text)
+    limit = _MAX_LEN.get(rule or field)
+    if not isinstance(value, str) or not pattern.fullmatch(value) or (limit and len(value) > limit):
+        raise InvalidValue(field, value, text + (f", at most {limit} characters" if limit else ""))
     return value
 
 

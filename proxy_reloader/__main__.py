@@ -1,6 +1,6 @@
 """proxy-reloader: keep nginx's config in step with Consul.
 
-    proxy-reloader --nginx-prefix DIR [--listen 127.0.0.1:8000] [--once]
+    proxy-reloader --nginx-prefix DIR [--listen 127.0.0.1:8000] [--admin 127.0.0.1:8001] [--exec] [--once]
 """
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from catalog.consul_store import ConsulStore, read_token
 
 from .nginx import Nginx, NginxError
 from .runner import Runner, RunnerOptions
+from .status_server import serve_status
+from .supervisor import NginxChild
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -28,6 +30,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workers", default="2", help="nginx worker_processes")
     p.add_argument("--min-wait", type=float, default=0.1, help="quiescence: seconds without change before rendering")
     p.add_argument("--max-wait", type=float, default=1.0, help="quiescence: longest delay after a change")
+    p.add_argument("--admin", default="127.0.0.1:8001", help="loopback address of the read-only status endpoint ('' to disable)")
+    p.add_argument("--exec", dest="exec_nginx", action="store_true", help="run nginx as a child and supervise it")
+    p.add_argument("--report-check", action="store_true",
+                   help="register the proxy in Consul with a check that fails while a config is refused")
     p.add_argument("--once", action="store_true", help="render and apply once, then exit")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
@@ -43,12 +49,15 @@ def main(argv=None) -> int:
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     try:
         store = ConsulStore(args.consul, token=read_token(args.consul_token_file))
-        nginx = Nginx(args.nginx_prefix, args.nginx_binary)
+        nginx = Nginx(args.nginx_prefix, args.nginx_binary, listen=args.listen)
     except (ValueError, OSError) as exc:
         print(f"proxy-reloader: {exc}", file=sys.stderr)
         return 2
+    reporter = None
+    if args.report_check:
+        reporter = store.self_reporter("proxy-reloader", f"proxy-reloader:{args.listen}", args.listen)
     runner = Runner(store, nginx, RunnerOptions(listen=args.listen, min_wait=args.min_wait,
-                                                max_wait=args.max_wait, workers=args.workers))
+                                                max_wait=args.max_wait, workers=args.workers), reporter)
     if args.once:
         try:
             changed = runner.render_once()
@@ -60,11 +69,33 @@ def main(argv=None) -> int:
             return 3
         print(f"config {'written' if changed else 'unchanged'}: {nginx.conf}")
         return 0
+    if args.admin:
+        try:
+            serve_status(args.admin, runner.status)
+        except (ValueError, OSError) as exc:
+            print(f"proxy-reloader: status endpoint: {exc}", file=sys.stderr)
+            return 2
+    child = None
+    if args.exec_nginx:
+        try:
+            runner.render_once()
+        except (NginxError, requests.ConnectionError, requests.Timeout) as exc:
+            logging.warning("first render failed (%s); nginx starts with what is on disk", exc)
+        if nginx.current() is None:
+            print(f"proxy-reloader: no config at {nginx.conf} to start nginx with", file=sys.stderr)
+            return 1
+        child = NginxChild(nginx)
+        child.start()
     signal.signal(signal.SIGTERM, lambda *_: runner.stop())
     signal.signal(signal.SIGINT, lambda *_: runner.stop())
-    logging.info("proxy-reloader: Consul %s -> nginx %s (listen %s)", args.consul, nginx.conf, args.listen)
+    logging.info("proxy-reloader: Consul %s -> nginx %s (listen %s, status %s)", args.consul, nginx.conf,
+                 args.listen, args.admin or "off")
     runner.dirty.set()                 # render at start-up, whatever the watches say
-    runner.run()
+    try:
+        runner.run()
+    finally:
+        if child:
+            child.stop()
     return 0
 
 

@@ -6,8 +6,12 @@ import os
 import shutil
 import signal
 import subprocess
+import time
+import urllib.request
 from pathlib import Path
 from typing import Optional
+
+from .render import config_version
 
 log = logging.getLogger(__name__)
 
@@ -16,14 +20,21 @@ class NginxError(RuntimeError):
     """nginx refused a config or could not be signalled; the message carries nginx's words."""
 
 
+class ReloadError(NginxError):
+    """`nginx -t` accepted the config but the reload did not take effect; the old one was restored."""
+
+
 def find_nginx() -> str:
     return shutil.which("nginx") or "/usr/sbin/nginx"
 
 
 class Nginx:
-    def __init__(self, prefix: str, binary: Optional[str] = None):
+    def __init__(self, prefix: str, binary: Optional[str] = None, listen: str = "",
+                 reload_timeout: float = 5.0):
         self.prefix = Path(prefix).resolve()
         self.binary = binary or find_nginx()
+        self.listen = listen                  # where to ask which config the workers run
+        self.reload_timeout = reload_timeout
         self.conf = self.prefix / "nginx.conf"
         self.pid_file = self.prefix / "nginx.pid"
         for d in ("logs", "tmp"):
@@ -68,9 +79,47 @@ class Nginx:
         return True
 
     def apply(self, text: str) -> bool:
-        """Validate, swap and reload when `text` differs from the live config. True if changed."""
-        if text == self.current():
+        """Validate, swap and reload when `text` differs from the live config. True if changed.
+        A reload that does not take effect (nginx -t cannot see a port already in use, say) is
+        detected through the config-version endpoint and the previous config is put back."""
+        previous = self.current()
+        if text == previous:
             return False
         self.swap(self.validate(text))
-        self.reload()
+        if self.reload() and not self.serves(config_version(text)):
+            errors = self.error_log_tail()
+            if previous is not None:
+                candidate = self.prefix / f".nginx.conf.{os.getpid()}.revert"
+                candidate.write_text(previous)
+                self.swap(candidate)
+                self.reload()
+            raise ReloadError(f"nginx did not take the new config within {self.reload_timeout:.0f} s; "
+                              f"the previous one is back. nginx said: {errors or '(nothing in error.log)'}")
         return True
+
+    def served_version(self) -> str:
+        if not self.listen:
+            return ""
+        try:
+            with urllib.request.urlopen(f"http://{self.listen}/__proxystack/config-version", timeout=1) as r:
+                return r.read().decode().strip()
+        except (OSError, ValueError):
+            return ""
+
+    def serves(self, version: str) -> bool:
+        """Wait until the workers answer with `version` (True), or the reload timeout (False)."""
+        if not self.listen or not version:
+            return True
+        deadline = time.monotonic() + self.reload_timeout
+        while time.monotonic() < deadline:
+            if self.served_version() == version:
+                return True
+            time.sleep(0.01)
+        return False
+
+    def error_log_tail(self, lines: int = 3) -> str:
+        try:
+            text = (self.prefix / "logs" / "error.log").read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return " | ".join(l.strip() for l in text.splitlines()[-lines:] if l.strip())

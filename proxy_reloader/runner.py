@@ -3,6 +3,10 @@
 Two blocking-query watches (every check's state, and the routing policies in KV) wake the
 runner; a quiescence timer waits until changes stop for `min_wait` (but never longer than
 `max_wait` after the first one), so a burst of changes costs one reload, not a storm.
+
+When nginx refuses a rendered config, the services whose own config it refuses keep their
+last good route (or stay out, if they never had one) and every other service's change is
+applied anyway: one bad service never blocks the rest.
 """
 from __future__ import annotations
 
@@ -10,14 +14,15 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Dict, List, Optional
 
 from catalog.consul_store import POLICIES
 from catalog.retry import TRANSIENT, backoff
+from catalog.routing import Route
 from catalog.watch import Watch
 
-from .nginx import Nginx, NginxError
-from .render import render
+from .nginx import Nginx, NginxError, ReloadError
+from .render import config_version, render
 from .view import build_view
 
 log = logging.getLogger(__name__)
@@ -33,24 +38,65 @@ class RunnerOptions:
 
 
 class Runner:
-    def __init__(self, store, nginx: Nginx, options: RunnerOptions):
+    def __init__(self, store, nginx: Nginx, options: RunnerOptions, reporter=None):
         self.store, self.nginx, self.options = store, nginx, options
+        self.reporter = reporter                     # reports health as a Consul check, if set
         self.stopping = threading.Event()
         self.dirty = threading.Event()
         self.reloads = 0
+        self.renders = 0
+        self.last_reload: Optional[float] = None
         self.last_error: Optional[str] = None
+        self.service_errors: Dict[str, str] = {}
+        self.routes: List[Route] = []                # what nginx serves now
+        self.last_good: Dict[str, Route] = {}
+
+    def _render(self, routes: List[Route]) -> str:
+        return render(routes, str(self.nginx.prefix), self.options.listen, self.options.workers)
 
     def render_once(self) -> bool:
         """Build the view, render, apply if changed. True when nginx got a new config."""
         view = build_view(self.store)
-        text = render(view.routes, str(self.nginx.prefix), self.options.listen, self.options.workers)
-        changed = self.nginx.apply(text)
+        self.renders += 1
+        routes, errors = list(view.routes), dict(view.errors)
+        try:
+            changed = self.nginx.apply(self._render(routes + self._kept(routes, errors)))
+        except ReloadError:
+            raise
+        except NginxError as exc:
+            routes, errors = self._isolate(routes, errors, exc)
+            changed = self.nginx.apply(self._render(routes + self._kept(routes, errors)))
+        routes = routes + self._kept(routes, errors)
+        self.routes, self.service_errors = routes, errors
+        # Remember what each service last served well; a service that is simply gone is forgotten.
+        self.last_good = {r.service: r for r in routes}
         if changed:
             self.reloads += 1
-            log.info("nginx reloaded: %s", "; ".join(
-                f"{r.service} -> {r.stable.version + ' ' + str(len(r.stable.servers)) + ' instance(s)' if r.stable else '503'}"
-                for r in view.routes) or "no services")
+            self.last_reload = time.time()
+            log.info("nginx reloaded (config %s): %s", config_version(self.nginx.current() or ""), "; ".join(
+                f"{r.service} -> {r.stable.version + ' x' + str(len(r.stable.servers)) if r.stable else '503'}"
+                + (f" + canary {r.canary.version} {r.weight}%" if r.canary else "")
+                for r in sorted(routes, key=lambda r: r.service)) or "no services")
         return changed
+
+    def _kept(self, routes: List[Route], errors: Dict[str, str]) -> List[Route]:
+        """Last good routes of the services left out for an error, so their traffic goes on."""
+        present = {r.service for r in routes}
+        return [self.last_good[s] for s in sorted(errors) if s in self.last_good and s not in present]
+
+    def _isolate(self, routes: List[Route], errors: Dict[str, str], exc: NginxError):
+        """Find the services nginx refuses on their own; leave them out, keep the rest."""
+        good = []
+        for route in routes:
+            try:
+                self.nginx.validate(self._render([route])).unlink()
+                good.append(route)
+            except NginxError as own:
+                errors[route.service] = f"nginx refused its config: {own}"
+                log.error("service %s: nginx refused its config, keeping its last good one: %s", route.service, own)
+        if len(good) == len(routes):
+            raise exc                                # not one service's fault
+        return good, errors
 
     def run(self) -> None:
         watches = [
@@ -79,17 +125,50 @@ class Runner:
     def _apply(self) -> None:
         try:
             self._render_retrying()
-            self.last_error = None
+            self.last_error = "; ".join(f"{s}: {e}" for s, e in sorted(self.service_errors.items())) or None
         except NginxError as exc:
-            # nginx refused the new config: it keeps serving the last good one.
+            # nginx refused the config or did not take it: it keeps serving the last good one.
             self.last_error = str(exc)
-            log.error("new config rejected by nginx -t, keeping the last good one: %s", exc)
+            log.error("new config not applied, nginx keeps the last good one: %s", exc)
+        self._report()
+
+    def _report(self) -> None:
+        if self.reporter is None:
+            return
+        try:
+            self.reporter(self.last_error is None, self.last_error or
+                          f"config {config_version(self.nginx.current() or '')}: {len(self.routes)} service(s)")
+        except TRANSIENT as exc:
+            log.warning("could not report the proxy's state to Consul: %s", exc)
 
     @backoff(max_wait=10.0, what="render from Consul")
     def _render_retrying(self) -> None:
         if not self.stopping.is_set():
             self.render_once()
 
+    def status(self) -> dict:
+        """What the status endpoint shows."""
+        return {
+            "config_version": config_version(self.nginx.current() or ""),
+            "served_version": self.nginx.served_version(),
+            "reloads": self.reloads, "renders": self.renders,
+            "last_reload": self.last_reload, "last_error": self.last_error,
+            "service_errors": dict(self.service_errors),
+            "services": {r.service: route_dict(r) for r in self.routes},
+        }
+
     def stop(self) -> None:
         self.stopping.set()
         self.dirty.set()
+
+
+def route_dict(r: Route) -> dict:
+    return {
+        "service": r.service, "path": r.path, "host": r.host,
+        "stable": {"version": r.stable.version, "servers": [f"{a}:{p}" for a, p in r.stable.servers]}
+        if r.stable else None,
+        "canary": {"version": r.canary.version, "servers": [f"{a}:{p}" for a, p in r.canary.servers],
+                   "weight": r.weight} if r.canary else None,
+        "answers_503": r.stable is None,
+        "note": r.note,
+    }

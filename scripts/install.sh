@@ -137,12 +137,19 @@ install_images() {
   build_image demo-test:latest Dockerfile.test
 }
 
+install_bench_tools() {
+  step "Benchmark tools (wrk)"
+  command -v wrk >/dev/null && { info "using $(command -v wrk)"; return 0; }
+  apt_install wrk
+  info "installed wrk"
+}
+
 targets=("$@"); [ ${#targets[@]} -gt 0 ] || targets=(all)
 for t in "${targets[@]}"; do
   case "$t" in
     all) install_venv; install_docker; install_consul; install_nginx; install_images ;;
     venv) install_venv ;; docker) install_docker ;; consul) install_consul ;;
-    nginx) install_nginx ;; images) install_images ;;
-    *) die "unknown target '$t' (expected: all, venv, docker, consul, nginx, images)" ;;
+    nginx) install_nginx ;; images) install_images ;; bench-tools) install_bench_tools ;;
+    *) die "unknown target '$t' (expected: all, venv, docker, consul, nginx, images, bench-tools)" ;;
   esac
 done

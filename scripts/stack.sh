@@ -42,7 +42,8 @@ up() {
   step "registrator, gatekeeper, proxy-reloader"
   start_bg registrator registrator --consul "$CONSUL_ADDR" --explicit --exclude-label proxystack.test
   start_bg gatekeeper gatekeeper --consul "$CONSUL_ADDR" run --drain-seconds "${DRAIN_SECONDS:-5}"
-  start_bg proxy-reloader proxy-reloader --consul "$CONSUL_ADDR" --nginx-prefix "$NGINX_PREFIX" --listen "$PROXY_LISTEN"
+  start_bg proxy-reloader proxy-reloader --consul "$CONSUL_ADDR" --nginx-prefix "$NGINX_PREFIX" --listen "$PROXY_LISTEN" \
+    --admin 127.0.0.1:8001 --report-check
 }
 
 down() {

@@ -30,7 +30,7 @@ class Stack:
             "--test-timeout", "60", "--test-label", f"{TEST_LABEL}={self.session}", *gatekeeper_args), base)
         self.reloader = Proc("proxy-reloader", python_module(
             "proxy_reloader", "--consul", consul.address, "--nginx-prefix", str(self.nginx.prefix),
-            "--listen", self.nginx.listen), base)
+            "--listen", self.nginx.listen, "--admin", f"127.0.0.1:{listen_port + 1000}"), base)
 
     def _registrator(self):
         return Proc("registrator", python_module(

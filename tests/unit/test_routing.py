@@ -19,8 +19,20 @@ def test_only_instances_whose_gate_exists_and_every_check_passes_are_routed():
 
 
 def test_no_admitted_instance_means_no_pool():
-    route = route_for("demo", [ri("v1", 1, gate="critical")], None)
+    route = route_for("demo", [ri("v1", 1, gate="critical"), ri("v1", 2, gate=None)], None)
     assert route.stable is None and route.path == "/demo/"
+
+
+def test_panic_when_every_instance_fails_health_keeps_the_tested_ones():
+    policy = RoutingPolicy(service="demo", stable="v2")
+    route = route_for("demo", [ri("v2", 1, health="critical"), ri("v2", 2, health="critical"),
+                               ri("v3", 3, gate="critical")], policy)
+    assert route.stable.servers == (("127.0.0.1", 1), ("127.0.0.1", 2)) and route.note.startswith("panic")
+
+
+def test_panic_never_overrides_a_closed_gate():
+    route = route_for("demo", [ri("v1", 1, gate="critical", health="critical")], None)
+    assert route.stable is None
 
 
 def test_policy_selects_the_stable_version_and_a_canary():

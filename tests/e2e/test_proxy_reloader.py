@@ -1,0 +1,193 @@
+"""proxy_reloader with real Consul and nginx: instances are registered straight into Consul
+(gates passed by the test), nginx runs as proxy-reloader's own child (--exec)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+import requests
+
+from catalog.model import Instance
+from tests.conftest import SESSION, host_port
+from tests.support.load import LoadClient
+from tests.support.processes import Proc, python_module, wait_until
+
+pytestmark = pytest.mark.e2e
+
+LISTEN, ADMIN = 18002, 19002
+
+
+def admit(store, service, port, version="v1", host="", path=None, container="x"):
+    inst = Instance(id=f"px:{service}-{port}:8080", service=service, address="127.0.0.1", port=port,
+                    version=version, container_id=f"{container}{port}", container_name=f"{service}-{port}",
+                    image="demo:v1", registered_by="registrator@px", proxy_path=path or f"/{service}/",
+                    proxy_host=host)
+    store.register(inst)
+    store.set_gate(inst, True, "9/9 passed (set by the test)")
+    return inst
+
+
+def status(path="/status"):
+    with urllib.request.urlopen(f"http://127.0.0.1:{ADMIN}{path}", timeout=5) as r:
+        return json.loads(r.read())
+
+
+def get(path, port=LISTEN, headers=None):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+@pytest.fixture(scope="module")
+def reloader(consul_server, tmp_path_factory):
+    base = tmp_path_factory.mktemp("px")
+    proc = Proc("proxy-reloader", python_module(
+        "proxy_reloader", "--consul", consul_server.address, "--nginx-prefix", str(base / "nginx"),
+        "--listen", f"127.0.0.1:{LISTEN}", "--admin", f"127.0.0.1:{ADMIN}", "--exec", "--report-check"), base).start()
+    wait_until(lambda: status()["served_version"], 30, "nginx serving under proxy-reloader")
+    yield proc
+    proc.stop()
+    assert not (base / "nginx" / "nginx.pid").exists() or not _alive_pidfile(base / "nginx" / "nginx.pid"), \
+        "stopping proxy-reloader stops its nginx"
+
+
+def _alive_pidfile(path):
+    try:
+        os.kill(int(path.read_text()), 0)
+        return True
+    except (ProcessLookupError, ValueError, FileNotFoundError):
+        return False
+
+
+def proxy_check(consul_server):
+    checks = requests.get(f"http://{consul_server.address}/v1/health/checks/proxy-reloader", timeout=5).json()
+    return next(c for c in checks if c["ServiceID"] == f"proxy-reloader:127.0.0.1:{LISTEN}")
+
+
+def test_status_endpoint_reports_routes_and_refuses_writes(reloader, store):
+    admit(store, "stat", 30001)
+    wait_until(lambda: "stat" in status()["services"], 20, "the route in /status")
+    route = status("/services/stat")
+    assert route["stable"]["servers"] == ["127.0.0.1:30001"] and route["path"] == "/stat/"
+    assert status()["config_version"] == status()["served_version"]
+    with pytest.raises(urllib.error.HTTPError) as err:
+        status("/services/nosuch")
+    assert err.value.code == 404
+    req = urllib.request.Request(f"http://127.0.0.1:{ADMIN}/status", method="POST", data=b"{}")
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=5)
+    assert err.value.code == 405
+    store.deregister("px:stat-30001:8080")
+
+
+def test_admin_address_must_be_loopback(consul_server, tmp_path):
+    res = Proc("bad-admin", python_module("proxy_reloader", "--consul", consul_server.address, "--nginx-prefix",
+                                          str(tmp_path / "n"), "--admin", "0.0.0.0:19999"), tmp_path).start()
+    res.popen.wait(30)
+    assert res.popen.returncode == 2 and "loopback" in res.log()
+
+
+def test_a_burst_of_changes_costs_a_handful_of_reloads(reloader, store):
+    before = status()["reloads"]
+    t0 = time.monotonic()
+    for i in range(100):
+        admit(store, "burst", 31000 + i)        # 200 changes: a registration and a gate pass each
+    last_change = time.monotonic()
+    wait_until(lambda: len((status()["services"].get("burst") or {"stable": {"servers": []}})["stable"]["servers"]) == 100,
+               20, "all 100 instances routed")
+    settled = time.monotonic()
+    reloads = status()["reloads"] - before
+    assert reloads <= 8, f"{reloads} reloads for 200 changes in {last_change - t0:.1f} s"
+    assert settled - last_change < 3.0, "no change waits much longer than max-wait (1 s)"
+    for i in range(100):
+        store.deregister(f"px:burst-{31000 + i}:8080")
+
+
+def test_a_service_nginx_refuses_is_isolated_and_reported(reloader, store, consul_server):
+    long_host = ".".join(["a" * 60] * 3) + ".example"          # valid DNS, longer than nginx's bucket
+    admit(store, "longhost", 32001, host=long_host, path="/")
+    wait_until(lambda: "longhost" in status()["service_errors"], 20, "the refusal in /status")
+    assert "server_names_hash" in status()["service_errors"]["longhost"]
+    wait_until(lambda: proxy_check(consul_server)["Status"] == "critical", 20, "the proxy's own check failing")
+    assert "longhost" in proxy_check(consul_server)["Output"]
+    admit(store, "other", 32002)                                # other services still get applied
+    wait_until(lambda: "other" in status()["services"], 20, "another service applied meanwhile")
+    assert status()["config_version"] == status()["served_version"]
+    store.deregister("px:longhost-32001:8080")
+    wait_until(lambda: proxy_check(consul_server)["Status"] == "passing", 20, "the check passing again")
+    store.deregister("px:other-32002:8080")
+
+
+@pytest.fixture
+def two_demo_instances(reloader, store, run_container, demo_images):
+    containers = [run_container("demo:v2") for _ in range(2)]
+    instances = [admit(store, "pxdemo", host_port(c), version="v2", path="/demo/", container=c.id[:12])
+                 for c in containers]
+    wait_until(lambda: len((status()["services"].get("pxdemo") or {"stable": {"servers": []}})["stable"]["servers"]) == 2,
+               30, "both instances routed")
+    wait_until(lambda: get("/demo/1")[0] == 200, 10, "traffic through the proxy")
+    yield containers, instances
+    for inst in instances:
+        store.deregister(inst.id)
+
+
+def test_an_instance_killed_under_load_costs_no_client_error(two_demo_instances):
+    containers, _ = two_demo_instances
+    load = LoadClient("127.0.0.1", LISTEN, max_seconds=30)
+    load.start()
+    time.sleep(1)
+    containers[0].kill()                      # SIGKILL; Consul still lists it: nginx must retry
+    time.sleep(3)
+    load.finish()
+    assert load.failures == [], load.failures[:5]
+    assert load.versions["v2"] == load.total
+
+
+def test_consul_down_for_10_seconds_traffic_continues(two_demo_instances, consul_server, store):
+    load = LoadClient("127.0.0.1", LISTEN, max_seconds=60)
+    load.start()
+    consul_server.stop()
+    try:
+        time.sleep(10)
+    finally:
+        consul_server.start()
+    time.sleep(1)
+    load.finish()
+    assert load.failures == [] and load.total > 100, (load.total, load.failures[:5])
+    admit(store, "after-outage", 33001)
+    wait_until(lambda: "after-outage" in status()["services"], 60, "the reloader applying changes again")
+    store.deregister("px:after-outage-33001:8080")
+
+
+def test_panic_keeps_serving_when_every_instance_fails_a_health_check(two_demo_instances, consul_server):
+    _, instances = two_demo_instances
+    url = f"http://{consul_server.address}/v1/agent/check"
+    for inst in instances:               # a health-check outage: every instance critical at once
+        requests.put(f"{url}/register", timeout=5, data=json.dumps(
+            {"ID": inst.health_check_id, "Name": "outage", "ServiceID": inst.id, "TTL": "1h", "Status": "critical"}))
+    try:
+        wait_until(lambda: status()["services"]["pxdemo"]["note"].startswith("panic"), 20, "panic mode")
+        assert [get("/demo/1")[0] for _ in range(20)] == [200] * 20
+    finally:
+        for inst in instances:
+            requests.put(f"{url}/deregister/{inst.health_check_id}", timeout=5)
+
+
+def test_exec_mode_restarts_nginx_when_it_dies(reloader, store):
+    admit(store, "execd", 34001)
+    wait_until(lambda: "execd" in status()["services"], 20, "route")
+    pid_file = [p for p in reloader.args if p.endswith("nginx")][0] + "/nginx.pid"
+    old = int(open(pid_file).read())
+    os.kill(old, signal.SIGKILL)
+    wait_until(lambda: status()["served_version"] == status()["config_version"] and
+               int(open(pid_file).read()) != old, 30, "nginx restarted by proxy-reloader")
+    assert "restarting" in reloader.log()
+    store.deregister("px:execd-34001:8080")
