@@ -13,16 +13,12 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
-import uuid
-from pathlib import Path
 
-import docker
-
+from bench.harness import bench_env
 from tests.support.load import LoadClient
-from tests.support.processes import ConsulServer, wait_until
-from tests.support.stack import TEST_LABEL, Stack
+from tests.support.processes import wait_until
+from tests.support.stack import Stack
 
 LISTEN_PORT = 18100
 
@@ -46,27 +42,21 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    session = "bench" + uuid.uuid4().hex[:6]
-    client = docker.from_env(timeout=60)
-    base = Path(tempfile.mkdtemp(prefix="proxystack-bench-"))
-    consul = ConsulServer(base, http_port=18600, port_base=18400).start()
-    stack = Stack(consul, base, client, session, LISTEN_PORT, drain_seconds=2).start()
     results = []
-    try:
-        stack.deploy("v1-0", "demo:v1")
-        wait_until(lambda: stack.served_version() == "v1", 120, "v1 to be served")
-        for i in range(1, args.runs + 1):
-            version = "v2" if i % 2 else "v1"
-            r = one_run(stack, f"{version}-{i}", f"demo:{version}", version, drain_wait=4.0)
-            results.append(r)
-            if not args.json:
-                print(f"run {i}: deploy {version}: lead time {r['lead_time_s']:.2f} s, "
-                      f"{r['failed']} failed of {r['requests']} requests", flush=True)
-    finally:
-        stack.stop()
-        for c in client.containers.list(all=True, filters={"label": f"{TEST_LABEL}={session}"}):
-            c.remove(force=True)
-        consul.stop()
+    with bench_env() as env:
+        stack = Stack(env.consul, env.base, env.client, env.session, LISTEN_PORT, drain_seconds=2).start()
+        try:
+            stack.deploy("v1-0", "demo:v1")
+            wait_until(lambda: stack.served_version() == "v1", 120, "v1 to be served")
+            for i in range(1, args.runs + 1):
+                version = "v2" if i % 2 else "v1"
+                r = one_run(stack, f"{version}-{i}", f"demo:{version}", version, drain_wait=4.0)
+                results.append(r)
+                if not args.json:
+                    print(f"run {i}: deploy {version}: lead time {r['lead_time_s']:.2f} s, "
+                          f"{r['failed']} failed of {r['requests']} requests", flush=True)
+        finally:
+            stack.stop()
     summary = {"runs": results,
                "median_lead_time_s": round(statistics.median(r["lead_time_s"] for r in results), 3),
                "median_failed": statistics.median(r["failed"] for r in results),

@@ -14,16 +14,13 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
-import docker
-
+from bench.harness import bench_env
 from gatekeeper.promotion import promote, set_mode
-from tests.support.processes import ConsulServer, wait_until
-from tests.support.stack import TEST_LABEL, Stack
+from tests.support.processes import wait_until
+from tests.support.stack import Stack
 
 PORT = 18100
 
@@ -38,51 +35,50 @@ def first_response_from(stack: Stack, version: str, timeout: float = 60.0) -> fl
     raise TimeoutError(f"{version} never answered through the proxy")
 
 
+def measure(stack: Stack, runs: int, say, gate_to_proxy: list, promote_to_all: list) -> None:
+    image_for = lambda i: "demo:v2" if i % 2 else "demo:v1"
+    answers = lambda i: "v2" if i % 2 else "v1"
+    stack.deploy("r0", image_for(0), **{"gatekeeper.version": "r0"})
+    wait_until(lambda: stack.served_version() == "v1", 120, "the first version served")
+    for i in range(1, runs + 1):
+        c = stack.deploy(f"r{i}", image_for(i), **{"gatekeeper.version": f"r{i}"})
+        ri = wait_until(lambda: (lambda r: r if r and r.gate_status == "passing" else None)(stack.instance(c)),
+                        120, "the gate to pass")
+        seen = first_response_from(stack, answers(i))
+        finished = stack.store.verdict(ri.instance.id).finished
+        gate_to_proxy.append((seen - finished) * 1000)
+        say(f"gate pass -> proxied, run {i}: {gate_to_proxy[-1]:.0f} ms")
+        for name in [n for n in stack.containers if n != f"r{i}"]:
+            stack.containers.pop(name).remove(force=True)
+    set_mode(stack.store, "bench", "manual")
+    for i in range(runs + 1, 2 * runs + 1):
+        c = stack.deploy(f"r{i}", image_for(i), **{"gatekeeper.version": f"r{i}"})
+        wait_until(lambda: stack.store.policy("bench")[1].canary == f"r{i}", 120, "the canary")
+        time.sleep(1.5)                       # let the canary-at-0 config settle first
+        assert stack.served_version({"X-Client-Id": "probe"}) != answers(i)
+        t0 = time.time()
+        promote(stack.store, "bench", full=True)
+        seen = first_response_from(stack, answers(i))
+        promote_to_all.append((seen - t0) * 1000)
+        say(f"promote -> all traffic, run {i - runs}: {promote_to_all[-1]:.0f} ms")
+        for name in [n for n in stack.containers if n != f"r{i}"]:
+            stack.containers.pop(name).remove(force=True)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     say = (lambda *a: None) if args.json else (lambda *a: print(*a, flush=True))
-    session = "bench" + uuid.uuid4().hex[:6]
-    client = docker.from_env(timeout=60)
-    base = Path(tempfile.mkdtemp(prefix="proxystack-bench-"))
-    consul = ConsulServer(base, http_port=18600, port_base=18400).start()
-    stack = Stack(consul, base, client, session, PORT, service="bench", gatekeeper_args=("--keep-old",)).start()
     gate_to_proxy, promote_to_all = [], []
-    try:
-        image_for = lambda i: "demo:v2" if i % 2 else "demo:v1"
-        answers = lambda i: "v2" if i % 2 else "v1"
-        stack.deploy("r0", image_for(0), **{"gatekeeper.version": "r0"})
-        wait_until(lambda: stack.served_version() == "v1", 120, "the first version served")
-        for i in range(1, args.runs + 1):
-            c = stack.deploy(f"r{i}", image_for(i), **{"gatekeeper.version": f"r{i}"})
-            ri = wait_until(lambda: (lambda r: r if r and r.gate_status == "passing" else None)(stack.instance(c)),
-                            120, "the gate to pass")
-            seen = first_response_from(stack, answers(i))
-            finished = stack.store.verdict(ri.instance.id).finished
-            gate_to_proxy.append((seen - finished) * 1000)
-            say(f"gate pass -> proxied, run {i}: {gate_to_proxy[-1]:.0f} ms")
-            for name in [n for n in stack.containers if n != f"r{i}"]:
-                stack.containers.pop(name).remove(force=True)
-        set_mode(stack.store, "bench", "manual")
-        for i in range(args.runs + 1, 2 * args.runs + 1):
-            c = stack.deploy(f"r{i}", image_for(i), **{"gatekeeper.version": f"r{i}"})
-            wait_until(lambda: stack.store.policy("bench")[1].canary == f"r{i}", 120, "the canary")
-            time.sleep(1.5)                       # let the canary-at-0 config settle first
-            assert stack.served_version({"X-Client-Id": "probe"}) != answers(i)
-            t0 = time.time()
-            promote(stack.store, "bench", full=True)
-            seen = first_response_from(stack, answers(i))
-            promote_to_all.append((seen - t0) * 1000)
-            say(f"promote -> all traffic, run {i - args.runs}: {promote_to_all[-1]:.0f} ms")
-            for name in [n for n in stack.containers if n != f"r{i}"]:
-                stack.containers.pop(name).remove(force=True)
-    finally:
-        stack.stop()
-        for c in client.containers.list(all=True, filters={"label": f"{TEST_LABEL}={session}"}):
-            c.remove(force=True)
-        consul.stop()
+    with bench_env() as env:
+        stack = Stack(env.consul, env.base, env.client, env.session, PORT, service="bench",
+                      gatekeeper_args=("--keep-old",)).start()
+        try:
+            measure(stack, args.runs, say, gate_to_proxy, promote_to_all)
+        finally:
+            stack.stop()
     result = {"gate_pass_to_first_proxied_ms": {"p50": round(statistics.median(gate_to_proxy), 1),
                                                 "max": round(max(gate_to_proxy), 1), "n": len(gate_to_proxy)},
               "promote_to_all_traffic_ms": {"p50": round(statistics.median(promote_to_all), 1),

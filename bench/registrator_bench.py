@@ -16,15 +16,12 @@ import json
 import re
 import statistics
 import sys
-import tempfile
 import threading
 import time
-import uuid
-from pathlib import Path
 
-import docker
 import requests
 
+from bench.harness import bench_env
 from tests.support.processes import ConsulServer, Proc, python_module, wait_until
 from tests.support.stack import TEST_LABEL, Stack
 
@@ -83,86 +80,83 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     say = (lambda *a: None) if args.json else (lambda *a: print(*a, flush=True))
-    session = "bench" + uuid.uuid4().hex[:6]
-    client = docker.from_env(timeout=120)
-    base = Path(tempfile.mkdtemp(prefix="proxystack-bench-"))
-    consul = ConsulServer(base, http_port=18600, port_base=18400).start()
     result = {}
-    try:
-        # 1. registration latency
-        reg = registrator(consul, base, session)
-        sync_seconds(reg, 1)
-        watcher = CatalogWatcher(consul.address, "lat")
-        watcher.start()
-        events = client.api.events(decode=True, filters={"type": "container", "event": "start",
-                                                         "label": f"{BENCH_LABEL}={session}"})
-        starts = {}
-        reader = threading.Thread(target=lambda: [starts.setdefault(e["Actor"]["Attributes"]["name"], e["timeNano"] / 1e9)
-                                                  for e in events], daemon=True)
-        reader.start()
-        say(f"starting {args.starts} containers one by one ...")
-        for i in range(args.starts):
-            start_light(client, session, "lat", i)
-            time.sleep(0.1)
-        wait_until(lambda: len(watcher.seen) >= args.starts, 120, "every instance in the catalog")
-        watcher.stopping.set()
-        lat = [(watcher.seen[f"bench:{name}:8080"] - t) * 1000 for name, t in starts.items()
-               if f"bench:{name}:8080" in watcher.seen]
-        result["registration_ms"] = {"p50": round(pct(lat, 50), 1), "p95": round(pct(lat, 95), 1),
-                                     "max": round(max(lat), 1), "n": len(lat)}
-        say(f"registration latency (start event -> catalog): p50 {pct(lat, 50):.1f} ms, "
-            f"p95 {pct(lat, 95):.1f} ms over {len(lat)} starts")
-        reg.stop()
-
-        # 2. resync with N running containers
-        for i in range(args.starts, args.containers):
-            start_light(client, session, "lat", i)
-        say(f"{args.containers} containers running")
-        consul.stop()
-        consul = ConsulServer(base / "fresh", http_port=18600, port_base=18400).start()   # empty catalog
-        reg = registrator(consul, base, session, "registrator-cold")
-        cold = sync_seconds(reg, 1)
-        reg.stop()
-        reg = registrator(consul, base, session, "registrator-warm")
-        warm = sync_seconds(reg, 1)
-        reg.stop()
-        registered = len(requests.get(f"http://{consul.address}/v1/agent/services", timeout=5).json())
-        result["resync_s"] = {"containers": args.containers, "cold": cold, "warm": warm, "registered": registered}
-        say(f"resync of {args.containers}: {cold:.2f} s into an empty Consul, {warm:.2f} s when nothing changed "
-            f"({registered} instances registered)")
-        for c in client.containers.list(all=True, filters={"label": f"{BENCH_LABEL}={session}"}):
-            c.remove(force=True)
-
-        # 3. docker stop -> out of traffic, on the whole stack
-        stack = Stack(consul, base / "stack", client, session, 18100, drain_seconds=2)
-        stack.start()
-        try:
-            stack.deploy("base", "demo:v1")
-            wait_until(lambda: stack.served_version() == "v1", 120, "v1 served")
-            times = []
-            for i in range(10):
-                c = stack.deploy(f"extra{i}", "demo:v1")
-                c.reload()
-                port = c.attrs["NetworkSettings"]["Ports"]["8080/tcp"][0]["HostPort"]
-                needle = f"127.0.0.1:{port} "
-                wait_until(lambda: needle in stack.nginx.conf.read_text(), 60, "instance in nginx")
-                t0 = time.monotonic()
-                threading.Thread(target=c.stop, kwargs={"timeout": 10}, daemon=True).start()
-                wait_until(lambda: needle not in stack.nginx.conf.read_text(), 30, "instance out of nginx", interval=0.005)
-                times.append((time.monotonic() - t0) * 1000)
-            result["stop_to_out_of_traffic_ms"] = {"p50": round(statistics.median(times), 1),
-                                                   "max": round(max(times), 1), "n": len(times)}
-            say(f"docker stop -> out of the nginx config: median {statistics.median(times):.0f} ms, "
-                f"max {max(times):.0f} ms over {len(times)}")
-        finally:
-            stack.stop()
-    finally:
-        for c in client.containers.list(all=True, filters={"label": f"{TEST_LABEL}={session}"}):
-            c.remove(force=True)
-        consul.stop()
+    with bench_env() as env:
+        run(env, args, say, result)
     if args.json:
         print(json.dumps(result, indent=2))
     return 0
+
+
+def run(env, args, say, result: dict) -> None:
+    client, base, consul, session = env.client, env.base, env.consul, env.session
+    # 1. registration latency
+    reg = registrator(consul, base, session)
+    sync_seconds(reg, 1)
+    watcher = CatalogWatcher(consul.address, "lat")
+    watcher.start()
+    events = client.api.events(decode=True, filters={"type": "container", "event": "start",
+                                                     "label": f"{BENCH_LABEL}={session}"})
+    starts = {}
+    reader = threading.Thread(target=lambda: [starts.setdefault(e["Actor"]["Attributes"]["name"], e["timeNano"] / 1e9)
+                                              for e in events], daemon=True)
+    reader.start()
+    say(f"starting {args.starts} containers one by one ...")
+    for i in range(args.starts):
+        start_light(client, session, "lat", i)
+        time.sleep(0.1)
+    wait_until(lambda: len(watcher.seen) >= args.starts, 120, "every instance in the catalog")
+    watcher.stopping.set()
+    lat = [(watcher.seen[f"bench:{name}:8080"] - t) * 1000 for name, t in starts.items()
+           if f"bench:{name}:8080" in watcher.seen]
+    result["registration_ms"] = {"p50": round(pct(lat, 50), 1), "p95": round(pct(lat, 95), 1),
+                                 "max": round(max(lat), 1), "n": len(lat)}
+    say(f"registration latency (start event -> catalog): p50 {pct(lat, 50):.1f} ms, "
+        f"p95 {pct(lat, 95):.1f} ms over {len(lat)} starts")
+    reg.stop()
+
+    # 2. resync with N running containers
+    for i in range(args.starts, args.containers):
+        start_light(client, session, "lat", i)
+    say(f"{args.containers} containers running")
+    consul.stop()
+    consul = env.consul = ConsulServer(base / "fresh", http_port=18600, port_base=18400).start()   # empty catalog
+    reg = registrator(consul, base, session, "registrator-cold")
+    cold = sync_seconds(reg, 1)
+    reg.stop()
+    reg = registrator(consul, base, session, "registrator-warm")
+    warm = sync_seconds(reg, 1)
+    reg.stop()
+    registered = len(requests.get(f"http://{consul.address}/v1/agent/services", timeout=5).json())
+    result["resync_s"] = {"containers": args.containers, "cold": cold, "warm": warm, "registered": registered}
+    say(f"resync of {args.containers}: {cold:.2f} s into an empty Consul, {warm:.2f} s when nothing changed "
+        f"({registered} instances registered)")
+    for c in client.containers.list(all=True, filters={"label": f"{BENCH_LABEL}={session}"}):
+        c.remove(force=True)
+
+    # 3. docker stop -> out of traffic, on the whole stack
+    stack = Stack(consul, base / "stack", client, session, 18100, drain_seconds=2)
+    stack.start()
+    try:
+        stack.deploy("base", "demo:v1")
+        wait_until(lambda: stack.served_version() == "v1", 120, "v1 served")
+        times = []
+        for i in range(10):
+            c = stack.deploy(f"extra{i}", "demo:v1")
+            c.reload()
+            port = c.attrs["NetworkSettings"]["Ports"]["8080/tcp"][0]["HostPort"]
+            needle = f"127.0.0.1:{port} "
+            wait_until(lambda: needle in stack.nginx.conf.read_text(), 60, "instance in nginx")
+            t0 = time.monotonic()
+            threading.Thread(target=c.stop, kwargs={"timeout": 10}, daemon=True).start()
+            wait_until(lambda: needle not in stack.nginx.conf.read_text(), 30, "instance out of nginx", interval=0.005)
+            times.append((time.monotonic() - t0) * 1000)
+        result["stop_to_out_of_traffic_ms"] = {"p50": round(statistics.median(times), 1),
+                                               "max": round(max(times), 1), "n": len(times)}
+        say(f"docker stop -> out of the nginx config: median {statistics.median(times):.0f} ms, "
+            f"max {max(times):.0f} ms over {len(times)}")
+    finally:
+        stack.stop()
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import consul.base
 import requests
 
 from catalog.consul_store import DEFAULT_TESTS, ConsulStore, read_token
+from catalog.logs import setup_logging
 from catalog.validation import InvalidValue, check
 
 from .promotion import PromotionError
@@ -100,9 +101,7 @@ def cmd_run(args, store) -> int:
     from .promotion import Promoter
     from .tester import DockerTester, RunLimits
 
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s gatekeeper %(levelname)s %(message)s")
-    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    setup_logging("gatekeeper", args.verbose)
     labels = {}
     for item in args.test_label:
         key, sep, value = item.partition("=")

@@ -12,6 +12,7 @@ import sys
 import requests
 
 from catalog.consul_store import ConsulStore, read_token
+from catalog.logs import setup_logging
 
 from .nginx import Nginx, NginxError
 from .runner import Runner, RunnerOptions
@@ -44,9 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s proxy-reloader %(levelname)s %(message)s")
-    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    setup_logging("proxy-reloader", args.verbose)
     try:
         store = ConsulStore(args.consul, token=read_token(args.consul_token_file))
         nginx = Nginx(args.nginx_prefix, args.nginx_binary, listen=args.listen)

@@ -11,6 +11,7 @@ import socket
 import sys
 
 from catalog.consul_store import ConsulStore, read_token
+from catalog.logs import setup_logging
 
 from .bridge import Bridge
 from .docker_source import DockerSource
@@ -44,9 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s registrator %(levelname)s %(message)s")
-    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    setup_logging("registrator", args.verbose)
     settings = Settings(hostname=args.hostname, address=args.address, explicit=args.explicit,
                         filter_label=args.filter_label, exclude_labels=tuple(args.exclude_label),
                         registered_by=args.id or f"registrator@{args.hostname}")

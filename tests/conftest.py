@@ -3,7 +3,6 @@ proxystack.test=<session id>, and only those are removed afterwards."""
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
 
 import docker
 import docker.errors

@@ -14,7 +14,6 @@ import pytest
 
 from tests.conftest import SESSION, host_port
 from tests.support.load import LoadClient
-from tests.support.processes import wait_until
 from tests.support.stack import Stack
 
 pytestmark = pytest.mark.e2e
@@ -30,10 +29,7 @@ def stack(consul_server, docker_client, demo_images, tmp_path_factory):
 
 
 def wait(stack, predicate, timeout, what):
-    try:
-        return wait_until(predicate, timeout, what, interval=0.2)
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}\n{stack.logs()}") from None
+    return stack.wait(predicate, timeout, what)
 
 
 class TestMainFlow:

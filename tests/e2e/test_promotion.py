@@ -10,7 +10,6 @@ import pytest
 from tests.conftest import SESSION
 from tests.faults.test_registrator_lifecycle import build_healthcheck_image
 from tests.support.load import LoadClient
-from tests.support.processes import wait_until
 from tests.support.stack import Stack
 
 pytestmark = pytest.mark.e2e
@@ -28,10 +27,7 @@ def stack(consul_server, docker_client, demo_images, tmp_path_factory):
 
 
 def wait(stack, predicate, timeout, what):
-    try:
-        return wait_until(predicate, timeout, what, interval=0.2)
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}\n{stack.logs()}") from None
+    return stack.wait(predicate, timeout, what)
 
 
 def policy(stack):

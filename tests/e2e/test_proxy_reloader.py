@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from catalog.model import Instance
-from tests.conftest import SESSION, host_port
+from tests.conftest import host_port
 from tests.support.load import LoadClient
 from tests.support.processes import Proc, python_module, wait_until
 

@@ -1,18 +1,17 @@
 """registrator on the real Docker Engine and Consul: lifecycle, restarts, outages, bad input."""
 from __future__ import annotations
 
-import io
 import json
 import subprocess
-import tarfile
 import threading
 import time
 
 import pytest
 import requests
 
-from tests.conftest import SESSION, TEST_LABEL, host_port
-from tests.support.processes import ConsulServer, Proc, python_module, wait_until
+from tests.conftest import SESSION, TEST_LABEL
+from tests.support.images import build_image
+from tests.support.processes import Proc, python_module, wait_until
 
 FAULT_LABEL = "proxystack.faults"
 LABELS = {"SERVICE_NAME": "flt", "gatekeeper.tests": "demo-test:latest", FAULT_LABEL: SESSION}
@@ -132,18 +131,11 @@ def test_invalid_label_is_rejected_logged_recorded_and_secrets_stay_out(store, r
 
 
 def build_healthcheck_image(docker_client):
-    dockerfile = (b"FROM demo:v1\n"
-                  b"HEALTHCHECK --interval=1s --timeout=2s --retries=1 --start-period=120s "
-                  b"CMD test -e /tmp/ready && test ! -e /tmp/sick\n")
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        info = tarfile.TarInfo("Dockerfile")
-        info.size = len(dockerfile)
-        tar.addfile(info, io.BytesIO(dockerfile))
-    buf.seek(0)
-    tag = f"proxystack-healthcheck:{SESSION}"
-    docker_client.images.build(fileobj=buf, custom_context=True, tag=tag, labels={TEST_LABEL: SESSION})
-    return tag
+    """demo:v1 with a HEALTHCHECK the test steers: healthy once /tmp/ready exists, unhealthy
+    once /tmp/sick does."""
+    return build_image(docker_client, f"proxystack-healthcheck:{SESSION}",
+                       "FROM demo:v1\nHEALTHCHECK --interval=1s --timeout=2s --retries=1 --start-period=120s "
+                       "CMD test -e /tmp/ready && test ! -e /tmp/sick\n", {TEST_LABEL: SESSION})
 
 
 def test_a_docker_healthcheck_gates_testing_and_admission(store, registrator, run_container, docker_client,

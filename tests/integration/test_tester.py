@@ -1,13 +1,12 @@
 """gatekeeper's test runs against real containers: pass, fail, hang, missing image."""
-import io
 import json
-import tarfile
 
 import pytest
 
 from catalog.model import ERROR, FAILED, PASSED
 from gatekeeper.tester import DockerTester, RunLimits
 from tests.conftest import SESSION, TEST_LABEL, host_port
+from tests.support.images import build_image
 
 
 @pytest.fixture
@@ -36,15 +35,7 @@ def test_missing_test_image_is_an_error_not_a_pass(tester):
 
 
 def test_a_hanging_test_is_killed_at_the_time_limit(docker_client, demo_images):
-    dockerfile = b"FROM demo-test:latest\nENTRYPOINT [\"python3\", \"-c\", \"print('starting', flush=True); import time; time.sleep(600)\"]\n"
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        info = tarfile.TarInfo("Dockerfile")
-        info.size = len(dockerfile)
-        tar.addfile(info, io.BytesIO(dockerfile))
-    buf.seek(0)
-    tag = f"proxystack-hang-test:{SESSION}"
-    docker_client.images.build(fileobj=buf, custom_context=True, tag=tag, labels={TEST_LABEL: SESSION})
+    tag = build(docker_client, "hang-test", "print('starting', flush=True); import time; time.sleep(600)")
     try:
         tester = DockerTester(docker_client, RunLimits(timeout=3), labels={TEST_LABEL: SESSION})
         res = tester.run(tag, "http://127.0.0.1:1", "t:hang")
@@ -56,16 +47,10 @@ def test_a_hanging_test_is_killed_at_the_time_limit(docker_client, demo_images):
 
 
 def build(docker_client, name, entrypoint_py):
-    dockerfile = ("FROM demo-test:latest\nENTRYPOINT [\"python3\", \"-c\", " + json.dumps(entrypoint_py) + "]\n").encode()
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        info = tarfile.TarInfo("Dockerfile")
-        info.size = len(dockerfile)
-        tar.addfile(info, io.BytesIO(dockerfile))
-    buf.seek(0)
-    tag = f"proxystack-{name}:{SESSION}"
-    docker_client.images.build(fileobj=buf, custom_context=True, tag=tag, labels={TEST_LABEL: SESSION})
-    return tag
+    """A test image that runs `entrypoint_py` instead of the demo's integration tests."""
+    return build_image(docker_client, f"proxystack-{name}:{SESSION}",
+                       f"FROM demo-test:latest\nENTRYPOINT [\"python3\", \"-c\", {json.dumps(entrypoint_py)}]\n",
+                       {TEST_LABEL: SESSION})
 
 
 PROBE = """

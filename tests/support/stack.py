@@ -10,7 +10,7 @@ import urllib.error
 import urllib.request
 
 from catalog.consul_store import ConsulStore
-from tests.support.processes import NginxServer, Proc, python_module
+from tests.support.processes import NginxServer, Proc, python_module, wait_until
 
 E2E_LABEL = "proxystack.e2e"
 TEST_LABEL = "proxystack.test"
@@ -93,6 +93,13 @@ class Stack:
         res = subprocess.run(python_module("gatekeeper", "--consul", self.consul.address, *args),
                              capture_output=True, text=True, timeout=120)
         return res.returncode, res.stdout, res.stderr
+
+    def wait(self, predicate, timeout, what):
+        """wait_until, with the daemons' logs in the failure message."""
+        try:
+            return wait_until(predicate, timeout, what, interval=0.2)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.logs()}") from None
 
     def logs(self):
         return "\n".join(f"--- {p.name}\n{p.log()[-3000:]}" for p in (self.registrator, self.gatekeeper, self.reloader))

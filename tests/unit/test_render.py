@@ -1,5 +1,4 @@
 """Rendered configs are checked by the real nginx (-t), not by string matching alone."""
-import subprocess
 
 from catalog.routing import Pool, Route
 from proxy_reloader.nginx import Nginx, NginxError

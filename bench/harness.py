@@ -1,0 +1,36 @@
+"""What every benchmark needs: a Docker client, a Consul server of its own on ports apart from
+the demo stack's and the tests', a scratch folder, and a clean-up of its labelled containers."""
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+
+from tests.support.processes import ConsulServer
+from tests.support.stack import TEST_LABEL
+
+
+@dataclass
+class BenchEnv:
+    client: docker.DockerClient
+    consul: ConsulServer
+    base: Path
+    session: str
+
+
+@contextlib.contextmanager
+def bench_env():
+    session = "bench" + uuid.uuid4().hex[:6]
+    client = docker.from_env(timeout=120)
+    base = Path(tempfile.mkdtemp(prefix="proxystack-bench-"))
+    env = BenchEnv(client, ConsulServer(base, http_port=18600, port_base=18400).start(), base, session)
+    try:
+        yield env
+    finally:
+        for c in client.containers.list(all=True, filters={"label": f"{TEST_LABEL}={session}"}):
+            c.remove(force=True)
+        env.consul.stop()
