@@ -133,10 +133,11 @@ def main(argv=None) -> int:
 
 def run(env, args, say, result: dict) -> None:
     client, base, consul, session = env.client, env.base, env.consul, env.session
-    store = ConsulStore(consul.address)
+    store = ConsulStore(consul.address, token=consul.management_token)
     # 1 + 3: a lone proxy-reloader supervising its nginx
     px = Proc("proxy-reloader", python_module(
-        "proxy_reloader", "--consul", consul.address, "--nginx-prefix", str(base / "px"), "--listen",
+        "proxy_reloader", "--consul", consul.address, "--consul-token-file", consul.token_file("proxy-reloader"),
+        "--nginx-prefix", str(base / "px"), "--listen",
         f"127.0.0.1:{PORT + 1}", "--admin", f"127.0.0.1:{ADMIN}", "--exec"), base).start()
     wait_until(lambda: status()["served_version"], 30, "proxy-reloader up")
     time.sleep(1)

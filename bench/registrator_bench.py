@@ -36,16 +36,16 @@ def pct(values, p):
 class CatalogWatcher(threading.Thread):
     """Timestamps the first sighting of each instance id in the catalog (blocking queries)."""
 
-    def __init__(self, address, service):
+    def __init__(self, address, service, headers):
         super().__init__(daemon=True)
-        self.url = f"http://{address}/v1/catalog/service/{service}"
+        self.url, self.headers = f"http://{address}/v1/catalog/service/{service}", headers
         self.seen, self.stopping = {}, threading.Event()
 
     def run(self):
         index = 0
         while not self.stopping.is_set():
             try:
-                r = requests.get(self.url, params={"index": index, "wait": "5s"}, timeout=10)
+                r = requests.get(self.url, params={"index": index, "wait": "5s"}, timeout=10, headers=self.headers)
             except requests.RequestException:
                 time.sleep(0.1)
                 continue
@@ -56,7 +56,8 @@ class CatalogWatcher(threading.Thread):
 
 
 def registrator(consul, base, session, name="registrator"):
-    return Proc(name, python_module("registrator", "--consul", consul.address, "--hostname", "bench",
+    return Proc(name, python_module("registrator", "--consul", consul.address, "--consul-token-file",
+                                    consul.token_file("registrator"), "--hostname", "bench",
                                     "--filter-label", f"{BENCH_LABEL}={session}", "--resync", "600"), base).start()
 
 
@@ -93,7 +94,7 @@ def run(env, args, say, result: dict) -> None:
     # 1. registration latency
     reg = registrator(consul, base, session)
     sync_seconds(reg, 1)
-    watcher = CatalogWatcher(consul.address, "lat")
+    watcher = CatalogWatcher(consul.address, "lat", consul.headers)
     watcher.start()
     events = client.api.events(decode=True, filters={"type": "container", "event": "start",
                                                      "label": f"{BENCH_LABEL}={session}"})
@@ -127,7 +128,8 @@ def run(env, args, say, result: dict) -> None:
     reg = registrator(consul, base, session, "registrator-warm")
     warm = sync_seconds(reg, 1)
     reg.stop()
-    registered = len(requests.get(f"http://{consul.address}/v1/agent/services", timeout=5).json())
+    registered = len(requests.get(f"http://{consul.address}/v1/agent/services", timeout=5,
+                                  headers=consul.headers).json())
     result["resync_s"] = {"containers": args.containers, "cold": cold, "warm": warm, "registered": registered}
     say(f"resync of {args.containers}: {cold:.2f} s into an empty Consul, {warm:.2f} s when nothing changed "
         f"({registered} instances registered)")

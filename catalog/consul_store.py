@@ -47,10 +47,15 @@ def parse_address(addr: str) -> Tuple[str, str, int]:
 
 
 def read_token(token_file: Optional[str] = None) -> Optional[str]:
-    """A Consul ACL token from a file or CONSUL_HTTP_TOKEN; never from the command line."""
+    """A Consul ACL token from a file (the option, or CONSUL_HTTP_TOKEN_FILE) or from
+    CONSUL_HTTP_TOKEN; never from the command line, never logged."""
+    token_file = token_file or os.environ.get("CONSUL_HTTP_TOKEN_FILE")
     if token_file:
-        with open(token_file) as f:
-            return f.read().strip() or None
+        try:
+            with open(token_file) as f:
+                return f.read().strip() or None
+        except OSError as exc:
+            raise ValueError(f"cannot read the Consul token file {token_file}: {exc.strerror}") from None
     return os.environ.get("CONSUL_HTTP_TOKEN") or None
 
 
@@ -65,6 +70,8 @@ class ConsulStore:
         # whose timeout outlasts the wait (Consul adds up to wait/16 of jitter).
         self._blocking = consul.Consul(host=host, port=port, scheme=scheme, token=token,
                                        timeout=max_wait * 1.1 + timeout)
+        # python-consul2 lets CONSUL_HTTP_TOKEN override an explicit token; the one given wins here.
+        self._c.token = self._blocking.token = token
         self._token = token
 
     # --- health of the agent -------------------------------------------------------------

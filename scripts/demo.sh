@@ -4,6 +4,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 PROXY="http://${PROXY_LISTEN:-127.0.0.1:8000}"
+export CONSUL_HTTP_TOKEN_FILE="$STATE/tokens/operator.token"   # gatekeeper CLI as the operator
 LABELS=(--label SERVICE_NAME=demo --label gatekeeper.tests=demo-test:latest --label proxystack.demo=1)
 
 deploy() {   # deploy VERSION IMAGE: docker run with labels only, then wait for the gate's verdict
@@ -46,9 +47,10 @@ for _ in $(seq 1 20); do curl -s -o /dev/null "$PROXY/demo/1"; done
 info "still served: $(served_version); requests that reached v3 through the proxy: $(curl -s "http://$(docker port demo-v3 8080 | head -1)/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["proxied"])')"
 
 step "Where to look"
-info "Consul UI:      http://127.0.0.1:8500/ui/dc1/services/demo"
+info "Consul UI:      http://127.0.0.1:8500/ui/dc1/services/demo (log in with the token in $CONSUL_HTTP_TOKEN_FILE)"
 info "The service:    curl $PROXY/demo/1"
-info "Gate verdicts:  $VENV/bin/gatekeeper status demo"
+info "Gate verdicts:  export CONSUL_HTTP_TOKEN_FILE=$CONSUL_HTTP_TOKEN_FILE; $VENV/bin/gatekeeper status demo"
+info "Proxy status:   curl http://127.0.0.1:8001/status"
 info "Logs:           $LOGS/ (nginx: $STATE/nginx/logs/)"
 info "Stop it all:    make stop"
 echo

@@ -9,6 +9,7 @@ PROXY_LISTEN="${PROXY_LISTEN:-127.0.0.1:8000}"
 NGINX_PREFIX="$STATE/nginx"
 NGINX_BIN="$(command -v nginx || echo /usr/sbin/nginx)"
 DEMO_LABEL="proxystack.demo"
+TOKENS="$STATE/tokens"
 
 start_bg() {   # start_bg NAME COMMAND...: run in its own session, log and pid file by NAME
   local name="$1"; shift
@@ -22,13 +23,18 @@ up() {
   step "Consul (single-node server, data in $STATE/consul, UI http://$CONSUL_ADDR/ui/)"
   mkdir -p "$STATE/consul"
   start_bg consul consul agent -server -bootstrap-expect 1 -data-dir "$STATE/consul" -node proxystack \
-    -bind 127.0.0.1 -client 127.0.0.1 -ui -log-level warn -hcl 'check_update_interval = "0s"'
+    -bind 127.0.0.1 -client 127.0.0.1 -ui -log-level warn -hcl 'check_update_interval = "0s"' \
+    -hcl 'acl { enabled = true, default_policy = "deny", enable_token_persistence = true }'
   wait_for "Consul leader election" 60 sh -c "curl -sf http://$CONSUL_ADDR/v1/status/leader | grep -q ':'"
   info "leader elected"
+  "$VENV/bin/python" -m catalog.acl_setup --consul "$CONSUL_ADDR" --tokens "$TOKENS" >>"$LOGS/consul.log" 2>&1 \
+    || die "ACL set-up failed (see $LOGS/consul.log)"
+  info "ACLs on (default deny); one token per part in $TOKENS/ (the operator's: $TOKENS/operator.token)"
 
   step "nginx on http://$PROXY_LISTEN/ (prefix $NGINX_PREFIX)"
   mkdir -p "$NGINX_PREFIX/logs"
-  proxy-reloader --consul "$CONSUL_ADDR" --nginx-prefix "$NGINX_PREFIX" --listen "$PROXY_LISTEN" --once \
+  proxy-reloader --consul "$CONSUL_ADDR" --consul-token-file "$TOKENS/proxy-reloader.token" \
+    --nginx-prefix "$NGINX_PREFIX" --listen "$PROXY_LISTEN" --once \
     >>"$LOGS/proxy-reloader.log" 2>&1 || die "could not render the first nginx config (see $LOGS/proxy-reloader.log)"
   if [ -s "$NGINX_PREFIX/nginx.pid" ] && kill -0 "$(cat "$NGINX_PREFIX/nginx.pid")" 2>/dev/null; then
     info "nginx already running (pid $(cat "$NGINX_PREFIX/nginx.pid"))"
@@ -40,10 +46,12 @@ up() {
   fi
 
   step "registrator, gatekeeper, proxy-reloader"
-  start_bg registrator registrator --consul "$CONSUL_ADDR" --explicit --exclude-label proxystack.test
-  start_bg gatekeeper gatekeeper --consul "$CONSUL_ADDR" run --drain-seconds "${DRAIN_SECONDS:-5}"
-  start_bg proxy-reloader proxy-reloader --consul "$CONSUL_ADDR" --nginx-prefix "$NGINX_PREFIX" --listen "$PROXY_LISTEN" \
-    --admin 127.0.0.1:8001 --report-check
+  start_bg registrator registrator --consul "$CONSUL_ADDR" --consul-token-file "$TOKENS/registrator.token" \
+    --explicit --exclude-label proxystack.test
+  start_bg gatekeeper gatekeeper --consul "$CONSUL_ADDR" --consul-token-file "$TOKENS/gatekeeper.token" \
+    run --drain-seconds "${DRAIN_SECONDS:-5}"
+  start_bg proxy-reloader proxy-reloader --consul "$CONSUL_ADDR" --consul-token-file "$TOKENS/proxy-reloader.token" \
+    --nginx-prefix "$NGINX_PREFIX" --listen "$PROXY_LISTEN" --admin 127.0.0.1:8001 --report-check
 }
 
 down() {

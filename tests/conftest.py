@@ -58,7 +58,7 @@ def consul_server(tmp_path_factory):
 
 @pytest.fixture
 def store(consul_server) -> ConsulStore:
-    return ConsulStore(consul_server.address, timeout=5, max_wait=5)
+    return ConsulStore(consul_server.address, token=consul_server.management_token, timeout=5, max_wait=5)
 
 
 @pytest.fixture

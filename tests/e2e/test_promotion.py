@@ -169,6 +169,13 @@ class TestCommandsAndGate:
         code, out, _ = stack.gatekeeper_cli("status", SERVICE, "--json")
         row = next(i for i in json.loads(out)["services"][0]["instances"] if i["version"] == "v6")
         assert row["verdict"] == "error" and row["serving"] is False
+        # Consul lets any service-write token (registrator's) pass a check; gatekeeper fails
+        # closed and shuts a gate that has no passing verdict behind it.
+        from catalog.consul_store import ConsulStore
+        forger = ConsulStore(stack.consul.address, token=open(stack.consul.token_file("registrator")).read().strip())
+        forger.set_gate(ri.instance, True, "forged")
+        wait(stack, lambda: stack.instance(c).gate_status == "critical", 30, "gatekeeper to close the forged gate")
+        assert stack.store.verdict(ri.instance.id).state == "error"
 
     def test_verdicts_survive_restarts_of_gatekeeper_consul_and_registrator(self, stack):
         ri = next(r for r in stack.store.instances(SERVICE) if r.instance.version == "v1")
@@ -187,7 +194,8 @@ class TestCommandsAndGate:
     def test_leader_failover_to_a_second_daemon(self, stack, tmp_path):
         from tests.support.processes import Proc, python_module
         second = Proc("gatekeeper-2", python_module(
-            "gatekeeper", "--consul", stack.consul.address, "run", "--wait", "5", "--keep-old", "--id", "second",
+            "gatekeeper", "--consul", stack.consul.address, "--consul-token-file",
+            stack.consul.token_file("gatekeeper"), "run", "--wait", "5", "--keep-old", "--id", "second",
             "--test-label", f"proxystack.test={stack.session}"), tmp_path).start()
         try:
             wait(stack, lambda: "second" in second.log(), 10, "the second daemon to start")

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
@@ -15,7 +18,7 @@ import requests
 from catalog.model import Instance
 from tests.conftest import host_port
 from tests.support.load import LoadClient
-from tests.support.processes import Proc, python_module, wait_until
+from tests.support.processes import Proc, ROOT, python_module, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -50,7 +53,8 @@ def get(path, port=LISTEN, headers=None):
 def reloader(consul_server, tmp_path_factory):
     base = tmp_path_factory.mktemp("px")
     proc = Proc("proxy-reloader", python_module(
-        "proxy_reloader", "--consul", consul_server.address, "--nginx-prefix", str(base / "nginx"),
+        "proxy_reloader", "--consul", consul_server.address, "--consul-token-file",
+        consul_server.token_file("proxy-reloader"), "--nginx-prefix", str(base / "nginx"),
         "--listen", f"127.0.0.1:{LISTEN}", "--admin", f"127.0.0.1:{ADMIN}", "--exec", "--report-check"), base).start()
     wait_until(lambda: status()["served_version"], 30, "nginx serving under proxy-reloader")
     yield proc
@@ -68,7 +72,8 @@ def _alive_pidfile(path):
 
 
 def proxy_check(consul_server):
-    checks = requests.get(f"http://{consul_server.address}/v1/health/checks/proxy-reloader", timeout=5).json()
+    checks = requests.get(f"http://{consul_server.address}/v1/health/checks/proxy-reloader", timeout=5,
+                          headers=consul_server.headers).json()
     return next(c for c in checks if c["ServiceID"] == f"proxy-reloader:127.0.0.1:{LISTEN}")
 
 
@@ -171,14 +176,14 @@ def test_panic_keeps_serving_when_every_instance_fails_a_health_check(two_demo_i
     _, instances = two_demo_instances
     url = f"http://{consul_server.address}/v1/agent/check"
     for inst in instances:               # a health-check outage: every instance critical at once
-        requests.put(f"{url}/register", timeout=5, data=json.dumps(
+        requests.put(f"{url}/register", timeout=5, headers=consul_server.headers, data=json.dumps(
             {"ID": inst.health_check_id, "Name": "outage", "ServiceID": inst.id, "TTL": "1h", "Status": "critical"}))
     try:
         wait_until(lambda: status()["services"]["pxdemo"]["note"].startswith("panic"), 20, "panic mode")
         assert [get("/demo/1")[0] for _ in range(20)] == [200] * 20
     finally:
         for inst in instances:
-            requests.put(f"{url}/deregister/{inst.health_check_id}", timeout=5)
+            requests.put(f"{url}/deregister/{inst.health_check_id}", timeout=5, headers=consul_server.headers)
 
 
 def test_exec_mode_restarts_nginx_when_it_dies(reloader, store):
@@ -191,3 +196,59 @@ def test_exec_mode_restarts_nginx_when_it_dies(reloader, store):
                int(open(pid_file).read()) != old, 30, "nginx restarted by proxy-reloader")
     assert "restarting" in reloader.log()
     store.deregister("px:execd-34001:8080")
+
+
+@pytest.fixture
+def echo_port():
+    """A loopback HTTP server that answers with the request headers it got, as JSON."""
+    class Echo(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps({k.lower(): v for k, v in self.headers.items()}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_POST = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+
+
+def test_nginx_hides_its_version_limits_bodies_and_sets_request_headers(reloader, store, echo_port):
+    inst = admit(store, "echo", echo_port)
+    try:
+        wait_until(lambda: get("/echo/x")[0] == 200, 20, "the echo service routed")
+        with urllib.request.urlopen(f"http://127.0.0.1:{LISTEN}/echo/x", timeout=5) as r:
+            assert r.headers["Server"] == "nginx"                       # no version
+            seen = json.loads(r.read())
+        assert seen["x-forwarded-for"] == "127.0.0.1"
+        assert len(seen["x-request-id"]) == 32
+        req = urllib.request.Request(f"http://127.0.0.1:{LISTEN}/echo/x", data=b"x" * (2 * 1024 * 1024), method="POST")
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req, timeout=10)
+        assert err.value.code == 413
+    finally:
+        store.deregister(inst.id)
+
+
+def test_a_malformed_routing_policy_keeps_the_last_good_route(two_demo_instances, store, consul_server):
+    store.kv_put("gatekeeper/policies/pxdemo", "{this is not json")
+    try:
+        wait_until(lambda: "pxdemo" in status()["service_errors"], 20, "the policy error in /status")
+        assert "routing policy" in status()["service_errors"]["pxdemo"]
+        assert [get("/demo/1")[0] for _ in range(20)] == [200] * 20, "the last good route keeps serving"
+        cli = python_module("gatekeeper", "--consul", consul_server.address, "--consul-token-file",
+                            consul_server.token_file("operator"))
+        res = subprocess.run(cli + ["status", "pxdemo"], capture_output=True, text=True, timeout=30, cwd=ROOT)
+        assert res.returncode == 0 and "INVALID" in res.stdout
+        res = subprocess.run(cli + ["promote", "pxdemo"], capture_output=True, text=True, timeout=30, cwd=ROOT)
+        assert res.returncode == 1 and "invalid" in res.stderr and "gatekeeper/policies/pxdemo" in res.stderr
+    finally:
+        store.kv_delete("gatekeeper/policies/pxdemo")

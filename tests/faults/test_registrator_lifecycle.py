@@ -19,7 +19,8 @@ LABELS = {"SERVICE_NAME": "flt", "gatekeeper.tests": "demo-test:latest", FAULT_L
 
 def start_registrator(consul, base, *extra):
     return Proc("registrator", python_module(
-        "registrator", "--consul", consul.address, "--hostname", "flt", "--filter-label",
+        "registrator", "--consul", consul.address, "--consul-token-file", consul.token_file("registrator"),
+        "--hostname", "flt", "--filter-label",
         f"{FAULT_LABEL}={SESSION}", "--resync", "5", *extra), base).start()
 
 
@@ -35,7 +36,8 @@ def instance_of(store, container, service="flt"):
 
 
 def catalog_entry(consul, service):
-    return requests.get(f"http://{consul.address}/v1/catalog/service/{service}", timeout=5).json()
+    return requests.get(f"http://{consul.address}/v1/catalog/service/{service}", timeout=5,
+                        headers=consul.headers).json()
 
 
 def test_docker_stop_takes_the_instance_out_on_kill_before_the_process_exits(store, registrator, run_container):
@@ -124,7 +126,8 @@ def test_invalid_label_is_rejected_logged_recorded_and_secrets_stay_out(store, r
     assert "hunter2" not in log
     meta = instance_of(store, ok).instance.meta()
     assert meta["region"] == "eu-1" and "hunter2" not in json.dumps(meta)
-    status = subprocess.run(python_module("gatekeeper", "--consul", consul_server.address, "status", "--json"),
+    status = subprocess.run(python_module("gatekeeper", "--consul", consul_server.address, "--consul-token-file",
+                                          consul_server.token_file("operator"), "status", "--json"),
                             capture_output=True, text=True, timeout=30)
     assert status.returncode == 0, status.stderr
     assert "proxy.path" in json.loads(status.stdout)["rejected"][c.name]["reason"]
@@ -141,7 +144,8 @@ def build_healthcheck_image(docker_client):
 def test_a_docker_healthcheck_gates_testing_and_admission(store, registrator, run_container, docker_client,
                                                            consul_server, tmp_path):
     tag = build_healthcheck_image(docker_client)
-    gk = Proc("gatekeeper", python_module("gatekeeper", "--consul", consul_server.address, "run", "--wait", "2",
+    gk = Proc("gatekeeper", python_module("gatekeeper", "--consul", consul_server.address, "--consul-token-file",
+                                          consul_server.token_file("gatekeeper"), "run", "--wait", "2",
                                           "--keep-old", "--test-label", f"{TEST_LABEL}={SESSION}"), tmp_path).start()
     try:
         c = run_container(tag, labels=LABELS)

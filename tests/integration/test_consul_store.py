@@ -72,3 +72,8 @@ def test_a_malformed_policy_is_reported_not_crashed_on(store, unique):
     with pytest.raises(InvalidValue) as err:
         store.policy(unique)
     assert "weight" in str(err.value)
+
+
+def test_a_verdict_written_by_hand_that_does_not_parse_is_ignored(store, unique):
+    store.kv_put(f"gatekeeper/verdicts/{unique}:web:8080", "passed, trust me")
+    assert store.verdict(f"{unique}:web:8080") is None          # so the instance is tested again

@@ -83,3 +83,38 @@ def test_test_containers_are_boxed_in(docker_client, demo_images):
         assert f"mem-{128 * 1024 * 1024}" in words
     finally:
         docker_client.images.remove(tag, force=True)
+
+
+ESCAPE = """
+import os, urllib.request
+found = []
+for port in (8500, 18500):
+    try:
+        req = urllib.request.Request(f'http://127.0.0.1:{port}/v1/kv/gatekeeper/policies/stolen', data=b'x', method='PUT')
+        urllib.request.urlopen(req, timeout=3)
+        found.append(f'consul {port}: WRITE ACCEPTED')
+    except urllib.error.HTTPError as e:
+        found.append(f'consul {port}: {e.code}')
+    except OSError:
+        found.append(f'consul {port}: unreachable')
+try:
+    open('/etc/escape', 'w')
+    found.append('fs: written')
+except OSError as e:
+    found.append('fs: ' + e.strerror)
+print('0/1 passed; escape attempts: ' + ', '.join(found))
+raise SystemExit(1)
+"""
+
+
+def test_a_test_image_that_tries_to_escape_is_contained_and_fails(docker_client, demo_images, consul_server, store):
+    tag = build(docker_client, "escape", ESCAPE)
+    try:
+        res = DockerTester(docker_client, RunLimits(timeout=30), labels={TEST_LABEL: SESSION}).run(
+            tag, "http://127.0.0.1:1", "t:escape")
+        assert res.state == FAILED
+        assert "consul 18500: 403" in res.summary, res.summary
+        assert "WRITE ACCEPTED" not in res.summary and "fs: Read-only file system" in res.summary
+        assert store.kv_get("gatekeeper/policies/stolen")[1] is None
+    finally:
+        docker_client.images.remove(tag, force=True)

@@ -87,11 +87,13 @@ class Proc:
 
 
 class ConsulServer:
-    """A single-node Consul server with a data folder, on ports apart from the demo stack's."""
+    """A single-node Consul server with a data folder, on ports apart from the demo stack's,
+    with ACLs on (default deny) and one token per part, as the stack runs it."""
 
     def __init__(self, base: Path, http_port: int = 18500, port_base: int = 18300):
         self.data = base / "consul-data"
         self.data.mkdir(parents=True, exist_ok=True)
+        self.tokens = base / "tokens"
         self.http_port = http_port
         self.address = f"127.0.0.1:{http_port}"
         self.proc = Proc("consul", [
@@ -103,13 +105,28 @@ class ConsulServer:
             # Sync a check's output to the catalog at once, not every 5 minutes, so the gate's
             # summary is visible as soon as it is written (the stack's own Consul does the same).
             "-hcl", 'check_update_interval = "0s"',
+            "-hcl", 'acl { enabled = true, default_policy = "deny", enable_token_persistence = true }',
         ], base)
 
     def start(self) -> "ConsulServer":
+        from catalog.acl_setup import setup
         self.proc.start()
         wait_until(lambda: ":" in requests.get(f"http://{self.address}/v1/status/leader", timeout=2).json(),
                    60, "Consul leader election")
+        wait_until(lambda: setup(self.address, self.tokens), 30, "ACL bootstrap and tokens")
         return self
+
+    def token_file(self, part: str) -> str:
+        """registrator, gatekeeper, proxy-reloader, operator, or bootstrap (management)."""
+        return str(self.tokens / f"{part}.token")
+
+    @property
+    def management_token(self) -> str:
+        return (self.tokens / "bootstrap.token").read_text().strip()
+
+    @property
+    def headers(self) -> dict:
+        return {"X-Consul-Token": self.management_token}
 
     def stop(self) -> None:
         self.proc.stop()

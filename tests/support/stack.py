@@ -21,24 +21,27 @@ class Stack:
                  drain_seconds: float = 3.0, service: str = "demo", gatekeeper_args=()):
         self.consul, self.base, self.docker = consul, base, docker_client
         self.session, self.listen_port, self.service = session, listen_port, service
-        self.store = ConsulStore(consul.address, timeout=5, max_wait=5)
+        self.store = ConsulStore(consul.address, token=consul.management_token, timeout=5, max_wait=5)
         self.nginx = NginxServer(base / "nginx", f"127.0.0.1:{listen_port}")
         self.containers = {}
         self.registrator = self._registrator()
         self.gatekeeper = Proc("gatekeeper", python_module(
-            "gatekeeper", "--consul", consul.address, "run", "--drain-seconds", str(drain_seconds), "--wait", "5",
+            "gatekeeper", "--consul", consul.address, "--consul-token-file", consul.token_file("gatekeeper"), "run", "--drain-seconds", str(drain_seconds), "--wait", "5",
             "--test-timeout", "60", "--test-label", f"{TEST_LABEL}={self.session}", *gatekeeper_args), base)
         self.reloader = Proc("proxy-reloader", python_module(
-            "proxy_reloader", "--consul", consul.address, "--nginx-prefix", str(self.nginx.prefix),
-            "--listen", self.nginx.listen, "--admin", f"127.0.0.1:{listen_port + 1000}"), base)
+            "proxy_reloader", "--consul", consul.address, "--consul-token-file", consul.token_file("proxy-reloader"),
+            "--nginx-prefix", str(self.nginx.prefix), "--listen", self.nginx.listen,
+            "--admin", f"127.0.0.1:{listen_port + 1000}"), base)
 
     def _registrator(self):
         return Proc("registrator", python_module(
-            "registrator", "--consul", self.consul.address, "--hostname", "e2e",
+            "registrator", "--consul", self.consul.address, "--consul-token-file",
+            self.consul.token_file("registrator"), "--hostname", "e2e",
             "--filter-label", f"{E2E_LABEL}={self.session}", "--resync", "30"), self.base)
 
     def start(self):
-        Proc("render-once", python_module("proxy_reloader", "--consul", self.consul.address, "--nginx-prefix",
+        Proc("render-once", python_module("proxy_reloader", "--consul", self.consul.address, "--consul-token-file",
+                                          self.consul.token_file("proxy-reloader"), "--nginx-prefix",
                                           str(self.nginx.prefix), "--listen", self.nginx.listen, "--once"),
              self.base).start().popen.wait(30)
         self.nginx.start()
@@ -90,7 +93,8 @@ class Stack:
     def gatekeeper_cli(self, *args):
         """Run the gatekeeper CLI against this stack's Consul: (exit code, stdout, stderr)."""
         import subprocess
-        res = subprocess.run(python_module("gatekeeper", "--consul", self.consul.address, *args),
+        res = subprocess.run(python_module("gatekeeper", "--consul", self.consul.address, "--consul-token-file",
+                                           self.consul.token_file("operator"), *args),
                              capture_output=True, text=True, timeout=120)
         return res.returncode, res.stdout, res.stderr
 

@@ -57,3 +57,26 @@ def test_policy_roundtrip_and_errors():
                 {"service": "demo", "stable": "v 1"}, {"service": "de;mo"}, [], {"service": "demo", "weight": True}):
         with pytest.raises(v.InvalidValue):
             v.validate_policy(bad)
+
+
+from hypothesis import given, settings, strategies as st
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False)
+                           | st.text(max_size=30), lambda inner: st.lists(inner, max_size=4)
+                           | st.dictionaries(st.text(max_size=10), inner, max_size=4), max_leaves=10)
+policy_like = st.fixed_dictionaries({}, optional={k: json_values | st.text(max_size=70) for k in
+                                                  ("service", "stable", "canary", "previous", "weight", "mode", "updated")})
+
+
+@settings(max_examples=500)
+@given(st.one_of(json_values, policy_like))
+def test_the_routing_policy_parser_accepts_only_valid_policies_and_fails_clearly(data):
+    try:
+        p = v.validate_policy(data)
+    except v.InvalidValue as exc:
+        assert str(exc)                       # names the field and the rule
+        return
+    assert 0 <= p.weight <= 100 and p.mode in ("auto", "manual")
+    for version in (p.stable, p.canary, p.previous):
+        assert version == "" or v.check("version", version)
+    assert RoutingPolicy.from_json(p.to_json()) == p

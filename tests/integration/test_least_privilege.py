@@ -1,0 +1,85 @@
+"""Consul ACLs as the stack sets them up: default deny, one token per part, each able to do
+its job and nothing else (real Consul, tokens made by catalog.acl_setup)."""
+import json
+import subprocess
+
+import pytest
+import requests
+
+from tests.support.processes import ROOT
+
+
+def call(consul_server, method, path, part=None, body=None):
+    headers = {}
+    if part:
+        headers["X-Consul-Token"] = open(consul_server.token_file(part)).read().strip()
+    return requests.request(method, f"http://{consul_server.address}{path}", headers=headers, timeout=5,
+                            data=json.dumps(body) if body is not None else None)
+
+
+def service(name):
+    return {"ID": f"{name}-1", "Name": name, "Address": "127.0.0.1", "Port": 1}
+
+
+def test_anonymous_requests_are_refused(consul_server, store, unique):
+    store.kv_put(f"gatekeeper/policies/{unique}", json.dumps({"service": unique}))
+    assert call(consul_server, "GET", f"/v1/kv/gatekeeper/policies/{unique}").status_code == 403
+    assert call(consul_server, "PUT", "/v1/kv/gatekeeper/policies/x", body="x").status_code == 403
+    assert call(consul_server, "PUT", "/v1/agent/service/register", body=service(unique)).status_code == 403
+    r = call(consul_server, "GET", "/v1/catalog/services")
+    assert r.status_code == 200 and unique not in r.json() and r.json().keys() <= {"consul"}
+
+
+@pytest.mark.parametrize("part,allowed,refused", [
+    ("registrator",
+     [("PUT", "/v1/agent/service/register", service("lp-reg")), ("PUT", "/v1/kv/registrator/rejected/x", "r")],
+     [("PUT", "/v1/kv/gatekeeper/verdicts/x", "forged"), ("PUT", "/v1/kv/gatekeeper/policies/x", "{}")]),
+    ("gatekeeper",
+     [("PUT", "/v1/kv/gatekeeper/verdicts/x", "v"), ("PUT", "/v1/session/create", {"TTL": "10s"})],
+     [("PUT", "/v1/kv/registrator/rejected/x", "r"), ("PUT", "/v1/kv/other/x", "o")]),
+    ("proxy-reloader",
+     [("GET", "/v1/kv/gatekeeper/policies/?recurse=true", None), ("GET", "/v1/health/state/any", None)],
+     [("PUT", "/v1/kv/gatekeeper/policies/x", "{}"), ("PUT", "/v1/kv/anything", "x"),
+      ("GET", "/v1/kv/gatekeeper/verdicts/?recurse=true", None),
+      ("PUT", "/v1/agent/service/register", service("lp-px"))]),
+    ("operator",
+     [("PUT", "/v1/kv/gatekeeper/policies/lp", "{}"), ("GET", "/v1/kv/registrator/?recurse=true", None)],
+     [("PUT", "/v1/agent/service/register", service("lp-op")), ("PUT", "/v1/kv/registrator/rejected/x", "r")]),
+])
+def test_each_token_can_do_its_job_and_nothing_else(consul_server, part, allowed, refused):
+    for method, path, body in allowed:
+        r = call(consul_server, method, path, part, body)
+        assert r.status_code in (200, 404), f"{part} should be allowed {method} {path}: {r.status_code} {r.text}"
+    for method, path, body in refused:
+        r = call(consul_server, method, path, part, body)
+        assert r.status_code == 403 or (method == "GET" and r.status_code == 404 and not r.text.strip()), \
+            f"{part} must not {method} {path}: {r.status_code} {r.text}"
+    call(consul_server, "PUT", "/v1/agent/service/deregister/lp-reg-1", "registrator")
+
+
+def test_script_checks_cannot_be_registered_through_the_api(consul_server):
+    r = call(consul_server, "PUT", "/v1/agent/check/register", "bootstrap",
+             {"Name": "evil", "Args": ["/bin/sh", "-c", "id"], "Interval": "10s"})
+    assert r.status_code != 200 and "script" in r.text.lower()
+
+
+def test_token_files_are_private(consul_server):
+    import os
+    import stat
+    for part in ("bootstrap", "registrator", "gatekeeper", "proxy-reloader", "operator"):
+        mode = stat.S_IMODE(os.stat(consul_server.token_file(part)).st_mode)
+        assert mode == 0o600, f"{part}.token has mode {oct(mode)}"
+
+
+def test_acl_setup_is_idempotent(consul_server):
+    before = {p: open(consul_server.token_file(p)).read() for p in ("registrator", "operator")}
+    res = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-m", "catalog.acl_setup", "--consul",
+                          consul_server.address, "--tokens", str(consul_server.tokens)],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    assert before == {p: open(consul_server.token_file(p)).read() for p in ("registrator", "operator")}
+
+
+def test_the_docker_engine_listens_on_no_tcp_port():
+    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, timeout=10).stdout
+    assert "dockerd" not in out, f"dockerd listens on TCP:\n{out}"
