@@ -108,7 +108,13 @@ class ConsulStore:
         self._put("/v1/agent/service/register", json.dumps(payload))
 
     def deregister(self, instance_id: str) -> None:
-        self._put(f"/v1/agent/service/deregister/{instance_id}")
+        """Idempotent: an instance already gone is fine (with ACLs on, Consul answers 500
+        'Unknown service' for it, where it answers 200 without)."""
+        try:
+            self._put(f"/v1/agent/service/deregister/{instance_id}")
+        except ConsulError as exc:
+            if "Unknown service" not in str(exc):
+                raise
 
     def local_instances(self, registered_by: Optional[str] = None) -> Dict[str, Instance]:
         """Instances on this agent that registrator wrote (optionally one registrator's only)."""
