@@ -289,12 +289,6 @@ class ConsulStore:
     def release(self, key: str, session: str) -> None:
         self._c.kv.put(key, "", release=session)
 
-    def lock_holder(self, key: str) -> Tuple[Optional[str], str]:
-        _, item = self._c.kv.get(key)
-        if not item:
-            return None, ""
-        return item.get("Session"), (item.get("Value") or b"").decode()
-
     # --- plumbing --------------------------------------------------------------------------
     def _put(self, path: str, data: str = "", params: Iterable = ()) -> None:
         headers = {"X-Consul-Token": self._token} if self._token else {}
