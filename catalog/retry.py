@@ -1,8 +1,10 @@
 """The one retry policy: exponential back-off with jitter, through tenacity.
 
-Worth retrying: the far side unreachable or slow, or a 5xx answer (Consul says "No cluster
-leader" while it elects one, "invalid session" after a restart). Not worth it: 4xx answers,
-which no amount of waiting fixes; they surface at once.
+Worth retrying: the far side unreachable or slow, a 5xx answer (Consul says "No cluster
+leader" while it elects one, "invalid session" after a restart), or a permission refusal
+("ACL not found" while a restarted server loads its ACLs; a token or policy being fixed).
+Not worth it: other 4xx answers (a malformed request, a missing key), which no amount of
+waiting fixes; they surface at once.
 """
 from __future__ import annotations
 
@@ -25,7 +27,9 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, NETWORK):
         return True
     if isinstance(exc, consul.base.ConsulException):
-        if isinstance(exc, (consul.base.ACLPermissionDenied, consul.base.NotFound, consul.base.BadRequest)):
+        if isinstance(exc, consul.base.ACLPermissionDenied):
+            return True
+        if isinstance(exc, (consul.base.NotFound, consul.base.BadRequest)):
             return False
         m = _STATUS.search(str(exc))
         return m is None or m.group(1).startswith("5")

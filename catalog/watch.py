@@ -6,10 +6,14 @@ as a wait index (that would return at once).
 """
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from typing import Callable
 
 from .retry import backoff
+
+log = logging.getLogger(__name__)
 
 
 class IndexTracker:
@@ -42,14 +46,27 @@ class Watch(threading.Thread):
         self.fetch, self.changed, self.wait, self.stopping = fetch, changed, wait, stopping
         self.tracker = IndexTracker()
         self.last_data = None
+        self.disrupted_at = 0.0      # monotonic time of the last failed query or index reset
 
     def run(self) -> None:
         while not self.stopping.is_set():
-            index, data = self._fetch()
+            try:
+                index, data = self._fetch()
+            except Exception as exc:        # never let one odd answer end the watch
+                log.error("%s: %s: %s; retrying in 5 s", self.name, type(exc).__name__, exc)
+                self.disrupted_at = time.monotonic()
+                self.stopping.wait(5.0)
+                continue
+            if int(index) < self.tracker.index:
+                self.disrupted_at = time.monotonic()     # Consul restarted or restored a snapshot
             if self.tracker.advance(index) and data != self.last_data:
                 self.last_data = data
                 self.changed()
 
     @backoff(max_wait=10.0, what="Consul blocking query")
     def _fetch(self):
-        return self.fetch(self.tracker.index, self.wait)
+        try:
+            return self.fetch(self.tracker.index, self.wait)
+        except Exception:
+            self.disrupted_at = time.monotonic()
+            raise

@@ -35,6 +35,10 @@ class RunnerOptions:
     max_wait: float = 1.0
     wait: float = 30.0          # blocking query wait
     workers: str = "2"
+    # After Consul was unreachable or restarted, its catalog can be incomplete for a moment
+    # (agents re-sync their services): for this long a service that vanishes, or loses every
+    # admitted instance, keeps its last good route instead of being dropped.
+    blip_grace: float = 15.0
 
 
 class Runner:
@@ -50,6 +54,8 @@ class Runner:
         self.service_errors: Dict[str, str] = {}
         self.routes: List[Route] = []                # what nginx serves now
         self.last_good: Dict[str, Route] = {}
+        self.watches: List[Watch] = []
+        self.recheck: Optional[threading.Timer] = None
 
     def _render(self, routes: List[Route]) -> str:
         return render(routes, str(self.nginx.prefix), self.options.listen, self.options.workers)
@@ -58,7 +64,7 @@ class Runner:
         """Build the view, render, apply if changed. True when nginx got a new config."""
         view = build_view(self.store)
         self.renders += 1
-        routes, errors = list(view.routes), dict(view.errors)
+        routes, errors = self._ride_out_blips(list(view.routes), dict(view.errors))
         try:
             changed = self.nginx.apply(self._render(routes + self._kept(routes, errors)))
         except ReloadError:
@@ -78,6 +84,29 @@ class Runner:
                 + (f" + canary {r.canary.version} {r.weight}%" if r.canary else "")
                 for r in sorted(routes, key=lambda r: r.service)) or "no services")
         return changed
+
+    def _ride_out_blips(self, routes: List[Route], errors: Dict[str, str]):
+        """Within blip_grace of a Consul disruption, do not drop what served well before."""
+        since = max((w.disrupted_at for w in self.watches), default=0.0)
+        if not since or time.monotonic() - since >= self.options.blip_grace:
+            return routes, errors
+        by_service = {r.service: r for r in routes}
+        for service, good in self.last_good.items():
+            now = by_service.get(service)
+            if good.stable and (now is None or now.stable is None) and service not in errors:
+                errors[service] = "kept its last good route: Consul was unreachable or restarted moments ago"
+                routes = [r for r in routes if r.service != service]
+        if any(e.startswith("kept its last good route") for e in errors.values()):
+            self._recheck_after(self.options.blip_grace - (time.monotonic() - since) + 0.1)
+        return routes, errors
+
+    def _recheck_after(self, seconds: float) -> None:
+        """Render again once the grace is over, so what is really gone does leave."""
+        if self.recheck is not None and self.recheck.is_alive():
+            return
+        self.recheck = threading.Timer(max(0.0, seconds), self.dirty.set)
+        self.recheck.daemon = True
+        self.recheck.start()
 
     def _kept(self, routes: List[Route], errors: Dict[str, str]) -> List[Route]:
         """Last good routes of the services left out for an error, so their traffic goes on."""
@@ -99,12 +128,12 @@ class Runner:
         return good, errors
 
     def run(self) -> None:
-        watches = [
+        self.watches = [
             Watch("checks", self.store.wait_checks, self.dirty.set, self.options.wait, self.stopping),
             Watch("policies", lambda i, w: self.store.wait_kv(POLICIES, i, w), self.dirty.set,
                   self.options.wait, self.stopping),
         ]
-        for w in watches:
+        for w in self.watches:
             w.start()
         while not self.stopping.is_set():
             if not self.dirty.wait(timeout=1.0):
@@ -130,6 +159,10 @@ class Runner:
             # nginx refused the config or did not take it: it keeps serving the last good one.
             self.last_error = str(exc)
             log.error("new config not applied, nginx keeps the last good one: %s", exc)
+        except Exception as exc:            # a Consul answer we cannot use: keep serving, retry
+            self.last_error = f"could not read Consul: {type(exc).__name__}: {exc}"
+            log.error("%s; nginx keeps the last good config; retrying in 5 s", self.last_error)
+            self._recheck_after(5.0)
         self._report()
 
     def _report(self) -> None:

@@ -82,7 +82,8 @@ def test_status_endpoint_reports_routes_and_refuses_writes(reloader, store):
     wait_until(lambda: "stat" in status()["services"], 20, "the route in /status")
     route = status("/services/stat")
     assert route["stable"]["servers"] == ["127.0.0.1:30001"] and route["path"] == "/stat/"
-    assert status()["config_version"] == status()["served_version"]
+    wait_until(lambda: (lambda st: st["config_version"] == st["served_version"])(status()), 10,
+               "the workers serving the rendered config")
     with pytest.raises(urllib.error.HTTPError) as err:
         status("/services/nosuch")
     assert err.value.code == 404
@@ -125,7 +126,8 @@ def test_a_service_nginx_refuses_is_isolated_and_reported(reloader, store, consu
     assert "longhost" in proxy_check(consul_server)["Output"]
     admit(store, "other", 32002)                                # other services still get applied
     wait_until(lambda: "other" in status()["services"], 20, "another service applied meanwhile")
-    assert status()["config_version"] == status()["served_version"]
+    wait_until(lambda: (lambda st: st["config_version"] == st["served_version"])(status()), 10,
+               "the workers serving the rendered config")
     store.deregister("px:longhost-32001:8080")
     wait_until(lambda: proxy_check(consul_server)["Status"] == "passing", 20, "the check passing again")
     store.deregister("px:other-32002:8080")
