@@ -34,6 +34,15 @@ class Route:
     def upstream_name(self) -> str:
         return self.service.replace("-", "_")
 
+    def to_dict(self) -> dict:
+        """The route as gatekeeper status and proxy-reloader's status endpoint both show it."""
+        def pool(p: Pool) -> dict:
+            return {"version": p.version, "servers": [f"{a}:{port}" for a, port in p.servers]}
+        return {"service": self.service, "path": self.path, "host": self.host,
+                "stable": pool(self.stable) if self.stable else None,
+                "canary": {**pool(self.canary), "weight": self.weight} if self.canary else None,
+                "answers_503": self.stable is None, "note": self.note}
+
 
 def _pool(version: str, instances: Sequence[Instance]) -> Pool:
     return Pool(version, tuple(sorted({(i.address, i.port) for i in instances})))

@@ -5,7 +5,7 @@ import time
 from typing import List, Optional
 
 from catalog.model import RegisteredInstance
-from catalog.routing import Route, route_for
+from catalog.routing import route_for
 from catalog.validation import InvalidValue
 
 
@@ -37,19 +37,8 @@ def service_status(store, service: str) -> dict:
         "policy": {"mode": policy.mode, "stable": policy.stable, "canary": policy.canary,
                    "weight": policy.weight, "previous": policy.previous} if policy else None,
         "policy_error": policy_error,
-        "route": _route_dict(route),
+        "route": route.to_dict(),
         "instances": instances,
-    }
-
-
-def _route_dict(route: Route) -> dict:
-    return {
-        "path": route.path, "host": route.host,
-        "stable": {"version": route.stable.version, "servers": [f"{a}:{p}" for a, p in route.stable.servers]}
-        if route.stable else None,
-        "canary": {"version": route.canary.version, "servers": [f"{a}:{p}" for a, p in route.canary.servers],
-                   "weight": route.weight} if route.canary else None,
-        "note": route.note,
     }
 
 

@@ -91,14 +91,13 @@ class Runner:
         if not since or time.monotonic() - since >= self.options.blip_grace:
             return routes, errors
         by_service = {r.service: r for r in routes}
-        for service, good in self.last_good.items():
-            now = by_service.get(service)
-            if good.stable and (now is None or now.stable is None) and service not in errors:
-                errors[service] = "kept its last good route: Consul was unreachable or restarted moments ago"
-                routes = [r for r in routes if r.service != service]
-        if any(e.startswith("kept its last good route") for e in errors.values()):
+        kept = [s for s, good in self.last_good.items()
+                if good.stable and s not in errors and (by_service.get(s) is None or by_service[s].stable is None)]
+        for service in kept:
+            errors[service] = "kept its last good route: Consul was unreachable or restarted moments ago"
+        if kept:
             self._recheck_after(self.options.blip_grace - (time.monotonic() - since) + 0.1)
-        return routes, errors
+        return [r for r in routes if r.service not in kept], errors
 
     def _recheck_after(self, seconds: float) -> None:
         """Render again once the grace is over, so what is really gone does leave."""
@@ -187,21 +186,10 @@ class Runner:
             "reloads": self.reloads, "renders": self.renders,
             "last_reload": self.last_reload, "last_error": self.last_error,
             "service_errors": dict(self.service_errors),
-            "services": {r.service: route_dict(r) for r in self.routes},
+            "services": {r.service: r.to_dict() for r in self.routes},
         }
 
     def stop(self) -> None:
         self.stopping.set()
         self.dirty.set()
 
-
-def route_dict(r: Route) -> dict:
-    return {
-        "service": r.service, "path": r.path, "host": r.host,
-        "stable": {"version": r.stable.version, "servers": [f"{a}:{p}" for a, p in r.stable.servers]}
-        if r.stable else None,
-        "canary": {"version": r.canary.version, "servers": [f"{a}:{p}" for a, p in r.canary.servers],
-                   "weight": r.weight} if r.canary else None,
-        "answers_503": r.stable is None,
-        "note": r.note,
-    }

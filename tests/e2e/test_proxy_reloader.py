@@ -18,7 +18,7 @@ import requests
 from catalog.model import Instance
 from tests.conftest import host_port
 from tests.support.load import LoadClient
-from tests.support.processes import Proc, ROOT, python_module, wait_until
+from tests.support.processes import Proc, ROOT, pid_alive, python_module, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -59,16 +59,9 @@ def reloader(consul_server, tmp_path_factory):
     wait_until(lambda: status()["served_version"], 30, "nginx serving under proxy-reloader")
     yield proc
     proc.stop()
-    assert not (base / "nginx" / "nginx.pid").exists() or not _alive_pidfile(base / "nginx" / "nginx.pid"), \
+    pid_file = base / "nginx" / "nginx.pid"
+    assert not pid_file.exists() or not pid_alive(int(pid_file.read_text() or 0)), \
         "stopping proxy-reloader stops its nginx"
-
-
-def _alive_pidfile(path):
-    try:
-        os.kill(int(path.read_text()), 0)
-        return True
-    except (ProcessLookupError, ValueError, FileNotFoundError):
-        return False
 
 
 def proxy_check(consul_server):

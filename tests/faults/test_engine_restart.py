@@ -12,17 +12,9 @@ import pytest
 
 from tests.conftest import host_port
 from tests.faults.test_registrator_lifecycle import LABELS, instance_of, start_registrator
-from tests.support.processes import ROOT, wait_until
+from tests.support.processes import ROOT, pid_alive, wait_until
 
 PIDFILE = ROOT / ".stack" / "run" / "dockerd.pid"
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
 
 
 @pytest.mark.engine_restart
@@ -37,7 +29,7 @@ def test_dockerd_restart_reconnects_and_resyncs(store, consul_server, tmp_path, 
         wait_until(lambda: instance_of(store, plain) and instance_of(store, always), 20, "registration")
         pid = int(PIDFILE.read_text())
         os.kill(pid, signal.SIGTERM)
-        wait_until(lambda: not _alive(pid), 60, "dockerd to exit")
+        wait_until(lambda: not pid_alive(pid), 60, "dockerd to exit")
         subprocess.run(["bash", str(ROOT / "scripts" / "install.sh"), "docker"], check=True, timeout=120,
                        capture_output=True)
         wait_until(lambda: instance_of(store, plain) is None, 60, "the stopped container's deregistration")

@@ -161,14 +161,14 @@ class NginxServer:
         if pid:
             try:
                 os.kill(pid, signal.SIGQUIT)
-                wait_until(lambda: not _alive(pid), 15, "nginx to quit")
+                wait_until(lambda: not pid_alive(pid), 15, "nginx to quit")
             except ProcessLookupError:
                 pass
             except AssertionError:
                 os.kill(pid, signal.SIGKILL)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
         return True
