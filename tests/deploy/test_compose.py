@@ -1,0 +1,98 @@
+"""compose/: the stack as containers under Docker Compose v2, end to end on the real engine.
+
+`up -d` starts Consul (ACLs on), the one-shot ACL set-up, registrator, gatekeeper and the proxy;
+a demo container started with `docker run` and labels only is tested and then served through
+the proxy; `down -v` leaves no container, volume or network of the project behind.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests.conftest import SESSION, TEST_LABEL
+from tests.support.processes import ROOT, wait_until
+
+pytestmark = pytest.mark.e2e
+
+PROJECT = f"pst{SESSION}"
+COMPOSE = [str(ROOT / ".venv" / "bin" / "docker-compose"), "-p", PROJECT, "-f", str(ROOT / "compose" / "docker-compose.yml")]
+PROXY, ADMIN, CONSUL = 18760, 18761, 18750
+ENV = {
+    "CONSUL_HTTP_PORT": str(CONSUL), "CONSUL_SERVER_PORT": "18751", "CONSUL_SERF_LAN_PORT": "18752",
+    "CONSUL_SERF_WAN_PORT": "18753", "PROXY_LISTEN": f"127.0.0.1:{PROXY}", "PROXY_ADMIN": f"127.0.0.1:{ADMIN}",
+    # Only this session's containers, and test containers that the session's cleanup finds.
+    "REGISTRATOR_FLAGS": f"--explicit --filter-label proxystack.compose={SESSION}",
+    "GATEKEEPER_FLAGS": f"--test-label {TEST_LABEL}={SESSION} --drain-seconds 2",
+}
+
+
+def compose(*args, timeout=240):
+    env = {**os.environ, **ENV}
+    env.pop("DOCKER_HOST", None)
+    return subprocess.run([*COMPOSE, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+
+
+def get(port, path):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def leftovers(client):
+    label = {"label": f"com.docker.compose.project={PROJECT}"}
+    return {"containers": [c.name for c in client.containers.list(all=True, filters=label)],
+            "volumes": [v.name for v in client.volumes.list(filters=label)],
+            "networks": [n.name for n in client.networks.list(filters=label)]}
+
+
+@pytest.fixture(scope="module")
+def project(docker_client, demo_images):
+    up = compose("up", "-d")
+    try:
+        assert up.returncode == 0, f"docker-compose up failed:\n{up.stderr[-3000:]}"
+        yield
+    finally:
+        compose("down", "-v", "--remove-orphans")
+
+
+class TestComposeStack:
+    def test_1_up_starts_every_part_and_acl_setup_finishes(self, project, docker_client):
+        states = {c.labels["com.docker.compose.service"]: c.status
+                  for c in docker_client.containers.list(all=True, filters={"label": f"com.docker.compose.project={PROJECT}"})}
+        assert set(states) == {"consul", "acl-setup", "registrator", "gatekeeper", "proxy"}, states
+        assert states["acl-setup"] == "exited"
+        assert {states[s] for s in ("consul", "registrator", "gatekeeper", "proxy")} == {"running"}
+        exit_code = docker_client.containers.get(f"{PROJECT}-acl-setup-1").attrs["State"]["ExitCode"]
+        assert exit_code == 0
+        # ACLs are on: without a token Consul lists no services, not even consul itself
+        status, body = get(CONSUL, "/v1/catalog/services")
+        assert status == 200 and json.loads(body) == {}
+        wait_until(lambda: get(ADMIN, "/status")[0] == 200, 30, "the proxy's status endpoint")
+
+    def test_2_a_docker_run_container_is_tested_then_served(self, project, run_container):
+        c = run_container("demo:v1", labels={"SERVICE_NAME": "demo", "gatekeeper.tests": "demo-test:latest",
+                                             "proxystack.compose": SESSION})
+        wait_until(lambda: get(PROXY, "/demo/1")[0] == 200, 90, "the compose proxy to serve demo v1")
+        status, body = get(PROXY, "/demo/1")
+        assert json.loads(body) == {"id": 1, "rec": 7671, "version": "v1"}
+        logs = compose("logs", "--no-color", "gatekeeper").stdout
+        assert f"demo v1 with demo-test:latest" in logs and "passed" in logs, logs[-2000:]
+        c.remove(force=True)
+        wait_until(lambda: get(PROXY, "/demo/1")[0] in (404, 503), 30, "the removed instance to leave the proxy")
+
+    def test_3_down_leaves_nothing_behind(self, project, docker_client):
+        assert any(leftovers(docker_client).values())
+        down = compose("down", "-v", "--remove-orphans")
+        assert down.returncode == 0, down.stderr[-2000:]
+        assert leftovers(docker_client) == {"containers": [], "volumes": [], "networks": []}
+        assert docker_client.containers.list(all=True, filters={"label": f"{TEST_LABEL}={SESSION}",
+                                                                "ancestor": "demo-test:latest"}) == []
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{PROXY}/", timeout=2)
