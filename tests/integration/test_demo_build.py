@@ -11,7 +11,7 @@ STAGE = ROOT / ".stack" / "build" / "demo_service"
 
 def build(context, tag):
     base = (ROOT / ".stack" / "base-image").read_text().strip()
-    return subprocess.run(["docker", "build", "-t", tag, "--build-arg", f"BASE_IMAGE={base}", str(context)],
+    return subprocess.run(["docker", "build", "--force-rm", "-t", tag, "--build-arg", f"BASE_IMAGE={base}", str(context)],
                           capture_output=True, text=True, timeout=600)
 
 

@@ -13,5 +13,5 @@ def build_image(docker_client, tag: str, dockerfile: str, labels: dict) -> str:
         info.size = len(raw)
         tar.addfile(info, io.BytesIO(raw))
     buf.seek(0)
-    docker_client.images.build(fileobj=buf, custom_context=True, tag=tag, labels=labels)
+    docker_client.images.build(fileobj=buf, custom_context=True, tag=tag, labels=labels, rm=True, forcerm=True)
     return tag

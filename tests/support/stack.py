@@ -54,6 +54,12 @@ class Stack:
         for p in (self.reloader, self.gatekeeper, self.registrator):
             p.stop()
         self.nginx.stop()
+        # test containers a killed gatekeeper left behind carry this stack's label too
+        for c in self.docker.containers.list(all=True, filters={"label": f"{TEST_LABEL}={self.session}"}):
+            try:
+                c.remove(force=True)
+            except Exception:
+                pass
 
     def deploy(self, name, image, **labels):
         """`docker run -d -P` with labels only, as an operator would."""

@@ -1,0 +1,124 @@
+"""Consul ACLs for the stack: bootstrap once, one policy and one token per part.
+
+    python -m catalog.acl_setup --consul 127.0.0.1:8500 --tokens DIR
+
+Idempotent: the management token is kept in DIR/bootstrap.token, policies are updated to the
+rules below, tokens are found again by their description, and each part's secret is written to
+DIR/<part>.token (mode 0600). The agent's own token is set on the agent.
+
+What each token may touch (least privilege):
+- registrator: register/deregister services (service write), read nodes, its own KV prefix.
+- gatekeeper: update checks (service write: Consul ties TTL updates to it), KV under
+  gatekeeper/ only, sessions for its leader lock.
+- proxy-reloader: read services, nodes and the routing policies; write only its own
+  `proxy-reloader` service (for --report-check).
+- operator (the CLI, the UI): read services and nodes, write under gatekeeper/ (policies,
+  retests, default test images), read registrator/ (rejections).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import requests
+
+from .consul_store import parse_address
+
+POLICIES = {
+    "agent": 'node_prefix "" { policy = "write" }\nservice_prefix "" { policy = "read" }\n',
+    "registrator": 'service_prefix "" { policy = "write" }\nnode_prefix "" { policy = "read" }\n'
+                   'key_prefix "registrator/" { policy = "write" }\n',
+    "gatekeeper": 'service_prefix "" { policy = "write" }\nnode_prefix "" { policy = "read" }\n'
+                  'key_prefix "gatekeeper/" { policy = "write" }\nkey_prefix "registrator/" { policy = "read" }\n'
+                  'session_prefix "" { policy = "write" }\n',
+    "proxy-reloader": 'service_prefix "" { policy = "read" }\nnode_prefix "" { policy = "read" }\n'
+                      'key_prefix "gatekeeper/policies/" { policy = "read" }\n'
+                      'service "proxy-reloader" { policy = "write" }\n',
+    "operator": 'service_prefix "" { policy = "read" }\nnode_prefix "" { policy = "read" }\n'
+                'key_prefix "gatekeeper/" { policy = "write" }\nkey_prefix "registrator/" { policy = "read" }\n'
+                'session_prefix "" { policy = "read" }\n',
+}
+PARTS = ("registrator", "gatekeeper", "proxy-reloader", "operator")
+
+
+class AclSetupError(RuntimeError):
+    pass
+
+
+class Api:
+    def __init__(self, address: str, token: str = ""):
+        scheme, host, port = parse_address(address)
+        self.base = f"{scheme}://{host}:{port}"
+        self.token = token
+
+    def call(self, method: str, path: str, body=None, ok=(200,)):
+        headers = {"X-Consul-Token": self.token} if self.token else {}
+        r = requests.request(method, self.base + path, headers=headers, timeout=10,
+                             data=json.dumps(body) if body is not None else None)
+        if r.status_code not in ok:
+            raise AclSetupError(f"{method} {path}: {r.status_code} {r.text.strip()[:200]}")
+        return r.json() if r.text.strip().startswith(("{", "[")) else r.text
+
+
+def write_secret(path: Path, secret: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+
+
+def setup(address: str, tokens: Path) -> dict:
+    tokens.mkdir(parents=True, exist_ok=True)
+    os.chmod(tokens, 0o700)
+    boot_file = tokens / "bootstrap.token"
+    if boot_file.exists():
+        management = boot_file.read_text().strip()
+    else:
+        try:
+            management = Api(address).call("PUT", "/v1/acl/bootstrap")["SecretID"]
+        except AclSetupError as exc:
+            raise AclSetupError(f"{exc}. If ACLs were bootstrapped before, put that management token "
+                                f"in {boot_file}") from None
+        write_secret(boot_file, management)
+    api = Api(address, management)
+    existing = {p["Name"]: p["ID"] for p in api.call("GET", "/v1/acl/policies")}
+    for name, rules in POLICIES.items():
+        body = {"Name": f"proxystack-{name}", "Rules": rules,
+                "Description": f"proxystack {name}: least privilege for its job"}
+        if body["Name"] in existing:
+            api.call("PUT", f"/v1/acl/policy/{existing[body['Name']]}", body)
+        else:
+            api.call("PUT", "/v1/acl/policy", body)
+    by_description = {t.get("Description"): t["AccessorID"] for t in api.call("GET", "/v1/acl/tokens")}
+    secrets = {}
+    for part in ("agent",) + PARTS:
+        description = f"proxystack {part}"
+        if description in by_description:
+            secret = api.call("GET", f"/v1/acl/token/{by_description[description]}")["SecretID"]
+        else:
+            secret = api.call("PUT", "/v1/acl/token", {"Description": description,
+                                                       "Policies": [{"Name": f"proxystack-{part}"}]})["SecretID"]
+        secrets[part] = secret
+        write_secret(tokens / f"{part}.token", secret)
+    api.call("PUT", "/v1/agent/token/agent", {"Token": secrets["agent"]})
+    return secrets
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m catalog.acl_setup", description=__doc__.split("\n\n")[0])
+    p.add_argument("--consul", default="127.0.0.1:8500")
+    p.add_argument("--tokens", required=True, help="folder for the token files (created 0700)")
+    args = p.parse_args(argv)
+    try:
+        setup(args.consul, Path(args.tokens))
+    except (AclSetupError, requests.RequestException) as exc:
+        print(f"acl setup: {exc}", file=sys.stderr)
+        return 1
+    print(f"ACL tokens for {', '.join(PARTS)} in {args.tokens}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,317 @@
+"""The one adapter between the stack and Consul (python-consul2 underneath).
+
+Everything that reads or writes Consul goes through `ConsulStore`; callers get and give the
+dataclasses of `catalog.model`. Every call has a timeout (python-consul2 has none by default).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Dict, Iterable, List, Optional, Tuple
+
+import consul
+import consul.base
+
+from .model import (META_CONTAINER_ID, META_CONTAINER_NAME, META_DOCKER_HEALTH, META_IMAGE,
+                    META_PROXY_HOST, META_PROXY_PATH, META_REGISTERED_BY, META_TESTS_IMAGE,
+                    META_VERSION, Instance, RegisteredInstance, RoutingPolicy, Verdict)
+from .validation import InvalidValue
+
+log = logging.getLogger(__name__)
+
+VERDICTS = "gatekeeper/verdicts/"
+POLICIES = "gatekeeper/policies/"
+REJECTED = "registrator/rejected/"
+DEFAULT_TESTS = "gatekeeper/tests/"
+RETESTS = "gatekeeper/retest/"
+HISTORY = "gatekeeper/history/"
+LEADER = "gatekeeper/leader"
+GATE_TTL = "87600h"        # the gate is set by gatekeeper, never by expiry
+_OWN_META = {META_CONTAINER_ID, META_CONTAINER_NAME, META_IMAGE, META_VERSION, META_TESTS_IMAGE,
+             META_PROXY_PATH, META_PROXY_HOST, META_REGISTERED_BY, META_DOCKER_HEALTH}
+
+
+class ConsulError(consul.base.ConsulException):
+    """Consul refused a request; str() starts with the path and carries Consul's status code."""
+
+
+def parse_address(addr: str) -> Tuple[str, str, int]:
+    """'127.0.0.1:8500' or 'http://127.0.0.1:8500' -> (scheme, host, port)."""
+    scheme, _, rest = addr.rpartition("://")
+    host, _, port = rest.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"Consul address {addr!r} is not HOST:PORT (for example 127.0.0.1:8500)")
+    return scheme or "http", host, int(port)
+
+
+def read_token(token_file: Optional[str] = None) -> Optional[str]:
+    """A Consul ACL token from a file (the option, or CONSUL_HTTP_TOKEN_FILE) or from
+    CONSUL_HTTP_TOKEN; never from the command line, never logged."""
+    token_file = token_file or os.environ.get("CONSUL_HTTP_TOKEN_FILE")
+    if token_file:
+        try:
+            with open(token_file) as f:
+                return f.read().strip() or None
+        except OSError as exc:
+            raise ValueError(f"cannot read the Consul token file {token_file}: {exc.strerror}") from None
+    return os.environ.get("CONSUL_HTTP_TOKEN") or None
+
+
+class ConsulStore:
+    def __init__(self, address: str = "127.0.0.1:8500", token: Optional[str] = None,
+                 timeout: float = 5.0, max_wait: float = 30.0):
+        scheme, host, port = parse_address(address)
+        self.address = address
+        self.max_wait = max_wait
+        self._c = consul.Consul(host=host, port=port, scheme=scheme, token=token, timeout=timeout)
+        # Blocking queries hold the connection for up to `wait`; they get a client of their own
+        # whose timeout outlasts the wait (Consul adds up to wait/16 of jitter).
+        self._blocking = consul.Consul(host=host, port=port, scheme=scheme, token=token,
+                                       timeout=max_wait * 1.1 + timeout)
+        # python-consul2 lets CONSUL_HTTP_TOKEN override an explicit token; the one given wins here.
+        self._c.token = self._blocking.token = token
+        self._token = token
+
+    # --- health of the agent -------------------------------------------------------------
+    def leader(self) -> str:
+        return self._c.status.leader() or ""
+
+    # --- services: registrator's side ----------------------------------------------------
+    def register(self, inst: Instance) -> None:
+        checks = [{
+            "CheckID": inst.gate_check_id,
+            "Name": "integration tests (gatekeeper)",
+            "Notes": f"awaiting integration tests ({inst.tests_image or 'no tests image'})",
+            "TTL": GATE_TTL,
+            "Status": "critical",
+        }]
+        hc = inst.health_check
+        if hc:
+            check = {"CheckID": inst.health_check_id, "Interval": hc.interval, "Timeout": hc.timeout}
+            if hc.kind == "http":
+                check.update(Name=f"HTTP {hc.target}", HTTP=f"http://{inst.address}:{inst.port}{hc.target}")
+            else:
+                check.update(Name="TCP connect", TCP=f"{inst.address}:{inst.port}")
+            checks.append(check)
+        if inst.docker_health:
+            checks.append({
+                "CheckID": inst.docker_health_check_id,
+                "Name": "Docker HEALTHCHECK",
+                "Notes": "set by registrator from Docker's health_status; admitted only when healthy",
+                "TTL": GATE_TTL,
+                "Status": "critical",
+            })
+        payload = {"ID": inst.id, "Name": inst.service, "Address": inst.address, "Port": inst.port,
+                   "Tags": inst.all_tags(), "Meta": inst.meta(), "Checks": checks}
+        self._put("/v1/agent/service/register", json.dumps(payload))
+
+    def deregister(self, instance_id: str) -> None:
+        """Idempotent: an instance already gone is fine (with ACLs on, Consul answers 500
+        'Unknown service' for it, where it answers 200 without)."""
+        try:
+            self._put(f"/v1/agent/service/deregister/{instance_id}")
+        except ConsulError as exc:
+            if "Unknown service" not in str(exc):
+                raise
+
+    def local_instances(self, registered_by: Optional[str] = None) -> Dict[str, Instance]:
+        """Instances on this agent that registrator wrote (optionally one registrator's only)."""
+        out = {}
+        for sid, svc in self._c.agent.services().items():
+            inst = instance_from_consul(svc)
+            if inst and (registered_by is None or inst.registered_by == registered_by):
+                out[sid] = inst
+        return out
+
+    def record_rejection(self, container_name: str, reason: str) -> None:
+        """Why a container was not registered, for `gatekeeper status` to show."""
+        self.kv_put(REJECTED + container_name, json.dumps({"reason": reason, "time": time.time()}))
+
+    def rejections(self) -> Dict[str, dict]:
+        out = {}
+        for key, raw in self.kv_list(REJECTED).items():
+            try:
+                out[key[len(REJECTED):]] = json.loads(raw)
+            except ValueError:
+                continue
+        return out
+
+    def set_docker_health(self, inst: Instance, status: str) -> None:
+        """Mirror Docker's health status (healthy / starting / unhealthy) into the instance's check."""
+        verb = "pass" if status == "healthy" else "fail"
+        self._put(f"/v1/agent/check/{verb}/{inst.docker_health_check_id}",
+                  params=[("note", f"Docker reports the container {status}")])
+
+    # --- gate: gatekeeper's side ---------------------------------------------------------
+    def set_gate(self, inst: Instance, passing: bool, output: str) -> None:
+        verb = "pass" if passing else "fail"
+        self._put(f"/v1/agent/check/{verb}/{inst.gate_check_id}", params=[("note", output[:1000])])
+
+    # --- reading the catalog ---------------------------------------------------------------
+    def service_names(self) -> List[str]:
+        _, services = self._c.catalog.services()
+        return sorted(services)
+
+    def instances(self, service: str) -> List[RegisteredInstance]:
+        _, entries = self._c.health.service(service)
+        out = []
+        for entry in entries:
+            inst = instance_from_consul(entry["Service"])
+            if inst is None:
+                continue
+            checks = {c["CheckID"]: c["Status"] for c in entry["Checks"]
+                      if c.get("ServiceID") == inst.id}
+            gate_out = next((c.get("Output", "") for c in entry["Checks"]
+                             if c["CheckID"] == inst.gate_check_id), "")
+            out.append(RegisteredInstance(inst, checks, gate_out))
+        return out
+
+    def all_instances(self) -> Dict[str, List[RegisteredInstance]]:
+        """Every registrator-made instance, per service."""
+        result = {}
+        for name in self.service_names():
+            found = self.instances(name)
+            if found:
+                result[name] = found
+        return result
+
+    def wait_checks(self, index: int, wait: float) -> Tuple[int, list]:
+        """Blocking query on every check's state; returns when something changes or at `wait`."""
+        idx, checks = self._blocking.health.state("any", index=index or None, wait=f"{int(wait)}s")
+        return int(idx), checks
+
+    # --- KV --------------------------------------------------------------------------------
+    def kv_get(self, key: str) -> Tuple[int, Optional[str]]:
+        _, item = self._c.kv.get(key)
+        if item is None:
+            return 0, None
+        value = item["Value"]
+        return int(item["ModifyIndex"]), value.decode() if value is not None else ""
+
+    def kv_put(self, key: str, value: str, cas: Optional[int] = None) -> bool:
+        """Write `value`; with `cas` only if the key's ModifyIndex is still `cas` (0: absent)."""
+        return bool(self._c.kv.put(key, value, cas=cas))
+
+    def kv_delete(self, key: str) -> None:
+        self._c.kv.delete(key)
+
+    def kv_list(self, prefix: str) -> Dict[str, str]:
+        _, items = self._c.kv.get(prefix, recurse=True)
+        return {i["Key"]: (i["Value"] or b"").decode() for i in items or []}
+
+    def wait_kv(self, prefix: str, index: int, wait: float) -> Tuple[int, Dict[str, str]]:
+        idx, items = self._blocking.kv.get(prefix, recurse=True, index=index or None,
+                                           wait=f"{int(wait)}s")
+        return int(idx), {i["Key"]: (i["Value"] or b"").decode() for i in items or []}
+
+    # --- verdicts and policies ------------------------------------------------------------
+    def verdict(self, instance_id: str) -> Optional[Verdict]:
+        _, raw = self.kv_get(VERDICTS + instance_id)
+        if not raw:
+            return None
+        try:
+            return Verdict.from_json(raw)
+        except (ValueError, TypeError, KeyError) as exc:
+            log.error("ignoring unreadable verdict for %s: %s", instance_id, exc)
+            return None
+
+    def put_verdict(self, verdict: Verdict) -> None:
+        self.kv_put(VERDICTS + verdict.instance_id, verdict.to_json())
+
+    def policy(self, service: str) -> Tuple[int, Optional[RoutingPolicy]]:
+        """(ModifyIndex, policy); a policy that fails validation raises InvalidValue."""
+        index, raw = self.kv_get(POLICIES + service)
+        if not raw:
+            return index, None
+        try:
+            return index, RoutingPolicy.from_json(raw)
+        except ValueError as exc:
+            if isinstance(exc, InvalidValue):
+                raise
+            raise InvalidValue(POLICIES + service, raw, "a JSON routing policy") from None
+
+    def put_policy(self, policy: RoutingPolicy, cas: int) -> bool:
+        """Check-and-set: False when someone else changed the policy since `cas` was read."""
+        return self.kv_put(POLICIES + policy.service, policy.to_json(), cas=cas)
+
+    def default_tests_image(self, service: str) -> str:
+        return self.kv_get(DEFAULT_TESTS + service)[1] or ""
+
+    def request_retest(self, instance_id: str) -> None:
+        self.kv_put(RETESTS + instance_id, json.dumps({"time": time.time()}))
+
+    def retest_requests(self) -> List[str]:
+        return [k[len(RETESTS):] for k in self.kv_list(RETESTS)]
+
+    def clear_retest(self, instance_id: str) -> None:
+        self.kv_delete(RETESTS + instance_id)
+
+    def add_history(self, service: str, event: str, **details) -> None:
+        entry = {"time": time.time(), "event": event, **details}
+        self.kv_put(f"{HISTORY}{service}/{time.time_ns():020d}", json.dumps(entry, sort_keys=True))
+
+    def history(self, service: str) -> List[dict]:
+        out = []
+        for key, raw in sorted(self.kv_list(f"{HISTORY}{service}/").items()):
+            try:
+                out.append(json.loads(raw))
+            except ValueError:
+                continue
+        return out
+
+    def self_reporter(self, name: str, service_id: str, address: str):
+        """Register a component as a service with a TTL check; return report(ok, note)."""
+        host, _, port = address.rpartition(":")
+        check_id = service_id + ":config"
+        self._put("/v1/agent/service/register", json.dumps({
+            "ID": service_id, "Name": name, "Address": host, "Port": int(port),
+            "Checks": [{"CheckID": check_id, "Name": "config applied", "TTL": GATE_TTL, "Status": "passing"}]}))
+
+        def report(ok: bool, note: str) -> None:
+            self._put(f"/v1/agent/check/{'pass' if ok else 'fail'}/{check_id}", params=[("note", note[:1000])])
+        return report
+
+    # --- sessions and the leader lock ------------------------------------------------------
+    def session_create(self, name: str, ttl: int = 10, lock_delay: int = 5) -> str:
+        return self._c.session.create(name=name, ttl=ttl, lock_delay=lock_delay, behavior="release")
+
+    def session_renew(self, session: str) -> bool:
+        return self._c.session.renew(session) is not None
+
+    def session_destroy(self, session: str) -> None:
+        self._c.session.destroy(session)
+
+    def acquire(self, key: str, session: str, value: str) -> bool:
+        return bool(self._c.kv.put(key, value, acquire=session))
+
+    def release(self, key: str, session: str) -> None:
+        self._c.kv.put(key, "", release=session)
+
+    # --- plumbing --------------------------------------------------------------------------
+    def _put(self, path: str, data: str = "", params: Iterable = ()) -> None:
+        headers = {"X-Consul-Token": self._token} if self._token else {}
+        try:
+            self._c.http.put(consul.base.CB.bool(), path=path, params=list(params), data=data,
+                             headers=headers)
+        except consul.base.ConsulException as exc:
+            raise ConsulError(f"PUT {path}: {exc}") from None
+
+
+def instance_from_consul(svc: dict) -> Optional[Instance]:
+    """An agent/catalog service entry -> Instance, or None when registrator did not write it."""
+    meta = svc.get("Meta") or {}
+    if not meta.get(META_REGISTERED_BY) or not meta.get(META_CONTAINER_ID):
+        return None
+    tags = tuple(t for t in svc.get("Tags") or [] if not t.startswith("version="))
+    return Instance(
+        id=svc["ID"], service=svc["Service"], address=svc.get("Address", ""),
+        port=int(svc.get("Port", 0)), version=meta.get(META_VERSION, ""),
+        container_id=meta[META_CONTAINER_ID], container_name=meta.get(META_CONTAINER_NAME, ""),
+        image=meta.get(META_IMAGE, ""), registered_by=meta[META_REGISTERED_BY],
+        tests_image=meta.get(META_TESTS_IMAGE, ""), proxy_path=meta.get(META_PROXY_PATH, ""),
+        proxy_host=meta.get(META_PROXY_HOST, ""), tags=tags,
+        extra_meta=tuple(sorted((k, v) for k, v in meta.items() if k not in _OWN_META)),
+        docker_health=meta.get(META_DOCKER_HEALTH) == "1",
+    )

@@ -1,0 +1,180 @@
+"""Plain values exchanged between registrator, gatekeeper and proxy_reloader.
+
+Raw Docker and Consul JSON never leave their adapters; these dataclasses do.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Mapping, Optional, Tuple
+
+GATE_SUFFIX = ":gate"
+HEALTH_SUFFIX = ":health"
+
+# Service metadata keys written by registrator (Consul meta keys: [A-Za-z0-9_-]).
+META_CONTAINER_ID = "container_id"
+META_CONTAINER_NAME = "container_name"
+META_IMAGE = "image"
+META_VERSION = "version"
+META_TESTS_IMAGE = "tests_image"
+META_PROXY_PATH = "proxy_path"
+META_PROXY_HOST = "proxy_host"
+META_REGISTERED_BY = "registered_by"
+META_DOCKER_HEALTH = "docker_health"
+DOCKER_HEALTH_SUFFIX = ":docker-health"
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One published port of one container, as registered in Consul."""
+
+    id: str                      # <docker-host>:<container-name>:<port>
+    service: str
+    address: str
+    port: int
+    version: str
+    container_id: str
+    container_name: str
+    image: str
+    registered_by: str           # registrator identity, so it only ever removes its own
+    tests_image: str = ""
+    proxy_path: str = ""
+    proxy_host: str = ""
+    tags: Tuple[str, ...] = ()
+    extra_meta: Tuple[Tuple[str, str], ...] = ()
+    health_check: Optional["HealthCheck"] = None
+    docker_health: bool = False      # the container has a Docker HEALTHCHECK
+
+    @property
+    def gate_check_id(self) -> str:
+        return self.id + GATE_SUFFIX
+
+    @property
+    def health_check_id(self) -> str:
+        return self.id + HEALTH_SUFFIX
+
+    @property
+    def docker_health_check_id(self) -> str:
+        return self.id + DOCKER_HEALTH_SUFFIX
+
+    @property
+    def path(self) -> str:
+        return self.proxy_path or f"/{self.service}/"
+
+    def meta(self) -> dict:
+        meta = dict(self.extra_meta)
+        meta.update({
+            META_CONTAINER_ID: self.container_id,
+            META_CONTAINER_NAME: self.container_name,
+            META_IMAGE: self.image,
+            META_VERSION: self.version,
+            META_TESTS_IMAGE: self.tests_image,
+            META_PROXY_PATH: self.path,
+            META_PROXY_HOST: self.proxy_host,
+            META_REGISTERED_BY: self.registered_by,
+        })
+        if self.docker_health:
+            meta[META_DOCKER_HEALTH] = "1"
+        return meta
+
+    def all_tags(self) -> list:
+        return sorted(set(self.tags) | {f"version={self.version}"})
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """SERVICE_CHECK_HTTP (target: a path) or SERVICE_CHECK_TCP (target: empty)."""
+    kind: str                 # "http" | "tcp"
+    target: str = ""
+    interval: str = "5s"
+    timeout: str = "2s"
+
+
+@dataclass(frozen=True)
+class RegisteredInstance:
+    """An instance as Consul reports it, with the state of its checks."""
+
+    instance: Instance
+    checks: Mapping[str, str] = field(default_factory=dict)   # check id -> status
+    gate_output: str = ""
+
+    @property
+    def admitted(self) -> bool:
+        """Traffic only to an instance whose gate exists and whose every check passes."""
+        return (self.instance.gate_check_id in self.checks
+                and all(s == "passing" for s in self.checks.values()))
+
+    @property
+    def gate_status(self) -> str:
+        return self.checks.get(self.instance.gate_check_id, "missing")
+
+
+# Verdict states: pending -> testing -> passed | failed | error
+PASSED, FAILED, ERROR, TESTING = "passed", "failed", "error", "testing"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    instance_id: str
+    container_id: str
+    tests_image: str
+    state: str
+    summary: str
+    started: float = 0.0
+    finished: float = 0.0
+    log_tail: str = ""
+
+    @property
+    def duration(self) -> float:
+        return max(0.0, self.finished - self.started) if self.finished else 0.0
+
+    @property
+    def final(self) -> bool:
+        return self.state in (PASSED, FAILED, ERROR)
+
+    def applies_to(self, instance: Instance) -> bool:
+        """A verdict belongs to one container: a new container with the same name is retested."""
+        return self.container_id == instance.container_id
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["duration"] = round(self.duration, 3)
+        return json.dumps(data, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, raw: str) -> "Verdict":
+        data = json.loads(raw)
+        data.pop("duration", None)
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+AUTO, MANUAL = "auto", "manual"
+
+
+@dataclass(frozen=True)
+class RoutingPolicy:
+    """Which versions of a service the proxy serves, stored per service in Consul KV."""
+
+    service: str
+    stable: str = ""
+    canary: str = ""
+    weight: int = 0            # percent of traffic to the canary
+    mode: str = AUTO
+    previous: str = ""
+    updated: float = 0.0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, raw: str) -> "RoutingPolicy":
+        from .validation import validate_policy
+        return validate_policy(json.loads(raw))
+
+    def promoted(self, version: str) -> "RoutingPolicy":
+        """`version` becomes stable; the stable one is remembered for rollback."""
+        previous = self.stable if self.stable and self.stable != version else self.previous
+        return replace(self, stable=version, canary="" if self.canary == version else self.canary,
+                       weight=0 if self.canary == version else self.weight,
+                       previous=previous, updated=time.time())

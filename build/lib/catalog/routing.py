@@ -1,0 +1,85 @@
+"""Which admitted instances a service's traffic goes to, given its routing policy.
+
+One function, used by proxy_reloader to render nginx and by `gatekeeper status` to report
+what the proxy serves, so the two can never disagree.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from .model import Instance, RegisteredInstance, RoutingPolicy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Pool:
+    version: str                     # "*" when the pool mixes versions (no usable policy)
+    servers: Tuple[Tuple[str, int], ...]
+
+
+@dataclass(frozen=True)
+class Route:
+    service: str
+    path: str
+    host: str
+    stable: Optional[Pool]           # None: no admitted instance, the proxy answers 503
+    canary: Optional[Pool] = None
+    weight: int = 0                  # percent of traffic to the canary
+    note: str = ""                   # why the route is not what the policy asked for
+
+    @property
+    def upstream_name(self) -> str:
+        return self.service.replace("-", "_")
+
+    def to_dict(self) -> dict:
+        """The route as gatekeeper status and proxy-reloader's status endpoint both show it."""
+        def pool(p: Pool) -> dict:
+            return {"version": p.version, "servers": [f"{a}:{port}" for a, port in p.servers]}
+        return {"service": self.service, "path": self.path, "host": self.host,
+                "stable": pool(self.stable) if self.stable else None,
+                "canary": {**pool(self.canary), "weight": self.weight} if self.canary else None,
+                "answers_503": self.stable is None, "note": self.note}
+
+
+def _pool(version: str, instances: Sequence[Instance]) -> Pool:
+    return Pool(version, tuple(sorted({(i.address, i.port) for i in instances})))
+
+
+def route_for(service: str, registered: Sequence[RegisteredInstance],
+              policy: Optional[RoutingPolicy]) -> Route:
+    admitted = [r.instance for r in registered if r.admitted]
+    first = registered[0].instance if registered else None
+    path = first.path if first else f"/{service}/"
+    host = first.proxy_host if first else ""
+    panic = ""
+    if not admitted:
+        # Panic policy: when every instance fails a health check at once (a health-check
+        # outage, say), keep serving those whose integration tests passed rather than nobody.
+        # The gate itself is never overridden: an untested or failed instance gets nothing.
+        admitted = [r.instance for r in registered if r.gate_status == "passing"]
+        if not admitted:
+            return Route(service, path, host, None)
+        panic = "panic: every instance fails a health check; serving those that passed their tests"
+    by_version: Dict[str, List[Instance]] = {}
+    for inst in admitted:
+        by_version.setdefault(inst.version, []).append(inst)
+    if panic:
+        version = policy.stable if policy and policy.stable in by_version else "*"
+        pool = by_version[version] if version != "*" else admitted
+        return Route(service, path, host, _pool(version, pool), note=panic)
+    if policy is None or not policy.stable:
+        return Route(service, path, host, _pool("*", admitted),
+                     note="no routing policy yet: every admitted instance serves")
+    if policy.stable not in by_version:
+        # Panic policy: the stable version has no admitted instance left; serving the others
+        # beats answering nobody.
+        return Route(service, path, host, _pool("*", admitted),
+                     note=f"stable version {policy.stable} has no admitted instance: every admitted instance serves")
+    stable = _pool(policy.stable, by_version[policy.stable])
+    canary = None
+    if policy.canary and policy.canary != policy.stable and policy.canary in by_version:
+        canary = _pool(policy.canary, by_version[policy.canary])
+    return Route(service, path, host, stable, canary, policy.weight if canary else 0)

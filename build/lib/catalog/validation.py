@@ -1,0 +1,91 @@
+"""The allow-list every externally supplied value passes before it is stored or rendered.
+
+Each field has one pattern that says what is allowed (never a list of what is forbidden), so a
+value that could break out of an nginx directive, a JSON document or a log line cannot get in.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+from .model import AUTO, MANUAL, RoutingPolicy
+
+
+class InvalidValue(ValueError):
+    """A value failed its field's rule. `str()` names the field, the value and the rule."""
+
+    def __init__(self, field: str, value: Any, rule: str):
+        self.field, self.value, self.rule = field, value, rule
+        shown = repr(value if not isinstance(value, str) or len(value) <= 80 else value[:80] + "...")
+        super().__init__(f"{field}={shown} is invalid: {rule}")
+
+
+_RULES = {
+    "service": (re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"),
+                "a DNS label: lower-case letters, digits and '-', at most 63, not starting or ending with '-'"),
+    "version": (re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"),
+                "letters, digits, '.', '_' and '-', at most 64, starting with a letter or digit"),
+    "proxy_path": (re.compile(r"/(?:[A-Za-z0-9._~-]{1,64}/){0,8}"),
+                   "an absolute path of plain segments ending in '/', such as /demo/ or /api/demo/"),
+    "proxy_host": (re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"),
+                   "a lower-case DNS host name, such as demo.example.com"),
+    "image": (re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}"),
+              "a Docker image reference: letters, digits and . _ / : @ -, at most 255"),
+    "tag": (re.compile(r"[A-Za-z0-9][A-Za-z0-9._=-]{0,62}"),
+            "letters, digits and . _ = -, at most 63"),
+    "meta_key": (re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"),
+                 "letters, digits, '_' and '-', at most 64"),
+    "meta_value": (re.compile(r"[A-Za-z0-9 ._:/@=+,-]{0,512}"),
+                   "letters, digits, spaces and . _ : / @ = + , -, at most 512"),
+    "container_name": (re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}"),
+                       "a Docker container name"),
+    "address": (re.compile(r"(?:\d{1,3}\.){3}\d{1,3}|[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?"),
+                "an IPv4 address or a host name"),
+    "check_path": (re.compile(r"/[A-Za-z0-9._~/-]{0,200}"),
+                   "an absolute URL path of letters, digits and . _ ~ / -"),
+    "duration": (re.compile(r"[1-9][0-9]{0,4}(?:ms|s|m)"),
+                 "a whole number followed by ms, s or m, such as 5s"),
+}
+
+
+_MAX_LEN = {"proxy_host": 253}
+
+
+def check(field: str, value: Any, rule: str | None = None) -> str:
+    """Return `value` when it matches the rule for `field` (or `rule`), else raise InvalidValue."""
+    pattern, text = _RULES[rule or field]
+    limit = _MAX_LEN.get(rule or field)
+    if not isinstance(value, str) or not pattern.fullmatch(value) or (limit and len(value) > limit):
+        raise InvalidValue(field, value, text + (f", at most {limit} characters" if limit else ""))
+    return value
+
+
+def check_port(field: str, value: Any) -> int:
+    try:
+        port = int(value)
+    except (TypeError, ValueError):
+        raise InvalidValue(field, value, "a whole number from 1 to 65535") from None
+    if not 1 <= port <= 65535 or str(value).strip() != str(port):
+        raise InvalidValue(field, value, "a whole number from 1 to 65535")
+    return port
+
+
+def validate_policy(data: Mapping[str, Any]) -> RoutingPolicy:
+    """Parse a routing policy read from KV; raise InvalidValue naming the first bad field."""
+    if not isinstance(data, Mapping):
+        raise InvalidValue("policy", data, "a JSON object")
+    service = check("service", data.get("service"))
+    versions = {k: data.get(k) or "" for k in ("stable", "canary", "previous")}
+    for key, value in versions.items():
+        if value:
+            check(key, value, "version")
+    weight = data.get("weight", 0)
+    if not isinstance(weight, int) or isinstance(weight, bool) or not 0 <= weight <= 100:
+        raise InvalidValue("weight", weight, "a whole number from 0 to 100")
+    mode = data.get("mode", AUTO)
+    if mode not in (AUTO, MANUAL):
+        raise InvalidValue("mode", mode, "'auto' or 'manual'")
+    updated = data.get("updated", 0.0)
+    if not isinstance(updated, (int, float)):
+        raise InvalidValue("updated", updated, "a number of seconds since the epoch")
+    return RoutingPolicy(service=service, weight=weight, mode=mode, updated=float(updated), **versions)

@@ -1,0 +1,147 @@
+"""delivery: build, push and deploy a service, with the gate deciding what serves.
+
+  delivery build-and-push SOURCE --registry HOST:PORT [--version V] [--service NAME]
+      builds SOURCE/Dockerfile (its unit tests run in the build) and SOURCE/Dockerfile.test,
+      tags them REGISTRY/SERVICE:V and REGISTRY/SERVICE-test:V (V: the git commit), pushes both
+  delivery deploy IMAGE --engine URL [--tls-dir DIR] --consul HOST:PORT [--service NAME]
+      on the engine: pulls IMAGE and its test image, runs it with registrator's and gatekeeper's
+      labels, then waits for the gate; a version that fails is removed, the old one serves on
+
+Engines: unix:///var/run/docker.sock, ssh://USER@HOST, or tcp://HOST:2376 with --tls-dir (or
+DOCKER_CERT_PATH) holding ca.pem, cert.pem, key.pem. Plain tcp:// without TLS is refused.
+
+Exit codes: 0 done (deploy: admitted and served), 1 failed (a build, its unit tests, a push, or
+the integration tests), 2 bad input, 3 engine, registry or Consul unreachable or refusing,
+4 deploy timed out waiting for the gate.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import requests
+
+from catalog.consul_store import ConsulStore, read_token
+from catalog.validation import InvalidValue
+
+from .build import BuildFailed, build_and_push, git_version
+from .deploy import WAIT_FAILED, WAIT_OK, Deployment, DeployError, deploy
+from .engine import EngineError, connect
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_TIMEOUT = 0, 1, 2, 3, 4
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_base_image() -> str:
+    recorded = ROOT / ".stack" / "base-image"
+    if os.environ.get("BASE_IMAGE"):
+        return os.environ["BASE_IMAGE"]
+    return recorded.read_text().strip() if recorded.is_file() else "python:3.11-slim"
+
+
+def key_value(item: str) -> tuple:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {item!r}")
+    return key, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="delivery", description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def engine_options(c):
+        c.add_argument("--engine", help="Docker Engine: unix://, ssh://USER@HOST or tcp://HOST:2376 (default DOCKER_HOST, else the local socket)")
+        c.add_argument("--tls-dir", help="folder with ca.pem, cert.pem, key.pem for a tcp:// engine (default DOCKER_CERT_PATH)")
+        c.add_argument("--json", action="store_true", help="progress on stderr, one JSON result on stdout")
+
+    b = sub.add_parser("build-and-push", help="build, unit-test, tag and push a service and its test image",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    b.add_argument("source", type=Path, help="folder with Dockerfile and Dockerfile.test")
+    b.add_argument("--registry", required=True, help="HOST:PORT of the registry, no scheme")
+    b.add_argument("--service", help="service name (default: the source folder's name up to '_')")
+    b.add_argument("--version", help="image tag (default: the git commit, -dirty with local changes)")
+    b.add_argument("--base-image", default=default_base_image(), help="BASE_IMAGE build argument")
+    b.add_argument("--wheelhouse", type=Path, help="folder of wheels copied into the context as wheels/")
+    b.add_argument("--build-arg", action="append", type=key_value, default=[], metavar="KEY=VALUE")
+    b.add_argument("--no-push", action="store_true", help="build and tag only")
+    engine_options(b)
+
+    d = sub.add_parser("deploy", help="run a version on an engine and wait for the gate",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d.add_argument("image", help="REGISTRY/SERVICE:VERSION as pushed by build-and-push")
+    d.add_argument("--service", help="service name (default: the image's name)")
+    d.add_argument("--tests-image", help="integration-test image (default REGISTRY/SERVICE-test:VERSION)")
+    d.add_argument("--version", help="version label (default: the image tag)")
+    d.add_argument("--name", help="container name (default SERVICE-VERSION)")
+    d.add_argument("--label", action="append", type=key_value, default=[], metavar="KEY=VALUE",
+                   help="extra container label (repeatable)")
+    d.add_argument("--consul", default=os.environ.get("CONSUL_HTTP_ADDR", "127.0.0.1:8500"),
+                   help="Consul HTTP address of the target's stack (default CONSUL_HTTP_ADDR)")
+    d.add_argument("--consul-token-file", help="Consul token with read access (else CONSUL_HTTP_TOKEN_FILE / CONSUL_HTTP_TOKEN)")
+    d.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the gate")
+    d.add_argument("--keep-failed", action="store_true", help="leave a failed version's container for inspection")
+    engine_options(d)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    out = sys.stderr if args.json else sys.stdout
+
+    def say(line: str) -> None:
+        print(f"{args.command}: {line}", file=out, flush=True)
+
+    def fail(code: int, message: str) -> int:
+        print(f"delivery {args.command}: {message}", file=sys.stderr, flush=True)
+        if args.json:
+            print(json.dumps({"ok": False, "exit": code, "error": message}))
+        return code
+
+    try:
+        if args.command == "build-and-push":
+            source = args.source.resolve()
+            if not source.is_dir():
+                return fail(EXIT_USAGE, f"{args.source} is not a folder")
+            service = args.service or source.name.split("_", 1)[0]
+            version = args.version or git_version(source)
+            client = connect(args.engine, args.tls_dir)
+            release = build_and_push(client, source, args.registry, service, version, args.base_image,
+                                     args.wheelhouse, dict(args.build_arg), push=not args.no_push, say=say)
+            say(f"done: {release.image} and {release.tests_image}")
+            if args.json:
+                print(json.dumps({"ok": True, "exit": 0, **release.to_dict()}))
+            return EXIT_OK
+        service = args.service or args.image.split("@", 1)[0].rsplit("/", 1)[-1].split(":", 1)[0]
+        d = Deployment.of(service, args.image, args.tests_image, args.version, args.name,
+                          labels=dict(args.label), timeout=args.timeout, keep_failed=args.keep_failed)
+        store = ConsulStore(args.consul, token=read_token(args.consul_token_file))
+        store.leader()                  # fail early when Consul is unreachable or refuses us
+        client = connect(args.engine, args.tls_dir)
+        outcome = deploy(client, store, d, say=say)
+        code = {WAIT_OK: EXIT_OK, WAIT_FAILED: EXIT_FAILED}.get(outcome, EXIT_TIMEOUT)
+        if args.json:
+            print(json.dumps({"ok": code == 0, "exit": code, "service": d.service, "version": d.version,
+                              "image": d.image, "tests_image": d.tests_image, "container": d.name}))
+        return code
+    except (InvalidValue, ValueError) as exc:
+        return fail(EXIT_USAGE, str(exc))
+    except BuildFailed as exc:
+        return fail(EXIT_FAILED, str(exc))
+    except (EngineError, DeployError) as exc:
+        return fail(EXIT_UNREACHABLE, str(exc))
+    except (requests.ConnectionError, requests.Timeout) as exc:
+        return fail(EXIT_UNREACHABLE, f"Consul at {args.consul} is unreachable: {exc.__class__.__name__}")
+    except Exception as exc:  # noqa: BLE001 - a CD job needs a message and an exit code, not a traceback
+        if exc.__class__.__module__.startswith(("consul", "docker")):
+            return fail(EXIT_UNREACHABLE, f"{exc.__class__.__name__}: {exc}")
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

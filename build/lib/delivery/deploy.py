@@ -1,0 +1,104 @@
+"""deploy: run a released version on an engine and let the gate decide.
+
+Pulls the service image and its test image on the target engine (from the registry as that
+engine sees it), runs the container with the labels registrator and gatekeeper read, then waits
+for gatekeeper's verdict. A version whose tests fail never receives a request through the proxy;
+its container is removed (unless --keep-failed) and the old version goes on serving.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional
+
+import docker
+
+from catalog.validation import InvalidValue, check
+from gatekeeper.wait import WAIT_FAILED, WAIT_OK, WAIT_TIMEOUT, wait_for_version
+from registrator.translate import image_version
+
+
+class DeployError(Exception):
+    """The deploy could not be carried out; nothing was started, or what was is removed."""
+
+
+@dataclass
+class Deployment:
+    service: str
+    version: str
+    image: str
+    tests_image: str
+    name: str
+    labels: Dict[str, str] = field(default_factory=dict)
+    timeout: float = 300.0
+    keep_failed: bool = False
+
+    @classmethod
+    def of(cls, service: str, image: str, tests_image: Optional[str] = None, version: Optional[str] = None,
+           name: Optional[str] = None, **kw) -> "Deployment":
+        check("service", service)
+        check("image", image)
+        version = check("version", version or image_version(image))
+        if tests_image is None:
+            repo = image.split("@", 1)[0].rsplit(":", 1)[0] if ":" in image.rsplit("/", 1)[-1] else image
+            tests_image = f"{repo}-test:{version}"
+        check("image", tests_image)
+        return cls(service, version, image, tests_image, check("container_name", name or f"{service}-{version}"), **kw)
+
+    def container_labels(self) -> Dict[str, str]:
+        return {**self.labels, "SERVICE_NAME": self.service, "gatekeeper.tests": self.tests_image,
+                "gatekeeper.version": self.version}
+
+
+def pull(client: docker.DockerClient, ref: str, say) -> "docker.models.images.Image":
+    say(f"pulling {ref}")
+    repo, _, tag = ref.rpartition(":") if ":" in ref.rsplit("/", 1)[-1] else (ref, "", "latest")
+    try:
+        return client.images.pull(repo, tag=tag)
+    except docker.errors.APIError as exc:
+        raise DeployError(f"the engine could not pull {ref}: {exc.explanation or exc}; "
+                          "was it pushed (build-and-push), and can the engine reach that registry?") from None
+
+
+def start(client: docker.DockerClient, d: Deployment, say):
+    image = pull(client, d.image, say)
+    pull(client, d.tests_image, say)
+    try:
+        existing = client.containers.get(d.name)
+    except docker.errors.NotFound:
+        existing = None
+    if existing is not None:
+        if existing.image.id == image.id and existing.status == "running":
+            say(f"{d.name} already runs {d.image}; waiting for its verdict")
+            return existing
+        raise DeployError(f"a container named {d.name} already exists ({existing.status}, image "
+                          f"{existing.image.tags or existing.image.short_id}); remove it or give --name")
+    container = client.containers.run(d.image, name=d.name, detach=True, publish_all_ports=True,
+                                      labels=d.container_labels(), restart_policy={"Name": "unless-stopped"})
+    container.reload()
+    ports = ", ".join(f"{p} -> {b[0]['HostIp']}:{b[0]['HostPort']}" for p, b in
+                      (container.attrs["NetworkSettings"]["Ports"] or {}).items() if b)
+    say(f"started {d.name} ({container.short_id}){': ' + ports if ports else ''}")
+    return container
+
+
+def deploy(client: docker.DockerClient, store, d: Deployment, say: Callable[[str], None] = print) -> int:
+    """WAIT_OK (0) when admitted and routed, WAIT_FAILED (1) when its tests failed, WAIT_TIMEOUT (2)."""
+    container = start(client, d, say)
+    outcome = wait_for_version(store, d.service, d.version, d.timeout, say=say)
+    if outcome != WAIT_OK and not d.keep_failed:
+        container.remove(force=True)
+        say(f"removed {d.name}; {serving(store, d.service)}")
+    return outcome
+
+
+def serving(store, service: str) -> str:
+    try:
+        policy = store.policy(service)[1]
+    except InvalidValue:
+        policy = None
+    if policy is None or not policy.stable:
+        return f"{service} has no stable version"
+    return f"{service} still serves {policy.stable}"
+
+
+__all__ = ["Deployment", "DeployError", "deploy", "WAIT_OK", "WAIT_FAILED", "WAIT_TIMEOUT"]

@@ -1,0 +1,50 @@
+"""Reaching a Docker Engine: the local socket, ssh://, or TCP with TLS client certificates.
+
+An engine on plain tcp:// (port 2375) answers anyone who can reach the port with root on that
+host, so a TCP address is accepted only together with a certificate folder.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+from urllib.parse import urlparse
+
+import docker
+import requests
+
+TLS_FILES = ("ca.pem", "cert.pem", "key.pem")     # the layout docker's DOCKER_CERT_PATH uses
+
+
+class EngineError(Exception):
+    """The engine cannot be used; str() says which engine, what went wrong and what to do."""
+
+
+def connect(url: Optional[str] = None, tls_dir: Optional[str] = None, timeout: float = 120.0) -> docker.DockerClient:
+    """A client for the engine at `url` (default DOCKER_HOST, else the local socket), checked
+    with a ping. `tls_dir` (default DOCKER_CERT_PATH) holds ca.pem, cert.pem and key.pem."""
+    url = url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    tls_dir = tls_dir or os.environ.get("DOCKER_CERT_PATH")
+    scheme = urlparse(url).scheme
+    if scheme == "unix":
+        client = docker.DockerClient(base_url=url, timeout=timeout)
+    elif scheme == "ssh":
+        # The ssh binary does the work: keys, known_hosts and ~/.ssh/config apply as for `ssh`.
+        client = docker.DockerClient(base_url=url, use_ssh_client=True, timeout=timeout)
+    elif scheme in ("tcp", "https"):
+        if not tls_dir:
+            raise EngineError(f"{url}: refusing an engine on TCP without TLS; give --tls-dir DIR "
+                              f"(holding {', '.join(TLS_FILES)}) or DOCKER_CERT_PATH, or use ssh://USER@HOST")
+        ca, cert, key = (Path(tls_dir) / f for f in TLS_FILES)
+        missing = [str(p) for p in (ca, cert, key) if not p.is_file()]
+        if missing:
+            raise EngineError(f"{url}: TLS files missing: {', '.join(missing)} (scripts/certs.sh makes them)")
+        tls = docker.tls.TLSConfig(client_cert=(str(cert), str(key)), ca_cert=str(ca), verify=True)
+        client = docker.DockerClient(base_url="https://" + url.split("://", 1)[1], tls=tls, timeout=timeout)
+    else:
+        raise EngineError(f"{url}: unsupported engine address; use unix:///PATH, ssh://USER@HOST or tcp://HOST:2376 with TLS")
+    try:
+        client.ping()
+    except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
+        raise EngineError(f"cannot reach the Docker Engine at {url}: {exc}") from None
+    return client

@@ -1,0 +1,275 @@
+"""gatekeeper: test-gated admission and promotion of service instances.
+
+  gatekeeper run                       the daemon: test new instances, promote what passes
+  gatekeeper status [SERVICE]          versions, instances, verdicts, what the proxy serves
+  gatekeeper promote SERVICE [--full]  canary to the next step (25, 50, stable), or stable now
+  gatekeeper weight SERVICE N          N percent of traffic to the canary
+  gatekeeper abort SERVICE             canary out of traffic; stable serves everything
+  gatekeeper rollback SERVICE          back to the previous stable version
+  gatekeeper mode SERVICE auto|manual  auto: a passed version becomes stable; manual: a canary
+  gatekeeper wait SERVICE --version V  for CD jobs: exit 0 admitted, 1 failed, 2 timed out
+  gatekeeper history SERVICE           promotions, aborts, rollbacks
+  gatekeeper tests SERVICE IMAGE       default integration-test image for the service
+  gatekeeper retest INSTANCE|SERVICE   run the tests again (live instances keep serving)
+
+Exit codes: 0 done, 1 refused (the message says why), 2 bad input, 3 Consul unreachable;
+`wait` uses 0 admitted, 1 failed, 2 timed out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import time
+from dataclasses import asdict
+
+import consul.base
+import requests
+
+from catalog.consul_store import DEFAULT_TESTS, ConsulStore, read_token
+from catalog.logs import setup_logging
+from catalog.validation import InvalidValue, check
+
+from .promotion import PromotionError
+from .status import collect, render_text
+
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gatekeeper", description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--consul", default="127.0.0.1:8500", help="Consul agent HTTP address (default %(default)s)")
+    p.add_argument("--consul-token-file", help="file holding the Consul ACL token (else CONSUL_HTTP_TOKEN)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def command(name, help_text, service=True, json_flag=True, **kw):
+        c = sub.add_parser(name, help=help_text, description=help_text.replace("%%", "%"), **kw)
+        if service:
+            c.add_argument("service")
+        if json_flag:
+            c.add_argument("--json", action="store_true", help="machine-readable output")
+        return c
+
+    run = command("run", "run the daemon", service=False, json_flag=False,
+                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    run.add_argument("--parallel", type=int, default=2, help="instances tested at once")
+    run.add_argument("--test-timeout", type=float, default=120.0, help="seconds a test run may take")
+    run.add_argument("--test-memory", default="256m", help="memory limit of a test container")
+    run.add_argument("--test-cpus", type=float, default=1.0, help="CPU limit of a test container")
+    run.add_argument("--test-label", action="append", default=[], metavar="KEY=VALUE",
+                     help="extra label on every test container (repeatable)")
+    run.add_argument("--drain-seconds", type=float, default=10.0,
+                     help="after an automatic promotion, seconds before old instances' containers are stopped")
+    run.add_argument("--keep-old", action="store_true", help="never stop old instances' containers")
+    run.add_argument("--reverify-every", type=float, default=0.0,
+                     help="re-run the tests of live instances this often, seconds (0: never)")
+    run.add_argument("--wait", type=float, default=30.0, help="blocking query wait, seconds")
+    run.add_argument("--id", default="", help="identity in the leader lock (default gatekeeper@HOST)")
+    run.add_argument("-v", "--verbose", action="store_true")
+
+    st = command("status", "show services, instances, verdicts and routing", service=False)
+    st.add_argument("service", nargs="?")
+    pr = command("promote", "move the canary to its next step (25%%, 50%%, stable)")
+    pr.add_argument("--full", action="store_true", help="make the canary stable at once")
+    wt = command("weight", "set the canary's share of traffic")
+    wt.add_argument("percent", type=int, help="0 to 100")
+    command("abort", "take the canary out of traffic")
+    command("rollback", "make the previous stable version stable again")
+    md = command("mode", "auto or manual promotion")
+    md.add_argument("mode", choices=["auto", "manual"])
+    wa = command("wait", "wait until a version is admitted (exit 0), fails (1) or times out (2)")
+    wa.add_argument("--version", required=True)
+    wa.add_argument("--timeout", type=float, default=300.0, help="seconds (default %(default)s)")
+    command("history", "promotions, aborts and rollbacks of a service")
+    ts = command("tests", "set (or with no IMAGE show) the default integration-test image of a service")
+    ts.add_argument("image", nargs="?")
+    rt = command("retest", "run the tests of an instance, or of every instance of a service, again", service=False)
+    rt.add_argument("target", metavar="INSTANCE|SERVICE")
+    return p
+
+
+def cmd_run(args, store) -> int:
+    import docker
+
+    from .daemon import Daemon
+    from .gate import Gate
+    from .leader import LeaderLock
+    from .promotion import Promoter
+    from .tester import DockerTester, RunLimits
+
+    setup_logging("gatekeeper", args.verbose)
+    labels = {}
+    for item in args.test_label:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--test-label must be KEY=VALUE, got {item!r}")
+        labels[key] = value
+    if args.parallel < 1:
+        raise ValueError("--parallel must be at least 1")
+    client = docker.from_env(timeout=30)
+    limits = RunLimits(timeout=args.test_timeout, memory=args.test_memory, cpus=args.test_cpus)
+    promoter = Promoter(store, client, drain_seconds=args.drain_seconds, stop_old=not args.keep_old)
+    gate = Gate(store, DockerTester(client, limits, labels), parallel=args.parallel,
+                on_admitted=promoter.admitted, reverify_every=args.reverify_every,
+                on_service=promoter.check_canary)
+    daemon = Daemon(store, gate, LeaderLock(store, args.id), wait=args.wait)
+
+    def on_signal(*_):
+        # The main thread may sit in a Consul call; leave now. A test cut short keeps its
+        # "testing" verdict and is run again by whichever daemon leads next.
+        daemon.stop()
+        gate.shutdown()
+        daemon.leader.release()
+        raise SystemExit(EXIT_OK)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    logging.info("gatekeeper %s watching Consul at %s", daemon.leader.identity, args.consul)
+    daemon.run()
+    return EXIT_OK
+
+
+def _known_service(store, service: str) -> None:
+    check("service", service)
+    if service not in store.service_names() and store.policy(service)[1] is None:
+        known = ", ".join(store.all_instances()) or "none"
+        raise PromotionError(f"unknown service {service!r} (known: {known})")
+
+
+def _emit(args, policy, message: str) -> int:
+    print(json.dumps({"policy": asdict(policy), "message": message}, sort_keys=True) if args.json else message)
+    return EXIT_OK
+
+
+def cmd_status(args, store) -> int:
+    if args.service:
+        _known_service(store, args.service)
+    data = collect(store, args.service)
+    print(json.dumps(data, indent=2, sort_keys=True) if args.json else render_text(data), end="" if not args.json else "\n")
+    return EXIT_OK
+
+
+def cmd_promote(args, store) -> int:
+    from .promotion import promote
+    _known_service(store, args.service)
+    return _emit(args, *promote(store, args.service, full=args.full))
+
+
+def cmd_weight(args, store) -> int:
+    from .promotion import set_weight
+    _known_service(store, args.service)
+    return _emit(args, *set_weight(store, args.service, args.percent))
+
+
+def cmd_abort(args, store) -> int:
+    from .promotion import abort
+    _known_service(store, args.service)
+    return _emit(args, *abort(store, args.service))
+
+
+def cmd_rollback(args, store) -> int:
+    from .promotion import rollback
+    _known_service(store, args.service)
+    return _emit(args, *rollback(store, args.service))
+
+
+def cmd_mode(args, store) -> int:
+    from .promotion import set_mode
+    check("service", args.service)
+    return _emit(args, *set_mode(store, args.service, args.mode))
+
+
+def cmd_wait(args, store) -> int:
+    from .wait import wait_for_version
+    check("service", args.service)
+    check("version", args.version)
+    lines = []
+    say = lines.append if args.json else (lambda line: print(line, flush=True))
+    code = wait_for_version(store, args.service, args.version, args.timeout, say=say)
+    if args.json:
+        print(json.dumps({"service": args.service, "version": args.version, "exit": code,
+                          "result": {0: "admitted", 1: "failed", 2: "timed out"}[code],
+                          "summary": lines[-1] if lines else ""}))
+    return code
+
+
+def cmd_history(args, store) -> int:
+    _known_service(store, args.service)
+    entries = store.history(args.service)
+    if args.json:
+        print(json.dumps(entries, indent=2, sort_keys=True))
+        return EXIT_OK
+    if not entries:
+        print(f"{args.service}: no history yet")
+    for e in entries:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.get("time", 0)))
+        rest = ", ".join(f"{k} {v}" for k, v in sorted(e.items()) if k not in ("time", "event") and v != "")
+        print(f"{when}  {e.get('event', '?'):<12} {rest}")
+    return EXIT_OK
+
+
+def cmd_tests(args, store) -> int:
+    check("service", args.service)
+    if args.image is None:
+        image = store.default_tests_image(args.service)
+        print(json.dumps({"service": args.service, "image": image}) if args.json
+              else f"{args.service}: {image or 'no default test image (each container names its own)'}")
+        return EXIT_OK
+    check("image", args.image)
+    store.kv_put(DEFAULT_TESTS + args.service, args.image)
+    print(json.dumps({"service": args.service, "image": args.image}) if args.json else
+          f"{args.service}: instances without a gatekeeper.tests label are tested with {args.image}")
+    return EXIT_OK
+
+
+def cmd_retest(args, store) -> int:
+    target = args.target
+    if target.count(":") >= 2:
+        found = [ri.instance.id for ri in store.instances(target.split(":")[0]) if ri.instance.id == target] or \
+                [ri.instance.id for rs in store.all_instances().values() for ri in rs if ri.instance.id == target]
+    else:
+        check("service", target)
+        found = [ri.instance.id for ri in store.instances(target)]
+    if not found:
+        raise PromotionError(f"no instance or service named {target!r}; `gatekeeper status` lists them")
+    for iid in found:
+        store.request_retest(iid)
+    print(json.dumps({"retest": found}) if args.json else
+          f"retest requested for {len(found)} instance(s): {', '.join(found)}; live ones keep serving meanwhile")
+    return EXIT_OK
+
+
+COMMANDS = {"run": cmd_run, "status": cmd_status, "promote": cmd_promote, "weight": cmd_weight,
+            "abort": cmd_abort, "rollback": cmd_rollback, "mode": cmd_mode, "wait": cmd_wait,
+            "history": cmd_history, "tests": cmd_tests, "retest": cmd_retest}
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        store = ConsulStore(args.consul, token=read_token(args.consul_token_file))
+        return COMMANDS[args.command](args, store)
+    except InvalidValue as exc:
+        print(f"gatekeeper: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except PromotionError as exc:
+        print(f"gatekeeper: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except (requests.ConnectionError, requests.Timeout) as exc:
+        print(f"gatekeeper: Consul at {args.consul} is unreachable ({type(exc).__name__}); "
+              "is the stack running? (make demo starts it)", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except consul.base.ConsulException as exc:
+        print(f"gatekeeper: Consul at {args.consul} refused the request: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except ValueError as exc:
+        print(f"gatekeeper: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

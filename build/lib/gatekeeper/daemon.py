@@ -1,0 +1,73 @@
+"""`gatekeeper run`: lead (or wait to lead), watch Consul, reconcile the gate.
+
+Two blocking-query watches wake the daemon: every check's state (new instances, gates, health)
+and everything under `gatekeeper/` in KV (policies, retest requests, default test images). Only
+the leader acts; a follower just keeps trying for the lock.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from catalog.retry import TRANSIENT, backoff
+from catalog.watch import Watch
+
+from .gate import Gate
+from .leader import LeaderLock
+
+log = logging.getLogger(__name__)
+
+RENEW_EVERY = 3.0
+
+
+class Daemon:
+    def __init__(self, store, gate: Gate, leader: LeaderLock, wait: float = 30.0):
+        self.store, self.gate, self.leader, self.wait = store, gate, leader, wait
+        self.stopping = threading.Event()
+        self.dirty = threading.Event()
+
+    def run(self) -> None:
+        for w in (Watch("checks", self.store.wait_checks, self.dirty.set, self.wait, self.stopping),
+                  Watch("kv", lambda i, w: self.store.wait_kv("gatekeeper/", i, w), self.dirty.set,
+                        self.wait, self.stopping)):
+            w.start()
+        next_renew = next_reconcile = 0.0
+        while not self.stopping.is_set():
+            if not self.leader.is_leader.is_set():
+                if not self._try_lead():
+                    self.stopping.wait(1.0)
+                    continue
+                next_renew, next_reconcile = time.monotonic() + RENEW_EVERY, 0.0
+            if time.monotonic() >= next_renew:
+                if not self.leader.renew():
+                    self.gate.abort_all()
+                    continue
+                next_renew = time.monotonic() + RENEW_EVERY
+            # Reconcile on change, and at least every `wait` seconds: a test cut short by an
+            # outage, or a re-verification that falls due, is picked up without a change.
+            if self.dirty.wait(timeout=0.5) or time.monotonic() >= next_reconcile:
+                self.dirty.clear()
+                try:
+                    self._reconcile()
+                except TRANSIENT as exc:
+                    log.warning("reconcile failed, will retry: %s", exc)
+                next_reconcile = time.monotonic() + self.wait
+        self.gate.shutdown()
+        self.leader.release()
+
+    def _try_lead(self) -> bool:
+        try:
+            return self.leader.try_acquire()
+        except TRANSIENT as exc:
+            log.warning("Consul unreachable while seeking leadership: %s", exc)
+            self.leader.session = None
+            return False
+
+    @backoff(max_wait=10.0, attempts=3, what="reconcile")
+    def _reconcile(self) -> None:
+        if not self.stopping.is_set() and self.leader.is_leader.is_set():
+            self.gate.reconcile()
+
+    def stop(self) -> None:
+        self.stopping.set()

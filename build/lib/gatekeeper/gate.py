@@ -1,0 +1,139 @@
+"""The gate: test every new instance once, and keep each gate check equal to its verdict.
+
+Fail closed: an instance is admitted (gate check passing) only when a stored verdict for that
+very container says its tests passed. A gate found passing without such a verdict is reset.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Dict, Optional
+
+from catalog.consul_store import ConsulError
+from catalog.model import PASSED, TESTING, Instance, RegisteredInstance, Verdict
+from catalog.retry import TRANSIENT
+
+from .tester import DockerTester
+
+log = logging.getLogger(__name__)
+
+
+def instance_url(inst: Instance) -> str:
+    return f"http://{inst.address}:{inst.port}"
+
+
+class Gate:
+    def __init__(self, store, tester: DockerTester, parallel: int = 2,
+                 on_admitted: Optional[Callable[[Instance], None]] = None,
+                 reverify_every: float = 0.0,
+                 on_service: Optional[Callable[[str, list], None]] = None):
+        self.store, self.tester = store, tester
+        self.on_admitted = on_admitted or (lambda inst: None)
+        self.on_service = on_service or (lambda service, registered: None)
+        self.reverify_every = reverify_every
+        self.pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="test")
+        self.testing: Dict[str, str] = {}        # instance id -> container id under test
+        self.lock = threading.Lock()
+
+    def reconcile(self) -> None:
+        by_id = {}
+        for service, instances in self.store.all_instances().items():
+            for ri in instances:
+                by_id[ri.instance.id] = ri
+                self._reconcile_one(ri)
+            self.on_service(service, instances)
+        for iid in self.store.retest_requests():
+            ri = by_id.get(iid)
+            if ri is None:
+                self.store.clear_retest(iid)          # the instance is gone
+            elif not self._busy(ri.instance):
+                log.info("%s: retest requested", iid)
+                self._start_test(ri.instance, reverify=True)
+        if self.reverify_every > 0:
+            self._reverify_due(by_id.values())
+
+    def _reverify_due(self, registered) -> None:
+        now = time.time()
+        for ri in registered:
+            if not ri.admitted or self._busy(ri.instance):
+                continue
+            verdict = self.store.verdict(ri.instance.id)
+            if verdict and verdict.state == PASSED and now - verdict.finished >= self.reverify_every:
+                log.info("%s: re-verifying (last passed %.0f s ago)", ri.instance.id, now - verdict.finished)
+                self._start_test(ri.instance, reverify=True)
+
+    def _busy(self, inst: Instance) -> bool:
+        with self.lock:
+            return inst.id in self.testing
+
+    def _reconcile_one(self, ri: RegisteredInstance) -> None:
+        inst = ri.instance
+        with self.lock:
+            if self.testing.get(inst.id) == inst.container_id:
+                return
+        verdict = self.store.verdict(inst.id)
+        if verdict is None or not verdict.applies_to(inst) or not verdict.final:
+            if inst.docker_health and ri.checks.get(inst.docker_health_check_id) != "passing":
+                log.debug("%s: waiting for Docker to report the container healthy before testing", inst.id)
+                return
+            self._start_test(inst)             # new, replaced, or interrupted mid-test
+            return
+        passing = verdict.state == PASSED
+        if passing and ri.gate_status != "passing":
+            log.info("%s: re-applying stored verdict (passed: %s)", inst.id, verdict.summary)
+            self.store.set_gate(inst, True, verdict.summary)
+        elif not passing and ri.gate_status == "passing":
+            log.warning("%s: gate was passing against a %s verdict; closing it", inst.id, verdict.state)
+            self.store.set_gate(inst, False, f"{verdict.state}: {verdict.summary}")
+
+    def _start_test(self, inst: Instance, reverify: bool = False) -> None:
+        with self.lock:
+            self.testing[inst.id] = inst.container_id
+        self.pool.submit(self._test, inst, reverify)
+
+    def _test(self, inst: Instance, reverify: bool = False) -> None:
+        """Test one instance. A first test closes the gate while it runs; a re-verification of
+        a live instance leaves it serving until a failure takes it out."""
+        try:
+            image = inst.tests_image or self.store.default_tests_image(inst.service)
+            log.info("%s: %s %s %s with %s against %s", inst.id, "re-verifying" if reverify else "testing",
+                     inst.service, inst.version, image or "(none)", instance_url(inst))
+            self.tester.remove_leftovers(inst.id)     # a dead leader's run must not overlap ours
+            if not reverify:
+                self.store.put_verdict(Verdict(inst.id, inst.container_id, image, TESTING, f"testing with {image}"))
+                self.store.set_gate(inst, False, f"testing with {image or '(no tests image)'}")
+            res = self.tester.run(image, instance_url(inst), inst.id)
+            if res.aborted:
+                log.warning("%s: test run aborted (leadership lost); the next leader tests again", inst.id)
+                return
+            verdict = Verdict(inst.id, inst.container_id, image, res.state, res.summary,
+                              res.started, res.finished, res.log_tail)
+            self.store.put_verdict(verdict)
+            passed = res.state == PASSED
+            self.store.set_gate(inst, passed, res.summary if passed else f"{res.state}: {res.summary}")
+            if reverify:
+                self.store.clear_retest(inst.id)
+            log.info("%s: %s (%s) in %.1f s", inst.id, res.state, res.summary, verdict.duration)
+            if passed and not reverify:
+                # Only a first admission may change routing: a re-verified old version that
+                # is kept for rollback must not be promoted again.
+                self.on_admitted(inst)
+        except ConsulError as exc:
+            log.warning("%s: could not record the verdict (%s); the instance is probably gone", inst.id, exc)
+        except TRANSIENT as exc:
+            log.warning("%s: Consul unreachable while testing (%s); will test again", inst.id, exc)
+        except Exception:                           # a bug must not kill the worker silently
+            log.exception("%s: test run failed unexpectedly", inst.id)
+        finally:
+            with self.lock:
+                self.testing.pop(inst.id, None)
+
+    def abort_all(self) -> None:
+        """Leadership lost: stop every running test at once (the next leader retests)."""
+        self.tester.abort_all()
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.tester.abort_all()

@@ -1,0 +1,73 @@
+"""Leader election through a Consul session lock, so two gatekeeper daemons never both act.
+
+The leader holds `gatekeeper/leader` with a session (TTL 10 s, renewed every 3 s). When it dies
+the session expires, the lock is released, and after Consul's lock-delay the other daemon
+acquires it. A leader that cannot renew steps down at once.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+
+from catalog.consul_store import LEADER
+from catalog.retry import TRANSIENT
+
+log = logging.getLogger(__name__)
+
+
+class LeaderLock:
+    def __init__(self, store, identity: str = "", ttl: int = 10, lock_delay: int = 5):
+        self.store = store
+        self.identity = identity or f"gatekeeper@{socket.gethostname()}"
+        self.ttl, self.lock_delay = ttl, lock_delay
+        self.session = None
+        self.is_leader = threading.Event()
+        self.lost = threading.Event()
+
+    def try_acquire(self) -> bool:
+        """One attempt; True when this daemon now leads."""
+        if self.session is None:
+            self.session = self.store.session_create(self.identity, ttl=self.ttl, lock_delay=self.lock_delay)
+        try:
+            acquired = self.store.acquire(LEADER, self.session, self.identity)
+        except TRANSIENT:
+            self.session = None        # e.g. "invalid session" after a Consul restart: start afresh
+            raise
+        if acquired:
+            if not self.is_leader.is_set():
+                log.info("%s is now the leader", self.identity)
+            self.is_leader.set()
+            self.lost.clear()
+            return True
+        return False
+
+    def renew(self) -> bool:
+        """Keep the session alive; on failure step down (another daemon may take over)."""
+        if self.session is None:
+            return False
+        try:
+            ok = self.store.session_renew(self.session)
+        except TRANSIENT as exc:
+            log.warning("could not renew the leader session: %s", exc)
+            ok = False
+        if not ok:
+            self.step_down("session lost")
+        return ok
+
+    def step_down(self, why: str) -> None:
+        if self.is_leader.is_set():
+            log.warning("%s steps down: %s", self.identity, why)
+        self.is_leader.clear()
+        self.lost.set()
+        self.session = None
+
+    def release(self) -> None:
+        if self.session:
+            try:
+                self.store.release(LEADER, self.session)
+                self.store.session_destroy(self.session)
+            except TRANSIENT:
+                pass
+        self.is_leader.clear()
+        self.session = None

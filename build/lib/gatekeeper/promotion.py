@@ -1,0 +1,245 @@
+"""Routing-policy changes: automatic promotion after a pass, promote, and draining old versions.
+
+Policies live in Consul KV and are written with check-and-set, so two writers (the daemon and
+an operator, or two operators) never silently overwrite each other.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import replace
+from typing import Callable, Optional, Tuple
+
+import docker
+import docker.errors
+
+from catalog.model import AUTO, MANUAL, PASSED, Instance, RoutingPolicy
+from catalog.validation import InvalidValue
+
+log = logging.getLogger(__name__)
+
+
+class PromotionError(RuntimeError):
+    """A promotion request that cannot be carried out; the message says why and what to do."""
+
+
+class Conflict(PromotionError):
+    pass
+
+
+def update_policy(store, service: str, change: Callable[[RoutingPolicy], Optional[RoutingPolicy]],
+                  attempts: int = 5) -> Optional[RoutingPolicy]:
+    """Read-modify-write with check-and-set; `change` returns None for "nothing to do"."""
+    for _ in range(attempts):
+        cas, current = store.policy(service)
+        new = change(current or RoutingPolicy(service=service))
+        if new is None:
+            return current
+        new = replace(new, updated=time.time())
+        if store.put_policy(new, cas):
+            return new
+    raise Conflict(f"the routing policy of {service} kept changing under us; try again")
+
+
+class Promoter:
+    """Acts on admitted instances: auto mode makes a passed version stable and drains the rest."""
+
+    def __init__(self, store, docker_client: Optional[docker.DockerClient] = None,
+                 drain_seconds: float = 10.0, stop_old: bool = True, unhealthy_grace: float = 10.0):
+        self.store = store
+        self.unhealthy_grace = unhealthy_grace
+        self.unhealthy_since: dict = {}          # service -> when its canary was first seen unhealthy
+        self.docker = docker_client
+        self.drain_seconds = drain_seconds
+        self.stop_old = stop_old
+
+    def admitted(self, inst: Instance) -> None:
+        try:
+            before = self.store.policy(inst.service)[1]
+        except InvalidValue as exc:
+            log.error("%s: routing policy is invalid (%s); not promoting until it is fixed", inst.service, exc)
+            return
+        mode = before.mode if before else AUTO
+
+        def change(p: RoutingPolicy) -> Optional[RoutingPolicy]:
+            if p.stable == inst.version or p.canary == inst.version:
+                return None
+            if p.mode == MANUAL and p.stable:
+                return replace(p, canary=inst.version, weight=0)
+            return p.promoted(inst.version)
+
+        after = update_policy(self.store, inst.service, change)
+        if after is None or (before and after.stable == before.stable and after.canary == before.canary):
+            return
+        if mode == MANUAL and before and before.stable:
+            log.info("%s: %s passed and is now the canary (weight 0); `gatekeeper promote %s` to make it stable",
+                     inst.service, inst.version, inst.service)
+            self.store.add_history(inst.service, "canary", version=inst.version, by="gatekeeper")
+            return
+        log.info("%s: %s passed and is now stable (was %s)", inst.service, inst.version,
+                 before.stable if before and before.stable else "none")
+        self.store.add_history(inst.service, "promoted", version=inst.version,
+                       previous=before.stable if before else "", by="gatekeeper (auto)")
+        self.drain_later(inst.service, inst.version)
+
+    def check_canary(self, service: str, registered) -> None:
+        """Auto-abort a canary none of whose instances is healthy any more: at once when every
+        one failed its re-verification, after `unhealthy_grace` seconds when health checks fail
+        (a single stale read of the catalog must not abort a healthy canary)."""
+        try:
+            policy = self.store.policy(service)[1]
+        except InvalidValue:
+            return
+        canary = [ri for ri in registered if policy and ri.instance.version == policy.canary]
+        if not policy or not policy.canary or not canary or any(ri.admitted for ri in canary):
+            self.unhealthy_since.pop(service, None)
+            return
+        verdicts = [self.store.verdict(ri.instance.id) for ri in canary]
+        all_failed = all(v is not None and v.applies_to(ri.instance) and v.final and v.state != PASSED
+                         for ri, v in zip(canary, verdicts))
+        since = self.unhealthy_since.setdefault(service, time.monotonic())
+        if not all_failed and time.monotonic() - since < self.unhealthy_grace:
+            return
+        reasons = sorted({f"{ri.instance.id}: " + ", ".join(f"{c} {st}" for c, st in ri.checks.items() if st != "passing")
+                          for ri in canary})
+        log.warning("%s: canary %s has no healthy instance left; aborting it", service, policy.canary)
+        self.unhealthy_since.pop(service, None)
+        try:
+            abort(self.store, service, why="no healthy canary instance: " + "; ".join(reasons)[:300],
+                  by="gatekeeper (auto-rollback)")
+        except PromotionError:
+            pass
+
+    def drain_later(self, service: str, stable: str) -> None:
+        """After the drain period, stop the containers of admitted instances of other versions."""
+        if not self.stop_old or self.docker is None:
+            return
+        t = threading.Timer(self.drain_seconds, self._stop_old, args=(service, stable))
+        t.daemon = True
+        t.start()
+
+    def _stop_old(self, service: str, stable: str) -> None:
+        try:
+            _, policy = self.store.policy(service)
+            if policy is None or policy.stable != stable:
+                return                                  # promoted again meanwhile
+            for ri in self.store.instances(service):
+                inst = ri.instance
+                if inst.version in (policy.stable, policy.canary):
+                    continue
+                verdict = self.store.verdict(inst.id)
+                if not verdict or verdict.state != PASSED or not verdict.applies_to(inst):
+                    continue                            # failed builds stay up for inspection
+                try:
+                    self.docker.containers.get(inst.container_id).stop(timeout=10)
+                    log.info("%s: stopped %s (%s) after draining", service, inst.container_name, inst.version)
+                except docker.errors.NotFound:
+                    pass
+        except Exception:
+            log.exception("%s: stopping old instances failed", service)
+
+
+# --- operator commands: each returns the new policy and a sentence that explains it ----------
+
+PROMOTE_STEPS = (25, 50, 100)
+
+
+def _policy_or_error(store, service: str) -> RoutingPolicy:
+    try:
+        policy = store.policy(service)[1]
+    except InvalidValue as exc:
+        raise PromotionError(f"the routing policy of {service} is invalid ({exc}); fix or delete "
+                             f"gatekeeper/policies/{service} in Consul KV") from None
+    if policy is None:
+        raise PromotionError(f"unknown service {service!r}: it has no routing policy yet "
+                             "(a service gets one when its first instance passes its tests)")
+    return policy
+
+
+def _admitted_versions(store, service: str) -> set:
+    return {ri.instance.version for ri in store.instances(service) if ri.admitted}
+
+
+def promote(store, service: str, full: bool = False) -> Tuple[RoutingPolicy, str]:
+    """Next step of the canary (25 % -> 50 % -> stable), or straight to stable with `full`."""
+    before = _policy_or_error(store, service)
+
+    def change(p: RoutingPolicy) -> RoutingPolicy:
+        if not p.canary:
+            raise PromotionError(f"{service} has no canary to promote (stable is {p.stable or 'not set'}); "
+                                 "a canary appears when a new version passes its tests in manual mode")
+        nxt = next((s for s in PROMOTE_STEPS if s > p.weight), 100)
+        if full or nxt >= 100:
+            return p.promoted(p.canary)
+        return replace(p, weight=nxt)
+
+    after = update_policy(store, service, change)
+    if after.stable != before.stable:
+        store.add_history(service, "promoted", version=after.stable, previous=before.stable, by="operator")
+        return after, (f"{service}: {after.stable} is now stable and takes all traffic "
+                       f"({before.stable or 'nothing'} is kept as the rollback target)")
+    store.add_history(service, "weight", version=after.canary, weight=after.weight, by="operator (promote)")
+    return after, (f"{service}: canary {after.canary} now takes {after.weight}% of traffic; "
+                   f"promote again for the next step, or --full for all of it")
+
+
+def set_weight(store, service: str, weight: int) -> Tuple[RoutingPolicy, str]:
+    if not 0 <= weight <= 100:
+        raise InvalidValue("weight", weight, "a whole number from 0 to 100")
+    _policy_or_error(store, service)
+
+    def change(p: RoutingPolicy) -> RoutingPolicy:
+        if not p.canary:
+            raise PromotionError(f"{service} has no canary; a weight applies to a canary only")
+        return replace(p, weight=weight)
+
+    after = update_policy(store, service, change)
+    store.add_history(service, "weight", version=after.canary, weight=weight, by="operator")
+    return after, f"{service}: canary {after.canary} takes {weight}% of traffic, stable {after.stable} the rest"
+
+
+def abort(store, service: str, why: str = "", by: str = "operator") -> Tuple[RoutingPolicy, str]:
+    before = _policy_or_error(store, service)
+
+    def change(p: RoutingPolicy) -> RoutingPolicy:
+        if not p.canary:
+            raise PromotionError(f"{service} has no canary to abort; stable {p.stable} serves all traffic")
+        return replace(p, canary="", weight=0)
+
+    after = update_policy(store, service, change)
+    store.add_history(service, "aborted", version=before.canary, by=by, **({"reason": why} if why else {}))
+    return after, (f"{service}: canary {before.canary} aborted{' (' + why + ')' if why else ''}; "
+                   f"stable {after.stable} serves all traffic. {before.canary}'s instances keep running "
+                   "but get no requests")
+
+
+def rollback(store, service: str) -> Tuple[RoutingPolicy, str]:
+    before = _policy_or_error(store, service)
+    if not before.previous:
+        raise PromotionError(f"{service} has no previous stable version to roll back to")
+    if before.previous not in _admitted_versions(store, service):
+        raise PromotionError(
+            f"cannot roll {service} back to {before.previous}: it has no admitted instance "
+            "(its containers were stopped after draining?). Deploy it again, or run gatekeeper "
+            "with --keep-old so old versions stay ready for rollback")
+
+    def change(p: RoutingPolicy) -> RoutingPolicy:
+        return replace(p, stable=p.previous, previous=p.stable, canary="", weight=0)
+
+    after = update_policy(store, service, change)
+    store.add_history(service, "rolled back", version=after.stable, previous=before.stable, by="operator")
+    return after, f"{service}: rolled back to {after.stable}; {before.stable} gets no more traffic"
+
+
+def set_mode(store, service: str, mode: str) -> Tuple[RoutingPolicy, str]:
+    if mode not in (AUTO, MANUAL):
+        raise InvalidValue("mode", mode, "'auto' or 'manual'")
+    known = store.policy(service)[1] is not None or bool(store.instances(service))
+    if not known:
+        raise PromotionError(f"unknown service {service!r}: no instance and no policy")
+    after = update_policy(store, service, lambda p: replace(p, mode=mode))
+    store.add_history(service, "mode", mode=mode, by="operator")
+    explain = ("a new version that passes becomes stable at once and old ones drain" if mode == AUTO else
+               "a new version that passes becomes a canary at 0%; `gatekeeper promote` moves it on")
+    return after, f"{service}: mode {mode}: {explain}"

@@ -1,0 +1,58 @@
+"""`gatekeeper wait SERVICE --version V`: block until V is admitted and routed, or failed.
+
+For CD jobs: prints a progress line at each change; exit 0 when V passed its tests and the
+routing policy serves it (stable, or canary in manual mode), 1 when its tests failed,
+2 when the time ran out first.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Optional
+
+from catalog.model import ERROR, FAILED, PASSED
+from catalog.validation import InvalidValue
+
+WAIT_OK, WAIT_FAILED, WAIT_TIMEOUT = 0, 1, 2
+
+
+def wait_for_version(store, service: str, version: str, timeout: float,
+                     say: Callable[[str], None] = print, poll: float = 0.25) -> int:
+    deadline = time.monotonic() + timeout
+    last: Optional[str] = None
+
+    def progress(line: str) -> None:
+        nonlocal last
+        if line != last:
+            say(line)
+            last = line
+
+    while True:
+        instances = [ri for ri in store.instances(service) if ri.instance.version == version]
+        verdicts = [store.verdict(ri.instance.id) for ri in instances]
+        verdicts = [v for ri, v in zip(instances, verdicts) if v and v.applies_to(ri.instance)]
+        try:
+            policy = store.policy(service)[1]
+        except InvalidValue:
+            policy = None
+        passed = [v for v in verdicts if v.state == PASSED]
+        failed = [v for v in verdicts if v.state in (FAILED, ERROR)]
+        routed = policy is not None and version in (policy.stable, policy.canary)
+        if not instances:
+            progress(f"{service} {version}: waiting for an instance to be registered")
+        elif passed and routed:
+            role = "stable" if policy.stable == version else f"canary ({policy.weight}%)"
+            say(f"{service} {version}: admitted and {role}: {passed[0].summary}")
+            return WAIT_OK
+        elif failed and not passed:
+            say(f"{service} {version}: tests {failed[0].state}: {failed[0].summary}")
+            return WAIT_FAILED
+        elif passed:
+            progress(f"{service} {version}: tests passed ({passed[0].summary}); waiting for the routing policy")
+        elif verdicts:
+            progress(f"{service} {version}: {len(instances)} instance(s), tests running")
+        else:
+            progress(f"{service} {version}: {len(instances)} instance(s) registered, awaiting tests")
+        if time.monotonic() >= deadline:
+            say(f"{service} {version}: timed out after {timeout:.0f} s ({last})")
+            return WAIT_TIMEOUT
+        time.sleep(poll)

@@ -1,0 +1,125 @@
+"""nginx control: validate a candidate config, swap it in atomically, reload gracefully."""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+from typing import Optional
+
+from .render import config_version
+
+log = logging.getLogger(__name__)
+
+
+class NginxError(RuntimeError):
+    """nginx refused a config or could not be signalled; the message carries nginx's words."""
+
+
+class ReloadError(NginxError):
+    """`nginx -t` accepted the config but the reload did not take effect; the old one was restored."""
+
+
+def find_nginx() -> str:
+    return shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+class Nginx:
+    def __init__(self, prefix: str, binary: Optional[str] = None, listen: str = "",
+                 reload_timeout: float = 5.0):
+        self.prefix = Path(prefix).resolve()
+        self.binary = binary or find_nginx()
+        self.listen = listen                  # where to ask which config the workers run
+        self.reload_timeout = reload_timeout
+        self.conf = self.prefix / "nginx.conf"
+        self.pid_file = self.prefix / "nginx.pid"
+        for d in ("logs", "tmp"):
+            (self.prefix / d).mkdir(parents=True, exist_ok=True)
+
+    def current(self) -> Optional[str]:
+        try:
+            return self.conf.read_text()
+        except FileNotFoundError:
+            return None
+
+    def validate(self, text: str) -> Path:
+        """Write `text` beside the live config and run `nginx -t` on it; return the temp path."""
+        candidate = self.prefix / f".nginx.conf.{os.getpid()}.tmp"
+        candidate.write_text(text)
+        proc = subprocess.run([self.binary, "-t", "-q", "-p", str(self.prefix), "-c", str(candidate)],
+                              capture_output=True, text=True, timeout=30)
+        if proc.returncode != 0:
+            candidate.unlink(missing_ok=True)
+            raise NginxError((proc.stderr or proc.stdout).strip() or f"nginx -t exited {proc.returncode}")
+        return candidate
+
+    def swap(self, candidate: Path) -> None:
+        os.replace(candidate, self.conf)          # atomic: readers see old or new, never half
+
+    def master_pid(self) -> Optional[int]:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+            os.kill(pid, 0)
+            return pid
+        except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+            return None
+
+    def reload(self) -> bool:
+        """SIGHUP the master: new workers take the new config, old ones finish their requests.
+        Returns False when no nginx runs (the config will be read when it starts)."""
+        pid = self.master_pid()
+        if pid is None:
+            log.warning("nginx is not running (no live pid in %s); config written for its next start", self.pid_file)
+            return False
+        os.kill(pid, signal.SIGHUP)
+        return True
+
+    def apply(self, text: str) -> bool:
+        """Validate, swap and reload when `text` differs from the live config. True if changed.
+        A reload that does not take effect (nginx -t cannot see a port already in use, say) is
+        detected through the config-version endpoint and the previous config is put back."""
+        previous = self.current()
+        if text == previous:
+            return False
+        self.swap(self.validate(text))
+        if self.reload() and not self.serves(config_version(text)):
+            errors = self.error_log_tail()
+            if previous is not None:
+                candidate = self.prefix / f".nginx.conf.{os.getpid()}.revert"
+                candidate.write_text(previous)
+                self.swap(candidate)
+                self.reload()
+            raise ReloadError(f"nginx did not take the new config within {self.reload_timeout:.0f} s; "
+                              f"the previous one is back. nginx said: {errors or '(nothing in error.log)'}")
+        return True
+
+    def served_version(self) -> str:
+        if not self.listen:
+            return ""
+        try:
+            with urllib.request.urlopen(f"http://{self.listen}/__proxystack/config-version", timeout=1) as r:
+                return r.read().decode().strip()
+        except (OSError, ValueError):
+            return ""
+
+    def serves(self, version: str) -> bool:
+        """Wait until the workers answer with `version` (True), or the reload timeout (False)."""
+        if not self.listen or not version:
+            return True
+        deadline = time.monotonic() + self.reload_timeout
+        while time.monotonic() < deadline:
+            if self.served_version() == version:
+                return True
+            time.sleep(0.01)
+        return False
+
+    def error_log_tail(self, lines: int = 3) -> str:
+        try:
+            text = (self.prefix / "logs" / "error.log").read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return " | ".join(l.strip() for l in text.splitlines()[-lines:] if l.strip())

@@ -1,0 +1,70 @@
+"""Read-only status endpoint on a loopback admin port.
+
+  GET /status            config version (rendered and served), reloads, last reload, errors
+  GET /services          every routed service
+  GET /services/NAME     one service's route: versions, servers, 503 or not
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+
+def parse_loopback(address: str):
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        if not ipaddress.ip_address(host).is_loopback:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"the admin address must be on loopback (127.0.0.0/8 or ::1), got {address!r}") from None
+    if not port.isdigit():
+        raise ValueError(f"the admin address must be HOST:PORT, got {address!r}")
+    return host, int(port)
+
+
+def serve_status(address: str, status: Callable[[], dict]) -> ThreadingHTTPServer:
+    """Start the endpoint on a daemon thread; `status()` is called per request."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            data = status()
+            path = self.path.split("?", 1)[0].rstrip("/")
+            if path in ("", "/status"):
+                self._send(200, data)
+            elif path == "/services":
+                self._send(200, data["services"])
+            elif path.startswith("/services/") and path.count("/") == 2:
+                name = path.rsplit("/", 1)[1]
+                if name in data["services"]:
+                    self._send(200, data["services"][name])
+                elif name in data["service_errors"]:
+                    self._send(200, {"service": name, "error": data["service_errors"][name]})
+                else:
+                    self._send(404, {"error": f"no service {name!r} is routed", "status": 404})
+            else:
+                self._send(404, {"error": "unknown path; try /status, /services or /services/NAME", "status": 404})
+
+        def do_POST(self):
+            self._send(405, {"error": "read-only endpoint", "status": 405})
+
+        do_PUT = do_DELETE = do_PATCH = do_POST
+
+        def _send(self, code, body):
+            raw = (json.dumps(body, indent=2, sort_keys=True) + "\n").encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(parse_loopback(address), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="status", daemon=True).start()
+    return server

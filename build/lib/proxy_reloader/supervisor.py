@@ -1,0 +1,78 @@
+"""`--exec` mode: proxy-reloader runs nginx as its own child, like consul-template's exec.
+
+nginx runs in the foreground (`daemon off`), is restarted with back-off if it dies, and is
+asked to finish gracefully (SIGQUIT) when proxy-reloader stops.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+
+from .nginx import Nginx
+
+log = logging.getLogger(__name__)
+
+
+class NginxChild:
+    def __init__(self, nginx: Nginx):
+        self.nginx = nginx
+        self.proc = None
+        self.stopping = threading.Event()
+        self.restarts = 0
+
+    def start(self) -> None:
+        self._spawn()
+        threading.Thread(target=self._watch, name="nginx-child", daemon=True).start()
+
+    def _spawn(self) -> None:
+        # Its own process group: if the master dies, its orphaned workers (still holding the
+        # listening socket) can be found and told to finish, and nothing else is touched.
+        self.proc = subprocess.Popen([self.nginx.binary, "-p", str(self.nginx.prefix), "-c", str(self.nginx.conf),
+                                      "-g", "daemon off;"], stdin=subprocess.DEVNULL, start_new_session=True)
+        log.info("nginx started as a child (pid %d)", self.proc.pid)
+
+    def _finish_orphans(self, pgid: int, timeout: float = 10.0) -> None:
+        """Workers outlive a killed master and keep the port: ask them to finish (SIGQUIT)."""
+        try:
+            os.killpg(pgid, signal.SIGQUIT)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def _watch(self) -> None:
+        delay = 0.5
+        while not self.stopping.is_set():
+            code = self.proc.wait()
+            if self.stopping.is_set():
+                return
+            log.error("nginx exited unexpectedly (code %s); restarting in %.1f s", code, delay)
+            self._finish_orphans(self.proc.pid)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+            self.restarts += 1
+            self._spawn()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.stopping.set()
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)       # finish in-flight requests, then exit
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        if self.proc:
+            self._finish_orphans(self.proc.pid)

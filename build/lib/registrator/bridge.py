@@ -1,0 +1,115 @@
+"""Keeps the registry in step with Docker: add on start, remove on stop, full sync on demand.
+
+The registry is anything with register / deregister / local_instances / record_rejection:
+`catalog.consul_store.ConsulStore` in production, an in-memory one in unit tests.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from typing import Dict, List, Protocol
+
+from catalog.model import Instance
+
+from .docker_source import Container
+from .translate import Rejected, Settings, instances_for
+
+log = logging.getLogger(__name__)
+
+
+class Registry(Protocol):
+    def register(self, inst: Instance) -> None: ...
+    def deregister(self, instance_id: str) -> None: ...
+    def local_instances(self, registered_by: str) -> Dict[str, Instance]: ...
+    def record_rejection(self, container_name: str, reason: str) -> None: ...
+    def set_docker_health(self, inst: Instance, status: str) -> None: ...
+
+
+class Docker(Protocol):
+    def inspect(self, container_id: str): ...
+    def running_ids(self) -> List[str]: ...
+
+
+def same_registration(a: Instance, b: Instance) -> bool:
+    """Equal as Consul stores them (the health check definition is not read back)."""
+    return replace(a, health_check=None) == replace(b, health_check=None)
+
+
+class Bridge:
+    def __init__(self, registry: Registry, docker: Docker, settings: Settings):
+        self.registry, self.docker, self.settings = registry, docker, settings
+        self.known: Dict[str, Instance] = {}       # instance id -> what we registered
+        self.health: Dict[str, str] = {}           # container id -> Docker health last mirrored
+
+    def add(self, container_id: str) -> None:
+        container = self.docker.inspect(container_id)
+        if container is None or not container.running:
+            self.remove(container_id)
+            return
+        for inst in self._wanted(container):
+            self._ensure(inst)
+        if container.health is not None:
+            self.health_changed(container_id, container.health)
+
+    def health_changed(self, container_id: str, status: str) -> None:
+        """Docker's health_status: only a healthy container's instances can be admitted."""
+        instances = [i for i in self.known.values() if i.container_id == container_id and i.docker_health]
+        if not instances or self.health.get(container_id) == status:
+            return
+        for inst in instances:
+            self.registry.set_docker_health(inst, status)
+        self.health[container_id] = status
+        log.info("container %s is %s: %s", instances[0].container_name, status,
+                 "may be admitted" if status == "healthy" else "out of traffic")
+
+    def remove(self, container_id: str, why: str = "stopped") -> None:
+        for iid in [i for i, inst in self.known.items() if inst.container_id == container_id]:
+            self.registry.deregister(iid)
+            inst = self.known.pop(iid)
+            log.info("deregistered %s (container %s %s)", iid, inst.container_name, why)
+        self.health.pop(container_id, None)
+
+    def sync(self) -> None:
+        """Make the registry match the running containers: add missing, drop stale, keep equal."""
+        started = time.monotonic()
+        existing = self.registry.local_instances(self.settings.registered_by)
+        wanted: Dict[str, Instance] = {}
+        health: Dict[str, str] = {}
+        for cid in self.docker.running_ids():
+            container = self.docker.inspect(cid)
+            if container is not None:
+                for inst in self._wanted(container):
+                    wanted[inst.id] = inst
+                if container.health is not None:
+                    health[cid] = container.health
+        self.known = dict(existing)
+        for iid in sorted(set(existing) - set(wanted)):
+            self.registry.deregister(iid)
+            self.known.pop(iid, None)
+            log.info("deregistered %s (its container is gone)", iid)
+        for inst in wanted.values():
+            self._ensure(inst)
+        self.health = {cid: h for cid, h in self.health.items() if cid in health}
+        for cid, status in health.items():
+            self.health_changed(cid, status)
+        log.info("sync: %d instance(s) registered, %d stale removed in %.2f s", len(wanted),
+                 len(set(existing) - set(wanted)), time.monotonic() - started)
+
+    def _wanted(self, container: Container) -> List[Instance]:
+        try:
+            return instances_for(container, self.settings)
+        except Rejected as exc:
+            log.error("%s", exc)
+            self.registry.record_rejection(container.name, str(exc))
+            return []
+
+    def _ensure(self, inst: Instance) -> None:
+        """Register unless an equal registration exists: no needless re-registration, no flap."""
+        current = self.known.get(inst.id)
+        if current is not None and same_registration(current, inst):
+            return
+        self.registry.register(inst)
+        self.known[inst.id] = inst
+        log.info("registered %s as %s %s at %s:%d", inst.id, inst.service, inst.version,
+                 inst.address, inst.port)

@@ -1,0 +1,118 @@
+"""The Docker side of registrator: container details and the event stream, as plain values."""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple
+
+import docker
+import docker.errors
+import requests
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PublishedPort:
+    container_port: int
+    protocol: str
+    host_ip: str
+    host_port: int
+
+
+@dataclass(frozen=True)
+class Container:
+    id: str
+    name: str
+    image: str
+    running: bool
+    labels: Dict[str, str] = field(default_factory=dict)
+    env: Dict[str, str] = field(default_factory=dict)
+    ports: Tuple[PublishedPort, ...] = ()
+    exposed: Tuple[int, ...] = ()          # container ports (tcp) the image exposes
+    internal_ip: str = ""
+    health: Optional[str] = None           # None: no HEALTHCHECK; else starting|healthy|unhealthy
+
+
+@dataclass(frozen=True)
+class ContainerEvent:
+    action: str            # start, die, stop, kill, destroy, health_status, ...
+    container_id: str
+    attributes: Dict[str, str] = field(default_factory=dict)
+    detail: str = ""       # after the colon: "healthy" in "health_status: healthy"
+
+
+def container_from_inspect(data: dict) -> Container:
+    cfg = data.get("Config") or {}
+    env = {}
+    for item in cfg.get("Env") or []:
+        key, _, value = item.partition("=")
+        env[key] = value
+    ports = []
+    for spec, bindings in ((data.get("NetworkSettings") or {}).get("Ports") or {}).items():
+        cport, _, proto = spec.partition("/")
+        for b in bindings or []:
+            if ":" in (b.get("HostIp") or ""):       # the IPv6 twin of an IPv4 binding
+                continue
+            ports.append(PublishedPort(int(cport), proto or "tcp", b.get("HostIp") or "", int(b["HostPort"])))
+            break
+    state = data.get("State") or {}
+    net = data.get("NetworkSettings") or {}
+    internal_ip = net.get("IPAddress") or next(
+        (n.get("IPAddress") for n in (net.get("Networks") or {}).values() if n.get("IPAddress")), "")
+    exposed = sorted(int(spec.partition("/")[0]) for spec in (cfg.get("ExposedPorts") or {})
+                     if spec.endswith("/tcp") or "/" not in spec)
+    test = (cfg.get("Healthcheck") or {}).get("Test") or []
+    health = None
+    if test and test[0] != "NONE":
+        health = (state.get("Health") or {}).get("Status") or "starting"
+    return Container(
+        id=data["Id"], name=data["Name"].lstrip("/"), image=cfg.get("Image", ""),
+        running=bool(state.get("Running")),
+        labels=dict(cfg.get("Labels") or {}), env=env,
+        ports=tuple(sorted(ports, key=lambda p: (p.container_port, p.protocol))),
+        exposed=tuple(exposed), internal_ip=internal_ip, health=health,
+    )
+
+
+class DockerSource:
+    """Narrow Docker interface: inspect, running containers, events."""
+
+    def __init__(self, base_url: Optional[str] = None, timeout: float = 10.0):
+        kwargs = {"timeout": timeout}
+        self.client = docker.DockerClient(base_url=base_url, **kwargs) if base_url else docker.from_env(**kwargs)
+        self.api = self.client.api
+
+    def ping(self) -> bool:
+        return self.api.ping()
+
+    def inspect(self, container_id: str) -> Optional[Container]:
+        """The container, or None when it is already gone (a --rm container, say)."""
+        try:
+            return container_from_inspect(self.api.inspect_container(container_id))
+        except docker.errors.NotFound:
+            return None
+
+    def running_ids(self) -> List[str]:
+        return [c["Id"] for c in self.api.containers(quiet=True)]
+
+    def stream_events(self, on_event: Callable[[ContainerEvent], None], ready: threading.Event,
+                      stop: threading.Event) -> None:
+        """Deliver container events until the stream ends; `ready` is set once subscribed."""
+        stream = self.api.events(decode=True, filters={"type": "container"})
+        ready.set()
+        try:
+            for ev in stream:
+                if stop.is_set():
+                    break
+                actor = ev.get("Actor") or {}
+                action, _, detail = (ev.get("Action") or ev.get("status") or "").partition(":")
+                on_event(ContainerEvent(action.strip(), actor.get("ID") or ev.get("id", ""),
+                                        dict(actor.get("Attributes") or {}), detail.strip()))
+        finally:
+            stream.close()
+
+
+DOCKER_ERRORS = (docker.errors.APIError, requests.ConnectionError, requests.Timeout,
+                 ConnectionError)

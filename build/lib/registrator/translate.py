@@ -1,0 +1,171 @@
+"""One container -> the Consul instances it should have, every label checked on the way.
+
+Conventions follow gliderlabs/registrator (labels, or the same names as environment
+variables; labels win): SERVICE_NAME, SERVICE_<port>_NAME, SERVICE_TAGS, SERVICE_IGNORE,
+SERVICE_<port>_IGNORE, SERVICE_CHECK_HTTP or SERVICE_CHECK_TCP (+ _INTERVAL, _TIMEOUT); other
+SERVICE_* keys become metadata. Ours: gatekeeper.tests, gatekeeper.version, proxy.path, proxy.host.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Dict, List
+
+from catalog import validation as v
+from catalog.model import HealthCheck, Instance
+
+from .docker_source import Container
+
+log = logging.getLogger(__name__)
+
+SECRET = re.compile(r"PASSWORD|TOKEN|SECRET|KEY|CREDENTIAL", re.I)
+_RESERVED = {"NAME", "TAGS", "IGNORE", "ID", "CHECK_HTTP", "CHECK_TCP", "CHECK_INTERVAL", "CHECK_TIMEOUT"}
+_PORT_KEY = re.compile(r"SERVICE_(\d+)_(.+)")
+
+
+@dataclass(frozen=True)
+class Settings:
+    hostname: str                 # first part of every instance id
+    address: str = "127.0.0.1"    # advertised address of published ports
+    registered_by: str = "registrator"
+    explicit: bool = False        # only containers with SERVICE_NAME
+    filter_label: str = ""        # KEY=VALUE: only containers carrying this label
+    exclude_labels: tuple = ()    # containers carrying any of these label keys are skipped
+    internal: bool = False        # register the container's own address and exposed ports
+
+
+class Rejected(Exception):
+    """The container is not registered; `str()` names the container, the label and the rule."""
+
+    def __init__(self, container: Container, label: str, reason: str):
+        self.container, self.label, self.reason = container, label, reason
+        super().__init__(f"container {container.name} ({container.id[:12]}) not registered: "
+                         f"label {label}: {reason}")
+
+
+def merged_config(c: Container) -> Dict[str, str]:
+    """Environment first, labels over it: registrator's precedence."""
+    cfg = {k: val for k, val in c.env.items() if k.startswith("SERVICE_")}
+    cfg.update(c.labels)
+    return cfg
+
+
+def image_version(image: str) -> str:
+    """The tag of an image reference ('demo:v2' -> 'v2'), 'latest' when there is none."""
+    name = image.split("@", 1)[0]
+    last = name.rsplit("/", 1)[-1]
+    return last.split(":", 1)[1] if ":" in last else "latest"
+
+
+def selected(c: Container, s: Settings) -> bool:
+    if any(key in c.labels for key in s.exclude_labels):
+        return False
+    if s.filter_label:
+        key, _, want = s.filter_label.partition("=")
+        if c.labels.get(key) != want:
+            return False
+    return True
+
+
+def instances_for(c: Container, s: Settings) -> List[Instance]:
+    """The instances `c` should have (possibly none); raises Rejected on any invalid value."""
+    if not c.running or not selected(c, s):
+        return []
+    cfg = merged_config(c)
+    if cfg.get("SERVICE_IGNORE"):
+        return []
+    base_name = cfg.get("SERVICE_NAME")
+    if s.explicit and not base_name:
+        return []
+    endpoints = _endpoints(c, s)
+    for key in cfg:
+        m = _PORT_KEY.fullmatch(key)
+        if m and int(m.group(1)) not in {cport for cport, _, _ in endpoints}:
+            raise Rejected(c, key, f"port {m.group(1)} is not {'exposed' if s.internal else 'published'} "
+                                   f"by the container (it has {sorted(p for p, _, _ in endpoints) or 'none'})")
+    endpoints = [e for e in endpoints if not cfg.get(f"SERVICE_{e[0]}_IGNORE")]
+    if not endpoints:
+        log.log(logging.INFO if base_name else logging.DEBUG,
+                "container %s (%s) has no %s port; not registered%s", c.name, c.id[:12],
+                "exposed" if s.internal else "published",
+                "" if s.internal else " (publish one with -p or -P, or run registrator with --internal)")
+        return []
+    try:
+        return [_instance(c, s, cfg, e, base_name, len(endpoints) > 1) for e in endpoints]
+    except v.InvalidValue as exc:
+        raise Rejected(c, exc.field, f"{exc.value!r} must be {exc.rule}") from None
+
+
+def _endpoints(c: Container, s: Settings):
+    """(container port, address, port) per endpoint to register."""
+    if s.internal:
+        return [(p, c.internal_ip, p) for p in c.exposed] if c.internal_ip else []
+    return [(p.container_port, s.address, p.host_port) for p in c.ports]
+
+
+def _instance(c, s, cfg, endpoint, base_name, several) -> Instance:
+    container_port, address, port = endpoint
+    per_port = cfg.get(f"SERVICE_{container_port}_NAME")
+    if per_port:
+        name = per_port
+        field = f"SERVICE_{container_port}_NAME"
+    else:
+        name = base_name or image_name(c.image)
+        if several:
+            name = f"{name}-{container_port}"
+        field = "SERVICE_NAME"
+    v.check(field, name, "service")
+    v.check("container name", c.name, "container_name")
+    version = cfg.get("gatekeeper.version") or image_version(c.image)
+    v.check("gatekeeper.version" if "gatekeeper.version" in cfg else "image tag", version, "version")
+    tests = cfg.get("gatekeeper.tests", "")
+    if tests:
+        v.check("gatekeeper.tests", tests, "image")
+    v.check("image", c.image, "image")
+    path = cfg.get("proxy.path", "")
+    if path:
+        v.check("proxy.path", path, "proxy_path")
+    host = cfg.get("proxy.host", "")
+    if host:
+        v.check("proxy.host", host, "proxy_host")
+    tags = tuple(sorted({t.strip() for t in cfg.get("SERVICE_TAGS", "").split(",") if t.strip()}))
+    for t in tags:
+        v.check("SERVICE_TAGS", t, "tag")
+    return Instance(
+        id=f"{s.hostname}:{c.name}:{container_port}",
+        service=name, address=v.check("address", address), port=port, version=version,
+        container_id=c.id, container_name=c.name, image=c.image, registered_by=s.registered_by,
+        tests_image=tests, proxy_path=path or f"/{name}/", proxy_host=host, tags=tags,
+        extra_meta=_extra_meta(cfg), health_check=_health_check(cfg),
+        docker_health=c.health is not None)
+
+
+def _health_check(cfg: Dict[str, str]):
+    timing = dict(
+        interval=v.check("SERVICE_CHECK_INTERVAL", cfg.get("SERVICE_CHECK_INTERVAL", "5s"), "duration"),
+        timeout=v.check("SERVICE_CHECK_TIMEOUT", cfg.get("SERVICE_CHECK_TIMEOUT", "2s"), "duration"))
+    if cfg.get("SERVICE_CHECK_HTTP"):
+        return HealthCheck("http", v.check("SERVICE_CHECK_HTTP", cfg["SERVICE_CHECK_HTTP"], "check_path"), **timing)
+    if cfg.get("SERVICE_CHECK_TCP"):
+        if cfg["SERVICE_CHECK_TCP"].lower() not in ("true", "1", "yes"):
+            raise v.InvalidValue("SERVICE_CHECK_TCP", cfg["SERVICE_CHECK_TCP"], "true (connect to the instance's port)")
+        return HealthCheck("tcp", **timing)
+    return None
+
+
+def _extra_meta(cfg: Dict[str, str]):
+    meta = {}
+    for key, value in cfg.items():
+        if not key.startswith("SERVICE_") or _PORT_KEY.fullmatch(key):
+            continue
+        short = key[len("SERVICE_"):]
+        if short in _RESERVED or SECRET.search(short):
+            continue
+        meta[v.check(key, short.lower(), "meta_key")] = v.check(key, value, "meta_value")
+    return tuple(sorted(meta.items()))
+
+
+def image_name(image: str) -> str:
+    """registrator's default service name: the image's last path part without its tag."""
+    return image.split("@", 1)[0].rsplit("/", 1)[-1].split(":", 1)[0]

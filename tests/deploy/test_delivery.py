@@ -1,0 +1,155 @@
+"""The CD flow on real parts: build-and-push into a local registry (Debian's docker-registry),
+then deploy to an engine reached over TLS with a client certificate, with the stack's daemons,
+Consul and nginx running. The gate decides: a version whose integration tests fail makes
+`deploy` exit 1 and the old version goes on serving."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+
+import docker
+import pytest
+import requests
+
+from delivery.engine import _TlsClient
+from tests.conftest import SESSION, TEST_LABEL
+from tests.support.delivery import Registry, TlsEngineFront, certs
+from tests.support.load import LoadClient
+from tests.support.processes import ROOT
+from tests.support.stack import E2E_LABEL, Stack
+
+pytestmark = pytest.mark.e2e
+
+LISTEN_PORT, REGISTRY_PORT, TLS_PORT = 18004, 18900, 18376
+GOOD, BAD = f"g{SESSION}", f"b{SESSION}"
+
+
+def delivery(*args, timeout=300):
+    res = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-m", "delivery", *args],
+                         capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    return res
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory, docker_client):
+    r = Registry(tmp_path_factory.mktemp("registry"), REGISTRY_PORT).start()
+    yield r
+    r.stop()
+    for image in docker_client.images.list(name=f"{r.address}/*"):
+        for tag in image.tags:
+            try:
+                docker_client.images.remove(tag, force=True)
+            except docker.errors.APIError:
+                pass
+
+
+@pytest.fixture(scope="module")
+def engine_tls(tmp_path_factory):
+    front = TlsEngineFront(tmp_path_factory.mktemp("tls"), TLS_PORT).start()
+    yield front
+    front.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(consul_server, docker_client, demo_images, tmp_path_factory):
+    s = Stack(consul_server, tmp_path_factory.mktemp("cd"), docker_client, SESSION, LISTEN_PORT,
+              service="demo").start()
+    yield s
+    s.stop()
+
+
+def build_and_push(registry, version, *extra, source=ROOT / "demo_service"):
+    return delivery("build-and-push", str(source), "--registry", registry.address, "--service", "demo",
+                    "--version", version, "--wheelhouse", str(ROOT / ".stack" / "wheelhouse"), "--json", *extra)
+
+
+def deploy(stack, registry, engine_tls, version, *extra):
+    return delivery("deploy", f"{registry.address}/demo:{version}", "--engine", engine_tls.url,
+                    "--tls-dir", str(engine_tls.client_dir), "--consul", stack.consul.address,
+                    "--consul-token-file", stack.consul.token_file("operator"), "--timeout", "120",
+                    "--label", f"{E2E_LABEL}={SESSION}", "--label", f"{TEST_LABEL}={SESSION}",
+                    "--label", "proxy.path=/demo/", *extra)
+
+
+class TestDelivery:
+    def test_1_build_and_push_tags_with_the_version_and_pushes_both_images(self, registry, docker_client):
+        res = build_and_push(registry, GOOD)
+        assert res.returncode == 0, res.stderr[-3000:]
+        result = json.loads(res.stdout)
+        assert result["image"] == f"{registry.address}/demo:{GOOD}"
+        assert result["tests_image"] == f"{registry.address}/demo-test:{GOOD}"
+        assert all(d.startswith("sha256:") for d in result["digests"].values()) and len(result["digests"]) == 2
+        assert "its unit tests run in the build" in res.stderr
+        assert GOOD in registry.tags("demo") and GOOD in registry.tags("demo-test")
+        # the pull in deploy must come from the registry, not from this engine's cache
+        for tag in (result["image"], result["tests_image"]):
+            docker_client.images.remove(tag)
+
+    def test_2_a_failing_unit_test_fails_the_build_and_nothing_is_pushed(self, registry, tmp_path):
+        source = tmp_path / "demo_service"
+        shutil.copytree(ROOT / "demo_service", source, ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache"))
+        (source / "tests" / "test_regression.py").write_text(
+            "def test_recommendation_is_stable():\n    assert 7671 == 7672, 'recommendation changed'\n")
+        res = build_and_push(registry, f"u{SESSION}", source=source)
+        assert res.returncode == 1, res.stderr[-3000:]
+        assert "test_recommendation_is_stable" in res.stderr and "building" in res.stderr
+        assert json.loads(res.stdout)["ok"] is False
+        assert f"u{SESSION}" not in registry.tags("demo") and f"u{SESSION}" not in registry.tags("demo-test")
+
+    def test_3_deploy_over_tls_pulls_runs_and_waits_for_the_gate(self, stack, registry, engine_tls, docker_client):
+        res = deploy(stack, registry, engine_tls, GOOD, "--json")
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert json.loads(res.stdout)["container"] == f"demo-{GOOD}"
+        assert f"pulling {registry.address}/demo:{GOOD}" in res.stderr
+        assert f"demo {GOOD}: admitted and stable" in res.stderr
+        container = docker_client.containers.get(f"demo-{GOOD}")
+        stack.containers["good"] = container            # removed with the stack
+        assert container.labels["gatekeeper.tests"] == f"{registry.address}/demo-test:{GOOD}"
+        stack.wait(lambda: stack.served_version() == GOOD, 30, f"the proxy to serve {GOOD}")
+
+    def test_4_a_version_that_fails_the_gate_exits_1_and_the_old_one_serves_on(self, stack, registry, engine_tls, docker_client):
+        res = build_and_push(registry, BAD, "--build-arg", "BROKEN=1")
+        assert res.returncode == 0, "the broken version passes its unit tests: " + res.stderr[-3000:]
+        load = LoadClient("127.0.0.1", LISTEN_PORT, max_seconds=150)
+        load.start()
+        res = deploy(stack, registry, engine_tls, BAD)
+        time.sleep(0.5)
+        load.finish()
+        assert res.returncode == 1, res.stdout[-3000:] + res.stderr[-3000:]
+        assert f"demo {BAD}: tests failed" in res.stdout and f"demo still serves {GOOD}" in res.stdout
+        with pytest.raises(docker.errors.NotFound):
+            docker_client.containers.get(f"demo-{BAD}")
+        assert load.failures == [] and set(load.versions) == {GOOD}, (load.failures[:5], load.versions)
+        assert stack.served_version() == GOOD
+
+    def test_5_the_engine_refuses_clients_without_a_valid_certificate(self, engine_tls, tmp_path):
+        url = f"https://127.0.0.1:{TLS_PORT}"
+        ca = str(engine_tls.client_dir / "ca.pem")
+
+        def client(tls):                    # verifies against the engine's CA, not REQUESTS_CA_BUNDLE
+            return _TlsClient(base_url=url, tls=tls, timeout=10)
+
+        ok = client(docker.tls.TLSConfig(
+            client_cert=(str(engine_tls.client_dir / "cert.pem"), str(engine_tls.client_dir / "key.pem")), ca_cert=ca, verify=True))
+        assert ok.ping() is True
+        refused = (requests.exceptions.SSLError, requests.exceptions.ConnectionError, docker.errors.DockerException)
+        with pytest.raises(refused):
+            client(docker.tls.TLSConfig(ca_cert=ca, verify=True)).ping()          # no client certificate
+        # a certificate from another CA, however well-formed, is not one the engine trusts
+        certs("ca", str(tmp_path / "other-ca"))
+        certs("client", str(tmp_path / "other-ca"), str(tmp_path / "intruder"), "intruder")
+        with pytest.raises(refused):
+            client(docker.tls.TLSConfig(client_cert=(str(tmp_path / "intruder" / "cert.pem"),
+                                                     str(tmp_path / "intruder" / "key.pem")), ca_cert=ca, verify=True)).ping()
+        # plain HTTP on the TLS port gets no API answer
+        plain = subprocess.run(["docker", "-H", f"tcp://127.0.0.1:{TLS_PORT}", "version", "-f", "{{.Server.Version}}"],
+                               capture_output=True, text=True, timeout=30, env={"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_path)})
+        assert plain.returncode != 0 and not plain.stdout.strip()
+
+    def test_6_deploy_refuses_an_engine_on_tcp_without_tls(self, stack):
+        res = delivery("deploy", "127.0.0.1:18900/demo:v1", "--engine", "tcp://127.0.0.1:2375",
+                       "--consul", stack.consul.address, "--consul-token-file", stack.consul.token_file("operator"))
+        assert res.returncode == 2
+        assert "refusing an engine on TCP without TLS" in res.stderr and "--tls-dir" in res.stderr

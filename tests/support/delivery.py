@@ -1,0 +1,65 @@
+"""The CD flow's real parts for tests: an image registry (Debian's docker-registry) and a TLS
+listener on 127.0.0.1 in front of the local engine that demands a client certificate, with
+certificates made by scripts/certs.sh."""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import requests
+
+from tests.support.processes import ROOT, Proc, find_binary, wait_until
+
+
+class Registry:
+    def __init__(self, base: Path, port: int):
+        self.address = f"127.0.0.1:{port}"
+        base.mkdir(parents=True, exist_ok=True)
+        config = base / "registry.yml"
+        config.write_text(f"version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: {{rootdirectory: {base / 'data'}}}\n"
+                          f"  delete: {{enabled: true}}\nhttp:\n  addr: {self.address}\n")
+        self.proc = Proc("docker-registry", [find_binary("docker-registry"), "serve", str(config)], base)
+
+    def start(self) -> "Registry":
+        self.proc.start()
+        wait_until(lambda: requests.get(f"http://{self.address}/v2/", timeout=2).ok, 20, "the registry")
+        return self
+
+    def tags(self, repo: str) -> list:
+        r = requests.get(f"http://{self.address}/v2/{repo}/tags/list", timeout=5)
+        return (r.json().get("tags") or []) if r.ok else []
+
+    def stop(self):
+        self.proc.stop()
+
+
+def certs(*args: str) -> None:
+    res = subprocess.run(["bash", str(ROOT / "scripts" / "certs.sh"), *args], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+
+
+class TlsEngineFront:
+    """tcp://127.0.0.1:PORT with TLS and a required client certificate, forwarding to the local
+    engine's socket: what `dockerd --tlsverify -H tcp://...:2376` offers, for the engine the
+    tests already run. `client_dir` holds a valid client's ca.pem, cert.pem, key.pem."""
+
+    def __init__(self, base: Path, port: int, socket: str = "/var/run/docker.sock"):
+        self.port, self.url = port, f"tcp://127.0.0.1:{port}"
+        self.ca, self.server_dir, self.client_dir = base / "ca", base / "server", base / "client"
+        certs("ca", str(self.ca))
+        certs("server", str(self.ca), str(self.server_dir), "IP:127.0.0.1,DNS:localhost")
+        certs("client", str(self.ca), str(self.client_dir), "deployer")
+        s = self.server_dir
+        self.proc = Proc("engine-tls", [find_binary("socat"),
+                                        f"OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={s / 'cert.pem'},"
+                                        f"key={s / 'key.pem'},cafile={s / 'ca.pem'},verify=1",
+                                        f"UNIX-CONNECT:{socket}"], base)
+
+    def start(self) -> "TlsEngineFront":
+        import socket as sock
+        self.proc.start()
+        wait_until(lambda: sock.create_connection(("127.0.0.1", self.port), timeout=1).close() or True, 10, "the TLS front")
+        return self
+
+    def stop(self):
+        self.proc.stop()
