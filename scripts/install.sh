@@ -190,12 +190,12 @@ install_compose() {
 
 # A throwaway Ansible target: Debian 12 with the packages the roles install already present
 # (a container cannot reach the package mirror), and python3-apt for Ansible's apt module.
-TARGET_TAG="proxystack-target:bookworm"
+TARGET_TAG="proxystack-target:bookworm-2"
 install_target_image() {
   step "Ansible test target image ($TARGET_TAG)"
   if docker image inspect "$TARGET_TAG" >/dev/null 2>&1; then info "reused"; return 0; fi
   info "building with debootstrap (about a minute, once)"
-  debootstrap_image "$TARGET_TAG" python3,python3-apt,python3-venv,ca-certificates,nginx-light,docker.io,docker-registry
+  debootstrap_image "$TARGET_TAG" python3,python3-apt,python3-venv,python3-packaging,ca-certificates,nginx-light,docker.io,docker-registry
   info "built"
 }
 
