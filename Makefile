@@ -1,11 +1,16 @@
 # The two commands: `make demo` (the stack up, demo deployed through the gate) and `make test`.
 SHELL := /bin/bash
-.PHONY: demo test stop status install bench bench-registrator bench-promotion bench-proxy
+.PHONY: demo cd-demo test stop status install bench bench-registrator bench-promotion bench-proxy
 
 demo:  ## install what is missing, start the stack, deploy demo v1 -> v2 -> broken v3
 	@bash scripts/install.sh all
 	@bash scripts/stack.sh up
 	@bash scripts/demo.sh
+
+cd-demo:  ## on the running stack: build-and-push this commit, deploy it over TLS through the gate, refuse a broken build
+	@bash scripts/install.sh all delivery-tools
+	@bash scripts/stack.sh up
+	@bash scripts/cd-demo.sh
 
 test:  ## install what is missing and run the whole test suite against real components
 	@bash scripts/test.sh

@@ -20,8 +20,9 @@ class EngineError(Exception):
     """The engine cannot be used; str() says which engine, what went wrong and what to do."""
 
 
-class InsecureEngine(EngineError, ValueError):
-    """An engine address that would be used without authentication: refused before connecting."""
+class BadEngineSettings(EngineError, ValueError):
+    """Refused before connecting: an engine on TCP without TLS, missing certificate files, or an
+    address scheme that is not unix://, ssh:// or tcp://."""
 
 
 class _EngineAPI(docker.APIClient):
@@ -34,7 +35,7 @@ class _EngineAPI(docker.APIClient):
 
 
 class _TlsClient(docker.DockerClient):
-    def __init__(self, **kwargs):          # noqa: super().__init__ would build a plain APIClient
+    def __init__(self, **kwargs):          # not super().__init__: that would build a plain APIClient
         self.api = _EngineAPI(**kwargs)
 
 
@@ -51,16 +52,16 @@ def connect(url: Optional[str] = None, tls_dir: Optional[str] = None, timeout: f
         client = docker.DockerClient(base_url=url, use_ssh_client=True, timeout=timeout)
     elif scheme in ("tcp", "https"):
         if not tls_dir:
-            raise InsecureEngine(f"{url}: refusing an engine on TCP without TLS; give --tls-dir DIR "
+            raise BadEngineSettings(f"{url}: refusing an engine on TCP without TLS; give --tls-dir DIR "
                               f"(holding {', '.join(TLS_FILES)}) or DOCKER_CERT_PATH, or use ssh://USER@HOST")
         ca, cert, key = (Path(tls_dir) / f for f in TLS_FILES)
         missing = [str(p) for p in (ca, cert, key) if not p.is_file()]
         if missing:
-            raise EngineError(f"{url}: TLS files missing: {', '.join(missing)} (scripts/certs.sh makes them)")
+            raise BadEngineSettings(f"{url}: TLS files missing: {', '.join(missing)} (scripts/certs.sh makes them)")
         tls = docker.tls.TLSConfig(client_cert=(str(cert), str(key)), ca_cert=str(ca), verify=True)
         client = _TlsClient(base_url="https://" + url.split("://", 1)[1], tls=tls, timeout=timeout)
     else:
-        raise InsecureEngine(f"{url}: unsupported engine address; use unix:///PATH, ssh://USER@HOST or tcp://HOST:2376 with TLS")
+        raise BadEngineSettings(f"{url}: unsupported engine address; use unix:///PATH, ssh://USER@HOST or tcp://HOST:2376 with TLS")
     try:
         client.ping()
     except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:

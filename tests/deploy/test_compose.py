@@ -83,7 +83,7 @@ class TestComposeStack:
         status, body = get(PROXY, "/demo/1")
         assert json.loads(body) == {"id": 1, "rec": 7671, "version": "v1"}
         logs = compose("logs", "--no-color", "gatekeeper").stdout
-        assert f"demo v1 with demo-test:latest" in logs and "passed" in logs, logs[-2000:]
+        assert "demo v1 with demo-test:latest" in logs and "passed" in logs, logs[-2000:]
         c.remove(force=True)
         wait_until(lambda: get(PROXY, "/demo/1")[0] in (404, 503), 30, "the removed instance to leave the proxy")
 
