@@ -44,6 +44,15 @@ def connect(url: Optional[str] = None, tls_dir: Optional[str] = None, timeout: f
     with a ping. `tls_dir` (default DOCKER_CERT_PATH) holds ca.pem, cert.pem and key.pem."""
     url = url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
     tls_dir = tls_dir or os.environ.get("DOCKER_CERT_PATH")
+    try:
+        client = _client(url, tls_dir, timeout)     # asks the engine for its API version already
+        client.ping()
+    except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
+        raise EngineError(f"cannot reach the Docker Engine at {url}: {exc}") from None
+    return client
+
+
+def _client(url: str, tls_dir: Optional[str], timeout: float) -> docker.DockerClient:
     scheme = urlparse(url).scheme
     if scheme == "unix":
         client = docker.DockerClient(base_url=url, timeout=timeout)
@@ -53,7 +62,7 @@ def connect(url: Optional[str] = None, tls_dir: Optional[str] = None, timeout: f
     elif scheme in ("tcp", "https"):
         if not tls_dir:
             raise BadEngineSettings(f"{url}: refusing an engine on TCP without TLS; give --tls-dir DIR "
-                              f"(holding {', '.join(TLS_FILES)}) or DOCKER_CERT_PATH, or use ssh://USER@HOST")
+                                    f"(holding {', '.join(TLS_FILES)}) or DOCKER_CERT_PATH, or use ssh://USER@HOST")
         ca, cert, key = (Path(tls_dir) / f for f in TLS_FILES)
         missing = [str(p) for p in (ca, cert, key) if not p.is_file()]
         if missing:
@@ -62,8 +71,4 @@ def connect(url: Optional[str] = None, tls_dir: Optional[str] = None, timeout: f
         client = _TlsClient(base_url="https://" + url.split("://", 1)[1], tls=tls, timeout=timeout)
     else:
         raise BadEngineSettings(f"{url}: unsupported engine address; use unix:///PATH, ssh://USER@HOST or tcp://HOST:2376 with TLS")
-    try:
-        client.ping()
-    except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
-        raise EngineError(f"cannot reach the Docker Engine at {url}: {exc}") from None
     return client

@@ -74,6 +74,13 @@ class TestComposeStack:
         # ACLs are on: without a token Consul lists no services, not even consul itself
         status, body = get(CONSUL, "/v1/catalog/services")
         assert status == 200 and json.loads(body) == {}
+        # each part sees its own token and no other (not the bootstrap token, not the operator's)
+        for part in ("registrator", "gatekeeper", "proxy"):
+            c = docker_client.containers.get(f"{PROJECT}-{part}-1")
+            code, out = c.exec_run(["sh", "-c", "ls /run/token; ls /tokens 2>&1 || true"])
+            assert out.decode().split("\n")[0] == "token" and "bootstrap" not in out.decode(), (part, out)
+        operator = compose("run", "--rm", "--no-deps", "acl-setup", "cat /tokens/operator.token")
+        assert operator.returncode == 0 and len(operator.stdout.strip()) == 36, operator.stderr[-1000:]
         wait_until(lambda: get(ADMIN, "/status")[0] == 200, 30, "the proxy's status endpoint")
 
     def test_2_a_docker_run_container_is_tested_then_served(self, project, run_container):

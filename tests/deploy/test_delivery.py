@@ -4,7 +4,9 @@ Consul and nginx running. The gate decides: a version whose integration tests fa
 `deploy` exit 1 and the old version goes on serving."""
 from __future__ import annotations
 
+import getpass
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -15,20 +17,21 @@ import requests
 
 from delivery.engine import _TlsClient
 from tests.conftest import SESSION, TEST_LABEL
-from tests.support.delivery import Registry, TlsEngineFront, certs
+from tests.support.delivery import Registry, SshServer, TlsEngineFront, certs
 from tests.support.load import LoadClient
 from tests.support.processes import ROOT
 from tests.support.stack import E2E_LABEL, Stack
 
 pytestmark = pytest.mark.e2e
 
-LISTEN_PORT, REGISTRY_PORT, TLS_PORT = 18004, 18900, 18376
+LISTEN_PORT, REGISTRY_PORT, TLS_PORT, SSH_PORT = 18004, 18900, 18376, 18222
 GOOD, BAD = f"g{SESSION}", f"b{SESSION}"
 
 
-def delivery(*args, timeout=300):
+def delivery(*args, timeout=300, env=None):
     res = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-m", "delivery", *args],
-                         capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+                         capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                         env={**os.environ, **(env or {})})
     return res
 
 
@@ -37,12 +40,14 @@ def registry(tmp_path_factory, docker_client):
     r = Registry(tmp_path_factory.mktemp("registry"), REGISTRY_PORT).start()
     yield r
     r.stop()
-    for image in docker_client.images.list(name=f"{r.address}/*"):
+    # only the registry's tags: the same image also carries demo-test:latest, which stays
+    for image in docker_client.images.list():
         for tag in image.tags:
-            try:
-                docker_client.images.remove(tag, force=True)
-            except docker.errors.APIError:
-                pass
+            if tag.startswith(f"{r.address}/"):
+                try:
+                    docker_client.images.remove(tag)
+                except docker.errors.APIError:
+                    pass
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +55,13 @@ def engine_tls(tmp_path_factory):
     front = TlsEngineFront(tmp_path_factory.mktemp("tls"), TLS_PORT).start()
     yield front
     front.stop()
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    server = SshServer(tmp_path_factory.mktemp("ssh"), SSH_PORT).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -153,3 +165,18 @@ class TestDelivery:
                        "--consul", stack.consul.address, "--consul-token-file", stack.consul.token_file("operator"))
         assert res.returncode == 2
         assert "refusing an engine on TCP without TLS" in res.stderr and "--tls-dir" in res.stderr
+
+    def test_7_deploy_reaches_an_engine_over_ssh_and_only_with_an_authorized_key(self, stack, registry, sshd):
+        common = ["--consul", stack.consul.address, "--consul-token-file", stack.consul.token_file("operator"),
+                  "--timeout", "60", "--label", f"{E2E_LABEL}={SESSION}", "--label", f"{TEST_LABEL}={SESSION}",
+                  "--label", "proxy.path=/demo/"]
+        engine = f"ssh://{getpass.getuser()}@127.0.0.1:{SSH_PORT}"
+        # the version test 3 deployed: pulled again over ssh, found running, its verdict read
+        res = delivery("deploy", f"{registry.address}/demo:{GOOD}", "--engine", engine, *common,
+                       env=sshd.client_env("client"))
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+        assert f"demo-{GOOD} already runs" in res.stdout and f"demo {GOOD}: admitted and stable" in res.stdout
+        res = delivery("deploy", f"{registry.address}/demo:{GOOD}", "--engine", engine, *common,
+                       env=sshd.client_env("stranger"))
+        assert res.returncode == 3, res.stdout[-2000:] + res.stderr[-2000:]
+        assert "cannot reach the Docker Engine at ssh://" in res.stderr

@@ -3,6 +3,7 @@ listener on 127.0.0.1 in front of the local engine that demands a client certifi
 certificates made by scripts/certs.sh."""
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -59,6 +60,49 @@ class TlsEngineFront:
         import socket as sock
         self.proc.start()
         wait_until(lambda: sock.create_connection(("127.0.0.1", self.port), timeout=1).close() or True, 10, "the TLS front")
+        return self
+
+    def stop(self):
+        self.proc.stop()
+
+
+class SshServer:
+    """sshd on 127.0.0.1:PORT that lets in one generated key (as the user running the tests):
+    docker's ssh:// transport runs `docker system dial-stdio` through it. `client_env(key)`
+    gives a client that key and pins the server's host key."""
+
+    def __init__(self, base: Path, port: int):
+        self.base, self.port = base, port
+        for name in ("host", "client", "stranger"):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(base / name)], check=True, timeout=30)
+        (base / "authorized_keys").write_text((base / "client.pub").read_text())
+        config = base / "sshd_config"
+        config.write_text(f"Port {port}\nListenAddress 127.0.0.1\nHostKey {base / 'host'}\nPidFile {base / 'sshd.pid'}\n"
+                          f"AuthorizedKeysFile {base / 'authorized_keys'}\nPasswordAuthentication no\n"
+                          "KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nPermitRootLogin prohibit-password\n"
+                          "StrictModes no\nUsePAM no\n")
+        self.proc = Proc("sshd", [find_binary("sshd"), "-D", "-e", "-f", str(config)], base)
+
+    def client_env(self, key: str) -> dict:
+        """Environment for a client that uses `key`: ssh reads ~/.ssh from the passwd entry, not
+        $HOME, so an `ssh` first on PATH adds `-F` with this client's config (key, pinned host key)."""
+        home = self.base / f"client-{key}"
+        home.mkdir(exist_ok=True)
+        host_key = " ".join((self.base / "host.pub").read_text().split()[:2])
+        (home / "known_hosts").write_text(f"[127.0.0.1]:{self.port} {host_key}\n")
+        (home / "config").write_text(f"Host 127.0.0.1\n  IdentityFile {self.base / key}\n  IdentitiesOnly yes\n"
+                                     f"  UserKnownHostsFile {home / 'known_hosts'}\n  StrictHostKeyChecking yes\n  BatchMode yes\n")
+        (home / "config").chmod(0o600)
+        wrapper = home / "ssh"
+        wrapper.write_text(f"#!/bin/sh\nexec {find_binary('ssh')} -F {home / 'config'} \"$@\"\n")
+        wrapper.chmod(0o755)
+        return {"PATH": f"{home}:{os.environ['PATH']}"}
+
+    def start(self) -> "SshServer":
+        import socket as sock
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)       # sshd's privilege-separation folder
+        self.proc.start()
+        wait_until(lambda: sock.create_connection(("127.0.0.1", self.port), timeout=1).close() or True, 10, "sshd")
         return self
 
     def stop(self):
