@@ -11,7 +11,8 @@ Engines: unix:///var/run/docker.sock, ssh://USER@HOST, or tcp://HOST:2376 with -
 DOCKER_CERT_PATH) holding ca.pem, cert.pem, key.pem. Plain tcp:// without TLS is refused.
 
 Exit codes: 0 done (deploy: admitted and served), 1 failed (a build, its unit tests, a push, or
-the integration tests), 2 bad input, 3 engine, registry or Consul unreachable or refusing,
+the integration tests), 2 bad input (also: the container name is taken), 3 engine, registry or
+Consul unreachable or refusing,
 4 deploy timed out waiting for the gate.
 """
 from __future__ import annotations

@@ -21,6 +21,10 @@ class DeployError(Exception):
     """The deploy could not be carried out; nothing was started, or what was is removed."""
 
 
+class NameTaken(DeployError, ValueError):
+    """Another container already has the deployment's name: bad input, nothing was changed."""
+
+
 @dataclass
 class Deployment:
     service: str
@@ -70,7 +74,7 @@ def start(client: docker.DockerClient, d: Deployment, say):
         if existing.image.id == image.id and existing.status == "running":
             say(f"{d.name} already runs {d.image}; waiting for its verdict")
             return existing
-        raise DeployError(f"a container named {d.name} already exists ({existing.status}, image "
+        raise NameTaken(f"a container named {d.name} already exists ({existing.status}, image "
                           f"{existing.image.tags or existing.image.short_id}); remove it or give --name")
     container = client.containers.run(d.image, name=d.name, detach=True, publish_all_ports=True,
                                       labels=d.container_labels(), restart_policy={"Name": "unless-stopped"})

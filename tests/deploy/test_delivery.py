@@ -180,3 +180,12 @@ class TestDelivery:
                        env=sshd.client_env("stranger"))
         assert res.returncode == 3, res.stdout[-2000:] + res.stderr[-2000:]
         assert "cannot reach the Docker Engine at ssh://" in res.stderr
+
+    def test_8_a_taken_container_name_is_bad_input_and_changes_nothing(self, stack, registry, engine_tls, docker_client):
+        running = docker_client.containers.get(f"demo-{GOOD}")
+        res = deploy(stack, registry, engine_tls, BAD, "--name", f"demo-{GOOD}")
+        assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-2000:]
+        assert f"a container named demo-{GOOD} already exists" in res.stderr
+        running.reload()
+        assert running.status == "running" and running.id == docker_client.containers.get(f"demo-{GOOD}").id
+        assert stack.served_version() == GOOD
