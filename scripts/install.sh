@@ -176,6 +176,7 @@ install_compose() {
   if [ "$(cat "$wh/.stamp" 2>/dev/null)" != "$want" ]; then
     rm -rf "$wh"; mkdir -p "$wh"
     "$VENV/bin/pip" wheel -q -w "$wh" "$ROOT" >"$LOGS/wheelhouse-stack.log" 2>&1 || die "building the stack's wheels failed (see $LOGS/wheelhouse-stack.log)"
+    rm -rf "$ROOT/build"              # setuptools' scratch folder in the source tree
     echo "$want" >"$wh/.stamp"
     info "wheels: built ($(ls "$wh" | grep -c whl))"
   else
