@@ -103,7 +103,7 @@ ensure_base_image() {
   if docker image inspect python:3.11-slim >/dev/null 2>&1 || timeout 20 docker pull -q python:3.11-slim >/dev/null 2>&1; then
     info "base image: python:3.11-slim"; echo "python:3.11-slim" >"$STATE/base-image"; return 0
   fi
-  info "no image registry reachable; building $BASE_TAG with debootstrap (about a minute, once)"
+  info "no image registry reachable; building $BASE_TAG with debootstrap (about two minutes, once)"
   debootstrap_image "$BASE_TAG" python3,python3-pip,ca-certificates,nginx-light
   info "base image: $BASE_TAG (built)"
   echo "$BASE_TAG" >"$STATE/base-image"
@@ -168,10 +168,11 @@ install_delivery_tools() {
 # The stack's own images for compose/: the project and its dependencies as wheels, and the
 # consul binary, staged where compose/Dockerfile* find them (both folders are git-ignored).
 install_compose() {
+  [ -x "$VENV/bin/docker-compose" ] || install_delivery_tools
   step "Stack images for compose/ (proxystack/stack, proxystack/consul)"
   ensure_base_image
   local wh="$ROOT/compose/wheels" want
-  want="$( (cat "$ROOT/pyproject.toml"; find "$ROOT/catalog" "$ROOT/registrator" "$ROOT/gatekeeper" "$ROOT/proxy_reloader" \
+  want="$( (cat "$ROOT/pyproject.toml"; find "$ROOT/catalog" "$ROOT/registrator" "$ROOT/gatekeeper" "$ROOT/proxy_reloader" "$ROOT/delivery" \
            -name '*.py' -o -name '*.j2' | sort | xargs cat) | sha256sum | cut -c1-16)"
   if [ "$(cat "$wh/.stamp" 2>/dev/null)" != "$want" ]; then
     rm -rf "$wh"; mkdir -p "$wh"
@@ -195,7 +196,7 @@ TARGET_TAG="proxystack-target:bookworm-2"
 install_target_image() {
   step "Ansible test target image ($TARGET_TAG)"
   if docker image inspect "$TARGET_TAG" >/dev/null 2>&1; then info "reused"; return 0; fi
-  info "building with debootstrap (about a minute, once)"
+  info "building with debootstrap (about two minutes, once)"
   debootstrap_image "$TARGET_TAG" python3,python3-apt,python3-venv,python3-packaging,ca-certificates,nginx-light,docker.io,docker-registry
   info "built"
 }
