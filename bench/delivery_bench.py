@@ -13,13 +13,12 @@ and the failed requests of a client making a new connection per request througho
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
 import time
 
-from bench.harness import bench_env
+from bench.harness import bench_env, progress, report
 from tests.support.delivery import Registry, TlsEngineFront
 from tests.support.load import LoadClient
 from tests.support.processes import ROOT, wait_until
@@ -42,7 +41,7 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    say = (lambda *a: None) if args.json else (lambda *a: print(*a, flush=True))
+    say = progress(args.json)
     build, deploy, to_proxy = [], [], []
     with bench_env() as env:
         registry = Registry(env.base / "registry", REGISTRY_PORT).start()
@@ -72,21 +71,16 @@ def main(argv=None) -> int:
             stack.stop()
             tls.stop()
             registry.stop()
-            for image in env.client.images.list():
-                for tag in image.tags:
-                    if tag.startswith(f"{registry.address}/"):
-                        env.client.images.remove(tag)
+            registry.remove_local_tags(env.client)
     # release 0 starts from nothing (first pull, first build of the version layers): left out
     build, deploy, to_proxy = build[1:], deploy[1:], to_proxy[1:]
     result = {"build_and_push_s": round(statistics.median(build), 2), "deploy_s": round(statistics.median(deploy), 2),
               "exit_to_proxied_ms": round(statistics.median(to_proxy) * 1000, 1), "runs": len(deploy),
               "requests": load.total, "failed": len(load.failures)}
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print(f"median of {len(deploy)} releases: build-and-push {result['build_and_push_s']} s, "
-              f"deploy (TLS, pull, run, gate) {result['deploy_s']} s, exit 0 -> proxied "
-              f"{result['exit_to_proxied_ms']} ms; {result['failed']} of {result['requests']} requests failed")
+    report(result, args.json,
+           f"median of {len(deploy)} releases: build-and-push {result['build_and_push_s']} s, "
+           f"deploy (TLS, pull, run, gate) {result['deploy_s']} s, exit 0 -> proxied "
+           f"{result['exit_to_proxied_ms']} ms; {result['failed']} of {result['requests']} requests failed")
     return 0
 
 

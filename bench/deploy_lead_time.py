@@ -10,12 +10,11 @@ connection per request) and counts failures. Prints every run and the medians.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
 
-from bench.harness import bench_env
+from bench.harness import bench_env, report
 from tests.support.load import LoadClient
 from tests.support.processes import wait_until
 from tests.support.stack import Stack
@@ -62,12 +61,10 @@ def main(argv=None) -> int:
                "median_failed": statistics.median(r["failed"] for r in results),
                "total_failed": sum(r["failed"] for r in results),
                "total_requests": sum(r["requests"] for r in results)}
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        print(f"median deploy lead time (docker run -> first proxied response from the new version): "
-              f"{summary['median_lead_time_s']:.2f} s over {len(results)} runs; failed requests: "
-              f"median {summary['median_failed']}, total {summary['total_failed']} of {summary['total_requests']}")
+    report(summary, args.json,
+           f"median deploy lead time (docker run -> first proxied response from the new version): "
+           f"{summary['median_lead_time_s']:.2f} s over {len(results)} runs; failed requests: "
+           f"median {summary['median_failed']}, total {summary['total_failed']} of {summary['total_requests']}")
     return 0
 
 

@@ -3,6 +3,7 @@ the demo stack's and the tests', a scratch folder, and a clean-up of its labelle
 from __future__ import annotations
 
 import contextlib
+import json
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -12,6 +13,19 @@ import docker
 
 from tests.support.processes import ConsulServer
 from tests.support.stack import TEST_LABEL
+
+
+def progress(json_mode: bool):
+    """`say` for progress lines: printed for people, silent when the output is JSON."""
+    return (lambda *a: None) if json_mode else (lambda *a: print(*a, flush=True))
+
+
+def report(result: dict, json_mode: bool, summary: str = "") -> None:
+    """The result as one JSON object for a program, or the summary for people."""
+    if json_mode:
+        print(json.dumps(result, indent=2))
+    elif summary:
+        print(summary)
 
 
 @dataclass

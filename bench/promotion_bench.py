@@ -11,13 +11,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
 import uuid
 
-from bench.harness import bench_env
+from bench.harness import bench_env, progress, report
 from gatekeeper.promotion import promote, set_mode
 from tests.support.processes import wait_until
 from tests.support.stack import Stack
@@ -70,7 +69,7 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    say = (lambda *a: None) if args.json else (lambda *a: print(*a, flush=True))
+    say = progress(args.json)
     gate_to_proxy, promote_to_all = [], []
     with bench_env() as env:
         stack = Stack(env.consul, env.base, env.client, env.session, PORT, service="bench",
@@ -83,12 +82,10 @@ def main(argv=None) -> int:
                                                 "max": round(max(gate_to_proxy), 1), "n": len(gate_to_proxy)},
               "promote_to_all_traffic_ms": {"p50": round(statistics.median(promote_to_all), 1),
                                             "max": round(max(promote_to_all), 1), "n": len(promote_to_all)}}
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print(f"gate pass -> first proxied request: p50 {result['gate_pass_to_first_proxied_ms']['p50']:.0f} ms; "
-              f"promote -> 100% of traffic: p50 {result['promote_to_all_traffic_ms']['p50']:.0f} ms "
-              f"({args.runs} runs each)")
+    report(result, args.json,
+           f"gate pass -> first proxied request: p50 {result['gate_pass_to_first_proxied_ms']['p50']:.0f} ms; "
+           f"promote -> 100% of traffic: p50 {result['promote_to_all_traffic_ms']['p50']:.0f} ms "
+           f"({args.runs} runs each)")
     return 0
 
 

@@ -25,7 +25,7 @@ import threading
 import time
 import urllib.request
 
-from bench.harness import bench_env
+from bench.harness import bench_env, progress, report
 from catalog.consul_store import ConsulStore
 from catalog.model import Instance
 from catalog.routing import Pool, Route
@@ -116,18 +116,16 @@ def main(argv=None) -> int:
     p.add_argument("--idle", type=float, default=60.0)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    say = (lambda *a: None) if args.json else (lambda *a: print(*a, flush=True))
+    say = progress(args.json)
     if not shutil.which("wrk"):
         print("wrk is missing: `bash scripts/install.sh bench-tools` installs it", file=sys.stderr)
         return 2
     result = {}
     with bench_env() as env:
         run(env, args, say, result)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        for name, r in result["deploys"].items():
-            print(f"{args.deploys} deploys at 200 req/s, {name}: {r['failed']} failed of {r['requests']} {r['errors']}")
+    report(result, args.json, "\n".join(
+        f"{args.deploys} deploys at 200 req/s, {name}: {r['failed']} failed of {r['requests']} {r['errors']}"
+        for name, r in result["deploys"].items()))
     return 0
 
 

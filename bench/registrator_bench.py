@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import statistics
 import sys
@@ -21,7 +20,7 @@ import time
 
 import requests
 
-from bench.harness import bench_env
+from bench.harness import bench_env, progress, report
 from tests.support.processes import ConsulServer, Proc, python_module, wait_until
 from tests.support.stack import TEST_LABEL, Stack
 
@@ -80,12 +79,11 @@ def main(argv=None) -> int:
     p.add_argument("--containers", type=int, default=200)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    say = (lambda *a: None) if args.json else (lambda *a: print(*a, flush=True))
+    say = progress(args.json)
     result = {}
     with bench_env() as env:
         run(env, args, say, result)
-    if args.json:
-        print(json.dumps(result, indent=2))
+    report(result, args.json)
     return 0
 
 

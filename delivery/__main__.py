@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 import requests
+from docker.utils import parse_repository_tag
 
 from catalog.consul_store import ConsulStore, read_token
 from catalog.validation import InvalidValue
@@ -118,7 +119,7 @@ def main(argv=None) -> int:
             if args.json:
                 print(json.dumps({"ok": True, "exit": 0, **release.to_dict()}))
             return EXIT_OK
-        service = args.service or args.image.split("@", 1)[0].rsplit("/", 1)[-1].split(":", 1)[0]
+        service = args.service or parse_repository_tag(args.image)[0].rsplit("/", 1)[-1]
         d = Deployment.of(service, args.image, args.tests_image, args.version, args.name,
                           labels=dict(args.label), timeout=args.timeout, keep_failed=args.keep_failed)
         store = ConsulStore(args.consul, token=read_token(args.consul_token_file))

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Dict, Optional
 
 import docker
+from docker.utils import parse_repository_tag
 
 from catalog.validation import check
 
@@ -99,7 +100,7 @@ def build_and_push(client: docker.DockerClient, source: Path, registry: str, ser
 
 
 def push_image(client: docker.DockerClient, tag: str) -> str:
-    repo, _, version = tag.rpartition(":")
+    repo, version = parse_repository_tag(tag)
     digest = ""
     for line in client.api.push(repo, version, stream=True, decode=True):
         if line.get("error"):

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional
 
 import docker
+from docker.utils import parse_repository_tag
 
 from catalog.validation import InvalidValue, check
 from gatekeeper.wait import WAIT_FAILED, WAIT_OK, WAIT_TIMEOUT, wait_for_version
@@ -43,8 +44,7 @@ class Deployment:
         check("image", image)
         version = check("version", version or image_version(image))
         if tests_image is None:
-            repo = image.split("@", 1)[0].rsplit(":", 1)[0] if ":" in image.rsplit("/", 1)[-1] else image
-            tests_image = f"{repo}-test:{version}"
+            tests_image = f"{parse_repository_tag(image)[0]}-test:{version}"
         check("image", tests_image)
         return cls(service, version, image, tests_image, check("container_name", name or f"{service}-{version}"), **kw)
 
@@ -55,9 +55,9 @@ class Deployment:
 
 def pull(client: docker.DockerClient, ref: str, say) -> "docker.models.images.Image":
     say(f"pulling {ref}")
-    repo, _, tag = ref.rpartition(":") if ":" in ref.rsplit("/", 1)[-1] else (ref, "", "latest")
+    repo, tag = parse_repository_tag(ref)
     try:
-        return client.images.pull(repo, tag=tag)
+        return client.images.pull(repo, tag=tag or "latest")
     except docker.errors.APIError as exc:
         raise DeployError(f"the engine could not pull {ref}: {exc.explanation or exc}; "
                           "was it pushed (build-and-push), and can the engine reach that registry?") from None

@@ -40,14 +40,7 @@ def registry(tmp_path_factory, docker_client):
     r = Registry(tmp_path_factory.mktemp("registry"), REGISTRY_PORT).start()
     yield r
     r.stop()
-    # only the registry's tags: the same image also carries demo-test:latest, which stays
-    for image in docker_client.images.list():
-        for tag in image.tags:
-            if tag.startswith(f"{r.address}/"):
-                try:
-                    docker_client.images.remove(tag)
-                except docker.errors.APIError:
-                    pass
+    r.remove_local_tags(docker_client)
 
 
 @pytest.fixture(scope="module")

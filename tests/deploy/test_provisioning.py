@@ -77,7 +77,7 @@ def target(docker_client, tmp_path):
 
 def test_the_playbook_applies_to_a_fresh_machine_and_a_second_run_changes_nothing(target, tmp_path):
     certs("ca", str(tmp_path / "ca"))
-    certs("server", str(tmp_path / "ca"), str(tmp_path / "engine"), "IP:10.100.200.100,DNS:prod")
+    certs("server", str(tmp_path / "ca"), str(tmp_path / "engine"), "IP:127.0.0.1,DNS:prod")
     inventory = tmp_path / "inventory.ini"
     # one machine in every group: every role, and the stack role both with and without services
     inventory.write_text(

@@ -4,6 +4,7 @@ certificates made by scripts/certs.sh."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -26,12 +27,24 @@ class Registry:
         wait_until(lambda: requests.get(f"http://{self.address}/v2/", timeout=2).ok, 20, "the registry")
         return self
 
+    def remove_local_tags(self, client) -> None:
+        """Untag this registry's images on the engine; other tags of the same image stay
+        (the pushed test image is also demo-test:latest)."""
+        for image in client.images.list():
+            for tag in image.tags:
+                if tag.startswith(f"{self.address}/"):
+                    client.images.remove(tag)
+
     def tags(self, repo: str) -> list:
         r = requests.get(f"http://{self.address}/v2/{repo}/tags/list", timeout=5)
         return (r.json().get("tags") or []) if r.ok else []
 
     def stop(self):
         self.proc.stop()
+
+
+def wait_listening(port: int, what: str) -> None:
+    wait_until(lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close() or True, 10, what)
 
 
 def certs(*args: str) -> None:
@@ -57,9 +70,8 @@ class TlsEngineFront:
                                         f"UNIX-CONNECT:{socket}"], base)
 
     def start(self) -> "TlsEngineFront":
-        import socket as sock
         self.proc.start()
-        wait_until(lambda: sock.create_connection(("127.0.0.1", self.port), timeout=1).close() or True, 10, "the TLS front")
+        wait_listening(self.port, "the TLS front")
         return self
 
     def stop(self):
@@ -99,10 +111,9 @@ class SshServer:
         return {"PATH": f"{home}:{os.environ['PATH']}"}
 
     def start(self) -> "SshServer":
-        import socket as sock
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)       # sshd's privilege-separation folder
         self.proc.start()
-        wait_until(lambda: sock.create_connection(("127.0.0.1", self.port), timeout=1).close() or True, 10, "sshd")
+        wait_listening(self.port, "sshd")
         return self
 
     def stop(self):

@@ -31,8 +31,8 @@ def test_unknown_engine_schemes_are_refused():
 
 
 def test_the_test_image_and_version_follow_the_service_image():
-    d = Deployment.of("demo", "10.100.200.200:5000/demo:3f2a9c1d0e4b")
-    assert (d.version, d.tests_image, d.name) == ("3f2a9c1d0e4b", "10.100.200.200:5000/demo-test:3f2a9c1d0e4b",
+    d = Deployment.of("demo", "127.0.0.1:5000/demo:3f2a9c1d0e4b")
+    assert (d.version, d.tests_image, d.name) == ("3f2a9c1d0e4b", "127.0.0.1:5000/demo-test:3f2a9c1d0e4b",
                                                    "demo-3f2a9c1d0e4b")
     labels = Deployment.of("demo", "reg:5000/demo:v9", labels={"team": "recs"}).container_labels()
     assert labels == {"team": "recs", "SERVICE_NAME": "demo", "gatekeeper.tests": "reg:5000/demo-test:v9",
