@@ -71,6 +71,10 @@ def target(docker_client, tmp_path):
         pytest.fail(f"{TARGET_IMAGE} is missing; `bash scripts/install.sh target-image` builds it")
     c = docker_client.containers.run(TARGET_IMAGE, ["sleep", "infinity"], detach=True, network_mode="none",
                                      name=f"pst-{SESSION}-ansible-target", labels={TEST_LABEL: SESSION})
+    # A target whose package lists were last refreshed long ago, as on a machine (or an image)
+    # that has been around for a while: the roles must not try to refresh them when told not to.
+    res = c.exec_run(["touch", "-d", "2 days ago", "/var/lib/apt/lists"])
+    assert res.exit_code == 0, res.output
     yield c
     c.remove(force=True)
 
