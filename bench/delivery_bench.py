@@ -12,13 +12,12 @@ and the failed requests of a client making a new connection per request througho
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import subprocess
 import sys
 import time
 
-from bench.harness import bench_env, progress, report
+from bench.harness import bench_env, command_line, progress, report
 from tests.support.delivery import Registry, TlsEngineFront
 from tests.support.load import LoadClient
 from tests.support.processes import ROOT, wait_until
@@ -37,9 +36,8 @@ def cli(*args) -> float:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = command_line(__doc__)
     p.add_argument("--runs", type=int, default=5)
-    p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     say = progress(args.json)
     build, deploy, to_proxy = [], [], []

@@ -9,12 +9,11 @@ connection per request) and counts failures. Prints every run and the medians.
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
 
-from bench.harness import bench_env, report
+from bench.harness import bench_env, command_line, report
 from tests.support.load import LoadClient
 from tests.support.processes import wait_until
 from tests.support.stack import Stack
@@ -37,9 +36,8 @@ def one_run(stack: Stack, name: str, image: str, version: str, drain_wait: float
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = command_line(__doc__)
     p.add_argument("--runs", type=int, default=5)
-    p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     results = []
     with bench_env() as env:

@@ -2,6 +2,7 @@
 the demo stack's and the tests', a scratch folder, and a clean-up of its labelled containers."""
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import tempfile
@@ -13,6 +14,13 @@ import docker
 
 from tests.support.processes import ConsulServer
 from tests.support.stack import TEST_LABEL
+
+
+def command_line(doc: str) -> argparse.ArgumentParser:
+    """A benchmark's parser: the first paragraph of its docstring as --help, and --json."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of progress and a summary")
+    return p
 
 
 def progress(json_mode: bool):

@@ -10,13 +10,12 @@
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
 import uuid
 
-from bench.harness import bench_env, progress, report
+from bench.harness import bench_env, command_line, progress, report
 from gatekeeper.promotion import promote, set_mode
 from tests.support.processes import wait_until
 from tests.support.stack import Stack
@@ -65,9 +64,8 @@ def measure(stack: Stack, runs: int, say, gate_to_proxy: list, promote_to_all: l
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = command_line(__doc__)
     p.add_argument("--runs", type=int, default=10)
-    p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     say = progress(args.json)
     gate_to_proxy, promote_to_all = [], []

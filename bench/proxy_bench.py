@@ -12,7 +12,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import http.client
 import json
 import os
@@ -25,7 +24,7 @@ import threading
 import time
 import urllib.request
 
-from bench.harness import bench_env, progress, report
+from bench.harness import bench_env, command_line, progress, report
 from catalog.consul_store import ConsulStore
 from catalog.model import Instance
 from catalog.routing import Pool, Route
@@ -111,10 +110,9 @@ def wrk(url, seconds=10, conns=20):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = command_line(__doc__)
     p.add_argument("--deploys", type=int, default=20)
     p.add_argument("--idle", type=float, default=60.0)
-    p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     say = progress(args.json)
     if not shutil.which("wrk"):

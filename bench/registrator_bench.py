@@ -11,7 +11,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import re
 import statistics
 import sys
@@ -20,7 +19,7 @@ import time
 
 import requests
 
-from bench.harness import bench_env, progress, report
+from bench.harness import bench_env, command_line, progress, report
 from tests.support.processes import ConsulServer, Proc, python_module, wait_until
 from tests.support.stack import TEST_LABEL, Stack
 
@@ -74,10 +73,9 @@ def start_light(client, session, service, i):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = command_line(__doc__)
     p.add_argument("--starts", type=int, default=100)
     p.add_argument("--containers", type=int, default=200)
-    p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     say = progress(args.json)
     result = {}
