@@ -156,17 +156,7 @@ class ConsulStore:
 
     def instances(self, service: str) -> List[RegisteredInstance]:
         _, entries = self._c.health.service(service)
-        out = []
-        for entry in entries:
-            inst = instance_from_consul(entry["Service"])
-            if inst is None:
-                continue
-            checks = {c["CheckID"]: c["Status"] for c in entry["Checks"]
-                      if c.get("ServiceID") == inst.id}
-            gate_out = next((c.get("Output", "") for c in entry["Checks"]
-                             if c["CheckID"] == inst.gate_check_id), "")
-            out.append(RegisteredInstance(inst, checks, gate_out))
-        return out
+        return registered_from_health(entries)
 
     def all_instances(self) -> Dict[str, List[RegisteredInstance]]:
         """Every registrator-made instance, per service."""
@@ -297,6 +287,21 @@ class ConsulStore:
                              headers=headers)
         except consul.base.ConsulException as exc:
             raise ConsulError(f"PUT {path}: {exc}") from None
+
+
+def registered_from_health(entries: list) -> List[RegisteredInstance]:
+    """A /v1/health/service/NAME answer -> the registrator-made instances with their checks."""
+    out = []
+    for entry in entries:
+        inst = instance_from_consul(entry["Service"])
+        if inst is None:
+            continue
+        checks = {c["CheckID"]: c["Status"] for c in entry["Checks"]
+                  if c.get("ServiceID") == inst.id}
+        gate_out = next((c.get("Output", "") for c in entry["Checks"]
+                         if c["CheckID"] == inst.gate_check_id), "")
+        out.append(RegisteredInstance(inst, checks, gate_out))
+    return out
 
 
 def instance_from_consul(svc: dict) -> Optional[Instance]:

@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 class Pool:
     version: str                     # "*" when the pool mixes versions (no usable policy)
     servers: Tuple[Tuple[str, int], ...]
+    server_versions: Tuple[str, ...] = ()    # each server's own version, in the same order
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,9 @@ class Route:
 
 
 def _pool(version: str, instances: Sequence[Instance]) -> Pool:
-    return Pool(version, tuple(sorted({(i.address, i.port) for i in instances})))
+    by_server = {(i.address, i.port): i.version for i in instances}
+    servers = tuple(sorted(by_server))
+    return Pool(version, servers, tuple(by_server[s] for s in servers))
 
 
 def route_for(service: str, registered: Sequence[RegisteredInstance],

@@ -1,6 +1,11 @@
-"""proxy-reloader: keep nginx's config in step with Consul.
+"""proxy-reloader: keep nginx in step with Consul.
 
-    proxy-reloader --nginx-prefix DIR [--listen 127.0.0.1:8000] [--admin 127.0.0.1:8001] [--exec] [--once]
+    proxy-reloader --nginx-prefix DIR [--mode dynamic|reload] [--listen 127.0.0.1:8000]
+                   [--admin 127.0.0.1:8001] [--exec] [--once]
+
+dynamic (the default): instance, gate and weight changes are pushed to nginx's Lua balancer
+without a reload; nginx reloads only when a route (service, path, host) comes or goes.
+reload: every change renders the config and reloads nginx (for an nginx without the Lua module).
 """
 from __future__ import annotations
 
@@ -8,14 +13,18 @@ import argparse
 import logging
 import signal
 import sys
+from pathlib import Path
 
 import requests
 
 from catalog.consul_store import ConsulStore, read_token
 from catalog.logs import setup_logging
+from catalog.mirror import CatalogMirror
 
 from .nginx import Nginx, NginxError
-from .runner import Runner, RunnerOptions
+from .push import PushClient, PushError, ensure_secret
+from .render import DYNAMIC, RELOAD, Settings
+from .runner import Runner, RunnerOptions, render_once
 from .status_server import serve_status
 from .supervisor import NginxChild
 
@@ -23,14 +32,19 @@ from .supervisor import NginxChild
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="proxy-reloader", description=__doc__.strip().splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--mode", choices=(DYNAMIC, RELOAD), default=DYNAMIC,
+                   help="dynamic: push instance changes to nginx's Lua balancer, reload only when routes "
+                        "change (needs libnginx-mod-http-lua); reload: reload nginx on every change")
     p.add_argument("--consul", default="127.0.0.1:8500", help="Consul agent HTTP address")
     p.add_argument("--consul-token-file", help="file holding the Consul ACL token (else CONSUL_HTTP_TOKEN)")
     p.add_argument("--nginx-prefix", required=True, help="nginx prefix folder; the config is PREFIX/nginx.conf")
     p.add_argument("--nginx-binary", default=None, help="nginx executable (default: from PATH)")
     p.add_argument("--listen", default="127.0.0.1:8000", help="address:port the proxy listens on")
     p.add_argument("--workers", default="2", help="nginx worker_processes")
-    p.add_argument("--min-wait", type=float, default=0.1, help="quiescence: seconds without change before rendering")
-    p.add_argument("--max-wait", type=float, default=1.0, help="quiescence: longest delay after a change")
+    p.add_argument("--min-wait", type=float, default=None,
+                   help="quiescence: seconds without change before applying (default: 0.02 dynamic, 0.1 reload)")
+    p.add_argument("--max-wait", type=float, default=None,
+                   help="quiescence: longest delay after a change (default: 0.25 dynamic, 1 reload)")
     p.add_argument("--admin", default="127.0.0.1:8001", help="loopback address of the read-only status endpoint ('' to disable)")
     p.add_argument("--exec", dest="exec_nginx", action="store_true", help="run nginx as a child and supervise it")
     p.add_argument("--report-check", action="store_true",
@@ -38,6 +52,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--once", action="store_true", help="render and apply once, then exit")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
+    dynamic = args.mode == DYNAMIC
+    args.min_wait = args.min_wait if args.min_wait is not None else (0.02 if dynamic else 0.1)
+    args.max_wait = args.max_wait if args.max_wait is not None else (0.25 if dynamic else 1.0)
     if not 0 < args.min_wait <= args.max_wait:
         p.error("need 0 < --min-wait <= --max-wait")
     return args
@@ -47,39 +64,54 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     setup_logging("proxy-reloader", args.verbose)
     try:
-        store = ConsulStore(args.consul, token=read_token(args.consul_token_file))
+        token = read_token(args.consul_token_file)
+        store = ConsulStore(args.consul, token=token)
         nginx = Nginx(args.nginx_prefix, args.nginx_binary, listen=args.listen)
+        settings = Settings(str(nginx.prefix), args.listen, args.workers, args.mode, nginx.modules_path())
+        push = None
+        if args.mode == DYNAMIC:
+            lua = Path(settings.modules) / "ngx_http_lua_module.so"
+            if not lua.exists():
+                raise ValueError(f"--mode dynamic needs nginx's Lua module, and {lua} does not exist: install "
+                                 "libnginx-mod-http-lua and lua-cjson (scripts/install.sh nginx does), "
+                                 "or run with --mode reload")
+            push = PushClient(settings.socket, ensure_secret(settings.secret))
     except (ValueError, OSError) as exc:
         print(f"proxy-reloader: {exc}", file=sys.stderr)
         return 2
     reporter = None
     if args.report_check:
         reporter = store.self_reporter("proxy-reloader", f"proxy-reloader:{args.listen}", args.listen)
-    runner = Runner(store, nginx, RunnerOptions(listen=args.listen, min_wait=args.min_wait,
-                                                max_wait=args.max_wait, workers=args.workers), reporter)
-    if args.once:
+    options = RunnerOptions(listen=args.listen, min_wait=args.min_wait, max_wait=args.max_wait,
+                            workers=args.workers, mode=args.mode, modules=settings.modules)
+    if args.once or args.exec_nginx:
         try:
-            changed = runner.render_once()
-        except NginxError as exc:
-            print(f"proxy-reloader: nginx rejected the config: {exc}", file=sys.stderr)
-            return 1
+            changed = render_once(store, nginx, settings, push)
+        except (NginxError, PushError) as exc:
+            if args.once:
+                print(f"proxy-reloader: nginx refused: {exc}", file=sys.stderr)
+                return 1
+            logging.warning("first render failed (%s); nginx starts with what is on disk", exc)
+            changed = False
         except (requests.ConnectionError, requests.Timeout):
-            print(f"proxy-reloader: Consul at {args.consul} is unreachable", file=sys.stderr)
-            return 3
-        print(f"config {'written' if changed else 'unchanged'}: {nginx.conf}")
-        return 0
+            if args.once:
+                print(f"proxy-reloader: Consul at {args.consul} is unreachable", file=sys.stderr)
+                return 3
+            logging.warning("first render: Consul at %s is unreachable; nginx starts with what is on disk", args.consul)
+            changed = False
+        if args.once:
+            print(f"config {'written' if changed else 'unchanged'}: {nginx.conf}")
+            return 0
+    mirror = CatalogMirror(args.consul, token, on_change=lambda: runner.dirty.set())
+    runner = Runner(mirror, nginx, options, reporter, push)
     if args.admin:
         try:
-            serve_status(args.admin, runner.status)
+            serve_status(args.admin, runner.status, push.metrics if push else None)
         except (ValueError, OSError) as exc:
             print(f"proxy-reloader: status endpoint: {exc}", file=sys.stderr)
             return 2
     child = None
     if args.exec_nginx:
-        try:
-            runner.render_once()
-        except (NginxError, requests.ConnectionError, requests.Timeout) as exc:
-            logging.warning("first render failed (%s); nginx starts with what is on disk", exc)
         if nginx.current() is None:
             print(f"proxy-reloader: no config at {nginx.conf} to start nginx with", file=sys.stderr)
             return 1
@@ -87,9 +119,8 @@ def main(argv=None) -> int:
         child.start()
     signal.signal(signal.SIGTERM, lambda *_: runner.stop())
     signal.signal(signal.SIGINT, lambda *_: runner.stop())
-    logging.info("proxy-reloader: Consul %s -> nginx %s (listen %s, status %s)", args.consul, nginx.conf,
-                 args.listen, args.admin or "off")
-    runner.dirty.set()                 # render at start-up, whatever the watches say
+    logging.info("proxy-reloader: Consul %s -> nginx %s (%s mode, listen %s, status %s)", args.consul, nginx.conf,
+                 args.mode, args.listen, args.admin or "off")
     try:
         runner.run()
     finally:

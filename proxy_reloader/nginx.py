@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 from typing import Optional
 
-from .render import config_version
+from .render import Settings, config_version
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,12 @@ class Nginx:
         except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
             return None
 
+    def clear_stale_socket(self) -> None:
+        """A killed master leaves its push socket behind, and a new one cannot bind it then.
+        Only while no master runs."""
+        if self.master_pid() is None:
+            Settings(str(self.prefix), "").socket.unlink(missing_ok=True)
+
     def reload(self) -> bool:
         """SIGHUP the master: new workers take the new config, old ones finish their requests.
         Returns False when no nginx runs (the config will be read when it starts)."""
@@ -79,23 +85,35 @@ class Nginx:
         return True
 
     def apply(self, text: str) -> bool:
-        """Validate, swap and reload when `text` differs from the live config. True if changed.
-        A reload that does not take effect (nginx -t cannot see a port already in use, say) is
-        detected through the config-version endpoint and the previous config is put back."""
-        previous = self.current()
-        if text == previous:
+        """Validate, swap and reload when `text` differs from the live config. True if changed."""
+        if text == self.current():
             return False
-        self.swap(self.validate(text))
+        self.install(self.validate(text), text)
+        return True
+
+    def install(self, candidate: Path, text: str) -> None:
+        """Swap a validated candidate in and reload. A reload that does not take effect (nginx -t
+        cannot see a port already in use, say) is detected through the config-version endpoint
+        and the previous config is put back."""
+        previous = self.current()
+        self.swap(candidate)
         if self.reload() and not self.serves(config_version(text)):
             errors = self.error_log_tail()
             if previous is not None:
-                candidate = self.prefix / f".nginx.conf.{os.getpid()}.revert"
-                candidate.write_text(previous)
-                self.swap(candidate)
+                revert = self.prefix / f".nginx.conf.{os.getpid()}.revert"
+                revert.write_text(previous)
+                self.swap(revert)
                 self.reload()
             raise ReloadError(f"nginx did not take the new config within {self.reload_timeout:.0f} s; "
                               f"the previous one is back. nginx said: {errors or '(nothing in error.log)'}")
-        return True
+
+    def modules_path(self) -> str:
+        """Where this nginx looks for dynamic modules (`nginx -V`'s --modules-path)."""
+        out = subprocess.run([self.binary, "-V"], capture_output=True, text=True, timeout=10).stderr
+        for word in out.split():
+            if word.startswith("--modules-path="):
+                return word.split("=", 1)[1]
+        return str(Path(self.binary).resolve().parent.parent / "lib" / "nginx" / "modules")
 
     def served_version(self) -> str:
         if not self.listen:

@@ -1,17 +1,54 @@
-"""Routes -> nginx configuration text (jinja2). Pure: the same routes give the same bytes."""
+"""Routes -> nginx configuration text (jinja2). Pure: the same routes give the same bytes.
+
+Two templates: `reload` lists every instance as an upstream server (any change is a reload);
+`dynamic` holds only the routes (service, path, host), and instances reach nginx's Lua balancer
+as a pushed table, so the file changes, and nginx reloads, only when a route comes or goes.
+"""
 from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, List, Tuple
 
 import jinja2
 
 from catalog.routing import Route
 
+RELOAD, DYNAMIC = "reload", "dynamic"
+LUA_DIR = Path(__file__).resolve().parent / "lua"
+
 _env = jinja2.Environment(loader=jinja2.PackageLoader("proxy_reloader", "templates"),
                           trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
                           undefined=jinja2.StrictUndefined, autoescape=False)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything in the config that is not a route."""
+    prefix: str
+    listen: str
+    workers: str = "2"
+    mode: str = RELOAD
+    modules: str = "/usr/lib/nginx/modules"     # where ndk and the Lua module live (dynamic)
+    table_size: str = "64m"                     # shared memory for the backend table (dynamic)
+
+    @property
+    def table(self) -> Path:
+        return Path(self.prefix) / "backends.json"
+
+    @property
+    def admin_dir(self) -> Path:
+        return Path(self.prefix) / "admin"
+
+    @property
+    def socket(self) -> Path:
+        return self.admin_dir / "push.sock"
+
+    @property
+    def secret(self) -> Path:
+        return self.admin_dir / "secret"
 
 
 def group_by_host(routes: Iterable[Route]) -> List[Tuple[str, List[Route]]]:
@@ -22,12 +59,15 @@ def group_by_host(routes: Iterable[Route]) -> List[Tuple[str, List[Route]]]:
     return sorted(groups.items())
 
 
-def render(routes: List[Route], prefix: str, listen: str, workers: str = "2") -> str:
+def render(routes: List[Route], prefix: str, listen: str, workers: str = "2", settings: Settings = None) -> str:
     """The config; its version (a hash of everything else in it) is written into it, so the
     running nginx can be asked which config its workers serve."""
+    s = settings or Settings(prefix, listen, workers)
     ordered = sorted(routes, key=lambda r: r.service)
-    template = _env.get_template("nginx.conf.j2")
-    args = dict(routes=ordered, servers=group_by_host(ordered), prefix=prefix, listen=listen, workers=workers)
+    template = _env.get_template("nginx-dynamic.conf.j2" if s.mode == DYNAMIC else "nginx.conf.j2")
+    args = dict(routes=ordered, servers=group_by_host(ordered), prefix=s.prefix, listen=s.listen,
+                workers=s.workers, modules=s.modules, lua=str(LUA_DIR), table=str(s.table),
+                secret=str(s.secret), socket=str(s.socket), table_size=s.table_size)
     version = hashlib.sha256(template.render(version="", **args).encode()).hexdigest()[:16]
     return template.render(version=version, **args)
 

@@ -1,8 +1,14 @@
-"""Watch -> quiesce -> render -> apply, after consul-template's runner.
+"""Watch -> quiesce -> compute -> apply, after consul-template's runner.
 
-Two blocking-query watches (every check's state, and the routing policies in KV) wake the
-runner; a quiescence timer waits until changes stop for `min_wait` (but never longer than
-`max_wait` after the first one), so a burst of changes costs one reload, not a storm.
+The catalog mirror's blocking queries (one per service, plus the service list and the routing
+policies) wake the runner; a quiescence timer waits until changes stop for `min_wait` (but
+never longer than `max_wait` after the first one). Only the services that changed are
+computed again.
+
+Applying, in dynamic mode: the table entries that changed are pushed to nginx's Lua balancer
+and confirmed (the workers report the pushed generation); nginx is reloaded only when a route
+comes or goes (the config file holds routes, not instances). In reload mode every change is a
+new config and a reload, as before the Lua balancer existed.
 
 When nginx refuses a rendered config, the services whose own config it refuses keep their
 last good route (or stay out, if they never had one) and every other service's change is
@@ -16,14 +22,14 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
-from catalog.consul_store import POLICIES
-from catalog.retry import TRANSIENT, backoff
+from catalog.retry import TRANSIENT
 from catalog.routing import Route
-from catalog.watch import Watch
 
+from . import backends
 from .nginx import Nginx, NginxError, ReloadError
-from .render import config_version, render
-from .view import build_view
+from .push import PushClient, PushError
+from .render import DYNAMIC, RELOAD, Settings, config_version, render
+from .view import route_of, without_conflicts
 
 log = logging.getLogger(__name__)
 
@@ -33,61 +39,162 @@ class RunnerOptions:
     listen: str = "127.0.0.1:8000"
     min_wait: float = 0.1
     max_wait: float = 1.0
-    wait: float = 30.0          # blocking query wait
     workers: str = "2"
+    mode: str = RELOAD
+    modules: str = "/usr/lib/nginx/modules"
     # After Consul was unreachable or restarted, its catalog can be incomplete for a moment
     # (agents re-sync their services): for this long a service that vanishes, or loses every
     # admitted instance, keeps its last good route instead of being dropped.
     blip_grace: float = 15.0
+    # Idle, how often to ask nginx whether it restarted (and so lost the pushed table).
+    restart_check: float = 2.0
 
 
 class Runner:
-    def __init__(self, store, nginx: Nginx, options: RunnerOptions, reporter=None):
-        self.store, self.nginx, self.options = store, nginx, options
+    def __init__(self, mirror, nginx: Nginx, options: RunnerOptions, reporter=None,
+                 push: Optional[PushClient] = None):
+        self.mirror, self.nginx, self.options = mirror, nginx, options
+        self.settings = Settings(str(nginx.prefix), options.listen, options.workers, options.mode, options.modules)
         self.reporter = reporter                     # reports health as a Consul check, if set
+        self.push = push                             # nginx's push endpoint (dynamic mode)
         self.stopping = threading.Event()
         self.dirty = threading.Event()
-        self.reloads = 0
-        self.renders = 0
+        self.reloads = self.renders = self.pushes = 0
         self.last_reload: Optional[float] = None
+        self.last_push: Optional[float] = None
         self.last_error: Optional[str] = None
+        self.push_error: Optional[str] = None
         self.service_errors: Dict[str, str] = {}
+        self.computed: Dict[str, Route] = {}         # per service, from Consul
+        self.invalid: Dict[str, str] = {}            # per service: why Consul's data is left out
         self.routes: List[Route] = []                # what nginx serves now
         self.last_good: Dict[str, Route] = {}
-        self.watches: List[Watch] = []
+        self.table: Dict[str, dict] = {}             # the entries nginx confirmed
+        self.generation = 0
+        self.boot: Optional[str] = None
         self.recheck: Optional[threading.Timer] = None
+        self._structure = None
+        self._last_check = 0.0
+
+    @property
+    def dynamic(self) -> bool:
+        return self.options.mode == DYNAMIC
 
     def _render(self, routes: List[Route]) -> str:
-        return render(routes, str(self.nginx.prefix), self.options.listen, self.options.workers)
+        return render(routes, self.settings.prefix, self.settings.listen, self.settings.workers, self.settings)
 
-    def render_once(self) -> bool:
-        """Build the view, render, apply if changed. True when nginx got a new config."""
-        view = build_view(self.store)
+    # --- computing what to serve -----------------------------------------------------------
+    def update(self, snapshot) -> None:
+        """Compute the routes of the services in `snapshot` again."""
+        for service, (registered, policy_raw) in snapshot.items():
+            route, error = route_of(service, registered, policy_raw)
+            self.computed.pop(service, None)
+            self.invalid.pop(service, None)
+            if route:
+                self.computed[service] = route
+            if error:
+                self.invalid[service] = error
+                log.error("service %s left out of the proxy: %s", service, error)
+
+    def apply(self) -> bool:
+        """Bring nginx in line with the computed routes. True when nginx was reloaded."""
         self.renders += 1
-        routes, errors = self._ride_out_blips(list(view.routes), dict(view.errors))
-        try:
-            changed = self.nginx.apply(self._render(routes + self._kept(routes, errors)))
-        except ReloadError:
-            raise
-        except NginxError as exc:
-            routes, errors = self._isolate(routes, errors, exc)
-            changed = self.nginx.apply(self._render(routes + self._kept(routes, errors)))
-        routes = routes + self._kept(routes, errors)
-        self.routes, self.service_errors = routes, errors
-        # Remember what each service last served well; a service that is simply gone is forgotten.
-        self.last_good = {r.service: r for r in routes}
-        if changed:
+        errors = dict(self.invalid)
+        routes = without_conflicts(self.computed, errors)
+        routes, errors = self._ride_out_blips(routes, errors)
+        served = routes + self._kept(routes, errors)
+        text, candidate = None, None
+        structure = tuple((r.service, r.path, r.host) for r in sorted(served, key=lambda r: r.service))
+        if not self.dynamic or structure != self._structure:
+            text = self._render(served)
+            if text == self.nginx.current():
+                text = None
+            else:
+                try:
+                    candidate = self.nginx.validate(text)
+                except NginxError as exc:
+                    routes, errors = self._isolate(routes, errors, exc)
+                    served = routes + self._kept(routes, errors)
+                    text = self._render(served)
+                    candidate = self.nginx.validate(text) if text != self.nginx.current() else None
+                    text = text if candidate else None
+        self.routes, self.service_errors = served, errors
+        self.last_good = {r.service: r for r in served}
+        if self.dynamic:
+            self._push_table(served)              # before a reload: a new route has its servers
+        if candidate is not None:
+            self.nginx.install(candidate, text)
             self.reloads += 1
             self.last_reload = time.time()
-            log.info("nginx reloaded (config %s): %s", config_version(self.nginx.current() or ""), "; ".join(
-                f"{r.service} -> {r.stable.version + ' x' + str(len(r.stable.servers)) if r.stable else '503'}"
-                + (f" + canary {r.canary.version} {r.weight}%" if r.canary else "")
-                for r in sorted(routes, key=lambda r: r.service)) or "no services")
-        return changed
+            log.info("nginx reloaded (config %s): %s", config_version(text), self._describe(served))
+        if self.dynamic:
+            self._structure = tuple((r.service, r.path, r.host) for r in sorted(served, key=lambda r: r.service))
+        return candidate is not None
 
+    @staticmethod
+    def _describe(routes: List[Route]) -> str:
+        return "; ".join(
+            f"{r.service} -> {r.stable.version + ' x' + str(len(r.stable.servers)) if r.stable else '503'}"
+            + (f" + canary {r.canary.version} {r.weight}%" if r.canary else "")
+            for r in sorted(routes, key=lambda r: r.service)) or "no services"
+
+    # --- dynamic mode: the table -----------------------------------------------------------
+    def _push_table(self, served: List[Route]) -> None:
+        want = {r.service: backends.entry(r) for r in served}
+        try:
+            self._ask_nginx()
+            full = self.boot is None
+            delta = want if full else {s: e for s, e in want.items() if self.table.get(s) != e}
+            if not full:
+                delta.update({s: None for s in self.table if s not in want})
+            if delta or full:
+                generation = max(self.generation + 1, int(time.time() * 1000))
+                self.push.push(backends.push_body(generation, delta, full))
+                served_gen = self.push.state()["generation"]
+                if served_gen != generation:
+                    raise PushError(f"pushed generation {generation}, but the workers report {served_gen}")
+                self.generation, self.table = generation, want
+                self.pushes += 1
+                self.last_push = time.time()
+                log.info("pushed generation %d (%s): %s", generation, "full" if full else f"{len(delta)} service(s)",
+                         self._describe([r for r in served if r.service in delta]) if len(delta) <= 5 else "")
+            self.push_error = None
+        except (PushError, ValueError) as exc:
+            self.push_error = str(exc)
+            self.boot = None                         # push everything once nginx answers again
+            log.error("nginx keeps its last table: %s", exc)
+            self._recheck_after(1.0)
+        finally:
+            # The file holds the full current state, so an nginx (re)start routes right at once.
+            backends.write_table(self.settings.table, max(self.generation, 1), want)
+
+    def _ask_nginx(self) -> None:
+        """Notice an nginx restart (a new boot id, or an older generation): the table it holds
+        is the file's, so everything is pushed again."""
+        state = self.push.state()
+        if state.get("boot") != self.boot or state.get("generation", 0) < self.generation:
+            if self.boot is not None:
+                log.warning("nginx restarted (boot %s, generation %s): pushing the whole table again",
+                            state.get("boot"), state.get("generation"))
+            self.boot = None
+            self.generation = max(self.generation, int(state.get("generation") or 0))
+        self._last_check = time.monotonic()
+
+    def _idle(self) -> None:
+        if not self.dynamic or time.monotonic() - self._last_check < self.options.restart_check:
+            return
+        self._last_check = time.monotonic()
+        try:
+            state = self.push.state()
+        except PushError:
+            return                                   # nginx is not up; its start reads the file
+        if state.get("boot") != self.boot:
+            self.dirty.set()
+
+    # --- riding out Consul blips and refusals ----------------------------------------------
     def _ride_out_blips(self, routes: List[Route], errors: Dict[str, str]):
         """Within blip_grace of a Consul disruption, do not drop what served well before."""
-        since = max((w.disrupted_at for w in self.watches), default=0.0)
+        since = getattr(self.mirror, "disrupted_at", 0.0)
         if not since or time.monotonic() - since >= self.options.blip_grace:
             return routes, errors
         by_service = {r.service: r for r in routes}
@@ -100,7 +207,7 @@ class Runner:
         return [r for r in routes if r.service not in kept], errors
 
     def _recheck_after(self, seconds: float) -> None:
-        """Render again once the grace is over, so what is really gone does leave."""
+        """Apply again later (the grace is over, or nginx may answer again)."""
         if self.recheck is not None and self.recheck.is_alive():
             return
         self.recheck = threading.Timer(max(0.0, seconds), self.dirty.set)
@@ -126,19 +233,23 @@ class Runner:
             raise exc                                # not one service's fault
         return good, errors
 
+    # --- the loop --------------------------------------------------------------------------
     def run(self) -> None:
-        self.watches = [
-            Watch("checks", self.store.wait_checks, self.dirty.set, self.options.wait, self.stopping),
-            Watch("policies", lambda i, w: self.store.wait_kv(POLICIES, i, w), self.dirty.set,
-                  self.options.wait, self.stopping),
-        ]
-        for w in self.watches:
-            w.start()
+        self.mirror.start()
+        while not self.stopping.is_set() and not self.mirror.ready.wait(timeout=1.0):
+            self._idle()                             # nginx serves what it has until Consul answers
+        if self.stopping.is_set():
+            return
+        self.update(self.mirror.everything())
+        self._apply()
         while not self.stopping.is_set():
             if not self.dirty.wait(timeout=1.0):
+                self._idle()
                 continue
             self._quiesce()
+            self.update(self.mirror.take())
             self._apply()
+        self.mirror.stop()
 
     def _quiesce(self) -> None:
         """Wait until no change for min_wait, or max_wait since the first change."""
@@ -152,16 +263,15 @@ class Runner:
 
     def _apply(self) -> None:
         try:
-            self._render_retrying()
-            self.last_error = "; ".join(f"{s}: {e}" for s, e in sorted(self.service_errors.items())) or None
+            self.apply()
+            problems = [f"{s}: {e}" for s, e in sorted(self.service_errors.items())]
+            if self.push_error:
+                problems.append(f"push: {self.push_error}")
+            self.last_error = "; ".join(problems) or None
         except NginxError as exc:
             # nginx refused the config or did not take it: it keeps serving the last good one.
             self.last_error = str(exc)
             log.error("new config not applied, nginx keeps the last good one: %s", exc)
-        except Exception as exc:            # a Consul answer we cannot use: keep serving, retry
-            self.last_error = f"could not read Consul: {type(exc).__name__}: {exc}"
-            log.error("%s; nginx keeps the last good config; retrying in 5 s", self.last_error)
-            self._recheck_after(5.0)
         self._report()
 
     def _report(self) -> None:
@@ -173,14 +283,10 @@ class Runner:
         except TRANSIENT as exc:
             log.warning("could not report the proxy's state to Consul: %s", exc)
 
-    @backoff(max_wait=10.0, what="render from Consul")
-    def _render_retrying(self) -> None:
-        if not self.stopping.is_set():
-            self.render_once()
-
     def status(self) -> dict:
         """What the status endpoint shows."""
-        return {
+        out = {
+            "mode": self.options.mode,
             "config_version": config_version(self.nginx.current() or ""),
             "served_version": self.nginx.served_version(),
             "reloads": self.reloads, "renders": self.renders,
@@ -188,8 +294,32 @@ class Runner:
             "service_errors": dict(self.service_errors),
             "services": {r.service: r.to_dict() for r in self.routes},
         }
+        if self.dynamic:
+            try:
+                served = self.push.state().get("generation")
+            except PushError:
+                served = None
+            out.update(pushes=self.pushes, last_push=self.last_push, generation=self.generation,
+                       served_generation=served, push_error=self.push_error)
+        return out
 
     def stop(self) -> None:
         self.stopping.set()
         self.dirty.set()
 
+
+def render_once(store, nginx: Nginx, settings: Settings, push: Optional[PushClient] = None) -> bool:
+    """One full read of Consul (synchronous) -> config file, and in dynamic mode the table file
+    (pushed too when nginx runs). True when nginx got a new config."""
+    from .view import build_view
+    view = build_view(store)
+    changed = nginx.apply(render(view.routes, settings.prefix, settings.listen, settings.workers, settings))
+    if settings.mode == DYNAMIC:
+        entries = {r.service: backends.entry(r) for r in view.routes}
+        generation = int(time.time() * 1000)
+        backends.write_table(settings.table, generation, entries)
+        if push is not None and nginx.master_pid() is not None:
+            state = push.state()
+            generation = max(generation, int(state.get("generation") or 0) + 1)
+            push.push(backends.push_body(generation, entries, full=True))
+    return changed

@@ -3,6 +3,7 @@
   GET /status            config version (rendered and served), reloads, last reload, errors
   GET /services          every routed service
   GET /services/NAME     one service's route: versions, servers, 503 or not
+  GET /metrics           per-request metrics from nginx, Prometheus text (dynamic mode)
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import ipaddress
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
+from typing import Callable, Optional
 
 
 def parse_loopback(address: str):
@@ -26,13 +27,16 @@ def parse_loopback(address: str):
     return host, int(port)
 
 
-def serve_status(address: str, status: Callable[[], dict]) -> ThreadingHTTPServer:
-    """Start the endpoint on a daemon thread; `status()` is called per request."""
+def serve_status(address: str, status: Callable[[], dict],
+                 metrics: Optional[Callable[[], str]] = None) -> ThreadingHTTPServer:
+    """Start the endpoint on a daemon thread; `status()` (or `metrics()`) is called per request."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
-            data = status()
             path = self.path.split("?", 1)[0].rstrip("/")
+            if path == "/metrics":
+                return self._metrics()
+            data = status()
             if path in ("", "/status"):
                 self._send(200, data)
             elif path == "/services":
@@ -47,6 +51,20 @@ def serve_status(address: str, status: Callable[[], dict]) -> ThreadingHTTPServe
                     self._send(404, {"error": f"no service {name!r} is routed", "status": 404})
             else:
                 self._send(404, {"error": "unknown path; try /status, /services or /services/NAME", "status": 404})
+
+        def _metrics(self):
+            if metrics is None:
+                return self._send(404, {"error": "per-request metrics come from nginx's Lua module: "
+                                                 "run proxy-reloader with --mode dynamic", "status": 404})
+            try:
+                raw = metrics().encode()
+            except Exception as exc:           # nginx down: say so, as Prometheus shows a failed scrape
+                return self._send(503, {"error": f"nginx's metrics are unavailable: {exc}", "status": 503})
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
 
         def do_POST(self):
             self._send(405, {"error": "read-only endpoint", "status": 405})

@@ -29,6 +29,7 @@ class NginxChild:
         threading.Thread(target=self._watch, name="nginx-child", daemon=True).start()
 
     def _spawn(self) -> None:
+        self.nginx.clear_stale_socket()
         # Its own process group: if the master dies, its orphaned workers (still holding the
         # listening socket) can be found and told to finish, and nothing else is touched.
         self.proc = subprocess.Popen([self.nginx.binary, "-p", str(self.nginx.prefix), "-c", str(self.nginx.conf),

@@ -1,4 +1,4 @@
-"""What to route, read from Consul: every service's instances and routing policy -> Routes.
+"""What to route, from Consul's data: each service's instances and routing policy -> a Route.
 
 Values are re-checked against the allow-list here, because anyone with write access to Consul
 could have written them: an invalid service is left out (and reported), the others go on.
@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from catalog import validation as v
+from catalog.model import RegisteredInstance, RoutingPolicy
 from catalog.routing import Route, route_for
 from catalog.validation import InvalidValue
 
@@ -32,23 +33,56 @@ def _check_instance(inst) -> None:
         v.check("proxy_host", inst.proxy_host)
 
 
+def route_of(service: str, registered: Optional[Sequence[RegisteredInstance]],
+             policy_raw: Optional[str]) -> Tuple[Optional[Route], Optional[str]]:
+    """(route, None), (None, why it is left out), or (None, None) for a service with no
+    registered instance (it has no route at all: nginx answers 404 at its path)."""
+    try:
+        policy = RoutingPolicy.from_json(policy_raw) if policy_raw else None
+    except InvalidValue as exc:
+        return None, str(exc)
+    except ValueError:
+        return None, str(InvalidValue(f"gatekeeper/policies/{service}", policy_raw, "a JSON routing policy"))
+    return _route(service, registered, policy)
+
+
+def _route(service, registered, policy) -> Tuple[Optional[Route], Optional[str]]:
+    if not registered:
+        return None, None
+    try:
+        for ri in registered:
+            _check_instance(ri.instance)
+        return route_for(service, registered, policy), None
+    except InvalidValue as exc:
+        return None, str(exc)
+
+
+def without_conflicts(routes: Dict[str, Route], errors: Dict[str, str]) -> List[Route]:
+    """Two services at one host and path: the first by name keeps it, the other is left out."""
+    taken, out = {}, []
+    for service in sorted(routes):
+        route = routes[service]
+        key = (route.host, route.path)
+        if key in taken:
+            errors[service] = f"path {route.path} is already routed to {taken[key]}"
+            continue
+        taken[key] = service
+        out.append(route)
+    return out
+
+
 def build_view(store) -> View:
-    routes, errors, paths = [], {}, {}
+    """One full read through the synchronous adapter (`--once`)."""
+    routes, errors = {}, {}
     for service, registered in sorted(store.all_instances().items()):
         try:
-            for ri in registered:
-                _check_instance(ri.instance)
             _, policy = store.policy(service)
-            route = route_for(service, registered, policy)
+            route, error = _route(service, registered, policy)
         except InvalidValue as exc:
-            errors[service] = str(exc)
-            log.error("service %s left out of the proxy: %s", service, exc)
-            continue
-        key = (route.host, route.path)
-        if key in paths:
-            errors[service] = f"path {route.path} is already routed to {paths[key]}"
-            log.error("service %s left out of the proxy: %s", service, errors[service])
-            continue
-        paths[key] = service
-        routes.append(route)
-    return View(routes, errors)
+            route, error = None, str(exc)
+        if error:
+            errors[service] = error
+            log.error("service %s left out of the proxy: %s", service, error)
+        elif route:
+            routes[service] = route
+    return View(without_conflicts(routes, errors), errors)

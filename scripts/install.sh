@@ -74,11 +74,23 @@ install_consul() {
   info "installed $BIN/consul ($("$BIN/consul" version | head -1))"
 }
 
+# nginx with Debian's Lua module: proxy-reloader's dynamic mode pushes instance changes to a
+# Lua balancer instead of reloading nginx.
 install_nginx() {
-  step "nginx"
-  if command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; then info "using $( (command -v nginx || echo /usr/sbin/nginx) ) ($(/usr/sbin/nginx -v 2>&1 | cut -d/ -f2))"; return 0; fi
-  apt_install nginx-light 2>/dev/null || apt_install nginx
-  info "installed $(/usr/sbin/nginx -v 2>&1)"
+  step "nginx (with the Lua module)"
+  if command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; then
+    info "using $( (command -v nginx || echo /usr/sbin/nginx) ) ($(/usr/sbin/nginx -v 2>&1 | cut -d/ -f2))"
+  else
+    apt_install nginx-light 2>/dev/null || apt_install nginx
+    info "installed $(/usr/sbin/nginx -v 2>&1)"
+  fi
+  local modules; modules="$( /usr/sbin/nginx -V 2>&1 | tr ' ' '\n' | sed -n 's/^--modules-path=//p')"
+  if [ -f "${modules:-/usr/lib/nginx/modules}/ngx_http_lua_module.so" ] && dpkg -s lua-cjson >/dev/null 2>&1; then
+    info "Lua module: present"
+  else
+    apt_install libnginx-mod-http-lua lua-cjson
+    info "Lua module: installed (libnginx-mod-http-lua, lua-cjson)"
+  fi
 }
 
 # debootstrap_image TAG PACKAGES: a Debian 12 root with PACKAGES (comma-separated), imported as
@@ -104,7 +116,7 @@ ensure_base_image() {
     info "base image: python:3.11-slim"; echo "python:3.11-slim" >"$STATE/base-image"; return 0
   fi
   info "no image registry reachable; building $BASE_TAG with debootstrap (about two minutes, once)"
-  debootstrap_image "$BASE_TAG" python3,python3-pip,ca-certificates,nginx-light
+  debootstrap_image "$BASE_TAG" python3,python3-pip,ca-certificates,nginx-light,libnginx-mod-http-lua,lua-cjson
   info "base image: $BASE_TAG (built)"
   echo "$BASE_TAG" >"$STATE/base-image"
 }
@@ -192,12 +204,12 @@ install_compose() {
 
 # A throwaway Ansible target: Debian 12 with the packages the roles install already present
 # (a container cannot reach the package mirror), and python3-apt for Ansible's apt module.
-TARGET_TAG="proxystack-target:bookworm-2"
+TARGET_TAG="proxystack-target:bookworm-3"
 install_target_image() {
   step "Ansible test target image ($TARGET_TAG)"
   if docker image inspect "$TARGET_TAG" >/dev/null 2>&1; then info "reused"; return 0; fi
   info "building with debootstrap (about two minutes, once)"
-  debootstrap_image "$TARGET_TAG" python3,python3-apt,python3-venv,python3-packaging,ca-certificates,nginx-light,docker.io,docker-registry
+  debootstrap_image "$TARGET_TAG" python3,python3-apt,python3-venv,python3-packaging,ca-certificates,nginx-light,libnginx-mod-http-lua,lua-cjson,docker.io,docker-registry
   info "built"
 }
 

@@ -11,7 +11,7 @@ VENV="$ROOT/.venv"
 mkdir -p "$RUN" "$LOGS" "$BIN"
 export PATH="$VENV/bin:$BIN:$PATH"
 
-BASE_TAG="proxystack-base:bookworm-2"        # local base image when no registry answers (with nginx)
+BASE_TAG="proxystack-base:bookworm-3"        # local base image when no registry answers (with nginx and its Lua module)
 
 step() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 info() { printf '    %s\n' "$*"; }

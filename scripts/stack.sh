@@ -24,6 +24,7 @@ up() {
   mkdir -p "$STATE/consul"
   start_bg consul consul agent -server -bootstrap-expect 1 -data-dir "$STATE/consul" -node proxystack \
     -bind 127.0.0.1 -client 127.0.0.1 -ui -log-level warn -hcl 'check_update_interval = "0s"' \
+    -hcl 'limits { http_max_conns_per_client = 4096 }' \
     -hcl 'acl { enabled = true, default_policy = "deny", enable_token_persistence = true }'
   wait_for "Consul leader election" 60 sh -c "curl -sf http://$CONSUL_ADDR/v1/status/leader | grep -q ':'"
   info "leader elected"
@@ -39,6 +40,7 @@ up() {
   if [ -s "$NGINX_PREFIX/nginx.pid" ] && kill -0 "$(cat "$NGINX_PREFIX/nginx.pid")" 2>/dev/null; then
     info "nginx already running (pid $(cat "$NGINX_PREFIX/nginx.pid"))"
   else
+    rm -f "$NGINX_PREFIX/admin/push.sock"      # left behind if nginx was killed; nginx cannot bind it then
     "$NGINX_BIN" -p "$NGINX_PREFIX" -c "$NGINX_PREFIX/nginx.conf" 2>>"$LOGS/nginx.log" || die "nginx did not start (see $LOGS/nginx.log)"
     wait_for "nginx" 10 test -s "$NGINX_PREFIX/nginx.pid"
     cp "$NGINX_PREFIX/nginx.pid" "$RUN/nginx.pid"

@@ -20,7 +20,7 @@ from tests.support.processes import ROOT
 pytestmark = pytest.mark.e2e
 
 VENV_BIN = ROOT / ".venv" / "bin"
-TARGET_IMAGE = "proxystack-target:bookworm-2"
+TARGET_IMAGE = "proxystack-target:bookworm-3"
 RECAP = re.compile(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 
 

@@ -105,6 +105,8 @@ class ConsulServer:
             # Sync a check's output to the catalog at once, not every 5 minutes, so the gate's
             # summary is visible as soon as it is written (the stack's own Consul does the same).
             "-hcl", 'check_update_interval = "0s"',
+            # proxy-reloader keeps one blocking query per service: more than Consul's default 200.
+            "-hcl", "limits { http_max_conns_per_client = 4096 }",
             "-hcl", 'acl { enabled = true, default_policy = "deny", enable_token_persistence = true }',
         ], base)
 

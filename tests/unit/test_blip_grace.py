@@ -10,9 +10,9 @@ GOOD = Route("demo", "/demo/", "", Pool("v1", (("127.0.0.1", 1),)))
 
 
 def runner(disrupted_ago):
-    r = Runner(store=None, nginx=SimpleNamespace(prefix="/p"), options=RunnerOptions(blip_grace=5))
+    mirror = SimpleNamespace(disrupted_at=time.monotonic() - disrupted_ago if disrupted_ago is not None else 0.0)
+    r = Runner(mirror, nginx=SimpleNamespace(prefix="/p"), options=RunnerOptions(blip_grace=5))
     r.last_good = {"demo": GOOD}
-    r.watches = [SimpleNamespace(disrupted_at=time.monotonic() - disrupted_ago if disrupted_ago is not None else 0.0)]
     return r
 
 

@@ -1,0 +1,79 @@
+"""The backend table pushed to nginx in dynamic mode: the one JSON contract with the Lua side.
+
+    push   {"generation": N, "full": bool, "services": {NAME: ENTRY | null}}
+    ENTRY  {"service": NAME, "stable": POOL | null, "canary": POOL | null, "weight": 0..100}
+    POOL   {"version": V, "servers": [[ADDRESS, PORT, VERSION], ...]}     (at least one server)
+
+proxy-reloader computes every entry from admitted instances and the routing policy (a route
+with no stable pool answers 503); nginx's `proxystack/backends.lua` checks the same rules again
+and refuses a whole push if one entry breaks them, keeping the table it had.
+The table file beside nginx.conf holds the last full table in the push format, so an nginx
+that starts or restarts routes right before proxy-reloader pushes anything.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Dict, Optional
+
+from catalog import validation as v
+from catalog.routing import Pool, Route
+
+MAX_WEIGHT = 100
+
+
+def _pool(pool: Optional[Pool]) -> Optional[dict]:
+    if pool is None or not pool.servers:
+        return None
+    versions = pool.server_versions or (pool.version,) * len(pool.servers)
+    return {"version": pool.version,
+            "servers": [[a, p, ver] for (a, p), ver in zip(pool.servers, versions)]}
+
+
+def entry(route: Route) -> dict:
+    """A route's table entry: who serves it, with what split."""
+    stable = _pool(route.stable)
+    canary = _pool(route.canary) if stable else None
+    return {"service": route.service, "stable": stable, "canary": canary,
+            "weight": route.weight if canary else 0}
+
+
+def check_entry(name: str, e: Optional[dict]) -> None:
+    """Raise ValueError when an entry breaks the contract (the Lua side checks the same)."""
+    v.check("service", name)
+    if e is None:
+        return
+    if e.get("service") != name:
+        raise ValueError(f"{name}: entry.service must be {name}")
+    for side in ("stable", "canary"):
+        pool = e.get(side)
+        if pool is None:
+            continue
+        if pool["version"] != "*":                  # "*": a pool that mixes versions
+            v.check("version", pool["version"])
+        if not pool["servers"]:
+            raise ValueError(f"{name}.{side}: a pool lists at least one server")
+        for address, port, version in pool["servers"]:
+            v.check("address", address)
+            v.check_port("port", port)
+            v.check("version", version)
+    weight = e.get("weight")
+    if not isinstance(weight, int) or not 0 <= weight <= MAX_WEIGHT:
+        raise ValueError(f"{name}.weight must be an integer 0..100")
+    if e.get("canary") and not e.get("stable"):
+        raise ValueError(f"{name}: a canary needs a stable pool")
+
+
+def push_body(generation: int, entries: Dict[str, Optional[dict]], full: bool) -> bytes:
+    for name, e in entries.items():
+        check_entry(name, e)
+    return json.dumps({"generation": generation, "full": full, "services": entries},
+                      sort_keys=True, separators=(",", ":")).encode()
+
+
+def write_table(path: Path, generation: int, entries: Dict[str, dict]) -> None:
+    """The full table, atomically, for nginx's next start (read in init_by_lua)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(push_body(generation, entries, full=True))
+    os.replace(tmp, path)
