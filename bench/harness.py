@@ -23,6 +23,24 @@ def command_line(doc: str) -> argparse.ArgumentParser:
     return p
 
 
+def with_check(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--check", action="store_true", help="exit 1 when any figure misses its goal")
+    return p
+
+
+def goals_table(rows) -> str:
+    """rows: (measure, figure, goal, met or None when the row has no goal) -> a printed table."""
+    width = max(len(r[0]) for r in rows)
+    fig = max(len(str(r[1])) for r in rows)
+    return "\n".join(f"{m:<{width}}  {str(f):<{fig}}  goal {g:<14} {'' if ok is None else ('met' if ok else 'MISSED')}"
+                     for m, f, g, ok in rows)
+
+
+def exit_code(rows, check: bool) -> int:
+    missed = [r[0] for r in rows if r[3] is False]
+    return 1 if check and missed else 0
+
+
 def progress(json_mode: bool):
     """`say` for progress lines: printed for people, silent when the output is JSON."""
     return (lambda *a: None) if json_mode else (lambda *a: print(*a, flush=True))

@@ -33,29 +33,39 @@ def first_response_from(stack: Stack, version: str, timeout: float = 60.0) -> fl
     raise TimeoutError(f"{version} never answered through the proxy")
 
 
+def image_for(i: int) -> str:
+    return "demo:v2" if i % 2 else "demo:v1"
+
+
+def answers(i: int) -> str:
+    return "v2" if i % 2 else "v1"
+
+
+def deploy_measuring_gate_to_proxy(stack: Stack, i: int) -> float:
+    """Deploy release `i` (auto mode); ms from its verdict's finish to its first proxied answer."""
+    c = stack.deploy(f"r{i}", image_for(i), **{"gatekeeper.version": f"r{i}"})
+    ri = wait_until(lambda: (lambda r: r if r and r.gate_status == "passing" else None)(stack.instance(c)),
+                    120, "the gate to pass")
+    seen = first_response_from(stack, answers(i))
+    return (seen - stack.store.verdict(ri.instance.id).finished) * 1000
+
+
 def measure(stack: Stack, runs: int, say, gate_to_proxy: list, promote_to_all: list) -> None:
-    image_for = lambda i: "demo:v2" if i % 2 else "demo:v1"
-    answers = lambda i: "v2" if i % 2 else "v1"
     stack.deploy("r0", image_for(0), **{"gatekeeper.version": "r0"})
     wait_until(lambda: stack.served_version() == "v1", 120, "the first version served")
     for i in range(1, runs + 1):
-        c = stack.deploy(f"r{i}", image_for(i), **{"gatekeeper.version": f"r{i}"})
-        ri = wait_until(lambda: (lambda r: r if r and r.gate_status == "passing" else None)(stack.instance(c)),
-                        120, "the gate to pass")
-        seen = first_response_from(stack, answers(i))
-        finished = stack.store.verdict(ri.instance.id).finished
-        gate_to_proxy.append((seen - finished) * 1000)
+        gate_to_proxy.append(deploy_measuring_gate_to_proxy(stack, i))
         say(f"gate pass -> proxied, run {i}: {gate_to_proxy[-1]:.0f} ms")
         for name in [n for n in stack.containers if n != f"r{i}"]:
             stack.containers.pop(name).remove(force=True)
-    set_mode(stack.store, "bench", "manual")
+    set_mode(stack.store, stack.service, "manual")
     for i in range(runs + 1, 2 * runs + 1):
         c = stack.deploy(f"r{i}", image_for(i), **{"gatekeeper.version": f"r{i}"})
-        wait_until(lambda: stack.store.policy("bench")[1].canary == f"r{i}", 120, "the canary")
+        wait_until(lambda: stack.store.policy(stack.service)[1].canary == f"r{i}", 120, "the canary")
         time.sleep(1.5)                       # let the canary-at-0 config settle first
         assert stack.served_version({"X-Client-Id": "probe"}) != answers(i)
         t0 = time.time()
-        promote(stack.store, "bench", full=True)
+        promote(stack.store, stack.service, full=True)
         seen = first_response_from(stack, answers(i))
         promote_to_all.append((seen - t0) * 1000)
         say(f"promote -> all traffic, run {i - runs}: {promote_to_all[-1]:.0f} ms")

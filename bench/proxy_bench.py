@@ -1,18 +1,23 @@
-"""proxy_reloader and nginx on the real stack:
+"""proxy_reloader and nginx on the real stack, every figure beside its goal, in one run:
 
-1. reloads for 100 changes spread over 1 s (target <= 5);
-2. render + nginx -t + reload until the workers serve it, 100 services x 10 instances (<= 1 s);
-3. proxy-reloader's CPU while idle, over 60 s;
-4. requests/s through nginx vs straight to one instance, same concurrency (wrk; ratio >= 0.9);
-5. failed requests over 20 consecutive deploys at a steady 200 req/s per client: a client
-   opening a new connection per request, a keep-alive client, and a keep-alive client that
-   retries an idempotent GET once when the server closed the connection before answering.
+1. deploys through the gate (auto mode) with keep-alive clients that never retry (20
+   connections, 20 req/s each): failed requests and nginx reloads (new worker generations),
+   dynamic mode vs reload mode side by side (goal: 0 failed and 0 reloads in dynamic mode);
+2. in the same deploys, gate pass -> first proxied answer from the new version, p50 and p95
+   (goal: p50 <= 100 ms in dynamic mode);
+3. throughput and p99 against a fast backend (nginx `return 200` in a container): straight to
+   it, through the stack's nginx (dynamic mode: Lua balancer and metrics on), and through a
+   hand-written minimal nginx reverse proxy with the same worker count (goal: >= 0.95 x the
+   hand-written one);
+4. with S services x 10 instances admitted in Consul: proxy-reloader's CPU while they are
+   admitted; one instance change -> live in nginx's workers, from the Consul write through the
+   real watches (goal: p50 <= 50 ms); a full render + validate of every instance (goal <= 1 s).
 
-    .venv/bin/python -m bench.proxy_bench [--deploys 20] [--idle 60] [--json]
+    .venv/bin/python -m bench.proxy_bench [--deploys 20] [--services 1000] [--check] [--json]
 """
 from __future__ import annotations
 
-import http.client
+import concurrent.futures
 import json
 import os
 import re
@@ -20,34 +25,25 @@ import shutil
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 
-from bench.harness import bench_env, command_line, progress, report
+from bench.harness import bench_env, command_line, exit_code, goals_table, progress, report, with_check
+from bench.promotion_bench import deploy_measuring_gate_to_proxy
 from catalog.consul_store import ConsulStore
 from catalog.model import Instance
 from catalog.routing import Pool, Route
+from proxy_reloader import backends
 from proxy_reloader.nginx import Nginx
-from proxy_reloader.render import render
+from proxy_reloader.push import PushClient
+from proxy_reloader.render import DYNAMIC, RELOAD, Settings, render
+from tests.support.load import KeepAliveLoad
+from tests.support.nginx_workers import WorkerGenerations
 from tests.support.processes import Proc, python_module, wait_until
-from tests.support.stack import Stack
+from tests.support.stack import TEST_LABEL, Stack
 
-PORT, ADMIN = 18100, 19100
-
-
-def status(port=ADMIN):
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as r:
-        return json.loads(r.read())
-
-
-def admit(store, service, port):
-    inst = Instance(id=f"b:{service}-{port}:8080", service=service, address="127.0.0.1", port=port, version="v1",
-                    container_id=f"c{port}", container_name=f"{service}-{port}", image="demo:v1",
-                    registered_by="registrator@bench", proxy_path=f"/{service}/")
-    store.register(inst)
-    store.set_gate(inst, True, "bench")
-    return inst
+STACK_PORTS = {DYNAMIC: 18100, RELOAD: 18101}      # status endpoints at +1000
+HAND, LONE, LONE_ADMIN = 18102, 18103, 19103
 
 
 def cpu_seconds(pid):
@@ -55,64 +51,193 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class RateClient(threading.Thread):
-    """GET at a steady rate; counts failures. keepalive: reuse one connection; retry: resend an
-    idempotent GET once when the connection was closed before any response byte."""
-
-    def __init__(self, port, rate=200, keepalive=False, retry=False):
-        super().__init__(daemon=True)
-        self.port, self.rate, self.keepalive, self.retry = port, rate, keepalive, retry
-        self.stopping = threading.Event()
-        self.total = self.failed = 0
-        self.errors = []
-        self.conn = None
-
-    def _once(self):
-        if self.conn is None or not self.keepalive:
-            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        headers = {} if self.keepalive else {"Connection": "close"}
-        self.conn.request("GET", "/demo/1", headers=headers)
-        resp = self.conn.getresponse()
-        resp.read()
-        if not self.keepalive:
-            self.conn.close()
-            self.conn = None
-        return resp.status
-
-    def run(self):
-        interval, next_at = 1.0 / self.rate, time.monotonic()
-        while not self.stopping.is_set():
-            self.total += 1
-            try:
-                try:
-                    code = self._once()
-                except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-                    self.conn = None
-                    if not self.retry:
-                        raise
-                    code = self._once()           # what browsers and urllib3 do for idempotent requests
-                if code != 200:
-                    self.failed += 1
-                    self.errors.append(f"HTTP {code}")
-            except (OSError, http.client.HTTPException) as exc:
-                self.failed += 1
-                self.errors.append(type(exc).__name__)
-                self.conn = None
-            next_at += interval
-            time.sleep(max(0.0, next_at - time.monotonic()))
+def pct(values, q):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
 
 
-def wrk(url, seconds=10, conns=20):
-    out = subprocess.run(["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", url], capture_output=True, text=True,
-                         timeout=seconds + 30).stdout
-    m = re.search(r"Requests/sec:\s+([0-9.]+)", out)
-    return float(m.group(1)) if m else 0.0
+def wrk(url, seconds=5, conns=20):
+    """(requests/s, p99 ms) from `wrk -t2 -cN --latency`."""
+    out = subprocess.run(["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", "--latency", url], capture_output=True,
+                         text=True, timeout=seconds + 30).stdout
+    rps = re.search(r"Requests/sec:\s+([0-9.]+)", out)
+    p99 = re.search(r"99%\s+([0-9.]+)(us|ms|s)", out)
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+    return (float(rps.group(1)) if rps else 0.0,
+            float(p99.group(1)) * scale[p99.group(2)] if p99 else float("nan"))
+
+
+# --- 1 + 2: deploys under keep-alive load, both modes ----------------------------------------
+def deploys(env, mode, n, say):
+    (env.base / f"stack-{mode}").mkdir()
+    stack = Stack(env.consul, env.base / f"stack-{mode}", env.client, f"{env.session}{mode[0]}",
+                  STACK_PORTS[mode], drain_seconds=2, service=f"bench-{mode}", mode=mode).start()
+    try:
+        stack.deploy("r0", "demo:v1", **{"gatekeeper.version": "r0"})
+        wait_until(lambda: stack.served_version() == "v1", 120, "the first version served")
+        generations = WorkerGenerations(stack.nginx.master_pid())
+        generations.start()
+        load = KeepAliveLoad("127.0.0.1", stack.listen_port, connections=20, rate=20, max_seconds=900).start()
+        gate_ms = []
+        for i in range(1, n + 1):
+            gate_ms.append(deploy_measuring_gate_to_proxy(stack, i))
+            wait_until(lambda: (stack.proxy_status(f"/services/{stack.service}").get("stable") or {})
+                       .get("version") == f"r{i}", 60, f"r{i} stable")
+            say(f"  {mode}: deploy {i}/{n}: gate pass -> proxied {gate_ms[-1]:.0f} ms; "
+                f"{len(load.failures)} failed of {load.total}")
+        load.finish()
+        return {"failed": len(load.failures), "requests": load.total,
+                "rate": round(load.total / load.elapsed), "reloads": generations.finish(),
+                "errors": sorted(set(f.split(":")[0] for f in load.failures)),
+                "gate_to_proxy_ms": {"p50": round(statistics.median(gate_ms), 1), "p95": round(pct(gate_ms, 95), 1)}}
+    finally:
+        stack.stop()
+
+
+# --- 3: a fast backend, three ways -----------------------------------------------------------
+FAST = ("worker_processes 1; events {} http { access_log off; server { listen 8080; "
+        "location / { return 200 '{\"ok\": 1}'; } } }")
+HAND_CONF = """worker_processes 2;
+pid {prefix}/nginx.pid;
+error_log {prefix}/logs/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log {prefix}/logs/access.log;
+    client_body_temp_path {prefix}/tmp/body;
+    proxy_temp_path {prefix}/tmp/proxy;
+    upstream fast {{ server 127.0.0.1:{port}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{listen};
+        location /fast/ {{
+            proxy_pass http://fast;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+
+
+def fast_backend(env):
+    # an image with nginx: the debootstrap base, or the compose stack's image
+    image = next(t for t in ("proxystack-base:bookworm-3", "proxystack/stack:latest") if env.client.images.list(name=t))
+    c = env.client.containers.run(image, ["sh", "-c", f"printf '%s' \"$CONF\" >/tmp/n.conf && nginx -c /tmp/n.conf "
+                                                      "-g 'daemon off; pid /tmp/n.pid;'"],
+                                  environment={"CONF": FAST}, detach=True, ports={"8080/tcp": None},
+                                  labels={TEST_LABEL: env.session}, name=f"{env.session}-fast")
+    wait_until(lambda: (c.reload(), c.attrs["NetworkSettings"]["Ports"].get("8080/tcp"))[1], 20, "fast backend")
+    port = int(c.attrs["NetworkSettings"]["Ports"]["8080/tcp"][0]["HostPort"])
+    wait_until(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1).status == 200, 20,
+               "fast backend answers")
+    return port
+
+
+def hand_written_proxy(env, port):
+    prefix = env.base / "hand"
+    (prefix / "logs").mkdir(parents=True)
+    (prefix / "tmp").mkdir()
+    (prefix / "nginx.conf").write_text(HAND_CONF.format(prefix=prefix, port=port, listen=HAND))
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    subprocess.run([nginx, "-p", str(prefix), "-c", str(prefix / "nginx.conf")], check=True, timeout=20)
+    return prefix
+
+
+def throughput(env, store, say, rounds=3):
+    port = fast_backend(env)
+    admit(store, "fast", port, n=0)
+    wait_until(lambda: urllib.request.urlopen(f"http://127.0.0.1:{LONE}/fast/", timeout=1).status == 200, 30,
+               "the stack's nginx routes the fast backend")
+    hand = hand_written_proxy(env, port)
+    runs = {"direct": [], "stack": [], "hand": []}
+    urls = {"direct": f"http://127.0.0.1:{port}/fast/", "stack": f"http://127.0.0.1:{LONE}/fast/",
+            "hand": f"http://127.0.0.1:{HAND}/fast/"}
+    try:
+        for r in range(rounds):
+            for name, url in urls.items():
+                runs[name].append(wrk(url))
+            say(f"  throughput round {r + 1}/{rounds}: " + ", ".join(f"{n} {v[-1][0]:.0f} req/s" for n, v in runs.items()))
+    finally:
+        os.kill(int((hand / "nginx.pid").read_text()), 15)
+    out = {n: {"rps": round(statistics.median(v[0] for v in vals)), "p99_ms": round(statistics.median(v[1] for v in vals), 2)}
+           for n, vals in runs.items()}
+    out["stack_vs_hand"] = round(out["stack"]["rps"] / out["hand"]["rps"], 3)
+    return out
+
+
+# --- 4: a big catalog ------------------------------------------------------------------------
+def instance(service, n, port):
+    return Instance(id=f"b:{service}-{n}:8080", service=service, address="127.0.0.1", port=port, version="v1",
+                    container_id=f"c{service}{n}", container_name=f"{service}-{n}", image="demo:v1",
+                    registered_by="registrator@bench", proxy_path=f"/{service}/")
+
+
+def admit(store, service, port, n=0):
+    inst = instance(service, n, port)
+    store.register(inst)
+    store.set_gate(inst, True, "bench")
+    return inst
+
+
+def big_catalog(env, store, services, px, push, say):
+    t0, c0 = time.monotonic(), cpu_seconds(px.pid)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda sn: admit(store, f"svc{sn[0]}", 20000 + sn[1], n=sn[1]),
+                      [(s, i) for s in range(services) for i in range(10)]))
+    last = f"svc{services - 1}"
+    wait_until(lambda: len(((push.backends_of(last) or {}).get("stable") or {}).get("servers", [])) == 10
+               and push.state()["services"] >= services, 600, "every instance in nginx's table")
+    time.sleep(2)                              # the last watches settle
+    admitting = {"seconds": round(time.monotonic() - t0, 1), "cpu_seconds": round(cpu_seconds(px.pid) - c0, 1)}
+    say(f"  {services * 10} instances admitted in {admitting['seconds']} s; proxy-reloader CPU "
+        f"{admitting['cpu_seconds']} s")
+    inst = instance("svc0", 0, 20000)
+    live = []
+    for k in range(20):
+        passing = k % 2 == 1
+        want = 10 if passing else 9
+        t = time.monotonic()
+        store.set_gate(inst, passing, "bench toggle")
+        while len(((push.backends_of("svc0") or {}).get("stable") or {}).get("servers", [])) != want:
+            if time.monotonic() - t > 30:
+                raise TimeoutError("an instance change never reached nginx")
+            time.sleep(0.001)
+        live.append((time.monotonic() - t) * 1000)
+        time.sleep(0.3)
+    say(f"  one instance change -> live in workers: p50 {statistics.median(live):.1f} ms, "
+        f"p95 {pct(live, 95):.1f} ms ({len(live)} changes)")
+    return admitting, {"p50": round(statistics.median(live), 1), "p95": round(pct(live, 95), 1), "n": len(live)}
+
+
+def full_render(env, services):
+    """Render + nginx -t of every instance, as proxy-reloader does it in each mode, 3 runs each."""
+    routes = [Route(f"svc{s}", f"/svc{s}/", "", Pool("v1", tuple(("127.0.0.1", 20000 + s * 10 + i) for i in range(10)),
+                                                      ("v1",) * 10)) for s in range(services)]
+    out = {}
+    for mode in (DYNAMIC, RELOAD):
+        nginx = Nginx(str(env.base / f"render-{mode}"))
+        settings = Settings(str(nginx.prefix), "127.0.0.1:1", mode=mode, modules=nginx.modules_path())
+        times = []
+        for _ in range(3):
+            t = time.monotonic()
+            text = render(routes, settings.prefix, settings.listen, settings=settings)
+            if mode == DYNAMIC:
+                backends.write_table(settings.table, 1, {r.service: backends.entry(r) for r in routes})
+            nginx.validate(text).unlink()
+            times.append(time.monotonic() - t)
+        out[mode] = round(statistics.median(times), 3)
+    return out
+
+
+class TablePeek(PushClient):
+    def backends_of(self, service):
+        status, raw = self._call("GET", f"/backends/{service}")
+        return json.loads(raw) if status == 200 else None
 
 
 def main(argv=None) -> int:
-    p = command_line(__doc__)
+    p = with_check(command_line(__doc__))
     p.add_argument("--deploys", type=int, default=20)
-    p.add_argument("--idle", type=float, default=60.0)
+    p.add_argument("--services", type=int, default=1000, help="services of 10 instances each for part 4")
     args = p.parse_args(argv)
     say = progress(args.json)
     if not shutil.which("wrk"):
@@ -120,96 +245,50 @@ def main(argv=None) -> int:
         return 2
     result = {}
     with bench_env() as env:
-        run(env, args, say, result)
-    report(result, args.json, "\n".join(
-        f"{args.deploys} deploys at 200 req/s, {name}: {r['failed']} failed of {r['requests']} {r['errors']}"
-        for name, r in result["deploys"].items()))
-    return 0
-
-
-def run(env, args, say, result: dict) -> None:
-    client, base, consul, session = env.client, env.base, env.consul, env.session
-    store = ConsulStore(consul.address, token=consul.management_token)
-    # 1 + 3: a lone proxy-reloader supervising its nginx
-    px = Proc("proxy-reloader", python_module(
-        "proxy_reloader", "--consul", consul.address, "--consul-token-file", consul.token_file("proxy-reloader"),
-        "--nginx-prefix", str(base / "px"), "--listen",
-        f"127.0.0.1:{PORT + 1}", "--admin", f"127.0.0.1:{ADMIN}", "--exec"), base).start()
-    wait_until(lambda: status()["served_version"], 30, "proxy-reloader up")
-    time.sleep(1)
-    before = status()["reloads"]
-    t0 = time.monotonic()
-    for i in range(100):
-        admit(store, "burst", 40000 + i)
-        time.sleep(max(0.0, t0 + (i + 1) / 100 - time.monotonic()))
-    wait_until(lambda: len((status()["services"].get("burst") or {"stable": {"servers": []}})["stable"]["servers"]) == 100,
-               30, "all routed")
-    time.sleep(1.5)
-    result["reloads_for_100_changes_in_1s"] = status()["reloads"] - before
-    say(f"reloads for 100 registrations (200 changes) over {time.monotonic() - t0 - 1.5:.1f} s: "
-        f"{result['reloads_for_100_changes_in_1s']}")
-    pid = px.pid
-    c0, w0 = cpu_seconds(pid), time.monotonic()
-    time.sleep(args.idle)
-    idle = (cpu_seconds(pid) - c0) / (time.monotonic() - w0) * 100
-    result["idle_cpu_percent"] = round(idle, 3)
-    say(f"proxy-reloader idle CPU over {args.idle:.0f} s: {idle:.3f} % of one core")
-    px.stop()
-
-    # 2: 100 services x 10 instances, in process against a running nginx
-    nginx = Nginx(str(base / "big"), listen=f"127.0.0.1:{PORT + 2}", reload_timeout=10)
-    nginx.apply(render([], str(nginx.prefix), nginx.listen))
-    subprocess.run([nginx.binary, "-p", str(nginx.prefix), "-c", str(nginx.conf)], check=True)
-    wait_until(lambda: nginx.served_version(), 10, "nginx up")
-    times = []
-    for run in range(6):
-        routes = [Route(f"svc{s}", f"/svc{s}/", "", Pool(f"v{run}", tuple(("127.0.0.1", 20000 + s * 10 + i)
-                                                                      for i in range(10))))
-                  for s in range(100)]
-        t = time.monotonic()
-        nginx.apply(render(routes, str(nginx.prefix), nginx.listen))
-        times.append(time.monotonic() - t)
-    os.kill(nginx.master_pid(), 15)
-    result["render_validate_reload_100x10_s"] = {"median": round(statistics.median(times[1:]), 3),
-                                                 "max": round(max(times[1:]), 3)}
-    say(f"render + nginx -t + reload until served, 100 services x 10 instances: median "
-        f"{statistics.median(times[1:]):.3f} s, max {max(times[1:]):.3f} s (5 runs)")
-
-    # 4 + 5: the whole stack
-    stack = Stack(consul, base / "stack", client, session, PORT, drain_seconds=2, service="bench")
-    stack.start()
-    try:
-        c = stack.deploy("r0", "demo:v1", **{"gatekeeper.version": "r0"})
-        wait_until(lambda: stack.served_version() == "v1", 120, "served")
-        c.reload()
-        direct = f"http://127.0.0.1:{c.attrs['NetworkSettings']['Ports']['8080/tcp'][0]['HostPort']}/demo/1"
-        rps_direct = wrk(direct)
-        rps_proxy = wrk(f"http://127.0.0.1:{PORT}/demo/1")
-        result["rps"] = {"direct": rps_direct, "through_nginx": rps_proxy,
-                         "ratio": round(rps_proxy / rps_direct, 3) if rps_direct else None}
-        say(f"requests/s, wrk -t2 -c20 10 s: direct {rps_direct:.0f}, through nginx {rps_proxy:.0f}, "
-            f"ratio {result['rps']['ratio']}")
-        clients = {"new connection per request": RateClient(PORT),
-                   "keep-alive": RateClient(PORT, keepalive=True),
-                   "keep-alive, idempotent retry": RateClient(PORT, keepalive=True, retry=True)}
-        for cl in clients.values():
-            cl.start()
-        for i in range(1, args.deploys + 1):
-            image, answer = ("demo:v2", "v2") if i % 2 else ("demo:v1", "v1")
-            stack.deploy(f"r{i}", image, **{"gatekeeper.version": f"r{i}"})
-            wait_until(lambda: stack.served_version() == answer, 120, f"deploy {i} served")
-            old = f"r{i - 1}"
-            wait_until(lambda: (stack.containers[old].reload(), stack.containers[old].status)[1] != "running",
-                       60, "the old version drained and stopped")
-            stack.containers.pop(old).remove(force=True)
-            say(f"deploy {i}/{args.deploys} done: " + ", ".join(f"{n} {c.failed}/{c.total}" for n, c in clients.items()))
-        for cl in clients.values():
-            cl.stopping.set()
-            cl.join(10)
-        result["deploys"] = {n: {"requests": c.total, "failed": c.failed, "errors": sorted(set(c.errors))}
-                             for n, c in clients.items()}
-    finally:
-        stack.stop()
+        for mode in (DYNAMIC, RELOAD):
+            say(f"== {args.deploys} deploys under keep-alive load, {mode} mode")
+            result[f"deploys_{mode}"] = deploys(env, mode, args.deploys, say)
+        store = ConsulStore(env.consul.address, token=env.consul.management_token)
+        px = Proc("proxy-reloader", python_module(
+            "proxy_reloader", "--consul", env.consul.address, "--consul-token-file",
+            env.consul.token_file("proxy-reloader"), "--nginx-prefix", str(env.base / "px"), "--listen",
+            f"127.0.0.1:{LONE}", "--admin", f"127.0.0.1:{LONE_ADMIN}", "--exec"), env.base).start()
+        try:
+            push = TablePeek(Settings(str(env.base / "px"), "").socket, "")
+            wait_until(lambda: (env.base / "px" / "admin" / "secret").exists(), 30, "the push secret")
+            push.secret = (env.base / "px" / "admin" / "secret").read_text().strip()
+            wait_until(lambda: push.state(), 30, "nginx under proxy-reloader")
+            say("== throughput against a fast backend")
+            result["throughput"] = throughput(env, store, say)
+            say(f"== {args.services} services x 10 instances")
+            result["admitting"], result["instance_change_live_ms"] = big_catalog(env, store, args.services, px, push, say)
+        finally:
+            px.stop()
+        result["full_render_validate_s"] = full_render(env, args.services)
+    d, r, t = result[f"deploys_{DYNAMIC}"], result[f"deploys_{RELOAD}"], result["throughput"]
+    n = args.services * 10
+    rows = [
+        (f"failed requests, {args.deploys} deploys, keep-alive, dynamic", f"{d['failed']} of {d['requests']}", "0", d["failed"] == 0),
+        (f"failed requests, {args.deploys} deploys, keep-alive, reload", f"{r['failed']} of {r['requests']}", "(today)", None),
+        ("nginx reloads (worker generations), dynamic / reload", f"{d['reloads']} / {r['reloads']}", "0 / -", d["reloads"] == 0),
+        ("keep-alive load, req/s, dynamic / reload", f"{d['rate']} / {r['rate']}", ">= 400", min(d["rate"], r["rate"]) >= 400),
+        ("gate pass -> proxied, dynamic p50 / p95 ms", f"{d['gate_to_proxy_ms']['p50']} / {d['gate_to_proxy_ms']['p95']}", "p50 <= 100", d["gate_to_proxy_ms"]["p50"] <= 100),
+        ("gate pass -> proxied, reload p50 / p95 ms", f"{r['gate_to_proxy_ms']['p50']} / {r['gate_to_proxy_ms']['p95']}", "(today)", None),
+        ("req/s direct / stack nginx / hand-written nginx", f"{t['direct']['rps']} / {t['stack']['rps']} / {t['hand']['rps']}", "", None),
+        ("p99 ms direct / stack nginx / hand-written nginx", f"{t['direct']['p99_ms']} / {t['stack']['p99_ms']} / {t['hand']['p99_ms']}", "", None),
+        ("stack nginx req/s / hand-written nginx req/s", t["stack_vs_hand"], ">= 0.95", t["stack_vs_hand"] >= 0.95),
+        (f"one instance change -> live, {n} instances, p50 / p95 ms",
+         f"{result['instance_change_live_ms']['p50']} / {result['instance_change_live_ms']['p95']}", "p50 <= 50",
+         result["instance_change_live_ms"]["p50"] <= 50),
+        (f"full render + validate, {n} instances, dynamic / reload s",
+         f"{result['full_render_validate_s'][DYNAMIC]} / {result['full_render_validate_s'][RELOAD]}", "<= 1 s",
+         result["full_render_validate_s"][DYNAMIC] <= 1.0),
+        (f"proxy-reloader CPU while {n} instances are admitted",
+         f"{result['admitting']['cpu_seconds']} s in {result['admitting']['seconds']} s", "", None),
+    ]
+    result["goals"] = [{"measure": m, "figure": str(f), "goal": g, "met": ok} for m, f, g, ok in rows]
+    report(result, args.json, "\n" + goals_table(rows))
+    return exit_code(rows, args.check)
 
 
 if __name__ == "__main__":

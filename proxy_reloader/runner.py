@@ -118,15 +118,18 @@ class Runner:
                     text = self._render(served)
                     candidate = self.nginx.validate(text) if text != self.nginx.current() else None
                     text = text if candidate else None
-        self.routes, self.service_errors = served, errors
-        self.last_good = {r.service: r for r in served}
-        if self.dynamic:
-            self._push_table(served)              # before a reload: a new route has its servers
+        self.service_errors = errors
+        pushed = self._push_table(served) if self.dynamic else True   # before a reload: a new route has its servers
         if candidate is not None:
             self.nginx.install(candidate, text)
             self.reloads += 1
             self.last_reload = time.time()
             log.info("nginx reloaded (config %s): %s", config_version(text), self._describe(served))
+        if pushed:
+            # Only now is this what nginx serves: the status endpoint (and whoever waits on it)
+            # never sees a route before the workers do.
+            self.routes = served
+            self.last_good = {r.service: r for r in served}
         if self.dynamic:
             self._structure = tuple((r.service, r.path, r.host) for r in sorted(served, key=lambda r: r.service))
         return candidate is not None
@@ -139,7 +142,8 @@ class Runner:
             for r in sorted(routes, key=lambda r: r.service)) or "no services"
 
     # --- dynamic mode: the table -----------------------------------------------------------
-    def _push_table(self, served: List[Route]) -> None:
+    def _push_table(self, served: List[Route]) -> bool:
+        """Push what changed; True when the workers confirmed it (or nothing changed)."""
         want = {r.service: backends.entry(r) for r in served}
         try:
             self._ask_nginx()
@@ -150,20 +154,22 @@ class Runner:
             if delta or full:
                 generation = max(self.generation + 1, int(time.time() * 1000))
                 self.push.push(backends.push_body(generation, delta, full))
-                served_gen = self.push.state()["generation"]
-                if served_gen != generation:
-                    raise PushError(f"pushed generation {generation}, but the workers report {served_gen}")
-                self.generation, self.table = generation, want
+                state = self.push.state()
+                if state["generation"] != generation:
+                    raise PushError(f"pushed generation {generation}, but the workers report {state['generation']}")
+                self.generation, self.table, self.boot = generation, want, state["boot"]
                 self.pushes += 1
                 self.last_push = time.time()
                 log.info("pushed generation %d (%s): %s", generation, "full" if full else f"{len(delta)} service(s)",
                          self._describe([r for r in served if r.service in delta]) if len(delta) <= 5 else "")
             self.push_error = None
+            return True
         except (PushError, ValueError) as exc:
             self.push_error = str(exc)
             self.boot = None                         # push everything once nginx answers again
             log.error("nginx keeps its last table: %s", exc)
             self._recheck_after(1.0)
+            return False
         finally:
             # The file holds the full current state, so an nginx (re)start routes right at once.
             backends.write_table(self.settings.table, max(self.generation, 1), want)

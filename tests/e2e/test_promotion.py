@@ -52,7 +52,8 @@ class TestCanary:
     def test_2_weight_20_sends_20_percent_of_clients_to_the_canary(self, stack):
         code, out, _ = stack.gatekeeper_cli("weight", SERVICE, "20")
         assert code == 0 and "20%" in out
-        wait(stack, lambda: "20% canary" in stack.nginx.conf.read_text(), 20, "the split in nginx")
+        wait(stack, lambda: (stack.proxy_status(f"/services/{SERVICE}")["canary"] or {}).get("weight") == 20, 20,
+             "the split served by nginx")
         seen = versions_for(stack, 1000, lambda i: {"X-Client-Id": uuid.uuid4().hex})
         share = seen.count("v2") / len(seen)
         assert 0.15 <= share <= 0.25, f"canary share {share:.1%}"

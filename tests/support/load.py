@@ -44,3 +44,65 @@ class LoadClient(threading.Thread):
         self.stopping.set()
         self.join(30)
         return self
+
+
+class KeepAliveLoad:
+    """`connections` clients, each on one kept-alive connection at `rate` requests/s, that never
+    retry: a connection closed under a request is a failure, as it is for a pooled client that
+    does not resend. Bounded in time; counts answers by status and version."""
+
+    def __init__(self, host: str, port: int, path: str = "/demo/1", connections: int = 20, rate: float = 20.0,
+                 max_seconds: float = 300.0, headers: dict = None):
+        self.host, self.port, self.path, self.rate = host, port, path, rate
+        self.max_seconds, self.headers = max_seconds, headers or {}
+        self.stopping = threading.Event()
+        self.versions: Counter = Counter()
+        self.failures: List[str] = []
+        self.total = 0
+        self._lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._client, daemon=True) for _ in range(connections)]
+
+    def start(self) -> "KeepAliveLoad":
+        self.started = time.monotonic()
+        for t in self.threads:
+            t.start()
+        return self
+
+    def _client(self) -> None:
+        conn, interval = None, 1.0 / self.rate
+        deadline, next_at = time.monotonic() + self.max_seconds, time.monotonic()
+        while not self.stopping.is_set() and time.monotonic() < deadline:
+            outcome = None
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
+                conn.request("GET", self.path, headers=self.headers)
+                resp = conn.getresponse()
+                body = resp.read()
+                if resp.status != 200:
+                    outcome = f"HTTP {resp.status}: {body[:120]!r}"
+                else:
+                    version = json.loads(body).get("version")
+            except (OSError, ValueError, http.client.HTTPException) as exc:
+                outcome = f"{type(exc).__name__}: {exc}"
+                conn = None
+            with self._lock:
+                self.total += 1
+                if outcome:
+                    self.failures.append(outcome)
+                else:
+                    self.versions[version] += 1
+            next_at += interval
+            time.sleep(max(0.0, next_at - time.monotonic()))
+        if conn is not None:
+            conn.close()
+
+    def rate_seen(self) -> float:
+        return self.total / max(1e-9, time.monotonic() - self.started)
+
+    def finish(self) -> "KeepAliveLoad":
+        self.elapsed = time.monotonic() - self.started
+        self.stopping.set()
+        for t in self.threads:
+            t.join(15)
+        return self

@@ -18,9 +18,9 @@ TEST_LABEL = "proxystack.test"
 
 class Stack:
     def __init__(self, consul, base, docker_client, session: str, listen_port: int = 18000,
-                 drain_seconds: float = 3.0, service: str = "demo", gatekeeper_args=()):
+                 drain_seconds: float = 3.0, service: str = "demo", gatekeeper_args=(), mode: str = "dynamic"):
         self.consul, self.base, self.docker = consul, base, docker_client
-        self.session, self.listen_port, self.service = session, listen_port, service
+        self.session, self.listen_port, self.service, self.mode = session, listen_port, service, mode
         self.store = ConsulStore(consul.address, token=consul.management_token, timeout=5, max_wait=5)
         self.nginx = NginxServer(base / "nginx", f"127.0.0.1:{listen_port}")
         self.containers = {}
@@ -31,7 +31,7 @@ class Stack:
         self.reloader = Proc("proxy-reloader", python_module(
             "proxy_reloader", "--consul", consul.address, "--consul-token-file", consul.token_file("proxy-reloader"),
             "--nginx-prefix", str(self.nginx.prefix), "--listen", self.nginx.listen,
-            "--admin", f"127.0.0.1:{listen_port + 1000}"), base)
+            "--admin", f"127.0.0.1:{listen_port + 1000}", "--mode", mode), base)
 
     def _registrator(self):
         return Proc("registrator", python_module(
@@ -42,7 +42,8 @@ class Stack:
     def start(self):
         Proc("render-once", python_module("proxy_reloader", "--consul", self.consul.address, "--consul-token-file",
                                           self.consul.token_file("proxy-reloader"), "--nginx-prefix",
-                                          str(self.nginx.prefix), "--listen", self.nginx.listen, "--once"),
+                                          str(self.nginx.prefix), "--listen", self.nginx.listen, "--once",
+                                          "--mode", self.mode),
              self.base).start().popen.wait(30)
         self.nginx.start()
         for p in (self.registrator, self.gatekeeper, self.reloader):
@@ -69,6 +70,11 @@ class Stack:
                                        labels={**base, **labels})
         self.containers[name] = c
         return c
+
+    def proxy_status(self, path="/status"):
+        """proxy-reloader's status endpoint."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.listen_port + 1000}{path}", timeout=5) as r:
+            return json.loads(r.read())
 
     def get(self, path="/demo/1", headers=None):
         req = urllib.request.Request(f"http://127.0.0.1:{self.listen_port}{path}", headers=headers or {})

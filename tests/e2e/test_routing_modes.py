@@ -1,0 +1,200 @@
+"""The same routing semantics in both modes (dynamic: the Lua balancer reads a pushed table;
+reload: every change is a config and a reload), on real Consul and nginx.
+
+Instances are registered straight into Consul with their gates passed by the test; each answers
+with its own name, so the test sees which one served."""
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from threading import Thread
+
+import pytest
+
+from catalog.model import Instance, RoutingPolicy
+from tests.support.load import KeepAliveLoad
+from tests.support.nginx_workers import WorkerGenerations
+from tests.support.processes import Proc, pid_alive, python_module, wait_until
+
+pytestmark = pytest.mark.e2e
+
+PORTS = {"dynamic": (18006, 19006), "reload": (18007, 19007)}
+
+
+class Backend:
+    """A loopback HTTP server that answers {"name": ..., "version": ...}."""
+
+    def __init__(self, name: str, version: str):
+        body = json.dumps({"name": name, "version": version}).encode()
+
+        class H(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module", params=["dynamic", "reload"])
+def proxy(request, consul_server, tmp_path_factory):
+    mode = request.param
+    listen, admin = PORTS[mode]
+    base = tmp_path_factory.mktemp(f"modes-{mode}")
+    proc = Proc("proxy-reloader", python_module(
+        "proxy_reloader", "--consul", consul_server.address, "--consul-token-file",
+        consul_server.token_file("proxy-reloader"), "--nginx-prefix", str(base / "nginx"), "--mode", mode,
+        "--listen", f"127.0.0.1:{listen}", "--admin", f"127.0.0.1:{admin}", "--exec"), base).start()
+    px = Proxy(mode, listen, admin, base / "nginx", proc)
+    wait_until(lambda: px.status()["served_version"], 30, f"proxy-reloader up ({mode})")
+    yield px
+    master = px.master
+    proc.stop()
+    wait_until(lambda: not pid_alive(master), 15, "nginx stopped with proxy-reloader")
+
+
+class Proxy:
+    def __init__(self, mode, listen, admin, prefix, proc):
+        self.mode, self.listen, self.admin, self.prefix, self.proc = mode, listen, admin, prefix, proc
+
+    @property
+    def master(self) -> int:
+        return int((self.prefix / "nginx.pid").read_text())
+
+    def status(self, path="/status"):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}{path}", timeout=5) as r:
+            return json.loads(r.read())
+
+    def get(self, path, headers=None):
+        req = urllib.request.Request(f"http://127.0.0.1:{self.listen}{path}", headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"{}")
+
+
+@pytest.fixture
+def service(proxy, store, unique):
+    """A fresh service name, its backends and registrations cleaned up after the test."""
+    made = []
+
+    def add(version, port=None):
+        """An admitted instance: a live backend, or at `port` (where nothing listens) if given."""
+        b = None if port else Backend(f"{unique}-{len(made)}", version)
+        inst = Instance(id=f"modes:{unique}-{len(made)}:8080", service=unique, address="127.0.0.1",
+                        port=port or b.port, version=version, container_id=f"c{unique}{len(made)}",
+                        container_name=f"{unique}-{len(made)}", image="x:1", registered_by="registrator@modes")
+        store.register(inst)
+        store.set_gate(inst, True, "passed (set by the test)")
+        made.append((inst, b))
+        return b
+    add.name = unique
+    yield add
+    for inst, b in made:
+        store.deregister(inst.id)
+        if b:
+            b.close()
+    store.kv_delete(f"gatekeeper/policies/{unique}")
+
+
+def routed(proxy, name, n):
+    route = proxy.status(f"/services/{name}")
+    return route.get("stable") and len(route["stable"]["servers"]) + len((route.get("canary") or {}).get("servers", [])) == n
+
+
+def set_policy(store, name, **fields):
+    index, current = store.policy(name)
+    policy = RoutingPolicy(**{**(current.__dict__ if current else {}), "service": name, **fields})
+    assert store.put_policy(policy, index)
+
+
+def test_round_robin_over_admitted_instances(proxy, service):
+    for _ in range(3):
+        service("v1")
+    wait_until(lambda: routed(proxy, service.name, 3), 30, "three instances routed")
+    names = [proxy.get(f"/{service.name}/x")[1]["name"] for _ in range(30)]
+    assert len(set(names)) == 3 and max(names.count(n) for n in set(names)) <= 12
+
+
+def test_nothing_admitted_answers_503_json(proxy, service, store):
+    service("v1")
+    wait_until(lambda: routed(proxy, service.name, 1), 30, "routed")
+    inst = Instance(id=f"modes:{service.name}-0:8080", service=service.name, address="127.0.0.1", port=1,
+                    version="v1", container_id="x", container_name="x", image="x", registered_by="r")
+    store.set_gate(inst, False, "closed by the test")
+    wait_until(lambda: proxy.get(f"/{service.name}/x")[0] == 503, 30, "503 once nothing is admitted")
+    status, body = proxy.get(f"/{service.name}/x")
+    assert body == {"error": f"no admitted instance of service {service.name}", "service": service.name,
+                    "status": 503}
+
+
+def test_canary_split_stickiness_header_and_cookie(proxy, service, store):
+    service("v1")
+    service("v2")
+    set_policy(store, service.name, stable="v1", canary="v2", weight=20, mode="manual")
+    wait_until(lambda: routed(proxy, service.name, 2) and proxy.status(f"/services/{service.name}")["canary"],
+               30, "canary routed")
+    path = f"/{service.name}/x"
+    canary = sum(proxy.get(path, {"X-Client-Id": f"client-{i}"})[1]["version"] == "v2" for i in range(1000))
+    assert 150 <= canary <= 250, f"{canary / 10:.1f} % to the canary at weight 20"
+    for i in range(20):                      # sticky: a client stays on its side
+        sides = {proxy.get(path, {"X-Client-Id": f"sticky-{i}"})[1]["version"] for _ in range(5)}
+        assert len(sides) == 1
+    cookie_sides = {proxy.get(path, {"Cookie": "client_id=abc"})[1]["version"] for _ in range(5)}
+    header_sides = {proxy.get(path, {"X-Client-Id": "abc"})[1]["version"] for _ in range(5)}
+    assert cookie_sides == header_sides and len(cookie_sides) == 1     # the header and cookie are one key
+    assert all(proxy.get(path, {"X-Canary": "always"})[1]["version"] == "v2" for _ in range(10))
+    assert all(proxy.get(path, {"Cookie": "canary=always"})[1]["version"] == "v2" for _ in range(10))
+
+
+def test_weight_change_is_served_and_reloads_only_in_reload_mode(proxy, service, store):
+    service("v1")
+    service("v2")
+    set_policy(store, service.name, stable="v1", canary="v2", weight=0, mode="manual")
+    wait_until(lambda: proxy.status(f"/services/{service.name}").get("canary"), 30, "canary at 0 %")
+    path = f"/{service.name}/x"
+    assert all(proxy.get(path)[1]["version"] == "v1" for _ in range(10))
+    generations = WorkerGenerations(proxy.master)
+    generations.start()
+    set_policy(store, service.name, weight=100)
+    wait_until(lambda: proxy.get(path)[1]["version"] == "v2", 10, "weight 100 served")
+    new = generations.finish()
+    assert new == (0 if proxy.mode == "dynamic" else 1), f"{new} worker generations for one weight change"
+
+
+def test_a_refused_peer_costs_a_retry_not_a_client_error(proxy, service):
+    service("v1")
+    service("v1", port=_closed_port())
+    wait_until(lambda: routed(proxy, service.name, 2), 30, "both routed")
+    load = KeepAliveLoad("127.0.0.1", proxy.listen, path=f"/{service.name}/x", connections=4, rate=25,
+                         max_seconds=3).start()
+    time.sleep(3)
+    load.finish()
+    assert load.total > 100 and load.failures == []
+
+
+def _closed_port() -> int:
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port

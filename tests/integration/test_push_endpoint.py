@@ -1,0 +1,160 @@
+"""nginx's push endpoint (dynamic mode), on a real nginx with the Lua module: only
+proxy-reloader's credentials push, bad pushes are refused whole, and the good table stays.
+The JSON contract is checked from both sides: what backends.py refuses, the Lua side refuses."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+
+import pytest
+
+from catalog.routing import Pool, Route
+from proxy_reloader import backends
+from proxy_reloader.nginx import Nginx
+from proxy_reloader.push import PushClient, PushError, ensure_secret
+from proxy_reloader.render import DYNAMIC, Settings, render
+from tests.conftest import SESSION, TEST_LABEL
+from tests.support.processes import wait_until
+
+PORT = 18762
+GOOD = Route("demo", "/demo/", "", Pool("v1", (("127.0.0.1", 1111), ("127.0.0.1", 2222)), ("v1", "v1")))
+
+
+@pytest.fixture(scope="module")
+def nginx(tmp_path_factory):
+    prefix = tmp_path_factory.mktemp("push")
+    n = Nginx(str(prefix), listen=f"127.0.0.1:{PORT}")
+    settings = Settings(str(n.prefix), n.listen, mode=DYNAMIC, modules=n.modules_path())
+    secret = ensure_secret(settings.secret)
+    n.apply(render([GOOD], str(n.prefix), n.listen, settings=settings))
+    subprocess.run([n.binary, "-p", str(n.prefix), "-c", str(n.conf)], check=True, timeout=20)
+    wait_until(lambda: n.served_version(), 10, "nginx up")
+    client = PushClient(settings.socket, secret)
+    client.push(backends.push_body(10, {"demo": backends.entry(GOOD)}, full=True))
+    yield n, settings, client
+    os.kill(n.master_pid(), signal.SIGQUIT)
+
+
+def raw_post(settings, body: bytes, secret: str = None):
+    """A POST on the socket, as any local process could send it."""
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(str(settings.socket))
+    head = f"POST /backends HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\nConnection: close\r\n"
+    if secret is not None:
+        head += f"X-Proxystack-Secret: {secret}\r\n"
+    s.sendall(head.encode() + b"\r\n" + body)
+    answer = b""
+    while chunk := s.recv(65536):
+        answer += chunk
+    s.close()
+    return int(answer.split(b" ", 2)[1])
+
+
+def table(client):
+    return client.backends()
+
+
+def test_the_pushed_table_is_what_the_workers_route_by(nginx):
+    _, _, client = nginx
+    assert table(client)["demo"]["stable"]["servers"] == [["127.0.0.1", 1111, "v1"], ["127.0.0.1", 2222, "v1"]]
+    assert client.state()["generation"] == 10
+
+
+def test_a_local_process_without_the_secret_is_refused(nginx):
+    _, settings, client = nginx
+    before = table(client)
+    evil = json.dumps({"generation": 99, "services": {"demo": None}}).encode()
+    assert raw_post(settings, evil) == 403
+    assert raw_post(settings, evil, secret="0" * 64) == 403
+    assert table(client) == before
+
+
+def test_another_user_cannot_even_reach_the_socket(nginx):
+    _, settings, _ = nginx
+    probe = ("import socket, sys\ns = socket.socket(socket.AF_UNIX)\n"
+             f"try:\n    s.connect({str(settings.socket)!r})\nexcept PermissionError:\n    sys.exit(13)\nsys.exit(0)\n")
+    res = subprocess.run(["python3", "-c", probe], user=65534, group=65534, capture_output=True, timeout=20)
+    assert res.returncode == 13, res.stderr
+
+
+def test_a_hostile_test_image_on_the_host_network_cannot_push(nginx, docker_client, demo_images):
+    n, settings, client = nginx
+    before = table(client)
+    script = (
+        "import socket, urllib.request, json\n"
+        "body = json.dumps({'generation': 99, 'services': {'demo': None}}).encode()\n"
+        "results = []\n"
+        "try:\n"
+        f"    s = socket.socket(socket.AF_UNIX); s.connect({str(settings.socket)!r}); results.append('socket open')\n"
+        "except OSError as e:\n"
+        "    results.append('socket unreachable')\n"
+        f"for url in ('http://127.0.0.1:{PORT}/backends', 'http://127.0.0.1:{PORT}/__proxystack/backends'):\n"
+        "    try:\n"
+        "        urllib.request.urlopen(urllib.request.Request(url, data=body, method='POST'), timeout=5)\n"
+        "        results.append('accepted')\n"
+        "    except urllib.error.HTTPError as e:\n"
+        "        results.append(e.code)\n"
+        "print(json.dumps(results))\n")
+    out = docker_client.containers.run("demo-test:latest", entrypoint=["python3", "-c", script],
+                                       network_mode="host", remove=True, labels={TEST_LABEL: SESSION})
+    assert json.loads(out.decode().strip().splitlines()[-1]) == ["socket unreachable", 404, 404]
+    assert table(client) == before
+
+
+@pytest.mark.parametrize("body, why", [
+    (b"{not json", "not JSON"),
+    (b'{"generation": 50, "services": {"demo": {"service": "demo", "stable": {"version": "v1", '
+     b'"servers": [["127.0.0.1", 70000, "v1"]]}, "weight": 0}}}', "port out of range"),
+    (b'{"generation": 50, "services": {"de mo": null}}', "bad service name"),
+    (b'{"generation": 50, "services": {"demo": {"service": "demo", "stable": {"version": "v1", '
+     b'"servers": []}, "weight": 0}}}', "empty pool"),
+    (b'{"generation": 50, "services": {"demo": {"service": "demo", "stable": null, "canary": {"version": "v2", '
+     b'"servers": [["127.0.0.1", 1, "v2"]]}, "weight": 10}}}', "canary without stable"),
+    (b'{"generation": 50, "services": {"demo": {"service": "demo", "stable": {"version": "v1", '
+     b'"servers": [["127.0.0.1", 1, "v1;"]]}, "weight": 0}}}', "bad version"),
+    (b'{"generation": 50, "services": {"demo": {"service": "demo", "stable": null, "weight": 101}}}', "weight"),
+    (b'{"generation": -1, "services": {}}', "generation"),
+])
+def test_a_bad_push_is_refused_whole_by_both_sides_and_the_table_stays(nginx, body, why):
+    _, settings, client = nginx
+    before, generation = table(client), client.state()["generation"]
+    with pytest.raises(PushError, match="400"):
+        client.push(body)
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = None
+    if parsed is not None and parsed.get("generation", 0) > 0:   # the Python side refuses the same entries
+        with pytest.raises(ValueError):
+            backends.push_body(parsed["generation"], parsed["services"], False)
+    assert table(client) == before and client.state()["generation"] == generation
+
+
+def test_an_oversized_or_stale_push_is_refused_and_the_table_stays(nginx):
+    _, settings, client = nginx
+    before = table(client)
+    huge = b'{"generation": 60, "services": {}, "pad": "' + b"x" * (17 * 1024 * 1024) + b'"}'
+    with pytest.raises(PushError, match="413"):
+        client.push(huge)
+    with pytest.raises(PushError, match="409"):
+        client.push(backends.push_body(5, {"demo": None}, False))
+    assert table(client) == before
+
+
+def test_a_restarted_nginx_routes_by_the_table_file_before_any_push(tmp_path):
+    n = Nginx(str(tmp_path), listen=f"127.0.0.1:{PORT + 1}")
+    settings = Settings(str(n.prefix), n.listen, mode=DYNAMIC, modules=n.modules_path())
+    secret = ensure_secret(settings.secret)
+    n.apply(render([GOOD], str(n.prefix), n.listen, settings=settings))
+    backends.write_table(settings.table, 77, {"demo": backends.entry(GOOD)})
+    subprocess.run([n.binary, "-p", str(n.prefix), "-c", str(n.conf)], check=True, timeout=20)
+    try:
+        wait_until(lambda: n.served_version(), 10, "nginx up")
+        client = PushClient(settings.socket, secret)
+        assert client.state()["generation"] == 77
+        assert client.backends()["demo"]["stable"]["servers"][0] == ["127.0.0.1", 1111, "v1"]
+    finally:
+        os.kill(n.master_pid(), signal.SIGQUIT)

@@ -1,0 +1,58 @@
+"""The table entries proxy-reloader pushes (the Lua side's twin: tests/integration/test_push_endpoint.py)."""
+import json
+
+import pytest
+
+from catalog.routing import Pool, Route
+from proxy_reloader import backends
+
+STABLE = Pool("v1", (("127.0.0.1", 1), ("127.0.0.1", 2)), ("v1", "v1"))
+CANARY = Pool("v2", (("127.0.0.1", 3),), ("v2",))
+
+
+def test_a_route_with_a_canary_carries_its_weight_and_every_server_its_version():
+    e = backends.entry(Route("demo", "/demo/", "", STABLE, CANARY, 20))
+    assert e == {"service": "demo", "weight": 20,
+                 "stable": {"version": "v1", "servers": [["127.0.0.1", 1, "v1"], ["127.0.0.1", 2, "v1"]]},
+                 "canary": {"version": "v2", "servers": [["127.0.0.1", 3, "v2"]]}}
+
+
+def test_no_admitted_instance_is_a_null_stable_pool_which_answers_503():
+    assert backends.entry(Route("demo", "/demo/", "", None)) == {"service": "demo", "stable": None,
+                                                                 "canary": None, "weight": 0}
+
+
+def test_a_mixed_pool_keeps_each_servers_own_version():
+    mixed = Pool("*", (("127.0.0.1", 1), ("127.0.0.1", 2)), ("v1", "v2"))
+    e = backends.entry(Route("demo", "/demo/", "", mixed))
+    assert e["stable"] == {"version": "*", "servers": [["127.0.0.1", 1, "v1"], ["127.0.0.1", 2, "v2"]]}
+
+
+def test_the_weight_of_a_route_without_canary_is_zero():
+    assert backends.entry(Route("demo", "/demo/", "", STABLE, None, 40))["weight"] == 0
+
+
+@pytest.mark.parametrize("entry", [
+    {"service": "other", "stable": None, "canary": None, "weight": 0},
+    {"service": "demo", "stable": {"version": "v1", "servers": []}, "canary": None, "weight": 0},
+    {"service": "demo", "stable": {"version": "v1", "servers": [["127.0.0.1", 0, "v1"]]}, "canary": None, "weight": 0},
+    {"service": "demo", "stable": {"version": "v1", "servers": [["a b", 1, "v1"]]}, "canary": None, "weight": 0},
+    {"service": "demo", "stable": None, "canary": {"version": "v2", "servers": [["127.0.0.1", 1, "v2"]]}, "weight": 5},
+    {"service": "demo", "stable": None, "canary": None, "weight": 101},
+    {"service": "demo", "stable": None, "canary": None, "weight": "5"},
+])
+def test_entries_that_break_the_contract_are_never_pushed(entry):
+    with pytest.raises(ValueError):
+        backends.push_body(1, {"demo": entry}, False)
+
+
+def test_a_push_body_is_compact_json_with_its_generation():
+    body = json.loads(backends.push_body(7, {"demo": None}, True))
+    assert body == {"generation": 7, "full": True, "services": {"demo": None}}
+
+
+def test_the_table_file_is_written_whole(tmp_path):
+    path = tmp_path / "backends.json"
+    backends.write_table(path, 3, {"demo": backends.entry(Route("demo", "/demo/", "", STABLE))})
+    assert json.loads(path.read_text())["services"]["demo"]["stable"]["version"] == "v1"
+    assert [p.name for p in tmp_path.iterdir()] == ["backends.json"]
