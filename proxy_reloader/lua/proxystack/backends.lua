@@ -11,7 +11,7 @@ local cjson = require "cjson.safe"
 local _M = {}
 
 local dict = ngx.shared.proxystack_backends
-local cache = {}            -- per worker: service -> {stamp = N, entry = table}
+local cache = {}            -- per worker: service -> {stamp = N, seen = generation, entry = table}
 
 local NAME = "^[a-z0-9][a-z0-9_-]*$"
 local VERSION = "^[A-Za-z0-9][A-Za-z0-9_.-]*$"   -- "*" alone marks a pool of mixed versions
@@ -117,13 +117,20 @@ function _M.apply(body)
 end
 
 -- The entry of one service as this worker sees it (nil: nothing admitted, or unknown).
+-- While the table's generation is the one this worker last checked, that is one read of a
+-- constant key; after a push, each service's stamp says whether its entry changed.
 function _M.get(service)
-    local stamp = dict:get("stamp:" .. service)
+    local gen = dict:get("generation")
     local hit = cache[service]
-    if hit and hit.stamp == stamp then return hit.entry end
+    if hit and hit.seen == gen then return hit.entry end
+    local stamp = dict:get("stamp:" .. service)
+    if hit and hit.stamp == stamp then
+        hit.seen = gen
+        return hit.entry
+    end
     local raw = dict:get("svc:" .. service)
     local entry = raw and cjson.decode(raw) or nil
-    cache[service] = {stamp = stamp, entry = entry}
+    cache[service] = {stamp = stamp, seen = gen, entry = entry}
     return entry
 end
 

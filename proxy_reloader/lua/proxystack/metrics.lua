@@ -5,35 +5,53 @@ local _M = {}
 
 local dict = ngx.shared.proxystack_metrics
 local BUCKETS = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}
-local pending = {}          -- per worker: key -> amount not yet in the dict
+local NB = #BUCKETS + 1
+local CLASSES = {"1xx", "2xx", "3xx", "4xx", "5xx"}
+-- per worker, not yet in the dict: service -> version -> {count per class, count per bucket, sum}
+local pending = {}
 
-local function add(key, amount)
-    pending[key] = (pending[key] or 0) + amount
-end
-
--- log phase
+-- log phase: a few table updates, no string built per request
 function _M.log()
     local ctx = ngx.ctx
     local service = ctx.service
     if not service then return end
-    local label = service .. "|" .. (ctx.version or "none")
-    local class = math.floor(ngx.status / 100) .. "xx"
-    add("r|" .. label .. "|" .. class, 1)
-    local took = tonumber(ngx.var.request_time) or 0
-    local b = #BUCKETS + 1
-    for i, le in ipairs(BUCKETS) do
-        if took <= le then b = i; break end
+    local by_version = pending[service]
+    if not by_version then by_version = {}; pending[service] = by_version end
+    local version = ctx.version or "none"
+    local c = by_version[version]
+    if not c then
+        c = {classes = {0, 0, 0, 0, 0}, buckets = {}, sum = 0}
+        for i = 1, NB do c.buckets[i] = 0 end
+        by_version[version] = c
     end
-    add("h|" .. label .. "|" .. b, 1)
-    add("s|" .. label, took)
+    local class = math.floor(ngx.status / 100)
+    if class >= 1 and class <= 5 then c.classes[class] = c.classes[class] + 1 end
+    local took = ngx.now() - ngx.req.start_time()
+    local b = NB
+    for i = 1, NB - 1 do
+        if took <= BUCKETS[i] then b = i; break end
+    end
+    c.buckets[b] = c.buckets[b] + 1
+    c.sum = c.sum + took
+end
+
+local function incr(key, amount)
+    if amount ~= 0 then
+        local ok, err = dict:incr(key, amount, 0)
+        if not ok then ngx.log(ngx.ERR, "proxystack: metrics dict: ", err) end
+    end
 end
 
 function _M.flush(premature)
     local batch = pending
     pending = {}
-    for key, amount in pairs(batch) do
-        local ok, err = dict:incr(key, amount, 0)
-        if not ok then ngx.log(ngx.ERR, "proxystack: metrics dict: ", err) end
+    for service, by_version in pairs(batch) do
+        for version, c in pairs(by_version) do
+            local label = service .. "|" .. version
+            for i = 1, 5 do incr("r|" .. label .. "|" .. CLASSES[i], c.classes[i]) end
+            for i = 1, NB do incr("h|" .. label .. "|" .. i, c.buckets[i]) end
+            incr("s|" .. label, c.sum)
+        end
     end
 end
 

@@ -5,15 +5,10 @@ local backends = require "proxystack.backends"
 
 local _M = {}
 
-local rr = {}               -- per worker: "service/side" -> last index used (round robin)
+-- per worker: a pool's server list -> the index it last used (round robin). Keyed by the list
+-- itself, which a push replaces, so a changed pool starts afresh and an old one is collected.
+local rr = setmetatable({}, {__mode = "k"})
 local MAX_TRIES = 3         -- as proxy_next_upstream_tries: a dead peer costs a retry, not an error
-
-local function unavailable(service)
-    ngx.status = 503
-    ngx.header["Content-Type"] = "application/json"
-    ngx.say('{"error": "no admitted instance of service ', service, '", "service": "', service, '", "status": 503}')
-    return ngx.exit(503)
-end
 
 -- The sticky key README documents: X-Client-Id, else the client_id cookie, else address + user agent.
 local function client_key()
@@ -32,35 +27,40 @@ local function wants_canary(entry)
     return ngx.crc32_long(client_key()) % 100 < w
 end
 
--- access phase: choose the pool, or answer 503 when nothing is admitted.
-function _M.route(service)
-    local ctx = ngx.ctx
-    ctx.service = service
-    local entry = backends.get(service)
+-- The pool for this request: the canary's when the client asks for it or the split sends it
+-- there, else the stable one; nil when nothing is admitted.
+local function choose(entry)
     local stable = entry and entry.stable
-    if type(stable) ~= "table" then
-        ctx.version = "none"
-        return unavailable(service)
-    end
-    local pool, side = stable, "stable"
+    if type(stable) ~= "table" then return nil end
     local canary = entry.canary
-    if type(canary) == "table" and wants_canary(entry) then
-        pool, side = canary, "canary"
-    end
-    ctx.pool, ctx.side = pool.servers, service .. "/" .. side
+    if type(canary) == "table" and wants_canary(entry) then return canary.servers end
+    return stable.servers
 end
 
--- balancer phase: round robin over the pool; a retry moves to the next server.
+-- rewrite phase, from set_by_lua (which, unlike access_by_lua, needs no coroutine per request):
+-- "" when nothing is admitted (the location then answers 503 with its JSON body), else "1".
+function _M.pick(service)
+    local ctx = ngx.ctx
+    ctx.service = service
+    local servers = choose(backends.get(service))
+    if servers == nil then
+        ctx.version = "none"
+        return ""
+    end
+    ctx.pool = servers
+    return "1"
+end
+
+-- balancer phase: round robin over the chosen pool; a retry moves to the next server.
 function _M.balance()
     local ctx = ngx.ctx
     local servers = ctx.pool
     local n = #servers
     local i = ctx.index
     if i == nil then
-        i = (rr[ctx.side] or 0) % n + 1
-        rr[ctx.side] = i
-        local more = math.min(n, MAX_TRIES) - 1
-        if more > 0 then balancer.set_more_tries(more) end
+        i = (rr[servers] or 0) % n + 1
+        rr[servers] = i
+        if n > 1 then balancer.set_more_tries(math.min(n, MAX_TRIES) - 1) end
     else
         i = i % n + 1
     end
