@@ -137,3 +137,4 @@ class Gate:
     def shutdown(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.tester.abort_all()
+        self.tester.close()

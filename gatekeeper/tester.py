@@ -1,6 +1,7 @@
 """Runs a service's integration-test image against one instance, boxed in and time-limited."""
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import threading
 import time
@@ -50,6 +51,9 @@ class DockerTester:
         self.running: dict = {}                 # container id -> instance id
         self.aborted: set = set()               # container ids killed by abort_all
         self.lock = threading.Lock()
+        # Finished test containers are removed off the gate's path: the verdict and the gate do
+        # not wait for `docker rm`. close() waits for the removals still queued.
+        self.reaper = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="test-reaper")
 
     def remove_leftovers(self, instance_id: str) -> None:
         """Remove test containers for this instance that a dead daemon left running."""
@@ -112,10 +116,18 @@ class DockerTester:
             with self.lock:
                 self.running.pop(container.id, None)
                 self.aborted.discard(container.id)
-            try:
-                container.remove(force=True)
-            except docker.errors.APIError:
-                pass
+            self.reaper.submit(self._remove, container)
+
+    @staticmethod
+    def _remove(container) -> None:
+        try:
+            container.remove(force=True)
+        except (docker.errors.APIError, requests.RequestException) as exc:
+            log.warning("could not remove test container %s: %s", container.short_id, exc)
+
+    def close(self) -> None:
+        """Wait for the queued removals, so a stopping daemon leaves no test container behind."""
+        self.reaper.shutdown(wait=True)
 
     def _have_image(self, image: str) -> bool:
         try:

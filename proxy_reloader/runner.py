@@ -104,20 +104,15 @@ class Runner:
         routes, errors = self._ride_out_blips(routes, errors)
         served = routes + self._kept(routes, errors)
         text, candidate = None, None
-        structure = tuple((r.service, r.path, r.host) for r in sorted(served, key=lambda r: r.service))
-        if not self.dynamic or structure != self._structure:
+        if not self.dynamic or _structure_of(served) != self._structure:
             text = self._render(served)
-            if text == self.nginx.current():
-                text = None
-            else:
-                try:
-                    candidate = self.nginx.validate(text)
-                except NginxError as exc:
-                    routes, errors = self._isolate(routes, errors, exc)
-                    served = routes + self._kept(routes, errors)
-                    text = self._render(served)
-                    candidate = self.nginx.validate(text) if text != self.nginx.current() else None
-                    text = text if candidate else None
+            try:
+                candidate = self.nginx.validate(text) if text != self.nginx.current() else None
+            except NginxError as exc:
+                routes, errors = self._isolate(routes, errors, exc)
+                served = routes + self._kept(routes, errors)
+                text = self._render(served)
+                candidate = self.nginx.validate(text) if text != self.nginx.current() else None
         self.service_errors = errors
         pushed = self._push_table(served) if self.dynamic else True   # before a reload: a new route has its servers
         if candidate is not None:
@@ -130,8 +125,7 @@ class Runner:
             # never sees a route before the workers do.
             self.routes = served
             self.last_good = {r.service: r for r in served}
-        if self.dynamic:
-            self._structure = tuple((r.service, r.path, r.host) for r in sorted(served, key=lambda r: r.service))
+        self._structure = _structure_of(served)
         return candidate is not None
 
     @staticmethod
@@ -312,6 +306,11 @@ class Runner:
     def stop(self) -> None:
         self.stopping.set()
         self.dirty.set()
+
+
+def _structure_of(routes: List[Route]) -> tuple:
+    """What the config file of dynamic mode holds: the routes, not who serves them."""
+    return tuple(sorted((r.service, r.path, r.host) for r in routes))
 
 
 def render_once(store, nginx: Nginx, settings: Settings, push: Optional[PushClient] = None) -> bool:

@@ -198,3 +198,42 @@ def _closed_port() -> int:
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+def metric(text: str, name: str, **labels) -> float:
+    """The value of one sample in Prometheus text, 0 when absent."""
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for line in text.splitlines():
+        if line.startswith(name + "{") and line.split("{", 1)[1].split("}", 1)[0] == want:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_per_request_metrics_by_service_version_and_status(proxy, service, store):
+    url = f"http://127.0.0.1:{proxy.admin}/metrics"
+    if proxy.mode == "reload":
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(url, timeout=5)
+        assert err.value.code == 404 and b"--mode dynamic" in err.value.read()
+        return
+    service("v7")
+    wait_until(lambda: routed(proxy, service.name, 1), 30, "routed")
+    for _ in range(25):
+        assert proxy.get(f"/{service.name}/x")[0] == 200
+    inst = Instance(id=f"modes:{service.name}-0:8080", service=service.name, address="127.0.0.1", port=1,
+                    version="v7", container_id="x", container_name="x", image="x", registered_by="r")
+    store.set_gate(inst, False, "closed by the test")
+    wait_until(lambda: proxy.get(f"/{service.name}/x")[0] == 503, 30, "503 once nothing is admitted")
+
+    def scraped():
+        with urllib.request.urlopen(url, timeout=5) as r:
+            assert r.headers["Content-Type"].startswith("text/plain")
+            return r.read().decode()
+    labels = dict(service=service.name, version="v7")
+    text = wait_until(lambda: (lambda t: t if metric(t, "proxystack_requests_total", **labels, status="2xx") >= 25
+                               else None)(scraped()), 10, "the counts flushed to shared memory")
+    ok = metric(text, "proxystack_requests_total", **labels, status="2xx")     # 25, and any 200 while polling
+    assert metric(text, "proxystack_requests_total", service=service.name, version="none", status="5xx") >= 1
+    assert metric(text, "proxystack_request_duration_seconds_count", **labels) == ok
+    assert metric(text, "proxystack_request_duration_seconds_bucket", **labels, le="+Inf") == ok
+    assert "secret" not in text.lower()

@@ -46,6 +46,9 @@ class FakeTester:
     def abort_all(self):
         pass
 
+    def close(self):
+        pass
+
     def run(self, image, url, iid):
         self.runs.append((image, url))
         return RunResult(self.state, self.summary, "log", time.time(), time.time())
