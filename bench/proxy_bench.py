@@ -130,7 +130,7 @@ http {{
 def fast_backend(env):
     # an image with nginx: the debootstrap base, or the compose stack's image
     image = next(t for t in ("proxystack-base:bookworm-3", "proxystack/stack:latest") if env.client.images.list(name=t))
-    c = env.client.containers.run(image, ["sh", "-c", f"printf '%s' \"$CONF\" >/tmp/n.conf && nginx -c /tmp/n.conf "
+    c = env.client.containers.run(image, ["sh", "-c", "printf '%s' \"$CONF\" >/tmp/n.conf && nginx -c /tmp/n.conf "
                                                       "-g 'daemon off; pid /tmp/n.pid;'"],
                                   environment={"CONF": FAST}, detach=True, ports={"8080/tcp": None},
                                   labels={TEST_LABEL: env.session}, name=f"{env.session}-fast")

@@ -26,7 +26,7 @@ from catalog.retry import TRANSIENT
 from catalog.routing import Route
 
 from . import backends
-from .nginx import Nginx, NginxError, ReloadError
+from .nginx import Nginx, NginxError
 from .push import PushClient, PushError
 from .render import DYNAMIC, RELOAD, Settings, config_version, render
 from .view import route_of, without_conflicts

@@ -17,7 +17,7 @@ import pytest
 from catalog.model import Instance, RoutingPolicy
 from tests.support.load import KeepAliveLoad
 from tests.support.nginx_workers import WorkerGenerations
-from tests.support.processes import Proc, pid_alive, python_module, wait_until
+from tests.support.processes import Proc, get_json, pid_alive, python_module, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -79,16 +79,10 @@ class Proxy:
         return int((self.prefix / "nginx.pid").read_text())
 
     def status(self, path="/status"):
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}{path}", timeout=5) as r:
-            return json.loads(r.read())
+        return get_json(self.admin, path)[1]
 
     def get(self, path, headers=None):
-        req = urllib.request.Request(f"http://127.0.0.1:{self.listen}{path}", headers=headers or {})
-        try:
-            with urllib.request.urlopen(req, timeout=5) as r:
-                return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read() or b"{}")
+        return get_json(self.listen, path, headers)
 
 
 @pytest.fixture

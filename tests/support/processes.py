@@ -180,3 +180,16 @@ def pid_alive(pid: int) -> bool:
 
 def python_module(module: str, *args: str) -> List[str]:
     return [sys.executable, "-m", module, *args]
+
+
+def get_json(port: int, path: str, headers: Optional[dict] = None):
+    """GET http://127.0.0.1:PORT/PATH -> (status, parsed JSON body), error statuses included."""
+    import json
+    import urllib.error
+    import urllib.request
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")

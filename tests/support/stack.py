@@ -5,12 +5,8 @@ prefix and port; demo containers are started with `docker run` and labels only.
 """
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
-
 from catalog.consul_store import ConsulStore
-from tests.support.processes import NginxServer, Proc, python_module, wait_until
+from tests.support.processes import NginxServer, Proc, get_json, python_module, wait_until
 
 E2E_LABEL = "proxystack.e2e"
 TEST_LABEL = "proxystack.test"
@@ -73,16 +69,10 @@ class Stack:
 
     def proxy_status(self, path="/status"):
         """proxy-reloader's status endpoint."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.listen_port + 1000}{path}", timeout=5) as r:
-            return json.loads(r.read())
+        return get_json(self.listen_port + 1000, path)[1]
 
     def get(self, path="/demo/1", headers=None):
-        req = urllib.request.Request(f"http://127.0.0.1:{self.listen_port}{path}", headers=headers or {})
-        try:
-            with urllib.request.urlopen(req, timeout=5) as r:
-                return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read() or b"{}")
+        return get_json(self.listen_port, path, headers)
 
     def served_version(self, headers=None):
         status, body = self.get(headers=headers)
