@@ -2,7 +2,8 @@
 
 `tester` runs a test image against one instance, `gate` decides what to test and keeps each
 gate check in step with its stored verdict, `promotion` changes routing policies, `daemon`
-watches Consul, `status` reports, `cli` is the command line.
+watches Consul, `leader` holds the leader lock, `status` reports, `wait` answers CD jobs, and
+`__main__` is the command line.
 """
 
 # Label on every container gatekeeper starts, so they can be found and cleaned up.

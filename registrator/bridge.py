@@ -1,7 +1,8 @@
 """Keeps the registry in step with Docker: add on start, remove on stop, full sync on demand.
 
-The registry is anything with register / deregister / local_instances / record_rejection:
-`catalog.consul_store.ConsulStore` in production, an in-memory one in unit tests.
+The registry is anything with register / deregister / local_instances / record_rejection /
+set_docker_health: `catalog.consul_store.ConsulStore` in production, an in-memory one in unit
+tests.
 """
 from __future__ import annotations
 
