@@ -146,12 +146,12 @@ class CatalogMirror:
             for new in listed - set(self._tasks):
                 self._pending.add(new)
                 self._tasks[new] = asyncio.get_running_loop().create_task(
-                    self._follow(f"service {new}", f"/v1/health/service/{new}", {}, self._on_service))
+                    self._follow(f"service {new}", f"/v1/health/service/{new}", {},
+                                 lambda _, entries, service=new: self._on_service(service, entries)))
             self._listed = True
         self._notify()
 
-    def _on_service(self, name: str, entries: list) -> None:
-        service = name.split(" ", 1)[1]
+    def _on_service(self, service: str, entries: list) -> None:
         try:
             found = registered_from_health(entries or [])
         except (KeyError, TypeError, ValueError) as exc:

@@ -41,6 +41,7 @@ def test_a_hanging_test_is_killed_at_the_time_limit(docker_client, demo_images):
         res = tester.run(tag, "http://127.0.0.1:1", "t:hang")
         assert res.state == ERROR and "timed out after 3 s" in res.summary and "starting" in res.summary
         assert res.finished - res.started < 20
+        tester.close()               # removal runs off the gate's path; close() waits for it
         assert not docker_client.containers.list(all=True, filters={"label": "proxystack.instance=t:hang"})
     finally:
         docker_client.images.remove(tag, force=True)
