@@ -11,9 +11,10 @@ What each token may touch (least privilege):
 - gatekeeper: update checks (service write: Consul ties TTL updates to it), KV under
   gatekeeper/ only, sessions for its leader lock.
 - proxy-reloader: read services, nodes and the routing policies; write only its own
-  `proxy-reloader` service (for --report-check).
+  `proxy-reloader` service and what it serves under proxy-reloader/served/ (for --report-check).
 - operator (the CLI, the UI): read services and nodes, write under gatekeeper/ (policies,
-  retests, default test images), read registrator/ (rejections).
+  retests, default test images), read registrator/ (rejections) and proxy-reloader/ (what
+  each proxy serves, for `gatekeeper wait`).
 """
 from __future__ import annotations
 
@@ -33,13 +34,14 @@ POLICIES = {
                    'key_prefix "registrator/" { policy = "write" }\n',
     "gatekeeper": 'service_prefix "" { policy = "write" }\nnode_prefix "" { policy = "read" }\n'
                   'key_prefix "gatekeeper/" { policy = "write" }\nkey_prefix "registrator/" { policy = "read" }\n'
-                  'session_prefix "" { policy = "write" }\n',
+                  'key_prefix "proxy-reloader/" { policy = "read" }\nsession_prefix "" { policy = "write" }\n',
     "proxy-reloader": 'service_prefix "" { policy = "read" }\nnode_prefix "" { policy = "read" }\n'
                       'key_prefix "gatekeeper/policies/" { policy = "read" }\n'
-                      'service "proxy-reloader" { policy = "write" }\n',
+                      'service "proxy-reloader" { policy = "write" }\n'
+                      'key_prefix "proxy-reloader/served/" { policy = "write" }\n',
     "operator": 'service_prefix "" { policy = "read" }\nnode_prefix "" { policy = "read" }\n'
                 'key_prefix "gatekeeper/" { policy = "write" }\nkey_prefix "registrator/" { policy = "read" }\n'
-                'session_prefix "" { policy = "read" }\n',
+                'key_prefix "proxy-reloader/" { policy = "read" }\nsession_prefix "" { policy = "read" }\n',
 }
 PARTS = ("registrator", "gatekeeper", "proxy-reloader", "operator")
 

@@ -28,6 +28,8 @@ DEFAULT_TESTS = "gatekeeper/tests/"
 RETESTS = "gatekeeper/retest/"
 HISTORY = "gatekeeper/history/"
 LEADER = "gatekeeper/leader"
+SERVED = "proxy-reloader/served/"      # <proxy id>/<service>: what that proxy's nginx serves
+PROXY_SERVICE = "proxy-reloader"
 GATE_TTL = "87600h"        # the gate is set by gatekeeper, never by expiry
 _OWN_META = {META_CONTAINER_ID, META_CONTAINER_NAME, META_IMAGE, META_VERSION, META_TESTS_IMAGE,
              META_PROXY_PATH, META_PROXY_HOST, META_REGISTERED_BY, META_DOCKER_HEALTH}
@@ -250,6 +252,29 @@ class ConsulStore:
             except ValueError:
                 continue
         return out
+
+    # --- what each proxy serves (written by proxy-reloader after nginx confirmed it) --------
+    def report_served(self, proxy_id: str, service: str, served: Optional[dict]) -> None:
+        key = f"{SERVED}{proxy_id}/{service}"
+        if served is None:
+            self.kv_delete(key)
+        else:
+            self.kv_put(key, json.dumps(served, sort_keys=True))
+
+    def forget_served(self, proxy_id: str) -> None:
+        self._c.kv.delete(f"{SERVED}{proxy_id}/", recurse=True)
+
+    def proxies(self) -> List[str]:
+        """The ids of the proxies that announce themselves in Consul (`--report-check`)."""
+        _, entries = self._c.health.service(PROXY_SERVICE)
+        return sorted(e["Service"]["ID"] for e in entries)
+
+    def served(self, proxy_id: str, service: str) -> Optional[dict]:
+        raw = self.kv_get(f"{SERVED}{proxy_id}/{service}")[1]
+        try:
+            return json.loads(raw) if raw else None
+        except ValueError:
+            return None
 
     def self_reporter(self, name: str, service_id: str, address: str):
         """Register a component as a service with a TTL check; return report(ok, note)."""

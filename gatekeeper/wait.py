@@ -1,13 +1,14 @@
-"""`gatekeeper wait SERVICE --version V`: block until V is admitted and routed, or failed.
+"""`gatekeeper wait SERVICE --version V`: block until V is admitted and served, or failed.
 
-For CD jobs: prints a progress line at each change; exit 0 when V passed its tests and the
-routing policy serves it (stable, or canary in manual mode), 1 when its tests failed,
-2 when the time ran out first.
+For CD jobs: prints a progress line at each change; exit 0 when V passed its tests, the routing
+policy routes it (stable, or canary in manual mode) and every proxy that announces itself in
+Consul (proxy-reloader --report-check) reports that its nginx serves it that way; 1 when its
+tests failed, 2 when the time ran out first.
 """
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional
+from typing import Callable, List, Optional
 
 from catalog.model import ERROR, FAILED, PASSED
 from catalog.validation import InvalidValue
@@ -37,12 +38,16 @@ def wait_for_version(store, service: str, version: str, timeout: float,
         passed = [v for v in verdicts if v.state == PASSED]
         failed = [v for v in verdicts if v.state in (FAILED, ERROR)]
         routed = policy is not None and version in (policy.stable, policy.canary)
+        lagging = _proxies_not_serving(store, service, version, policy) if passed and routed else []
         if not instances:
             progress(f"{service} {version}: waiting for an instance to be registered")
-        elif passed and routed:
+        elif passed and routed and not lagging:
             role = "stable" if policy.stable == version else f"canary ({policy.weight}%)"
             say(f"{service} {version}: admitted and {role}: {passed[0].summary}")
             return WAIT_OK
+        elif passed and routed:
+            progress(f"{service} {version}: routed by the policy; waiting for {len(lagging)} proxy(ies) to serve it: "
+                     + ", ".join(lagging))
         elif failed and not passed:
             say(f"{service} {version}: tests {failed[0].state}: {failed[0].summary}")
             return WAIT_FAILED
@@ -56,3 +61,10 @@ def wait_for_version(store, service: str, version: str, timeout: float,
             say(f"{service} {version}: timed out after {timeout:.0f} s ({last})")
             return WAIT_TIMEOUT
         time.sleep(poll)
+
+
+def _proxies_not_serving(store, service: str, version: str, policy) -> List[str]:
+    """The proxies whose nginx does not serve `version` in the role the policy gives it yet.
+    No proxy announcing itself: nothing to confirm with, so the policy's word stands."""
+    role = "stable" if policy.stable == version else "canary"
+    return [p for p in store.proxies() if (store.served(p, service) or {}).get(role) != version]

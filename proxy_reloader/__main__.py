@@ -25,6 +25,7 @@ from .nginx import Nginx, NginxError
 from .push import PushClient, PushError, ensure_secret
 from .render import DYNAMIC, RELOAD, Settings
 from .runner import Runner, RunnerOptions, render_once
+from .served import ServedReports
 from .status_server import serve_status
 from .supervisor import NginxChild
 
@@ -79,9 +80,9 @@ def main(argv=None) -> int:
     except (ValueError, OSError) as exc:
         print(f"proxy-reloader: {exc}", file=sys.stderr)
         return 2
-    reporter = None
+    reporter, proxy_id = None, f"proxy-reloader:{args.listen}"
     if args.report_check:
-        reporter = store.self_reporter("proxy-reloader", f"proxy-reloader:{args.listen}", args.listen)
+        reporter = store.self_reporter("proxy-reloader", proxy_id, args.listen)
     options = RunnerOptions(listen=args.listen, min_wait=args.min_wait, max_wait=args.max_wait,
                             workers=args.workers, mode=args.mode, modules=settings.modules)
     if args.once or args.exec_nginx:
@@ -104,6 +105,9 @@ def main(argv=None) -> int:
             return 0
     mirror = CatalogMirror(args.consul, token, on_change=lambda: runner.dirty.set())
     runner = Runner(mirror, nginx, options, reporter, push)
+    if args.report_check:
+        runner.served = ServedReports(lambda service, served: store.report_served(proxy_id, service, served))
+        runner.served.start()
     if args.admin:
         try:
             serve_status(args.admin, runner.status, push.metrics if push else None)
@@ -126,7 +130,19 @@ def main(argv=None) -> int:
     finally:
         if child:
             child.stop()
+        if args.report_check:
+            runner.served.stop()
+            _withdraw(store, proxy_id)
     return 0
+
+
+def _withdraw(store, proxy_id: str) -> None:
+    """A proxy that stops no longer counts for `gatekeeper wait`: its service and reports go."""
+    try:
+        store.deregister(proxy_id)
+        store.forget_served(proxy_id)
+    except Exception as exc:                 # Consul away: the stale entry names this proxy
+        logging.warning("could not withdraw %s from Consul: %s", proxy_id, exc)
 
 
 if __name__ == "__main__":

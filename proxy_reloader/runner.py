@@ -57,6 +57,7 @@ class Runner:
         self.settings = Settings(str(nginx.prefix), options.listen, options.workers, options.mode, options.modules)
         self.reporter = reporter                     # reports health as a Consul check, if set
         self.push = push                             # nginx's push endpoint (dynamic mode)
+        self.served = None                           # publishes what nginx serves (--report-check)
         self.stopping = threading.Event()
         self.dirty = threading.Event()
         self.reloads = self.renders = self.pushes = 0
@@ -125,6 +126,8 @@ class Runner:
             # never sees a route before the workers do.
             self.routes = served
             self.last_good = {r.service: r for r in served}
+            if self.served is not None:
+                self.served.update(served)
         self._structure = _structure_of(served)
         return candidate is not None
 

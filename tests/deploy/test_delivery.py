@@ -112,7 +112,7 @@ class TestDelivery:
         container = docker_client.containers.get(f"demo-{GOOD}")
         stack.containers["good"] = container            # removed with the stack
         assert container.labels["gatekeeper.tests"] == f"{registry.address}/demo-test:{GOOD}"
-        stack.wait(lambda: stack.served_version() == GOOD, 30, f"the proxy to serve {GOOD}")
+        assert stack.served_version() == GOOD             # exit 0: the proxy serves it already
 
     def test_4_a_version_that_fails_the_gate_exits_1_and_the_old_one_serves_on(self, stack, registry, engine_tls, docker_client):
         res = build_and_push(registry, BAD, "--build-arg", "BROKEN=1")

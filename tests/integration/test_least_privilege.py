@@ -38,13 +38,16 @@ def test_anonymous_requests_are_refused(consul_server, store, unique):
      [("PUT", "/v1/kv/gatekeeper/verdicts/x", "v"), ("PUT", "/v1/session/create", {"TTL": "10s"})],
      [("PUT", "/v1/kv/registrator/rejected/x", "r"), ("PUT", "/v1/kv/other/x", "o")]),
     ("proxy-reloader",
-     [("GET", "/v1/kv/gatekeeper/policies/?recurse=true", None), ("GET", "/v1/health/state/any", None)],
+     [("GET", "/v1/kv/gatekeeper/policies/?recurse=true", None), ("GET", "/v1/health/state/any", None),
+      ("PUT", "/v1/kv/proxy-reloader/served/p1/demo", "{}")],
      [("PUT", "/v1/kv/gatekeeper/policies/x", "{}"), ("PUT", "/v1/kv/anything", "x"),
+      ("PUT", "/v1/kv/proxy-reloader/other", "x"),
       ("GET", "/v1/kv/gatekeeper/verdicts/?recurse=true", None),
       ("PUT", "/v1/agent/service/register", service("lp-px"))]),
     ("operator",
      [("PUT", "/v1/kv/gatekeeper/policies/lp", "{}"), ("GET", "/v1/kv/registrator/?recurse=true", None)],
-     [("PUT", "/v1/agent/service/register", service("lp-op")), ("PUT", "/v1/kv/registrator/rejected/x", "r")]),
+     [("PUT", "/v1/agent/service/register", service("lp-op")), ("PUT", "/v1/kv/registrator/rejected/x", "r"),
+      ("PUT", "/v1/kv/proxy-reloader/served/p1/demo", "{}")]),
 ])
 def test_each_token_can_do_its_job_and_nothing_else(consul_server, part, allowed, refused):
     for method, path, body in allowed:

@@ -27,7 +27,7 @@ class Stack:
         self.reloader = Proc("proxy-reloader", python_module(
             "proxy_reloader", "--consul", consul.address, "--consul-token-file", consul.token_file("proxy-reloader"),
             "--nginx-prefix", str(self.nginx.prefix), "--listen", self.nginx.listen,
-            "--admin", f"127.0.0.1:{listen_port + 1000}", "--mode", mode), base)
+            "--admin", f"127.0.0.1:{listen_port + 1000}", "--mode", mode, "--report-check"), base)
 
     def _registrator(self):
         return Proc("registrator", python_module(

@@ -1,0 +1,54 @@
+"""`gatekeeper wait` exits 0 only once the proxy serves the version: a request sent the moment
+it exits gets the new version, deploy after deploy (new services and upgrades), on the real
+stack. The proxy announces itself in Consul (--report-check), as the stack's does."""
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import SESSION
+from tests.support.stack import Stack
+
+pytestmark = pytest.mark.e2e
+
+PORT = 18008
+DEPLOYS = 20
+
+
+@pytest.fixture(scope="module")
+def stack(consul_server, docker_client, demo_images, tmp_path_factory):
+    s = Stack(consul_server, tmp_path_factory.mktemp("wait"), docker_client, f"{SESSION}wt", PORT,
+              drain_seconds=2, service="waitdemo").start()
+    yield s
+    s.stop()
+
+
+def test_a_request_sent_the_moment_wait_exits_gets_the_new_version(stack, docker_client):
+    misses = []
+    for i in range(DEPLOYS):
+        image, answer = ("demo:v2", "v2") if i % 4 < 2 else ("demo:v1", "v1")
+        if i % 2 == 0:      # a service nobody has routed yet, at a Host of its own
+            service, host = f"wnew{i}", f"wnew{i}.test"
+            labels = {"SERVICE_NAME": service, "proxy.host": host}
+        else:               # a new version of the one long-lived service
+            service, host, labels = "waitdemo", "", {}
+        version = f"r{i}"
+        stack.deploy(f"d{i}", image, **{"gatekeeper.version": version, **labels})
+        code, out, err = stack.gatekeeper_cli("wait", service, "--version", version, "--timeout", "120")
+        status, body = stack.get("/demo/1", headers={"Host": host} if host else None)
+        assert code == 0, f"deploy {i}: wait exited {code}: {out} {err}\n{stack.logs()}"
+        if status != 200 or body.get("version") != answer:
+            misses.append(f"deploy {i} ({service} {version}): {status} {body}")
+    assert misses == [], f"{len(misses)} of {DEPLOYS} answered wrong right after wait: {misses}"
+
+
+def test_wait_names_the_proxy_that_has_not_served_it_yet(stack, store):
+    """A proxy that announced itself but serves nothing of the service keeps wait waiting, and
+    wait says which one (here: a registration that no proxy-reloader runs behind)."""
+    ghost = store.self_reporter("proxy-reloader", "proxy-reloader:ghost", "127.0.0.1:1")
+    ghost(True, "a proxy that never serves anything")
+    try:
+        stack.deploy("ghost", "demo:v1", **{"gatekeeper.version": "rghost"})
+        code, out, _ = stack.gatekeeper_cli("wait", "waitdemo", "--version", "rghost", "--timeout", "15")
+        assert code == 2 and "proxy-reloader:ghost" in out
+    finally:
+        store.deregister("proxy-reloader:ghost")
