@@ -16,8 +16,10 @@ DEPLOYS = 20
 
 @pytest.fixture(scope="module")
 def stack(consul_server, docker_client, demo_images, tmp_path_factory):
+    # A proxy that takes its time (0.5 s of quiescence, as a busy or distant one might): a wait
+    # that trusted the routing policy alone would exit before this proxy serves the version.
     s = Stack(consul_server, tmp_path_factory.mktemp("wait"), docker_client, f"{SESSION}wt", PORT,
-              drain_seconds=2, service="waitdemo").start()
+              drain_seconds=2, service="waitdemo", proxy_args=("--min-wait", "0.5", "--max-wait", "1")).start()
     yield s
     s.stop()
 

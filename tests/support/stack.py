@@ -14,7 +14,8 @@ TEST_LABEL = "proxystack.test"
 
 class Stack:
     def __init__(self, consul, base, docker_client, session: str, listen_port: int = 18000,
-                 drain_seconds: float = 3.0, service: str = "demo", gatekeeper_args=(), mode: str = "dynamic"):
+                 drain_seconds: float = 3.0, service: str = "demo", gatekeeper_args=(), mode: str = "dynamic",
+                 proxy_args=()):
         self.consul, self.base, self.docker = consul, base, docker_client
         self.session, self.listen_port, self.service, self.mode = session, listen_port, service, mode
         self.store = ConsulStore(consul.address, token=consul.management_token, timeout=5, max_wait=5)
@@ -27,7 +28,7 @@ class Stack:
         self.reloader = Proc("proxy-reloader", python_module(
             "proxy_reloader", "--consul", consul.address, "--consul-token-file", consul.token_file("proxy-reloader"),
             "--nginx-prefix", str(self.nginx.prefix), "--listen", self.nginx.listen,
-            "--admin", f"127.0.0.1:{listen_port + 1000}", "--mode", mode, "--report-check"), base)
+            "--admin", f"127.0.0.1:{listen_port + 1000}", "--mode", mode, "--report-check", *proxy_args), base)
 
     def _registrator(self):
         return Proc("registrator", python_module(
