@@ -129,7 +129,7 @@ def test_twenty_deploys_under_keep_alive_load_fail_no_request_and_reload_nothing
     master = stack.nginx.master_pid()
     generations = WorkerGenerations(master)
     generations.start()
-    load = KeepAliveLoad("127.0.0.1", PORT, connections=20, rate=20, max_seconds=600).start()
+    load = KeepAliveLoad("127.0.0.1", PORT, connections=20, rate=21, max_seconds=600).start()   # 420 paced, 400 asserted
     try:
         for i in range(1, DEPLOYS + 1):
             image, answer = ("demo:v2", "v2") if i % 2 else ("demo:v1", "v1")
