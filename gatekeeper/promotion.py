@@ -112,21 +112,24 @@ class Promoter:
             pass
 
     def drain_later(self, service: str, stable: str) -> None:
-        """After the drain period, stop the containers of admitted instances of other versions."""
+        """After the drain period, stop the containers of admitted instances of other versions:
+        those registered when `stable` was promoted. A version that arrives during the drain is
+        newer, not old, and is never stopped by it."""
         if not self.stop_old or self.docker is None:
             return
-        t = threading.Timer(self.drain_seconds, self._stop_old, args=(service, stable))
+        old = {ri.instance.container_id for ri in self.store.instances(service) if ri.instance.version != stable}
+        t = threading.Timer(self.drain_seconds, self._stop_old, args=(service, stable, old))
         t.daemon = True
         t.start()
 
-    def _stop_old(self, service: str, stable: str) -> None:
+    def _stop_old(self, service: str, stable: str, old: set) -> None:
         try:
             _, policy = self.store.policy(service)
             if policy is None or policy.stable != stable:
                 return                                  # promoted again meanwhile
             for ri in self.store.instances(service):
                 inst = ri.instance
-                if inst.version in (policy.stable, policy.canary):
+                if inst.version in (policy.stable, policy.canary) or inst.container_id not in old:
                     continue
                 verdict = self.store.verdict(inst.id)
                 if not verdict or verdict.state != PASSED or not verdict.applies_to(inst):

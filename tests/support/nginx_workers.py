@@ -1,11 +1,23 @@
 """Counting nginx reloads the way nginx shows them: each reload starts a new generation of
-worker processes (new pids under the same master), whatever the logs say."""
+worker processes (new pids under the same master), whatever the logs say.
+
+The workers of one generation are forked within milliseconds of each other, but a poll can
+see one before the other is forked; so generations are told apart by the workers' own start
+times (from /proc), not by which poll first saw them."""
 from __future__ import annotations
 
 import os
 import threading
 import time
-from typing import Set
+from typing import Dict, Set
+
+SAME_GENERATION = 0.2          # seconds between the start times of workers of one reload, at most
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid) -> list:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
 
 
 def worker_pids(master: int) -> Set[int]:
@@ -14,38 +26,45 @@ def worker_pids(master: int) -> Set[int]:
         if not entry.isdigit():
             continue
         try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
+            if int(_stat(entry)[1]) == master:
+                pids.add(int(entry))
         except OSError:
             continue
-        if int(fields[1]) == master:
-            pids.add(int(entry))
     return pids
 
 
 class WorkerGenerations(threading.Thread):
-    """Polls the master's children; every poll that finds pids never seen before is one new
-    generation (a reload, or a restart of a worker)."""
+    """Polls the master's children and remembers when each new one started."""
 
     def __init__(self, master: int, interval: float = 0.05):
         super().__init__(daemon=True)
         self.master, self.interval = master, interval
         self.seen = worker_pids(master)
-        self.generations = 0
+        self.started: Dict[int, float] = {}    # new worker pid -> its start time (s since boot)
         self.stopping = threading.Event()
+
+    def _look(self) -> None:
+        for pid in worker_pids(self.master) - self.seen:
+            try:
+                self.started[pid] = int(_stat(pid)[19]) / _TICK
+            except OSError:
+                continue
+            self.seen.add(pid)
 
     def run(self) -> None:
         while not self.stopping.is_set():
-            now = worker_pids(self.master)
-            if now - self.seen:
-                self.generations += 1
-                self.seen |= now
+            self._look()
             time.sleep(self.interval)
 
     def new_generations(self) -> int:
-        """New generations so far, after one last look."""
-        now = worker_pids(self.master)
-        return self.generations + (1 if now - self.seen else 0)
+        """New generations so far, after one last look: clusters of worker start times."""
+        self._look()
+        count, last = 0, None
+        for t in sorted(self.started.values()):
+            if last is None or t - last > SAME_GENERATION:
+                count += 1
+            last = t
+        return count
 
     def finish(self) -> int:
         n = self.new_generations()
