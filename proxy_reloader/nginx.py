@@ -36,6 +36,7 @@ class Nginx:
         self.listen = listen                  # where to ask which config the workers run
         self.reload_timeout = reload_timeout
         self.conf = self.prefix / "nginx.conf"
+        self._retiring: set = set()           # workers from before the last reload
         self.pid_file = self.prefix / "nginx.pid"
         for d in ("logs", "tmp"):
             (self.prefix / d).mkdir(parents=True, exist_ok=True)
@@ -81,6 +82,7 @@ class Nginx:
         if pid is None:
             log.warning("nginx is not running (no live pid in %s); config written for its next start", self.pid_file)
             return False
+        self._retiring = active_workers(pid)
         os.kill(pid, signal.SIGHUP)
         return True
 
@@ -130,7 +132,11 @@ class Nginx:
             return True
         deadline = time.monotonic() + self.reload_timeout
         while time.monotonic() < deadline:
-            if self.served_version() == version:
+            # One answer from a new worker is not enough: until every worker from before the
+            # reload has begun shutting down (and so stopped accepting), a new connection can
+            # still reach the old config.
+            if self.served_version() == version and not (self._retiring & active_workers(
+                    self.master_pid() or 0)):
                 return True
             time.sleep(0.01)
         return False
@@ -141,3 +147,30 @@ class Nginx:
         except FileNotFoundError:
             return ""
         return " | ".join(l.strip() for l in text.splitlines()[-lines:] if l.strip())
+
+
+def active_workers(master: int) -> set:
+    """The master's workers that still accept connections. nginx retitles a worker that is
+    finishing after a reload "nginx: worker process is shutting down". Empty when the
+    processes cannot be seen (another pid namespace): then only the config version is checked."""
+    pids = set()
+    if not master:
+        return pids
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return pids
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                if int(f.read().rsplit(")", 1)[1].split()[1]) != master:
+                    continue
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                title = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except (OSError, ValueError, IndexError):
+            continue
+        if title.startswith("nginx: worker process") and "shutting down" not in title:
+            pids.add(int(entry))
+    return pids
