@@ -1,6 +1,6 @@
 # The two commands: `make demo` (the stack up, demo deployed through the gate) and `make test`.
 SHELL := /bin/bash
-.PHONY: demo cd-demo test stop status install bench bench-registrator bench-promotion bench-proxy bench-delivery
+.PHONY: demo cd-demo test stop status install bench bench-registrator bench-promotion bench-proxy bench-delivery cli-reference
 
 demo:  ## install what is missing, start the stack, deploy demo v1 -> v2 -> broken v3
 	@bash scripts/install.sh all
@@ -23,6 +23,10 @@ status:
 
 install:
 	@bash scripts/install.sh all
+
+cli-reference:  ## rewrite README's command reference from the tools' --help
+	@bash scripts/install.sh python
+	@.venv/bin/python scripts/cli_reference.py
 
 bench: ## deploy lead time and failed requests during a switch (needs `make install`)
 	@bash scripts/bench.sh

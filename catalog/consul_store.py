@@ -15,8 +15,8 @@ import consul
 import consul.base
 
 from .model import (META_CONTAINER_ID, META_CONTAINER_NAME, META_DOCKER_HEALTH, META_IMAGE,
-                    META_PROXY_HOST, META_PROXY_PATH, META_REGISTERED_BY, META_TESTS_IMAGE,
-                    META_VERSION, Instance, RegisteredInstance, RoutingPolicy, Verdict)
+                    META_PROXY_HOST, META_PROXY_PATH, META_PROXY_STRIP, META_REGISTERED_BY, META_TESTS_IMAGE,
+                    META_VERSION, Instance, RegisteredInstance, Rejection, RoutingPolicy, Verdict)
 from .validation import InvalidValue
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ SERVED = "proxy-reloader/served/"      # <proxy id>/<service>: what that proxy's
 PROXY_SERVICE = "proxy-reloader"
 GATE_TTL = "87600h"        # the gate is set by gatekeeper, never by expiry
 _OWN_META = {META_CONTAINER_ID, META_CONTAINER_NAME, META_IMAGE, META_VERSION, META_TESTS_IMAGE,
-             META_PROXY_PATH, META_PROXY_HOST, META_REGISTERED_BY, META_DOCKER_HEALTH}
+             META_PROXY_PATH, META_PROXY_HOST, META_REGISTERED_BY, META_DOCKER_HEALTH, META_PROXY_STRIP}
 
 
 class ConsulError(consul.base.ConsulException):
@@ -127,16 +127,20 @@ class ConsulStore:
                 out[sid] = inst
         return out
 
-    def record_rejection(self, container_name: str, reason: str) -> None:
-        """Why a container was not registered, for `gatekeeper status` to show."""
-        self.kv_put(REJECTED + container_name, json.dumps({"reason": reason, "time": time.time()}))
+    def record_rejection(self, rejection: Rejection) -> None:
+        """Why a container was not registered, for `gatekeeper status` and `why` to show."""
+        self.kv_put(REJECTED + rejection.container_name, rejection.to_json())
 
-    def rejections(self) -> Dict[str, dict]:
+    def forget_rejection(self, container_name: str) -> None:
+        self.kv_delete(REJECTED + container_name)
+
+    def rejections(self) -> Dict[str, Rejection]:
+        """Container name -> its rejection; unreadable records are skipped."""
         out = {}
         for key, raw in self.kv_list(REJECTED).items():
             try:
-                out[key[len(REJECTED):]] = json.loads(raw)
-            except ValueError:
+                out[key[len(REJECTED):]] = Rejection.from_json(raw)
+            except (ValueError, TypeError):
                 continue
         return out
 
@@ -189,6 +193,10 @@ class ConsulStore:
     def kv_delete(self, key: str) -> None:
         self._c.kv.delete(key)
 
+    def kv_keys(self, prefix: str) -> List[str]:
+        _, keys = self._c.kv.get(prefix, keys=True)
+        return list(keys or [])
+
     def kv_list(self, prefix: str) -> Dict[str, str]:
         _, items = self._c.kv.get(prefix, recurse=True)
         return {i["Key"]: (i["Value"] or b"").decode() for i in items or []}
@@ -211,6 +219,28 @@ class ConsulStore:
 
     def put_verdict(self, verdict: Verdict) -> None:
         self.kv_put(VERDICTS + verdict.instance_id, verdict.to_json())
+
+    def verdict_ids(self) -> List[str]:
+        """The instance ids that have a stored verdict (keys only: cheap even with thousands)."""
+        return [k[len(VERDICTS):] for k in self.kv_keys(VERDICTS)]
+
+    def forget_verdict(self, instance_id: str) -> None:
+        self.kv_delete(VERDICTS + instance_id)
+
+    def policy_services(self) -> List[str]:
+        """Services with a routing policy or a default test image, registered or not."""
+        names = {k[len(POLICIES):] for k in self.kv_keys(POLICIES)}
+        names |= {k[len(DEFAULT_TESTS):] for k in self.kv_keys(DEFAULT_TESTS)}
+        return sorted(n for n in names if n and "/" not in n)
+
+    def forget_service(self, service: str) -> List[str]:
+        """Remove a service's policy, default test image and history; return the keys removed."""
+        keys = [k for k in (POLICIES + service, DEFAULT_TESTS + service) if self.kv_get(k)[1] is not None]
+        keys += self.kv_keys(f"{HISTORY}{service}/")
+        for key in (POLICIES + service, DEFAULT_TESTS + service):
+            self.kv_delete(key)
+        self._c.kv.delete(f"{HISTORY}{service}/", recurse=True)
+        return keys
 
     def policy(self, service: str) -> Tuple[int, Optional[RoutingPolicy]]:
         """(ModifyIndex, policy); a policy that fails validation raises InvalidValue."""
@@ -344,4 +374,5 @@ def instance_from_consul(svc: dict) -> Optional[Instance]:
         proxy_host=meta.get(META_PROXY_HOST, ""), tags=tags,
         extra_meta=tuple(sorted((k, v) for k, v in meta.items() if k not in _OWN_META)),
         docker_health=meta.get(META_DOCKER_HEALTH) == "1",
+        strip_prefix=meta.get(META_PROXY_STRIP) == "1",
     )

@@ -20,6 +20,7 @@ META_VERSION = "version"
 META_TESTS_IMAGE = "tests_image"
 META_PROXY_PATH = "proxy_path"
 META_PROXY_HOST = "proxy_host"
+META_PROXY_STRIP = "proxy_strip_prefix"
 META_REGISTERED_BY = "registered_by"
 META_DOCKER_HEALTH = "docker_health"
 DOCKER_HEALTH_SUFFIX = ":docker-health"
@@ -45,6 +46,7 @@ class Instance:
     extra_meta: Tuple[Tuple[str, str], ...] = ()
     health_check: Optional["HealthCheck"] = None
     docker_health: bool = False      # the container has a Docker HEALTHCHECK
+    strip_prefix: bool = False       # the proxy removes proxy_path before forwarding
 
     @property
     def gate_check_id(self) -> str:
@@ -76,6 +78,8 @@ class Instance:
         })
         if self.docker_health:
             meta[META_DOCKER_HEALTH] = "1"
+        if self.strip_prefix:
+            meta[META_PROXY_STRIP] = "1"
         return meta
 
     def all_tags(self) -> list:
@@ -108,6 +112,29 @@ class RegisteredInstance:
     @property
     def gate_status(self) -> str:
         return self.checks.get(self.instance.gate_check_id, "missing")
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why a container was not registered, kept in Consul KV for `gatekeeper status` and `why`."""
+
+    container_name: str
+    container_id: str
+    reason: str
+    service: str = ""            # the service it asked to be, when that name itself is valid
+    registered_by: str = ""      # the registrator that refused it (and alone removes the record)
+    time: float = 0.0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, raw: str) -> "Rejection":
+        data = json.loads(raw)
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+    def same_as(self, other: Optional["Rejection"]) -> bool:
+        return other is not None and (self.container_id, self.reason) == (other.container_id, other.reason)
 
 
 # Verdict states: pending -> testing -> passed | failed | error
@@ -163,6 +190,7 @@ class RoutingPolicy:
     mode: str = AUTO
     previous: str = ""
     updated: float = 0.0
+    aborted: str = ""          # the last canary version taken out of traffic by an abort
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -177,4 +205,9 @@ class RoutingPolicy:
         previous = self.stable if self.stable and self.stable != version else self.previous
         return replace(self, stable=version, canary="" if self.canary == version else self.canary,
                        weight=0 if self.canary == version else self.weight,
-                       previous=previous, updated=time.time())
+                       previous=previous, aborted="" if self.aborted == version else self.aborted,
+                       updated=time.time())
+
+    def with_canary(self, version: str) -> "RoutingPolicy":
+        """`version` becomes the canary at weight 0 (no longer counted as aborted)."""
+        return replace(self, canary=version, weight=0, aborted="" if self.aborted == version else self.aborted)

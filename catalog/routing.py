@@ -30,6 +30,7 @@ class Route:
     canary: Optional[Pool] = None
     weight: int = 0                  # percent of traffic to the canary
     note: str = ""                   # why the route is not what the policy asked for
+    strip_prefix: bool = False       # forward /path/rest as /rest
 
     @property
     def upstream_name(self) -> str:
@@ -39,7 +40,7 @@ class Route:
         """The route as gatekeeper status and proxy-reloader's status endpoint both show it."""
         def pool(p: Pool) -> dict:
             return {"version": p.version, "servers": [f"{a}:{port}" for a, port in p.servers]}
-        return {"service": self.service, "path": self.path, "host": self.host,
+        return {"service": self.service, "path": self.path, "host": self.host, "strip_prefix": self.strip_prefix,
                 "stable": pool(self.stable) if self.stable else None,
                 "canary": {**pool(self.canary), "weight": self.weight} if self.canary else None,
                 "answers_503": self.stable is None, "note": self.note}
@@ -57,6 +58,7 @@ def route_for(service: str, registered: Sequence[RegisteredInstance],
     first = registered[0].instance if registered else None
     path = first.path if first else f"/{service}/"
     host = first.proxy_host if first else ""
+    strip = first.strip_prefix if first else False
     panic = ""
     if not admitted:
         # Panic policy: when every instance fails a health check at once (a health-check
@@ -64,7 +66,7 @@ def route_for(service: str, registered: Sequence[RegisteredInstance],
         # The gate itself is never overridden: an untested or failed instance gets nothing.
         admitted = [r.instance for r in registered if r.gate_status == "passing"]
         if not admitted:
-            return Route(service, path, host, None)
+            return Route(service, path, host, None, strip_prefix=strip)
         panic = "panic: every instance fails a health check; serving those that passed their tests"
     by_version: Dict[str, List[Instance]] = {}
     for inst in admitted:
@@ -72,17 +74,18 @@ def route_for(service: str, registered: Sequence[RegisteredInstance],
     if panic:
         version = policy.stable if policy and policy.stable in by_version else "*"
         pool = by_version[version] if version != "*" else admitted
-        return Route(service, path, host, _pool(version, pool), note=panic)
+        return Route(service, path, host, _pool(version, pool), note=panic, strip_prefix=strip)
     if policy is None or not policy.stable:
         return Route(service, path, host, _pool("*", admitted),
-                     note="no routing policy yet: every admitted instance serves")
+                     note="no routing policy yet: every admitted instance serves", strip_prefix=strip)
     if policy.stable not in by_version:
         # Panic policy: the stable version has no admitted instance left; serving the others
         # beats answering nobody.
         return Route(service, path, host, _pool("*", admitted),
-                     note=f"stable version {policy.stable} has no admitted instance: every admitted instance serves")
+                     note=f"stable version {policy.stable} has no admitted instance: every admitted instance serves",
+                     strip_prefix=strip)
     stable = _pool(policy.stable, by_version[policy.stable])
     canary = None
     if policy.canary and policy.canary != policy.stable and policy.canary in by_version:
         canary = _pool(policy.canary, by_version[policy.canary])
-    return Route(service, path, host, stable, canary, policy.weight if canary else 0)
+    return Route(service, path, host, stable, canary, policy.weight if canary else 0, strip_prefix=strip)

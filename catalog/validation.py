@@ -43,6 +43,7 @@ _RULES = {
                 "an IPv4 address or a host name"),
     "check_path": (re.compile(r"/[A-Za-z0-9._~/-]{0,200}"),
                    "an absolute URL path of letters, digits and . _ ~ / -"),
+    "flag": (re.compile(r"true|false"), "true or false"),
     "duration": (re.compile(r"[1-9][0-9]{0,4}(?:ms|s|m)"),
                  "a whole number followed by ms, s or m, such as 5s"),
 }
@@ -60,6 +61,14 @@ def check(field: str, value: Any, rule: str | None = None) -> str:
     return value
 
 
+def valid(rule: str, value: Any) -> bool:
+    try:
+        check(rule, value)
+        return True
+    except InvalidValue:
+        return False
+
+
 def check_port(field: str, value: Any) -> int:
     try:
         port = int(value)
@@ -75,7 +84,7 @@ def validate_policy(data: Mapping[str, Any]) -> RoutingPolicy:
     if not isinstance(data, Mapping):
         raise InvalidValue("policy", data, "a JSON object")
     service = check("service", data.get("service"))
-    versions = {k: data.get(k) or "" for k in ("stable", "canary", "previous")}
+    versions = {k: data.get(k) or "" for k in ("stable", "canary", "previous", "aborted")}
     for key, value in versions.items():
         if value:
             check(key, value, "version")

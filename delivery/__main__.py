@@ -10,10 +10,9 @@
 Engines: unix:///var/run/docker.sock, ssh://USER@HOST, or tcp://HOST:2376 with --tls-dir (or
 DOCKER_CERT_PATH) holding ca.pem, cert.pem, key.pem. Plain tcp:// without TLS is refused.
 
-Exit codes: 0 done (deploy: admitted and served), 1 failed (a build, its unit tests, a push, or
-the integration tests), 2 bad input (also: the container name is taken), 3 engine, registry or
-Consul unreachable or refusing,
-4 deploy timed out waiting for the gate.
+Exit codes as every stack command (deploy: 0 admitted and served by every proxy; 1 a build, its
+unit tests, a push or the integration tests failed; 2 also when the container name is taken;
+4 deploy timed out waiting for the gate).
 """
 from __future__ import annotations
 
@@ -26,6 +25,8 @@ from pathlib import Path
 import requests
 from docker.utils import parse_repository_tag
 
+from catalog.cli import (EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, EXIT_UNREACHABLE, EXIT_USAGE, TOKEN_HELP,
+                         JsonAwareParser, exit_code_epilog)
 from catalog.consul_store import ConsulStore, read_token
 from catalog.validation import InvalidValue
 
@@ -33,7 +34,6 @@ from .build import BuildFailed, build_and_push, git_version
 from .deploy import WAIT_FAILED, WAIT_OK, Deployment, DeployError, deploy
 from .engine import EngineError, connect
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_TIMEOUT = 0, 1, 2, 3, 4
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -52,8 +52,9 @@ def key_value(item: str) -> tuple:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="delivery", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = JsonAwareParser(prog="delivery", description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1] + "\n" + exit_code_epilog(),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -62,20 +63,20 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--tls-dir", help="folder with ca.pem, cert.pem, key.pem for a tcp:// engine (default DOCKER_CERT_PATH)")
         c.add_argument("--json", action="store_true", help="progress on stderr, one JSON result on stdout")
 
-    b = sub.add_parser("build-and-push", help="build, unit-test, tag and push a service and its test image",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    b = sub.add_parser("build-and-push", help="build, unit-test, tag and push a service and its test image")
     b.add_argument("source", type=Path, help="folder with Dockerfile and Dockerfile.test")
     b.add_argument("--registry", required=True, help="HOST:PORT of the registry, no scheme")
     b.add_argument("--service", help="service name (default: the source folder's name up to '_')")
     b.add_argument("--version", help="image tag (default: the git commit, -dirty with local changes)")
-    b.add_argument("--base-image", default=default_base_image(), help="BASE_IMAGE build argument")
+    b.add_argument("--base-image", help="BASE_IMAGE build argument (default: BASE_IMAGE, else the image "
+                                        "recorded in .stack/base-image, else python:3.11-slim)")
     b.add_argument("--wheelhouse", type=Path, help="folder of wheels copied into the context as wheels/")
-    b.add_argument("--build-arg", action="append", type=key_value, default=[], metavar="KEY=VALUE")
+    b.add_argument("--build-arg", action="append", type=key_value, default=[], metavar="KEY=VALUE",
+                   help="extra build argument (repeatable)")
     b.add_argument("--no-push", action="store_true", help="build and tag only")
     engine_options(b)
 
-    d = sub.add_parser("deploy", help="run a version on an engine and wait for the gate",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = sub.add_parser("deploy", help="run a version on an engine and wait for the gate")
     d.add_argument("image", help="REGISTRY/SERVICE:VERSION as pushed by build-and-push")
     d.add_argument("--service", help="service name (default: the image's name)")
     d.add_argument("--tests-image", help="integration-test image (default REGISTRY/SERVICE-test:VERSION)")
@@ -83,10 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--name", help="container name (default SERVICE-VERSION)")
     d.add_argument("--label", action="append", type=key_value, default=[], metavar="KEY=VALUE",
                    help="extra container label (repeatable)")
-    d.add_argument("--consul", default=os.environ.get("CONSUL_HTTP_ADDR", "127.0.0.1:8500"),
-                   help="Consul HTTP address of the target's stack (default CONSUL_HTTP_ADDR)")
-    d.add_argument("--consul-token-file", help="Consul token with read access (else CONSUL_HTTP_TOKEN_FILE / CONSUL_HTTP_TOKEN)")
-    d.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the gate")
+    d.add_argument("--consul", default=None,
+                   metavar="HOST:PORT", help="Consul HTTP address of the target's stack (default CONSUL_HTTP_ADDR, "
+                                             "else 127.0.0.1:8500)")
+    d.add_argument("--consul-token-file", metavar="FILE", help=TOKEN_HELP + "; read access is enough")
+    d.add_argument("--timeout", type=float, default=300.0, metavar="S",
+                   help="seconds to wait for the gate (default %(default)s)")
     d.add_argument("--keep-failed", action="store_true", help="leave a failed version's container for inspection")
     engine_options(d)
     return p
@@ -94,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "consul", "") is None:
+        args.consul = os.environ.get("CONSUL_HTTP_ADDR", "127.0.0.1:8500")
     out = sys.stderr if args.json else sys.stdout
 
     def say(line: str) -> None:
@@ -113,7 +118,8 @@ def main(argv=None) -> int:
             service = args.service or source.name.split("_", 1)[0]
             version = args.version or git_version(source)
             client = connect(args.engine, args.tls_dir)
-            release = build_and_push(client, source, args.registry, service, version, args.base_image,
+            release = build_and_push(client, source, args.registry, service, version,
+                                     args.base_image or default_base_image(),
                                      args.wheelhouse, dict(args.build_arg), push=not args.no_push, say=say)
             say(f"done: {release.image} and {release.tests_image}")
             if args.json:

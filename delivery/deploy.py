@@ -86,7 +86,7 @@ def start(client: docker.DockerClient, d: Deployment, say):
 
 
 def deploy(client: docker.DockerClient, store, d: Deployment, say: Callable[[str], None] = print) -> int:
-    """WAIT_OK (0) when admitted and routed, WAIT_FAILED (1) when its tests failed, WAIT_TIMEOUT (2)."""
+    """WAIT_OK (0) when admitted and routed, WAIT_FAILED (1) when its tests failed, WAIT_TIMEOUT (4)."""
     container = start(client, d, say)
     outcome = wait_for_version(store, d.service, d.version, d.timeout, say=say)
     if outcome != WAIT_OK and not d.keep_failed:

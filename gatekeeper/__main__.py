@@ -1,19 +1,19 @@
 """gatekeeper: test-gated admission and promotion of service instances.
 
-  gatekeeper run                       the daemon: test new instances, promote what passes
-  gatekeeper status [SERVICE]          versions, instances, verdicts, what the proxy serves
-  gatekeeper promote SERVICE [--full]  canary to the next step (25, 50, stable), or stable now
-  gatekeeper weight SERVICE N          N percent of traffic to the canary
-  gatekeeper abort SERVICE             canary out of traffic; stable serves everything
-  gatekeeper rollback SERVICE          back to the previous stable version
-  gatekeeper mode SERVICE auto|manual  auto: a passed version becomes stable; manual: a canary
-  gatekeeper wait SERVICE --version V  for CD jobs: exit 0 admitted, 1 failed, 2 timed out
-  gatekeeper history SERVICE           promotions, aborts, rollbacks
-  gatekeeper tests SERVICE IMAGE       default integration-test image for the service
-  gatekeeper retest INSTANCE|SERVICE   run the tests again (live instances keep serving)
-
-Exit codes: 0 done, 1 refused (the message says why), 2 bad input, 3 Consul unreachable;
-`wait` uses 0 admitted, 1 failed, 2 timed out.
+  gatekeeper run                          the daemon: test new instances, promote what passes
+  gatekeeper status [SERVICE]             services, versions, instances, verdicts, what the proxy answers
+  gatekeeper why INSTANCE|SERVICE|CONTAINER   why it gets traffic or not: verdict, test output, checks, proxies
+  gatekeeper promote SERVICE [--full]     canary to the next step (25, 50, stable), or stable now
+  gatekeeper weight SERVICE N             N percent of traffic to the canary
+  gatekeeper abort SERVICE                canary out of traffic; stable serves everything
+  gatekeeper canary SERVICE VERSION       an admitted version (an aborted canary, say) is the canary again, at 0%
+  gatekeeper rollback SERVICE             back to the previous stable version
+  gatekeeper mode SERVICE auto|manual     auto: a passed version becomes stable; manual: a canary
+  gatekeeper wait SERVICE --version V     for CD jobs: exit 0 when every proxy serves V, 1 tests failed, 4 timed out
+  gatekeeper history SERVICE              promotions, aborts, rollbacks
+  gatekeeper tests SERVICE [IMAGE]        default integration-test image for the service
+  gatekeeper retest INSTANCE|SERVICE      run the tests again (live instances keep serving)
+  gatekeeper forget SERVICE               remove a service's policy, default test image and history
 """
 from __future__ import annotations
 
@@ -28,67 +28,78 @@ from dataclasses import asdict
 import consul.base
 import requests
 
+from catalog.cli import (EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, JsonAwareParser,
+                         add_consul_options, consul_refusal, emit_error, exit_code_epilog)
 from catalog.consul_store import DEFAULT_TESTS, ConsulStore, read_token
 from catalog.logs import setup_logging
 from catalog.validation import InvalidValue, check
 
 from .promotion import PromotionError
-from .status import collect, render_text
-
-EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+from .status import UnknownTarget, collect, explain, known_services, render_text, render_why
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gatekeeper", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--consul", default="127.0.0.1:8500", help="Consul agent HTTP address (default %(default)s)")
-    p.add_argument("--consul-token-file", help="file holding the Consul ACL token (else CONSUL_HTTP_TOKEN)")
+    p = JsonAwareParser(prog="gatekeeper", description=__doc__.split("\n\n")[0],
+                        epilog=__doc__.split("\n\n", 1)[1] + "\n" + exit_code_epilog(),
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_consul_options(p)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
     def command(name, help_text, service=True, json_flag=True, **kw):
         c = sub.add_parser(name, help=help_text, description=help_text.replace("%%", "%"), **kw)
         if service:
-            c.add_argument("service")
+            c.add_argument("service", metavar="SERVICE", help="service name")
         if json_flag:
-            c.add_argument("--json", action="store_true", help="machine-readable output")
+            c.add_argument("--json", action="store_true", help="one JSON object on stdout, errors included")
+        add_consul_options(c, subcommand=True)
         return c
 
-    run = command("run", "run the daemon", service=False, json_flag=False,
-                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    run.add_argument("--parallel", type=int, default=2, help="instances tested at once")
-    run.add_argument("--test-timeout", type=float, default=120.0, help="seconds a test run may take")
-    run.add_argument("--test-memory", default="256m", help="memory limit of a test container")
-    run.add_argument("--test-cpus", type=float, default=1.0, help="CPU limit of a test container")
+    run = command("run", "run the daemon", service=False, json_flag=False)
+    run.add_argument("--parallel", type=int, default=2, metavar="N", help="instances tested at once (default %(default)s)")
+    run.add_argument("--test-timeout", type=float, default=120.0, metavar="S",
+                     help="seconds a test run may take (default %(default)s)")
+    run.add_argument("--test-memory", default="256m", metavar="SIZE", help="memory limit of a test container (default %(default)s)")
+    run.add_argument("--test-cpus", type=float, default=1.0, metavar="CPUS", help="CPU limit of a test container (default %(default)s)")
     run.add_argument("--test-label", action="append", default=[], metavar="KEY=VALUE",
                      help="extra label on every test container (repeatable)")
-    run.add_argument("--drain-seconds", type=float, default=10.0,
-                     help="after an automatic promotion, seconds before old instances' containers are stopped")
+    run.add_argument("--drain-seconds", type=float, default=10.0, metavar="S",
+                     help="after an automatic promotion, seconds before old instances' containers are stopped "
+                          "(default %(default)s)")
     run.add_argument("--keep-old", action="store_true", help="never stop old instances' containers")
-    run.add_argument("--reverify-every", type=float, default=0.0,
-                     help="re-run the tests of live instances this often, seconds (0: never)")
-    run.add_argument("--wait", type=float, default=30.0, help="blocking query wait, seconds")
+    run.add_argument("--reverify-every", type=float, default=0.0, metavar="S",
+                     help="re-run the tests of live instances this often, seconds (default 0: never)")
+    run.add_argument("--forget-after", type=float, default=900.0, metavar="S",
+                     help="seconds a gone instance's verdict is kept (default %(default)s)")
+    run.add_argument("--wait", type=float, default=30.0, metavar="S",
+                     help="blocking query wait, seconds (default %(default)s)")
     run.add_argument("--id", default="", help="identity in the leader lock (default gatekeeper@HOST)")
-    run.add_argument("-v", "--verbose", action="store_true")
+    run.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
 
-    st = command("status", "show services, instances, verdicts and routing", service=False)
-    st.add_argument("service", nargs="?")
+    st = command("status", "show services, instances, verdicts and what the proxy answers", service=False)
+    st.add_argument("service", nargs="?", metavar="SERVICE", help="one service (default: every service the stack knows)")
+    wy = command("why", "why an instance, a service's instances or a rejected container get traffic or not",
+                 service=False)
+    wy.add_argument("target", metavar="INSTANCE|SERVICE|CONTAINER")
     pr = command("promote", "move the canary to its next step (25%%, 50%%, stable)")
     pr.add_argument("--full", action="store_true", help="make the canary stable at once")
     wt = command("weight", "set the canary's share of traffic")
-    wt.add_argument("percent", type=int, help="0 to 100")
+    wt.add_argument("percent", type=int, metavar="N", help="0 to 100")
     command("abort", "take the canary out of traffic")
+    cn = command("canary", "make an admitted version (an aborted canary, say) the canary again, at 0%%")
+    cn.add_argument("version", metavar="VERSION")
     command("rollback", "make the previous stable version stable again")
     md = command("mode", "auto or manual promotion")
     md.add_argument("mode", choices=["auto", "manual"])
-    wa = command("wait", "wait until a version is admitted (exit 0), fails (1) or times out (2)")
+    wa = command("wait", "wait until every proxy serves a version (exit 0), its tests fail (1) or time runs out (4)")
     wa.add_argument("--version", required=True)
-    wa.add_argument("--timeout", type=float, default=300.0, help="seconds (default %(default)s)")
+    wa.add_argument("--timeout", type=float, default=300.0, metavar="S", help="seconds (default %(default)s)")
     command("history", "promotions, aborts and rollbacks of a service")
     ts = command("tests", "set (or with no IMAGE show) the default integration-test image of a service")
-    ts.add_argument("image", nargs="?")
+    ts.add_argument("image", nargs="?", metavar="IMAGE", help="test image; instances that had none are tested with it at once")
     rt = command("retest", "run the tests of an instance, or of every instance of a service, again", service=False)
     rt.add_argument("target", metavar="INSTANCE|SERVICE")
+    command("forget", "remove the policy, default test image and history of a service that has no instance")
     return p
 
 
@@ -110,12 +121,14 @@ def cmd_run(args, store) -> int:
         labels[key] = value
     if args.parallel < 1:
         raise ValueError("--parallel must be at least 1")
+    if args.forget_after < 0:
+        raise ValueError("--forget-after must be zero or more seconds")
     client = docker.from_env(timeout=30)
     limits = RunLimits(timeout=args.test_timeout, memory=args.test_memory, cpus=args.test_cpus)
     promoter = Promoter(store, client, drain_seconds=args.drain_seconds, stop_old=not args.keep_old)
     gate = Gate(store, DockerTester(client, limits, labels), parallel=args.parallel,
                 on_admitted=promoter.admitted, reverify_every=args.reverify_every,
-                on_service=promoter.check_canary)
+                on_service=promoter.check_canary, forget_after=args.forget_after)
     daemon = Daemon(store, gate, LeaderLock(store, args.id), wait=args.wait)
 
     def on_signal(*_):
@@ -136,8 +149,10 @@ def cmd_run(args, store) -> int:
 def _known_service(store, service: str) -> None:
     check("service", service)
     if service not in store.service_names() and store.policy(service)[1] is None:
-        known = ", ".join(store.all_instances()) or "none"
-        raise PromotionError(f"unknown service {service!r} (known: {known})")
+        rejections = store.rejections()
+        if service not in known_services(store, rejections):
+            known = ", ".join(known_services(store, rejections)) or "none"
+            raise PromotionError(f"unknown service {service!r} (known: {known})")
 
 
 def _emit(args, policy, message: str) -> int:
@@ -145,11 +160,49 @@ def _emit(args, policy, message: str) -> int:
     return EXIT_OK
 
 
+def _can_read_catalog(store) -> None:
+    """Consul always lists itself; a token that sees no service at all is missing or too weak,
+    and an empty answer would be a lie."""
+    if not store.service_names():
+        raise consul.base.ACLPermissionDenied("Permission denied: this token sees no service, not even consul")
+
+
 def cmd_status(args, store) -> int:
+    _can_read_catalog(store)
     if args.service:
         _known_service(store, args.service)
     data = collect(store, args.service)
     print(json.dumps(data, indent=2, sort_keys=True) if args.json else render_text(data), end="" if not args.json else "\n")
+    return EXIT_OK
+
+
+def cmd_why(args, store) -> int:
+    _can_read_catalog(store)
+    if args.target.count(":") < 2 and args.target not in store.rejections():
+        check("service", args.target)
+    data = explain(store, args.target)
+    print(json.dumps(data, indent=2, sort_keys=True) if args.json else render_why(data), end="" if not args.json else "\n")
+    return EXIT_OK
+
+
+def cmd_canary(args, store) -> int:
+    from .promotion import try_canary
+    _known_service(store, args.service)
+    check("version", args.version)
+    return _emit(args, *try_canary(store, args.service, args.version))
+
+
+def cmd_forget(args, store) -> int:
+    check("service", args.service)
+    live = store.instances(args.service)
+    if live:
+        raise PromotionError(f"{args.service} still has {len(live)} registered instance(s) "
+                             f"({', '.join(ri.instance.id for ri in live)}); stop them first, then forget")
+    removed = store.forget_service(args.service)
+    if not removed:
+        raise PromotionError(f"nothing to forget: {args.service!r} has no policy, default test image or history")
+    print(json.dumps({"service": args.service, "removed": removed}) if args.json else
+          f"{args.service}: removed its policy, default test image and history ({len(removed)} key(s))")
     return EXIT_OK
 
 
@@ -184,7 +237,7 @@ def cmd_mode(args, store) -> int:
 
 
 def cmd_wait(args, store) -> int:
-    from .wait import wait_for_version
+    from .wait import WAIT_FAILED, WAIT_OK, WAIT_TIMEOUT, wait_for_version
     check("service", args.service)
     check("version", args.version)
     lines = []
@@ -192,7 +245,7 @@ def cmd_wait(args, store) -> int:
     code = wait_for_version(store, args.service, args.version, args.timeout, say=say)
     if args.json:
         print(json.dumps({"service": args.service, "version": args.version, "exit": code,
-                          "result": {0: "admitted", 1: "failed", 2: "timed out"}[code],
+                          "result": {WAIT_OK: "served", WAIT_FAILED: "failed", WAIT_TIMEOUT: "timed out"}[code],
                           "summary": lines[-1] if lines else ""}))
     return code
 
@@ -221,8 +274,12 @@ def cmd_tests(args, store) -> int:
         return EXIT_OK
     check("image", args.image)
     store.kv_put(DEFAULT_TESTS + args.service, args.image)
-    print(json.dumps({"service": args.service, "image": args.image}) if args.json else
-          f"{args.service}: instances without a gatekeeper.tests label are tested with {args.image}")
+    untested = [ri.instance.id for ri in store.instances(args.service) if not ri.instance.tests_image
+                and (lambda v: v is not None and v.applies_to(ri.instance) and not v.tests_image)(
+                    store.verdict(ri.instance.id))]
+    print(json.dumps({"service": args.service, "image": args.image, "to_test": untested}) if args.json else
+          f"{args.service}: instances without a gatekeeper.tests label are tested with {args.image}"
+          + (f"; {len(untested)} instance(s) that had no test image will be tested now" if untested else ""))
     return EXIT_OK
 
 
@@ -243,32 +300,33 @@ def cmd_retest(args, store) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "status": cmd_status, "promote": cmd_promote, "weight": cmd_weight,
-            "abort": cmd_abort, "rollback": cmd_rollback, "mode": cmd_mode, "wait": cmd_wait,
-            "history": cmd_history, "tests": cmd_tests, "retest": cmd_retest}
+COMMANDS = {"run": cmd_run, "status": cmd_status, "why": cmd_why, "promote": cmd_promote,
+            "weight": cmd_weight, "abort": cmd_abort, "canary": cmd_canary, "rollback": cmd_rollback,
+            "mode": cmd_mode, "wait": cmd_wait, "history": cmd_history, "tests": cmd_tests,
+            "retest": cmd_retest, "forget": cmd_forget}
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    as_json = getattr(args, "json", False)
+
+    def fail(code: int, message: str) -> int:
+        return emit_error(as_json, message, code, prog="gatekeeper")
+
     try:
         store = ConsulStore(args.consul, token=read_token(args.consul_token_file))
         return COMMANDS[args.command](args, store)
     except InvalidValue as exc:
-        print(f"gatekeeper: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except PromotionError as exc:
-        print(f"gatekeeper: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
+        return fail(EXIT_USAGE, str(exc))
+    except (PromotionError, UnknownTarget) as exc:
+        return fail(EXIT_FAILED, str(exc))
     except (requests.ConnectionError, requests.Timeout) as exc:
-        print(f"gatekeeper: Consul at {args.consul} is unreachable ({type(exc).__name__}); "
-              "is the stack running? (make demo starts it)", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        return fail(EXIT_UNREACHABLE, f"Consul at {args.consul} is unreachable ({type(exc).__name__}); "
+                                      "is the stack running? (make demo starts it)")
     except consul.base.ConsulException as exc:
-        print(f"gatekeeper: Consul at {args.consul} refused the request: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        return fail(EXIT_UNREACHABLE, consul_refusal(args.consul, exc))
     except ValueError as exc:
-        print(f"gatekeeper: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return fail(EXIT_USAGE, str(exc))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,9 @@
 
 Fail closed: an instance is admitted (gate check passing) only when a stored verdict for that
 very container says its tests passed. A gate found passing without such a verdict is reset.
+
+Verdicts of instances that left the catalog are kept `forget_after` seconds (a registrator or
+agent restart re-registers the same container, which must not be tested again), then removed.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, Optional
 
 from catalog.consul_store import ConsulError
-from catalog.model import PASSED, TESTING, Instance, RegisteredInstance, Verdict
+from catalog.model import ERROR, PASSED, TESTING, Instance, RegisteredInstance, Verdict
 from catalog.retry import TRANSIENT
 
 from .tester import DockerTester
@@ -28,7 +31,8 @@ class Gate:
     def __init__(self, store, tester: DockerTester, parallel: int = 2,
                  on_admitted: Optional[Callable[[Instance], None]] = None,
                  reverify_every: float = 0.0,
-                 on_service: Optional[Callable[[str, list], None]] = None):
+                 on_service: Optional[Callable[[str, list], None]] = None,
+                 forget_after: float = 900.0, clock: Callable[[], float] = time.monotonic):
         self.store, self.tester = store, tester
         self.on_admitted = on_admitted or (lambda inst: None)
         self.on_service = on_service or (lambda service, registered: None)
@@ -36,6 +40,9 @@ class Gate:
         self.pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="test")
         self.testing: Dict[str, str] = {}        # instance id -> container id under test
         self.lock = threading.Lock()
+        self.forget_after, self.clock = forget_after, clock
+        self.absent_since: Dict[str, float] = {}  # instance id with a verdict -> first seen unregistered
+        self.next_sweep = 0.0
 
     def reconcile(self) -> None:
         by_id = {}
@@ -53,6 +60,20 @@ class Gate:
                 self._start_test(ri.instance, reverify=True)
         if self.reverify_every > 0:
             self._reverify_due(by_id.values())
+        self._forget_gone_verdicts(by_id)
+
+    def _forget_gone_verdicts(self, registered: Dict[str, RegisteredInstance]) -> None:
+        now = self.clock()
+        if now < self.next_sweep:
+            return
+        self.next_sweep = now + min(30.0, max(self.forget_after / 4, 0.5))
+        absent = set(self.store.verdict_ids()) - set(registered)
+        self.absent_since = {iid: self.absent_since.get(iid, now) for iid in absent}
+        for iid, since in list(self.absent_since.items()):
+            if now - since >= self.forget_after and not self._busy_id(iid):
+                self.store.forget_verdict(iid)
+                del self.absent_since[iid]
+                log.info("%s: verdict removed; the instance has been gone for %.0f s", iid, now - since)
 
     def _reverify_due(self, registered) -> None:
         now = time.time()
@@ -65,8 +86,11 @@ class Gate:
                 self._start_test(ri.instance, reverify=True)
 
     def _busy(self, inst: Instance) -> bool:
+        return self._busy_id(inst.id)
+
+    def _busy_id(self, instance_id: str) -> bool:
         with self.lock:
-            return inst.id in self.testing
+            return instance_id in self.testing
 
     def _reconcile_one(self, ri: RegisteredInstance) -> None:
         inst = ri.instance
@@ -74,7 +98,7 @@ class Gate:
             if self.testing.get(inst.id) == inst.container_id:
                 return
         verdict = self.store.verdict(inst.id)
-        if verdict is None or not verdict.applies_to(inst) or not verdict.final:
+        if verdict is None or not verdict.applies_to(inst) or not verdict.final or self._image_now_known(inst, verdict):
             if inst.docker_health and ri.checks.get(inst.docker_health_check_id) != "passing":
                 log.debug("%s: waiting for Docker to report the container healthy before testing", inst.id)
                 return
@@ -87,6 +111,12 @@ class Gate:
         elif not passing and ri.gate_status == "passing":
             log.warning("%s: gate was passing against a %s verdict; closing it", inst.id, verdict.state)
             self.store.set_gate(inst, False, f"{verdict.state}: {verdict.summary}")
+
+    def _image_now_known(self, inst: Instance, verdict: Verdict) -> bool:
+        """An error verdict for want of a test image is stale once the service has a default one
+        (`gatekeeper tests SERVICE IMAGE` after the instance was registered)."""
+        return (verdict.state == ERROR and not verdict.tests_image and not inst.tests_image
+                and bool(self.store.default_tests_image(inst.service)))
 
     def _start_test(self, inst: Instance, reverify: bool = False) -> None:
         with self.lock:
@@ -101,6 +131,10 @@ class Gate:
             log.info("%s: %s %s %s with %s against %s", inst.id, "re-verifying" if reverify else "testing",
                      inst.service, inst.version, image or "(none)", instance_url(inst))
             self.tester.remove_leftovers(inst.id)     # a dead leader's run must not overlap ours
+            before = self.store.verdict(inst.id)
+            # A first pass of this container may change routing; a re-verification of one that
+            # passed before may not (an old version kept for rollback must not be promoted again).
+            first_pass = not (before and before.applies_to(inst) and before.state == PASSED)
             if not reverify:
                 self.store.put_verdict(Verdict(inst.id, inst.container_id, image, TESTING, f"testing with {image}"))
                 self.store.set_gate(inst, False, f"testing with {image or '(no tests image)'}")
@@ -116,9 +150,7 @@ class Gate:
             if reverify:
                 self.store.clear_retest(inst.id)
             log.info("%s: %s (%s) in %.1f s", inst.id, res.state, res.summary, verdict.duration)
-            if passed and not reverify:
-                # Only a first admission may change routing: a re-verified old version that
-                # is kept for rollback must not be promoted again.
+            if passed and first_pass:
                 self.on_admitted(inst)
         except ConsulError as exc:
             log.warning("%s: could not record the verdict (%s); the instance is probably gone", inst.id, exc)

@@ -66,7 +66,7 @@ class Promoter:
             if p.stable == inst.version or p.canary == inst.version:
                 return None
             if p.mode == MANUAL and p.stable:
-                return replace(p, canary=inst.version, weight=0)
+                return p.with_canary(inst.version)
             return p.promoted(inst.version)
 
         after = update_policy(self.store, inst.service, change)
@@ -208,13 +208,32 @@ def abort(store, service: str, why: str = "", by: str = "operator") -> Tuple[Rou
     def change(p: RoutingPolicy) -> RoutingPolicy:
         if not p.canary:
             raise PromotionError(f"{service} has no canary to abort; stable {p.stable} serves all traffic")
-        return replace(p, canary="", weight=0)
+        return replace(p, canary="", weight=0, aborted=p.canary)
 
     after = update_policy(store, service, change)
     store.add_history(service, "aborted", version=before.canary, by=by, **({"reason": why} if why else {}))
     return after, (f"{service}: canary {before.canary} aborted{' (' + why + ')' if why else ''}; "
                    f"stable {after.stable} serves all traffic. {before.canary}'s instances keep running "
                    "but get no requests")
+
+
+def try_canary(store, service: str, version: str) -> Tuple[RoutingPolicy, str]:
+    """Make an admitted version (an aborted canary, typically) the canary again, at weight 0."""
+    before = _policy_or_error(store, service)
+    if version == before.stable:
+        raise PromotionError(f"{version} is already the stable version of {service}")
+    if version not in _admitted_versions(store, service):
+        raise PromotionError(f"{service} {version} has no admitted instance (`gatekeeper why {service}` "
+                             "says why); deploy it, or `gatekeeper retest` its instances first")
+
+    def change(p: RoutingPolicy) -> Optional[RoutingPolicy]:
+        return None if p.canary == version and p.aborted != version else p.with_canary(version)
+
+    after = update_policy(store, service, change)
+    store.add_history(service, "canary", version=version, by="operator",
+                      **({"was": "aborted"} if before.aborted == version else {}))
+    return after, (f"{service}: {version} is the canary at 0% (requests with X-Canary: always reach it); "
+                   f"`gatekeeper weight {service} N` or `promote` to move it on")
 
 
 def rollback(store, service: str) -> Tuple[RoutingPolicy, str]:

@@ -1,15 +1,33 @@
-"""`gatekeeper status`: versions, instances, verdicts and what the proxy serves, per service."""
+"""`gatekeeper status` and `gatekeeper why`: what the stack knows about each service, and why
+each instance gets traffic or not.
+
+`status` lists every service the stack knows: with instances, with only a policy or a default
+test image, or with only rejected containers. `why` adds, per instance, the verdict's detail
+(test image, duration, the output's tail), every check, and what each proxy reports serving.
+"""
 from __future__ import annotations
 
 import time
-from typing import List, Optional
+from typing import Dict, List, Optional
 
-from catalog.model import RegisteredInstance
+from catalog.model import Rejection, RegisteredInstance
 from catalog.routing import route_for
 from catalog.validation import InvalidValue
 
+from .explain import explain_instance, proxy_answer
 
-def service_status(store, service: str) -> dict:
+
+class UnknownTarget(LookupError):
+    """No service, instance or rejected container by that name."""
+
+
+def known_services(store, rejections: Dict[str, Rejection]) -> List[str]:
+    names = {n for n, found in store.all_instances().items() if found} | set(store.policy_services())
+    names |= {r.service for r in rejections.values() if r.service}
+    return sorted(names)
+
+
+def service_status(store, service: str, rejections: Dict[str, Rejection], detail: bool = False) -> dict:
     registered: List[RegisteredInstance] = store.instances(service)
     policy_error = ""
     try:
@@ -17,35 +35,78 @@ def service_status(store, service: str) -> dict:
     except InvalidValue as exc:
         policy, policy_error = None, str(exc)
     route = route_for(service, registered, policy)
-    serving = set(route.stable.servers if route.stable else ()) | set(route.canary.servers if route.canary else ())
     instances = []
     for ri in sorted(registered, key=lambda r: (r.instance.version, r.instance.id)):
         inst = ri.instance
         verdict = store.verdict(inst.id)
         if verdict and not verdict.applies_to(inst):
             verdict = None
-        instances.append({
+        why = explain_instance(ri, verdict, policy, route)
+        row = {
             "id": inst.id, "version": inst.version, "address": inst.address, "port": inst.port,
             "container": inst.container_name, "gate": ri.gate_status,
             "verdict": verdict.state if verdict else "pending",
             "summary": verdict.summary if verdict else (ri.gate_output or "awaiting integration tests"),
             "tests_seconds": round(verdict.duration, 2) if verdict else None,
-            "serving": (inst.address, inst.port) in serving,
-        })
-    return {
+            "serving": why.serving, "state": why.state, "why": why.why,
+        }
+        if detail:
+            row.update(checks=dict(ri.checks), gate_output=ri.gate_output,
+                       tests_image=(verdict.tests_image if verdict else inst.tests_image) or "",
+                       log_tail=verdict.log_tail if verdict else "",
+                       tested_at=verdict.finished if verdict else None)
+        instances.append(row)
+    out = {
         "service": service,
         "policy": {"mode": policy.mode, "stable": policy.stable, "canary": policy.canary,
-                   "weight": policy.weight, "previous": policy.previous} if policy else None,
+                   "weight": policy.weight, "previous": policy.previous,
+                   "aborted": policy.aborted} if policy else None,
         "policy_error": policy_error,
         "route": route.to_dict(),
+        "proxy_answers": proxy_answer(len(registered), route),
         "instances": instances,
+        "rejected": {name: _rejection_dict(r) for name, r in sorted(rejections.items()) if r.service == service},
     }
+    if detail:
+        out["default_tests"] = store.default_tests_image(service)
+        out["proxies"] = {p: store.served(p, service) for p in store.proxies()}
+    return out
+
+
+def _rejection_dict(r: Rejection) -> dict:
+    return {"reason": r.reason, "container_id": r.container_id, "service": r.service,
+            "registered_by": r.registered_by, "time": r.time}
 
 
 def collect(store, service: Optional[str]) -> dict:
-    names = [service] if service else [n for n, found in store.all_instances().items() if found]
-    return {"services": [service_status(store, n) for n in names], "rejected": store.rejections(),
+    rejections = store.rejections()
+    names = [service] if service else known_services(store, rejections)
+    return {"services": [service_status(store, n, rejections) for n in names],
+            "rejected": {name: _rejection_dict(r) for name, r in sorted(rejections.items())},
             "time": time.time()}
+
+
+def explain(store, target: str) -> dict:
+    """`why`: a service (every instance) or one instance or one rejected container, in detail."""
+    rejections = store.rejections()
+    if target in rejections and target not in known_services(store, rejections):
+        return {"rejected": {target: _rejection_dict(rejections[target])}, "services": []}
+    if target.count(":") >= 2:
+        for name in store.service_names():
+            for ri in store.instances(name):
+                if ri.instance.id == target:
+                    s = service_status(store, name, rejections, detail=True)
+                    s["instances"] = [i for i in s["instances"] if i["id"] == target]
+                    return {"services": [s], "rejected": {}}
+        raise UnknownTarget(f"no instance {target!r} is registered; `gatekeeper status` lists them")
+    if target not in known_services(store, rejections):
+        raise UnknownTarget(_unknown(store, target, rejections))
+    return {"services": [service_status(store, target, rejections, detail=True)], "rejected": {}}
+
+
+def _unknown(store, service: str, rejections) -> str:
+    known = ", ".join(known_services(store, rejections)) or "none"
+    return f"unknown service {service!r} (known: {known})"
 
 
 def render_text(data: dict) -> str:
@@ -54,32 +115,79 @@ def render_text(data: dict) -> str:
         p, r = s["policy"], s["route"]
         out.append(f"service {s['service']}  (path {r['path']}{'  host ' + r['host'] if r['host'] else ''})")
         if p:
-            out.append(f"  policy   mode {p['mode']}, stable {p['stable'] or '-'}, canary {p['canary'] or '-'}"
-                       f" (weight {p['weight']}%), previous {p['previous'] or '-'}")
+            line = (f"  policy   mode {p['mode']}, stable {p['stable'] or '-'}, canary {p['canary'] or '-'}"
+                    f" (weight {p['weight']}%), previous {p['previous'] or '-'}")
+            out.append(line + (f", aborted {p['aborted']}" if p.get("aborted") else ""))
         elif s["policy_error"]:
             out.append(f"  policy   INVALID: {s['policy_error']}")
         else:
             out.append("  policy   none yet (set when the first instance passes its tests)")
-        if r["stable"]:
-            line = f"  serving  {r['stable']['version']} on {', '.join(r['stable']['servers'])}"
-            if r["canary"]:
-                line += f"; canary {r['canary']['version']} ({r['canary']['weight']}%) on {', '.join(r['canary']['servers'])}"
-            out.append(line)
-        else:
-            out.append("  serving  nothing: no admitted instance (the proxy answers 503)")
+        out.append(f"  proxy    answers {s['proxy_answers']}")
         if r["note"]:
             out.append(f"  note     {r['note']}")
-        rows = [("INSTANCE", "VERSION", "ADDRESS", "GATE", "VERDICT", "TESTS", "SERVING", "SUMMARY")]
-        for i in s["instances"]:
-            rows.append((i["id"], i["version"], f"{i['address']}:{i['port']}", i["gate"], i["verdict"],
-                         f"{i['tests_seconds']:.1f}s" if i["tests_seconds"] is not None else "-",
-                         "yes" if i["serving"] else "no", i["summary"]))
-        widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]) - 1)]
-        for row in rows:
-            out.append("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+        if s["instances"]:
+            rows = [("INSTANCE", "VERSION", "ADDRESS", "GATE", "VERDICT", "TESTS", "SERVING", "SUMMARY")]
+            for i in s["instances"]:
+                rows.append((i["id"], i["version"], f"{i['address']}:{i['port']}", i["gate"], i["verdict"],
+                             f"{i['tests_seconds']:.1f}s" if i["tests_seconds"] is not None else "-",
+                             ("yes: " if i["serving"] else "no: ") + i["state"], i["summary"]))
+            widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]) - 1)]
+            for row in rows:
+                out.append("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+        for name, rej in s["rejected"].items():
+            out.append(f"  rejected container {name}: {rej['reason']}")
         out.append("")
     if not data["services"]:
-        out.append("no services registered")
+        out.append("no services known")
+    shown = {n for s in data["services"] for n in s["rejected"]}
     for name, rej in sorted(data["rejected"].items()):
-        out.append(f"rejected container {name}: {rej.get('reason', '')}")
+        if name not in shown:
+            out.append(f"rejected container {name}: {rej['reason']}")
     return "\n".join(out).rstrip() + "\n"
+
+
+def render_why(data: dict) -> str:
+    out = []
+    for name, rej in data["rejected"].items():
+        out.append(f"container {name} was not registered: {rej['reason']}")
+        out.append(f"  (recorded by {rej['registered_by'] or '?'} at {_when(rej['time'])}; fix the label and "
+                   "run the container again)")
+    for s in data["services"]:
+        out.append(f"service {s['service']}: the proxy answers {s['proxy_answers']}")
+        p = s["policy"]
+        if p:
+            out.append(f"  policy: mode {p['mode']}, stable {p['stable'] or '-'}, canary {p['canary'] or '-'} "
+                       f"at {p['weight']}%, previous {p['previous'] or '-'}"
+                       + (f", aborted {p['aborted']}" if p["aborted"] else ""))
+        elif s["policy_error"]:
+            out.append(f"  policy: INVALID: {s['policy_error']}")
+        else:
+            out.append("  policy: none yet (set when the first instance passes its tests)")
+        out.append(f"  default test image: {s.get('default_tests') or 'none'}")
+        for proxy, served in sorted(s.get("proxies", {}).items()):
+            what = (f"stable {served['stable'] or '-'}, canary {served['canary'] or '-'} at {served['weight']}%"
+                    if served else "nothing")
+            out.append(f"  proxy {proxy} serves {what}")
+        for i in s["instances"]:
+            out.append(f"  instance {i['id']} ({i['version']}, container {i['container']}, "
+                       f"{i['address']}:{i['port']})")
+            out.append(f"    {'SERVING' if i['serving'] else 'NOT SERVING'}: {i['why']}")
+            secs = f" in {i['tests_seconds']:.1f} s" if i["tests_seconds"] is not None else ""
+            when = f" at {_when(i['tested_at'])}" if i.get("tested_at") else ""
+            out.append(f"    verdict: {i['verdict']}{secs}{when} with {i.get('tests_image') or 'no test image'}: "
+                       f"{i['summary']}")
+            out.append("    checks: " + ", ".join(f"{cid.rsplit(':', 1)[-1]} {st}"
+                                                  for cid, st in sorted(i.get("checks", {}).items())))
+            tail = (i.get("log_tail") or "").strip()
+            if tail:
+                out.append("    test output (last lines):")
+                out.extend("      " + line for line in tail.splitlines()[-15:])
+        for name, rej in s["rejected"].items():
+            out.append(f"  container {name} was not registered: {rej['reason']}")
+        if not s["instances"] and not s["rejected"]:
+            out.append("  no instance is registered")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _when(t: Optional[float]) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "?"

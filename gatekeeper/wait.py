@@ -3,17 +3,18 @@
 For CD jobs: prints a progress line at each change; exit 0 when V passed its tests, the routing
 policy routes it (stable, or canary in manual mode) and every proxy that announces itself in
 Consul (proxy-reloader --report-check) reports that its nginx serves it that way; 1 when its
-tests failed, 2 when the time ran out first.
+tests failed, 4 when the time ran out first (the stack's shared exit codes, catalog.cli).
 """
 from __future__ import annotations
 
 import time
 from typing import Callable, List, Optional
 
+from catalog.cli import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT
 from catalog.model import ERROR, FAILED, PASSED
 from catalog.validation import InvalidValue
 
-WAIT_OK, WAIT_FAILED, WAIT_TIMEOUT = 0, 1, 2
+WAIT_OK, WAIT_FAILED, WAIT_TIMEOUT = EXIT_OK, EXIT_FAILED, EXIT_TIMEOUT
 
 
 def wait_for_version(store, service: str, version: str, timeout: float,

@@ -1,8 +1,5 @@
 """proxy-reloader: keep nginx in step with Consul.
 
-    proxy-reloader --nginx-prefix DIR [--mode dynamic|reload] [--listen 127.0.0.1:8000]
-                   [--admin 127.0.0.1:8001] [--exec] [--once]
-
 dynamic (the default): instance, gate and weight changes are pushed to nginx's Lua balancer
 without a reload; nginx reloads only when a route (service, path, host) comes or goes.
 reload: every change renders the config and reloads nginx (for an nginx without the Lua module).
@@ -17,6 +14,8 @@ from pathlib import Path
 
 import requests
 
+from catalog.cli import (EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, add_consul_options,
+                         exit_code_epilog)
 from catalog.consul_store import ConsulStore, read_token
 from catalog.logs import setup_logging
 from catalog.mirror import CatalogMirror
@@ -30,28 +29,38 @@ from .status_server import serve_status
 from .supervisor import NginxChild
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="proxy-reloader", description=__doc__.strip().splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="proxy-reloader", description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1] + "\n" + exit_code_epilog(),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mode", choices=(DYNAMIC, RELOAD), default=DYNAMIC,
                    help="dynamic: push instance changes to nginx's Lua balancer, reload only when routes "
-                        "change (needs libnginx-mod-http-lua); reload: reload nginx on every change")
-    p.add_argument("--consul", default="127.0.0.1:8500", help="Consul agent HTTP address")
-    p.add_argument("--consul-token-file", help="file holding the Consul ACL token (else CONSUL_HTTP_TOKEN)")
-    p.add_argument("--nginx-prefix", required=True, help="nginx prefix folder; the config is PREFIX/nginx.conf")
-    p.add_argument("--nginx-binary", default=None, help="nginx executable (default: from PATH)")
-    p.add_argument("--listen", default="127.0.0.1:8000", help="address:port the proxy listens on")
-    p.add_argument("--workers", default="2", help="nginx worker_processes")
+                        "change (needs libnginx-mod-http-lua); reload: reload nginx on every change "
+                        "(default %(default)s)")
+    add_consul_options(p)
+    p.add_argument("--nginx-prefix", required=True, metavar="DIR",
+                   help="nginx prefix folder; the config is DIR/nginx.conf")
+    p.add_argument("--nginx-binary", default=None, metavar="PATH", help="nginx executable (default: from PATH)")
+    p.add_argument("--listen", default="127.0.0.1:8000", metavar="ADDRESS:PORT",
+                   help="where the proxy listens (default %(default)s)")
+    p.add_argument("--workers", default="2", help="nginx worker_processes (default %(default)s)")
     p.add_argument("--min-wait", type=float, default=None,
                    help="quiescence: seconds without change before applying (default: 0.02 dynamic, 0.1 reload)")
     p.add_argument("--max-wait", type=float, default=None,
                    help="quiescence: longest delay after a change (default: 0.25 dynamic, 1 reload)")
-    p.add_argument("--admin", default="127.0.0.1:8001", help="loopback address of the read-only status endpoint ('' to disable)")
+    p.add_argument("--admin", default="127.0.0.1:8001", metavar="ADDRESS:PORT",
+                   help="loopback address of the read-only status and metrics endpoint, '' to disable "
+                        "(default %(default)s)")
     p.add_argument("--exec", dest="exec_nginx", action="store_true", help="run nginx as a child and supervise it")
     p.add_argument("--report-check", action="store_true",
                    help="register the proxy in Consul with a check that fails while a config is refused")
     p.add_argument("--once", action="store_true", help="render and apply once, then exit")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = build_parser()
     args = p.parse_args(argv)
     dynamic = args.mode == DYNAMIC
     args.min_wait = args.min_wait if args.min_wait is not None else (0.02 if dynamic else 0.1)
@@ -79,7 +88,7 @@ def main(argv=None) -> int:
             push = PushClient(settings.socket, ensure_secret(settings.secret))
     except (ValueError, OSError) as exc:
         print(f"proxy-reloader: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     reporter, proxy_id = None, f"proxy-reloader:{args.listen}"
     if args.report_check:
         reporter = store.self_reporter("proxy-reloader", proxy_id, args.listen)
@@ -91,18 +100,18 @@ def main(argv=None) -> int:
         except (NginxError, PushError) as exc:
             if args.once:
                 print(f"proxy-reloader: nginx refused: {exc}", file=sys.stderr)
-                return 1
+                return EXIT_FAILED
             logging.warning("first render failed (%s); nginx starts with what is on disk", exc)
             changed = False
         except (requests.ConnectionError, requests.Timeout):
             if args.once:
                 print(f"proxy-reloader: Consul at {args.consul} is unreachable", file=sys.stderr)
-                return 3
+                return EXIT_UNREACHABLE
             logging.warning("first render: Consul at %s is unreachable; nginx starts with what is on disk", args.consul)
             changed = False
         if args.once:
             print(f"config {'written' if changed else 'unchanged'}: {nginx.conf}")
-            return 0
+            return EXIT_OK
     mirror = CatalogMirror(args.consul, token, on_change=lambda: runner.dirty.set())
     runner = Runner(mirror, nginx, options, reporter, push)
     if args.report_check:
@@ -113,12 +122,12 @@ def main(argv=None) -> int:
             serve_status(args.admin, runner.status, push.metrics if push else None)
         except (ValueError, OSError) as exc:
             print(f"proxy-reloader: status endpoint: {exc}", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
     child = None
     if args.exec_nginx:
         if nginx.current() is None:
             print(f"proxy-reloader: no config at {nginx.conf} to start nginx with", file=sys.stderr)
-            return 1
+            return EXIT_FAILED
         child = NginxChild(nginx)
         child.start()
     signal.signal(signal.SIGTERM, lambda *_: runner.stop())
@@ -133,7 +142,7 @@ def main(argv=None) -> int:
         if args.report_check:
             runner.served.stop()
             _withdraw(store, proxy_id)
-    return 0
+    return EXIT_OK
 
 
 def _withdraw(store, proxy_id: str) -> None:

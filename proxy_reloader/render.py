@@ -22,6 +22,7 @@ LUA_DIR = Path(__file__).resolve().parent / "lua"
 _env = jinja2.Environment(loader=jinja2.PackageLoader("proxy_reloader", "templates"),
                           trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
                           undefined=jinja2.StrictUndefined, autoescape=False)
+_env.filters["regex_escape"] = re.escape
 
 
 @dataclass(frozen=True)

@@ -313,7 +313,7 @@ class Runner:
 
 def _structure_of(routes: List[Route]) -> tuple:
     """What the config file of dynamic mode holds: the routes, not who serves them."""
-    return tuple(sorted((r.service, r.path, r.host) for r in routes))
+    return tuple(sorted((r.service, r.path, r.host, r.strip_prefix) for r in routes))
 
 
 def render_once(store, nginx: Nginx, settings: Settings, push: Optional[PushClient] = None) -> bool:

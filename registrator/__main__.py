@@ -1,7 +1,4 @@
-"""registrator: register Docker containers' published ports in Consul.
-
-    registrator [--consul 127.0.0.1:8500] [--address 127.0.0.1] [--explicit] ...
-"""
+"""registrator: register Docker containers' published ports in Consul, each behind a closed gate."""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +7,7 @@ import signal
 import socket
 import sys
 
+from catalog.cli import EXIT_OK, EXIT_USAGE, add_consul_options, exit_code_epilog
 from catalog.consul_store import ConsulStore, read_token
 from catalog.logs import setup_logging
 
@@ -19,27 +17,39 @@ from .runner import Runner, RunnerOptions
 from .translate import Settings
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="registrator", description=__doc__.strip().splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--consul", default="127.0.0.1:8500", help="Consul agent HTTP address")
-    p.add_argument("--consul-token-file", help="file holding the Consul ACL token (else CONSUL_HTTP_TOKEN)")
-    p.add_argument("--docker", default=None, help="Docker Engine URL (default: DOCKER_HOST or the local socket)")
-    p.add_argument("--address", default="127.0.0.1", help="address advertised for published ports")
-    p.add_argument("--hostname", default=socket.gethostname(), help="host part of instance ids")
-    p.add_argument("--explicit", action="store_true", help="register only containers with SERVICE_NAME")
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="registrator", description=__doc__.strip(), epilog=exit_code_epilog())
+    add_consul_options(p)
+    p.add_argument("--docker", default=None, metavar="URL",
+                   help="Docker Engine URL (default: DOCKER_HOST, else the local socket)")
+    p.add_argument("--address", default="127.0.0.1",
+                   help="address advertised for published ports (default %(default)s)")
+    p.add_argument("--hostname", default=socket.gethostname(), help="host part of instance ids (default: this host's name)")
+    p.add_argument("--explicit", action="store_true",
+                   help="register only containers with SERVICE_NAME (others are skipped with a log line)")
+    p.add_argument("--internal", action="store_true",
+                   help="register the container's own address and exposed ports instead of published ones")
     p.add_argument("--filter-label", default="", metavar="KEY=VALUE", help="register only containers with this label")
     p.add_argument("--exclude-label", action="append", default=[], metavar="KEY",
                    help="skip containers that carry this label (repeatable)")
     p.add_argument("--id", default="", help="identity stored with each registration (default: registrator@HOSTNAME)")
-    p.add_argument("--resync", type=float, default=60.0, help="seconds between full resyncs")
+    p.add_argument("--resync", type=float, default=60.0, metavar="S", help="seconds between full resyncs (default %(default)s)")
+    p.add_argument("--forget-after", type=float, default=600.0, metavar="S",
+                   help="seconds a gone container's rejection record is kept (default %(default)s)")
     p.add_argument("--cleanup-on-exit", action="store_true", help="deregister everything on SIGTERM")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = build_parser()
     args = p.parse_args(argv)
     if args.filter_label and "=" not in args.filter_label:
         p.error(f"--filter-label must be KEY=VALUE, got {args.filter_label!r}")
     if args.resync <= 0:
         p.error("--resync must be a positive number of seconds")
+    if args.forget_after < 0:
+        p.error("--forget-after must be zero or more seconds")
     return args
 
 
@@ -48,20 +58,21 @@ def main(argv=None) -> int:
     setup_logging("registrator", args.verbose)
     settings = Settings(hostname=args.hostname, address=args.address, explicit=args.explicit,
                         filter_label=args.filter_label, exclude_labels=tuple(args.exclude_label),
+                        internal=args.internal,
                         registered_by=args.id or f"registrator@{args.hostname}")
     try:
         store = ConsulStore(args.consul, token=read_token(args.consul_token_file))
         docker = DockerSource(args.docker)
     except (ValueError, OSError) as exc:
         print(f"registrator: {exc}", file=sys.stderr)
-        return 2
-    runner = Runner(Bridge(store, docker, settings), docker,
+        return EXIT_USAGE
+    runner = Runner(Bridge(store, docker, settings, forget_after=args.forget_after), docker,
                     RunnerOptions(resync_every=args.resync, cleanup_on_exit=args.cleanup_on_exit))
     signal.signal(signal.SIGTERM, lambda *_: runner.stop())
     signal.signal(signal.SIGINT, lambda *_: runner.stop())
     logging.info("registrator %s: Consul %s, address %s", settings.registered_by, args.consul, args.address)
     runner.run()
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

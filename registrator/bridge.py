@@ -1,8 +1,13 @@
 """Keeps the registry in step with Docker: add on start, remove on stop, full sync on demand.
 
 The registry is anything with register / deregister / local_instances / record_rejection /
-set_docker_health: `catalog.consul_store.ConsulStore` in production, an in-memory one in unit
-tests.
+forget_rejection / rejections / set_docker_health: `catalog.consul_store.ConsulStore` in
+production, an in-memory one in unit tests.
+
+A rejection record stays while its container exists (the operator needs the reason), is removed
+as soon as a container of that name registers (fixed), and `forget_after` seconds after the
+container is gone. Each registrator removes only the records it wrote. A skipped container
+(SERVICE_IGNORE, or --explicit without SERVICE_NAME) is logged once, with the reason.
 """
 from __future__ import annotations
 
@@ -11,10 +16,10 @@ import time
 from dataclasses import replace
 from typing import Dict, List, Protocol
 
-from catalog.model import Instance
+from catalog.model import Instance, Rejection
 
 from .docker_source import Container
-from .translate import Rejected, Settings, instances_for
+from .translate import Rejected, Settings, Skipped, instances_for
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +28,9 @@ class Registry(Protocol):
     def register(self, inst: Instance) -> None: ...
     def deregister(self, instance_id: str) -> None: ...
     def local_instances(self, registered_by: str) -> Dict[str, Instance]: ...
-    def record_rejection(self, container_name: str, reason: str) -> None: ...
+    def record_rejection(self, rejection: Rejection) -> None: ...
+    def forget_rejection(self, container_name: str) -> None: ...
+    def rejections(self) -> Dict[str, Rejection]: ...
     def set_docker_health(self, inst: Instance, status: str) -> None: ...
 
 
@@ -38,10 +45,15 @@ def same_registration(a: Instance, b: Instance) -> bool:
 
 
 class Bridge:
-    def __init__(self, registry: Registry, docker: Docker, settings: Settings):
+    def __init__(self, registry: Registry, docker: Docker, settings: Settings, forget_after: float = 600.0,
+                 clock=time.monotonic):
         self.registry, self.docker, self.settings = registry, docker, settings
+        self.forget_after, self.clock = forget_after, clock
         self.known: Dict[str, Instance] = {}       # instance id -> what we registered
         self.health: Dict[str, str] = {}           # container id -> Docker health last mirrored
+        self.rejected: Dict[str, Rejection] = {}   # container name -> the record we wrote
+        self.gone_since: Dict[str, float] = {}     # container name -> when its container went away
+        self.skipped: Dict[str, str] = {}          # container id -> reason already logged
 
     def add(self, container_id: str) -> None:
         container = self.docker.inspect(container_id)
@@ -70,16 +82,24 @@ class Bridge:
             inst = self.known.pop(iid)
             log.info("deregistered %s (container %s %s)", iid, inst.container_name, why)
         self.health.pop(container_id, None)
+        self.skipped.pop(container_id, None)
+        for name, rej in self.rejected.items():
+            if rej.container_id == container_id:
+                self.gone_since.setdefault(name, self.clock())
 
     def sync(self) -> None:
         """Make the registry match the running containers: add missing, drop stale, keep equal."""
         started = time.monotonic()
         existing = self.registry.local_instances(self.settings.registered_by)
+        self.rejected = {name: rej for name, rej in self.registry.rejections().items()
+                         if rej.registered_by == self.settings.registered_by}
         wanted: Dict[str, Instance] = {}
         health: Dict[str, str] = {}
+        running = set()
         for cid in self.docker.running_ids():
             container = self.docker.inspect(cid)
             if container is not None:
+                running.add(cid)
                 for inst in self._wanted(container):
                     wanted[inst.id] = inst
                 if container.health is not None:
@@ -94,16 +114,56 @@ class Bridge:
         self.health = {cid: h for cid, h in self.health.items() if cid in health}
         for cid, status in health.items():
             self.health_changed(cid, status)
+        self.skipped = {cid: why for cid, why in self.skipped.items() if cid in running}
+        self._forget_gone_rejections(running)
         log.info("sync: %d instance(s) registered, %d stale removed in %.2f s", len(wanted),
                  len(set(existing) - set(wanted)), time.monotonic() - started)
 
     def _wanted(self, container: Container) -> List[Instance]:
         try:
-            return instances_for(container, self.settings)
-        except Rejected as exc:
-            log.error("%s", exc)
-            self.registry.record_rejection(container.name, str(exc))
+            wanted = instances_for(container, self.settings)
+        except Skipped as exc:
+            if self.skipped.get(container.id) != exc.reason:
+                log.info("%s", exc)
+                self.skipped[container.id] = exc.reason
             return []
+        except Rejected as exc:
+            rejection = Rejection(container.name, container.id, str(exc), exc.service,
+                                  self.settings.registered_by, time.time())
+            if not rejection.same_as(self.rejected.get(container.name)):
+                log.error("%s", exc)
+                self.registry.record_rejection(rejection)
+                self.rejected[container.name] = rejection
+            self.gone_since.pop(container.name, None)
+            return []
+        if wanted and container.name in self.rejected:
+            self.registry.forget_rejection(container.name)
+            del self.rejected[container.name]
+            self.gone_since.pop(container.name, None)
+            log.info("container %s is registered now; its rejection record is removed", container.name)
+        return wanted
+
+    def _forget_gone_rejections(self, running: set) -> None:
+        now = self.clock()
+        for name, rej in self.rejected.items():
+            if rej.container_id in running:
+                self.gone_since.pop(name, None)
+            else:
+                self.gone_since.setdefault(name, now)
+        self.tick()
+
+    def tick(self) -> None:
+        """Between syncs: forget the rejections of containers gone longer than `forget_after`
+        (known gone from a stop event or the last sync; no Docker call)."""
+        now = self.clock()
+        for name, since in list(self.gone_since.items()):
+            if name not in self.rejected:
+                del self.gone_since[name]
+            elif now - since >= self.forget_after:
+                self.registry.forget_rejection(name)
+                del self.rejected[name]
+                self.gone_since.pop(name, None)
+                log.info("forgot the rejection of container %s: gone for %.0f s", name, now - since)
 
     def _ensure(self, inst: Instance) -> None:
         """Register unless an equal registration exists: no needless re-registration, no flap."""

@@ -74,6 +74,8 @@ class Runner:
             try:
                 item = self.events.get(timeout=min(timeout, 1.0))
             except queue.Empty:
+                if self.bridge.gone_since:
+                    self._retrying(self.bridge.tick)
                 if time.monotonic() >= next_resync:
                     self._sync()
                     next_resync = time.monotonic() + self.options.resync_every

@@ -3,7 +3,7 @@
 Conventions follow gliderlabs/registrator (labels, or the same names as environment
 variables; labels win): SERVICE_NAME, SERVICE_<port>_NAME, SERVICE_TAGS, SERVICE_IGNORE,
 SERVICE_<port>_IGNORE, SERVICE_CHECK_HTTP or SERVICE_CHECK_TCP (+ _INTERVAL, _TIMEOUT); other
-SERVICE_* keys become metadata. Ours: gatekeeper.tests, gatekeeper.version, proxy.path, proxy.host.
+SERVICE_* keys become metadata. Ours: gatekeeper.tests, gatekeeper.version, proxy.path, proxy.host, proxy.strip_prefix.
 """
 from __future__ import annotations
 
@@ -38,10 +38,18 @@ class Settings:
 class Rejected(Exception):
     """The container is not registered; `str()` names the container, the label and the rule."""
 
-    def __init__(self, container: Container, label: str, reason: str):
-        self.container, self.label, self.reason = container, label, reason
+    def __init__(self, container: Container, label: str, reason: str, service: str = ""):
+        self.container, self.label, self.reason, self.service = container, label, reason, service
         super().__init__(f"container {container.name} ({container.id[:12]}) not registered: "
                          f"label {label}: {reason}")
+
+
+class Skipped(Exception):
+    """The container is deliberately not registered (not an error); `str()` says why."""
+
+    def __init__(self, container: Container, reason: str):
+        self.container, self.reason = container, reason
+        super().__init__(f"container {container.name} ({container.id[:12]}) skipped: {reason}")
 
 
 def merged_config(c: Container) -> Dict[str, str]:
@@ -74,16 +82,20 @@ def instances_for(c: Container, s: Settings) -> List[Instance]:
         return []
     cfg = merged_config(c)
     if cfg.get("SERVICE_IGNORE"):
-        return []
+        raise Skipped(c, f"SERVICE_IGNORE is set (to {cfg['SERVICE_IGNORE']!r}; as in registrator, any "
+                         "non-empty value ignores the container)")
     base_name = cfg.get("SERVICE_NAME")
     if s.explicit and not base_name:
-        return []
+        raise Skipped(c, "it has no SERVICE_NAME and registrator runs with --explicit")
+    wanted_name = base_name or image_name(c.image)
+    wanted_name = wanted_name if v.valid("service", wanted_name) else ""
     endpoints = _endpoints(c, s)
     for key in cfg:
         m = _PORT_KEY.fullmatch(key)
         if m and int(m.group(1)) not in {cport for cport, _, _ in endpoints}:
             raise Rejected(c, key, f"port {m.group(1)} is not {'exposed' if s.internal else 'published'} "
-                                   f"by the container (it has {sorted(p for p, _, _ in endpoints) or 'none'})")
+                                   f"by the container (it has {sorted(p for p, _, _ in endpoints) or 'none'})",
+                           wanted_name)
     endpoints = [e for e in endpoints if not cfg.get(f"SERVICE_{e[0]}_IGNORE")]
     if not endpoints:
         log.log(logging.INFO if base_name else logging.DEBUG,
@@ -94,7 +106,7 @@ def instances_for(c: Container, s: Settings) -> List[Instance]:
     try:
         return [_instance(c, s, cfg, e, base_name, len(endpoints) > 1) for e in endpoints]
     except v.InvalidValue as exc:
-        raise Rejected(c, exc.field, f"{exc.value!r} must be {exc.rule}") from None
+        raise Rejected(c, exc.field, f"{exc.value!r} must be {exc.rule}", wanted_name) from None
 
 
 def _endpoints(c: Container, s: Settings):
@@ -129,6 +141,7 @@ def _instance(c, s, cfg, endpoint, base_name, several) -> Instance:
     host = cfg.get("proxy.host", "")
     if host:
         v.check("proxy.host", host, "proxy_host")
+    strip = v.check("proxy.strip_prefix", cfg.get("proxy.strip_prefix", "false"), "flag") == "true"
     tags = tuple(sorted({t.strip() for t in cfg.get("SERVICE_TAGS", "").split(",") if t.strip()}))
     for t in tags:
         v.check("SERVICE_TAGS", t, "tag")
@@ -138,7 +151,7 @@ def _instance(c, s, cfg, endpoint, base_name, several) -> Instance:
         container_id=c.id, container_name=c.name, image=c.image, registered_by=s.registered_by,
         tests_image=tests, proxy_path=path or f"/{name}/", proxy_host=host, tags=tags,
         extra_meta=_extra_meta(cfg), health_check=_health_check(cfg),
-        docker_health=c.health is not None)
+        docker_health=c.health is not None, strip_prefix=strip)
 
 
 def _health_check(cfg: Dict[str, str]):

@@ -79,7 +79,7 @@ class TestComposeStack:
             c = docker_client.containers.get(f"{PROJECT}-{part}-1")
             code, out = c.exec_run(["sh", "-c", "ls /run/token; ls /tokens 2>&1 || true"])
             assert out.decode().split("\n")[0] == "token" and "bootstrap" not in out.decode(), (part, out)
-        operator = compose("run", "--rm", "--no-deps", "acl-setup", "cat /tokens/operator.token")
+        operator = compose(*"run --rm --no-deps --entrypoint cat acl-setup /tokens/operator.token".split())
         assert operator.returncode == 0 and len(operator.stdout.strip()) == 36, operator.stderr[-1000:]
         wait_until(lambda: get(ADMIN, "/status")[0] == 200, 30, "the proxy's status endpoint")
 

@@ -71,9 +71,9 @@ class TestMainFlow:
         code, out, _ = stack.gatekeeper_cli("wait", "demo", "--version", "v3", "--timeout", "30")
         assert code == 1 and "tests failed" in out, "a CD job gets a no"
         code, out, _ = stack.gatekeeper_cli("wait", "demo", "--version", "v2", "--timeout", "30", "--json")
-        assert code == 0 and json.loads(out)["result"] == "admitted"
+        assert code == 0 and json.loads(out)["result"] == "served"
         code, out, _ = stack.gatekeeper_cli("wait", "demo", "--version", "v99", "--timeout", "1")
-        assert code == 2 and "timed out" in out
+        assert code == 4 and "timed out" in out
 
     def test_4_a_stopped_container_is_deregistered_and_leaves_the_proxy(self, stack):
         extra = stack.deploy("v2b", "demo:v2")

@@ -51,6 +51,6 @@ def test_wait_names_the_proxy_that_has_not_served_it_yet(stack, store):
     try:
         stack.deploy("ghost", "demo:v1", **{"gatekeeper.version": "rghost"})
         code, out, _ = stack.gatekeeper_cli("wait", "waitdemo", "--version", "rghost", "--timeout", "15")
-        assert code == 2 and "proxy-reloader:ghost" in out
+        assert code == 4 and "proxy-reloader:ghost" in out
     finally:
         store.deregister("proxy-reloader:ghost")

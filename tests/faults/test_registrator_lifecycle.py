@@ -186,3 +186,49 @@ def test_a_renamed_container_is_registered_once_under_its_new_name(store, regist
                20, "the new name")
     ids = [ri.instance.id for ri in store.instances("flt") if ri.instance.container_id == c.id]
     assert ids == [f"flt:{c.name}-renamed:8080"]
+
+
+def test_a_rejection_names_its_service_goes_when_fixed_and_is_forgotten_after_its_container(
+        store, run_container, consul_server, tmp_path, docker_client):
+    reg = start_registrator(consul_server, tmp_path, "--forget-after", "2")
+    try:
+        bad = {**LABELS, "proxy.path": "/a b/"}
+        kept = run_container("demo:v1", labels=bad)
+        fixed_name = f"pst-{SESSION}-fixme"
+        broken = run_container("demo:v1", labels=bad, name=fixed_name)
+        wait_until(lambda: {kept.name, fixed_name} <= set(store.rejections()), 20, "both rejections in KV")
+        rej = store.rejections()[fixed_name]
+        assert rej.service == "flt" and rej.container_id == broken.id and "proxy.path" in rej.reason
+        broken.remove(force=True)
+        fixed = run_container("demo:v1", labels=LABELS, name=fixed_name)      # the same name, fixed
+        wait_until(lambda: instance_of(store, fixed), 20, "the fixed container's registration")
+        wait_until(lambda: fixed_name not in store.rejections(), 10, "its rejection replaced by the registration")
+        gone = run_container("demo:v1", labels=bad)
+        wait_until(lambda: gone.name in store.rejections(), 20, "the third rejection")
+        gone.remove(force=True)
+        wait_until(lambda: gone.name not in store.rejections(), 15, "a gone container's record forgotten")
+        assert kept.name in store.rejections(), "a running container keeps its rejection however old"
+        assert "forgot the rejection of container " + gone.name in reg.log()
+    finally:
+        reg.stop()
+
+
+def test_explicit_mode_logs_each_skipped_container_once_with_the_reason(store, run_container, consul_server,
+                                                                        tmp_path):
+    reg = start_registrator(consul_server, tmp_path, "--explicit")
+    try:
+        wait_until(lambda: "sync:" in reg.log(), 20, "the first sync")
+        labels = {k: v for k, v in LABELS.items() if k != "SERVICE_NAME"}
+        c = run_container("demo:v1", labels={**labels, "proxy.path": "/a b/"})
+        ignored = run_container("demo:v1", labels={**LABELS, "SERVICE_IGNORE": "false"})
+        wait_until(lambda: c.name in reg.log() and ignored.name in reg.log(), 20, "the skip log lines")
+        wait_until(lambda: reg.log().count("sync:") >= 3, 20, "two more syncs (--resync 5)")
+        log = reg.log()
+        assert log.count(f"container {c.name} ({c.id[:12]}) skipped: it has no SERVICE_NAME and registrator "
+                         "runs with --explicit") == 1, log[-2000:]
+        assert log.count(f"container {ignored.name} ({ignored.id[:12]}) skipped: SERVICE_IGNORE is set "
+                         "(to 'false'") == 1, log[-2000:]
+        assert instance_of(store, c) is None and instance_of(store, ignored) is None
+        assert c.name not in store.rejections(), "a skipped container is not a rejected one"
+    finally:
+        reg.stop()

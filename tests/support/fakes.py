@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional
 
-from catalog.model import Instance
+from catalog.model import Instance, Rejection
 from registrator.docker_source import Container, PublishedPort
 
 
@@ -12,7 +12,7 @@ class InMemoryRegistry:
     def __init__(self):
         self.services: Dict[str, Instance] = {}
         self.calls: List[tuple] = []
-        self.rejections: Dict[str, str] = {}
+        self.rejected: Dict[str, Rejection] = {}
         self.docker_health: Dict[str, str] = {}
 
     def register(self, inst: Instance) -> None:
@@ -26,8 +26,16 @@ class InMemoryRegistry:
     def local_instances(self, registered_by: Optional[str] = None) -> Dict[str, Instance]:
         return {i: s for i, s in self.services.items() if registered_by in (None, s.registered_by)}
 
-    def record_rejection(self, container_name: str, reason: str) -> None:
-        self.rejections[container_name] = reason
+    def record_rejection(self, rejection: Rejection) -> None:
+        self.calls.append(("record_rejection", rejection.container_name))
+        self.rejected[rejection.container_name] = rejection
+
+    def forget_rejection(self, container_name: str) -> None:
+        self.calls.append(("forget_rejection", container_name))
+        self.rejected.pop(container_name, None)
+
+    def rejections(self) -> Dict[str, Rejection]:
+        return dict(self.rejected)
 
     def set_docker_health(self, inst: Instance, status: str) -> None:
         self.calls.append(("docker_health", inst.id, status))

@@ -55,7 +55,7 @@ def test_rejected_container_is_recorded_not_registered():
     dock.add("c1", "web1", labels={"SERVICE_NAME": "demo", "proxy.path": "/x;y/"})
     bridge.add("c1")
     assert reg.services == {}
-    assert "proxy.path" in reg.rejections["web1"]
+    assert "proxy.path" in reg.rejected["web1"].reason
 
 
 def test_docker_health_is_mirrored_once_per_change():
@@ -74,3 +74,59 @@ def test_a_restarted_registrator_mirrors_current_health_at_sync():
     dock.add("c1", "web1", labels=L, health="healthy")
     Bridge(reg, dock, S).sync()
     assert reg.docker_health == {"h:web1:8080": "healthy"}
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_a_rejection_names_its_service_and_is_replaced_when_the_container_is_fixed():
+    reg, dock, bridge = setup()
+    dock.add("c1", "web1", labels={"SERVICE_NAME": "uxbad", "proxy.path": "/x;y/"})
+    bridge.add("c1")
+    bridge.add("c1")                                     # the same refusal is written once
+    assert reg.rejected["web1"].service == "uxbad" and reg.rejected["web1"].registered_by == "registrator@h"
+    assert [c for c in reg.calls if c[0] == "record_rejection"] == [("record_rejection", "web1")]
+    dock.containers.pop("c1")
+    dock.add("c2", "web1", labels={"SERVICE_NAME": "uxbad"})     # re-run under the same name, fixed
+    bridge.add("c2")
+    assert list(reg.services) == ["h:web1:8080"] and reg.rejected == {}
+
+
+def test_a_gone_containers_rejection_is_forgotten_after_the_grace_period_only():
+    reg, dock, clock = InMemoryRegistry(), FakeDocker(), Clock()
+    bridge = Bridge(reg, dock, S, forget_after=600, clock=clock)
+    dock.add("c1", "web1", labels={"SERVICE_NAME": "demo", "proxy.path": "/x;y/"})
+    dock.add("c3", "other", labels={"SERVICE_NAME": "demo", "proxy.path": "/x;y/"})
+    bridge.sync()
+    from catalog.model import Rejection
+    reg.record_rejection(Rejection("theirs", "c9", "bad", "demo", "registrator@elsewhere"))
+    clock.now += 10_000
+    bridge.sync()
+    assert set(reg.rejected) == {"web1", "other", "theirs"}, "running containers keep their record"
+    dock.containers.pop("c1")
+    bridge.remove("c1")
+    clock.now += 599
+    bridge.sync()
+    assert "web1" in reg.rejected
+    clock.now += 2
+    bridge.sync()
+    assert set(reg.rejected) == {"other", "theirs"}, "only our own record of a gone container goes"
+
+
+def test_a_skipped_container_is_logged_once_with_the_reason(caplog):
+    import logging
+    reg, dock = InMemoryRegistry(), FakeDocker()
+    bridge = Bridge(reg, dock, Settings(hostname="h", registered_by="r", explicit=True))
+    dock.add("c1", "web1", labels={"proxy.path": "/a b/"})
+    with caplog.at_level(logging.INFO, logger="registrator.bridge"):
+        bridge.add("c1")
+        bridge.sync()
+        bridge.add("c1")
+    lines = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert lines == ["container web1 (c1) skipped: it has no SERVICE_NAME and registrator runs with --explicit"]
+    assert reg.services == {} and reg.rejected == {}

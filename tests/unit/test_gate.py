@@ -22,6 +22,12 @@ class Store:
     def put_verdict(self, v):
         self.verdicts[v.instance_id] = v
 
+    def verdict_ids(self):
+        return list(self.verdicts)
+
+    def forget_verdict(self, iid):
+        self.verdicts.pop(iid, None)
+
     def default_tests_image(self, service):
         return ""
 
@@ -147,3 +153,61 @@ def test_a_passing_reverification_does_not_promote_again():
     settle(gate)
     assert store.verdicts["h:web:8080"].finished > 2, "re-verified"
     assert admitted == []
+
+
+def untested_inst():
+    return Instance(id="h:web:8080", service="demo", address="127.0.0.1", port=32768, version="v1",
+                    container_id="c1", container_name="web", image="demo:v1", registered_by="r")
+
+
+def test_an_error_for_want_of_a_test_image_is_retested_once_the_service_has_a_default():
+    from catalog.model import ERROR
+    store, tester, admitted = Store(untested_inst()), FakeTester(), []
+    store.verdicts["h:web:8080"] = Verdict("h:web:8080", "c1", "", ERROR, "no gatekeeper.tests label", 1, 2)
+    gate = Gate(store, tester, on_admitted=admitted.append)
+    gate.reconcile()
+    settle(gate)
+    assert tester.runs == [], "no default image yet: the error verdict stands"
+    store.default_tests_image = lambda service: "demo-test:latest"
+    gate = Gate(store, tester, on_admitted=admitted.append)
+    gate.reconcile()
+    settle(gate)
+    assert tester.runs == [("demo-test:latest", "http://127.0.0.1:32768")]
+    assert store.gates["h:web:8080"] == "passing" and [i.id for i in admitted] == ["h:web:8080"]
+
+
+def test_a_failed_verdict_with_an_image_is_not_retested_by_a_default_image():
+    store, tester = Store(inst()), FakeTester()
+    store.verdicts["h:web:8080"] = Verdict("h:web:8080", "c1", "demo-test:latest", FAILED, "0/9", 1, 2)
+    store.default_tests_image = lambda service: "other-test:latest"
+    gate = Gate(store, tester)
+    gate.reconcile()
+    settle(gate)
+    assert tester.runs == []
+
+
+def test_a_requested_retest_that_passes_after_a_failure_is_a_first_admission():
+    store, admitted = Store(inst()), []
+    store.verdicts["h:web:8080"] = Verdict("h:web:8080", "c1", "demo-test:latest", FAILED, "0/9", 1, 2)
+    store.retest_requests = lambda: ["h:web:8080"]
+    gate = Gate(store, FakeTester(), on_admitted=admitted.append)
+    gate.reconcile()
+    settle(gate)
+    assert store.gates["h:web:8080"] == "passing"
+    assert [i.id for i in admitted] == ["h:web:8080"], "its service must get a routing policy"
+
+
+def test_verdicts_of_instances_gone_longer_than_the_grace_period_are_removed():
+    clock = [100.0]
+    store = Store(inst())
+    store.verdicts["h:web:8080"] = Verdict("h:web:8080", "c1", "demo-test:latest", PASSED, "9/9 passed", 1, 2)
+    store.verdicts["h:gone:8080"] = Verdict("h:gone:8080", "c0", "demo-test:latest", FAILED, "0/9", 1, 2)
+    gate = Gate(store, FakeTester(), forget_after=60, clock=lambda: clock[0])
+    gate.reconcile()
+    clock[0] += 59
+    gate.reconcile()
+    assert set(store.verdicts) == {"h:web:8080", "h:gone:8080"}, "within the grace period both stay"
+    clock[0] += 16                     # past the grace period and the next sweep (every grace/4)
+    gate.reconcile()
+    settle(gate)
+    assert set(store.verdicts) == {"h:web:8080"}, "the live instance's verdict is never removed"

@@ -46,3 +46,18 @@ def test_every_canary_weight_renders_a_config_nginx_accepts(tmp_path, weight):
     text = render([route], str(tmp_path), "127.0.0.1:18999")
     nginx_t(tmp_path, text)
     assert ("split_clients" in text) == (0 < weight < 100)
+
+
+@pytest.mark.parametrize("mode", ["reload", "dynamic"])
+def test_strip_prefix_rewrites_only_its_own_route_and_passes_nginx_t(tmp_path, mode):
+    from proxy_reloader.nginx import Nginx as N
+    from proxy_reloader.render import Settings
+    routes = [Route("uxp", "/ux.p/", "", Pool("v1", (("127.0.0.1", 1),)), strip_prefix=True),
+              Route("keep", "/keep/", "", Pool("v1", (("127.0.0.1", 2),)))]
+    nginx = N(str(tmp_path))
+    (tmp_path / "admin").mkdir()
+    (tmp_path / "admin" / "secret").write_text("s")
+    text = render(routes, str(tmp_path), "127.0.0.1:18999",
+                  settings=Settings(str(tmp_path), "127.0.0.1:18999", mode=mode, modules=nginx.modules_path()))
+    assert text.count("rewrite ") == 1 and r"rewrite ^/ux\.p/(.*)$ /$1 break;" in text
+    assert nginx.validate(text).exists()

@@ -1,7 +1,7 @@
 import pytest
 
 from registrator.docker_source import Container, PublishedPort
-from registrator.translate import Rejected, Settings, image_version, instances_for
+from registrator.translate import Rejected, Settings, Skipped, image_version, instances_for
 
 S = Settings(hostname="host1", registered_by="registrator@host1")
 
@@ -40,10 +40,17 @@ def test_several_ports_are_named_per_port_unless_named_explicitly():
     assert names == ["app-7000", "app-8080", "metrics"]
 
 
-def test_ignore_explicit_filter_and_exclude():
-    assert instances_for(container({"SERVICE_NAME": "demo", "SERVICE_IGNORE": "1"}), S) == []
+def test_ignore_and_explicit_skip_with_a_reason():
+    for value in ("1", "false", "no"):           # registrator: any non-empty value ignores
+        with pytest.raises(Skipped, match=f"SERVICE_IGNORE is set \\(to '{value}'"):
+            instances_for(container({"SERVICE_NAME": "demo", "SERVICE_IGNORE": value}), S)
+    with pytest.raises(Skipped, match="no SERVICE_NAME and registrator runs with --explicit"):
+        instances_for(container({"proxy.path": "/a b/"}), Settings(hostname="h", explicit=True))
+    assert instances_for(container({"SERVICE_NAME": "demo", "SERVICE_IGNORE": ""}), S) != []
+
+
+def test_filter_and_exclude():
     assert instances_for(container({"SERVICE_NAME": "demo", "SERVICE_8080_IGNORE": "1"}), S) == []
-    assert instances_for(container({}), Settings(hostname="h", explicit=True)) == []
     assert [i.service for i in instances_for(container({}), S)] == ["demo"]   # image name
     assert instances_for(container({"SERVICE_NAME": "demo"}), Settings(hostname="h", filter_label="team=x")) == []
     assert instances_for(container({"SERVICE_NAME": "demo", "proxystack.test": "1"}),
@@ -103,3 +110,10 @@ def test_a_container_with_a_name_but_no_port_is_logged(caplog):
     caplog.set_level("INFO")
     assert instances_for(container({"SERVICE_NAME": "demo"}, ports=()), S) == []
     assert "web1" in caplog.text and "no published port" in caplog.text
+
+
+def test_strip_prefix_is_a_validated_flag_off_by_default():
+    assert instances_for(container({"SERVICE_NAME": "demo"}), S)[0].strip_prefix is False
+    assert instances_for(container({"SERVICE_NAME": "demo", "proxy.strip_prefix": "true"}), S)[0].strip_prefix
+    with pytest.raises(Rejected, match="proxy.strip_prefix.*true or false"):
+        instances_for(container({"SERVICE_NAME": "demo", "proxy.strip_prefix": "yes please"}), S)

@@ -1,0 +1,58 @@
+"""README's command reference is the tools' own --help, and every option README shows a tool
+with is one that tool accepts."""
+import re
+import runpy
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+REF = runpy.run_path(str(ROOT / "scripts" / "cli_reference.py"), run_name="cli_reference")
+
+
+def test_readme_blocks_equal_the_generated_help():
+    text = (ROOT / "README.md").read_text()
+    blocks = REF["BLOCK"].findall(text)
+    tools = {(kind, tool) for _, kind, tool, _, _ in blocks}
+    for tool in ("registrator", "gatekeeper", "proxy-reloader", "delivery"):
+        assert ("usage", tool) in tools and ("help", tool) in tools, f"README has no generated block for {tool}"
+    assert REF["generate"](text) == text, "README's command reference is stale: run `make cli-reference`"
+
+
+def options_of(parser):
+    return {o for a in parser._actions for o in a.option_strings}
+
+
+def test_every_option_readme_uses_with_a_command_exists():
+    """A command line in README (`gatekeeper wait demo --version v2 --timeout 60`) uses only
+    options that command accepts: documentation cannot promise a flag the code dropped."""
+    found = REF["parsers"]()
+    subs = {tool: dict(REF["commands"](p)) for tool, p in found.items()}
+    text = (ROOT / "README.md").read_text()
+    text = REF["BLOCK"].sub("", text)
+    checked = 0
+    pattern = re.compile(r"\b(registrator|gatekeeper|proxy-reloader|delivery)((?: +[^\s`|]+)*)")
+    for line in text.splitlines():
+        for tool, rest in pattern.findall(line):
+            words = rest.split()
+            sub = words[0] if words and words[0] in subs[tool] and words[0] else ""
+            accepted = options_of(found[tool]) | options_of(subs[tool][sub] if sub else found[tool])
+            for word in words:
+                flag = word.split("=", 1)[0].rstrip(",.;:)")
+                if re.fullmatch(r"--[a-z][a-z-]+", flag):
+                    checked += 1
+                    assert flag in accepted, f"README: {tool} {sub} has no option {flag}: {line.strip()}"
+    assert checked >= 4, f"only {checked} options found: the pattern no longer matches README"
+
+
+# Options README mentions that belong to other programs: Docker, Compose, Ansible, the benchmarks.
+OTHER_PROGRAMS = {"--ip", "--network", "--rm", "--tlsverify", "--no-deps", "--entrypoint", "--syntax-check",
+                  "--check", "--containers", "--deploys", "--runs", "--services", "--starts"}
+
+
+def test_every_option_readme_mentions_belongs_to_a_tool():
+    ours = set()
+    for parser in REF["parsers"]().values():
+        for _, sub in REF["commands"](parser):
+            ours |= options_of(sub)
+    text = REF["BLOCK"].sub("", (ROOT / "README.md").read_text())
+    mentioned = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]+)", text))
+    assert mentioned - ours - OTHER_PROGRAMS == set(), "README mentions options no tool has"
