@@ -56,3 +56,13 @@ def test_every_option_readme_mentions_belongs_to_a_tool():
     text = REF["BLOCK"].sub("", (ROOT / "README.md").read_text())
     mentioned = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]+)", text))
     assert mentioned - ours - OTHER_PROGRAMS == set(), "README mentions options no tool has"
+
+
+def test_help_says_each_default_once_and_names_the_token_file_variable():
+    for tool, parser in REF["parsers"]().items():
+        for name, sub in REF["commands"](parser):
+            text = sub.format_help()
+            for line in re.split(r"\n  (?=-)", text):
+                assert line.count("(default") <= 1, f"{tool} {name}: {line}"
+            if any("--consul-token-file" in a.option_strings for a in sub._actions):
+                assert "CONSUL_HTTP_TOKEN_FILE" in text, f"{tool} {name} --help"
