@@ -56,8 +56,10 @@ def explain_instance(ri: RegisteredInstance, verdict: Optional[Verdict], policy:
                                                   "(or the cookie canary=always) reach it")
         return Explanation(True, f"canary {route.weight}%", f"the canary: {route.weight}% of clients reach it")
     if in_stable:
-        how = route.note if route.note else f"the stable version ({route.stable.version})"
-        return Explanation(True, "stable" if not route.note else "serving", f"serving: {how}")
+        if route.note:
+            return Explanation(True, "serving", route.note)
+        return Explanation(True, "stable", f"the stable version ({route.stable.version}): every client "
+                                           "not sent to a canary reaches it")
     if policy is not None and policy.aborted == version:
         return Explanation(False, "aborted", f"the canary {version} was aborted; `gatekeeper canary {service} "
                                              f"{version}` tries it again")

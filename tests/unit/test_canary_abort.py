@@ -56,3 +56,21 @@ def test_failed_reverification_of_every_canary_instance_aborts_at_once():
     store = Store(verdict_state=FAILED)
     Promoter(store, None, unhealthy_grace=60).check_canary("demo", canary(gate="critical", health="passing"))
     assert store.pol.canary == ""
+
+
+def test_an_aborted_canary_is_remembered_and_can_be_tried_again_only_while_admitted():
+    import pytest
+
+    from gatekeeper.promotion import PromotionError, abort, try_canary
+    store = Store()
+    admitted = canary(health="passing")
+    store.instances = lambda service: admitted
+    abort(store, "demo")
+    assert (store.pol.canary, store.pol.aborted) == ("", "v2")
+    policy, message = try_canary(store, "demo", "v2")
+    assert (policy.canary, policy.weight, policy.aborted) == ("v2", 0, "") and "canary at 0%" in message
+    with pytest.raises(PromotionError, match="already the stable"):
+        try_canary(store, "demo", "v1")
+    admitted[:] = canary(gate="critical", health="passing")
+    with pytest.raises(PromotionError, match="no admitted instance"):
+        try_canary(store, "demo", "v2")
