@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import NoReturn, Optional
 
@@ -36,14 +37,24 @@ def exit_code_epilog() -> str:
     return "Exit codes:\n" + "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES.items())
 
 
-def add_consul_options(parser: argparse.ArgumentParser, default: str = "127.0.0.1:8500",
-                       subcommand: bool = False) -> None:
-    """--consul and --consul-token-file. On a subcommand they are accepted after the command
-    name too (`gatekeeper status --consul H:P`) without hiding a value given before it."""
-    keep = {"default": argparse.SUPPRESS} if subcommand else {}
-    parser.add_argument("--consul", metavar="HOST:PORT", help=f"Consul agent HTTP address (default {default})",
-                        **(keep or {"default": default}))
+DEFAULT_CONSUL = "127.0.0.1:8500"
+
+
+def add_consul_options(parser: argparse.ArgumentParser, subcommand: bool = False, what: str = "") -> None:
+    """--consul and --consul-token-file, the same for every tool. On a subcommand they are
+    accepted after the command name too (`gatekeeper status --consul H:P`) without hiding a
+    value given before it. `consul_address` resolves the default."""
+    keep = {"default": argparse.SUPPRESS} if subcommand else {"default": None}
+    parser.add_argument("--consul", metavar="HOST:PORT",
+                        help=f"Consul agent HTTP address{what} (default: CONSUL_HTTP_ADDR, else {DEFAULT_CONSUL})",
+                        **keep)
     parser.add_argument("--consul-token-file", metavar="FILE", help=TOKEN_HELP, **keep)
+
+
+def consul_address(args: argparse.Namespace) -> str:
+    """The --consul value, else CONSUL_HTTP_ADDR (as Consul's own CLI reads it), else the default."""
+    args.consul = getattr(args, "consul", None) or os.environ.get("CONSUL_HTTP_ADDR") or DEFAULT_CONSUL
+    return args.consul
 
 
 def consul_refusal(address: str, exc: Exception) -> str:

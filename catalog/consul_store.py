@@ -17,7 +17,7 @@ import consul.base
 from .model import (META_CONTAINER_ID, META_CONTAINER_NAME, META_DOCKER_HEALTH, META_IMAGE,
                     META_PROXY_HOST, META_PROXY_PATH, META_PROXY_STRIP, META_REGISTERED_BY, META_TESTS_IMAGE,
                     META_VERSION, Instance, RegisteredInstance, Rejection, RoutingPolicy, Verdict)
-from .validation import InvalidValue
+from .validation import parse_policy
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,9 @@ class ConsulStore:
         checks = [{
             "CheckID": inst.gate_check_id,
             "Name": "integration tests (gatekeeper)",
-            "Notes": f"awaiting integration tests ({inst.tests_image or 'no tests image'})",
+            # Notes are fixed at registration and shown beside every later result: keep them neutral.
+            "Notes": f"integration tests: {inst.tests_image or 'the service default (gatekeeper tests)'}; "
+                     "the output is the latest result",
             "TTL": GATE_TTL,
             "Status": "critical",
         }]
@@ -247,12 +249,7 @@ class ConsulStore:
         index, raw = self.kv_get(POLICIES + service)
         if not raw:
             return index, None
-        try:
-            return index, RoutingPolicy.from_json(raw)
-        except ValueError as exc:
-            if isinstance(exc, InvalidValue):
-                raise
-            raise InvalidValue(POLICIES + service, raw, "a JSON routing policy") from None
+        return index, parse_policy(raw)
 
     def put_policy(self, policy: RoutingPolicy, cas: int) -> bool:
         """Check-and-set: False when someone else changed the policy since `cas` was read."""

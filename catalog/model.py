@@ -195,11 +195,6 @@ class RoutingPolicy:
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
-    @classmethod
-    def from_json(cls, raw: str) -> "RoutingPolicy":
-        from .validation import validate_policy
-        return validate_policy(json.loads(raw))
-
     def promoted(self, version: str) -> "RoutingPolicy":
         """`version` becomes stable; the stable one is remembered for rollback."""
         previous = self.stable if self.stable and self.stable != version else self.previous

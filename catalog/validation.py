@@ -5,6 +5,7 @@ value that could break out of an nginx directive, a JSON document or a log line 
 """
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Mapping
 
@@ -77,6 +78,15 @@ def check_port(field: str, value: Any) -> int:
     if not 1 <= port <= 65535 or str(value).strip() != str(port):
         raise InvalidValue(field, value, "a whole number from 1 to 65535")
     return port
+
+
+def parse_policy(raw: str) -> RoutingPolicy:
+    """A routing policy as stored in KV (JSON text); InvalidValue names what is wrong."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise InvalidValue("policy", raw, "a JSON routing policy") from None
+    return validate_policy(data)
 
 
 def validate_policy(data: Mapping[str, Any]) -> RoutingPolicy:

@@ -25,8 +25,8 @@ from pathlib import Path
 import requests
 from docker.utils import parse_repository_tag
 
-from catalog.cli import (EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, EXIT_UNREACHABLE, EXIT_USAGE, TOKEN_HELP,
-                         JsonAwareParser, exit_code_epilog)
+from catalog.cli import (EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, EXIT_UNREACHABLE, EXIT_USAGE, JsonAwareParser,
+                         add_consul_options, consul_address, exit_code_epilog)
 from catalog.consul_store import ConsulStore, read_token
 from catalog.validation import InvalidValue
 
@@ -84,10 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--name", help="container name (default SERVICE-VERSION)")
     d.add_argument("--label", action="append", type=key_value, default=[], metavar="KEY=VALUE",
                    help="extra container label (repeatable)")
-    d.add_argument("--consul", default=None,
-                   metavar="HOST:PORT", help="Consul HTTP address of the target's stack (default CONSUL_HTTP_ADDR, "
-                                             "else 127.0.0.1:8500)")
-    d.add_argument("--consul-token-file", metavar="FILE", help=TOKEN_HELP + "; read access is enough")
+    add_consul_options(d, what=" of the target's stack (a token with read access is enough)")
     d.add_argument("--timeout", type=float, default=300.0, metavar="S",
                    help="seconds to wait for the gate (default %(default)s)")
     d.add_argument("--keep-failed", action="store_true", help="leave a failed version's container for inspection")
@@ -97,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "consul", "") is None:
-        args.consul = os.environ.get("CONSUL_HTTP_ADDR", "127.0.0.1:8500")
+    if args.command == "deploy":
+        consul_address(args)
     out = sys.stderr if args.json else sys.stdout
 
     def say(line: str) -> None:

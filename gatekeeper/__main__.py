@@ -29,7 +29,7 @@ import consul.base
 import requests
 
 from catalog.cli import (EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, JsonAwareParser,
-                         add_consul_options, consul_refusal, emit_error, exit_code_epilog)
+                         add_consul_options, consul_address, consul_refusal, emit_error, exit_code_epilog)
 from catalog.consul_store import DEFAULT_TESTS, ConsulStore, read_token
 from catalog.logs import setup_logging
 from catalog.validation import InvalidValue, check
@@ -308,6 +308,7 @@ COMMANDS = {"run": cmd_run, "status": cmd_status, "why": cmd_why, "promote": cmd
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    consul_address(args)
     as_json = getattr(args, "json", False)
 
     def fail(code: int, message: str) -> int:

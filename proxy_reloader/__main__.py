@@ -15,7 +15,7 @@ from pathlib import Path
 import requests
 
 from catalog.cli import (EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, add_consul_options,
-                         exit_code_epilog)
+                         consul_address, exit_code_epilog)
 from catalog.consul_store import ConsulStore, read_token
 from catalog.logs import setup_logging
 from catalog.mirror import CatalogMirror
@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv=None) -> argparse.Namespace:
     p = build_parser()
     args = p.parse_args(argv)
+    consul_address(args)
     dynamic = args.mode == DYNAMIC
     args.min_wait = args.min_wait if args.min_wait is not None else (0.02 if dynamic else 0.1)
     args.max_wait = args.max_wait if args.max_wait is not None else (0.25 if dynamic else 1.0)

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from catalog import validation as v
-from catalog.model import RegisteredInstance, RoutingPolicy
+from catalog.model import RegisteredInstance
 from catalog.routing import Route, route_for
-from catalog.validation import InvalidValue
+from catalog.validation import InvalidValue, parse_policy
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def route_of(service: str, registered: Optional[Sequence[RegisteredInstance]],
     """(route, None), (None, why it is left out), or (None, None) for a service with no
     registered instance (it has no route at all: nginx answers 404 at its path)."""
     try:
-        policy = RoutingPolicy.from_json(policy_raw) if policy_raw else None
+        policy = parse_policy(policy_raw) if policy_raw else None
     except InvalidValue as exc:
         return None, str(exc)
     except ValueError:

@@ -7,7 +7,7 @@ import signal
 import socket
 import sys
 
-from catalog.cli import EXIT_OK, EXIT_USAGE, add_consul_options, exit_code_epilog
+from catalog.cli import EXIT_OK, EXIT_USAGE, add_consul_options, consul_address, exit_code_epilog
 from catalog.consul_store import ConsulStore, read_token
 from catalog.logs import setup_logging
 
@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv=None) -> argparse.Namespace:
     p = build_parser()
     args = p.parse_args(argv)
+    consul_address(args)
     if args.filter_label and "=" not in args.filter_label:
         p.error(f"--filter-label must be KEY=VALUE, got {args.filter_label!r}")
     if args.resync <= 0:

@@ -33,6 +33,9 @@ def test_gate_pass_admits_with_its_output_and_survives_reregistration(store, uni
     assert ri.admitted, "re-registering the same instance must not reset its gate"
     store.set_gate(inst, False, "failed: 0/9")
     assert not store.instances(unique)[0].admitted
+    [check] = [c for c in store._c.health.checks(unique)[1] if c["CheckID"] == inst.gate_check_id]
+    assert "awaiting" not in check["Notes"] and "demo-test:latest" in check["Notes"], \
+        "the UI shows Notes beside every result: they must not contradict a pass or a failure"
     store.deregister(inst.id)
 
 

@@ -4,6 +4,7 @@ import threading
 
 from catalog.mirror import CatalogMirror
 from catalog.model import Instance, RoutingPolicy
+from catalog.validation import parse_policy
 from tests.support.processes import wait_until
 
 
@@ -36,7 +37,7 @@ def test_the_mirror_follows_instances_gates_policies_and_removals(consul_server,
         changed = {}
         wait_until(lambda: changed.update(mirror.take()) or (changed.get(unique) and changed[unique][1]), 10,
                    "the policy seen")
-        assert RoutingPolicy.from_json(changed[unique][1]).stable == "v1"
+        assert parse_policy(changed[unique][1]).stable == "v1"
 
         store.deregister(inst.id)
         changed = {}
