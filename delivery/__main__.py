@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 import requests
-from docker.utils import parse_repository_tag
+from catalog.images import image_name
 
 from catalog.cli import (EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, EXIT_UNREACHABLE, EXIT_USAGE, JsonAwareParser,
                          add_consul_options, consul_address, exit_code_epilog)
@@ -115,14 +115,15 @@ def main(argv=None) -> int:
             service = args.service or source.name.split("_", 1)[0]
             version = args.version or git_version(source)
             client = connect(args.engine, args.tls_dir)
-            release = build_and_push(client, source, args.registry, service, version,
-                                     args.base_image or default_base_image(),
-                                     args.wheelhouse, dict(args.build_arg), push=not args.no_push, say=say)
+            release = build_and_push(client, source, registry=args.registry, service=service, version=version,
+                                     base_image=args.base_image or default_base_image(),
+                                     wheelhouse=args.wheelhouse, build_args=dict(args.build_arg),
+                                     push=not args.no_push, say=say)
             say(f"done: {release.image} and {release.tests_image}")
             if args.json:
                 print(json.dumps({"ok": True, "exit": 0, **release.to_dict()}))
             return EXIT_OK
-        service = args.service or parse_repository_tag(args.image)[0].rsplit("/", 1)[-1]
+        service = args.service or image_name(args.image)
         d = Deployment.of(service, args.image, args.tests_image, args.version, args.name,
                           labels=dict(args.label), timeout=args.timeout, keep_failed=args.keep_failed)
         store = ConsulStore(args.consul, token=read_token(args.consul_token_file))

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Dict, Optional
 
 import docker
-from docker.utils import parse_repository_tag
+from catalog.images import split_image
 
 from catalog.validation import check
 
@@ -71,7 +71,7 @@ def stage(source: Path, wheelhouse: Optional[Path], into: Path) -> Path:
     return ctx
 
 
-def build_and_push(client: docker.DockerClient, source: Path, registry: str, service: str, version: str,
+def build_and_push(client: docker.DockerClient, source: Path, *, registry: str, service: str, version: str,
                    base_image: str, wheelhouse: Optional[Path] = None, build_args: Optional[dict] = None,
                    push: bool = True, say: Callable[[str], None] = print) -> Release:
     check("service", service)
@@ -100,9 +100,9 @@ def build_and_push(client: docker.DockerClient, source: Path, registry: str, ser
 
 
 def push_image(client: docker.DockerClient, tag: str) -> str:
-    repo, version = parse_repository_tag(tag)
+    repo, version = split_image(tag)
     digest = ""
-    for line in client.api.push(repo, version, stream=True, decode=True):
+    for line in client.api.push(repo, version or None, stream=True, decode=True):
         if line.get("error"):
             raise BuildFailed(f"pushing {tag} failed: {line['error']}")
         digest = (line.get("aux") or {}).get("Digest", digest)

@@ -11,11 +11,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional
 
 import docker
-from docker.utils import parse_repository_tag
+from catalog.images import image_version, split_image
 
 from catalog.validation import InvalidValue, check
-from gatekeeper.wait import WAIT_FAILED, WAIT_OK, WAIT_TIMEOUT, wait_for_version
-from registrator.translate import image_version
+from gatekeeper import WAIT_FAILED, WAIT_OK, WAIT_TIMEOUT, wait_for_version
 
 
 class DeployError(Exception):
@@ -44,7 +43,7 @@ class Deployment:
         check("image", image)
         version = check("version", version or image_version(image))
         if tests_image is None:
-            tests_image = f"{parse_repository_tag(image)[0]}-test:{version}"
+            tests_image = f"{split_image(image)[0]}-test:{version}"
         check("image", tests_image)
         return cls(service, version, image, tests_image, check("container_name", name or f"{service}-{version}"), **kw)
 
@@ -55,7 +54,7 @@ class Deployment:
 
 def pull(client: docker.DockerClient, ref: str, say) -> "docker.models.images.Image":
     say(f"pulling {ref}")
-    repo, tag = parse_repository_tag(ref)
+    repo, tag = split_image(ref)
     try:
         return client.images.pull(repo, tag=tag or "latest")
     except docker.errors.APIError as exc:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Dict, List
 
 from catalog import validation as v
+from catalog.images import image_name, image_version
 from catalog.model import HealthCheck, Instance
 
 from .docker_source import Container
@@ -57,13 +58,6 @@ def merged_config(c: Container) -> Dict[str, str]:
     cfg = {k: val for k, val in c.env.items() if k.startswith("SERVICE_")}
     cfg.update(c.labels)
     return cfg
-
-
-def image_version(image: str) -> str:
-    """The tag of an image reference ('demo:v2' -> 'v2'), 'latest' when there is none."""
-    name = image.split("@", 1)[0]
-    last = name.rsplit("/", 1)[-1]
-    return last.split(":", 1)[1] if ":" in last else "latest"
 
 
 def selected(c: Container, s: Settings) -> bool:
@@ -177,8 +171,3 @@ def _extra_meta(cfg: Dict[str, str]):
             continue
         meta[v.check(key, short.lower(), "meta_key")] = v.check(key, value, "meta_value")
     return tuple(sorted(meta.items()))
-
-
-def image_name(image: str) -> str:
-    """registrator's default service name: the image's last path part without its tag."""
-    return image.split("@", 1)[0].rsplit("/", 1)[-1].split(":", 1)[0]

@@ -1,7 +1,8 @@
 import pytest
 
 from registrator.docker_source import Container, PublishedPort
-from registrator.translate import Rejected, Settings, Skipped, image_version, instances_for
+from catalog.images import image_version
+from registrator.translate import Rejected, Settings, Skipped, instances_for
 
 S = Settings(hostname="host1", registered_by="registrator@host1")
 
