@@ -232,3 +232,24 @@ def test_explicit_mode_logs_each_skipped_container_once_with_the_reason(store, r
         assert c.name not in store.rejections(), "a skipped container is not a rejected one"
     finally:
         reg.stop()
+
+
+def test_a_container_started_during_the_first_sync_is_registered_from_its_queued_event(
+        store, run_container, consul_server, tmp_path):
+    """The Engine lists the containers before this one starts; the sync that follows takes 3 s
+    to get that list. Only the start event, queued while the sync runs, can register it."""
+    from tests.support.slow_docker import SlowListDocker
+    relay = SlowListDocker(tmp_path / "docker.sock", delay=3.0).start()
+    reg = start_registrator(consul_server, tmp_path, "--docker", relay.url)
+    try:
+        wait_until(lambda: relay.lists_held >= 1, 20, "registrator's first container list")
+        c = run_container("demo:v1", labels=LABELS)
+        assert "sync:" not in reg.log(), "the container must start while the first sync still runs"
+        wait_until(lambda: instance_of(store, c), 20, "the registration from the queued start event")
+        log = reg.log()
+        assert log.index("sync:") < log.index(f"registered flt:{c.name}:8080"), \
+            "registered after the sync, by the event"
+        assert log.count("sync:") == 1
+    finally:
+        reg.stop()
+        relay.stop()

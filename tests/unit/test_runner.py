@@ -21,9 +21,12 @@ class ScriptedDocker(FakeDocker):
         self.streams, self.sync_delay, self.syncs = list(streams), sync_delay, 0
 
     def running_ids(self):
+        """The list is taken first, then the sync is stretched: like the Engine's own answer, it
+        does not include a container started after the call."""
         self.syncs += 1
+        ids = super().running_ids()
         time.sleep(self.sync_delay)
-        return super().running_ids()
+        return ids
 
     def ping(self):
         return True
@@ -62,6 +65,7 @@ def test_an_event_that_arrives_during_the_first_sync_is_not_dropped():
     dock.add("c1", "early", labels=L)
     runner = Runner(Bridge(reg, dock, Settings(hostname="h")), dock, RunnerOptions(resync_every=60))
     assert run_until(runner, lambda: set(reg.services) == {"h:early:8080", "h:late:8080"})
+    assert dock.syncs == 1, "only the queued start event can have registered the late container"
 
 
 def test_a_broken_event_stream_reconnects_and_resyncs_away_what_died_meanwhile():
