@@ -102,9 +102,18 @@ class TestMainFlow:
         load = LoadClient("127.0.0.1", LISTEN_PORT, max_seconds=60)
         load.start()
         stack.registrator.kill()                       # SIGKILL: no chance to clean up
+        # While it is down: a container goes away and another arrives; only the new
+        # registrator's resync can set both right.
+        gone = stack.containers.pop("v3")
+        gone_id = stack.instance(gone).instance.id
+        gone.remove(force=True)
+        arrived = stack.deploy("v2c", "demo:v2")
+        offset = len(stack.registrator.log())
         stack.registrator = stack._registrator().start()
-        wait(stack, lambda: "sync:" in stack.registrator.log().split("registrator@e2e")[-1], 30,
-             "the restarted registrator's resync")
+        wait(stack, lambda: "sync:" in stack.registrator.log()[offset:], 30, "the restarted registrator's resync")
+        wait(stack, lambda: stack.instance(arrived) is not None, 20, "the container started meanwhile, registered")
+        assert gone_id not in [ri.instance.id for ri in stack.store.instances("demo")], "the removed one, gone"
+        assert stack.registrator.alive()
         time.sleep(2)
         load.finish()
         stop.set()

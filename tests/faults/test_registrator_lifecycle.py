@@ -56,10 +56,14 @@ def test_docker_stop_takes_the_instance_out_on_kill_before_the_process_exits(sto
 
 
 def test_a_rm_container_gone_before_inspection_leaves_nothing(store, registrator, run_container, consul_server):
+    wait_until(lambda: "sync:" in registrator.log(), 20, "registrator subscribed and synced")
     c = run_container("demo:v1", labels=LABELS, command=["true"], auto_remove=True)
-    time.sleep(3)
+    # Events are handled in order: once a container started after it is registered, the --rm
+    # container's start and die events have been handled too.
+    marker = run_container("demo:v1", labels=LABELS)
+    wait_until(lambda: instance_of(store, marker), 20, "the next container's registration")
     assert instance_of(store, c) is None
-    assert "Traceback" not in registrator.log()
+    assert registrator.alive() and "Traceback" not in registrator.log()
 
 
 def test_a_restart_policy_respawn_is_registered_again(store, registrator, run_container):
@@ -148,6 +152,11 @@ def test_a_docker_healthcheck_gates_testing_and_admission(store, registrator, ru
                                           consul_server.token_file("gatekeeper"), "run", "--wait", "2",
                                           "--keep-old", "--test-label", f"{TEST_LABEL}={SESSION}"), tmp_path).start()
     try:
+        # First prove this gatekeeper leads and tests what arrives, so that "not tested" below
+        # means "waiting for health", not "nobody was watching".
+        probe = run_container("demo:v1", labels=LABELS)
+        wait_until(lambda: instance_of(store, probe) and store.verdict(instance_of(store, probe).instance.id),
+                   60, "a plain container tested by this gatekeeper")
         c = run_container(tag, labels=LABELS)
         ri = wait_until(lambda: instance_of(store, c), 20, "registration")
         assert ri.checks[ri.instance.docker_health_check_id] == "critical"

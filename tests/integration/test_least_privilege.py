@@ -50,15 +50,25 @@ def test_anonymous_requests_are_refused(consul_server, store, unique):
       ("PUT", "/v1/kv/proxy-reloader/served/p1/demo", "{}")]),
 ])
 def test_each_token_can_do_its_job_and_nothing_else(consul_server, part, allowed, refused):
+    # Every key an allowed read asks for exists, so an allowed read answers 200 with the key:
+    # a 404 (what Consul answers for a recursive read the token may not see) cannot pass for it.
+    seeds = ["gatekeeper/policies/lpseed", "registrator/rejected/lpseed", "gatekeeper/verdicts/lpseed"]
+    for key in seeds:
+        call(consul_server, "PUT", f"/v1/kv/{key}", "bootstrap", {"service": "lpseed"})
     for method, path, body in allowed:
         r = call(consul_server, method, path, part, body)
-        assert r.status_code in (200, 404), f"{part} should be allowed {method} {path}: {r.status_code} {r.text}"
+        assert r.status_code == 200, f"{part} should be allowed {method} {path}: {r.status_code} {r.text}"
+        if method == "GET" and "/v1/kv/" in path:
+            prefix = path.split("/v1/kv/", 1)[1].split("?")[0]
+            assert any(e["Key"].startswith(prefix) for e in r.json()), f"{part} reads nothing under {prefix}"
     for method, path, body in refused:
         r = call(consul_server, method, path, part, body)
         assert r.status_code == 403 or (method == "GET" and r.status_code == 404 and not r.text.strip()), \
             f"{part} must not {method} {path}: {r.status_code} {r.text}"
     call(consul_server, "PUT", "/v1/agent/service/deregister/lp-reg-1", "registrator")
     call(consul_server, "DELETE", "/v1/kv/gatekeeper/policies/lp", "bootstrap")    # '{}' is no valid policy
+    for key in seeds:
+        call(consul_server, "DELETE", f"/v1/kv/{key}", "bootstrap")
 
 
 def test_script_checks_cannot_be_registered_through_the_api(consul_server):
