@@ -129,7 +129,7 @@ def cmd_run(args, store) -> int:
     gate = Gate(store, DockerTester(client, limits, labels), parallel=args.parallel,
                 on_admitted=promoter.admitted, reverify_every=args.reverify_every,
                 on_service=promoter.check_canary, forget_after=args.forget_after)
-    daemon = Daemon(store, gate, LeaderLock(store, args.id), wait=args.wait)
+    daemon = Daemon(store, gate, LeaderLock(store, args.id), wait=args.wait, due=promoter.next_due)
 
     def on_signal(*_):
         # The main thread may sit in a Consul call; leave now. A test cut short keeps its

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Callable, Optional
 
 from catalog.retry import TRANSIENT, backoff
 from catalog.watch import Watch
@@ -22,8 +23,10 @@ RENEW_EVERY = 3.0
 
 
 class Daemon:
-    def __init__(self, store, gate: Gate, leader: LeaderLock, wait: float = 30.0):
+    def __init__(self, store, gate: Gate, leader: LeaderLock, wait: float = 30.0,
+                 due: Optional[Callable[[], Optional[float]]] = None):
         self.store, self.gate, self.leader, self.wait = store, gate, leader, wait
+        self.due = due or (lambda: None)      # when a pending decision falls due (monotonic)
         self.stopping = threading.Event()
         self.dirty = threading.Event()
 
@@ -53,6 +56,9 @@ class Daemon:
                 except TRANSIENT as exc:
                     log.warning("reconcile failed, will retry: %s", exc)
                 next_reconcile = time.monotonic() + self.wait
+                due = self.due()                  # an unhealthy canary's grace ends: act then
+                if due is not None:
+                    next_reconcile = min(next_reconcile, due + 0.05)
         self.gate.shutdown()
         self.leader.release()
 

@@ -83,6 +83,10 @@ class Promoter:
                        previous=before.stable if before else "", by="gatekeeper (auto)")
         self.drain_later(inst.service, inst.version)
 
+    def next_due(self) -> Optional[float]:
+        """When the earliest unhealthy canary's grace period ends (time.monotonic), if any."""
+        return min(self.unhealthy_since.values()) + self.unhealthy_grace if self.unhealthy_since else None
+
     def check_canary(self, service: str, registered) -> None:
         """Auto-abort a canary none of whose instances is healthy any more: at once when every
         one failed its re-verification, after `unhealthy_grace` seconds when health checks fail

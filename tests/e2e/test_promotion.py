@@ -110,7 +110,7 @@ class TestCanary:
             c.exec_run(["touch", "/tmp/ready"])
             wait(stack, lambda: policy(stack).canary == "v5", 90, "v5 canary")
             c.exec_run(["touch", "/tmp/sick"])
-            wait(stack, lambda: policy(stack).canary == "", 30, "the automatic abort")
+            wait(stack, lambda: policy(stack).canary == "", 25, "the automatic abort (10 s grace + detection)")
             code, out, _ = stack.gatekeeper_cli("history", SERVICE, "--json")
             last = json.loads(out)[-1]
             assert last["event"] == "aborted" and last["by"] == "gatekeeper (auto-rollback)" and "v5" == last["version"]

@@ -39,6 +39,16 @@ def test_one_unhealthy_reading_does_not_abort_but_a_lasting_one_does():
     p.check_canary("demo", canary())
     assert store.pol.canary == "" and store.hist[-1][0] == "aborted"
     assert store.hist[-1][1]["by"] == "gatekeeper (auto-rollback)"
+    assert p.next_due() is None, "nothing pending once aborted"
+
+
+def test_a_pending_grace_period_tells_the_daemon_when_to_look_again():
+    import time
+    store = Store()
+    p = Promoter(store, None, unhealthy_grace=10)
+    assert p.next_due() is None
+    p.check_canary("demo", canary())
+    assert 9 < p.next_due() - time.monotonic() <= 10
 
 
 def test_a_healthy_reading_resets_the_grace_period():
