@@ -1,6 +1,6 @@
 # The two commands: `make demo` (the stack up, demo deployed through the gate) and `make test`.
 SHELL := /bin/bash
-.PHONY: demo cd-demo test stop status install bench bench-registrator bench-promotion bench-proxy bench-delivery cli-reference
+.PHONY: demo cd-demo test stop status install bench bench-registrator bench-promotion bench-proxy bench-delivery cli-reference mutation
 
 demo:  ## install what is missing, start the stack, deploy demo v1 -> v2 -> broken v3
 	@bash scripts/install.sh all
@@ -24,8 +24,14 @@ status:
 install:
 	@bash scripts/install.sh all
 
+mutation:  ## mutation testing of the decision modules (mutmut, unit tests); the score beside its goal
+	@bash scripts/install.sh venv
+	@.venv/bin/pip install -q -e '.[mutation]'
+	@rm -rf mutants && .venv/bin/mutmut run >/dev/null 2>&1 || true
+	@.venv/bin/python scripts/mutation_score.py --check
+
 cli-reference:  ## rewrite README's command reference from the tools' --help
-	@bash scripts/install.sh python
+	@bash scripts/install.sh venv
 	@.venv/bin/python scripts/cli_reference.py
 
 bench: ## deploy lead time and failed requests during a switch (needs `make install`)

@@ -27,21 +27,22 @@ from pathlib import Path
 import requests
 
 from .consul_store import parse_address
+from .kv_layout import GATEKEEPER, POLICIES as KV_POLICIES, PROXY_RELOADER, REGISTRATOR, SERVED
 
 POLICIES = {
     "agent": 'node_prefix "" { policy = "write" }\nservice_prefix "" { policy = "read" }\n',
-    "registrator": 'service_prefix "" { policy = "write" }\nnode_prefix "" { policy = "read" }\n'
-                   'key_prefix "registrator/" { policy = "write" }\n',
-    "gatekeeper": 'service_prefix "" { policy = "write" }\nnode_prefix "" { policy = "read" }\n'
-                  'key_prefix "gatekeeper/" { policy = "write" }\nkey_prefix "registrator/" { policy = "read" }\n'
-                  'key_prefix "proxy-reloader/" { policy = "read" }\nsession_prefix "" { policy = "write" }\n',
-    "proxy-reloader": 'service_prefix "" { policy = "read" }\nnode_prefix "" { policy = "read" }\n'
-                      'key_prefix "gatekeeper/policies/" { policy = "read" }\n'
-                      'service "proxy-reloader" { policy = "write" }\n'
-                      'key_prefix "proxy-reloader/served/" { policy = "write" }\n',
-    "operator": 'service_prefix "" { policy = "read" }\nnode_prefix "" { policy = "read" }\n'
-                'key_prefix "gatekeeper/" { policy = "write" }\nkey_prefix "registrator/" { policy = "read" }\n'
-                'key_prefix "proxy-reloader/" { policy = "read" }\nsession_prefix "" { policy = "read" }\n',
+    "registrator": f'service_prefix "" {{ policy = "write" }}\nnode_prefix "" {{ policy = "read" }}\n'
+                   f'key_prefix "{REGISTRATOR}" {{ policy = "write" }}\n',
+    "gatekeeper": f'service_prefix "" {{ policy = "write" }}\nnode_prefix "" {{ policy = "read" }}\n'
+                  f'key_prefix "{GATEKEEPER}" {{ policy = "write" }}\nkey_prefix "{REGISTRATOR}" {{ policy = "read" }}\n'
+                  f'key_prefix "{PROXY_RELOADER}" {{ policy = "read" }}\nsession_prefix "" {{ policy = "write" }}\n',
+    "proxy-reloader": f'service_prefix "" {{ policy = "read" }}\nnode_prefix "" {{ policy = "read" }}\n'
+                      f'key_prefix "{KV_POLICIES}" {{ policy = "read" }}\n'
+                      f'service "proxy-reloader" {{ policy = "write" }}\n'
+                      f'key_prefix "{SERVED}" {{ policy = "write" }}\n',
+    "operator": f'service_prefix "" {{ policy = "read" }}\nnode_prefix "" {{ policy = "read" }}\n'
+                f'key_prefix "{GATEKEEPER}" {{ policy = "write" }}\nkey_prefix "{REGISTRATOR}" {{ policy = "read" }}\n'
+                f'key_prefix "{PROXY_RELOADER}" {{ policy = "read" }}\nsession_prefix "" {{ policy = "read" }}\n',
 }
 PARTS = ("registrator", "gatekeeper", "proxy-reloader", "operator")
 

@@ -17,18 +17,11 @@ import consul.base
 from .model import (META_CONTAINER_ID, META_CONTAINER_NAME, META_DOCKER_HEALTH, META_IMAGE,
                     META_PROXY_HOST, META_PROXY_PATH, META_PROXY_STRIP, META_REGISTERED_BY, META_TESTS_IMAGE,
                     META_VERSION, Instance, RegisteredInstance, Rejection, RoutingPolicy, Verdict)
+from .kv_layout import DEFAULT_TESTS, GATEKEEPER, HISTORY, POLICIES, REJECTED, RETESTS, SERVED, VERDICTS
 from .validation import parse_policy
 
 log = logging.getLogger(__name__)
 
-VERDICTS = "gatekeeper/verdicts/"
-POLICIES = "gatekeeper/policies/"
-REJECTED = "registrator/rejected/"
-DEFAULT_TESTS = "gatekeeper/tests/"
-RETESTS = "gatekeeper/retest/"
-HISTORY = "gatekeeper/history/"
-LEADER = "gatekeeper/leader"
-SERVED = "proxy-reloader/served/"      # <proxy id>/<service>: what that proxy's nginx serves
 PROXY_SERVICE = "proxy-reloader"
 GATE_TTL = "87600h"        # the gate is set by gatekeeper, never by expiry
 _OWN_META = {META_CONTAINER_ID, META_CONTAINER_NAME, META_IMAGE, META_VERSION, META_TESTS_IMAGE,
@@ -257,6 +250,13 @@ class ConsulStore:
 
     def default_tests_image(self, service: str) -> str:
         return self.kv_get(DEFAULT_TESTS + service)[1] or ""
+
+    def set_default_tests_image(self, service: str, image: str) -> None:
+        self.kv_put(DEFAULT_TESTS + service, image)
+
+    def wait_gatekeeper_state(self, index: int, wait: float) -> Tuple[int, Dict[str, str]]:
+        """Blocking query on everything gatekeeper keeps (policies, retests, default images)."""
+        return self.wait_kv(GATEKEEPER, index, wait)
 
     def request_retest(self, instance_id: str) -> None:
         self.kv_put(RETESTS + instance_id, json.dumps({"time": time.time()}))

@@ -23,7 +23,8 @@ from typing import Callable, Dict, List, Optional, Set, Tuple
 
 import aiohttp
 
-from .consul_store import POLICIES, parse_address, registered_from_health
+from .consul_store import parse_address, registered_from_health
+from .kv_layout import POLICIES
 from .model import RegisteredInstance
 from .watch import IndexTracker
 

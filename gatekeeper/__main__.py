@@ -30,7 +30,7 @@ import requests
 
 from catalog.cli import (EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, JsonAwareParser,
                          add_consul_options, consul_address, consul_refusal, emit_error, exit_code_epilog)
-from catalog.consul_store import DEFAULT_TESTS, ConsulStore, read_token
+from catalog.consul_store import ConsulStore, read_token
 from catalog.logs import setup_logging
 from catalog.validation import InvalidValue, check
 
@@ -273,7 +273,7 @@ def cmd_tests(args, store) -> int:
               else f"{args.service}: {image or 'no default test image (each container names its own)'}")
         return EXIT_OK
     check("image", args.image)
-    store.kv_put(DEFAULT_TESTS + args.service, args.image)
+    store.set_default_tests_image(args.service, args.image)
     untested = [ri.instance.id for ri in store.instances(args.service) if not ri.instance.tests_image
                 and (lambda v: v is not None and v.applies_to(ri.instance) and not v.tests_image)(
                     store.verdict(ri.instance.id))]

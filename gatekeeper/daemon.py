@@ -32,7 +32,7 @@ class Daemon:
 
     def run(self) -> None:
         for w in (Watch("checks", self.store.wait_checks, self.dirty.set, self.wait, self.stopping),
-                  Watch("kv", lambda i, w: self.store.wait_kv("gatekeeper/", i, w), self.dirty.set,
+                  Watch("kv", self.store.wait_gatekeeper_state, self.dirty.set,
                         self.wait, self.stopping)):
             w.start()
         next_renew = next_reconcile = 0.0

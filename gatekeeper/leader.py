@@ -10,7 +10,7 @@ import logging
 import socket
 import threading
 
-from catalog.consul_store import LEADER
+from catalog.kv_layout import LEADER
 from catalog.retry import TRANSIENT
 
 log = logging.getLogger(__name__)

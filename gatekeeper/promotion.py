@@ -14,6 +14,7 @@ from typing import Callable, Optional, Tuple
 import docker
 import docker.errors
 
+from catalog.kv_layout import POLICIES
 from catalog.model import AUTO, MANUAL, PASSED, Instance, RoutingPolicy
 from catalog.validation import InvalidValue
 
@@ -157,7 +158,7 @@ def _policy_or_error(store, service: str) -> RoutingPolicy:
         policy = store.policy(service)[1]
     except InvalidValue as exc:
         raise PromotionError(f"the routing policy of {service} is invalid ({exc}); fix or delete "
-                             f"gatekeeper/policies/{service} in Consul KV") from None
+                             f"{POLICIES}{service} in Consul KV") from None
     if policy is None:
         raise PromotionError(f"unknown service {service!r}: it has no routing policy yet "
                              "(a service gets one when its first instance passes its tests)")

@@ -11,6 +11,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from catalog import validation as v
 from catalog.model import RegisteredInstance
+from catalog.kv_layout import POLICIES
 from catalog.routing import Route, route_for
 from catalog.validation import InvalidValue, parse_policy
 
@@ -42,7 +43,7 @@ def route_of(service: str, registered: Optional[Sequence[RegisteredInstance]],
     except InvalidValue as exc:
         return None, str(exc)
     except ValueError:
-        return None, str(InvalidValue(f"gatekeeper/policies/{service}", policy_raw, "a JSON routing policy"))
+        return None, str(InvalidValue(f"{POLICIES}{service}", policy_raw, "a JSON routing policy"))
     return _route(service, registered, policy)
 
 

@@ -1,0 +1,16 @@
+"""Where the stack keeps its state in Consul KV: the one place that names the keys. Each part
+owns a prefix (and its ACL token may write only there, see catalog.acl_setup)."""
+
+GATEKEEPER = "gatekeeper/"                     # gatekeeper's prefix; the operator writes here too
+VERDICTS = GATEKEEPER + "verdicts/"            # <instance id>: the verdict of its container
+POLICIES = GATEKEEPER + "policies/"            # <service>: the routing policy
+DEFAULT_TESTS = GATEKEEPER + "tests/"          # <service>: the default test image
+RETESTS = GATEKEEPER + "retest/"               # <instance id>: a retest request
+HISTORY = GATEKEEPER + "history/"              # <service>/<ns time>: promotions, aborts, ...
+LEADER = GATEKEEPER + "leader"                 # the leader lock
+
+REGISTRATOR = "registrator/"
+REJECTED = REGISTRATOR + "rejected/"           # <container name>: why it was not registered
+
+PROXY_RELOADER = "proxy-reloader/"
+SERVED = PROXY_RELOADER + "served/"            # <proxy id>/<service>: what that proxy's nginx serves
