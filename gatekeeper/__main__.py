@@ -244,9 +244,10 @@ def cmd_wait(args, store) -> int:
     say = lines.append if args.json else (lambda line: print(line, flush=True))
     code = wait_for_version(store, args.service, args.version, args.timeout, say=say)
     if args.json:
-        print(json.dumps({"service": args.service, "version": args.version, "exit": code,
+        summary = lines[-1] if lines else ""
+        print(json.dumps({"ok": code == EXIT_OK, "service": args.service, "version": args.version, "exit": code,
                           "result": {WAIT_OK: "served", WAIT_FAILED: "failed", WAIT_TIMEOUT: "timed out"}[code],
-                          "summary": lines[-1] if lines else ""}))
+                          "summary": summary, **({"error": summary} if code != EXIT_OK else {})}))
     return code
 
 

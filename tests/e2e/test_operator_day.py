@@ -161,7 +161,7 @@ def test_json_errors_and_the_shared_exit_codes(stack):
         got, out, err = stack.gatekeeper_cli(*args, "--json")
         assert got == code, (args, out, err)
         data = json.loads(out)
-        assert data["exit"] == code and text in (data.get("error") or data.get("summary", "")), (args, data)
+        assert data["exit"] == code and data["ok"] is False and text in data["error"], (args, data)
     res = subprocess.run(python_module("gatekeeper", "--consul", stack.consul.address, "status", "--json"),
                          capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
     assert res.returncode == 3 and "CONSUL_HTTP_TOKEN_FILE" in json.loads(res.stdout)["error"], res.stderr
