@@ -46,3 +46,56 @@ def test_stable_without_admitted_instance_falls_back_to_every_admitted_one():
     policy = RoutingPolicy(service="demo", stable="v2")
     route = route_for("demo", [ri("v1", 1), ri("v2", 2, gate="critical")], policy)
     assert route.stable.servers == (("127.0.0.1", 1),) and "v2" in route.note
+
+
+def hosted(version, port, **kw):
+    """An instance at its own path and Host, with strip_prefix, so every route field is visible."""
+    from dataclasses import replace
+    r = ri(version, port, **kw)
+    return RegisteredInstance(replace(r.instance, proxy_path="/api/", proxy_host="api.test", strip_prefix=True),
+                              r.checks)
+
+
+def pool(version, *ports):
+    return {"version": version, "servers": [f"127.0.0.1:{p}" for p in ports]}
+
+
+def full(route):
+    return route.to_dict()
+
+
+def test_every_branch_gives_the_whole_route():
+    """Each case compares the whole route (path, host, strip, pools, weight, note), not one field."""
+    base = {"service": "demo", "path": "/api/", "host": "api.test", "strip_prefix": True, "canary": None,
+            "answers_503": False, "note": ""}
+    assert full(route_for("demo", [], None)) == {**base, "path": "/demo/", "host": "", "strip_prefix": False,
+                                                   "stable": None, "answers_503": True}
+    assert full(route_for("demo", [hosted("v1", 1, gate="critical")], None)) == {
+        **base, "stable": None, "answers_503": True}
+    assert full(route_for("demo", [hosted("v1", 1), hosted("v2", 2)], None)) == {
+        **base, "stable": pool("*", 1, 2), "note": "no routing policy yet: every admitted instance serves"}
+    assert full(route_for("demo", [hosted("v1", 1), hosted("v2", 2)], RoutingPolicy("demo", stable="v9"))) == {
+        **base, "stable": pool("*", 1, 2),
+        "note": "stable version v9 has no admitted instance: every admitted instance serves"}
+    policy = RoutingPolicy("demo", stable="v1", canary="v2", weight=30)
+    assert full(route_for("demo", [hosted("v1", 1), hosted("v2", 2), hosted("v3", 3)], policy)) == {
+        **base, "stable": pool("v1", 1), "canary": {**pool("v2", 2), "weight": 30}}
+    gone_canary = RoutingPolicy("demo", stable="v1", canary="v2", weight=30)
+    assert full(route_for("demo", [hosted("v1", 1), hosted("v2", 2, gate="critical")], gone_canary)) == {
+        **base, "stable": pool("v1", 1)}
+    same = RoutingPolicy("demo", stable="v1", canary="v1", weight=30)
+    assert full(route_for("demo", [hosted("v1", 1)], same)) == {**base, "stable": pool("v1", 1)}
+
+
+def test_the_panic_policy_prefers_the_stable_version_and_says_so():
+    sick = dict(health="critical")
+    note = "panic: every instance fails a health check; serving those that passed their tests"
+    both = [hosted("v1", 1, **sick), hosted("v2", 2, **sick), hosted("v3", 3, gate="critical")]
+    route = route_for("demo", both, RoutingPolicy("demo", stable="v2"))
+    assert (route.stable.version, route.stable.servers, route.note, route.path, route.host, route.strip_prefix) == \
+        ("v2", (("127.0.0.1", 2),), note, "/api/", "api.test", True)
+    route = route_for("demo", both, RoutingPolicy("demo", stable="v9"))
+    assert (route.stable.version, route.stable.servers, route.note) == ("*", (("127.0.0.1", 1), ("127.0.0.1", 2)), note)
+    route = route_for("demo", both, None)
+    assert route.stable.version == "*" and route.canary is None and route.weight == 0
+    assert route.stable.server_versions == ("v1", "v2")

@@ -80,3 +80,42 @@ def test_the_routing_policy_parser_accepts_only_valid_policies_and_fails_clearly
     for version in (p.stable, p.canary, p.previous):
         assert version == "" or v.check("version", version)
     assert v.parse_policy(p.to_json()) == p
+
+
+@pytest.mark.parametrize("raw,message", [
+    ("[1]", "policy=[1] is invalid: a JSON object"),
+    ("{not json", "policy='{not json' is invalid: a JSON routing policy"),
+    ('{"service": "Demo"}', "service='Demo' is invalid: a DNS label"),
+    ('{"service": "demo", "canary": "v 2"}', "canary='v 2' is invalid: letters, digits"),
+    ('{"service": "demo", "aborted": "v;2"}', "aborted='v;2' is invalid: letters, digits"),
+    ('{"service": "demo", "weight": 101}', "weight=101 is invalid: a whole number from 0 to 100"),
+    ('{"service": "demo", "weight": -1}', "weight=-1 is invalid: a whole number from 0 to 100"),
+    ('{"service": "demo", "weight": true}', "weight=True is invalid: a whole number from 0 to 100"),
+    ('{"service": "demo", "weight": 2.5}', "weight=2.5 is invalid: a whole number from 0 to 100"),
+    ('{"service": "demo", "mode": "sometimes"}', "mode='sometimes' is invalid: 'auto' or 'manual'"),
+    ('{"service": "demo", "updated": "yesterday"}', "updated='yesterday' is invalid: a number of seconds"),
+])
+def test_a_bad_policy_is_refused_naming_the_field_the_value_and_the_rule(raw, message):
+    with pytest.raises(v.InvalidValue) as err:
+        v.parse_policy(raw)
+    assert str(err.value).startswith(message)
+
+
+def test_a_minimal_policy_gets_the_documented_defaults_and_keeps_each_field():
+    p = v.parse_policy('{"service": "demo"}')
+    assert (p.stable, p.canary, p.weight, p.mode, p.previous, p.aborted, p.updated) == ("", "", 0, "auto", "", "", 0.0)
+    full = RoutingPolicy("demo", stable="v1", canary="v2", weight=100, mode="manual", previous="v0",
+                         updated=12.5, aborted="v3")
+    assert v.parse_policy(full.to_json()) == full
+    assert v.parse_policy('{"service": "demo", "weight": 0, "updated": 7}').updated == 7.0
+
+
+def test_long_values_are_shortened_in_the_message_and_ports_are_whole_numbers():
+    err = v.InvalidValue("proxy.path", "/" + "a" * 200, "a path")
+    assert str(err) == f"proxy.path='/{'a' * 79}...' is invalid: a path"
+    assert str(v.InvalidValue("weight", 5, "r")) == "weight=5 is invalid: r"
+    assert v.check_port("port", "8080") == 8080 and v.check_port("port", 1) == 1 and v.check_port("p", 65535) == 65535
+    for bad in ("0", "65536", "+80", "8o", None, "80.0"):
+        with pytest.raises(v.InvalidValue, match="a whole number from 1 to 65535"):
+            v.check_port("port", bad)
+    assert v.valid("service", "demo") and not v.valid("service", "De mo") and not v.valid("service", None)

@@ -1,0 +1,234 @@
+"""Routing-policy decisions with an in-memory store that does check-and-set as Consul does.
+The same commands run against the real stack in tests/e2e/test_promotion.py."""
+from __future__ import annotations
+
+import pytest
+
+from catalog.model import AUTO, MANUAL, PASSED, Instance, RegisteredInstance, RoutingPolicy, Verdict
+from catalog.validation import InvalidValue
+from gatekeeper import promotion as pr
+
+
+class Store:
+    def __init__(self, policy=None, versions=(), admitted=True):
+        self.pol, self.index, self.hist = policy, 1 if policy else 0, []
+        self.registered = [reg(v, admitted) for v in versions]
+        self.writes = 0
+        self.race = 0               # this many writes lose their check-and-set first
+
+    def policy(self, service):
+        return self.index, self.pol
+
+    def put_policy(self, policy, cas):
+        self.writes += 1
+        if self.race:
+            self.race -= 1
+            self.index += 1
+            return False
+        if cas != self.index:
+            return False
+        self.pol, self.index = policy, self.index + 1
+        return True
+
+    def instances(self, service):
+        return list(self.registered)
+
+    def add_history(self, service, event, **details):
+        self.hist.append((event, details))
+
+    def verdict(self, iid):
+        return Verdict(iid, "c-" + iid, "t", PASSED, "ok", 1, 2)
+
+
+def inst(version, n=1):
+    return Instance(id=f"h:{version}-{n}:8080", service="demo", address="127.0.0.1", port=30000 + n,
+                    version=version, container_id=f"c-h:{version}-{n}:8080", container_name=f"{version}-{n}",
+                    image=f"demo:{version}", registered_by="r")
+
+
+def reg(version, admitted=True):
+    i = inst(version)
+    return RegisteredInstance(i, {i.gate_check_id: "passing" if admitted else "critical"})
+
+
+def policy(**kw):
+    return RoutingPolicy(service="demo", **kw)
+
+
+# --- automatic promotion on a pass ------------------------------------------------------------
+
+def test_the_first_pass_creates_the_policy_with_that_version_stable():
+    store = Store()
+    pr.Promoter(store, None).admitted(inst("v1"))
+    assert (store.pol.stable, store.pol.canary, store.pol.mode, store.pol.previous) == ("v1", "", AUTO, "")
+    assert store.hist == [("promoted", {"version": "v1", "previous": "", "by": "gatekeeper (auto)"})]
+
+
+def test_auto_mode_makes_a_new_version_stable_and_remembers_the_old_one():
+    store = Store(policy(stable="v1"))
+    pr.Promoter(store, None).admitted(inst("v2"))
+    assert (store.pol.stable, store.pol.previous) == ("v2", "v1")
+    assert store.hist[-1] == ("promoted", {"version": "v2", "previous": "v1", "by": "gatekeeper (auto)"})
+
+
+def test_manual_mode_makes_a_new_version_the_canary_at_zero():
+    store = Store(policy(stable="v1", mode=MANUAL))
+    pr.Promoter(store, None).admitted(inst("v2"))
+    assert (store.pol.stable, store.pol.canary, store.pol.weight) == ("v1", "v2", 0)
+    assert store.hist == [("canary", {"version": "v2", "by": "gatekeeper"})]
+
+
+def test_manual_mode_without_a_stable_version_makes_the_first_one_stable():
+    store = Store(policy(mode=MANUAL))
+    pr.Promoter(store, None).admitted(inst("v1"))
+    assert (store.pol.stable, store.pol.canary) == ("v1", "")
+
+
+@pytest.mark.parametrize("existing", [policy(stable="v1"), policy(stable="v0", canary="v1", mode=MANUAL)])
+def test_another_instance_of_a_routed_version_changes_nothing(existing):
+    store = Store(existing)
+    pr.Promoter(store, None).admitted(inst("v1"))
+    assert store.pol == existing and store.hist == [] and store.writes == 0
+
+
+def test_a_canary_that_was_aborted_and_passes_again_is_no_longer_marked_aborted():
+    store = Store(policy(stable="v1", mode=MANUAL, aborted="v2"))
+    pr.Promoter(store, None).admitted(inst("v2"))
+    assert (store.pol.canary, store.pol.aborted) == ("v2", "")
+
+
+def test_an_invalid_policy_is_left_alone():
+    class Broken(Store):
+        def policy(self, service):
+            raise InvalidValue("weight", 500, "0 to 100")
+    store = Broken()
+    pr.Promoter(store, None).admitted(inst("v1"))
+    assert store.writes == 0 and store.hist == []
+
+
+def test_a_lost_check_and_set_is_retried_and_a_lasting_race_is_a_conflict():
+    store = Store(policy(stable="v1"))
+    store.race = 2
+    pr.Promoter(store, None).admitted(inst("v2"))
+    assert store.pol.stable == "v2" and store.writes == 3
+    store.race = 5
+    with pytest.raises(pr.Conflict, match="kept changing"):
+        pr.update_policy(store, "demo", lambda p: pr.replace(p, weight=10))
+
+
+# --- operator commands -------------------------------------------------------------------------
+
+def test_promote_steps_through_25_and_50_then_makes_the_canary_stable():
+    store = Store(policy(stable="v1", canary="v2", mode=MANUAL), versions=("v1", "v2"))
+    p, msg = pr.promote(store, "demo")
+    assert p.weight == 25 and "v2 now takes 25%" in msg
+    assert store.hist[-1] == ("weight", {"version": "v2", "weight": 25, "by": "operator (promote)"})
+    assert pr.promote(store, "demo")[0].weight == 50
+    p, msg = pr.promote(store, "demo")
+    assert (p.stable, p.canary, p.weight, p.previous) == ("v2", "", 0, "v1")
+    assert "v2 is now stable" in msg and "v1 is kept as the rollback target" in msg
+    assert store.hist[-1] == ("promoted", {"version": "v2", "previous": "v1", "by": "operator"})
+
+
+def test_promote_full_and_promote_without_a_canary():
+    store = Store(policy(stable="v1", canary="v2", weight=25))
+    assert pr.promote(store, "demo", full=True)[0].stable == "v2"
+    with pytest.raises(pr.PromotionError, match="no canary to promote \\(stable is v2\\)"):
+        pr.promote(store, "demo")
+    with pytest.raises(pr.PromotionError, match="unknown service 'demo'"):
+        pr.promote(Store(), "demo")
+
+
+def test_weight_is_bounded_and_needs_a_canary():
+    store = Store(policy(stable="v1", canary="v2"))
+    for bad in (-1, 101):
+        with pytest.raises(InvalidValue, match="0 to 100"):
+            pr.set_weight(store, "demo", bad)
+    for ok in (0, 100):
+        assert pr.set_weight(store, "demo", ok)[0].weight == ok
+    p, msg = pr.set_weight(store, "demo", 20)
+    assert p.weight == 20 and msg == "demo: canary v2 takes 20% of traffic, stable v1 the rest"
+    assert store.hist[-1] == ("weight", {"version": "v2", "weight": 20, "by": "operator"})
+    with pytest.raises(pr.PromotionError, match="has no canary"):
+        pr.set_weight(Store(policy(stable="v1")), "demo", 10)
+
+
+def test_abort_takes_the_canary_out_and_records_why():
+    store = Store(policy(stable="v1", canary="v2", weight=30))
+    p, msg = pr.abort(store, "demo", why="p99 too high", by="someone")
+    assert (p.canary, p.weight, p.aborted, p.stable) == ("", 0, "v2", "v1")
+    assert "canary v2 aborted (p99 too high)" in msg and "stable v1 serves all traffic" in msg
+    assert store.hist[-1] == ("aborted", {"version": "v2", "by": "someone", "reason": "p99 too high"})
+    with pytest.raises(pr.PromotionError, match="no canary to abort"):
+        pr.abort(store, "demo")
+
+
+def test_rollback_needs_a_previous_version_that_still_has_an_admitted_instance():
+    with pytest.raises(pr.PromotionError, match="no previous stable version"):
+        pr.rollback(Store(policy(stable="v2")), "demo")
+    with pytest.raises(pr.PromotionError, match="cannot roll demo back to v1: it has no admitted instance"):
+        pr.rollback(Store(policy(stable="v2", previous="v1"), versions=("v2", "v1"), admitted=False), "demo")
+    store = Store(policy(stable="v2", previous="v1", canary="v3", weight=10), versions=("v1", "v2"))
+    p, msg = pr.rollback(store, "demo")
+    assert (p.stable, p.previous, p.canary, p.weight) == ("v1", "v2", "", 0)
+    assert msg == "demo: rolled back to v1; v2 gets no more traffic"
+    assert store.hist[-1] == ("rolled back", {"version": "v1", "previous": "v2", "by": "operator"})
+
+
+def test_mode_is_validated_and_needs_a_known_service():
+    with pytest.raises(InvalidValue, match="'auto' or 'manual'"):
+        pr.set_mode(Store(policy(stable="v1")), "demo", "sometimes")
+    with pytest.raises(pr.PromotionError, match="unknown service 'demo'"):
+        pr.set_mode(Store(), "demo", MANUAL)
+    store = Store(versions=("v1",))                 # instances but no policy yet: allowed
+    p, msg = pr.set_mode(store, "demo", MANUAL)
+    assert p.mode == MANUAL and "becomes a canary at 0%" in msg
+    assert store.hist[-1] == ("mode", {"mode": MANUAL, "by": "operator"})
+    assert "becomes stable at once" in pr.set_mode(store, "demo", AUTO)[1]
+
+
+def test_an_invalid_policy_is_refused_with_the_key_to_fix():
+    class Broken(Store):
+        def policy(self, service):
+            raise InvalidValue("weight", 500, "0 to 100")
+    with pytest.raises(pr.PromotionError, match="fix or delete gatekeeper/policies/demo"):
+        pr.promote(Broken(), "demo")
+
+
+# --- stopping old versions after a promotion ---------------------------------------------------
+
+class Containers:
+    def __init__(self):
+        self.stopped = []
+
+    def get(self, cid):
+        outer = self
+
+        class C:
+            def stop(self, timeout):
+                outer.stopped.append(cid)
+        return C()
+
+
+class Docker:
+    def __init__(self):
+        self.containers = Containers()
+
+
+def test_drain_stops_old_passed_versions_only_and_never_the_routed_ones():
+    store = Store(policy(stable="v2", canary="v3", previous="v1"), versions=("v1", "v2", "v3"))
+    docker = Docker()
+    p = pr.Promoter(store, docker, drain_seconds=0)
+    old = {ri.instance.container_id for ri in store.registered}
+    p._stop_old("demo", "v2", old)
+    assert docker.containers.stopped == [inst("v1").container_id]
+
+
+def test_drain_does_nothing_when_promoted_again_meanwhile_or_when_keeping_old():
+    store = Store(policy(stable="v3"), versions=("v1", "v2", "v3"))
+    docker = Docker()
+    pr.Promoter(store, docker)._stop_old("demo", "v2", {inst("v1").container_id})
+    assert docker.containers.stopped == []
+    keep = pr.Promoter(store, docker, stop_old=False)
+    keep.drain_later("demo", "v3")                   # returns at once: no timer, nothing stopped
+    assert docker.containers.stopped == []
