@@ -74,3 +74,61 @@ def test_what_the_proxy_answers():
     assert proxy_answer(0, None).startswith("404")
     assert proxy_answer(1, route_for("demo", [reg(a, "critical")], None)).startswith("503")
     assert proxy_answer(1, route_for("demo", [reg(a)], RoutingPolicy("demo", stable="v1"))) == "200 from v1"
+
+
+def test_each_case_in_full():
+    """Every explanation compared whole: serving (a real bool), the short state and the sentence."""
+    from catalog.model import Verdict as V
+    from gatekeeper.explain import Explanation as E
+    a = inst(docker_health=True)
+    waiting = reg(a, "critical", **{a.docker_health_check_id: "critical"})
+    assert explain(waiting, None, None, [waiting]) == E(
+        False, "waiting for health", "waiting for Docker to report the container healthy; it is tested after that")
+    healthy = reg(a, "critical", **{a.docker_health_check_id: "passing"})
+    assert explain(healthy, None, None, [healthy]) == E(False, "awaiting tests",
+                                                        "registered; awaiting its integration tests")
+    b = inst(port=2)
+    rb = reg(b, "critical")
+    assert explain(rb, V(b.id, b.container_id, "t", TESTING, "testing with t"), None, [rb]) == E(
+        False, "testing", "integration tests running (testing with t)")
+    assert explain(rb, V(b.id, b.container_id, "t", ERROR, "image gone"), None, [rb]) == E(
+        False, "tests error", "tests error: image gone; fix and redeploy, or `gatekeeper retest h:c2:8080`")
+    assert explain(reg(b, "critical"), verdict(b), None, [rb]) == E(
+        False, "gate closed", "tests passed but the gate is critical (no output); gatekeeper re-applies it")
+    closed = RegisteredInstance(b, {b.gate_check_id: "critical"}, "testing with t")
+    assert explain(closed, verdict(b), None, [closed]).why == \
+        "tests passed but the gate is critical (testing with t); gatekeeper re-applies it"
+    c, d = inst("v1", 3), inst("v1", 4)
+    sick = reg(c, **{c.health_check_id: "critical", c.docker_health_check_id: "warning"})
+    assert explain(sick, verdict(c), RoutingPolicy("demo", stable="v1"), [sick, reg(d)]) == E(
+        False, "unhealthy", "passed its tests but a health check fails: docker-health warning, health critical")
+    v1, v2 = inst("v1", 5), inst("v2", 6)
+    regs = [reg(v1), reg(v2)]
+    assert explain(regs[0], verdict(v1), RoutingPolicy("demo", stable="v1"), regs) == E(
+        True, "stable", "the stable version (v1): every client not sent to a canary reaches it")
+    zero = RoutingPolicy("demo", stable="v1", canary="v2", weight=0)
+    assert explain(regs[1], verdict(v2), zero, regs) == E(
+        True, "canary 0%", "the canary at 0%: only requests with X-Canary: always (or the cookie canary=always) "
+                           "reach it")
+    one = RoutingPolicy("demo", stable="v1", canary="v2", weight=1)
+    assert explain(regs[1], verdict(v2), one, regs) == E(True, "canary 1%", "the canary: 1% of clients reach it")
+    assert explain(regs[1], verdict(v2), None, regs) == E(True, "serving",
+                                                          "no routing policy yet: every admitted instance serves")
+    assert explain(regs[1], verdict(v2), RoutingPolicy("demo", stable="v1", previous="v2"), regs) == E(
+        False, "previous", "the previous stable version, kept for `gatekeeper rollback demo`; v1 is stable")
+    assert explain(regs[1], verdict(v2), RoutingPolicy("demo", stable="v1", aborted="v2"), regs) == E(
+        False, "aborted", "the canary v2 was aborted; `gatekeeper canary demo v2` tries it again")
+    assert explain(regs[1], verdict(v2), RoutingPolicy("demo", stable="v1", canary="v9"), regs) == E(
+        False, "not routed", "admitted, but the policy routes other versions (stable v1, canary v9); "
+                             "`gatekeeper canary demo v2` makes it a canary")
+    assert E(True, "s", "w").to_dict() == {"serving": True, "state": "s", "why": "w"}
+
+
+def test_the_proxy_answer_in_full():
+    a, b = inst("v1", 1), inst("v2", 2)
+    assert proxy_answer(0, None) == "404: no instance is registered, so the proxy has no route for it"
+    assert proxy_answer(1, route_for("demo", [reg(a, "critical")], None)) == \
+        '503 "no admitted instance": instances are registered but none passed its gate'
+    assert proxy_answer(2, route_for("demo", [reg(a), reg(b)], None)) == "200 from every admitted version"
+    canary = RoutingPolicy("demo", stable="v1", canary="v2", weight=5)
+    assert proxy_answer(2, route_for("demo", [reg(a), reg(b)], canary)) == "200 from v1, canary v2 at 5%"

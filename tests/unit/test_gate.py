@@ -211,3 +211,118 @@ def test_verdicts_of_instances_gone_longer_than_the_grace_period_are_removed():
     gate.reconcile()
     settle(gate)
     assert set(store.verdicts) == {"h:web:8080"}, "the live instance's verdict is never removed"
+
+
+class Recording(Store):
+    """Keeps every verdict and gate write in order, to check what the UI shows during a test."""
+
+    def __init__(self, *instances):
+        super().__init__(*instances)
+        self.log, self.cleared = [], []
+
+    def put_verdict(self, v):
+        self.log.append(("verdict", v.state, v.container_id, v.tests_image, v.summary))
+        super().put_verdict(v)
+
+    def set_gate(self, inst, passing, output):
+        self.log.append(("gate", passing, output))
+        super().set_gate(inst, passing, output)
+
+    def clear_retest(self, iid):
+        self.cleared.append(iid)
+
+
+def test_a_first_test_closes_the_gate_with_what_runs_then_records_the_result_of_that_container():
+    store = Recording(inst())
+    gate = Gate(store, FakeTester(FAILED, "5/9 passed"))
+    gate.reconcile()
+    settle(gate)
+    assert store.log == [("verdict", "testing", "c1", "demo-test:latest", "testing with demo-test:latest"),
+                         ("gate", False, "testing with demo-test:latest"),
+                         ("verdict", "failed", "c1", "demo-test:latest", "5/9 passed"),
+                         ("gate", False, "failed: 5/9 passed")]
+    assert store.verdicts["h:web:8080"].log_tail == "log" and gate.testing == {}
+
+
+def test_a_reverification_leaves_the_gate_open_while_it_runs_and_clears_its_request():
+    store = Recording(inst())
+    store.verdicts["h:web:8080"] = Verdict("h:web:8080", "c1", "demo-test:latest", PASSED, "9/9 passed", 1, 2)
+    store.gates["h:web:8080"] = "passing"
+    store.retest_requests = lambda: ["h:web:8080"]
+    gate = Gate(store, FakeTester(FAILED, "0/9"))
+    gate.reconcile()
+    settle(gate)
+    assert store.log == [("verdict", "failed", "c1", "demo-test:latest", "0/9"), ("gate", False, "failed: 0/9")]
+    assert store.cleared == ["h:web:8080"]
+
+
+def test_no_test_image_at_all_is_run_as_none_and_shown_so():
+    store = Recording(untested_inst())
+    tester = FakeTester(FAILED, "no gatekeeper.tests label")
+    gate = Gate(store, tester)
+    gate.reconcile()
+    settle(gate)
+    assert tester.runs == [("", "http://127.0.0.1:32768")]
+    assert store.log[1] == ("gate", False, "testing with (no tests image)")
+
+
+def test_an_aborted_run_records_nothing_and_a_consul_refusal_or_a_bug_frees_the_instance():
+    from catalog.consul_store import ConsulError
+
+    class Aborting(FakeTester):
+        def run(self, image, url, iid):
+            from dataclasses import replace
+            return replace(super().run(image, url, iid), aborted=True)
+    store = Recording(inst())
+    gate = Gate(store, Aborting())
+    gate.reconcile()
+    settle(gate)
+    assert [e for e in store.log if e[0] == "verdict"] == [("verdict", "testing", "c1", "demo-test:latest",
+                                                            "testing with demo-test:latest")]
+    for error in (ConsulError("PUT gone: 404"), RuntimeError("bug")):
+        class Failing(Store):
+            def set_gate(self, inst, passing, output, error=error):
+                raise error
+        failing = Failing(inst())
+        gate = Gate(failing, FakeTester())
+        gate.reconcile()
+        settle(gate)
+        assert gate.testing == {}, "the instance can be tested again"
+
+
+def test_an_instance_with_a_docker_healthcheck_waits_for_healthy_before_its_test():
+    from dataclasses import replace
+    i = replace(inst(), docker_health=True)
+
+    class Health(Store):
+        health = "critical"
+
+        def all_instances(self):
+            return {"demo": [RegisteredInstance(i, {i.gate_check_id: self.gates[i.id],
+                                                    i.docker_health_check_id: self.health})]}
+    store, tester = Health(i), FakeTester()
+    gate = Gate(store, tester)
+    gate.reconcile()
+    settle(gate)
+    assert tester.runs == []
+    store.health = "passing"
+    gate = Gate(store, tester)
+    gate.reconcile()
+    settle(gate)
+    assert len(tester.runs) == 1
+
+
+def test_a_stored_failure_closes_a_gate_found_open_and_an_instance_under_test_is_left_alone():
+    store, tester = Store(inst()), FakeTester()
+    store.verdicts["h:web:8080"] = Verdict("h:web:8080", "c1", "demo-test:latest", FAILED, "0/9", 1, 2)
+    store.gates["h:web:8080"] = "passing"
+    gate = Gate(store, tester)
+    gate.reconcile()
+    settle(gate)
+    assert store.gates["h:web:8080"] == "critical" and store.outputs["h:web:8080"] == "failed: 0/9"
+    assert tester.runs == []
+    busy = Gate(Store(inst()), tester)
+    busy.testing["h:web:8080"] = "c1"
+    busy.reconcile()
+    settle(busy)
+    assert tester.runs == [], "already under test: not started twice"
