@@ -118,3 +118,24 @@ def test_strip_prefix_is_a_validated_flag_off_by_default():
     assert instances_for(container({"SERVICE_NAME": "demo", "proxy.strip_prefix": "true"}), S)[0].strip_prefix
     with pytest.raises(Rejected, match="proxy.strip_prefix.*true or false"):
         instances_for(container({"SERVICE_NAME": "demo", "proxy.strip_prefix": "yes please"}), S)
+
+
+def test_health_checks_in_full():
+    from catalog.model import HealthCheck
+    one = lambda labels: instances_for(container({"SERVICE_NAME": "demo", **labels}), S)[0].health_check
+    assert one({}) is None
+    assert one({"SERVICE_CHECK_HTTP": "/health"}) == HealthCheck("http", "/health", "5s", "2s")
+    assert one({"SERVICE_CHECK_HTTP": "/h", "SERVICE_CHECK_INTERVAL": "10s", "SERVICE_CHECK_TIMEOUT": "500ms"}) == \
+        HealthCheck("http", "/h", "10s", "500ms")
+    for yes in ("true", "TRUE", "1", "yes"):
+        assert one({"SERVICE_CHECK_TCP": yes}) == HealthCheck("tcp", "", "5s", "2s")
+    assert one({"SERVICE_CHECK_HTTP": "/h", "SERVICE_CHECK_TCP": "true"}).kind == "http", "HTTP wins"
+    with pytest.raises(Rejected) as err:
+        instances_for(container({"SERVICE_NAME": "demo", "SERVICE_CHECK_TCP": "no"}), S)
+    assert str(err.value).endswith("label SERVICE_CHECK_TCP: 'no' must be true (connect to the instance's port)")
+    with pytest.raises(Rejected) as err:
+        instances_for(container({"SERVICE_NAME": "demo", "SERVICE_CHECK_HTTP": "/h", "SERVICE_CHECK_TIMEOUT": "2"}), S)
+    assert err.value.label == "SERVICE_CHECK_TIMEOUT" and "such as 5s" in err.value.reason
+    with pytest.raises(Rejected) as err:
+        instances_for(container({"SERVICE_NAME": "demo", "SERVICE_CHECK_HTTP": "health"}), S)
+    assert err.value.label == "SERVICE_CHECK_HTTP"
