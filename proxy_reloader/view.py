@@ -41,9 +41,7 @@ def route_of(service: str, registered: Optional[Sequence[RegisteredInstance]],
     try:
         policy = parse_policy(policy_raw) if policy_raw else None
     except InvalidValue as exc:
-        return None, str(exc)
-    except ValueError:
-        return None, str(InvalidValue(f"{POLICIES}{service}", policy_raw, "a JSON routing policy"))
+        return None, f"{POLICIES}{service}: {exc}"
     return _route(service, registered, policy)
 
 
