@@ -17,9 +17,11 @@ class Store:
         self.race = 0               # this many writes lose their check-and-set first
 
     def policy(self, service):
+        assert service == "demo", service          # every call names the service it is about
         return self.index, self.pol
 
     def put_policy(self, policy, cas):
+        assert policy.service == "demo" and isinstance(policy.updated, float) and policy.updated > 0
         self.writes += 1
         if self.race:
             self.race -= 1
@@ -31,9 +33,11 @@ class Store:
         return True
 
     def instances(self, service):
+        assert service == "demo", service
         return list(self.registered)
 
     def add_history(self, service, event, **details):
+        assert service == "demo", service
         self.hist.append((event, details))
 
     def verdict(self, iid):
@@ -232,3 +236,54 @@ def test_drain_does_nothing_when_promoted_again_meanwhile_or_when_keeping_old():
     keep = pr.Promoter(store, docker, stop_old=False)
     keep.drain_later("demo", "v3")                   # returns at once: no timer, nothing stopped
     assert docker.containers.stopped == []
+
+
+def test_the_exact_refusals_and_answers_an_operator_reads():
+    def refusal(fn, *args):
+        with pytest.raises((pr.PromotionError, InvalidValue)) as err:
+            fn(*args)
+        return str(err.value)
+    assert refusal(pr.promote, Store(), "demo") == ("unknown service 'demo': it has no routing policy yet "
+                                                     "(a service gets one when its first instance passes its tests)")
+    assert refusal(pr.promote, Store(policy(stable="v1")), "demo") == (
+        "demo has no canary to promote (stable is v1); a canary appears when a new version passes its tests in "
+        "manual mode")
+    assert "(stable is not set)" in refusal(pr.promote, Store(policy(mode=MANUAL)), "demo")
+    assert refusal(pr.set_weight, Store(policy(stable="v1")), "demo", 101) == \
+        "weight=101 is invalid: a whole number from 0 to 100"
+    assert refusal(pr.set_mode, Store(policy(stable="v1")), "demo", "x") == "mode='x' is invalid: 'auto' or 'manual'"
+    assert refusal(pr.rollback, Store(policy(stable="v2", previous="v1")), "demo") == (
+        "cannot roll demo back to v1: it has no admitted instance (its containers were stopped after "
+        "draining?). Deploy it again, or run gatekeeper with --keep-old so old versions stay ready for rollback")
+    assert refusal(pr.try_canary, Store(policy(stable="v1"), versions=("v1",)), "demo", "v2") == (
+        "demo v2 has no admitted instance (`gatekeeper why demo` says why); deploy it, or `gatekeeper retest` "
+        "its instances first")
+    store = Store(policy(stable="v1", canary="v2", weight=10), versions=("v1", "v2"))
+    assert pr.abort(store, "demo")[1] == ("demo: canary v2 aborted; stable v1 serves all traffic. v2's instances "
+                                          "keep running but get no requests")
+    assert store.hist[-1] == ("aborted", {"version": "v2", "by": "operator"})
+    _, msg = pr.try_canary(store, "demo", "v2")
+    assert msg == ("demo: v2 is the canary at 0% (requests with X-Canary: always reach it); "
+                   "`gatekeeper weight demo N` or `promote` to move it on")
+    assert store.hist[-1] == ("canary", {"version": "v2", "by": "operator", "was": "aborted"})
+    writes = store.writes
+    pr.try_canary(store, "demo", "v2")                  # already the canary: no write, no "was"
+    assert store.writes == writes and store.hist[-1] == ("canary", {"version": "v2", "by": "operator"})
+    p, msg = pr.promote(Store(policy(canary="v2", weight=50)), "demo")
+    assert msg == "demo: v2 is now stable and takes all traffic (nothing is kept as the rollback target)"
+    assert pr.set_mode(Store(versions=("v1",)), "demo", AUTO)[1] == (
+        "demo: mode auto: a new version that passes becomes stable at once and old ones drain")
+    assert pr.set_mode(Store(versions=("v1",)), "demo", MANUAL)[1] == (
+        "demo: mode manual: a new version that passes becomes a canary at 0%; `gatekeeper promote` moves it on")
+
+
+def test_promote_from_any_weight_goes_to_the_next_step_or_stable():
+    for weight, expected in [(0, 25), (24, 25), (25, 50), (49, 50)]:
+        assert pr.promote(Store(policy(stable="v1", canary="v2", weight=weight)), "demo")[0].weight == expected
+    for weight in (50, 99, 100):
+        assert pr.promote(Store(policy(stable="v1", canary="v2", weight=weight)), "demo")[0].stable == "v2"
+
+
+def test_defaults_of_the_promoter():
+    p = pr.Promoter(Store())
+    assert (p.drain_seconds, p.stop_old, p.unhealthy_grace, p.docker) == (10.0, True, 10.0, None)
