@@ -9,10 +9,11 @@ import json
 import re
 from typing import Any, Mapping
 
+from .errors import BadInput
 from .model import AUTO, MANUAL, RoutingPolicy
 
 
-class InvalidValue(ValueError):
+class InvalidValue(BadInput):
     """A value failed its field's rule. `str()` names the field, the value and the rule."""
 
     def __init__(self, field: str, value: Any, rule: str):

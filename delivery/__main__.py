@@ -28,11 +28,11 @@ from catalog.images import image_name
 from catalog.cli import (EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, EXIT_UNREACHABLE, EXIT_USAGE, JsonAwareParser,
                          add_consul_options, consul_address, exit_code_epilog)
 from catalog.consul_store import ConsulStore, read_token
-from catalog.validation import InvalidValue
+from catalog.errors import StackError
 
-from .build import BuildFailed, build_and_push, git_version
-from .deploy import WAIT_FAILED, WAIT_OK, Deployment, DeployError, deploy
-from .engine import EngineError, connect
+from .build import build_and_push, git_version
+from .deploy import WAIT_FAILED, WAIT_OK, Deployment, deploy
+from .engine import connect
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -135,12 +135,10 @@ def main(argv=None) -> int:
             print(json.dumps({"ok": code == 0, "exit": code, "service": d.service, "version": d.version,
                               "image": d.image, "tests_image": d.tests_image, "container": d.name}))
         return code
-    except (InvalidValue, ValueError) as exc:
+    except StackError as exc:
+        return fail(exc.exit_code, str(exc))
+    except ValueError as exc:
         return fail(EXIT_USAGE, str(exc))
-    except BuildFailed as exc:
-        return fail(EXIT_FAILED, str(exc))
-    except (EngineError, DeployError) as exc:
-        return fail(EXIT_UNREACHABLE, str(exc))
     except (requests.ConnectionError, requests.Timeout) as exc:
         return fail(EXIT_UNREACHABLE, f"Consul at {args.consul} is unreachable: {exc.__class__.__name__}")
     except Exception as exc:  # noqa: BLE001 - a CD job needs a message and an exit code, not a traceback

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Callable, Dict, Optional
 
 import docker
+
+from catalog.errors import Refused
 from catalog.images import split_image
 
 from catalog.validation import check
@@ -23,7 +25,7 @@ from catalog.validation import check
 REGISTRY = re.compile(r"[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/[a-z0-9._-]+)*")
 
 
-class BuildFailed(Exception):
+class BuildFailed(Refused):
     """A build or a push failed; str() names the image and ends with the build's last lines."""
 
 

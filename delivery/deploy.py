@@ -11,18 +11,21 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional
 
 import docker
+
+from catalog.errors import BadInput, Unreachable
 from catalog.images import image_version, split_image
 
 from catalog.validation import InvalidValue, check
 from gatekeeper import WAIT_FAILED, WAIT_OK, WAIT_TIMEOUT, wait_for_version
 
 
-class DeployError(Exception):
+class DeployError(Unreachable):
     """The deploy could not be carried out; nothing was started, or what was is removed."""
 
 
-class NameTaken(DeployError, ValueError):
+class NameTaken(DeployError, BadInput):
     """Another container already has the deployment's name: bad input, nothing was changed."""
+    exit_code = BadInput.exit_code
 
 
 @dataclass

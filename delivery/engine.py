@@ -13,16 +13,19 @@ from urllib.parse import urlparse
 import docker
 import requests
 
+from catalog.errors import BadInput, Unreachable
+
 TLS_FILES = ("ca.pem", "cert.pem", "key.pem")     # the layout docker's DOCKER_CERT_PATH uses
 
 
-class EngineError(Exception):
+class EngineError(Unreachable):
     """The engine cannot be used; str() says which engine, what went wrong and what to do."""
 
 
-class BadEngineSettings(EngineError, ValueError):
+class BadEngineSettings(EngineError, BadInput):
     """Refused before connecting: an engine on TCP without TLS, missing certificate files, or an
     address scheme that is not unix://, ssh:// or tcp://."""
+    exit_code = BadInput.exit_code
 
 
 class _EngineAPI(docker.APIClient):

@@ -28,14 +28,15 @@ from dataclasses import asdict
 import consul.base
 import requests
 
-from catalog.cli import (EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, JsonAwareParser,
+from catalog.cli import (EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, JsonAwareParser,
                          add_consul_options, consul_address, consul_refusal, emit_error, exit_code_epilog)
 from catalog.consul_store import ConsulStore, read_token
+from catalog.errors import StackError
 from catalog.logs import setup_logging
-from catalog.validation import InvalidValue, check
+from catalog.validation import check
 
 from .promotion import PromotionError
-from .status import UnknownTarget, collect, explain, known_services, render_text, render_why
+from .status import collect, explain, known_services, render_text, render_why
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -318,10 +319,8 @@ def main(argv=None) -> int:
     try:
         store = ConsulStore(args.consul, token=read_token(args.consul_token_file))
         return COMMANDS[args.command](args, store)
-    except InvalidValue as exc:
-        return fail(EXIT_USAGE, str(exc))
-    except (PromotionError, UnknownTarget) as exc:
-        return fail(EXIT_FAILED, str(exc))
+    except StackError as exc:
+        return fail(exc.exit_code, str(exc))
     except (requests.ConnectionError, requests.Timeout) as exc:
         return fail(EXIT_UNREACHABLE, f"Consul at {args.consul} is unreachable ({type(exc).__name__}); "
                                       "is the stack running? (make demo starts it)")

@@ -14,6 +14,7 @@ from typing import Callable, Optional, Tuple
 import docker
 import docker.errors
 
+from catalog.errors import Refused
 from catalog.kv_layout import POLICIES
 from catalog.model import AUTO, MANUAL, PASSED, Instance, RoutingPolicy
 from catalog.validation import InvalidValue
@@ -21,7 +22,7 @@ from catalog.validation import InvalidValue
 log = logging.getLogger(__name__)
 
 
-class PromotionError(RuntimeError):
+class PromotionError(Refused):
     """A promotion request that cannot be carried out; the message says why and what to do."""
 
 

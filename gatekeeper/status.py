@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import Dict, List, Optional
 
+from catalog.errors import Refused
 from catalog.model import Rejection, RegisteredInstance
 from catalog.routing import route_for
 from catalog.validation import InvalidValue
@@ -17,7 +18,7 @@ from catalog.validation import InvalidValue
 from .explain import explain_instance, proxy_answer
 
 
-class UnknownTarget(LookupError):
+class UnknownTarget(Refused):
     """No service, instance or rejected container by that name."""
 
 

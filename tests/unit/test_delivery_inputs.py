@@ -91,3 +91,19 @@ def test_the_default_version_is_the_commit_and_says_when_the_source_has_local_ch
     assert git_version(tmp_path / "svc") == sha[:12] + "-dirty"
     with pytest.raises(ValueError, match="give --version"):
         git_version(tmp_path.parent / "not-a-repo-anywhere")
+
+
+def test_every_error_carries_its_exit_code():
+    from catalog.errors import StackError
+    from catalog.validation import InvalidValue
+    from delivery.build import BuildFailed
+    from delivery.deploy import DeployError, NameTaken
+    from delivery.engine import BadEngineSettings, EngineError
+    from gatekeeper.promotion import Conflict, PromotionError
+    from gatekeeper.status import UnknownTarget
+    codes = {InvalidValue("f", 1, "r"): 2, BadEngineSettings("x"): 2, NameTaken("x"): 2, BuildFailed("x"): 1,
+             PromotionError("x"): 1, Conflict("x"): 1, UnknownTarget("x"): 1, EngineError("x"): 3,
+             DeployError("x"): 3}
+    for exc, code in codes.items():
+        assert isinstance(exc, StackError) and exc.exit_code == code, type(exc).__name__
+    assert isinstance(InvalidValue("f", 1, "r"), ValueError), "callers that catch ValueError still do"
