@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional, Protocol
 
 from catalog.consul_store import ConsulError
 from catalog.model import ERROR, PASSED, TESTING, Instance, RegisteredInstance, Verdict
@@ -23,12 +23,25 @@ from .tester import DockerTester
 log = logging.getLogger(__name__)
 
 
+class GateStore(Protocol):
+    """What the gate needs of Consul (catalog.consul_store.ConsulStore provides it)."""
+    def all_instances(self) -> Dict[str, List[RegisteredInstance]]: ...
+    def verdict(self, instance_id: str) -> Optional[Verdict]: ...
+    def put_verdict(self, verdict: Verdict) -> None: ...
+    def verdict_ids(self) -> List[str]: ...
+    def forget_verdict(self, instance_id: str) -> None: ...
+    def set_gate(self, inst: Instance, passing: bool, output: str) -> None: ...
+    def default_tests_image(self, service: str) -> str: ...
+    def retest_requests(self) -> List[str]: ...
+    def clear_retest(self, instance_id: str) -> None: ...
+
+
 def instance_url(inst: Instance) -> str:
     return f"http://{inst.address}:{inst.port}"
 
 
 class Gate:
-    def __init__(self, store, tester: DockerTester, parallel: int = 2,
+    def __init__(self, store: GateStore, tester: DockerTester, parallel: int = 2,
                  on_admitted: Optional[Callable[[Instance], None]] = None,
                  reverify_every: float = 0.0,
                  on_service: Optional[Callable[[str, list], None]] = None,

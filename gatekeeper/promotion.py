@@ -9,17 +9,26 @@ import logging
 import threading
 import time
 from dataclasses import replace
-from typing import Callable, Optional, Tuple
+from typing import Callable, List, Optional, Protocol, Tuple
 
 import docker
 import docker.errors
 
 from catalog.errors import Refused
 from catalog.kv_layout import POLICIES
-from catalog.model import AUTO, MANUAL, PASSED, Instance, RoutingPolicy
+from catalog.model import AUTO, MANUAL, PASSED, Instance, RegisteredInstance, RoutingPolicy, Verdict
 from catalog.validation import InvalidValue
 
 log = logging.getLogger(__name__)
+
+
+class PolicyStore(Protocol):
+    """What promotion needs of Consul (catalog.consul_store.ConsulStore provides it)."""
+    def policy(self, service: str) -> Tuple[int, Optional[RoutingPolicy]]: ...
+    def put_policy(self, policy: RoutingPolicy, cas: int) -> bool: ...
+    def instances(self, service: str) -> List[RegisteredInstance]: ...
+    def verdict(self, instance_id: str) -> Optional[Verdict]: ...
+    def add_history(self, service: str, event: str, **details) -> None: ...
 
 
 class PromotionError(Refused):
@@ -30,7 +39,7 @@ class Conflict(PromotionError):
     pass
 
 
-def update_policy(store, service: str, change: Callable[[RoutingPolicy], Optional[RoutingPolicy]],
+def update_policy(store: PolicyStore, service: str, change: Callable[[RoutingPolicy], Optional[RoutingPolicy]],
                   attempts: int = 5) -> Optional[RoutingPolicy]:
     """Read-modify-write with check-and-set; `change` returns None for "nothing to do"."""
     for _ in range(attempts):
@@ -47,7 +56,7 @@ def update_policy(store, service: str, change: Callable[[RoutingPolicy], Optiona
 class Promoter:
     """Acts on admitted instances: auto mode makes a passed version stable and drains the rest."""
 
-    def __init__(self, store, docker_client: Optional[docker.DockerClient] = None,
+    def __init__(self, store: PolicyStore, docker_client: Optional[docker.DockerClient] = None,
                  drain_seconds: float = 10.0, stop_old: bool = True, unhealthy_grace: float = 10.0):
         self.store = store
         self.unhealthy_grace = unhealthy_grace
@@ -154,7 +163,7 @@ class Promoter:
 PROMOTE_STEPS = (25, 50, 100)
 
 
-def _policy_or_error(store, service: str) -> RoutingPolicy:
+def _policy_or_error(store: PolicyStore, service: str) -> RoutingPolicy:
     try:
         policy = store.policy(service)[1]
     except InvalidValue as exc:
@@ -166,11 +175,11 @@ def _policy_or_error(store, service: str) -> RoutingPolicy:
     return policy
 
 
-def _admitted_versions(store, service: str) -> set:
+def _admitted_versions(store: PolicyStore, service: str) -> set:
     return {ri.instance.version for ri in store.instances(service) if ri.admitted}
 
 
-def promote(store, service: str, full: bool = False) -> Tuple[RoutingPolicy, str]:
+def promote(store: PolicyStore, service: str, full: bool = False) -> Tuple[RoutingPolicy, str]:
     """Next step of the canary (25 % -> 50 % -> stable), or straight to stable with `full`."""
     before = _policy_or_error(store, service)
 
@@ -193,7 +202,7 @@ def promote(store, service: str, full: bool = False) -> Tuple[RoutingPolicy, str
                    f"promote again for the next step, or --full for all of it")
 
 
-def set_weight(store, service: str, weight: int) -> Tuple[RoutingPolicy, str]:
+def set_weight(store: PolicyStore, service: str, weight: int) -> Tuple[RoutingPolicy, str]:
     if not 0 <= weight <= 100:
         raise InvalidValue("weight", weight, "a whole number from 0 to 100")
     _policy_or_error(store, service)
@@ -208,7 +217,7 @@ def set_weight(store, service: str, weight: int) -> Tuple[RoutingPolicy, str]:
     return after, f"{service}: canary {after.canary} takes {weight}% of traffic, stable {after.stable} the rest"
 
 
-def abort(store, service: str, why: str = "", by: str = "operator") -> Tuple[RoutingPolicy, str]:
+def abort(store: PolicyStore, service: str, why: str = "", by: str = "operator") -> Tuple[RoutingPolicy, str]:
     before = _policy_or_error(store, service)
 
     def change(p: RoutingPolicy) -> RoutingPolicy:
@@ -223,7 +232,7 @@ def abort(store, service: str, why: str = "", by: str = "operator") -> Tuple[Rou
                    "but get no requests")
 
 
-def try_canary(store, service: str, version: str) -> Tuple[RoutingPolicy, str]:
+def try_canary(store: PolicyStore, service: str, version: str) -> Tuple[RoutingPolicy, str]:
     """Make an admitted version (an aborted canary, typically) the canary again, at weight 0."""
     before = _policy_or_error(store, service)
     if version == before.stable:
@@ -242,7 +251,7 @@ def try_canary(store, service: str, version: str) -> Tuple[RoutingPolicy, str]:
                    f"`gatekeeper weight {service} N` or `promote` to move it on")
 
 
-def rollback(store, service: str) -> Tuple[RoutingPolicy, str]:
+def rollback(store: PolicyStore, service: str) -> Tuple[RoutingPolicy, str]:
     before = _policy_or_error(store, service)
     if not before.previous:
         raise PromotionError(f"{service} has no previous stable version to roll back to")
@@ -260,7 +269,7 @@ def rollback(store, service: str) -> Tuple[RoutingPolicy, str]:
     return after, f"{service}: rolled back to {after.stable}; {before.stable} gets no more traffic"
 
 
-def set_mode(store, service: str, mode: str) -> Tuple[RoutingPolicy, str]:
+def set_mode(store: PolicyStore, service: str, mode: str) -> Tuple[RoutingPolicy, str]:
     if mode not in (AUTO, MANUAL):
         raise InvalidValue("mode", mode, "'auto' or 'manual'")
     known = store.policy(service)[1] is not None or bool(store.instances(service))
