@@ -276,13 +276,18 @@ def cmd_tests(args, store) -> int:
         return EXIT_OK
     check("image", args.image)
     store.set_default_tests_image(args.service, args.image)
-    untested = [ri.instance.id for ri in store.instances(args.service) if not ri.instance.tests_image
-                and (lambda v: v is not None and v.applies_to(ri.instance) and not v.tests_image)(
-                    store.verdict(ri.instance.id))]
+    untested = [ri.instance.id for ri in store.instances(args.service)
+                if not ri.instance.tests_image and _lacked_an_image(store.verdict(ri.instance.id), ri.instance)]
     print(json.dumps({"service": args.service, "image": args.image, "to_test": untested}) if args.json else
           f"{args.service}: instances without a gatekeeper.tests label are tested with {args.image}"
           + (f"; {len(untested)} instance(s) that had no test image will be tested now" if untested else ""))
     return EXIT_OK
+
+
+def _lacked_an_image(verdict, inst) -> bool:
+    """The instance's verdict is an error for want of a test image (gatekeeper retests it once the
+    service has a default one)."""
+    return verdict is not None and verdict.applies_to(inst) and not verdict.tests_image
 
 
 def cmd_retest(args, store) -> int:
