@@ -3,9 +3,10 @@
 Each run deploys the other version with `docker run` (v1 is stable -> deploy v2, then v2 ->
 v1, ...) and measures the time from `docker run` to the first response through nginx that
 comes from the new version, while a client sends requests through the proxy (a new
-connection per request) and counts failures. Prints every run and the medians.
+connection per request) and counts failures. Prints every run, then the medians beside their
+goals; --check exits 1 when one is missed.
 
-    .venv/bin/python -m bench.deploy_lead_time [--runs 5] [--json]
+    .venv/bin/python -m bench.deploy_lead_time [--runs 5] [--json] [--check]
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import statistics
 import sys
 import time
 
-from bench.harness import bench_env, command_line, report
+from bench.harness import bench_env, command_line, exit_code, goals_table, report, with_check
 from tests.support.load import LoadClient
 from tests.support.processes import wait_until
 from tests.support.stack import Stack
@@ -36,7 +37,7 @@ def one_run(stack: Stack, name: str, image: str, version: str, drain_wait: float
 
 
 def main(argv=None) -> int:
-    p = command_line(__doc__)
+    p = with_check(command_line(__doc__))
     p.add_argument("--runs", type=int, default=5)
     args = p.parse_args(argv)
     results = []
@@ -59,11 +60,13 @@ def main(argv=None) -> int:
                "median_failed": statistics.median(r["failed"] for r in results),
                "total_failed": sum(r["failed"] for r in results),
                "total_requests": sum(r["requests"] for r in results)}
-    report(summary, args.json,
-           f"median deploy lead time (docker run -> first proxied response from the new version): "
-           f"{summary['median_lead_time_s']:.2f} s over {len(results)} runs; failed requests: "
-           f"median {summary['median_failed']}, total {summary['total_failed']} of {summary['total_requests']}")
-    return 0
+    rows = [(f"deploy lead time, docker run -> first proxied answer from it: median s ({len(results)} runs)",
+             summary["median_lead_time_s"], "<= 5", summary["median_lead_time_s"] <= 5),
+            (f"failed requests during the switches (of {summary['total_requests']})", summary["total_failed"], "0",
+             summary["total_failed"] == 0)]
+    summary["goals"] = [{"measure": m, "figure": f, "goal": g, "met": ok} for m, f, g, ok in rows]
+    report(summary, args.json, goals_table(rows))
+    return exit_code(rows, args.check)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@
    process, so CLI start-up is not counted) to the first response from the promoted version
    for a client the split never sent there.
 
-    .venv/bin/python -m bench.promotion_bench [--runs 10] [--json]
+Each figure is printed beside its goal; --check exits 1 when one is missed.
+
+    .venv/bin/python -m bench.promotion_bench [--runs 10] [--json] [--check]
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import sys
 import time
 import uuid
 
-from bench.harness import bench_env, command_line, progress, report
+from bench.harness import bench_env, command_line, exit_code, goals_table, progress, report, with_check
 from gatekeeper.promotion import promote, set_mode
 from tests.support.processes import wait_until
 from tests.support.stack import Stack
@@ -60,7 +62,7 @@ def measure(stack: Stack, runs: int, say, gate_to_proxy: list, promote_to_all: l
             stack.containers.pop(name).remove(force=True)
     set_mode(stack.store, stack.service, "manual")
     for i in range(runs + 1, 2 * runs + 1):
-        c = stack.deploy(f"r{i}", image_for(i), **{"gatekeeper.version": f"r{i}"})
+        stack.deploy(f"r{i}", image_for(i), **{"gatekeeper.version": f"r{i}"})
         wait_until(lambda: stack.store.policy(stack.service)[1].canary == f"r{i}", 120, "the canary")
         time.sleep(1.5)                       # let the canary-at-0 config settle first
         assert stack.served_version({"X-Client-Id": "probe"}) != answers(i)
@@ -74,7 +76,7 @@ def measure(stack: Stack, runs: int, say, gate_to_proxy: list, promote_to_all: l
 
 
 def main(argv=None) -> int:
-    p = command_line(__doc__)
+    p = with_check(command_line(__doc__))
     p.add_argument("--runs", type=int, default=10)
     args = p.parse_args(argv)
     say = progress(args.json)
@@ -90,11 +92,14 @@ def main(argv=None) -> int:
                                                 "max": round(max(gate_to_proxy), 1), "n": len(gate_to_proxy)},
               "promote_to_all_traffic_ms": {"p50": round(statistics.median(promote_to_all), 1),
                                             "max": round(max(promote_to_all), 1), "n": len(promote_to_all)}}
-    report(result, args.json,
-           f"gate pass -> first proxied request: p50 {result['gate_pass_to_first_proxied_ms']['p50']:.0f} ms; "
-           f"promote -> 100% of traffic: p50 {result['promote_to_all_traffic_ms']['p50']:.0f} ms "
-           f"({args.runs} runs each)")
-    return 0
+    gate, prom = result["gate_pass_to_first_proxied_ms"], result["promote_to_all_traffic_ms"]
+    rows = [(f"gate pass -> first proxied answer from the new version: p50 ms ({gate['n']} runs)", gate["p50"],
+             "<= 100", gate["p50"] <= 100),
+            (f"promote --full -> 100 % of traffic: p50 ms ({prom['n']} runs)", prom["p50"], "<= 500",
+             prom["p50"] <= 500)]
+    result["goals"] = [{"measure": m, "figure": f, "goal": g, "met": ok} for m, f, g, ok in rows]
+    report(result, args.json, goals_table(rows))
+    return exit_code(rows, args.check)
 
 
 if __name__ == "__main__":
