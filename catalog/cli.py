@@ -68,10 +68,18 @@ def consul_refusal(address: str, exc: Exception) -> str:
 
 
 class JsonAwareParser(argparse.ArgumentParser):
-    """An ArgumentParser whose usage errors are a JSON object on stdout when --json was given."""
+    """An ArgumentParser whose usage errors are a JSON object on stdout when --json was given
+    (its subcommands' parsers are of this class too, and share what the command line said)."""
+
+    json_requested = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if args is not None or not JsonAwareParser.json_requested:
+            JsonAwareParser.json_requested = "--json" in (sys.argv[1:] if args is None else list(args))
+        return super().parse_known_args(args, namespace)
 
     def error(self, message: str) -> NoReturn:
-        if "--json" in sys.argv[1:]:
+        if JsonAwareParser.json_requested:
             emit_error(True, f"{self.prog}: {message}", EXIT_USAGE)
             sys.exit(EXIT_USAGE)
         super().error(message)
