@@ -36,7 +36,7 @@ from catalog.logs import setup_logging
 from catalog.validation import check
 
 from .promotion import PromotionError
-from .status import collect, explain, known_services, render_text, render_why
+from .status import collect, collect_why, known_services, render_text, render_why
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -181,7 +181,7 @@ def cmd_why(args, store) -> int:
     _can_read_catalog(store)
     if args.target.count(":") < 2 and args.target not in store.rejections():
         check("service", args.target)
-    data = explain(store, args.target)
+    data = collect_why(store, args.target)
     print(json.dumps(data, indent=2, sort_keys=True) if args.json else render_why(data), end="" if not args.json else "\n")
     return EXIT_OK
 

@@ -87,7 +87,7 @@ def collect(store, service: Optional[str]) -> dict:
             "time": time.time()}
 
 
-def explain(store, target: str) -> dict:
+def collect_why(store, target: str) -> dict:
     """`why`: a service (every instance) or one instance or one rejected container, in detail."""
     rejections = store.rejections()
     if target in rejections and target not in known_services(store, rejections):
