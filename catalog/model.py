@@ -160,6 +160,11 @@ class Verdict:
     def final(self) -> bool:
         return self.state in (PASSED, FAILED, ERROR)
 
+    @property
+    def lacked_test_image(self) -> bool:
+        """An error because no test image was named: a default image set later retests it."""
+        return self.state == ERROR and not self.tests_image
+
     def applies_to(self, instance: Instance) -> bool:
         """A verdict belongs to one container: a new container with the same name is retested."""
         return self.container_id == instance.container_id

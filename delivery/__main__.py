@@ -26,7 +26,7 @@ import requests
 from catalog.images import image_name
 
 from catalog.cli import (EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, EXIT_UNREACHABLE, EXIT_USAGE, JsonAwareParser,
-                         add_consul_options, consul_address, exit_code_epilog)
+                         add_consul_options, consul_address, emit_error, exit_code_epilog)
 from catalog.consul_store import ConsulStore, read_token
 from catalog.errors import StackError
 
@@ -102,10 +102,7 @@ def main(argv=None) -> int:
         print(f"{args.command}: {line}", file=out, flush=True)
 
     def fail(code: int, message: str) -> int:
-        print(f"delivery {args.command}: {message}", file=sys.stderr, flush=True)
-        if args.json:
-            print(json.dumps({"ok": False, "exit": code, "error": message}))
-        return code
+        return emit_error(args.json, message, code, prog=f"delivery {args.command}")
 
     try:
         if args.command == "build-and-push":

@@ -36,7 +36,7 @@ from catalog.logs import setup_logging
 from catalog.validation import check
 
 from .promotion import PromotionError
-from .status import collect, collect_why, known_services, render_text, render_why
+from .status import collect, collect_why, find_instance, is_instance_id, render_text, render_why, require_known
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,11 +149,7 @@ def cmd_run(args, store) -> int:
 
 def _known_service(store, service: str) -> None:
     check("service", service)
-    if service not in store.service_names() and store.policy(service)[1] is None:
-        rejections = store.rejections()
-        if service not in known_services(store, rejections):
-            known = ", ".join(known_services(store, rejections)) or "none"
-            raise PromotionError(f"unknown service {service!r} (known: {known})")
+    require_known(store, service)
 
 
 def _emit(args, policy, message: str) -> int:
@@ -179,7 +175,7 @@ def cmd_status(args, store) -> int:
 
 def cmd_why(args, store) -> int:
     _can_read_catalog(store)
-    if args.target.count(":") < 2 and args.target not in store.rejections():
+    if not is_instance_id(args.target) and args.target not in store.rejections():
         check("service", args.target)
     data = collect_why(store, args.target)
     print(json.dumps(data, indent=2, sort_keys=True) if args.json else render_why(data), end="" if not args.json else "\n")
@@ -277,24 +273,21 @@ def cmd_tests(args, store) -> int:
     check("image", args.image)
     store.set_default_tests_image(args.service, args.image)
     untested = [ri.instance.id for ri in store.instances(args.service)
-                if not ri.instance.tests_image and _lacked_an_image(store.verdict(ri.instance.id), ri.instance)]
+                if not ri.instance.tests_image and _lacked_test_image(store.verdict(ri.instance.id), ri.instance)]
     print(json.dumps({"service": args.service, "image": args.image, "to_test": untested}) if args.json else
           f"{args.service}: instances without a gatekeeper.tests label are tested with {args.image}"
           + (f"; {len(untested)} instance(s) that had no test image will be tested now" if untested else ""))
     return EXIT_OK
 
 
-def _lacked_an_image(verdict, inst) -> bool:
-    """The instance's verdict is an error for want of a test image (gatekeeper retests it once the
-    service has a default one)."""
-    return verdict is not None and verdict.applies_to(inst) and not verdict.tests_image
+def _lacked_test_image(verdict, inst) -> bool:
+    return verdict is not None and verdict.applies_to(inst) and verdict.lacked_test_image
 
 
 def cmd_retest(args, store) -> int:
     target = args.target
-    if target.count(":") >= 2:
-        found = [ri.instance.id for ri in store.instances(target.split(":")[0]) if ri.instance.id == target] or \
-                [ri.instance.id for rs in store.all_instances().values() for ri in rs if ri.instance.id == target]
+    if is_instance_id(target):
+        found = [ri.instance.id for ri in [find_instance(store, target)] if ri is not None]
     else:
         check("service", target)
         found = [ri.instance.id for ri in store.instances(target)]

@@ -37,7 +37,7 @@ def explain_instance(ri: RegisteredInstance, verdict: Optional[Verdict], policy:
         return Explanation(False, "testing", f"integration tests running ({verdict.summary})")
     if verdict.state in (FAILED, ERROR):
         fix = (f"; set one with `gatekeeper tests {service} IMAGE` and it is tested at once"
-               if verdict.state == ERROR and not verdict.tests_image else
+               if verdict.lacked_test_image else
                f"; fix and redeploy, or `gatekeeper retest {inst.id}`")
         return Explanation(False, f"tests {verdict.state}", f"tests {verdict.state}: {verdict.summary}{fix}")
     if ri.gate_status != "passing":

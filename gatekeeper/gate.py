@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, List, Optional, Protocol
 
 from catalog.consul_store import ConsulError
-from catalog.model import ERROR, PASSED, TESTING, Instance, RegisteredInstance, Verdict
+from catalog.model import PASSED, TESTING, Instance, RegisteredInstance, Verdict
 from catalog.retry import TRANSIENT
 
 from .tester import DockerTester
@@ -128,7 +128,7 @@ class Gate:
     def _image_now_known(self, inst: Instance, verdict: Verdict) -> bool:
         """An error verdict for want of a test image is stale once the service has a default one
         (`gatekeeper tests SERVICE IMAGE` after the instance was registered)."""
-        return (verdict.state == ERROR and not verdict.tests_image and not inst.tests_image
+        return (verdict.lacked_test_image and not inst.tests_image
                 and bool(self.store.default_tests_image(inst.service)))
 
     def _start_test(self, inst: Instance, reverify: bool = False) -> None:

@@ -92,22 +92,36 @@ def collect_why(store, target: str) -> dict:
     rejections = store.rejections()
     if target in rejections and target not in known_services(store, rejections):
         return {"rejected": {target: _rejection_dict(rejections[target])}, "services": []}
-    if target.count(":") >= 2:
-        for name in store.service_names():
-            for ri in store.instances(name):
-                if ri.instance.id == target:
-                    s = service_status(store, name, rejections, detail=True)
-                    s["instances"] = [i for i in s["instances"] if i["id"] == target]
-                    return {"services": [s], "rejected": {}}
-        raise UnknownTarget(f"no instance {target!r} is registered; `gatekeeper status` lists them")
-    if target not in known_services(store, rejections):
-        raise UnknownTarget(_unknown(store, target, rejections))
+    if is_instance_id(target):
+        ri = find_instance(store, target)
+        if ri is None:
+            raise UnknownTarget(f"no instance {target!r} is registered; `gatekeeper status` lists them")
+        s = service_status(store, ri.instance.service, rejections, detail=True)
+        s["instances"] = [i for i in s["instances"] if i["id"] == target]
+        return {"services": [s], "rejected": {}}
+    require_known(store, target, rejections)
     return {"services": [service_status(store, target, rejections, detail=True)], "rejected": {}}
 
 
-def _unknown(store, service: str, rejections) -> str:
-    known = ", ".join(known_services(store, rejections)) or "none"
-    return f"unknown service {service!r} (known: {known})"
+def is_instance_id(target: str) -> bool:
+    """Instance ids are HOST:CONTAINER:PORT; service names have no ':'."""
+    return target.count(":") >= 2
+
+
+def find_instance(store, instance_id: str) -> Optional[RegisteredInstance]:
+    """A registered instance by id, whatever its service (ids do not name the service)."""
+    return next((ri for found in store.all_instances().values() for ri in found
+                 if ri.instance.id == instance_id), None)
+
+
+def require_known(store, service: str, rejections: Optional[Dict[str, Rejection]] = None) -> None:
+    """UnknownTarget, naming the known services, unless the stack knows `service` somehow."""
+    if service in store.service_names() or store.policy(service)[1] is not None:
+        return
+    rejections = store.rejections() if rejections is None else rejections
+    known = known_services(store, rejections)
+    if service not in known:
+        raise UnknownTarget(f"unknown service {service!r} (known: {', '.join(known) or 'none'})")
 
 
 def render_text(data: dict) -> str:
