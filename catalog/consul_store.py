@@ -201,6 +201,14 @@ class ConsulStore:
                                            wait=f"{int(wait)}s")
         return int(idx), {i["Key"]: (i["Value"] or b"").decode() for i in items or []}
 
+    def wait_keys(self, prefix: str, index: int, wait: float) -> int:
+        """Block until something under `prefix` changes (a key written or deleted) or `wait`
+        seconds pass; return the prefix's index to pass next time (0: return at once). Lists
+        keys only, so a prefix holding much history costs little."""
+        idx, _ = self._blocking.kv.get(prefix, keys=True, index=index or None,
+                                       wait=f"{max(1, int(wait * 1000))}ms")
+        return int(idx)
+
     # --- verdicts and policies ------------------------------------------------------------
     def verdict(self, instance_id: str) -> Optional[Verdict]:
         _, raw = self.kv_get(VERDICTS + instance_id)

@@ -4,23 +4,42 @@ For CD jobs: prints a progress line at each change; exit 0 when V passed its tes
 policy routes it (stable, or canary in manual mode) and every proxy that announces itself in
 Consul (proxy-reloader --report-check) reports that its nginx serves it that way; 1 when its
 tests failed, 4 when the time ran out first (the stack's shared exit codes, catalog.cli).
+
+Between looks it does not poll: it holds a Consul blocking query on the KV prefix where the next
+change will come from (gatekeeper's verdicts and policies, then the proxies' reports), so the
+answer follows the last proxy's report by a round trip, not by a polling interval.
 """
 from __future__ import annotations
 
 import time
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional, Protocol, Tuple
 
 from catalog.cli import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT
-from catalog.model import ERROR, FAILED, PASSED
+from catalog.kv_layout import GATEKEEPER, SERVED
+from catalog.model import ERROR, FAILED, PASSED, RegisteredInstance, RoutingPolicy, Verdict
 from catalog.validation import InvalidValue
 
 WAIT_OK, WAIT_FAILED, WAIT_TIMEOUT = EXIT_OK, EXIT_FAILED, EXIT_TIMEOUT
 
 
-def wait_for_version(store, service: str, version: str, timeout: float,
-                     say: Callable[[str], None] = print, poll: float = 0.25) -> int:
+class WaitStore(Protocol):
+    """What waiting reads (catalog.consul_store.ConsulStore is the real one)."""
+    def instances(self, service: str) -> List[RegisteredInstance]: ...
+    def verdict(self, instance_id: str) -> Optional[Verdict]: ...
+    def policy(self, service: str) -> Tuple[int, Optional[RoutingPolicy]]: ...
+    def proxies(self) -> List[str]: ...
+    def served(self, proxy_id: str, service: str) -> Optional[dict]: ...
+    def wait_keys(self, prefix: str, index: int, wait: float) -> int: ...
+
+
+def wait_for_version(store: WaitStore, service: str, version: str, timeout: float,
+                     say: Callable[[str], None] = print, longest_block: float = 1.0) -> int:
+    """`longest_block` bounds each blocking query, so a change Consul KV does not see (an
+    instance registered, a proxy appearing) is noticed within it."""
     deadline = time.monotonic() + timeout
     last: Optional[str] = None
+    indexes: Dict[str, int] = {GATEKEEPER: store.wait_keys(GATEKEEPER, 0, 0),
+                               SERVED: store.wait_keys(SERVED, 0, 0)}
 
     def progress(line: str) -> None:
         nonlocal last
@@ -58,10 +77,14 @@ def wait_for_version(store, service: str, version: str, timeout: float,
             progress(f"{service} {version}: {len(instances)} instance(s), tests running")
         else:
             progress(f"{service} {version}: {len(instances)} instance(s) registered, awaiting tests")
-        if time.monotonic() >= deadline:
+        left = deadline - time.monotonic()
+        if left <= 0:
             say(f"{service} {version}: timed out after {timeout:.0f} s ({last})")
             return WAIT_TIMEOUT
-        time.sleep(poll)
+        # The next change comes from the proxies once the policy routes a passed version,
+        # from gatekeeper before that.
+        prefix = SERVED if passed and routed else GATEKEEPER
+        indexes[prefix] = store.wait_keys(prefix, indexes[prefix], min(longest_block, left))
 
 
 def _proxies_not_serving(store, service: str, version: str, policy) -> List[str]:
