@@ -1,6 +1,6 @@
 # The two commands: `make demo` (the stack up, demo deployed through the gate) and `make test`.
 SHELL := /bin/bash
-.PHONY: demo cd-demo test stop status install bench bench-registrator bench-promotion bench-proxy bench-delivery cli-reference mutation
+.PHONY: demo cd-demo test stop status install figures bench bench-registrator bench-promotion bench-proxy bench-delivery cli-reference mutation
 
 demo:  ## install what is missing, start the stack, deploy demo v1 -> v2 -> broken v3
 	@bash scripts/install.sh all
@@ -33,6 +33,10 @@ mutation:  ## mutation testing of the decision modules (mutmut, unit tests); the
 cli-reference:  ## rewrite README's command reference from the tools' --help
 	@bash scripts/install.sh venv
 	@.venv/bin/python scripts/cli_reference.py
+
+figures:  ## re-measure every figure README shows (all benchmarks, in turn) and rewrite README's tables
+	@bash scripts/install.sh all bench-tools delivery-tools
+	@.venv/bin/python scripts/figures.py --check
 
 bench: ## deploy lead time and failed requests during a switch (needs `make install`)
 	@bash scripts/bench.sh

@@ -1,0 +1,122 @@
+"""Re-measure every figure README shows and rewrite README's tables from the results.
+
+Runs each benchmark in turn (`--json`; they share ports, so never two at once), then replaces
+the text between `<!-- figures:NAME -->` and `<!-- /figures:NAME -->` in README.md with that
+benchmark's table: each figure beside its goal, the date, the commit, the machine's size and
+the command that reproduces it. A benchmark that fails leaves its table as it was and is named
+on stderr. Exit 0 when every benchmark ran (and, with --check, met every goal), else 1.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+
+# name -> (module, arguments, what it measures); README's order.
+BENCHES: Dict[str, tuple] = {
+    "lead-time": ("bench.deploy_lead_time", ["--runs", "5"], "deploy lead time and failed requests during a switch"),
+    "delivery": ("bench.delivery_bench", ["--runs", "5"], "build-and-push and deploy over TLS through the gate"),
+    "proxy": ("bench.proxy_bench", ["--deploys", "20", "--services", "1000"],
+              "proxy-reloader and nginx: deploys under keep-alive load, throughput, big catalogs"),
+    "promotion": ("bench.promotion_bench", ["--runs", "10"], "gate pass and promote -> proxied"),
+    "registrator": ("bench.registrator_bench", ["--starts", "100", "--containers", "200"],
+                    "registration latency, resync, stop -> out of traffic"),
+}
+
+
+def machine() -> str:
+    mem_kib = next((int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                    if line.startswith("MemTotal:")), 0)
+    return f"{os.cpu_count()} CPUs, {mem_kib / 1024 / 1024:.1f} GiB RAM, Linux {platform.release()}"
+
+
+def commit() -> str:
+    out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()
+    return (out.stdout.strip() or "unknown") + (" with uncommitted changes" if dirty else "")
+
+
+def run_bench(name: str) -> Optional[dict]:
+    module, args, _ = BENCHES[name]
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", module, *args, "--json"], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    took = time.monotonic() - started
+    try:
+        result = json.loads(proc.stdout[proc.stdout.index("{"):])
+    except ValueError:
+        result = None
+    if proc.returncode != 0 or not result or "goals" not in result:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+        print(f"figures: {name} failed (exit {proc.returncode}) after {took:.0f} s:\n{tail}", file=sys.stderr)
+        return None
+    result["seconds"] = round(took)
+    return result
+
+
+def table(name: str, result: dict, when: str, where: str) -> str:
+    module, args, _ = BENCHES[name]
+    goals: List[dict] = result["goals"]
+    lines = [f"Measured {when} on {where}, ACLs on, by `make figures` "
+             f"(this table alone: `.venv/bin/python -m {module} {' '.join(args)} --check`):", "",
+             "| measure | figure | goal | |", "|---|---|---|---|"]
+    for g in goals:
+        met = "" if g["met"] is None else ("met" if g["met"] else "**missed**")
+        goal = (g["goal"] or "").replace("<=", "≤").replace(">=", "≥")
+        lines.append(f"| {g['measure']} | {g['figure']} | {goal} | {met} |")
+    return "\n".join(lines)
+
+
+def rewrite(readme: str, name: str, block: str) -> str:
+    begin, end = f"<!-- figures:{name} -->", f"<!-- /figures:{name} -->"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    if not pattern.search(readme):
+        raise SystemExit(f"figures: README.md has no {begin} ... {end} block; add one where the table belongs")
+    return pattern.sub(lambda _: f"{begin}\n{block}\n{end}", readme)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--only", action="append", choices=sorted(BENCHES), help="measure only this one (repeatable)")
+    p.add_argument("--check", action="store_true", help="exit 1 when any figure misses its goal")
+    p.add_argument("--json", action="store_true", help="also print every benchmark's result as one JSON object")
+    args = p.parse_args(argv)
+    names = args.only or list(BENCHES)
+    when, where = datetime.date.today().isoformat(), f"{machine()}, commit {commit()}"
+    results, failed = {}, []
+    for i, name in enumerate(names, 1):
+        print(f"figures: [{i}/{len(names)}] {name}: {BENCHES[name][2]} ...", file=sys.stderr, flush=True)
+        result = run_bench(name)
+        if result is None:
+            failed.append(name)
+            continue
+        results[name] = result
+        missed = [g["measure"] for g in result["goals"] if g["met"] is False]
+        print(f"figures: {name} done in {result['seconds']} s; "
+              + (f"missed: {'; '.join(missed)}" if missed else "every goal met"), file=sys.stderr, flush=True)
+    readme = README.read_text()
+    for name, result in results.items():
+        readme = rewrite(readme, name, table(name, result, when, where))
+    README.write_text(readme)
+    if args.json:
+        print(json.dumps({"date": when, "machine": where, "results": results, "failed": failed}, indent=2))
+    missed = any(g["met"] is False for r in results.values() for g in r["goals"])
+    print(f"figures: README.md rewritten for {', '.join(results) or 'nothing'}"
+          + (f"; failed: {', '.join(failed)}" if failed else ""), file=sys.stderr)
+    return 1 if failed or (args.check and missed) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
