@@ -1,7 +1,9 @@
 """aiohttp application of the demo recommendation service."""
 from __future__ import annotations
 
+import asyncio
 import os
+import random
 import re
 from dataclasses import dataclass
 
@@ -27,11 +29,42 @@ class Settings:
     # Simulates a release whose configuration breaks the response contract: unit tests run
     # with the default settings pass, the integration tests against the container fail.
     broken: bool = False
+    # Simulate a release that passes its integration tests but is bad under production traffic:
+    # these apply only to requests that came through the proxy (X-Forwarded-For), never to the
+    # tests, which call the container directly.
+    error_rate: float = 0.0        # share of proxied /demo requests answered 500, 0..1
+    added_latency: float = 0.0     # seconds added to each proxied /demo request, 0..60
 
     @classmethod
-    def from_env(cls) -> "Settings":
-        return cls(version=os.environ.get("DEMO_VERSION", "dev") or "dev",
-                   broken=os.environ.get("DEMO_BROKEN", "") not in ("", "0"))
+    def from_env(cls, env=None) -> "Settings":
+        """Settings from DEMO_* variables; ValueError names the variable and the rule."""
+        env = os.environ if env is None else env
+        return cls(version=env.get("DEMO_VERSION", "dev") or "dev",
+                   broken=env.get("DEMO_BROKEN", "") not in ("", "0"),
+                   error_rate=_number(env, "DEMO_ERROR_RATE", 0.0, 1.0,
+                                      "a share of requests from 0 to 1, or a percentage such as 5%"),
+                   added_latency=_number(env, "DEMO_ADDED_LATENCY", 0.0, 60.0,
+                                         "seconds from 0 to 60, or milliseconds such as 1500ms"))
+
+
+def _number(env, name: str, low: float, high: float, rule: str) -> float:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return 0.0
+    text, scale = raw, 1.0
+    if name == "DEMO_ERROR_RATE" and raw.endswith("%"):
+        text, scale = raw[:-1], 0.01
+    elif name == "DEMO_ADDED_LATENCY" and raw.endswith("ms"):
+        text, scale = raw[:-2], 0.001
+    elif name == "DEMO_ADDED_LATENCY" and raw.endswith("s"):
+        text = raw[:-1]
+    try:
+        value = float(text) * scale
+    except ValueError:
+        value = float("nan")
+    if not (low <= value <= high):            # also false for nan
+        raise ValueError(f"{name}={raw!r} is not valid: expected {rule}")
+    return value
 
 
 def json_error(status: int, message: str) -> web.Response:
@@ -42,8 +75,13 @@ async def get_rec(request: web.Request) -> web.Response:
     settings: Settings = request.app[SETTINGS]
     counters = request.app[COUNTERS]
     counters["requests"] += 1
-    if "X-Forwarded-For" in request.headers:      # set by the proxy
+    proxied = "X-Forwarded-For" in request.headers      # set by the proxy
+    if proxied:
         counters["proxied"] += 1
+        if settings.added_latency:
+            await asyncio.sleep(settings.added_latency)
+        if settings.error_rate and random.random() < settings.error_rate:
+            return json_error(500, "simulated failure (DEMO_ERROR_RATE)")
     raw = request.match_info["item_id"]
     if not _ID.fullmatch(raw):
         return json_error(400, f"id must be a non-negative integer of at most 18 digits, got {raw!r}")
