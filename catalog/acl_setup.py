@@ -12,6 +12,10 @@ What each token may touch (least privilege):
   gatekeeper/ only, sessions for its leader lock.
 - proxy-reloader: read services, nodes and the routing policies; write only its own
   `proxy-reloader` service and what it serves under proxy-reloader/served/ (for --report-check).
+- registrator, gatekeeper and proxy-reloader announce their metrics endpoints as instances of
+  `proxystack-metrics` (registrator and gatekeeper may write any service already).
+- prometheus: read the `proxystack-metrics` service and nodes (monitoring.targets, which tells
+  Prometheus where the endpoints are), nothing else.
 - operator (the CLI, the UI): read services and nodes, write under gatekeeper/ (policies,
   retests, default test images), read registrator/ (rejections) and proxy-reloader/ (what
   each proxy serves, for `gatekeeper wait`).
@@ -26,7 +30,7 @@ from pathlib import Path
 
 import requests
 
-from .consul_store import parse_address
+from .consul_store import METRICS_SERVICE, parse_address
 from .kv_layout import GATEKEEPER, POLICIES as KV_POLICIES, PROXY_RELOADER, REGISTRATOR, SERVED
 
 POLICIES = {
@@ -39,12 +43,14 @@ POLICIES = {
     "proxy-reloader": f'service_prefix "" {{ policy = "read" }}\nnode_prefix "" {{ policy = "read" }}\n'
                       f'key_prefix "{KV_POLICIES}" {{ policy = "read" }}\n'
                       f'service "proxy-reloader" {{ policy = "write" }}\n'
+                      f'service "{METRICS_SERVICE}" {{ policy = "write" }}\n'
                       f'key_prefix "{SERVED}" {{ policy = "write" }}\n',
+    "prometheus": f'service "{METRICS_SERVICE}" {{ policy = "read" }}\nnode_prefix "" {{ policy = "read" }}\n',
     "operator": f'service_prefix "" {{ policy = "read" }}\nnode_prefix "" {{ policy = "read" }}\n'
                 f'key_prefix "{GATEKEEPER}" {{ policy = "write" }}\nkey_prefix "{REGISTRATOR}" {{ policy = "read" }}\n'
                 f'key_prefix "{PROXY_RELOADER}" {{ policy = "read" }}\nsession_prefix "" {{ policy = "read" }}\n',
 }
-PARTS = ("registrator", "gatekeeper", "proxy-reloader", "operator")
+PARTS = ("registrator", "gatekeeper", "proxy-reloader", "operator", "prometheus")
 
 
 class AclSetupError(RuntimeError):

@@ -23,6 +23,7 @@ from .validation import parse_policy
 log = logging.getLogger(__name__)
 
 PROXY_SERVICE = "proxy-reloader"
+METRICS_SERVICE = "proxystack-metrics"     # each daemon's metrics endpoint, for Prometheus
 GATE_TTL = "87600h"        # the gate is set by gatekeeper, never by expiry
 _OWN_META = {META_CONTAINER_ID, META_CONTAINER_NAME, META_IMAGE, META_VERSION, META_TESTS_IMAGE,
              META_PROXY_PATH, META_PROXY_HOST, META_REGISTERED_BY, META_DOCKER_HEALTH, META_PROXY_STRIP}
@@ -167,6 +168,11 @@ class ConsulStore:
             if found:
                 result[name] = found
         return result
+
+    def wait_service(self, service: str, index: int, wait: float) -> Tuple[int, list]:
+        """Blocking query on one service's instances (health entries, any status)."""
+        idx, entries = self._blocking.health.service(service, index=index or None, wait=f"{int(wait)}s")
+        return int(idx), entries or []
 
     def wait_checks(self, index: int, wait: float) -> Tuple[int, list]:
         """Blocking query on every check's state; returns when something changes or at `wait`."""
@@ -322,6 +328,18 @@ class ConsulStore:
         def report(ok: bool, note: str) -> None:
             self._put(f"/v1/agent/check/{'pass' if ok else 'fail'}/{check_id}", params=[("note", note[:1000])])
         return report
+
+    def announce_metrics(self, service_id: str, component: str, address: str) -> None:
+        """Register a daemon's metrics endpoint as an instance of `proxystack-metrics` (which
+        Prometheus discovers); no check: a target that stops answering shows as down."""
+        host, _, port = address.rpartition(":")
+        self._put("/v1/agent/service/register", json.dumps({
+            "ID": service_id, "Name": METRICS_SERVICE, "Address": host, "Port": int(port),
+            "Meta": {"component": component}}))
+
+    def withdraw(self, service_id: str) -> None:
+        """Deregister a service this process registered for itself (metrics, proxy)."""
+        self._put(f"/v1/agent/service/deregister/{service_id}")
 
     # --- sessions and the leader lock ------------------------------------------------------
     def session_create(self, name: str, ttl: int = 10, lock_delay: int = 5) -> str:

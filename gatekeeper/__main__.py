@@ -33,6 +33,7 @@ from catalog.cli import (EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, JsonAwareParser,
 from catalog.consul_store import ConsulStore, read_token
 from catalog.errors import StackError
 from catalog.logs import setup_logging
+from catalog.metrics import metrics_address
 from catalog.validation import check
 
 from .promotion import PromotionError
@@ -75,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--wait", type=float, default=30.0, metavar="S",
                      help="blocking query wait, seconds (default %(default)s)")
     run.add_argument("--id", default="", help="identity in the leader lock (default gatekeeper@HOST)")
+    run.add_argument("--metrics", default="", type=metrics_address, metavar="HOST:PORT",
+                     help="serve Prometheus metrics on this loopback address and announce them in Consul "
+                          "(default: off)")
     run.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
 
     st = command("status", "show services, instances, verdicts and what the proxy answers", service=False)
@@ -107,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_run(args, store) -> int:
     import docker
 
+    from catalog.metrics import announce, serve_metrics, withdraw
+
+    from . import metrics
     from .daemon import Daemon
     from .gate import Gate
     from .leader import LeaderLock
@@ -131,6 +138,11 @@ def cmd_run(args, store) -> int:
                 on_admitted=promoter.admitted, reverify_every=args.reverify_every,
                 on_service=promoter.check_canary, forget_after=args.forget_after)
     daemon = Daemon(store, gate, LeaderLock(store, args.id), wait=args.wait, due=promoter.next_due)
+    announced = None
+    if args.metrics:
+        serve_metrics(args.metrics)
+        metrics.LEADER.set_function(lambda: 1.0 if daemon.leader.is_leader.is_set() else 0.0)
+        announced = announce(store, args.metrics, "gatekeeper", daemon.leader.identity)
 
     def on_signal(*_):
         # The main thread may sit in a Consul call; leave now. A test cut short keeps its
@@ -138,6 +150,7 @@ def cmd_run(args, store) -> int:
         daemon.stop()
         gate.shutdown()
         daemon.leader.release()
+        withdraw(store, announced)
         raise SystemExit(EXIT_OK)
 
     signal.signal(signal.SIGTERM, on_signal)

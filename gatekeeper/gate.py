@@ -18,6 +18,7 @@ from catalog.consul_store import ConsulError
 from catalog.model import PASSED, TESTING, Instance, RegisteredInstance, Verdict
 from catalog.retry import TRANSIENT
 
+from . import metrics
 from .tester import DockerTester
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class Gate:
         self.lock = threading.Lock()
         self.forget_after, self.clock = forget_after, clock
         self.absent_since: Dict[str, float] = {}  # instance id with a verdict -> first seen unregistered
+        self.first_seen: Dict[str, float] = {}    # instance id awaiting its first verdict -> when seen
         self.next_sweep = 0.0
 
     def reconcile(self) -> None:
@@ -71,6 +73,8 @@ class Gate:
             elif not self._busy(ri.instance):
                 log.info("%s: retest requested", iid)
                 self._start_test(ri.instance, reverify=True)
+        with self.lock:
+            self.first_seen = {iid: t for iid, t in self.first_seen.items() if iid in by_id}
         if self.reverify_every > 0:
             self._reverify_due(by_id.values())
         self._forget_gone_verdicts(by_id)
@@ -112,6 +116,8 @@ class Gate:
                 return
         verdict = self.store.verdict(inst.id)
         if verdict is None or not verdict.applies_to(inst) or not verdict.final or self._image_now_known(inst, verdict):
+            with self.lock:
+                self.first_seen.setdefault(inst.id, time.monotonic())
             if inst.docker_health and ri.checks.get(inst.docker_health_check_id) != "passing":
                 log.debug("%s: waiting for Docker to report the container healthy before testing", inst.id)
                 return
@@ -163,6 +169,7 @@ class Gate:
             if reverify:
                 self.store.clear_retest(inst.id)
             log.info("%s: %s (%s) in %.1f s", inst.id, res.state, res.summary, verdict.duration)
+            self._count(inst, verdict, reverify)
             if passed and first_pass:
                 self.on_admitted(inst)
         except ConsulError as exc:
@@ -174,6 +181,14 @@ class Gate:
         finally:
             with self.lock:
                 self.testing.pop(inst.id, None)
+
+    def _count(self, inst: Instance, verdict: Verdict, reverify: bool) -> None:
+        metrics.TEST_RUNS.labels(inst.service, verdict.state).inc()
+        metrics.TEST_SECONDS.labels(inst.service).observe(verdict.duration)
+        with self.lock:
+            seen = self.first_seen.pop(inst.id, None)
+        if seen is not None and not reverify and verdict.state == PASSED:
+            metrics.GATE_SECONDS.labels(inst.service).observe(time.monotonic() - seen)
 
     def abort_all(self) -> None:
         """Leadership lost: stop every running test at once (the next leader retests)."""

@@ -19,6 +19,8 @@ from catalog.kv_layout import POLICIES
 from catalog.model import AUTO, MANUAL, PASSED, Instance, RegisteredInstance, RoutingPolicy, Verdict
 from catalog.validation import InvalidValue
 
+from . import metrics
+
 log = logging.getLogger(__name__)
 
 
@@ -87,11 +89,13 @@ class Promoter:
             log.info("%s: %s passed and is now the canary (weight 0); `gatekeeper promote %s` to make it stable",
                      inst.service, inst.version, inst.service)
             self.store.add_history(inst.service, "canary", version=inst.version, by="gatekeeper")
+            metrics.PROMOTIONS.labels(inst.service, "canary").inc()
             return
         log.info("%s: %s passed and is now stable (was %s)", inst.service, inst.version,
                  before.stable if before and before.stable else "none")
         self.store.add_history(inst.service, "promoted", version=inst.version,
                        previous=before.stable if before else "", by="gatekeeper (auto)")
+        metrics.PROMOTIONS.labels(inst.service, "promoted").inc()
         self.drain_later(inst.service, inst.version)
 
     def next_due(self) -> Optional[float]:
@@ -123,6 +127,7 @@ class Promoter:
         try:
             abort(self.store, service, why="no healthy canary instance: " + "; ".join(reasons)[:300],
                   by="gatekeeper (auto-rollback)")
+            metrics.PROMOTIONS.labels(service, "aborted").inc()
         except PromotionError:
             pass
 

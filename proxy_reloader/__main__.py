@@ -18,14 +18,16 @@ from catalog.cli import (EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, add
                          consul_address, exit_code_epilog)
 from catalog.consul_store import ConsulStore, read_token
 from catalog.logs import setup_logging
+from catalog.metrics import announce, own_metrics, withdraw
 from catalog.mirror import CatalogMirror
 
+from . import metrics
 from .nginx import Nginx, NginxError
 from .push import PushClient, PushError, ensure_secret
 from .render import DYNAMIC, RELOAD, Settings
 from .runner import Runner, RunnerOptions, render_once
 from .served import ServedReports
-from .status_server import serve_status
+from .status_server import parse_loopback, serve_status
 from .supervisor import NginxChild
 
 
@@ -50,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="quiescence: longest delay after a change (default: 0.25 dynamic, 1 reload)")
     p.add_argument("--admin", default="127.0.0.1:8001", metavar="ADDRESS:PORT",
                    help="loopback address of the read-only status and metrics endpoint, '' to disable "
-                        "(default %(default)s)")
+                        "(default %(default)s); its /metrics is announced in Consul for Prometheus")
     p.add_argument("--exec", dest="exec_nginx", action="store_true", help="run nginx as a child and supervise it")
     p.add_argument("--report-check", action="store_true",
                    help="register the proxy in Consul with a check that fails while a config is refused")
@@ -115,15 +117,20 @@ def main(argv=None) -> int:
             return EXIT_OK
     mirror = CatalogMirror(args.consul, token, on_change=lambda: runner.dirty.set())
     runner = Runner(mirror, nginx, options, reporter, push)
+    metrics.count_watch_errors(mirror)
     if args.report_check:
         runner.served = ServedReports(lambda service, served: store.report_served(proxy_id, service, served))
         runner.served.start()
     if args.admin:
         try:
-            serve_status(args.admin, runner.status, push.metrics if push else None)
+            serve_status(args.admin, runner.status, own_metrics, push.metrics if push else None)
         except (ValueError, OSError) as exc:
             print(f"proxy-reloader: status endpoint: {exc}", file=sys.stderr)
             return EXIT_USAGE
+    announced = None
+    if args.admin:
+        host, port = parse_loopback(args.admin)
+        announced = announce(store, f"{host}:{port}", "proxy-reloader", args.listen)
     child = None
     if args.exec_nginx:
         if nginx.current() is None:
@@ -143,6 +150,7 @@ def main(argv=None) -> int:
         if args.report_check:
             runner.served.stop()
             _withdraw(store, proxy_id)
+        withdraw(store, announced)
     return EXIT_OK
 
 

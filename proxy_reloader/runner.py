@@ -25,7 +25,7 @@ from typing import Dict, List, Optional
 from catalog.retry import TRANSIENT
 from catalog.routing import Route
 
-from . import backends
+from . import backends, metrics
 from .nginx import Nginx, NginxError
 from .push import PushClient, PushError
 from .render import DYNAMIC, RELOAD, Settings, config_version, render
@@ -100,6 +100,7 @@ class Runner:
     def apply(self) -> bool:
         """Bring nginx in line with the computed routes. True when nginx was reloaded."""
         self.renders += 1
+        metrics.RENDERS.inc()
         errors = dict(self.invalid)
         routes = without_conflicts(self.computed, errors)
         routes, errors = self._ride_out_blips(routes, errors)
@@ -110,6 +111,7 @@ class Runner:
             try:
                 candidate = self.nginx.validate(text) if text != self.nginx.current() else None
             except NginxError as exc:
+                metrics.APPLIED.labels("reload", "refused").inc()
                 routes, errors = self._isolate(routes, errors, exc)
                 served = routes + self._kept(routes, errors)
                 text = self._render(served)
@@ -117,7 +119,9 @@ class Runner:
         self.service_errors = errors
         pushed = self._push_table(served) if self.dynamic else True   # before a reload: a new route has its servers
         if candidate is not None:
-            self.nginx.install(candidate, text)
+            with metrics.APPLY_SECONDS.labels("reload").time():
+                self.nginx.install(candidate, text)
+            metrics.APPLIED.labels("reload", "ok").inc()
             self.reloads += 1
             self.last_reload = time.time()
             log.info("nginx reloaded (config %s): %s", config_version(text), self._describe(served))
@@ -150,10 +154,13 @@ class Runner:
                 delta.update({s: None for s in self.table if s not in want})
             if delta or full:
                 generation = max(self.generation + 1, int(time.time() * 1000))
+                started = time.monotonic()
                 self.push.push(backends.push_body(generation, delta, full))
                 state = self.push.state()
                 if state["generation"] != generation:
                     raise PushError(f"pushed generation {generation}, but the workers report {state['generation']}")
+                metrics.APPLY_SECONDS.labels("push").observe(time.monotonic() - started)
+                metrics.APPLIED.labels("push", "ok").inc()
                 self.generation, self.table, self.boot = generation, want, state["boot"]
                 self.pushes += 1
                 self.last_push = time.time()
@@ -162,6 +169,7 @@ class Runner:
             self.push_error = None
             return True
         except (PushError, ValueError) as exc:
+            metrics.APPLIED.labels("push", "failed").inc()
             self.push_error = str(exc)
             self.boot = None                         # push everything once nginx answers again
             log.error("nginx keeps its last table: %s", exc)

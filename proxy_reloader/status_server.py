@@ -3,7 +3,8 @@
   GET /status            config version (rendered and served), reloads, last reload, errors
   GET /services          every routed service
   GET /services/NAME     one service's route: versions, servers, 503 or not
-  GET /metrics           per-request metrics from nginx, Prometheus text (dynamic mode)
+  GET /metrics           Prometheus text: proxy-reloader's own metrics and, in dynamic mode, nginx's
+                         per-request metrics (proxystack_nginx_metrics_up says whether nginx answered)
 """
 from __future__ import annotations
 
@@ -27,9 +28,9 @@ def parse_loopback(address: str):
     return host, int(port)
 
 
-def serve_status(address: str, status: Callable[[], dict],
-                 metrics: Optional[Callable[[], str]] = None) -> ThreadingHTTPServer:
-    """Start the endpoint on a daemon thread; `status()` (or `metrics()`) is called per request."""
+def serve_status(address: str, status: Callable[[], dict], own_metrics: Callable[[], str],
+                 nginx_metrics: Optional[Callable[[], str]] = None) -> ThreadingHTTPServer:
+    """Start the endpoint on a daemon thread; `status()` and the metrics are read per request."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
@@ -53,13 +54,16 @@ def serve_status(address: str, status: Callable[[], dict],
                 self._send(404, {"error": "unknown path; try /status, /services or /services/NAME", "status": 404})
 
         def _metrics(self):
-            if metrics is None:
-                return self._send(404, {"error": "per-request metrics come from nginx's Lua module: "
-                                                 "run proxy-reloader with --mode dynamic", "status": 404})
-            try:
-                raw = metrics().encode()
-            except Exception as exc:           # nginx down: say so, as Prometheus shows a failed scrape
-                return self._send(503, {"error": f"nginx's metrics are unavailable: {exc}", "status": 503})
+            text = own_metrics()
+            if nginx_metrics is not None:
+                # nginx down must not hide proxy-reloader's own metrics: say so in a sample
+                try:
+                    text, up = text + nginx_metrics(), 1
+                except Exception:
+                    up = 0
+                text += ("# HELP proxystack_nginx_metrics_up 1 when nginx's per-request metrics were read\n"
+                         f"# TYPE proxystack_nginx_metrics_up gauge\nproxystack_nginx_metrics_up {up}\n")
+            raw = text.encode()
             self.send_response(200)
             self.send_header("Content-Type", "text/plain; version=0.0.4")
             self.send_header("Content-Length", str(len(raw)))

@@ -9,6 +9,7 @@ import sys
 
 from catalog.cli import EXIT_OK, EXIT_USAGE, add_consul_options, consul_address, exit_code_epilog
 from catalog.consul_store import ConsulStore, read_token
+from catalog.metrics import announce, metrics_address, serve_metrics, withdraw
 from catalog.logs import setup_logging
 
 from .bridge import Bridge
@@ -37,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--forget-after", type=float, default=600.0, metavar="S",
                    help="seconds a gone container's rejection record is kept (default %(default)s)")
     p.add_argument("--cleanup-on-exit", action="store_true", help="deregister everything on SIGTERM")
+    p.add_argument("--metrics", default="", type=metrics_address, metavar="HOST:PORT",
+                   help="serve Prometheus metrics on this loopback address and announce them in Consul "
+                        "(default: off)")
     p.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
     return p
 
@@ -64,15 +68,21 @@ def main(argv=None) -> int:
     try:
         store = ConsulStore(args.consul, token=read_token(args.consul_token_file))
         docker = DockerSource(args.docker)
+        if args.metrics:
+            serve_metrics(args.metrics)
     except (ValueError, OSError) as exc:
         print(f"registrator: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    announced = announce(store, args.metrics, "registrator", settings.registered_by) if args.metrics else None
     runner = Runner(Bridge(store, docker, settings, forget_after=args.forget_after), docker,
                     RunnerOptions(resync_every=args.resync, cleanup_on_exit=args.cleanup_on_exit))
     signal.signal(signal.SIGTERM, lambda *_: runner.stop())
     signal.signal(signal.SIGINT, lambda *_: runner.stop())
     logging.info("registrator %s: Consul %s, address %s", settings.registered_by, args.consul, args.address)
-    runner.run()
+    try:
+        runner.run()
+    finally:
+        withdraw(store, announced)
     return EXIT_OK
 
 

@@ -18,6 +18,7 @@ from typing import Dict, List, Protocol
 
 from catalog.model import Instance, Rejection
 
+from . import metrics
 from .docker_source import Container
 from .translate import Rejected, Settings, Skipped, instances_for
 
@@ -80,6 +81,7 @@ class Bridge:
         for iid in [i for i, inst in self.known.items() if inst.container_id == container_id]:
             self.registry.deregister(iid)
             inst = self.known.pop(iid)
+            metrics.DEREGISTRATIONS.labels(why).inc()
             log.info("deregistered %s (container %s %s)", iid, inst.container_name, why)
         self.health.pop(container_id, None)
         self.skipped.pop(container_id, None)
@@ -108,6 +110,7 @@ class Bridge:
         for iid in sorted(set(existing) - set(wanted)):
             self.registry.deregister(iid)
             self.known.pop(iid, None)
+            metrics.DEREGISTRATIONS.labels("gone").inc()
             log.info("deregistered %s (its container is gone)", iid)
         for inst in wanted.values():
             self._ensure(inst)
@@ -116,6 +119,7 @@ class Bridge:
             self.health_changed(cid, status)
         self.skipped = {cid: why for cid, why in self.skipped.items() if cid in running}
         self._forget_gone_rejections(running)
+        metrics.RESYNC_SECONDS.observe(time.monotonic() - started)
         log.info("sync: %d instance(s) registered, %d stale removed in %.2f s", len(wanted),
                  len(set(existing) - set(wanted)), time.monotonic() - started)
 
@@ -132,6 +136,7 @@ class Bridge:
                                   self.settings.registered_by, time.time())
             if not rejection.same_as(self.rejected.get(container.name)):
                 log.error("%s", exc)
+                metrics.REJECTIONS.inc()
                 self.registry.record_rejection(rejection)
                 self.rejected[container.name] = rejection
             self.gone_since.pop(container.name, None)
@@ -172,5 +177,6 @@ class Bridge:
             return
         self.registry.register(inst)
         self.known[inst.id] = inst
+        metrics.REGISTRATIONS.inc()
         log.info("registered %s as %s %s at %s:%d", inst.id, inst.service, inst.version,
                  inst.address, inst.port)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from catalog.retry import TRANSIENT, backoff, is_transient
 
+from . import metrics
 from .bridge import Bridge
 from .docker_source import DOCKER_ERRORS, ContainerEvent, DockerSource
 
@@ -99,6 +100,7 @@ class Runner:
         self.stopping.set()
 
     def _handle(self, ev: ContainerEvent) -> None:
+        metrics.EVENTS.labels(ev.action).inc()
         if ev.action in ADD_ACTIONS:
             self._retrying(self.bridge.add, ev.container_id)
         elif ev.action == "rename":
@@ -127,6 +129,7 @@ class Runner:
                 except TRANSIENT + DOCKER_ERRORS as exc:
                     if is_transient(exc) or isinstance(exc, DOCKER_ERRORS):
                         failures += 1
+                        metrics.RETRIES.inc()
                     raise
         try:
             attempt()

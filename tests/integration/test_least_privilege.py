@@ -39,11 +39,17 @@ def test_anonymous_requests_are_refused(consul_server, store, unique):
      [("PUT", "/v1/kv/registrator/rejected/x", "r"), ("PUT", "/v1/kv/other/x", "o")]),
     ("proxy-reloader",
      [("GET", "/v1/kv/gatekeeper/policies/?recurse=true", None), ("GET", "/v1/health/state/any", None),
-      ("PUT", "/v1/kv/proxy-reloader/served/p1/demo", "{}")],
+      ("PUT", "/v1/kv/proxy-reloader/served/p1/demo", "{}"),
+      ("PUT", "/v1/agent/service/register", {**service("proxystack-metrics"), "ID": "lp-px-metrics"})],
      [("PUT", "/v1/kv/gatekeeper/policies/x", "{}"), ("PUT", "/v1/kv/anything", "x"),
       ("PUT", "/v1/kv/proxy-reloader/other", "x"),
       ("GET", "/v1/kv/gatekeeper/verdicts/?recurse=true", None),
       ("PUT", "/v1/agent/service/register", service("lp-px"))]),
+    ("prometheus",
+     [("GET", "/v1/catalog/nodes", None)],
+     [("GET", "/v1/kv/gatekeeper/policies/lpseed", None), ("GET", "/v1/kv/registrator/rejected/lpseed", None),
+      ("PUT", "/v1/agent/service/register", {**service("proxystack-metrics"), "ID": "lp-prom"}),
+      ("PUT", "/v1/kv/anything", "x")]),
     ("operator",
      [("PUT", "/v1/kv/gatekeeper/policies/lp", "{}"), ("GET", "/v1/kv/registrator/?recurse=true", None)],
      [("PUT", "/v1/agent/service/register", service("lp-op")), ("PUT", "/v1/kv/registrator/rejected/x", "r"),
@@ -69,6 +75,22 @@ def test_each_token_can_do_its_job_and_nothing_else(consul_server, part, allowed
     call(consul_server, "DELETE", "/v1/kv/gatekeeper/policies/lp", "bootstrap")    # '{}' is no valid policy
     for key in seeds:
         call(consul_server, "DELETE", f"/v1/kv/{key}", "bootstrap")
+
+
+def test_prometheus_sees_the_metrics_endpoints_and_no_other_service(consul_server, unique):
+    metrics = {**service("proxystack-metrics"), "ID": f"proxystack-metrics:{unique}", "Meta": {"component": "x"}}
+    other = service(f"lp-{unique}")
+    for body in (metrics, other):
+        assert call(consul_server, "PUT", "/v1/agent/service/register", "bootstrap", body).status_code == 200
+    try:
+        seen = call(consul_server, "GET", "/v1/catalog/services", "prometheus").json()
+        assert "proxystack-metrics" in seen and other["Name"] not in seen
+        found = call(consul_server, "GET", "/v1/catalog/service/proxystack-metrics", "prometheus").json()
+        assert metrics["ID"] in [e["ServiceID"] for e in found]
+        assert call(consul_server, "GET", f"/v1/catalog/service/{other['Name']}", "prometheus").json() == []
+    finally:
+        for body in (metrics, other):
+            call(consul_server, "PUT", f"/v1/agent/service/deregister/{body['ID']}", "bootstrap")
 
 
 def test_script_checks_cannot_be_registered_through_the_api(consul_server):

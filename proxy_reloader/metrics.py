@@ -1,0 +1,23 @@
+"""proxy-reloader's own metrics, served beside nginx's per-request metrics on --admin /metrics."""
+from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily
+
+RENDERS = Counter("proxy_reloader_renders_total", "Times the wanted routes were computed and applied")
+APPLIED = Counter("proxy_reloader_applied_total", "Changes applied to nginx, by way (push, reload) and result",
+                  ["way", "result"])
+APPLY_SECONDS = Histogram("proxy_reloader_apply_seconds", "Time to apply a change to nginx, by way", ["way"],
+                          buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+
+
+class _WatchErrors:
+    """Consul blocking queries that failed, as counted by the catalog mirror."""
+    def __init__(self, mirror):
+        self.mirror = mirror
+
+    def collect(self):
+        yield CounterMetricFamily("proxy_reloader_consul_watch_errors", "Consul blocking queries that failed",
+                                  value=self.mirror.errors)
+
+
+def count_watch_errors(mirror) -> None:
+    REGISTRY.register(_WatchErrors(mirror))
