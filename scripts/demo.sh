@@ -51,6 +51,7 @@ info "Consul UI:      http://127.0.0.1:8500/ui/dc1/services/demo (log in with th
 info "The service:    curl $PROXY/demo/1"
 info "Gate verdicts:  export CONSUL_HTTP_TOKEN_FILE=$CONSUL_HTTP_TOKEN_FILE; $VENV/bin/gatekeeper status demo"
 info "Proxy status:   curl http://127.0.0.1:8001/status"
+info "Metrics:        http://127.0.0.1:9090/graph?g0.expr=proxystack%3Asuccess_ratio%3Arate30s (Prometheus; every daemon's at /targets)"
 info "Logs:           $LOGS/ (nginx: $STATE/nginx/logs/)"
 info "Stop it all:    make stop"
 echo

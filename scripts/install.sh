@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the stack needs and is missing, reusing whatever already exists.
-#   scripts/install.sh [all|venv|docker|consul|nginx|images|bench-tools|delivery-tools|compose|target-image]...
+#   scripts/install.sh [all|venv|docker|consul|prometheus|nginx|images|bench-tools|delivery-tools|compose|target-image]...
 # Safe to run again and again: every step checks before it acts.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -90,6 +90,18 @@ install_nginx() {
   else
     apt_install libnginx-mod-http-lua lua-cjson
     info "Lua module: installed (libnginx-mod-http-lua, lua-cjson)"
+  fi
+}
+
+# Prometheus from Debian: scrapes the daemons and the proxy; gatekeeper's progressive analysis
+# asks it for each version's success rate and latency.
+install_prometheus() {
+  step "Prometheus"
+  if command -v prometheus >/dev/null; then
+    info "using $(command -v prometheus) ($(prometheus --version 2>&1 | head -1 | cut -d' ' -f3))"
+  else
+    apt_install prometheus
+    info "installed $(prometheus --version 2>&1 | head -1)"
   fi
 }
 
@@ -216,10 +228,10 @@ install_target_image() {
 targets=("$@"); [ ${#targets[@]} -gt 0 ] || targets=(all)
 for t in "${targets[@]}"; do
   case "$t" in
-    all) install_venv; install_docker; install_consul; install_nginx; install_images ;;
-    venv) install_venv ;; docker) install_docker ;; consul) install_consul ;;
+    all) install_venv; install_docker; install_consul; install_prometheus; install_nginx; install_images ;;
+    venv) install_venv ;; docker) install_docker ;; consul) install_consul ;; prometheus) install_prometheus ;;
     nginx) install_nginx ;; images) install_images ;; bench-tools) install_bench_tools ;;
     delivery-tools) install_delivery_tools ;; compose) install_compose ;; target-image) install_target_image ;;
-    *) die "unknown target '$t' (expected: all, venv, docker, consul, nginx, images, bench-tools, delivery-tools, compose, target-image)" ;;
+    *) die "unknown target '$t' (expected: all, venv, docker, consul, prometheus, nginx, images, bench-tools, delivery-tools, compose, target-image)" ;;
   esac
 done

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Starts, stops and reports the stack: Consul, nginx, registrator, gatekeeper, proxy-reloader.
+# Starts, stops and reports the stack: Consul, Prometheus, nginx, registrator, gatekeeper, proxy-reloader.
 #   scripts/stack.sh up | down | status
 # Logs: .stack/logs/<component>.log   pid files: .stack/run/<component>.pid
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -10,6 +10,8 @@ NGINX_PREFIX="$STATE/nginx"
 NGINX_BIN="$(command -v nginx || echo /usr/sbin/nginx)"
 DEMO_LABEL="proxystack.demo"
 TOKENS="$STATE/tokens"
+PROMETHEUS_LISTEN="127.0.0.1:9090"
+PROMETHEUS_DIR="$STATE/prometheus"
 
 start_bg() {   # start_bg NAME COMMAND...: run in its own session, log and pid file by NAME
   local name="$1"; shift
@@ -32,6 +34,23 @@ up() {
     || die "ACL set-up failed (see $LOGS/consul.log)"
   info "ACLs on (default deny); one token per part in $TOKENS/ (the operator's: $TOKENS/operator.token)"
 
+  step "Prometheus on http://$PROMETHEUS_LISTEN/ (data in $PROMETHEUS_DIR/data)"
+  mkdir -p "$PROMETHEUS_DIR/data"
+  # Debian's Prometheus has no Consul discovery: monitoring.targets follows the daemons'
+  # metrics endpoints in Consul (with Prometheus's read-only token) and writes a file_sd file.
+  start_bg prometheus-targets "$VENV/bin/python" -m monitoring.targets --consul "$CONSUL_ADDR" \
+    --consul-token-file "$TOKENS/prometheus.token" --out "$PROMETHEUS_DIR/targets.json"
+  wait_for "the Prometheus targets file" 30 test -s "$PROMETHEUS_DIR/targets.json"
+  "$VENV/bin/python" -m monitoring.config --targets "$PROMETHEUS_DIR/targets.json" \
+    --listen "$PROMETHEUS_LISTEN" --out "$PROMETHEUS_DIR/prometheus.yml"
+  start_bg prometheus prometheus --config.file="$PROMETHEUS_DIR/prometheus.yml" \
+    --storage.tsdb.path="$PROMETHEUS_DIR/data" --storage.tsdb.retention.time=2d \
+    --web.listen-address="$PROMETHEUS_LISTEN" --web.enable-lifecycle
+  wait_for "Prometheus" 60 curl -sf "http://$PROMETHEUS_LISTEN/-/ready"
+  # An already running Prometheus reads the config again (it may have changed).
+  curl -sf -X POST "http://$PROMETHEUS_LISTEN/-/reload" >/dev/null || die "Prometheus refused its configuration (see $LOGS/prometheus.log)"
+  info "scraping every daemon announced in Consul as proxystack-metrics; rules: monitoring/rules.yml"
+
   step "nginx on http://$PROXY_LISTEN/ (prefix $NGINX_PREFIX)"
   mkdir -p "$NGINX_PREFIX/logs"
   proxy-reloader --consul "$CONSUL_ADDR" --consul-token-file "$TOKENS/proxy-reloader.token" \
@@ -49,9 +68,9 @@ up() {
 
   step "registrator, gatekeeper, proxy-reloader"
   start_bg registrator registrator --consul "$CONSUL_ADDR" --consul-token-file "$TOKENS/registrator.token" \
-    --explicit --exclude-label proxystack.test
+    --explicit --exclude-label proxystack.test --metrics 127.0.0.1:8002
   start_bg gatekeeper gatekeeper --consul "$CONSUL_ADDR" --consul-token-file "$TOKENS/gatekeeper.token" \
-    run --drain-seconds "${DRAIN_SECONDS:-5}"
+    run --drain-seconds "${DRAIN_SECONDS:-5}" --metrics 127.0.0.1:8003
   start_bg proxy-reloader proxy-reloader --consul "$CONSUL_ADDR" --consul-token-file "$TOKENS/proxy-reloader.token" \
     --nginx-prefix "$NGINX_PREFIX" --listen "$PROXY_LISTEN" --admin 127.0.0.1:8001 --report-check
 }
@@ -61,7 +80,7 @@ down() {
   local ids
   ids="$(docker ps -aq --filter "label=$DEMO_LABEL" 2>/dev/null || true)"
   if [ -n "$ids" ]; then docker rm -f $ids >/dev/null; info "removed $(echo "$ids" | wc -l) demo container(s)"; fi
-  for c in proxy-reloader gatekeeper registrator engine-tls registry; do stop_pid "$c"; done
+  for c in proxy-reloader gatekeeper registrator engine-tls registry prometheus prometheus-targets; do stop_pid "$c"; done
   if [ -s "$RUN/nginx.pid" ]; then kill -QUIT "$(cat "$RUN/nginx.pid")" 2>/dev/null || true; sleep 0.5; stop_pid nginx; fi
   stop_pid consul
   if [ -s "$RUN/dockerd.pid" ]; then
@@ -70,7 +89,7 @@ down() {
 }
 
 status() {
-  for c in consul nginx registrator gatekeeper proxy-reloader registry engine-tls dockerd; do
+  for c in consul prometheus prometheus-targets nginx registrator gatekeeper proxy-reloader registry engine-tls dockerd; do
     if is_running "$c"; then echo "$c: running (pid $(cat "$RUN/$c.pid"))"; else echo "$c: not started by this stack"; fi
   done
 }

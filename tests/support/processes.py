@@ -134,6 +134,45 @@ class ConsulServer:
         self.proc.stop()
 
 
+class PrometheusServer:
+    """Prometheus with the stack's configuration (monitoring.config), its targets kept by
+    monitoring.targets from the given Consul with Prometheus's own token, as the stack runs it."""
+
+    def __init__(self, base: Path, consul: "ConsulServer", port: int, interval: str = "1s"):
+        from monitoring.config import render
+        self.port, self.address = port, f"127.0.0.1:{port}"
+        self.dir = base / "prometheus"
+        (self.dir / "data").mkdir(parents=True, exist_ok=True)
+        self.config, self.targets = self.dir / "prometheus.yml", self.dir / "targets.json"
+        self.config.write_text(render(str(self.targets), interval=interval))
+        self.watcher = Proc("prometheus-targets", python_module(
+            "monitoring.targets", "--consul", consul.address, "--consul-token-file", consul.token_file("prometheus"),
+            "--out", str(self.targets)), base)
+        self.proc = Proc("prometheus", [
+            find_binary("prometheus"), f"--config.file={self.config}", f"--storage.tsdb.path={self.dir / 'data'}",
+            f"--web.listen-address={self.address}", "--log.level=warn"], base)
+
+    def start(self) -> "PrometheusServer":
+        self.watcher.start()
+        wait_until(lambda: self.targets.exists(), 30, "the targets file")
+        self.proc.start()
+        wait_until(lambda: requests.get(f"http://{self.address}/-/ready", timeout=2).ok, 60, "Prometheus ready")
+        return self
+
+    def api(self, path: str, **params):
+        r = requests.get(f"http://{self.address}/api/v1/{path}", params=params, timeout=10)
+        r.raise_for_status()
+        return r.json()["data"]
+
+    def query(self, promql: str) -> dict:
+        """Instant query -> {frozenset(labels.items()): value}."""
+        return {frozenset(r["metric"].items()): float(r["value"][1]) for r in self.api("query", query=promql)["result"]}
+
+    def stop(self) -> None:
+        self.proc.stop()
+        self.watcher.stop()
+
+
 class NginxServer:
     """nginx under its own prefix; its config is rendered by proxy-reloader --once first."""
 

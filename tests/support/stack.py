@@ -15,16 +15,20 @@ TEST_LABEL = "proxystack.test"
 class Stack:
     def __init__(self, consul, base, docker_client, session: str, listen_port: int = 18000,
                  drain_seconds: float = 3.0, service: str = "demo", gatekeeper_args=(), mode: str = "dynamic",
-                 proxy_args=()):
+                 proxy_args=(), metrics_ports=()):
         self.consul, self.base, self.docker = consul, base, docker_client
         self.session, self.listen_port, self.service, self.mode = session, listen_port, service, mode
         self.store = ConsulStore(consul.address, token=consul.management_token, timeout=5, max_wait=5)
         self.nginx = NginxServer(base / "nginx", f"127.0.0.1:{listen_port}")
         self.containers = {}
+        # metrics_ports: (registrator's, gatekeeper's) --metrics ports; proxy-reloader's are on --admin
+        self.metrics_ports = tuple(metrics_ports)
         self.registrator = self._registrator()
+        gatekeeper_metrics = ("--metrics", f"127.0.0.1:{metrics_ports[1]}") if metrics_ports else ()
         self.gatekeeper = Proc("gatekeeper", python_module(
             "gatekeeper", "--consul", consul.address, "--consul-token-file", consul.token_file("gatekeeper"), "run", "--drain-seconds", str(drain_seconds), "--wait", "5",
-            "--test-timeout", "60", "--test-label", f"{TEST_LABEL}={self.session}", *gatekeeper_args), base)
+            "--test-timeout", "60", "--test-label", f"{TEST_LABEL}={self.session}", *gatekeeper_metrics,
+            *gatekeeper_args), base)
         self.reloader = Proc("proxy-reloader", python_module(
             "proxy_reloader", "--consul", consul.address, "--consul-token-file", consul.token_file("proxy-reloader"),
             "--nginx-prefix", str(self.nginx.prefix), "--listen", self.nginx.listen,
@@ -34,7 +38,8 @@ class Stack:
         return Proc("registrator", python_module(
             "registrator", "--consul", self.consul.address, "--consul-token-file",
             self.consul.token_file("registrator"), "--hostname", "e2e",
-            "--filter-label", f"{E2E_LABEL}={self.session}", "--resync", "30"), self.base)
+            "--filter-label", f"{E2E_LABEL}={self.session}", "--resync", "30",
+            *(("--metrics", f"127.0.0.1:{self.metrics_ports[0]}") if self.metrics_ports else ())), self.base)
 
     def start(self):
         Proc("render-once", python_module("proxy_reloader", "--consul", self.consul.address, "--consul-token-file",
@@ -59,12 +64,12 @@ class Stack:
             except Exception:
                 pass
 
-    def deploy(self, name, image, **labels):
-        """`docker run -d -P` with labels only, as an operator would."""
+    def deploy(self, name, image, environment=None, **labels):
+        """`docker run -d -P` with labels only (and `-e` for the demo's switches), as an operator would."""
         base = {"SERVICE_NAME": self.service, "gatekeeper.tests": "demo-test:latest", "proxy.path": "/demo/",
                 TEST_LABEL: self.session, E2E_LABEL: self.session}
         c = self.docker.containers.run(image, detach=True, name=f"e2e-{self.session}-{name}", publish_all_ports=True,
-                                       labels={**base, **labels})
+                                       labels={**base, **labels}, environment=environment or {})
         self.containers[name] = c
         return c
 

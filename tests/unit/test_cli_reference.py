@@ -45,7 +45,7 @@ def test_every_option_readme_uses_with_a_command_exists():
 
 # Options README mentions that belong to other programs: Docker, Compose, Ansible, the benchmarks.
 OTHER_PROGRAMS = {"--ip", "--network", "--rm", "--tlsverify", "--no-deps", "--entrypoint", "--syntax-check",
-                  "--check", "--containers", "--deploys", "--runs", "--services", "--starts"}
+                  "--check", "--containers", "--deploys", "--runs", "--services", "--starts", "--only"}
 
 
 def test_every_option_readme_mentions_belongs_to_a_tool():

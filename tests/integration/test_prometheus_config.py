@@ -1,0 +1,54 @@
+"""The configuration and rules the stack gives Prometheus pass Prometheus's own checker
+(Debian's promtool, the same release as the server the stack runs), and the targets watcher
+follows the metrics endpoints announced in real Consul with Prometheus's own token."""
+import contextlib
+import json
+import subprocess
+
+from catalog.consul_store import ConsulStore
+from monitoring.config import RULES, render
+from tests.support.processes import Proc, find_binary, python_module, wait_until
+
+
+def promtool(*args):
+    return subprocess.run([find_binary("promtool"), *args], capture_output=True, text=True, timeout=60)
+
+
+def test_the_rendered_configuration_is_valid(tmp_path):
+    targets = tmp_path / "targets.json"
+    targets.write_text("[]\n")
+    config = tmp_path / "prometheus.yml"
+    config.write_text(render(str(targets), listen="127.0.0.1:9090"))
+    res = promtool("check", "config", str(config))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "SUCCESS" in res.stdout + res.stderr
+
+
+def test_the_recording_and_alerting_rules_are_valid():
+    res = promtool("check", "rules", str(RULES))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "SUCCESS: 6 rules found" in res.stdout + res.stderr
+
+
+def test_the_watcher_follows_announcements_in_consul(consul_server, tmp_path, unique):
+    out = tmp_path / "targets.json"
+    watcher = Proc("targets", python_module("monitoring.targets", "--consul", consul_server.address,
+                                            "--consul-token-file", consul_server.token_file("prometheus"),
+                                            "--out", str(out)), tmp_path).start()
+    gatekeeper = ConsulStore(consul_server.address, token=open(consul_server.token_file("gatekeeper")).read().strip())
+    sid = f"proxystack-metrics:gatekeeper:{unique}"
+
+    def mine():
+        return [g for g in json.loads(out.read_text()) if g["labels"]["consul_service_id"] == sid]
+    try:
+        wait_until(lambda: out.exists(), 30, "the targets file")
+        gatekeeper.announce_metrics(sid, "gatekeeper", "127.0.0.1:18999")
+        found = wait_until(mine, 20, "the announced endpoint in the file")
+        assert found == [{"targets": ["127.0.0.1:18999"],
+                          "labels": {"job": "gatekeeper", "node": "proxystack-test", "consul_service_id": sid}}]
+        gatekeeper.withdraw(sid)
+        wait_until(lambda: not mine(), 20, "the withdrawn endpoint gone from the file")
+    finally:
+        with contextlib.suppress(Exception):       # already withdrawn when the test got that far
+            gatekeeper.withdraw(sid)
+        watcher.stop()
