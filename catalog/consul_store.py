@@ -16,8 +16,9 @@ import consul.base
 
 from .model import (META_CONTAINER_ID, META_CONTAINER_NAME, META_DOCKER_HEALTH, META_IMAGE,
                     META_PROXY_HOST, META_PROXY_PATH, META_PROXY_STRIP, META_REGISTERED_BY, META_TESTS_IMAGE,
-                    META_VERSION, Instance, RegisteredInstance, Rejection, RoutingPolicy, Verdict)
-from .kv_layout import DEFAULT_TESTS, GATEKEEPER, HISTORY, POLICIES, REJECTED, RETESTS, SERVED, VERDICTS
+                    META_VERSION, AnalysisState, Instance, RegisteredInstance, Rejection, RoutingPolicy,
+                    Verdict)
+from .kv_layout import ANALYSIS, DEFAULT_TESTS, GATEKEEPER, HISTORY, POLICIES, REJECTED, RETESTS, SERVED, VERDICTS
 from .validation import parse_policy
 
 log = logging.getLogger(__name__)
@@ -244,9 +245,10 @@ class ConsulStore:
 
     def forget_service(self, service: str) -> List[str]:
         """Remove a service's policy, default test image and history; return the keys removed."""
-        keys = [k for k in (POLICIES + service, DEFAULT_TESTS + service) if self.kv_get(k)[1] is not None]
+        own = (POLICIES + service, DEFAULT_TESTS + service, ANALYSIS + service)
+        keys = [k for k in own if self.kv_get(k)[1] is not None]
         keys += self.kv_keys(f"{HISTORY}{service}/")
-        for key in (POLICIES + service, DEFAULT_TESTS + service):
+        for key in own:
             self.kv_delete(key)
         self._c.kv.delete(f"{HISTORY}{service}/", recurse=True)
         return keys
@@ -271,6 +273,20 @@ class ConsulStore:
     def wait_gatekeeper_state(self, index: int, wait: float) -> Tuple[int, Dict[str, str]]:
         """Blocking query on everything gatekeeper keeps (policies, retests, default images)."""
         return self.wait_kv(GATEKEEPER, index, wait)
+
+    def analysis(self, service: str) -> Optional[AnalysisState]:
+        """Where the service's progressive analysis stands, if it has one."""
+        raw = self.kv_get(ANALYSIS + service)[1]
+        if not raw:
+            return None
+        try:
+            return AnalysisState.from_json(raw)
+        except (ValueError, TypeError, KeyError) as exc:
+            log.error("ignoring unreadable analysis state of %s: %s", service, exc)
+            return None
+
+    def put_analysis(self, state: AnalysisState) -> None:
+        self.kv_put(ANALYSIS + state.service, state.to_json())
 
     def request_retest(self, instance_id: str) -> None:
         self.kv_put(RETESTS + instance_id, json.dumps({"time": time.time()}))

@@ -7,6 +7,7 @@ POLICIES = GATEKEEPER + "policies/"            # <service>: the routing policy
 DEFAULT_TESTS = GATEKEEPER + "tests/"          # <service>: the default test image
 RETESTS = GATEKEEPER + "retest/"               # <instance id>: a retest request
 HISTORY = GATEKEEPER + "history/"              # <service>/<ns time>: promotions, aborts, ...
+ANALYSIS = GATEKEEPER + "analysis/"            # <service>: where its progressive analysis stands
 LEADER = GATEKEEPER + "leader"                 # the leader lock
 
 REGISTRATOR = "registrator/"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Mapping, Optional, Tuple
+from typing import List, Mapping, Optional, Tuple
 
 GATE_SUFFIX = ":gate"
 HEALTH_SUFFIX = ":health"
@@ -181,7 +181,67 @@ class Verdict:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
-AUTO, MANUAL = "auto", "manual"
+AUTO, MANUAL, PROGRESSIVE = "auto", "manual", "progressive"
+MODES = (AUTO, MANUAL, PROGRESSIVE)
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Progressive mode's settings: the canary starts at `step` % and, every `interval` seconds,
+    gains `step` % while its live metrics over the last interval hold (success rate at least
+    `success_rate` %, p99 at most `p99_ms`), up to `max_weight` %, then becomes stable. It is
+    rolled back after `threshold` failed checks. Fewer than `min_requests` requests in the
+    interval is no evidence: the step holds."""
+
+    step: int = 10
+    max_weight: int = 100
+    interval: float = 10.0
+    threshold: int = 3
+    min_requests: int = 20
+    success_rate: float = 99.0
+    p99_ms: float = 500.0
+
+
+RUNNING, PROMOTED, ROLLED_BACK = "running", "promoted", "rolled back"      # an analysis's status
+
+
+@dataclass(frozen=True)
+class AnalysisCheck:
+    """One judged interval, as the state and the history keep it."""
+    time: float
+    weight: int
+    result: str                      # pass, fail, hold, inconclusive
+    reason: str
+    canary: Optional[dict] = None    # Measurement as a dict
+    stable: Optional[dict] = None
+
+
+@dataclass(frozen=True)
+class AnalysisState:
+    """Where a service's progressive analysis stands, kept in Consul KV (gatekeeper/analysis/)
+    so a new leader resumes it; gatekeeper.analysis decides each step."""
+    service: str
+    version: str
+    weight: int
+    started: float
+    next_check: float                # epoch seconds
+    failed: int = 0
+    status: str = RUNNING
+    reason: str = ""
+    checks: List[AnalysisCheck] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, raw: str) -> "AnalysisState":
+        data = json.loads(raw)
+        checks = [AnalysisCheck(**c) for c in data.pop("checks", [])]
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__}, checks=checks)
+
+    @property
+    def last(self) -> Optional[AnalysisCheck]:
+        return self.checks[-1] if self.checks else None
 
 
 @dataclass(frozen=True)
@@ -196,6 +256,7 @@ class RoutingPolicy:
     previous: str = ""
     updated: float = 0.0
     aborted: str = ""          # the last canary version taken out of traffic by an abort
+    analysis: Analysis = field(default_factory=Analysis)    # used in progressive mode
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

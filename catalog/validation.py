@@ -10,7 +10,7 @@ import re
 from typing import Any, Mapping
 
 from .errors import BadInput
-from .model import AUTO, MANUAL, RoutingPolicy
+from .model import MODES, Analysis, RoutingPolicy
 
 
 class InvalidValue(BadInput):
@@ -102,10 +102,47 @@ def validate_policy(data: Mapping[str, Any]) -> RoutingPolicy:
     weight = data.get("weight", 0)
     if not isinstance(weight, int) or isinstance(weight, bool) or not 0 <= weight <= 100:
         raise InvalidValue("weight", weight, "a whole number from 0 to 100")
-    mode = data.get("mode", AUTO)
-    if mode not in (AUTO, MANUAL):
-        raise InvalidValue("mode", mode, "'auto' or 'manual'")
+    mode = data.get("mode", MODES[0])
+    if mode not in MODES:
+        raise InvalidValue("mode", mode, "'auto', 'manual' or 'progressive'")
     updated = data.get("updated", 0.0)
     if not isinstance(updated, (int, float)):
         raise InvalidValue("updated", updated, "a number of seconds since the epoch")
-    return RoutingPolicy(service=service, weight=weight, mode=mode, updated=float(updated), **versions)
+    return RoutingPolicy(service=service, weight=weight, mode=mode, updated=float(updated),
+                         analysis=validate_analysis(data.get("analysis") or {}), **versions)
+
+
+# Each analysis setting: (whole number?, lowest, highest, the rule in words).
+ANALYSIS_RULES = {
+    "step": (True, 1, 100, "a whole number of percent from 1 to 100"),
+    "max_weight": (True, 1, 100, "a whole number of percent from 1 to 100, at least step"),
+    "interval": (False, 1, 3600, "seconds from 1 to 3600"),
+    "threshold": (True, 1, 100, "a whole number of failed checks from 1 to 100"),
+    "min_requests": (True, 0, 1_000_000, "a whole number of requests from 0 to 1000000"),
+    "success_rate": (False, 0, 100, "a percentage from 0 to 100"),
+    "p99_ms": (False, 1, 600_000, "milliseconds from 1 to 600000"),
+}
+
+
+def validate_analysis(data: Mapping[str, Any]) -> Analysis:
+    """Progressive mode's settings (a partial mapping takes the defaults for the rest);
+    InvalidValue names the first bad one and its rule."""
+    if not isinstance(data, Mapping):
+        raise InvalidValue("analysis", data, "a JSON object of progressive-mode settings")
+    unknown = sorted(set(data) - set(ANALYSIS_RULES))
+    if unknown:
+        raise InvalidValue(f"analysis.{unknown[0]}", data[unknown[0]],
+                           "not a setting; the settings are " + ", ".join(ANALYSIS_RULES))
+    values = {}
+    for key, (whole, low, high, rule) in ANALYSIS_RULES.items():
+        if key not in data:
+            continue
+        value = data[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (whole and not isinstance(value, int)) \
+                or not low <= value <= high:          # NaN fails this too
+            raise InvalidValue(f"analysis.{key}", value, rule)
+        values[key] = value if whole else float(value)
+    analysis = Analysis(**values)
+    if analysis.max_weight < analysis.step:
+        raise InvalidValue("analysis.max_weight", analysis.max_weight, ANALYSIS_RULES["max_weight"][3])
+    return analysis

@@ -8,7 +8,8 @@
   gatekeeper abort SERVICE                canary out of traffic; stable serves everything
   gatekeeper canary SERVICE VERSION       an admitted version (an aborted canary, say) is the canary again, at 0%
   gatekeeper rollback SERVICE             back to the previous stable version
-  gatekeeper mode SERVICE auto|manual     auto: a passed version becomes stable; manual: a canary
+  gatekeeper mode SERVICE auto|manual|progressive   auto: a passed version becomes stable; manual: a
+                                          canary at 0%; progressive: a canary moved on by its live metrics
   gatekeeper wait SERVICE --version V     for CD jobs: exit 0 when every proxy serves V, 1 tests failed, 4 timed out
   gatekeeper history SERVICE              promotions, aborts, rollbacks
   gatekeeper tests SERVICE [IMAGE]        default integration-test image for the service
@@ -34,6 +35,7 @@ from catalog.consul_store import ConsulStore, read_token
 from catalog.errors import StackError
 from catalog.logs import setup_logging
 from catalog.metrics import metrics_address
+from catalog.model import MODES
 from catalog.validation import check
 
 from .promotion import PromotionError
@@ -76,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--wait", type=float, default=30.0, metavar="S",
                      help="blocking query wait, seconds (default %(default)s)")
     run.add_argument("--id", default="", help="identity in the leader lock (default gatekeeper@HOST)")
+    run.add_argument("--prometheus", default="http://127.0.0.1:9090", metavar="URL",
+                     help="Prometheus that progressive mode asks for each version's success rate and latency, "
+                          "'' for none (progressive checks are then inconclusive) (default %(default)s)")
     run.add_argument("--metrics", default="", type=metrics_address, metavar="HOST:PORT",
                      help="serve Prometheus metrics on this loopback address and announce them in Consul "
                           "(default: off)")
@@ -83,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = command("status", "show services, instances, verdicts and what the proxy answers", service=False)
     st.add_argument("service", nargs="?", metavar="SERVICE", help="one service (default: every service the stack knows)")
+    st.add_argument("--watch", nargs="?", const=2.0, type=float, metavar="S",
+                    help="refresh in place every S seconds until Ctrl-C (2 when S is left out); with --json, "
+                         "one JSON object per line per refresh")
     wy = command("why", "why an instance, a service's instances or a rejected container get traffic or not",
                  service=False)
     wy.add_argument("target", metavar="INSTANCE|SERVICE|CONTAINER")
@@ -94,8 +102,19 @@ def build_parser() -> argparse.ArgumentParser:
     cn = command("canary", "make an admitted version (an aborted canary, say) the canary again, at 0%%")
     cn.add_argument("version", metavar="VERSION")
     command("rollback", "make the previous stable version stable again")
-    md = command("mode", "auto or manual promotion")
-    md.add_argument("mode", choices=["auto", "manual"])
+    md = command("mode", "auto, manual or progressive promotion")
+    md.add_argument("mode", choices=list(MODES))
+    for flag, key, kind, meta, what in (
+            ("--step", "step", int, "PCT", "canary weight at the start and added at each passed check (default 10)"),
+            ("--max", "max_weight", int, "PCT", "weight at which a passed check promotes (default 100)"),
+            ("--interval", "interval", float, "S", "seconds between checks; also the metrics window (default 10)"),
+            ("--threshold", "threshold", int, "N", "failed checks that roll the canary back (default 3)"),
+            ("--min-requests", "min_requests", int, "N", "fewer requests in a window: no verdict, the step "
+                                                         "holds (default 20)"),
+            ("--success-rate", "success_rate", float, "PCT", "lowest share of non-5xx answers (default 99)"),
+            ("--p99", "p99_ms", float, "MS", "highest p99 request time through the proxy (default 500)")):
+        md.add_argument(flag, dest=f"analysis_{key}", type=kind, metavar=meta,
+                        help=f"progressive: {what}; kept from before when not given")
     wa = command("wait", "wait until every proxy serves a version (exit 0), its tests fail (1) or time runs out (4)")
     wa.add_argument("--version", required=True)
     wa.add_argument("--timeout", type=float, default=300.0, metavar="S", help="seconds (default %(default)s)")
@@ -117,6 +136,7 @@ def cmd_run(args, store) -> int:
     from .daemon import Daemon
     from .gate import Gate
     from .leader import LeaderLock
+    from .prometheus import Prometheus
     from .promotion import Promoter
     from .tester import DockerTester, RunLimits
 
@@ -133,7 +153,8 @@ def cmd_run(args, store) -> int:
         raise ValueError("--forget-after must be zero or more seconds")
     client = docker.from_env(timeout=30)
     limits = RunLimits(timeout=args.test_timeout, memory=args.test_memory, cpus=args.test_cpus)
-    promoter = Promoter(store, client, drain_seconds=args.drain_seconds, stop_old=not args.keep_old)
+    promoter = Promoter(store, client, drain_seconds=args.drain_seconds, stop_old=not args.keep_old,
+                        prometheus=Prometheus(args.prometheus) if args.prometheus else None)
     gate = Gate(store, DockerTester(client, limits, labels), parallel=args.parallel,
                 on_admitted=promoter.admitted, reverify_every=args.reverify_every,
                 on_service=promoter.check_canary, forget_after=args.forget_after)
@@ -181,9 +202,24 @@ def cmd_status(args, store) -> int:
     _can_read_catalog(store)
     if args.service:
         _known_service(store, args.service)
-    data = collect(store, args.service)
-    print(json.dumps(data, indent=2, sort_keys=True) if args.json else render_text(data), end="" if not args.json else "\n")
-    return EXIT_OK
+    if args.watch is None:
+        data = collect(store, args.service)
+        print(json.dumps(data, indent=2, sort_keys=True) if args.json else render_text(data),
+              end="" if not args.json else "\n")
+        return EXIT_OK
+    if not 0.2 <= args.watch <= 3600:
+        raise ValueError(f"--watch {args.watch:g}: expected seconds from 0.2 to 3600")
+    try:
+        while True:
+            data = collect(store, args.service)
+            if args.json:
+                print(json.dumps(data, sort_keys=True), flush=True)
+            else:                                      # home, clear, then the same text as without --watch
+                print("\x1b[H\x1b[2J" + time.strftime("%H:%M:%S ") + f"every {args.watch:g} s, Ctrl-C to stop\n\n"
+                      + render_text(data), end="", flush=True)
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
+        return EXIT_OK
 
 
 def cmd_why(args, store) -> int:
@@ -243,7 +279,8 @@ def cmd_rollback(args, store) -> int:
 def cmd_mode(args, store) -> int:
     from .promotion import set_mode
     check("service", args.service)
-    return _emit(args, *set_mode(store, args.service, args.mode))
+    settings = {k[len("analysis_"):]: v for k, v in vars(args).items() if k.startswith("analysis_") and v is not None}
+    return _emit(args, *set_mode(store, args.service, args.mode, settings))
 
 
 def cmd_wait(args, store) -> int:

@@ -10,4 +10,7 @@ GATE_SECONDS = Histogram("gatekeeper_gate_open_seconds",
                          buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300))
 PROMOTIONS = Counter("gatekeeper_promotions_total",
                      "Routing changes gatekeeper made: promoted, canary, aborted, rolled back", ["service", "event"])
+ANALYSIS_STEPS = Counter("gatekeeper_analysis_steps_total",
+                         "Progressive-mode checks, by service and result (pass, fail, hold, inconclusive)",
+                         ["service", "result"])
 LEADER = Gauge("gatekeeper_leader", "1 while this gatekeeper holds the leader lock")

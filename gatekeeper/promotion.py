@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Callable, List, Optional, Protocol, Tuple
 
 import docker
@@ -16,10 +16,13 @@ import docker.errors
 
 from catalog.errors import Refused
 from catalog.kv_layout import POLICIES
-from catalog.model import AUTO, MANUAL, PASSED, Instance, RegisteredInstance, RoutingPolicy, Verdict
-from catalog.validation import InvalidValue
+from catalog.model import (AUTO, MANUAL, MODES, PASSED, PROGRESSIVE, AnalysisState, Instance, RegisteredInstance,
+                           RoutingPolicy, Verdict)
+from catalog.validation import InvalidValue, validate_analysis
 
 from . import metrics
+from .progressive import Progressive
+from .prometheus import Prometheus
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +34,9 @@ class PolicyStore(Protocol):
     def instances(self, service: str) -> List[RegisteredInstance]: ...
     def verdict(self, instance_id: str) -> Optional[Verdict]: ...
     def add_history(self, service: str, event: str, **details) -> None: ...
+    def set_gate(self, inst: Instance, passing: bool, output: str) -> None: ...
+    def analysis(self, service: str) -> Optional[AnalysisState]: ...
+    def put_analysis(self, state: AnalysisState) -> None: ...
 
 
 class PromotionError(Refused):
@@ -56,11 +62,16 @@ def update_policy(store: PolicyStore, service: str, change: Callable[[RoutingPol
 
 
 class Promoter:
-    """Acts on admitted instances: auto mode makes a passed version stable and drains the rest."""
+    """Acts on admitted instances: auto mode makes a passed version stable and drains the rest;
+    manual mode makes it the canary at 0 %; progressive mode makes it the canary at the first
+    step and lets the analysis (gatekeeper.progressive) move it on."""
 
     def __init__(self, store: PolicyStore, docker_client: Optional[docker.DockerClient] = None,
-                 drain_seconds: float = 10.0, stop_old: bool = True, unhealthy_grace: float = 10.0):
+                 drain_seconds: float = 10.0, stop_old: bool = True, unhealthy_grace: float = 10.0,
+                 prometheus: Optional[Prometheus] = None):
         self.store = store
+        self.progressive = Progressive(store, prometheus, self._analysis_weight, self._analysis_promote,
+                                       self._analysis_roll_back)
         self.unhealthy_grace = unhealthy_grace
         self.unhealthy_since: dict = {}          # service -> when its canary was first seen unhealthy
         self.docker = docker_client
@@ -68,6 +79,12 @@ class Promoter:
         self.stop_old = stop_old
 
     def admitted(self, inst: Instance) -> None:
+        # Tests finish on worker threads while the daemon's thread runs the analysis: a canary
+        # and its analysis are set together, never seen half-made by a step.
+        with self.progressive.lock:
+            self._admitted(inst)
+
+    def _admitted(self, inst: Instance) -> None:
         try:
             before = self.store.policy(inst.service)[1]
         except InvalidValue as exc:
@@ -80,10 +97,18 @@ class Promoter:
                 return None
             if p.mode == MANUAL and p.stable:
                 return p.with_canary(inst.version)
+            if p.mode == PROGRESSIVE and p.stable:
+                return replace(p.with_canary(inst.version), weight=min(p.analysis.step, p.analysis.max_weight))
             return p.promoted(inst.version)
 
         after = update_policy(self.store, inst.service, change)
         if after is None or (before and after.stable == before.stable and after.canary == before.canary):
+            return
+        if after.mode == PROGRESSIVE and after.canary == inst.version:
+            self.store.add_history(inst.service, "canary", version=inst.version, weight=after.weight,
+                                   by="gatekeeper (progressive)")
+            metrics.PROMOTIONS.labels(inst.service, "canary").inc()
+            self.progressive.begin(inst.service, inst.version, after)
             return
         if mode == MANUAL and before and before.stable:
             log.info("%s: %s passed and is now the canary (weight 0); `gatekeeper promote %s` to make it stable",
@@ -99,15 +124,20 @@ class Promoter:
         self.drain_later(inst.service, inst.version)
 
     def next_due(self) -> Optional[float]:
-        """When the earliest unhealthy canary's grace period ends (time.monotonic), if any."""
-        return min(self.unhealthy_since.values()) + self.unhealthy_grace if self.unhealthy_since else None
+        """When the next decision falls due (time.monotonic): the earliest unhealthy canary's
+        grace period ends, or a progressive analysis checks again."""
+        due = [min(self.unhealthy_since.values()) + self.unhealthy_grace] if self.unhealthy_since else []
+        analysis_due = self.progressive.next_due()
+        return min(due + ([analysis_due] if analysis_due is not None else []), default=None)
 
     def check_canary(self, service: str, registered) -> None:
-        """Auto-abort a canary none of whose instances is healthy any more: at once when every
+        """At every reconcile, per service: the progressive analysis's next step when due, and
+        auto-abort of a canary none of whose instances is healthy any more: at once when every
         one failed its re-verification, after `unhealthy_grace` seconds when health checks fail
         (a single stale read of the catalog must not abort a healthy canary)."""
+        self.progressive.tick(service, registered)
         try:
-            policy = self.store.policy(service)[1]
+            policy = self.store.policy(service)[1]          # after the step, which may have moved it on
         except InvalidValue:
             return
         canary = [ri for ri in registered if policy and ri.instance.version == policy.canary]
@@ -130,6 +160,41 @@ class Promoter:
             metrics.PROMOTIONS.labels(service, "aborted").inc()
         except PromotionError:
             pass
+
+    # --- what the progressive analysis decides, carried out with check-and-set -------------
+    def _analysis_weight(self, service: str, version: str, weight: int) -> bool:
+        after = update_policy(self.store, service, lambda p: replace(p, weight=weight)
+                              if p.canary == version and p.mode == PROGRESSIVE and p.weight != weight else None)
+        return bool(after and after.canary == version and after.weight == weight)
+
+    def _analysis_promote(self, service: str, version: str) -> bool:
+        before = self.store.policy(service)[1]
+        after = update_policy(self.store, service, lambda p: p.promoted(version)
+                              if p.canary == version and p.mode == PROGRESSIVE else None)
+        if not after or after.stable != version:
+            return False
+        self.store.add_history(service, "promoted", version=version, previous=before.stable if before else "",
+                               by="gatekeeper (analysis)")
+        metrics.PROMOTIONS.labels(service, "promoted").inc()
+        log.info("%s: %s passed every step of its analysis and is now stable", service, version)
+        self.drain_later(service, version)
+        return True
+
+    def _analysis_roll_back(self, service: str, version: str, reason: str, instances) -> bool:
+        try:
+            abort(self.store, service, why=reason, by="gatekeeper (analysis)")
+        except PromotionError:
+            return False
+        metrics.PROMOTIONS.labels(service, "rolled back").inc()
+        log.warning("%s: %s %s", service, version, reason)
+        for ri in instances:                     # the Consul UI shows why beside the gate
+            try:
+                verdict = self.store.verdict(ri.instance.id)
+                self.store.set_gate(ri.instance, True, f"{verdict.summary if verdict else 'passed'}; "
+                                                       f"then {reason}")
+            except Exception as exc:
+                log.warning("%s: could not note the rollback on %s's gate: %s", service, ri.instance.id, exc)
+        return True
 
     def drain_later(self, service: str, stable: str) -> None:
         """After the drain period, stop the containers of admitted instances of other versions:
@@ -274,14 +339,24 @@ def rollback(store: PolicyStore, service: str) -> Tuple[RoutingPolicy, str]:
     return after, f"{service}: rolled back to {after.stable}; {before.stable} gets no more traffic"
 
 
-def set_mode(store: PolicyStore, service: str, mode: str) -> Tuple[RoutingPolicy, str]:
-    if mode not in (AUTO, MANUAL):
-        raise InvalidValue("mode", mode, "'auto' or 'manual'")
+def set_mode(store: PolicyStore, service: str, mode: str, settings: Optional[dict] = None) -> Tuple[RoutingPolicy, str]:
+    """Set the promotion mode; `settings` changes progressive mode's (validated, the rest kept)."""
+    if mode not in MODES:
+        raise InvalidValue("mode", mode, "'auto', 'manual' or 'progressive'")
     known = store.policy(service)[1] is not None or bool(store.instances(service))
     if not known:
         raise PromotionError(f"unknown service {service!r}: no instance and no policy")
-    after = update_policy(store, service, lambda p: replace(p, mode=mode))
-    store.add_history(service, "mode", mode=mode, by="operator")
-    explain = ("a new version that passes becomes stable at once and old ones drain" if mode == AUTO else
-               "a new version that passes becomes a canary at 0%; `gatekeeper promote` moves it on")
+    current = _policy_or_error(store, service) if store.policy(service)[1] else RoutingPolicy(service)
+    analysis = validate_analysis({**asdict(current.analysis), **(settings or {})})
+    after = update_policy(store, service, lambda p: replace(p, mode=mode, analysis=analysis))
+    store.add_history(service, "mode", mode=mode, by="operator",
+                      **({"settings": asdict(analysis)} if mode == PROGRESSIVE else {}))
+    a = analysis
+    explain = {AUTO: "a new version that passes becomes stable at once and old ones drain",
+               MANUAL: "a new version that passes becomes a canary at 0%; `gatekeeper promote` moves it on",
+               PROGRESSIVE: (f"a new version that passes becomes a canary at {a.step}%, then every {a.interval:g} s "
+                             f"gains {a.step}% up to {a.max_weight}% and becomes stable while its success rate "
+                             f"stays >= {a.success_rate:g}% and p99 <= {a.p99_ms:g} ms over at least "
+                             f"{a.min_requests} requests; {a.threshold} failed checks roll it back "
+                             "(needs gatekeeper run --prometheus)")}[mode]
     return after, f"{service}: mode {mode}: {explain}"

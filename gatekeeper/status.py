@@ -8,13 +8,15 @@ test image, or with only rejected containers. `why` adds, per instance, the verd
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from typing import Dict, List, Optional
 
 from catalog.errors import Refused
-from catalog.model import Rejection, RegisteredInstance
+from catalog.model import RUNNING, Analysis, AnalysisState, Rejection, RegisteredInstance, RoutingPolicy
 from catalog.routing import route_for
 from catalog.validation import InvalidValue
 
+from .analysis import ms, pct
 from .explain import explain_instance, proxy_answer
 
 
@@ -68,10 +70,50 @@ def service_status(store, service: str, rejections: Dict[str, Rejection], detail
         "instances": instances,
         "rejected": {name: _rejection_dict(r) for name, r in sorted(rejections.items()) if r.service == service},
     }
+    state = store.analysis(service)
+    out["analysis"] = analysis_view(state, policy) if state else None
     if detail:
         out["default_tests"] = store.default_tests_image(service)
         out["proxies"] = {p: store.served(p, service) for p in store.proxies()}
     return out
+
+
+def analysis_view(state: AnalysisState, policy: Optional[RoutingPolicy], now: Optional[float] = None) -> dict:
+    """Where a progressive analysis stands, for people and programs: each metric's last value
+    beside its threshold, failed checks so far, and when the next check comes."""
+    settings = policy.analysis if policy else Analysis()
+    last = state.last
+    running = state.status == RUNNING and policy is not None and policy.canary == state.version
+    return {
+        "version": state.version, "status": state.status if state.status != RUNNING or running else "stopped",
+        "weight": state.weight, "step": settings.step, "max_weight": settings.max_weight,
+        "failed": state.failed, "threshold": settings.threshold, "checks": len(state.checks),
+        "next_check_in": round(max(0.0, state.next_check - (time.time() if now is None else now)), 1)
+        if running else None,
+        "reason": state.reason,
+        "thresholds": {"success_rate": settings.success_rate, "p99_ms": settings.p99_ms,
+                       "min_requests": settings.min_requests, "interval": settings.interval},
+        "last": asdict(last) if last else None,
+    }
+
+
+def analysis_lines(a: dict) -> List[str]:
+    t = a["thresholds"]
+    head = f"analysis {a['version']}: {a['status']}"
+    if a["status"] == RUNNING:
+        head += (f" at {a['weight']}% (step {a['step']}% up to {a['max_weight']}%), failed checks "
+                 f"{a['failed']} of {a['threshold']}, next check in {a['next_check_in']:.0f} s")
+    lines = [head]
+    last = a["last"]
+    for who in ("canary", "stable"):
+        m = last.get(who) if last else None
+        if m:
+            lines.append(f"  {who + ':':8} {m['requests']:.0f} requests in {t['interval']:g} s (at least "
+                         f"{t['min_requests']}), success {pct(m['success_rate'])} (at least {t['success_rate']:g} %), "
+                         f"p99 {ms(m['p99_ms'])} (at most {t['p99_ms']:g} ms)")
+    if a["reason"]:
+        lines.append(f"  last:    {a['reason']}")
+    return lines
 
 
 def _rejection_dict(r: Rejection) -> dict:
@@ -138,6 +180,10 @@ def render_text(data: dict) -> str:
         else:
             out.append("  policy   none yet (set when the first instance passes its tests)")
         out.append(f"  proxy    answers {s['proxy_answers']}")
+        if s.get("analysis"):
+            first, *rest = analysis_lines(s["analysis"])
+            out.append(f"  {first}")
+            out.extend(f"  {line}" for line in rest)
         if r["note"]:
             out.append(f"  note     {r['note']}")
         if s["instances"]:
@@ -178,6 +224,8 @@ def render_why(data: dict) -> str:
             out.append(f"  policy: INVALID: {s['policy_error']}")
         else:
             out.append("  policy: none yet (set when the first instance passes its tests)")
+        if s.get("analysis"):
+            out.extend(f"  {line}" for line in analysis_lines(s["analysis"]))
         out.append(f"  default test image: {s.get('default_tests') or 'none'}")
         for proxy, served in sorted(s.get("proxies", {}).items()):
             what = (f"stable {served['stable'] or '-'}, canary {served['canary'] or '-'} at {served['weight']}%"

@@ -106,3 +106,62 @@ class KeepAliveLoad:
         for t in self.threads:
             t.join(15)
         return self
+
+
+class ManyClients:
+    """`threads` clients on kept-alive connections, each request from a new client id (so a
+    canary split sends its share to the canary), as fast as the answers come or at `rate` per
+    thread. Records every answer's time, status and version, to count errors after a moment."""
+
+    def __init__(self, host: str, port: int, path: str = "/demo/1", threads: int = 4, rate: float = 0.0,
+                 max_seconds: float = 600.0, headers: dict = None):
+        self.host, self.port, self.path, self.threads, self.rate = host, port, path, threads, rate
+        self.max_seconds, self.headers = max_seconds, headers or {}
+        self.stopping = threading.Event()
+        self.answers: List[tuple] = []          # (monotonic time, status, version or "")
+        self._lock = threading.Lock()
+        self._threads: List[threading.Thread] = []
+
+    def start(self) -> "ManyClients":
+        for _ in range(self.threads):
+            t = threading.Thread(target=self._client, daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def _client(self) -> None:
+        import uuid
+        deadline = time.monotonic() + self.max_seconds
+        conn = None
+        while not self.stopping.is_set() and time.monotonic() < deadline:
+            started = time.monotonic()
+            try:
+                conn = conn or http.client.HTTPConnection(self.host, self.port, timeout=10)
+                conn.request("GET", self.path, headers={**self.headers, "X-Client-Id": uuid.uuid4().hex})
+                resp = conn.getresponse()
+                body = resp.read()
+                try:
+                    version = json.loads(body).get("version", "") if resp.status == 200 else ""
+                except ValueError:
+                    version = ""
+                answer = (time.monotonic(), resp.status, version)
+            except (OSError, http.client.HTTPException):
+                conn = None
+                answer = (time.monotonic(), 0, "")
+            with self._lock:
+                self.answers.append(answer)
+            if self.rate:
+                time.sleep(max(0.0, 1.0 / self.rate - (time.monotonic() - started)))
+
+    def since(self, moment: float) -> List[tuple]:
+        with self._lock:
+            return [a for a in self.answers if a[0] >= moment]
+
+    def errors_since(self, moment: float) -> List[tuple]:
+        return [a for a in self.since(moment) if a[1] != 200]
+
+    def finish(self) -> "ManyClients":
+        self.stopping.set()
+        for t in self._threads:
+            t.join(15)
+        return self

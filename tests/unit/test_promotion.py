@@ -180,7 +180,7 @@ def test_rollback_needs_a_previous_version_that_still_has_an_admitted_instance()
 
 
 def test_mode_is_validated_and_needs_a_known_service():
-    with pytest.raises(InvalidValue, match="'auto' or 'manual'"):
+    with pytest.raises(InvalidValue, match="'auto', 'manual' or 'progressive'"):
         pr.set_mode(Store(policy(stable="v1")), "demo", "sometimes")
     with pytest.raises(pr.PromotionError, match="unknown service 'demo'"):
         pr.set_mode(Store(), "demo", MANUAL)
@@ -251,7 +251,7 @@ def test_the_exact_refusals_and_answers_an_operator_reads():
     assert "(stable is not set)" in refusal(pr.promote, Store(policy(mode=MANUAL)), "demo")
     assert refusal(pr.set_weight, Store(policy(stable="v1")), "demo", 101) == \
         "weight=101 is invalid: a whole number from 0 to 100"
-    assert refusal(pr.set_mode, Store(policy(stable="v1")), "demo", "x") == "mode='x' is invalid: 'auto' or 'manual'"
+    assert refusal(pr.set_mode, Store(policy(stable="v1")), "demo", "x") == "mode='x' is invalid: 'auto', 'manual' or 'progressive'"
     assert refusal(pr.rollback, Store(policy(stable="v2", previous="v1")), "demo") == (
         "cannot roll demo back to v1: it has no admitted instance (its containers were stopped after "
         "draining?). Deploy it again, or run gatekeeper with --keep-old so old versions stay ready for rollback")
@@ -287,3 +287,138 @@ def test_promote_from_any_weight_goes_to_the_next_step_or_stable():
 def test_defaults_of_the_promoter():
     p = pr.Promoter(Store())
     assert (p.drain_seconds, p.stop_old, p.unhealthy_grace, p.docker) == (10.0, True, 10.0, None)
+
+
+# --- progressive mode: the analysis carried out (real Prometheus: tests/e2e/test_progressive.py) --
+
+class AnalysisStore(Store):
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.state, self.gates = None, []
+
+    def analysis(self, service):
+        return self.state
+
+    def put_analysis(self, state):
+        self.state = state
+
+    def set_gate(self, inst, passing, output):
+        self.gates.append((inst.id, passing, output))
+
+
+class Metrics:
+    """Answers with the measurement queued for each version, or raises when told to."""
+    def __init__(self):
+        from gatekeeper.analysis import Measurement
+        self.M = Measurement
+        self.canary, self.down = Measurement(100, 100.0, 20.0), False
+
+    def measure(self, service, version, window):
+        from gatekeeper.prometheus import MetricsUnavailable
+        if self.down:
+            raise MetricsUnavailable("Prometheus at http://p: ConnectionError")
+        return self.canary if version != "v1" else self.M(900, 100.0, 15.0)
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+def progressive(store, metrics, clock):
+    from catalog.model import Analysis
+    store.pol = store.pol or policy(stable="v1", mode="progressive")
+    store.pol = RoutingPolicy(**{**store.pol.__dict__, "mode": "progressive",
+                                 "analysis": Analysis(step=20, max_weight=60, interval=5, threshold=2, min_requests=10)})
+    promoter = pr.Promoter(store, None, prometheus=metrics)
+    promoter.progressive.clock = clock
+    return promoter
+
+
+def step(promoter, store, clock):
+    clock.t += 5
+    promoter.check_canary("demo", store.registered)
+
+
+def test_progressive_mode_starts_a_passed_version_at_the_first_step_and_walks_it_to_stable():
+    store, metrics, clock = AnalysisStore(policy(stable="v1"), versions=("v1", "v2")), Metrics(), Clock()
+    promoter = progressive(store, metrics, clock)
+    promoter.admitted(inst("v2"))
+    assert (store.pol.canary, store.pol.weight, store.state.weight, store.state.version) == ("v2", 20, 20, "v2")
+    promoter.check_canary("demo", store.registered)              # not due yet: nothing moves
+    assert store.pol.weight == 20 and [e for e, _ in store.hist].count("analysis") == 0
+    weights = []
+    for _ in range(3):
+        step(promoter, store, clock)
+        weights.append(store.pol.weight if store.pol.canary else "stable")
+    assert weights == [40, 60, "stable"] and (store.pol.stable, store.pol.previous) == ("v2", "v1")
+    assert ("promoted", {"version": "v2", "previous": "v1", "by": "gatekeeper (analysis)"}) in store.hist
+    checks = [d for e, d in store.hist if e == "analysis"]
+    assert [c["result"] for c in checks] == ["pass"] * 3
+    assert checks[0]["canary"]["requests"] == 100 and checks[0]["stable"]["requests"] == 900
+
+
+def test_progressive_mode_rolls_back_after_threshold_failures_and_notes_it_on_the_gates():
+    store, metrics, clock = AnalysisStore(policy(stable="v1"), versions=("v1", "v2")), Metrics(), Clock()
+    promoter = progressive(store, metrics, clock)
+    promoter.admitted(inst("v2"))
+    metrics.canary = metrics.M(100, 95.0, 20.0)
+    step(promoter, store, clock)
+    assert (store.pol.canary, store.pol.weight, store.state.failed) == ("v2", 20, 1)
+    step(promoter, store, clock)
+    assert (store.pol.canary, store.pol.weight, store.pol.aborted, store.state.status) == ("", 0, "v2", "rolled back")
+    reason = "rolled back at 20 %: success rate 95.0 % < 99 % (2 failed checks of 2)"
+    assert ("aborted", {"version": "v2", "by": "gatekeeper (analysis)", "reason": reason}) in store.hist
+    assert store.gates == [("h:v2-1:8080", True, f"ok; then {reason}")]
+    step(promoter, store, clock)                                  # nothing left to judge
+    assert [e for e, _ in store.hist].count("analysis") == 2 and promoter.next_due() is None
+
+
+def test_progressive_mode_holds_while_prometheus_is_down_and_resumes_at_the_same_step():
+    store, metrics, clock = AnalysisStore(policy(stable="v1"), versions=("v1", "v2")), Metrics(), Clock()
+    promoter = progressive(store, metrics, clock)
+    promoter.admitted(inst("v2"))
+    metrics.down = True
+    step(promoter, store, clock)
+    step(promoter, store, clock)
+    assert store.pol.weight == 20 and [d["result"] for e, d in store.hist if e == "analysis"] == ["inconclusive"] * 2
+    # a new leader: a fresh Promoter reads the state back from the store
+    metrics.down = False
+    successor = progressive(store, metrics, clock)
+    step(successor, store, clock)
+    assert store.pol.weight == 40 and store.state.weight == 40
+
+
+def test_a_newer_version_mid_analysis_restarts_it_for_the_newer_one():
+    store, metrics, clock = AnalysisStore(policy(stable="v1"), versions=("v1", "v2", "v3")), Metrics(), Clock()
+    promoter = progressive(store, metrics, clock)
+    promoter.admitted(inst("v2"))
+    step(promoter, store, clock)
+    assert store.pol.weight == 40
+    promoter.admitted(inst("v3"))
+    assert (store.pol.canary, store.pol.weight, store.state.version, store.state.weight) == ("v3", 20, "v3", 20)
+    assert ("analysis superseded", {"version": "v2", "by": "v3", "weight": 40}) in store.hist
+
+
+def test_an_operators_weight_change_mid_analysis_is_not_overwritten_by_a_stale_step():
+    store, metrics, clock = AnalysisStore(policy(stable="v1"), versions=("v1", "v2")), Metrics(), Clock()
+    promoter = progressive(store, metrics, clock)
+    promoter.admitted(inst("v2"))
+    store.pol = RoutingPolicy(**{**store.pol.__dict__, "canary": "", "weight": 0, "aborted": "v2"})  # operator aborted
+    step(promoter, store, clock)
+    assert (store.pol.canary, store.pol.weight) == ("", 0) and promoter.next_due() is None
+
+
+def test_mode_progressive_takes_settings_validated_and_keeps_the_others():
+    store = Store(policy(stable="v1"))
+    p, msg = pr.set_mode(store, "demo", "progressive", {"step": 25, "interval": 3})
+    assert (p.mode, p.analysis.step, p.analysis.interval, p.analysis.threshold) == ("progressive", 25, 3.0, 3)
+    assert "canary at 25%" in msg and "every 3 s" in msg
+    p, _ = pr.set_mode(store, "demo", "progressive", {"threshold": 5})
+    assert (p.analysis.step, p.analysis.threshold) == (25, 5)
+    with pytest.raises(InvalidValue, match="analysis.step"):
+        pr.set_mode(store, "demo", "progressive", {"step": 0})
+    assert store.pol.analysis.threshold == 5                       # nothing written on bad input

@@ -92,7 +92,7 @@ def test_the_routing_policy_parser_accepts_only_valid_policies_and_fails_clearly
     ('{"service": "demo", "weight": -1}', "weight=-1 is invalid: a whole number from 0 to 100"),
     ('{"service": "demo", "weight": true}', "weight=True is invalid: a whole number from 0 to 100"),
     ('{"service": "demo", "weight": 2.5}', "weight=2.5 is invalid: a whole number from 0 to 100"),
-    ('{"service": "demo", "mode": "sometimes"}', "mode='sometimes' is invalid: 'auto' or 'manual'"),
+    ('{"service": "demo", "mode": "sometimes"}', "mode='sometimes' is invalid: 'auto', 'manual' or 'progressive'"),
     ('{"service": "demo", "updated": "yesterday"}', "updated='yesterday' is invalid: a number of seconds"),
 ])
 def test_a_bad_policy_is_refused_naming_the_field_the_value_and_the_rule(raw, message):

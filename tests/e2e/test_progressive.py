@@ -1,0 +1,168 @@
+"""Progressive mode on the real stack: Prometheus (Debian's) scrapes the proxy, gatekeeper asks
+it for the canary's success rate and p99 every interval, and moves the canary on, promotes it or
+rolls it back, under load from many clients. Each test has a service of its own (by Host)."""
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from tests.conftest import SESSION
+from tests.support.load import ManyClients
+from tests.support.processes import Proc, PrometheusServer, python_module
+from tests.support.stack import Stack
+
+pytestmark = pytest.mark.e2e
+
+PORT, PROMETHEUS = 18014, 18015
+INTERVAL = 4
+
+
+@pytest.fixture(scope="module")
+def stack(consul_server, docker_client, demo_images, tmp_path_factory):
+    base = tmp_path_factory.mktemp("progressive")
+    prometheus = PrometheusServer(base, consul_server, PROMETHEUS).start()
+    s = Stack(consul_server, base, docker_client, f"{SESSION}pg", PORT, drain_seconds=1, service="pgdemo",
+              gatekeeper_args=("--prometheus", f"http://{prometheus.address}")).start()
+    s.prometheus = prometheus
+    yield s
+    s.stop()
+    prometheus.stop()
+
+
+def service_with_stable(stack, name, **settings):
+    """A service of its own (routed by Host), v1 stable, then progressive mode with `settings`."""
+    stack.deploy(f"{name}-v1", "demo:v1", SERVICE_NAME=name, **{"proxy.host": f"{name}.test"})
+    code, out, err = stack.gatekeeper_cli("wait", name, "--version", "v1", "--timeout", "120")
+    assert code == 0, out + err + stack.logs()
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in settings.items()]
+    code, out, err = stack.gatekeeper_cli("mode", name, "progressive", "--interval", str(INTERVAL), *args)
+    assert code == 0, out + err
+    return ManyClients("127.0.0.1", PORT, headers={"Host": f"{name}.test"}, threads=4).start()
+
+
+def analysis_steps(stack, name):
+    return [e for e in stack.store.history(name) if e["event"] == "analysis"]
+
+
+def test_a_version_failing_5_percent_of_requests_is_rolled_back_at_20_percent_at_most(stack):
+    load = service_with_stable(stack, "pgbad", step=10, threshold=3, min_requests=40)
+    try:
+        stack.deploy("pgbad-v2", "demo:v2", environment={"DEMO_ERROR_RATE": "5%"}, SERVICE_NAME="pgbad",
+                     **{"proxy.host": "pgbad.test"})
+        policy = stack.wait(lambda: (lambda p: p if p and p.aborted == "v2" else None)(stack.store.policy("pgbad")[1]),
+                            120, "the analysis to roll v2 back")
+        rolled_back = time.monotonic()
+        assert policy.canary == "" and policy.weight == 0 and policy.stable == "v1"
+        # the step's history entry follows the policy write by a moment
+        steps = stack.wait(lambda: (lambda s: s if s and s[-1]["reason"].startswith("rolled back at ") else None)(
+            analysis_steps(stack, "pgbad")), 10, "the rollback in the history")
+        assert max(e["weight"] for e in steps) <= 20, steps
+        last = steps[-1]
+        assert last["result"] == "fail"
+        assert "success rate" in last["reason"] and "< 99 %" in last["reason"]
+        assert all("canary" in e and "requests" in e["canary"] for e in steps if e["result"] in ("pass", "fail"))
+        aborted = [e for e in stack.store.history("pgbad") if e["event"] == "aborted"]
+        assert aborted and aborted[-1]["by"] == "gatekeeper (analysis)" and "rolled back at" in aborted[-1]["reason"]
+        time.sleep(6)
+        after = load.since(rolled_back + 1.0)
+        assert len(after) > 100 and load.errors_since(rolled_back + 1.0) == []
+        assert {a[2] for a in after} == {"v1"}
+        # the operator's view says the same
+        code, out, _ = stack.gatekeeper_cli("status", "pgbad")
+        assert code == 0 and "rolled back at" in out
+        ri = next(r for r in stack.store.instances("pgbad") if r.instance.version == "v2")
+        assert "rolled back at" in ri.gate_output
+    finally:
+        load.finish()
+
+
+def test_a_version_with_a_slow_p99_is_rolled_back_on_latency(stack):
+    load = service_with_stable(stack, "pgslow", step=10, threshold=2, min_requests=5)
+    try:
+        stack.deploy("pgslow-v2", "demo:v2", environment={"DEMO_ADDED_LATENCY": "1.5s"}, SERVICE_NAME="pgslow",
+                     **{"proxy.host": "pgslow.test"})
+        stack.wait(lambda: (stack.store.policy("pgslow")[1] or None) and stack.store.policy("pgslow")[1].aborted == "v2",
+                   120, "the analysis to roll the slow v2 back")
+        last = stack.wait(lambda: (lambda s: s[-1] if s and s[-1]["reason"].startswith("rolled back at ") else None)(
+            analysis_steps(stack, "pgslow")), 10, "the rollback in the history")
+        assert "p99" in last["reason"] and "> 500 ms" in last["reason"] and last["canary"]["p99_ms"] > 1000
+    finally:
+        load.finish()
+
+
+def test_a_good_version_walks_every_step_to_100_and_the_old_one_drains_without_a_failed_request(stack):
+    load = service_with_stable(stack, "pggood", step=25, threshold=3, min_requests=20)
+    try:
+        stack.deploy("pggood-v2", "demo:v2", SERVICE_NAME="pggood", **{"proxy.host": "pggood.test"})
+        stack.wait(lambda: (stack.store.policy("pggood")[1] or None) and stack.store.policy("pggood")[1].stable == "v2",
+                   180, "the analysis to promote v2")
+        steps = stack.wait(lambda: (lambda s: s if s and "promoted" in s[-1]["reason"] else None)(
+            analysis_steps(stack, "pggood")), 10, "the promotion in the history")
+        assert [e["weight"] for e in steps if e["result"] == "pass"] == [25, 50, 75, 100], steps
+        promoted = [e for e in stack.store.history("pggood") if e["event"] == "promoted"]
+        assert promoted[-1]["by"] == "gatekeeper (analysis)"
+        stack.wait(lambda: {a[2] for a in load.since(time.monotonic() - 1)} == {"v2"}, 30, "all traffic on v2")
+        time.sleep(3)                                      # v1 drains (1 s) and is stopped
+        assert [a for a in load.answers if a[1] != 200] == []
+    finally:
+        load.finish()
+
+
+def test_without_traffic_the_analysis_holds_and_says_why_and_never_promotes(stack):
+    load = service_with_stable(stack, "pgidle", step=50, min_requests=20)
+    load.finish()                                          # nobody sends a request
+    stack.deploy("pgidle-v2", "demo:v2", SERVICE_NAME="pgidle", **{"proxy.host": "pgidle.test"})
+    stack.wait(lambda: len(analysis_steps(stack, "pgidle")) >= 3, 60, "three checks")
+    steps = analysis_steps(stack, "pgidle")
+    assert {e["result"] for e in steps} == {"hold"} and "too little traffic to judge" in steps[-1]["reason"]
+    policy = stack.store.policy("pgidle")[1]
+    assert (policy.stable, policy.canary, policy.weight) == ("v1", "v2", 50)
+    code, out, _ = stack.gatekeeper_cli("status", "pgidle")
+    assert "too little traffic" in out
+
+
+def test_prometheus_down_makes_a_step_inconclusive_and_the_analysis_resumes_after(stack):
+    load = service_with_stable(stack, "pgprom", step=20, threshold=3, min_requests=20)
+    try:
+        stack.prometheus.stop()
+        stack.deploy("pgprom-v2", "demo:v2", SERVICE_NAME="pgprom", **{"proxy.host": "pgprom.test"})
+        stack.wait(lambda: len(analysis_steps(stack, "pgprom")) >= 2, 60, "two checks without Prometheus")
+        steps = analysis_steps(stack, "pgprom")
+        assert {e["result"] for e in steps} == {"inconclusive"}
+        assert stack.store.policy("pgprom")[1].weight == 20          # held, not passed
+        stack.prometheus.start()
+        stack.wait(lambda: any(e["result"] == "pass" for e in analysis_steps(stack, "pgprom")), 60,
+                   "a passed check once Prometheus answers")
+        assert stack.store.policy("pgprom")[1].weight > 20 or stack.store.policy("pgprom")[1].stable == "v2"
+    finally:
+        if stack.prometheus.proc.popen.poll() is not None:
+            stack.prometheus.start()
+        load.finish()
+
+
+def test_a_new_leader_resumes_the_analysis_at_the_same_step(stack, consul_server):
+    follower = Proc("gatekeeper-follower", python_module(
+        "gatekeeper", "--consul", consul_server.address, "--consul-token-file", consul_server.token_file("gatekeeper"),
+        "run", "--drain-seconds", "1", "--wait", "5", "--test-timeout", "60", "--id", "gatekeeper@follower",
+        "--test-label", f"proxystack.test={stack.session}",
+        "--prometheus", f"http://{stack.prometheus.address}"), stack.base)
+    load = service_with_stable(stack, "pglead", step=20, threshold=3, min_requests=20, interval=6)
+    follower.start()
+    try:
+        stack.deploy("pglead-v2", "demo:v2", SERVICE_NAME="pglead", **{"proxy.host": "pglead.test"})
+        stack.wait(lambda: stack.store.policy("pglead")[1].weight == 40, 60, "the first step passed (20 -> 40 %)")
+        stack.wait(lambda: len(analysis_steps(stack, "pglead")) == 1, 10, "the 20 % check in the history")
+        stack.gatekeeper.popen.send_signal(signal.SIGKILL)              # the leader dies mid-analysis
+        stack.gatekeeper.popen.wait(10)
+        killed = time.time()
+        stack.wait(lambda: any(e["weight"] == 40 and e["result"] == "pass" for e in analysis_steps(stack, "pglead")),
+                   90, "the follower to lead and judge the 40 % step")
+        resumed = [e for e in analysis_steps(stack, "pglead") if e["time"] > killed]
+        assert resumed[0]["weight"] == 40                              # same step, not started over
+        assert not [e for e in stack.store.history("pglead") if e["event"] == "analysis started"][1:]
+    finally:
+        load.finish()
+        follower.stop()
+        stack.gatekeeper.start()

@@ -1,0 +1,116 @@
+"""Progressive mode's decisions (gatekeeper.analysis) and its settings' validation: every way a
+canary advances, holds, is promoted or rolled back, pinned without I/O."""
+import math
+
+import pytest
+
+from catalog.model import PROMOTED, ROLLED_BACK, RUNNING, Analysis, AnalysisState, RoutingPolicy
+from catalog.validation import InvalidValue, parse_policy, validate_analysis
+from gatekeeper.analysis import (ADVANCE, FAIL, HOLD, INCONCLUSIVE, KEEP_CHECKS, PASS, PROMOTE, ROLLBACK, STAY,
+                                 Measurement, breaches, judge, start)
+
+S = Analysis(step=10, max_weight=30, interval=5, threshold=2, min_requests=20, success_rate=99, p99_ms=500)
+GOOD = Measurement(100, 100.0, 40.0)
+
+
+def at(weight, failed=0, checks=()):
+    return AnalysisState("demo", "v2", weight, 0.0, 5.0, failed=failed, checks=list(checks))
+
+
+def test_a_new_analysis_starts_at_the_first_step_and_checks_one_interval_later():
+    s = start("demo", "v2", S, now=100.0)
+    assert (s.weight, s.next_check, s.failed, s.status, s.checks) == (10, 105.0, 0, RUNNING, [])
+    assert start("demo", "v2", Analysis(step=50, max_weight=40), now=0).weight == 40
+
+
+def test_a_passed_check_advances_by_step_and_schedules_the_next():
+    d = judge(S, at(10), GOOD, now=50.0)
+    assert (d.action, d.check.result, d.state.weight, d.state.next_check) == (ADVANCE, PASS, 20, 55.0)
+    assert d.check.weight == 10 and d.check.canary == {"requests": 100, "success_rate": 100.0, "p99_ms": 40.0}
+    assert "10 % -> 20 %" in d.check.reason
+
+
+def test_the_step_never_passes_max_and_a_pass_at_max_promotes():
+    assert judge(Analysis(step=20, max_weight=30), at(20), GOOD).state.weight == 30
+    d = judge(S, at(30), GOOD)
+    assert (d.action, d.state.status) == (PROMOTE, PROMOTED)
+
+
+@pytest.mark.parametrize("m,why", [(Measurement(100, 98.9, 40.0), "success rate 98.9 % < 99 %"),
+                                   (Measurement(100, 100.0, 501.0), "p99 501 ms > 500 ms"),
+                                   (Measurement(100, 90.0, 1500.0), "success rate 90.0 % < 99 %; p99 1500 ms > 500 ms")])
+def test_a_metric_out_of_range_fails_the_check_and_holds_the_weight(m, why):
+    d = judge(S, at(20), m)
+    assert (d.action, d.check.result, d.state.weight, d.state.failed) == (STAY, FAIL, 20, 1)
+    assert why in d.check.reason and "1 of 2" in d.check.reason
+
+
+def test_the_thresholdth_failed_check_rolls_back_and_says_at_which_weight_and_why():
+    first = judge(S, at(20), GOOD)
+    second = judge(S, first.state, Measurement(100, 96.8, 40.0))
+    third = judge(S, second.state, Measurement(100, 96.8, 40.0))
+    assert second.action == STAY and third.action == ROLLBACK
+    assert (third.state.status, third.state.weight, third.state.failed) == (ROLLED_BACK, 0, 2)
+    assert third.check.reason == "rolled back at 30 %: success rate 96.8 % < 99 % (2 failed checks of 3)"
+
+
+def test_exactly_at_the_thresholds_passes():
+    assert judge(S, at(10), Measurement(20, 99.0, 500.0)).action == ADVANCE
+
+
+@pytest.mark.parametrize("m", [Measurement(0, None, None), Measurement(19, 0.0, 9000.0)])
+def test_too_little_traffic_holds_says_so_and_never_counts_as_pass_or_fail(m):
+    d = judge(S, at(30, failed=1), m)
+    assert (d.action, d.check.result, d.state.weight, d.state.failed, d.state.status) == (STAY, HOLD, 30, 1, RUNNING)
+    assert f"too little traffic to judge: {m.requests:.0f} requests < 20 in 5 s" in d.check.reason
+
+
+def test_unreadable_metrics_are_inconclusive_not_a_pass():
+    d = judge(S, at(30, failed=1), None, error="Prometheus at http://x: ConnectionError", now=10.0)
+    assert (d.action, d.check.result, d.state.weight, d.state.failed) == (STAY, INCONCLUSIVE, 30, 1)
+    assert "ConnectionError" in d.check.reason and d.state.next_check == 15.0
+
+
+def test_the_stable_versions_figures_are_kept_beside_the_canarys():
+    d = judge(S, at(10), GOOD, stable=Measurement(500, 99.9, 30.0))
+    assert d.check.stable == {"requests": 500, "success_rate": 99.9, "p99_ms": 30.0}
+
+
+def test_the_state_keeps_the_last_checks_only():
+    state = at(10)
+    for _ in range(KEEP_CHECKS + 5):
+        state = judge(Analysis(step=1, max_weight=100, min_requests=10**6), state, GOOD).state
+    assert len(state.checks) == KEEP_CHECKS
+
+
+def test_the_state_round_trips_through_json():
+    state = judge(S, at(10), GOOD, stable=GOOD).state
+    assert AnalysisState.from_json(state.to_json()) == state
+
+
+def test_breaches_with_no_p99_judge_the_success_rate_alone():
+    assert breaches(S, Measurement(50, 100.0, None)) == []
+
+
+# --- the settings, as stored in the routing policy --------------------------------------------
+def test_a_policy_without_settings_gets_the_defaults_and_round_trips():
+    p = parse_policy('{"service": "demo", "mode": "progressive"}')
+    assert p.analysis == Analysis() and parse_policy(p.to_json()) == p
+    assert p.analysis.step == 10 and p.analysis.interval == 10.0 and p.analysis.threshold == 3
+
+
+@pytest.mark.parametrize("settings,field", [
+    ({"step": 0}, "step"), ({"step": 101}, "step"), ({"step": 5.5}, "step"), ({"step": True}, "step"),
+    ({"interval": 0.5}, "interval"), ({"interval": math.nan}, "interval"), ({"interval": "10"}, "interval"),
+    ({"threshold": 0}, "threshold"), ({"min_requests": -1}, "min_requests"), ({"success_rate": 100.5}, "success_rate"),
+    ({"p99_ms": 0}, "p99_ms"), ({"step": 50, "max_weight": 40}, "max_weight"), ({"stepp": 5}, "stepp")])
+def test_a_bad_setting_is_refused_naming_it_and_its_rule(settings, field):
+    with pytest.raises(InvalidValue) as err:
+        validate_analysis(settings)
+    assert err.value.field == f"analysis.{field}"
+
+
+def test_mode_progressive_is_valid_and_any_other_mode_is_not():
+    assert parse_policy(RoutingPolicy("demo", mode="progressive").to_json()).mode == "progressive"
+    with pytest.raises(InvalidValue, match="'auto', 'manual' or 'progressive'"):
+        parse_policy('{"service": "demo", "mode": "gradual"}')
