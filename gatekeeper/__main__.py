@@ -39,7 +39,8 @@ from catalog.model import MODES
 from catalog.validation import check
 
 from .promotion import PromotionError
-from .status import collect, collect_why, find_instance, is_instance_id, render_text, render_why, require_known
+from .status import (collect, collect_why, find_instance, history_details, is_instance_id, render_text,
+                     render_why, require_known)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -308,8 +309,7 @@ def cmd_history(args, store) -> int:
         print(f"{args.service}: no history yet")
     for e in entries:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.get("time", 0)))
-        rest = ", ".join(f"{k} {v}" for k, v in sorted(e.items()) if k not in ("time", "event") and v != "")
-        print(f"{when}  {e.get('event', '?'):<12} {rest}")
+        print(f"{when}  {e.get('event', '?'):<12} {history_details(e)}")
     return EXIT_OK
 
 

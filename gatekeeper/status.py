@@ -116,6 +116,22 @@ def analysis_lines(a: dict) -> List[str]:
     return lines
 
 
+def history_details(entry: dict) -> str:
+    """One history entry's details in words; an analysis step shows its figures."""
+    if entry.get("event") == "analysis":
+        figures = "; ".join(f"{who} {m['requests']:.0f} req, success {pct(m['success_rate'])}, p99 {ms(m['p99_ms'])}"
+                            for who in ("canary", "stable") for m in [entry.get(who)] if m)
+        return (f"{entry.get('version', '?')} at {entry.get('weight', '?')}%: {entry.get('result', '?')}: "
+                f"{entry.get('reason', '')}" + (f" [{figures}]" if figures else ""))
+    if entry.get("event") == "analysis started":
+        s = entry.get("settings") or {}
+        return (f"{entry.get('version', '?')} at {entry.get('weight', '?')}%: every {s.get('interval', '?')} s "
+                f"+{s.get('step', '?')}% up to {s.get('max_weight', '?')}% while success >= "
+                f"{s.get('success_rate', '?')}% and p99 <= {s.get('p99_ms', '?')} ms (min {s.get('min_requests', '?')} "
+                f"requests), rollback after {s.get('threshold', '?')} failed checks")
+    return ", ".join(f"{k} {v}" for k, v in sorted(entry.items()) if k not in ("time", "event") and v != "")
+
+
 def _rejection_dict(r: Rejection) -> dict:
     return {"reason": r.reason, "container_id": r.container_id, "service": r.service,
             "registered_by": r.registered_by, "time": r.time}

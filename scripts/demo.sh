@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job's story, on a running stack (scripts/stack.sh up):
-# demo v1 is deployed through the gate and served; v2 takes over; a broken v3 is refused.
+# demo v1 is deployed through the gate and served; v2 takes over; a broken v3 is refused; a v4
+# that passes its tests but fails real traffic is rolled back by progressive analysis.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 PROXY="http://${PROXY_LISTEN:-127.0.0.1:8000}"
@@ -30,6 +31,7 @@ wait_served() {   # wait_served VERSION: until the proxy answers from VERSION
 
 old="$(docker ps -aq --filter label=proxystack.demo=1)"
 [ -z "$old" ] || docker rm -f $old >/dev/null
+gatekeeper mode demo auto >/dev/null 2>&1 || true     # a previous run's last chapter left it progressive
 
 step "Deploy demo v1: registered by registrator, tested by gatekeeper, admitted, served by nginx"
 deploy v1 demo:v1 || die "v1 did not pass its integration tests"
@@ -45,6 +47,29 @@ step "Deploy a broken build (v3): its integration tests fail, it never receives 
 if deploy v3 demo:v3; then die "the broken v3 passed its tests; the gate is not working"; fi
 for _ in $(seq 1 20); do curl -s -o /dev/null "$PROXY/demo/1"; done
 info "still served: $(served_version); requests that reached v3 through the proxy: $(curl -s "http://$(docker port demo-v3 8080 | head -1)/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["proxied"])')"
+
+step "A release bad under real traffic (v4: 5 % of proxied requests fail, its tests pass): progressive mode rolls it back"
+gatekeeper mode demo progressive --step 20 --interval 5 --threshold 2 --min-requests 30 | sed 's/^/    /'
+"$VENV/bin/python" "$ROOT/scripts/traffic.py" --url "$PROXY/demo/1" --seconds 120 >"$STATE/traffic-v4.txt" 2>&1 &
+traffic=$!
+before="$(gatekeeper history demo | wc -l)"
+docker rm -f demo-v4 >/dev/null 2>&1 || true
+info "\$ docker run -d -P --name demo-v4 ${LABELS[*]} --label gatekeeper.version=v4 -e DEMO_VERSION=v4 -e DEMO_ERROR_RATE=5% demo:v2"
+docker run -d -P --name demo-v4 "${LABELS[@]}" --label gatekeeper.version=v4 -e DEMO_VERSION=v4 -e DEMO_ERROR_RATE=5% demo:v2 >/dev/null
+gatekeeper wait demo --version v4 --timeout 180 | sed 's/^/    gatekeeper: /'
+shown="$before"; deadline=$(( $(date +%s) + 120 ))
+while :; do                      # each analysis step as it comes, until the rollback
+  history="$(gatekeeper history demo)"
+  printf '%s\n' "$history" | tail -n +"$((shown + 1))" | grep -E " analysis| aborted " | sed 's/^[0-9-]* /    /' || true
+  shown="$(printf '%s\n' "$history" | wc -l)"
+  printf '%s\n' "$history" | tail -n +"$((before + 1))" | grep -q "aborted.*gatekeeper (analysis)" && break
+  [ "$(date +%s)" -lt "$deadline" ] || { kill "$traffic" 2>/dev/null || true; die "v4 was not rolled back within 120 s (logs: $LOGS)"; }
+  sleep 1
+done
+kill "$traffic" 2>/dev/null || true; wait "$traffic" 2>/dev/null || true
+info "clients while v4 had its share: $(cat "$STATE/traffic-v4.txt")"
+info "clients in the 5 s after the rollback: $("$VENV/bin/python" "$ROOT/scripts/traffic.py" --url "$PROXY/demo/1" --seconds 5)"
+gatekeeper mode demo auto >/dev/null
 
 step "Where to look"
 info "Consul UI:      http://127.0.0.1:8500/ui/dc1/services/demo (log in with the token in $CONSUL_HTTP_TOKEN_FILE)"

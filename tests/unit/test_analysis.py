@@ -114,3 +114,14 @@ def test_mode_progressive_is_valid_and_any_other_mode_is_not():
     assert parse_policy(RoutingPolicy("demo", mode="progressive").to_json()).mode == "progressive"
     with pytest.raises(InvalidValue, match="'auto', 'manual' or 'progressive'"):
         parse_policy('{"service": "demo", "mode": "gradual"}')
+
+
+def test_history_shows_each_step_with_its_figures():
+    from gatekeeper.status import history_details
+    first = judge(S, at(20), Measurement(250, 96.8, 40.0))
+    d = judge(S, first.state, Measurement(250, 96.8, 40.0), stable=Measurement(1000, 100.0, 30.0))
+    entry = {"event": "analysis", "version": "v2", "weight": d.check.weight, "result": d.check.result,
+             "reason": d.check.reason, "canary": d.check.canary, "stable": d.check.stable}
+    assert history_details(entry) == (
+        "v2 at 20%: fail: rolled back at 20 %: success rate 96.8 % < 99 % (2 failed checks of 2) "
+        "[canary 250 req, success 96.8 %, p99 40 ms; stable 1000 req, success 100.0 %, p99 30 ms]")
