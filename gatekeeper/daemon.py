@@ -49,16 +49,18 @@ class Daemon:
                 next_renew = time.monotonic() + RENEW_EVERY
             # Reconcile on change, and at least every `wait` seconds: a test cut short by an
             # outage, or a re-verification that falls due, is picked up without a change.
-            if self.dirty.wait(timeout=0.5) or time.monotonic() >= next_reconcile:
+            # (a decision that falls due sooner than the half-second lease check wakes it on time)
+            wake = max(0.0, min(0.5, next_reconcile - time.monotonic()))
+            if self.dirty.wait(timeout=wake) or time.monotonic() >= next_reconcile:
                 self.dirty.clear()
                 try:
                     self._reconcile()
                 except TRANSIENT as exc:
                     log.warning("reconcile failed, will retry: %s", exc)
                 next_reconcile = time.monotonic() + self.wait
-                due = self.due()                  # an unhealthy canary's grace ends: act then
-                if due is not None:
-                    next_reconcile = min(next_reconcile, due + 0.05)
+                due = self.due()       # an unhealthy canary's grace ends, an analysis step: act then
+                if due is not None:     # never sooner than 0.1 s: a decision that did not happen
+                    next_reconcile = min(next_reconcile, max(due + 0.01, time.monotonic() + 0.1))
         self.gate.shutdown()
         self.leader.release()
 

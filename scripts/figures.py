@@ -30,6 +30,8 @@ BENCHES: Dict[str, tuple] = {
     "proxy": ("bench.proxy_bench", ["--deploys", "20", "--services", "1000"],
               "proxy-reloader and nginx: deploys under keep-alive load, throughput, big catalogs"),
     "promotion": ("bench.promotion_bench", ["--runs", "10"], "gate pass and promote -> proxied"),
+    "analysis": ("bench.analysis_bench", ["--runs", "3"],
+                 "progressive mode: breach -> rollback, decision latency, errors before a rollback"),
     "registrator": ("bench.registrator_bench", ["--starts", "100", "--containers", "200"],
                     "registration latency, resync, stop -> out of traffic"),
 }
