@@ -15,7 +15,8 @@ import consul
 import consul.base
 
 from .model import (META_CONTAINER_ID, META_CONTAINER_NAME, META_DOCKER_HEALTH, META_IMAGE,
-                    META_PROXY_HOST, META_PROXY_PATH, META_PROXY_STRIP, META_REGISTERED_BY, META_TESTS_IMAGE,
+                    META_ANALYSIS, META_MODE, META_PROXY_HOST, META_PROXY_PATH, META_PROXY_STRIP, META_REGISTERED_BY,
+                    META_TESTS_IMAGE,
                     META_VERSION, AnalysisState, Instance, RegisteredInstance, Rejection, RoutingPolicy,
                     Verdict)
 from .kv_layout import ANALYSIS, DEFAULT_TESTS, GATEKEEPER, HISTORY, POLICIES, REJECTED, RETESTS, SERVED, VERDICTS
@@ -27,7 +28,8 @@ PROXY_SERVICE = "proxy-reloader"
 METRICS_SERVICE = "proxystack-metrics"     # each daemon's metrics endpoint, for Prometheus
 GATE_TTL = "87600h"        # the gate is set by gatekeeper, never by expiry
 _OWN_META = {META_CONTAINER_ID, META_CONTAINER_NAME, META_IMAGE, META_VERSION, META_TESTS_IMAGE,
-             META_PROXY_PATH, META_PROXY_HOST, META_REGISTERED_BY, META_DOCKER_HEALTH, META_PROXY_STRIP}
+             META_PROXY_PATH, META_PROXY_HOST, META_REGISTERED_BY, META_DOCKER_HEALTH, META_PROXY_STRIP,
+             META_MODE, META_ANALYSIS}
 
 
 class ConsulError(consul.base.ConsulException):
@@ -414,4 +416,5 @@ def instance_from_consul(svc: dict) -> Optional[Instance]:
         extra_meta=tuple(sorted((k, v) for k, v in meta.items() if k not in _OWN_META)),
         docker_health=meta.get(META_DOCKER_HEALTH) == "1",
         strip_prefix=meta.get(META_PROXY_STRIP) == "1",
+        mode=meta.get(META_MODE, ""), analysis=meta.get(META_ANALYSIS, ""),
     )

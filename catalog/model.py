@@ -23,6 +23,8 @@ META_PROXY_HOST = "proxy_host"
 META_PROXY_STRIP = "proxy_strip_prefix"
 META_REGISTERED_BY = "registered_by"
 META_DOCKER_HEALTH = "docker_health"
+META_MODE = "promotion_mode"             # the gatekeeper.mode label: how the service is promoted
+META_ANALYSIS = "analysis"               # the gatekeeper.analysis label: progressive settings, k=v,...
 DOCKER_HEALTH_SUFFIX = ":docker-health"
 
 
@@ -47,6 +49,8 @@ class Instance:
     health_check: Optional["HealthCheck"] = None
     docker_health: bool = False      # the container has a Docker HEALTHCHECK
     strip_prefix: bool = False       # the proxy removes proxy_path before forwarding
+    mode: str = ""                   # gatekeeper.mode label: the service's promotion mode from now on
+    analysis: str = ""               # gatekeeper.analysis label: "step=10,interval=5", validated
 
     @property
     def gate_check_id(self) -> str:
@@ -80,6 +84,10 @@ class Instance:
             meta[META_DOCKER_HEALTH] = "1"
         if self.strip_prefix:
             meta[META_PROXY_STRIP] = "1"
+        if self.mode:
+            meta[META_MODE] = self.mode
+        if self.analysis:
+            meta[META_ANALYSIS] = self.analysis
         return meta
 
     def all_tags(self) -> list:

@@ -124,6 +124,25 @@ ANALYSIS_RULES = {
 }
 
 
+def parse_analysis_label(text: str) -> dict:
+    """'step=10,interval=5' (the gatekeeper.analysis label) -> the settings it names, checked;
+    InvalidValue names the first bad one."""
+    settings: dict = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or key not in ANALYSIS_RULES:
+            raise InvalidValue("gatekeeper.analysis", text, "comma-separated SETTING=NUMBER, the settings being "
+                               + ", ".join(ANALYSIS_RULES) + " (for example step=10,interval=5)")
+        whole = ANALYSIS_RULES[key][0]
+        try:
+            settings[key] = int(raw) if whole else float(raw)
+        except ValueError:
+            raise InvalidValue(f"analysis.{key}", raw.strip(), ANALYSIS_RULES[key][3]) from None
+    validate_analysis(settings)
+    return settings
+
+
 def validate_analysis(data: Mapping[str, Any]) -> Analysis:
     """Progressive mode's settings (a partial mapping takes the defaults for the rest);
     InvalidValue names the first bad one and its rule."""

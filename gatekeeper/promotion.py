@@ -18,7 +18,7 @@ from catalog.errors import Refused
 from catalog.kv_layout import POLICIES
 from catalog.model import (AUTO, MANUAL, MODES, PASSED, PROGRESSIVE, AnalysisState, Instance, RegisteredInstance,
                            RoutingPolicy, Verdict)
-from catalog.validation import InvalidValue, validate_analysis
+from catalog.validation import InvalidValue, parse_analysis_label, validate_analysis
 
 from . import metrics
 from .progressive import Progressive
@@ -91,10 +91,13 @@ class Promoter:
             log.error("%s: routing policy is invalid (%s); not promoting until it is fixed", inst.service, exc)
             return
         mode = before.mode if before else AUTO
+        labelled = _labelled(inst)
 
         def change(p: RoutingPolicy) -> Optional[RoutingPolicy]:
+            told = labelled(p)                     # the container's gatekeeper.mode/analysis labels
             if p.stable == inst.version or p.canary == inst.version:
-                return None
+                return told if told != p else None
+            p = told
             if p.mode == MANUAL and p.stable:
                 return p.with_canary(inst.version)
             if p.mode == PROGRESSIVE and p.stable:
@@ -102,6 +105,11 @@ class Promoter:
             return p.promoted(inst.version)
 
         after = update_policy(self.store, inst.service, change)
+        if after is not None and (before is None or (before.mode, before.analysis) != (after.mode, after.analysis)) \
+                and (inst.mode or inst.analysis):
+            self.store.add_history(inst.service, "mode", mode=after.mode, by=f"label on {inst.container_name}",
+                                   **({"settings": asdict(after.analysis)} if after.mode == PROGRESSIVE else {}))
+        mode = after.mode if after is not None else mode
         if after is None or (before and after.stable == before.stable and after.canary == before.canary):
             return
         if after.mode == PROGRESSIVE and after.canary == inst.version:
@@ -226,6 +234,22 @@ class Promoter:
                     pass
         except Exception:
             log.exception("%s: stopping old instances failed", service)
+
+
+def _labelled(inst: Instance) -> Callable[[RoutingPolicy], RoutingPolicy]:
+    """The policy as the instance's labels would have it: gatekeeper.mode sets the mode,
+    gatekeeper.analysis the progressive settings it names (registrator validated both; an
+    instance registered some other way is checked again here and ignored when invalid)."""
+    def apply(p: RoutingPolicy) -> RoutingPolicy:
+        try:
+            settings = parse_analysis_label(inst.analysis) if inst.analysis else {}
+            analysis = validate_analysis({**asdict(p.analysis), **settings}) if settings else p.analysis
+        except InvalidValue as exc:
+            log.error("%s: ignoring the gatekeeper.analysis label of %s: %s", inst.service, inst.container_name, exc)
+            analysis = p.analysis
+        mode = inst.mode if inst.mode in MODES else p.mode
+        return p if (mode, analysis) == (p.mode, p.analysis) else replace(p, mode=mode, analysis=analysis)
+    return apply
 
 
 # --- operator commands: each returns the new policy and a sentence that explains it ----------

@@ -3,7 +3,8 @@
 Conventions follow gliderlabs/registrator (labels, or the same names as environment
 variables; labels win): SERVICE_NAME, SERVICE_<port>_NAME, SERVICE_TAGS, SERVICE_IGNORE,
 SERVICE_<port>_IGNORE, SERVICE_CHECK_HTTP or SERVICE_CHECK_TCP (+ _INTERVAL, _TIMEOUT); other
-SERVICE_* keys become metadata. Ours: gatekeeper.tests, gatekeeper.version, proxy.path, proxy.host, proxy.strip_prefix.
+SERVICE_* keys become metadata. Ours: gatekeeper.tests, gatekeeper.version, gatekeeper.mode,
+gatekeeper.analysis, proxy.path, proxy.host, proxy.strip_prefix.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Dict, List
 
 from catalog import validation as v
 from catalog.images import image_name, image_version
-from catalog.model import HealthCheck, Instance
+from catalog.model import MODES, HealthCheck, Instance
 
 from .docker_source import Container
 
@@ -136,6 +137,13 @@ def _instance(c, s, cfg, endpoint, base_name, several) -> Instance:
     if host:
         v.check("proxy.host", host, "proxy_host")
     strip = v.check("proxy.strip_prefix", cfg.get("proxy.strip_prefix", "false"), "flag") == "true"
+    mode = cfg.get("gatekeeper.mode", "")
+    if mode and mode not in MODES:
+        raise v.InvalidValue("gatekeeper.mode", mode, "auto, manual or progressive")
+    analysis = cfg.get("gatekeeper.analysis", "").strip()
+    if analysis:
+        settings = v.parse_analysis_label(analysis)
+        analysis = ",".join(f"{k}={settings[k]}" for k in sorted(settings))
     tags = tuple(sorted({t.strip() for t in cfg.get("SERVICE_TAGS", "").split(",") if t.strip()}))
     for t in tags:
         v.check("SERVICE_TAGS", t, "tag")
@@ -145,7 +153,7 @@ def _instance(c, s, cfg, endpoint, base_name, several) -> Instance:
         container_id=c.id, container_name=c.name, image=c.image, registered_by=s.registered_by,
         tests_image=tests, proxy_path=path or f"/{name}/", proxy_host=host, tags=tags,
         extra_meta=_extra_meta(cfg), health_check=_health_check(cfg),
-        docker_health=c.health is not None, strip_prefix=strip)
+        docker_health=c.health is not None, strip_prefix=strip, mode=mode, analysis=analysis)
 
 
 def _health_check(cfg: Dict[str, str]):

@@ -111,14 +111,21 @@ def test_a_good_version_walks_every_step_to_100_and_the_old_one_drains_without_a
 
 
 def test_without_traffic_the_analysis_holds_and_says_why_and_never_promotes(stack):
-    load = service_with_stable(stack, "pgidle", step=50, min_requests=20)
-    load.finish()                                          # nobody sends a request
-    stack.deploy("pgidle-v2", "demo:v2", SERVICE_NAME="pgidle", **{"proxy.host": "pgidle.test"})
+    """Progressive mode set by the new container's labels this time, not by the CLI."""
+    stack.deploy("pgidle-v1", "demo:v1", SERVICE_NAME="pgidle", **{"proxy.host": "pgidle.test"})
+    code, out, err = stack.gatekeeper_cli("wait", "pgidle", "--version", "v1", "--timeout", "120")
+    assert code == 0, out + err
+    stack.deploy("pgidle-v2", "demo:v2", SERVICE_NAME="pgidle", **{
+        "proxy.host": "pgidle.test", "gatekeeper.mode": "progressive",
+        "gatekeeper.analysis": f"step=50,interval={INTERVAL},min_requests=20"})
     stack.wait(lambda: len(analysis_steps(stack, "pgidle")) >= 3, 60, "three checks")
     steps = analysis_steps(stack, "pgidle")
     assert {e["result"] for e in steps} == {"hold"} and "too little traffic to judge" in steps[-1]["reason"]
     policy = stack.store.policy("pgidle")[1]
     assert (policy.stable, policy.canary, policy.weight) == ("v1", "v2", 50)
+    assert (policy.mode, policy.analysis.interval) == ("progressive", INTERVAL)
+    assert [e["by"] for e in stack.store.history("pgidle") if e["event"] == "mode"] == ["label on e2e-" + stack.session
+                                                                                    + "-pgidle-v2"]
     code, out, _ = stack.gatekeeper_cli("status", "pgidle")
     assert "too little traffic" in out
 

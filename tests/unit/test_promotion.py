@@ -422,3 +422,23 @@ def test_mode_progressive_takes_settings_validated_and_keeps_the_others():
     with pytest.raises(InvalidValue, match="analysis.step"):
         pr.set_mode(store, "demo", "progressive", {"step": 0})
     assert store.pol.analysis.threshold == 5                       # nothing written on bad input
+
+
+def test_the_containers_mode_labels_set_the_policy_when_it_is_admitted():
+    from dataclasses import replace as dc_replace
+    store, metrics, clock = AnalysisStore(policy(stable="v1"), versions=("v1", "v2")), Metrics(), Clock()
+    promoter = pr.Promoter(store, None, prometheus=metrics)
+    labelled = dc_replace(inst("v2"), mode="progressive", analysis="interval=4.0,step=30")
+    promoter.admitted(labelled)
+    p = store.pol
+    assert (p.mode, p.analysis.step, p.analysis.interval, p.canary, p.weight) == ("progressive", 30, 4.0, "v2", 30)
+    assert store.hist[0] == ("mode", {"mode": "progressive", "by": "label on v2-1", "settings": {
+        "step": 30, "max_weight": 100, "interval": 4.0, "threshold": 3, "min_requests": 20, "success_rate": 99.0,
+        "p99_ms": 500.0}})
+    # a second instance of the same version, same labels: nothing to write, nothing to record
+    writes = store.writes
+    promoter.admitted(dc_replace(labelled, id="h:v2-2:8080"))
+    assert store.writes == writes and [e for e, _ in store.hist].count("mode") == 1
+    # an invalid analysis label (registered by something else than registrator) is ignored, not fatal
+    promoter.admitted(dc_replace(inst("v3"), mode="manual", analysis="step=0"))
+    assert (store.pol.mode, store.pol.analysis.step, store.pol.canary) == ("manual", 30, "v3")

@@ -1,6 +1,7 @@
 import pytest
 
 from registrator.docker_source import Container, PublishedPort
+from catalog.consul_store import instance_from_consul
 from catalog.images import image_version
 from registrator.translate import Rejected, Settings, Skipped, instances_for
 
@@ -139,3 +140,19 @@ def test_health_checks_in_full():
     with pytest.raises(Rejected) as err:
         instances_for(container({"SERVICE_NAME": "demo", "SERVICE_CHECK_HTTP": "health"}), S)
     assert err.value.label == "SERVICE_CHECK_HTTP"
+
+
+def test_the_promotion_mode_and_analysis_labels_are_validated_and_carried_to_consul():
+    [i] = instances_for(container({"SERVICE_NAME": "demo", "gatekeeper.mode": "progressive",
+                                   "gatekeeper.analysis": " step=20, interval=5 ,p99_ms=800"}), S)
+    assert (i.mode, i.analysis) == ("progressive", "interval=5.0,p99_ms=800.0,step=20")
+    assert i.meta()["promotion_mode"] == "progressive" and i.meta()["analysis"] == i.analysis
+    assert instance_from_consul({"ID": i.id, "Service": i.service, "Address": i.address, "Port": i.port,
+                                 "Tags": list(i.all_tags()), "Meta": i.meta()}) == i
+    for labels, field in (({"gatekeeper.mode": "gradual"}, "gatekeeper.mode"),
+                          ({"gatekeeper.analysis": "step=0"}, "analysis.step"),
+                          ({"gatekeeper.analysis": "steps=10"}, "gatekeeper.analysis"),
+                          ({"gatekeeper.analysis": "interval=soon"}, "analysis.interval")):
+        with pytest.raises(Rejected) as err:
+            instances_for(container({"SERVICE_NAME": "demo", **labels}), S)
+        assert field in str(err.value)
