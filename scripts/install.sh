@@ -193,11 +193,12 @@ install_delivery_tools() {
 # consul binary, staged where compose/Dockerfile* find them (both folders are git-ignored).
 install_compose() {
   [ -x "$VENV/bin/docker-compose" ] || install_delivery_tools
-  step "Stack images for compose/ (proxystack/stack, proxystack/consul)"
+  install_prometheus
+  step "Stack images for compose/ (proxystack/stack, proxystack/consul, proxystack/prometheus)"
   ensure_base_image
   local wh="$ROOT/compose/wheels" want
   want="$( (cat "$ROOT/pyproject.toml"; find "$ROOT/catalog" "$ROOT/registrator" "$ROOT/gatekeeper" "$ROOT/proxy_reloader" "$ROOT/delivery" \
-           -name '*.py' -o -name '*.j2' | sort | xargs cat) | sha256sum | cut -c1-16)"
+           "$ROOT/monitoring" -name '*.py' -o -name '*.j2' -o -name '*.lua' -o -name '*.yml' | sort | xargs cat) | sha256sum | cut -c1-16)"
   if [ "$(cat "$wh/.stamp" 2>/dev/null)" != "$want" ]; then
     rm -rf "$wh"; mkdir -p "$wh"
     "$VENV/bin/pip" wheel -q -w "$wh" "$ROOT" >"$LOGS/wheelhouse-stack.log" 2>&1 || die "building the stack's wheels failed (see $LOGS/wheelhouse-stack.log)"
@@ -209,9 +210,15 @@ install_compose() {
   fi
   mkdir -p "$ROOT/compose/bin"
   cmp -s "$(command -v consul)" "$ROOT/compose/bin/consul" || install -m 0755 "$(command -v consul)" "$ROOT/compose/bin/consul"
+  cmp -s "$(command -v prometheus)" "$ROOT/compose/bin/prometheus" || install -m 0755 "$(command -v prometheus)" "$ROOT/compose/bin/prometheus"
+  rm -rf "$ROOT/compose/prometheus-web"; cp -r /usr/share/prometheus "$ROOT/compose/prometheus-web"
   BASE_IMAGE="$(cat "$STATE/base-image")" "$VENV/bin/docker-compose" -f "$ROOT/compose/docker-compose.yml" build -q \
     >"$LOGS/compose-build.log" 2>&1 || die "docker-compose build failed (see $LOGS/compose-build.log)"
-  info "images proxystack/stack:latest, proxystack/consul:latest"
+  # docker-compose build can exit 0 when one image failed to build: check each one is there
+  for img in proxystack/stack:latest proxystack/consul:latest proxystack/prometheus:latest; do
+    docker image inspect "$img" >/dev/null 2>&1 || die "docker-compose build did not produce $img (see $LOGS/compose-build.log)"
+  done
+  info "images proxystack/stack:latest, proxystack/consul:latest, proxystack/prometheus:latest"
 }
 
 # A throwaway Ansible target: Debian 12 with the packages the roles install already present

@@ -1,8 +1,9 @@
 """compose/: the stack as containers under Docker Compose v2, end to end on the real engine.
 
-`up -d` starts Consul (ACLs on), the one-shot ACL set-up, registrator, gatekeeper and the proxy;
-a demo container started with `docker run` and labels only is tested and then served through
-the proxy; `down -v` leaves no container, volume or network of the project behind.
+`up -d` starts Consul (ACLs on), the one-shot ACL set-up, registrator, gatekeeper, the proxy,
+and Prometheus with its targets watcher; a demo container started with `docker run` and labels
+only is tested and then served through the proxy, and Prometheus scrapes every daemon; `down -v`
+leaves no container, volume or network of the project behind.
 """
 from __future__ import annotations
 
@@ -22,9 +23,12 @@ pytestmark = pytest.mark.e2e
 PROJECT = f"pst{SESSION}"
 COMPOSE = [str(ROOT / ".venv" / "bin" / "docker-compose"), "-p", PROJECT, "-f", str(ROOT / "compose" / "docker-compose.yml")]
 PROXY, ADMIN, CONSUL = 18760, 18761, 18750
+PROMETHEUS, REGISTRATOR_METRICS, GATEKEEPER_METRICS = 18754, 18755, 18756
 ENV = {
     "CONSUL_HTTP_PORT": str(CONSUL), "CONSUL_SERVER_PORT": "18751", "CONSUL_SERF_LAN_PORT": "18752",
     "CONSUL_SERF_WAN_PORT": "18753", "PROXY_LISTEN": f"127.0.0.1:{PROXY}", "PROXY_ADMIN": f"127.0.0.1:{ADMIN}",
+    "PROMETHEUS_LISTEN": f"127.0.0.1:{PROMETHEUS}", "REGISTRATOR_METRICS": f"127.0.0.1:{REGISTRATOR_METRICS}",
+    "GATEKEEPER_METRICS": f"127.0.0.1:{GATEKEEPER_METRICS}",
     # Only this session's containers, and test containers that the session's cleanup finds.
     "REGISTRATOR_FLAGS": f"--explicit --filter-label proxystack.compose={SESSION}",
     "GATEKEEPER_FLAGS": f"--test-label {TEST_LABEL}={SESSION} --drain-seconds 2",
@@ -66,16 +70,17 @@ class TestComposeStack:
     def test_1_up_starts_every_part_and_acl_setup_finishes(self, project, docker_client):
         states = {c.labels["com.docker.compose.service"]: c.status
                   for c in docker_client.containers.list(all=True, filters={"label": f"com.docker.compose.project={PROJECT}"})}
-        assert set(states) == {"consul", "acl-setup", "registrator", "gatekeeper", "proxy"}, states
+        assert set(states) == {"consul", "acl-setup", "registrator", "gatekeeper", "proxy", "prometheus-targets",
+                               "prometheus"}, states
         assert states["acl-setup"] == "exited"
-        assert {states[s] for s in ("consul", "registrator", "gatekeeper", "proxy")} == {"running"}
+        assert {states[s] for s in set(states) - {"acl-setup"}} == {"running"}
         exit_code = docker_client.containers.get(f"{PROJECT}-acl-setup-1").attrs["State"]["ExitCode"]
         assert exit_code == 0
         # ACLs are on: without a token Consul lists no services, not even consul itself
         status, body = get(CONSUL, "/v1/catalog/services")
         assert status == 200 and json.loads(body) == {}
         # each part sees its own token and no other (not the bootstrap token, not the operator's)
-        for part in ("registrator", "gatekeeper", "proxy"):
+        for part in ("registrator", "gatekeeper", "proxy", "prometheus-targets"):
             c = docker_client.containers.get(f"{PROJECT}-{part}-1")
             code, out = c.exec_run(["sh", "-c", "ls /run/token; ls /tokens 2>&1 || true"])
             assert out.decode().split("\n")[0] == "token" and "bootstrap" not in out.decode(), (part, out)
@@ -94,7 +99,18 @@ class TestComposeStack:
         c.remove(force=True)
         wait_until(lambda: get(PROXY, "/demo/1")[0] in (404, 503), 30, "the removed instance to leave the proxy")
 
-    def test_3_down_leaves_nothing_behind(self, project, docker_client):
+    def test_3_prometheus_finds_and_scrapes_every_daemon(self, project):
+        def targets():
+            status, body = get(PROMETHEUS, "/api/v1/targets")
+            found = {t["labels"]["job"]: t["health"] for t in json.loads(body)["data"]["activeTargets"]} \
+                if status == 200 else {}
+            return found if {found.get(j) for j in ("registrator", "gatekeeper", "proxy-reloader")} == {"up"} else None
+        found = wait_until(targets, 90, "Prometheus to scrape registrator, gatekeeper and proxy-reloader")
+        assert found["prometheus"] == "up"
+        status, body = get(PROMETHEUS, "/api/v1/query?query=sum(gatekeeper_test_runs_total)")
+        assert status == 200 and float(json.loads(body)["data"]["result"][0]["value"][1]) >= 1
+
+    def test_4_down_leaves_nothing_behind(self, project, docker_client):
         assert any(leftovers(docker_client).values())
         down = compose("down", "-v", "--remove-orphans")
         assert down.returncode == 0, down.stderr[-2000:]

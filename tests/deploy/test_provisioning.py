@@ -112,6 +112,18 @@ def test_the_playbook_applies_to_a_fresh_machine_and_a_second_run_changes_nothin
     for unit in ("consul", "registrator", "gatekeeper", "proxy-reloader"):
         code, text = sh(f"cat /etc/systemd/system/{unit}.service")
         assert code == 0 and "ExecStart=" in text, unit
-    assert "--consul-token-file /etc/proxystack/tokens/gatekeeper.token" in sh("cat /etc/systemd/system/gatekeeper.service")[1]
+    gatekeeper_unit = sh("cat /etc/systemd/system/gatekeeper.service")[1]
+    assert "--consul-token-file /etc/proxystack/tokens/gatekeeper.token" in gatekeeper_unit
+    assert "--metrics 127.0.0.1:8003 --prometheus http://127.0.0.1:9090" in gatekeeper_unit
+    assert "--metrics 127.0.0.1:8002" in sh("cat /etc/systemd/system/registrator.service")[1]
+    for unit in ("prometheus", "prometheus-targets"):
+        code, text = sh(f"cat /etc/systemd/system/{unit}.service")
+        assert code == 0 and "ExecStart=" in text, unit
+    assert sh("/usr/local/bin/prometheus --version")[0] == 0
+    assert sh("test -f /usr/share/prometheus/web/static/css/graph.css")[0] == 0
+    config = json.loads(sh("cat /etc/proxystack/prometheus/prometheus.yml")[1])
+    assert config["scrape_configs"][0]["file_sd_configs"][0]["files"] == [
+        "/var/lib/proxystack-prometheus/targets/targets.json"]
+    assert config["rule_files"] == ["/etc/proxystack/prometheus/rules.yml"]
     assert "addr: 127.0.0.1:5000" in sh("cat /etc/docker/registry/config.yml")[1]
     assert "docker" in sh("id -nG proxystack")[1].split()
