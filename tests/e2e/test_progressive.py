@@ -173,3 +173,22 @@ def test_a_new_leader_resumes_the_analysis_at_the_same_step(stack, consul_server
         load.finish()
         follower.stop()
         stack.gatekeeper.start()
+
+
+def test_status_watch_refreshes_until_interrupted(stack):
+    """`status --watch` redraws in place for people; with --json it prints one object per refresh."""
+    import json
+    import subprocess
+    cmd = python_module("gatekeeper", "--consul", stack.consul.address, "--consul-token-file",
+                        stack.consul.token_file("operator"), "status", "--watch", "0.3")
+    for extra, check in ((["--json"], lambda out: ["services" in json.loads(line) for line in out.splitlines()]),
+                         ([], lambda out: out.count("\x1b[H\x1b[2J"))):
+        proc = subprocess.Popen(cmd + extra, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(2.5)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+        assert proc.returncode == 0, err
+        seen = check(out)
+        assert (seen[:3] == [True] * 3) if extra else seen >= 3, out[-500:]
+    code, _, err = stack.gatekeeper_cli("status", "--watch", "0")
+    assert code == 2 and "--watch 0: expected seconds from 0.2 to 3600" in err
