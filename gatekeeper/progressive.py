@@ -71,14 +71,12 @@ class Progressive:
             self.due.pop(service, None)
             return
         state = self.store.analysis(service)
-        if state is None or state.version != policy.canary:
-            # made the canary some other way (`gatekeeper canary`, mode changed mid-canary)
+        if state is None or state.version != policy.canary or state.status != RUNNING:
+            # made the canary some other way: `gatekeeper canary` (a rolled-back version tried
+            # again starts a new analysis), or the mode changed while it was the canary
             state = self.begin(service, policy.canary, policy)
             if policy.weight != state.weight:
                 self.set_weight(service, policy.canary, state.weight)
-            return
-        if state.status != RUNNING:
-            self.due.pop(service, None)
             return
         self.due[service] = state.next_check
         if self.clock() < state.next_check:

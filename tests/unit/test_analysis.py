@@ -5,8 +5,8 @@ import math
 import pytest
 
 from catalog.model import PROMOTED, ROLLED_BACK, RUNNING, Analysis, AnalysisState, RoutingPolicy
-from catalog.validation import InvalidValue, parse_policy, validate_analysis
-from gatekeeper.analysis import (ADVANCE, FAIL, HOLD, INCONCLUSIVE, KEEP_CHECKS, PASS, PROMOTE, ROLLBACK, STAY,
+from catalog.validation import InvalidValue, parse_analysis_label, parse_policy, validate_analysis
+from gatekeeper.analysis import (ADVANCE, FAIL, HOLD, INCONCLUSIVE, KEEP_CHECKS, PASS, PROMOTE, ROLLBACK, STAY, ms, pct,
                                  Measurement, breaches, judge, start)
 
 S = Analysis(step=10, max_weight=30, interval=5, threshold=2, min_requests=20, success_rate=99, p99_ms=500)
@@ -125,3 +125,54 @@ def test_history_shows_each_step_with_its_figures():
     assert history_details(entry) == (
         "v2 at 20%: fail: rolled back at 20 %: success rate 96.8 % < 99 % (2 failed checks of 2) "
         "[canary 250 req, success 96.8 %, p99 40 ms; stable 1000 req, success 100.0 %, p99 30 ms]")
+
+
+def test_the_words_an_operator_reads_in_status_and_history():
+    assert (pct(None), ms(None), pct(96.84), ms(1499.6)) == ("-", "-", "96.8 %", "1500 ms")
+    assert Measurement(0, None, None).describe() == "no requests"
+    assert Measurement(120, 99.5, 41.0).describe() == "120 requests, success 99.5 %, p99 41 ms"
+    s = start("demo", "v2", S, now=7.0)
+    assert (s.service, s.version, s.started) == ("demo", "v2", 7.0)
+    d = judge(S, s, None, now=9.0)
+    assert d.check.time == 9.0 and d.state.reason == d.check.reason == "metrics unavailable (no answer); holding at 10 %"
+    one = Analysis(threshold=1)
+    both = judge(one, at(10), Measurement(100, 90.0, 900.0))
+    assert both.check.reason == "rolled back at 10 %: success rate 90.0 % < 99 %; p99 900 ms > 500 ms (1 failed check of 1)"
+    assert judge(S, at(30), GOOD).check.reason == "100 requests, success 100.0 %, p99 40 ms at 30 %: promoted"
+
+
+def test_settings_at_their_bounds_are_accepted_and_numbers_keep_their_kind():
+    a = validate_analysis({"step": 1, "max_weight": 1, "interval": 1, "threshold": 1, "min_requests": 0,
+                           "success_rate": 0, "p99_ms": 1})
+    assert (a.step, a.max_weight, a.interval, a.min_requests) == (1, 1, 1.0, 0)
+    assert type(a.interval) is float and type(a.success_rate) is float and type(a.p99_ms) is float
+    b = validate_analysis({"step": 100, "interval": 3600, "threshold": 100, "min_requests": 1_000_000,
+                           "success_rate": 100, "p99_ms": 600_000})
+    assert (b.step, b.max_weight, b.success_rate) == (100, 100, 100.0)
+    p = parse_policy(RoutingPolicy("demo", mode="progressive", analysis=Analysis(step=25, interval=3.0)).to_json())
+    assert (p.analysis.step, p.analysis.interval) == (25, 3.0)
+
+
+def test_the_refusals_an_operator_reads_name_the_setting_and_the_rule():
+    def refusal(data):
+        with pytest.raises(InvalidValue) as err:
+            validate_analysis(data)
+        return str(err.value)
+    assert refusal([1]) == "analysis=[1] is invalid: a JSON object of progressive-mode settings"
+    assert refusal({"stepp": 5}) == ("analysis.stepp=5 is invalid: not a setting; the settings are step, max_weight, "
+                                     "interval, threshold, min_requests, success_rate, p99_ms")
+    assert refusal({"step": 50, "max_weight": 40}) == ("analysis.max_weight=40 is invalid: a whole number of percent "
+                                                       "from 1 to 100, at least step")
+    assert refusal({"interval": 0}) == "analysis.interval=0 is invalid: seconds from 1 to 3600"
+
+
+def test_the_analysis_label_reads_comma_separated_settings():
+    assert parse_analysis_label(" step=20 , interval=5,, p99_ms=800 ") == {"step": 20, "interval": 5.0, "p99_ms": 800.0}
+    assert parse_analysis_label("") == {}
+    for bad, message in (("step", "comma-separated SETTING=NUMBER, the settings being step, max_weight, interval, "
+                                  "threshold, min_requests, success_rate, p99_ms (for example step=10,interval=5)"),
+                         ("step=1=2", "analysis.step='1=2' is invalid: a whole number of percent from 1 to 100"),
+                         ("interval=x", "analysis.interval='x' is invalid: seconds from 1 to 3600")):
+        with pytest.raises(InvalidValue) as err:
+            parse_analysis_label(bad)
+        assert message in str(err.value), str(err.value)

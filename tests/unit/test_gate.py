@@ -326,3 +326,35 @@ def test_a_stored_failure_closes_a_gate_found_open_and_an_instance_under_test_is
     busy.reconcile()
     settle(busy)
     assert tester.runs == [], "already under test: not started twice"
+
+
+def sample(name, **labels):
+    from prometheus_client import REGISTRY
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_test_runs_and_the_time_to_an_open_gate_are_counted_per_service_and_result():
+    """gatekeeper's /metrics: every run by result, and first seen -> gate open for a first pass only."""
+    runs, opened = (sample("gatekeeper_test_runs_total", service="demo", result=r) for r in (PASSED, FAILED)), \
+        sample("gatekeeper_gate_open_seconds_count", service="demo")
+    passed_before, failed_before = runs
+    store = Store(inst())
+    gate = Gate(store, FakeTester(), reverify_every=0.001)
+    gate.reconcile()
+    settle(gate)
+    assert sample("gatekeeper_test_runs_total", service="demo", result=PASSED) == passed_before + 1
+    assert sample("gatekeeper_gate_open_seconds_count", service="demo") == opened + 1
+    assert sample("gatekeeper_test_duration_seconds_count", service="demo") >= 1
+    assert gate.first_seen == {}
+    gate = Gate(store, FakeTester(), reverify_every=0.001)        # a re-verification: a run, no new gate opening
+    store.gates["h:web:8080"] = "passing"
+    gate.reconcile()
+    settle(gate)
+    assert sample("gatekeeper_test_runs_total", service="demo", result=PASSED) == passed_before + 2
+    assert sample("gatekeeper_gate_open_seconds_count", service="demo") == opened + 1
+    failing = Store(inst("c2"))
+    gate = Gate(failing, FakeTester(state=FAILED, summary="1/9 passed"))
+    gate.reconcile()
+    settle(gate)
+    assert sample("gatekeeper_test_runs_total", service="demo", result=FAILED) == failed_before + 1
+    assert sample("gatekeeper_gate_open_seconds_count", service="demo") == opened + 1

@@ -442,3 +442,49 @@ def test_the_containers_mode_labels_set_the_policy_when_it_is_admitted():
     # an invalid analysis label (registered by something else than registrator) is ignored, not fatal
     promoter.admitted(dc_replace(inst("v3"), mode="manual", analysis="step=0"))
     assert (store.pol.mode, store.pol.analysis.step, store.pol.canary) == ("manual", 30, "v3")
+
+
+def test_a_rolled_back_canary_tried_again_by_the_operator_gets_a_new_analysis():
+    store, metrics, clock = AnalysisStore(policy(stable="v1"), versions=("v1", "v2")), Metrics(), Clock()
+    promoter = progressive(store, metrics, clock)
+    promoter.admitted(inst("v2"))
+    metrics.canary = metrics.M(100, 50.0, 20.0)
+    step(promoter, store, clock)
+    step(promoter, store, clock)
+    assert store.pol.aborted == "v2" and store.state.status == "rolled back"
+    pr.try_canary(store, "demo", "v2")                            # the operator: `gatekeeper canary demo v2`
+    metrics.canary = metrics.M(100, 100.0, 20.0)
+    promoter.check_canary("demo", store.registered)
+    assert (store.state.status, store.state.failed, store.pol.weight) == ("running", 0, 20)
+    step(promoter, store, clock)
+    assert store.pol.weight == 40
+
+
+def test_the_analysis_acts_only_on_the_canary_it_judged():
+    store, metrics, clock = AnalysisStore(policy(stable="v1"), versions=("v1", "v2")), Metrics(), Clock()
+    promoter = progressive(store, metrics, clock)
+    promoter.admitted(inst("v2"))
+    writes = store.writes
+    assert promoter._analysis_weight("demo", "v2", 20) is True and store.writes == writes    # already there
+    assert promoter._analysis_weight("demo", "v3", 40) is False and store.pol.weight == 20   # not the canary
+    assert promoter._analysis_promote("demo", "v3") is False and store.pol.stable == "v1"
+    assert promoter._analysis_weight("demo", "v2", 40) is True and store.pol.weight == 40
+    assert promoter._analysis_promote("demo", "v2") is True
+    assert (store.pol.stable, store.pol.previous, store.pol.canary) == ("v2", "v1", "")
+    assert store.hist[-1] == ("promoted", {"version": "v2", "previous": "v1", "by": "gatekeeper (analysis)"})
+    assert promoter._analysis_roll_back("demo", "v2", "why", []) is False                  # no canary left
+
+
+def test_a_label_that_sets_manual_mode_records_no_progressive_settings():
+    from dataclasses import replace as dc_replace
+    store = AnalysisStore(policy(stable="v1"), versions=("v1", "v2"))
+    pr.Promoter(store, None).admitted(dc_replace(inst("v2"), mode="manual"))
+    assert store.hist[0] == ("mode", {"mode": "manual", "by": "label on v2-1"})
+    assert (store.pol.canary, store.pol.weight) == ("v2", 0)
+
+
+def test_progressive_mode_says_it_needs_prometheus():
+    _, msg = pr.set_mode(Store(policy(stable="v1")), "demo", "progressive")
+    assert msg == ("demo: mode progressive: a new version that passes becomes a canary at 10%, then every 10 s gains "
+                   "10% up to 100% and becomes stable while its success rate stays >= 99% and p99 <= 500 ms over at "
+                   "least 20 requests; 3 failed checks roll it back (needs gatekeeper run --prometheus)")
