@@ -7,8 +7,12 @@ clients):
 2. decision latency per step: a good canary walking 20 -> 40 -> ... -> 100 -> stable: from each
    check falling due (its time in KV) to nginx's workers routing the new weight: the daemon
    waking, two PromQL queries per version, the check-and-set write, proxy-reloader's push;
-3. errors clients saw from a canary failing 5 % of its requests, before its rollback, against
-   the bound step % x error rate x the requests sent in `threshold` intervals.
+3. errors clients saw from a canary failing 5 % of its requests, from its first answer to its
+   rollback live in nginx, against what its traffic share makes in `threshold` intervals (step %
+   x error rate x requests per second x threshold x interval). The goal, 1.5, allows one more
+   interval than `threshold`: the first check of a new version can hold for too little traffic,
+   its series being younger than the window (Prometheus needs two samples for increase()), and
+   a little for the decision latency and the randomness of 5 % over some hundred requests.
 
 Each figure is printed beside its goal; --check exits 1 when one is missed.
 
@@ -90,14 +94,17 @@ def errors_before_rollback(stack: Stack, service: str) -> dict:
         canary(stack, service, f"{service}-v2", {"DEMO_ERROR_RATE": "5%"})
         wait_until(lambda: (stack.store.policy(service)[1] or None) and stack.store.policy(service)[1].aborted == "v2",
                    120, "the rollback")
-        wait_until(lambda: weight_live(stack, service) == 0, 30, "the rollback live")
+        wait_until(lambda: weight_live(stack, service) == 0, 30, "the rollback live", interval=0.005)
         end = time.monotonic()
-        answers = [a for a in load.answers if start <= a[0] <= end]
+        # the canary's first answer (stable v1 never fails, so any error is the canary's)
+        first = min(a[0] for a in load.answers if a[0] >= start and (a[2] == "v2" or a[1] != 200))
+        window = [a for a in load.answers if first <= a[0] <= end]
+        errors = sum(1 for a in window if a[1] != 200)
+        expected = step / 100 * rate * len(window) / (end - first) * threshold * INTERVAL
         steps = [e for e in stack.store.history(service) if e["event"] == "analysis"]
-        per_interval = len(answers) / max(1, len(steps))
-        bound = step / 100 * rate * per_interval * threshold
-        return {"errors": sum(1 for a in answers if a[1] != 200), "requests": len(answers), "checks": len(steps),
-                "bound": round(bound, 1), "weight_at_rollback": max(e["weight"] for e in steps)}
+        return {"errors": errors, "requests": len(window), "seconds": round(end - first, 2),
+                "expected": round(expected, 1), "ratio": round(errors / expected, 2),
+                "weight_at_rollback": max(e["weight"] for e in steps)}
     finally:
         load.finish()
 
@@ -119,8 +126,9 @@ def main(argv=None) -> int:
                 latencies += step_latencies(stack, f"walk{i}")
                 say(f"run {i + 1}: decision latencies {', '.join(f'{x:.0f}' for x in latencies[-5:])} ms")
                 bad.append(errors_before_rollback(stack, f"bad{i}"))
-                say(f"run {i + 1}: a 5 % canary: {bad[-1]['errors']} errors of {bad[-1]['requests']} before its "
-                    f"rollback at {bad[-1]['weight_at_rollback']} % (bound {bad[-1]['bound']})")
+                say(f"run {i + 1}: a 5 % canary: {bad[-1]['errors']} errors of {bad[-1]['requests']} in "
+                    f"{bad[-1]['seconds']} s before its rollback at {bad[-1]['weight_at_rollback']} % "
+                    f"({bad[-1]['ratio']} x what {3} intervals make)")
         finally:
             stack.stop()
             prometheus.stop()
@@ -129,13 +137,13 @@ def main(argv=None) -> int:
     b = statistics.median(breach)
     lat = sorted(latencies)
     p50, p95 = statistics.median(lat), lat[min(len(lat) - 1, int(0.95 * (len(lat) - 1) + 0.5))]
-    worst = max(bad, key=lambda r: r["errors"] / max(r["bound"], 1e-9))
+    worst = max(r["ratio"] for r in bad)
     rows = [(f"breach -> weight 0 in nginx, threshold 1, interval {INTERVAL:g} s: median s ({len(breach)} runs)",
              round(b, 2), f"<= {INTERVAL + 1:g}", b <= INTERVAL + 1),
             (f"decision latency per step, due -> new weight live: p50 / p95 ms ({len(lat)} steps)",
              f"{p50:.0f} / {p95:.0f}", "p50 <= 500", p50 <= 500),
-            (f"client errors before a 5 % canary's rollback, worst of {len(bad)} (its bound)",
-             f"{worst['errors']} ({worst['bound']})", "<= bound", all(r["errors"] <= r["bound"] for r in bad)),
+            (f"client errors before a 5 % canary's rollback / errors its share makes in 3 intervals, worst of "
+             f"{len(bad)}", f"{worst} ({', '.join(str(r['errors']) for r in bad)} errors)", "<= 1.5", worst <= 1.5),
             ("weight at rollback of the 5 % canaries", ", ".join(f"{r['weight_at_rollback']} %" for r in bad),
              "<= 20 %", all(r["weight_at_rollback"] <= 20 for r in bad))]
     result["goals"] = [{"measure": m, "figure": f, "goal": g, "met": ok} for m, f, g, ok in rows]
