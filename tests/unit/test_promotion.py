@@ -426,7 +426,7 @@ def test_mode_progressive_takes_settings_validated_and_keeps_the_others():
 
 def test_the_containers_mode_labels_set_the_policy_when_it_is_admitted():
     from dataclasses import replace as dc_replace
-    store, metrics, clock = AnalysisStore(policy(stable="v1"), versions=("v1", "v2")), Metrics(), Clock()
+    store, metrics = AnalysisStore(policy(stable="v1"), versions=("v1", "v2")), Metrics()
     promoter = pr.Promoter(store, None, prometheus=metrics)
     labelled = dc_replace(inst("v2"), mode="progressive", analysis="interval=4.0,step=30")
     promoter.admitted(labelled)
