@@ -58,15 +58,12 @@ def worker_cpu_seconds(prefix) -> float:
     """CPU time of the worker processes of the nginx whose pid file is under `prefix`."""
     master = int((prefix / "nginx.pid").read_text())
     total = 0.0
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
+    for d in filter(str.isdigit, os.listdir("/proc")):
         try:
-            fields = open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()
-        except OSError:
+            if int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1]) == master:
+                total += cpu_seconds(int(d))
+        except OSError:          # a process that ended meanwhile
             continue
-        if int(fields[1]) == master:
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total
 
 

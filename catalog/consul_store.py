@@ -219,15 +219,20 @@ class ConsulStore:
         return int(idx)
 
     # --- verdicts and policies ------------------------------------------------------------
-    def verdict(self, instance_id: str) -> Optional[Verdict]:
-        _, raw = self.kv_get(VERDICTS + instance_id)
+    def _record(self, key: str, parse, what: str):
+        """A JSON record kept in KV, parsed; None when absent or unreadable (logged: one damaged
+        record must not stop a daemon)."""
+        raw = self.kv_get(key)[1]
         if not raw:
             return None
         try:
-            return Verdict.from_json(raw)
+            return parse(raw)
         except (ValueError, TypeError, KeyError) as exc:
-            log.error("ignoring unreadable verdict for %s: %s", instance_id, exc)
+            log.error("ignoring unreadable %s: %s", what, exc)
             return None
+
+    def verdict(self, instance_id: str) -> Optional[Verdict]:
+        return self._record(VERDICTS + instance_id, Verdict.from_json, f"verdict for {instance_id}")
 
     def put_verdict(self, verdict: Verdict) -> None:
         self.kv_put(VERDICTS + verdict.instance_id, verdict.to_json())
@@ -278,14 +283,7 @@ class ConsulStore:
 
     def analysis(self, service: str) -> Optional[AnalysisState]:
         """Where the service's progressive analysis stands, if it has one."""
-        raw = self.kv_get(ANALYSIS + service)[1]
-        if not raw:
-            return None
-        try:
-            return AnalysisState.from_json(raw)
-        except (ValueError, TypeError, KeyError) as exc:
-            log.error("ignoring unreadable analysis state of %s: %s", service, exc)
-            return None
+        return self._record(ANALYSIS + service, AnalysisState.from_json, f"analysis state of {service}")
 
     def put_analysis(self, state: AnalysisState) -> None:
         self.kv_put(ANALYSIS + state.service, state.to_json())

@@ -25,16 +25,23 @@ def own_metrics() -> str:
     return generate_latest().decode()
 
 
-def parse_metrics_address(value: str) -> tuple:
-    """'127.0.0.1:9101' -> ('127.0.0.1', 9101). Loopback only: the endpoint has no auth."""
+def loopback_endpoint(option: str, value: str, default_host: str = "") -> tuple:
+    """'127.0.0.1:9101' -> ('127.0.0.1', 9101), for an endpoint without authentication (the
+    daemons' --metrics, proxy-reloader's --admin): loopback only. `default_host` stands in for
+    an empty host (':8001'); without one, an empty host is refused."""
     host, sep, port = value.rpartition(":")
+    host = host.strip("[]") or default_host
     try:
-        if not sep or not ipaddress.ip_address(host.strip("[]")).is_loopback or not 0 < int(port) < 65536:
+        if not sep or not ipaddress.ip_address(host).is_loopback or not 0 < int(port) < 65536:
             raise ValueError
     except ValueError:
-        raise InvalidValue("--metrics", value, "a loopback HOST:PORT such as 127.0.0.1:9101 "
+        raise InvalidValue(option, value, "a loopback HOST:PORT such as 127.0.0.1:9101 "
                            "(the endpoint has no authentication)") from None
-    return host.strip("[]"), int(port)
+    return host, int(port)
+
+
+def parse_metrics_address(value: str) -> tuple:
+    return loopback_endpoint("--metrics", value)
 
 
 def metrics_address(value: str) -> str:

@@ -126,10 +126,13 @@ class Promoter:
             return
         log.info("%s: %s passed and is now stable (was %s)", inst.service, inst.version,
                  before.stable if before and before.stable else "none")
-        self.store.add_history(inst.service, "promoted", version=inst.version,
-                       previous=before.stable if before else "", by="gatekeeper (auto)")
-        metrics.PROMOTIONS.labels(inst.service, "promoted").inc()
-        self.drain_later(inst.service, inst.version)
+        self._became_stable(inst.service, inst.version, before, "gatekeeper (auto)")
+
+    def _became_stable(self, service: str, version: str, before: Optional[RoutingPolicy], by: str) -> None:
+        """What follows every promotion by the daemon: the history, the count, the old drained."""
+        self.store.add_history(service, "promoted", version=version, previous=before.stable if before else "", by=by)
+        metrics.PROMOTIONS.labels(service, "promoted").inc()
+        self.drain_later(service, version)
 
     def next_due(self) -> Optional[float]:
         """When the next decision falls due (time.monotonic): the earliest unhealthy canary's
@@ -181,11 +184,8 @@ class Promoter:
                               if p.canary == version and p.mode == PROGRESSIVE else None)
         if not after or after.stable != version:
             return False
-        self.store.add_history(service, "promoted", version=version, previous=before.stable if before else "",
-                               by="gatekeeper (analysis)")
-        metrics.PROMOTIONS.labels(service, "promoted").inc()
         log.info("%s: %s passed every step of its analysis and is now stable", service, version)
-        self.drain_later(service, version)
+        self._became_stable(service, version, before, "gatekeeper (analysis)")
         return True
 
     def _analysis_roll_back(self, service: str, version: str, reason: str, instances) -> bool:

@@ -22,7 +22,7 @@ from typing import List
 from catalog.cli import EXIT_OK, EXIT_USAGE, add_consul_options, consul_address
 from catalog.consul_store import METRICS_SERVICE, ConsulStore, read_token
 from catalog.logs import setup_logging
-from catalog.retry import backoff
+from catalog.watch import Watch
 
 log = logging.getLogger("monitoring.targets")
 
@@ -53,29 +53,17 @@ def write_if_changed(path: Path, groups: List[dict]) -> bool:
     return True
 
 
-class TargetsWatcher:
-    def __init__(self, store: ConsulStore, out: Path, wait: float = 30.0):
-        self.store, self.out, self.wait = store, out, wait
-        self.stopping = threading.Event()
+def follow(store: ConsulStore, out: Path, stopping: threading.Event, wait: float = 30.0) -> Watch:
+    """A blocking-query watch on proxystack-metrics (catalog.watch: index bookkeeping, back-off)
+    that rewrites `out` whenever the announced endpoints change."""
+    def changed() -> None:
+        groups = target_groups(watch.last_data or [])
+        if write_if_changed(out, groups):
+            log.info("targets: %s", ", ".join(f"{g['labels']['job']} {g['targets'][0]}" for g in groups) or "none")
 
-    def run(self) -> None:
-        index = 0
-
-        @backoff(max_wait=10.0, what="watching proxystack-metrics")
-        def follow(index: int):
-            return self.store.wait_service(METRICS_SERVICE, index, self.wait)
-
-        while not self.stopping.is_set():
-            new_index, entries = follow(index)
-            if new_index < index:
-                new_index = 0                   # Consul restarted: start over
-            if write_if_changed(self.out, target_groups(entries)):
-                log.info("targets: %s", ", ".join(f"{g['labels']['job']} {g['targets'][0]}"
-                                                  for g in target_groups(entries)) or "none")
-            index = new_index
-
-    def stop(self) -> None:
-        self.stopping.set()
+    watch = Watch(METRICS_SERVICE, lambda index, w: store.wait_service(METRICS_SERVICE, index, w), changed, wait,
+                  stopping)
+    return watch
 
 
 def main(argv=None) -> int:
@@ -94,11 +82,13 @@ def main(argv=None) -> int:
     out = Path(args.out)
     if not out.exists():
         write_if_changed(out, [])                # Prometheus starts with an empty, valid file
-    watcher = TargetsWatcher(store, out)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(EXIT_OK))
-    signal.signal(signal.SIGINT, lambda *_: sys.exit(EXIT_OK))
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
     log.info("following %s in Consul at %s -> %s", METRICS_SERVICE, args.consul, out)
-    watcher.run()
+    follow(store, out, stopping).start()
+    while not stopping.wait(1.0):
+        pass
     return EXIT_OK
 
 

@@ -8,24 +8,17 @@
 """
 from __future__ import annotations
 
-import ipaddress
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Optional
 
+from catalog.metrics import loopback_endpoint
+
 
 def parse_loopback(address: str):
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]") or "127.0.0.1"
-    try:
-        if not ipaddress.ip_address(host).is_loopback:
-            raise ValueError
-    except ValueError:
-        raise ValueError(f"the admin address must be on loopback (127.0.0.0/8 or ::1), got {address!r}") from None
-    if not port.isdigit():
-        raise ValueError(f"the admin address must be HOST:PORT, got {address!r}")
-    return host, int(port)
+    """--admin's HOST:PORT, loopback only (':8001' means 127.0.0.1:8001)."""
+    return loopback_endpoint("--admin", address, default_host="127.0.0.1")
 
 
 def serve_status(address: str, status: Callable[[], dict], own_metrics: Callable[[], str],

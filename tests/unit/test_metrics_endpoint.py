@@ -17,7 +17,7 @@ def test_a_loopback_address_is_accepted(good, expected):
     assert parse_metrics_address(good) == expected
 
 
-@pytest.mark.parametrize("bad", ["0.0.0.0:9101", "10.1.2.3:9101", "9101", "127.0.0.1:0", "127.0.0.1:65536",
+@pytest.mark.parametrize("bad", ["0.0.0.0:9101", "192.0.2.3:9101", "9101", "127.0.0.1:0", "127.0.0.1:65536",
                                  "127.0.0.1:x", "localhost:9101", ":9101"])
 def test_anything_else_is_refused_naming_the_option_and_the_rule(bad):
     with pytest.raises(InvalidValue, match=r"--metrics.*loopback HOST:PORT"):
@@ -38,8 +38,10 @@ def test_prometheus_reads_its_targets_from_the_watchers_file():
     assert config["rule_files"] == ["/r.yml"] and config["global"]["scrape_interval"] == "2s"
 
 
+# 192.0.2.0/24 (documentation addresses) stand for "not loopback" and a remote node; nothing
+# is ever sent to them.
 def entry(sid, component, address, port, node="n1"):
-    return {"Node": {"Node": node, "Address": "10.9.9.9"},
+    return {"Node": {"Node": node, "Address": "192.0.2.9"},
             "Service": {"ID": sid, "Address": address, "Port": port, "Meta": {"component": component} if component else {}}}
 
 
@@ -50,7 +52,7 @@ def test_each_announced_endpoint_is_a_target_labelled_with_its_component():
         {"targets": ["127.0.0.1:8003"], "labels": {"job": "gatekeeper", "node": "n1", "consul_service_id": "a"}},
         {"targets": ["127.0.0.1:8002"], "labels": {"job": "registrator", "node": "n1", "consul_service_id": "b"}},
         # no service address: the node's, as Consul means it; no component: said so
-        {"targets": ["10.9.9.9:8004"], "labels": {"job": "unknown", "node": "n2", "consul_service_id": "c"}},
+        {"targets": ["192.0.2.9:8004"], "labels": {"job": "unknown", "node": "n2", "consul_service_id": "c"}},
     ]
 
 

@@ -338,15 +338,21 @@ def progressive(store, metrics, clock):
     return promoter
 
 
+def v2_in_analysis(versions=("v1", "v2")):
+    """v1 stable in progressive mode, and v2 just admitted: its analysis started."""
+    store, metrics, clock = AnalysisStore(policy(stable="v1"), versions=versions), Metrics(), Clock()
+    promoter = progressive(store, metrics, clock)
+    promoter.admitted(inst("v2"))
+    return store, metrics, clock, promoter
+
+
 def step(promoter, store, clock):
     clock.t += 5
     promoter.check_canary("demo", store.registered)
 
 
 def test_progressive_mode_starts_a_passed_version_at_the_first_step_and_walks_it_to_stable():
-    store, metrics, clock = AnalysisStore(policy(stable="v1"), versions=("v1", "v2")), Metrics(), Clock()
-    promoter = progressive(store, metrics, clock)
-    promoter.admitted(inst("v2"))
+    store, metrics, clock, promoter = v2_in_analysis()
     assert (store.pol.canary, store.pol.weight, store.state.weight, store.state.version) == ("v2", 20, 20, "v2")
     promoter.check_canary("demo", store.registered)              # not due yet: nothing moves
     assert store.pol.weight == 20 and [e for e, _ in store.hist].count("analysis") == 0
@@ -362,9 +368,7 @@ def test_progressive_mode_starts_a_passed_version_at_the_first_step_and_walks_it
 
 
 def test_progressive_mode_rolls_back_after_threshold_failures_and_notes_it_on_the_gates():
-    store, metrics, clock = AnalysisStore(policy(stable="v1"), versions=("v1", "v2")), Metrics(), Clock()
-    promoter = progressive(store, metrics, clock)
-    promoter.admitted(inst("v2"))
+    store, metrics, clock, promoter = v2_in_analysis()
     metrics.canary = metrics.M(100, 95.0, 20.0)
     step(promoter, store, clock)
     assert (store.pol.canary, store.pol.weight, store.state.failed) == ("v2", 20, 1)
@@ -378,9 +382,7 @@ def test_progressive_mode_rolls_back_after_threshold_failures_and_notes_it_on_th
 
 
 def test_progressive_mode_holds_while_prometheus_is_down_and_resumes_at_the_same_step():
-    store, metrics, clock = AnalysisStore(policy(stable="v1"), versions=("v1", "v2")), Metrics(), Clock()
-    promoter = progressive(store, metrics, clock)
-    promoter.admitted(inst("v2"))
+    store, metrics, clock, promoter = v2_in_analysis()
     metrics.down = True
     step(promoter, store, clock)
     step(promoter, store, clock)
@@ -393,9 +395,7 @@ def test_progressive_mode_holds_while_prometheus_is_down_and_resumes_at_the_same
 
 
 def test_a_newer_version_mid_analysis_restarts_it_for_the_newer_one():
-    store, metrics, clock = AnalysisStore(policy(stable="v1"), versions=("v1", "v2", "v3")), Metrics(), Clock()
-    promoter = progressive(store, metrics, clock)
-    promoter.admitted(inst("v2"))
+    store, metrics, clock, promoter = v2_in_analysis(versions=("v1", "v2", "v3"))
     step(promoter, store, clock)
     assert store.pol.weight == 40
     promoter.admitted(inst("v3"))
@@ -404,9 +404,7 @@ def test_a_newer_version_mid_analysis_restarts_it_for_the_newer_one():
 
 
 def test_an_operators_weight_change_mid_analysis_is_not_overwritten_by_a_stale_step():
-    store, metrics, clock = AnalysisStore(policy(stable="v1"), versions=("v1", "v2")), Metrics(), Clock()
-    promoter = progressive(store, metrics, clock)
-    promoter.admitted(inst("v2"))
+    store, metrics, clock, promoter = v2_in_analysis()
     store.pol = RoutingPolicy(**{**store.pol.__dict__, "canary": "", "weight": 0, "aborted": "v2"})  # operator aborted
     step(promoter, store, clock)
     assert (store.pol.canary, store.pol.weight) == ("", 0) and promoter.next_due() is None
@@ -445,9 +443,7 @@ def test_the_containers_mode_labels_set_the_policy_when_it_is_admitted():
 
 
 def test_a_rolled_back_canary_tried_again_by_the_operator_gets_a_new_analysis():
-    store, metrics, clock = AnalysisStore(policy(stable="v1"), versions=("v1", "v2")), Metrics(), Clock()
-    promoter = progressive(store, metrics, clock)
-    promoter.admitted(inst("v2"))
+    store, metrics, clock, promoter = v2_in_analysis()
     metrics.canary = metrics.M(100, 50.0, 20.0)
     step(promoter, store, clock)
     step(promoter, store, clock)
@@ -461,9 +457,7 @@ def test_a_rolled_back_canary_tried_again_by_the_operator_gets_a_new_analysis():
 
 
 def test_the_analysis_acts_only_on_the_canary_it_judged():
-    store, metrics, clock = AnalysisStore(policy(stable="v1"), versions=("v1", "v2")), Metrics(), Clock()
-    promoter = progressive(store, metrics, clock)
-    promoter.admitted(inst("v2"))
+    store, metrics, clock, promoter = v2_in_analysis()
     writes = store.writes
     assert promoter._analysis_weight("demo", "v2", 20) is True and store.writes == writes    # already there
     assert promoter._analysis_weight("demo", "v3", 40) is False and store.pol.weight == 20   # not the canary
