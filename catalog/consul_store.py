@@ -16,7 +16,7 @@ import consul.base
 
 from .model import (META_CONTAINER_ID, META_CONTAINER_NAME, META_DOCKER_HEALTH, META_IMAGE,
                     META_ANALYSIS, META_MODE, META_PROXY_HOST, META_PROXY_PATH, META_PROXY_STRIP, META_REGISTERED_BY,
-                    META_TESTS_IMAGE,
+                    META_GATE_MIRROR, META_SWARM_SERVICE, META_SWARM_TASK, META_TESTS_IMAGE,
                     META_VERSION, AnalysisState, Instance, RegisteredInstance, Rejection, RoutingPolicy,
                     Verdict)
 from .kv_layout import ANALYSIS, DEFAULT_TESTS, GATEKEEPER, HISTORY, POLICIES, REJECTED, RETESTS, SERVED, VERDICTS
@@ -29,7 +29,7 @@ METRICS_SERVICE = "proxystack-metrics"     # each daemon's metrics endpoint, for
 GATE_TTL = "87600h"        # the gate is set by gatekeeper, never by expiry
 _OWN_META = {META_CONTAINER_ID, META_CONTAINER_NAME, META_IMAGE, META_VERSION, META_TESTS_IMAGE,
              META_PROXY_PATH, META_PROXY_HOST, META_REGISTERED_BY, META_DOCKER_HEALTH, META_PROXY_STRIP,
-             META_MODE, META_ANALYSIS}
+             META_MODE, META_ANALYSIS, META_SWARM_SERVICE, META_SWARM_TASK, META_GATE_MIRROR}
 
 
 class ConsulError(consul.base.ConsulException):
@@ -415,4 +415,6 @@ def instance_from_consul(svc: dict) -> Optional[Instance]:
         docker_health=meta.get(META_DOCKER_HEALTH) == "1",
         strip_prefix=meta.get(META_PROXY_STRIP) == "1",
         mode=meta.get(META_MODE, ""), analysis=meta.get(META_ANALYSIS, ""),
+        swarm_service=meta.get(META_SWARM_SERVICE, ""), swarm_task=meta.get(META_SWARM_TASK, ""),
+        gate_mirror=meta.get(META_GATE_MIRROR) == "1",
     )

@@ -25,7 +25,16 @@ META_REGISTERED_BY = "registered_by"
 META_DOCKER_HEALTH = "docker_health"
 META_MODE = "promotion_mode"             # the gatekeeper.mode label: how the service is promoted
 META_ANALYSIS = "analysis"               # the gatekeeper.analysis label: progressive settings, k=v,...
+META_SWARM_SERVICE = "swarm_service"     # the Swarm service a task container belongs to
+META_SWARM_TASK = "swarm_task"           # the Swarm task id (each replacement is a new task)
+META_GATE_MIRROR = "gate_mirror"         # the container's HEALTHCHECK reads GATE_MARKER
 DOCKER_HEALTH_SUFFIX = ":docker-health"
+
+# The file gatekeeper writes into a container whose HEALTHCHECK mirrors the gate: "open" once
+# the instance is admitted and its version takes traffic, "closed" otherwise. Swarm waits for a
+# healthy task before it stops the one it replaces, so a rolling update waits for the gate.
+GATE_MARKER = "/tmp/proxystack-gate"
+GATE_MIRROR_HEALTH_CMD = f"grep -qx open {GATE_MARKER}"
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,9 @@ class Instance:
     strip_prefix: bool = False       # the proxy removes proxy_path before forwarding
     mode: str = ""                   # gatekeeper.mode label: the service's promotion mode from now on
     analysis: str = ""               # gatekeeper.analysis label: "step=10,interval=5", validated
+    swarm_service: str = ""          # the container is a task of this Swarm service
+    swarm_task: str = ""             # ... this task
+    gate_mirror: bool = False        # its HEALTHCHECK reads GATE_MARKER (written by gatekeeper)
 
     @property
     def gate_check_id(self) -> str:
@@ -88,6 +100,11 @@ class Instance:
             meta[META_MODE] = self.mode
         if self.analysis:
             meta[META_ANALYSIS] = self.analysis
+        if self.swarm_service:
+            meta[META_SWARM_SERVICE] = self.swarm_service
+            meta[META_SWARM_TASK] = self.swarm_task
+        if self.gate_mirror:
+            meta[META_GATE_MIRROR] = "1"
         return meta
 
     def all_tags(self) -> list:

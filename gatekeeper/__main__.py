@@ -139,6 +139,8 @@ def cmd_run(args, store) -> int:
     from .leader import LeaderLock
     from .prometheus import Prometheus
     from .promotion import Promoter
+    from .rollout import Rollout
+    from .swarm import Swarm
     from .tester import DockerTester, RunLimits
 
     setup_logging("gatekeeper", args.verbose)
@@ -156,9 +158,15 @@ def cmd_run(args, store) -> int:
     limits = RunLimits(timeout=args.test_timeout, memory=args.test_memory, cpus=args.test_cpus)
     promoter = Promoter(store, client, drain_seconds=args.drain_seconds, stop_old=not args.keep_old,
                         prometheus=Prometheus(args.prometheus) if args.prometheus else None)
+    rollout = Rollout(store, Swarm(client))
+
+    def on_service(service, registered):
+        promoter.check_canary(service, registered)
+        rollout.reconcile(service, registered)
+
     gate = Gate(store, DockerTester(client, limits, labels), parallel=args.parallel,
                 on_admitted=promoter.admitted, reverify_every=args.reverify_every,
-                on_service=promoter.check_canary, forget_after=args.forget_after)
+                on_service=on_service, forget_after=args.forget_after)
     daemon = Daemon(store, gate, LeaderLock(store, args.id), wait=args.wait, due=promoter.next_due)
     announced = None
     if args.metrics:

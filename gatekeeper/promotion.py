@@ -224,6 +224,8 @@ class Promoter:
                 inst = ri.instance
                 if inst.version in (policy.stable, policy.canary) or inst.container_id not in old:
                     continue
+                if inst.swarm_service:
+                    continue                            # Swarm owns its tasks: its update replaces them
                 verdict = self.store.verdict(inst.id)
                 if not verdict or verdict.state != PASSED or not verdict.applies_to(inst):
                     continue                            # failed builds stay up for inspection

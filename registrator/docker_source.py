@@ -10,7 +10,12 @@ import docker
 import docker.errors
 import requests
 
+from catalog.model import GATE_MARKER
+
 log = logging.getLogger(__name__)
+
+SWARM_SERVICE_LABEL = "com.docker.swarm.service.name"   # set by Swarm on every task's container
+SWARM_TASK_LABEL = "com.docker.swarm.task.id"
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,9 @@ class Container:
     exposed: Tuple[int, ...] = ()          # container ports (tcp) the image exposes
     internal_ip: str = ""
     health: Optional[str] = None           # None: no HEALTHCHECK; else starting|healthy|unhealthy
+    gate_mirror: bool = False              # the HEALTHCHECK reads the gate marker, not the app
+    swarm_service: str = ""                # a Swarm task's container: its service and task
+    swarm_task: str = ""
 
 
 @dataclass(frozen=True)
@@ -65,14 +73,17 @@ def container_from_inspect(data: dict) -> Container:
                      if spec.endswith("/tcp") or "/" not in spec)
     test = (cfg.get("Healthcheck") or {}).get("Test") or []
     health = None
-    if test and test[0] != "NONE":
+    gate_mirror = any(GATE_MARKER in part for part in test)
+    if test and test[0] != "NONE" and not gate_mirror:
         health = (state.get("Health") or {}).get("Status") or "starting"
+    labels = dict(cfg.get("Labels") or {})
     return Container(
         id=data["Id"], name=data["Name"].lstrip("/"), image=cfg.get("Image", ""),
         running=bool(state.get("Running")),
-        labels=dict(cfg.get("Labels") or {}), env=env,
+        labels=labels, env=env,
         ports=tuple(sorted(ports, key=lambda p: (p.container_port, p.protocol))),
-        exposed=tuple(exposed), internal_ip=internal_ip, health=health,
+        exposed=tuple(exposed), internal_ip=internal_ip, health=health, gate_mirror=gate_mirror,
+        swarm_service=labels.get(SWARM_SERVICE_LABEL, ""), swarm_task=labels.get(SWARM_TASK_LABEL, ""),
     )
 
 

@@ -61,6 +61,11 @@ def merged_config(c: Container) -> Dict[str, str]:
     return cfg
 
 
+def default_name(c: Container) -> str:
+    """Without SERVICE_NAME: a Swarm task's service name, else the image's name (registrator's rule)."""
+    return c.swarm_service or image_name(c.image)
+
+
 def selected(c: Container, s: Settings) -> bool:
     if any(key in c.labels for key in s.exclude_labels):
         return False
@@ -82,7 +87,7 @@ def instances_for(c: Container, s: Settings) -> List[Instance]:
     base_name = cfg.get("SERVICE_NAME")
     if s.explicit and not base_name:
         raise Skipped(c, "it has no SERVICE_NAME and registrator runs with --explicit")
-    wanted_name = base_name or image_name(c.image)
+    wanted_name = base_name or default_name(c)
     wanted_name = wanted_name if v.valid("service", wanted_name) else ""
     endpoints = _endpoints(c, s)
     for key in cfg:
@@ -95,8 +100,10 @@ def instances_for(c: Container, s: Settings) -> List[Instance]:
     if not endpoints:
         log.log(logging.INFO if base_name else logging.DEBUG,
                 "container %s (%s) has no %s port; not registered%s", c.name, c.id[:12],
-                "exposed" if s.internal else "published",
-                "" if s.internal else " (publish one with -p or -P, or run registrator with --internal)")
+                "exposed" if s.internal else "published", "" if s.internal else (
+                    " (a Swarm service publishes a task's port with --publish mode=host,target=PORT;"
+                    " the ingress mode's virtual port is not the task's)" if c.swarm_service else
+                    " (publish one with -p or -P, or run registrator with --internal)"))
         return []
     try:
         return [_instance(c, s, cfg, e, base_name, len(endpoints) > 1) for e in endpoints]
@@ -118,7 +125,7 @@ def _instance(c, s, cfg, endpoint, base_name, several) -> Instance:
         name = per_port
         field = f"SERVICE_{container_port}_NAME"
     else:
-        name = base_name or image_name(c.image)
+        name = base_name or default_name(c)
         if several:
             name = f"{name}-{container_port}"
         field = "SERVICE_NAME"
@@ -153,7 +160,8 @@ def _instance(c, s, cfg, endpoint, base_name, several) -> Instance:
         container_id=c.id, container_name=c.name, image=c.image, registered_by=s.registered_by,
         tests_image=tests, proxy_path=path or f"/{name}/", proxy_host=host, tags=tags,
         extra_meta=_extra_meta(cfg), health_check=_health_check(cfg),
-        docker_health=c.health is not None, strip_prefix=strip, mode=mode, analysis=analysis)
+        docker_health=c.health is not None, strip_prefix=strip, mode=mode, analysis=analysis,
+        swarm_service=c.swarm_service, swarm_task=c.swarm_task, gate_mirror=c.gate_mirror)
 
 
 def _health_check(cfg: Dict[str, str]):

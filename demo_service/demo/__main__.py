@@ -1,6 +1,13 @@
-"""python -m demo [--port 8080]: run the demo service."""
+"""python -m demo [--port 8080]: run the demo service.
+
+On SIGTERM (docker stop, a Swarm task's shutdown) it keeps answering for DEMO_DRAIN_SECONDS
+(default 2) before it closes: the stack takes the instance out of every proxy when the signal
+is sent, and requests already on their way still get an answer.
+"""
 import argparse
+import asyncio
 import logging
+import signal
 import sys
 
 from aiohttp import web
@@ -22,8 +29,21 @@ def main() -> None:
     logging.info("demo %s listening on %s:%d%s", settings.version, args.host, args.port,
                  f" (simulating under proxied traffic: {settings.error_rate:.1%} errors, "
                  f"{settings.added_latency * 1000:.0f} ms added)" if settings.error_rate or settings.added_latency else "")
-    web.run_app(make_app(settings), host=args.host, port=args.port, print=None,
-                access_log_format='%a "%r" %s %Tf')
+    asyncio.run(serve(make_app(settings), args.host, args.port, settings.drain_seconds))
+
+
+async def serve(app: web.Application, host: str, port: int, drain_seconds: float) -> None:
+    runner = web.AppRunner(app, access_log_format='%a "%r" %s %Tf')
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    logging.info("stopping: answering for %.1f s more while proxies let go of this instance", drain_seconds)
+    await asyncio.sleep(drain_seconds)
+    await runner.cleanup()
 
 
 if __name__ == "__main__":

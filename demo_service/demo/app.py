@@ -5,6 +5,7 @@ import asyncio
 import os
 import random
 import re
+import time
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -16,6 +17,7 @@ REC_FACTOR = 7671          # rec(1) == 7671
 
 SETTINGS = web.AppKey("settings")
 COUNTERS = web.AppKey("counters", dict)
+HEALTH = web.AppKey("health", dict)
 
 
 def recommend(item_id: int) -> int:
@@ -34,6 +36,11 @@ class Settings:
     # tests, which call the container directly.
     error_rate: float = 0.0        # share of proxied /demo requests answered 500, 0..1
     added_latency: float = 0.0     # seconds added to each proxied /demo request, 0..60
+    drain_seconds: float = 2.0     # after SIGTERM, seconds it keeps answering before it closes
+    # Simulate an instance that goes bad while it runs: /health answers 503 this many seconds
+    # after the start (0: never). POST /health/fail (direct requests only) does it at once.
+    # Both last until the process restarts, as a leak or a wedged worker would.
+    health_fail_after: float = 0.0
 
     @classmethod
     def from_env(cls, env=None) -> "Settings":
@@ -44,13 +51,17 @@ class Settings:
                    error_rate=_number(env, "DEMO_ERROR_RATE", 0.0, 1.0,
                                       "a share of requests from 0 to 1, or a percentage such as 5%"),
                    added_latency=_number(env, "DEMO_ADDED_LATENCY", 0.0, 60.0,
-                                         "seconds from 0 to 60, or milliseconds such as 1500ms"))
+                                         "seconds from 0 to 60, or milliseconds such as 1500ms"),
+                   drain_seconds=_number(env, "DEMO_DRAIN_SECONDS", 0.0, 60.0, "seconds from 0 to 60",
+                                         default=2.0),
+                   health_fail_after=_number(env, "DEMO_HEALTH_FAIL_AFTER", 0.0, 86400.0,
+                                             "seconds from 0 (never) to 86400"))
 
 
-def _number(env, name: str, low: float, high: float, rule: str) -> float:
+def _number(env, name: str, low: float, high: float, rule: str, default: float = 0.0) -> float:
     raw = (env.get(name) or "").strip()
     if not raw:
-        return 0.0
+        return default
     text, scale = raw, 1.0
     if name == "DEMO_ERROR_RATE" and raw.endswith("%"):
         text, scale = raw[:-1], 0.01
@@ -92,7 +103,21 @@ async def get_rec(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
+    settings: Settings = request.app[SETTINGS]
+    state = request.app[HEALTH]
+    after = settings.health_fail_after
+    if state["failing"] or (after and time.monotonic() - state["started"] >= after):
+        return web.json_response({"status": "failing", "why": state["failing"] or
+                                  f"DEMO_HEALTH_FAIL_AFTER={after:g} s since the start"}, status=503)
     return web.json_response({"status": "ok"})
+
+
+async def fail_health(request: web.Request) -> web.Response:
+    """From now until a restart, /health answers 503. Not through the proxy."""
+    if "X-Forwarded-For" in request.headers:
+        return json_error(403, "POST /health/fail is for direct requests only, not through the proxy")
+    request.app[HEALTH]["failing"] = "POST /health/fail"
+    return web.json_response({"status": "failing"})
 
 
 async def version(request: web.Request) -> web.Response:
@@ -108,8 +133,10 @@ def make_app(settings: Settings | None = None) -> web.Application:
     app = web.Application()
     app[SETTINGS] = settings or Settings()
     app[COUNTERS] = {"requests": 0, "proxied": 0}
+    app[HEALTH] = {"started": time.monotonic(), "failing": ""}
     app.router.add_get("/demo/{item_id}", get_rec)
     app.router.add_get("/health", health)
+    app.router.add_post("/health/fail", fail_health)
     app.router.add_get("/version", version)
     app.router.add_get("/stats", stats)
     return app

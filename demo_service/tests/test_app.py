@@ -67,3 +67,48 @@ async def test_simulated_latency_delays_proxied_requests_only(aiohttp_client):
     t0 = time.monotonic()
     assert (await client.get("/demo/1", headers={"X-Forwarded-For": "127.0.0.1"})).status == 200
     assert time.monotonic() - t0 >= 0.3 > direct
+
+
+async def test_health_fails_on_request_until_a_restart_and_never_through_the_proxy(aiohttp_client):
+    client = await aiohttp_client(make_app())
+    assert (await client.post("/health/fail", headers={"X-Forwarded-For": "10.0.0.1"})).status == 403
+    assert (await client.get("/health")).status == 200
+    assert (await client.post("/health/fail")).status == 200
+    resp = await client.get("/health")
+    assert resp.status == 503 and "POST /health/fail" in (await resp.json())["why"]
+    fresh = await aiohttp_client(make_app())           # a restarted process is healthy again
+    assert (await fresh.get("/health")).status == 200
+
+
+async def test_health_fails_a_set_time_after_the_start(aiohttp_client):
+    import asyncio
+    client = await aiohttp_client(make_app(Settings(health_fail_after=0.3)))
+    assert (await client.get("/health")).status == 200
+    await asyncio.sleep(0.35)
+    assert (await client.get("/health")).status == 503
+    assert Settings.from_env({"DEMO_HEALTH_FAIL_AFTER": "5"}).health_fail_after == 5.0
+    assert Settings.from_env({}).drain_seconds == 2.0
+
+
+def test_after_sigterm_it_keeps_answering_for_its_drain_time_then_exits():
+    import os, signal, socket, subprocess, sys, time, urllib.request
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "DEMO_DRAIN_SECONDS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "demo", "--host", "127.0.0.1", "--port", str(port)], env=env,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    url = f"http://127.0.0.1:{port}/demo/1"
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(url, timeout=1)
+                break
+            except OSError:
+                time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert urllib.request.urlopen(url, timeout=1).status == 200     # still answering, mid-drain
+        assert proc.wait(timeout=5) == 0
+    finally:
+        proc.kill()

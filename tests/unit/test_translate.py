@@ -156,3 +156,44 @@ def test_the_promotion_mode_and_analysis_labels_are_validated_and_carried_to_con
         with pytest.raises(Rejected) as err:
             instances_for(container({"SERVICE_NAME": "demo", **labels}), S)
         assert field in str(err.value)
+
+
+def _swarm_inspect(health_test=None, image="demo:v2@sha256:" + "a" * 64):
+    return {"Id": "d" * 64, "Name": "/demo.2.x1y2z3",
+            "Config": {"Image": image, "Labels": {"com.docker.swarm.service.name": "shop",
+                                                   "com.docker.swarm.task.id": "x1y2z3"},
+                       "Healthcheck": {"Test": health_test} if health_test else None},
+            "State": {"Running": True, "Health": {"Status": "starting"}},
+            "NetworkSettings": {"Ports": {"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": "32770"}]}}}
+
+
+def test_a_swarm_task_is_named_after_its_service_and_carries_its_task():
+    from registrator.docker_source import container_from_inspect
+    [inst] = instances_for(container_from_inspect(_swarm_inspect()), S)
+    assert (inst.service, inst.version, inst.id) == ("shop", "v2", "host1:demo.2.x1y2z3:8080")
+    back = instance_from_consul({"ID": inst.id, "Service": inst.service, "Address": inst.address,
+                                 "Port": inst.port, "Tags": inst.all_tags(), "Meta": inst.meta()})
+    assert (back.swarm_service, back.swarm_task) == ("shop", "x1y2z3")
+    assert not back.gate_mirror and not back.docker_health
+
+
+def test_a_healthcheck_that_reads_the_gate_marker_is_not_the_apps_health():
+    from catalog.model import GATE_MIRROR_HEALTH_CMD
+    from registrator.docker_source import container_from_inspect
+    mirror = container_from_inspect(_swarm_inspect(["CMD-SHELL", GATE_MIRROR_HEALTH_CMD]))
+    assert mirror.gate_mirror and mirror.health is None      # never waits for itself to be healthy
+    [inst] = instances_for(mirror, S)
+    assert inst.gate_mirror and not inst.docker_health
+    own = container_from_inspect(_swarm_inspect(["CMD", "curl", "-f", "localhost:8080/health"]))
+    assert not own.gate_mirror and own.health == "starting"
+
+
+def test_a_swarm_task_without_a_published_port_is_told_about_host_mode(caplog):
+    import logging
+    from registrator.docker_source import container_from_inspect
+    data = _swarm_inspect()
+    data["NetworkSettings"]["Ports"] = {}
+    data["Config"]["Labels"]["SERVICE_NAME"] = "shop"
+    with caplog.at_level(logging.INFO):
+        assert instances_for(container_from_inspect(data), S) == []
+    assert "mode=host" in caplog.text

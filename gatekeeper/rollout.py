@@ -1,0 +1,106 @@
+"""Swarm rolling updates through the gate.
+
+Two duties, at every reconcile of a service whose instances are Swarm tasks:
+- mirror the gate into each task's health (the gate marker): "open" once the instance is
+  admitted and its version takes traffic, "closed" when that stops. Swarm's updater waits for a
+  healthy task before it stops the task it replaces, so an update proceeds task by task only
+  as fast as new tasks pass their tests; in manual mode it waits for `gatekeeper promote`.
+- roll an update back the moment a task of the new image fails its tests: Swarm's own rollback,
+  recorded in the service's history with the failed test's summary. No failed task ever took
+  traffic (its gate stayed shut); the old tasks it was to replace are still running.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Dict, List, Optional, Protocol, Tuple
+
+import docker.errors
+
+from catalog.errors import Refused
+from catalog.model import PASSED, RegisteredInstance, RoutingPolicy, Verdict
+from catalog.validation import InvalidValue
+
+from . import metrics
+from .swarm import Swarm, image_ref
+
+log = logging.getLogger(__name__)
+
+OPEN, CLOSED = "open", "closed"
+
+
+class RolloutStore(Protocol):
+    def policy(self, service: str) -> Tuple[int, Optional[RoutingPolicy]]: ...
+    def verdict(self, instance_id: str) -> Optional[Verdict]: ...
+    def add_history(self, service: str, event: str, **details) -> None: ...
+
+
+def serves(policy: Optional[RoutingPolicy], version: str) -> bool:
+    """The routing policy sends requests to this version (stable, or a canary with a share)."""
+    return bool(policy) and (policy.stable == version or (policy.canary == version and policy.weight > 0))
+
+
+def marker_state(ri: RegisteredInstance, policy: Optional[RoutingPolicy]) -> str:
+    return OPEN if ri.admitted and serves(policy, ri.instance.version) else CLOSED
+
+
+class Rollout:
+    def __init__(self, store: RolloutStore, swarm: Swarm):
+        self.store, self.swarm = store, swarm
+        self.written: Dict[str, str] = {}        # container id -> marker state last written
+        self.rolled_back: set = set()             # (swarm service, update start) already rolled back
+
+    def reconcile(self, service: str, registered: List[RegisteredInstance]) -> None:
+        tasks = [ri for ri in registered if ri.instance.swarm_service]
+        if not tasks:
+            return
+        try:
+            policy = self.store.policy(service)[1]
+        except InvalidValue:
+            policy = None
+        for ri in tasks:
+            if ri.instance.gate_mirror:
+                self._mirror(ri, marker_state(ri, policy))
+        failed = [(ri, v) for ri, v in ((ri, self.store.verdict(ri.instance.id)) for ri in tasks)
+                  if v is not None and v.applies_to(ri.instance) and v.final and v.state != PASSED]
+        if failed:
+            self._roll_back_failed_update(service, failed)
+
+    def forget(self, live_container_ids: set) -> None:
+        self.written = {cid: st for cid, st in self.written.items() if cid in live_container_ids}
+
+    def _mirror(self, ri: RegisteredInstance, state: str) -> None:
+        cid = ri.instance.container_id
+        if self.written.get(cid) == state or (state == CLOSED and cid not in self.written):
+            return                      # a task starts without a marker: closed already
+        try:
+            if self.swarm.write_marker(cid, state):
+                log.info("%s: gate marker %s (%s)", ri.instance.id, state,
+                         "Swarm may go on with its update" if state == OPEN else "Swarm sees the task unhealthy")
+            self.written[cid] = state
+        except Exception as exc:         # the container is stopping, its /tmp is read-only, ...
+            log.warning("%s: could not write the gate marker: %s", ri.instance.id, exc)
+
+    def _roll_back_failed_update(self, service: str, failed) -> None:
+        by_swarm: Dict[str, list] = {}
+        for ri, verdict in failed:
+            by_swarm.setdefault(ri.instance.swarm_service, []).append((ri, verdict))
+        for name, items in by_swarm.items():
+            svc = self.swarm.service(name)
+            if svc is None or not svc.updating or (name, svc.update_started) in self.rolled_back:
+                continue
+            new = [(ri, v) for ri, v in items if image_ref(ri.instance.image) == svc.image]
+            if not new:
+                continue
+            ri, verdict = new[0]
+            reason = f"task {ri.instance.container_name} of {svc.image} {verdict.state}: {verdict.summary}"
+            try:
+                self.swarm.roll_back(svc)
+            except (Refused, docker.errors.APIError) as exc:
+                log.warning("%s: could not roll Swarm service %s back: %s", service, name, exc)
+                continue
+            self.rolled_back.add((name, svc.update_started))
+            metrics.PROMOTIONS.labels(service, "update rolled back").inc()
+            log.warning("%s: Swarm update of %s to %s rolled back: %s", service, name, svc.image, reason)
+            self.store.add_history(service, "update rolled back", version=ri.instance.version,
+                                   image=svc.image, previous=svc.previous_image, reason=reason[:300],
+                                   by="gatekeeper (swarm)")

@@ -1,0 +1,146 @@
+"""The one Swarm adapter: find a service's Swarm service, scale it, roll it back, replace a
+task, and write the gate marker into a task's container. Plain values out; Docker's JSON stays here.
+
+Swarm schedules the replicas; the stack decides which of them get traffic. The two meet in the
+gate marker (catalog.model.GATE_MARKER): a service created with the stack's health command
+(GATE_MIRROR_HEALTH_CMD) is healthy only once gatekeeper writes "open" into the task's container,
+so Swarm's rolling update (`--update-order start-first`) stops an old task only after the new
+one has passed its gate and takes traffic.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import tarfile
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import docker
+import docker.errors
+
+from catalog.errors import Refused
+from catalog.images import split_image
+from catalog.model import GATE_MARKER
+
+log = logging.getLogger(__name__)
+
+SCALE_LABEL = "gatekeeper.scale"        # a Swarm service label: min=1,max=10,rps=50,...
+
+
+class SwarmError(Refused):
+    """A Swarm request that cannot be carried out; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class SwarmService:
+    id: str
+    name: str                       # the Swarm service's own name
+    version_index: int              # Swarm's object version: an update names it (check-and-set)
+    replicas: Optional[int]         # None: a global service
+    image: str                      # the spec's image, digest dropped
+    labels: Dict[str, str] = field(default_factory=dict)      # the service's own labels
+    update_state: str = ""          # "", updating, paused, completed, rollback_started, ...
+    update_started: str = ""
+    previous_image: str = ""
+
+    @property
+    def updating(self) -> bool:
+        return self.update_state == "updating"
+
+
+def image_ref(ref: str) -> str:
+    repo, tag = split_image(ref or "")
+    return f"{repo}:{tag}" if tag else repo
+
+
+def service_from_inspect(data: dict) -> SwarmService:
+    spec = data.get("Spec") or {}
+    container = (spec.get("TaskTemplate") or {}).get("ContainerSpec") or {}
+    mode = spec.get("Mode") or {}
+    status = data.get("UpdateStatus") or {}
+    previous = ((data.get("PreviousSpec") or {}).get("TaskTemplate") or {}).get("ContainerSpec") or {}
+    return SwarmService(
+        id=data["ID"], name=spec.get("Name", ""), version_index=int((data.get("Version") or {}).get("Index", 0)),
+        replicas=(mode.get("Replicated") or {}).get("Replicas") if "Replicated" in mode else None,
+        image=image_ref(container.get("Image", "")), labels=dict(spec.get("Labels") or {}),
+        update_state=status.get("State", ""), update_started=status.get("StartedAt", ""),
+        previous_image=image_ref(previous.get("Image", "")))
+
+
+def _marker_tar(state: str) -> bytes:
+    body = (state + "\n").encode()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo(GATE_MARKER.rsplit("/", 1)[1])
+        info.size, info.mode, info.mtime = len(body), 0o644, int(time.time())
+        tar.addfile(info, io.BytesIO(body))
+    return buf.getvalue()
+
+
+class Swarm:
+    """Narrow Swarm interface over the Engine API of a manager node."""
+
+    def __init__(self, client: docker.DockerClient):
+        self.client, self.api = client, client.api
+
+    def active(self) -> bool:
+        """This engine is a Swarm manager (a worker cannot read or change services)."""
+        info = self.api.info().get("Swarm") or {}
+        return info.get("LocalNodeState") == "active" and bool(info.get("ControlAvailable"))
+
+    def service(self, name: str) -> Optional[SwarmService]:
+        """The Swarm service whose tasks register as `name`: named so, or labelled SERVICE_NAME=name."""
+        if not self.active():
+            return None
+        def container_labels(s):
+            return (((s.get("Spec") or {}).get("TaskTemplate") or {}).get("ContainerSpec") or {}).get("Labels") or {}
+        found = [s for s in self.api.services() if container_labels(s).get("SERVICE_NAME") == name]
+        found = found or [s for s in self.api.services(filters={"name": name}) if s["Spec"]["Name"] == name]
+        return service_from_inspect(found[0]) if found else None
+
+    def running_tasks(self, svc: SwarmService) -> int:
+        tasks = self.api.tasks(filters={"service": svc.id, "desired-state": "running"})
+        return sum(1 for t in tasks if (t.get("Status") or {}).get("State") == "running")
+
+    def scale(self, svc: SwarmService, replicas: int) -> None:
+        """Set the replica count, only if the service is still at `svc.version_index`."""
+        try:
+            self.api.update_service(svc.id, version=svc.version_index, mode={"Replicated": {"Replicas": replicas}},
+                                    fetch_current_spec=True)
+        except docker.errors.APIError as exc:
+            if "out of sequence" in str(exc):
+                raise SwarmError(f"Swarm service {svc.name} changed while scaling it; try again") from None
+            raise
+
+    def roll_back(self, svc: SwarmService) -> None:
+        """Swarm's own rollback (`docker service rollback`): back to the previous spec."""
+        response = self.api._post_json(self.api._url("/services/{0}/update", svc.id),
+                                       data=self.api.inspect_service(svc.id)["Spec"],
+                                       params={"version": svc.version_index, "rollback": "previous"})
+        self.api._raise_for_status(response)
+
+    def replace_task(self, container_id: str) -> bool:
+        """Kill a task's container: Swarm schedules a new task (a new container, tested anew)."""
+        try:
+            self.client.containers.get(container_id).kill()
+            return True
+        except docker.errors.NotFound:
+            return False
+        except docker.errors.APIError as exc:
+            if "is not running" in str(exc):
+                return False
+            raise
+
+    def write_marker(self, container_id: str, state: str) -> bool:
+        """Write "open" or "closed" into the container's gate marker; False if it is gone."""
+        try:
+            return bool(self.client.containers.get(container_id).put_archive(
+                GATE_MARKER.rsplit("/", 1)[0] or "/", _marker_tar(state)))
+        except docker.errors.NotFound:
+            return False
+
+
+def task_containers(client: docker.DockerClient, swarm_service: str) -> List[str]:
+    """Container ids of a Swarm service's tasks on this engine (tests use it to kill one)."""
+    return [c.id for c in client.containers.list(filters={"label": f"com.docker.swarm.service.name={swarm_service}"})]
