@@ -16,10 +16,11 @@ import consul.base
 
 from .model import (META_CONTAINER_ID, META_CONTAINER_NAME, META_DOCKER_HEALTH, META_IMAGE,
                     META_ANALYSIS, META_MODE, META_PROXY_HOST, META_PROXY_PATH, META_PROXY_STRIP, META_REGISTERED_BY,
-                    META_GATE_MIRROR, META_SWARM_SERVICE, META_SWARM_TASK, META_TESTS_IMAGE,
+                    META_CONTAINER_STARTED, META_GATE_MIRROR, META_SWARM_SERVICE, META_SWARM_TASK, META_TESTS_IMAGE,
                     META_VERSION, AnalysisState, Instance, RegisteredInstance, Rejection, RoutingPolicy,
                     Verdict)
-from .kv_layout import ANALYSIS, DEFAULT_TESTS, GATEKEEPER, HISTORY, POLICIES, REJECTED, RETESTS, SERVED, VERDICTS
+from .kv_layout import (ANALYSIS, DEFAULT_TESTS, GATEKEEPER, HEALING, HISTORY, POLICIES, REJECTED, RETESTS, SCALING,
+                        SERVED, VERDICTS)
 from .validation import parse_policy
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,8 @@ METRICS_SERVICE = "proxystack-metrics"     # each daemon's metrics endpoint, for
 GATE_TTL = "87600h"        # the gate is set by gatekeeper, never by expiry
 _OWN_META = {META_CONTAINER_ID, META_CONTAINER_NAME, META_IMAGE, META_VERSION, META_TESTS_IMAGE,
              META_PROXY_PATH, META_PROXY_HOST, META_REGISTERED_BY, META_DOCKER_HEALTH, META_PROXY_STRIP,
-             META_MODE, META_ANALYSIS, META_SWARM_SERVICE, META_SWARM_TASK, META_GATE_MIRROR}
+             META_MODE, META_ANALYSIS, META_SWARM_SERVICE, META_SWARM_TASK, META_GATE_MIRROR,
+             META_CONTAINER_STARTED}
 
 
 class ConsulError(consul.base.ConsulException):
@@ -252,7 +254,7 @@ class ConsulStore:
 
     def forget_service(self, service: str) -> List[str]:
         """Remove a service's policy, default test image and history; return the keys removed."""
-        own = (POLICIES + service, DEFAULT_TESTS + service, ANALYSIS + service)
+        own = (POLICIES + service, DEFAULT_TESTS + service, ANALYSIS + service, SCALING + service)
         keys = [k for k in own if self.kv_get(k)[1] is not None]
         keys += self.kv_keys(f"{HISTORY}{service}/")
         for key in own:
@@ -287,6 +289,32 @@ class ConsulStore:
 
     def put_analysis(self, state: AnalysisState) -> None:
         self.kv_put(ANALYSIS + state.service, state.to_json())
+
+    def scaling(self, service: str) -> Optional[dict]:
+        """The last change of a Swarm service's replica count: time, replicas, previous, reason, by."""
+        return self._record(SCALING + service, json.loads, f"scaling record of {service}")
+
+    def put_scaling(self, service: str, record: dict) -> None:
+        self.kv_put(SCALING + service, json.dumps(record, sort_keys=True))
+
+    def healing(self, instance_id: str) -> Optional[dict]:
+        """Restarts tried on an unhealthy instance's container: tries, last, gave_up, reason."""
+        return self._record(HEALING + instance_id, json.loads, f"healing record of {instance_id}")
+
+    def healing_records(self) -> Dict[str, dict]:
+        out = {}
+        for key, raw in self.kv_list(HEALING).items():
+            try:
+                out[key[len(HEALING):]] = json.loads(raw)
+            except ValueError:
+                continue
+        return out
+
+    def put_healing(self, instance_id: str, record: Optional[dict]) -> None:
+        if record is None:
+            self.kv_delete(HEALING + instance_id)
+        else:
+            self.kv_put(HEALING + instance_id, json.dumps(record, sort_keys=True))
 
     def request_retest(self, instance_id: str) -> None:
         self.kv_put(RETESTS + instance_id, json.dumps({"time": time.time()}))
@@ -416,5 +444,5 @@ def instance_from_consul(svc: dict) -> Optional[Instance]:
         strip_prefix=meta.get(META_PROXY_STRIP) == "1",
         mode=meta.get(META_MODE, ""), analysis=meta.get(META_ANALYSIS, ""),
         swarm_service=meta.get(META_SWARM_SERVICE, ""), swarm_task=meta.get(META_SWARM_TASK, ""),
-        gate_mirror=meta.get(META_GATE_MIRROR) == "1",
+        gate_mirror=meta.get(META_GATE_MIRROR) == "1", started=meta.get(META_CONTAINER_STARTED, ""),
     )

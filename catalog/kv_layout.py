@@ -8,6 +8,8 @@ DEFAULT_TESTS = GATEKEEPER + "tests/"          # <service>: the default test ima
 RETESTS = GATEKEEPER + "retest/"               # <instance id>: a retest request
 HISTORY = GATEKEEPER + "history/"              # <service>/<ns time>: promotions, aborts, ...
 ANALYSIS = GATEKEEPER + "analysis/"            # <service>: where its progressive analysis stands
+SCALING = GATEKEEPER + "scaling/"              # <service>: its replica count's last change, and why
+HEALING = GATEKEEPER + "healing/"              # <instance id>: restarts tried on it, given up or not
 LEADER = GATEKEEPER + "leader"                 # the leader lock
 
 REGISTRATOR = "registrator/"

@@ -27,6 +27,7 @@ META_MODE = "promotion_mode"             # the gatekeeper.mode label: how the se
 META_ANALYSIS = "analysis"               # the gatekeeper.analysis label: progressive settings, k=v,...
 META_SWARM_SERVICE = "swarm_service"     # the Swarm service a task container belongs to
 META_SWARM_TASK = "swarm_task"           # the Swarm task id (each replacement is a new task)
+META_CONTAINER_STARTED = "container_started"   # Docker's State.StartedAt of the registered run
 META_GATE_MIRROR = "gate_mirror"         # the container's HEALTHCHECK reads GATE_MARKER
 DOCKER_HEALTH_SUFFIX = ":docker-health"
 
@@ -63,6 +64,7 @@ class Instance:
     swarm_service: str = ""          # the container is a task of this Swarm service
     swarm_task: str = ""             # ... this task
     gate_mirror: bool = False        # its HEALTHCHECK reads GATE_MARKER (written by gatekeeper)
+    started: str = ""                # when this run of the container started (a restart is a new run)
 
     @property
     def gate_check_id(self) -> str:
@@ -105,6 +107,8 @@ class Instance:
             meta[META_SWARM_TASK] = self.swarm_task
         if self.gate_mirror:
             meta[META_GATE_MIRROR] = "1"
+        if self.started:
+            meta[META_CONTAINER_STARTED] = self.started
         return meta
 
     def all_tags(self) -> list:
@@ -176,6 +180,7 @@ class Verdict:
     started: float = 0.0
     finished: float = 0.0
     log_tail: str = ""
+    container_started: str = ""      # when the tested process started (Docker's State.StartedAt)
 
     @property
     def duration(self) -> float:
@@ -191,8 +196,10 @@ class Verdict:
         return self.state == ERROR and not self.tests_image
 
     def applies_to(self, instance: Instance) -> bool:
-        """A verdict belongs to one container: a new container with the same name is retested."""
-        return self.container_id == instance.container_id
+        """A verdict belongs to one run of one container: a new container with the same name, or
+        the same container restarted (by its restart policy, by hand, or to heal it), is retested."""
+        return self.container_id == instance.container_id and (
+            not self.container_started or not instance.started or self.container_started == instance.started)
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -225,6 +232,27 @@ class Analysis:
     min_requests: int = 20
     success_rate: float = 99.0
     p99_ms: float = 500.0
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """A Swarm service's replica bounds and autoscaling targets (its gatekeeper.scale label).
+    Replicas stay within min..max; with `rps`, enough admitted instances that each takes at most
+    `rps` requests/s (averaged over `window` seconds); with `p99_ms`, one more while the p99
+    through the proxy is above it. At most `step` replicas are added or removed at once, and
+    none removed within `cooldown` seconds of the last change."""
+
+    min: int = 1
+    max: int = 10
+    rps: float = 0.0
+    p99_ms: float = 0.0
+    cooldown: float = 30.0
+    step: int = 2
+    window: float = 10.0
+
+    @property
+    def automatic(self) -> bool:
+        return self.rps > 0 or self.p99_ms > 0
 
 
 RUNNING, PROMOTED, ROLLED_BACK = "running", "promoted", "rolled back"      # an analysis's status

@@ -10,7 +10,7 @@ import re
 from typing import Any, Mapping
 
 from .errors import BadInput
-from .model import MODES, Analysis, RoutingPolicy
+from .model import MODES, Analysis, RoutingPolicy, Scaling
 
 
 class InvalidValue(BadInput):
@@ -124,21 +124,28 @@ ANALYSIS_RULES = {
 }
 
 
-def parse_analysis_label(text: str) -> dict:
-    """'step=10,interval=5' (the gatekeeper.analysis label) -> the settings it names, checked;
-    InvalidValue names the first bad one."""
+def _parse_settings(label: str, text: str, rules: dict, example: str) -> dict:
+    """'key=number,key=number' -> {key: number}, each key known and each number of its kind;
+    the ranges are checked by the caller."""
     settings: dict = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, sep, raw = item.partition("=")
         key = key.strip()
-        if not sep or key not in ANALYSIS_RULES:
-            raise InvalidValue("gatekeeper.analysis", text, "comma-separated SETTING=NUMBER, the settings being "
-                               + ", ".join(ANALYSIS_RULES) + " (for example step=10,interval=5)")
-        whole = ANALYSIS_RULES[key][0]
+        if not sep or key not in rules:
+            raise InvalidValue(label, text, "comma-separated SETTING=NUMBER, the settings being "
+                               + ", ".join(rules) + f" (for example {example})")
+        whole = rules[key][0]
         try:
             settings[key] = int(raw) if whole else float(raw)
         except ValueError:
-            raise InvalidValue(f"analysis.{key}", raw.strip(), ANALYSIS_RULES[key][3]) from None
+            raise InvalidValue(f"{label.rsplit('.', 1)[-1]}.{key}", raw.strip(), rules[key][3]) from None
+    return settings
+
+
+def parse_analysis_label(text: str) -> dict:
+    """'step=10,interval=5' (the gatekeeper.analysis label) -> the settings it names, checked;
+    InvalidValue names the first bad one."""
+    settings = _parse_settings("gatekeeper.analysis", text, ANALYSIS_RULES, "step=10,interval=5")
     validate_analysis(settings)
     return settings
 
@@ -165,3 +172,28 @@ def validate_analysis(data: Mapping[str, Any]) -> Analysis:
     if analysis.max_weight < analysis.step:
         raise InvalidValue("analysis.max_weight", analysis.max_weight, ANALYSIS_RULES["max_weight"][3])
     return analysis
+
+
+SCALE_RULES = {
+    "min": (True, 0, 1000, "a whole number of replicas from 0 to 1000"),
+    "max": (True, 1, 1000, "a whole number of replicas from 1 to 1000, at least min"),
+    "rps": (False, 0, 1_000_000, "requests per second per admitted instance, 0 (not by load) to 1000000"),
+    "p99": (False, 0, 600_000, "milliseconds, 0 (not by latency) to 600000"),
+    "cooldown": (False, 0, 86400, "seconds from 0 to 86400"),
+    "step": (True, 1, 1000, "a whole number of replicas from 1 to 1000"),
+    "window": (False, 2, 3600, "seconds from 2 to 3600"),
+}
+
+
+def parse_scale_label(text: str) -> Scaling:
+    """'min=1,max=5,rps=50' (the gatekeeper.scale label of a Swarm service) -> Scaling, the
+    defaults for what it leaves out; InvalidValue names the first bad setting and its rule."""
+    settings = _parse_settings("gatekeeper.scale", text, SCALE_RULES, "min=1,max=5,rps=50")
+    for key, value in settings.items():
+        whole, low, high, rule = SCALE_RULES[key]
+        if not low <= value <= high:           # NaN fails this too
+            raise InvalidValue(f"scale.{key}", value, rule)
+    scaling = Scaling(**{("p99_ms" if k == "p99" else k): v for k, v in settings.items()})
+    if scaling.max < scaling.min:
+        raise InvalidValue("scale.max", scaling.max, SCALE_RULES["max"][3])
+    return scaling

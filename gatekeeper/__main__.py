@@ -15,6 +15,7 @@
   gatekeeper tests SERVICE [IMAGE]        default integration-test image for the service
   gatekeeper retest INSTANCE|SERVICE      run the tests again (live instances keep serving)
   gatekeeper forget SERVICE               remove a service's policy, default test image and history
+  gatekeeper scale SERVICE N              N replicas of a Swarm service (within its gatekeeper.scale bounds)
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ import requests
 from catalog.cli import (EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, JsonAwareParser,
                          add_consul_options, consul_address, consul_refusal, emit_error, exit_code_epilog)
 from catalog.consul_store import ConsulStore, read_token
-from catalog.errors import StackError
+from catalog.errors import StackError, Unreachable
 from catalog.logs import setup_logging
 from catalog.metrics import metrics_address
 from catalog.model import MODES
@@ -85,6 +86,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics", default="", type=metrics_address, metavar="HOST:PORT",
                      help="serve Prometheus metrics on this loopback address and announce them in Consul "
                           "(default: off)")
+    run.add_argument("--heal-after", type=float, default=10.0, metavar="S",
+                     help="seconds an admitted instance fails its health checks before it is restarted (plain "
+                          "container with a restart policy) or replaced (Swarm task) (default %(default)s)")
+    run.add_argument("--heal-tries", type=int, default=3, metavar="N",
+                     help="restarts of one container before giving up on it (default %(default)s)")
+    run.add_argument("--heal-backoff", type=float, default=5.0, metavar="S",
+                     help="seconds before a container's second restart, doubling after (default %(default)s)")
+    run.add_argument("--heal-share", type=float, default=0.25, metavar="F",
+                     help="largest share of a service's instances replaced at once, at least one "
+                          "(default %(default)s)")
+    run.add_argument("--no-heal", action="store_true", help="never restart or replace unhealthy instances")
+    run.add_argument("--scale-every", type=float, default=2.0, metavar="S",
+                     help="seconds between the autoscaler's looks at Swarm services with a gatekeeper.scale "
+                          "label (default %(default)s)")
     run.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
 
     st = command("status", "show services, instances, verdicts and what the proxy answers", service=False)
@@ -125,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     rt = command("retest", "run the tests of an instance, or of every instance of a service, again", service=False)
     rt.add_argument("target", metavar="INSTANCE|SERVICE")
     command("forget", "remove the policy, default test image and history of a service that has no instance")
+    sc = command("scale", "set the replica count of a Swarm service (each new task passes its gate first)")
+    sc.add_argument("replicas", type=int, metavar="N", help="replicas, within the service's gatekeeper.scale min..max")
     return p
 
 
@@ -134,7 +151,10 @@ def cmd_run(args, store) -> int:
     from catalog.metrics import announce, serve_metrics, withdraw
 
     from . import metrics
+    from .autoscaler import Autoscaler
     from .daemon import Daemon
+    from .healer import Healer, HealSettings
+    from .scaling import Load
     from .gate import Gate
     from .leader import LeaderLock
     from .prometheus import Prometheus
@@ -154,20 +174,38 @@ def cmd_run(args, store) -> int:
         raise ValueError("--parallel must be at least 1")
     if args.forget_after < 0:
         raise ValueError("--forget-after must be zero or more seconds")
+    if args.heal_after < 0 or args.heal_tries < 1 or args.heal_backoff < 0 or not 0 < args.heal_share <= 1:
+        raise ValueError("--heal-after and --heal-backoff must be zero or more seconds, --heal-tries at least 1, "
+                         "--heal-share a share above 0 and at most 1")
+    if not 0.5 <= args.scale_every <= 3600:
+        raise ValueError(f"--scale-every {args.scale_every:g}: expected seconds from 0.5 to 3600")
     client = docker.from_env(timeout=30)
     limits = RunLimits(timeout=args.test_timeout, memory=args.test_memory, cpus=args.test_cpus)
     promoter = Promoter(store, client, drain_seconds=args.drain_seconds, stop_old=not args.keep_old,
                         prometheus=Prometheus(args.prometheus) if args.prometheus else None)
-    rollout = Rollout(store, Swarm(client))
+    swarm = Swarm(client)
+    rollout = Rollout(store, swarm)
+    healer = None if args.no_heal else Healer(store, client, swarm, HealSettings(
+        after=args.heal_after, max_tries=args.heal_tries, backoff=args.heal_backoff, share=args.heal_share))
 
     def on_service(service, registered):
         promoter.check_canary(service, registered)
         rollout.reconcile(service, registered)
+        if healer is not None:
+            healer.reconcile(service, registered)
+
+    def next_due():
+        due = [d for d in (promoter.next_due(), healer.next_due() if healer else None) if d is not None]
+        return min(due, default=None)
 
     gate = Gate(store, DockerTester(client, limits, labels), parallel=args.parallel,
                 on_admitted=promoter.admitted, reverify_every=args.reverify_every,
                 on_service=on_service, forget_after=args.forget_after)
-    daemon = Daemon(store, gate, LeaderLock(store, args.id), wait=args.wait, due=promoter.next_due)
+    daemon = Daemon(store, gate, LeaderLock(store, args.id), wait=args.wait, due=next_due)
+    prometheus = promoter.progressive.prometheus
+    Autoscaler(store, swarm, prometheus.service_load if prometheus else lambda service, window: Load(
+        None, why="gatekeeper runs without --prometheus"), daemon.leader.is_leader.is_set,
+        interval=args.scale_every).start(daemon.stopping)
     announced = None
     if args.metrics:
         serve_metrics(args.metrics)
@@ -207,12 +245,25 @@ def _can_read_catalog(store) -> None:
         raise consul.base.ACLPermissionDenied("Permission denied: this token sees no service, not even consul")
 
 
+def _swarm_if_any():
+    """The local engine's Swarm, when it is a manager; None otherwise (status then shows no replicas)."""
+    import docker
+
+    from .swarm import Swarm
+    try:
+        swarm = Swarm(docker.from_env(timeout=5))
+        return swarm if swarm.active() else None
+    except (docker.errors.DockerException, requests.RequestException):
+        return None
+
+
 def cmd_status(args, store) -> int:
     _can_read_catalog(store)
     if args.service:
         _known_service(store, args.service)
+    swarm = _swarm_if_any()
     if args.watch is None:
-        data = collect(store, args.service)
+        data = collect(store, args.service, swarm)
         print(json.dumps(data, indent=2, sort_keys=True) if args.json else render_text(data),
               end="" if not args.json else "\n")
         return EXIT_OK
@@ -220,7 +271,7 @@ def cmd_status(args, store) -> int:
         raise ValueError(f"--watch {args.watch:g}: expected seconds from 0.2 to 3600")
     try:
         while True:
-            data = collect(store, args.service)
+            data = collect(store, args.service, swarm)
             if args.json:
                 print(json.dumps(data, sort_keys=True), flush=True)
             else:                                      # home, clear, then the same text as without --watch
@@ -358,10 +409,27 @@ def cmd_retest(args, store) -> int:
     return EXIT_OK
 
 
+def cmd_scale(args, store) -> int:
+    import docker
+
+    from .autoscaler import scale_by_hand
+    from .swarm import Swarm
+    try:
+        client = docker.from_env(timeout=30)
+        client.ping()
+    except docker.errors.DockerException as exc:
+        raise Unreachable(f"no Docker Engine answers ({exc}); `gatekeeper scale` talks to a Swarm manager's "
+                          "engine (DOCKER_HOST)") from None
+    svc, message = scale_by_hand(store, Swarm(client), args.service, args.replicas)
+    print(json.dumps({"service": args.service, "swarm_service": svc.name, "previous": svc.replicas,
+                      "replicas": args.replicas, "message": message}) if args.json else message)
+    return EXIT_OK
+
+
 COMMANDS = {"run": cmd_run, "status": cmd_status, "why": cmd_why, "promote": cmd_promote,
             "weight": cmd_weight, "abort": cmd_abort, "canary": cmd_canary, "rollback": cmd_rollback,
             "mode": cmd_mode, "wait": cmd_wait, "history": cmd_history, "tests": cmd_tests,
-            "retest": cmd_retest, "forget": cmd_forget}
+            "retest": cmd_retest, "forget": cmd_forget, "scale": cmd_scale}
 
 
 def main(argv=None) -> int:

@@ -35,6 +35,7 @@ class GateStore(Protocol):
     def default_tests_image(self, service: str) -> str: ...
     def retest_requests(self) -> List[str]: ...
     def clear_retest(self, instance_id: str) -> None: ...
+    def healing(self, instance_id: str) -> Optional[dict]: ...
 
 
 def instance_url(inst: Instance) -> str:
@@ -124,12 +125,23 @@ class Gate:
             self._start_test(inst)             # new, replaced, or interrupted mid-test
             return
         passing = verdict.state == PASSED
+        if passing and ri.gate_status != "passing" and self._healing_gave_up(ri):
+            return
         if passing and ri.gate_status != "passing":
             log.info("%s: re-applying stored verdict (passed: %s)", inst.id, verdict.summary)
             self.store.set_gate(inst, True, verdict.summary)
         elif not passing and ri.gate_status == "passing":
             log.warning("%s: gate was passing against a %s verdict; closing it", inst.id, verdict.state)
             self.store.set_gate(inst, False, f"{verdict.state}: {verdict.summary}")
+
+    def _healing_gave_up(self, ri: RegisteredInstance) -> bool:
+        """The healer gave up on this run of the container: its gate stays shut, saying why."""
+        record = self.store.healing(ri.instance.id)
+        if not record or not record.get("gave_up"):
+            return False
+        if ri.gate_output != record.get("reason"):
+            self.store.set_gate(ri.instance, False, record.get("reason", "gave up healing"))
+        return True
 
     def _image_now_known(self, inst: Instance, verdict: Verdict) -> bool:
         """An error verdict for want of a test image is stale once the service has a default one
@@ -155,14 +167,15 @@ class Gate:
             # passed before may not (an old version kept for rollback must not be promoted again).
             first_pass = not (before and before.applies_to(inst) and before.state == PASSED)
             if not reverify:
-                self.store.put_verdict(Verdict(inst.id, inst.container_id, image, TESTING, f"testing with {image}"))
+                self.store.put_verdict(Verdict(inst.id, inst.container_id, image, TESTING, f"testing with {image}",
+                                                       container_started=inst.started))
                 self.store.set_gate(inst, False, f"testing with {image or '(no tests image)'}")
             res = self.tester.run(image, instance_url(inst), inst.id)
             if res.aborted:
                 log.warning("%s: test run aborted (leadership lost); the next leader tests again", inst.id)
                 return
             verdict = Verdict(inst.id, inst.container_id, image, res.state, res.summary,
-                              res.started, res.finished, res.log_tail)
+                              res.started, res.finished, res.log_tail, container_started=inst.started)
             self.store.put_verdict(verdict)
             passed = res.state == PASSED
             self.store.set_gate(inst, passed, res.summary if passed else f"{res.state}: {res.summary}")

@@ -14,3 +14,8 @@ ANALYSIS_STEPS = Counter("gatekeeper_analysis_steps_total",
                          "Progressive-mode checks, by service and result (pass, fail, hold, inconclusive)",
                          ["service", "result"])
 LEADER = Gauge("gatekeeper_leader", "1 while this gatekeeper holds the leader lock")
+SCALINGS = Counter("gatekeeper_scalings_total", "Replica-count changes of Swarm services, by direction (out, in)",
+                   ["service", "direction"])
+HEALINGS = Counter("gatekeeper_healings_total",
+                   "Actions on unhealthy admitted instances: replaced (Swarm task), restarted, gave up",
+                   ["service", "action"])

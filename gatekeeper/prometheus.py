@@ -8,6 +8,7 @@ from typing import Optional
 import requests
 
 from .analysis import Measurement
+from .scaling import Load
 
 
 class MetricsUnavailable(RuntimeError):
@@ -50,3 +51,15 @@ class Prometheus:
                            f"(increase(proxystack_request_duration_seconds_bucket{{{sel}}}[{w}])))")
         return Measurement(round(total, 1), round(100.0 * (total - errors) / total, 2),
                            None if p99 is None else round(p99 * 1000, 1))
+
+    def service_load(self, service: str, window: float) -> Load:
+        """Requests per second and p99 of a service (every version) through the proxies."""
+        sel = f'service="{_label(service)}"'
+        w = f"{max(2, round(window))}s"
+        try:
+            rate = self._scalar(f"sum(rate(proxystack_requests_total{{{sel}}}[{w}]))") or 0.0
+            p99 = self._scalar(f"histogram_quantile(0.99, sum by (le) "
+                               f"(rate(proxystack_request_duration_seconds_bucket{{{sel}}}[{w}])))") if rate else None
+        except MetricsUnavailable as exc:
+            return Load(None, None, str(exc))
+        return Load(round(rate, 1), None if p99 is None else round(p99 * 1000, 1))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 from catalog.errors import Refused
 from catalog.model import RUNNING, Analysis, AnalysisState, Rejection, RegisteredInstance, RoutingPolicy
@@ -30,7 +30,9 @@ def known_services(store, rejections: Dict[str, Rejection]) -> List[str]:
     return sorted(names)
 
 
-def service_status(store, service: str, rejections: Dict[str, Rejection], detail: bool = False) -> dict:
+def service_status(store, service: str, rejections: Dict[str, Rejection], detail: bool = False,
+                   replicas: Optional[Callable[[str, list], Optional[dict]]] = None,
+                   healing: Optional[Dict[str, dict]] = None) -> dict:
     registered: List[RegisteredInstance] = store.instances(service)
     policy_error = ""
     try:
@@ -53,6 +55,12 @@ def service_status(store, service: str, rejections: Dict[str, Rejection], detail
             "tests_seconds": round(verdict.duration, 2) if verdict else None,
             "serving": why.serving, "state": why.state, "why": why.why,
         }
+        if inst.swarm_service:
+            row["swarm_service"] = inst.swarm_service
+        if (healing or {}).get(inst.id):
+            h = healing[inst.id]
+            row["healing"] = {"tries": h.get("tries", 0), "gave_up": bool(h.get("gave_up")),
+                              "reason": h.get("reason", "")}
         if detail:
             row.update(checks=dict(ri.checks), gate_output=ri.gate_output,
                        tests_image=(verdict.tests_image if verdict else inst.tests_image) or "",
@@ -72,6 +80,7 @@ def service_status(store, service: str, rejections: Dict[str, Rejection], detail
     }
     state = store.analysis(service)
     out["analysis"] = analysis_view(state, policy) if state else None
+    out["replicas"] = replicas(service, registered) if replicas else None
     if detail:
         out["default_tests"] = store.default_tests_image(service)
         out["proxies"] = {p: store.served(p, service) for p in store.proxies()}
@@ -137,10 +146,31 @@ def _rejection_dict(r: Rejection) -> dict:
             "registered_by": r.registered_by, "time": r.time}
 
 
-def collect(store, service: Optional[str]) -> dict:
+def replicas_view(store, swarm) -> Callable[[str, list], Optional[dict]]:
+    """A Swarm service's replicas for `status`: desired (Swarm's spec), running tasks, admitted
+    instances, its bounds and targets, and the last change with its reason."""
+    from .autoscaler import admitted_tasks, settings_of
+
+    def view(service: str, registered: list) -> Optional[dict]:
+        svc = swarm.service(service)
+        if svc is None:
+            return None
+        try:
+            scale, scale_error = asdict(settings_of(svc)), ""
+        except InvalidValue as exc:
+            scale, scale_error = None, str(exc)
+        return {"swarm_service": svc.name, "desired": svc.replicas, "running": swarm.running_tasks(svc),
+                "admitted": admitted_tasks(registered, svc.name), "update": svc.update_state,
+                "image": svc.image, "scale": scale, "scale_error": scale_error, "last_change": store.scaling(service)}
+    return view
+
+
+def collect(store, service: Optional[str], swarm=None) -> dict:
     rejections = store.rejections()
     names = [service] if service else known_services(store, rejections)
-    return {"services": [service_status(store, n, rejections) for n in names],
+    healing = store.healing_records()
+    view = replicas_view(store, swarm) if swarm is not None else None
+    return {"services": [service_status(store, n, rejections, replicas=view, healing=healing) for n in names],
             "rejected": {name: _rejection_dict(r) for name, r in sorted(rejections.items())},
             "time": time.time()}
 
@@ -200,6 +230,8 @@ def render_text(data: dict) -> str:
             first, *rest = analysis_lines(s["analysis"])
             out.append(f"  {first}")
             out.extend(f"  {line}" for line in rest)
+        if s.get("replicas"):
+            out.extend(replica_lines(s["replicas"]))
         if r["note"]:
             out.append(f"  note     {r['note']}")
         if s["instances"]:
@@ -211,6 +243,10 @@ def render_text(data: dict) -> str:
             widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]) - 1)]
             for row in rows:
                 out.append("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+        for i in s["instances"]:
+            if i.get("healing"):
+                h = i["healing"]
+                out.append(f"  healing  {i['id']}: {'GAVE UP: ' if h['gave_up'] else ''}{h['reason']}")
         for name, rej in s["rejected"].items():
             out.append(f"  rejected container {name}: {rej['reason']}")
         out.append("")
@@ -221,6 +257,29 @@ def render_text(data: dict) -> str:
         if name not in shown:
             out.append(f"rejected container {name}: {rej['reason']}")
     return "\n".join(out).rstrip() + "\n"
+
+
+def replica_lines(r: dict) -> List[str]:
+    desired = "global" if r["desired"] is None else r["desired"]
+    line = (f"  replicas desired {desired}, running {r['running']}, admitted {r['admitted']} "
+            f"(Swarm service {r['swarm_service']}, {r['image']}")
+    sc = r["scale"]
+    if sc:
+        targets = [f"{sc['rps']:g} req/s per instance" if sc["rps"] else "",
+                   f"p99 {sc['p99_ms']:g} ms" if sc["p99_ms"] else ""]
+        line += f"; bounds {sc['min']}..{sc['max']}"
+        line += f", autoscaled to {' and '.join(t for t in targets if t)}" if any(targets) else ", scaled by hand"
+    line += ")"
+    out = [line]
+    if r["scale_error"]:
+        out.append(f"  scaling  INVALID gatekeeper.scale label: {r['scale_error']}")
+    if r["update"] and r["update"] != "completed":
+        out.append(f"  update   {r['update']}")
+    last = r.get("last_change")
+    if last:
+        out.append(f"  scaled   {_when(last.get('time'))} {last.get('previous', '?')} -> {last.get('replicas', '?')} "
+                   f"by {last.get('by', '?')}: {last.get('reason', '')}")
+    return out
 
 
 def render_why(data: dict) -> str:

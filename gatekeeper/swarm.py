@@ -43,6 +43,8 @@ class SwarmService:
     update_state: str = ""          # "", updating, paused, completed, rollback_started, ...
     update_started: str = ""
     previous_image: str = ""
+    registers_as: str = ""          # the Consul service its tasks register as (SERVICE_NAME or name)
+    spec: dict = field(default_factory=dict, compare=False, repr=False)   # as read, for an update
 
     @property
     def updating(self) -> bool:
@@ -54,9 +56,13 @@ def image_ref(ref: str) -> str:
     return f"{repo}:{tag}" if tag else repo
 
 
+def _container_spec(data: dict) -> dict:
+    return ((data.get("Spec") or {}).get("TaskTemplate") or {}).get("ContainerSpec") or {}
+
+
 def service_from_inspect(data: dict) -> SwarmService:
     spec = data.get("Spec") or {}
-    container = (spec.get("TaskTemplate") or {}).get("ContainerSpec") or {}
+    container = _container_spec(data)
     mode = spec.get("Mode") or {}
     status = data.get("UpdateStatus") or {}
     previous = ((data.get("PreviousSpec") or {}).get("TaskTemplate") or {}).get("ContainerSpec") or {}
@@ -65,7 +71,8 @@ def service_from_inspect(data: dict) -> SwarmService:
         replicas=(mode.get("Replicated") or {}).get("Replicas") if "Replicated" in mode else None,
         image=image_ref(container.get("Image", "")), labels=dict(spec.get("Labels") or {}),
         update_state=status.get("State", ""), update_started=status.get("StartedAt", ""),
-        previous_image=image_ref(previous.get("Image", "")))
+        previous_image=image_ref(previous.get("Image", "")),
+        registers_as=(container.get("Labels") or {}).get("SERVICE_NAME") or spec.get("Name", ""), spec=spec)
 
 
 def _marker_tar(state: str) -> bytes:
@@ -93,32 +100,41 @@ class Swarm:
         """The Swarm service whose tasks register as `name`: named so, or labelled SERVICE_NAME=name."""
         if not self.active():
             return None
-        def container_labels(s):
-            return (((s.get("Spec") or {}).get("TaskTemplate") or {}).get("ContainerSpec") or {}).get("Labels") or {}
-        found = [s for s in self.api.services() if container_labels(s).get("SERVICE_NAME") == name]
+        found = [s for s in self.api.services() if (_container_spec(s).get("Labels") or {}).get("SERVICE_NAME") == name]
         found = found or [s for s in self.api.services(filters={"name": name}) if s["Spec"]["Name"] == name]
         return service_from_inspect(found[0]) if found else None
+
+    def scaled_services(self) -> List[SwarmService]:
+        """Replicated services that carry a gatekeeper.scale label."""
+        if not self.active():
+            return []
+        return [svc for svc in map(service_from_inspect, self.api.services(filters={"label": SCALE_LABEL}))
+                if svc.replicas is not None]
 
     def running_tasks(self, svc: SwarmService) -> int:
         tasks = self.api.tasks(filters={"service": svc.id, "desired-state": "running"})
         return sum(1 for t in tasks if (t.get("Status") or {}).get("State") == "running")
 
     def scale(self, svc: SwarmService, replicas: int) -> None:
-        """Set the replica count, only if the service is still at `svc.version_index`."""
-        try:
-            self.api.update_service(svc.id, version=svc.version_index, mode={"Replicated": {"Replicas": replicas}},
-                                    fetch_current_spec=True)
-        except docker.errors.APIError as exc:
-            if "out of sequence" in str(exc):
-                raise SwarmError(f"Swarm service {svc.name} changed while scaling it; try again") from None
-            raise
+        """Set the replica count, only if the service is still at `svc.version_index`. The spec
+        goes back exactly as read, but for the count (`docker service scale`): the SDK's
+        update_service rewrites the task template, which makes Swarm replace every task."""
+        spec = dict(svc.spec, Mode={"Replicated": {"Replicas": replicas}})
+        self._update(svc, spec, what="scaling it")
 
     def roll_back(self, svc: SwarmService) -> None:
         """Swarm's own rollback (`docker service rollback`): back to the previous spec."""
-        response = self.api._post_json(self.api._url("/services/{0}/update", svc.id),
-                                       data=self.api.inspect_service(svc.id)["Spec"],
-                                       params={"version": svc.version_index, "rollback": "previous"})
-        self.api._raise_for_status(response)
+        self._update(svc, svc.spec, what="rolling it back", rollback="previous")
+
+    def _update(self, svc: SwarmService, spec: dict, what: str, **params) -> None:
+        response = self.api._post_json(self.api._url("/services/{0}/update", svc.id), data=spec,
+                                       params={"version": svc.version_index, **params})
+        try:
+            self.api._raise_for_status(response)
+        except docker.errors.APIError as exc:
+            if "out of sequence" in str(exc):
+                raise SwarmError(f"Swarm service {svc.name} changed while {what}; try again") from None
+            raise
 
     def replace_task(self, container_id: str) -> bool:
         """Kill a task's container: Swarm schedules a new task (a new container, tested anew)."""

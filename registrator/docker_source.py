@@ -41,6 +41,7 @@ class Container:
     gate_mirror: bool = False              # the HEALTHCHECK reads the gate marker, not the app
     swarm_service: str = ""                # a Swarm task's container: its service and task
     swarm_task: str = ""
+    started_at: str = ""                   # State.StartedAt: each run of the container has its own
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,7 @@ def container_from_inspect(data: dict) -> Container:
         ports=tuple(sorted(ports, key=lambda p: (p.container_port, p.protocol))),
         exposed=tuple(exposed), internal_ip=internal_ip, health=health, gate_mirror=gate_mirror,
         swarm_service=labels.get(SWARM_SERVICE_LABEL, ""), swarm_task=labels.get(SWARM_TASK_LABEL, ""),
+        started_at=state.get("StartedAt") or "",
     )
 
 

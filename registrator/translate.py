@@ -161,7 +161,8 @@ def _instance(c, s, cfg, endpoint, base_name, several) -> Instance:
         tests_image=tests, proxy_path=path or f"/{name}/", proxy_host=host, tags=tags,
         extra_meta=_extra_meta(cfg), health_check=_health_check(cfg),
         docker_health=c.health is not None, strip_prefix=strip, mode=mode, analysis=analysis,
-        swarm_service=c.swarm_service, swarm_task=c.swarm_task, gate_mirror=c.gate_mirror)
+        swarm_service=c.swarm_service, swarm_task=c.swarm_task, gate_mirror=c.gate_mirror,
+        started=c.started_at)
 
 
 def _health_check(cfg: Dict[str, str]):

@@ -1,5 +1,6 @@
-"""Swarm services through the gate, on the real Engine in swarm mode, Consul and nginx:
-scaling, rolling updates (good and broken), and a killed task, each under keep-alive load."""
+"""Swarm services through the gate, on the real Engine in swarm mode, Consul, nginx and
+Prometheus: scaling by hand and by load, rolling updates (good and broken), a killed task and
+an unhealthy one, each under keep-alive load."""
 from __future__ import annotations
 
 import json
@@ -9,25 +10,29 @@ import pytest
 
 from tests.conftest import SESSION
 from tests.support.load import KeepAliveLoad
-from tests.support.processes import get_json
+from tests.support.processes import PrometheusServer, get_json
 from tests.support.stack import Stack
 from tests.support.swarm import docker, ensure_swarm, gated_service_args, remove_services, tasks
 
 pytestmark = pytest.mark.e2e
 
-PORT = 18020
+PORT, PROMETHEUS = 18020, 18021
+SERVICES = ("swscale", "swupdate", "swauto", "swheal")
 
 
 @pytest.fixture(scope="module")
 def stack(consul_server, docker_client, demo_images, tmp_path_factory):
     turned_on = ensure_swarm()
-    s = Stack(consul_server, tmp_path_factory.mktemp("swarm"), docker_client, f"{SESSION}sw", PORT,
-              drain_seconds=1).start()
+    base = tmp_path_factory.mktemp("swarm")
+    prometheus = PrometheusServer(base, consul_server, PROMETHEUS).start()
+    s = Stack(consul_server, base, docker_client, f"{SESSION}sw", PORT, drain_seconds=1,
+              gatekeeper_args=("--prometheus", f"http://{prometheus.address}", "--scale-every", "1",
+                               "--heal-after", "2")).start()
     yield s
     remove_services(s.session)
-    s.wait(lambda: not s.store.instances("swscale") and not s.store.instances("swupdate"), 60,
-           "the services' instances to leave Consul")
+    s.wait(lambda: not any(s.store.instances(name) for name in SERVICES), 60, "the services' instances to leave Consul")
     s.stop()
+    prometheus.stop()
     if turned_on:
         docker("swarm", "leave", "--force")
 
@@ -39,11 +44,14 @@ class Watcher:
     def __init__(self, stack: Stack, service: str):
         self.stack, self.service = stack, service
         self.served_before_gate = []
+        self.seen_admitted = set()
 
     def instances(self):
         out = self.stack.store.instances(self.service)
         for ri in out:
-            if not ri.admitted:
+            if ri.admitted:
+                self.seen_admitted.add(ri.instance.id)
+            elif ri.instance.id not in self.seen_admitted:
                 status, stats = get_json(ri.instance.port, "/stats")
                 if status == 200 and stats.get("proxied"):
                     self.served_before_gate.append((ri.instance.id, stats))
@@ -135,3 +143,75 @@ def test_a_killed_task_is_replaced_and_its_replacement_gated(stack):
         load.finish()
     assert load.failures == [], load.failures[:5]
     assert w.served_before_gate == []
+
+
+def test_scale_by_hand_through_gatekeeper_within_bounds_and_clear_refusals(stack):
+    name = "swscale"
+    docker("service", "update", "--detach", "--label-add", "gatekeeper.scale=min=1,max=3", name)
+    code, out, err = stack.gatekeeper_cli("scale", name, "3", "--json")
+    assert code == 0, out + err
+    assert json.loads(out)["replicas"] == 3
+    w = Watcher(stack, name)
+    stack.wait(lambda: len(w.admitted()) == 3, 180, "three admitted instances")
+    code, out, err = stack.gatekeeper_cli("scale", name, "7")
+    assert code == 1 and "outside swscale's bounds 1..3" in err, (out, err)
+    code, out, err = stack.gatekeeper_cli("scale", name, "-1")
+    assert code == 2 and "replicas" in err, (out, err)
+    code, out, err = stack.gatekeeper_cli("scale", "nosuchservice", "2")
+    assert code == 1 and "no Swarm service runs 'nosuchservice'" in err, (out, err)
+    assert docker("service", "inspect", name, "--format", "{{.Spec.Mode.Replicated.Replicas}}") == "3"
+    code, out, err = stack.gatekeeper_cli("status", name)
+    assert code == 0 and "replicas desired 3, running 3, admitted 3" in out and "bounds 1..3" in out, out + err
+    assert "set by hand" in stack.gatekeeper_cli("history", name)[1]
+
+
+def test_the_autoscaler_follows_load_out_and_back_in_with_no_failed_request(stack):
+    name = "swauto"
+    docker(*gated_service_args(name, stack.session, 1, "demo:v1", "--label",
+                               "gatekeeper.scale=min=1,max=4,rps=100,cooldown=6,window=4,step=2"))
+    w = Watcher(stack, name)
+    stack.wait(lambda: served(stack, name) == "v1", 120, "the first task served")
+    quiet = KeepAliveLoad("127.0.0.1", stack.listen_port, headers={"Host": f"{name}.test"},
+                          connections=5, rate=10).start()             # 50 req/s: one replica is enough
+    busy = None
+    try:
+        time.sleep(8)
+        assert docker("service", "inspect", name, "--format", "{{.Spec.Mode.Replicated.Replicas}}") == "1"
+        busy = KeepAliveLoad("127.0.0.1", stack.listen_port, headers={"Host": f"{name}.test"},
+                             connections=14, rate=25).start()          # +350: 400 req/s needs 4
+        stack.wait(lambda: len(w.admitted()) >= 4, 90, "the autoscaler to add replicas up to 4, all admitted")
+        busy.finish()
+        stack.wait(lambda: len(w.instances()) == 1 and len(tasks(name)) == 1, 90,
+                   "back to the minimum once the load is gone and the cooldown is over")
+    finally:
+        quiet.finish()
+        if busy:
+            busy.finish()
+    assert quiet.failures == [] and busy.failures == [], (quiet.failures[:3], busy.failures[:3])
+    assert w.served_before_gate == []
+    history = stack.gatekeeper_cli("history", name)[1]
+    assert "scaled" in history and "gatekeeper (autoscaler)" in history and "req/s" in history, history
+    out = stack.gatekeeper_cli("status", name)[1]
+    assert "autoscaled to 100 req/s per instance" in out, out
+
+
+def test_an_unhealthy_task_is_taken_out_then_replaced_by_a_gated_one(stack):
+    name = "swheal"
+    docker(*gated_service_args(name, stack.session, 2, "demo:v1", "--container-label", "SERVICE_CHECK_HTTP=/health",
+                               "--container-label", "SERVICE_CHECK_INTERVAL=1s"))
+    w = Watcher(stack, name)
+    stack.wait(lambda: len(w.admitted()) == 2, 180, "two admitted tasks")
+    load = load_for(stack, name)
+    try:
+        sick = w.admitted()[0].instance
+        status, _ = get_json(sick.port, "/health/fail", method="POST")
+        assert status == 200
+        stack.wait(lambda: sick.id not in {ri.instance.id for ri in w.admitted()}, 10, "the sick task out of traffic")
+        stack.wait(lambda: sick.id not in {ri.instance.id for ri in w.instances()}, 30, "the sick task replaced")
+        stack.wait(lambda: len(w.admitted()) == 2, 120, "its replacement admitted")
+        time.sleep(1)
+    finally:
+        load.finish()
+    assert load.failures == [], load.failures[:5]
+    assert w.served_before_gate == []
+    assert "healing: replaced" in stack.gatekeeper_cli("history", name)[1]

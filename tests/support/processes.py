@@ -221,12 +221,12 @@ def python_module(module: str, *args: str) -> List[str]:
     return [sys.executable, "-m", module, *args]
 
 
-def get_json(port: int, path: str, headers: Optional[dict] = None):
-    """GET http://127.0.0.1:PORT/PATH -> (status, parsed JSON body), error statuses included."""
+def get_json(port: int, path: str, headers: Optional[dict] = None, method: str = "GET"):
+    """GET (or `method`) http://127.0.0.1:PORT/PATH -> (status, parsed JSON body), error statuses included."""
     import json
     import urllib.error
     import urllib.request
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers or {})
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers or {}, method=method)
     try:
         with urllib.request.urlopen(req, timeout=5) as r:
             return r.status, json.loads(r.read())

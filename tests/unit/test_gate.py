@@ -12,6 +12,7 @@ class Store:
         self.instances = {i.id: i for i in instances}
         self.verdicts = {}
         self.outputs = {}
+        self.healings = {}
 
     def all_instances(self):
         return {"demo": [RegisteredInstance(i, {i.gate_check_id: self.gates[i.id]}) for i in self.instances.values()]}
@@ -36,6 +37,9 @@ class Store:
 
     def clear_retest(self, iid):
         pass
+
+    def healing(self, iid):
+        return self.healings.get(iid)
 
     def set_gate(self, inst, passing, output):
         self.gates[inst.id] = "passing" if passing else "critical"
@@ -114,6 +118,35 @@ def test_a_new_container_under_the_same_name_is_tested_again():
     gate.reconcile()
     settle(gate)
     assert len(tester.runs) == 1
+
+
+def test_the_same_container_restarted_is_a_new_run_and_tested_again():
+    from dataclasses import replace
+    restarted = replace(inst(), started="2026-11-28T10:00:05Z")
+    store, tester = Store(restarted), FakeTester()
+    store.verdicts["h:web:8080"] = Verdict("h:web:8080", "c1", "demo-test:latest", PASSED, "9/9 passed", 1, 2,
+                                           container_started="2026-11-28T09:00:00Z")
+    gate = Gate(store, tester)
+    gate.reconcile()
+    settle(gate)
+    assert len(tester.runs) == 1
+    assert store.verdicts["h:web:8080"].container_started == "2026-11-28T10:00:05Z"
+    # ... and that run's verdict is kept for it: registered again (a registrator restart), no retest
+    store.gates["h:web:8080"] = "critical"
+    gate.reconcile()
+    settle(gate)
+    assert len(tester.runs) == 1 and store.gates["h:web:8080"] == "passing"
+
+
+def test_a_container_the_healer_gave_up_on_keeps_its_gate_shut_and_says_why():
+    store, tester = Store(inst()), FakeTester()
+    store.verdicts["h:web:8080"] = Verdict("h:web:8080", "c1", "demo-test:latest", PASSED, "9/9 passed", 1, 2)
+    store.healings["h:web:8080"] = {"gave_up": True, "reason": "gave up healing: restarted 3 times"}
+    gate = Gate(store, tester)
+    gate.reconcile()
+    settle(gate)
+    assert tester.runs == [] and store.gates["h:web:8080"] == "critical"
+    assert store.outputs["h:web:8080"] == "gave up healing: restarted 3 times"
 
 
 def test_tests_run_in_parallel_but_no_more_than_the_bound():
@@ -348,6 +381,7 @@ def test_test_runs_and_the_time_to_an_open_gate_are_counted_per_service_and_resu
     assert gate.first_seen == {}
     gate = Gate(store, FakeTester(), reverify_every=0.001)        # a re-verification: a run, no new gate opening
     store.gates["h:web:8080"] = "passing"
+    time.sleep(0.01)                                              # the last pass is older than 0.001 s
     gate.reconcile()
     settle(gate)
     assert sample("gatekeeper_test_runs_total", service="demo", result=PASSED) == passed_before + 2

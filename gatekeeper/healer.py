@@ -1,0 +1,204 @@
+"""Self-healing: an admitted instance whose health checks (SERVICE_CHECK_HTTP/TCP, or Docker's
+HEALTHCHECK) keep failing is out of traffic at once (its Consul check fails); after `after`
+seconds the healer acts on it:
+- a Swarm task's container is killed, so Swarm schedules a new task (a new container, tested
+  through the gate like any new one);
+- a plain container with a restart policy (always, unless-stopped, on-failure) is restarted
+  through the Engine API; the restart is a new run of the container, and a verdict belongs to one
+  run (catalog.model.Verdict.applies_to), so it is tested again before it takes traffic.
+Bounded: `backoff` seconds doubling between restarts of one container; after `max_tries`
+restarts that did not make it healthy for `settle` seconds it gives up, and says so in the
+service's history, `gatekeeper status` and the gate's output in Consul; never more than `share`
+of a service's instances (at least one) are being replaced at once. A container without a
+restart policy is left as it is (out of traffic), and the log says why once.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Protocol
+
+import docker
+import docker.errors
+
+from catalog.model import Instance, RegisteredInstance
+
+from . import metrics
+from .swarm import Swarm
+
+log = logging.getLogger(__name__)
+
+RESTART_POLICIES = ("always", "unless-stopped", "on-failure")
+
+
+@dataclass(frozen=True)
+class HealSettings:
+    after: float = 10.0        # seconds an admitted instance fails its health checks before action
+    max_tries: int = 3         # restarts of one container before giving up
+    backoff: float = 5.0       # seconds before the 2nd restart; doubles each time
+    settle: float = 60.0       # healthy this long after a restart: the tries start again from 0
+    share: float = 0.25        # at most this share of a service's instances replaced at once
+
+
+class HealStore(Protocol):
+    def healing_records(self) -> Dict[str, dict]: ...
+    def put_healing(self, instance_id: str, record: Optional[dict]) -> None: ...
+    def forget_verdict(self, instance_id: str) -> None: ...
+    def set_gate(self, inst: Instance, passing: bool, output: str) -> None: ...
+    def add_history(self, service: str, event: str, **details) -> None: ...
+
+
+def failing_checks(ri: RegisteredInstance) -> List[str]:
+    """The instance's own health checks that fail (the gate is not a health check)."""
+    inst = ri.instance
+    own = (inst.health_check_id, inst.docker_health_check_id)
+    return [c for c in own if c in ri.checks and ri.checks[c] != "passing"]
+
+
+def next_step(record: Optional[dict], now: float, s: HealSettings) -> str:
+    """For a plain container that has been failing `s.after` seconds: "restart", "wait" (its
+    back-off is not over) or "give up" (it was restarted max_tries times and fails again)."""
+    tries = (record or {}).get("tries", 0)
+    if (record or {}).get("gave_up"):
+        return "gave up"
+    if tries >= s.max_tries:
+        return "give up"
+    if tries and now - record.get("last", 0.0) < s.backoff * 2 ** (tries - 1):
+        return "wait"
+    return "restart"
+
+
+def limit(total: int, share: float) -> int:
+    return max(1, math.floor(total * share))
+
+
+class Healer:
+    def __init__(self, store: HealStore, client: docker.DockerClient, swarm: Swarm,
+                 settings: HealSettings = HealSettings(), clock: Callable[[], float] = time.time):
+        self.store, self.client, self.swarm, self.s, self.clock = store, client, swarm, settings, clock
+        self.failing_since: Dict[str, float] = {}    # instance id -> first seen failing after admission
+        self.acting: Dict[str, Dict[str, float]] = {}  # service -> instance id -> when we acted
+        self.absent_since: Dict[str, float] = {}     # instance id with a record -> first seen unregistered
+        self.told: set = set()                       # instance ids whose "left as it is" was logged
+        self.waiting: Dict[str, float] = {}          # instance id -> when its back-off ends
+
+    def next_due(self) -> Optional[float]:
+        """When (time.monotonic) a failing instance's time is up or its back-off ends; one that is
+        already due but held (the share is taken) waits for the change that frees it."""
+        now = self.clock()
+        due = [t for t in [since + self.s.after for since in self.failing_since.values()] + list(self.waiting.values())
+               if t > now]
+        return time.monotonic() + (min(due) - now) if due else None
+
+    def reconcile(self, service: str, registered: List[RegisteredInstance]) -> None:
+        now = self.clock()
+        ids = {ri.instance.id for ri in registered}
+        records = {iid: r for iid, r in self.store.healing_records().items() if r.get("service") == service}
+        self._forget_gone(records, ids, now)
+        # An action lasts until its instance is admitted again; a killed Swarm task's replacement
+        # is a new instance, so that action lasts while the service has an instance not admitted.
+        pending = any(not ri.admitted for ri in registered)
+        acting = {iid: t for iid, t in self.acting.get(service, {}).items()
+                  if iid in ids or (pending and now - t < 120)}
+        self.acting[service] = acting
+        for ri in registered:
+            inst = ri.instance
+            failing = failing_checks(ri)
+            if not failing:
+                self.failing_since.pop(inst.id, None)
+                self.waiting.pop(inst.id, None)
+                if ri.admitted and acting.pop(inst.id, None) is not None:
+                    log.info("%s: healthy and admitted again", inst.id)
+                self._settle(inst, ri, records.get(inst.id), now)
+                continue
+            if ri.gate_status != "passing" and inst.id not in self.failing_since:
+                continue                             # this run was never admitted: the gate decides
+            since = self.failing_since.setdefault(inst.id, now)
+            if now - since < self.s.after or inst.id in acting:
+                continue
+            if len(acting) >= limit(len(registered), self.s.share):
+                log.debug("%s: failing, but %d of %d instances of %s are being replaced already", inst.id,
+                          len(acting), len(registered), service)
+                continue
+            if self._act(ri, failing, records.get(inst.id), now):
+                acting[inst.id] = now
+                self.failing_since.pop(inst.id, None)   # its next run starts a clock of its own
+
+    def _forget_gone(self, records: Dict[str, dict], ids: set, now: float) -> None:
+        for iid in records:
+            if iid in ids:
+                self.absent_since.pop(iid, None)
+            elif now - self.absent_since.setdefault(iid, now) >= 600:
+                self.store.put_healing(iid, None)      # its container has been gone ten minutes
+                self.absent_since.pop(iid, None)
+
+    def _settle(self, inst: Instance, ri: RegisteredInstance, record: Optional[dict], now: float) -> None:
+        """Healthy again: a record is cleared once the instance has stayed healthy `settle` seconds
+        after its last restart, or, after a give-up, once it is admitted again (fixed by hand)."""
+        if not record:
+            return
+        if record.get("gave_up") and not ri.admitted:
+            return
+        if record.get("gave_up") or now - record.get("last", now) >= self.s.settle:
+            self.store.put_healing(inst.id, None)
+            log.info("%s: healthy again; its restarts count from 0", inst.id)
+
+    def _act(self, ri: RegisteredInstance, failing: List[str], record: Optional[dict], now: float) -> bool:
+        inst = ri.instance
+        checks = ", ".join(f"{c.rsplit(':', 1)[-1]} {ri.checks[c]}" for c in failing)
+        if inst.swarm_service:
+            if self.swarm.replace_task(inst.container_id):
+                self._did(inst, "replaced", f"{checks} for {self.s.after:g} s: task killed, Swarm starts a new one")
+                return True
+            return False
+        policy = self._restart_policy(inst)
+        if policy is None:
+            return False
+        if policy not in RESTART_POLICIES:
+            if inst.id not in self.told:
+                log.warning("%s: unhealthy (%s) and out of traffic; container %s has no restart policy, so it is "
+                            "left as it is (run it with --restart unless-stopped to have it restarted)",
+                            inst.id, checks, inst.container_name)
+                self.told.add(inst.id)
+            return False
+        step = next_step(record, now, self.s)
+        self.waiting.pop(inst.id, None)
+        if step == "wait":
+            tries = record.get("tries", 0)
+            self.waiting[inst.id] = record.get("last", now) + self.s.backoff * 2 ** (tries - 1)
+            return False
+        if step == "gave up":
+            return False
+        tries = (record or {}).get("tries", 0)
+        if step == "give up":
+            reason = (f"gave up healing: restarted {tries} times, still failing ({checks}); fix it and "
+                      f"`docker restart {inst.container_name}`, then `gatekeeper retest {inst.id}`")
+            self.store.put_healing(inst.id, {**(record or {}), "gave_up": True, "reason": reason, "time": now,
+                                             "service": inst.service})
+            self.store.set_gate(inst, False, reason)
+            self._did(inst, "gave up", reason)
+            return False
+        self.store.put_healing(inst.id, {"tries": tries + 1, "last": now, "gave_up": False, "service": inst.service,
+                                         "reason": f"restart {tries + 1} of {self.s.max_tries}: {checks}"})
+        try:
+            self.client.containers.get(inst.container_id).restart(timeout=10)
+        except docker.errors.NotFound:
+            return False
+        self._did(inst, "restarted", f"{checks} for {self.s.after:g} s: restart {tries + 1} of {self.s.max_tries}; "
+                                     "tested again before it takes traffic")
+        return True
+
+    def _restart_policy(self, inst: Instance) -> Optional[str]:
+        try:
+            attrs = self.client.api.inspect_container(inst.container_id)
+        except docker.errors.NotFound:
+            return None
+        return ((attrs.get("HostConfig") or {}).get("RestartPolicy") or {}).get("Name") or "no"
+
+    def _did(self, inst: Instance, action: str, reason: str) -> None:
+        log.warning("%s: %s: %s", inst.id, action, reason)
+        metrics.HEALINGS.labels(inst.service, action).inc()
+        self.store.add_history(inst.service, f"healing: {action}", instance=inst.id, version=inst.version,
+                               reason=reason[:300], by="gatekeeper (healer)")
