@@ -32,7 +32,7 @@ META_GATE_MIRROR = "gate_mirror"         # the container's HEALTHCHECK reads GAT
 DOCKER_HEALTH_SUFFIX = ":docker-health"
 
 # The file gatekeeper writes into a container whose HEALTHCHECK mirrors the gate: "open" once
-# the instance is admitted and its version takes traffic, "closed" otherwise. Swarm waits for a
+# the instance passed its gate and its version takes traffic, "closed" otherwise. Swarm waits for a
 # healthy task before it stops the one it replaces, so a rolling update waits for the gate.
 GATE_MARKER = "/tmp/proxystack-gate"
 GATE_MIRROR_HEALTH_CMD = f"grep -qx open {GATE_MARKER}"

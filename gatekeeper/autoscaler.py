@@ -42,8 +42,8 @@ def admitted_tasks(registered: List[RegisteredInstance], swarm_service: str) -> 
 
 
 def record_change(store: ScalingStore, service: str, replicas: int, previous: int, reason: str, by: str,
-                  **figures) -> None:
-    store.put_scaling(service, {"time": time.time(), "replicas": replicas, "previous": previous,
+                  now: Optional[float] = None, **figures) -> None:
+    store.put_scaling(service, {"time": time.time() if now is None else now, "replicas": replicas, "previous": previous,
                                 "reason": reason, "by": by})
     store.add_history(service, "scaled", replicas=replicas, previous=previous, reason=reason, by=by, **figures)
     metrics.SCALINGS.labels(service, "out" if replicas > previous else "in").inc()
@@ -138,5 +138,5 @@ class Autoscaler:
         log.info("%s: scaled %d -> %d: %s", service, svc.replicas, d.replicas, d.reason)
         figures = {k: v for k, v in (("rate", load.rate), ("p99_ms", load.p99_ms)) if v is not None}
         record_change(self.store, service, d.replicas, svc.replicas, d.reason, "gatekeeper (autoscaler)",
-                      admitted=admitted, **figures)
+                      now=self.clock(), admitted=admitted, **figures)
         return d

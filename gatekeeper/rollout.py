@@ -1,8 +1,8 @@
 """Swarm rolling updates through the gate.
 
 Two duties, at every reconcile of a service whose instances are Swarm tasks:
-- mirror the gate into each task's health (the gate marker): "open" once the instance is
-  admitted and its version takes traffic, "closed" when that stops. Swarm's updater waits for a
+- mirror the gate into each task's health (the gate marker): "open" once the instance passed
+  its gate and its version takes traffic, "closed" when that stops. Swarm's updater waits for a
   healthy task before it stops the task it replaces, so an update proceeds task by task only
   as fast as new tasks pass their tests; in manual mode it waits for `gatekeeper promote`.
 - roll an update back the moment a task of the new image fails its tests: Swarm's own rollback,
@@ -40,7 +40,10 @@ def serves(policy: Optional[RoutingPolicy], version: str) -> bool:
 
 
 def marker_state(ri: RegisteredInstance, policy: Optional[RoutingPolicy]) -> str:
-    return OPEN if ri.admitted and serves(policy, ri.instance.version) else CLOSED
+    """Open once the gate is (the tests passed) and the version takes traffic. Failing health
+    checks leave it open: the healer decides about those, after its grace time, one share of
+    the service at a time, with a history entry, instead of Swarm at its first retries."""
+    return OPEN if ri.gate_status == "passing" and serves(policy, ri.instance.version) else CLOSED
 
 
 class Rollout:

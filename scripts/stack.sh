@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Starts, stops and reports the stack: Consul, Prometheus, nginx, registrator, gatekeeper, proxy-reloader.
-#   scripts/stack.sh up | down | status
+#   scripts/stack.sh up | down | status | swarm
+# `swarm` turns the engine's swarm mode on (a single-node swarm on 127.0.0.1) for Swarm services;
+# `down` removes the demo's Swarm services and leaves the swarm if `swarm` made it.
 # Logs: .stack/logs/<component>.log   pid files: .stack/run/<component>.pid
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -75,9 +77,28 @@ up() {
     --nginx-prefix "$NGINX_PREFIX" --listen "$PROXY_LISTEN" --admin 127.0.0.1:8001 --report-check
 }
 
+swarm() {
+  step "Swarm mode (Docker's own scheduler for replicas; single node on 127.0.0.1)"
+  local state
+  state="$(docker info --format '{{.Swarm.LocalNodeState}}')" || die "no Docker Engine answers (make install starts one)"
+  if [ "$state" = "active" ]; then
+    info "already on: node $(docker info --format '{{.Swarm.NodeID}}'), managers $(docker info --format '{{.Swarm.Managers}}')"
+    return 0
+  fi
+  docker swarm init --advertise-addr 127.0.0.1 >/dev/null || die "docker swarm init failed"
+  touch "$RUN/swarm.by-stack"
+  info "swarm mode on (node $(docker info --format '{{.Swarm.NodeID}}')); \`make stop\` leaves it again"
+}
+
 down() {
   step "Stopping the stack"
   local ids
+  ids="$(docker service ls -q --filter "label=$DEMO_LABEL" 2>/dev/null || true)"
+  if [ -n "$ids" ]; then docker service rm $ids >/dev/null; info "removed $(echo "$ids" | wc -l) demo Swarm service(s)"; fi
+  if [ -f "$RUN/swarm.by-stack" ]; then
+    docker swarm leave --force >/dev/null 2>&1 || true
+    rm -f "$RUN/swarm.by-stack"; info "left the swarm the stack had made"
+  fi
   ids="$(docker ps -aq --filter "label=$DEMO_LABEL" 2>/dev/null || true)"
   if [ -n "$ids" ]; then docker rm -f $ids >/dev/null; info "removed $(echo "$ids" | wc -l) demo container(s)"; fi
   for c in proxy-reloader gatekeeper registrator engine-tls registry prometheus prometheus-targets; do stop_pid "$c"; done
@@ -95,6 +116,6 @@ status() {
 }
 
 case "${1:-}" in
-  up) up ;; down) down ;; status) status ;;
-  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+  up) up ;; down) down ;; status) status ;; swarm) swarm ;;
+  *) echo "usage: $0 up|down|status|swarm" >&2; exit 2 ;;
 esac

@@ -1,7 +1,7 @@
 """Send requests through the proxy from many clients (a new X-Client-Id each, so a canary split
 gets its share) for a while, then print how many were answered and how many failed.
 
-    python3 scripts/traffic.py --url http://127.0.0.1:8000/demo/1 --seconds 60 [--threads 4]
+    python3 scripts/traffic.py --url http://127.0.0.1:8000/demo/1 --seconds 60 [--threads 4] [--rate R]
 
 Stops early on SIGTERM or SIGINT and still prints its count; `--json` for programs.
 """
@@ -21,6 +21,7 @@ def main(argv=None) -> int:
     p.add_argument("--url", default="http://127.0.0.1:8000/demo/1")
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--threads", type=int, default=4)
+    p.add_argument("--rate", type=float, default=0.0, help="requests/s in all, spread over the threads (0: as fast as they can)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     url = urllib.parse.urlsplit(args.url)
@@ -29,9 +30,13 @@ def main(argv=None) -> int:
     stop = threading.Event()
     counts, lock = Counter(), threading.Lock()
 
+    if args.rate < 0:
+        p.error(f"--rate {args.rate:g}: expected requests per second, 0 or more")
+    pause = max(1, args.threads) / args.rate if args.rate else 0.0
+
     def client():
         conn = None
-        while not stop.is_set():
+        while not stop.wait(pause) if pause else not stop.is_set():
             try:
                 conn = conn or http.client.HTTPConnection(url.hostname, url.port or 80, timeout=10)
                 conn.request("GET", url.path or "/", headers={"X-Client-Id": uuid.uuid4().hex})

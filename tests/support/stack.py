@@ -64,12 +64,14 @@ class Stack:
             except Exception:
                 pass
 
-    def deploy(self, name, image, environment=None, **labels):
-        """`docker run -d -P` with labels only (and `-e` for the demo's switches), as an operator would."""
+    def deploy(self, name, image, environment=None, restart_policy=None, **labels):
+        """`docker run -d -P` with labels only (and `-e` for the demo's switches, `--restart`), as an
+        operator would."""
         base = {"SERVICE_NAME": self.service, "gatekeeper.tests": "demo-test:latest", "proxy.path": "/demo/",
                 TEST_LABEL: self.session, E2E_LABEL: self.session}
         c = self.docker.containers.run(image, detach=True, name=f"e2e-{self.session}-{name}", publish_all_ports=True,
-                                       labels={**base, **labels}, environment=environment or {})
+                                       labels={**base, **labels}, environment=environment or {},
+                                       restart_policy=restart_policy)
         self.containers[name] = c
         return c
 

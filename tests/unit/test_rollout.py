@@ -1,0 +1,94 @@
+"""Swarm rolling updates through the gate (gatekeeper.rollout) on fakes; tests/e2e/test_swarm.py
+runs them against Swarm, Consul and nginx."""
+from catalog.model import FAILED, PASSED, Instance, RegisteredInstance, RoutingPolicy, Verdict
+from gatekeeper.rollout import CLOSED, OPEN, Rollout, marker_state, serves
+from gatekeeper.swarm import SwarmService
+
+
+def ri(n, version="v1", admitted=True, mirror=True, image=None):
+    inst = Instance(id=f"h:demo.{n}:8080", service="demo", address="127.0.0.1", port=30000 + n, version=version,
+                    container_id=f"c{n}", container_name=f"demo.{n}", image=image or f"demo:{version}",
+                    registered_by="r", swarm_service="demo", swarm_task=f"t{n}", gate_mirror=mirror)
+    return RegisteredInstance(inst, {inst.gate_check_id: "passing" if admitted else "critical"})
+
+
+def test_the_marker_opens_only_for_an_admitted_instance_of_a_version_that_takes_traffic():
+    stable = RoutingPolicy("demo", stable="v1")
+    assert serves(stable, "v1") and not serves(stable, "v2") and not serves(None, "v1")
+    assert serves(RoutingPolicy("demo", stable="v1", canary="v2", weight=10), "v2")
+    assert not serves(RoutingPolicy("demo", stable="v1", canary="v2", weight=0), "v2")   # manual: waits for promote
+    assert marker_state(ri(1), stable) == OPEN
+    assert marker_state(ri(1, admitted=False), stable) == CLOSED
+    assert marker_state(ri(2, "v2"), stable) == CLOSED
+    unhealthy = ri(3)
+    unhealthy = RegisteredInstance(unhealthy.instance, {**unhealthy.checks, unhealthy.instance.health_check_id: "critical"})
+    assert marker_state(unhealthy, stable) == OPEN           # the healer's to judge, not Swarm's retries
+
+
+class Store:
+    def __init__(self, policy, verdicts=()):
+        self.p, self.verdicts, self.history = policy, {v.instance_id: v for v in verdicts}, []
+
+    def policy(self, service):
+        return 1, self.p
+
+    def verdict(self, iid):
+        return self.verdicts.get(iid)
+
+    def add_history(self, service, event, **details):
+        self.history.append((event, details))
+
+
+class Swarm:
+    def __init__(self, svc=None):
+        self.svc, self.markers, self.rollbacks = svc, [], []
+
+    def write_marker(self, cid, state):
+        self.markers.append((cid, state))
+        return True
+
+    def service(self, name):
+        return self.svc
+
+    def roll_back(self, svc):
+        self.rollbacks.append(svc.name)
+
+
+def updating(image="demo:v2", state="updating"):
+    return SwarmService("id", "demo", 9, 3, image, update_state=state, update_started="t0",
+                        previous_image="demo:v1", registers_as="demo")
+
+
+def test_markers_are_written_on_change_only():
+    swarm = Swarm()
+    r = Rollout(Store(RoutingPolicy("demo", stable="v1")), swarm)
+    tasks = [ri(1), ri(2, admitted=False), ri(3, mirror=False)]
+    r.reconcile("demo", tasks)
+    r.reconcile("demo", tasks)
+    assert swarm.markers == [("c1", OPEN)]                   # a new task starts closed; no mirror, no marker
+    r.reconcile("demo", [ri(1, admitted=False), ri(2)])
+    assert swarm.markers == [("c1", OPEN), ("c1", CLOSED), ("c2", OPEN)]
+
+
+def test_a_new_task_failing_its_tests_rolls_the_update_back_once_with_the_reason():
+    failed = Verdict("h:demo.4:8080", "c4", "demo-test:latest", FAILED, "3/9 passed")
+    swarm = Swarm(updating())
+    store = Store(RoutingPolicy("demo", stable="v1"), [failed])
+    r = Rollout(store, swarm)
+    r.reconcile("demo", [ri(1), ri(4, "v2", admitted=False)])
+    r.reconcile("demo", [ri(1), ri(4, "v2", admitted=False)])
+    assert swarm.rollbacks == ["demo"]
+    event, details = store.history[0]
+    assert event == "update rolled back" and details["image"] == "demo:v2" and "3/9 passed" in details["reason"]
+
+
+def test_no_rollback_without_an_update_for_an_old_image_or_for_a_pass():
+    failed = Verdict("h:demo.4:8080", "c4", "t", FAILED, "3/9 passed")
+    for svc, verdicts, image in ((updating(state="completed"), [failed], None),
+                                 (updating(image="demo:v3"), [failed], None),
+                                 (updating(), [Verdict("h:demo.4:8080", "c4", "t", PASSED, "9/9")], None),
+                                 (updating(), [failed], "demo:v2@sha256:" + "0" * 64)):
+        swarm = Swarm(svc)
+        Rollout(Store(RoutingPolicy("demo", stable="v1"), verdicts), swarm).reconcile(
+            "demo", [ri(4, "v2", admitted=False, image=image)])
+        assert swarm.rollbacks == ([] if image is None else ["demo"]), (svc, verdicts, image)
