@@ -1,6 +1,6 @@
 # The two commands: `make demo` (the stack up, demo deployed through the gate) and `make test`.
 SHELL := /bin/bash
-.PHONY: demo cd-demo test stop status install figures bench bench-registrator bench-promotion bench-proxy bench-delivery bench-analysis cli-reference mutation
+.PHONY: demo cd-demo test stop status install figures bench bench-registrator bench-promotion bench-proxy bench-delivery bench-analysis bench-scaling cli-reference mutation
 
 demo:  ## install what is missing, start the stack, deploy demo v1 -> v2 -> broken v3
 	@bash scripts/install.sh all
@@ -56,6 +56,10 @@ bench-proxy: ## reload storms, 100x10 render, idle CPU, nginx overhead, failed r
 bench-analysis: ## progressive mode: breach -> weight 0, decision latency per step, errors before a rollback
 	@bash scripts/install.sh all
 	@.venv/bin/python -m bench.analysis_bench
+
+bench-scaling: ## Swarm: scale-out latency, failed requests over scaling cycles, unhealthy -> replaced, autoscaler reaction
+	@bash scripts/install.sh all
+	@.venv/bin/python -m bench.scaling_bench
 
 bench-delivery: ## build-and-push and deploy over TLS through the gate: time per release, failed requests
 	@bash scripts/install.sh all delivery-tools

@@ -35,7 +35,7 @@ SWARM=(--publish mode=host,target=8080 --container-label SERVICE_NAME=demo
        --container-label gatekeeper.tests=demo-test:latest
        --container-label SERVICE_CHECK_HTTP=/health --container-label SERVICE_CHECK_INTERVAL=1s
        --health-cmd "grep -qx open /tmp/proxystack-gate" --health-interval 1s --health-retries 3
-       --health-start-period 120s --update-order start-first --update-failure-action rollback
+       --health-start-period 120s --update-order start-first --update-failure-action rollback --restart-delay 1s
        --label proxystack.demo=1 --no-resolve-image)
 
 replicas() {   # replicas FIELD: desired | running | admitted, from gatekeeper status

@@ -32,6 +32,8 @@ BENCHES: Dict[str, tuple] = {
     "promotion": ("bench.promotion_bench", ["--runs", "10"], "gate pass and promote -> proxied"),
     "analysis": ("bench.analysis_bench", ["--runs", "3"],
                  "progressive mode: breach -> rollback, decision latency, errors before a rollback"),
+    "scaling": ("bench.scaling_bench", ["--runs", "3"],
+                "Swarm scaling through the gate, unhealthy -> replaced, the autoscaler"),
     "registrator": ("bench.registrator_bench", ["--starts", "100", "--containers", "200"],
                     "registration latency, resync, stop -> out of traffic"),
 }

@@ -17,7 +17,7 @@ from tests.support.swarm import docker, ensure_swarm, gated_service_args, remove
 pytestmark = pytest.mark.e2e
 
 PORT, PROMETHEUS = 18020, 18021
-SERVICES = ("swscale", "swupdate", "swauto", "swheal")
+SERVICES = ("swscale", "swupdate", "swauto", "swheal", "swmanual")
 
 
 @pytest.fixture(scope="module")
@@ -215,3 +215,27 @@ def test_an_unhealthy_task_is_taken_out_then_replaced_by_a_gated_one(stack):
     assert load.failures == [], load.failures[:5]
     assert w.served_before_gate == []
     assert "healing: replaced" in stack.gatekeeper_cli("history", name)[1]
+
+
+def test_in_manual_mode_a_rolling_update_waits_for_promote(stack):
+    name = "swmanual"
+    docker(*gated_service_args(name, stack.session, 2, "demo:v1", "--container-label", "gatekeeper.mode=manual"))
+    w = Watcher(stack, name)
+    stack.wait(lambda: len(w.admitted("v1")) == 2 and served(stack, name) == "v1", 180, "two admitted v1 tasks")
+    load = load_for(stack, name)
+    try:
+        docker("service", "update", "--detach", "--no-resolve-image", "--image", "demo:v2", name)
+        stack.wait(lambda: w.admitted("v2"), 120, "the first v2 task admitted")
+        stack.wait(lambda: (stack.store.policy(name)[1].canary == "v2"), 30, "v2 the canary at 0 %")
+        time.sleep(6)                         # Swarm waits: the v2 task is not healthy until it takes traffic
+        assert len(w.admitted("v1")) == 2 and len(w.instances()) == 3
+        assert sorted(t["image"] for t in tasks(name)) == ["demo:v1", "demo:v1", "demo:v2"]
+        code, out, err = stack.gatekeeper_cli("promote", name, "--full")
+        assert code == 0, out + err
+        stack.wait(lambda: len(w.admitted("v2")) == 2 and len(w.instances()) == 2, 180,
+                   "the update to go on once v2 takes traffic")
+    finally:
+        load.finish()
+    assert load.failures == [], load.failures[:5]
+    assert w.served_before_gate == []
+    assert served(stack, name) == "v2"

@@ -36,7 +36,8 @@ def gated_service_args(name: str, session: str, replicas: int, image: str, *extr
             "--container-label", f"{TEST_LABEL}={session}", "--container-label", f"{E2E_LABEL}={session}",
             "--health-cmd", GATE_MIRROR_HEALTH_CMD, "--health-interval", "1s", "--health-retries", "3",
             "--health-start-period", start_period,
-            "--update-order", "start-first", "--update-failure-action", "rollback", "--no-resolve-image",
+            "--update-order", "start-first", "--update-failure-action", "rollback", "--restart-delay", "1s",
+            "--no-resolve-image",
             "--label", f"{TEST_LABEL}={session}", *extra, image]
 
 

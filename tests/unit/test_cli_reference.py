@@ -45,7 +45,11 @@ def test_every_option_readme_uses_with_a_command_exists():
 
 # Options README mentions that belong to other programs: Docker, Compose, Ansible, the benchmarks.
 OTHER_PROGRAMS = {"--ip", "--network", "--rm", "--tlsverify", "--no-deps", "--entrypoint", "--syntax-check",
-                  "--check", "--containers", "--deploys", "--runs", "--services", "--starts", "--only"}
+                  "--check", "--containers", "--deploys", "--runs", "--services", "--starts", "--only",
+                  # docker service create / update / run, as README's Swarm section shows them
+                  "--replicas", "--no-resolve-image", "--publish", "--container-label", "--health-cmd",
+                  "--health-interval", "--health-retries", "--health-start-period", "--update-order",
+                  "--update-failure-action", "--restart-delay", "--label", "--image", "--restart"}
 
 
 def test_every_option_readme_mentions_belongs_to_a_tool():
