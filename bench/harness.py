@@ -71,6 +71,6 @@ def bench_env():
     try:
         yield env
     finally:
-        for c in client.containers.list(all=True, filters={"label": f"{TEST_LABEL}={session}"}):
+        for c in client.containers.list(all=True, filters={"label": f"{TEST_LABEL}={session}"}, ignore_removed=True):
             c.remove(force=True)
         env.consul.stop()

@@ -130,13 +130,15 @@ def main(argv=None) -> int:
         finally:
             for s in steady:
                 s.finish()
-            remove_services(env.session)
-            wait_until(lambda: not any(stack.store.instances(s) for s in ("scaled", "healed", "auto")), 60,
-                       "the services' instances to leave Consul")
-            stack.stop()
-            prometheus.stop()
-            if turned_on:
-                docker("swarm", "leave", "--force")
+            try:
+                remove_services(env.session)
+                wait_until(lambda: not any(stack.store.instances(s) for s in ("scaled", "healed", "auto")), 60,
+                           "the services' instances to leave Consul")
+            finally:
+                stack.stop()
+                prometheus.stop()
+                if turned_on:
+                    docker("swarm", "leave", "--force")
     failed = sum(len(s.failures) for s in steady)
     total = sum(s.total for s in steady)
     lat = statistics.median(latencies)

@@ -83,6 +83,8 @@ class Healer:
         self.absent_since: Dict[str, float] = {}     # instance id with a record -> first seen unregistered
         self.told: set = set()                       # instance ids whose "left as it is" was logged
         self.waiting: Dict[str, float] = {}          # instance id -> when its back-off ends
+        self.known: Dict[str, set] = {}              # service -> its instance ids at the last look
+        self.records_read = (-1.0, {})               # (when, every healing record): one read per pass
 
     def next_due(self) -> Optional[float]:
         """When (time.monotonic) a failing instance's time is up or its back-off ends; one that is
@@ -95,7 +97,12 @@ class Healer:
     def reconcile(self, service: str, registered: List[RegisteredInstance]) -> None:
         now = self.clock()
         ids = {ri.instance.id for ri in registered}
-        records = {iid: r for iid, r in self.store.healing_records().items() if r.get("service") == service}
+        for gone in self.known.get(service, set()) - ids:
+            for seen in (self.failing_since, self.waiting):
+                seen.pop(gone, None)
+            self.told.discard(gone)
+        self.known[service] = ids
+        records = {iid: r for iid, r in self._records(now).items() if r.get("service") == service}
         self._forget_gone(records, ids, now)
         # An action lasts until its instance is admitted again; a killed Swarm task's replacement
         # is a new instance, so that action lasts while the service has an instance not admitted.
@@ -126,12 +133,30 @@ class Healer:
                 acting[inst.id] = now
                 self.failing_since.pop(inst.id, None)   # its next run starts a clock of its own
 
+    def _records(self, now: float) -> Dict[str, dict]:
+        """Every healing record, read once per reconcile pass (the daemon reconciles every service
+        in turn) rather than once per service."""
+        when, records = self.records_read
+        if now - when > 0.5 or now < when:
+            records = self.store.healing_records()
+            self.records_read = (now, records)
+        return records
+
+    def _put(self, instance_id: str, record: Optional[dict]) -> None:
+        """Write a record, and into the pass's copy too."""
+        self.store.put_healing(instance_id, record)
+        records = self.records_read[1]
+        if record is None:
+            records.pop(instance_id, None)
+        else:
+            records[instance_id] = record
+
     def _forget_gone(self, records: Dict[str, dict], ids: set, now: float) -> None:
         for iid in records:
             if iid in ids:
                 self.absent_since.pop(iid, None)
             elif now - self.absent_since.setdefault(iid, now) >= 600:
-                self.store.put_healing(iid, None)      # its container has been gone ten minutes
+                self._put(iid, None)      # its container has been gone ten minutes
                 self.absent_since.pop(iid, None)
 
     def _settle(self, inst: Instance, ri: RegisteredInstance, record: Optional[dict], now: float) -> None:
@@ -142,7 +167,7 @@ class Healer:
         if record.get("gave_up") and not ri.admitted:
             return
         if record.get("gave_up") or now - record.get("last", now) >= self.s.settle:
-            self.store.put_healing(inst.id, None)
+            self._put(inst.id, None)
             log.info("%s: healthy again; its restarts count from 0", inst.id)
 
     def _act(self, ri: RegisteredInstance, failing: List[str], record: Optional[dict], now: float) -> bool:
@@ -175,12 +200,12 @@ class Healer:
         if step == "give up":
             reason = (f"gave up healing: restarted {tries} times, still failing ({checks}); fix it and "
                       f"`docker restart {inst.container_name}`, then `gatekeeper retest {inst.id}`")
-            self.store.put_healing(inst.id, {**(record or {}), "gave_up": True, "reason": reason, "time": now,
+            self._put(inst.id, {**(record or {}), "gave_up": True, "reason": reason, "time": now,
                                              "service": inst.service})
             self.store.set_gate(inst, False, reason)
             self._did(inst, "gave up", reason)
             return False
-        self.store.put_healing(inst.id, {"tries": tries + 1, "last": now, "gave_up": False, "service": inst.service,
+        self._put(inst.id, {"tries": tries + 1, "last": now, "gave_up": False, "service": inst.service,
                                          "reason": f"restart {tries + 1} of {self.s.max_tries}: {checks}"})
         try:
             self.client.containers.get(inst.container_id).restart(timeout=10)

@@ -49,11 +49,13 @@ def marker_state(ri: RegisteredInstance, policy: Optional[RoutingPolicy]) -> str
 class Rollout:
     def __init__(self, store: RolloutStore, swarm: Swarm):
         self.store, self.swarm = store, swarm
-        self.written: Dict[str, str] = {}        # container id -> marker state last written
+        self.written: Dict[str, Dict[str, str]] = {}   # service -> container id -> marker last written
         self.rolled_back: set = set()             # (swarm service, update start) already rolled back
 
     def reconcile(self, service: str, registered: List[RegisteredInstance]) -> None:
         tasks = [ri for ri in registered if ri.instance.swarm_service]
+        live = {ri.instance.container_id for ri in tasks}
+        self.written[service] = {cid: st for cid, st in self.written.get(service, {}).items() if cid in live}
         if not tasks:
             return
         try:
@@ -62,24 +64,21 @@ class Rollout:
             policy = None
         for ri in tasks:
             if ri.instance.gate_mirror:
-                self._mirror(ri, marker_state(ri, policy))
+                self._mirror(ri, marker_state(ri, policy), self.written[service])
         failed = [(ri, v) for ri, v in ((ri, self.store.verdict(ri.instance.id)) for ri in tasks)
                   if v is not None and v.applies_to(ri.instance) and v.final and v.state != PASSED]
         if failed:
             self._roll_back_failed_update(service, failed)
 
-    def forget(self, live_container_ids: set) -> None:
-        self.written = {cid: st for cid, st in self.written.items() if cid in live_container_ids}
-
-    def _mirror(self, ri: RegisteredInstance, state: str) -> None:
+    def _mirror(self, ri: RegisteredInstance, state: str, written: Dict[str, str]) -> None:
         cid = ri.instance.container_id
-        if self.written.get(cid) == state or (state == CLOSED and cid not in self.written):
+        if written.get(cid) == state or (state == CLOSED and cid not in written):
             return                      # a task starts without a marker: closed already
         try:
             if self.swarm.write_marker(cid, state):
                 log.info("%s: gate marker %s (%s)", ri.instance.id, state,
                          "Swarm may go on with its update" if state == OPEN else "Swarm sees the task unhealthy")
-            self.written[cid] = state
+            written[cid] = state
         except Exception as exc:         # the container is stopping, its /tmp is read-only, ...
             log.warning("%s: could not write the gate marker: %s", ri.instance.id, exc)
 

@@ -29,7 +29,7 @@ def docker_client():
     except docker.errors.DockerException as exc:
         pytest.fail(f"no Docker Engine reachable ({exc}); `make test` installs and starts one")
     yield client
-    for c in client.containers.list(all=True, filters={"label": f"{TEST_LABEL}={SESSION}"}):
+    for c in client.containers.list(all=True, filters={"label": f"{TEST_LABEL}={SESSION}"}, ignore_removed=True):
         try:
             c.remove(force=True)
         except docker.errors.APIError:

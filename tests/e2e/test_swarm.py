@@ -28,13 +28,19 @@ def stack(consul_server, docker_client, demo_images, tmp_path_factory):
     s = Stack(consul_server, base, docker_client, f"{SESSION}sw", PORT, drain_seconds=1,
               gatekeeper_args=("--prometheus", f"http://{prometheus.address}", "--scale-every", "1",
                                "--heal-after", "2")).start()
-    yield s
-    remove_services(s.session)
-    s.wait(lambda: not any(s.store.instances(name) for name in SERVICES), 60, "the services' instances to leave Consul")
-    s.stop()
-    prometheus.stop()
-    if turned_on:
-        docker("swarm", "leave", "--force")
+    try:
+        yield s
+        remove_services(s.session)
+        s.wait(lambda: not any(s.store.instances(name) for name in SERVICES), 60,
+               "the services' instances to leave Consul")
+    finally:
+        try:
+            remove_services(s.session)
+            s.stop()
+        finally:
+            prometheus.stop()
+            if turned_on:
+                docker("swarm", "leave", "--force")
 
 
 class Watcher:

@@ -157,6 +157,11 @@ class PrometheusServer:
         wait_until(lambda: self.targets.exists(), 30, "the targets file")
         self.proc.start()
         wait_until(lambda: requests.get(f"http://{self.address}/-/ready", timeout=2).ok, 60, "Prometheus ready")
+        time.sleep(0.2)
+        if not self.proc.alive():          # the port answered, but not this Prometheus: a leftover holds it
+            self.watcher.stop()
+            raise AssertionError(f"Prometheus exited at start; is another one listening on {self.address}? "
+                                 f"{self.proc.log()[-500:]}")
         return self
 
     def api(self, path: str, **params):

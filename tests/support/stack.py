@@ -58,7 +58,8 @@ class Stack:
             p.stop()
         self.nginx.stop()
         # test containers a killed gatekeeper left behind carry this stack's label too
-        for c in self.docker.containers.list(all=True, filters={"label": f"{TEST_LABEL}={self.session}"}):
+        for c in self.docker.containers.list(all=True, filters={"label": f"{TEST_LABEL}={self.session}"},
+                                                ignore_removed=True):
             try:
                 c.remove(force=True)
             except Exception:
