@@ -160,3 +160,132 @@ def test_restarts_count_from_zero_after_a_healthy_spell():
     now[0] = 1060.0
     h.reconcile("demo", [ri(1), ri(2)])
     assert store.records == {}
+
+
+def test_what_a_restart_records_and_tells():
+    now = [1000.0]
+    h, store, docker, _ = healer(now)
+    h.reconcile("demo", [ri(1, "critical"), ri(2)])
+    now[0] = 1010.0
+    h.reconcile("demo", [ri(1, "critical"), ri(2)])
+    assert store.records["h:web1:8080"] == {"tries": 1, "last": 1010.0, "gave_up": False, "service": "demo",
+                                            "reason": "restart 1 of 3: health critical"}
+    assert store.history == [("healing: restarted", {
+        "instance": "h:web1:8080", "version": "v1", "by": "gatekeeper (healer)",
+        "reason": "health critical for 10 s: restart 1 of 3; tested again before it takes traffic"})]
+
+
+def test_a_second_failure_waits_out_its_back_off_and_the_daemon_is_woken_for_it():
+    import time as clock
+    now = [1000.0]
+    h, store, docker, _ = healer(now)
+    store.records["h:web1:8080"] = {"tries": 2, "last": 995.0, "gave_up": False, "service": "demo"}
+    h.failing_since["h:web1:8080"] = 980.0
+    h.reconcile("demo", [ri(1, "critical"), ri(2)])              # back-off 5 x 2 = 10 s from 995: not yet
+    assert "restart" not in docker.log
+    assert h.waiting == {"h:web1:8080": 1005.0}
+    now[0] = 1004.0
+    assert 0.9 <= h.next_due() - clock.monotonic() <= 1.1          # woken when the back-off ends
+    now[0] = 1005.0
+    h.reconcile("demo", [ri(1, "critical"), ri(2)])
+    assert docker.log.count("restart") == 1 and store.records["h:web1:8080"]["tries"] == 3
+    assert "h:web1:8080" not in h.waiting
+    assert h.next_due() is None                                    # nothing else falls due
+
+
+def test_a_killed_tasks_action_lasts_while_its_replacement_is_in_the_gate():
+    now = [1000.0]
+    h, store, docker, swarm = healer(now, share=0.5)
+    tasks = [ri(n, swarm="demo") for n in range(1, 5)]
+    sick = [ri(1, "critical", swarm="demo"), ri(2, "critical", swarm="demo")] + tasks[2:]
+    h.reconcile("demo", sick)
+    now[0] = 1010.0
+    h.reconcile("demo", sick)
+    assert swarm.killed == ["c1", "c2"]                      # 4 x 0.5
+    replacing = tasks[2:] + [ri(7, gate="critical", swarm="demo")]
+    h.reconcile("demo", replacing)
+    assert set(h.acting["demo"]) == {"h:web1:8080", "h:web2:8080"}    # the killed tasks are gone, still counted
+    now[0] = 1131.0
+    h.reconcile("demo", replacing)
+    assert h.acting["demo"] == {}                            # two minutes at most
+    h.acting["demo"] = {"h:web1:8080": 1130.0}
+    h.reconcile("demo", tasks[2:] + [ri(7, swarm="demo")])
+    assert h.acting["demo"] == {}                            # every instance admitted: done
+
+
+def test_an_instance_healthy_and_admitted_again_ends_its_action():
+    now = [1000.0]
+    h, store, docker, _ = healer(now)
+    h.acting["demo"] = {"h:web1:8080": 990.0}
+    h.failing_since["h:web1:8080"], h.waiting["h:web1:8080"] = 980.0, 1005.0
+    h.reconcile("demo", [ri(1), ri(2)])
+    assert h.acting["demo"] == {} and "h:web1:8080" not in h.failing_since and "h:web1:8080" not in h.waiting
+
+
+def test_what_it_remembers_goes_with_the_instance_and_records_ten_minutes_after():
+    now = [1000.0]
+    h, store, docker, _ = healer(now, policy="no")
+    h.reconcile("demo", [ri(1, "critical"), ri(2)])
+    now[0] = 1011.0
+    h.reconcile("demo", [ri(1, "critical"), ri(2)])
+    assert "h:web1:8080" in h.told and "h:web1:8080" in h.failing_since
+    store.records["h:web1:8080"] = {"tries": 3, "gave_up": True, "service": "demo"}
+    store.records["h:other:8080"] = {"tries": 1, "service": "other"}
+    h.records_read = (-1.0, {})
+    h.reconcile("demo", [ri(2)])
+    assert "h:web1:8080" not in h.told and "h:web1:8080" not in h.failing_since
+    now[0] = 1610.0
+    h.records_read = (-1.0, {})
+    h.reconcile("demo", [ri(2)])
+    assert "h:web1:8080" in store.records                    # 599 s gone
+    now[0] = 1611.0
+    h.records_read = (-1.0, {})
+    h.reconcile("demo", [ri(2)])
+    assert "h:web1:8080" not in store.records and "h:other:8080" in store.records
+
+
+def test_records_are_read_once_per_pass_and_a_write_is_seen_at_once():
+    now = [1000.0]
+    h, store, docker, _ = healer(now)
+    reads = []
+    real = store.healing_records
+    store.healing_records = lambda: reads.append(1) or real()
+    h.reconcile("demo", [ri(1)])
+    h.reconcile("other", [ri(2)])
+    now[0] = 1000.5
+    h.reconcile("demo", [ri(1)])
+    assert len(reads) == 1
+    now[0] = 1000.6
+    h.reconcile("demo", [ri(1)])
+    assert len(reads) == 2
+    h._put("h:web1:8080", {"tries": 1, "service": "demo"})
+    assert h._records(1000.6)["h:web1:8080"]["tries"] == 1
+    h._put("h:web1:8080", None)
+    assert "h:web1:8080" not in h._records(1000.6)
+    now[0] = 999.0                                              # the clock went back: read again
+    h.reconcile("demo", [ri(1)])
+    assert len(reads) == 3
+
+
+def test_the_give_up_record_and_message():
+    now = [1000.0]
+    h, store, docker, _ = healer(now, max_tries=2)
+    store.records["h:web1:8080"] = {"tries": 2, "last": 900.0, "gave_up": False, "service": "demo"}
+    h.failing_since["h:web1:8080"] = 980.0
+    h.reconcile("demo", [ri(1, "critical"), ri(2)])
+    reason = ("gave up healing: restarted 2 times, still failing (health critical); fix it and "
+              "`docker restart web1`, then `gatekeeper retest h:web1:8080`")
+    assert store.records["h:web1:8080"] == {"tries": 2, "last": 900.0, "gave_up": True, "reason": reason,
+                                            "time": 1000.0, "service": "demo"}
+    assert store.history[-1] == ("healing: gave up", {"instance": "h:web1:8080", "version": "v1",
+                                                      "by": "gatekeeper (healer)", "reason": reason})
+    h.reconcile("demo", [ri(1, "critical", gate="critical"), ri(2)])
+    assert len(store.history) == 1 and "restart" not in docker.log
+
+
+def test_the_restart_policy_is_read_from_the_container():
+    now = [1000.0]
+    h, store, docker, _ = healer(now, policy="")
+    assert h._restart_policy(ri(1).instance) == "no"
+    docker.policy = "on-failure"
+    assert h._restart_policy(ri(1).instance) == "on-failure"

@@ -17,6 +17,7 @@ def test_the_marker_opens_only_for_an_admitted_instance_of_a_version_that_takes_
     assert serves(stable, "v1") and not serves(stable, "v2") and not serves(None, "v1")
     assert serves(RoutingPolicy("demo", stable="v1", canary="v2", weight=10), "v2")
     assert not serves(RoutingPolicy("demo", stable="v1", canary="v2", weight=0), "v2")   # manual: waits for promote
+    assert serves(RoutingPolicy("demo", stable="v1", canary="v2", weight=1), "v2")
     assert marker_state(ri(1), stable) == OPEN
     assert marker_state(ri(1, admitted=False), stable) == CLOSED
     assert marker_state(ri(2, "v2"), stable) == CLOSED
@@ -78,8 +79,9 @@ def test_a_new_task_failing_its_tests_rolls_the_update_back_once_with_the_reason
     r.reconcile("demo", [ri(1), ri(4, "v2", admitted=False)])
     r.reconcile("demo", [ri(1), ri(4, "v2", admitted=False)])
     assert swarm.rollbacks == ["demo"]
-    event, details = store.history[0]
-    assert event == "update rolled back" and details["image"] == "demo:v2" and "3/9 passed" in details["reason"]
+    assert store.history == [("update rolled back", {
+        "version": "v2", "image": "demo:v2", "previous": "demo:v1", "by": "gatekeeper (swarm)",
+        "reason": "task demo.4 of demo:v2 failed: 3/9 passed"})]
 
 
 def test_no_rollback_without_an_update_for_an_old_image_or_for_a_pass():
@@ -92,3 +94,35 @@ def test_no_rollback_without_an_update_for_an_old_image_or_for_a_pass():
         Rollout(Store(RoutingPolicy("demo", stable="v1"), verdicts), swarm).reconcile(
             "demo", [ri(4, "v2", admitted=False, image=image)])
         assert swarm.rollbacks == ([] if image is None else ["demo"]), (svc, verdicts, image)
+
+
+class Swarms(Swarm):
+    def __init__(self, services):
+        super().__init__()
+        self.services = services
+
+    def service(self, name):
+        return self.services.get(name)
+
+
+def test_each_swarm_service_is_judged_on_its_own():
+    from dataclasses import replace
+    other = replace(ri(5, "v2").instance, swarm_service="other", id="h:other.5:8080", container_id="c5")
+    failed = [Verdict("h:demo.4:8080", "c4", "t", FAILED, "3/9"), Verdict("h:other.5:8080", "c5", "t", FAILED, "1/9")]
+    swarm = Swarms({"demo": updating(state="completed"), "other": replace(updating(), name="other")})
+    Rollout(Store(RoutingPolicy("demo", stable="v1"), failed), swarm).reconcile(
+        "demo", [ri(4, "v2", admitted=False), RegisteredInstance(other, {other.gate_check_id: "critical"})])
+    assert swarm.rollbacks == ["other"]                      # demo's update is over; other's is not
+
+
+def test_an_invalid_policy_keeps_every_marker_closed():
+    from catalog.validation import InvalidValue
+
+    class Broken(Store):
+        def policy(self, service):
+            raise InvalidValue("policy", "x", "valid JSON")
+    swarm = Swarm()
+    r = Rollout(Broken(None), swarm)
+    r.written["demo"] = {"c1": OPEN}
+    r.reconcile("demo", [ri(1)])
+    assert swarm.markers == [("c1", CLOSED)]

@@ -160,3 +160,56 @@ def test_a_bad_label_is_logged_once_and_the_service_left_alone(caplog):
     a.tick()
     a.tick()
     assert swarm.scaled == [] and caplog.text.count("ignoring the gatekeeper.scale label") == 1
+
+
+def test_every_reason_says_what_decided_it():
+    assert decide(S, 0, 0, Load(None), 0).reason == "0 replicas is below the minimum 1"
+    assert decide(S, 9, 9, Load(None), 0).reason == "9 replicas is above the maximum 6"
+    assert decide(Scaling(min=1, max=5), 3, 3, Load(1), 0).reason == \
+        "no target set (rps or p99): replicas change only by hand"
+    assert decide(S, 2, 2, Load(None), 0).reason == "holding: no traffic figures (no data)"
+    both = Scaling(min=1, max=5, rps=100, p99_ms=200)
+    assert decide(both, 2, 2, Load(150, 400), 0).reason == \
+        "150 req/s at 100 req/s per instance needs 2; p99 400 ms > 200 ms"
+    assert decide(S, 6, 6, Load(900), 0).reason == "steady at 6 (the maximum): 900 req/s at 100 req/s per instance needs 9"
+    assert decide(S, 1, 1, Load(20), 0).reason == "steady at 1 (the minimum): 20 req/s at 100 req/s per instance needs 1"
+    assert decide(S, 3, 3, Load(250), 0).reason == "steady at 3: 250 req/s at 100 req/s per instance needs 3"
+    assert decide(S, 3, 3, Load(250), 5).reason.startswith("steady at 3")      # no change: not a cooldown hold
+    assert decide(Scaling(min=1, max=5, p99_ms=200), 2, 2, Load(50, 150), 0).reason == \
+        "steady at 2: no figure says otherwise"
+
+
+def test_targets_below_one_and_thresholds_at_the_edge():
+    assert decide(Scaling(min=1, max=10, rps=0.5), 1, 1, Load(3), 0).replicas == 3      # needs 6, step 2
+    assert decide(Scaling(min=1, max=10, rps=100), 2, 2, Load(150, 900), 0).replicas == 2  # no p99 target
+    assert decide(Scaling(min=1, max=10, p99_ms=200), 2, 2, Load(50, 200), 0).replicas == 2  # at it, not above
+    assert decide(Scaling(min=1, max=10, p99_ms=200), 2, 2, Load(50, 100), 99).replicas == 2  # half: not below half
+    assert decide(Scaling(min=1, max=10, p99_ms=200, step=2), 3, 3, Load(50, 50), 99).replicas == 2   # one at a time
+    with_rate = Scaling(min=1, max=10, rps=1, p99_ms=200)
+    assert decide(with_rate, 3, 3, Load(3, 50), 99).replicas == 3     # the rate target decides the way down
+
+
+def test_the_label_bounds_are_inclusive_and_errors_name_the_value_the_rule_and_an_example():
+    assert parse_scale_label("min=0,max=1000,window=2,cooldown=86400") == \
+        Scaling(min=0, max=1000, window=2, cooldown=86400)
+    assert parse_scale_label("min=3,max=3").max == 3
+    with pytest.raises(InvalidValue) as exc:
+        parse_scale_label("max=1001")
+    assert (exc.value.field, exc.value.value, exc.value.rule) == \
+        ("scale.max", 1001, "a whole number of replicas from 1 to 1000, at least min")
+    with pytest.raises(InvalidValue) as exc:
+        parse_scale_label("min=4,max=2")
+    assert (exc.value.value, exc.value.rule) == (2, "a whole number of replicas from 1 to 1000, at least min")
+    with pytest.raises(InvalidValue) as exc:
+        parse_scale_label("speed=3")
+    assert exc.value.value == "speed=3" and "(for example min=1,max=5,rps=50)" in exc.value.rule
+    with pytest.raises(InvalidValue) as exc:
+        parse_scale_label("rps=fast")
+    assert (exc.value.field, exc.value.value) == ("scale.rps", "fast")
+
+
+def test_the_analysis_label_names_its_setting_too():
+    from catalog.validation import parse_analysis_label
+    with pytest.raises(InvalidValue) as exc:
+        parse_analysis_label("step=x")
+    assert (exc.value.field, exc.value.value) == ("analysis.step", "x")
