@@ -85,8 +85,15 @@ swarm() {
     info "already on: node $(docker info --format '{{.Swarm.NodeID}}'), managers $(docker info --format '{{.Swarm.Managers}}')"
     return 0
   fi
-  docker swarm init --advertise-addr 127.0.0.1 >/dev/null || die "docker swarm init failed"
+  # Loopback only: Swarm's management (2377) and gossip (7946) ports listen on 127.0.0.1. The
+  # routing mesh goes: the stack routes, the mesh's virtual port would balance over tasks that
+  # have not passed their gate, and its VXLAN port (4789/udp) would listen on every interface.
+  # Services publish their tasks' ports in host mode instead (README, "Swarm services").
+  docker swarm init --advertise-addr 127.0.0.1 --listen-addr 127.0.0.1:2377 >/dev/null || die "docker swarm init failed"
   touch "$RUN/swarm.by-stack"
+  docker network rm ingress >/dev/null 2>&1 <<<y || die "could not remove Swarm's routing mesh (docker network rm ingress)"
+  wait_for "the routing mesh to go" 30 sh -c "! docker network inspect ingress"
+  info "listening on 127.0.0.1 only (2377, 7946); no routing mesh: services publish with --publish mode=host"
   info "swarm mode on (node $(docker info --format '{{.Swarm.NodeID}}')); \`make stop\` leaves it again"
 }
 

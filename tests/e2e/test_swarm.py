@@ -12,7 +12,7 @@ from tests.conftest import SESSION
 from tests.support.load import KeepAliveLoad
 from tests.support.processes import PrometheusServer, get_json
 from tests.support.stack import Stack
-from tests.support.swarm import docker, ensure_swarm, gated_service_args, remove_services, tasks
+from tests.support.swarm import docker, ensure_swarm, exposed_listeners, gated_service_args, remove_services, tasks
 
 pytestmark = pytest.mark.e2e
 
@@ -41,6 +41,14 @@ def stack(consul_server, docker_client, demo_images, tmp_path_factory):
             prometheus.stop()
             if turned_on:
                 docker("swarm", "leave", "--force")
+
+
+def test_swarm_mode_listens_on_loopback_only(stack):
+    """Swarm's management (2377) and gossip (7946) ports on 127.0.0.1, and no routing mesh: its
+    VXLAN port would listen on every interface, and its virtual port would balance over tasks
+    that have not passed their gate."""
+    assert exposed_listeners() == []
+    assert "ingress" not in docker("network", "ls", "--format", "{{.Name}}").split()
 
 
 class Watcher:

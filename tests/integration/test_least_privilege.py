@@ -116,6 +116,12 @@ def test_acl_setup_is_idempotent(consul_server):
     assert before == {p: open(consul_server.token_file(p)).read() for p in ("registrator", "operator")}
 
 
-def test_the_docker_engine_listens_on_no_tcp_port():
-    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, timeout=10).stdout
-    assert "dockerd" not in out, f"dockerd listens on TCP:\n{out}"
+def test_the_docker_engine_listens_on_loopback_only():
+    """No TCP port at all without swarm mode; with it (scripts/stack.sh swarm), Swarm's
+    management and gossip ports on 127.0.0.1 only and no VXLAN port (tests/e2e/test_swarm.py
+    checks that case while swarm mode is on)."""
+    from tests.support.swarm import docker, exposed_listeners
+    assert exposed_listeners() == []
+    if docker("info", "--format", "{{.Swarm.LocalNodeState}}") != "active":
+        out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, timeout=10).stdout
+        assert "dockerd" not in out, f"dockerd listens on TCP:\n{out}"

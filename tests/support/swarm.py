@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 from typing import List
 
 from catalog.model import GATE_MIRROR_HEALTH_CMD
 
+ROOT = Path(__file__).resolve().parents[2]
 TEST_LABEL = "proxystack.test"
 E2E_LABEL = "proxystack.e2e"
 
@@ -18,11 +20,26 @@ def docker(*args: str, timeout: float = 120) -> str:
 
 
 def ensure_swarm() -> bool:
-    """Swarm mode on (a single-node swarm on 127.0.0.1); True when this call turned it on."""
+    """Swarm mode on, as `scripts/stack.sh swarm` makes it: a single-node swarm listening on
+    127.0.0.1 only, without the routing mesh; True when this call turned it on."""
     if docker("info", "--format", "{{.Swarm.LocalNodeState}}") == "active":
         return False
-    docker("swarm", "init", "--advertise-addr", "127.0.0.1")
+    subprocess.run(["bash", str(ROOT / "scripts" / "stack.sh"), "swarm"], check=True, capture_output=True,
+                   text=True, timeout=120)
     return True
+
+
+def exposed_listeners() -> List[str]:
+    """Sockets listening beyond loopback that belong to the Docker Engine: dockerd's own, and the
+    kernel's VXLAN port of Swarm's overlay networks (4789/udp, no process)."""
+    out = subprocess.run(["ss", "-ltunpH"], capture_output=True, text=True, timeout=10).stdout
+    exposed = []
+    for line in out.splitlines():
+        fields = line.split()
+        local = fields[4] if len(fields) > 4 else ""
+        if ("dockerd" in line or local.endswith(":4789")) and not local.startswith(("127.", "[::1]")):
+            exposed.append(line.strip())
+    return exposed
 
 
 def gated_service_args(name: str, session: str, replicas: int, image: str, *extra: str,
