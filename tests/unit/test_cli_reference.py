@@ -49,7 +49,8 @@ OTHER_PROGRAMS = {"--ip", "--network", "--rm", "--tlsverify", "--no-deps", "--en
                   # docker service create / update / run, as README's Swarm section shows them
                   "--replicas", "--no-resolve-image", "--publish", "--container-label", "--health-cmd",
                   "--health-interval", "--health-retries", "--health-start-period", "--update-order",
-                  "--update-failure-action", "--restart-delay", "--label", "--image", "--restart"}
+                  "--update-failure-action", "--restart-delay", "--label", "--image", "--restart",
+                  "--listen-addr"}
 
 
 def test_every_option_readme_mentions_belongs_to_a_tool():
