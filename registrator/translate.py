@@ -4,7 +4,8 @@ Conventions follow gliderlabs/registrator (labels, or the same names as environm
 variables; labels win): SERVICE_NAME, SERVICE_<port>_NAME, SERVICE_TAGS, SERVICE_IGNORE,
 SERVICE_<port>_IGNORE, SERVICE_CHECK_HTTP or SERVICE_CHECK_TCP (+ _INTERVAL, _TIMEOUT); other
 SERVICE_* keys become metadata. Ours: gatekeeper.tests, gatekeeper.version, gatekeeper.mode,
-gatekeeper.analysis, proxy.path, proxy.host, proxy.strip_prefix.
+gatekeeper.analysis, proxy.path, proxy.host, proxy.strip_prefix. A Swarm task's container
+registers like any other, named after its Swarm service unless SERVICE_NAME says otherwise.
 """
 from __future__ import annotations
 
