@@ -93,8 +93,8 @@ swarm() {
   touch "$RUN/swarm.by-stack"
   docker network rm ingress >/dev/null 2>&1 <<<y || die "could not remove Swarm's routing mesh (docker network rm ingress)"
   wait_for "the routing mesh to go" 30 sh -c "! docker network inspect ingress"
-  info "listening on 127.0.0.1 only (2377, 7946); no routing mesh: services publish with --publish mode=host"
   info "swarm mode on (node $(docker info --format '{{.Swarm.NodeID}}')); \`make stop\` leaves it again"
+  info "listening on 127.0.0.1 only (2377, 7946); no routing mesh: services publish with --publish mode=host"
 }
 
 down() {
