@@ -137,10 +137,14 @@ class ConsulStore:
 
     def rejections(self) -> Dict[str, Rejection]:
         """Container name -> its rejection; unreadable records are skipped."""
+        return self._records_under(REJECTED, Rejection.from_json)
+
+    def _records_under(self, prefix: str, parse) -> dict:
+        """Every JSON record under a KV prefix, by the rest of its key; unreadable ones skipped."""
         out = {}
-        for key, raw in self.kv_list(REJECTED).items():
+        for key, raw in self.kv_list(prefix).items():
             try:
-                out[key[len(REJECTED):]] = Rejection.from_json(raw)
+                out[key[len(prefix):]] = parse(raw)
             except (ValueError, TypeError):
                 continue
         return out
@@ -302,13 +306,7 @@ class ConsulStore:
         return self._record(HEALING + instance_id, json.loads, f"healing record of {instance_id}")
 
     def healing_records(self) -> Dict[str, dict]:
-        out = {}
-        for key, raw in self.kv_list(HEALING).items():
-            try:
-                out[key[len(HEALING):]] = json.loads(raw)
-            except ValueError:
-                continue
-        return out
+        return self._records_under(HEALING, json.loads)
 
     def put_healing(self, instance_id: str, record: Optional[dict]) -> None:
         if record is None:

@@ -125,8 +125,8 @@ ANALYSIS_RULES = {
 
 
 def _parse_settings(label: str, text: str, rules: dict, example: str) -> dict:
-    """'key=number,key=number' -> {key: number}, each key known and each number of its kind;
-    the ranges are checked by the caller."""
+    """'key=number,key=number' -> {key: number}, each key known, each number of its kind and
+    within its rule's range; InvalidValue names the first bad one."""
     settings: dict = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, sep, raw = item.partition("=")
@@ -134,11 +134,15 @@ def _parse_settings(label: str, text: str, rules: dict, example: str) -> dict:
         if not sep or key not in rules:
             raise InvalidValue(label, text, "comma-separated SETTING=NUMBER, the settings being "
                                + ", ".join(rules) + f" (for example {example})")
-        whole = rules[key][0]
+        whole, low, high, rule = rules[key]
+        field = f"{label.rsplit('.', 1)[-1]}.{key}"
         try:
-            settings[key] = int(raw) if whole else float(raw)
+            value = int(raw) if whole else float(raw)
         except ValueError:
-            raise InvalidValue(f"{label.rsplit('.', 1)[-1]}.{key}", raw.strip(), rules[key][3]) from None
+            raise InvalidValue(field, raw.strip(), rule) from None
+        if not low <= value <= high:           # NaN fails this too
+            raise InvalidValue(field, value, rule)
+        settings[key] = value
     return settings
 
 
@@ -189,10 +193,6 @@ def parse_scale_label(text: str) -> Scaling:
     """'min=1,max=5,rps=50' (the gatekeeper.scale label of a Swarm service) -> Scaling, the
     defaults for what it leaves out; InvalidValue names the first bad setting and its rule."""
     settings = _parse_settings("gatekeeper.scale", text, SCALE_RULES, "min=1,max=5,rps=50")
-    for key, value in settings.items():
-        whole, low, high, rule = SCALE_RULES[key]
-        if not low <= value <= high:           # NaN fails this too
-            raise InvalidValue(f"scale.{key}", value, rule)
     scaling = Scaling(**{("p99_ms" if k == "p99" else k): v for k, v in settings.items()})
     if scaling.max < scaling.min:
         raise InvalidValue("scale.max", scaling.max, SCALE_RULES["max"][3])

@@ -17,6 +17,7 @@ from catalog.routing import route_for
 from catalog.validation import InvalidValue
 
 from .analysis import ms, pct
+from .autoscaler import admitted_tasks, settings_of
 from .explain import explain_instance, proxy_answer
 
 
@@ -149,8 +150,6 @@ def _rejection_dict(r: Rejection) -> dict:
 def replicas_view(store, swarm) -> Callable[[str, list], Optional[dict]]:
     """A Swarm service's replicas for `status`: desired (Swarm's spec), running tasks, admitted
     instances, its bounds and targets, and the last change with its reason."""
-    from .autoscaler import admitted_tasks, settings_of
-
     def view(service: str, registered: list) -> Optional[dict]:
         svc = swarm.service(service)
         if svc is None:

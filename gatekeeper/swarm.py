@@ -155,8 +155,3 @@ class Swarm:
                 GATE_MARKER.rsplit("/", 1)[0] or "/", _marker_tar(state)))
         except docker.errors.NotFound:
             return False
-
-
-def task_containers(client: docker.DockerClient, swarm_service: str) -> List[str]:
-    """Container ids of a Swarm service's tasks on this engine (tests use it to kill one)."""
-    return [c.id for c in client.containers.list(filters={"label": f"com.docker.swarm.service.name={swarm_service}"})]

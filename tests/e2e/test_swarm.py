@@ -30,17 +30,18 @@ def stack(consul_server, docker_client, demo_images, tmp_path_factory):
                                "--heal-after", "2")).start()
     try:
         yield s
-        remove_services(s.session)
-        s.wait(lambda: not any(s.store.instances(name) for name in SERVICES), 60,
-               "the services' instances to leave Consul")
     finally:
         try:
-            remove_services(s.session)
-            s.stop()
+            remove_services(s.session)          # while registrator runs, so it deregisters them
+            s.wait(lambda: not any(s.store.instances(name) for name in SERVICES), 60,
+                   "the services' instances to leave Consul")
         finally:
-            prometheus.stop()
-            if turned_on:
-                docker("swarm", "leave", "--force")
+            try:
+                s.stop()
+            finally:
+                prometheus.stop()
+                if turned_on:
+                    docker("swarm", "leave", "--force")
 
 
 def test_swarm_mode_listens_on_loopback_only(stack):
@@ -75,21 +76,20 @@ class Watcher:
         return [ri for ri in self.instances() if ri.admitted and version in (None, ri.instance.version)]
 
 
+def host(service: str) -> dict:
+    return {"Host": f"{service}.test"}
+
+
 def load_for(stack: Stack, service: str) -> KeepAliveLoad:
-    return KeepAliveLoad("127.0.0.1", stack.listen_port, headers={"Host": f"{service}.test"},
+    return KeepAliveLoad("127.0.0.1", stack.listen_port, headers=host(service),
                          connections=10, rate=10).start()
-
-
-def served(stack: Stack, service: str) -> str:
-    status, body = stack.get(headers={"Host": f"{service}.test"})
-    return body.get("version") if status == 200 else ""
 
 
 def test_scale_out_and_in_through_the_gate_under_load(stack):
     name = "swscale"
     docker(*gated_service_args(name, stack.session, 1, "demo:v1"))
     w = Watcher(stack, name)
-    stack.wait(lambda: served(stack, name) == "v1", 120, "the first task to pass its gate and be served")
+    stack.wait(lambda: stack.served_version(host(name)) == "v1", 120, "the first task to pass its gate and be served")
     load = load_for(stack, name)
     try:
         docker("service", "scale", "--detach", f"{name}=5")
@@ -109,14 +109,15 @@ def test_rolling_update_goes_task_by_task_through_the_gate_and_a_broken_one_roll
     name = "swupdate"
     docker(*gated_service_args(name, stack.session, 3, "demo:v1"))
     w = Watcher(stack, name)
-    stack.wait(lambda: len(w.admitted("v1")) == 3 and served(stack, name) == "v1", 180, "three admitted v1 tasks")
+    stack.wait(lambda: len(w.admitted("v1")) == 3 and stack.served_version(host(name)) == "v1", 180,
+               "three admitted v1 tasks")
     load = load_for(stack, name)
     try:
         docker("service", "update", "--detach", "--image", "demo:v2", name)
         stack.wait(lambda: len(w.admitted("v2")) == 3 and len(w.instances()) == 3, 240,
                    "every task replaced by an admitted v2 one")
         stack.wait(lambda: all(t["image"] == "demo:v2" for t in tasks(name)), 30, "Swarm to see only v2 tasks")
-        assert served(stack, name) == "v2"
+        assert stack.served_version(host(name)) == "v2"
 
         # demo:v3 builds but fails its integration tests: the update stops at its first task
         docker("service", "update", "--detach", "--image", "demo:v3", name)
@@ -134,7 +135,7 @@ def test_rolling_update_goes_task_by_task_through_the_gate_and_a_broken_one_roll
     assert w.served_before_gate == []
     history = stack.gatekeeper_cli("history", name)[1]
     assert "update rolled back" in history and "demo:v3" in history and "failed" in history, history
-    assert served(stack, name) == "v2"
+    assert stack.served_version(host(name)) == "v2"
 
 
 def test_a_killed_task_is_replaced_and_its_replacement_gated(stack):
@@ -184,14 +185,14 @@ def test_the_autoscaler_follows_load_out_and_back_in_with_no_failed_request(stac
     docker(*gated_service_args(name, stack.session, 1, "demo:v1", "--label",
                                "gatekeeper.scale=min=1,max=4,rps=100,cooldown=6,window=4,step=2"))
     w = Watcher(stack, name)
-    stack.wait(lambda: served(stack, name) == "v1", 120, "the first task served")
-    quiet = KeepAliveLoad("127.0.0.1", stack.listen_port, headers={"Host": f"{name}.test"},
+    stack.wait(lambda: stack.served_version(host(name)) == "v1", 120, "the first task served")
+    quiet = KeepAliveLoad("127.0.0.1", stack.listen_port, headers=host(name),
                           connections=5, rate=10).start()             # 50 req/s: one replica is enough
     busy = None
     try:
         time.sleep(8)
         assert docker("service", "inspect", name, "--format", "{{.Spec.Mode.Replicated.Replicas}}") == "1"
-        busy = KeepAliveLoad("127.0.0.1", stack.listen_port, headers={"Host": f"{name}.test"},
+        busy = KeepAliveLoad("127.0.0.1", stack.listen_port, headers=host(name),
                              connections=14, rate=25).start()          # +350: 400 req/s needs 4
         stack.wait(lambda: len(w.admitted()) >= 4, 90, "the autoscaler to add replicas up to 4, all admitted")
         busy.finish()
@@ -235,7 +236,8 @@ def test_in_manual_mode_a_rolling_update_waits_for_promote(stack):
     name = "swmanual"
     docker(*gated_service_args(name, stack.session, 2, "demo:v1", "--container-label", "gatekeeper.mode=manual"))
     w = Watcher(stack, name)
-    stack.wait(lambda: len(w.admitted("v1")) == 2 and served(stack, name) == "v1", 180, "two admitted v1 tasks")
+    stack.wait(lambda: len(w.admitted("v1")) == 2 and stack.served_version(host(name)) == "v1", 180,
+               "two admitted v1 tasks")
     load = load_for(stack, name)
     try:
         docker("service", "update", "--detach", "--no-resolve-image", "--image", "demo:v2", name)
@@ -252,4 +254,4 @@ def test_in_manual_mode_a_rolling_update_waits_for_promote(stack):
         load.finish()
     assert load.failures == [], load.failures[:5]
     assert w.served_before_gate == []
-    assert served(stack, name) == "v2"
+    assert stack.served_version(host(name)) == "v2"
