@@ -215,7 +215,7 @@ def instance(service, n, port):
 def admit(store, service, port, n=0):
     inst = instance(service, n, port)
     store.register(inst)
-    store.set_gate(inst, True, "bench")
+    store.apply_gate(inst, True, "bench")
     return inst
 
 
@@ -278,7 +278,7 @@ def weight_changes(env, store, px, push, say, changes=20):
                         container_id=f"csplit{n}", container_name=f"split-{n}", image="demo:v1",
                         registered_by="registrator@bench", proxy_path="/split/")
         store.register(inst)
-        store.set_gate(inst, True, "bench")
+        store.apply_gate(inst, True, "bench")
     index, _ = store.policy("split")
     store.put_policy(RoutingPolicy("split", stable="v1", canary="v2", weight=0, mode="manual"), index)
     wait_until(lambda: (push.backends_of("split") or {}).get("canary"), 30, "the canary in the table")

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import time
+from dataclasses import replace
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import consul
@@ -17,9 +18,9 @@ import consul.base
 from .model import (META_CONTAINER_ID, META_CONTAINER_NAME, META_DOCKER_HEALTH, META_IMAGE,
                     META_ANALYSIS, META_MODE, META_PROXY_HOST, META_PROXY_PATH, META_PROXY_STRIP, META_REGISTERED_BY,
                     META_CONTAINER_STARTED, META_GATE_MIRROR, META_SWARM_SERVICE, META_SWARM_TASK, META_TESTS_IMAGE,
-                    META_VERSION, AnalysisState, Instance, RegisteredInstance, Rejection, RoutingPolicy,
+                    META_VERSION, AnalysisState, GateRecord, Instance, RegisteredInstance, Rejection, RoutingPolicy,
                     Verdict)
-from .kv_layout import (ANALYSIS, DEFAULT_TESTS, GATEKEEPER, HEALING, HISTORY, POLICIES, REJECTED, RETESTS, SCALING,
+from .kv_layout import (ANALYSIS, DEFAULT_TESTS, GATEKEEPER, GATES, HEALING, HISTORY, POLICIES, REJECTED, RETESTS, SCALING,
                         SERVED, VERDICTS)
 from .validation import parse_policy
 
@@ -155,8 +156,42 @@ class ConsulStore:
         self._put(f"/v1/agent/check/{verb}/{inst.docker_health_check_id}",
                   params=[("note", f"Docker reports the container {status}")])
 
-    # --- gate: gatekeeper's side ---------------------------------------------------------
+    # --- gate: gatekeeper decides, the instance's own host applies -------------------------
     def set_gate(self, inst: Instance, passing: bool, output: str) -> None:
+        """Record the gate of `inst` for its node's registrator to apply. Every write wakes it, the
+        same decision written again too (the record carries its time): gatekeeper shuts a forged
+        gate check by writing its decision again."""
+        if not inst.node:
+            raise ValueError(f"{inst.id}: the instance's node is unknown (read it from the catalog)")
+        record = GateRecord(passing, output[:1000], inst.container_id, inst.started, time.time())
+        self.kv_put(f"{GATES}{inst.node}/{inst.id}", record.to_json())
+
+    def gate_records(self, node: str, index: int = 0, wait: float = 0.0) -> Tuple[int, Dict[str, GateRecord]]:
+        """The gate records of one node's instances (blocking when `index` is given)."""
+        prefix = f"{GATES}{node}/"
+        if index:
+            idx, raw = self.wait_kv(prefix, index, wait)
+        else:
+            idx, items = self._c.kv.get(prefix, recurse=True)
+            raw = {i["Key"]: (i["Value"] or b"").decode() for i in items or []}
+        out = {}
+        for key, value in raw.items():
+            try:
+                out[key[len(prefix):]] = GateRecord.from_json(value)
+            except (ValueError, KeyError, TypeError):
+                log.warning("%s: damaged gate record ignored (the gate stays shut)", key)
+        return int(idx), out
+
+    def node_name(self) -> str:
+        """The name of the node this agent is (the host it stands for)."""
+        return self._c.agent.self()["Config"]["NodeName"]
+
+    def local_gate_checks(self) -> Dict[str, Tuple[str, str]]:
+        """check id -> (status, output) of every check on this agent."""
+        return {cid: (c.get("Status", ""), c.get("Output", "")) for cid, c in self._c.agent.checks().items()}
+
+    def apply_gate(self, inst: Instance, passing: bool, output: str) -> None:
+        """Set the gate check on this agent (registrator, for the instances it registered here)."""
         verb = "pass" if passing else "fail"
         self._put(f"/v1/agent/check/{verb}/{inst.gate_check_id}", params=[("note", output[:1000])])
 
@@ -248,7 +283,11 @@ class ConsulStore:
         return [k[len(VERDICTS):] for k in self.kv_keys(VERDICTS)]
 
     def forget_verdict(self, instance_id: str) -> None:
+        """Remove the verdict of an instance long gone, and its gate record (on whichever node)."""
         self.kv_delete(VERDICTS + instance_id)
+        for key in self.kv_keys(GATES):
+            if key.endswith("/" + instance_id):
+                self.kv_delete(key)
 
     def policy_services(self) -> List[str]:
         """Services with a routing policy or a default test image, registered or not."""
@@ -416,11 +455,14 @@ def registered_from_health(entries: list) -> List[RegisteredInstance]:
         inst = instance_from_consul(entry["Service"])
         if inst is None:
             continue
+        # The instance's own checks, and its node's (serfHealth: the host's agent is alive and
+        # reachable; maintenance mode): an instance on a failed host is not admitted.
         checks = {c["CheckID"]: c["Status"] for c in entry["Checks"]
-                  if c.get("ServiceID") == inst.id}
+                  if c.get("ServiceID") in (inst.id, "")}
         gate_out = next((c.get("Output", "") for c in entry["Checks"]
                          if c["CheckID"] == inst.gate_check_id), "")
-        out.append(RegisteredInstance(inst, checks, gate_out))
+        node = (entry.get("Node") or {}).get("Node", "")
+        out.append(RegisteredInstance(replace(inst, node=node) if node else inst, checks, gate_out))
     return out
 
 

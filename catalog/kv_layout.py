@@ -10,6 +10,7 @@ HISTORY = GATEKEEPER + "history/"              # <service>/<ns time>: promotions
 ANALYSIS = GATEKEEPER + "analysis/"            # <service>: where its progressive analysis stands
 SCALING = GATEKEEPER + "scaling/"              # <service>: its replica count's last change, and why
 HEALING = GATEKEEPER + "healing/"              # <instance id>: restarts tried on it, given up or not
+GATES = GATEKEEPER + "gates/"                  # <node>/<instance id>: the gate that node's registrator applies
 LEADER = GATEKEEPER + "leader"                 # the leader lock
 
 REGISTRATOR = "registrator/"

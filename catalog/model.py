@@ -65,6 +65,7 @@ class Instance:
     swarm_task: str = ""             # ... this task
     gate_mirror: bool = False        # its HEALTHCHECK reads GATE_MARKER (written by gatekeeper)
     started: str = ""                # when this run of the container started (a restart is a new run)
+    node: str = field(default="", compare=False)   # the Consul node (host) it is registered on, when read from the catalog
 
     @property
     def gate_check_id(self) -> str:
@@ -113,6 +114,32 @@ class Instance:
 
     def all_tags(self) -> list:
         return sorted(set(self.tags) | {f"version={self.version}"})
+
+
+@dataclass(frozen=True)
+class GateRecord:
+    """The gate gatekeeper decided for one run of one container, kept in KV under the instance's
+    node. That node's registrator applies it to the gate check: a TTL check can only be set
+    through the agent the instance is registered with, and only its own host reaches that agent."""
+
+    passing: bool
+    output: str
+    container_id: str
+    started: str = ""
+    written: float = 0.0         # when gatekeeper wrote it: a rewrite of the same gate is a new value
+                                 # (Consul keeps the index of an unchanged one, and would not wake anyone)
+
+    def applies_to(self, inst: "Instance") -> bool:
+        return self.container_id == inst.container_id and self.started == inst.started
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, raw: str) -> "GateRecord":
+        d = json.loads(raw)
+        return cls(bool(d["passing"]), str(d.get("output", "")), str(d["container_id"]), str(d.get("started", "")),
+                   float(d.get("written", 0.0)))
 
 
 @dataclass(frozen=True)

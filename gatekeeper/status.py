@@ -49,7 +49,7 @@ def service_status(store, service: str, rejections: Dict[str, Rejection], detail
             verdict = None
         why = explain_instance(ri, verdict, policy, route)
         row = {
-            "id": inst.id, "version": inst.version, "address": inst.address, "port": inst.port,
+            "id": inst.id, "host": inst.node, "version": inst.version, "address": inst.address, "port": inst.port,
             "container": inst.container_name, "gate": ri.gate_status,
             "verdict": verdict.state if verdict else "pending",
             "summary": verdict.summary if verdict else (ri.gate_output or "awaiting integration tests"),
@@ -234,9 +234,9 @@ def render_text(data: dict) -> str:
         if r["note"]:
             out.append(f"  note     {r['note']}")
         if s["instances"]:
-            rows = [("INSTANCE", "VERSION", "ADDRESS", "GATE", "VERDICT", "TESTS", "SERVING", "SUMMARY")]
+            rows = [("INSTANCE", "HOST", "VERSION", "ADDRESS", "GATE", "VERDICT", "TESTS", "SERVING", "SUMMARY")]
             for i in s["instances"]:
-                rows.append((i["id"], i["version"], f"{i['address']}:{i['port']}", i["gate"], i["verdict"],
+                rows.append((i["id"], i["host"] or "-", i["version"], f"{i['address']}:{i['port']}", i["gate"], i["verdict"],
                              f"{i['tests_seconds']:.1f}s" if i["tests_seconds"] is not None else "-",
                              ("yes: " if i["serving"] else "no: ") + i["state"], i["summary"]))
             widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]) - 1)]

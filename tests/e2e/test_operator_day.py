@@ -87,7 +87,8 @@ def test_why_shows_the_failing_tests_output_and_status_says_what_is_served(stack
     code, data, _ = cli_json(stack, "why", iid)
     inst = data["services"][0]["instances"][0]
     assert inst["serving"] is False and inst["state"] == "tests failed" and "rec_shape" in inst["log_tail"]
-    assert set(inst["checks"]) == {iid + ":gate"} and data["services"][0]["proxies"], "proxies' reports shown"
+    assert set(inst["checks"]) == {iid + ":gate", "serfHealth"} and data["services"][0]["proxies"], \
+        "its own gate and its host's liveness; the proxies' reports shown"
     code, out, _ = stack.gatekeeper_cli("status", "odwhy")
     assert "proxy    answers 200 from v1" in out and "no: tests failed" in out and "yes: stable" in out
 

@@ -174,7 +174,7 @@ class TestCommandsAndGate:
         # closed and shuts a gate that has no passing verdict behind it.
         from catalog.consul_store import ConsulStore
         forger = ConsulStore(stack.consul.address, token=open(stack.consul.token_file("registrator")).read().strip())
-        forger.set_gate(ri.instance, True, "forged")
+        forger.apply_gate(ri.instance, True, "forged")
         wait(stack, lambda: stack.instance(c).gate_status == "critical", 30, "gatekeeper to close the forged gate")
         assert stack.store.verdict(ri.instance.id).state == "error"
 

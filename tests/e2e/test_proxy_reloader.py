@@ -31,7 +31,7 @@ def admit(store, service, port, version="v1", host="", path=None, container="x")
                     image="demo:v1", registered_by="registrator@px", proxy_path=path or f"/{service}/",
                     proxy_host=host)
     store.register(inst)
-    store.set_gate(inst, True, "9/9 passed (set by the test)")
+    store.apply_gate(inst, True, "9/9 passed (set by the test)")
     return inst
 
 

@@ -97,7 +97,7 @@ def service(proxy, store, unique):
                         port=port or b.port, version=version, container_id=f"c{unique}{len(made)}",
                         container_name=f"{unique}-{len(made)}", image="x:1", registered_by="registrator@modes")
         store.register(inst)
-        store.set_gate(inst, True, "passed (set by the test)")
+        store.apply_gate(inst, True, "passed (set by the test)")
         made.append((inst, b))
         return b
     add.name = unique
@@ -133,7 +133,7 @@ def test_nothing_admitted_answers_503_json(proxy, service, store):
     wait_until(lambda: routed(proxy, service.name, 1), 30, "routed")
     inst = Instance(id=f"modes:{service.name}-0:8080", service=service.name, address="127.0.0.1", port=1,
                     version="v1", container_id="x", container_name="x", image="x", registered_by="r")
-    store.set_gate(inst, False, "closed by the test")
+    store.apply_gate(inst, False, "closed by the test")
     wait_until(lambda: proxy.get(f"/{service.name}/x")[0] == 503, 30, "503 once nothing is admitted")
     status, body = proxy.get(f"/{service.name}/x")
     assert body == {"error": f"no admitted instance of service {service.name}", "service": service.name,
@@ -215,7 +215,7 @@ def test_per_request_metrics_by_service_version_and_status(proxy, service, store
         assert proxy.get(f"/{service.name}/x")[0] == 200
     inst = Instance(id=f"modes:{service.name}-0:8080", service=service.name, address="127.0.0.1", port=1,
                     version="v7", container_id="x", container_name="x", image="x", registered_by="r")
-    store.set_gate(inst, False, "closed by the test")
+    store.apply_gate(inst, False, "closed by the test")
     wait_until(lambda: proxy.get(f"/{service.name}/x")[0] == 503, 30, "503 once nothing is admitted")
 
     def scraped():

@@ -25,13 +25,13 @@ def test_a_new_instance_starts_with_a_critical_gate_and_is_not_admitted(store, u
 def test_gate_pass_admits_with_its_output_and_survives_reregistration(store, unique):
     inst = make(unique)
     store.register(inst)
-    store.set_gate(inst, True, "9/9 passed in 0.2 s")
+    store.apply_gate(inst, True, "9/9 passed in 0.2 s")
     [ri] = store.instances(unique)
     assert ri.admitted and ri.gate_output == "9/9 passed in 0.2 s"
     store.register(inst)                     # a registrator resync that does re-register
     [ri] = store.instances(unique)
     assert ri.admitted, "re-registering the same instance must not reset its gate"
-    store.set_gate(inst, False, "failed: 0/9")
+    store.apply_gate(inst, False, "failed: 0/9")
     assert not store.instances(unique)[0].admitted
     [check] = [c for c in store._c.health.checks(unique)[1] if c["CheckID"] == inst.gate_check_id]
     assert "awaiting" not in check["Notes"] and "demo-test:latest" in check["Notes"], \
@@ -43,7 +43,7 @@ def test_blocking_query_returns_on_a_check_change(store, unique):
     inst = make(unique)
     store.register(inst)
     index, _ = store.wait_checks(0, 1)
-    store.set_gate(inst, True, "ok")
+    store.apply_gate(inst, True, "ok")
     new_index, checks = store.wait_checks(index, 5)
     assert new_index > index
     assert any(c["CheckID"] == inst.gate_check_id and c["Status"] == "passing" for c in checks)

@@ -26,7 +26,7 @@ def test_the_mirror_follows_instances_gates_policies_and_removals(consul_server,
         inst = instance(unique)
         store.register(inst)
         wait_until(lambda: (mirror.take().get(unique) or (None,))[0], 10, "the new service seen")
-        store.set_gate(inst, True, "passed")
+        store.apply_gate(inst, True, "passed")
         changed = {}
         wait_until(lambda: changed.update(mirror.take()) or
                    (changed.get(unique) and changed[unique][0][0].admitted), 10, "the gate seen open")

@@ -1,0 +1,107 @@
+"""Apply gatekeeper's gate decisions to this host's gate checks.
+
+A TTL check can be set only through the agent its service is registered with, and a host's
+agent answers HTTP on that host only, while gatekeeper may run on any host. So gatekeeper writes
+each decision to KV under gatekeeper/gates/<node>/<instance id>, and each host's registrator
+follows its own node's prefix with a blocking query and sets the checks that differ. Every write
+wakes it, the same decision written again too (a record carries its time): gatekeeper shuts a
+forged gate by writing its decision again.
+
+Fail closed: a gate opens only for a record made for that very run of the container (its id and
+start time); without one the gate is shut.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Dict, List, Optional, Protocol, Tuple
+
+from catalog.model import GateRecord, Instance
+from catalog.retry import backoff
+from catalog.watch import Watch
+
+log = logging.getLogger(__name__)
+
+NO_DECISION = "no gatekeeper verdict for this run of the container"
+
+
+class GateStore(Protocol):
+    """What the gate mirror needs of Consul (catalog.consul_store.ConsulStore provides it)."""
+    def node_name(self) -> str: ...
+    def gate_records(self, node: str, index: int = 0, wait: float = 0.0) -> Tuple[int, Dict[str, GateRecord]]: ...
+    def local_instances(self, registered_by: Optional[str] = None) -> Dict[str, Instance]: ...
+    def local_gate_checks(self) -> Dict[str, Tuple[str, str]]: ...
+    def apply_gate(self, inst: Instance, passing: bool, output: str) -> None: ...
+
+
+def differences(instances: Dict[str, Instance], checks: Dict[str, Tuple[str, str]],
+                records: Dict[str, GateRecord]) -> List[Tuple[Instance, bool, str]]:
+    """(instance, passing, output) for every gate check that is not what gatekeeper decided."""
+    out = []
+    for inst in instances.values():
+        current = checks.get(inst.gate_check_id)
+        if current is None:
+            continue                                   # registered this instant; next pass
+        status, output = current
+        record = records.get(inst.id)
+        if record is not None and record.applies_to(inst):
+            if (status == "passing") != record.passing or output != record.output:
+                out.append((inst, record.passing, record.output))
+        elif status == "passing":                      # forged, or left from an earlier run
+            out.append((inst, False, NO_DECISION))
+    return out
+
+
+class GateMirror:
+    """Follows this node's gate records and keeps the local gate checks equal to them."""
+
+    def __init__(self, store: GateStore, registered_by: str, stopping: threading.Event, wait: float = 30.0):
+        self.store, self.registered_by, self.stopping, self.wait = store, registered_by, stopping, wait
+        self.node = ""
+        self.records: Optional[Dict[str, GateRecord]] = None     # None until the first answer
+        self.lock = threading.Lock()
+        self.watch: Optional[Watch] = None
+
+    def start(self) -> "GateMirror":
+        threading.Thread(target=self._run, name="gate-mirror", daemon=True).start()
+        return self
+
+    def _run(self) -> None:
+        self.node = self._node_name()
+        log.info("applying gatekeeper's gate records for node %s", self.node)
+        self.watch = Watch(f"gates-{self.node}", self._fetch, self._changed, self.wait, self.stopping)
+        self.watch.run()
+
+    @backoff(max_wait=10.0, what="reading this agent's node name")
+    def _node_name(self) -> str:
+        return self.store.node_name()
+
+    def _fetch(self, index: int, wait: float):
+        return self.store.gate_records(self.node, index, wait)
+
+    def _changed(self) -> None:
+        with self.lock:
+            self.records = self.watch.last_data
+        try:
+            self._apply_retrying()
+        except Exception:                    # the watch must go on; the next answer retries
+            log.exception("applying gate records failed")
+
+    @backoff(max_wait=10.0, what="applying gate records")
+    def _apply_retrying(self) -> None:
+        if not self.stopping.is_set():
+            self.apply()
+
+    def apply(self) -> int:
+        """Set every local gate check that differs from its record; how many were set. Nothing
+        before the records were read once (a gate is never shut for want of reading them)."""
+        with self.lock:
+            if self.records is None:
+                return 0
+            instances = self.store.local_instances(self.registered_by)
+            checks = self.store.local_gate_checks()
+            changes = differences(instances, checks, self.records)
+            for inst, passing, output in changes:
+                self.store.apply_gate(inst, passing, output)
+                log.info("%s: gate %s (%s)", inst.id, "open" if passing else "shut", output[:120])
+        return len(changes)
