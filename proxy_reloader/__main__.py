@@ -46,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", default="127.0.0.1:8000", metavar="ADDRESS:PORT",
                    help="where the proxy listens (default %(default)s)")
     p.add_argument("--workers", default="2", help="nginx worker_processes (default %(default)s)")
+    p.add_argument("--read-timeout", type=float, default=30.0, metavar="S",
+                   help="seconds an instance may take to answer before the request is retried on another "
+                        "(idempotent requests) or fails; also how long a request sent to a host that just "
+                        "died waits (default %(default)s)")
     p.add_argument("--min-wait", type=float, default=None,
                    help="quiescence: seconds without change before applying (default: 0.02 dynamic, 0.1 reload)")
     p.add_argument("--max-wait", type=float, default=None,
@@ -70,6 +74,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.max_wait = args.max_wait if args.max_wait is not None else (0.25 if dynamic else 1.0)
     if not 0 < args.min_wait <= args.max_wait:
         p.error("need 0 < --min-wait <= --max-wait")
+    if not 0 < args.read_timeout <= 3600:
+        p.error(f"--read-timeout must be more than 0 and at most 3600 seconds, got {args.read_timeout:g}")
     return args
 
 
@@ -80,7 +86,8 @@ def main(argv=None) -> int:
         token = read_token(args.consul_token_file)
         store = ConsulStore(args.consul, token=token)
         nginx = Nginx(args.nginx_prefix, args.nginx_binary, listen=args.listen)
-        settings = Settings(str(nginx.prefix), args.listen, args.workers, args.mode, nginx.modules_path())
+        settings = Settings(str(nginx.prefix), args.listen, args.workers, args.mode, nginx.modules_path(),
+                            read_timeout=f"{args.read_timeout:g}s")
         push = None
         if args.mode == DYNAMIC:
             lua = Path(settings.modules) / "ngx_http_lua_module.so"
@@ -96,7 +103,8 @@ def main(argv=None) -> int:
     if args.report_check:
         reporter = store.self_reporter("proxy-reloader", proxy_id, args.listen)
     options = RunnerOptions(listen=args.listen, min_wait=args.min_wait, max_wait=args.max_wait,
-                            workers=args.workers, mode=args.mode, modules=settings.modules)
+                            workers=args.workers, mode=args.mode, modules=settings.modules,
+                            read_timeout=settings.read_timeout)
     if args.once or args.exec_nginx:
         try:
             changed = render_once(store, nginx, settings, push)

@@ -61,3 +61,15 @@ def test_strip_prefix_rewrites_only_its_own_route_and_passes_nginx_t(tmp_path, m
                   settings=Settings(str(tmp_path), "127.0.0.1:18999", mode=mode, modules=nginx.modules_path()))
     assert text.count("rewrite ") == 1 and r"rewrite ^/ux\.p/(.*)$ /$1 break;" in text
     assert nginx.validate(text).exists()
+
+
+@pytest.mark.parametrize("mode", ["reload", "dynamic"])
+def test_the_read_timeout_is_the_one_given_and_nginx_accepts_it(tmp_path, mode):
+    from proxy_reloader.render import Settings
+    routes = [Route("demo", "/demo/", "", Pool("v1", (("127.0.0.1", 1),)))]
+    default = render(routes, str(tmp_path), "127.0.0.1:18999", settings=Settings(str(tmp_path), "127.0.0.1:18999", mode=mode))
+    short = render(routes, str(tmp_path), "127.0.0.1:18999",
+                   settings=Settings(str(tmp_path), "127.0.0.1:18999", mode=mode, read_timeout="3s"))
+    assert "proxy_read_timeout 30s;" in default and "proxy_read_timeout 3s;" in short
+    if mode == "reload":
+        assert nginx_t(tmp_path, short).exists()
