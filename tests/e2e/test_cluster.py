@@ -1,0 +1,277 @@
+"""Several hosts and a Consul cluster (scripts/cluster.sh): three servers, three Docker hosts each
+in a network namespace of its own (agent, dockerd, registrator, proxy), gatekeeper on h1 and h2.
+
+Gating crosses hosts through KV (gatekeeper writes the gate, each host's registrator applies it),
+and the cluster's faults are caused for real, under traffic through the proxies: the Consul
+leader killed, a host's agent cut off for 15 s, a host stopped, the gatekeeper leader's host
+stopped in the middle of a test run.
+"""
+import json
+import subprocess
+import threading
+import time
+
+import pytest
+import requests
+
+from catalog.model import PASSED, TESTING
+from tests.support.cluster import (Cluster, RouteLog, gatekeeper_leader, host_ip, in_host, remove_demo_containers,
+                                   wait_for_leader)
+from tests.support.load import KeepAliveLoad
+from tests.support.processes import ROOT
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = Cluster(3)
+    try:
+        c.up()
+        yield c
+    finally:
+        c.down()
+
+
+@pytest.fixture
+def clean(cluster):
+    """Each test starts with no demo container on any host and no route left."""
+    for h in cluster.hosts:
+        remove_demo_containers(cluster, h)
+    cluster.wait(lambda: not cluster.instances(), 60, "no demo instance registered")
+    yield cluster
+
+
+def loads(cluster, hosts, connections=3, rate=20.0):
+    return {h: KeepAliveLoad(host_ip(h), 8000, connections=connections, rate=rate, max_seconds=240).start()
+            for h in hosts}
+
+
+def failures(running):
+    return {h: load.finish().failures for h, load in running.items()}
+
+
+def serve_on(cluster, placements, service="demo"):
+    """Start demo:v1 on each (host, name); wait until every proxy routes all of them."""
+    containers = {name: (h, cluster.run_demo(h, name)) for h, name in placements}
+    backends = {cluster.backend(h, c) for h, c in containers.values()}
+    cluster.wait_routed(backends, timeout=120)
+    return containers, backends
+
+
+def gatekeeper_cli(cluster, *args):
+    r = subprocess.run([str(ROOT / ".venv/bin/gatekeeper"), "--consul", cluster.consul_address(),
+                        "--consul-token-file", str(ROOT / ".cluster/tokens/operator.token"), *args],
+                       capture_output=True, text=True, timeout=60)
+    return r.returncode, r.stdout, r.stderr
+
+
+def test_each_host_is_a_node_and_its_agent_answers_on_that_host_only(cluster):
+    nodes = {n["Node"] for n in cluster.store()._c.catalog.nodes()[1]}
+    assert {"h1", "h2", "h3", "server-11", "server-12", "server-13"} <= nodes
+    for h in cluster.hosts:
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"http://{host_ip(h)}:8500/v1/status/leader", timeout=2)
+    with pytest.raises(requests.ConnectionError):                 # from another host neither
+        in_host("h1", requests.get, f"http://{host_ip('h2')}:8500/v1/status/leader", timeout=2)
+    assert in_host("h2", requests.get, "http://127.0.0.1:8500/v1/status/leader", timeout=2).status_code == 200
+
+
+def test_instances_on_any_host_are_gated_and_served_by_every_proxy_with_their_host(clean):
+    cluster = clean
+    containers, backends = serve_on(cluster, [("h3", "demo-a"), ("h1", "demo-b")])
+    for h in cluster.hosts:
+        assert cluster.get(h)[1].get("version") == "v1"
+    by_host = {ri.instance.node: ri for ri in cluster.instances()}
+    assert set(by_host) == {"h1", "h3"} and all(ri.admitted for ri in by_host.values())
+    records = cluster.store().kv_keys("gatekeeper/gates/h3/")
+    assert records == [f"gatekeeper/gates/h3/{by_host['h3'].instance.id}"], "h3's gate is kept under h3's node"
+    code, out, err = gatekeeper_cli(cluster, "status", "demo", "--json")
+    assert code == 0, err
+    rows = {r["id"]: r for r in json.loads(out)["services"][0]["instances"]}
+    assert {r["host"] for r in rows.values()} == {"h1", "h3"}
+    code, out, _ = gatekeeper_cli(cluster, "status", "demo")
+    assert "HOST" in out and " h3 " in out
+
+
+def test_a_forged_gate_on_a_host_without_gatekeeper_is_shut_again(clean):
+    cluster = clean
+    _, backends = serve_on(cluster, [("h1", "demo-good")])
+    cluster.run_demo("h3", "demo-bad", env={"DEMO_BROKEN": "1"})
+    cluster.wait(lambda: any(ri.instance.container_name == "demo-bad" and ri.gate_status == "critical"
+                             and "failed" in ri.gate_output for ri in cluster.instances()), 90, "the failed verdict applied",
+                 logs=("gatekeeper-h1", "gatekeeper-h2", "registrator-h3"))
+    [ri] = [ri for ri in cluster.instances() if ri.instance.container_name == "demo-bad"]
+    token = cluster.token("registrator")
+    forged = in_host("h3", requests.put, f"http://127.0.0.1:8500/v1/agent/check/pass/{ri.instance.gate_check_id}",
+                     params={"note": "forged"}, headers={"X-Consul-Token": token}, timeout=5)
+    assert forged.status_code == 200
+    forged_at = time.monotonic()
+    cluster.wait(lambda: next(r for r in cluster.instances() if r.instance.id == ri.instance.id).gate_status == "critical",
+                 30, "the forged gate shut again")
+    shut_after = time.monotonic() - forged_at
+    time.sleep(3)
+    [again] = [r for r in cluster.instances() if r.instance.id == ri.instance.id]
+    assert again.gate_status == "critical" and "forged" not in again.gate_output, "and it stays shut"
+    assert shut_after < 10, f"shut again after {shut_after:.1f} s"
+    for h in cluster.hosts:
+        assert cluster.routes(h) == backends, f"{h} routes only the instance that passed"
+
+
+def test_the_consul_leader_killed_loses_no_request_and_nothing_registered(clean):
+    cluster = clean
+    _, backends = serve_on(cluster, [("h1", "demo-1"), ("h2", "demo-2"), ("h3", "demo-3")])
+    running = loads(cluster, cluster.hosts)
+    time.sleep(2)
+    old = cluster.leader()
+    cluster.sh("stop-server", str(old))
+    killed_at = time.monotonic()
+    try:
+        new = wait_for_leader(cluster, 60, not_=old)
+        leaderless = time.monotonic() - killed_at
+        late = cluster.run_demo("h2", "demo-after")           # registration, gating, routing go on
+        backends = backends | {cluster.backend("h2", late)}
+        cluster.wait_routed(backends, timeout=90)
+    finally:
+        cluster.sh("start-server", str(old))
+    time.sleep(2)
+    failed = failures(running)
+    assert all(not f for f in failed.values()), failed
+    instances = cluster.instances()
+    ids = [ri.instance.id for ri in instances]
+    assert len(ids) == len(set(ids)) == 4 and all(ri.admitted for ri in instances), ids
+    verdicts = [k for k in cluster.store().kv_keys("gatekeeper/verdicts/") if any(k.endswith(i) for i in ids)]
+    assert len(verdicts) == 4
+    print(f"leader {old} killed; {new} leads after {leaderless:.1f} s; "
+          f"{sum(load.total for load in running.values())} requests, 0 failed")
+    wait_for_leader(cluster)
+    cluster.wait(lambda: cluster.server_alive(old) and len(cluster.store()._c.status.peers()) == 3, 60,
+                 "the killed server back in the quorum")
+
+
+def test_an_agent_cut_off_for_15_s_keeps_every_proxy_serving_without_flapping(clean):
+    cluster = clean
+    _, backends = serve_on(cluster, [("h1", "demo-1"), ("h2", "demo-2"), ("h3", "demo-3")])
+    logs = {h: RouteLog(h, "demo") for h in cluster.hosts}
+    for log in logs.values():
+        log.start()
+    running = loads(cluster, cluster.hosts)
+    time.sleep(2)
+    cut_at = time.monotonic()
+    cluster.sh("cut", "h2")
+    try:
+        time.sleep(15)
+    finally:
+        cluster.sh("heal", "h2")
+    healed_at = time.monotonic()
+    cluster.wait_routed(backends, timeout=60)
+    converged = time.monotonic() - healed_at
+    time.sleep(2)
+    failed = failures(running)
+    for log in logs.values():
+        log.stop()
+    assert all(not f for f in failed.values()), failed
+    while_cut = [servers for t, servers in logs["h2"].since(cut_at) if t < healed_at]
+    assert while_cut == [], f"h2's proxy keeps its last good routes while cut off, not {while_cut}"
+    for h, log in logs.items():
+        # The servers mark h2 failed, so h2's instance leaves the routes (h2's own proxy learns it
+        # once it hears the servers again) and comes back: one change each way, no back and forth.
+        after = [sorted(servers or ()) for _, servers in log.since(cut_at)]
+        assert len(after) <= 2, f"{h} flapped: {after}"
+        assert log.current == backends
+    print(f"cut 15 s; converged {converged:.1f} s after healing; "
+          f"{sum(load.total for load in running.values())} requests, 0 failed")
+
+
+def test_a_stopped_host_leaves_every_proxy_within_failure_detection_plus_1_s(clean):
+    cluster = clean
+    containers, backends = serve_on(cluster, [("h1", "demo-1"), ("h2", "demo-2"), ("h3", "demo-3")])
+    gone = {cluster.backend("h3", containers["demo-3"][1])}
+    logs = {h: RouteLog(h, "demo") for h in ("h1", "h2")}
+    for log in logs.values():
+        log.start()
+    running = loads(cluster, ("h1", "h2"))
+    time.sleep(2)
+    stopped_at = time.monotonic()
+    detected = {}
+
+    def watch_node():
+        while "at" not in detected and time.monotonic() - stopped_at < 60:
+            try:
+                if cluster.node_health("h3") == "critical":
+                    detected["at"] = time.monotonic()
+            except Exception:
+                pass
+            time.sleep(0.05)
+    watcher = threading.Thread(target=watch_node, daemon=True)
+    watcher.start()
+    cluster.sh("stop-host", "h3")
+    try:
+        watcher.join(60)
+        cluster.wait(lambda: all(log.first_without(gone, stopped_at) for log in logs.values()), 60,
+                     "h3's instance out of every other proxy")
+        time.sleep(2)
+        failed = failures(running)
+        for log in logs.values():
+            log.stop()
+        assert "at" in detected, "the servers never marked h3 failed"
+        out = max(log.first_without(gone, stopped_at) for log in logs.values())
+        detection, after = detected["at"] - stopped_at, out - detected["at"]
+        print(f"h3 failed after {detection:.1f} s; out of every proxy {after:.2f} s later")
+        assert after <= 1.0, f"out of every proxy {after:.2f} s after Consul marked h3 failed"
+        assert all(not f for f in failed.values()), failed
+    finally:
+        cluster.sh("start-host", "h3")
+    # Nothing stale once it is back: its dead container's registration is gone everywhere.
+    cluster.wait(lambda: cluster.node_health("h3") == "passing", 60, "h3 alive again")
+    cluster.wait(lambda: {ri.instance.node for ri in cluster.instances()} == {"h1", "h2"}, 60,
+                 "h3's old instance deregistered", logs=("registrator-h3",))
+    cluster.wait_routed(backends - gone, timeout=60)
+
+
+def test_the_gatekeeper_leaders_host_stopped_mid_test_another_tests_once_to_a_verdict(clean):
+    cluster = clean
+    leader = gatekeeper_leader(cluster)
+    assert leader in ("h1", "h2"), f"gatekeeper leader: {leader!r}"
+    other = "h2" if leader == "h1" else "h1"
+    # The service answers 15 s after its container starts; its tests wait for it (up to 30 s), so
+    # the test run lasts long enough to stop the leader's host in the middle of it.
+    slow = cluster.run_demo("h3", "demo-slow", command=["sh", "-c", "sleep 15; exec python3 -m demo --port 8080"])
+    seen = []
+    stop = threading.Event()
+
+    def record():
+        store = cluster.store()
+        while not stop.is_set():
+            try:
+                for ri in cluster.instances():
+                    v = store.verdict(ri.instance.id)
+                    if v and (not seen or seen[-1] != (v.state, v.started, v.finished)):
+                        seen.append((v.state, v.started, v.finished))
+            except Exception:
+                pass
+            time.sleep(0.1)
+    recorder = threading.Thread(target=record, daemon=True)
+    recorder.start()
+    try:
+        cluster.wait(lambda: seen and seen[-1][0] == TESTING, 60, "the leader testing the new instance",
+                     logs=(f"gatekeeper-{leader}",))
+        time.sleep(2)
+        assert seen[-1][0] == TESTING, "still testing when its host goes"
+        cluster.sh("stop-host", leader)
+        cluster.wait(lambda: gatekeeper_leader(cluster) == other, 60, f"gatekeeper on {other} to lead",
+                     logs=(f"gatekeeper-{other}",))
+        cluster.wait(lambda: seen and seen[-1][0] == PASSED, 120, "a verdict", logs=(f"gatekeeper-{other}",))
+        time.sleep(3)
+    finally:
+        stop.set()
+        recorder.join(5)
+    finals = [s for s in seen if s[0] != TESTING]
+    assert len(finals) == 1 and finals[0][0] == PASSED, seen
+    runs = cluster.logs(f"gatekeeper-{other}", 400).count("testing demo v1")
+    assert runs == 1, f"{other} tested it {runs} times"
+    [ri] = [ri for ri in cluster.instances() if ri.instance.container_name == "demo-slow"]
+    assert ri.admitted
+    slow.remove(force=True)
+    cluster.sh("start-host", leader)
+    cluster.wait(lambda: cluster.node_health(leader) == "passing", 60, f"{leader} back")
