@@ -1,22 +1,26 @@
 # The two commands: `make demo` (the stack up, demo deployed through the gate) and `make test`.
 SHELL := /bin/bash
-.PHONY: demo cd-demo test stop status install figures bench bench-registrator bench-promotion bench-proxy bench-delivery bench-analysis bench-scaling cli-reference mutation
+.PHONY: demo demo-cluster bench-cluster bench-fleet cd-demo test stop status install figures bench bench-registrator bench-promotion bench-proxy bench-delivery bench-analysis bench-scaling cli-reference mutation
 
 demo:  ## install what is missing, start the stack, deploy demo v1 -> v2 -> broken v3
 	@bash scripts/install.sh all
 	@bash scripts/stack.sh up
 	@bash scripts/demo.sh
 
-cd-demo:  ## on the running stack: build-and-push this commit, deploy it over TLS through the gate, refuse a broken build
+demo-cluster:  ## the demo on three hosts and a Consul cluster (network namespaces), its faults, then all of it removed
+	@bash scripts/install.sh all
+	@bash scripts/demo-cluster.sh
+
+cd-demo:  ## build-and-push this commit, deploy it to prod (a host of its own, dockerd over TLS) through the gate, refuse a broken build
 	@bash scripts/install.sh all delivery-tools
-	@bash scripts/stack.sh up
 	@bash scripts/cd-demo.sh
 
 test:  ## install what is missing and run the whole test suite against real components
 	@bash scripts/test.sh
 
-stop:  ## stop everything the stack scripts started
+stop:  ## stop everything the stack scripts started (the cluster too, if one is up)
 	@bash scripts/stack.sh down
+	@if [ -d .cluster ]; then bash scripts/cluster.sh down; fi
 
 status:
 	@bash scripts/stack.sh status
@@ -60,6 +64,14 @@ bench-analysis: ## progressive mode: breach -> weight 0, decision latency per st
 bench-scaling: ## Swarm: scale-out latency, failed requests over scaling cycles, unhealthy -> replaced, autoscaler reaction
 	@bash scripts/install.sh all
 	@.venv/bin/python -m bench.scaling_bench
+
+bench-cluster: ## several hosts: Consul leader killed, host killed, registrations/s on 3 hosts, lead time across hosts
+	@bash scripts/install.sh all
+	@.venv/bin/python -m bench.cluster_bench
+
+bench-fleet: ## 20 Consul agents for 20 hosts, 5,000 instances churned: propagation to every proxy, server CPU, memory, reads
+	@bash scripts/install.sh all
+	@.venv/bin/python -m bench.fleet_bench
 
 bench-delivery: ## build-and-push and deploy over TLS through the gate: time per release, failed requests
 	@bash scripts/install.sh all delivery-tools

@@ -1,7 +1,8 @@
-"""The CD flow on real parts: build-and-push into a local registry (Debian's docker-registry),
-then deploy to an engine reached over TLS with a client certificate, with the stack's daemons,
-Consul and nginx running. The gate decides: a version whose integration tests fail makes
-`deploy` exit 1 and the old version goes on serving."""
+"""The CD flow on real parts: build-and-push into a registry (Debian's docker-registry, TLS) on the
+cluster's network, then deploy to prod: the cluster's host h2, whose dockerd speaks only TLS with
+client certificates (scripts/cluster.sh), gated by the cluster's gatekeepers and served by its
+proxies. The gate decides: a version whose integration tests fail makes `deploy` exit 1 and the
+old version goes on serving. The ssh:// transport is tried against this machine's own engine."""
 from __future__ import annotations
 
 import getpass
@@ -17,14 +18,16 @@ import requests
 
 from delivery.engine import _TlsClient
 from tests.conftest import SESSION, TEST_LABEL
-from tests.support.delivery import Registry, SshServer, TlsEngineFront, certs
+from tests.support.cluster import STATE as CLUSTER_STATE, Cluster, host_ip
+from tests.support.delivery import Registry, SshServer, certs
 from tests.support.load import LoadClient
 from tests.support.processes import ROOT
 from tests.support.stack import E2E_LABEL, Stack
 
 pytestmark = pytest.mark.e2e
 
-LISTEN_PORT, REGISTRY_PORT, TLS_PORT, SSH_PORT = 18004, 18900, 18376, 18222
+LISTEN_PORT, REGISTRY_PORT, SSH_PORT = 18004, 18900, 18222
+PROD = "h2"
 GOOD, BAD = f"g{SESSION}", f"b{SESSION}"
 
 
@@ -36,18 +39,39 @@ def delivery(*args, timeout=300, env=None):
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory, docker_client):
-    r = Registry(tmp_path_factory.mktemp("registry"), REGISTRY_PORT).start()
+def cluster():
+    c = Cluster(2)
+    try:
+        yield c.up()
+    finally:
+        c.down()
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory, docker_client, cluster):
+    """On the cluster's network (10.210.0.1, this machine's end of every host's link), with TLS."""
+    r = Registry(tmp_path_factory.mktemp("registry"), REGISTRY_PORT, host="10.210.0.1",
+                 ca_dir=CLUSTER_STATE / "certs").start()
     yield r
     r.stop()
     r.remove_local_tags(docker_client)
 
 
+class Prod:
+    """h2's engine as the CD node reaches it: tcp://ADDRESS:2376, TLS, a client certificate."""
+    def __init__(self, cluster):
+        self.cluster = cluster
+        self.url = f"tcp://{host_ip(PROD)}:2376"
+        self.client_dir = CLUSTER_STATE / "certs" / "client"
+        self.docker = cluster.docker(PROD)
+
+    def served_version(self):
+        return self.cluster.get(PROD)[1].get("version")
+
+
 @pytest.fixture(scope="module")
-def engine_tls(tmp_path_factory):
-    front = TlsEngineFront(tmp_path_factory.mktemp("tls"), TLS_PORT).start()
-    yield front
-    front.stop()
+def engine_tls(cluster):
+    return Prod(cluster)
 
 
 @pytest.fixture(scope="module")
@@ -72,10 +96,9 @@ def build_and_push(registry, version, *extra, source=ROOT / "demo_service"):
 
 def deploy(stack, registry, engine_tls, version, *extra):
     return delivery("deploy", f"{registry.address}/demo:{version}", "--engine", engine_tls.url,
-                    "--tls-dir", str(engine_tls.client_dir), "--consul", stack.consul.address,
-                    "--consul-token-file", stack.consul.token_file("operator"), "--timeout", "120",
-                    "--label", f"{E2E_LABEL}={SESSION}", "--label", f"{TEST_LABEL}={SESSION}",
-                    "--label", "proxy.path=/demo/", *extra)
+                    "--tls-dir", str(engine_tls.client_dir), "--consul", engine_tls.cluster.consul_address(),
+                    "--consul-token-file", str(CLUSTER_STATE / "tokens" / "operator.token"), "--timeout", "120",
+                    "--label", "proxy.path=/demo/", *extra)      # its containers go with the cluster
 
 
 class TestDelivery:
@@ -109,15 +132,15 @@ class TestDelivery:
         assert json.loads(res.stdout)["container"] == f"demo-{GOOD}"
         assert f"pulling {registry.address}/demo:{GOOD}" in res.stderr
         assert f"demo {GOOD}: admitted and stable" in res.stderr
-        container = docker_client.containers.get(f"demo-{GOOD}")
-        stack.containers["good"] = container            # removed with the stack
+        container = engine_tls.docker.containers.get(f"demo-{GOOD}")     # on prod, removed with the cluster
         assert container.labels["gatekeeper.tests"] == f"{registry.address}/demo-test:{GOOD}"
-        assert stack.served_version() == GOOD             # exit 0: the proxy serves it already
+        for h in engine_tls.cluster.hosts:                  # exit 0: every proxy serves it already
+            assert engine_tls.cluster.get(h)[1].get("version") == GOOD, h
 
     def test_4_a_version_that_fails_the_gate_exits_1_and_the_old_one_serves_on(self, stack, registry, engine_tls, docker_client):
         res = build_and_push(registry, BAD, "--build-arg", "BROKEN=1")
         assert res.returncode == 0, "the broken version passes its unit tests: " + res.stderr[-3000:]
-        load = LoadClient("127.0.0.1", LISTEN_PORT, max_seconds=150)
+        load = LoadClient(host_ip(PROD), 8000, max_seconds=150)
         load.start()
         res = deploy(stack, registry, engine_tls, BAD)
         time.sleep(0.5)
@@ -125,12 +148,12 @@ class TestDelivery:
         assert res.returncode == 1, res.stdout[-3000:] + res.stderr[-3000:]
         assert f"demo {BAD}: tests failed" in res.stdout and f"demo still serves {GOOD}" in res.stdout
         with pytest.raises(docker.errors.NotFound):
-            docker_client.containers.get(f"demo-{BAD}")
+            engine_tls.docker.containers.get(f"demo-{BAD}")
         assert load.failures == [] and set(load.versions) == {GOOD}, (load.failures[:5], load.versions)
-        assert stack.served_version() == GOOD
+        assert engine_tls.served_version() == GOOD
 
     def test_5_the_engine_refuses_clients_without_a_valid_certificate(self, engine_tls, tmp_path):
-        url = f"https://127.0.0.1:{TLS_PORT}"
+        url = engine_tls.url.replace("tcp://", "https://")
         ca = str(engine_tls.client_dir / "ca.pem")
 
         def client(tls):                    # verifies against the engine's CA, not REQUESTS_CA_BUNDLE
@@ -149,7 +172,7 @@ class TestDelivery:
             client(docker.tls.TLSConfig(client_cert=(str(tmp_path / "intruder" / "cert.pem"),
                                                      str(tmp_path / "intruder" / "key.pem")), ca_cert=ca, verify=True)).ping()
         # plain HTTP on the TLS port gets no API answer
-        plain = subprocess.run(["docker", "-H", f"tcp://127.0.0.1:{TLS_PORT}", "version", "-f", "{{.Server.Version}}"],
+        plain = subprocess.run(["docker", "-H", engine_tls.url, "version", "-f", "{{.Server.Version}}"],
                                capture_output=True, text=True, timeout=30, env={"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_path)})
         assert plain.returncode != 0 and not plain.stdout.strip()
 
@@ -159,26 +182,30 @@ class TestDelivery:
         assert res.returncode == 2
         assert "refusing an engine on TCP without TLS" in res.stderr and "--tls-dir" in res.stderr
 
-    def test_7_deploy_reaches_an_engine_over_ssh_and_only_with_an_authorized_key(self, stack, registry, sshd):
+    def test_7_deploy_reaches_an_engine_over_ssh_and_only_with_an_authorized_key(self, stack, registry, sshd, docker_client):
         common = ["--consul", stack.consul.address, "--consul-token-file", stack.consul.token_file("operator"),
                   "--timeout", "60", "--label", f"{E2E_LABEL}={SESSION}", "--label", f"{TEST_LABEL}={SESSION}",
                   "--label", "proxy.path=/demo/"]
         engine = f"ssh://{getpass.getuser()}@127.0.0.1:{SSH_PORT}"
-        # the version test 3 deployed: pulled again over ssh, found running, its verdict read
+        # this machine's own engine, with the stack's Consul, gatekeeper and proxy
         res = delivery("deploy", f"{registry.address}/demo:{GOOD}", "--engine", engine, *common,
                        env=sshd.client_env("client"))
         assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-        assert f"demo-{GOOD} already runs" in res.stdout and f"demo {GOOD}: admitted and stable" in res.stdout
+        stack.containers["ssh"] = docker_client.containers.get(f"demo-{GOOD}")     # removed with the stack
+        assert f"demo {GOOD}: admitted and stable" in res.stdout and stack.served_version() == GOOD
+        res = delivery("deploy", f"{registry.address}/demo:{GOOD}", "--engine", engine, *common,
+                       env=sshd.client_env("client"))
+        assert res.returncode == 0 and f"demo-{GOOD} already runs" in res.stdout, res.stdout[-2000:] + res.stderr[-2000:]
         res = delivery("deploy", f"{registry.address}/demo:{GOOD}", "--engine", engine, *common,
                        env=sshd.client_env("stranger"))
         assert res.returncode == 3, res.stdout[-2000:] + res.stderr[-2000:]
         assert "cannot reach the Docker Engine at ssh://" in res.stderr
 
-    def test_8_a_taken_container_name_is_bad_input_and_changes_nothing(self, stack, registry, engine_tls, docker_client):
-        running = docker_client.containers.get(f"demo-{GOOD}")
+    def test_8_a_taken_container_name_is_bad_input_and_changes_nothing(self, stack, registry, engine_tls):
+        running = engine_tls.docker.containers.get(f"demo-{GOOD}")
         res = deploy(stack, registry, engine_tls, BAD, "--name", f"demo-{GOOD}")
         assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-2000:]
         assert f"a container named demo-{GOOD} already exists" in res.stderr
         running.reload()
-        assert running.status == "running" and running.id == docker_client.containers.get(f"demo-{GOOD}").id
-        assert stack.served_version() == GOOD
+        assert running.status == "running" and running.id == engine_tls.docker.containers.get(f"demo-{GOOD}").id
+        assert engine_tls.served_version() == GOOD

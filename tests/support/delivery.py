@@ -1,12 +1,14 @@
-"""The CD flow's real parts for tests: an image registry (Debian's docker-registry) and a TLS
-listener on 127.0.0.1 in front of the local engine that demands a client certificate, with
-certificates made by scripts/certs.sh."""
+"""The CD flow's real parts for tests: an image registry (Debian's docker-registry, with TLS when
+it serves other hosts) and an sshd for docker's ssh:// transport. The engine reached over TLS
+is a real one: dockerd --tlsverify on the cluster's host h2 (scripts/cluster.sh)."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 from pathlib import Path
+from typing import Optional
 
 import requests
 
@@ -14,17 +16,31 @@ from tests.support.processes import ROOT, Proc, find_binary, wait_until
 
 
 class Registry:
-    def __init__(self, base: Path, port: int):
-        self.address = f"127.0.0.1:{port}"
+    """Debian's docker-registry on host:port. On an address outside 127.0.0.0/8 an engine pulls
+    only over TLS: `ca_dir` (a scripts/certs.sh CA) then signs the registry's certificate, and
+    every engine on this machine trusts it through /etc/docker/certs.d/HOST:PORT/ca.crt (read at
+    each pull and push, no engine restart); stop() removes that folder again."""
+
+    def __init__(self, base: Path, port: int, host: str = "127.0.0.1", ca_dir: Optional[Path] = None):
+        self.address = f"{host}:{port}"
         base.mkdir(parents=True, exist_ok=True)
+        tls, self.trust_dir, self.verify = "", None, True
+        if ca_dir is not None:
+            certs("server", str(ca_dir), str(base / "tls"), f"IP:{host}")
+            tls = f"  tls: {{certificate: {base / 'tls' / 'cert.pem'}, key: {base / 'tls' / 'key.pem'}}}\n"
+            self.trust_dir = Path("/etc/docker/certs.d") / self.address
+            self.trust_dir.mkdir(parents=True, exist_ok=True)
+            (self.trust_dir / "ca.crt").write_text((ca_dir / "ca.pem").read_text())
+            self.verify = str(ca_dir / "ca.pem")
+        self.base_url = f"{'https' if tls else 'http'}://{self.address}"
         config = base / "registry.yml"
         config.write_text(f"version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: {{rootdirectory: {base / 'data'}}}\n"
-                          f"  delete: {{enabled: true}}\nhttp:\n  addr: {self.address}\n")
+                          f"  delete: {{enabled: true}}\nhttp:\n  addr: {self.address}\n{tls}")
         self.proc = Proc("docker-registry", [find_binary("docker-registry"), "serve", str(config)], base)
 
     def start(self) -> "Registry":
         self.proc.start()
-        wait_until(lambda: requests.get(f"http://{self.address}/v2/", timeout=2).ok, 20, "the registry")
+        wait_until(lambda: requests.get(f"{self.base_url}/v2/", timeout=2, verify=self.verify).ok, 20, "the registry")
         return self
 
     def remove_local_tags(self, client) -> None:
@@ -36,11 +52,13 @@ class Registry:
                     client.images.remove(tag)
 
     def tags(self, repo: str) -> list:
-        r = requests.get(f"http://{self.address}/v2/{repo}/tags/list", timeout=5)
+        r = requests.get(f"{self.base_url}/v2/{repo}/tags/list", timeout=5, verify=self.verify)
         return (r.json().get("tags") or []) if r.ok else []
 
     def stop(self):
         self.proc.stop()
+        if self.trust_dir is not None:
+            shutil.rmtree(self.trust_dir, ignore_errors=True)
 
 
 def wait_listening(port: int, what: str) -> None:
@@ -50,32 +68,6 @@ def wait_listening(port: int, what: str) -> None:
 def certs(*args: str) -> None:
     res = subprocess.run(["bash", str(ROOT / "scripts" / "certs.sh"), *args], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
-
-
-class TlsEngineFront:
-    """tcp://127.0.0.1:PORT with TLS and a required client certificate, forwarding to the local
-    engine's socket: what `dockerd --tlsverify -H tcp://...:2376` offers, for the engine the
-    tests already run. `client_dir` holds a valid client's ca.pem, cert.pem, key.pem."""
-
-    def __init__(self, base: Path, port: int, socket: str = "/var/run/docker.sock"):
-        self.port, self.url = port, f"tcp://127.0.0.1:{port}"
-        self.ca, self.server_dir, self.client_dir = base / "ca", base / "server", base / "client"
-        certs("ca", str(self.ca))
-        certs("server", str(self.ca), str(self.server_dir), "IP:127.0.0.1,DNS:localhost")
-        certs("client", str(self.ca), str(self.client_dir), "deployer")
-        s = self.server_dir
-        self.proc = Proc("engine-tls", [find_binary("socat"),
-                                        f"OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={s / 'cert.pem'},"
-                                        f"key={s / 'key.pem'},cafile={s / 'ca.pem'},verify=1",
-                                        f"UNIX-CONNECT:{socket}"], base)
-
-    def start(self) -> "TlsEngineFront":
-        self.proc.start()
-        wait_listening(self.port, "the TLS front")
-        return self
-
-    def stop(self):
-        self.proc.stop()
 
 
 class SshServer:
