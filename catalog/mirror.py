@@ -54,6 +54,7 @@ class CatalogMirror:
         self.ready = threading.Event()            # every listed service read once, and the policies
         self.disrupted_at = 0.0                   # monotonic time of the last failed query or reset
         self.errors = 0
+        self.answers = 0                          # blocking-query answers received (changed or not)
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._stop: Optional[asyncio.Event] = None
         self._thread: Optional[threading.Thread] = None
@@ -126,6 +127,7 @@ class CatalogMirror:
                 await asyncio.sleep(random.uniform(0, delay))
                 delay = min(delay * 2, 10.0)
                 continue
+            self.answers += 1
             if failing:
                 log.info("watch %s: Consul answers again", name)
             failing, delay = False, 0.2

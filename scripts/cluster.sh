@@ -21,6 +21,7 @@ NGINX_BIN="$(command -v nginx || echo /usr/sbin/nginx)"
 IMAGES=(demo:v1 demo:v2 demo:v3 demo-test:latest)
 DEMO_LABEL="proxystack.demo"
 mkdir -p "$CRUN" "$CLOGS"
+LOGS="$CLOGS"                                 # where wait_for's failures point
 
 host_ip()   { echo "$NET.2${1#h}"; }
 ns()        { echo "psc-$1"; }

@@ -34,6 +34,9 @@ BENCHES: Dict[str, tuple] = {
                  "progressive mode: breach -> rollback, decision latency, errors before a rollback"),
     "scaling": ("bench.scaling_bench", ["--runs", "3"],
                 "Swarm scaling through the gate, unhealthy -> replaced, the autoscaler"),
+    "cluster": ("bench.cluster_bench", ["--runs", "3"],
+                "several hosts: the Consul leader killed, a host killed, registrations, lead time across hosts"),
+    "fleet": ("bench.fleet_bench", [], "20 agents, 5,000 instances churned: propagation, server CPU, memory, reads"),
     "registrator": ("bench.registrator_bench", ["--starts", "100", "--containers", "200"],
                     "registration latency, resync, stop -> out of traffic"),
 }

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The demo on several hosts: scripts/cluster.sh up (three Consul servers, three Docker hosts),
+# demo v1 on h1 and h3 through a gatekeeper on another host, v2 deployed to h2's engine over TLS,
+# the Consul leader killed and a host stopped under traffic through every proxy; then everything
+# the cluster made is removed (KEEP=1 leaves it up; `scripts/cluster.sh down` removes it later).
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+CLUSTER="$ROOT/scripts/cluster.sh"
+CSTATE="${PROXYSTACK_CLUSTER_STATE:-$ROOT/.cluster}"
+NET="10.210.0"
+LABELS=(--label SERVICE_NAME=demo --label gatekeeper.tests=demo-test:latest --label proxystack.demo=1)
+PIDS=()
+
+finish() {
+  local code=$?
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  if [ "${KEEP:-0}" = 1 ]; then info "KEEP=1: the cluster stays up; \`scripts/cluster.sh down\` removes it"
+  else bash "$CLUSTER" down; fi
+  exit "$code"
+}
+trap finish EXIT
+
+hdocker() { local h="$1"; shift; docker -H "unix:///run/psc-$h/docker.sock" "$@"; }
+gk() { gatekeeper --consul "$(consul_addr)" --consul-token-file "$CSTATE/tokens/operator.token" "$@"; }
+consul_addr() { local s; for s in 11 12 13; do [ -s "$CSTATE/run/consul-s$s.pid" ] && kill -0 "$(cat "$CSTATE/run/consul-s$s.pid")" 2>/dev/null && { echo "127.0.0.$s:8500"; return; }; done; }
+served() { curl -s --max-time 3 "http://$NET.2${1#h}:8000/demo/1" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("version",""))' 2>/dev/null; }
+every_proxy() { local h; for h in h1 h2 h3; do printf '%s ' "$h:$(served "$h")"; done; }
+traffic() {   # traffic NAME HOST SECONDS: background load through one proxy, counts in LOGS/NAME.json
+  python3 "$ROOT/scripts/traffic.py" --url "http://$NET.2${2#h}:8000/demo/1" --seconds "$3" --threads 2 --rate 40 --json \
+    >"$LOGS/$1.json" 2>/dev/null &
+  PIDS+=($!)
+}
+counted() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(f"{d[\"requests\"]} requests, {d[\"failed\"]} failed")' "$LOGS/$1.json"; }
+
+step "1. the cluster"
+bash "$CLUSTER" up 3
+info "Consul UI: http://127.0.0.11:8500/ui/ (token: $CSTATE/tokens/operator.token); every host is a node"
+
+step "2. demo v1 on h1 and h3; gatekeeper (leader on h1 or h2) tests each instance where it runs"
+for h in h1 h3; do
+  info "\$ docker -H unix:///run/psc-$h/docker.sock run -d -P --name demo-v1 ${LABELS[*]} demo:v1"
+  hdocker "$h" run -d -P --name demo-v1 "${LABELS[@]}" demo:v1 >/dev/null
+done
+gk wait demo --version v1 --timeout 180 | sed 's/^/    gatekeeper: /'
+info "every proxy answers: $(every_proxy)"
+gk status demo | sed 's/^/    /'
+
+step "3. demo v2 to h2's engine over TLS (client certificate from scripts/certs.sh)"
+info "\$ docker --tlsverify -H tcp://$NET.22:2376 run -d -P --name demo-v2 ... demo:v2"
+docker --tlsverify --tlscacert "$CSTATE/certs/client/ca.pem" --tlscert "$CSTATE/certs/client/cert.pem" \
+  --tlskey "$CSTATE/certs/client/key.pem" -H "tcp://$NET.22:2376" run -d -P --name demo-v2 "${LABELS[@]}" demo:v2 >/dev/null
+gk wait demo --version v2 --timeout 180 | sed 's/^/    gatekeeper: /'
+info "every proxy answers: $(every_proxy)"
+
+step "4. the Consul leader killed under traffic through every proxy"
+for h in h1 h2 h3; do traffic "leader-$h" "$h" 20; done
+sleep 3
+leader="$(curl -s "http://$(consul_addr)/v1/status/leader" | tr -d '"' | cut -d: -f1)"
+info "leader is $leader; killing it"
+bash "$CLUSTER" stop-server "${leader##*.}"
+t0=$(date +%s.%N)
+until new="$(curl -s "http://$(consul_addr)/v1/status/leader" | tr -d '"' | cut -d: -f1)"; [ -n "$new" ] && [ "$new" != "$leader" ]; do sleep 0.1; done
+info "$new leads after $(python3 -c "print(f'{$(date +%s.%N) - $t0:.1f}')") s"
+bash "$CLUSTER" start-server "${leader##*.}"
+wait "${PIDS[@]}"; PIDS=()
+for h in h1 h2 h3; do info "through $h's proxy: $(counted "leader-$h")"; done
+
+step "5. host h3 stopped (network, agent, engine, registrator, proxy) under traffic through h1 and h2"
+hdocker h3 run -d -P --name demo-v2 "${LABELS[@]}" demo:v2 >/dev/null
+gk wait demo --version v2 --timeout 180 >/dev/null
+for h in h1 h2; do traffic "host-$h" "$h" 25; done
+sleep 3
+bash "$CLUSTER" stop-host h3
+deadline=$(( $(date +%s) + 60 ))
+until gk status demo --json | python3 -c 'import json,sys; sys.exit(0 if all(i["host"] != "h3" or not i["serving"] for i in json.load(sys.stdin)["services"][0]["instances"]) else 1)'; do
+  [ "$(date +%s)" -lt "$deadline" ] || die "h3's instances still serve 60 s after it stopped"
+  sleep 0.2
+done
+info "Consul marked h3 failed; its instances serve no more:"
+gk status demo | grep -E "INSTANCE|h3" | sed 's/^/    /'
+wait "${PIDS[@]}"; PIDS=()
+for h in h1 h2; do info "through $h's proxy: $(counted "host-$h")"; done
+bash "$CLUSTER" start-host h3
+info "h3 back; its old containers are gone and so are their registrations:"
+gk status demo | sed 's/^/    /'
+
+step "done; tearing the cluster down (KEEP=1 keeps it)"
