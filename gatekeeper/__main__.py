@@ -272,11 +272,17 @@ def cmd_status(args, store) -> int:
     try:
         while True:
             data = collect(store, args.service, swarm)
-            if args.json:
-                print(json.dumps(data, sort_keys=True), flush=True)
-            else:                                      # home, clear, then the same text as without --watch
-                print("\x1b[H\x1b[2J" + time.strftime("%H:%M:%S ") + f"every {args.watch:g} s, Ctrl-C to stop\n\n"
-                      + render_text(data), end="", flush=True)
+            # Ctrl-C waits for the refresh being written: a program reading --json lines never
+            # gets half of one (the signal is held while writing and delivered right after).
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            try:
+                if args.json:
+                    print(json.dumps(data, sort_keys=True), flush=True)
+                else:                                  # home, clear, then the same text as without --watch
+                    print("\x1b[H\x1b[2J" + time.strftime("%H:%M:%S ") + f"every {args.watch:g} s, Ctrl-C to stop\n\n"
+                          + render_text(data), end="", flush=True)
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
             time.sleep(args.watch)
     except KeyboardInterrupt:
         return EXIT_OK

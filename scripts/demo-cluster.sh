@@ -30,6 +30,7 @@ traffic() {   # traffic NAME HOST SECONDS: background load through one proxy, co
     >"$LOGS/$1.json" 2>/dev/null &
   PIDS+=($!)
 }
+not_serving_on() { ! serving_on "$1"; }
 counted() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("%d requests, %d failed" % (d["requests"], d["failed"]))' "$LOGS/$1.json"; }
 serving_on() {   # serving_on HOST: true when an instance on HOST serves demo
   gk status demo --json | python3 -c 'import json,sys; sys.exit(0 if any(i["host"] == sys.argv[1] and i["serving"] for i in json.load(sys.stdin)["services"][0]["instances"]) else 1)' "$1"
@@ -70,20 +71,12 @@ for h in h1 h2 h3; do info "through $h's proxy: $(counted "leader-$h")"; done
 
 step "5. host h3 stopped (network, agent, engine, registrator, proxy) under traffic through h1 and h2"
 hdocker h3 run -d -P --name demo-v2 "${LABELS[@]}" demo:v2 >/dev/null
-deadline=$(( $(date +%s) + 120 ))
-until serving_on h3; do
-  [ "$(date +%s)" -lt "$deadline" ] || die "h3's demo v2 did not pass its gate within 120 s"
-  sleep 0.3
-done
+wait_for "h3's demo v2 to pass its gate" 120 serving_on h3
 info "h3's demo v2 passed its gate and serves beside h2's"
 for h in h1 h2; do traffic "host-$h" "$h" 25; done
 sleep 3
 bash "$CLUSTER" stop-host h3
-deadline=$(( $(date +%s) + 60 ))
-while serving_on h3; do
-  [ "$(date +%s)" -lt "$deadline" ] || die "h3's instances still serve 60 s after it stopped"
-  sleep 0.2
-done
+wait_for "h3's instances to leave service" 60 not_serving_on h3
 info "Consul marked h3 failed; its instances serve no more:"
 gk status demo | grep -E "INSTANCE|h3" | sed 's/^/    /'
 wait "${PIDS[@]}"; PIDS=()

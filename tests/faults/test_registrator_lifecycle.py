@@ -98,7 +98,8 @@ def test_sigkill_and_restart_removes_own_stale_adds_missed_and_touches_nothing_e
     reg = start_registrator(consul_server, tmp_path)
     wait_until(lambda: instance_of(store, keep) and instance_of(store, gone), 20, "both registered")
     kept = instance_of(store, keep).instance
-    store.apply_gate(kept, True, "9/9 passed (set by this test)")
+    store.set_gate(kept, True, "9/9 passed (set by this test)")         # as gatekeeper decides it
+    wait_until(lambda: instance_of(store, keep).gate_status == "passing", 20, "registrator applying the gate")
     before = {e["ServiceID"]: e["ModifyIndex"] for e in catalog_entry(consul_server, "flt")}
     reg.kill()
     gone.remove(force=True)
