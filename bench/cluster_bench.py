@@ -14,21 +14,15 @@ from __future__ import annotations
 
 import statistics
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 from bench.harness import command_line, exit_code, goals_table, progress, report, with_check
-from tests.support.cluster import (Cluster, RouteLog, gatekeeper_leader, host_ip, remove_demo_containers,
-                                   wait_for_leader)
-from tests.support.load import KeepAliveLoad
+from tests.support.cluster import (Cluster, NodeFailure, RouteLog, gatekeeper_leader, host_ip, keepalive_loads,
+                                   remove_demo_containers, wait_for_leader)
 from tests.support.processes import wait_until
 
 BURST = 10                 # containers per host started at once for the registration rate
-
-
-def loads(hosts) -> dict:
-    return {h: KeepAliveLoad(host_ip(h), 8000, connections=3, rate=20, max_seconds=900).start() for h in hosts}
 
 
 def serve_everywhere(cluster: Cluster) -> set:
@@ -57,22 +51,12 @@ def host_kill(cluster: Cluster, backends: set, victim: str = "h3") -> tuple:
     logs = {h: RouteLog(h, "demo") for h in others}
     for log in logs.values():
         log.start()
-    detected = {}
-
-    def watch():
-        while "at" not in detected and time.monotonic() - t0 < 90:
-            try:
-                if cluster.node_health(victim) == "critical":
-                    detected["at"] = time.monotonic()
-            except Exception:
-                pass
-            time.sleep(0.05)
+    failure = NodeFailure(cluster, victim)
+    failure.start()
     t0 = time.monotonic()
     cluster.sh("stop-host", victim)
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
     try:
-        watcher.join(90)
+        failure.join(90)
         wait_until(lambda: all(log.first_without(gone, t0) for log in logs.values()), 60, "out of every proxy")
         out = max(log.first_without(gone, t0) for log in logs.values())
     finally:
@@ -83,7 +67,7 @@ def host_kill(cluster: Cluster, backends: set, victim: str = "h3") -> tuple:
     backends -= gone
     backends.add(cluster.backend(victim, cluster.run_demo(victim, f"bench-{victim}-{int(t0)}")))
     cluster.wait_routed(backends, timeout=120)
-    return detected["at"] - t0, out - detected["at"]
+    return failure.at - t0, out - failure.at
 
 
 def registrations(cluster: Cluster, round_: int) -> tuple:
@@ -144,7 +128,7 @@ def main(argv=None) -> int:
         for h in cluster.hosts:
             remove_demo_containers(cluster, h)
         backends = serve_everywhere(cluster)
-        running = loads(cluster.hosts)
+        running = keepalive_loads(cluster.hosts)
         time.sleep(2)
         for i in range(args.runs):
             leaderless.append(leader_kill(cluster))
@@ -153,7 +137,7 @@ def main(argv=None) -> int:
         kill_total = sum(x.total for x in running.values())
         kill_failed_host = kill_total_host = 0
         for i in range(args.runs):
-            running = loads(("h1", "h2"))
+            running = keepalive_loads(("h1", "h2"))
             time.sleep(2)
             d, o = host_kill(cluster, backends)
             detection.append(d)

@@ -26,7 +26,7 @@ import threading
 import time
 
 from bench.harness import bench_env, command_line, exit_code, goals_table, progress, report, with_check
-from tests.support.cluster import STATE as CLUSTER_STATE, Cluster, host_ip
+from tests.support.cluster import MACHINE_END, STATE as CLUSTER_STATE, Cluster, host_ip
 from tests.support.delivery import Registry
 from tests.support.load import LoadClient
 from tests.support.processes import ROOT
@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     with bench_env() as env:
         say("starting the cluster (scripts/cluster.sh up 2)")
         cluster = Cluster(2).up()
-        registry = Registry(env.base / "registry", REGISTRY_PORT, host="10.210.0.1", ca_dir=CLUSTER_STATE / "certs").start()
+        registry = Registry(env.base / "registry", REGISTRY_PORT, host=MACHINE_END, ca_dir=CLUSTER_STATE / "certs").start()
         load = LoadClient(host_ip(PROD), 8000, max_seconds=900, max_requests=10**6)
         try:
             for i in range(args.runs + 1):

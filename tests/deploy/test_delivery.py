@@ -18,7 +18,7 @@ import requests
 
 from delivery.engine import _TlsClient
 from tests.conftest import SESSION, TEST_LABEL
-from tests.support.cluster import STATE as CLUSTER_STATE, Cluster, host_ip
+from tests.support.cluster import MACHINE_END, STATE as CLUSTER_STATE, Cluster, host_ip
 from tests.support.delivery import Registry, SshServer, certs
 from tests.support.load import LoadClient
 from tests.support.processes import ROOT
@@ -49,8 +49,8 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory, docker_client, cluster):
-    """On the cluster's network (10.210.0.1, this machine's end of every host's link), with TLS."""
-    r = Registry(tmp_path_factory.mktemp("registry"), REGISTRY_PORT, host="10.210.0.1",
+    """On the cluster's network (MACHINE_END, this machine's end of every host's link), with TLS."""
+    r = Registry(tmp_path_factory.mktemp("registry"), REGISTRY_PORT, host=MACHINE_END,
                  ca_dir=CLUSTER_STATE / "certs").start()
     yield r
     r.stop()

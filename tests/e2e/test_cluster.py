@@ -15,9 +15,8 @@ import pytest
 import requests
 
 from catalog.model import PASSED, TESTING
-from tests.support.cluster import (Cluster, RouteLog, gatekeeper_leader, host_ip, in_host, remove_demo_containers,
-                                   wait_for_leader)
-from tests.support.load import KeepAliveLoad
+from tests.support.cluster import (Cluster, NodeFailure, RouteLog, gatekeeper_leader, host_ip, in_host,
+                                   keepalive_loads, remove_demo_containers, wait_for_leader)
 from tests.support.processes import ROOT
 
 pytestmark = pytest.mark.e2e
@@ -40,11 +39,6 @@ def clean(cluster):
         remove_demo_containers(cluster, h)
     cluster.wait(lambda: not cluster.instances(), 60, "no demo instance registered")
     yield cluster
-
-
-def loads(cluster, hosts, connections=3, rate=20.0):
-    return {h: KeepAliveLoad(host_ip(h), 8000, connections=connections, rate=rate, max_seconds=240).start()
-            for h in hosts}
 
 
 def failures(running):
@@ -121,7 +115,7 @@ def test_a_forged_gate_on_a_host_without_gatekeeper_is_shut_again(clean):
 def test_the_consul_leader_killed_loses_no_request_and_nothing_registered(clean):
     cluster = clean
     _, backends = serve_on(cluster, [("h1", "demo-1"), ("h2", "demo-2"), ("h3", "demo-3")])
-    running = loads(cluster, cluster.hosts)
+    running = keepalive_loads(cluster.hosts, max_seconds=240)
     time.sleep(2)
     old = cluster.leader()
     cluster.sh("stop-server", str(old))
@@ -155,7 +149,7 @@ def test_an_agent_cut_off_for_15_s_keeps_every_proxy_serving_without_flapping(cl
     logs = {h: RouteLog(h, "demo") for h in cluster.hosts}
     for log in logs.values():
         log.start()
-    running = loads(cluster, cluster.hosts)
+    running = keepalive_loads(cluster.hosts, max_seconds=240)
     time.sleep(2)
     cut_at = time.monotonic()
     cluster.sh("cut", "h2")
@@ -190,33 +184,23 @@ def test_a_stopped_host_leaves_every_proxy_within_failure_detection_plus_1_s(cle
     logs = {h: RouteLog(h, "demo") for h in ("h1", "h2")}
     for log in logs.values():
         log.start()
-    running = loads(cluster, ("h1", "h2"))
+    running = keepalive_loads(("h1", "h2"), max_seconds=240)
     time.sleep(2)
     stopped_at = time.monotonic()
-    detected = {}
-
-    def watch_node():
-        while "at" not in detected and time.monotonic() - stopped_at < 60:
-            try:
-                if cluster.node_health("h3") == "critical":
-                    detected["at"] = time.monotonic()
-            except Exception:
-                pass
-            time.sleep(0.05)
-    watcher = threading.Thread(target=watch_node, daemon=True)
-    watcher.start()
+    failure = NodeFailure(cluster, "h3", limit=60)
+    failure.start()
     cluster.sh("stop-host", "h3")
     try:
-        watcher.join(60)
+        failure.join(60)
         cluster.wait(lambda: all(log.first_without(gone, stopped_at) for log in logs.values()), 60,
                      "h3's instance out of every other proxy")
         time.sleep(2)
         failed = failures(running)
         for log in logs.values():
             log.stop()
-        assert "at" in detected, "the servers never marked h3 failed"
+        assert failure.at is not None, "the servers never marked h3 failed"
         out = max(log.first_without(gone, stopped_at) for log in logs.values())
-        detection, after = detected["at"] - stopped_at, out - detected["at"]
+        detection, after = failure.at - stopped_at, out - failure.at
         print(f"h3 failed after {detection:.1f} s; out of every proxy {after:.2f} s later")
         assert after <= 1.0, f"out of every proxy {after:.2f} s after Consul marked h3 failed"
         assert all(not f for f in failed.values()), failed

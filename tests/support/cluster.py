@@ -15,11 +15,13 @@ import docker
 import requests
 
 from catalog.consul_store import ConsulStore
+from tests.support.load import KeepAliveLoad
 from tests.support.processes import ROOT, wait_until
 
 SCRIPT = ROOT / "scripts" / "cluster.sh"
 STATE = ROOT / ".cluster"
 NET = "10.210.0"
+MACHINE_END = f"{NET}.1"          # this machine's address on every host's link (the registry's, say)
 SERVERS = (11, 12, 13)
 DEMO_LABELS = {"SERVICE_NAME": "demo", "gatekeeper.tests": "demo-test:latest", "proxystack.demo": "1"}
 CLONE_NEWNET = 0x40000000
@@ -246,3 +248,29 @@ def server_pid(n: int) -> int:
 
 def pid_file(name: str) -> Path:
     return STATE / "run" / f"{name}.pid"
+
+
+def keepalive_loads(hosts, connections: int = 3, rate: float = 20.0, max_seconds: float = 900) -> dict:
+    """Kept-alive clients through each host's proxy: {host: KeepAliveLoad}."""
+    return {h: KeepAliveLoad(host_ip(h), 8000, connections=connections, rate=rate, max_seconds=max_seconds).start()
+            for h in hosts}
+
+
+class NodeFailure(threading.Thread):
+    """Started before a host goes: `at` becomes the moment the servers mark its node failed
+    (serfHealth critical), or stays None if they do not within `limit` seconds."""
+
+    def __init__(self, cluster: Cluster, host: str, limit: float = 90.0):
+        super().__init__(name=f"failure-{host}", daemon=True)
+        self.cluster, self.host, self.limit = cluster, host, limit
+        self.at: Optional[float] = None
+
+    def run(self) -> None:
+        deadline = time.monotonic() + self.limit
+        while self.at is None and time.monotonic() < deadline:
+            try:
+                if self.cluster.node_health(self.host) == "critical":
+                    self.at = time.monotonic()
+            except Exception:               # a server restarting: ask again
+                pass
+            time.sleep(0.05)

@@ -7,7 +7,7 @@ from registrator.gates import NO_DECISION, GateMirror, differences
 
 
 def inst(name, container="c1", started="t1"):
-    return Instance(id=f"h2:{name}:8080", service="demo", address="10.0.0.2", port=8080, version="v1",
+    return Instance(id=f"h2:{name}:8080", service="demo", address="127.0.0.1", port=8080, version="v1",
                     container_id=container, container_name=name, image="demo:v1",
                     registered_by="registrator@h2", started=started)
 
