@@ -8,7 +8,8 @@ DIR/<part>.token (mode 0600). The agent's own token is set on the agent.
 
 What each token may touch (least privilege):
 - registrator: register/deregister services (service write), read nodes, its own KV prefix,
-  read the gate records it applies (gatekeeper/gates/) and its agent's node name (agent read).
+  read the gate records it applies (gatekeeper/gates/), the container actions it carries out
+  (gatekeeper/actions/) and its agent's node name (agent read).
 - gatekeeper: update checks (service write: Consul ties TTL updates to it), KV under
   gatekeeper/ only, sessions for its leader lock.
 - proxy-reloader: read services, nodes and the routing policies; write only its own
@@ -32,13 +33,14 @@ from pathlib import Path
 import requests
 
 from .consul_store import METRICS_SERVICE, parse_address
-from .kv_layout import GATEKEEPER, GATES, POLICIES as KV_POLICIES, PROXY_RELOADER, REGISTRATOR, SERVED
+from .kv_layout import ACTIONS, GATEKEEPER, GATES, POLICIES as KV_POLICIES, PROXY_RELOADER, REGISTRATOR, SERVED
 
 POLICIES = {
     "agent": 'node_prefix "" { policy = "write" }\nservice_prefix "" { policy = "read" }\n',
     "registrator": f'service_prefix "" {{ policy = "write" }}\nnode_prefix "" {{ policy = "read" }}\n'
                    f'key_prefix "{REGISTRATOR}" {{ policy = "write" }}\n'
-                   f'key_prefix "{GATES}" {{ policy = "read" }}\nagent_prefix "" {{ policy = "read" }}\n',
+                   f'key_prefix "{GATES}" {{ policy = "read" }}\nkey_prefix "{ACTIONS}" {{ policy = "read" }}\n'
+                   f'agent_prefix "" {{ policy = "read" }}\n',
     "gatekeeper": f'service_prefix "" {{ policy = "write" }}\nnode_prefix "" {{ policy = "read" }}\n'
                   f'key_prefix "{GATEKEEPER}" {{ policy = "write" }}\nkey_prefix "{REGISTRATOR}" {{ policy = "read" }}\n'
                   f'key_prefix "{PROXY_RELOADER}" {{ policy = "read" }}\nsession_prefix "" {{ policy = "write" }}\n',

@@ -17,10 +17,10 @@ import consul.base
 
 from .model import (META_CONTAINER_ID, META_CONTAINER_NAME, META_DOCKER_HEALTH, META_IMAGE,
                     META_ANALYSIS, META_MODE, META_PROXY_HOST, META_PROXY_PATH, META_PROXY_STRIP, META_REGISTERED_BY,
-                    META_CONTAINER_STARTED, META_GATE_MIRROR, META_SWARM_SERVICE, META_SWARM_TASK, META_TESTS_IMAGE,
-                    META_VERSION, AnalysisState, GateRecord, Instance, RegisteredInstance, Rejection, RoutingPolicy,
+                    META_CONTAINER_STARTED, META_GATE_MIRROR, META_RESTART_POLICY, META_SWARM_SERVICE, META_SWARM_TASK,
+                    META_TESTS_IMAGE, META_VERSION, AnalysisState, ContainerAction, GateRecord, Instance, RegisteredInstance, Rejection, RoutingPolicy,
                     Verdict)
-from .kv_layout import (ANALYSIS, DEFAULT_TESTS, GATEKEEPER, GATES, HEALING, HISTORY, POLICIES, REJECTED, RETESTS, SCALING,
+from .kv_layout import (ACTIONS, ANALYSIS, DEFAULT_TESTS, GATEKEEPER, GATES, HEALING, HISTORY, POLICIES, REJECTED, RETESTS, SCALING,
                         SERVED, VERDICTS)
 from .validation import parse_policy
 
@@ -32,7 +32,7 @@ GATE_TTL = "87600h"        # the gate is set by gatekeeper, never by expiry
 _OWN_META = {META_CONTAINER_ID, META_CONTAINER_NAME, META_IMAGE, META_VERSION, META_TESTS_IMAGE,
              META_PROXY_PATH, META_PROXY_HOST, META_REGISTERED_BY, META_DOCKER_HEALTH, META_PROXY_STRIP,
              META_MODE, META_ANALYSIS, META_SWARM_SERVICE, META_SWARM_TASK, META_GATE_MIRROR,
-             META_CONTAINER_STARTED}
+             META_CONTAINER_STARTED, META_RESTART_POLICY}
 
 
 class ConsulError(consul.base.ConsulException):
@@ -168,7 +168,22 @@ class ConsulStore:
 
     def gate_records(self, node: str, index: int = 0, wait: float = 0.0) -> Tuple[int, Dict[str, GateRecord]]:
         """The gate records of one node's instances (blocking when `index` is given)."""
-        prefix = f"{GATES}{node}/"
+        return self._node_records(GATES, node, index, wait, GateRecord.from_json, "gate record ignored (the gate stays shut)")
+
+    # --- container actions: gatekeeper asks, the container's own host carries them out --------
+    def request_action(self, inst: Instance, action: str, reason: str, timeout: int = 10) -> None:
+        """Ask the registrator of `inst`'s node to stop, restart or kill this run of its container."""
+        if not inst.node:
+            raise ValueError(f"{inst.id}: the instance's node is unknown (read it from the catalog)")
+        record = ContainerAction(action, inst.container_id, inst.started, reason[:300], timeout, time.time())
+        self.kv_put(f"{ACTIONS}{inst.node}/{inst.id}", record.to_json())
+
+    def action_records(self, node: str, index: int = 0, wait: float = 0.0) -> Tuple[int, Dict[str, ContainerAction]]:
+        """The container actions asked of one node (blocking when `index` is given)."""
+        return self._node_records(ACTIONS, node, index, wait, ContainerAction.from_json, "container action ignored (nothing is done)")
+
+    def _node_records(self, kind: str, node: str, index: int, wait: float, parse, what: str) -> Tuple[int, dict]:
+        prefix = f"{kind}{node}/"
         if index:
             idx, raw = self.wait_kv(prefix, index, wait)
         else:
@@ -177,9 +192,9 @@ class ConsulStore:
         out = {}
         for key, value in raw.items():
             try:
-                out[key[len(prefix):]] = GateRecord.from_json(value)
+                out[key[len(prefix):]] = parse(value)
             except (ValueError, KeyError, TypeError):
-                log.warning("%s: damaged gate record ignored (the gate stays shut)", key)
+                log.warning("%s: damaged %s", key, what)
         return int(idx), out
 
     def node_name(self) -> str:
@@ -283,9 +298,10 @@ class ConsulStore:
         return [k[len(VERDICTS):] for k in self.kv_keys(VERDICTS)]
 
     def forget_verdict(self, instance_id: str) -> None:
-        """Remove the verdict of an instance long gone, and its gate record (on whichever node)."""
+        """Remove the verdict of an instance long gone, its gate record and any container action
+        asked for it (on whichever node)."""
         self.kv_delete(VERDICTS + instance_id)
-        for key in self.kv_keys(GATES):
+        for key in self.kv_keys(GATES) + self.kv_keys(ACTIONS):
             if key.endswith("/" + instance_id):
                 self.kv_delete(key)
 
@@ -485,4 +501,5 @@ def instance_from_consul(svc: dict) -> Optional[Instance]:
         mode=meta.get(META_MODE, ""), analysis=meta.get(META_ANALYSIS, ""),
         swarm_service=meta.get(META_SWARM_SERVICE, ""), swarm_task=meta.get(META_SWARM_TASK, ""),
         gate_mirror=meta.get(META_GATE_MIRROR) == "1", started=meta.get(META_CONTAINER_STARTED, ""),
+        restart_policy=meta.get(META_RESTART_POLICY, ""),
     )

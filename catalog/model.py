@@ -29,6 +29,7 @@ META_SWARM_SERVICE = "swarm_service"     # the Swarm service a task container be
 META_SWARM_TASK = "swarm_task"           # the Swarm task id (each replacement is a new task)
 META_CONTAINER_STARTED = "container_started"   # Docker's State.StartedAt of the registered run
 META_GATE_MIRROR = "gate_mirror"         # the container's HEALTHCHECK reads GATE_MARKER
+META_RESTART_POLICY = "restart_policy"   # the container's restart policy (always, unless-stopped, ...)
 DOCKER_HEALTH_SUFFIX = ":docker-health"
 
 # The file gatekeeper writes into a container whose HEALTHCHECK mirrors the gate: "open" once
@@ -65,6 +66,7 @@ class Instance:
     swarm_task: str = ""             # ... this task
     gate_mirror: bool = False        # its HEALTHCHECK reads GATE_MARKER (written by gatekeeper)
     started: str = ""                # when this run of the container started (a restart is a new run)
+    restart_policy: str = ""         # Docker's restart policy of the container ("" when it has none)
     node: str = field(default="", compare=False)   # the Consul node (host) it is registered on, when read from the catalog
 
     @property
@@ -110,6 +112,8 @@ class Instance:
             meta[META_GATE_MIRROR] = "1"
         if self.started:
             meta[META_CONTAINER_STARTED] = self.started
+        if self.restart_policy:
+            meta[META_RESTART_POLICY] = self.restart_policy
         return meta
 
     def all_tags(self) -> list:
@@ -140,6 +144,40 @@ class GateRecord:
         d = json.loads(raw)
         return cls(bool(d["passing"]), str(d.get("output", "")), str(d["container_id"]), str(d.get("started", "")),
                    float(d.get("written", 0.0)))
+
+
+CONTAINER_ACTIONS = ("stop", "restart", "kill")
+
+
+@dataclass(frozen=True)
+class ContainerAction:
+    """Something gatekeeper wants done to one run of one container (stop it after a drain,
+    restart it to heal it, kill a Swarm task so Swarm replaces it), kept in KV under the
+    instance's node. That node's registrator carries it out on its own engine, once, and only
+    while that run of the container is the one running: a restarted or replaced container is
+    never acted on by a record made for its earlier run."""
+
+    action: str                  # one of CONTAINER_ACTIONS
+    container_id: str
+    started: str
+    reason: str = ""
+    timeout: int = 10            # seconds between SIGTERM and SIGKILL (stop, restart)
+    written: float = 0.0         # when gatekeeper wrote it: the same action asked again is a new one
+
+    def applies_to(self, container_id: str, started: str) -> bool:
+        return self.container_id == container_id and self.started == started
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, raw: str) -> "ContainerAction":
+        d = json.loads(raw)
+        action = str(d["action"])
+        if action not in CONTAINER_ACTIONS:
+            raise ValueError(f"unknown container action {action!r}")
+        return cls(action, str(d["container_id"]), str(d.get("started", "")), str(d.get("reason", "")),
+                   int(d.get("timeout", 10)), float(d.get("written", 0.0)))
 
 
 @dataclass(frozen=True)

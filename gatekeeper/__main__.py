@@ -181,11 +181,11 @@ def cmd_run(args, store) -> int:
         raise ValueError(f"--scale-every {args.scale_every:g}: expected seconds from 0.5 to 3600")
     client = docker.from_env(timeout=30)
     limits = RunLimits(timeout=args.test_timeout, memory=args.test_memory, cpus=args.test_cpus)
-    promoter = Promoter(store, client, drain_seconds=args.drain_seconds, stop_old=not args.keep_old,
+    promoter = Promoter(store, drain_seconds=args.drain_seconds, stop_old=not args.keep_old,
                         prometheus=Prometheus(args.prometheus) if args.prometheus else None)
     swarm = Swarm(client)
     rollout = Rollout(store, swarm)
-    healer = None if args.no_heal else Healer(store, client, swarm, HealSettings(
+    healer = None if args.no_heal else Healer(store, HealSettings(
         after=args.heal_after, max_tries=args.heal_tries, backoff=args.heal_backoff, share=args.heal_share))
 
     def on_service(service, registered):

@@ -3,9 +3,11 @@ HEALTHCHECK) keep failing is out of traffic at once (its Consul check fails); af
 seconds the healer acts on it:
 - a Swarm task's container is killed, so Swarm schedules a new task (a new container, tested
   through the gate like any new one);
-- a plain container with a restart policy (always, unless-stopped, on-failure) is restarted
-  through the Engine API; the restart is a new run of the container, and a verdict belongs to one
-  run (catalog.model.Verdict.applies_to), so it is tested again before it takes traffic.
+- a plain container with a restart policy (always, unless-stopped, on-failure) is restarted;
+  the restart is a new run of the container, and a verdict belongs to one run
+  (catalog.model.Verdict.applies_to), so it is tested again before it takes traffic.
+Both are asked of the registrator of the container's own host (registrator.actions), which
+carries them out on its engine: the healer reaches containers on every host.
 Bounded: `backoff` seconds doubling between restarts of one container; after `max_tries`
 restarts that did not make it healthy for `settle` seconds it gives up, and says so in the
 service's history, `gatekeeper status` and the gate's output in Consul; never more than `share`
@@ -20,13 +22,9 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Protocol
 
-import docker
-import docker.errors
-
 from catalog.model import Instance, RegisteredInstance
 
 from . import metrics
-from .swarm import Swarm
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +45,7 @@ class HealStore(Protocol):
     def put_healing(self, instance_id: str, record: Optional[dict]) -> None: ...
     def forget_verdict(self, instance_id: str) -> None: ...
     def set_gate(self, inst: Instance, passing: bool, output: str) -> None: ...
+    def request_action(self, inst: Instance, action: str, reason: str, timeout: int = 10) -> None: ...
     def add_history(self, service: str, event: str, **details) -> None: ...
 
 
@@ -75,9 +74,9 @@ def limit(total: int, share: float) -> int:
 
 
 class Healer:
-    def __init__(self, store: HealStore, client: docker.DockerClient, swarm: Swarm,
-                 settings: HealSettings = HealSettings(), clock: Callable[[], float] = time.time):
-        self.store, self.client, self.swarm, self.s, self.clock = store, client, swarm, settings, clock
+    def __init__(self, store: HealStore, settings: HealSettings = HealSettings(),
+                 clock: Callable[[], float] = time.time):
+        self.store, self.s, self.clock = store, settings, clock
         self.failing_since: Dict[str, float] = {}    # instance id -> first seen failing after admission
         self.acting: Dict[str, Dict[str, float]] = {}  # service -> instance id -> when we acted
         self.absent_since: Dict[str, float] = {}     # instance id with a record -> first seen unregistered
@@ -174,14 +173,10 @@ class Healer:
         inst = ri.instance
         checks = ", ".join(f"{c.rsplit(':', 1)[-1]} {ri.checks[c]}" for c in failing)
         if inst.swarm_service:
-            if self.swarm.replace_task(inst.container_id):
-                self._did(inst, "replaced", f"{checks} for {self.s.after:g} s: task killed, Swarm starts a new one")
-                return True
-            return False
-        policy = self._restart_policy(inst)
-        if policy is None:
-            return False
-        if policy not in RESTART_POLICIES:
+            self.store.request_action(inst, "kill", f"healing: {checks} for {self.s.after:g} s")
+            self._did(inst, "replaced", f"{checks} for {self.s.after:g} s: task killed, Swarm starts a new one")
+            return True
+        if inst.restart_policy not in RESTART_POLICIES:
             if inst.id not in self.told:
                 log.warning("%s: unhealthy (%s) and out of traffic; container %s has no restart policy, so it is "
                             "left as it is (run it with --restart unless-stopped to have it restarted)",
@@ -207,20 +202,10 @@ class Healer:
             return False
         self._put(inst.id, {"tries": tries + 1, "last": now, "gave_up": False, "service": inst.service,
                                          "reason": f"restart {tries + 1} of {self.s.max_tries}: {checks}"})
-        try:
-            self.client.containers.get(inst.container_id).restart(timeout=10)
-        except docker.errors.NotFound:
-            return False
+        self.store.request_action(inst, "restart", f"healing: restart {tries + 1} of {self.s.max_tries}: {checks}")
         self._did(inst, "restarted", f"{checks} for {self.s.after:g} s: restart {tries + 1} of {self.s.max_tries}; "
                                      "tested again before it takes traffic")
         return True
-
-    def _restart_policy(self, inst: Instance) -> Optional[str]:
-        try:
-            attrs = self.client.api.inspect_container(inst.container_id)
-        except docker.errors.NotFound:
-            return None
-        return ((attrs.get("HostConfig") or {}).get("RestartPolicy") or {}).get("Name") or "no"
 
     def _did(self, inst: Instance, action: str, reason: str) -> None:
         log.warning("%s: %s: %s", inst.id, action, reason)

@@ -11,9 +11,6 @@ import time
 from dataclasses import asdict, replace
 from typing import Callable, List, Optional, Protocol, Tuple
 
-import docker
-import docker.errors
-
 from catalog.errors import Refused
 from catalog.kv_layout import POLICIES
 from catalog.model import (AUTO, MANUAL, MODES, PASSED, PROGRESSIVE, AnalysisState, Instance, RegisteredInstance,
@@ -35,6 +32,7 @@ class PolicyStore(Protocol):
     def verdict(self, instance_id: str) -> Optional[Verdict]: ...
     def add_history(self, service: str, event: str, **details) -> None: ...
     def set_gate(self, inst: Instance, passing: bool, output: str) -> None: ...
+    def request_action(self, inst: Instance, action: str, reason: str, timeout: int = 10) -> None: ...
     def analysis(self, service: str) -> Optional[AnalysisState]: ...
     def put_analysis(self, state: AnalysisState) -> None: ...
 
@@ -66,15 +64,13 @@ class Promoter:
     manual mode makes it the canary at 0 %; progressive mode makes it the canary at the first
     step and lets the analysis (gatekeeper.progressive) move it on."""
 
-    def __init__(self, store: PolicyStore, docker_client: Optional[docker.DockerClient] = None,
-                 drain_seconds: float = 10.0, stop_old: bool = True, unhealthy_grace: float = 10.0,
+    def __init__(self, store: PolicyStore, drain_seconds: float = 10.0, stop_old: bool = True, unhealthy_grace: float = 10.0,
                  prometheus: Optional[Prometheus] = None):
         self.store = store
         self.progressive = Progressive(store, prometheus, self._analysis_weight, self._analysis_promote,
                                        self._analysis_roll_back)
         self.unhealthy_grace = unhealthy_grace
         self.unhealthy_since: dict = {}          # service -> when its canary was first seen unhealthy
-        self.docker = docker_client
         self.drain_seconds = drain_seconds
         self.stop_old = stop_old
 
@@ -207,8 +203,9 @@ class Promoter:
     def drain_later(self, service: str, stable: str) -> None:
         """After the drain period, stop the containers of admitted instances of other versions:
         those registered when `stable` was promoted. A version that arrives during the drain is
-        newer, not old, and is never stopped by it."""
-        if not self.stop_old or self.docker is None:
+        newer, not old, and is never stopped by it. Each stop is asked of the registrator of the
+        container's own host (registrator.actions), so it reaches containers on every host."""
+        if not self.stop_old:
             return
         old = {ri.instance.container_id for ri in self.store.instances(service) if ri.instance.version != stable}
         t = threading.Timer(self.drain_seconds, self._stop_old, args=(service, stable, old))
@@ -229,11 +226,9 @@ class Promoter:
                 verdict = self.store.verdict(inst.id)
                 if not verdict or verdict.state != PASSED or not verdict.applies_to(inst):
                     continue                            # failed builds stay up for inspection
-                try:
-                    self.docker.containers.get(inst.container_id).stop(timeout=10)
-                    log.info("%s: stopped %s (%s) after draining", service, inst.container_name, inst.version)
-                except docker.errors.NotFound:
-                    pass
+                self.store.request_action(inst, "stop", f"{inst.version} drained after {stable} was promoted")
+                log.info("%s: %s (%s) drained; asked %s to stop it", service, inst.container_name, inst.version,
+                         inst.node or "its host")
         except Exception:
             log.exception("%s: stopping old instances failed", service)
 

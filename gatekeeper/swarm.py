@@ -136,18 +136,6 @@ class Swarm:
                 raise SwarmError(f"Swarm service {svc.name} changed while {what}; try again") from None
             raise
 
-    def replace_task(self, container_id: str) -> bool:
-        """Kill a task's container: Swarm schedules a new task (a new container, tested anew)."""
-        try:
-            self.client.containers.get(container_id).kill()
-            return True
-        except docker.errors.NotFound:
-            return False
-        except docker.errors.APIError as exc:
-            if "is not running" in str(exc):
-                return False
-            raise
-
     def write_marker(self, container_id: str, state: str) -> bool:
         """Write "open" or "closed" into the container's gate marker; False if it is gone."""
         try:

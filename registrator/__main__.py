@@ -12,6 +12,7 @@ from catalog.consul_store import ConsulStore, read_token
 from catalog.metrics import announce, metrics_address, serve_metrics, withdraw
 from catalog.logs import setup_logging
 
+from .actions import ActionRunner
 from .bridge import Bridge
 from .docker_source import DockerSource
 from .gates import GateMirror
@@ -77,7 +78,8 @@ def main(argv=None) -> int:
     announced = announce(store, args.metrics, "registrator", settings.registered_by) if args.metrics else None
     runner = Runner(Bridge(store, docker, settings, forget_after=args.forget_after), docker,
                     RunnerOptions(resync_every=args.resync, cleanup_on_exit=args.cleanup_on_exit))
-    runner.gates = GateMirror(store, settings.registered_by, runner.stopping).start()
+    runner.followers = [GateMirror(store, settings.registered_by, runner.stopping).start(),
+                        ActionRunner(store, docker.carry_out, settings.registered_by, runner.stopping).start()]
     signal.signal(signal.SIGTERM, lambda *_: runner.stop())
     signal.signal(signal.SIGINT, lambda *_: runner.stop())
     logging.info("registrator %s: Consul %s, address %s", settings.registered_by, args.consul, args.address)

@@ -42,6 +42,7 @@ class Container:
     swarm_service: str = ""                # a Swarm task's container: its service and task
     swarm_task: str = ""
     started_at: str = ""                   # State.StartedAt: each run of the container has its own
+    restart_policy: str = ""               # HostConfig.RestartPolicy.Name ("" or "no": none)
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ def container_from_inspect(data: dict) -> Container:
         exposed=tuple(exposed), internal_ip=internal_ip, health=health, gate_mirror=gate_mirror,
         swarm_service=labels.get(SWARM_SERVICE_LABEL, ""), swarm_task=labels.get(SWARM_TASK_LABEL, ""),
         started_at=state.get("StartedAt") or "",
+        restart_policy=((data.get("HostConfig") or {}).get("RestartPolicy") or {}).get("Name") or "",
     )
 
 
@@ -106,6 +108,31 @@ class DockerSource:
             return container_from_inspect(self.api.inspect_container(container_id))
         except docker.errors.NotFound:
             return None
+
+    def carry_out(self, action: str, container_id: str, started: str, timeout: int = 10) -> str:
+        """Stop, restart or kill a container, only while the run `started` is the one running;
+        what happened, in a few words."""
+        current = self.inspect(container_id)
+        if current is None:
+            return "gone already"
+        if not current.running or current.started_at != started:
+            return "not running that run any more"
+        try:
+            if action == "stop":
+                self.api.stop(container_id, timeout=timeout)
+            elif action == "restart":
+                self.api.restart(container_id, timeout=timeout)
+            elif action == "kill":
+                self.api.kill(container_id)
+            else:
+                raise ValueError(f"unknown container action {action!r}")
+        except docker.errors.NotFound:
+            return "gone already"
+        except docker.errors.APIError as exc:
+            if "is not running" in str(exc):
+                return "not running that run any more"
+            raise
+        return {"stop": "stopped", "restart": "restarted", "kill": "killed"}[action]
 
     def running_ids(self) -> List[str]:
         return [c["Id"] for c in self.api.containers(quiet=True)]

@@ -3,7 +3,7 @@
 A TTL check can be set only through the agent its service is registered with, and a host's
 agent answers HTTP on that host only, while gatekeeper may run on any host. So gatekeeper writes
 each decision to KV under gatekeeper/gates/<node>/<instance id>, and each host's registrator
-follows its own node's prefix with a blocking query and sets the checks that differ. Every write
+follows its own node's prefix (registrator.follow) and sets the checks that differ. Every write
 wakes it, the same decision written again too (a record carries its time): gatekeeper shuts a
 forged gate by writing its decision again.
 
@@ -17,8 +17,8 @@ import threading
 from typing import Dict, List, Optional, Protocol, Tuple
 
 from catalog.model import GateRecord, Instance
-from catalog.retry import backoff
-from catalog.watch import Watch
+
+from .follow import NodeFollower
 
 log = logging.getLogger(__name__)
 
@@ -52,45 +52,17 @@ def differences(instances: Dict[str, Instance], checks: Dict[str, Tuple[str, str
     return out
 
 
-class GateMirror:
+class GateMirror(NodeFollower):
     """Follows this node's gate records and keeps the local gate checks equal to them."""
 
+    kind = "gate records"
+
     def __init__(self, store: GateStore, registered_by: str, stopping: threading.Event, wait: float = 30.0):
-        self.store, self.registered_by, self.stopping, self.wait = store, registered_by, stopping, wait
-        self.node = ""
-        self.records: Optional[Dict[str, GateRecord]] = None     # None until the first answer
-        self.lock = threading.Lock()
-        self.watch: Optional[Watch] = None
+        super().__init__(store, stopping, wait)
+        self.registered_by = registered_by
 
-    def start(self) -> "GateMirror":
-        threading.Thread(target=self._run, name="gate-mirror", daemon=True).start()
-        return self
-
-    def _run(self) -> None:
-        self.node = self._node_name()
-        log.info("applying gatekeeper's gate records for node %s", self.node)
-        self.watch = Watch(f"gates-{self.node}", self._fetch, self._changed, self.wait, self.stopping)
-        self.watch.run()
-
-    @backoff(max_wait=10.0, what="reading this agent's node name")
-    def _node_name(self) -> str:
-        return self.store.node_name()
-
-    def _fetch(self, index: int, wait: float):
-        return self.store.gate_records(self.node, index, wait)
-
-    def _changed(self) -> None:
-        with self.lock:
-            self.records = self.watch.last_data
-        try:
-            self._apply_retrying()
-        except Exception:                    # the watch must go on; the next answer retries
-            log.exception("applying gate records failed")
-
-    @backoff(max_wait=10.0, what="applying gate records")
-    def _apply_retrying(self) -> None:
-        if not self.stopping.is_set():
-            self.apply()
+    def fetch(self, node: str, index: int, wait: float):
+        return self.store.gate_records(node, index, wait)
 
     def apply(self) -> int:
         """Set every local gate check that differs from its record; how many were set. Nothing

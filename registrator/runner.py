@@ -36,7 +36,7 @@ class RunnerOptions:
 class Runner:
     def __init__(self, bridge: Bridge, docker: DockerSource, options: RunnerOptions):
         self.bridge, self.docker, self.options = bridge, docker, options
-        self.gates = None                  # registrator.gates.GateMirror: re-applied after each sync
+        self.followers = []                # GateMirror, ActionRunner: applied again after each sync
         self.events: "queue.Queue" = queue.Queue()
         self.stopping = threading.Event()
 
@@ -115,8 +115,8 @@ class Runner:
 
     def _sync(self) -> None:
         self._retrying(self.bridge.sync)
-        if self.gates is not None:
-            self._retrying(self.gates.apply)
+        for follower in self.followers:
+            self._retrying(follower.apply)
 
     def _retrying(self, fn, *args) -> None:
         """Consul or Docker unreachable: retry with back-off until it answers (or we stop).

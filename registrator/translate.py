@@ -163,7 +163,7 @@ def _instance(c, s, cfg, endpoint, base_name, several) -> Instance:
         extra_meta=_extra_meta(cfg), health_check=_health_check(cfg),
         docker_health=c.health is not None, strip_prefix=strip, mode=mode, analysis=analysis,
         swarm_service=c.swarm_service, swarm_task=c.swarm_task, gate_mirror=c.gate_mirror,
-        started=c.started_at)
+        started=c.started_at, restart_policy="" if c.restart_policy == "no" else c.restart_policy)
 
 
 def _health_check(cfg: Dict[str, str]):

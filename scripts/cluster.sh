@@ -175,7 +175,7 @@ parts_up() {
   if [ "$h" = h1 ] || [ "$h" = h2 ]; then
     start_bg "gatekeeper-$h" env DOCKER_HOST="unix://$(sock "$h")" nsenter --net="$n" -- "$VENV/bin/gatekeeper" \
       --consul 127.0.0.1:8500 --consul-token-file "$TOKENS/gatekeeper.token" run --id "gatekeeper@$h" \
-      --drain-seconds 2 --no-heal
+      --drain-seconds 2 --heal-after 3 --heal-backoff 2
   fi
   wait_for "$h's proxy" 30 curl -s -o /dev/null "http://$ip:8000/"
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The demo on several hosts: scripts/cluster.sh up (three Consul servers, three Docker hosts),
-# demo v1 on h1 and h3 through a gatekeeper on another host, v2 deployed to h2's engine over TLS,
-# the Consul leader killed and a host stopped under traffic through every proxy; then everything
+# demo v1 on h1 and h3 through a gatekeeper on another host, v2 deployed to h2's engine over TLS
+# (v1 drained and stopped on each host by that host's registrator), the Consul leader killed and a host stopped under traffic through every proxy; then everything
 # the cluster made is removed (KEEP=1 leaves it up; `scripts/cluster.sh down` removes it later).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -30,8 +30,9 @@ traffic() {   # traffic NAME HOST SECONDS: background load through one proxy, co
     >"$LOGS/$1.json" 2>/dev/null &
   PIDS+=($!)
 }
-not_serving_on() { ! serving_on "$1"; }
 counted() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("%d requests, %d failed" % (d["requests"], d["failed"]))' "$LOGS/$1.json"; }
+not_serving_on() { ! serving_on "$1"; }
+v1_stopped() { [ "$(hdocker h1 inspect -f '{{.State.Running}}' demo-v1)$(hdocker h3 inspect -f '{{.State.Running}}' demo-v1)" = falsefalse ]; }
 serving_on() {   # serving_on HOST: true when an instance on HOST serves demo
   gk status demo --json | python3 -c 'import json,sys; sys.exit(0 if any(i["host"] == sys.argv[1] and i["serving"] for i in json.load(sys.stdin)["services"][0]["instances"]) else 1)' "$1"
 }
@@ -49,12 +50,16 @@ gk wait demo --version v1 --timeout 180 | sed 's/^/    gatekeeper: /'
 info "every proxy answers: $(every_proxy)"
 gk status demo | sed 's/^/    /'
 
-step "3. demo v2 to h2's engine over TLS (client certificate from scripts/certs.sh)"
+step "3. demo v2 to h2's engine over TLS (client certificate from scripts/certs.sh); v1 drains"
 info "\$ docker --tlsverify -H tcp://$NET.22:2376 run -d -P --name demo-v2 ... demo:v2"
 docker --tlsverify --tlscacert "$CSTATE/certs/client/ca.pem" --tlscert "$CSTATE/certs/client/cert.pem" \
   --tlskey "$CSTATE/certs/client/key.pem" -H "tcp://$NET.22:2376" run -d -P --name demo-v2 "${LABELS[@]}" demo:v2 >/dev/null
 gk wait demo --version v2 --timeout 180 | sed 's/^/    gatekeeper: /'
 info "every proxy answers: $(every_proxy)"
+wait_for "v1 to drain and stop on h1 and h3" 60 v1_stopped
+info "v1 drained; each host's registrator stopped its own v1 container:"
+for h in h1 h3; do info "  $h: demo-v1 $(hdocker "$h" inspect -f '{{.State.Status}}' demo-v1)"; done
+gk status demo | sed 's/^/    /'
 
 step "4. the Consul leader killed under traffic through every proxy"
 for h in h1 h2 h3; do traffic "leader-$h" "$h" 20; done

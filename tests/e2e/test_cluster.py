@@ -213,6 +213,39 @@ def test_a_stopped_host_leaves_every_proxy_within_failure_detection_plus_1_s(cle
     cluster.wait_routed(backends - gone, timeout=60)
 
 
+def test_the_drain_and_the_healer_act_on_the_host_the_container_runs_on(clean):
+    """Gatekeeper runs on h1 or h2; the containers here run on h3. Stopping the old version after
+    a promotion and restarting an unhealthy container are asked in KV under h3's node and carried
+    out by h3's registrator on h3's engine."""
+    cluster = clean
+    engine = cluster.docker("h3")
+    old = cluster.run_demo("h3", "demo-old")
+    cluster.wait_routed({cluster.backend("h3", old)}, timeout=120)
+    health = {"SERVICE_CHECK_HTTP": "/health", "SERVICE_CHECK_INTERVAL": "1s", "SERVICE_CHECK_TIMEOUT": "1s"}
+    new = cluster.run_demo("h3", "demo-new", image="demo:v2", env=health, restart="unless-stopped")
+    new_backend = cluster.backend("h3", new)
+    cluster.wait_routed({new_backend}, timeout=120)
+    cluster.wait(lambda: engine.containers.get(old.id).status == "exited", 30,
+                 "h3's v1 stopped after the drain", logs=("registrator-h3",))
+    asked = cluster.store().kv_keys("gatekeeper/actions/")
+    assert [k for k in asked if "demo-old" in k] == ["gatekeeper/actions/h3/h3:demo-old:8080"], asked
+    assert "demo-old:8080: stop asked" in cluster.logs("registrator-h3", 400)
+
+    def run_of(c):
+        return engine.api.inspect_container(c.id)["State"]["StartedAt"]
+    first_run = run_of(new)
+    failed = requests.post(f"http://{new_backend}/health/fail", timeout=5)
+    assert failed.status_code == 200
+    cluster.wait(lambda: run_of(new) != first_run, 60, "h3's registrator to restart the unhealthy container",
+                 logs=("registrator-h3",))
+    cluster.wait(lambda: any(ri.instance.container_name == "demo-new" and ri.admitted
+                             and ri.instance.started == run_of(new) for ri in cluster.instances()),
+                 120, "its new run tested again and admitted")
+    cluster.wait_routed({cluster.backend("h3", new)}, timeout=60)     # a restart publishes a new port
+    assert "demo-new:8080: restart asked" in cluster.logs("registrator-h3", 400)
+    assert engine.containers.get(old.id).status == "exited", "the old version stays stopped"
+
+
 def test_the_gatekeeper_leaders_host_stopped_mid_test_another_tests_once_to_a_verdict(clean):
     cluster = clean
     leader = gatekeeper_leader(cluster)

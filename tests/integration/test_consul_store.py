@@ -81,3 +81,26 @@ def test_a_malformed_policy_is_reported_not_crashed_on(store, unique):
 def test_a_verdict_written_by_hand_that_does_not_parse_is_ignored(store, unique):
     store.kv_put(f"gatekeeper/verdicts/{unique}:web:8080", "passed, trust me")
     assert store.verdict(f"{unique}:web:8080") is None          # so the instance is tested again
+
+
+def test_gates_and_actions_are_kept_under_the_instances_node_and_forgotten_with_its_verdict(store, unique):
+    inst = make(unique)
+    store.register(inst)
+    [ri] = store.instances(unique)
+    node = ri.instance.node
+    assert node == store.node_name(), "an instance read from the catalog knows its node"
+    store.put_verdict(Verdict(inst.id, inst.container_id, "t", PASSED, "9/9 passed", 1, 2))
+    store.set_gate(ri.instance, True, "9/9 passed")
+    store.request_action(ri.instance, "stop", "drained after v2 was promoted", timeout=7)
+    _, gates = store.gate_records(node)
+    _, actions = store.action_records(node)
+    assert gates[inst.id].passing and gates[inst.id].applies_to(inst)
+    act = actions[inst.id]
+    assert (act.action, act.container_id, act.reason, act.timeout) == ("stop", "cid", "drained after v2 was promoted", 7)
+    store.kv_put(f"gatekeeper/actions/{node}/{unique}:damaged", '{"action": "format-disk", "container_id": "x"}')
+    assert set(store.action_records(node)[1]) == {inst.id}, "an unknown action is ignored, not carried out"
+    store.forget_verdict(inst.id)
+    assert inst.id not in store.gate_records(node)[1] and inst.id not in store.action_records(node)[1]
+    assert store.verdict(inst.id) is None
+    store.kv_delete(f"gatekeeper/actions/{node}/{unique}:damaged")
+    store.deregister(inst.id)

@@ -36,3 +36,21 @@ def test_events_arrive_for_start_and_die(docker_client, demo_images, run_contain
     stop.set()
     actions = [e.action for e in events if e.container_id == c.id]
     assert "start" in actions and "die" in actions and actions.index("start") < actions.index("die")
+
+
+def test_actions_reach_the_named_run_only(docker_client, demo_images, run_container):
+    """What registrator does for gatekeeper's container actions (registrator.actions)."""
+    src = DockerSource()
+    c = run_container("demo:v1", restart_policy={"Name": "unless-stopped"})
+    first = src.inspect(c.id)
+    assert first.restart_policy == "unless-stopped"
+    assert src.carry_out("restart", c.id, first.started_at, timeout=5) == "restarted"
+    second = src.inspect(c.id)
+    assert second.running and second.started_at != first.started_at, "a restart is a new run"
+    assert src.carry_out("stop", c.id, first.started_at, timeout=5) == "not running that run any more"
+    assert src.inspect(c.id).running, "a record made for the earlier run stops nothing"
+    assert src.carry_out("stop", c.id, second.started_at, timeout=5) == "stopped"
+    assert not src.inspect(c.id).running
+    assert src.carry_out("kill", c.id, second.started_at) == "not running that run any more"
+    c.remove(force=True)
+    assert src.carry_out("kill", c.id, second.started_at) == "gone already"

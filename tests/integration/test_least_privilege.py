@@ -32,8 +32,10 @@ def test_anonymous_requests_are_refused(consul_server, store, unique):
 
 @pytest.mark.parametrize("part,allowed,refused", [
     ("registrator",
-     [("PUT", "/v1/agent/service/register", service("lp-reg")), ("PUT", "/v1/kv/registrator/rejected/x", "r")],
-     [("PUT", "/v1/kv/gatekeeper/verdicts/x", "forged"), ("PUT", "/v1/kv/gatekeeper/policies/x", "{}")]),
+     [("PUT", "/v1/agent/service/register", service("lp-reg")), ("PUT", "/v1/kv/registrator/rejected/x", "r"),
+      ("GET", "/v1/kv/gatekeeper/actions/lpnode/?recurse=true", None)],
+     [("PUT", "/v1/kv/gatekeeper/verdicts/x", "forged"), ("PUT", "/v1/kv/gatekeeper/policies/x", "{}"),
+      ("PUT", "/v1/kv/gatekeeper/actions/lpnode/x", "forged"), ("GET", "/v1/kv/gatekeeper/verdicts/?recurse=true", None)]),
     ("gatekeeper",
      [("PUT", "/v1/kv/gatekeeper/verdicts/x", "v"), ("PUT", "/v1/session/create", {"TTL": "10s"})],
      [("PUT", "/v1/kv/registrator/rejected/x", "r"), ("PUT", "/v1/kv/other/x", "o")]),
@@ -58,7 +60,8 @@ def test_anonymous_requests_are_refused(consul_server, store, unique):
 def test_each_token_can_do_its_job_and_nothing_else(consul_server, part, allowed, refused):
     # Every key an allowed read asks for exists, so an allowed read answers 200 with the key:
     # a 404 (what Consul answers for a recursive read the token may not see) cannot pass for it.
-    seeds = ["gatekeeper/policies/lpseed", "registrator/rejected/lpseed", "gatekeeper/verdicts/lpseed"]
+    seeds = ["gatekeeper/policies/lpseed", "registrator/rejected/lpseed", "gatekeeper/verdicts/lpseed",
+             "gatekeeper/actions/lpnode/lpseed"]
     for key in seeds:
         call(consul_server, "PUT", f"/v1/kv/{key}", "bootstrap", {"service": "lpseed"})
     for method, path, body in allowed:

@@ -185,10 +185,10 @@ class Cluster:
         return self._docker[host]
 
     def run_demo(self, host: str, name: str, image: str = "demo:v1", env: Optional[dict] = None,
-                 command=None, **labels):
+                 command=None, restart: str = "", **labels):
         return self.docker(host).containers.run(
             image, command, name=name, detach=True, publish_all_ports=True, environment=env or {},
-            labels={**DEMO_LABELS, **labels})
+            labels={**DEMO_LABELS, **labels}, restart_policy={"Name": restart} if restart else None)
 
     def backend(self, host: str, container) -> str:
         container.reload()

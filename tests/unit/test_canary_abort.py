@@ -31,7 +31,7 @@ def canary(gate="passing", health="critical"):
 
 def test_one_unhealthy_reading_does_not_abort_but_a_lasting_one_does():
     store = Store()
-    p = Promoter(store, None, unhealthy_grace=0.3)
+    p = Promoter(store, unhealthy_grace=0.3)
     p.check_canary("demo", canary())
     assert store.pol.canary == "v2"
     import time
@@ -45,7 +45,7 @@ def test_one_unhealthy_reading_does_not_abort_but_a_lasting_one_does():
 def test_a_pending_grace_period_tells_the_daemon_when_to_look_again():
     import time
     store = Store()
-    p = Promoter(store, None, unhealthy_grace=10)
+    p = Promoter(store, unhealthy_grace=10)
     assert p.next_due() is None
     p.check_canary("demo", canary())
     assert 9 < p.next_due() - time.monotonic() <= 10
@@ -53,7 +53,7 @@ def test_a_pending_grace_period_tells_the_daemon_when_to_look_again():
 
 def test_a_healthy_reading_resets_the_grace_period():
     store = Store()
-    p = Promoter(store, None, unhealthy_grace=0.2)
+    p = Promoter(store, unhealthy_grace=0.2)
     p.check_canary("demo", canary())
     p.check_canary("demo", canary(health="passing"))
     import time
@@ -64,7 +64,7 @@ def test_a_healthy_reading_resets_the_grace_period():
 
 def test_failed_reverification_of_every_canary_instance_aborts_at_once():
     store = Store(verdict_state=FAILED)
-    Promoter(store, None, unhealthy_grace=60).check_canary("demo", canary(gate="critical", health="passing"))
+    Promoter(store, unhealthy_grace=60).check_canary("demo", canary(gate="critical", health="passing"))
     assert store.pol.canary == ""
 
 

@@ -2,7 +2,6 @@
 the version was promoted, never a newer one that passed its tests meanwhile (the real-stack
 twin: tests/e2e/test_zero_reload.py, whose deploys follow each other faster than the drain)."""
 import time
-from types import SimpleNamespace
 
 from catalog.model import PASSED, Instance, RegisteredInstance, RoutingPolicy, Verdict
 from gatekeeper.promotion import Promoter
@@ -18,6 +17,11 @@ class Store:
     def __init__(self, versions, stable):
         self.listed = [registered(v) for v in versions]
         self.pol = RoutingPolicy("demo", stable=stable)
+        self.stopped = []                       # containers whose host was asked to stop them
+
+    def request_action(self, inst, action, reason, timeout=10):
+        assert action == "stop"
+        self.stopped.append(inst.container_id)
 
     def instances(self, service):
         return list(self.listed)
@@ -30,23 +34,17 @@ class Store:
         return Verdict(iid, ri.instance.container_id, "t", PASSED, "9/9 passed", 1, 2)
 
 
-class Docker:
-    def __init__(self):
-        self.stopped = []
-        self.containers = SimpleNamespace(get=lambda cid: SimpleNamespace(stop=lambda timeout: self.stopped.append(cid)))
-
-
 def test_a_version_that_arrives_during_the_drain_is_not_stopped_by_it():
-    store, docker = Store(["v1", "v2"], stable="v2"), Docker()
-    Promoter(store, docker, drain_seconds=0.1).drain_later("demo", "v2")     # v2 promoted; v1 is old
+    store = Store(["v1", "v2"], stable="v2")
+    Promoter(store, drain_seconds=0.1).drain_later("demo", "v2")            # v2 promoted; v1 is old
     store.listed.append(registered("v3"))                                   # v3 passes before the drain ends
     time.sleep(0.4)
-    assert docker.stopped == ["c-v1"]
+    assert store.stopped == ["c-v1"]
 
 
 def test_nothing_is_stopped_when_another_promotion_came_first():
-    store, docker = Store(["v1", "v2"], stable="v2"), Docker()
-    Promoter(store, docker, drain_seconds=0.1).drain_later("demo", "v2")
+    store = Store(["v1", "v2"], stable="v2")
+    Promoter(store, drain_seconds=0.1).drain_later("demo", "v2")
     store.pol = RoutingPolicy("demo", stable="v3")
     time.sleep(0.4)
-    assert docker.stopped == []
+    assert store.stopped == []

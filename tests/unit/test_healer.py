@@ -6,10 +6,10 @@ from gatekeeper.healer import Healer, HealSettings, failing_checks, limit, next_
 S = HealSettings(after=10, max_tries=3, backoff=5, settle=60, share=0.25)
 
 
-def ri(n=1, health="passing", gate="passing", swarm=""):
+def ri(n=1, health="passing", gate="passing", swarm="", policy="unless-stopped"):
     inst = Instance(id=f"h:web{n}:8080", service="demo", address="127.0.0.1", port=30000 + n, version="v1",
                     container_id=f"c{n}", container_name=f"web{n}", image="demo:v1", registered_by="r",
-                    swarm_service=swarm)
+                    swarm_service=swarm, restart_policy=policy, node="h")
     return RegisteredInstance(inst, {inst.gate_check_id: gate, inst.health_check_id: health})
 
 
@@ -32,6 +32,7 @@ def test_only_the_instances_own_health_checks_count_and_the_share_is_at_least_on
 class Store:
     def __init__(self):
         self.records, self.gates, self.history = {}, {}, []
+        self.actions = []                 # (container id, action) asked of the container's host
 
     def healing_records(self):
         return dict(self.records)
@@ -45,94 +46,70 @@ class Store:
     def set_gate(self, inst, passing, output):
         self.gates[inst.id] = (passing, output)
 
+    def request_action(self, inst, action, reason, timeout=10):
+        assert inst.node and reason
+        self.actions.append((inst.container_id, action))
+
     def add_history(self, service, event, **details):
         self.history.append((event, details))
 
 
-class Container:
-    def __init__(self, log):
-        self.log = log
-
-    def restart(self, timeout):
-        self.log.append("restart")
+def restarts(store):
+    return sum(1 for _, action in store.actions if action == "restart")
 
 
-class Docker:
-    def __init__(self, policy="unless-stopped"):
-        self.policy, self.log = policy, []
-        self.api = self
-        self.containers = self
-
-    def inspect_container(self, cid):
-        return {"HostConfig": {"RestartPolicy": {"Name": self.policy}}}
-
-    def get(self, cid):
-        self.log.append(cid)
-        return Container(self.log)
-
-
-class Swarm:
-    def __init__(self):
-        self.killed = []
-
-    def replace_task(self, cid):
-        self.killed.append(cid)
-        return True
-
-
-def healer(now, policy="unless-stopped", **settings):
-    store, docker, swarm = Store(), Docker(policy), Swarm()
-    h = Healer(store, docker, swarm, HealSettings(**{**S.__dict__, **settings}), clock=lambda: now[0])
-    return h, store, docker, swarm
+def healer(now, **settings):
+    store = Store()
+    return Healer(store, HealSettings(**{**S.__dict__, **settings}), clock=lambda: now[0]), store
 
 
 def test_an_admitted_instance_failing_for_the_set_time_is_restarted_once_and_recorded():
     now = [1000.0]
-    h, store, docker, _ = healer(now)
+    h, store = healer(now)
     h.reconcile("demo", [ri(1, "critical"), ri(2)])
-    assert docker.log == []                                   # failing, but not for 10 s yet
+    assert store.actions == []                                # failing, but not for 10 s yet
     assert 0 < h.next_due() - __import__("time").monotonic() <= 10.1
     now[0] = 1010.0
     h.reconcile("demo", [ri(1, "critical"), ri(2)])
-    assert docker.log == ["c1", "restart"]
+    assert store.actions == [("c1", "restart")]
     assert store.records["h:web1:8080"]["tries"] == 1 and store.history[0][0] == "healing: restarted"
     h.reconcile("demo", [ri(1, "critical", gate="critical"), ri(2)])      # the new run, under test
-    assert docker.log == ["c1", "restart"]
+    assert store.actions == [("c1", "restart")]
 
 
 def test_never_more_than_the_share_at_once_and_never_an_instance_that_was_not_admitted():
     now = [1000.0]
-    h, store, docker, _ = healer(now)
+    h, store = healer(now)
     sick = [ri(n, "critical") for n in range(1, 5)] + [ri(9, "critical", gate="critical")]
     h.reconcile("demo", sick)
     now[0] = 1011.0
     h.reconcile("demo", sick)
-    assert docker.log.count("restart") == 1                 # 5 instances x 0.25: one at a time
-    assert "c9" not in docker.log
+    assert restarts(store) == 1                             # 5 instances x 0.25: one at a time
+    assert all(cid != "c9" for cid, _ in store.actions)
 
 
 def test_a_container_without_a_restart_policy_is_left_alone():
     now = [1000.0]
-    h, store, docker, _ = healer(now, policy="no")
-    h.reconcile("demo", [ri(1, "critical"), ri(2)])
+    h, store = healer(now)
+    h.reconcile("demo", [ri(1, "critical", policy=""), ri(2)])
     now[0] = 1011.0
-    h.reconcile("demo", [ri(1, "critical"), ri(2)])
-    assert "restart" not in docker.log and store.records == {}
+    h.reconcile("demo", [ri(1, "critical", policy=""), ri(2)])
+    assert store.actions == [] and store.records == {}
 
 
 def test_a_swarm_task_is_killed_for_swarm_to_replace():
     now = [1000.0]
-    h, store, docker, swarm = healer(now)
+    h, store = healer(now)
     h.reconcile("demo", [ri(1, "critical", swarm="demo"), ri(2, swarm="demo")])
     now[0] = 1010.0
     h.reconcile("demo", [ri(1, "critical", swarm="demo"), ri(2, swarm="demo")])
-    assert swarm.killed == ["c1"] and "restart" not in docker.log
+    assert store.actions == [("c1", "kill")]
     assert store.history[0][0] == "healing: replaced"
 
 
 def test_it_gives_up_after_the_tries_shuts_the_gate_saying_why_and_forgets_once_fixed():
     now = [1000.0]
-    h, store, docker, _ = healer(now, max_tries=1)
+    h, store = healer(now, max_tries=1)
     h.reconcile("demo", [ri(1, "critical"), ri(2)])
     now[0] = 1010.0
     h.reconcile("demo", [ri(1, "critical"), ri(2)])          # restart 1 of 1
@@ -143,7 +120,7 @@ def test_it_gives_up_after_the_tries_shuts_the_gate_saying_why_and_forgets_once_
     record = store.records["h:web1:8080"]
     assert record["gave_up"] and "restarted 1 times" in record["reason"]
     assert store.gates["h:web1:8080"][0] is False and store.gates["h:web1:8080"][1] == record["reason"]
-    assert docker.log.count("restart") == 1 and store.history[-1][0] == "healing: gave up"
+    assert restarts(store) == 1 and store.history[-1][0] == "healing: gave up"
     h.reconcile("demo", [ri(1, "passing", gate="critical"), ri(2)])
     assert "h:web1:8080" in store.records                    # healthy but not admitted: still given up
     h.reconcile("demo", [ri(1, "passing"), ri(2)])           # fixed by hand and admitted again
@@ -152,7 +129,7 @@ def test_it_gives_up_after_the_tries_shuts_the_gate_saying_why_and_forgets_once_
 
 def test_restarts_count_from_zero_after_a_healthy_spell():
     now = [1000.0]
-    h, store, docker, _ = healer(now)
+    h, store = healer(now)
     store.records["h:web1:8080"] = {"tries": 2, "last": 1000.0, "service": "demo"}
     now[0] = 1059.0
     h.reconcile("demo", [ri(1), ri(2)])
@@ -164,7 +141,7 @@ def test_restarts_count_from_zero_after_a_healthy_spell():
 
 def test_what_a_restart_records_and_tells():
     now = [1000.0]
-    h, store, docker, _ = healer(now)
+    h, store = healer(now)
     h.reconcile("demo", [ri(1, "critical"), ri(2)])
     now[0] = 1010.0
     h.reconcile("demo", [ri(1, "critical"), ri(2)])
@@ -178,30 +155,30 @@ def test_what_a_restart_records_and_tells():
 def test_a_second_failure_waits_out_its_back_off_and_the_daemon_is_woken_for_it():
     import time as clock
     now = [1000.0]
-    h, store, docker, _ = healer(now)
+    h, store = healer(now)
     store.records["h:web1:8080"] = {"tries": 2, "last": 995.0, "gave_up": False, "service": "demo"}
     h.failing_since["h:web1:8080"] = 980.0
     h.reconcile("demo", [ri(1, "critical"), ri(2)])              # back-off 5 x 2 = 10 s from 995: not yet
-    assert "restart" not in docker.log
+    assert restarts(store) == 0
     assert h.waiting == {"h:web1:8080": 1005.0}
     now[0] = 1004.0
     assert 0.9 <= h.next_due() - clock.monotonic() <= 1.1          # woken when the back-off ends
     now[0] = 1005.0
     h.reconcile("demo", [ri(1, "critical"), ri(2)])
-    assert docker.log.count("restart") == 1 and store.records["h:web1:8080"]["tries"] == 3
+    assert restarts(store) == 1 and store.records["h:web1:8080"]["tries"] == 3
     assert "h:web1:8080" not in h.waiting
     assert h.next_due() is None                                    # nothing else falls due
 
 
 def test_a_killed_tasks_action_lasts_while_its_replacement_is_in_the_gate():
     now = [1000.0]
-    h, store, docker, swarm = healer(now, share=0.5)
+    h, store = healer(now, share=0.5)
     tasks = [ri(n, swarm="demo") for n in range(1, 5)]
     sick = [ri(1, "critical", swarm="demo"), ri(2, "critical", swarm="demo")] + tasks[2:]
     h.reconcile("demo", sick)
     now[0] = 1010.0
     h.reconcile("demo", sick)
-    assert swarm.killed == ["c1", "c2"]                      # 4 x 0.5
+    assert store.actions == [("c1", "kill"), ("c2", "kill")]     # 4 x 0.5
     replacing = tasks[2:] + [ri(7, gate="critical", swarm="demo")]
     h.reconcile("demo", replacing)
     assert set(h.acting["demo"]) == {"h:web1:8080", "h:web2:8080"}    # the killed tasks are gone, still counted
@@ -215,7 +192,7 @@ def test_a_killed_tasks_action_lasts_while_its_replacement_is_in_the_gate():
 
 def test_an_instance_healthy_and_admitted_again_ends_its_action():
     now = [1000.0]
-    h, store, docker, _ = healer(now)
+    h, store = healer(now)
     h.acting["demo"] = {"h:web1:8080": 990.0}
     h.failing_since["h:web1:8080"], h.waiting["h:web1:8080"] = 980.0, 1005.0
     h.reconcile("demo", [ri(1), ri(2)])
@@ -224,10 +201,10 @@ def test_an_instance_healthy_and_admitted_again_ends_its_action():
 
 def test_what_it_remembers_goes_with_the_instance_and_records_ten_minutes_after():
     now = [1000.0]
-    h, store, docker, _ = healer(now, policy="no")
-    h.reconcile("demo", [ri(1, "critical"), ri(2)])
+    h, store = healer(now)
+    h.reconcile("demo", [ri(1, "critical", policy=""), ri(2)])
     now[0] = 1011.0
-    h.reconcile("demo", [ri(1, "critical"), ri(2)])
+    h.reconcile("demo", [ri(1, "critical", policy=""), ri(2)])
     assert "h:web1:8080" in h.told and "h:web1:8080" in h.failing_since
     store.records["h:web1:8080"] = {"tries": 3, "gave_up": True, "service": "demo"}
     store.records["h:other:8080"] = {"tries": 1, "service": "other"}
@@ -246,7 +223,7 @@ def test_what_it_remembers_goes_with_the_instance_and_records_ten_minutes_after(
 
 def test_records_are_read_once_per_pass_and_a_write_is_seen_at_once():
     now = [1000.0]
-    h, store, docker, _ = healer(now)
+    h, store = healer(now)
     reads = []
     real = store.healing_records
     store.healing_records = lambda: reads.append(1) or real()
@@ -269,7 +246,7 @@ def test_records_are_read_once_per_pass_and_a_write_is_seen_at_once():
 
 def test_the_give_up_record_and_message():
     now = [1000.0]
-    h, store, docker, _ = healer(now, max_tries=2)
+    h, store = healer(now, max_tries=2)
     store.records["h:web1:8080"] = {"tries": 2, "last": 900.0, "gave_up": False, "service": "demo"}
     h.failing_since["h:web1:8080"] = 980.0
     h.reconcile("demo", [ri(1, "critical"), ri(2)])
@@ -280,12 +257,14 @@ def test_the_give_up_record_and_message():
     assert store.history[-1] == ("healing: gave up", {"instance": "h:web1:8080", "version": "v1",
                                                       "by": "gatekeeper (healer)", "reason": reason})
     h.reconcile("demo", [ri(1, "critical", gate="critical"), ri(2)])
-    assert len(store.history) == 1 and "restart" not in docker.log
+    assert len(store.history) == 1 and store.actions == []
 
 
-def test_the_restart_policy_is_read_from_the_container():
-    now = [1000.0]
-    h, store, docker, _ = healer(now, policy="")
-    assert h._restart_policy(ri(1).instance) == "no"
-    docker.policy = "on-failure"
-    assert h._restart_policy(ri(1).instance) == "on-failure"
+def test_only_the_restart_policies_that_bring_a_container_back_are_restarted():
+    for policy, acted in [("always", True), ("unless-stopped", True), ("on-failure", True), ("", False), ("no", False)]:
+        now = [1000.0]
+        h, store = healer(now)
+        h.reconcile("demo", [ri(1, "critical", policy=policy), ri(2)])
+        now[0] = 1010.0
+        h.reconcile("demo", [ri(1, "critical", policy=policy), ri(2)])
+        assert store.actions == ([("c1", "restart")] if acted else []), policy

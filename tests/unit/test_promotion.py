@@ -15,6 +15,10 @@ class Store:
         self.registered = [reg(v, admitted) for v in versions]
         self.writes = 0
         self.race = 0               # this many writes lose their check-and-set first
+        self.actions = []           # (container id, action) asked of the container's host
+
+    def request_action(self, inst, action, reason, timeout=10):
+        self.actions.append((inst.container_id, action))
 
     def policy(self, service):
         assert service == "demo", service          # every call names the service it is about
@@ -63,41 +67,41 @@ def policy(**kw):
 
 def test_the_first_pass_creates_the_policy_with_that_version_stable():
     store = Store()
-    pr.Promoter(store, None).admitted(inst("v1"))
+    pr.Promoter(store).admitted(inst("v1"))
     assert (store.pol.stable, store.pol.canary, store.pol.mode, store.pol.previous) == ("v1", "", AUTO, "")
     assert store.hist == [("promoted", {"version": "v1", "previous": "", "by": "gatekeeper (auto)"})]
 
 
 def test_auto_mode_makes_a_new_version_stable_and_remembers_the_old_one():
     store = Store(policy(stable="v1"))
-    pr.Promoter(store, None).admitted(inst("v2"))
+    pr.Promoter(store).admitted(inst("v2"))
     assert (store.pol.stable, store.pol.previous) == ("v2", "v1")
     assert store.hist[-1] == ("promoted", {"version": "v2", "previous": "v1", "by": "gatekeeper (auto)"})
 
 
 def test_manual_mode_makes_a_new_version_the_canary_at_zero():
     store = Store(policy(stable="v1", mode=MANUAL))
-    pr.Promoter(store, None).admitted(inst("v2"))
+    pr.Promoter(store).admitted(inst("v2"))
     assert (store.pol.stable, store.pol.canary, store.pol.weight) == ("v1", "v2", 0)
     assert store.hist == [("canary", {"version": "v2", "by": "gatekeeper"})]
 
 
 def test_manual_mode_without_a_stable_version_makes_the_first_one_stable():
     store = Store(policy(mode=MANUAL))
-    pr.Promoter(store, None).admitted(inst("v1"))
+    pr.Promoter(store).admitted(inst("v1"))
     assert (store.pol.stable, store.pol.canary) == ("v1", "")
 
 
 @pytest.mark.parametrize("existing", [policy(stable="v1"), policy(stable="v0", canary="v1", mode=MANUAL)])
 def test_another_instance_of_a_routed_version_changes_nothing(existing):
     store = Store(existing)
-    pr.Promoter(store, None).admitted(inst("v1"))
+    pr.Promoter(store).admitted(inst("v1"))
     assert store.pol == existing and store.hist == [] and store.writes == 0
 
 
 def test_a_canary_that_was_aborted_and_passes_again_is_no_longer_marked_aborted():
     store = Store(policy(stable="v1", mode=MANUAL, aborted="v2"))
-    pr.Promoter(store, None).admitted(inst("v2"))
+    pr.Promoter(store).admitted(inst("v2"))
     assert (store.pol.canary, store.pol.aborted) == ("v2", "")
 
 
@@ -106,14 +110,14 @@ def test_an_invalid_policy_is_left_alone():
         def policy(self, service):
             raise InvalidValue("weight", 500, "0 to 100")
     store = Broken()
-    pr.Promoter(store, None).admitted(inst("v1"))
+    pr.Promoter(store).admitted(inst("v1"))
     assert store.writes == 0 and store.hist == []
 
 
 def test_a_lost_check_and_set_is_retried_and_a_lasting_race_is_a_conflict():
     store = Store(policy(stable="v1"))
     store.race = 2
-    pr.Promoter(store, None).admitted(inst("v2"))
+    pr.Promoter(store).admitted(inst("v2"))
     assert store.pol.stable == "v2" and store.writes == 3
     store.race = 5
     with pytest.raises(pr.Conflict, match="kept changing"):
@@ -201,41 +205,21 @@ def test_an_invalid_policy_is_refused_with_the_key_to_fix():
 
 # --- stopping old versions after a promotion ---------------------------------------------------
 
-class Containers:
-    def __init__(self):
-        self.stopped = []
-
-    def get(self, cid):
-        outer = self
-
-        class C:
-            def stop(self, timeout):
-                outer.stopped.append(cid)
-        return C()
-
-
-class Docker:
-    def __init__(self):
-        self.containers = Containers()
-
-
 def test_drain_stops_old_passed_versions_only_and_never_the_routed_ones():
     store = Store(policy(stable="v2", canary="v3", previous="v1"), versions=("v1", "v2", "v3"))
-    docker = Docker()
-    p = pr.Promoter(store, docker, drain_seconds=0)
+    p = pr.Promoter(store, drain_seconds=0)
     old = {ri.instance.container_id for ri in store.registered}
     p._stop_old("demo", "v2", old)
-    assert docker.containers.stopped == [inst("v1").container_id]
+    assert store.actions == [(inst("v1").container_id, "stop")]
 
 
 def test_drain_does_nothing_when_promoted_again_meanwhile_or_when_keeping_old():
     store = Store(policy(stable="v3"), versions=("v1", "v2", "v3"))
-    docker = Docker()
-    pr.Promoter(store, docker)._stop_old("demo", "v2", {inst("v1").container_id})
-    assert docker.containers.stopped == []
-    keep = pr.Promoter(store, docker, stop_old=False)
+    pr.Promoter(store)._stop_old("demo", "v2", {inst("v1").container_id})
+    assert store.actions == []
+    keep = pr.Promoter(store, stop_old=False)
     keep.drain_later("demo", "v3")                   # returns at once: no timer, nothing stopped
-    assert docker.containers.stopped == []
+    assert store.actions == []
 
 
 def test_the_exact_refusals_and_answers_an_operator_reads():
@@ -286,7 +270,7 @@ def test_promote_from_any_weight_goes_to_the_next_step_or_stable():
 
 def test_defaults_of_the_promoter():
     p = pr.Promoter(Store())
-    assert (p.drain_seconds, p.stop_old, p.unhealthy_grace, p.docker) == (10.0, True, 10.0, None)
+    assert (p.drain_seconds, p.stop_old, p.unhealthy_grace) == (10.0, True, 10.0)
 
 
 # --- progressive mode: the analysis carried out (real Prometheus: tests/e2e/test_progressive.py) --
@@ -333,7 +317,7 @@ def progressive(store, metrics, clock):
     store.pol = store.pol or policy(stable="v1", mode="progressive")
     store.pol = RoutingPolicy(**{**store.pol.__dict__, "mode": "progressive",
                                  "analysis": Analysis(step=20, max_weight=60, interval=5, threshold=2, min_requests=10)})
-    promoter = pr.Promoter(store, None, prometheus=metrics)
+    promoter = pr.Promoter(store, prometheus=metrics)
     promoter.progressive.clock = clock
     return promoter
 
@@ -425,7 +409,7 @@ def test_mode_progressive_takes_settings_validated_and_keeps_the_others():
 def test_the_containers_mode_labels_set_the_policy_when_it_is_admitted():
     from dataclasses import replace as dc_replace
     store, metrics = AnalysisStore(policy(stable="v1"), versions=("v1", "v2")), Metrics()
-    promoter = pr.Promoter(store, None, prometheus=metrics)
+    promoter = pr.Promoter(store, prometheus=metrics)
     labelled = dc_replace(inst("v2"), mode="progressive", analysis="interval=4.0,step=30")
     promoter.admitted(labelled)
     p = store.pol
@@ -472,7 +456,7 @@ def test_the_analysis_acts_only_on_the_canary_it_judged():
 def test_a_label_that_sets_manual_mode_records_no_progressive_settings():
     from dataclasses import replace as dc_replace
     store = AnalysisStore(policy(stable="v1"), versions=("v1", "v2"))
-    pr.Promoter(store, None).admitted(dc_replace(inst("v2"), mode="manual"))
+    pr.Promoter(store).admitted(dc_replace(inst("v2"), mode="manual"))
     assert store.hist[0] == ("mode", {"mode": "manual", "by": "label on v2-1"})
     assert (store.pol.canary, store.pol.weight) == ("v2", 0)
 

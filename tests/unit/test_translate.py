@@ -197,3 +197,17 @@ def test_a_swarm_task_without_a_published_port_is_told_about_host_mode(caplog):
     with caplog.at_level(logging.INFO):
         assert instances_for(container_from_inspect(data), S) == []
     assert "mode=host" in caplog.text
+
+
+def test_the_restart_policy_reaches_consul_for_the_healer_on_any_host():
+    from dataclasses import replace
+    from registrator.docker_source import container_from_inspect
+    for policy, carried in (("unless-stopped", "unless-stopped"), ("on-failure", "on-failure"), ("no", ""), (None, "")):
+        data = _swarm_inspect()
+        if policy is not None:
+            data["HostConfig"] = {"RestartPolicy": {"Name": policy, "MaximumRetryCount": 0}}
+        [inst] = instances_for(replace(container_from_inspect(data), swarm_service="", swarm_task=""), S)
+        back = instance_from_consul({"ID": inst.id, "Service": inst.service, "Address": inst.address,
+                                     "Port": inst.port, "Tags": inst.all_tags(), "Meta": inst.meta()})
+        assert back.restart_policy == carried and back == inst, policy
+        assert ("restart_policy" in inst.meta()) == bool(carried)

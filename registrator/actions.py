@@ -1,0 +1,95 @@
+"""Carry out gatekeeper's container actions on this host's engine.
+
+Gatekeeper may run on any host, and a container can be stopped, restarted or killed only
+through the engine it runs on. So gatekeeper writes what it wants done (stop the old version
+after a drain, restart an unhealthy container, kill a Swarm task so Swarm replaces it) under
+gatekeeper/actions/<node>/<instance id>, and the registrator of that node carries it out.
+
+Each action is done once per record (a record written again is asked again), only to a
+container this registrator registered on this node, and only to the run of it the record names
+(id and start time): a container restarted or replaced since is left alone, so carrying out a
+record twice, after a registrator restart say, changes nothing.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable, Dict, Optional, Protocol, Tuple
+
+from catalog.model import ContainerAction, Instance
+
+from .follow import NodeFollower
+
+log = logging.getLogger(__name__)
+
+
+class ActionStore(Protocol):
+    """What the action runner needs of Consul (catalog.consul_store.ConsulStore provides it)."""
+    def node_name(self) -> str: ...
+    def action_records(self, node: str, index: int = 0, wait: float = 0.0) -> Tuple[int, Dict[str, ContainerAction]]: ...
+    def local_instances(self, registered_by: Optional[str] = None) -> Dict[str, Instance]: ...
+
+
+Engine = Callable[[str, str, str, int], str]    # (action, container id, started, timeout) -> what happened
+
+
+def to_do(records: Dict[str, ContainerAction], done: Dict[str, float]) -> Dict[str, ContainerAction]:
+    """The records not carried out yet: new ones, and ones written again since."""
+    return {iid: r for iid, r in records.items() if done.get(iid) != r.written}
+
+
+def registered_here(iid: str, record: ContainerAction, instances: Dict[str, Instance]) -> bool:
+    """The record names an instance this registrator registered, and that instance's container."""
+    inst = instances.get(iid)
+    return inst is not None and inst.container_id == record.container_id
+
+
+class ActionRunner(NodeFollower):
+    """Follows this node's container actions and carries each out once on the local engine."""
+
+    kind = "container actions"
+
+    def __init__(self, store: ActionStore, engine: Engine, registered_by: str, stopping: threading.Event,
+                 wait: float = 30.0):
+        super().__init__(store, stopping, wait)
+        self.engine, self.registered_by = engine, registered_by
+        self.done: Dict[str, float] = {}       # instance id -> `written` of the record taken on
+
+    def fetch(self, node: str, index: int, wait: float):
+        return self.store.action_records(node, index, wait)
+
+    def apply(self) -> int:
+        """Start every action not taken on yet, each on its own thread (a stop waits for the
+        container's own shutdown); how many were started. A record for an instance not (or not
+        yet: a sync is under way) registered here waits for the next answer or sync."""
+        with self.lock:
+            if self.records is None:
+                return 0
+            self.done = {iid: w for iid, w in self.done.items() if iid in self.records}
+            pending = to_do(self.records, self.done)
+            instances = self.store.local_instances(self.registered_by) if pending else {}
+            started = 0
+            for iid, record in pending.items():
+                if not registered_here(iid, record, instances):
+                    log.debug("%s: %s asked of a container not registered here; not done", iid, record.action)
+                    continue
+                self.done[iid] = record.written
+                threading.Thread(target=self._carry_out, args=(iid, record), name=f"action-{iid}",
+                                 daemon=True).start()
+                started += 1
+        return started
+
+    def _carry_out(self, iid: str, record: ContainerAction) -> None:
+        try:
+            outcome = self.engine(record.action, record.container_id, record.started, record.timeout)
+        except Exception as exc:               # the engine is away: the next answer or sync retries
+            log.warning("%s: could not %s container %s: %s; trying again later", iid, record.action,
+                        record.container_id[:12], exc)
+            self._forget(iid, record.written)
+            return
+        log.info("%s: %s asked (%s): %s", iid, record.action, record.reason or "no reason given", outcome)
+
+    def _forget(self, iid: str, written: float) -> None:
+        with self.lock:
+            if self.done.get(iid) == written:
+                del self.done[iid]
