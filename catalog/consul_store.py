@@ -18,10 +18,10 @@ import consul.base
 from .model import (META_CONTAINER_ID, META_CONTAINER_NAME, META_DOCKER_HEALTH, META_IMAGE,
                     META_ANALYSIS, META_MODE, META_PROXY_HOST, META_PROXY_PATH, META_PROXY_STRIP, META_REGISTERED_BY,
                     META_CONTAINER_STARTED, META_GATE_MIRROR, META_RESTART_POLICY, META_SWARM_SERVICE, META_SWARM_TASK,
-                    META_TESTS_IMAGE, META_VERSION, AnalysisState, ContainerAction, GateRecord, Instance, RegisteredInstance, Rejection, RoutingPolicy,
-                    Verdict)
-from .kv_layout import (ACTIONS, ANALYSIS, DEFAULT_TESTS, GATEKEEPER, GATES, HEALING, HISTORY, POLICIES, REJECTED, RETESTS, SCALING,
-                        SERVED, VERDICTS)
+                    META_TESTS_IMAGE, META_VERSION, AnalysisState, ContainerAction, GateRecord, Instance,
+                    RegisteredInstance, Rejection, RoutingPolicy, Verdict)
+from .kv_layout import (ACTIONS, ANALYSIS, DEFAULT_TESTS, GATEKEEPER, GATES, HEALING, HISTORY, POLICIES, REJECTED,
+                        RETESTS, SCALING, SERVED, VERDICTS)
 from .validation import parse_policy
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,8 @@ class ConsulStore:
 
     def gate_records(self, node: str, index: int = 0, wait: float = 0.0) -> Tuple[int, Dict[str, GateRecord]]:
         """The gate records of one node's instances (blocking when `index` is given)."""
-        return self._node_records(GATES, node, index, wait, GateRecord.from_json, "gate record ignored (the gate stays shut)")
+        return self._node_records(GATES, node, index, wait, GateRecord.from_json,
+                                  "gate record ignored (the gate stays shut)")
 
     # --- container actions: gatekeeper asks, the container's own host carries them out --------
     def request_action(self, inst: Instance, action: str, reason: str, timeout: int = 10) -> None:
@@ -180,7 +181,8 @@ class ConsulStore:
 
     def action_records(self, node: str, index: int = 0, wait: float = 0.0) -> Tuple[int, Dict[str, ContainerAction]]:
         """The container actions asked of one node (blocking when `index` is given)."""
-        return self._node_records(ACTIONS, node, index, wait, ContainerAction.from_json, "container action ignored (nothing is done)")
+        return self._node_records(ACTIONS, node, index, wait, ContainerAction.from_json,
+                                  "container action ignored (nothing is done)")
 
     def _node_records(self, kind: str, node: str, index: int, wait: float, parse, what: str) -> Tuple[int, dict]:
         prefix = f"{kind}{node}/"

@@ -11,7 +11,7 @@ ANALYSIS = GATEKEEPER + "analysis/"            # <service>: where its progressiv
 SCALING = GATEKEEPER + "scaling/"              # <service>: its replica count's last change, and why
 HEALING = GATEKEEPER + "healing/"              # <instance id>: restarts tried on it, given up or not
 GATES = GATEKEEPER + "gates/"                  # <node>/<instance id>: the gate that node's registrator applies
-ACTIONS = GATEKEEPER + "actions/"              # <node>/<instance id>: a container action that node's registrator carries out
+ACTIONS = GATEKEEPER + "actions/"              # <node>/<instance id>: a stop, restart or kill for that node to do
 LEADER = GATEKEEPER + "leader"                 # the leader lock
 
 REGISTRATOR = "registrator/"

@@ -164,9 +164,6 @@ class ContainerAction:
     timeout: int = 10            # seconds between SIGTERM and SIGKILL (stop, restart)
     written: float = 0.0         # when gatekeeper wrote it: the same action asked again is a new one
 
-    def applies_to(self, container_id: str, started: str) -> bool:
-        return self.container_id == container_id and self.started == started
-
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 

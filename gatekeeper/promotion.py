@@ -64,8 +64,8 @@ class Promoter:
     manual mode makes it the canary at 0 %; progressive mode makes it the canary at the first
     step and lets the analysis (gatekeeper.progressive) move it on."""
 
-    def __init__(self, store: PolicyStore, drain_seconds: float = 10.0, stop_old: bool = True, unhealthy_grace: float = 10.0,
-                 prometheus: Optional[Prometheus] = None):
+    def __init__(self, store: PolicyStore, drain_seconds: float = 10.0, stop_old: bool = True,
+                 unhealthy_grace: float = 10.0, prometheus: Optional[Prometheus] = None):
         self.store = store
         self.progressive = Progressive(store, prometheus, self._analysis_weight, self._analysis_promote,
                                        self._analysis_roll_back)

@@ -35,14 +35,26 @@ class Engine:
 
 class Store:
     """This agent's instances registered by this registrator: a on container c1."""
-    def __init__(self):
+    def __init__(self, records=None):
         self.instances = {"a": Instance(id="a", service="demo", address="127.0.0.1", port=1, version="v1",
                                         container_id="c1", container_name="a", image="demo:v1",
                                         registered_by="registrator@h2")}
+        self.records, self.asked, self.reads = records or {}, [], 0
 
     def local_instances(self, registered_by=None):
         assert registered_by == "registrator@h2"
+        self.reads += 1
         return dict(self.instances)
+
+    def node_name(self):
+        return "h2"
+
+    def action_records(self, node, index=0, wait=0.0):
+        self.asked.append((node, index))
+        if index > 1:                  # nothing changes after the first answer: wait, as Consul does
+            time.sleep(min(wait, 0.05))
+            return index, dict(self.records)
+        return 2, dict(self.records)
 
 
 def runner(engine):
@@ -68,7 +80,9 @@ def test_each_record_is_carried_out_once_and_again_when_written_again():
     r.records = {"a": action()}
     assert r.apply() == 1
     settle(engine, 1)
+    reads = r.store.reads
     assert r.apply() == 0, "the same record is not done twice"
+    assert r.store.reads == reads, "and with nothing to do, the agent is not asked"
     assert engine.calls == [("stop", "c1", "t1", 10)]
     r.records = {"a": action(kind="restart", written=2.0)}
     assert r.apply() == 1
@@ -101,3 +115,17 @@ def test_a_container_not_registered_here_is_not_acted_on_until_it_is():
     assert r.apply() == 1, "b registered (a sync came after the record): done now"
     settle(engine, 1)
     assert engine.calls == [("stop", "c1", "t1", 10)]
+
+
+def test_started_it_follows_its_own_nodes_actions_with_blocking_queries():
+    engine = Engine()
+    stopping = threading.Event()
+    store = Store({"a": action()})
+    ActionRunner(store, engine, "registrator@h2", stopping, wait=0.05).start()
+    settle(engine, 1)
+    deadline = time.monotonic() + 5
+    while len(store.asked) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stopping.set()
+    assert engine.calls == [("stop", "c1", "t1", 10)], "carried out once, though the answer came again"
+    assert store.asked[0] == ("h2", 0) and store.asked[1] == ("h2", 2), "then it blocks on the answer's index"

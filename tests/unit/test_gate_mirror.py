@@ -1,6 +1,7 @@
 """registrator's gate mirror: the local gate checks follow gatekeeper's records, fail closed.
 (Against real Consul agents on several hosts: tests/e2e/test_cluster.py.)"""
 import threading
+import time
 
 from catalog.model import GateRecord, Instance
 from registrator.gates import NO_DECISION, GateMirror, differences
@@ -49,9 +50,10 @@ def test_a_forged_gate_without_any_record_is_shut_and_a_shut_one_is_not_rewritte
     assert changes == [(a, False, NO_DECISION)]
 
 
-def test_an_instance_whose_check_is_not_there_yet_is_skipped():
-    a = inst("a")
-    assert differences({a.id: a}, {}, {a.id: GateRecord(True, "ok", "c1", "t1")}) == []
+def test_an_instance_whose_check_is_not_there_yet_is_skipped_and_the_others_still_applied():
+    a, b = inst("a"), inst("b")
+    records = {a.id: GateRecord(True, "ok", "c1", "t1"), b.id: GateRecord(True, "ok", "c1", "t1")}
+    assert differences({a.id: a, b.id: b}, {b.gate_check_id: ("critical", "")}, records) == [(b, True, "ok")]
 
 
 class Store:
@@ -59,6 +61,17 @@ class Store:
         self.instances = {}
         self.checks = {}
         self.applied = []
+        self.asked = []                # (node, index) of each gate-record query
+
+    def node_name(self):
+        return "h2"
+
+    def gate_records(self, node, index=0, wait=0.0):
+        self.asked.append((node, index))
+        if index > 1:                  # nothing changes after the first answer: wait, as Consul does
+            time.sleep(min(wait, 0.05))
+            return index, {}
+        return 2, {}
 
     def local_instances(self, registered_by=None):
         return {i: x for i, x in self.instances.items() if registered_by in (None, x.registered_by)}
@@ -93,3 +106,18 @@ def test_the_mirror_applies_only_its_own_registrations_and_only_once():
     mirror.records = {mine.id: GateRecord(True, "ok", "c1", "t1"), other.id: GateRecord(True, "ok", "c1", "t1")}
     assert mirror.apply() == 1 and store.applied == [(mine.id, True, "ok")]
     assert mirror.apply() == 0, "nothing left to change"
+
+
+def test_started_it_follows_its_own_nodes_records_with_blocking_queries():
+    store = Store()
+    a = inst("a")
+    store.instances[a.id] = a
+    store.checks[a.gate_check_id] = ("passing", "forged")
+    stopping = threading.Event()
+    GateMirror(store, "registrator@h2", stopping, wait=0.05).start()
+    deadline = time.monotonic() + 5
+    while (not store.applied or len(store.asked) < 3) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stopping.set()
+    assert store.applied == [(a.id, False, NO_DECISION)], "the first answer (no record) shuts the forged gate"
+    assert store.asked[0] == ("h2", 0) and store.asked[1] == ("h2", 2), "then it blocks on the answer's index"
