@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Dict, List, Optional, Protocol
+from typing import Callable, Dict, List, Optional, Protocol, Tuple
 
 from catalog.consul_store import ConsulError
 from catalog.model import PASSED, TESTING, Instance, RegisteredInstance, Verdict
@@ -38,6 +38,10 @@ class GateStore(Protocol):
     def healing(self, instance_id: str) -> Optional[dict]: ...
 
 
+REWRITE_BACKOFF = 5.0          # seconds before a disagreeing gate's decision is written again; doubling
+REWRITE_BACKOFF_MAX = 60.0
+
+
 def instance_url(inst: Instance) -> str:
     return f"http://{inst.address}:{inst.port}"
 
@@ -58,6 +62,7 @@ class Gate:
         self.forget_after, self.clock = forget_after, clock
         self.absent_since: Dict[str, float] = {}  # instance id with a verdict -> first seen unregistered
         self.first_seen: Dict[str, float] = {}    # instance id awaiting its first verdict -> when seen
+        self.rewrites: Dict[str, Tuple[int, float]] = {}  # gate disagreeing with its verdict -> (rewrites, last)
         self.next_sweep = 0.0
 
     def reconcile(self) -> None:
@@ -76,6 +81,7 @@ class Gate:
                 self._start_test(ri.instance, reverify=True)
         with self.lock:
             self.first_seen = {iid: t for iid, t in self.first_seen.items() if iid in by_id}
+        self.rewrites = {iid: r for iid, r in self.rewrites.items() if iid in by_id}
         if self.reverify_every > 0:
             self._reverify_due(by_id.values())
         self._forget_gone_verdicts(by_id)
@@ -127,12 +133,28 @@ class Gate:
         passing = verdict.state == PASSED
         if passing and ri.gate_status != "passing" and self._healing_gave_up(ri):
             return
-        if passing and ri.gate_status != "passing":
+        if passing == (ri.gate_status == "passing"):
+            self.rewrites.pop(inst.id, None)      # the gate agrees: a disagreement is answered at once again
+        elif not self._rewrite_due(inst.id):
+            return
+        elif passing:
             log.info("%s: re-applying stored verdict (passed: %s)", inst.id, verdict.summary)
             self.store.set_gate(inst, True, verdict.summary)
-        elif not passing and ri.gate_status == "passing":
+        else:
             log.warning("%s: gate was passing against a %s verdict; closing it", inst.id, verdict.state)
             self.store.set_gate(inst, False, f"{verdict.state}: {verdict.summary}")
+
+    def _rewrite_due(self, instance_id: str) -> bool:
+        """A gate that disagrees with its verdict gets the decision written again at once (a forged
+        gate is shut within the second), then after 5, 10, 20, 40, 60, 60... s while it still
+        disagrees: its host's registrator applies every record it reads, so writing again only
+        helps once it is back, and a host whose registrator is down is not written to every pass."""
+        now = self.clock()
+        count, last = self.rewrites.get(instance_id, (0, 0.0))
+        if count and now - last < min(REWRITE_BACKOFF * 2 ** (count - 1), REWRITE_BACKOFF_MAX):
+            return False
+        self.rewrites[instance_id] = (count + 1, now)
+        return True
 
     def _healing_gave_up(self, ri: RegisteredInstance) -> bool:
         """The healer gave up on this run of the container: its gate stays shut, saying why."""

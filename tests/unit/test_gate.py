@@ -392,3 +392,35 @@ def test_test_runs_and_the_time_to_an_open_gate_are_counted_per_service_and_resu
     settle(gate)
     assert sample("gatekeeper_test_runs_total", service="demo", result=FAILED) == failed_before + 1
     assert sample("gatekeeper_gate_open_seconds_count", service="demo") == opened + 1
+
+
+def test_a_gate_that_keeps_disagreeing_is_written_again_at_once_then_backing_off_to_a_minute():
+    """A host whose registrator is down does not apply what gatekeeper writes; writing it again on
+    every pass helps nobody. Once the gate agrees, the next disagreement is answered at once."""
+    now = [1000.0]
+    store, tester = Store(inst()), FakeTester()
+    store.verdicts["h:web:8080"] = Verdict("h:web:8080", "c1", "demo-test:latest", FAILED, "0/9", 1, 2)
+    writes = []
+    real = store.set_gate
+
+    def set_gate(i, passing, output):
+        writes.append(now[0])
+        real(i, passing, output)
+        store.gates[i.id] = "passing"                  # ... and nobody applies it: the gate stays forged
+    store.set_gate = set_gate
+    store.gates["h:web:8080"] = "passing"
+    gate = Gate(store, tester, clock=lambda: now[0])
+    for t in range(1000, 1200):
+        now[0] = float(t)
+        gate.reconcile()
+    assert [w - 1000 for w in writes] == [0, 5, 15, 35, 75, 135, 195], writes
+    store.set_gate = real
+    store.gates["h:web:8080"] = "critical"             # the registrator is back and applied it
+    gate.reconcile()
+    store.gates["h:web:8080"] = "passing"              # forged again
+    store.set_gate = set_gate
+    now[0] = 1200.5
+    gate.reconcile()
+    assert writes[-1] == 1200.5, "answered at once, not after the back-off"
+    settle(gate)
+    assert tester.runs == []
