@@ -98,7 +98,8 @@ def test_gates_and_actions_are_kept_under_the_instances_node_and_forgotten_with_
     act = actions[inst.id]
     assert (act.action, act.container_id, act.reason, act.timeout) == ("stop", "cid", "drained after v2 was promoted", 7)
     store.kv_put(f"gatekeeper/actions/{node}/{unique}:damaged", '{"action": "format-disk", "container_id": "x"}')
-    assert set(store.action_records(node)[1]) == {inst.id}, "an unknown action is ignored, not carried out"
+    records = store.action_records(node)[1]        # other tests' stacks share this agent's node
+    assert inst.id in records and f"{unique}:damaged" not in records, "an unknown action is ignored, not carried out"
     store.forget_verdict(inst.id)
     assert inst.id not in store.gate_records(node)[1] and inst.id not in store.action_records(node)[1]
     assert store.verdict(inst.id) is None
