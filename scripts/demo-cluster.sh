@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The demo on several hosts: scripts/cluster.sh up (three Consul servers, three Docker hosts),
 # demo v1 on h1 and h3 through a gatekeeper on another host, v2 deployed to h2's engine over TLS
-# (v1 drained and stopped on each host by that host's registrator), the Consul leader killed and a host stopped under traffic through every proxy; then everything
-# the cluster made is removed (KEEP=1 leaves it up; `scripts/cluster.sh down` removes it later).
+# (v1 drained and stopped on each host by that host's registrator), the Consul leader killed and
+# a host stopped under traffic through every proxy; then everything the cluster made is removed
+# (KEEP=1 leaves it up; `scripts/cluster.sh down` removes it later).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 CLUSTER="$ROOT/scripts/cluster.sh"

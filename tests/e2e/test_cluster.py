@@ -2,9 +2,9 @@
 in a network namespace of its own (agent, dockerd, registrator, proxy), gatekeeper on h1 and h2.
 
 Gating crosses hosts through KV (gatekeeper writes the gate, each host's registrator applies it),
-and the cluster's faults are caused for real, under traffic through the proxies: the Consul
-leader killed, a host's agent cut off for 15 s, a host stopped, the gatekeeper leader's host
-stopped in the middle of a test run.
+and so do container actions (the drain's stop, the healer's restart). The cluster's faults are
+caused for real, under traffic through the proxies: the Consul leader killed, a host's agent cut
+off for 15 s, a host stopped, the gatekeeper leader's host stopped in the middle of a test run.
 """
 import json
 import subprocess

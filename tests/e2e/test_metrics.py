@@ -81,8 +81,17 @@ def test_prometheus_sees_each_versions_requests_errors_and_latency(stack):
     statuses = [stack.get("/demo/7")[0] for _ in range(200)]
     assert 10 <= statuses.count(500) <= 80 and set(statuses) <= {200, 500}
     query = stack.prometheus.query
-    stack.wait(lambda: sum(query('proxystack_requests_total{service="mxdemo",version="v2",status="5xx"}').values())
-               == statuses.count(500), 30, "Prometheus to scrape every 5xx of v2")
+    seen = {}
+
+    def counted():
+        five = query('proxystack_requests_total{service="mxdemo",version="v2",status="5xx"}')
+        seen["5xx"] = {str(dict(k)): v for k, v in five.items()}
+        seen["up"] = {dict(k).get("job", "?"): v for k, v in query("up").items()}
+        return sum(five.values()) == statuses.count(500)
+    try:
+        stack.wait(counted, 60, "Prometheus to scrape every 5xx of v2")
+    except AssertionError as exc:        # say what Prometheus had: a count off, or scrapes failing
+        raise AssertionError(f"{statuses.count(500)} answered 500; Prometheus has {seen}\n{exc}") from None
     ratio = query('proxystack:success_ratio:rate30s{service="mxdemo",version="v2"}')
     assert ratio and 0.5 < list(ratio.values())[0] < 0.97
     p99 = stack.wait(lambda: query('proxystack:latency_p99_seconds:30s{service="mxdemo",version="v2"}'), 30,
