@@ -2,6 +2,7 @@
 (tests/integration/test_registry_contract.py, test_docker_source.py)."""
 from __future__ import annotations
 
+import time
 from typing import Dict, List, Optional
 
 from catalog.model import Instance, Rejection
@@ -60,3 +61,22 @@ class FakeDocker:
 
     def running_ids(self) -> List[str]:
         return [cid for cid, c in self.containers.items() if c.running]
+
+
+class NodeRecords:
+    """One node's KV records as Consul's blocking queries answer them (registrator.follow): the
+    first answer at index 2, then nothing changes and each later query waits, as Consul does.
+    Keeps the (node, index) of every query in `asked`."""
+
+    def __init__(self, records=None):
+        self.node_records, self.asked = dict(records or {}), []
+
+    def node_name(self):
+        return "h2"
+
+    def answer(self, node, index=0, wait=0.0):
+        self.asked.append((node, index))
+        if index > 1:
+            time.sleep(min(wait, 0.05))
+            return index, dict(self.node_records)
+        return 2, dict(self.node_records)

@@ -8,6 +8,7 @@ import time
 
 from catalog.model import ContainerAction, Instance
 from registrator.actions import ActionRunner, to_do
+from tests.support.fakes import NodeRecords
 
 
 def action(kind="stop", written=1.0, container="c1"):
@@ -33,28 +34,22 @@ class Engine:
         return "stopped"
 
 
-class Store:
+class Store(NodeRecords):
     """This agent's instances registered by this registrator: a on container c1."""
     def __init__(self, records=None):
+        super().__init__(records)
         self.instances = {"a": Instance(id="a", service="demo", address="127.0.0.1", port=1, version="v1",
                                         container_id="c1", container_name="a", image="demo:v1",
                                         registered_by="registrator@h2")}
-        self.records, self.asked, self.reads = records or {}, [], 0
+        self.reads = 0
 
     def local_instances(self, registered_by=None):
         assert registered_by == "registrator@h2"
         self.reads += 1
         return dict(self.instances)
 
-    def node_name(self):
-        return "h2"
-
     def action_records(self, node, index=0, wait=0.0):
-        self.asked.append((node, index))
-        if index > 1:                  # nothing changes after the first answer: wait, as Consul does
-            time.sleep(min(wait, 0.05))
-            return index, dict(self.records)
-        return 2, dict(self.records)
+        return self.answer(node, index, wait)
 
 
 def runner(engine):

@@ -5,6 +5,7 @@ import time
 
 from catalog.model import GateRecord, Instance
 from registrator.gates import NO_DECISION, GateMirror, differences
+from tests.support.fakes import NodeRecords
 
 
 def inst(name, container="c1", started="t1"):
@@ -56,22 +57,15 @@ def test_an_instance_whose_check_is_not_there_yet_is_skipped_and_the_others_stil
     assert differences({a.id: a, b.id: b}, {b.gate_check_id: ("critical", "")}, records) == [(b, True, "ok")]
 
 
-class Store:
+class Store(NodeRecords):
     def __init__(self):
+        super().__init__()             # no gate record at all
         self.instances = {}
         self.checks = {}
         self.applied = []
-        self.asked = []                # (node, index) of each gate-record query
-
-    def node_name(self):
-        return "h2"
 
     def gate_records(self, node, index=0, wait=0.0):
-        self.asked.append((node, index))
-        if index > 1:                  # nothing changes after the first answer: wait, as Consul does
-            time.sleep(min(wait, 0.05))
-            return index, {}
-        return 2, {}
+        return self.answer(node, index, wait)
 
     def local_instances(self, registered_by=None):
         return {i: x for i, x in self.instances.items() if registered_by in (None, x.registered_by)}
