@@ -174,7 +174,8 @@ class Healer:
         checks = ", ".join(f"{c.rsplit(':', 1)[-1]} {ri.checks[c]}" for c in failing)
         if inst.swarm_service:
             self.store.request_action(inst, "kill", f"healing: {checks} for {self.s.after:g} s")
-            self._did(inst, "replaced", f"{checks} for {self.s.after:g} s: task killed, Swarm starts a new one")
+            self._did(inst, "replaced", f"{checks} for {self.s.after:g} s: asked {inst.node} to kill the task, "
+                                        "Swarm starts a new one")
             return True
         if inst.restart_policy not in RESTART_POLICIES:
             if inst.id not in self.told:
@@ -203,8 +204,8 @@ class Healer:
         self._put(inst.id, {"tries": tries + 1, "last": now, "gave_up": False, "service": inst.service,
                                          "reason": f"restart {tries + 1} of {self.s.max_tries}: {checks}"})
         self.store.request_action(inst, "restart", f"healing: restart {tries + 1} of {self.s.max_tries}: {checks}")
-        self._did(inst, "restarted", f"{checks} for {self.s.after:g} s: restart {tries + 1} of {self.s.max_tries}; "
-                                     "tested again before it takes traffic")
+        self._did(inst, "restarted", f"{checks} for {self.s.after:g} s: restart {tries + 1} of {self.s.max_tries} "
+                                     f"asked of {inst.node}; tested again before it takes traffic")
         return True
 
     def _did(self, inst: Instance, action: str, reason: str) -> None:

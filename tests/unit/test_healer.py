@@ -104,7 +104,7 @@ def test_a_swarm_task_is_killed_for_swarm_to_replace():
     now[0] = 1010.0
     h.reconcile("demo", [ri(1, "critical", swarm="demo"), ri(2, swarm="demo")])
     assert store.actions == [("c1", "kill")]
-    assert store.history[0][0] == "healing: replaced"
+    assert store.history[0][0] == "healing: replaced" and "asked h to kill the task" in store.history[0][1]["reason"]
 
 
 def test_it_gives_up_after_the_tries_shuts_the_gate_saying_why_and_forgets_once_fixed():
@@ -149,7 +149,7 @@ def test_what_a_restart_records_and_tells():
                                             "reason": "restart 1 of 3: health critical"}
     assert store.history == [("healing: restarted", {
         "instance": "h:web1:8080", "version": "v1", "by": "gatekeeper (healer)",
-        "reason": "health critical for 10 s: restart 1 of 3; tested again before it takes traffic"})]
+        "reason": "health critical for 10 s: restart 1 of 3 asked of h; tested again before it takes traffic"})]
 
 
 def test_a_second_failure_waits_out_its_back_off_and_the_daemon_is_woken_for_it():
