@@ -8,7 +8,7 @@ memory), and the blocking-query load they carry.
                                           [--rate 2] [--seconds 60] [--json] [--check]
 
 Everything runs on this machine's two cores: the three servers, the 20 agents and the 20 mirrors
-(one Python process); the mirrors' JSON decoding competes with the servers for the same CPU.
+(each a process of its own); the mirrors' JSON decoding competes with the servers for the same CPU.
 """
 from __future__ import annotations
 
