@@ -24,7 +24,7 @@ import statistics
 import sys
 import time
 
-from bench.harness import bench_env, command_line, exit_code, goals_table, progress, report, with_check
+from bench.harness import bench_env, command_line, exit_code, goals_table, percentile, progress, report, with_check
 from gatekeeper.promotion import set_mode
 from tests.support.load import ManyClients
 from tests.support.processes import PrometheusServer, wait_until
@@ -136,7 +136,7 @@ def main(argv=None) -> int:
               "decision_latency_ms": [round(x) for x in latencies], "bad_canary": bad}
     b = statistics.median(breach)
     lat = sorted(latencies)
-    p50, p95 = statistics.median(lat), lat[min(len(lat) - 1, int(0.95 * (len(lat) - 1) + 0.5))]
+    p50, p95 = statistics.median(lat), percentile(lat, 95)
     worst = max(r["ratio"] for r in bad)
     rows = [(f"breach -> weight 0 in nginx, threshold 1, interval {INTERVAL:g} s: median s ({len(breach)} runs)",
              round(b, 2), f"<= {INTERVAL + 1:g}", b <= INTERVAL + 1),

@@ -18,13 +18,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.harness import command_line, exit_code, goals_table, progress, report, with_check
+from bench.harness import command_line, exit_code, goals_table, percentile, progress, report, with_check
 from tests.support.consul_fleet import Fleet, churn
 
 
-def percentile(values, q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))]
+def tail_of(values) -> str:
+    """What a p99 of these many values is: of fewer than 100, the slowest one."""
+    return f"the slowest of {len(values)}" if len(values) < 100 else f"of {len(values)}"
 
 
 def main(argv=None) -> int:
@@ -74,12 +74,13 @@ def main(argv=None) -> int:
             open_queries = fleet.n * (len(fleet.store(0)._c.catalog.services()[1]) + 2)
         finally:
             fleet.stop()
-    p50, p99 = statistics.median(reach), percentile(reach, 0.99)
+    p50, p99 = statistics.median(reach), percentile(reach, 99)
     rows = [
         (f"changes that reached all {args.agents} proxies ({len(changes)} replacements)", len(changes) - missing,
          f"= {len(changes)}", missing == 0),
         ("new instance registered -> admitted in every proxy's mirror, p50 s", round(p50, 3), "<= 1", p50 <= 1),
-        ("new instance registered -> admitted in every proxy's mirror, p99 s", round(p99, 3), "<= 3", p99 <= 3),
+        (f"new instance registered -> admitted in every proxy's mirror, p99 s ({tail_of(reach)})", round(p99, 3),
+         "<= 3", p99 <= 3),
         ("instance deregistered -> gone from every proxy's mirror, p50 s", round(statistics.median(leave), 3), "<= 1",
          statistics.median(leave) <= 1),
         ("Consul servers' CPU while churning, % of one core (3 servers)", round(cpu, 1), "-", None),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -14,6 +15,13 @@ import docker
 
 from tests.support.processes import ConsulServer
 from tests.support.stack import TEST_LABEL
+
+
+def percentile(values, p: float) -> float:
+    """The p-th percentile (0-100) by nearest rank: the smallest value with at least p % of the
+    values at or below it (of fewer than 100 values, the p99 is the slowest)."""
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(p / 100 * len(ordered))) - 1]
 
 
 def command_line(doc: str) -> argparse.ArgumentParser:

@@ -31,7 +31,7 @@ import time
 import urllib.request
 import zlib
 
-from bench.harness import bench_env, command_line, exit_code, goals_table, progress, report, with_check
+from bench.harness import bench_env, command_line, exit_code, goals_table, percentile, progress, report, with_check
 from bench.promotion_bench import deploy_measuring_gate_to_proxy
 from catalog.consul_store import ConsulStore
 from catalog.model import Instance
@@ -65,11 +65,6 @@ def worker_cpu_seconds(prefix) -> float:
         except OSError:          # a process that ended meanwhile
             continue
     return total
-
-
-def pct(values, q):
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
 
 
 def wrk(url, seconds=5, conns=20):
@@ -107,7 +102,7 @@ def deploys(env, mode, n, say):
         return {"failed": len(load.failures), "requests": load.total,
                 "rate": round(load.total / load.elapsed), "reloads": generations.finish(),
                 "errors": sorted(set(f.split(":")[0] for f in load.failures)),
-                "gate_to_proxy_ms": {"p50": round(statistics.median(gate_ms), 1), "p95": round(pct(gate_ms, 95), 1)}}
+                "gate_to_proxy_ms": {"p50": round(statistics.median(gate_ms), 1), "p95": round(percentile(gate_ms, 95), 1)}}
     finally:
         stack.stop()
 
@@ -265,8 +260,8 @@ def big_catalog(env, store, services, px, push, say):
         live.append((time.monotonic() - t) * 1000)
         time.sleep(0.3)
     say(f"  one instance change -> live in workers: p50 {statistics.median(live):.1f} ms, "
-        f"p95 {pct(live, 95):.1f} ms ({len(live)} changes)")
-    return admitting, {"p50": round(statistics.median(live), 1), "p95": round(pct(live, 95), 1), "n": len(live)}
+        f"p95 {percentile(live, 95):.1f} ms ({len(live)} changes)")
+    return admitting, {"p50": round(statistics.median(live), 1), "p95": round(percentile(live, 95), 1), "n": len(live)}
 
 
 def weight_changes(env, store, px, push, say, changes=20):
@@ -297,9 +292,9 @@ def weight_changes(env, store, px, push, say, changes=20):
         times.append((time.monotonic() - t) * 1000)
         time.sleep(0.2)
     reloads = generations.finish()
-    say(f"  weight change -> live in workers: p50 {statistics.median(times):.1f} ms, p95 {pct(times, 95):.1f} ms; "
+    say(f"  weight change -> live in workers: p50 {statistics.median(times):.1f} ms, p95 {percentile(times, 95):.1f} ms; "
         f"{reloads} reloads")
-    return {"p50": round(statistics.median(times), 1), "p95": round(pct(times, 95), 1), "n": len(times),
+    return {"p50": round(statistics.median(times), 1), "p95": round(percentile(times, 95), 1), "n": len(times),
             "reloads": reloads}
 
 

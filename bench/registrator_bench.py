@@ -21,16 +21,11 @@ import time
 
 import requests
 
-from bench.harness import bench_env, command_line, exit_code, goals_table, progress, report, with_check
+from bench.harness import bench_env, command_line, exit_code, goals_table, percentile, progress, report, with_check
 from tests.support.processes import ConsulServer, Proc, python_module, wait_until
 from tests.support.stack import TEST_LABEL, Stack
 
 BENCH_LABEL = "proxystack.bench"
-
-
-def pct(values, p):
-    s = sorted(values)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
 
 
 class CatalogWatcher(threading.Thread):
@@ -122,10 +117,10 @@ def run(env, args, say, result: dict) -> None:
     watcher.stopping.set()
     lat = [(watcher.seen[f"bench:{name}:8080"] - t) * 1000 for name, t in starts.items()
            if f"bench:{name}:8080" in watcher.seen]
-    result["registration_ms"] = {"p50": round(pct(lat, 50), 1), "p95": round(pct(lat, 95), 1),
+    result["registration_ms"] = {"p50": round(percentile(lat, 50), 1), "p95": round(percentile(lat, 95), 1),
                                  "max": round(max(lat), 1), "n": len(lat)}
-    say(f"registration latency (start event -> catalog): p50 {pct(lat, 50):.1f} ms, "
-        f"p95 {pct(lat, 95):.1f} ms over {len(lat)} starts")
+    say(f"registration latency (start event -> catalog): p50 {percentile(lat, 50):.1f} ms, "
+        f"p95 {percentile(lat, 95):.1f} ms over {len(lat)} starts")
     reg.stop()
 
     # 2. resync with N running containers

@@ -1,0 +1,25 @@
+"""What the benchmarks' printed figures mean: percentiles by nearest rank, and --check's exit code."""
+from bench.harness import exit_code, goals_table, percentile
+
+
+def test_a_percentile_is_a_value_measured_at_its_nearest_rank():
+    values = [float(v) for v in range(1, 201)]             # 1..200; the order given does not matter
+    assert percentile(reversed(values), 50) == 100.0
+    assert percentile(values, 95) == 190.0
+    assert percentile(values, 99) == 198.0
+    assert percentile([3.0], 99) == 3.0
+
+
+def test_of_fewer_than_a_hundred_values_the_p99_is_the_slowest():
+    assert percentile(range(70), 99) == 69
+    assert percentile(range(99), 99) == 98
+    assert percentile(range(100), 99) == 98                # the second slowest of 100
+
+
+def test_check_fails_only_on_a_missed_goal_and_the_table_says_which():
+    rows = [("p50 s", 0.5, "<= 1", True), ("cpu", 78, "-", None), ("p99 s", 4.7, "<= 3", False)]
+    assert exit_code(rows, check=True) == 1
+    assert exit_code(rows, check=False) == 0
+    assert exit_code(rows[:2], check=True) == 0
+    table = goals_table(rows).splitlines()
+    assert table[0].endswith("met") and table[2].endswith("MISSED") and not table[1].rstrip().endswith(("met", "MISSED"))
