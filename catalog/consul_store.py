@@ -179,6 +179,22 @@ class ConsulStore:
         record = ContainerAction(action, inst.container_id, inst.started, reason[:300], timeout, time.time())
         self.kv_put(f"{ACTIONS}{inst.node}/{inst.id}", record.to_json())
 
+    def withdraw_action(self, inst: Instance, action: str) -> bool:
+        """Take back `action` if it was asked for the run of `inst` that is running now (a restart
+        asked to heal an instance that healed before its host's registrator carried it out). A
+        record for another run or another action stays. True when a record was taken back."""
+        key = f"{ACTIONS}{inst.node}/{inst.id}"
+        index, raw = self.kv_get(key)
+        if raw is None:
+            return False
+        try:
+            record = ContainerAction.from_json(raw)
+        except (ValueError, KeyError, TypeError):
+            return False
+        if (record.action, record.container_id, record.started) != (action, inst.container_id, inst.started):
+            return False
+        return bool(self._c.kv.delete(key, cas=index))
+
     def action_records(self, node: str, index: int = 0, wait: float = 0.0) -> Tuple[int, Dict[str, ContainerAction]]:
         """The container actions asked of one node (blocking when `index` is given)."""
         return self._node_records(ACTIONS, node, index, wait, ContainerAction.from_json,

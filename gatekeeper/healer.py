@@ -46,6 +46,7 @@ class HealStore(Protocol):
     def forget_verdict(self, instance_id: str) -> None: ...
     def set_gate(self, inst: Instance, passing: bool, output: str) -> None: ...
     def request_action(self, inst: Instance, action: str, reason: str, timeout: int = 10) -> None: ...
+    def withdraw_action(self, inst: Instance, action: str) -> bool: ...
     def add_history(self, service: str, event: str, **details) -> None: ...
 
 
@@ -84,6 +85,7 @@ class Healer:
         self.waiting: Dict[str, float] = {}          # instance id -> when its back-off ends
         self.known: Dict[str, set] = {}              # service -> its instance ids at the last look
         self.records_read = (-1.0, {})               # (when, every healing record): one read per pass
+        self.looked: set = set()                     # (instance id, run, asked at): restarts looked at
 
     def next_due(self) -> Optional[float]:
         """When (time.monotonic) a failing instance's time is up or its back-off ends; one that is
@@ -100,6 +102,7 @@ class Healer:
             for seen in (self.failing_since, self.waiting):
                 seen.pop(gone, None)
             self.told.discard(gone)
+            self.looked = {seen for seen in self.looked if seen[0] != gone}
         self.known[service] = ids
         records = {iid: r for iid, r in self._records(now).items() if r.get("service") == service}
         self._forget_gone(records, ids, now)
@@ -117,6 +120,8 @@ class Healer:
                 self.waiting.pop(inst.id, None)
                 if ri.admitted and acting.pop(inst.id, None) is not None:
                     log.info("%s: healthy and admitted again", inst.id)
+                if ri.admitted and inst.id in records:
+                    self._take_back_restart(inst, records[inst.id])
                 self._settle(inst, ri, records.get(inst.id), now)
                 continue
             if ri.gate_status != "passing" and inst.id not in self.failing_since:
@@ -157,6 +162,22 @@ class Healer:
             elif now - self.absent_since.setdefault(iid, now) >= 600:
                 self._put(iid, None)      # its container has been gone ten minutes
                 self.absent_since.pop(iid, None)
+
+    def _take_back_restart(self, inst: Instance, record: dict) -> None:
+        """A restart asked for this very run is not needed once the run is healthy and admitted
+        again: it healed before its host's registrator carried the restart out (that registrator
+        was down, say). Looked at once per run and restart asked; after a restart the run is a
+        new one and the action names the old, so nothing is taken back."""
+        seen = (inst.id, inst.started, record.get("last"))
+        if seen in self.looked:
+            return
+        self.looked.add(seen)
+        if self.store.withdraw_action(inst, "restart"):
+            log.info("%s: healthy and admitted again before %s restarted it; the restart asked is taken back",
+                     inst.id, inst.node)
+            self.store.add_history(inst.service, "healing: restart taken back", instance=inst.id,
+                                   version=inst.version, reason=f"healthy again before {inst.node} restarted it",
+                                   by="gatekeeper (healer)")
 
     def _settle(self, inst: Instance, ri: RegisteredInstance, record: Optional[dict], now: float) -> None:
         """Healthy again: a record is cleared once the instance has stayed healthy `settle` seconds

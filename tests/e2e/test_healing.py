@@ -76,3 +76,33 @@ def test_a_crash_looping_container_is_given_up_on_with_a_clear_status(stack):
     time.sleep(4)
     assert started(c) in runs, "no restart after giving up"
     assert "healing: gave up" in stack.gatekeeper_cli("history", "heal")[1]
+
+
+def test_a_restart_asked_while_the_hosts_registrator_is_down_is_taken_back_when_the_instance_heals(stack):
+    """The container stalls (paused: its health check times out) while registrator is down, so the
+    healer's restart waits in KV; it recovers on its own (unpaused, the same run) before registrator
+    is back. The restart is taken back, and the registrator that comes back leaves it running."""
+    c = stack.deploy("stall", "demo:v1", restart_policy={"Name": "unless-stopped"}, **HEALTH)
+    stack.wait(lambda: stack.instance(c) and stack.instance(c).admitted, 120, "admitted")
+    run, inst = started(c), stack.instance(c).instance
+
+    def asked():
+        return stack.store.action_records(inst.node)[1].get(inst.id)
+    stack.registrator.kill()                       # SIGKILL: its instances stay, the agent checks them
+    c.pause()
+    try:
+        record = stack.wait(lambda: (lambda r: r if r and r.action == "restart" else None)(asked()), 30,
+                            "the healer to ask for a restart")
+    finally:
+        c.unpause()
+    assert (record.container_id, record.started) == (c.id, run)
+    stack.wait(lambda: stack.instance(c).admitted, 30, "healthy and admitted again, the same run")
+    stack.wait(lambda: "healing: restart taken back" in stack.gatekeeper_cli("history", "heal")[1], 20,
+               "the restart taken back")
+    assert asked() is None
+    offset = len(stack.registrator.log())
+    stack.registrator = stack._registrator().start()
+    stack.wait(lambda: "sync:" in stack.registrator.log()[offset:], 30, "the restarted registrator's resync")
+    time.sleep(3)
+    assert started(c) == run, "restarted although it had healed"
+    assert stack.instance(c).admitted and f"{inst.id}: restart asked" not in stack.registrator.log()[offset:]

@@ -1,4 +1,5 @@
 """ConsulStore against a real Consul server: the behaviour the rest of the stack relies on."""
+import dataclasses
 import json
 
 import pytest
@@ -104,4 +105,20 @@ def test_gates_and_actions_are_kept_under_the_instances_node_and_forgotten_with_
     assert inst.id not in store.gate_records(node)[1] and inst.id not in store.action_records(node)[1]
     assert store.verdict(inst.id) is None
     store.kv_delete(f"gatekeeper/actions/{node}/{unique}:damaged")
+    store.deregister(inst.id)
+
+
+def test_an_action_is_taken_back_only_for_the_run_and_the_action_it_names(store, unique):
+    inst = make(unique)
+    store.register(inst)
+    [ri] = store.instances(unique)
+    run = dataclasses.replace(ri.instance, started="2026-11-29T08:00:00.1Z")
+    store.request_action(run, "restart", "healing: restart 1 of 3")
+    assert not store.withdraw_action(dataclasses.replace(run, started="2026-11-29T08:01:00.2Z"), "restart"), \
+        "a new run of the container does not take back what was asked for the old one"
+    assert not store.withdraw_action(run, "stop")
+    assert run.id in store.action_records(run.node)[1]
+    assert store.withdraw_action(run, "restart")
+    assert run.id not in store.action_records(run.node)[1]
+    assert not store.withdraw_action(run, "restart"), "nothing left to take back"
     store.deregister(inst.id)

@@ -33,6 +33,7 @@ class Store:
     def __init__(self):
         self.records, self.gates, self.history = {}, {}, []
         self.actions = []                 # (container id, action) asked of the container's host
+        self.carried_out = []             # of those, what the host's registrator has done
 
     def healing_records(self):
         return dict(self.records)
@@ -49,6 +50,13 @@ class Store:
     def request_action(self, inst, action, reason, timeout=10):
         assert inst.node and reason
         self.actions.append((inst.container_id, action))
+
+    def withdraw_action(self, inst, action):
+        asked = (inst.container_id, action)
+        if asked in self.actions and asked not in self.carried_out:
+            self.actions.remove(asked)
+            return True
+        return False
 
     def add_history(self, service, event, **details):
         self.history.append((event, details))
@@ -113,6 +121,7 @@ def test_it_gives_up_after_the_tries_shuts_the_gate_saying_why_and_forgets_once_
     h.reconcile("demo", [ri(1, "critical"), ri(2)])
     now[0] = 1010.0
     h.reconcile("demo", [ri(1, "critical"), ri(2)])          # restart 1 of 1
+    store.carried_out.append(("c1", "restart"))
     h.reconcile("demo", [ri(1, "passing"), ri(2)])           # its new run admitted ...
     h.reconcile("demo", [ri(1, "critical"), ri(2)])          # ... and failing again
     now[0] = 1020.0
@@ -268,3 +277,34 @@ def test_only_the_restart_policies_that_bring_a_container_back_are_restarted():
         now[0] = 1010.0
         h.reconcile("demo", [ri(1, "critical", policy=policy), ri(2)])
         assert store.actions == ([("c1", "restart")] if acted else []), policy
+
+
+def test_a_restart_asked_is_taken_back_when_the_instance_heals_before_its_host_carries_it_out():
+    now = [1000.0]
+    h, store = healer(now)
+    h.reconcile("demo", [ri(1, "critical"), ri(2)])
+    now[0] = 1010.0
+    h.reconcile("demo", [ri(1, "critical"), ri(2)])
+    assert store.actions == [("c1", "restart")]
+    now[0] = 1015.0                                   # its registrator is down: the same run heals
+    h.reconcile("demo", [ri(1), ri(2)])
+    assert store.actions == []
+    assert store.history[-1][0] == "healing: restart taken back"
+    assert "healthy again before h restarted it" in store.history[-1][1]["reason"]
+
+
+def test_a_restart_carried_out_is_not_taken_back_and_each_run_is_looked_at_once():
+    now = [1000.0]
+    h, store = healer(now)
+    h.reconcile("demo", [ri(1, "critical"), ri(2)])
+    now[0] = 1010.0
+    h.reconcile("demo", [ri(1, "critical"), ri(2)])
+    store.carried_out.append(("c1", "restart"))
+    calls = []
+    withdraw = store.withdraw_action
+    store.withdraw_action = lambda inst, action: calls.append(inst.id) or withdraw(inst, action)
+    for t in (1015.0, 1020.0, 1025.0):               # the new run, tested again and admitted
+        now[0] = t
+        h.reconcile("demo", [ri(1), ri(2)])
+    assert store.actions == [("c1", "restart")] and calls == ["h:web1:8080"]
+    assert [e for e, _ in store.history] == ["healing: restarted"]
