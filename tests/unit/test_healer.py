@@ -289,8 +289,17 @@ def test_a_restart_asked_is_taken_back_when_the_instance_heals_before_its_host_c
     now[0] = 1015.0                                   # its registrator is down: the same run heals
     h.reconcile("demo", [ri(1), ri(2)])
     assert store.actions == []
-    assert store.history[-1][0] == "healing: restart taken back"
-    assert "healthy again before h restarted it" in store.history[-1][1]["reason"]
+    assert store.history[-1] == ("healing: restart taken back", {
+        "instance": "h:web1:8080", "version": "v1", "by": "gatekeeper (healer)",
+        "reason": "healthy again before h restarted it"})
+    now[0] = 1020.0                                   # the same run stalls again: a second restart asked ...
+    h.reconcile("demo", [ri(1, "critical"), ri(2)])
+    now[0] = 1030.0
+    h.reconcile("demo", [ri(1, "critical"), ri(2)])
+    assert store.actions == [("c1", "restart")] and store.records["h:web1:8080"]["tries"] == 2
+    now[0] = 1035.0                                   # ... and taken back too when it heals again
+    h.reconcile("demo", [ri(1), ri(2)])
+    assert store.actions == [] and [e for e, _ in store.history].count("healing: restart taken back") == 2
 
 
 def test_a_restart_carried_out_is_not_taken_back_and_each_run_is_looked_at_once():
