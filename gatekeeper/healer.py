@@ -171,8 +171,9 @@ class Healer:
         seen = (inst.id, inst.started, record.get("last"))
         if seen in self.looked:
             return
-        self.looked.add(seen)
-        if self.store.withdraw_action(inst, "restart"):
+        taken_back = self.store.withdraw_action(inst, "restart")
+        self.looked.add(seen)                        # after the answer: a Consul error is tried again
+        if taken_back:
             log.info("%s: healthy and admitted again before %s restarted it; the restart asked is taken back",
                      inst.id, inst.node)
             self.store.add_history(inst.service, "healing: restart taken back", instance=inst.id,

@@ -317,3 +317,27 @@ def test_a_restart_carried_out_is_not_taken_back_and_each_run_is_looked_at_once(
         h.reconcile("demo", [ri(1), ri(2)])
     assert store.actions == [("c1", "restart")] and calls == ["h:web1:8080"]
     assert [e for e, _ in store.history] == ["healing: restarted"]
+
+
+def test_taking_a_restart_back_is_tried_again_when_consul_did_not_answer():
+    now = [1000.0]
+    h, store = healer(now)
+    h.reconcile("demo", [ri(1, "critical"), ri(2)])
+    now[0] = 1010.0
+    h.reconcile("demo", [ri(1, "critical"), ri(2)])
+    withdraw, failures = store.withdraw_action, [ConnectionError("Consul restarting")]
+
+    def flaky(inst, action):
+        if failures:
+            raise failures.pop()
+        return withdraw(inst, action)
+    store.withdraw_action = flaky
+    now[0] = 1015.0
+    try:
+        h.reconcile("demo", [ri(1), ri(2)])
+    except ConnectionError:
+        pass                                          # the daemon logs it and reconciles again
+    assert store.actions == [("c1", "restart")]
+    now[0] = 1016.0
+    h.reconcile("demo", [ri(1), ri(2)])
+    assert store.actions == []
