@@ -171,6 +171,20 @@ class Cluster:
                 return int(addr.split(":")[0].rsplit(".", 1)[1])
         return None
 
+    def agreed_leader(self) -> Optional[int]:
+        """The leader every live server names (the first live server's answer may be stale: a
+        server rejoining after a kill can call an election and move the leadership)."""
+        named = set()
+        for n in SERVERS:
+            if not self.server_alive(n):
+                continue
+            try:
+                addr = requests.get(f"http://127.0.0.{n}:8500/v1/status/leader", timeout=2).json()
+            except (requests.RequestException, ValueError):
+                return None
+            named.add(int(addr.split(":")[0].rsplit(".", 1)[1]) if addr else None)
+        return named.pop() if len(named) == 1 else None
+
     def node_health(self, host: str) -> str:
         checks = self.store()._c.health.node(host)[1]
         return next((c["Status"] for c in checks if c["CheckID"] == "serfHealth"), "missing")
@@ -240,6 +254,19 @@ def wait_for_leader(cluster: Cluster, timeout: float = 60, not_: Optional[int] =
     """The leading server's number, once there is one (other than `not_`, a server just killed)."""
     return wait_until(lambda: (lambda n: n if n not in (None, not_) else None)(cluster.leader()),
                       timeout, "a Consul leader" + (f" other than server {not_}" if not_ else ""))
+
+
+def wait_for_stable_leader(cluster: Cluster, hold: float = 3.0, timeout: float = 90) -> int:
+    """The leader every live server has named for `hold` seconds running."""
+    seen = {"leader": None, "since": 0.0}
+
+    def stable():
+        leader, now = cluster.agreed_leader(), time.monotonic()
+        if leader is None or leader != seen["leader"]:
+            seen.update(leader=leader, since=now)
+            return None
+        return leader if now - seen["since"] >= hold else None
+    return wait_until(stable, timeout, f"every Consul server naming one leader for {hold:g} s")
 
 
 def server_pid(n: int) -> int:
