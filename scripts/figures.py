@@ -51,8 +51,9 @@ def machine() -> str:
 
 def commit() -> str:
     out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True).stdout.strip()
+    # README.md is what this script rewrites: its own changes are not changes to what was measured
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no", "--", ".",
+                            ":(exclude)README.md"], capture_output=True, text=True).stdout.strip()
     return (out.stdout.strip() or "unknown") + (" with uncommitted changes" if dirty else "")
 
 
