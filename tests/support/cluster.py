@@ -158,8 +158,9 @@ class Cluster:
         """A store on a live server (the management token by default: tests read everything)."""
         return ConsulStore(self.consul_address(), token=self.token(part))
 
-    def leader(self) -> Optional[int]:
-        """The number (11-13) of the server that leads, as the live servers see it."""
+    def _leaders_named(self) -> Dict[int, Optional[int]]:
+        """{live server: the leader it names, None for none}; a server that does not answer is left out."""
+        named: Dict[int, Optional[int]] = {}
         for n in SERVERS:
             if not self.server_alive(n):
                 continue
@@ -167,23 +168,20 @@ class Cluster:
                 addr = requests.get(f"http://127.0.0.{n}:8500/v1/status/leader", timeout=2).json()
             except (requests.RequestException, ValueError):
                 continue
-            if addr:
-                return int(addr.split(":")[0].rsplit(".", 1)[1])
-        return None
+            named[n] = int(addr.split(":")[0].rsplit(".", 1)[1]) if addr else None
+        return named
+
+    def leader(self) -> Optional[int]:
+        """The number (11-13) of the server that leads, as the first live server to answer sees it."""
+        return next((n for n in self._leaders_named().values() if n is not None), None)
 
     def agreed_leader(self) -> Optional[int]:
-        """The leader every live server names (the first live server's answer may be stale: a
-        server rejoining after a kill can call an election and move the leadership)."""
-        named = set()
-        for n in SERVERS:
-            if not self.server_alive(n):
-                continue
-            try:
-                addr = requests.get(f"http://127.0.0.{n}:8500/v1/status/leader", timeout=2).json()
-            except (requests.RequestException, ValueError):
-                return None
-            named.add(int(addr.split(":")[0].rsplit(".", 1)[1]) if addr else None)
-        return named.pop() if len(named) == 1 else None
+        """The leader every live server names (one server's answer may be stale: a server
+        rejoining after a kill can call an election and move the leadership)."""
+        named = self._leaders_named()
+        alive = sum(1 for n in SERVERS if self.server_alive(n))
+        leaders = set(named.values())
+        return leaders.pop() if len(named) == alive and len(leaders) == 1 else None
 
     def node_health(self, host: str) -> str:
         checks = self.store()._c.health.node(host)[1]

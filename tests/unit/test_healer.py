@@ -62,6 +62,17 @@ class Store:
         self.history.append((event, details))
 
 
+def failed_for_ten_seconds():
+    """A healer (settings S) whose web1 has failed its health check for 10 s, so a restart was
+    asked of its host: (healer, store, clock)."""
+    now = [1000.0]
+    h, store = healer(now)
+    h.reconcile("demo", [ri(1, "critical"), ri(2)])
+    now[0] = 1010.0
+    h.reconcile("demo", [ri(1, "critical"), ri(2)])
+    return h, store, now
+
+
 def restarts(store):
     return sum(1 for _, action in store.actions if action == "restart")
 
@@ -149,11 +160,7 @@ def test_restarts_count_from_zero_after_a_healthy_spell():
 
 
 def test_what_a_restart_records_and_tells():
-    now = [1000.0]
-    h, store = healer(now)
-    h.reconcile("demo", [ri(1, "critical"), ri(2)])
-    now[0] = 1010.0
-    h.reconcile("demo", [ri(1, "critical"), ri(2)])
+    h, store, now = failed_for_ten_seconds()
     assert store.records["h:web1:8080"] == {"tries": 1, "last": 1010.0, "gave_up": False, "service": "demo",
                                             "reason": "restart 1 of 3: health critical"}
     assert store.history == [("healing: restarted", {
@@ -280,11 +287,7 @@ def test_only_the_restart_policies_that_bring_a_container_back_are_restarted():
 
 
 def test_a_restart_asked_is_taken_back_when_the_instance_heals_before_its_host_carries_it_out():
-    now = [1000.0]
-    h, store = healer(now)
-    h.reconcile("demo", [ri(1, "critical"), ri(2)])
-    now[0] = 1010.0
-    h.reconcile("demo", [ri(1, "critical"), ri(2)])
+    h, store, now = failed_for_ten_seconds()
     assert store.actions == [("c1", "restart")]
     now[0] = 1015.0                                   # its registrator is down: the same run heals
     h.reconcile("demo", [ri(1), ri(2)])
@@ -303,11 +306,7 @@ def test_a_restart_asked_is_taken_back_when_the_instance_heals_before_its_host_c
 
 
 def test_a_restart_carried_out_is_not_taken_back_and_each_run_is_looked_at_once():
-    now = [1000.0]
-    h, store = healer(now)
-    h.reconcile("demo", [ri(1, "critical"), ri(2)])
-    now[0] = 1010.0
-    h.reconcile("demo", [ri(1, "critical"), ri(2)])
+    h, store, now = failed_for_ten_seconds()
     store.carried_out.append(("c1", "restart"))
     calls = []
     withdraw = store.withdraw_action
@@ -320,11 +319,7 @@ def test_a_restart_carried_out_is_not_taken_back_and_each_run_is_looked_at_once(
 
 
 def test_taking_a_restart_back_is_tried_again_when_consul_did_not_answer():
-    now = [1000.0]
-    h, store = healer(now)
-    h.reconcile("demo", [ri(1, "critical"), ri(2)])
-    now[0] = 1010.0
-    h.reconcile("demo", [ri(1, "critical"), ri(2)])
+    h, store, now = failed_for_ten_seconds()
     withdraw, failures = store.withdraw_action, [ConnectionError("Consul restarting")]
 
     def flaky(inst, action):
