@@ -67,8 +67,8 @@ for h in h1 h2 h3; do traffic "leader-$h" "$h" 20; done
 sleep 3
 leader="$(curl -s "http://$(consul_addr)/v1/status/leader" | tr -d '"' | cut -d: -f1)"
 info "leader is $leader; killing it"
+t0=$(date +%s.%N)                          # the clock starts with the kill (stop-server sends SIGKILL first)
 bash "$CLUSTER" stop-server "${leader##*.}"
-t0=$(date +%s.%N)
 until new="$(curl -s "http://$(consul_addr)/v1/status/leader" | tr -d '"' | cut -d: -f1)"; [ -n "$new" ] && [ "$new" != "$leader" ]; do sleep 0.1; done
 info "$new leads after $(python3 -c "print(f'{$(date +%s.%N) - $t0:.1f}')") s"
 bash "$CLUSTER" start-server "${leader##*.}"
