@@ -12,8 +12,6 @@ the host's death until the Consul servers mark its node failed (serfHealth criti
 """
 from __future__ import annotations
 
-import os
-import signal
 import statistics
 import sys
 import time
@@ -21,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from bench.harness import command_line, exit_code, goals_table, progress, report, with_check
 from tests.support.cluster import (Cluster, NodeFailure, RouteLog, gatekeeper_leader, host_ip, keepalive_loads,
-                                   remove_demo_containers, server_pid, wait_for_stable_leader)
+                                   kill_server, remove_demo_containers, wait_for_stable_leader)
 from tests.support.processes import wait_until
 
 BURST = 10                 # containers per host started at once for the registration rate
@@ -40,12 +38,10 @@ def leader_kill(cluster: Cluster) -> float:
     from a settled cluster: a server that rejoins after a kill can call an election and move the
     leadership, and a kill of a server that no longer leads would measure nothing."""
     old = wait_for_stable_leader(cluster)
-    os.kill(server_pid(old), signal.SIGKILL)
-    t0 = time.monotonic()
+    t0 = kill_server(cluster, old)
     wait_until(lambda: (lambda n: n if n not in (None, old) else None)(cluster.agreed_leader()), 60,
                f"a Consul leader other than server {old}")
     leaderless = time.monotonic() - t0
-    cluster.sh("stop-server", str(old))             # its pid file
     cluster.sh("start-server", str(old))
     wait_until(lambda: len(cluster.store()._c.status.peers()) == 3, 60, "three servers in the quorum again")
     return leaderless

@@ -16,7 +16,7 @@ import requests
 
 from catalog.model import PASSED, TESTING
 from tests.support.cluster import (Cluster, NodeFailure, RouteLog, gatekeeper_leader, host_ip, in_host,
-                                   keepalive_loads, remove_demo_containers, wait_for_leader,
+                                   keepalive_loads, kill_server, remove_demo_containers, wait_for_leader,
                                    wait_for_stable_leader)
 from tests.support.processes import ROOT
 
@@ -118,8 +118,7 @@ def test_the_consul_leader_killed_loses_no_request_and_nothing_registered(clean)
     _, backends = serve_on(cluster, [("h1", "demo-1"), ("h2", "demo-2"), ("h3", "demo-3")])
     running = keepalive_loads(cluster.hosts, max_seconds=240)
     old = wait_for_stable_leader(cluster)                     # the server that leads, as all of them agree
-    cluster.sh("stop-server", str(old))
-    killed_at = time.monotonic()
+    killed_at = kill_server(cluster, old)
     try:
         new = wait_for_leader(cluster, 60, not_=old)
         leaderless = time.monotonic() - killed_at

@@ -88,11 +88,14 @@ def test_a_restart_asked_while_the_hosts_registrator_is_down_is_taken_back_when_
 
     def asked():
         return stack.store.action_records(inst.node)[1].get(inst.id)
+
+    def restart_asked():
+        record = asked()
+        return record if record and record.action == "restart" else None
     stack.registrator.kill()                       # SIGKILL: its instances stay, the agent checks them
     c.pause()
     try:
-        record = stack.wait(lambda: (lambda r: r if r and r.action == "restart" else None)(asked()), 30,
-                            "the healer to ask for a restart")
+        record = stack.wait(restart_asked, 30, "the healer to ask for a restart")
     finally:
         c.unpause()
     assert (record.container_id, record.started) == (c.id, run)

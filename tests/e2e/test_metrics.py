@@ -94,6 +94,8 @@ def test_prometheus_sees_each_versions_requests_errors_and_latency(stack):
     before = proxy_5xx()
     statuses = [stack.get("/demo/7")[0] for _ in range(200)]
     assert 10 <= statuses.count(500) <= 80 and set(statuses) <= {200, 500}
+    expected = before + statuses.count(500)
+    stack.wait(lambda: proxy_5xx() == expected, 10, f"the proxy to count the {statuses.count(500)} 500s it answered")
     query = stack.prometheus.query
     seen = {}
 
@@ -102,8 +104,6 @@ def test_prometheus_sees_each_versions_requests_errors_and_latency(stack):
         seen["5xx"] = {str(dict(k)): v for k, v in five.items()}
         seen["up"] = {dict(k).get("job", "?"): v for k, v in query("up").items()}
         return sum(five.values()) == expected
-    expected = before + statuses.count(500)
-    stack.wait(lambda: proxy_5xx() == expected, 10, f"the proxy to count the {statuses.count(500)} 500s it answered")
     try:
         stack.wait(counted, 60, "Prometheus to scrape every 5xx of v2")
     except AssertionError as exc:        # say what Prometheus had: a count off, or scrapes failing

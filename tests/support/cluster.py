@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -269,6 +270,15 @@ def wait_for_stable_leader(cluster: Cluster, hold: float = 3.0, timeout: float =
 
 def server_pid(n: int) -> int:
     return int((STATE / "run" / f"consul-s{n}.pid").read_text())
+
+
+def kill_server(cluster: Cluster, n: int) -> float:
+    """SIGKILL server n; the moment of the kill (time.monotonic), taken before `stop-server`
+    waits for the process to go and removes its pid file."""
+    os.kill(server_pid(n), signal.SIGKILL)
+    killed_at = time.monotonic()
+    cluster.sh("stop-server", str(n))
+    return killed_at
 
 
 def pid_file(name: str) -> Path:
