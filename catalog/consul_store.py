@@ -19,7 +19,7 @@ from .model import (META_CONTAINER_ID, META_CONTAINER_NAME, META_DOCKER_HEALTH, 
                     META_ANALYSIS, META_MODE, META_PROXY_HOST, META_PROXY_PATH, META_PROXY_STRIP, META_REGISTERED_BY,
                     META_CONTAINER_STARTED, META_GATE_MIRROR, META_RESTART_POLICY, META_SWARM_SERVICE, META_SWARM_TASK,
                     META_TESTS_IMAGE, META_VERSION, AnalysisState, ContainerAction, GateRecord, Instance,
-                    RegisteredInstance, Rejection, RoutingPolicy, Verdict)
+                    ProxyState, RegisteredInstance, Rejection, RoutingPolicy, Verdict)
 from .kv_layout import (ACTIONS, ANALYSIS, DEFAULT_TESTS, GATEKEEPER, GATES, HEALING, HISTORY, POLICIES, REJECTED,
                         RETESTS, SCALING, SERVED, VERDICTS)
 from .validation import parse_policy
@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 PROXY_SERVICE = "proxy-reloader"
 METRICS_SERVICE = "proxystack-metrics"     # each daemon's metrics endpoint, for Prometheus
 GATE_TTL = "87600h"        # the gate is set by gatekeeper, never by expiry
+# A proxy's heartbeat: passed every PROXY_HEARTBEAT seconds; a proxy silent for PROXY_ALIVE_TTL is
+# taken for dead (killed, its host gone), and Consul removes its registration after PROXY_REAP_AFTER.
+PROXY_ALIVE_TTL, PROXY_HEARTBEAT, PROXY_REAP_AFTER = "30s", 10.0, "10m"
 _OWN_META = {META_CONTAINER_ID, META_CONTAINER_NAME, META_IMAGE, META_VERSION, META_TESTS_IMAGE,
              META_PROXY_PATH, META_PROXY_HOST, META_REGISTERED_BY, META_DOCKER_HEALTH, META_PROXY_STRIP,
              META_MODE, META_ANALYSIS, META_SWARM_SERVICE, META_SWARM_TASK, META_GATE_MIRROR,
@@ -271,6 +274,9 @@ class ConsulStore:
     def kv_delete(self, key: str) -> None:
         self._c.kv.delete(key)
 
+    def kv_delete_tree(self, prefix: str) -> None:
+        self._c.kv.delete(prefix, recurse=True)
+
     def kv_keys(self, prefix: str) -> List[str]:
         _, keys = self._c.kv.get(prefix, keys=True)
         return list(keys or [])
@@ -336,7 +342,7 @@ class ConsulStore:
         keys += self.kv_keys(f"{HISTORY}{service}/")
         for key in own:
             self.kv_delete(key)
-        self._c.kv.delete(f"{HISTORY}{service}/", recurse=True)
+        self.kv_delete_tree(f"{HISTORY}{service}/")
         return keys
 
     def policy(self, service: str) -> Tuple[int, Optional[RoutingPolicy]]:
@@ -418,12 +424,19 @@ class ConsulStore:
             self.kv_put(key, json.dumps(served, sort_keys=True))
 
     def forget_served(self, proxy_id: str) -> None:
-        self._c.kv.delete(f"{SERVED}{proxy_id}/", recurse=True)
+        self.kv_delete_tree(f"{SERVED}{proxy_id}/")
 
-    def proxies(self) -> List[str]:
-        """The ids of the proxies that announce themselves in Consul (`--report-check`)."""
+    def proxies(self) -> List[ProxyState]:
+        """The proxies that announce themselves in Consul (`--report-check`), alive or not. A
+        registration without a heartbeat check (an older proxy-reloader) counts as alive."""
         _, entries = self._c.health.service(PROXY_SERVICE)
-        return sorted(e["Service"]["ID"] for e in entries)
+        out = []
+        for e in entries:
+            sid = e["Service"]["ID"]
+            beat = next((c for c in e.get("Checks") or [] if c.get("CheckID") == sid + ":alive"), None)
+            alive = beat is None or beat.get("Status") == "passing"
+            out.append(ProxyState(sid, alive, "" if alive else (beat.get("Output") or beat.get("Status") or "")))
+        return sorted(out, key=lambda p: p.id)
 
     def served(self, proxy_id: str, service: str) -> Optional[dict]:
         raw = self.kv_get(f"{SERVED}{proxy_id}/{service}")[1]
@@ -432,17 +445,12 @@ class ConsulStore:
         except ValueError:
             return None
 
-    def self_reporter(self, name: str, service_id: str, address: str):
-        """Register a component as a service with a TTL check; return report(ok, note)."""
-        host, _, port = address.rpartition(":")
-        check_id = service_id + ":config"
-        self._put("/v1/agent/service/register", json.dumps({
-            "ID": service_id, "Name": name, "Address": host, "Port": int(port),
-            "Checks": [{"CheckID": check_id, "Name": "config applied", "TTL": GATE_TTL, "Status": "passing"}]}))
-
-        def report(ok: bool, note: str) -> None:
-            self._put(f"/v1/agent/check/{'pass' if ok else 'fail'}/{check_id}", params=[("note", note[:1000])])
-        return report
+    def self_reporter(self, name: str, service_id: str, address: str, alive_ttl: str = PROXY_ALIVE_TTL,
+                      reap_after: str = PROXY_REAP_AFTER) -> "SelfReport":
+        """Register a component as a service with two TTL checks: `:config` (is its config
+        applied, with a note) and `:alive` (a heartbeat; Consul removes the registration once it
+        has been critical for `reap_after`, so a killed component does not count for ever)."""
+        return SelfReport(self, name, service_id, address, alive_ttl, reap_after).register()
 
     def announce_metrics(self, service_id: str, component: str, address: str) -> None:
         """Register a daemon's metrics endpoint as an instance of `proxystack-metrics` (which
@@ -480,6 +488,53 @@ class ConsulStore:
                              headers=headers)
         except consul.base.ConsulException as exc:
             raise ConsulError(f"PUT {path}: {exc}") from None
+
+
+class SelfReport:
+    """A component's own registration (ConsulStore.self_reporter): `report(ok, note)` sets its
+    config check, `heartbeat()` its alive check. Either registers it again when Consul no longer
+    knows it (removed after a long silence, or by hand)."""
+
+    def __init__(self, store: ConsulStore, name: str, service_id: str, address: str, alive_ttl: str,
+                 reap_after: str):
+        self.store, self.name, self.id, self.address = store, name, service_id, address
+        self.alive_ttl, self.reap_after = alive_ttl, reap_after
+        self.config_check, self.alive_check = service_id + ":config", service_id + ":alive"
+        self.last = (True, "starting")
+
+    def register(self) -> "SelfReport":
+        host, _, port = self.address.rpartition(":")
+        ok, note = self.last
+        self.store._put("/v1/agent/service/register", json.dumps({
+            "ID": self.id, "Name": self.name, "Address": host, "Port": int(port),
+            "Checks": [
+                {"CheckID": self.config_check, "Name": "config applied", "TTL": GATE_TTL,
+                 "Status": "passing" if ok else "critical"},
+                {"CheckID": self.alive_check, "Name": "alive", "TTL": self.alive_ttl, "Status": "passing",
+                 "Notes": f"passed by the component while it runs; critical after {self.alive_ttl} of silence",
+                 "DeregisterCriticalServiceAfter": self.reap_after}]}))
+        self.store._put(self._path(self.config_check, ok), params=[("note", note[:1000])])
+        return self
+
+    def __call__(self, ok: bool, note: str) -> None:
+        self.last = (ok, note)
+        self._set(self.config_check, ok, note)
+
+    def heartbeat(self) -> None:
+        self._set(self.alive_check, True, "alive")
+
+    @staticmethod
+    def _path(check_id: str, ok: bool) -> str:
+        return f"/v1/agent/check/{'pass' if ok else 'fail'}/{check_id}"
+
+    def _set(self, check_id: str, ok: bool, note: str) -> None:
+        path = self._path(check_id, ok)
+        try:
+            self.store._put(path, params=[("note", note[:1000])])
+        except ConsulError:
+            # Consul does not know the check (the registration was removed): register again.
+            self.register()
+            self.store._put(path, params=[("note", note[:1000])])
 
 
 def registered_from_health(entries: list) -> List[RegisteredInstance]:

@@ -178,6 +178,16 @@ class ContainerAction:
 
 
 @dataclass(frozen=True)
+class ProxyState:
+    """A proxy that announces itself in Consul (proxy-reloader --report-check). `alive` is its
+    heartbeat check: a proxy that has not said so within the check's TTL (killed, its host
+    gone) is not alive, and nobody waits for it to serve anything."""
+    id: str
+    alive: bool = True
+    note: str = ""                   # the heartbeat check's output when not alive
+
+
+@dataclass(frozen=True)
 class HealthCheck:
     """SERVICE_CHECK_HTTP (target: a path) or SERVICE_CHECK_TCP (target: empty)."""
     kind: str                 # "http" | "tcp"

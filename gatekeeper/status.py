@@ -84,7 +84,9 @@ def service_status(store, service: str, rejections: Dict[str, Rejection], detail
     out["replicas"] = replicas(service, registered) if replicas else None
     if detail:
         out["default_tests"] = store.default_tests_image(service)
-        out["proxies"] = {p: store.served(p, service) for p in store.proxies()}
+        proxies = store.proxies()
+        out["proxies"] = {p.id: store.served(p.id, service) for p in proxies}
+        out["proxies_not_alive"] = {p.id: p.note for p in proxies if not p.alive}
     return out
 
 
@@ -304,7 +306,8 @@ def render_why(data: dict) -> str:
         for proxy, served in sorted(s.get("proxies", {}).items()):
             what = (f"stable {served['stable'] or '-'}, canary {served['canary'] or '-'} at {served['weight']}%"
                     if served else "nothing")
-            out.append(f"  proxy {proxy} serves {what}")
+            dead = s.get("proxies_not_alive", {}).get(proxy)
+            out.append(f"  proxy {proxy} serves {what}" + (f" (NOT ALIVE: {dead})" if dead is not None else ""))
         for i in s["instances"]:
             out.append(f"  instance {i['id']} ({i['version']}, container {i['container']}, "
                        f"{i['address']}:{i['port']})")

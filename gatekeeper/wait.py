@@ -1,9 +1,13 @@
 """`gatekeeper wait SERVICE --version V`: block until V is admitted and served, or failed.
 
 For CD jobs: prints a progress line at each change; exit 0 when V passed its tests, the routing
-policy routes it (stable, or canary in manual mode) and every proxy that announces itself in
-Consul (proxy-reloader --report-check) reports that its nginx serves it that way; 1 when its
+policy routes it (stable, or canary in manual mode) and every live proxy that announces itself
+in Consul (proxy-reloader --report-check) reports that its nginx serves it that way; 1 when its
 tests failed, 4 when the time ran out first (the stack's shared exit codes, catalog.cli).
+
+A proxy that has stopped saying it is alive (its `:alive` check critical: killed, or its host
+gone) serves nothing and will apply nothing: it is named at once, with what to do, and not
+waited for. Consul removes such a registration by itself ten minutes later.
 
 Between looks it does not poll: it holds a Consul blocking query on the KV prefix where the next
 change will come from (gatekeeper's verdicts and policies, then the proxies' reports), so the
@@ -16,7 +20,7 @@ from typing import Callable, Dict, List, Optional, Protocol, Tuple
 
 from catalog.cli import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT
 from catalog.kv_layout import GATEKEEPER, SERVED
-from catalog.model import ERROR, FAILED, PASSED, RegisteredInstance, RoutingPolicy, Verdict
+from catalog.model import ERROR, FAILED, PASSED, ProxyState, RegisteredInstance, RoutingPolicy, Verdict
 from catalog.validation import InvalidValue
 
 WAIT_OK, WAIT_FAILED, WAIT_TIMEOUT = EXIT_OK, EXIT_FAILED, EXIT_TIMEOUT
@@ -27,7 +31,7 @@ class WaitStore(Protocol):
     def instances(self, service: str) -> List[RegisteredInstance]: ...
     def verdict(self, instance_id: str) -> Optional[Verdict]: ...
     def policy(self, service: str) -> Tuple[int, Optional[RoutingPolicy]]: ...
-    def proxies(self) -> List[str]: ...
+    def proxies(self) -> List[ProxyState]: ...
     def served(self, proxy_id: str, service: str) -> Optional[dict]: ...
     def wait_keys(self, prefix: str, index: int, wait: float) -> int: ...
 
@@ -47,7 +51,20 @@ def wait_for_version(store: WaitStore, service: str, version: str, timeout: floa
             say(line)
             last = line
 
+    dead_named: set = set()
+
+    def name_the_dead() -> List[str]:
+        """Each proxy that is not alive, said once: CD logs show why it is not waited for."""
+        dead = [p for p in store.proxies() if not p.alive]
+        for p in dead:
+            if p.id not in dead_named:
+                dead_named.add(p.id)
+                say(f"not waiting for proxy {p.id}: it is not alive ({p.note or 'heartbeat check critical'}); "
+                    f"restart it, or if it is gone for good: consul services deregister -id={p.id}")
+        return [p.id for p in dead]
+
     while True:
+        dead = name_the_dead()
         instances = [ri for ri in store.instances(service) if ri.instance.version == version]
         verdicts = [store.verdict(ri.instance.id) for ri in instances]
         verdicts = [v for ri, v in zip(instances, verdicts) if v and v.applies_to(ri.instance)]
@@ -63,7 +80,9 @@ def wait_for_version(store: WaitStore, service: str, version: str, timeout: floa
             progress(f"{service} {version}: waiting for an instance to be registered")
         elif passed and routed and not lagging:
             role = "stable" if policy.stable == version else f"canary ({policy.weight}%)"
-            say(f"{service} {version}: admitted and {role}: {passed[0].summary}")
+            said = f"{service} {version}: admitted and {role}: {passed[0].summary}"
+            say(said + (f" (not confirmed by {len(dead)} proxy(ies) that are not alive: {', '.join(dead)})"
+                        if dead else ""))
             return WAIT_OK
         elif passed and routed:
             progress(f"{service} {version}: routed by the policy; waiting for {len(lagging)} proxy(ies) to serve it: "
@@ -88,7 +107,7 @@ def wait_for_version(store: WaitStore, service: str, version: str, timeout: floa
 
 
 def _proxies_not_serving(store, service: str, version: str, policy) -> List[str]:
-    """The proxies whose nginx does not serve `version` in the role the policy gives it yet.
+    """The live proxies whose nginx does not serve `version` in the role the policy gives it yet.
     No proxy announcing itself: nothing to confirm with, so the policy's word stands."""
     role = "stable" if policy.stable == version else "canary"
-    return [p for p in store.proxies() if (store.served(p, service) or {}).get(role) != version]
+    return [p.id for p in store.proxies() if p.alive and (store.served(p.id, service) or {}).get(role) != version]

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
+from catalog.consul_store import PROXY_HEARTBEAT
 from catalog.retry import TRANSIENT
 from catalog.routing import Route
 
@@ -49,6 +50,8 @@ class RunnerOptions:
     blip_grace: float = 15.0
     # Idle, how often to ask nginx whether it restarted (and so lost the pushed table).
     restart_check: float = 2.0
+    # How often the proxy tells Consul it is alive (--report-check; the check's TTL is three times this).
+    heartbeat: float = PROXY_HEARTBEAT
 
 
 class Runner:
@@ -78,6 +81,7 @@ class Runner:
         self.recheck: Optional[threading.Timer] = None
         self._structure = None
         self._last_check = 0.0
+        self._last_beat = float("-inf")
 
     @property
     def dynamic(self) -> bool:
@@ -250,12 +254,14 @@ class Runner:
     def run(self) -> None:
         self.mirror.start()
         while not self.stopping.is_set() and not self.mirror.ready.wait(timeout=1.0):
+            self._heartbeat()
             self._idle()                             # nginx serves what it has until Consul answers
         if self.stopping.is_set():
             return
         self.update(self.mirror.everything())
         self._apply()
         while not self.stopping.is_set():
+            self._heartbeat()
             if not self.dirty.wait(timeout=1.0):
                 self._idle()
                 continue
@@ -295,6 +301,18 @@ class Runner:
                           f"config {config_version(self.nginx.current() or '')}: {len(self.routes)} service(s)")
         except TRANSIENT as exc:
             log.warning("could not report the proxy's state to Consul: %s", exc)
+
+    def _heartbeat(self) -> None:
+        """Tell Consul this proxy is alive (its `:alive` check), every `heartbeat` seconds: one
+        that stops saying so is not waited for by `gatekeeper wait`."""
+        beat = getattr(self.reporter, "heartbeat", None)
+        if beat is None or time.monotonic() - self._last_beat < self.options.heartbeat:
+            return
+        try:
+            beat()
+            self._last_beat = time.monotonic()
+        except TRANSIENT as exc:
+            log.warning("could not tell Consul this proxy is alive: %s", exc)
 
     def status(self) -> dict:
         """What the status endpoint shows."""

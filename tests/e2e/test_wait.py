@@ -3,6 +3,8 @@ it exits gets the new version, deploy after deploy (new services and upgrades), 
 stack. The proxy announces itself in Consul (--report-check), as the stack's does."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.conftest import SESSION
@@ -54,3 +56,28 @@ def test_wait_names_the_proxy_that_has_not_served_it_yet(stack, store):
         assert code == 4 and "proxy-reloader:ghost" in out
     finally:
         store.deregister("proxy-reloader:ghost")
+
+
+def test_a_proxy_that_is_not_alive_is_named_at_once_and_not_waited_for(stack, store):
+    """A proxy killed without a word (SIGKILL, its host gone) stops passing its `:alive` check;
+    Consul turns it critical after the TTL (1 s here, 30 s as proxy-reloader registers it). wait
+    names it in its first lines and does not wait for it; the stack's own proxy, which has run
+    for longer than its TTL by now, is alive and confirms the version."""
+    dead = store.self_reporter("proxy-reloader", "proxy-reloader:dead", "127.0.0.1:2", alive_ttl="1s")
+    dead(True, "a proxy killed without a word")
+    try:
+        stack.wait(lambda: [p for p in store.proxies() if p.id == "proxy-reloader:dead" and not p.alive], 30,
+                   "Consul to expire the dead proxy's heartbeat")
+        own = next(p for p in store.proxies() if p.id == f"proxy-reloader:127.0.0.1:{PORT}")
+        assert own.alive, own
+        stack.deploy("after-dead", "demo:v1", **{"gatekeeper.version": "rdead"})
+        code, out, err = stack.gatekeeper_cli("wait", "waitdemo", "--version", "rdead", "--timeout", "120")
+        assert code == 0, out + err
+        lines = out.splitlines()
+        assert lines[0].startswith("not waiting for proxy proxy-reloader:dead: it is not alive (TTL expired)"), out
+        assert "waitdemo rdead: admitted and stable" in lines[-1] and "proxy-reloader:dead" in lines[-1], out
+        assert stack.served_version() == "v1"
+        status = json.loads(stack.gatekeeper_cli("why", "waitdemo", "--json")[1])
+        assert status["services"][0]["proxies_not_alive"] == {"proxy-reloader:dead": "TTL expired"}, status
+    finally:
+        store.deregister("proxy-reloader:dead")
