@@ -36,6 +36,7 @@ def test_a_container_gone_unhealthy_is_restarted_retested_and_back_with_no_faile
     a = stack.deploy("a", "demo:v1", restart_policy={"Name": "unless-stopped"}, **HEALTH)
     b = stack.deploy("b", "demo:v1", restart_policy={"Name": "unless-stopped"}, **HEALTH)
     stack.wait(lambda: all(stack.instance(c) and stack.instance(c).admitted for c in (a, b)), 120, "both admitted")
+    stack.wait(lambda: stack.proxy_serves([a, b]), 10, "the proxy to serve both")   # what the load will meet
     first_run = started(a)
     first_verdict = stack.store.verdict(stack.instance(a).instance.id)
     load = KeepAliveLoad("127.0.0.1", PORT, connections=10, rate=10).start()

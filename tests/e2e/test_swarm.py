@@ -80,6 +80,13 @@ def host(service: str) -> dict:
     return {"Host": f"{service}.test"}
 
 
+def served(stack: Stack, w: Watcher, version=None) -> None:
+    """Wait until the proxy routes the service to exactly its admitted instances (of `version`):
+    Consul's word that they are admitted comes before nginx's workers have them."""
+    stack.wait(lambda: stack.proxy_serves(w.admitted(version), service=w.service), 15,
+               f"the proxy to serve every admitted {version or 'instance'} of {w.service}")
+
+
 def load_for(stack: Stack, service: str) -> KeepAliveLoad:
     return KeepAliveLoad("127.0.0.1", stack.listen_port, headers=host(service),
                          connections=10, rate=10).start()
@@ -109,14 +116,15 @@ def test_rolling_update_goes_task_by_task_through_the_gate_and_a_broken_one_roll
     name = "swupdate"
     docker(*gated_service_args(name, stack.session, 3, "demo:v1"))
     w = Watcher(stack, name)
-    stack.wait(lambda: len(w.admitted("v1")) == 3 and stack.served_version(host(name)) == "v1", 180,
-               "three admitted v1 tasks")
+    stack.wait(lambda: len(w.admitted("v1")) == 3, 180, "three admitted v1 tasks")
+    served(stack, w, "v1")
     load = load_for(stack, name)
     try:
         docker("service", "update", "--detach", "--image", "demo:v2", name)
         stack.wait(lambda: len(w.admitted("v2")) == 3 and len(w.instances()) == 3, 240,
                    "every task replaced by an admitted v2 one")
         stack.wait(lambda: all(t["image"] == "demo:v2" for t in tasks(name)), 30, "Swarm to see only v2 tasks")
+        served(stack, w, "v2")
         assert stack.served_version(host(name)) == "v2"
 
         # demo:v3 builds but fails its integration tests: the update stops at its first task
@@ -127,6 +135,7 @@ def test_rolling_update_goes_task_by_task_through_the_gate_and_a_broken_one_roll
         stack.wait(lambda: all(t["image"] == "demo:v2" for t in tasks(name)) and len(tasks(name)) == 3
                    and len(w.admitted("v2")) == 3 and len(w.instances()) == 3, 120,
                    "three admitted v2 tasks again, no v3 left")
+        served(stack, w, "v2")
         time.sleep(2)
     finally:
         load.finish()
@@ -143,6 +152,7 @@ def test_a_killed_task_is_replaced_and_its_replacement_gated(stack):
     w = Watcher(stack, name)
     docker("service", "scale", "--detach", f"{name}=2")
     stack.wait(lambda: len(w.admitted()) == 2, 180, "two admitted instances")
+    served(stack, w)
     load = load_for(stack, name)
     try:
         victim = w.admitted()[0].instance
@@ -216,6 +226,7 @@ def test_an_unhealthy_task_is_taken_out_then_replaced_by_a_gated_one(stack):
                                "--container-label", "SERVICE_CHECK_INTERVAL=1s"))
     w = Watcher(stack, name)
     stack.wait(lambda: len(w.admitted()) == 2, 180, "two admitted tasks")
+    served(stack, w)
     load = load_for(stack, name)
     try:
         sick = w.admitted()[0].instance
@@ -236,8 +247,8 @@ def test_in_manual_mode_a_rolling_update_waits_for_promote(stack):
     name = "swmanual"
     docker(*gated_service_args(name, stack.session, 2, "demo:v1", "--container-label", "gatekeeper.mode=manual"))
     w = Watcher(stack, name)
-    stack.wait(lambda: len(w.admitted("v1")) == 2 and stack.served_version(host(name)) == "v1", 180,
-               "two admitted v1 tasks")
+    stack.wait(lambda: len(w.admitted("v1")) == 2, 180, "two admitted v1 tasks")
+    served(stack, w, "v1")
     load = load_for(stack, name)
     try:
         docker("service", "update", "--detach", "--no-resolve-image", "--image", "demo:v2", name)
@@ -250,6 +261,7 @@ def test_in_manual_mode_a_rolling_update_waits_for_promote(stack):
         assert code == 0, out + err
         stack.wait(lambda: len(w.admitted("v2")) == 2 and len(w.instances()) == 2, 180,
                    "the update to go on once v2 takes traffic")
+        served(stack, w, "v2")
     finally:
         load.finish()
     assert load.failures == [], load.failures[:5]

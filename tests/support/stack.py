@@ -6,6 +6,8 @@ prefix and port; demo containers are started with `docker run` and labels only.
 from __future__ import annotations
 
 from catalog.consul_store import ConsulStore
+from catalog.kv_layout import GATEKEEPER
+from catalog.model import RegisteredInstance
 from tests.support.processes import NginxServer, Proc, get_json, python_module, wait_until
 
 E2E_LABEL = "proxystack.e2e"
@@ -21,6 +23,7 @@ class Stack:
         self.store = ConsulStore(consul.address, token=consul.management_token, timeout=5, max_wait=5)
         self.nginx = NginxServer(base / "nginx", f"127.0.0.1:{listen_port}")
         self.containers = {}
+        self.services = {service}            # every service this stack deployed: its KV goes at stop()
         # metrics_ports: (registrator's, gatekeeper's) --metrics ports; proxy-reloader's are on --admin
         self.metrics_ports = tuple(metrics_ports)
         self.registrator = self._registrator()
@@ -64,6 +67,25 @@ class Stack:
                 c.remove(force=True)
             except Exception:
                 pass
+        self.forget()
+
+    @property
+    def proxy_id(self) -> str:
+        return f"proxy-reloader:{self.nginx.listen}"
+
+    def forget(self) -> None:
+        """Take out of the shared Consul what this stack wrote, even where a daemon was killed
+        and could not: its proxy's registration and reports, its services' policies, history,
+        analysis and scaling records, and every gatekeeper record of its own instances (their
+        ids carry its containers' names). Another module's `wait` or `status` never sees them."""
+        self.store.deregister(self.proxy_id)
+        self.store.forget_served(self.proxy_id)
+        for service in self.services:
+            self.store.forget_service(service)
+        own = f"e2e:e2e-{self.session}-"
+        for key in self.store.kv_keys(GATEKEEPER):
+            if own in key:
+                self.store.kv_delete(key)
 
     def deploy(self, name, image, environment=None, restart_policy=None, **labels):
         """`docker run -d -P` with labels only (and `-e` for the demo's switches, `--restart`), as an
@@ -74,6 +96,7 @@ class Stack:
                                        labels={**base, **labels}, environment=environment or {},
                                        restart_policy=restart_policy)
         self.containers[name] = c
+        self.services.add(labels.get("SERVICE_NAME", self.service))
         return c
 
     def proxy_status(self, path="/status"):
@@ -87,8 +110,24 @@ class Stack:
         status, body = self.get(headers=headers)
         return body.get("version") if status == 200 else None
 
-    def instance(self, container):
-        for ri in self.store.instances(self.service):
+    def proxy_serves(self, targets, role: str = "stable", service: str = "") -> bool:
+        """Whether the proxy's workers route `role` of the service to exactly these instances
+        (containers, or RegisteredInstances as Consul lists them): what a load that counts
+        failures waits for, not Consul's word that they are admitted. proxy-reloader's status
+        shows a route only once nginx confirmed it."""
+        service = service or self.service
+        status, route = get_json(self.listen_port + 1000, f"/services/{service}")
+        pool = (route.get(role) or {}) if status == 200 else {}
+        want = set()
+        for t in targets:
+            ri = t if isinstance(t, RegisteredInstance) else self.instance(t, service)
+            if ri is None:
+                return False
+            want.add(f"{ri.instance.address}:{ri.instance.port}")
+        return bool(want) and set(pool.get("servers") or ()) == want
+
+    def instance(self, container, service: str = ""):
+        for ri in self.store.instances(service or self.service):
             if ri.instance.container_id == container.id:
                 return ri
         return None
