@@ -1,7 +1,7 @@
 import pytest
 
 from catalog import validation as v
-from catalog.model import RoutingPolicy
+from catalog.model import MODES, RoutingPolicy
 
 HOSTILE = [" ", ";", "{", "}", "#", "'", '"', "$", "\\", "\r", "\n", "\x00", "`"]
 
@@ -64,8 +64,9 @@ from hypothesis import given, settings, strategies as st
 json_values = st.recursive(st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False)
                            | st.text(max_size=30), lambda inner: st.lists(inner, max_size=4)
                            | st.dictionaries(st.text(max_size=10), inner, max_size=4), max_leaves=10)
-policy_like = st.fixed_dictionaries({}, optional={k: json_values | st.text(max_size=70) for k in
-                                                  ("service", "stable", "canary", "previous", "weight", "mode", "updated")})
+policy_like = st.fixed_dictionaries({}, optional={
+    **{k: json_values | st.text(max_size=70) for k in ("service", "stable", "canary", "previous", "weight", "updated")},
+    "mode": st.sampled_from(MODES) | json_values | st.text(max_size=70)})
 
 
 @settings(max_examples=500)
@@ -76,7 +77,7 @@ def test_the_routing_policy_parser_accepts_only_valid_policies_and_fails_clearly
     except v.InvalidValue as exc:
         assert str(exc)                       # names the field and the rule
         return
-    assert 0 <= p.weight <= 100 and p.mode in ("auto", "manual")
+    assert 0 <= p.weight <= 100 and p.mode in MODES
     for version in (p.stable, p.canary, p.previous):
         assert version == "" or v.check("version", version)
     assert v.parse_policy(p.to_json()) == p
