@@ -83,7 +83,7 @@ def sshd(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def stack(consul_server, docker_client, demo_images, tmp_path_factory):
-    s = Stack(consul_server, tmp_path_factory.mktemp("cd"), docker_client, SESSION, LISTEN_PORT,
+    s = Stack(consul_server, tmp_path_factory.mktemp("cd"), docker_client, f"{SESSION}cd", LISTEN_PORT,
               service="demo").start()
     yield s
     s.stop()
@@ -184,7 +184,7 @@ class TestDelivery:
 
     def test_7_deploy_reaches_an_engine_over_ssh_and_only_with_an_authorized_key(self, stack, registry, sshd, docker_client):
         common = ["--consul", stack.consul.address, "--consul-token-file", stack.consul.token_file("operator"),
-                  "--timeout", "60", "--label", f"{E2E_LABEL}={SESSION}", "--label", f"{TEST_LABEL}={SESSION}",
+                  "--timeout", "60", "--label", f"{E2E_LABEL}={stack.session}", "--label", f"{TEST_LABEL}={stack.session}",
                   "--label", "proxy.path=/demo/"]
         engine = f"ssh://{getpass.getuser()}@127.0.0.1:{SSH_PORT}"
         # this machine's own engine, with the stack's Consul, gatekeeper and proxy
