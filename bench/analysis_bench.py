@@ -26,9 +26,9 @@ import time
 
 from bench.harness import bench_env, command_line, exit_code, goals_table, percentile, progress, report, with_check
 from gatekeeper.promotion import set_mode
-from tests.support.load import ManyClients
-from tests.support.processes import PrometheusServer, wait_until
-from tests.support.stack import Stack
+from testbed.load import ManyClients
+from testbed.processes import PrometheusServer, wait_until
+from testbed.stack import Stack
 
 PORT, PROMETHEUS = 18104, 18105          # the proxy's status endpoint at PORT + 1000
 INTERVAL = 3.0

@@ -18,9 +18,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from bench.harness import command_line, exit_code, goals_table, progress, report, with_check
-from tests.support.cluster import (Cluster, NodeFailure, RouteLog, gatekeeper_leader, host_ip, keepalive_loads,
+from testbed.cluster import (Cluster, NodeFailure, RouteLog, gatekeeper_leader, host_ip, keepalive_loads,
                                    kill_server, remove_demo_containers, wait_for_stable_leader)
-from tests.support.processes import wait_until
+from testbed.processes import wait_until
 
 BURST = 10                 # containers per host started at once for the registration rate
 

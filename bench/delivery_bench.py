@@ -26,10 +26,10 @@ import threading
 import time
 
 from bench.harness import bench_env, command_line, exit_code, goals_table, progress, report, with_check
-from tests.support.cluster import MACHINE_END, STATE as CLUSTER_STATE, Cluster, host_ip
-from tests.support.delivery import Registry
-from tests.support.load import LoadClient
-from tests.support.processes import ROOT
+from testbed.cluster import MACHINE_END, STATE as CLUSTER_STATE, Cluster, host_ip
+from testbed.delivery import Registry
+from testbed.load import LoadClient
+from testbed.processes import ROOT
 
 REGISTRY_PORT, PROD = 18910, "h2"
 

@@ -15,9 +15,9 @@ import sys
 import time
 
 from bench.harness import bench_env, command_line, exit_code, goals_table, report, with_check
-from tests.support.load import LoadClient
-from tests.support.processes import wait_until
-from tests.support.stack import Stack
+from testbed.load import LoadClient
+from testbed.processes import wait_until
+from testbed.stack import Stack
 
 LISTEN_PORT = 18100
 

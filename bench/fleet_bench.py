@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from bench.harness import command_line, exit_code, goals_table, percentile, progress, report, with_check
-from tests.support.consul_fleet import Fleet, churn
+from testbed.consul_fleet import Fleet, churn
 
 
 def tail_of(values) -> str:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import docker
 
-from tests.support.processes import ConsulServer
-from tests.support.stack import TEST_LABEL
+from testbed.processes import ConsulServer
+from testbed.stack import TEST_LABEL
 
 
 def percentile(values, p: float) -> float:

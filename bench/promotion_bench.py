@@ -19,8 +19,8 @@ import uuid
 
 from bench.harness import bench_env, command_line, exit_code, goals_table, progress, report, with_check
 from gatekeeper.promotion import promote, set_mode
-from tests.support.processes import wait_until
-from tests.support.stack import Stack
+from testbed.processes import wait_until
+from testbed.stack import Stack
 
 PORT = 18100
 

@@ -40,10 +40,10 @@ from proxy_reloader import backends
 from proxy_reloader.nginx import Nginx
 from proxy_reloader.push import PushClient, ensure_secret
 from proxy_reloader.render import DYNAMIC, RELOAD, Settings, render
-from tests.support.load import KeepAliveLoad
-from tests.support.nginx_workers import WorkerGenerations
-from tests.support.processes import Proc, python_module, wait_until
-from tests.support.stack import TEST_LABEL, Stack
+from testbed.load import KeepAliveLoad
+from testbed.nginx_workers import WorkerGenerations
+from testbed.processes import Proc, python_module, wait_until
+from testbed.stack import TEST_LABEL, Stack
 
 STACK_PORTS = {DYNAMIC: 18100, RELOAD: 18101}      # status endpoints at +1000
 HAND, LONE, LONE_ADMIN = 18102, 18103, 19103         # and HAND + 2: the minimal hand-written proxy

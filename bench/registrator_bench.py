@@ -22,8 +22,8 @@ import time
 import requests
 
 from bench.harness import bench_env, command_line, exit_code, goals_table, percentile, progress, report, with_check
-from tests.support.processes import ConsulServer, Proc, python_module, wait_until
-from tests.support.stack import TEST_LABEL, Stack
+from testbed.processes import ConsulServer, Proc, python_module, wait_until
+from testbed.stack import TEST_LABEL, Stack
 
 BENCH_LABEL = "proxystack.bench"
 

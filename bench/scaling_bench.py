@@ -28,10 +28,10 @@ import time
 from bench.harness import bench_env, command_line, exit_code, goals_table, progress, report, with_check
 from gatekeeper.autoscaler import scale_by_hand
 from gatekeeper.swarm import Swarm
-from tests.support.load import KeepAliveLoad
-from tests.support.processes import PrometheusServer, get_json, wait_until
-from tests.support.stack import Stack
-from tests.support.swarm import docker, ensure_swarm, gated_service_args, remove_services
+from testbed.load import KeepAliveLoad
+from testbed.processes import PrometheusServer, get_json, wait_until
+from testbed.stack import Stack
+from testbed.swarm import docker, ensure_swarm, gated_service_args, remove_services
 
 PORT, PROMETHEUS = 18106, 18107          # the proxy's status endpoint at PORT + 1000
 HEAL_AFTER, CHECK_INTERVAL = 2.0, 1.0

@@ -9,7 +9,7 @@ import docker.errors
 import pytest
 
 from catalog.consul_store import ConsulStore
-from tests.support.processes import ConsulServer
+from testbed.processes import ConsulServer
 
 SESSION = uuid.uuid4().hex[:10]
 TEST_LABEL = "proxystack.test"

@@ -16,7 +16,7 @@ import urllib.request
 import pytest
 
 from tests.conftest import SESSION, TEST_LABEL
-from tests.support.processes import ROOT, wait_until
+from testbed.processes import ROOT, wait_until
 
 pytestmark = pytest.mark.e2e
 

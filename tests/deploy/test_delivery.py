@@ -18,11 +18,11 @@ import requests
 
 from delivery.engine import _TlsClient
 from tests.conftest import SESSION, TEST_LABEL
-from tests.support.cluster import MACHINE_END, STATE as CLUSTER_STATE, Cluster, host_ip
-from tests.support.delivery import Registry, SshServer, certs
-from tests.support.load import LoadClient
-from tests.support.processes import ROOT
-from tests.support.stack import E2E_LABEL, Stack
+from testbed.cluster import MACHINE_END, STATE as CLUSTER_STATE, Cluster, host_ip
+from testbed.delivery import Registry, SshServer, certs
+from testbed.load import LoadClient
+from testbed.processes import ROOT
+from testbed.stack import E2E_LABEL, Stack
 
 pytestmark = pytest.mark.e2e
 

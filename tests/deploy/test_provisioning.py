@@ -14,8 +14,8 @@ import subprocess
 import pytest
 
 from tests.conftest import SESSION, TEST_LABEL
-from tests.support.delivery import certs
-from tests.support.processes import ROOT
+from testbed.delivery import certs
+from testbed.processes import ROOT
 
 pytestmark = pytest.mark.e2e
 

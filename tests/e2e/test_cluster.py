@@ -15,10 +15,10 @@ import pytest
 import requests
 
 from catalog.model import PASSED, TESTING
-from tests.support.cluster import (Cluster, NodeFailure, RouteLog, gatekeeper_leader, host_ip, in_host,
+from testbed.cluster import (Cluster, NodeFailure, RouteLog, gatekeeper_leader, host_ip, in_host,
                                    keepalive_loads, kill_server, remove_demo_containers, wait_for_leader,
                                    wait_for_stable_leader)
-from tests.support.processes import ROOT
+from testbed.processes import ROOT
 
 pytestmark = pytest.mark.e2e
 

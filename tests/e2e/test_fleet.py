@@ -1,4 +1,4 @@
-"""Twenty Consul client agents standing for twenty hosts (tests/support/consul_fleet.py): instances
+"""Twenty Consul client agents standing for twenty hosts (testbed/consul_fleet.py): instances
 registered through each as its registrator would, churned while one catalog mirror per agent
 (proxy-reloader's) follows. Every change reaches every proxy and none is lost; how fast, and
 at 5,000 instances, is bench/fleet_bench.py's."""
@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.support.consul_fleet import Fleet, churn
+from testbed.consul_fleet import Fleet, churn
 
 pytestmark = pytest.mark.e2e
 

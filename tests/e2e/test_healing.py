@@ -8,9 +8,9 @@ import time
 import pytest
 
 from tests.conftest import SESSION
-from tests.support.load import KeepAliveLoad
-from tests.support.processes import get_json
-from tests.support.stack import Stack
+from testbed.load import KeepAliveLoad
+from testbed.processes import get_json
+from testbed.stack import Stack
 
 pytestmark = pytest.mark.e2e
 

@@ -13,8 +13,8 @@ import urllib.request
 import pytest
 
 from tests.conftest import SESSION, host_port
-from tests.support.load import LoadClient
-from tests.support.stack import Stack
+from testbed.load import LoadClient
+from testbed.stack import Stack
 
 pytestmark = pytest.mark.e2e
 

@@ -9,8 +9,8 @@ import urllib.request
 import pytest
 
 from tests.conftest import SESSION
-from tests.support.processes import PrometheusServer
-from tests.support.stack import Stack
+from testbed.processes import PrometheusServer
+from testbed.stack import Stack
 
 pytestmark = pytest.mark.e2e
 

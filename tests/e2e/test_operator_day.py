@@ -10,8 +10,8 @@ import subprocess
 import pytest
 
 from tests.conftest import SESSION
-from tests.support.processes import get_json, python_module
-from tests.support.stack import Stack
+from testbed.processes import get_json, python_module
+from testbed.stack import Stack
 
 pytestmark = pytest.mark.e2e
 

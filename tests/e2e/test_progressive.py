@@ -9,9 +9,9 @@ import time
 import pytest
 
 from tests.conftest import SESSION
-from tests.support.load import ManyClients
-from tests.support.processes import Proc, PrometheusServer, python_module
-from tests.support.stack import Stack
+from testbed.load import ManyClients
+from testbed.processes import Proc, PrometheusServer, python_module
+from testbed.stack import Stack
 
 pytestmark = pytest.mark.e2e
 

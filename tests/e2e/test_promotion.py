@@ -9,8 +9,8 @@ import pytest
 
 from tests.conftest import SESSION
 from tests.faults.test_registrator_lifecycle import build_healthcheck_image
-from tests.support.load import LoadClient
-from tests.support.stack import Stack
+from testbed.load import LoadClient
+from testbed.stack import Stack
 
 pytestmark = pytest.mark.e2e
 
@@ -193,7 +193,7 @@ class TestCommandsAndGate:
         assert after.admitted and stack.store.verdict(ri.instance.id) == before, "no retest, no reset"
 
     def test_leader_failover_to_a_second_daemon(self, stack, tmp_path):
-        from tests.support.processes import Proc, python_module
+        from testbed.processes import Proc, python_module
         second = Proc("gatekeeper-2", python_module(
             "gatekeeper", "--consul", stack.consul.address, "--consul-token-file",
             stack.consul.token_file("gatekeeper"), "run", "--wait", "5", "--keep-old", "--id", "second",

@@ -17,8 +17,8 @@ import requests
 
 from catalog.model import Instance
 from tests.conftest import host_port
-from tests.support.load import LoadClient
-from tests.support.processes import Proc, ROOT, pid_alive, python_module, wait_until
+from testbed.load import LoadClient
+from testbed.processes import Proc, ROOT, pid_alive, python_module, wait_until
 
 pytestmark = pytest.mark.e2e
 

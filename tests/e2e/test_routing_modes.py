@@ -15,9 +15,9 @@ from threading import Thread
 import pytest
 
 from catalog.model import Instance, RoutingPolicy
-from tests.support.load import KeepAliveLoad
-from tests.support.nginx_workers import WorkerGenerations
-from tests.support.processes import Proc, get_json, pid_alive, python_module, wait_until
+from testbed.load import KeepAliveLoad
+from testbed.nginx_workers import WorkerGenerations
+from testbed.processes import Proc, get_json, pid_alive, python_module, wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -9,10 +9,10 @@ import time
 import pytest
 
 from tests.conftest import SESSION
-from tests.support.load import KeepAliveLoad
-from tests.support.processes import PrometheusServer, get_json
-from tests.support.stack import Stack
-from tests.support.swarm import docker, ensure_swarm, exposed_listeners, gated_service_args, remove_services, tasks
+from testbed.load import KeepAliveLoad
+from testbed.processes import PrometheusServer, get_json
+from testbed.stack import Stack
+from testbed.swarm import docker, ensure_swarm, exposed_listeners, gated_service_args, remove_services, tasks
 
 pytestmark = pytest.mark.e2e
 

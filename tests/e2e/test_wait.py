@@ -8,7 +8,7 @@ import json
 import pytest
 
 from tests.conftest import SESSION
-from tests.support.stack import Stack
+from testbed.stack import Stack
 
 pytestmark = pytest.mark.e2e
 

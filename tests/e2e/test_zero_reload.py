@@ -11,9 +11,9 @@ import time
 import pytest
 
 from tests.conftest import SESSION
-from tests.support.load import KeepAliveLoad
-from tests.support.nginx_workers import WorkerGenerations
-from tests.support.stack import Stack
+from testbed.load import KeepAliveLoad
+from testbed.nginx_workers import WorkerGenerations
+from testbed.stack import Stack
 
 pytestmark = pytest.mark.e2e
 

@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import host_port
 from tests.faults.test_registrator_lifecycle import LABELS, instance_of, start_registrator
-from tests.support.processes import ROOT, pid_alive, wait_until
+from testbed.processes import ROOT, pid_alive, wait_until
 
 PIDFILE = ROOT / ".stack" / "run" / "dockerd.pid"
 

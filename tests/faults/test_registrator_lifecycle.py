@@ -11,7 +11,7 @@ import requests
 
 from tests.conftest import SESSION, TEST_LABEL
 from tests.support.images import build_image
-from tests.support.processes import Proc, python_module, wait_until
+from testbed.processes import Proc, python_module, wait_until
 
 FAULT_LABEL = "proxystack.faults"
 LABELS = {"SERVICE_NAME": "flt", "gatekeeper.tests": "demo-test:latest", FAULT_LABEL: SESSION}

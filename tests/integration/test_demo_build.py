@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from tests.support.processes import ROOT
+from testbed.processes import ROOT
 
 STAGE = ROOT / ".stack" / "build" / "demo_service"
 

@@ -6,7 +6,7 @@ import subprocess
 import pytest
 import requests
 
-from tests.support.processes import ROOT
+from testbed.processes import ROOT
 
 
 def call(consul_server, method, path, part=None, body=None):
@@ -123,7 +123,7 @@ def test_the_docker_engine_listens_on_loopback_only():
     """No TCP port at all without swarm mode; with it (scripts/stack.sh swarm), Swarm's
     management and gossip ports on 127.0.0.1 only and no VXLAN port (tests/e2e/test_swarm.py
     checks that case while swarm mode is on)."""
-    from tests.support.swarm import docker, exposed_listeners
+    from testbed.swarm import docker, exposed_listeners
     assert exposed_listeners() == []
     if docker("info", "--format", "{{.Swarm.LocalNodeState}}") != "active":
         out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, timeout=10).stdout

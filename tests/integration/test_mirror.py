@@ -5,7 +5,7 @@ import threading
 from catalog.mirror import CatalogMirror
 from catalog.model import Instance, RoutingPolicy
 from catalog.validation import parse_policy
-from tests.support.processes import wait_until
+from testbed.processes import wait_until
 
 
 def instance(service, n=0):

@@ -7,7 +7,7 @@ import pytest
 from catalog.routing import Pool, Route
 from proxy_reloader.nginx import Nginx, ReloadError
 from proxy_reloader.render import config_version, render
-from tests.support.processes import wait_until
+from testbed.processes import wait_until
 
 PORT = 18779
 

@@ -7,7 +7,7 @@ import subprocess
 
 from catalog.consul_store import ConsulStore
 from monitoring.config import RULES, render
-from tests.support.processes import Proc, find_binary, python_module, wait_until
+from testbed.processes import Proc, find_binary, python_module, wait_until
 
 
 def promtool(*args):

@@ -17,7 +17,7 @@ from proxy_reloader.nginx import Nginx
 from proxy_reloader.push import PushClient, PushError, ensure_secret
 from proxy_reloader.render import DYNAMIC, Settings, render
 from tests.conftest import SESSION, TEST_LABEL
-from tests.support.processes import wait_until
+from testbed.processes import wait_until
 
 PORT = 18762
 GOOD = Route("demo", "/demo/", "", Pool("v1", (("127.0.0.1", 1111), ("127.0.0.1", 2222)), ("v1", "v1")))

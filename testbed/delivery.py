@@ -12,7 +12,7 @@ from typing import Optional
 
 import requests
 
-from tests.support.processes import ROOT, Proc, find_binary, wait_until
+from testbed.processes import ROOT, Proc, find_binary, wait_until
 
 
 class Registry:

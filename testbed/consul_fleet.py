@@ -22,7 +22,7 @@ import requests
 from catalog.consul_store import ConsulStore
 from catalog.mirror import CatalogMirror
 from catalog.model import Instance
-from tests.support.processes import ROOT, Proc, find_binary, wait_until
+from testbed.processes import ROOT, Proc, find_binary, wait_until
 
 SERVER_IPS = ["127.0.0.31", "127.0.0.32", "127.0.0.33"]
 
@@ -81,7 +81,7 @@ class Fleet:
             seen, gone = {}, {}
             self.seen.append(seen)
             self.gone_seen.append(gone)
-            proc = subprocess.Popen([sys.executable, "-m", "tests.support.consul_fleet", f"{agent_ip(i)}:8500"],
+            proc = subprocess.Popen([sys.executable, "-m", "testbed.consul_fleet", f"{agent_ip(i)}:8500"],
                                     cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True)
             self.followers.append(proc)
             ready = threading.Event()

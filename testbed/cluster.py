@@ -16,8 +16,8 @@ import docker
 import requests
 
 from catalog.consul_store import ConsulStore
-from tests.support.load import KeepAliveLoad
-from tests.support.processes import ROOT, wait_until
+from testbed.load import KeepAliveLoad
+from testbed.processes import ROOT, wait_until
 
 SCRIPT = ROOT / "scripts" / "cluster.sh"
 STATE = ROOT / ".cluster"

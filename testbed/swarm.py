@@ -7,7 +7,7 @@ from typing import List
 
 from catalog.model import GATE_MIRROR_HEALTH_CMD
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 TEST_LABEL = "proxystack.test"
 E2E_LABEL = "proxystack.e2e"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from catalog.consul_store import ConsulStore
 from catalog.kv_layout import GATEKEEPER
 from catalog.model import RegisteredInstance
-from tests.support.processes import NginxServer, Proc, get_json, python_module, wait_until
+from testbed.processes import NginxServer, Proc, get_json, python_module, wait_until
 
 E2E_LABEL = "proxystack.e2e"
 TEST_LABEL = "proxystack.test"

@@ -15,7 +15,7 @@ from typing import List, Optional
 
 import requests
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def find_binary(name: str, extra: List[Path] = ()) -> str:
