@@ -25,7 +25,7 @@ import sys
 import time
 
 from bench.harness import bench_env, command_line, exit_code, goals_table, percentile, progress, report, with_check
-from gatekeeper.promotion import set_mode
+from gatekeeper.promotion.promoter import set_mode
 from testbed.load import ManyClients
 from testbed.processes import PrometheusServer, wait_until
 from testbed.stack import Stack

@@ -18,7 +18,7 @@ import time
 import uuid
 
 from bench.harness import bench_env, command_line, exit_code, goals_table, progress, report, with_check
-from gatekeeper.promotion import promote, set_mode
+from gatekeeper.promotion.promoter import promote, set_mode
 from testbed.processes import wait_until
 from testbed.stack import Stack
 

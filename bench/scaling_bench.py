@@ -26,8 +26,8 @@ import sys
 import time
 
 from bench.harness import bench_env, command_line, exit_code, goals_table, progress, report, with_check
-from gatekeeper.autoscaler import scale_by_hand
-from gatekeeper.swarm import Swarm
+from gatekeeper.fleet.autoscaler import scale_by_hand
+from gatekeeper.fleet.swarm import Swarm
 from testbed.load import KeepAliveLoad
 from testbed.processes import PrometheusServer, get_json, wait_until
 from testbed.stack import Stack

@@ -39,8 +39,8 @@ from catalog.metrics import metrics_address
 from catalog.model import MODES
 from catalog.validation import check
 
-from .promotion import PromotionError
-from .status import (collect, collect_why, find_instance, history_details, is_instance_id, render_text,
+from .promotion.promoter import PromotionError
+from .report.status import (collect, collect_why, find_instance, history_details, is_instance_id, render_text,
                      render_why, require_known)
 
 
@@ -151,17 +151,17 @@ def cmd_run(args, store) -> int:
     from catalog.metrics import announce, serve_metrics, withdraw
 
     from . import metrics
-    from .autoscaler import Autoscaler
+    from .fleet.autoscaler import Autoscaler
     from .daemon import Daemon
-    from .healer import Healer, HealSettings
-    from .scaling import Load
-    from .gate import Gate
+    from .fleet.healer import Healer, HealSettings
+    from .fleet.scaling import Load
+    from .admission.gate import Gate
     from .leader import LeaderLock
     from .prometheus import Prometheus
-    from .promotion import Promoter
-    from .rollout import Rollout
-    from .swarm import Swarm
-    from .tester import DockerTester, RunLimits
+    from .promotion.promoter import Promoter
+    from .fleet.rollout import Rollout
+    from .fleet.swarm import Swarm
+    from .admission.tester import DockerTester, RunLimits
 
     setup_logging("gatekeeper", args.verbose)
     labels = {}
@@ -249,7 +249,7 @@ def _swarm_if_any():
     """The local engine's Swarm, when it is a manager; None otherwise (status then shows no replicas)."""
     import docker
 
-    from .swarm import Swarm
+    from .fleet.swarm import Swarm
     try:
         swarm = Swarm(docker.from_env(timeout=5))
         return swarm if swarm.active() else None
@@ -298,7 +298,7 @@ def cmd_why(args, store) -> int:
 
 
 def cmd_canary(args, store) -> int:
-    from .promotion import try_canary
+    from .promotion.promoter import try_canary
     _known_service(store, args.service)
     check("version", args.version)
     return _emit(args, *try_canary(store, args.service, args.version))
@@ -319,38 +319,38 @@ def cmd_forget(args, store) -> int:
 
 
 def cmd_promote(args, store) -> int:
-    from .promotion import promote
+    from .promotion.promoter import promote
     _known_service(store, args.service)
     return _emit(args, *promote(store, args.service, full=args.full))
 
 
 def cmd_weight(args, store) -> int:
-    from .promotion import set_weight
+    from .promotion.promoter import set_weight
     _known_service(store, args.service)
     return _emit(args, *set_weight(store, args.service, args.percent))
 
 
 def cmd_abort(args, store) -> int:
-    from .promotion import abort
+    from .promotion.promoter import abort
     _known_service(store, args.service)
     return _emit(args, *abort(store, args.service))
 
 
 def cmd_rollback(args, store) -> int:
-    from .promotion import rollback
+    from .promotion.promoter import rollback
     _known_service(store, args.service)
     return _emit(args, *rollback(store, args.service))
 
 
 def cmd_mode(args, store) -> int:
-    from .promotion import set_mode
+    from .promotion.promoter import set_mode
     check("service", args.service)
     settings = {k[len("analysis_"):]: v for k, v in vars(args).items() if k.startswith("analysis_") and v is not None}
     return _emit(args, *set_mode(store, args.service, args.mode, settings))
 
 
 def cmd_wait(args, store) -> int:
-    from .wait import WAIT_FAILED, WAIT_OK, WAIT_TIMEOUT, wait_for_version
+    from .report.wait import WAIT_FAILED, WAIT_OK, WAIT_TIMEOUT, wait_for_version
     check("service", args.service)
     check("version", args.version)
     lines = []
@@ -418,8 +418,8 @@ def cmd_retest(args, store) -> int:
 def cmd_scale(args, store) -> int:
     import docker
 
-    from .autoscaler import scale_by_hand
-    from .swarm import Swarm
+    from .fleet.autoscaler import scale_by_hand
+    from .fleet.swarm import Swarm
     try:
         client = docker.from_env(timeout=30)
         client.ping()

@@ -14,7 +14,7 @@ from typing import Callable, Optional
 from catalog.retry import TRANSIENT, backoff
 from catalog.watch import Watch
 
-from .gate import Gate
+from .admission.gate import Gate
 from .leader import LeaderLock
 
 log = logging.getLogger(__name__)

@@ -7,8 +7,8 @@ from typing import Optional
 
 import requests
 
-from .analysis import Measurement
-from .scaling import Load
+from .promotion.analysis import Measurement
+from .fleet.scaling import Load
 
 
 class MetricsUnavailable(RuntimeError):

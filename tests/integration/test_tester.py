@@ -4,7 +4,7 @@ import json
 import pytest
 
 from catalog.model import ERROR, FAILED, PASSED
-from gatekeeper.tester import DockerTester, RunLimits
+from gatekeeper.admission.tester import DockerTester, RunLimits
 from tests.conftest import SESSION, TEST_LABEL, host_port
 from tests.support.images import build_image
 

@@ -6,7 +6,7 @@ import pytest
 
 from catalog.model import PROMOTED, ROLLED_BACK, RUNNING, Analysis, AnalysisState, RoutingPolicy
 from catalog.validation import InvalidValue, parse_analysis_label, parse_policy, validate_analysis
-from gatekeeper.analysis import (ADVANCE, FAIL, HOLD, INCONCLUSIVE, KEEP_CHECKS, PASS, PROMOTE, ROLLBACK, STAY, ms, pct,
+from gatekeeper.promotion.analysis import (ADVANCE, FAIL, HOLD, INCONCLUSIVE, KEEP_CHECKS, PASS, PROMOTE, ROLLBACK, STAY, ms, pct,
                                  Measurement, breaches, judge, start)
 
 S = Analysis(step=10, max_weight=30, interval=5, threshold=2, min_requests=20, success_rate=99, p99_ms=500)
@@ -117,7 +117,7 @@ def test_mode_progressive_is_valid_and_any_other_mode_is_not():
 
 
 def test_history_shows_each_step_with_its_figures():
-    from gatekeeper.status import history_details
+    from gatekeeper.report.status import history_details
     first = judge(S, at(20), Measurement(250, 96.8, 40.0))
     d = judge(S, first.state, Measurement(250, 96.8, 40.0), stable=Measurement(1000, 100.0, 30.0))
     entry = {"event": "analysis", "version": "v2", "weight": d.check.weight, "result": d.check.result,

@@ -1,6 +1,6 @@
 """When gatekeeper aborts a canary by itself (the real-stack twin: tests/e2e/test_promotion.py)."""
 from catalog.model import FAILED, PASSED, Instance, RegisteredInstance, RoutingPolicy, Verdict
-from gatekeeper.promotion import Promoter
+from gatekeeper.promotion.promoter import Promoter
 
 
 class Store:
@@ -71,7 +71,7 @@ def test_failed_reverification_of_every_canary_instance_aborts_at_once():
 def test_an_aborted_canary_is_remembered_and_can_be_tried_again_only_while_admitted():
     import pytest
 
-    from gatekeeper.promotion import PromotionError, abort, try_canary
+    from gatekeeper.promotion.promoter import PromotionError, abort, try_canary
     store = Store()
     admitted = canary(health="passing")
     store.instances = lambda service: admitted

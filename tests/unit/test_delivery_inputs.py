@@ -99,8 +99,8 @@ def test_every_error_carries_its_exit_code():
     from delivery.build import BuildFailed
     from delivery.deploy import DeployError, NameTaken
     from delivery.engine import BadEngineSettings, EngineError
-    from gatekeeper.promotion import Conflict, PromotionError
-    from gatekeeper.status import UnknownTarget
+    from gatekeeper.promotion.promoter import Conflict, PromotionError
+    from gatekeeper.report.status import UnknownTarget
     codes = {InvalidValue("f", 1, "r"): 2, BadEngineSettings("x"): 2, NameTaken("x"): 2, BuildFailed("x"): 1,
              PromotionError("x"): 1, Conflict("x"): 1, UnknownTarget("x"): 1, EngineError("x"): 3,
              DeployError("x"): 3}

@@ -4,7 +4,7 @@ twin: tests/e2e/test_zero_reload.py, whose deploys follow each other faster than
 import time
 
 from catalog.model import PASSED, Instance, RegisteredInstance, RoutingPolicy, Verdict
-from gatekeeper.promotion import Promoter
+from gatekeeper.promotion.promoter import Promoter
 
 
 def registered(version):

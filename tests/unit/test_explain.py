@@ -2,7 +2,7 @@
 The same explanations are checked on the real stack in tests/e2e/test_operator_day.py."""
 from catalog.model import ERROR, FAILED, PASSED, TESTING, Instance, RegisteredInstance, RoutingPolicy, Verdict
 from catalog.routing import route_for
-from gatekeeper.explain import explain_instance, proxy_answer
+from gatekeeper.report.explain import explain_instance, proxy_answer
 
 
 def inst(version="v1", port=1, cid=None, docker_health=False):
@@ -79,7 +79,7 @@ def test_what_the_proxy_answers():
 def test_each_case_in_full():
     """Every explanation compared whole: serving (a real bool), the short state and the sentence."""
     from catalog.model import Verdict as V
-    from gatekeeper.explain import Explanation as E
+    from gatekeeper.report.explain import Explanation as E
     a = inst(docker_health=True)
     waiting = reg(a, "critical", **{a.docker_health_check_id: "critical"})
     assert explain(waiting, None, None, [waiting]) == E(

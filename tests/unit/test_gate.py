@@ -2,8 +2,8 @@
 import time
 
 from catalog.model import FAILED, PASSED, Instance, RegisteredInstance, Verdict
-from gatekeeper.gate import Gate
-from gatekeeper.tester import RunResult
+from gatekeeper.admission.gate import Gate
+from gatekeeper.admission.tester import RunResult
 
 
 class Store:

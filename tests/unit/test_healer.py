@@ -1,7 +1,7 @@
 """The healer's decisions on fakes; tests/e2e/test_healing.py and test_swarm.py run it against
 the real Engine, Consul and nginx."""
 from catalog.model import Instance, RegisteredInstance
-from gatekeeper.healer import Healer, HealSettings, failing_checks, limit, next_step
+from gatekeeper.fleet.healer import Healer, HealSettings, failing_checks, limit, next_step
 
 S = HealSettings(after=10, max_tries=3, backoff=5, settle=60, share=0.25)
 

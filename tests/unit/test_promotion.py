@@ -6,7 +6,7 @@ import pytest
 
 from catalog.model import AUTO, MANUAL, PASSED, Instance, RegisteredInstance, RoutingPolicy, Verdict
 from catalog.validation import InvalidValue
-from gatekeeper import promotion as pr
+from gatekeeper.promotion import promoter as pr
 
 
 class Store:
@@ -293,7 +293,7 @@ class AnalysisStore(Store):
 class Metrics:
     """Answers with the measurement queued for each version, or raises when told to."""
     def __init__(self):
-        from gatekeeper.analysis import Measurement
+        from gatekeeper.promotion.analysis import Measurement
         self.M = Measurement
         self.canary, self.down = Measurement(100, 100.0, 20.0), False
 

@@ -1,8 +1,8 @@
 """Swarm rolling updates through the gate (gatekeeper.rollout) on fakes; tests/e2e/test_swarm.py
 runs them against Swarm, Consul and nginx."""
 from catalog.model import FAILED, PASSED, Instance, RegisteredInstance, RoutingPolicy, Verdict
-from gatekeeper.rollout import CLOSED, OPEN, Rollout, marker_state, serves
-from gatekeeper.swarm import SwarmService
+from gatekeeper.fleet.rollout import CLOSED, OPEN, Rollout, marker_state, serves
+from gatekeeper.fleet.swarm import SwarmService
 
 
 def ri(n, version="v1", admitted=True, mirror=True, image=None):

@@ -4,9 +4,9 @@ import pytest
 
 from catalog.model import Instance, RegisteredInstance, Scaling
 from catalog.validation import InvalidValue, parse_scale_label
-from gatekeeper.autoscaler import Autoscaler, scale_by_hand
-from gatekeeper.scaling import Load, decide
-from gatekeeper.swarm import SwarmError, SwarmService
+from gatekeeper.fleet.autoscaler import Autoscaler, scale_by_hand
+from gatekeeper.fleet.scaling import Load, decide
+from gatekeeper.fleet.swarm import SwarmError, SwarmService
 
 S = Scaling(min=1, max=6, rps=100, cooldown=30, step=2)
 

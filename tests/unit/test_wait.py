@@ -1,7 +1,7 @@
 """`gatekeeper wait`'s answer, the CD exit code: from the verdicts, the policy and what each live
 proxy reports serving. The same behaviour on the real stack: tests/e2e/test_wait.py."""
 from catalog.model import FAILED, PASSED, Instance, ProxyState, RegisteredInstance, RoutingPolicy, Verdict
-from gatekeeper.wait import WAIT_FAILED, WAIT_OK, WAIT_TIMEOUT, wait_for_version
+from gatekeeper.report.wait import WAIT_FAILED, WAIT_OK, WAIT_TIMEOUT, wait_for_version
 
 
 def instance(version="v2", port=1):

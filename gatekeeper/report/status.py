@@ -16,8 +16,8 @@ from catalog.model import RUNNING, Analysis, AnalysisState, Rejection, Registere
 from catalog.routing import route_for
 from catalog.validation import InvalidValue
 
-from .analysis import ms, pct
-from .autoscaler import admitted_tasks, settings_of
+from ..promotion.analysis import ms, pct
+from ..fleet.autoscaler import admitted_tasks, settings_of
 from .explain import explain_instance, proxy_answer
 
 

@@ -1,5 +1,5 @@
 """The autoscaler: every few seconds, while this gatekeeper leads, each Swarm service with a
-gatekeeper.scale label gets the replica count gatekeeper.scaling decides, from its admitted
+gatekeeper.scale label gets the replica count `scaling` decides, from its admitted
 instances in Consul and its traffic in Prometheus. Every change goes into the service's history
 with the figures that caused it; the last one is kept in KV so a new leader honours the cooldown.
 
@@ -17,7 +17,7 @@ from catalog.model import RegisteredInstance, Scaling
 from catalog.retry import TRANSIENT
 from catalog.validation import InvalidValue, check, parse_scale_label
 
-from . import metrics
+from .. import metrics
 from .scaling import Load, ScaleDecision, decide
 from .swarm import SCALE_LABEL, Swarm, SwarmError, SwarmService
 

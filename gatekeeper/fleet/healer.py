@@ -24,7 +24,7 @@ from typing import Callable, Dict, List, Optional, Protocol
 
 from catalog.model import Instance, RegisteredInstance
 
-from . import metrics
+from .. import metrics
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """How many replicas a Swarm service should have: pure decisions, no I/O.
 
-gatekeeper.autoscaler carries them out. Admitted instances are what serves, so the decision
+`autoscaler` carries them out. Admitted instances are what serves, so the decision
 counts those: it never adds more while earlier ones are still on their way through the gate,
 and a rate per instance is a rate per admitted instance.
 """

@@ -20,7 +20,7 @@ from catalog.errors import Refused
 from catalog.model import PASSED, RegisteredInstance, RoutingPolicy, Verdict
 from catalog.validation import InvalidValue
 
-from . import metrics
+from .. import metrics
 from .swarm import Swarm, image_ref
 
 log = logging.getLogger(__name__)

@@ -1,5 +1,5 @@
 """Progressive mode, carried out: each interval, measure the canary through Prometheus, let
-gatekeeper.analysis decide, and act on the routing policy (check-and-set, like every change).
+`analysis` decide, and act on the routing policy (check-and-set, like every change).
 
 The state lives in Consul KV (gatekeeper/analysis/<service>), written after every step, so a
 new leader resumes at the same weight with the same failed checks. Only the leader runs this.
@@ -15,9 +15,10 @@ from typing import Callable, Dict, List, Optional, Protocol, Tuple
 from catalog.model import PROGRESSIVE, RUNNING, AnalysisState as State, RegisteredInstance, RoutingPolicy
 from catalog.validation import InvalidValue
 
-from . import analysis, metrics
+from .. import metrics
+from . import analysis
 from .analysis import ADVANCE, PROMOTE, ROLLBACK
-from .prometheus import MetricsUnavailable, Prometheus
+from ..prometheus import MetricsUnavailable, Prometheus
 
 log = logging.getLogger(__name__)
 

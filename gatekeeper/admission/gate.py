@@ -18,7 +18,7 @@ from catalog.consul_store import ConsulError
 from catalog.model import PASSED, TESTING, Instance, RegisteredInstance, Verdict
 from catalog.retry import TRANSIENT
 
-from . import metrics
+from .. import metrics
 from .tester import DockerTester
 
 log = logging.getLogger(__name__)

@@ -1,5 +1,5 @@
 """Progressive delivery's decisions, pure: given the canary's live metrics over the last
-interval, what happens to it next. No I/O here; gatekeeper.progressive carries them out.
+interval, what happens to it next. No I/O here; `progressive` carries them out.
 
 A check passes when the canary's success rate (answers that are not 5xx) is at least the
 setting and its p99 at most the setting; its weight then rises by `step` up to `max_weight`,

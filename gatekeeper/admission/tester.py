@@ -14,7 +14,7 @@ import requests
 
 from catalog.model import ERROR, FAILED, PASSED
 
-from . import TEST_LABEL, TEST_LABEL_VALUE
+from .. import TEST_LABEL, TEST_LABEL_VALUE
 
 log = logging.getLogger(__name__)
 

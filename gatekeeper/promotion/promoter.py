@@ -17,9 +17,9 @@ from catalog.model import (AUTO, MANUAL, MODES, PASSED, PROGRESSIVE, AnalysisSta
                            RoutingPolicy, Verdict)
 from catalog.validation import InvalidValue, parse_analysis_label, validate_analysis
 
-from . import metrics
+from .. import metrics
 from .progressive import Progressive
-from .prometheus import Prometheus
+from ..prometheus import Prometheus
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def update_policy(store: PolicyStore, service: str, change: Callable[[RoutingPol
 class Promoter:
     """Acts on admitted instances: auto mode makes a passed version stable and drains the rest;
     manual mode makes it the canary at 0 %; progressive mode makes it the canary at the first
-    step and lets the analysis (gatekeeper.progressive) move it on."""
+    step and lets the analysis (`progressive`) move it on."""
 
     def __init__(self, store: PolicyStore, drain_seconds: float = 10.0, stop_old: bool = True,
                  unhealthy_grace: float = 10.0, prometheus: Optional[Prometheus] = None):
