@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import signal
 import sys
 import time
@@ -148,84 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_run(args, store) -> int:
     import docker
 
-    from catalog.metrics import announce, serve_metrics, withdraw
-
-    from . import metrics
-    from .fleet.autoscaler import Autoscaler
-    from .daemon import Daemon
-    from .fleet.healer import Healer, HealSettings
-    from .fleet.scaling import Load
-    from .admission.gate import Gate
-    from .leader import LeaderLock
-    from .prometheus import Prometheus
-    from .promotion.promoter import Promoter
-    from .fleet.rollout import Rollout
-    from .fleet.swarm import Swarm
-    from .admission.tester import DockerTester, RunLimits
+    from . import app
 
     setup_logging("gatekeeper", args.verbose)
-    labels = {}
-    for item in args.test_label:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--test-label must be KEY=VALUE, got {item!r}")
-        labels[key] = value
-    if args.parallel < 1:
-        raise ValueError("--parallel must be at least 1")
-    if args.forget_after < 0:
-        raise ValueError("--forget-after must be zero or more seconds")
-    if args.heal_after < 0 or args.heal_tries < 1 or args.heal_backoff < 0 or not 0 < args.heal_share <= 1:
-        raise ValueError("--heal-after and --heal-backoff must be zero or more seconds, --heal-tries at least 1, "
-                         "--heal-share a share above 0 and at most 1")
-    if not 0.5 <= args.scale_every <= 3600:
-        raise ValueError(f"--scale-every {args.scale_every:g}: expected seconds from 0.5 to 3600")
-    client = docker.from_env(timeout=30)
-    limits = RunLimits(timeout=args.test_timeout, memory=args.test_memory, cpus=args.test_cpus)
-    promoter = Promoter(store, drain_seconds=args.drain_seconds, stop_old=not args.keep_old,
-                        prometheus=Prometheus(args.prometheus) if args.prometheus else None)
-    swarm = Swarm(client)
-    rollout = Rollout(store, swarm)
-    healer = None if args.no_heal else Healer(store, HealSettings(
-        after=args.heal_after, max_tries=args.heal_tries, backoff=args.heal_backoff, share=args.heal_share))
-
-    def on_service(service, registered):
-        promoter.check_canary(service, registered)
-        rollout.reconcile(service, registered)
-        if healer is not None:
-            healer.reconcile(service, registered)
-
-    def next_due():
-        due = [d for d in (promoter.next_due(), healer.next_due() if healer else None) if d is not None]
-        return min(due, default=None)
-
-    gate = Gate(store, DockerTester(client, limits, labels), parallel=args.parallel,
-                on_admitted=promoter.admitted, reverify_every=args.reverify_every,
-                on_service=on_service, forget_after=args.forget_after)
-    daemon = Daemon(store, gate, LeaderLock(store, args.id), wait=args.wait, due=next_due)
-    prometheus = promoter.progressive.prometheus
-    Autoscaler(store, swarm, prometheus.service_load if prometheus else lambda service, window: Load(
-        None, why="gatekeeper runs without --prometheus"), daemon.leader.is_leader.is_set,
-        interval=args.scale_every).start(daemon.stopping)
-    announced = None
-    if args.metrics:
-        serve_metrics(args.metrics)
-        metrics.LEADER.set_function(lambda: 1.0 if daemon.leader.is_leader.is_set() else 0.0)
-        announced = announce(store, args.metrics, "gatekeeper", daemon.leader.identity)
-
-    def on_signal(*_):
-        # The main thread may sit in a Consul call; leave now. A test cut short keeps its
-        # "testing" verdict and is run again by whichever daemon leads next.
-        daemon.stop()
-        gate.shutdown()
-        daemon.leader.release()
-        withdraw(store, announced)
-        raise SystemExit(EXIT_OK)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    logging.info("gatekeeper %s watching Consul at %s", daemon.leader.identity, args.consul)
-    daemon.run()
-    return EXIT_OK
+    options = app.options_from(args)
+    return app.run(store, docker.from_env(timeout=30), options, args.consul)
 
 
 def _known_service(store, service: str) -> None:

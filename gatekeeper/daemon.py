@@ -1,21 +1,22 @@
-"""`gatekeeper run`: lead (or wait to lead), watch Consul, reconcile the gate.
+"""`gatekeeper run`: lead (or wait to lead), watch Consul, run the reconcilers.
 
 Two blocking-query watches wake the daemon: every check's state (new instances, gates, health)
-and everything under `gatekeeper/` in KV (policies, retest requests, default test images). Only
-the leader acts; a follower just keeps trying for the lock.
+and everything under `gatekeeper/` in KV (policies, retest requests, default test images). Each
+pass reads the catalog once and hands it to the reconcilers (gatekeeper.reconciler). Only the
+leader acts; a follower just keeps trying for the lock.
 """
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from typing import Callable, Optional
+from typing import Sequence
 
 from catalog.retry import TRANSIENT, backoff
 from catalog.watch import Watch
 
-from .admission.gate import Gate
 from .leader import LeaderLock
+from .reconciler import Reconciler, next_due, run_pass
 
 log = logging.getLogger(__name__)
 
@@ -23,10 +24,8 @@ RENEW_EVERY = 3.0
 
 
 class Daemon:
-    def __init__(self, store, gate: Gate, leader: LeaderLock, wait: float = 30.0,
-                 due: Optional[Callable[[], Optional[float]]] = None):
-        self.store, self.gate, self.leader, self.wait = store, gate, leader, wait
-        self.due = due or (lambda: None)      # when a pending decision falls due (monotonic)
+    def __init__(self, store, reconcilers: Sequence[Reconciler], leader: LeaderLock, wait: float = 30.0):
+        self.store, self.reconcilers, self.leader, self.wait = store, list(reconcilers), leader, wait
         self.stopping = threading.Event()
         self.dirty = threading.Event()
 
@@ -44,7 +43,8 @@ class Daemon:
                 next_renew, next_reconcile = time.monotonic() + RENEW_EVERY, 0.0
             if time.monotonic() >= next_renew:
                 if not self.leader.renew():
-                    self.gate.abort_all()
+                    for r in self.reconcilers:
+                        r.leadership_lost()
                     continue
                 next_renew = time.monotonic() + RENEW_EVERY
             # Reconcile on change, and at least every `wait` seconds: a test cut short by an
@@ -58,10 +58,14 @@ class Daemon:
                 except TRANSIENT as exc:
                     log.warning("reconcile failed, will retry: %s", exc)
                 next_reconcile = time.monotonic() + self.wait
-                due = self.due()       # an unhealthy canary's grace ends, an analysis step: act then
+                due = next_due(self.reconcilers)   # an unhealthy canary's grace ends, an analysis step
                 if due is not None:     # never sooner than 0.1 s: a decision that did not happen
                     next_reconcile = min(next_reconcile, max(due + 0.01, time.monotonic() + 0.1))
-        self.gate.shutdown()
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        for r in self.reconcilers:
+            r.shutdown()
         self.leader.release()
 
     def _try_lead(self) -> bool:
@@ -75,7 +79,7 @@ class Daemon:
     @backoff(max_wait=10.0, attempts=3, what="reconcile")
     def _reconcile(self) -> None:
         if not self.stopping.is_set() and self.leader.is_leader.is_set():
-            self.gate.reconcile()
+            run_pass(self.store.all_instances(), self.reconcilers)
 
     def stop(self) -> None:
         self.stopping.set()

@@ -19,6 +19,7 @@ from catalog.model import PASSED, TESTING, Instance, RegisteredInstance, Verdict
 from catalog.retry import TRANSIENT
 
 from .. import metrics
+from ..reconciler import Reconciler, Snapshot
 from .tester import DockerTester
 
 log = logging.getLogger(__name__)
@@ -46,15 +47,17 @@ def instance_url(inst: Instance) -> str:
     return f"http://{inst.address}:{inst.port}"
 
 
-class Gate:
+class Gate(Reconciler):
+    """Per service: test what has no verdict for its container, keep gates equal to verdicts.
+    At the end of a pass: retests asked for, re-verifications due, verdicts of instances long
+    gone. `on_admitted` hears of each first pass (the promoter acts on it at once)."""
+
     def __init__(self, store: GateStore, tester: DockerTester, parallel: int = 2,
                  on_admitted: Optional[Callable[[Instance], None]] = None,
                  reverify_every: float = 0.0,
-                 on_service: Optional[Callable[[str, list], None]] = None,
                  forget_after: float = 900.0, clock: Callable[[], float] = time.monotonic):
         self.store, self.tester = store, tester
         self.on_admitted = on_admitted or (lambda inst: None)
-        self.on_service = on_service or (lambda service, registered: None)
         self.reverify_every = reverify_every
         self.pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="test")
         self.testing: Dict[str, str] = {}        # instance id -> container id under test
@@ -65,13 +68,12 @@ class Gate:
         self.rewrites: Dict[str, Tuple[int, float]] = {}  # gate disagreeing with its verdict -> (rewrites, last)
         self.next_sweep = 0.0
 
-    def reconcile(self) -> None:
-        by_id = {}
-        for service, instances in self.store.all_instances().items():
-            for ri in instances:
-                by_id[ri.instance.id] = ri
-                self._reconcile_one(ri)
-            self.on_service(service, instances)
+    def reconcile(self, service: str, instances: List[RegisteredInstance]) -> None:
+        for ri in instances:
+            self._reconcile_one(ri)
+
+    def end_pass(self, snapshot: Snapshot) -> None:
+        by_id = {ri.instance.id: ri for instances in snapshot.values() for ri in instances}
         for iid in self.store.retest_requests():
             ri = by_id.get(iid)
             if ri is None:
@@ -225,8 +227,8 @@ class Gate:
         if seen is not None and not reverify and verdict.state == PASSED:
             metrics.GATE_SECONDS.labels(inst.service).observe(time.monotonic() - seen)
 
-    def abort_all(self) -> None:
-        """Leadership lost: stop every running test at once (the next leader retests)."""
+    def leadership_lost(self) -> None:
+        """Stop every running test at once (the next leader retests)."""
         self.tester.abort_all()
 
     def shutdown(self) -> None:

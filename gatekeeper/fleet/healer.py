@@ -25,6 +25,7 @@ from typing import Callable, Dict, List, Optional, Protocol
 from catalog.model import Instance, RegisteredInstance
 
 from .. import metrics
+from ..reconciler import Reconciler
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def limit(total: int, share: float) -> int:
     return max(1, math.floor(total * share))
 
 
-class Healer:
+class Healer(Reconciler):
     def __init__(self, store: HealStore, settings: HealSettings = HealSettings(),
                  clock: Callable[[], float] = time.time):
         self.store, self.s, self.clock = store, settings, clock

@@ -21,6 +21,7 @@ from catalog.model import PASSED, RegisteredInstance, RoutingPolicy, Verdict
 from catalog.validation import InvalidValue
 
 from .. import metrics
+from ..reconciler import Reconciler
 from .swarm import Swarm, image_ref
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ def marker_state(ri: RegisteredInstance, policy: Optional[RoutingPolicy]) -> str
     return OPEN if ri.gate_status == "passing" and serves(policy, ri.instance.version) else CLOSED
 
 
-class Rollout:
+class Rollout(Reconciler):
     def __init__(self, store: RolloutStore, swarm: Swarm):
         self.store, self.swarm = store, swarm
         self.written: Dict[str, Dict[str, str]] = {}   # service -> container id -> marker last written

@@ -18,6 +18,7 @@ from catalog.model import (AUTO, MANUAL, MODES, PASSED, PROGRESSIVE, AnalysisSta
 from catalog.validation import InvalidValue, parse_analysis_label, validate_analysis
 
 from .. import metrics
+from ..reconciler import Reconciler
 from .progressive import Progressive
 from ..prometheus import Prometheus
 
@@ -59,7 +60,7 @@ def update_policy(store: PolicyStore, service: str, change: Callable[[RoutingPol
     raise Conflict(f"the routing policy of {service} kept changing under us; try again")
 
 
-class Promoter:
+class Promoter(Reconciler):
     """Acts on admitted instances: auto mode makes a passed version stable and drains the rest;
     manual mode makes it the canary at 0 %; progressive mode makes it the canary at the first
     step and lets the analysis (`progressive`) move it on."""
@@ -137,8 +138,8 @@ class Promoter:
         analysis_due = self.progressive.next_due()
         return min(due + ([analysis_due] if analysis_due is not None else []), default=None)
 
-    def check_canary(self, service: str, registered) -> None:
-        """At every reconcile, per service: the progressive analysis's next step when due, and
+    def reconcile(self, service: str, registered) -> None:
+        """At every pass, per service: the progressive analysis's next step when due, and
         auto-abort of a canary none of whose instances is healthy any more: at once when every
         one failed its re-verification, after `unhealthy_grace` seconds when health checks fail
         (a single stale read of the catalog must not abort a healthy canary)."""

@@ -32,11 +32,11 @@ def canary(gate="passing", health="critical"):
 def test_one_unhealthy_reading_does_not_abort_but_a_lasting_one_does():
     store = Store()
     p = Promoter(store, unhealthy_grace=0.3)
-    p.check_canary("demo", canary())
+    p.reconcile("demo", canary())
     assert store.pol.canary == "v2"
     import time
     time.sleep(0.35)
-    p.check_canary("demo", canary())
+    p.reconcile("demo", canary())
     assert store.pol.canary == "" and store.hist[-1][0] == "aborted"
     assert store.hist[-1][1]["by"] == "gatekeeper (auto-rollback)"
     assert p.next_due() is None, "nothing pending once aborted"
@@ -47,24 +47,24 @@ def test_a_pending_grace_period_tells_the_daemon_when_to_look_again():
     store = Store()
     p = Promoter(store, unhealthy_grace=10)
     assert p.next_due() is None
-    p.check_canary("demo", canary())
+    p.reconcile("demo", canary())
     assert 9 < p.next_due() - time.monotonic() <= 10
 
 
 def test_a_healthy_reading_resets_the_grace_period():
     store = Store()
     p = Promoter(store, unhealthy_grace=0.2)
-    p.check_canary("demo", canary())
-    p.check_canary("demo", canary(health="passing"))
+    p.reconcile("demo", canary())
+    p.reconcile("demo", canary(health="passing"))
     import time
     time.sleep(0.25)
-    p.check_canary("demo", canary())
+    p.reconcile("demo", canary())
     assert store.pol.canary == "v2"
 
 
 def test_failed_reverification_of_every_canary_instance_aborts_at_once():
     store = Store(verdict_state=FAILED)
-    Promoter(store, unhealthy_grace=60).check_canary("demo", canary(gate="critical", health="passing"))
+    Promoter(store, unhealthy_grace=60).reconcile("demo", canary(gate="critical", health="passing"))
     assert store.pol.canary == ""
 
 

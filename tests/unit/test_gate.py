@@ -4,6 +4,7 @@ import time
 from catalog.model import FAILED, PASSED, Instance, RegisteredInstance, Verdict
 from gatekeeper.admission.gate import Gate
 from gatekeeper.admission.tester import RunResult
+from gatekeeper.reconciler import run_pass
 
 
 class Store:
@@ -70,6 +71,11 @@ def inst(cid="c1"):
                     tests_image="demo-test:latest")
 
 
+def pass_over(gate):
+    """One pass of the daemon over the catalog, with the gate as its only reconciler."""
+    run_pass(gate.store.all_instances(), [gate])
+
+
 def settle(gate):
     gate.pool.shutdown(wait=True)
 
@@ -77,7 +83,7 @@ def settle(gate):
 def test_new_instance_is_tested_against_its_own_address_and_admitted_on_pass():
     store, tester, admitted = Store(inst()), FakeTester(), []
     gate = Gate(store, tester, on_admitted=admitted.append)
-    gate.reconcile()
+    pass_over(gate)
     settle(gate)
     assert tester.runs == [("demo-test:latest", "http://127.0.0.1:32768")]
     assert store.gates["h:web:8080"] == "passing" and store.outputs["h:web:8080"] == "9/9 passed in 0.1 s"
@@ -87,7 +93,7 @@ def test_new_instance_is_tested_against_its_own_address_and_admitted_on_pass():
 def test_failed_tests_leave_the_gate_critical_with_the_summary():
     store = Store(inst())
     gate = Gate(store, FakeTester(FAILED, "5/9 passed; failed: rec_shape"))
-    gate.reconcile()
+    pass_over(gate)
     settle(gate)
     assert store.gates["h:web:8080"] == "critical"
     assert "5/9 passed" in store.outputs["h:web:8080"]
@@ -97,7 +103,7 @@ def test_a_gate_opened_without_a_verdict_is_closed_and_retested():
     store, tester = Store(inst()), FakeTester(FAILED, "0/9")
     store.gates["h:web:8080"] = "passing"            # someone passed it by hand
     gate = Gate(store, tester)
-    gate.reconcile()
+    pass_over(gate)
     settle(gate)
     assert len(tester.runs) == 1 and store.gates["h:web:8080"] == "critical"
 
@@ -106,7 +112,7 @@ def test_stored_verdict_is_reapplied_without_retesting():
     store, tester = Store(inst()), FakeTester()
     store.verdicts["h:web:8080"] = Verdict("h:web:8080", "c1", "demo-test:latest", PASSED, "9/9 passed", 1, 2)
     gate = Gate(store, tester)
-    gate.reconcile()
+    pass_over(gate)
     settle(gate)
     assert tester.runs == [] and store.gates["h:web:8080"] == "passing"
 
@@ -115,7 +121,7 @@ def test_a_new_container_under_the_same_name_is_tested_again():
     store, tester = Store(inst(cid="new")), FakeTester()
     store.verdicts["h:web:8080"] = Verdict("h:web:8080", "old", "demo-test:latest", PASSED, "9/9 passed", 1, 2)
     gate = Gate(store, tester)
-    gate.reconcile()
+    pass_over(gate)
     settle(gate)
     assert len(tester.runs) == 1
 
@@ -127,13 +133,13 @@ def test_the_same_container_restarted_is_a_new_run_and_tested_again():
     store.verdicts["h:web:8080"] = Verdict("h:web:8080", "c1", "demo-test:latest", PASSED, "9/9 passed", 1, 2,
                                            container_started="2026-11-28T09:00:00Z")
     gate = Gate(store, tester)
-    gate.reconcile()
+    pass_over(gate)
     settle(gate)
     assert len(tester.runs) == 1
     assert store.verdicts["h:web:8080"].container_started == "2026-11-28T10:00:05Z"
     # ... and that run's verdict is kept for it: registered again (a registrator restart), no retest
     store.gates["h:web:8080"] = "critical"
-    gate.reconcile()
+    pass_over(gate)
     settle(gate)
     assert len(tester.runs) == 1 and store.gates["h:web:8080"] == "passing"
 
@@ -143,7 +149,7 @@ def test_a_container_the_healer_gave_up_on_keeps_its_gate_shut_and_says_why():
     store.verdicts["h:web:8080"] = Verdict("h:web:8080", "c1", "demo-test:latest", PASSED, "9/9 passed", 1, 2)
     store.healings["h:web:8080"] = {"gave_up": True, "reason": "gave up healing: restarted 3 times"}
     gate = Gate(store, tester)
-    gate.reconcile()
+    pass_over(gate)
     settle(gate)
     assert tester.runs == [] and store.gates["h:web:8080"] == "critical"
     assert store.outputs["h:web:8080"] == "gave up healing: restarted 3 times"
@@ -172,7 +178,7 @@ def test_tests_run_in_parallel_but_no_more_than_the_bound():
                           tests_image="demo-test:latest") for i in range(6)]
     store, tester = Store(*instances), SlowTester()
     gate = Gate(store, tester, parallel=2)
-    gate.reconcile()
+    pass_over(gate)
     settle(gate)
     assert len(tester.runs) == 6 and tester.peak == 2
 
@@ -182,7 +188,7 @@ def test_a_passing_reverification_does_not_promote_again():
     store.verdicts["h:web:8080"] = Verdict("h:web:8080", "c1", "demo-test:latest", PASSED, "9/9 passed", 1, 2)
     store.gates["h:web:8080"] = "passing"
     gate = Gate(store, FakeTester(), on_admitted=admitted.append, reverify_every=0.001)
-    gate.reconcile()
+    pass_over(gate)
     settle(gate)
     assert store.verdicts["h:web:8080"].finished > 2, "re-verified"
     assert admitted == []
@@ -198,12 +204,12 @@ def test_an_error_for_want_of_a_test_image_is_retested_once_the_service_has_a_de
     store, tester, admitted = Store(untested_inst()), FakeTester(), []
     store.verdicts["h:web:8080"] = Verdict("h:web:8080", "c1", "", ERROR, "no gatekeeper.tests label", 1, 2)
     gate = Gate(store, tester, on_admitted=admitted.append)
-    gate.reconcile()
+    pass_over(gate)
     settle(gate)
     assert tester.runs == [], "no default image yet: the error verdict stands"
     store.default_tests_image = lambda service: "demo-test:latest"
     gate = Gate(store, tester, on_admitted=admitted.append)
-    gate.reconcile()
+    pass_over(gate)
     settle(gate)
     assert tester.runs == [("demo-test:latest", "http://127.0.0.1:32768")]
     assert store.gates["h:web:8080"] == "passing" and [i.id for i in admitted] == ["h:web:8080"]
@@ -214,7 +220,7 @@ def test_a_failed_verdict_with_an_image_is_not_retested_by_a_default_image():
     store.verdicts["h:web:8080"] = Verdict("h:web:8080", "c1", "demo-test:latest", FAILED, "0/9", 1, 2)
     store.default_tests_image = lambda service: "other-test:latest"
     gate = Gate(store, tester)
-    gate.reconcile()
+    pass_over(gate)
     settle(gate)
     assert tester.runs == []
 
@@ -224,7 +230,7 @@ def test_a_requested_retest_that_passes_after_a_failure_is_a_first_admission():
     store.verdicts["h:web:8080"] = Verdict("h:web:8080", "c1", "demo-test:latest", FAILED, "0/9", 1, 2)
     store.retest_requests = lambda: ["h:web:8080"]
     gate = Gate(store, FakeTester(), on_admitted=admitted.append)
-    gate.reconcile()
+    pass_over(gate)
     settle(gate)
     assert store.gates["h:web:8080"] == "passing"
     assert [i.id for i in admitted] == ["h:web:8080"], "its service must get a routing policy"
@@ -236,12 +242,12 @@ def test_verdicts_of_instances_gone_longer_than_the_grace_period_are_removed():
     store.verdicts["h:web:8080"] = Verdict("h:web:8080", "c1", "demo-test:latest", PASSED, "9/9 passed", 1, 2)
     store.verdicts["h:gone:8080"] = Verdict("h:gone:8080", "c0", "demo-test:latest", FAILED, "0/9", 1, 2)
     gate = Gate(store, FakeTester(), forget_after=60, clock=lambda: clock[0])
-    gate.reconcile()
+    pass_over(gate)
     clock[0] += 59
-    gate.reconcile()
+    pass_over(gate)
     assert set(store.verdicts) == {"h:web:8080", "h:gone:8080"}, "within the grace period both stay"
     clock[0] += 16                     # past the grace period and the next sweep (every grace/4)
-    gate.reconcile()
+    pass_over(gate)
     settle(gate)
     assert set(store.verdicts) == {"h:web:8080"}, "the live instance's verdict is never removed"
 
@@ -268,7 +274,7 @@ class Recording(Store):
 def test_a_first_test_closes_the_gate_with_what_runs_then_records_the_result_of_that_container():
     store = Recording(inst())
     gate = Gate(store, FakeTester(FAILED, "5/9 passed"))
-    gate.reconcile()
+    pass_over(gate)
     settle(gate)
     assert store.log == [("verdict", "testing", "c1", "demo-test:latest", "testing with demo-test:latest"),
                          ("gate", False, "testing with demo-test:latest"),
@@ -283,7 +289,7 @@ def test_a_reverification_leaves_the_gate_open_while_it_runs_and_clears_its_requ
     store.gates["h:web:8080"] = "passing"
     store.retest_requests = lambda: ["h:web:8080"]
     gate = Gate(store, FakeTester(FAILED, "0/9"))
-    gate.reconcile()
+    pass_over(gate)
     settle(gate)
     assert store.log == [("verdict", "failed", "c1", "demo-test:latest", "0/9"), ("gate", False, "failed: 0/9")]
     assert store.cleared == ["h:web:8080"]
@@ -293,7 +299,7 @@ def test_no_test_image_at_all_is_run_as_none_and_shown_so():
     store = Recording(untested_inst())
     tester = FakeTester(FAILED, "no gatekeeper.tests label")
     gate = Gate(store, tester)
-    gate.reconcile()
+    pass_over(gate)
     settle(gate)
     assert tester.runs == [("", "http://127.0.0.1:32768")]
     assert store.log[1] == ("gate", False, "testing with (no tests image)")
@@ -308,7 +314,7 @@ def test_an_aborted_run_records_nothing_and_a_consul_refusal_or_a_bug_frees_the_
             return replace(super().run(image, url, iid), aborted=True)
     store = Recording(inst())
     gate = Gate(store, Aborting())
-    gate.reconcile()
+    pass_over(gate)
     settle(gate)
     assert [e for e in store.log if e[0] == "verdict"] == [("verdict", "testing", "c1", "demo-test:latest",
                                                             "testing with demo-test:latest")]
@@ -318,7 +324,7 @@ def test_an_aborted_run_records_nothing_and_a_consul_refusal_or_a_bug_frees_the_
                 raise error
         failing = Failing(inst())
         gate = Gate(failing, FakeTester())
-        gate.reconcile()
+        pass_over(gate)
         settle(gate)
         assert gate.testing == {}, "the instance can be tested again"
 
@@ -335,12 +341,12 @@ def test_an_instance_with_a_docker_healthcheck_waits_for_healthy_before_its_test
                                                     i.docker_health_check_id: self.health})]}
     store, tester = Health(i), FakeTester()
     gate = Gate(store, tester)
-    gate.reconcile()
+    pass_over(gate)
     settle(gate)
     assert tester.runs == []
     store.health = "passing"
     gate = Gate(store, tester)
-    gate.reconcile()
+    pass_over(gate)
     settle(gate)
     assert len(tester.runs) == 1
 
@@ -350,13 +356,13 @@ def test_a_stored_failure_closes_a_gate_found_open_and_an_instance_under_test_is
     store.verdicts["h:web:8080"] = Verdict("h:web:8080", "c1", "demo-test:latest", FAILED, "0/9", 1, 2)
     store.gates["h:web:8080"] = "passing"
     gate = Gate(store, tester)
-    gate.reconcile()
+    pass_over(gate)
     settle(gate)
     assert store.gates["h:web:8080"] == "critical" and store.outputs["h:web:8080"] == "failed: 0/9"
     assert tester.runs == []
     busy = Gate(Store(inst()), tester)
     busy.testing["h:web:8080"] = "c1"
-    busy.reconcile()
+    pass_over(busy)
     settle(busy)
     assert tester.runs == [], "already under test: not started twice"
 
@@ -373,7 +379,7 @@ def test_test_runs_and_the_time_to_an_open_gate_are_counted_per_service_and_resu
     passed_before, failed_before = runs
     store = Store(inst())
     gate = Gate(store, FakeTester(), reverify_every=0.001)
-    gate.reconcile()
+    pass_over(gate)
     settle(gate)
     assert sample("gatekeeper_test_runs_total", service="demo", result=PASSED) == passed_before + 1
     assert sample("gatekeeper_gate_open_seconds_count", service="demo") == opened + 1
@@ -382,13 +388,13 @@ def test_test_runs_and_the_time_to_an_open_gate_are_counted_per_service_and_resu
     gate = Gate(store, FakeTester(), reverify_every=0.001)        # a re-verification: a run, no new gate opening
     store.gates["h:web:8080"] = "passing"
     time.sleep(0.01)                                              # the last pass is older than 0.001 s
-    gate.reconcile()
+    pass_over(gate)
     settle(gate)
     assert sample("gatekeeper_test_runs_total", service="demo", result=PASSED) == passed_before + 2
     assert sample("gatekeeper_gate_open_seconds_count", service="demo") == opened + 1
     failing = Store(inst("c2"))
     gate = Gate(failing, FakeTester(state=FAILED, summary="1/9 passed"))
-    gate.reconcile()
+    pass_over(gate)
     settle(gate)
     assert sample("gatekeeper_test_runs_total", service="demo", result=FAILED) == failed_before + 1
     assert sample("gatekeeper_gate_open_seconds_count", service="demo") == opened + 1
@@ -412,15 +418,15 @@ def test_a_gate_that_keeps_disagreeing_is_written_again_at_once_then_backing_off
     gate = Gate(store, tester, clock=lambda: now[0])
     for t in range(1000, 1200):
         now[0] = float(t)
-        gate.reconcile()
+        pass_over(gate)
     assert [w - 1000 for w in writes] == [0, 5, 15, 35, 75, 135, 195], writes
     store.set_gate = real
     store.gates["h:web:8080"] = "critical"             # the registrator is back and applied it
-    gate.reconcile()
+    pass_over(gate)
     store.gates["h:web:8080"] = "passing"              # forged again
     store.set_gate = set_gate
     now[0] = 1200.5
-    gate.reconcile()
+    pass_over(gate)
     assert writes[-1] == 1200.5, "answered at once, not after the back-off"
     settle(gate)
     assert tester.runs == []

@@ -332,13 +332,13 @@ def v2_in_analysis(versions=("v1", "v2")):
 
 def step(promoter, store, clock):
     clock.t += 5
-    promoter.check_canary("demo", store.registered)
+    promoter.reconcile("demo", store.registered)
 
 
 def test_progressive_mode_starts_a_passed_version_at_the_first_step_and_walks_it_to_stable():
     store, metrics, clock, promoter = v2_in_analysis()
     assert (store.pol.canary, store.pol.weight, store.state.weight, store.state.version) == ("v2", 20, 20, "v2")
-    promoter.check_canary("demo", store.registered)              # not due yet: nothing moves
+    promoter.reconcile("demo", store.registered)              # not due yet: nothing moves
     assert store.pol.weight == 20 and [e for e, _ in store.hist].count("analysis") == 0
     weights = []
     for _ in range(3):
@@ -434,7 +434,7 @@ def test_a_rolled_back_canary_tried_again_by_the_operator_gets_a_new_analysis():
     assert store.pol.aborted == "v2" and store.state.status == "rolled back"
     pr.try_canary(store, "demo", "v2")                            # the operator: `gatekeeper canary demo v2`
     metrics.canary = metrics.M(100, 100.0, 20.0)
-    promoter.check_canary("demo", store.registered)
+    promoter.reconcile("demo", store.registered)
     assert (store.state.status, store.state.failed, store.pol.weight) == ("running", 0, 20)
     step(promoter, store, clock)
     assert store.pol.weight == 40

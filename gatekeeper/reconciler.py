@@ -1,0 +1,44 @@
+"""The one shape of gatekeeper's work: a reconciler looks at one service's instances at a time.
+
+The daemon reads the catalog once per pass and hands each service's instances to every
+reconciler in turn (the gate first, so the others see its decisions of this pass), then lets
+each finish the pass (work across services). `next_due` says when a reconciler wants a pass
+although nothing changed (a grace period ends, an analysis step falls due).
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence
+
+from catalog.model import RegisteredInstance
+
+Snapshot = Dict[str, List[RegisteredInstance]]
+
+
+class Reconciler:
+    def reconcile(self, service: str, instances: List[RegisteredInstance]) -> None:
+        """Bring this service in line with what this part owns."""
+
+    def end_pass(self, snapshot: Snapshot) -> None:
+        """After every service was reconciled: work that spans services."""
+
+    def next_due(self) -> Optional[float]:
+        """When the next decision falls due (time.monotonic), or None."""
+        return None
+
+    def leadership_lost(self) -> None:
+        """Another gatekeeper may lead now: stop what must not run twice."""
+
+    def shutdown(self) -> None:
+        """The daemon stops."""
+
+
+def run_pass(snapshot: Snapshot, reconcilers: Sequence[Reconciler]) -> None:
+    for service, instances in snapshot.items():
+        for r in reconcilers:
+            r.reconcile(service, instances)
+    for r in reconcilers:
+        r.end_pass(snapshot)
+
+
+def next_due(reconcilers: Sequence[Reconciler]) -> Optional[float]:
+    return min((d for d in (r.next_due() for r in reconcilers) if d is not None), default=None)
