@@ -1,12 +1,14 @@
-"""The backend table pushed to nginx in dynamic mode: the one JSON contract with the Lua side.
+"""The backend table pushed to nginx in dynamic mode.
 
     push   {"generation": N, "full": bool, "services": {NAME: ENTRY | null}}
     ENTRY  {"service": NAME, "stable": POOL | null, "canary": POOL | null, "weight": 0..100}
     POOL   {"version": V, "servers": [[ADDRESS, PORT, VERSION], ...]}     (at least one server)
 
-proxy-reloader computes every entry from admitted instances and the routing policy (a route
-with no stable pool answers 503); nginx's `proxystack/backends.lua` checks the same rules again
-and refuses a whole push if one entry breaks them, keeping the table it had.
+The rules of that shape live in one file, lua/proxystack/contract.json, which `contract` here
+and nginx's `proxystack/contract.lua` both check by. proxy-reloader computes every entry from
+admitted instances and the routing policy (a route with no stable pool answers 503); nginx
+checks the same rules again and refuses a whole push if one entry breaks them, keeping the
+table it had.
 The table file beside nginx.conf holds the last full table in the push format, so an nginx
 that starts or restarts routes right before proxy-reloader pushes anything.
 """
@@ -17,10 +19,9 @@ import os
 from pathlib import Path
 from typing import Dict, Optional
 
-from catalog import validation as v
 from catalog.routing import Pool, Route
 
-MAX_WEIGHT = 100
+from . import contract
 
 
 def _pool(pool: Optional[Pool]) -> Optional[dict]:
@@ -40,29 +41,11 @@ def entry(route: Route) -> dict:
 
 
 def check_entry(name: str, e: Optional[dict]) -> None:
-    """Raise ValueError when an entry breaks the contract (the Lua side checks the same)."""
-    v.check("service", name)
-    if e is None:
-        return
-    if e.get("service") != name:
-        raise ValueError(f"{name}: entry.service must be {name}")
-    for side in ("stable", "canary"):
-        pool = e.get(side)
-        if pool is None:
-            continue
-        if pool["version"] != "*":                  # "*": a pool that mixes versions
-            v.check("version", pool["version"])
-        if not pool["servers"]:
-            raise ValueError(f"{name}.{side}: a pool lists at least one server")
-        for address, port, version in pool["servers"]:
-            v.check("address", address)
-            v.check_port("port", port)
-            v.check("version", version)
-    weight = e.get("weight")
-    if not isinstance(weight, int) or not 0 <= weight <= MAX_WEIGHT:
-        raise ValueError(f"{name}.weight must be an integer 0..100")
-    if e.get("canary") and not e.get("stable"):
-        raise ValueError(f"{name}: a canary needs a stable pool")
+    """Raise ValueError when an entry breaks the contract (contract.json, which the Lua side
+    checks by too)."""
+    reason = contract.check_entry(name, e)
+    if reason:
+        raise ValueError(reason)
 
 
 def push_body(generation: int, entries: Dict[str, Optional[dict]], full: bool) -> bytes:

@@ -91,6 +91,9 @@ install_nginx() {
     apt_install libnginx-mod-http-lua lua-cjson
     info "Lua module: installed (libnginx-mod-http-lua, lua-cjson)"
   fi
+  # luajit runs the Lua side's pure modules (the push contract) in the unit tests, without nginx
+  # (luajit2: OpenResty's LuaJIT, the one nginx's Lua module runs on; Debian's luajit would replace it)
+  if command -v luajit >/dev/null; then info "luajit: present"; else apt_install luajit2; info "luajit: installed (luajit2)"; fi
 }
 
 # Prometheus from Debian: scrapes the daemons and the proxy; gatekeeper's progressive analysis

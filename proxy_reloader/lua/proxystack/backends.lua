@@ -1,77 +1,20 @@
 -- The backend table: what proxy-reloader pushed, held in a shared dict so every worker sees
 -- the same generation, and decoded once per worker per change.
 --
--- The JSON contract (proxy_reloader/backends.py documents and checks the same one):
---   push body   {"generation": N, "full": bool, "services": {NAME: ENTRY | null, ...}}
---   ENTRY       {"service": NAME, "stable": POOL | null, "canary": POOL | null, "weight": 0..100}
---   POOL        {"version": V, "servers": [[ADDRESS, PORT, VERSION], ...]}   (servers non-empty)
--- A push is checked whole before any of it is applied: one bad entry refuses all of it.
+-- The JSON contract is contract.json beside this file (checked by contract.lua here and by
+-- proxy_reloader/contract.py on the other side). A push is checked whole before any of it is
+-- applied: one bad entry refuses all of it.
 local cjson = require "cjson.safe"
+local contract = require "proxystack.contract"
 
 local _M = {}
 
 local dict = ngx.shared.proxystack_backends
 local cache = {}            -- per worker: service -> {stamp = N, seen = generation, entry = table}
 
-local NAME = "^[a-z0-9][a-z0-9_-]*$"
-local VERSION = "^[A-Za-z0-9][A-Za-z0-9_.-]*$"   -- "*" alone marks a pool of mixed versions
-local ADDRESS = "^[A-Za-z0-9][A-Za-z0-9.:-]*$"
-local MAX_NAME, MAX_SERVERS = 63, 4096
-
-local function is_int(n, lo, hi)
-    return type(n) == "number" and n == math.floor(n) and n >= lo and n <= hi
-end
-
-local function check_pool(pool, where)
-    if pool == nil or pool == cjson.null then return true end
-    if type(pool) ~= "table" then return nil, where .. " must be an object or null" end
-    if type(pool.version) ~= "string" or #pool.version > 128
-        or not (pool.version == "*" or pool.version:find(VERSION)) then
-        return nil, where .. ".version is not a valid version"
-    end
-    local servers = pool.servers
-    if type(servers) ~= "table" or #servers == 0 or #servers > MAX_SERVERS then
-        return nil, where .. ".servers must list 1 to " .. MAX_SERVERS .. " servers"
-    end
-    for i, s in ipairs(servers) do
-        if type(s) ~= "table" or type(s[1]) ~= "string" or #s[1] > 253 or not s[1]:find(ADDRESS)
-            or not is_int(s[2], 1, 65535) or type(s[3]) ~= "string" or not s[3]:find(VERSION) then
-            return nil, where .. ".servers[" .. i .. "] must be [address, port, version]"
-        end
-    end
-    return true
-end
-
--- nil, reason when `entry` breaks the contract.
-function _M.check_entry(name, entry)
-    if type(name) ~= "string" or #name > MAX_NAME or not name:find(NAME) then
-        return nil, "service name " .. tostring(name) .. " is not valid"
-    end
-    if entry == cjson.null then return true end
-    if type(entry) ~= "table" then return nil, name .. ": entry must be an object or null" end
-    if entry.service ~= name then return nil, name .. ": entry.service must be " .. name end
-    local ok, err = check_pool(entry.stable, name .. ".stable")
-    if not ok then return nil, err end
-    ok, err = check_pool(entry.canary, name .. ".canary")
-    if not ok then return nil, err end
-    if not is_int(entry.weight, 0, 100) then return nil, name .. ".weight must be an integer 0..100" end
-    if entry.canary ~= nil and entry.canary ~= cjson.null and (entry.stable == nil or entry.stable == cjson.null) then
-        return nil, name .. ": a canary needs a stable pool"
-    end
-    return true
-end
-
--- Check a decoded push; nil, reason when it must be refused.
-function _M.check_push(body)
-    if type(body) ~= "table" then return nil, "body must be a JSON object" end
-    if not is_int(body.generation, 1, 2^53) then return nil, "generation must be a positive integer" end
-    if type(body.services) ~= "table" then return nil, "services must be an object" end
-    for name, entry in pairs(body.services) do
-        local ok, err = _M.check_entry(name, entry)
-        if not ok then return nil, err end
-    end
-    return true
-end
+-- Whether a push keeps the contract (contract.lua, from the contract.json both sides read).
+_M.check_entry = contract.check_entry
+_M.check_push = contract.check_push
 
 function _M.generation()
     return dict:get("generation") or 0

@@ -1,0 +1,100 @@
+"""The push contract, read from the file both sides read (lua/proxystack/contract.json).
+
+`check_push` here and `contract.check_push` in nginx's Lua side apply the same rules to the
+same body and answer with the same reason; tests/unit/test_push_contract.py holds them to it
+with one list of cases, and holds the name rules to catalog.validation's.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Optional, Tuple
+
+CONTRACT_FILE = Path(__file__).parent / "lua" / "proxystack" / "contract.json"
+CONTRACT = json.loads(CONTRACT_FILE.read_text())
+
+
+def char_set(spec: str) -> frozenset:
+    """'a-z0-9._-' -> the characters it names: x-y is a range, anything else itself."""
+    out, i = set(), 0
+    while i < len(spec):
+        if i + 2 < len(spec) and spec[i + 1] == "-":
+            out.update(chr(c) for c in range(ord(spec[i]), ord(spec[i + 2]) + 1))
+            i += 3
+        else:
+            out.add(spec[i])
+            i += 1
+    return frozenset(out)
+
+
+_NAMES = {kind: (char_set(r["first"]), char_set(r["chars"]), char_set(r.get("last", r["chars"])), r["max"])
+          for kind, r in CONTRACT["names"].items()}
+
+
+def name_ok(kind: str, value: Any) -> bool:
+    first, chars, last, most = _NAMES[kind]
+    return (isinstance(value, str) and 1 <= len(value) <= most and value[0] in first
+            and value[-1] in last and all(c in chars for c in value))
+
+
+def _int_in(value: Any, bounds) -> bool:
+    """A JSON number with no fraction (10 and 10.0 alike, as Lua sees them), within bounds."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and value == int(value) and bounds[0] <= value <= bounds[1])
+
+
+def check_pool(pool: Any, where: str) -> Optional[str]:
+    if pool is None:
+        return None
+    if not isinstance(pool, dict):
+        return f"{where} must be an object or null"
+    version = pool.get("version")
+    if not (version == CONTRACT["mixed_version"] or name_ok("version", version)):
+        return f"{where}.version is not a valid version"
+    servers = pool.get("servers")
+    least, most = CONTRACT["servers"]
+    if not isinstance(servers, list) or not least <= len(servers) <= most:
+        return f"{where}.servers must list {least} to {most} servers"
+    for i, s in enumerate(servers, 1):
+        if not (isinstance(s, list) and len(s) == 3 and name_ok("address", s[0])
+                and _int_in(s[1], CONTRACT["port"]) and name_ok("version", s[2])):
+            return f"{where}.servers[{i}] must be [address, port, version]"
+    return None
+
+
+def check_entry(name: Any, entry: Any) -> Optional[str]:
+    """None when the entry keeps the contract, else the reason (as the Lua side words it)."""
+    if not name_ok("service", name):
+        return f"service name {name} is not valid"
+    if entry is None:
+        return None
+    if not isinstance(entry, dict):
+        return f"{name}: entry must be an object or null"
+    if entry.get("service") != name:
+        return f"{name}: entry.service must be {name}"
+    for side in ("stable", "canary"):
+        reason = check_pool(entry.get(side), f"{name}.{side}")
+        if reason:
+            return reason
+    low, high = CONTRACT["weight"]
+    if not _int_in(entry.get("weight"), CONTRACT["weight"]):
+        return f"{name}.weight must be an integer {low}..{high}"
+    if entry.get("canary") is not None and entry.get("stable") is None:
+        return f"{name}: a canary needs a stable pool"
+    return None
+
+
+def check_push(body: Any) -> Tuple[bool, Optional[str]]:
+    """(True, None) for a push nginx takes, else (False, reason): one bad entry refuses all."""
+    if not isinstance(body, dict):
+        return False, "body must be a JSON object"
+    if not _int_in(body.get("generation"), CONTRACT["generation"]):
+        return False, "generation must be a positive integer"
+    if not isinstance(body.get("services"), dict):
+        return False, "services must be an object"
+    for name, entry in sorted(body["services"].items()):
+        reason = check_entry(name, entry)
+        if reason:
+            return False, reason
+    return True, None

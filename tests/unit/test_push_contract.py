@@ -1,0 +1,128 @@
+"""The push contract is one file (proxy_reloader/lua/proxystack/contract.json) and both sides
+keep it: the same push bodies go through proxy_reloader.contract and through nginx's
+proxystack/contract.lua (run by luajit, no nginx needed), and every answer, reason included, is
+the same. The contract's name rules are catalog.validation's, so nothing proxy-reloader admits
+is refused by nginx and nothing nginx would take escapes validation. Pushes into a real nginx:
+tests/integration/test_push_endpoint.py."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from catalog import validation
+from proxy_reloader import backends, contract
+
+ROOT = Path(__file__).resolve().parents[2]
+LUA_DIR = ROOT / "proxy_reloader" / "lua"
+
+
+def push(services, generation=5):
+    return json.dumps({"generation": generation, "full": False, "services": services})
+
+
+def entry(name="demo", stable=None, canary=None, weight=0, **extra):
+    e = {"service": name, "stable": stable, "canary": canary, "weight": weight}
+    e.update(extra)
+    return e
+
+
+POOL = {"version": "v1", "servers": [["127.0.0.1", 8080, "v1"]]}
+MIXED = {"version": "*", "servers": [["10.0.0.7", 1, "v1"], ["host-a.example", 65535, "v2.1_rc-3"]]}
+
+# (push body as JSON text, the reason it is refused or None)
+CASES = [
+    (push({"demo": entry(stable=POOL)}), None),
+    (push({"demo": entry(stable=POOL, canary=MIXED, weight=100)}), None),
+    (push({"demo": None, "a": entry("a", stable=POOL)}), None),
+    (push({"demo": entry()}), None),                                       # nothing admitted: 503
+    (push({}), None),
+    (push({"demo": entry(stable=POOL, weight=10.0)}), None),              # JSON has numbers, not ints
+    (push({"d" * 63: entry("d" * 63, stable=POOL)}), None),
+    (json.dumps([1, 2]), "body must be a JSON object"),
+    (push({"demo": [entry()]}), "demo: entry must be an object or null"),
+    (push({"demo": entry(stable=[POOL])}), "demo.stable must be an object or null"),
+    (json.dumps("text"), "body must be a JSON object"),
+    (push({}, generation=0), "generation must be a positive integer"),
+    (push({}, generation=1.5), "generation must be a positive integer"),
+    (push({}, generation="7"), "generation must be a positive integer"),
+    (json.dumps({"generation": 3, "services": 4}), "services must be an object"),
+    (json.dumps({"generation": 3}), "services must be an object"),
+    (push({"Demo": entry("Demo")}), "service name Demo is not valid"),
+    (push({"demo-": entry("demo-")}), "service name demo- is not valid"),
+    (push({"de_mo": entry("de_mo")}), "service name de_mo is not valid"),
+    (push({"d" * 64: entry("d" * 64)}), f"service name {'d' * 64} is not valid"),
+    (push({"demo": 7}), "demo: entry must be an object or null"),
+    (push({"demo": entry("other")}), "demo: entry.service must be demo"),
+    (push({"demo": entry(stable={"version": "v 1", "servers": POOL["servers"]})}),
+     "demo.stable.version is not a valid version"),
+    (push({"demo": entry(stable={"version": "v" * 65, "servers": POOL["servers"]})}),
+     "demo.stable.version is not a valid version"),
+    (push({"demo": entry(stable={"version": "v1", "servers": []})}), "demo.stable.servers must list 1 to 4096 servers"),
+    (push({"demo": entry(stable={"version": "v1", "servers": [["127.0.0.1", 80, "v1"]] * 4097})}),
+     "demo.stable.servers must list 1 to 4096 servers"),
+    (push({"demo": entry(stable={"version": "v1", "servers": [["Host.example", 80, "v1"]]})}),
+     "demo.stable.servers[1] must be [address, port, version]"),
+    (push({"demo": entry(stable={"version": "v1", "servers": [["127.0.0.1", 80, "v1"], ["127.0.0.1", 0, "v1"]]})}),
+     "demo.stable.servers[2] must be [address, port, version]"),
+    (push({"demo": entry(stable={"version": "v1", "servers": [["127.0.0.1", 80, "v1", "x"]]})}),
+     "demo.stable.servers[1] must be [address, port, version]"),
+    (push({"demo": entry(stable={"version": "v1", "servers": [["127.0.0.1", "80", "v1"]]})}),
+     "demo.stable.servers[1] must be [address, port, version]"),
+    (push({"demo": entry(stable={"version": "v1", "servers": [["127.0.0.1;", 80, "v1"]]})}),
+     "demo.stable.servers[1] must be [address, port, version]"),
+    (push({"demo": entry(stable=POOL, canary="v2")}), "demo.canary must be an object or null"),
+    (push({"demo": entry(stable=POOL, weight=101)}), "demo.weight must be an integer 0..100"),
+    (push({"demo": entry(stable=POOL, weight=-1)}), "demo.weight must be an integer 0..100"),
+    (push({"demo": entry(stable=POOL, weight=True)}), "demo.weight must be an integer 0..100"),
+    (push({"demo": entry(canary=POOL, weight=5)}), "demo: a canary needs a stable pool"),
+    (push({"a": entry("a", stable=POOL), "b": entry("b", weight=500)}), "b.weight must be an integer 0..100"),
+]
+
+
+def python_answers():
+    return [list(contract.check_push(json.loads(text))) for text, _ in CASES]
+
+
+def lua_answers(tmp_path):
+    luajit = shutil.which("luajit")
+    assert luajit, "luajit is missing: `bash scripts/install.sh all` installs it (Debian's luajit2)"
+    cases = tmp_path / "cases.json"
+    cases.write_text(json.dumps([text for text, _ in CASES]))
+    out = subprocess.run([luajit, str(ROOT / "tests" / "lua" / "check_pushes.lua"), str(LUA_DIR), str(cases)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return [[a["ok"], a["reason"]] for a in json.loads(out.stdout)]
+
+
+def expected():
+    return [[reason is None, reason] for _, reason in CASES]
+
+
+def test_the_python_side_answers_each_push_as_the_contract_says():
+    assert python_answers() == expected()
+
+
+def test_the_lua_side_answers_each_push_as_the_python_side_does(tmp_path):
+    assert lua_answers(tmp_path) == expected()
+
+
+def test_proxy_reloader_refuses_before_sending_what_nginx_would_refuse():
+    bad = {"service": "demo", "stable": {"version": "v1", "servers": [["127.0.0.1", 0, "v1"]]}, "canary": None,
+           "weight": 0}
+    with pytest.raises(ValueError, match=r"demo.stable.servers\[1\] must be"):
+        backends.push_body(3, {"demo": bad}, full=False)
+
+
+NAME_CHARS = "aAzZ09-._:; /é\x00"
+
+
+@settings(max_examples=400)
+@given(st.sampled_from(["service", "version", "address"]),
+       st.text(alphabet=NAME_CHARS, max_size=6) | st.text(alphabet="ab9-.", min_size=60, max_size=260))
+def test_the_contracts_name_rules_are_catalog_validations(kind, value):
+    assert contract.name_ok(kind, value) == validation.valid(kind, value), (kind, value)
