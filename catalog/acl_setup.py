@@ -19,8 +19,13 @@ What each token may touch (least privilege):
 - prometheus: read the `proxystack-metrics` service and nodes (monitoring.targets, which tells
   Prometheus where the endpoints are), nothing else.
 - operator (the CLI, the UI): read services and nodes, write under gatekeeper/ (policies,
-  retests, default test images), read registrator/ (rejections) and proxy-reloader/ (what
-  each proxy serves, for `gatekeeper wait`).
+  history, retests, default test images, scaling), read registrator/ (rejections) and
+  proxy-reloader/ (what each proxy serves, for `gatekeeper wait`); only read gatekeeper's own
+  decisions (verdicts, gate records, container actions, healing records, the leader lock), so
+  the operator cannot admit an instance its tests did not pass.
+- breakglass: the rare forced admission (`gatekeeper admit INSTANCE --reason ...`): write
+  verdicts and history, read the rest of gatekeeper/ and the catalog. Given to no daemon; kept
+  apart from the operator's token, and every use is recorded in the service's history.
 """
 from __future__ import annotations
 
@@ -33,7 +38,12 @@ from pathlib import Path
 import requests
 
 from .consul_store import METRICS_SERVICE, parse_address
-from .kv_layout import ACTIONS, GATEKEEPER, GATES, POLICIES as KV_POLICIES, PROXY_RELOADER, REGISTRATOR, SERVED
+from .kv_layout import (ACTIONS, GATEKEEPER, GATES, HEALING, HISTORY, LEADER, POLICIES as KV_POLICIES,
+                        PROXY_RELOADER, REGISTRATOR, SERVED, VERDICTS)
+
+# gatekeeper's own decisions: what it alone writes (and the break-glass token, verdicts only)
+DECISIONS = "".join(f'key_prefix "{prefix}" {{ policy = "read" }}\n' for prefix in (VERDICTS, GATES, ACTIONS, HEALING)) \
+    + f'key "{LEADER}" {{ policy = "read" }}\n'
 
 POLICIES = {
     "agent": 'node_prefix "" { policy = "write" }\nservice_prefix "" { policy = "read" }\n',
@@ -52,9 +62,13 @@ POLICIES = {
     "prometheus": f'service "{METRICS_SERVICE}" {{ policy = "read" }}\nnode_prefix "" {{ policy = "read" }}\n',
     "operator": f'service_prefix "" {{ policy = "read" }}\nnode_prefix "" {{ policy = "read" }}\n'
                 f'key_prefix "{GATEKEEPER}" {{ policy = "write" }}\nkey_prefix "{REGISTRATOR}" {{ policy = "read" }}\n'
-                f'key_prefix "{PROXY_RELOADER}" {{ policy = "read" }}\nsession_prefix "" {{ policy = "read" }}\n',
+                f'key_prefix "{PROXY_RELOADER}" {{ policy = "read" }}\nsession_prefix "" {{ policy = "read" }}\n'
+                + DECISIONS,
+    "breakglass": f'service_prefix "" {{ policy = "read" }}\nnode_prefix "" {{ policy = "read" }}\n'
+                  f'key_prefix "{GATEKEEPER}" {{ policy = "read" }}\nkey_prefix "{VERDICTS}" {{ policy = "write" }}\n'
+                  f'key_prefix "{HISTORY}" {{ policy = "write" }}\nkey_prefix "{REGISTRATOR}" {{ policy = "read" }}\n',
 }
-PARTS = ("registrator", "gatekeeper", "proxy-reloader", "operator", "prometheus")
+PARTS = ("registrator", "gatekeeper", "proxy-reloader", "operator", "prometheus", "breakglass")
 
 
 class AclSetupError(RuntimeError):

@@ -14,6 +14,8 @@
   gatekeeper history SERVICE              promotions, aborts, rollbacks
   gatekeeper tests SERVICE [IMAGE]        default integration-test image for the service
   gatekeeper retest INSTANCE|SERVICE      run the tests again (live instances keep serving)
+  gatekeeper admit INSTANCE --reason TEXT break-glass: admit an instance its tests did not pass
+                                          (needs the breakglass token; recorded in history)
   gatekeeper forget SERVICE               remove a service's policy, default test image and history
   gatekeeper scale SERVICE N              N replicas of a Swarm service (within its gatekeeper.scale bounds)
 """
@@ -32,7 +34,7 @@ import requests
 from catalog.cli import (EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, JsonAwareParser,
                          add_consul_options, consul_address, consul_refusal, emit_error, exit_code_epilog)
 from catalog.consul_store import ConsulStore, read_token
-from catalog.errors import StackError, Unreachable
+from catalog.errors import Refused, StackError, Unreachable
 from catalog.logs import setup_logging
 from catalog.metrics import metrics_address
 from catalog.model import MODES
@@ -138,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("image", nargs="?", metavar="IMAGE", help="test image; instances that had none are tested with it at once")
     rt = command("retest", "run the tests of an instance, or of every instance of a service, again", service=False)
     rt.add_argument("target", metavar="INSTANCE|SERVICE")
+    ad = command("admit", "break-glass: admit one instance whose tests did not pass, with the reason; needs the "
+                          "breakglass token (the operator's may not write verdicts); recorded in history", service=False)
+    ad.add_argument("target", metavar="INSTANCE")
+    ad.add_argument("--reason", required=True, help="why, in a few words (kept in the verdict and the history)")
     command("forget", "remove the policy, default test image and history of a service that has no instance")
     sc = command("scale", "set the replica count of a Swarm service (each new task passes its gate first)")
     sc.add_argument("replicas", type=int, metavar="N", help="replicas, within the service's gatekeeper.scale min..max")
@@ -341,6 +347,41 @@ def cmd_retest(args, store) -> int:
     return EXIT_OK
 
 
+def cmd_admit(args, store) -> int:
+    from catalog.model import PASSED, Verdict
+    reason = " ".join(args.reason.split())
+    if not reason or len(reason) > 200:
+        raise ValueError("--reason: say why in 1 to 200 characters; it is kept in the verdict and the history")
+    ri = find_instance(store, args.target) if is_instance_id(args.target) else None
+    if ri is None:
+        raise PromotionError(f"no instance {args.target!r} is registered; `gatekeeper status` lists them")
+    inst, now = ri.instance, time.time()
+    verdict = Verdict(inst.id, inst.container_id, "", PASSED, f"forced admission: {reason}", now, now,
+                      container_started=inst.started)
+    try:
+        store.put_verdict(verdict)
+    except consul.base.ConsulException as exc:
+        if "403" not in str(exc) and "Permission denied" not in str(exc):
+            raise
+        raise Refused("this token may not write verdicts (the operator's may not, by design); a forced admission "
+                      "needs the breakglass token: --consul-token-file .stack/tokens/breakglass.token") from None
+    store.add_history(inst.service, "forced admission", instance=inst.id, version=inst.version, reason=reason,
+                      by="operator (break-glass)")
+    try:
+        policy = store.policy(inst.service)[1]
+    except ValueError:
+        policy = None
+    routed = policy is not None and inst.version in (policy.stable, policy.canary)
+    then = ("it takes its share of traffic once its gate is open" if routed else
+            f"{inst.version} is not routed: `gatekeeper canary {inst.service} {inst.version}`, then `gatekeeper "
+            f"promote {inst.service}`, sends it traffic")
+    print(json.dumps({"admitted": inst.id, "version": inst.version, "reason": reason, "routed": routed})
+          if args.json else
+          f"{inst.id} ({inst.service} {inst.version}) admitted by force: {reason}. gatekeeper opens its gate at "
+          f"its next pass; {then}. A retest or re-verification can close it again")
+    return EXIT_OK
+
+
 def cmd_scale(args, store) -> int:
     import docker
 
@@ -361,7 +402,7 @@ def cmd_scale(args, store) -> int:
 COMMANDS = {"run": cmd_run, "status": cmd_status, "why": cmd_why, "promote": cmd_promote,
             "weight": cmd_weight, "abort": cmd_abort, "canary": cmd_canary, "rollback": cmd_rollback,
             "mode": cmd_mode, "wait": cmd_wait, "history": cmd_history, "tests": cmd_tests,
-            "retest": cmd_retest, "forget": cmd_forget, "scale": cmd_scale}
+            "retest": cmd_retest, "admit": cmd_admit, "forget": cmd_forget, "scale": cmd_scale}
 
 
 def main(argv=None) -> int:

@@ -140,11 +140,12 @@ class Stack:
                 pass
         self.containers.clear()
 
-    def gatekeeper_cli(self, *args):
-        """Run the gatekeeper CLI against this stack's Consul: (exit code, stdout, stderr)."""
+    def gatekeeper_cli(self, *args, token: str = "operator"):
+        """Run the gatekeeper CLI against this stack's Consul with a part's token (the operator's
+        unless told): (exit code, stdout, stderr)."""
         import subprocess
         res = subprocess.run(python_module("gatekeeper", "--consul", self.consul.address, "--consul-token-file",
-                                           self.consul.token_file("operator"), *args),
+                                           self.consul.token_file(token), *args),
                              capture_output=True, text=True, timeout=120)
         return res.returncode, res.stdout, res.stderr
 

@@ -179,3 +179,33 @@ def test_strip_prefix_forwards_the_rest_of_the_path_only(stack):
     assert status_of(PORT, "/uxk/version") == 404, "without the label the prefix is kept: the app has no /uxk/version"
     assert status_of(PORT, "/uxk/demo/1") == 404 and status_of(PORT + 1000, "/services/uxk") == 200
     assert get_json(PORT + 1000, "/services/uxp")[1]["strip_prefix"] is True
+
+
+def test_a_failed_instance_is_admitted_only_by_the_break_glass_token_and_history_says_who_and_why(stack):
+    """The operator's token cannot admit what its tests failed (it may not write verdicts); the
+    breakglass token can, with a reason, and the service's history keeps it."""
+    deploy(stack, "force-good", "demo:v1", "odforce")
+    stack.wait(lambda: stack.gatekeeper_cli("wait", "odforce", "--version", "v1", "--timeout", "5")[0] == 0, 90,
+               "v1 served")
+    bad = deploy(stack, "force-bad", "demo:v3", "odforce")
+    stack.wait(lambda: (lambda ri: ri and stack.store.verdict(ri.instance.id)
+                        and stack.store.verdict(ri.instance.id).state == "failed")(instance_of(stack, "odforce", bad)),
+               90, "v3's tests to fail")
+    iid = instance_of(stack, "odforce", bad).instance.id
+    code, out, err = stack.gatekeeper_cli("admit", iid, "--reason", "hotfix, tests broken upstream")
+    assert code == 1 and "breakglass token" in err, out + err
+    assert stack.store.verdict(iid).state == "failed" and not instance_of(stack, "odforce", bad).admitted
+
+    code, out, err = stack.gatekeeper_cli("admit", iid, "--reason", "hotfix, tests broken upstream", "--json",
+                                          token="breakglass")
+    assert code == 0, out + err
+    assert json.loads(out) == {"admitted": iid, "version": "v3", "reason": "hotfix, tests broken upstream",
+                               "routed": False}
+    stack.wait(lambda: instance_of(stack, "odforce", bad).admitted, 30, "gatekeeper to open the forced gate")
+    assert instance_of(stack, "odforce", bad).gate_output == "forced admission: hotfix, tests broken upstream"
+    history = json.loads(stack.gatekeeper_cli("history", "odforce", "--json")[1])
+    forced = [h for h in history if h["event"] == "forced admission"]
+    assert forced and forced[-1]["instance"] == iid and forced[-1]["by"] == "operator (break-glass)", history
+    assert version_at(stack, "odforce") == "v1", "admitted is not routed: v3 waits for the operator"
+    code, out, err = stack.gatekeeper_cli("canary", "odforce", "v3")
+    assert code == 0, out + err

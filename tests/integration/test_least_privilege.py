@@ -53,9 +53,21 @@ def test_anonymous_requests_are_refused(consul_server, store, unique):
       ("PUT", "/v1/agent/service/register", {**service("proxystack-metrics"), "ID": "lp-prom"}),
       ("PUT", "/v1/kv/anything", "x")]),
     ("operator",
-     [("PUT", "/v1/kv/gatekeeper/policies/lp", "{}"), ("GET", "/v1/kv/registrator/?recurse=true", None)],
+     [("PUT", "/v1/kv/gatekeeper/policies/lp", "{}"), ("GET", "/v1/kv/registrator/?recurse=true", None),
+      ("PUT", "/v1/kv/gatekeeper/history/lp/1", "{}"), ("PUT", "/v1/kv/gatekeeper/retest/lp", "1"),
+      ("GET", "/v1/kv/gatekeeper/verdicts/?recurse=true", None)],
      [("PUT", "/v1/agent/service/register", service("lp-op")), ("PUT", "/v1/kv/registrator/rejected/x", "r"),
-      ("PUT", "/v1/kv/proxy-reloader/served/p1/demo", "{}")]),
+      ("PUT", "/v1/kv/proxy-reloader/served/p1/demo", "{}"),
+      # gatekeeper's own decisions: the operator cannot admit what its tests did not pass
+      ("PUT", "/v1/kv/gatekeeper/verdicts/x", "forged"), ("PUT", "/v1/kv/gatekeeper/gates/lpnode/x", "forged"),
+      ("PUT", "/v1/kv/gatekeeper/actions/lpnode/x", "forged"), ("PUT", "/v1/kv/gatekeeper/healing/x", "{}"),
+      ("DELETE", "/v1/kv/gatekeeper/verdicts/lpseed", None), ("PUT", "/v1/kv/gatekeeper/leader", "me")]),
+    ("breakglass",
+     [("PUT", "/v1/kv/gatekeeper/verdicts/lpforced", "{}"), ("PUT", "/v1/kv/gatekeeper/history/lp/2", "{}"),
+      ("GET", "/v1/kv/gatekeeper/policies/?recurse=true", None), ("GET", "/v1/health/state/any", None)],
+     [("PUT", "/v1/kv/gatekeeper/policies/x", "{}"), ("PUT", "/v1/kv/gatekeeper/gates/lpnode/x", "forged"),
+      ("PUT", "/v1/kv/gatekeeper/actions/lpnode/x", "forged"), ("PUT", "/v1/kv/registrator/rejected/x", "r"),
+      ("PUT", "/v1/agent/service/register", service("lp-bg"))]),
 ])
 def test_each_token_can_do_its_job_and_nothing_else(consul_server, part, allowed, refused):
     # Every key an allowed read asks for exists, so an allowed read answers 200 with the key:
@@ -76,6 +88,8 @@ def test_each_token_can_do_its_job_and_nothing_else(consul_server, part, allowed
             f"{part} must not {method} {path}: {r.status_code} {r.text}"
     call(consul_server, "PUT", "/v1/agent/service/deregister/lp-reg-1", "registrator")
     call(consul_server, "DELETE", "/v1/kv/gatekeeper/policies/lp", "bootstrap")    # '{}' is no valid policy
+    for key in ("gatekeeper/history/lp?recurse=true", "gatekeeper/retest/lp", "gatekeeper/verdicts/lpforced"):
+        call(consul_server, "DELETE", f"/v1/kv/{key}", "bootstrap")
     for key in seeds:
         call(consul_server, "DELETE", f"/v1/kv/{key}", "bootstrap")
 
@@ -105,7 +119,7 @@ def test_script_checks_cannot_be_registered_through_the_api(consul_server):
 def test_token_files_are_private(consul_server):
     import os
     import stat
-    for part in ("bootstrap", "registrator", "gatekeeper", "proxy-reloader", "operator"):
+    for part in ("bootstrap", "registrator", "gatekeeper", "proxy-reloader", "operator", "breakglass"):
         mode = stat.S_IMODE(os.stat(consul_server.token_file(part)).st_mode)
         assert mode == 0o600, f"{part}.token has mode {oct(mode)}"
 
