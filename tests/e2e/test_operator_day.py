@@ -71,15 +71,20 @@ def test_a_default_test_image_set_after_the_fact_tests_admits_and_routes_the_wai
     assert version_at(stack, "odlate") == "v1"
 
 
-def test_why_shows_the_failing_tests_output_and_status_says_what_is_served(stack):
-    deploy(stack, "good", "demo:v1", "odwhy")
-    stack.wait(lambda: stack.gatekeeper_cli("wait", "odwhy", "--version", "v1", "--timeout", "5")[0] == 0, 90,
+def good_v1_and_failed_v3(stack, service, prefix=""):
+    """v1 served, then a v3 whose tests fail: (v3's container, its instance id)."""
+    deploy(stack, f"{prefix}good", "demo:v1", service)
+    stack.wait(lambda: stack.gatekeeper_cli("wait", service, "--version", "v1", "--timeout", "5")[0] == 0, 90,
                "v1 served")
-    bad = deploy(stack, "bad", "demo:v3", "odwhy")
+    bad = deploy(stack, f"{prefix}bad", "demo:v3", service)
     stack.wait(lambda: (lambda ri: ri and stack.store.verdict(ri.instance.id)
-                        and stack.store.verdict(ri.instance.id).state == "failed")(instance_of(stack, "odwhy", bad)),
+                        and stack.store.verdict(ri.instance.id).state == "failed")(instance_of(stack, service, bad)),
                90, "v3's tests to fail")
-    iid = instance_of(stack, "odwhy", bad).instance.id
+    return bad, instance_of(stack, service, bad).instance.id
+
+
+def test_why_shows_the_failing_tests_output_and_status_says_what_is_served(stack):
+    bad, iid = good_v1_and_failed_v3(stack, "odwhy")
     code, out, err = stack.gatekeeper_cli("why", iid)
     assert code == 0, err
     assert "NOT SERVING: tests failed" in out and "test output (last lines):" in out
@@ -184,14 +189,7 @@ def test_strip_prefix_forwards_the_rest_of_the_path_only(stack):
 def test_a_failed_instance_is_admitted_only_by_the_break_glass_token_and_history_says_who_and_why(stack):
     """The operator's token cannot admit what its tests failed (it may not write verdicts); the
     breakglass token can, with a reason, and the service's history keeps it."""
-    deploy(stack, "force-good", "demo:v1", "odforce")
-    stack.wait(lambda: stack.gatekeeper_cli("wait", "odforce", "--version", "v1", "--timeout", "5")[0] == 0, 90,
-               "v1 served")
-    bad = deploy(stack, "force-bad", "demo:v3", "odforce")
-    stack.wait(lambda: (lambda ri: ri and stack.store.verdict(ri.instance.id)
-                        and stack.store.verdict(ri.instance.id).state == "failed")(instance_of(stack, "odforce", bad)),
-               90, "v3's tests to fail")
-    iid = instance_of(stack, "odforce", bad).instance.id
+    bad, iid = good_v1_and_failed_v3(stack, "odforce", "force-")
     code, out, err = stack.gatekeeper_cli("admit", iid, "--reason", "hotfix, tests broken upstream")
     assert code == 1 and "breakglass token" in err, out + err
     assert stack.store.verdict(iid).state == "failed" and not instance_of(stack, "odforce", bad).admitted
