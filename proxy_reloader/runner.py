@@ -238,16 +238,9 @@ class Runner:
 
     def _isolate(self, routes: List[Route], errors: Dict[str, str], exc: NginxError):
         """Find the services nginx refuses on their own; leave them out, keep the rest."""
-        good = []
-        for route in routes:
-            try:
-                self.nginx.validate(self._render([route])).unlink()
-                good.append(route)
-            except NginxError as own:
-                errors[route.service] = f"nginx refused its config: {own}"
-                log.error("service %s: nginx refused its config, keeping its last good one: %s", route.service, own)
-        if len(good) == len(routes):
-            raise exc                                # not one service's fault
+        good = isolate(self.nginx, self.settings, routes, errors, exc)
+        for service in {r.service for r in routes} - {r.service for r in good}:
+            log.error("service %s: nginx refused its config, keeping its last good one: %s", service, errors[service])
         return good, errors
 
     # --- the loop --------------------------------------------------------------------------
@@ -344,14 +337,40 @@ def _structure_of(routes: List[Route]) -> tuple:
     return tuple(sorted((r.service, r.path, r.host, r.strip_prefix) for r in routes))
 
 
+def isolate(nginx: Nginx, settings: Settings, routes: List[Route], errors: Dict[str, str],
+            exc: NginxError) -> List[Route]:
+    """The routes nginx accepts each on its own; each refused one goes into `errors` with
+    nginx's word. Re-raises `exc` when nginx refuses none alone (not one service's fault)."""
+    good = []
+    for route in routes:
+        try:
+            nginx.validate(render([route], settings.prefix, settings.listen, settings.workers, settings)).unlink()
+            good.append(route)
+        except NginxError as own:
+            errors[route.service] = f"nginx refused its config: {own}"
+    if len(good) == len(routes):
+        raise exc
+    return good
+
+
 def render_once(store, nginx: Nginx, settings: Settings, push: Optional[PushClient] = None) -> bool:
     """One full read of Consul (synchronous) -> config file, and in dynamic mode the table file
-    (pushed too when nginx runs). True when nginx got a new config."""
+    (pushed too when nginx runs). True when nginx got a new config. A service whose config nginx
+    refuses is left out with a warning, as the runner does: one bad registration never keeps
+    nginx from starting with every other route."""
     from .view import build_view
     view = build_view(store)
-    changed = nginx.apply(render(view.routes, settings.prefix, settings.listen, settings.workers, settings))
+    routes = view.routes
+    try:
+        changed = nginx.apply(render(routes, settings.prefix, settings.listen, settings.workers, settings))
+    except NginxError as exc:
+        errors: Dict[str, str] = {}
+        routes = isolate(nginx, settings, routes, errors, exc)
+        for service, error in sorted(errors.items()):
+            log.warning("service %s left out: %s", service, error)
+        changed = nginx.apply(render(routes, settings.prefix, settings.listen, settings.workers, settings))
     if settings.mode == DYNAMIC:
-        entries = {r.service: backends.entry(r) for r in view.routes}
+        entries = {r.service: backends.entry(r) for r in routes}
         generation = int(time.time() * 1000)
         backends.write_table(settings.table, generation, entries)
         if push is not None and nginx.master_pid() is not None:
