@@ -153,15 +153,19 @@ class PrometheusServer:
             f"--web.listen-address={self.address}", "--log.level=warn"], base)
 
     def start(self) -> "PrometheusServer":
-        self.watcher.start()
-        wait_until(lambda: self.targets.exists(), 30, "the targets file")
-        self.proc.start()
-        wait_until(lambda: requests.get(f"http://{self.address}/-/ready", timeout=2).ok, 60, "Prometheus ready")
-        time.sleep(0.2)
-        if not self.proc.alive():          # the port answered, but not this Prometheus: a leftover holds it
-            self.watcher.stop()
-            raise AssertionError(f"Prometheus exited at start; is another one listening on {self.address}? "
-                                 f"{self.proc.log()[-500:]}")
+        """Start both; when either fails to come up, stop both and raise."""
+        try:
+            self.watcher.start()
+            wait_until(lambda: self.targets.exists(), 30, "the targets file")
+            self.proc.start()
+            wait_until(lambda: requests.get(f"http://{self.address}/-/ready", timeout=2).ok, 60, "Prometheus ready")
+            time.sleep(0.2)
+            if not self.proc.alive():          # the port answered, but not this Prometheus: a leftover holds it
+                raise AssertionError(f"Prometheus exited at start; is another one listening on {self.address}? "
+                                     f"{self.proc.log()[-500:]}")
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def api(self, path: str, **params):

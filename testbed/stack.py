@@ -45,6 +45,15 @@ class Stack:
             *(("--metrics", f"127.0.0.1:{self.metrics_ports[0]}") if self.metrics_ports else ())), self.base)
 
     def start(self):
+        """Start every part; when one fails to start, stop what did (nothing outlives a failed
+        fixture) and raise."""
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self):
         Proc("render-once", python_module("proxy_reloader", "--consul", self.consul.address, "--consul-token-file",
                                           self.consul.token_file("proxy-reloader"), "--nginx-prefix",
                                           str(self.nginx.prefix), "--listen", self.nginx.listen, "--once",

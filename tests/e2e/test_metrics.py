@@ -23,7 +23,11 @@ def stack(consul_server, docker_client, demo_images, tmp_path_factory):
     base = tmp_path_factory.mktemp("metrics")
     s = Stack(consul_server, base, docker_client, f"{SESSION}mx", PORT, drain_seconds=1, service="mxdemo",
               metrics_ports=(REGISTRATOR_METRICS, GATEKEEPER_METRICS)).start()
-    prometheus = PrometheusServer(base, consul_server, PROMETHEUS).start()
+    try:
+        prometheus = PrometheusServer(base, consul_server, PROMETHEUS).start()
+    except BaseException:
+        s.stop()
+        raise
     s.prometheus = prometheus
     yield s
     prometheus.stop()

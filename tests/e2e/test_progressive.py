@@ -23,12 +23,14 @@ INTERVAL = 4
 def stack(consul_server, docker_client, demo_images, tmp_path_factory):
     base = tmp_path_factory.mktemp("progressive")
     prometheus = PrometheusServer(base, consul_server, PROMETHEUS).start()
-    s = Stack(consul_server, base, docker_client, f"{SESSION}pg", PORT, drain_seconds=1, service="pgdemo",
-              gatekeeper_args=("--prometheus", f"http://{prometheus.address}")).start()
-    s.prometheus = prometheus
-    yield s
-    s.stop()
-    prometheus.stop()
+    try:
+        s = Stack(consul_server, base, docker_client, f"{SESSION}pg", PORT, drain_seconds=1, service="pgdemo",
+                  gatekeeper_args=("--prometheus", f"http://{prometheus.address}")).start()
+        s.prometheus = prometheus
+        yield s
+        s.stop()
+    finally:
+        prometheus.stop()
 
 
 def service_with_stable(stack, name, **settings):

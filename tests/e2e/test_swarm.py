@@ -25,9 +25,15 @@ def stack(consul_server, docker_client, demo_images, tmp_path_factory):
     turned_on = ensure_swarm()
     base = tmp_path_factory.mktemp("swarm")
     prometheus = PrometheusServer(base, consul_server, PROMETHEUS).start()
-    s = Stack(consul_server, base, docker_client, f"{SESSION}sw", PORT, drain_seconds=1,
-              gatekeeper_args=("--prometheus", f"http://{prometheus.address}", "--scale-every", "1",
-                               "--heal-after", "2")).start()
+    try:
+        s = Stack(consul_server, base, docker_client, f"{SESSION}sw", PORT, drain_seconds=1,
+                  gatekeeper_args=("--prometheus", f"http://{prometheus.address}", "--scale-every", "1",
+                                   "--heal-after", "2")).start()
+    except BaseException:
+        prometheus.stop()
+        if turned_on:
+            docker("swarm", "leave", "--force")
+        raise
     try:
         yield s
     finally:
