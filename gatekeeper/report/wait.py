@@ -53,9 +53,9 @@ def wait_for_version(store: WaitStore, service: str, version: str, timeout: floa
 
     dead_named: set = set()
 
-    def name_the_dead() -> List[str]:
+    def name_the_dead(proxies: List[ProxyState]) -> List[str]:
         """Each proxy that is not alive, said once: CD logs show why it is not waited for."""
-        dead = [p for p in store.proxies() if not p.alive]
+        dead = [p for p in proxies if not p.alive]
         for p in dead:
             if p.id not in dead_named:
                 dead_named.add(p.id)
@@ -64,7 +64,8 @@ def wait_for_version(store: WaitStore, service: str, version: str, timeout: floa
         return [p.id for p in dead]
 
     while True:
-        dead = name_the_dead()
+        proxies = store.proxies()
+        dead = name_the_dead(proxies)
         instances = [ri for ri in store.instances(service) if ri.instance.version == version]
         verdicts = [store.verdict(ri.instance.id) for ri in instances]
         verdicts = [v for ri, v in zip(instances, verdicts) if v and v.applies_to(ri.instance)]
@@ -75,7 +76,7 @@ def wait_for_version(store: WaitStore, service: str, version: str, timeout: floa
         passed = [v for v in verdicts if v.state == PASSED]
         failed = [v for v in verdicts if v.state in (FAILED, ERROR)]
         routed = policy is not None and version in (policy.stable, policy.canary)
-        lagging = _proxies_not_serving(store, service, version, policy) if passed and routed else []
+        lagging = _proxies_not_serving(store, proxies, service, version, policy) if passed and routed else []
         if not instances:
             progress(f"{service} {version}: waiting for an instance to be registered")
         elif passed and routed and not lagging:
@@ -106,8 +107,8 @@ def wait_for_version(store: WaitStore, service: str, version: str, timeout: floa
         indexes[prefix] = store.wait_keys(prefix, indexes[prefix], min(longest_block, left))
 
 
-def _proxies_not_serving(store, service: str, version: str, policy) -> List[str]:
+def _proxies_not_serving(store, proxies: List[ProxyState], service: str, version: str, policy) -> List[str]:
     """The live proxies whose nginx does not serve `version` in the role the policy gives it yet.
     No proxy announcing itself: nothing to confirm with, so the policy's word stands."""
     role = "stable" if policy.stable == version else "canary"
-    return [p.id for p in store.proxies() if p.alive and (store.served(p.id, service) or {}).get(role) != version]
+    return [p.id for p in proxies if p.alive and (store.served(p.id, service) or {}).get(role) != version]
