@@ -50,7 +50,10 @@ class Stack:
         try:
             return self._start()
         except BaseException:
-            self.stop()
+            try:
+                self.stop()
+            except Exception:            # the start's own error is the one to see
+                pass
             raise
 
     def _start(self):
