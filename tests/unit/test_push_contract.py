@@ -32,7 +32,7 @@ def entry(name="demo", stable=None, canary=None, weight=0, **extra):
 
 
 POOL = {"version": "v1", "servers": [["127.0.0.1", 8080, "v1"]]}
-MIXED = {"version": "*", "servers": [["10.0.0.7", 1, "v1"], ["host-a.example", 65535, "v2.1_rc-3"]]}
+MIXED = {"version": "*", "servers": [["127.0.0.7", 1, "v1"], ["host-a.example", 65535, "v2.1_rc-3"]]}
 
 # (push body as JSON text, the reason it is refused or None)
 CASES = [
