@@ -2,6 +2,7 @@
 proxystack.test=<session id>, and only those are removed afterwards."""
 from __future__ import annotations
 
+import os
 import uuid
 
 import docker
@@ -51,7 +52,10 @@ def demo_images(docker_client):
 
 @pytest.fixture(scope="session")
 def consul_server(tmp_path_factory):
-    server = ConsulServer(tmp_path_factory.mktemp("consul")).start()
+    # PROXYSTACK_TEST_CONSUL_PORT moves the unit tests' Consul (HTTP on it, server ports from it
+    # minus 200), so a second checkout can run its unit tests beside a running suite.
+    http = int(os.environ.get("PROXYSTACK_TEST_CONSUL_PORT", "18500"))
+    server = ConsulServer(tmp_path_factory.mktemp("consul"), http_port=http, port_base=http - 200).start()
     yield server
     server.stop()
 
