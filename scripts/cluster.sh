@@ -250,18 +250,29 @@ heal() {
 down() {
   step "Stopping the cluster"
   local h s ids
+  # Hosts are stopped side by side: an agent's leave or an engine's shutdown takes seconds, and
+  # no host waits for another. Within a host: the stack's parts, then nginx and the containers,
+  # then the engine and the agent.
   for h in $(hosts_made); do
-    for c in gatekeeper proxy-reloader registrator; do kill_pid "$c-$h" TERM; done
-    if [ -s "$CRUN/nginx-$h.pid" ]; then
-      kill -QUIT "$(cat "$CRUN/nginx-$h.pid")" 2>/dev/null || true; sleep 0.3
-      kill -KILL -- "-$(cat "$CRUN/nginx-$h.pid")" 2>/dev/null || true; rm -f "$CRUN/nginx-$h.pid"
-    fi
-    if running "dockerd-$h"; then
-      ids="$(hdocker "$h" ps -aq 2>/dev/null || true)"
-      [ -n "$ids" ] && hdocker "$h" rm -f $ids >/dev/null 2>&1 || true
-    fi
-    kill_pid "dockerd-$h" TERM
-    kill_pid "consul-$h" TERM
+    for c in gatekeeper proxy-reloader registrator; do kill_pid "$c-$h" TERM & done
+  done
+  wait
+  for h in $(hosts_made); do
+    (
+      if [ -s "$CRUN/nginx-$h.pid" ]; then
+        kill -QUIT "$(cat "$CRUN/nginx-$h.pid")" 2>/dev/null || true; sleep 0.3
+        kill -KILL -- "-$(cat "$CRUN/nginx-$h.pid")" 2>/dev/null || true; rm -f "$CRUN/nginx-$h.pid"
+      fi
+      if running "dockerd-$h"; then
+        ids="$(hdocker "$h" ps -aq 2>/dev/null || true)"
+        [ -n "$ids" ] && hdocker "$h" rm -f $ids >/dev/null 2>&1 || true
+      fi
+      kill_pid "dockerd-$h" TERM
+    ) &
+    kill_pid "consul-$h" TERM &
+  done
+  wait
+  for h in $(hosts_made); do
     while read -r mnt; do umount -l "$mnt" 2>/dev/null || true; done < <(awk -v d="$DATA/$h" '$2 ~ "^"d {print $2}' /proc/mounts | sort -r)
     while read -r mnt; do umount -l "$mnt" 2>/dev/null || true; done < <(awk -v d="/run/psc-$h" '$2 ~ "^"d {print $2}' /proc/mounts | sort -r)
     ip link del "$(ns "$h")" 2>/dev/null || true
@@ -269,7 +280,8 @@ down() {
     rm -rf "$DATA/$h" "/run/psc-$h" "$CSTATE/$h"
     info "$h removed"
   done
-  for s in "${SERVERS[@]}"; do kill_pid "consul-s$s" TERM; done
+  for s in "${SERVERS[@]}"; do kill_pid "consul-s$s" TERM & done
+  wait
   iptables -D FORWARD -i 'psc-+' -o 'psc-+' -j ACCEPT 2>/dev/null || true
   for s in 1 "${SERVERS[@]}"; do ip addr del "$NET.$s/32" dev lo 2>/dev/null || true; done
   ip route del unreachable "$NET.0/24" 2>/dev/null || true

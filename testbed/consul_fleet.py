@@ -22,7 +22,7 @@ import requests
 from catalog.consul_store import ConsulStore
 from catalog.mirror import CatalogMirror
 from catalog.model import Instance
-from testbed.processes import ROOT, Proc, find_binary, wait_until
+from testbed.processes import ROOT, Proc, find_binary, stop_all, wait_until
 
 SERVER_IPS = ["127.0.0.31", "127.0.0.32", "127.0.0.33"]
 
@@ -170,8 +170,8 @@ class Fleet:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        for p in self.agents + self.servers:
-            p.stop()
+        stop_all(self.agents)       # each client agent leaves the cluster, side by side
+        stop_all(self.servers)
 
 
 def churn(fleet: Fleet, live: Dict[str, tuple], rate: float, seconds: float,
