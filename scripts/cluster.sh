@@ -48,6 +48,10 @@ kill_pid() {   # kill_pid NAME SIGNAL: signal the process and wait up to 15 s fo
   fi
   rm -f "$f"
 }
+kill_prefix_nginx() {   # any nginx still running under HOST's prefix (a master its pid file lost)
+  local pid
+  for pid in $(pgrep -f -- "nginx -p $CSTATE/$1/nginx -c" || true); do kill -KILL -- "-$pid" 2>/dev/null || true; done
+}
 acl_hcl() {    # the ACL settings every agent shares; with the agent token once it exists
   local token=""
   [ -s "$TOKENS/agent.token" ] && token="tokens { agent = \"$(cat "$TOKENS/agent.token")\" }"
@@ -164,6 +168,7 @@ parts_up() {
     --nginx-prefix "$prefix" --listen "$ip:8000" --read-timeout 3 --once >>"$CLOGS/proxy-reloader-$h.log" 2>&1 \
     || die "$h: could not render the first nginx config (see $CLOGS/proxy-reloader-$h.log)"
   if ! running "nginx-$h"; then
+    kill_prefix_nginx "$h"
     rm -f "$prefix/admin/push.sock"
     in_host "$h" "$NGINX_BIN" -p "$prefix" -c "$prefix/nginx.conf" 2>>"$CLOGS/nginx-$h.log" || die "$h: nginx did not start"
     wait_for "$h's nginx" 10 test -s "$prefix/nginx.pid"
@@ -263,6 +268,7 @@ down() {
         kill -QUIT "$(cat "$CRUN/nginx-$h.pid")" 2>/dev/null || true; sleep 0.3
         kill -KILL -- "-$(cat "$CRUN/nginx-$h.pid")" 2>/dev/null || true; rm -f "$CRUN/nginx-$h.pid"
       fi
+      kill_prefix_nginx "$h"
       if running "dockerd-$h"; then
         ids="$(hdocker "$h" ps -aq 2>/dev/null || true)"
         [ -n "$ids" ] && hdocker "$h" rm -f $ids >/dev/null 2>&1 || true
