@@ -1,20 +1,17 @@
-"""The one adapter between the stack and Consul (python-consul2 underneath).
+"""What the stack keeps in Consul, read and written as the dataclasses of `catalog.model`.
 
-Everything that reads or writes Consul goes through `ConsulStore`; callers get and give the
-dataclasses of `catalog.model`. Every call has a timeout (python-consul2 has none by default).
+`ConsulStore` is a `catalog.consul_client.ConsulClient` (which reaches Consul and sets every
+call's timeout) with the meaning of each key and service added.
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import replace
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
-import consul
-import consul.base
-
+from .consul_client import ConsulClient, ConsulError
 from .model import (META_CONTAINER_ID, META_CONTAINER_NAME, META_DOCKER_HEALTH, META_IMAGE,
                     META_ANALYSIS, META_MODE, META_PROXY_HOST, META_PROXY_PATH, META_PROXY_STRIP, META_REGISTERED_BY,
                     META_CONTAINER_STARTED, META_GATE_MIRROR, META_RESTART_POLICY, META_SWARM_SERVICE, META_SWARM_TASK,
@@ -38,51 +35,7 @@ _OWN_META = {META_CONTAINER_ID, META_CONTAINER_NAME, META_IMAGE, META_VERSION, M
              META_CONTAINER_STARTED, META_RESTART_POLICY}
 
 
-class ConsulError(consul.base.ConsulException):
-    """Consul refused a request; str() starts with the path and carries Consul's status code."""
-
-
-def parse_address(addr: str) -> Tuple[str, str, int]:
-    """'127.0.0.1:8500' or 'http://127.0.0.1:8500' -> (scheme, host, port)."""
-    scheme, _, rest = addr.rpartition("://")
-    host, _, port = rest.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"Consul address {addr!r} is not HOST:PORT (for example 127.0.0.1:8500)")
-    return scheme or "http", host, int(port)
-
-
-def read_token(token_file: Optional[str] = None) -> Optional[str]:
-    """A Consul ACL token from a file (the option, or CONSUL_HTTP_TOKEN_FILE) or from
-    CONSUL_HTTP_TOKEN; never from the command line, never logged."""
-    token_file = token_file or os.environ.get("CONSUL_HTTP_TOKEN_FILE")
-    if token_file:
-        try:
-            with open(token_file) as f:
-                return f.read().strip() or None
-        except OSError as exc:
-            raise ValueError(f"cannot read the Consul token file {token_file}: {exc.strerror}") from None
-    return os.environ.get("CONSUL_HTTP_TOKEN") or None
-
-
-class ConsulStore:
-    def __init__(self, address: str = "127.0.0.1:8500", token: Optional[str] = None,
-                 timeout: float = 5.0, max_wait: float = 30.0):
-        scheme, host, port = parse_address(address)
-        self.address = address
-        self.max_wait = max_wait
-        self._c = consul.Consul(host=host, port=port, scheme=scheme, token=token, timeout=timeout)
-        # Blocking queries hold the connection for up to `wait`; they get a client of their own
-        # whose timeout outlasts the wait (Consul adds up to wait/16 of jitter).
-        self._blocking = consul.Consul(host=host, port=port, scheme=scheme, token=token,
-                                       timeout=max_wait * 1.1 + timeout)
-        # python-consul2 lets CONSUL_HTTP_TOKEN override an explicit token; the one given wins here.
-        self._c.token = self._blocking.token = token
-        self._token = token
-
-    # --- health of the agent -------------------------------------------------------------
-    def leader(self) -> str:
-        return self._c.status.leader() or ""
-
+class ConsulStore(ConsulClient):
     # --- services: registrator's side ----------------------------------------------------
     def register(self, inst: Instance) -> None:
         checks = [{
@@ -112,13 +65,13 @@ class ConsulStore:
             })
         payload = {"ID": inst.id, "Name": inst.service, "Address": inst.address, "Port": inst.port,
                    "Tags": inst.all_tags(), "Meta": inst.meta(), "Checks": checks}
-        self._put("/v1/agent/service/register", json.dumps(payload))
+        self.put("/v1/agent/service/register", json.dumps(payload))
 
     def deregister(self, instance_id: str) -> None:
         """Idempotent: an instance already gone is fine (with ACLs on, Consul answers 500
         'Unknown service' for it, where it answers 200 without)."""
         try:
-            self._put(f"/v1/agent/service/deregister/{instance_id}")
+            self.put(f"/v1/agent/service/deregister/{instance_id}")
         except ConsulError as exc:
             if "Unknown service" not in str(exc):
                 raise
@@ -126,7 +79,7 @@ class ConsulStore:
     def local_instances(self, registered_by: Optional[str] = None) -> Dict[str, Instance]:
         """Instances on this agent that registrator wrote (optionally one registrator's only)."""
         out = {}
-        for sid, svc in self._c.agent.services().items():
+        for sid, svc in self.agent_services().items():
             inst = instance_from_consul(svc)
             if inst and (registered_by is None or inst.registered_by == registered_by):
                 out[sid] = inst
@@ -156,7 +109,7 @@ class ConsulStore:
     def set_docker_health(self, inst: Instance, status: str) -> None:
         """Mirror Docker's health status (healthy / starting / unhealthy) into the instance's check."""
         verb = "pass" if status == "healthy" else "fail"
-        self._put(f"/v1/agent/check/{verb}/{inst.docker_health_check_id}",
+        self.put(f"/v1/agent/check/{verb}/{inst.docker_health_check_id}",
                   params=[("note", f"Docker reports the container {status}")])
 
     # --- gate: gatekeeper decides, the instance's own host applies -------------------------
@@ -196,7 +149,7 @@ class ConsulStore:
             return False
         if (record.action, record.container_id, record.started) != (action, inst.container_id, inst.started):
             return False
-        return bool(self._c.kv.delete(key, cas=index))
+        return self.kv_delete(key, cas=index)
 
     def action_records(self, node: str, index: int = 0, wait: float = 0.0) -> Tuple[int, Dict[str, ContainerAction]]:
         """The container actions asked of one node (blocking when `index` is given)."""
@@ -208,8 +161,7 @@ class ConsulStore:
         if index:
             idx, raw = self.wait_kv(prefix, index, wait)
         else:
-            idx, items = self._c.kv.get(prefix, recurse=True)
-            raw = {i["Key"]: (i["Value"] or b"").decode() for i in items or []}
+            idx, raw = self.kv_list_indexed(prefix)
         out = {}
         for key, value in raw.items():
             try:
@@ -218,27 +170,20 @@ class ConsulStore:
                 log.warning("%s: damaged %s", key, what)
         return int(idx), out
 
-    def node_name(self) -> str:
-        """The name of the node this agent is (the host it stands for)."""
-        return self._c.agent.self()["Config"]["NodeName"]
-
     def local_gate_checks(self) -> Dict[str, Tuple[str, str]]:
         """check id -> (status, output) of every check on this agent."""
-        return {cid: (c.get("Status", ""), c.get("Output", "")) for cid, c in self._c.agent.checks().items()}
+        return {cid: (c.get("Status", ""), c.get("Output", "")) for cid, c in self.agent_checks().items()}
 
     def apply_gate(self, inst: Instance, passing: bool, output: str) -> None:
         """Set the gate check on this agent (registrator, for the instances it registered here)."""
-        verb = "pass" if passing else "fail"
-        self._put(f"/v1/agent/check/{verb}/{inst.gate_check_id}", params=[("note", output[:1000])])
+        self.set_check(inst.gate_check_id, passing, output[:1000])
 
     # --- reading the catalog ---------------------------------------------------------------
     def service_names(self) -> List[str]:
-        _, services = self._c.catalog.services()
-        return sorted(services)
+        return sorted(self.catalog_services())
 
     def instances(self, service: str) -> List[RegisteredInstance]:
-        _, entries = self._c.health.service(service)
-        return registered_from_health(entries)
+        return registered_from_health(self.health_service(service))
 
     def all_instances(self) -> Dict[str, List[RegisteredInstance]]:
         """Every registrator-made instance, per service."""
@@ -251,52 +196,11 @@ class ConsulStore:
 
     def wait_service(self, service: str, index: int, wait: float) -> Tuple[int, list]:
         """Blocking query on one service's instances (health entries, any status)."""
-        idx, entries = self._blocking.health.service(service, index=index or None, wait=f"{int(wait)}s")
-        return int(idx), entries or []
+        return self.wait_health_service(service, index, wait)
 
     def wait_checks(self, index: int, wait: float) -> Tuple[int, list]:
         """Blocking query on every check's state; returns when something changes or at `wait`."""
-        idx, checks = self._blocking.health.state("any", index=index or None, wait=f"{int(wait)}s")
-        return int(idx), checks
-
-    # --- KV --------------------------------------------------------------------------------
-    def kv_get(self, key: str) -> Tuple[int, Optional[str]]:
-        _, item = self._c.kv.get(key)
-        if item is None:
-            return 0, None
-        value = item["Value"]
-        return int(item["ModifyIndex"]), value.decode() if value is not None else ""
-
-    def kv_put(self, key: str, value: str, cas: Optional[int] = None) -> bool:
-        """Write `value`; with `cas` only if the key's ModifyIndex is still `cas` (0: absent)."""
-        return bool(self._c.kv.put(key, value, cas=cas))
-
-    def kv_delete(self, key: str) -> None:
-        self._c.kv.delete(key)
-
-    def kv_delete_tree(self, prefix: str) -> None:
-        self._c.kv.delete(prefix, recurse=True)
-
-    def kv_keys(self, prefix: str) -> List[str]:
-        _, keys = self._c.kv.get(prefix, keys=True)
-        return list(keys or [])
-
-    def kv_list(self, prefix: str) -> Dict[str, str]:
-        _, items = self._c.kv.get(prefix, recurse=True)
-        return {i["Key"]: (i["Value"] or b"").decode() for i in items or []}
-
-    def wait_kv(self, prefix: str, index: int, wait: float) -> Tuple[int, Dict[str, str]]:
-        idx, items = self._blocking.kv.get(prefix, recurse=True, index=index or None,
-                                           wait=f"{int(wait)}s")
-        return int(idx), {i["Key"]: (i["Value"] or b"").decode() for i in items or []}
-
-    def wait_keys(self, prefix: str, index: int, wait: float) -> int:
-        """Block until something under `prefix` changes (a key written or deleted) or `wait`
-        seconds pass; return the prefix's index to pass next time (0: return at once). Lists
-        keys only, so a prefix holding much history costs little."""
-        idx, _ = self._blocking.kv.get(prefix, keys=True, index=index or None,
-                                       wait=f"{max(1, int(wait * 1000))}ms")
-        return int(idx)
+        return self.wait_health_state(index, wait)
 
     # --- verdicts and policies ------------------------------------------------------------
     def _record(self, key: str, parse, what: str):
@@ -429,7 +333,7 @@ class ConsulStore:
     def proxies(self) -> List[ProxyState]:
         """The proxies that announce themselves in Consul (`--report-check`), alive or not. A
         registration without a heartbeat check (an older proxy-reloader) counts as alive."""
-        _, entries = self._c.health.service(PROXY_SERVICE)
+        entries = self.health_service(PROXY_SERVICE)
         out = []
         for e in entries:
             sid = e["Service"]["ID"]
@@ -456,38 +360,13 @@ class ConsulStore:
         """Register a daemon's metrics endpoint as an instance of `proxystack-metrics` (which
         Prometheus discovers); no check: a target that stops answering shows as down."""
         host, _, port = address.rpartition(":")
-        self._put("/v1/agent/service/register", json.dumps({
+        self.put("/v1/agent/service/register", json.dumps({
             "ID": service_id, "Name": METRICS_SERVICE, "Address": host, "Port": int(port),
             "Meta": {"component": component}}))
 
     def withdraw(self, service_id: str) -> None:
         """Deregister a service this process registered for itself (metrics, proxy)."""
-        self._put(f"/v1/agent/service/deregister/{service_id}")
-
-    # --- sessions and the leader lock ------------------------------------------------------
-    def session_create(self, name: str, ttl: int = 10, lock_delay: int = 5) -> str:
-        return self._c.session.create(name=name, ttl=ttl, lock_delay=lock_delay, behavior="release")
-
-    def session_renew(self, session: str) -> bool:
-        return self._c.session.renew(session) is not None
-
-    def session_destroy(self, session: str) -> None:
-        self._c.session.destroy(session)
-
-    def acquire(self, key: str, session: str, value: str) -> bool:
-        return bool(self._c.kv.put(key, value, acquire=session))
-
-    def release(self, key: str, session: str) -> None:
-        self._c.kv.put(key, "", release=session)
-
-    # --- plumbing --------------------------------------------------------------------------
-    def _put(self, path: str, data: str = "", params: Iterable = ()) -> None:
-        headers = {"X-Consul-Token": self._token} if self._token else {}
-        try:
-            self._c.http.put(consul.base.CB.bool(), path=path, params=list(params), data=data,
-                             headers=headers)
-        except consul.base.ConsulException as exc:
-            raise ConsulError(f"PUT {path}: {exc}") from None
+        self.put(f"/v1/agent/service/deregister/{service_id}")
 
 
 class SelfReport:
@@ -505,7 +384,7 @@ class SelfReport:
     def register(self) -> "SelfReport":
         host, _, port = self.address.rpartition(":")
         ok, note = self.last
-        self.store._put("/v1/agent/service/register", json.dumps({
+        self.store.put("/v1/agent/service/register", json.dumps({
             "ID": self.id, "Name": self.name, "Address": host, "Port": int(port),
             "Checks": [
                 {"CheckID": self.config_check, "Name": "config applied", "TTL": GATE_TTL,
@@ -513,7 +392,7 @@ class SelfReport:
                 {"CheckID": self.alive_check, "Name": "alive", "TTL": self.alive_ttl, "Status": "passing",
                  "Notes": f"passed by the component while it runs; critical after {self.alive_ttl} of silence",
                  "DeregisterCriticalServiceAfter": self.reap_after}]}))
-        self.store._put(self._path(self.config_check, ok), params=[("note", note[:1000])])
+        self.store.put(self._path(self.config_check, ok), params=[("note", note[:1000])])
         return self
 
     def __call__(self, ok: bool, note: str) -> None:
@@ -530,11 +409,11 @@ class SelfReport:
     def _set(self, check_id: str, ok: bool, note: str) -> None:
         path = self._path(check_id, ok)
         try:
-            self.store._put(path, params=[("note", note[:1000])])
+            self.store.put(path, params=[("note", note[:1000])])
         except ConsulError:
             # Consul does not know the check (the registration was removed): register again.
             self.register()
-            self.store._put(path, params=[("note", note[:1000])])
+            self.store.put(path, params=[("note", note[:1000])])
 
 
 def registered_from_health(entries: list) -> List[RegisteredInstance]:

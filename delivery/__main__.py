@@ -27,7 +27,8 @@ from catalog.images import image_name
 
 from catalog.cli import (EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, EXIT_UNREACHABLE, EXIT_USAGE, JsonAwareParser,
                          add_consul_options, consul_address, emit_error, exit_code_epilog)
-from catalog.consul_store import ConsulStore, read_token
+from catalog.consul_client import read_token
+from catalog.consul_store import ConsulStore
 from catalog.errors import StackError
 
 from .build import build_and_push, git_version

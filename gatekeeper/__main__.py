@@ -28,12 +28,12 @@ import sys
 import time
 from dataclasses import asdict
 
-import consul.base
 import requests
 
 from catalog.cli import (EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, JsonAwareParser,
                          add_consul_options, consul_address, consul_refusal, emit_error, exit_code_epilog)
-from catalog.consul_store import ConsulStore, read_token
+from catalog.consul_client import ACLPermissionDenied, ConsulException, read_token
+from catalog.consul_store import ConsulStore
 from catalog.errors import Refused, StackError, Unreachable
 from catalog.logs import setup_logging
 from catalog.metrics import metrics_address
@@ -174,7 +174,7 @@ def _can_read_catalog(store) -> None:
     """Consul always lists itself; a token that sees no service at all is missing or too weak,
     and an empty answer would be a lie."""
     if not store.service_names():
-        raise consul.base.ACLPermissionDenied("Permission denied: this token sees no service, not even consul")
+        raise ACLPermissionDenied("Permission denied: this token sees no service, not even consul")
 
 
 def _swarm_if_any():
@@ -360,7 +360,7 @@ def cmd_admit(args, store) -> int:
                       container_started=inst.started)
     try:
         store.put_verdict(verdict)
-    except consul.base.ConsulException as exc:
+    except ConsulException as exc:
         if "403" not in str(exc) and "Permission denied" not in str(exc):
             raise
         raise Refused("this token may not write verdicts (the operator's may not, by design); a forced admission "
@@ -421,7 +421,7 @@ def main(argv=None) -> int:
     except (requests.ConnectionError, requests.Timeout) as exc:
         return fail(EXIT_UNREACHABLE, f"Consul at {args.consul} is unreachable ({type(exc).__name__}); "
                                       "is the stack running? (make demo starts it)")
-    except consul.base.ConsulException as exc:
+    except ConsulException as exc:
         return fail(EXIT_UNREACHABLE, consul_refusal(args.consul, exc))
     except ValueError as exc:
         return fail(EXIT_USAGE, str(exc))

@@ -16,7 +16,8 @@ import requests
 
 from catalog.cli import (EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, add_consul_options,
                          consul_address, exit_code_epilog)
-from catalog.consul_store import ConsulStore, read_token
+from catalog.consul_client import read_token
+from catalog.consul_store import ConsulStore
 from catalog.logs import setup_logging
 from catalog.metrics import announce, own_metrics, withdraw
 from catalog.mirror import CatalogMirror

@@ -8,7 +8,8 @@ import socket
 import sys
 
 from catalog.cli import EXIT_OK, EXIT_USAGE, add_consul_options, consul_address, exit_code_epilog
-from catalog.consul_store import ConsulStore, read_token
+from catalog.consul_client import read_token
+from catalog.consul_store import ConsulStore
 from catalog.metrics import announce, metrics_address, serve_metrics, withdraw
 from catalog.logs import setup_logging
 

@@ -14,7 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, List, Optional, Protocol, Tuple
 
-from catalog.consul_store import ConsulError
+from catalog.consul_client import ConsulError
 from catalog.model import PASSED, TESTING, Instance, RegisteredInstance, Verdict
 from catalog.retry import TRANSIENT
 

@@ -306,7 +306,7 @@ def test_no_test_image_at_all_is_run_as_none_and_shown_so():
 
 
 def test_an_aborted_run_records_nothing_and_a_consul_refusal_or_a_bug_frees_the_instance():
-    from catalog.consul_store import ConsulError
+    from catalog.consul_client import ConsulError
 
     class Aborting(FakeTester):
         def run(self, image, url, iid):
