@@ -14,7 +14,7 @@ from typing import Optional
 
 from prometheus_client import generate_latest, start_http_server
 
-from .consul_store import METRICS_SERVICE
+from .stores.proxies import METRICS_SERVICE
 from .validation import InvalidValue
 
 log = logging.getLogger(__name__)

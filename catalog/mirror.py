@@ -22,7 +22,7 @@ import time
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from .consul_client import AsyncConsul
-from .consul_store import registered_from_health
+from .stores.instances import registered_from_health
 from .kv_layout import POLICIES
 from .model import RegisteredInstance
 from .watch import IndexTracker

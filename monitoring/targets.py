@@ -21,7 +21,8 @@ from typing import List
 
 from catalog.cli import EXIT_OK, EXIT_USAGE, add_consul_options, consul_address
 from catalog.consul_client import read_token
-from catalog.consul_store import METRICS_SERVICE, ConsulStore
+from catalog.consul_store import ConsulStore
+from catalog.stores.proxies import METRICS_SERVICE
 from catalog.logs import setup_logging
 from catalog.watch import Watch
 

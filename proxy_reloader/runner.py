@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
-from catalog.consul_store import PROXY_HEARTBEAT
+from catalog.stores.proxies import PROXY_HEARTBEAT
 from catalog.retry import TRANSIENT
 from catalog.routing import Route
 
