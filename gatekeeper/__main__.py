@@ -287,7 +287,7 @@ def cmd_wait(args, store) -> int:
     check("version", args.version)
     lines = []
     say = lines.append if args.json else (lambda line: print(line, flush=True))
-    code = wait_for_version(store, args.service, args.version, args.timeout, say=say)
+    code = wait_for_version(store.stores, args.service, args.version, args.timeout, say=say)
     if args.json:
         summary = lines[-1] if lines else ""
         print(json.dumps({"ok": code == EXIT_OK, "service": args.service, "version": args.version, "exit": code,

@@ -52,3 +52,8 @@ class PolicyStore:
     def wait(self, index: int, wait: float) -> Tuple[int, Dict[str, str]]:
         """Blocking query on everything gatekeeper keeps (policies, retests, default images)."""
         return self.consul.wait_kv(GATEKEEPER, index, wait)
+
+    def wait_changes(self, index: int, wait: float) -> int:
+        """Block until anything gatekeeper keeps (verdicts, policies, ...) changes or `wait`
+        seconds pass; return the index to pass next time (0: return at once). Keys only."""
+        return self.consul.wait_keys(GATEKEEPER, index, wait)

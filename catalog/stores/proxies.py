@@ -43,6 +43,11 @@ class ProxyStore:
         except ValueError:
             return None
 
+    def wait_served(self, index: int, wait: float) -> int:
+        """Block until a proxy's report changes or `wait` seconds pass; return the index to pass
+        next time (0: return at once). Keys only."""
+        return self.consul.wait_keys(SERVED, index, wait)
+
     def all(self) -> List[ProxyState]:
         """The proxies that announce themselves in Consul (`--report-check`), alive or not. A
         registration without a heartbeat check (an older proxy-reloader) counts as alive."""
