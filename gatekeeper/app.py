@@ -92,7 +92,8 @@ def build(store, engine, options: Options) -> Daemon:
     if options.heal:
         reconcilers.append(Healer(store, HealSettings(after=options.heal_after, max_tries=options.heal_tries,
                                                       backoff=options.heal_backoff, share=options.heal_share)))
-    daemon = Daemon(store, reconcilers, LeaderLock(store, options.identity), wait=options.wait)
+    daemon = Daemon(store.stores.instances, store.stores.policies, reconcilers,
+                    LeaderLock(store.stores.locks, options.identity), wait=options.wait)
     load = prometheus.service_load if prometheus else (
         lambda service, window: Load(None, why="gatekeeper runs without --prometheus"))
     Autoscaler(store, swarm, load, daemon.leader.is_leader.is_set,
@@ -107,14 +108,14 @@ def run(store, engine, options: Options, consul_address: str) -> int:
     if options.metrics:
         serve_metrics(options.metrics)
         metrics.LEADER.set_function(lambda: 1.0 if daemon.leader.is_leader.is_set() else 0.0)
-        announced = announce(store, options.metrics, "gatekeeper", daemon.leader.identity)
+        announced = announce(store.stores.proxies, options.metrics, "gatekeeper", daemon.leader.identity)
 
     def on_signal(*_):
         # The main thread may sit in a Consul call; leave now. A test cut short keeps its
         # "testing" verdict and is run again by whichever daemon leads next.
         daemon.stop()
         daemon.shutdown()
-        withdraw(store, announced)
+        withdraw(store.stores.proxies, announced)
         raise SystemExit(EXIT_OK)
 
     signal.signal(signal.SIGTERM, on_signal)
