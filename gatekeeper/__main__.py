@@ -393,7 +393,7 @@ def cmd_scale(args, store) -> int:
     except docker.errors.DockerException as exc:
         raise Unreachable(f"no Docker Engine answers ({exc}); `gatekeeper scale` talks to a Swarm manager's "
                           "engine (DOCKER_HOST)") from None
-    svc, message = scale_by_hand(store, Swarm(client), args.service, args.replicas)
+    svc, message = scale_by_hand(store.stores, Swarm(client), args.service, args.replicas)
     print(json.dumps({"service": args.service, "swarm_service": svc.name, "previous": svc.replicas,
                       "replicas": args.replicas, "message": message}) if args.json else message)
     return EXIT_OK

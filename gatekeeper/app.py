@@ -96,7 +96,7 @@ def build(store, engine, options: Options) -> Daemon:
                     LeaderLock(store.stores.locks, options.identity), wait=options.wait)
     load = prometheus.service_load if prometheus else (
         lambda service, window: Load(None, why="gatekeeper runs without --prometheus"))
-    Autoscaler(store, swarm, load, daemon.leader.is_leader.is_set,
+    Autoscaler(store.stores, swarm, load, daemon.leader.is_leader.is_set,
                interval=options.scale_every).start(daemon.stopping)
     return daemon
 
