@@ -85,7 +85,7 @@ def build(store, engine, options: Options) -> Daemon:
                                             cpus=options.test_cpus), options.test_labels)
     promoter = Promoter(store, drain_seconds=options.drain_seconds, stop_old=not options.keep_old,
                         prometheus=prometheus)
-    gate = Gate(store, tester, parallel=options.parallel, on_admitted=promoter.admitted,
+    gate = Gate(store.stores, tester, parallel=options.parallel, on_admitted=promoter.admitted,
                 reverify_every=options.reverify_every, forget_after=options.forget_after)
     swarm = Swarm(engine)
     reconcilers = [gate, promoter, Rollout(store, swarm)]
