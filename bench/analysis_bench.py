@@ -47,7 +47,7 @@ def with_stable(stack: Stack, service: str, **settings) -> ManyClients:
                120, f"{service} v1 stable")
     # the load's first answers count: it starts once nginx's workers route to v1, not once Consul says so
     wait_until(lambda: stack.proxy_serves([v1], service=service), 15, f"the proxy to serve {service} v1")
-    set_mode(stack.store, service, "progressive", {"interval": INTERVAL, **settings})
+    set_mode(stack.store.stores, service, "progressive", {"interval": INTERVAL, **settings})
     return ManyClients("127.0.0.1", PORT, headers={"Host": f"{service}.bench"}, threads=4).start()
 
 

@@ -60,14 +60,14 @@ def measure(stack: Stack, runs: int, say, gate_to_proxy: list, promote_to_all: l
         say(f"gate pass -> proxied, run {i}: {gate_to_proxy[-1]:.0f} ms")
         for name in [n for n in stack.containers if n != f"r{i}"]:
             stack.containers.pop(name).remove(force=True)
-    set_mode(stack.store, stack.service, "manual")
+    set_mode(stack.store.stores, stack.service, "manual")
     for i in range(runs + 1, 2 * runs + 1):
         stack.deploy(f"r{i}", image_for(i), **{"gatekeeper.version": f"r{i}"})
         wait_until(lambda: stack.store.policy(stack.service)[1].canary == f"r{i}", 120, "the canary")
         time.sleep(1.5)                       # let the canary-at-0 config settle first
         assert stack.served_version({"X-Client-Id": "probe"}) != answers(i)
         t0 = time.time()
-        promote(stack.store, stack.service, full=True)
+        promote(stack.store.stores, stack.service, full=True)
         seen = first_response_from(stack, answers(i))
         promote_to_all.append((seen - t0) * 1000)
         say(f"promote -> all traffic, run {i - runs}: {promote_to_all[-1]:.0f} ms")

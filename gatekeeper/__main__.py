@@ -233,7 +233,7 @@ def cmd_canary(args, store) -> int:
     from .promotion.promoter import try_canary
     _known_service(store, args.service)
     check("version", args.version)
-    return _emit(args, *try_canary(store, args.service, args.version))
+    return _emit(args, *try_canary(store.stores, args.service, args.version))
 
 
 def cmd_forget(args, store) -> int:
@@ -253,32 +253,32 @@ def cmd_forget(args, store) -> int:
 def cmd_promote(args, store) -> int:
     from .promotion.promoter import promote
     _known_service(store, args.service)
-    return _emit(args, *promote(store, args.service, full=args.full))
+    return _emit(args, *promote(store.stores, args.service, full=args.full))
 
 
 def cmd_weight(args, store) -> int:
     from .promotion.promoter import set_weight
     _known_service(store, args.service)
-    return _emit(args, *set_weight(store, args.service, args.percent))
+    return _emit(args, *set_weight(store.stores, args.service, args.percent))
 
 
 def cmd_abort(args, store) -> int:
     from .promotion.promoter import abort
     _known_service(store, args.service)
-    return _emit(args, *abort(store, args.service))
+    return _emit(args, *abort(store.stores, args.service))
 
 
 def cmd_rollback(args, store) -> int:
     from .promotion.promoter import rollback
     _known_service(store, args.service)
-    return _emit(args, *rollback(store, args.service))
+    return _emit(args, *rollback(store.stores, args.service))
 
 
 def cmd_mode(args, store) -> int:
     from .promotion.promoter import set_mode
     check("service", args.service)
     settings = {k[len("analysis_"):]: v for k, v in vars(args).items() if k.startswith("analysis_") and v is not None}
-    return _emit(args, *set_mode(store, args.service, args.mode, settings))
+    return _emit(args, *set_mode(store.stores, args.service, args.mode, settings))
 
 
 def cmd_wait(args, store) -> int:

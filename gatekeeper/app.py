@@ -83,7 +83,7 @@ def build(store, engine, options: Options) -> Daemon:
     prometheus: Optional[Prometheus] = Prometheus(options.prometheus) if options.prometheus else None
     tester = DockerTester(engine, RunLimits(timeout=options.test_timeout, memory=options.test_memory,
                                             cpus=options.test_cpus), options.test_labels)
-    promoter = Promoter(store, drain_seconds=options.drain_seconds, stop_old=not options.keep_old,
+    promoter = Promoter(store.stores, drain_seconds=options.drain_seconds, stop_old=not options.keep_old,
                         prometheus=prometheus)
     gate = Gate(store.stores, tester, parallel=options.parallel, on_admitted=promoter.admitted,
                 reverify_every=options.reverify_every, forget_after=options.forget_after)
