@@ -88,10 +88,10 @@ def build(store, engine, options: Options) -> Daemon:
     gate = Gate(store.stores, tester, parallel=options.parallel, on_admitted=promoter.admitted,
                 reverify_every=options.reverify_every, forget_after=options.forget_after)
     swarm = Swarm(engine)
-    reconcilers = [gate, promoter, Rollout(store, swarm)]
+    reconcilers = [gate, promoter, Rollout(store.stores, swarm)]
     if options.heal:
-        reconcilers.append(Healer(store, HealSettings(after=options.heal_after, max_tries=options.heal_tries,
-                                                      backoff=options.heal_backoff, share=options.heal_share)))
+        reconcilers.append(Healer(store.stores, HealSettings(after=options.heal_after, max_tries=options.heal_tries,
+                                                             backoff=options.heal_backoff, share=options.heal_share)))
     daemon = Daemon(store.stores.instances, store.stores.policies, reconcilers,
                     LeaderLock(store.stores.locks, options.identity), wait=options.wait)
     load = prometheus.service_load if prometheus else (

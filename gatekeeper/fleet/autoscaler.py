@@ -39,7 +39,7 @@ def record_change(stores: Stores, service: str, replicas: int, previous: int, re
                   now: Optional[float] = None, **figures) -> None:
     """Keep the change as the service's scaling record and in its history."""
     stores.scaling.put(service, {"time": time.time() if now is None else now, "replicas": replicas, "previous": previous,
-                                "reason": reason, "by": by})
+                                 "reason": reason, "by": by})
     stores.history.add(service, "scaled", replicas=replicas, previous=previous, reason=reason, by=by, **figures)
     metrics.SCALINGS.labels(service, "out" if replicas > previous else "in").inc()
 

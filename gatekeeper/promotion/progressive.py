@@ -40,12 +40,12 @@ class Progressive:
         before = self.stores.analysis.get(service)
         if before and before.status == RUNNING and before.version != version:
             self.stores.history.add(service, "analysis superseded", version=before.version, by=version,
-                                   weight=before.weight)
+                                    weight=before.weight)
         state = analysis.start(service, version, policy.analysis, self.clock())
         self.stores.analysis.put(state)
         self.due[service] = state.next_check
         self.stores.history.add(service, "analysis started", version=version, weight=state.weight,
-                               settings=asdict(policy.analysis))
+                                settings=asdict(policy.analysis))
         log.info("%s: %s is the canary at %d %%; analysis every %g s", service, version, state.weight,
                  policy.analysis.interval)
         return state
@@ -115,8 +115,8 @@ class Progressive:
         self.due[service] = decision.state.next_check
         check = decision.check
         self.stores.history.add(service, "analysis", version=policy.canary, result=check.result,
-                               weight=check.weight, reason=check.reason,
-                               **({"canary": check.canary} if check.canary else {}),
-                               **({"stable": check.stable} if check.stable else {}))
+                                weight=check.weight, reason=check.reason,
+                                **({"canary": check.canary} if check.canary else {}),
+                                **({"stable": check.stable} if check.stable else {}))
         metrics.ANALYSIS_STEPS.labels(service, check.result).inc()
         log.info("%s: analysis of %s: %s", service, policy.canary, check.reason)

@@ -92,13 +92,13 @@ class Promoter(Reconciler):
         if after is not None and (before is None or (before.mode, before.analysis) != (after.mode, after.analysis)) \
                 and (inst.mode or inst.analysis):
             self.stores.history.add(inst.service, "mode", mode=after.mode, by=f"label on {inst.container_name}",
-                                   **({"settings": asdict(after.analysis)} if after.mode == PROGRESSIVE else {}))
+                                    **({"settings": asdict(after.analysis)} if after.mode == PROGRESSIVE else {}))
         mode = after.mode if after is not None else mode
         if after is None or (before and after.stable == before.stable and after.canary == before.canary):
             return
         if after.mode == PROGRESSIVE and after.canary == inst.version:
             self.stores.history.add(inst.service, "canary", version=inst.version, weight=after.weight,
-                                   by="gatekeeper (progressive)")
+                                    by="gatekeeper (progressive)")
             metrics.PROMOTIONS.labels(inst.service, "canary").inc()
             self.progressive.begin(inst.service, inst.version, after)
             return
@@ -183,7 +183,7 @@ class Promoter(Reconciler):
             try:
                 verdict = self.stores.verdicts.get(ri.instance.id)
                 self.stores.node_records.set_gate(ri.instance, True, f"{verdict.summary if verdict else 'passed'}; "
-                                                       f"then {reason}")
+                                                                     f"then {reason}")
             except Exception as exc:
                 log.warning("%s: could not note the rollback on %s's gate: %s", service, ri.instance.id, exc)
         return True
@@ -325,7 +325,7 @@ def try_canary(stores: Stores, service: str, version: str) -> Tuple[RoutingPolic
 
     after = update_policy(stores.policies, service, change)
     stores.history.add(service, "canary", version=version, by="operator",
-                      **({"was": "aborted"} if before.aborted == version else {}))
+                       **({"was": "aborted"} if before.aborted == version else {}))
     return after, (f"{service}: {version} is the canary at 0% (requests with X-Canary: always reach it); "
                    f"`gatekeeper weight {service} N` or `promote` to move it on")
 
@@ -359,7 +359,7 @@ def set_mode(stores: Stores, service: str, mode: str, settings: Optional[dict] =
     analysis = validate_analysis({**asdict(current.analysis), **(settings or {})})
     after = update_policy(stores.policies, service, lambda p: replace(p, mode=mode, analysis=analysis))
     stores.history.add(service, "mode", mode=mode, by="operator",
-                      **({"settings": asdict(analysis)} if mode == PROGRESSIVE else {}))
+                       **({"settings": asdict(analysis)} if mode == PROGRESSIVE else {}))
     a = analysis
     explain = {AUTO: "a new version that passes becomes stable at once and old ones drain",
                MANUAL: "a new version that passes becomes a canary at 0%; `gatekeeper promote` moves it on",
