@@ -217,7 +217,8 @@ class Healer(Reconciler):
             return False
         self._put(inst.id, {"tries": tries + 1, "last": now, "gave_up": False, "service": inst.service,
                                          "reason": f"restart {tries + 1} of {self.s.max_tries}: {checks}"})
-        self.stores.node_records.request_action(inst, "restart", f"healing: restart {tries + 1} of {self.s.max_tries}: {checks}")
+        self.stores.node_records.request_action(inst, "restart",
+                                                f"healing: restart {tries + 1} of {self.s.max_tries}: {checks}")
         self._did(inst, "restarted", f"{checks} for {self.s.after:g} s: restart {tries + 1} of {self.s.max_tries} "
                                      f"asked of {inst.node}; tested again before it takes traffic")
         return True

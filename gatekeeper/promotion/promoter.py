@@ -214,7 +214,8 @@ class Promoter(Reconciler):
                 verdict = self.stores.verdicts.get(inst.id)
                 if not verdict or verdict.state != PASSED or not verdict.applies_to(inst):
                     continue                            # failed builds stay up for inspection
-                self.stores.node_records.request_action(inst, "stop", f"{inst.version} drained after {stable} was promoted")
+                self.stores.node_records.request_action(inst, "stop",
+                                                        f"{inst.version} drained after {stable} was promoted")
                 log.info("%s: %s (%s) drained; asked %s to stop it", service, inst.container_name, inst.version,
                          inst.node or "its host")
         except Exception:
