@@ -9,7 +9,6 @@ import docker
 import docker.errors
 import pytest
 
-from catalog.consul_store import ConsulStore
 from catalog.stores import Stores
 from testbed.processes import ConsulServer
 
@@ -59,11 +58,6 @@ def consul_server(tmp_path_factory):
     server = ConsulServer(tmp_path_factory.mktemp("consul"), http_port=http, port_base=http - 200).start()
     yield server
     server.stop()
-
-
-@pytest.fixture
-def store(consul_server) -> ConsulStore:
-    return ConsulStore(consul_server.address, token=consul_server.management_token, timeout=5, max_wait=5)
 
 
 @pytest.fixture
