@@ -1,4 +1,5 @@
-"""ConsulStore against a real Consul server: the behaviour the rest of the stack relies on."""
+"""The stores of catalog.stores against a real Consul server: the behaviour the rest of the stack
+relies on."""
 import dataclasses
 import json
 
