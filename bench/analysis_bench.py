@@ -43,11 +43,11 @@ def weight_live(stack: Stack, service: str) -> int:
 
 def with_stable(stack: Stack, service: str, **settings) -> ManyClients:
     v1 = stack.deploy(f"{service}-v1", "demo:v1", SERVICE_NAME=service, **{"proxy.host": f"{service}.bench"})
-    wait_until(lambda: (stack.store.policy(service)[1] or None) and stack.store.policy(service)[1].stable == "v1",
+    wait_until(lambda: (stack.stores.policies.get(service)[1] or None) and stack.stores.policies.get(service)[1].stable == "v1",
                120, f"{service} v1 stable")
     # the load's first answers count: it starts once nginx's workers route to v1, not once Consul says so
     wait_until(lambda: stack.proxy_serves([v1], service=service), 15, f"the proxy to serve {service} v1")
-    set_mode(stack.store, service, "progressive", {"interval": INTERVAL, **settings})
+    set_mode(stack.stores, service, "progressive", {"interval": INTERVAL, **settings})
     return ManyClients("127.0.0.1", PORT, headers={"Host": f"{service}.bench"}, threads=4).start()
 
 
@@ -59,7 +59,7 @@ def breach_to_weight_zero(stack: Stack, service: str) -> float:
     load = with_stable(stack, service, step=20, threshold=1, min_requests=10)
     try:
         canary(stack, service, f"{service}-v2", {"DEMO_ERROR_RATE": "100%"})
-        state = wait_until(lambda: stack.store.analysis(service), 120, "the analysis to start")
+        state = wait_until(lambda: stack.stores.analysis.get(service), 120, "the analysis to start")
         wait_until(lambda: weight_live(stack, service) > 0, 30, "the canary live")
         wait_until(lambda: weight_live(stack, service) == 0, 60, "the rollback live", interval=0.005)
         return time.time() - state.started
@@ -72,18 +72,18 @@ def step_latencies(stack: Stack, service: str) -> list:
     out = []
     try:
         canary(stack, service, f"{service}-v2")
-        state = wait_until(lambda: stack.store.analysis(service), 120, "the analysis to start")
+        state = wait_until(lambda: stack.stores.analysis.get(service), 120, "the analysis to start")
         weight = state.weight
         wait_until(lambda: weight_live(stack, service) == weight, 30, "the first step live")
         while True:
-            due = stack.store.analysis(service).next_check
+            due = stack.stores.analysis.get(service).next_check
             wait_until(lambda: weight_live(stack, service) != weight, 60, "the next step live", interval=0.005)
             out.append((time.time() - due) * 1000)
             weight = weight_live(stack, service)
             if weight == 0:                       # promoted: the canary is the stable version now
                 return out
             # the step's state is written just after its policy: wait for it, or the next due is stale
-            wait_until(lambda: stack.store.analysis(service).next_check > due, 10, "the step's state")
+            wait_until(lambda: stack.stores.analysis.get(service).next_check > due, 10, "the step's state")
     finally:
         load.finish()
 
@@ -94,7 +94,7 @@ def errors_before_rollback(stack: Stack, service: str) -> dict:
     try:
         start = time.monotonic()
         canary(stack, service, f"{service}-v2", {"DEMO_ERROR_RATE": "5%"})
-        wait_until(lambda: (stack.store.policy(service)[1] or None) and stack.store.policy(service)[1].aborted == "v2",
+        wait_until(lambda: (stack.stores.policies.get(service)[1] or None) and stack.stores.policies.get(service)[1].aborted == "v2",
                    120, "the rollback")
         wait_until(lambda: weight_live(stack, service) == 0, 30, "the rollback live", interval=0.005)
         end = time.monotonic()
@@ -103,7 +103,7 @@ def errors_before_rollback(stack: Stack, service: str) -> dict:
         window = [a for a in load.answers if first <= a[0] <= end]
         errors = sum(1 for a in window if a[1] != 200)
         expected = step / 100 * rate * len(window) / (end - first) * threshold * INTERVAL
-        steps = [e for e in stack.store.history(service) if e["event"] == "analysis"]
+        steps = [e for e in stack.stores.history.of(service) if e["event"] == "analysis"]
         return {"errors": errors, "requests": len(window), "seconds": round(end - first, 2),
                 "expected": round(expected, 1), "ratio": round(errors / expected, 2),
                 "weight_at_rollback": max(e["weight"] for e in steps)}

@@ -43,7 +43,7 @@ def leader_kill(cluster: Cluster) -> float:
                f"a Consul leader other than server {old}")
     leaderless = time.monotonic() - t0
     cluster.sh("start-server", str(old))
-    wait_until(lambda: len(cluster.store()._c.status.peers()) == 3, 60, "three servers in the quorum again")
+    wait_until(lambda: len(cluster.stores().consul._c.status.peers()) == 3, 60, "three servers in the quorum again")
     return leaderless
 
 
@@ -92,10 +92,10 @@ def registrations(cluster: Cluster, round_: int) -> tuple:
             for name in names[h]:
                 pool.submit(start, h, name)
         total = len(cluster.hosts) * BURST
-        store = cluster.store()
+        stores = cluster.stores()
         deadline = time.monotonic() + 120
         while len(seen) < total and time.monotonic() < deadline:
-            for ri in store.instances("regbench"):
+            for ri in stores.instances.of("regbench"):
                 seen.setdefault(ri.instance.container_name, time.monotonic())
             time.sleep(0.05)
     elapsed = max(seen.values()) - t0
@@ -104,7 +104,7 @@ def registrations(cluster: Cluster, round_: int) -> tuple:
     for h in cluster.hosts:
         for c in cluster.docker(h).containers.list(all=True, filters={"name": f"reg{round_}-"}):
             c.remove(force=True)
-    wait_until(lambda: not cluster.store().instances("regbench"), 60, "the burst deregistered")
+    wait_until(lambda: not cluster.stores().instances.of("regbench"), 60, "the burst deregistered")
     return len(seen) / elapsed, starts, latency, len(seen)
 
 

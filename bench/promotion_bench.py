@@ -49,7 +49,7 @@ def deploy_measuring_gate_to_proxy(stack: Stack, i: int) -> float:
     ri = wait_until(lambda: (lambda r: r if r and r.gate_status == "passing" else None)(stack.instance(c)),
                     120, "the gate to pass")
     seen = first_response_from(stack, answers(i))
-    return (seen - stack.store.verdict(ri.instance.id).finished) * 1000
+    return (seen - stack.stores.verdicts.get(ri.instance.id).finished) * 1000
 
 
 def measure(stack: Stack, runs: int, say, gate_to_proxy: list, promote_to_all: list) -> None:
@@ -60,14 +60,14 @@ def measure(stack: Stack, runs: int, say, gate_to_proxy: list, promote_to_all: l
         say(f"gate pass -> proxied, run {i}: {gate_to_proxy[-1]:.0f} ms")
         for name in [n for n in stack.containers if n != f"r{i}"]:
             stack.containers.pop(name).remove(force=True)
-    set_mode(stack.store, stack.service, "manual")
+    set_mode(stack.stores, stack.service, "manual")
     for i in range(runs + 1, 2 * runs + 1):
         stack.deploy(f"r{i}", image_for(i), **{"gatekeeper.version": f"r{i}"})
-        wait_until(lambda: stack.store.policy(stack.service)[1].canary == f"r{i}", 120, "the canary")
+        wait_until(lambda: stack.stores.policies.get(stack.service)[1].canary == f"r{i}", 120, "the canary")
         time.sleep(1.5)                       # let the canary-at-0 config settle first
         assert stack.served_version({"X-Client-Id": "probe"}) != answers(i)
         t0 = time.time()
-        promote(stack.store, stack.service, full=True)
+        promote(stack.stores, stack.service, full=True)
         seen = first_response_from(stack, answers(i))
         promote_to_all.append((seen - t0) * 1000)
         say(f"promote -> all traffic, run {i - runs}: {promote_to_all[-1]:.0f} ms")

@@ -33,7 +33,7 @@ import zlib
 
 from bench.harness import bench_env, command_line, exit_code, goals_table, percentile, progress, report, with_check
 from bench.promotion_bench import deploy_measuring_gate_to_proxy
-from catalog.consul_store import ConsulStore
+from catalog.stores import Stores
 from catalog.model import Instance
 from catalog.routing import Pool, Route
 from proxy_reloader import backends
@@ -161,13 +161,13 @@ def hand_written_proxy(env, port, name, listen, headers):
     return prefix
 
 
-def throughput(env, store, say, rounds=5):
+def throughput(env, stores, say, rounds=5):
     """wrk against each in turn, `rounds` times; medians, and the median of per-round ratios
     (the machine's noise moves all of a round together). Beside requests/s, which on 2 shared
     cores swings by +-15 % between rounds, the proxies' own cost: their workers' CPU time per
     request, and what the stack adds to the hand-written proxy's."""
     port = fast_backend(env)
-    admit(store, "fast", port, n=0)
+    admit(stores, "fast", port, n=0)
     wait_until(lambda: urllib.request.urlopen(f"http://127.0.0.1:{LONE}/fast/", timeout=1).status == 200, 30,
                "the stack's nginx routes the fast backend")
     hands = [hand_written_proxy(env, port, "hand", HAND, SAME_HEADERS),
@@ -207,10 +207,10 @@ def instance(service, n, port):
                     registered_by="registrator@bench", proxy_path=f"/{service}/")
 
 
-def admit(store, service, port, n=0):
+def admit(stores, service, port, n=0):
     inst = instance(service, n, port)
-    store.register(inst)
-    store.apply_gate(inst, True, "bench")
+    stores.instances.register(inst)
+    stores.instances.apply_gate(inst, True, "bench")
     return inst
 
 
@@ -231,7 +231,7 @@ def catalog_register(session, consul, inst: Instance, passing: bool):
     r.raise_for_status()
 
 
-def big_catalog(env, store, services, px, push, say):
+def big_catalog(env, stores, services, px, push, say):
     import requests
     session = requests.Session()
     t0, c0 = time.monotonic(), cpu_seconds(px.pid)
@@ -264,7 +264,7 @@ def big_catalog(env, store, services, px, push, say):
     return admitting, {"p50": round(statistics.median(live), 1), "p95": round(percentile(live, 95), 1), "n": len(live)}
 
 
-def weight_changes(env, store, px, push, say, changes=20):
+def weight_changes(env, stores, px, push, say, changes=20):
     """A canary weight written to Consul (check-and-set, as `gatekeeper weight` does) -> the
     workers route by it: ms, and the worker generations it cost."""
     from catalog.model import RoutingPolicy
@@ -272,19 +272,19 @@ def weight_changes(env, store, px, push, say, changes=20):
         inst = Instance(id=f"b:split-{n}:8080", service="split", address="127.0.0.1", port=21000 + n, version=version,
                         container_id=f"csplit{n}", container_name=f"split-{n}", image="demo:v1",
                         registered_by="registrator@bench", proxy_path="/split/")
-        store.register(inst)
-        store.apply_gate(inst, True, "bench")
-    index, _ = store.policy("split")
-    store.put_policy(RoutingPolicy("split", stable="v1", canary="v2", weight=0, mode="manual"), index)
+        stores.instances.register(inst)
+        stores.instances.apply_gate(inst, True, "bench")
+    index, _ = stores.policies.get("split")
+    stores.policies.put(RoutingPolicy("split", stable="v1", canary="v2", weight=0, mode="manual"), index)
     wait_until(lambda: (push.backends_of("split") or {}).get("canary"), 30, "the canary in the table")
     generations = WorkerGenerations(int((env.base / "px" / "nginx.pid").read_text()))
     generations.start()
     times = []
     for k in range(changes):
         weight = 100 if k % 2 == 0 else 0
-        index, policy = store.policy("split")
+        index, policy = stores.policies.get("split")
         t = time.monotonic()
-        assert store.put_policy(RoutingPolicy(**{**policy.__dict__, "weight": weight}), index)
+        assert stores.policies.put(RoutingPolicy(**{**policy.__dict__, "weight": weight}), index)
         while (push.backends_of("split") or {}).get("weight") != weight:
             if time.monotonic() - t > 30:
                 raise TimeoutError("a weight change never reached nginx")
@@ -339,7 +339,7 @@ def main(argv=None) -> int:
         for mode in (DYNAMIC, RELOAD):
             say(f"== {args.deploys} deploys under keep-alive load, {mode} mode")
             result[f"deploys_{mode}"] = deploys(env, mode, args.deploys, say)
-        store = ConsulStore(env.consul.address, token=env.consul.management_token)
+        stores = Stores.connect(env.consul.address, token=env.consul.management_token)
         px = Proc("proxy-reloader", python_module(
             "proxy_reloader", "--consul", env.consul.address, "--consul-token-file",
             env.consul.token_file("proxy-reloader"), "--nginx-prefix", str(env.base / "px"), "--listen",
@@ -350,11 +350,11 @@ def main(argv=None) -> int:
             push.secret = (env.base / "px" / "admin" / "secret").read_text().strip()
             wait_until(lambda: push.state(), 30, "nginx under proxy-reloader")
             say("== throughput against a fast backend")
-            result["throughput"] = throughput(env, store, say)
+            result["throughput"] = throughput(env, stores, say)
             say("== canary weight changes")
-            result["weight_change_live_ms"] = weight_changes(env, store, px, push, say)
+            result["weight_change_live_ms"] = weight_changes(env, stores, px, push, say)
             say(f"== {args.services} services x 10 instances")
-            result["admitting"], result["instance_change_live_ms"] = big_catalog(env, store, args.services, px, push, say)
+            result["admitting"], result["instance_change_live_ms"] = big_catalog(env, stores, args.services, px, push, say)
         finally:
             px.stop()
         result["full_render_validate_s"] = full_render(env, args.services)

@@ -51,15 +51,15 @@ def load(service: str, connections: int, rate: float) -> KeepAliveLoad:
 def scale_out_cycle(stack: Stack, swarm: Swarm, service: str) -> list:
     """1 -> 3 -> 1; seconds from the decision to each new replica routed."""
     before = routed(stack, service)
-    scale_by_hand(stack.store, swarm, service, 3)
+    scale_by_hand(stack.stores, swarm, service, 3)
     decided, seen = time.monotonic(), {}
     def all_routed():
         for port in routed(stack, service) - before:
             seen.setdefault(port, time.monotonic() - decided)
         return len(seen) >= 2
     wait_until(all_routed, 120, "two new replicas routed", interval=0.02)
-    scale_by_hand(stack.store, swarm, service, 1)
-    wait_until(lambda: len(routed(stack, service)) == 1 and len(stack.store.instances(service)) == 1, 120,
+    scale_by_hand(stack.stores, swarm, service, 1)
+    wait_until(lambda: len(routed(stack, service)) == 1 and len(stack.stores.instances.of(service)) == 1, 120,
                "back to one replica")
     return sorted(seen.values())
 
@@ -132,7 +132,7 @@ def main(argv=None) -> int:
                 s.finish()
             try:
                 remove_services(env.session)
-                wait_until(lambda: not any(stack.store.instances(s) for s in ("scaled", "healed", "auto")), 60,
+                wait_until(lambda: not any(stack.stores.instances.of(s) for s in ("scaled", "healed", "auto")), 60,
                            "the services' instances to leave Consul")
             finally:
                 stack.stop()

@@ -37,7 +37,8 @@ from pathlib import Path
 
 import requests
 
-from .consul_store import METRICS_SERVICE, parse_address
+from .consul_client import parse_address
+from .stores.proxies import METRICS_SERVICE
 from .kv_layout import (ACTIONS, GATEKEEPER, GATES, HEALING, HISTORY, LEADER, POLICIES as KV_POLICIES,
                         PROXY_RELOADER, REGISTRATOR, SERVED, VERDICTS)
 

@@ -14,7 +14,7 @@ from typing import Optional
 
 from prometheus_client import generate_latest, start_http_server
 
-from .consul_store import METRICS_SERVICE
+from .stores.proxies import METRICS_SERVICE, ProxyStore
 from .validation import InvalidValue
 
 log = logging.getLogger(__name__)
@@ -65,12 +65,12 @@ def serve_metrics(address: str) -> None:
     log.info("metrics on http://%s:%d/metrics", host, port)
 
 
-def announce(store, address: str, component: str, instance: str) -> Optional[str]:
+def announce(proxies: ProxyStore, address: str, component: str, instance: str) -> Optional[str]:
     """Announce the endpoint in Consul as an instance of `proxystack-metrics`; return its id
     (withdraw it on exit), None when Consul refused (the endpoint still serves)."""
     service_id = f"{METRICS_SERVICE}:{component}:{instance}"
     try:
-        store.announce_metrics(service_id, component, address)
+        proxies.announce_metrics(service_id, component, address)
     except Exception as exc:                 # metrics must never stop the daemon
         log.warning("could not announce the metrics endpoint in Consul (%s); Prometheus will not find it. "
                     "The token needs service \"%s\" write.", exc, METRICS_SERVICE)
@@ -78,9 +78,9 @@ def announce(store, address: str, component: str, instance: str) -> Optional[str
     return service_id
 
 
-def withdraw(store, service_id: Optional[str]) -> None:
+def withdraw(proxies: ProxyStore, service_id: Optional[str]) -> None:
     if service_id:
         try:
-            store.withdraw(service_id)
+            proxies.withdraw(service_id)
         except Exception as exc:
             log.warning("could not withdraw the metrics endpoint from Consul: %s", exc)

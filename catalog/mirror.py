@@ -21,9 +21,8 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
-import aiohttp
-
-from .consul_store import parse_address, registered_from_health
+from .consul_client import AsyncConsul
+from .stores.instances import registered_from_health
 from .kv_layout import POLICIES
 from .model import RegisteredInstance
 from .watch import IndexTracker
@@ -34,16 +33,10 @@ log = logging.getLogger(__name__)
 Snapshot = Dict[str, Tuple[Optional[List[RegisteredInstance]], Optional[str]]]
 
 
-class ConsulAnswer(RuntimeError):
-    """Consul answered a blocking query with an error status."""
-
-
 class CatalogMirror:
     def __init__(self, address: str, token: Optional[str], on_change: Callable[[], None],
                  wait: float = 30.0, timeout: float = 5.0):
-        scheme, host, port = parse_address(address)
-        self.base = f"{scheme}://{host}:{port}"
-        self.headers = {"X-Consul-Token": token} if token else {}
+        self.consul = AsyncConsul(address, token, wait, timeout)
         self.on_change, self.wait, self.timeout = on_change, wait, timeout
         self._lock = threading.Lock()
         self._instances: Dict[str, List[RegisteredInstance]] = {}
@@ -86,9 +79,7 @@ class CatalogMirror:
 
     async def _main(self) -> None:
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-        timeout = aiohttp.ClientTimeout(total=self.wait * 1.1 + self.timeout)
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), headers=self.headers,
-                                         timeout=timeout) as self._session:
+        async with self.consul:
             self._tasks: Dict[str, asyncio.Task] = {}
             loops = [asyncio.create_task(self._follow("services", "/v1/catalog/services", {}, self._on_services)),
                      asyncio.create_task(self._follow("policies", "/v1/kv/" + POLICIES, {"recurse": ""},
@@ -99,23 +90,11 @@ class CatalogMirror:
             await asyncio.gather(*loops, *self._tasks.values(), return_exceptions=True)
 
     # --- one blocking-query loop -----------------------------------------------------------
-    async def _get(self, path: str, params: dict, index: int):
-        query = {**params, "wait": f"{int(self.wait)}s"}
-        if index:
-            query["index"] = str(index)
-        async with self._session.get(self.base + path, params=query) as resp:
-            new_index = int(resp.headers.get("X-Consul-Index", "0") or 0)
-            if resp.status == 404:                 # an empty KV prefix: no policies yet
-                return new_index, []
-            if resp.status != 200:
-                raise ConsulAnswer(f"{path}: {resp.status} {(await resp.text())[:200]}")
-            return new_index, await resp.json(content_type=None)
-
     async def _follow(self, name: str, path: str, params: dict, handle) -> None:
         tracker, last, delay, failing = IndexTracker(), object(), 0.2, False
         while True:
             try:
-                index, data = await self._get(path, params, tracker.index)
+                index, data = await self.consul.blocking_get(path, params, tracker.index)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:               # unreachable, restarted, refusing: retry

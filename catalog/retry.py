@@ -11,25 +11,26 @@ from __future__ import annotations
 import logging
 import re
 
-import consul.base
 import requests
 import tenacity
+
+from .consul_client import ACLPermissionDenied, BadRequest, ConsulException, NotFound
 
 log = logging.getLogger(__name__)
 
 NETWORK = (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError)
 # For `except` clauses: everything is_transient may accept.
-TRANSIENT = NETWORK + (consul.base.ConsulException,)
+TRANSIENT = NETWORK + (ConsulException,)
 _STATUS = re.compile(r"(?:^|: )(\d{3}) ")
 
 
 def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, NETWORK):
         return True
-    if isinstance(exc, consul.base.ConsulException):
-        if isinstance(exc, consul.base.ACLPermissionDenied):
+    if isinstance(exc, ConsulException):
+        if isinstance(exc, ACLPermissionDenied):
             return True
-        if isinstance(exc, (consul.base.NotFound, consul.base.BadRequest)):
+        if isinstance(exc, (NotFound, BadRequest)):
             return False
         m = _STATUS.search(str(exc))
         return m is None or m.group(1).startswith("5")

@@ -27,7 +27,8 @@ from catalog.images import image_name
 
 from catalog.cli import (EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, EXIT_UNREACHABLE, EXIT_USAGE, JsonAwareParser,
                          add_consul_options, consul_address, emit_error, exit_code_epilog)
-from catalog.consul_store import ConsulStore, read_token
+from catalog.consul_client import read_token
+from catalog.stores import Stores
 from catalog.errors import StackError
 
 from .build import build_and_push, git_version
@@ -123,10 +124,10 @@ def main(argv=None) -> int:
         service = args.service or image_name(args.image)
         d = Deployment.of(service, args.image, args.tests_image, args.version, args.name,
                           labels=dict(args.label), timeout=args.timeout, keep_failed=args.keep_failed)
-        store = ConsulStore(args.consul, token=read_token(args.consul_token_file))
-        store.leader()                  # fail early when Consul is unreachable or refuses us
+        stores = Stores.connect(args.consul, token=read_token(args.consul_token_file))
+        stores.consul.leader()          # fail early when Consul is unreachable or refuses us
         client = connect(args.engine, args.tls_dir)
-        outcome = deploy(client, store, d, say=say)
+        outcome = deploy(client, stores, d, say=say)
         code = {WAIT_OK: EXIT_OK, WAIT_FAILED: EXIT_FAILED}.get(outcome, EXIT_TIMEOUT)
         if args.json:
             print(json.dumps({"ok": code == 0, "exit": code, "service": d.service, "version": d.version,

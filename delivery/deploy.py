@@ -15,6 +15,7 @@ import docker
 from catalog.errors import BadInput, Unreachable
 from catalog.images import image_version, split_image
 
+from catalog.stores import PolicyStore, Stores
 from catalog.validation import InvalidValue, check
 from gatekeeper import WAIT_FAILED, WAIT_OK, WAIT_TIMEOUT, wait_for_version
 
@@ -87,19 +88,19 @@ def start(client: docker.DockerClient, d: Deployment, say):
     return container
 
 
-def deploy(client: docker.DockerClient, store, d: Deployment, say: Callable[[str], None] = print) -> int:
+def deploy(client: docker.DockerClient, stores: Stores, d: Deployment, say: Callable[[str], None] = print) -> int:
     """WAIT_OK (0) when admitted and routed, WAIT_FAILED (1) when its tests failed, WAIT_TIMEOUT (4)."""
     container = start(client, d, say)
-    outcome = wait_for_version(store, d.service, d.version, d.timeout, say=say)
+    outcome = wait_for_version(stores, d.service, d.version, d.timeout, say=say)
     if outcome != WAIT_OK and not d.keep_failed:
         container.remove(force=True)
-        say(f"removed {d.name}; {serving(store, d.service)}")
+        say(f"removed {d.name}; {serving(stores.policies, d.service)}")
     return outcome
 
 
-def serving(store, service: str) -> str:
+def serving(policies: PolicyStore, service: str) -> str:
     try:
-        policy = store.policy(service)[1]
+        policy = policies.get(service)[1]
     except InvalidValue:
         policy = None
     if policy is None or not policy.stable:

@@ -28,16 +28,16 @@ import sys
 import time
 from dataclasses import asdict
 
-import consul.base
 import requests
 
 from catalog.cli import (EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, JsonAwareParser,
                          add_consul_options, consul_address, consul_refusal, emit_error, exit_code_epilog)
-from catalog.consul_store import ConsulStore, read_token
+from catalog.consul_client import ACLPermissionDenied, ConsulException, read_token
 from catalog.errors import Refused, StackError, Unreachable
 from catalog.logs import setup_logging
 from catalog.metrics import metrics_address
 from catalog.model import MODES
+from catalog.stores import Stores
 from catalog.validation import check
 
 from .promotion.promoter import PromotionError
@@ -150,19 +150,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def cmd_run(args, store) -> int:
+def cmd_run(args, stores: Stores) -> int:
     import docker
 
     from . import app
 
     setup_logging("gatekeeper", args.verbose)
     options = app.options_from(args)
-    return app.run(store, docker.from_env(timeout=30), options, args.consul)
+    return app.run(stores, docker.from_env(timeout=30), options, args.consul)
 
 
-def _known_service(store, service: str) -> None:
+def _known_service(stores: Stores, service: str) -> None:
     check("service", service)
-    require_known(store, service)
+    require_known(stores, service)
 
 
 def _emit(args, policy, message: str) -> int:
@@ -170,11 +170,11 @@ def _emit(args, policy, message: str) -> int:
     return EXIT_OK
 
 
-def _can_read_catalog(store) -> None:
+def _can_read_catalog(stores: Stores) -> None:
     """Consul always lists itself; a token that sees no service at all is missing or too weak,
     and an empty answer would be a lie."""
-    if not store.service_names():
-        raise consul.base.ACLPermissionDenied("Permission denied: this token sees no service, not even consul")
+    if not stores.instances.service_names():
+        raise ACLPermissionDenied("Permission denied: this token sees no service, not even consul")
 
 
 def _swarm_if_any():
@@ -189,13 +189,13 @@ def _swarm_if_any():
         return None
 
 
-def cmd_status(args, store) -> int:
-    _can_read_catalog(store)
+def cmd_status(args, stores: Stores) -> int:
+    _can_read_catalog(stores)
     if args.service:
-        _known_service(store, args.service)
+        _known_service(stores, args.service)
     swarm = _swarm_if_any()
     if args.watch is None:
-        data = collect(store, args.service, swarm)
+        data = collect(stores, args.service, swarm)
         print(json.dumps(data, indent=2, sort_keys=True) if args.json else render_text(data),
               end="" if not args.json else "\n")
         return EXIT_OK
@@ -203,7 +203,7 @@ def cmd_status(args, store) -> int:
         raise ValueError(f"--watch {args.watch:g}: expected seconds from 0.2 to 3600")
     try:
         while True:
-            data = collect(store, args.service, swarm)
+            data = collect(stores, args.service, swarm)
             # Ctrl-C waits for the refresh being written: a program reading --json lines never
             # gets half of one (the signal is held while writing and delivered right after).
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
@@ -220,29 +220,29 @@ def cmd_status(args, store) -> int:
         return EXIT_OK
 
 
-def cmd_why(args, store) -> int:
-    _can_read_catalog(store)
-    if not is_instance_id(args.target) and args.target not in store.rejections():
+def cmd_why(args, stores: Stores) -> int:
+    _can_read_catalog(stores)
+    if not is_instance_id(args.target) and args.target not in stores.rejections.all():
         check("service", args.target)
-    data = collect_why(store, args.target)
+    data = collect_why(stores, args.target)
     print(json.dumps(data, indent=2, sort_keys=True) if args.json else render_why(data), end="" if not args.json else "\n")
     return EXIT_OK
 
 
-def cmd_canary(args, store) -> int:
+def cmd_canary(args, stores: Stores) -> int:
     from .promotion.promoter import try_canary
-    _known_service(store, args.service)
+    _known_service(stores, args.service)
     check("version", args.version)
-    return _emit(args, *try_canary(store, args.service, args.version))
+    return _emit(args, *try_canary(stores, args.service, args.version))
 
 
-def cmd_forget(args, store) -> int:
+def cmd_forget(args, stores: Stores) -> int:
     check("service", args.service)
-    live = store.instances(args.service)
+    live = stores.instances.of(args.service)
     if live:
         raise PromotionError(f"{args.service} still has {len(live)} registered instance(s) "
                              f"({', '.join(ri.instance.id for ri in live)}); stop them first, then forget")
-    removed = store.forget_service(args.service)
+    removed = stores.policies.forget_service(args.service)
     if not removed:
         raise PromotionError(f"nothing to forget: {args.service!r} has no policy, default test image or history")
     print(json.dumps({"service": args.service, "removed": removed}) if args.json else
@@ -250,44 +250,44 @@ def cmd_forget(args, store) -> int:
     return EXIT_OK
 
 
-def cmd_promote(args, store) -> int:
+def cmd_promote(args, stores: Stores) -> int:
     from .promotion.promoter import promote
-    _known_service(store, args.service)
-    return _emit(args, *promote(store, args.service, full=args.full))
+    _known_service(stores, args.service)
+    return _emit(args, *promote(stores, args.service, full=args.full))
 
 
-def cmd_weight(args, store) -> int:
+def cmd_weight(args, stores: Stores) -> int:
     from .promotion.promoter import set_weight
-    _known_service(store, args.service)
-    return _emit(args, *set_weight(store, args.service, args.percent))
+    _known_service(stores, args.service)
+    return _emit(args, *set_weight(stores, args.service, args.percent))
 
 
-def cmd_abort(args, store) -> int:
+def cmd_abort(args, stores: Stores) -> int:
     from .promotion.promoter import abort
-    _known_service(store, args.service)
-    return _emit(args, *abort(store, args.service))
+    _known_service(stores, args.service)
+    return _emit(args, *abort(stores, args.service))
 
 
-def cmd_rollback(args, store) -> int:
+def cmd_rollback(args, stores: Stores) -> int:
     from .promotion.promoter import rollback
-    _known_service(store, args.service)
-    return _emit(args, *rollback(store, args.service))
+    _known_service(stores, args.service)
+    return _emit(args, *rollback(stores, args.service))
 
 
-def cmd_mode(args, store) -> int:
+def cmd_mode(args, stores: Stores) -> int:
     from .promotion.promoter import set_mode
     check("service", args.service)
     settings = {k[len("analysis_"):]: v for k, v in vars(args).items() if k.startswith("analysis_") and v is not None}
-    return _emit(args, *set_mode(store, args.service, args.mode, settings))
+    return _emit(args, *set_mode(stores, args.service, args.mode, settings))
 
 
-def cmd_wait(args, store) -> int:
+def cmd_wait(args, stores: Stores) -> int:
     from .report.wait import WAIT_FAILED, WAIT_OK, WAIT_TIMEOUT, wait_for_version
     check("service", args.service)
     check("version", args.version)
     lines = []
     say = lines.append if args.json else (lambda line: print(line, flush=True))
-    code = wait_for_version(store, args.service, args.version, args.timeout, say=say)
+    code = wait_for_version(stores, args.service, args.version, args.timeout, say=say)
     if args.json:
         summary = lines[-1] if lines else ""
         print(json.dumps({"ok": code == EXIT_OK, "service": args.service, "version": args.version, "exit": code,
@@ -296,9 +296,9 @@ def cmd_wait(args, store) -> int:
     return code
 
 
-def cmd_history(args, store) -> int:
-    _known_service(store, args.service)
-    entries = store.history(args.service)
+def cmd_history(args, stores: Stores) -> int:
+    _known_service(stores, args.service)
+    entries = stores.history.of(args.service)
     if args.json:
         print(json.dumps(entries, indent=2, sort_keys=True))
         return EXIT_OK
@@ -310,17 +310,17 @@ def cmd_history(args, store) -> int:
     return EXIT_OK
 
 
-def cmd_tests(args, store) -> int:
+def cmd_tests(args, stores: Stores) -> int:
     check("service", args.service)
     if args.image is None:
-        image = store.default_tests_image(args.service)
+        image = stores.policies.tests_image(args.service)
         print(json.dumps({"service": args.service, "image": image}) if args.json
               else f"{args.service}: {image or 'no default test image (each container names its own)'}")
         return EXIT_OK
     check("image", args.image)
-    store.set_default_tests_image(args.service, args.image)
-    untested = [ri.instance.id for ri in store.instances(args.service)
-                if not ri.instance.tests_image and _lacked_test_image(store.verdict(ri.instance.id), ri.instance)]
+    stores.policies.set_tests_image(args.service, args.image)
+    untested = [ri.instance.id for ri in stores.instances.of(args.service)
+                if not ri.instance.tests_image and _lacked_test_image(stores.verdicts.get(ri.instance.id), ri.instance)]
     print(json.dumps({"service": args.service, "image": args.image, "to_test": untested}) if args.json else
           f"{args.service}: instances without a gatekeeper.tests label are tested with {args.image}"
           + (f"; {len(untested)} instance(s) that had no test image will be tested now" if untested else ""))
@@ -331,44 +331,44 @@ def _lacked_test_image(verdict, inst) -> bool:
     return verdict is not None and verdict.applies_to(inst) and verdict.lacked_test_image
 
 
-def cmd_retest(args, store) -> int:
+def cmd_retest(args, stores: Stores) -> int:
     target = args.target
     if is_instance_id(target):
-        found = [ri.instance.id for ri in [find_instance(store, target)] if ri is not None]
+        found = [ri.instance.id for ri in [find_instance(stores.instances, target)] if ri is not None]
     else:
         check("service", target)
-        found = [ri.instance.id for ri in store.instances(target)]
+        found = [ri.instance.id for ri in stores.instances.of(target)]
     if not found:
         raise PromotionError(f"no instance or service named {target!r}; `gatekeeper status` lists them")
     for iid in found:
-        store.request_retest(iid)
+        stores.verdicts.request_retest(iid)
     print(json.dumps({"retest": found}) if args.json else
           f"retest requested for {len(found)} instance(s): {', '.join(found)}; live ones keep serving meanwhile")
     return EXIT_OK
 
 
-def cmd_admit(args, store) -> int:
+def cmd_admit(args, stores: Stores) -> int:
     from catalog.model import PASSED, Verdict
     reason = " ".join(args.reason.split())
     if not reason or len(reason) > 200:
         raise ValueError("--reason: say why in 1 to 200 characters; it is kept in the verdict and the history")
-    ri = find_instance(store, args.target) if is_instance_id(args.target) else None
+    ri = find_instance(stores.instances, args.target) if is_instance_id(args.target) else None
     if ri is None:
         raise PromotionError(f"no instance {args.target!r} is registered; `gatekeeper status` lists them")
     inst, now = ri.instance, time.time()
     verdict = Verdict(inst.id, inst.container_id, "", PASSED, f"forced admission: {reason}", now, now,
                       container_started=inst.started)
     try:
-        store.put_verdict(verdict)
-    except consul.base.ConsulException as exc:
+        stores.verdicts.put(verdict)
+    except ConsulException as exc:
         if "403" not in str(exc) and "Permission denied" not in str(exc):
             raise
         raise Refused("this token may not write verdicts (the operator's may not, by design); a forced admission "
                       "needs the breakglass token: --consul-token-file .stack/tokens/breakglass.token") from None
-    store.add_history(inst.service, "forced admission", instance=inst.id, version=inst.version, reason=reason,
-                      by="operator (break-glass)")
+    stores.history.add(inst.service, "forced admission", instance=inst.id, version=inst.version, reason=reason,
+                       by="operator (break-glass)")
     try:
-        policy = store.policy(inst.service)[1]
+        policy = stores.policies.get(inst.service)[1]
     except ValueError:
         policy = None
     routed = policy is not None and inst.version in (policy.stable, policy.canary)
@@ -382,7 +382,7 @@ def cmd_admit(args, store) -> int:
     return EXIT_OK
 
 
-def cmd_scale(args, store) -> int:
+def cmd_scale(args, stores: Stores) -> int:
     import docker
 
     from .fleet.autoscaler import scale_by_hand
@@ -393,7 +393,7 @@ def cmd_scale(args, store) -> int:
     except docker.errors.DockerException as exc:
         raise Unreachable(f"no Docker Engine answers ({exc}); `gatekeeper scale` talks to a Swarm manager's "
                           "engine (DOCKER_HOST)") from None
-    svc, message = scale_by_hand(store, Swarm(client), args.service, args.replicas)
+    svc, message = scale_by_hand(stores, Swarm(client), args.service, args.replicas)
     print(json.dumps({"service": args.service, "swarm_service": svc.name, "previous": svc.replicas,
                       "replicas": args.replicas, "message": message}) if args.json else message)
     return EXIT_OK
@@ -414,14 +414,14 @@ def main(argv=None) -> int:
         return emit_error(as_json, message, code, prog="gatekeeper")
 
     try:
-        store = ConsulStore(args.consul, token=read_token(args.consul_token_file))
-        return COMMANDS[args.command](args, store)
+        stores = Stores.connect(args.consul, token=read_token(args.consul_token_file))
+        return COMMANDS[args.command](args, stores)
     except StackError as exc:
         return fail(exc.exit_code, str(exc))
     except (requests.ConnectionError, requests.Timeout) as exc:
         return fail(EXIT_UNREACHABLE, f"Consul at {args.consul} is unreachable ({type(exc).__name__}); "
                                       "is the stack running? (make demo starts it)")
-    except consul.base.ConsulException as exc:
+    except ConsulException as exc:
         return fail(EXIT_UNREACHABLE, consul_refusal(args.consul, exc))
     except ValueError as exc:
         return fail(EXIT_USAGE, str(exc))

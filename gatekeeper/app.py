@@ -14,6 +14,7 @@ from typing import Dict, Optional
 
 from catalog.cli import EXIT_OK
 from catalog.metrics import announce, serve_metrics, withdraw
+from catalog.stores import Stores
 
 from . import metrics
 from .admission.gate import Gate
@@ -78,43 +79,44 @@ def options_from(args) -> Options:
                    heal_share=args.heal_share, scale_every=args.scale_every, metrics=args.metrics or "")
 
 
-def build(store, engine, options: Options) -> Daemon:
+def build(stores: Stores, engine, options: Options) -> Daemon:
     """Every part of the daemon, joined; `engine` is a docker client (test runs, Swarm)."""
     prometheus: Optional[Prometheus] = Prometheus(options.prometheus) if options.prometheus else None
     tester = DockerTester(engine, RunLimits(timeout=options.test_timeout, memory=options.test_memory,
                                             cpus=options.test_cpus), options.test_labels)
-    promoter = Promoter(store, drain_seconds=options.drain_seconds, stop_old=not options.keep_old,
+    promoter = Promoter(stores, drain_seconds=options.drain_seconds, stop_old=not options.keep_old,
                         prometheus=prometheus)
-    gate = Gate(store, tester, parallel=options.parallel, on_admitted=promoter.admitted,
+    gate = Gate(stores, tester, parallel=options.parallel, on_admitted=promoter.admitted,
                 reverify_every=options.reverify_every, forget_after=options.forget_after)
     swarm = Swarm(engine)
-    reconcilers = [gate, promoter, Rollout(store, swarm)]
+    reconcilers = [gate, promoter, Rollout(stores, swarm)]
     if options.heal:
-        reconcilers.append(Healer(store, HealSettings(after=options.heal_after, max_tries=options.heal_tries,
-                                                      backoff=options.heal_backoff, share=options.heal_share)))
-    daemon = Daemon(store, reconcilers, LeaderLock(store, options.identity), wait=options.wait)
+        reconcilers.append(Healer(stores, HealSettings(after=options.heal_after, max_tries=options.heal_tries,
+                                                       backoff=options.heal_backoff, share=options.heal_share)))
+    daemon = Daemon(stores.instances, stores.policies, reconcilers,
+                    LeaderLock(stores.locks, options.identity), wait=options.wait)
     load = prometheus.service_load if prometheus else (
         lambda service, window: Load(None, why="gatekeeper runs without --prometheus"))
-    Autoscaler(store, swarm, load, daemon.leader.is_leader.is_set,
+    Autoscaler(stores, swarm, load, daemon.leader.is_leader.is_set,
                interval=options.scale_every).start(daemon.stopping)
     return daemon
 
 
-def run(store, engine, options: Options, consul_address: str) -> int:
+def run(stores: Stores, engine, options: Options, consul_address: str) -> int:
     """Build the daemon, serve its metrics, and run it until SIGTERM or SIGINT."""
-    daemon = build(store, engine, options)
+    daemon = build(stores, engine, options)
     announced = None
     if options.metrics:
         serve_metrics(options.metrics)
         metrics.LEADER.set_function(lambda: 1.0 if daemon.leader.is_leader.is_set() else 0.0)
-        announced = announce(store, options.metrics, "gatekeeper", daemon.leader.identity)
+        announced = announce(stores.proxies, options.metrics, "gatekeeper", daemon.leader.identity)
 
     def on_signal(*_):
         # The main thread may sit in a Consul call; leave now. A test cut short keeps its
         # "testing" verdict and is run again by whichever daemon leads next.
         daemon.stop()
         daemon.shutdown()
-        withdraw(store, announced)
+        withdraw(stores.proxies, announced)
         raise SystemExit(EXIT_OK)
 
     signal.signal(signal.SIGTERM, on_signal)

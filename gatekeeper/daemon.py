@@ -13,6 +13,7 @@ import time
 from typing import Sequence
 
 from catalog.retry import TRANSIENT, backoff
+from catalog.stores import InstanceStore, PolicyStore
 from catalog.watch import Watch
 
 from .leader import LeaderLock
@@ -24,14 +25,16 @@ RENEW_EVERY = 3.0
 
 
 class Daemon:
-    def __init__(self, store, reconcilers: Sequence[Reconciler], leader: LeaderLock, wait: float = 30.0):
-        self.store, self.reconcilers, self.leader, self.wait = store, list(reconcilers), leader, wait
+    def __init__(self, instances: InstanceStore, policies: PolicyStore, reconcilers: Sequence[Reconciler],
+                 leader: LeaderLock, wait: float = 30.0):
+        self.instances, self.policies = instances, policies
+        self.reconcilers, self.leader, self.wait = list(reconcilers), leader, wait
         self.stopping = threading.Event()
         self.dirty = threading.Event()
 
     def run(self) -> None:
-        for w in (Watch("checks", self.store.wait_checks, self.dirty.set, self.wait, self.stopping),
-                  Watch("kv", self.store.wait_gatekeeper_state, self.dirty.set,
+        for w in (Watch("checks", self.instances.wait_checks, self.dirty.set, self.wait, self.stopping),
+                  Watch("kv", self.policies.wait, self.dirty.set,
                         self.wait, self.stopping)):
             w.start()
         next_renew = next_reconcile = 0.0
@@ -79,7 +82,7 @@ class Daemon:
     @backoff(max_wait=10.0, attempts=3, what="reconcile")
     def _reconcile(self) -> None:
         if not self.stopping.is_set() and self.leader.is_leader.is_set():
-            run_pass(self.store.all_instances(), self.reconcilers)
+            run_pass(self.instances.all(), self.reconcilers)
 
     def stop(self) -> None:
         self.stopping.set()

@@ -12,13 +12,14 @@ import threading
 
 from catalog.kv_layout import LEADER
 from catalog.retry import TRANSIENT
+from catalog.stores import LockStore
 
 log = logging.getLogger(__name__)
 
 
 class LeaderLock:
-    def __init__(self, store, identity: str = "", ttl: int = 10, lock_delay: int = 5):
-        self.store = store
+    def __init__(self, locks: LockStore, identity: str = "", ttl: int = 10, lock_delay: int = 5):
+        self.locks = locks
         self.identity = identity or f"gatekeeper@{socket.gethostname()}"
         self.ttl, self.lock_delay = ttl, lock_delay
         self.session = None
@@ -28,9 +29,9 @@ class LeaderLock:
     def try_acquire(self) -> bool:
         """One attempt; True when this daemon now leads."""
         if self.session is None:
-            self.session = self.store.session_create(self.identity, ttl=self.ttl, lock_delay=self.lock_delay)
+            self.session = self.locks.create_session(self.identity, ttl=self.ttl, lock_delay=self.lock_delay)
         try:
-            acquired = self.store.acquire(LEADER, self.session, self.identity)
+            acquired = self.locks.acquire(LEADER, self.session, self.identity)
         except TRANSIENT:
             self.session = None        # e.g. "invalid session" after a Consul restart: start afresh
             raise
@@ -47,7 +48,7 @@ class LeaderLock:
         if self.session is None:
             return False
         try:
-            ok = self.store.session_renew(self.session)
+            ok = self.locks.renew(self.session)
         except TRANSIENT as exc:
             log.warning("could not renew the leader session: %s", exc)
             ok = False
@@ -65,8 +66,8 @@ class LeaderLock:
     def release(self) -> None:
         if self.session:
             try:
-                self.store.release(LEADER, self.session)
-                self.store.session_destroy(self.session)
+                self.locks.release(LEADER, self.session)
+                self.locks.destroy(self.session)
             except TRANSIENT:
                 pass
         self.is_leader.clear()

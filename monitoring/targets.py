@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import List
 
 from catalog.cli import EXIT_OK, EXIT_USAGE, add_consul_options, consul_address
-from catalog.consul_store import METRICS_SERVICE, ConsulStore, read_token
+from catalog.consul_client import read_token
+from catalog.stores import InstanceStore, Stores
+from catalog.stores.proxies import METRICS_SERVICE
 from catalog.logs import setup_logging
 from catalog.watch import Watch
 
@@ -53,7 +55,7 @@ def write_if_changed(path: Path, groups: List[dict]) -> bool:
     return True
 
 
-def follow(store: ConsulStore, out: Path, stopping: threading.Event, wait: float = 30.0) -> Watch:
+def follow(instances: InstanceStore, out: Path, stopping: threading.Event, wait: float = 30.0) -> Watch:
     """A blocking-query watch on proxystack-metrics (catalog.watch: index bookkeeping, back-off)
     that rewrites `out` whenever the announced endpoints change."""
     def changed() -> None:
@@ -61,7 +63,7 @@ def follow(store: ConsulStore, out: Path, stopping: threading.Event, wait: float
         if write_if_changed(out, groups):
             log.info("targets: %s", ", ".join(f"{g['labels']['job']} {g['targets'][0]}" for g in groups) or "none")
 
-    watch = Watch(METRICS_SERVICE, lambda index, w: store.wait_service(METRICS_SERVICE, index, w), changed, wait,
+    watch = Watch(METRICS_SERVICE, lambda index, w: instances.wait_service(METRICS_SERVICE, index, w), changed, wait,
                   stopping)
     return watch
 
@@ -75,7 +77,7 @@ def main(argv=None) -> int:
     consul_address(args)
     setup_logging("prometheus-targets", args.verbose)
     try:
-        store = ConsulStore(args.consul, token=read_token(args.consul_token_file))
+        instances = Stores.connect(args.consul, token=read_token(args.consul_token_file)).instances
     except (ValueError, OSError) as exc:
         print(f"monitoring.targets: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -86,7 +88,7 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
     log.info("following %s in Consul at %s -> %s", METRICS_SERVICE, args.consul, out)
-    follow(store, out, stopping).start()
+    follow(instances, out, stopping).start()
     while not stopping.wait(1.0):
         pass
     return EXIT_OK

@@ -16,7 +16,8 @@ import requests
 
 from catalog.cli import (EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, add_consul_options,
                          consul_address, exit_code_epilog)
-from catalog.consul_store import ConsulStore, read_token
+from catalog.consul_client import read_token
+from catalog.stores import ProxyStore, Stores
 from catalog.logs import setup_logging
 from catalog.metrics import announce, own_metrics, withdraw
 from catalog.mirror import CatalogMirror
@@ -84,7 +85,7 @@ def main(argv=None) -> int:
     setup_logging("proxy-reloader", args.verbose)
     try:
         token = read_token(args.consul_token_file)
-        store = ConsulStore(args.consul, token=token)
+        stores = Stores.connect(args.consul, token=token)
         nginx = Nginx(args.nginx_prefix, args.nginx_binary, listen=args.listen)
         settings = Settings(str(nginx.prefix), args.listen, args.workers, args.mode, nginx.modules_path(),
                             read_timeout=f"{args.read_timeout:g}s")
@@ -101,13 +102,13 @@ def main(argv=None) -> int:
         return EXIT_USAGE
     reporter, proxy_id = None, f"proxy-reloader:{args.listen}"
     if args.report_check:
-        reporter = store.self_reporter("proxy-reloader", proxy_id, args.listen)
+        reporter = stores.proxies.self_report("proxy-reloader", proxy_id, args.listen)
     options = RunnerOptions(listen=args.listen, min_wait=args.min_wait, max_wait=args.max_wait,
                             workers=args.workers, mode=args.mode, modules=settings.modules,
                             read_timeout=settings.read_timeout)
     if args.once or args.exec_nginx:
         try:
-            changed = render_once(store, nginx, settings, push)
+            changed = render_once(stores, nginx, settings, push)
         except (NginxError, PushError) as exc:
             if args.once:
                 print(f"proxy-reloader: nginx refused: {exc}", file=sys.stderr)
@@ -127,7 +128,7 @@ def main(argv=None) -> int:
     runner = Runner(mirror, nginx, options, reporter, push)
     metrics.count_watch_errors(mirror)
     if args.report_check:
-        runner.served = ServedReports(lambda service, served: store.report_served(proxy_id, service, served))
+        runner.served = ServedReports(lambda service, served: stores.proxies.report(proxy_id, service, served))
         runner.served.start()
     if args.admin:
         try:
@@ -138,7 +139,7 @@ def main(argv=None) -> int:
     announced = None
     if args.admin:
         host, port = parse_loopback(args.admin)
-        announced = announce(store, f"{host}:{port}", "proxy-reloader", args.listen)
+        announced = announce(stores.proxies, f"{host}:{port}", "proxy-reloader", args.listen)
     child = None
     if args.exec_nginx:
         if nginx.current() is None:
@@ -157,16 +158,16 @@ def main(argv=None) -> int:
             child.stop()
         if args.report_check:
             runner.served.stop()
-            _withdraw(store, proxy_id)
-        withdraw(store, announced)
+            _withdraw(stores.proxies, proxy_id)
+        withdraw(stores.proxies, announced)
     return EXIT_OK
 
 
-def _withdraw(store, proxy_id: str) -> None:
+def _withdraw(proxies: ProxyStore, proxy_id: str) -> None:
     """A proxy that stops no longer counts for `gatekeeper wait`: its service and reports go."""
     try:
-        store.deregister(proxy_id)
-        store.forget_served(proxy_id)
+        proxies.withdraw(proxy_id)
+        proxies.forget(proxy_id)
     except Exception as exc:                 # Consul away: the stale entry names this proxy
         logging.warning("could not withdraw %s from Consul: %s", proxy_id, exc)
 

@@ -22,7 +22,8 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
-from catalog.consul_store import PROXY_HEARTBEAT
+from catalog.stores import Stores
+from catalog.stores.proxies import PROXY_HEARTBEAT
 from catalog.retry import TRANSIENT
 from catalog.routing import Route
 
@@ -353,13 +354,13 @@ def isolate(nginx: Nginx, settings: Settings, routes: List[Route], errors: Dict[
     return good
 
 
-def render_once(store, nginx: Nginx, settings: Settings, push: Optional[PushClient] = None) -> bool:
+def render_once(stores: Stores, nginx: Nginx, settings: Settings, push: Optional[PushClient] = None) -> bool:
     """One full read of Consul (synchronous) -> config file, and in dynamic mode the table file
     (pushed too when nginx runs). True when nginx got a new config. A service whose config nginx
     refuses is left out with a warning, as the runner does: one bad registration never keeps
     nginx from starting with every other route."""
     from .view import build_view
-    view = build_view(store)
+    view = build_view(stores.instances, stores.policies)
     routes = view.routes
     try:
         changed = nginx.apply(render(routes, settings.prefix, settings.listen, settings.workers, settings))

@@ -13,6 +13,7 @@ from catalog import validation as v
 from catalog.model import RegisteredInstance
 from catalog.kv_layout import POLICIES
 from catalog.routing import Route, route_for
+from catalog.stores import InstanceStore, PolicyStore
 from catalog.validation import InvalidValue, parse_policy
 
 log = logging.getLogger(__name__)
@@ -70,12 +71,12 @@ def without_conflicts(routes: Dict[str, Route], errors: Dict[str, str]) -> List[
     return out
 
 
-def build_view(store) -> View:
-    """One full read through the synchronous adapter (`--once`)."""
+def build_view(instances: InstanceStore, policies: PolicyStore) -> View:
+    """One full read through the synchronous stores (`--once`)."""
     routes, errors = {}, {}
-    for service, registered in sorted(store.all_instances().items()):
+    for service, registered in sorted(instances.all().items()):
         try:
-            _, policy = store.policy(service)
+            _, policy = policies.get(service)
             route, error = _route(service, registered, policy)
         except InvalidValue as exc:
             route, error = None, str(exc)

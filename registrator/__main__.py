@@ -8,7 +8,8 @@ import socket
 import sys
 
 from catalog.cli import EXIT_OK, EXIT_USAGE, add_consul_options, consul_address, exit_code_epilog
-from catalog.consul_store import ConsulStore, read_token
+from catalog.consul_client import read_token
+from catalog.stores import Stores
 from catalog.metrics import announce, metrics_address, serve_metrics, withdraw
 from catalog.logs import setup_logging
 
@@ -68,25 +69,27 @@ def main(argv=None) -> int:
                         internal=args.internal,
                         registered_by=args.id or f"registrator@{args.hostname}")
     try:
-        store = ConsulStore(args.consul, token=read_token(args.consul_token_file))
+        stores = Stores.connect(args.consul, token=read_token(args.consul_token_file))
         docker = DockerSource(args.docker)
         if args.metrics:
             serve_metrics(args.metrics)
     except (ValueError, OSError) as exc:
         print(f"registrator: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    announced = announce(store, args.metrics, "registrator", settings.registered_by) if args.metrics else None
-    runner = Runner(Bridge(store, docker, settings, forget_after=args.forget_after), docker,
+    announced = announce(stores.proxies, args.metrics, "registrator", settings.registered_by) if args.metrics else None
+    runner = Runner(Bridge(stores.instances, stores.rejections, docker, settings, forget_after=args.forget_after), docker,
                     RunnerOptions(resync_every=args.resync, cleanup_on_exit=args.cleanup_on_exit))
-    runner.followers = [GateMirror(store, settings.registered_by, runner.stopping).start(),
-                        ActionRunner(store, docker.carry_out, settings.registered_by, runner.stopping).start()]
+    runner.followers = [GateMirror(stores.instances, stores.node_records, settings.registered_by,
+                                   runner.stopping).start(),
+                        ActionRunner(stores.instances, stores.node_records, docker.carry_out, settings.registered_by,
+                                     runner.stopping).start()]
     signal.signal(signal.SIGTERM, lambda *_: runner.stop())
     signal.signal(signal.SIGINT, lambda *_: runner.stop())
     logging.info("registrator %s: Consul %s, address %s", settings.registered_by, args.consul, args.address)
     try:
         runner.run()
     finally:
-        withdraw(store, announced)
+        withdraw(stores.proxies, announced)
     return EXIT_OK
 
 

@@ -14,20 +14,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable, Dict, Optional, Protocol, Tuple
+from typing import Callable, Dict
 
 from catalog.model import ContainerAction, Instance
+from catalog.stores import InstanceStore, NodeRecordStore
 
 from .follow import NodeFollower
 
 log = logging.getLogger(__name__)
-
-
-class ActionStore(Protocol):
-    """What the action runner needs of Consul (catalog.consul_store.ConsulStore provides it)."""
-    def node_name(self) -> str: ...
-    def action_records(self, node: str, index: int = 0, wait: float = 0.0) -> Tuple[int, Dict[str, ContainerAction]]: ...
-    def local_instances(self, registered_by: Optional[str] = None) -> Dict[str, Instance]: ...
 
 
 Engine = Callable[[str, str, str, int], str]    # (action, container id, started, timeout) -> what happened
@@ -49,14 +43,14 @@ class ActionRunner(NodeFollower):
 
     kind = "container actions"
 
-    def __init__(self, store: ActionStore, engine: Engine, registered_by: str, stopping: threading.Event,
-                 wait: float = 30.0):
-        super().__init__(store, stopping, wait)
+    def __init__(self, instances: InstanceStore, node_records: NodeRecordStore, engine: Engine, registered_by: str,
+                 stopping: threading.Event, wait: float = 30.0):
+        super().__init__(instances, node_records, stopping, wait)
         self.engine, self.registered_by = engine, registered_by
         self.done: Dict[str, float] = {}       # instance id -> `written` of the record taken on
 
     def fetch(self, node: str, index: int, wait: float):
-        return self.store.action_records(node, index, wait)
+        return self.node_records.actions(node, index, wait)
 
     def apply(self) -> int:
         """Start every action not taken on yet, each on its own thread (a stop waits for the
@@ -67,7 +61,7 @@ class ActionRunner(NodeFollower):
                 return 0
             self.done = {iid: w for iid, w in self.done.items() if iid in self.records}
             pending = to_do(self.records, self.done)
-            instances = self.store.local_instances(self.registered_by) if pending else {}
+            instances = self.instances.local(self.registered_by) if pending else {}
             started = 0
             for iid, record in pending.items():
                 if not registered_here(iid, record, instances):

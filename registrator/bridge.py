@@ -1,8 +1,8 @@
 """Keeps the registry in step with Docker: add on start, remove on stop, full sync on demand.
 
-The registry is anything with register / deregister / local_instances / record_rejection /
-forget_rejection / rejections / set_docker_health: `catalog.consul_store.ConsulStore` in
-production, an in-memory one in unit tests.
+It writes the instances of this host's containers (catalog.stores.InstanceStore) and the
+records of the containers it refused (catalog.stores.RejectionStore); unit tests give it
+in-memory ones (tests/support/fakes.py).
 
 A rejection record stays while its container exists (the operator needs the reason), is removed
 as soon as a container of that name registers (fixed), and `forget_after` seconds after the
@@ -17,22 +17,13 @@ from dataclasses import replace
 from typing import Dict, List, Protocol
 
 from catalog.model import Instance, Rejection
+from catalog.stores import InstanceStore, RejectionStore
 
 from . import metrics
 from .docker_source import Container
 from .translate import Rejected, Settings, Skipped, instances_for
 
 log = logging.getLogger(__name__)
-
-
-class Registry(Protocol):
-    def register(self, inst: Instance) -> None: ...
-    def deregister(self, instance_id: str) -> None: ...
-    def local_instances(self, registered_by: str) -> Dict[str, Instance]: ...
-    def record_rejection(self, rejection: Rejection) -> None: ...
-    def forget_rejection(self, container_name: str) -> None: ...
-    def rejections(self) -> Dict[str, Rejection]: ...
-    def set_docker_health(self, inst: Instance, status: str) -> None: ...
 
 
 class Docker(Protocol):
@@ -46,9 +37,10 @@ def same_registration(a: Instance, b: Instance) -> bool:
 
 
 class Bridge:
-    def __init__(self, registry: Registry, docker: Docker, settings: Settings, forget_after: float = 600.0,
-                 clock=time.monotonic):
-        self.registry, self.docker, self.settings = registry, docker, settings
+    def __init__(self, instances: InstanceStore, rejections: RejectionStore, docker: Docker, settings: Settings,
+                 forget_after: float = 600.0, clock=time.monotonic):
+        self.instances, self.rejections = instances, rejections
+        self.docker, self.settings = docker, settings
         self.forget_after, self.clock = forget_after, clock
         self.known: Dict[str, Instance] = {}       # instance id -> what we registered
         self.health: Dict[str, str] = {}           # container id -> Docker health last mirrored
@@ -72,14 +64,14 @@ class Bridge:
         if not instances or self.health.get(container_id) == status:
             return
         for inst in instances:
-            self.registry.set_docker_health(inst, status)
+            self.instances.set_docker_health(inst, status)
         self.health[container_id] = status
         log.info("container %s is %s: %s", instances[0].container_name, status,
                  "may be admitted" if status == "healthy" else "out of traffic")
 
     def remove(self, container_id: str, why: str = "stopped") -> None:
         for iid in [i for i, inst in self.known.items() if inst.container_id == container_id]:
-            self.registry.deregister(iid)
+            self.instances.deregister(iid)
             inst = self.known.pop(iid)
             metrics.DEREGISTRATIONS.labels(why).inc()
             log.info("deregistered %s (container %s %s)", iid, inst.container_name, why)
@@ -92,8 +84,8 @@ class Bridge:
     def sync(self) -> None:
         """Make the registry match the running containers: add missing, drop stale, keep equal."""
         started = time.monotonic()
-        existing = self.registry.local_instances(self.settings.registered_by)
-        self.rejected = {name: rej for name, rej in self.registry.rejections().items()
+        existing = self.instances.local(self.settings.registered_by)
+        self.rejected = {name: rej for name, rej in self.rejections.all().items()
                          if rej.registered_by == self.settings.registered_by}
         wanted: Dict[str, Instance] = {}
         health: Dict[str, str] = {}
@@ -108,7 +100,7 @@ class Bridge:
                     health[cid] = container.health
         self.known = dict(existing)
         for iid in sorted(set(existing) - set(wanted)):
-            self.registry.deregister(iid)
+            self.instances.deregister(iid)
             self.known.pop(iid, None)
             metrics.DEREGISTRATIONS.labels("gone").inc()
             log.info("deregistered %s (its container is gone)", iid)
@@ -137,12 +129,12 @@ class Bridge:
             if not rejection.same_as(self.rejected.get(container.name)):
                 log.error("%s", exc)
                 metrics.REJECTIONS.inc()
-                self.registry.record_rejection(rejection)
+                self.rejections.put(rejection)
                 self.rejected[container.name] = rejection
             self.gone_since.pop(container.name, None)
             return []
         if wanted and container.name in self.rejected:
-            self.registry.forget_rejection(container.name)
+            self.rejections.forget(container.name)
             del self.rejected[container.name]
             self.gone_since.pop(container.name, None)
             log.info("container %s is registered now; its rejection record is removed", container.name)
@@ -165,7 +157,7 @@ class Bridge:
             if name not in self.rejected:
                 del self.gone_since[name]
             elif now - since >= self.forget_after:
-                self.registry.forget_rejection(name)
+                self.rejections.forget(name)
                 del self.rejected[name]
                 self.gone_since.pop(name, None)
                 log.info("forgot the rejection of container %s: gone for %.0f s", name, now - since)
@@ -175,7 +167,7 @@ class Bridge:
         current = self.known.get(inst.id)
         if current is not None and same_registration(current, inst):
             return
-        self.registry.register(inst)
+        self.instances.register(inst)
         self.known[inst.id] = inst
         metrics.REGISTRATIONS.inc()
         log.info("registered %s as %s %s at %s:%d", inst.id, inst.service, inst.version,

@@ -12,6 +12,7 @@ import threading
 from typing import Dict, Optional
 
 from catalog.retry import backoff
+from catalog.stores import InstanceStore, NodeRecordStore
 from catalog.watch import Watch
 
 log = logging.getLogger(__name__)
@@ -22,8 +23,10 @@ class NodeFollower:
 
     kind = ""                      # a word for logs: "gate records", "container actions"
 
-    def __init__(self, store, stopping: threading.Event, wait: float = 30.0):
-        self.store, self.stopping, self.wait = store, stopping, wait
+    def __init__(self, instances: InstanceStore, node_records: NodeRecordStore, stopping: threading.Event,
+                 wait: float = 30.0):
+        self.instances, self.node_records = instances, node_records
+        self.stopping, self.wait = stopping, wait
         self.node = ""
         self.records: Optional[Dict[str, object]] = None     # None until the first answer
         self.lock = threading.Lock()
@@ -42,7 +45,7 @@ class NodeFollower:
 
     @backoff(max_wait=10.0, what="reading this agent's node name")
     def _node_name(self) -> str:
-        return self.store.node_name()
+        return self.instances.node_name()
 
     def _fetch(self, index: int, wait: float):
         return self.fetch(self.node, index, wait)

@@ -14,24 +14,16 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Dict, List, Optional, Protocol, Tuple
+from typing import Dict, List, Tuple
 
 from catalog.model import GateRecord, Instance
+from catalog.stores import InstanceStore, NodeRecordStore
 
 from .follow import NodeFollower
 
 log = logging.getLogger(__name__)
 
 NO_DECISION = "no gatekeeper verdict for this run of the container"
-
-
-class GateStore(Protocol):
-    """What the gate mirror needs of Consul (catalog.consul_store.ConsulStore provides it)."""
-    def node_name(self) -> str: ...
-    def gate_records(self, node: str, index: int = 0, wait: float = 0.0) -> Tuple[int, Dict[str, GateRecord]]: ...
-    def local_instances(self, registered_by: Optional[str] = None) -> Dict[str, Instance]: ...
-    def local_gate_checks(self) -> Dict[str, Tuple[str, str]]: ...
-    def apply_gate(self, inst: Instance, passing: bool, output: str) -> None: ...
 
 
 def differences(instances: Dict[str, Instance], checks: Dict[str, Tuple[str, str]],
@@ -57,12 +49,13 @@ class GateMirror(NodeFollower):
 
     kind = "gate records"
 
-    def __init__(self, store: GateStore, registered_by: str, stopping: threading.Event, wait: float = 30.0):
-        super().__init__(store, stopping, wait)
+    def __init__(self, instances: InstanceStore, node_records: NodeRecordStore, registered_by: str,
+                 stopping: threading.Event, wait: float = 30.0):
+        super().__init__(instances, node_records, stopping, wait)
         self.registered_by = registered_by
 
     def fetch(self, node: str, index: int, wait: float):
-        return self.store.gate_records(node, index, wait)
+        return self.node_records.gates(node, index, wait)
 
     def apply(self) -> int:
         """Set every local gate check that differs from its record; how many were set. Nothing
@@ -70,10 +63,10 @@ class GateMirror(NodeFollower):
         with self.lock:
             if self.records is None:
                 return 0
-            instances = self.store.local_instances(self.registered_by)
-            checks = self.store.local_gate_checks()
+            instances = self.instances.local(self.registered_by)
+            checks = self.instances.gate_checks()
             changes = differences(instances, checks, self.records)
             for inst, passing, output in changes:
-                self.store.apply_gate(inst, passing, output)
+                self.instances.apply_gate(inst, passing, output)
                 log.info("%s: gate %s (%s)", inst.id, "open" if passing else "shut", output[:120])
         return len(changes)

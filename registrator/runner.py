@@ -93,7 +93,7 @@ class Runner:
     @backoff(max_wait=2.0, attempts=5, what="deregistration on exit")
     def _cleanup(self) -> None:
         for iid in list(self.bridge.known):
-            self.bridge.registry.deregister(iid)
+            self.bridge.instances.deregister(iid)
             self.bridge.known.pop(iid)
             log.info("deregistered %s on exit (--cleanup-on-exit)", iid)
 

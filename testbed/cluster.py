@@ -15,7 +15,7 @@ from typing import Callable, Dict, FrozenSet, List, Optional, Tuple
 import docker
 import requests
 
-from catalog.consul_store import ConsulStore
+from catalog.stores import Stores
 from testbed.load import KeepAliveLoad
 from testbed.processes import ROOT, wait_until
 
@@ -155,9 +155,9 @@ class Cluster:
         """The HTTP address of a live server (only this namespace reaches it)."""
         return f"127.0.0.{next(n for n in SERVERS if self.server_alive(n))}:8500"
 
-    def store(self, part: str = "bootstrap") -> ConsulStore:
-        """A store on a live server (the management token by default: tests read everything)."""
-        return ConsulStore(self.consul_address(), token=self.token(part))
+    def stores(self, part: str = "bootstrap") -> Stores:
+        """The stores on a live server (the management token by default: tests read everything)."""
+        return Stores.connect(self.consul_address(), token=self.token(part))
 
     def _leaders_named(self) -> Dict[int, Optional[int]]:
         """{live server: the leader it names, None for none}; a server that does not answer is left out."""
@@ -185,11 +185,11 @@ class Cluster:
         return leaders.pop() if len(named) == alive and len(leaders) == 1 else None
 
     def node_health(self, host: str) -> str:
-        checks = self.store()._c.health.node(host)[1]
+        checks = self.stores().consul._c.health.node(host)[1]
         return next((c["Status"] for c in checks if c["CheckID"] == "serfHealth"), "missing")
 
     def instances(self, service: str = "demo"):
-        return self.store().instances(service)
+        return self.stores().instances.of(service)
 
     # --- hosts --------------------------------------------------------------------------------
     def docker(self, host: str) -> docker.DockerClient:
@@ -243,7 +243,7 @@ def remove_demo_containers(cluster: Cluster, host: str) -> None:
 
 def gatekeeper_leader(cluster: Cluster) -> str:
     """The host whose gatekeeper holds the leader lock ('' when none does)."""
-    _, item = cluster.store()._c.kv.get("gatekeeper/leader")
+    _, item = cluster.stores().consul._c.kv.get("gatekeeper/leader")
     if not item or not item.get("Session"):
         return ""
     return (item.get("Value") or b"").decode().split("@")[-1].strip()

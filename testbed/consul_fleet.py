@@ -1,6 +1,6 @@
 """A fleet past what one machine can run as real hosts: three Consul servers and N client agents,
 each agent standing for one host (no engine), on loopback addresses of their own. Instances are
-registered through each agent as that host's registrator would (the same ConsulStore calls, the
+registered through each agent as that host's registrator would (the same InstanceStore calls, the
 gate check passed as that host's registrator applies it), and one CatalogMirror per agent (what
 each host's proxy-reloader runs), each in a process of its own, follows the whole catalog
 through its own agent.
@@ -19,9 +19,9 @@ from typing import Dict, List, Optional
 
 import requests
 
-from catalog.consul_store import ConsulStore
 from catalog.mirror import CatalogMirror
 from catalog.model import Instance
+from catalog.stores import Stores
 from testbed.processes import ROOT, Proc, find_binary, stop_all, wait_until
 
 SERVER_IPS = ["127.0.0.31", "127.0.0.32", "127.0.0.33"]
@@ -42,7 +42,7 @@ class Fleet:
         self.seen: List[Dict[str, float]] = []          # per mirror: instance id -> when first admitted there
         self.gone_seen: List[Dict[str, float]] = []     # per mirror: instance id -> when it left
         self.lock = threading.Lock()
-        self._stores: Dict[int, ConsulStore] = {}
+        self._stores: Dict[int, Stores] = {}
 
     def _agent(self, name: str, ip: str, server: bool) -> Proc:
         data = self.base / name
@@ -67,9 +67,9 @@ class Fleet:
                        90, f"agent {i} joined")
         return self
 
-    def store(self, i: int) -> ConsulStore:
+    def stores(self, i: int) -> Stores:
         if i not in self._stores:
-            self._stores[i] = ConsulStore(f"{agent_ip(i)}:8500")
+            self._stores[i] = Stores.connect(f"{agent_ip(i)}:8500")
         return self._stores[i]
 
     # --- the proxies ---------------------------------------------------------------------
@@ -136,9 +136,9 @@ class Fleet:
         return live
 
     def register(self, host: int, inst: Instance) -> float:
-        store = self.store(host)
-        store.register(inst)
-        store.apply_gate(inst, True, "9/9 passed (simulated)")
+        stores = self.stores(host)
+        stores.instances.register(inst)
+        stores.instances.apply_gate(inst, True, "9/9 passed (simulated)")
         return time.monotonic()
 
     def cpu_seconds(self) -> float:
@@ -185,7 +185,7 @@ def churn(fleet: Fleet, live: Dict[str, tuple], rate: float, seconds: float,
     while time.monotonic() < end:
         old_id = rng.choice(sorted(live))
         old_host, old_inst = live.pop(old_id)
-        fleet.store(old_host).deregister(old_id)
+        fleet.stores(old_host).instances.deregister(old_id)
         gone_at = time.monotonic()
         serial += 1
         host = rng.randrange(fleet.n)

@@ -5,9 +5,9 @@ prefix and port; demo containers are started with `docker run` and labels only.
 """
 from __future__ import annotations
 
-from catalog.consul_store import ConsulStore
 from catalog.kv_layout import GATEKEEPER
 from catalog.model import RegisteredInstance
+from catalog.stores import Stores
 from testbed.processes import NginxServer, Proc, get_json, python_module, wait_until
 
 E2E_LABEL = "proxystack.e2e"
@@ -20,7 +20,7 @@ class Stack:
                  proxy_args=(), metrics_ports=()):
         self.consul, self.base, self.docker = consul, base, docker_client
         self.session, self.listen_port, self.service, self.mode = session, listen_port, service, mode
-        self.store = ConsulStore(consul.address, token=consul.management_token, timeout=5, max_wait=5)
+        self.stores = Stores.connect(consul.address, token=consul.management_token, timeout=5, max_wait=5)
         self.nginx = NginxServer(base / "nginx", f"127.0.0.1:{listen_port}")
         self.containers = {}
         self.services = {service}            # every service this stack deployed: its KV goes at stop()
@@ -90,14 +90,14 @@ class Stack:
         and could not: its proxy's registration and reports, its services' policies, history,
         analysis and scaling records, and every gatekeeper record of its own instances (their
         ids carry its containers' names). Another module's `wait` or `status` never sees them."""
-        self.store.deregister(self.proxy_id)
-        self.store.forget_served(self.proxy_id)
+        self.stores.instances.deregister(self.proxy_id)
+        self.stores.proxies.forget(self.proxy_id)
         for service in self.services:
-            self.store.forget_service(service)
+            self.stores.policies.forget_service(service)
         own = f"e2e:e2e-{self.session}-"
-        for key in self.store.kv_keys(GATEKEEPER):
+        for key in self.stores.consul.kv_keys(GATEKEEPER):
             if own in key:
-                self.store.kv_delete(key)
+                self.stores.consul.kv_delete(key)
 
     def deploy(self, name, image, environment=None, restart_policy=None, **labels):
         """`docker run -d -P` with labels only (and `-e` for the demo's switches, `--restart`), as an
@@ -139,7 +139,7 @@ class Stack:
         return bool(want) and set(pool.get("servers") or ()) == want
 
     def instance(self, container, service: str = ""):
-        for ri in self.store.instances(service or self.service):
+        for ri in self.stores.instances.of(service or self.service):
             if ri.instance.container_id == container.id:
                 return ri
         return None

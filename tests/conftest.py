@@ -9,7 +9,7 @@ import docker
 import docker.errors
 import pytest
 
-from catalog.consul_store import ConsulStore
+from catalog.stores import Stores
 from testbed.processes import ConsulServer
 
 SESSION = uuid.uuid4().hex[:10]
@@ -61,8 +61,8 @@ def consul_server(tmp_path_factory):
 
 
 @pytest.fixture
-def store(consul_server) -> ConsulStore:
-    return ConsulStore(consul_server.address, token=consul_server.management_token, timeout=5, max_wait=5)
+def stores(consul_server) -> Stores:
+    return Stores.connect(consul_server.address, token=consul_server.management_token, timeout=5, max_wait=5)
 
 
 @pytest.fixture

@@ -12,31 +12,18 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Dict, List, Optional, Protocol, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
-from catalog.consul_store import ConsulError
+from catalog.consul_client import ConsulError
 from catalog.model import PASSED, TESTING, Instance, RegisteredInstance, Verdict
 from catalog.retry import TRANSIENT
+from catalog.stores import Stores
 
 from .. import metrics
 from ..reconciler import Reconciler, Snapshot
 from .tester import DockerTester
 
 log = logging.getLogger(__name__)
-
-
-class GateStore(Protocol):
-    """What the gate needs of Consul (catalog.consul_store.ConsulStore provides it)."""
-    def all_instances(self) -> Dict[str, List[RegisteredInstance]]: ...
-    def verdict(self, instance_id: str) -> Optional[Verdict]: ...
-    def put_verdict(self, verdict: Verdict) -> None: ...
-    def verdict_ids(self) -> List[str]: ...
-    def forget_verdict(self, instance_id: str) -> None: ...
-    def set_gate(self, inst: Instance, passing: bool, output: str) -> None: ...
-    def default_tests_image(self, service: str) -> str: ...
-    def retest_requests(self) -> List[str]: ...
-    def clear_retest(self, instance_id: str) -> None: ...
-    def healing(self, instance_id: str) -> Optional[dict]: ...
 
 
 REWRITE_BACKOFF = 5.0          # seconds before a disagreeing gate's decision is written again; doubling
@@ -52,11 +39,11 @@ class Gate(Reconciler):
     At the end of a pass: retests asked for, re-verifications due, verdicts of instances long
     gone. `on_admitted` hears of each first pass (the promoter acts on it at once)."""
 
-    def __init__(self, store: GateStore, tester: DockerTester, parallel: int = 2,
+    def __init__(self, stores: Stores, tester: DockerTester, parallel: int = 2,
                  on_admitted: Optional[Callable[[Instance], None]] = None,
                  reverify_every: float = 0.0,
                  forget_after: float = 900.0, clock: Callable[[], float] = time.monotonic):
-        self.store, self.tester = store, tester
+        self.stores, self.tester = stores, tester
         self.on_admitted = on_admitted or (lambda inst: None)
         self.reverify_every = reverify_every
         self.pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="test")
@@ -74,10 +61,10 @@ class Gate(Reconciler):
 
     def end_pass(self, snapshot: Snapshot) -> None:
         by_id = {ri.instance.id: ri for instances in snapshot.values() for ri in instances}
-        for iid in self.store.retest_requests():
+        for iid in self.stores.verdicts.retests():
             ri = by_id.get(iid)
             if ri is None:
-                self.store.clear_retest(iid)          # the instance is gone
+                self.stores.verdicts.clear_retest(iid)          # the instance is gone
             elif not self._busy(ri.instance):
                 log.info("%s: retest requested", iid)
                 self._start_test(ri.instance, reverify=True)
@@ -93,11 +80,11 @@ class Gate(Reconciler):
         if now < self.next_sweep:
             return
         self.next_sweep = now + min(30.0, max(self.forget_after / 4, 0.5))
-        absent = set(self.store.verdict_ids()) - set(registered)
+        absent = set(self.stores.verdicts.ids()) - set(registered)
         self.absent_since = {iid: self.absent_since.get(iid, now) for iid in absent}
         for iid, since in list(self.absent_since.items()):
             if now - since >= self.forget_after and not self._busy_id(iid):
-                self.store.forget_verdict(iid)
+                self.stores.verdicts.forget(iid)
                 del self.absent_since[iid]
                 log.info("%s: verdict removed; the instance has been gone for %.0f s", iid, now - since)
 
@@ -106,7 +93,7 @@ class Gate(Reconciler):
         for ri in registered:
             if not ri.admitted or self._busy(ri.instance):
                 continue
-            verdict = self.store.verdict(ri.instance.id)
+            verdict = self.stores.verdicts.get(ri.instance.id)
             if verdict and verdict.state == PASSED and now - verdict.finished >= self.reverify_every:
                 log.info("%s: re-verifying (last passed %.0f s ago)", ri.instance.id, now - verdict.finished)
                 self._start_test(ri.instance, reverify=True)
@@ -123,7 +110,7 @@ class Gate(Reconciler):
         with self.lock:
             if self.testing.get(inst.id) == inst.container_id:
                 return
-        verdict = self.store.verdict(inst.id)
+        verdict = self.stores.verdicts.get(inst.id)
         if verdict is None or not verdict.applies_to(inst) or not verdict.final or self._image_now_known(inst, verdict):
             with self.lock:
                 self.first_seen.setdefault(inst.id, time.monotonic())
@@ -141,10 +128,10 @@ class Gate(Reconciler):
             return
         elif passing:
             log.info("%s: re-applying stored verdict (passed: %s)", inst.id, verdict.summary)
-            self.store.set_gate(inst, True, verdict.summary)
+            self.stores.node_records.set_gate(inst, True, verdict.summary)
         else:
             log.warning("%s: gate was passing against a %s verdict; closing it", inst.id, verdict.state)
-            self.store.set_gate(inst, False, f"{verdict.state}: {verdict.summary}")
+            self.stores.node_records.set_gate(inst, False, f"{verdict.state}: {verdict.summary}")
 
     def _rewrite_due(self, instance_id: str) -> bool:
         """A gate that disagrees with its verdict gets the decision written again at once (a forged
@@ -160,18 +147,18 @@ class Gate(Reconciler):
 
     def _healing_gave_up(self, ri: RegisteredInstance) -> bool:
         """The healer gave up on this run of the container: its gate stays shut, saying why."""
-        record = self.store.healing(ri.instance.id)
+        record = self.stores.healing.get(ri.instance.id)
         if not record or not record.get("gave_up"):
             return False
         if ri.gate_output != record.get("reason"):
-            self.store.set_gate(ri.instance, False, record.get("reason", "gave up healing"))
+            self.stores.node_records.set_gate(ri.instance, False, record.get("reason", "gave up healing"))
         return True
 
     def _image_now_known(self, inst: Instance, verdict: Verdict) -> bool:
         """An error verdict for want of a test image is stale once the service has a default one
         (`gatekeeper tests SERVICE IMAGE` after the instance was registered)."""
         return (verdict.lacked_test_image and not inst.tests_image
-                and bool(self.store.default_tests_image(inst.service)))
+                and bool(self.stores.policies.tests_image(inst.service)))
 
     def _start_test(self, inst: Instance, reverify: bool = False) -> None:
         with self.lock:
@@ -182,29 +169,29 @@ class Gate(Reconciler):
         """Test one instance. A first test closes the gate while it runs; a re-verification of
         a live instance leaves it serving until a failure takes it out."""
         try:
-            image = inst.tests_image or self.store.default_tests_image(inst.service)
+            image = inst.tests_image or self.stores.policies.tests_image(inst.service)
             log.info("%s: %s %s %s with %s against %s", inst.id, "re-verifying" if reverify else "testing",
                      inst.service, inst.version, image or "(none)", instance_url(inst))
             self.tester.remove_leftovers(inst.id)     # a dead leader's run must not overlap ours
-            before = self.store.verdict(inst.id)
+            before = self.stores.verdicts.get(inst.id)
             # A first pass of this container may change routing; a re-verification of one that
             # passed before may not (an old version kept for rollback must not be promoted again).
             first_pass = not (before and before.applies_to(inst) and before.state == PASSED)
             if not reverify:
-                self.store.put_verdict(Verdict(inst.id, inst.container_id, image, TESTING, f"testing with {image}",
+                self.stores.verdicts.put(Verdict(inst.id, inst.container_id, image, TESTING, f"testing with {image}",
                                                        container_started=inst.started))
-                self.store.set_gate(inst, False, f"testing with {image or '(no tests image)'}")
+                self.stores.node_records.set_gate(inst, False, f"testing with {image or '(no tests image)'}")
             res = self.tester.run(image, instance_url(inst), inst.id)
             if res.aborted:
                 log.warning("%s: test run aborted (leadership lost); the next leader tests again", inst.id)
                 return
             verdict = Verdict(inst.id, inst.container_id, image, res.state, res.summary,
                               res.started, res.finished, res.log_tail, container_started=inst.started)
-            self.store.put_verdict(verdict)
+            self.stores.verdicts.put(verdict)
             passed = res.state == PASSED
-            self.store.set_gate(inst, passed, res.summary if passed else f"{res.state}: {res.summary}")
+            self.stores.node_records.set_gate(inst, passed, res.summary if passed else f"{res.state}: {res.summary}")
             if reverify:
-                self.store.clear_retest(inst.id)
+                self.stores.verdicts.clear_retest(inst.id)
             log.info("%s: %s (%s) in %.1f s", inst.id, res.state, res.summary, verdict.duration)
             self._count(inst, verdict, reverify)
             if passed and first_pass:

@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable, Dict, List, Optional, Protocol, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from catalog.errors import Refused
 from catalog.model import RegisteredInstance, Scaling
 from catalog.retry import TRANSIENT
+from catalog.stores import Stores
 from catalog.validation import InvalidValue, check, parse_scale_label
 
 from .. import metrics
@@ -22,13 +23,6 @@ from .scaling import Load, ScaleDecision, decide
 from .swarm import SCALE_LABEL, Swarm, SwarmError, SwarmService
 
 log = logging.getLogger(__name__)
-
-
-class ScalingStore(Protocol):
-    def instances(self, service: str) -> List[RegisteredInstance]: ...
-    def scaling(self, service: str) -> Optional[dict]: ...
-    def put_scaling(self, service: str, record: dict) -> None: ...
-    def add_history(self, service: str, event: str, **details) -> None: ...
 
 
 def settings_of(svc: SwarmService) -> Scaling:
@@ -41,15 +35,16 @@ def admitted_tasks(registered: List[RegisteredInstance], swarm_service: str) -> 
     return sum(1 for ri in registered if ri.admitted and ri.instance.swarm_service == swarm_service)
 
 
-def record_change(store: ScalingStore, service: str, replicas: int, previous: int, reason: str, by: str,
+def record_change(stores: Stores, service: str, replicas: int, previous: int, reason: str, by: str,
                   now: Optional[float] = None, **figures) -> None:
-    store.put_scaling(service, {"time": time.time() if now is None else now, "replicas": replicas, "previous": previous,
-                                "reason": reason, "by": by})
-    store.add_history(service, "scaled", replicas=replicas, previous=previous, reason=reason, by=by, **figures)
+    """Keep the change as the service's scaling record and in its history."""
+    stores.scaling.put(service, {"time": time.time() if now is None else now, "replicas": replicas, "previous": previous,
+                                 "reason": reason, "by": by})
+    stores.history.add(service, "scaled", replicas=replicas, previous=previous, reason=reason, by=by, **figures)
     metrics.SCALINGS.labels(service, "out" if replicas > previous else "in").inc()
 
 
-def scale_by_hand(store: ScalingStore, swarm: Swarm, service: str, replicas: int) -> Tuple[SwarmService, str]:
+def scale_by_hand(stores: Stores, swarm: Swarm, service: str, replicas: int) -> Tuple[SwarmService, str]:
     """`gatekeeper scale SERVICE N`: refused outside the label's min..max, for a service that is
     not a Swarm service, or when Swarm mode is off; nothing changes then."""
     check("service", service)
@@ -60,7 +55,7 @@ def scale_by_hand(store: ScalingStore, swarm: Swarm, service: str, replicas: int
                          "(`scripts/stack.sh swarm` turns swarm mode on; README, \"Swarm services\")")
     svc = swarm.service(service)
     if svc is None:
-        known = "" if not store.instances(service) else " (its instances are plain containers: start more with docker run)"
+        known = "" if not stores.instances.of(service) else " (its instances are plain containers: start more with docker run)"
         raise SwarmError(f"no Swarm service runs {service!r}{known}; create one with `docker service create` "
                          "(README, \"Swarm services\")")
     if svc.replicas is None:
@@ -76,16 +71,16 @@ def scale_by_hand(store: ScalingStore, swarm: Swarm, service: str, replicas: int
     if replicas == svc.replicas:
         return svc, f"{service}: already {replicas} replica(s); nothing changed"
     swarm.scale(svc, replicas)
-    record_change(store, service, replicas, svc.replicas, "set by hand", "operator")
+    record_change(stores, service, replicas, svc.replicas, "set by hand", "operator")
     note = " (the autoscaler may change it again as load changes)" if s.automatic else ""
     return svc, (f"{service}: {svc.replicas} -> {replicas} replica(s); each new task is tested before it takes "
                  f"traffic, each removed one leaves every proxy before it stops{note}")
 
 
 class Autoscaler:
-    def __init__(self, store: ScalingStore, swarm: Swarm, load: Callable[[str, float], Load],
+    def __init__(self, stores: Stores, swarm: Swarm, load: Callable[[str, float], Load],
                  is_leader: Callable[[], bool], interval: float = 2.0, clock: Callable[[], float] = time.time):
-        self.store, self.swarm, self.load = store, swarm, load
+        self.stores, self.swarm, self.load = stores, swarm, load
         self.is_leader, self.interval, self.clock = is_leader, interval, clock
         self.last: Dict[str, str] = {}          # service -> last decision's reason (logged on change)
         self.bad_label: Dict[str, str] = {}
@@ -120,9 +115,9 @@ class Autoscaler:
                 self.bad_label[service] = str(exc)
             return None
         self.bad_label.pop(service, None)
-        admitted = admitted_tasks(self.store.instances(service), svc.name)
+        admitted = admitted_tasks(self.stores.instances.of(service), svc.name)
         load = self.load(service, s.window) if s.automatic else Load(None)
-        last = self.store.scaling(service)
+        last = self.stores.scaling.get(service)
         since = self.clock() - last["time"] if last and "time" in last else float("inf")
         d = decide(s, svc.replicas, admitted, load, since)
         if self.last.get(service) != d.reason:
@@ -137,6 +132,6 @@ class Autoscaler:
             return d
         log.info("%s: scaled %d -> %d: %s", service, svc.replicas, d.replicas, d.reason)
         figures = {k: v for k, v in (("rate", load.rate), ("p99_ms", load.p99_ms)) if v is not None}
-        record_change(self.store, service, d.replicas, svc.replicas, d.reason, "gatekeeper (autoscaler)",
+        record_change(self.stores, service, d.replicas, svc.replicas, d.reason, "gatekeeper (autoscaler)",
                       now=self.clock(), admitted=admitted, **figures)
         return d

@@ -20,9 +20,10 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Protocol
+from typing import Callable, Dict, List, Optional
 
 from catalog.model import Instance, RegisteredInstance
+from catalog.stores import Stores
 
 from .. import metrics
 from ..reconciler import Reconciler
@@ -39,16 +40,6 @@ class HealSettings:
     backoff: float = 5.0       # seconds before the 2nd restart; doubles each time
     settle: float = 60.0       # healthy this long after a restart: the tries start again from 0
     share: float = 0.25        # at most this share of a service's instances replaced at once
-
-
-class HealStore(Protocol):
-    def healing_records(self) -> Dict[str, dict]: ...
-    def put_healing(self, instance_id: str, record: Optional[dict]) -> None: ...
-    def forget_verdict(self, instance_id: str) -> None: ...
-    def set_gate(self, inst: Instance, passing: bool, output: str) -> None: ...
-    def request_action(self, inst: Instance, action: str, reason: str, timeout: int = 10) -> None: ...
-    def withdraw_action(self, inst: Instance, action: str) -> bool: ...
-    def add_history(self, service: str, event: str, **details) -> None: ...
 
 
 def failing_checks(ri: RegisteredInstance) -> List[str]:
@@ -76,9 +67,9 @@ def limit(total: int, share: float) -> int:
 
 
 class Healer(Reconciler):
-    def __init__(self, store: HealStore, settings: HealSettings = HealSettings(),
+    def __init__(self, stores: Stores, settings: HealSettings = HealSettings(),
                  clock: Callable[[], float] = time.time):
-        self.store, self.s, self.clock = store, settings, clock
+        self.stores, self.s, self.clock = stores, settings, clock
         self.failing_since: Dict[str, float] = {}    # instance id -> first seen failing after admission
         self.acting: Dict[str, Dict[str, float]] = {}  # service -> instance id -> when we acted
         self.absent_since: Dict[str, float] = {}     # instance id with a record -> first seen unregistered
@@ -143,13 +134,13 @@ class Healer(Reconciler):
         in turn) rather than once per service."""
         when, records = self.records_read
         if now - when > 0.5 or now < when:
-            records = self.store.healing_records()
+            records = self.stores.healing.all()
             self.records_read = (now, records)
         return records
 
     def _put(self, instance_id: str, record: Optional[dict]) -> None:
         """Write a record, and into the pass's copy too."""
-        self.store.put_healing(instance_id, record)
+        self.stores.healing.put(instance_id, record)
         records = self.records_read[1]
         if record is None:
             records.pop(instance_id, None)
@@ -172,14 +163,14 @@ class Healer(Reconciler):
         seen = (inst.id, inst.started, record.get("last"))
         if seen in self.looked:
             return
-        taken_back = self.store.withdraw_action(inst, "restart")
+        taken_back = self.stores.node_records.withdraw_action(inst, "restart")
         self.looked.add(seen)                        # after the answer: a Consul error is tried again
         if taken_back:
             log.info("%s: healthy and admitted again before %s restarted it; the restart asked is taken back",
                      inst.id, inst.node)
-            self.store.add_history(inst.service, "healing: restart taken back", instance=inst.id,
-                                   version=inst.version, reason=f"healthy again before {inst.node} restarted it",
-                                   by="gatekeeper (healer)")
+            self.stores.history.add(inst.service, "healing: restart taken back", instance=inst.id,
+                                    version=inst.version, reason=f"healthy again before {inst.node} restarted it",
+                                    by="gatekeeper (healer)")
 
     def _settle(self, inst: Instance, ri: RegisteredInstance, record: Optional[dict], now: float) -> None:
         """Healthy again: a record is cleared once the instance has stayed healthy `settle` seconds
@@ -196,7 +187,7 @@ class Healer(Reconciler):
         inst = ri.instance
         checks = ", ".join(f"{c.rsplit(':', 1)[-1]} {ri.checks[c]}" for c in failing)
         if inst.swarm_service:
-            self.store.request_action(inst, "kill", f"healing: {checks} for {self.s.after:g} s")
+            self.stores.node_records.request_action(inst, "kill", f"healing: {checks} for {self.s.after:g} s")
             self._did(inst, "replaced", f"{checks} for {self.s.after:g} s: asked {inst.node} to kill the task, "
                                         "Swarm starts a new one")
             return True
@@ -221,12 +212,13 @@ class Healer(Reconciler):
                       f"`docker restart {inst.container_name}`, then `gatekeeper retest {inst.id}`")
             self._put(inst.id, {**(record or {}), "gave_up": True, "reason": reason, "time": now,
                                              "service": inst.service})
-            self.store.set_gate(inst, False, reason)
+            self.stores.node_records.set_gate(inst, False, reason)
             self._did(inst, "gave up", reason)
             return False
         self._put(inst.id, {"tries": tries + 1, "last": now, "gave_up": False, "service": inst.service,
                                          "reason": f"restart {tries + 1} of {self.s.max_tries}: {checks}"})
-        self.store.request_action(inst, "restart", f"healing: restart {tries + 1} of {self.s.max_tries}: {checks}")
+        self.stores.node_records.request_action(inst, "restart",
+                                                f"healing: restart {tries + 1} of {self.s.max_tries}: {checks}")
         self._did(inst, "restarted", f"{checks} for {self.s.after:g} s: restart {tries + 1} of {self.s.max_tries} "
                                      f"asked of {inst.node}; tested again before it takes traffic")
         return True
@@ -234,5 +226,5 @@ class Healer(Reconciler):
     def _did(self, inst: Instance, action: str, reason: str) -> None:
         log.warning("%s: %s: %s", inst.id, action, reason)
         metrics.HEALINGS.labels(inst.service, action).inc()
-        self.store.add_history(inst.service, f"healing: {action}", instance=inst.id, version=inst.version,
-                               reason=reason[:300], by="gatekeeper (healer)")
+        self.stores.history.add(inst.service, f"healing: {action}", instance=inst.id, version=inst.version,
+                                reason=reason[:300], by="gatekeeper (healer)")

@@ -12,12 +12,13 @@ Two duties, at every reconcile of a service whose instances are Swarm tasks:
 from __future__ import annotations
 
 import logging
-from typing import Dict, List, Optional, Protocol, Tuple
+from typing import Dict, List, Optional
 
 import docker.errors
 
 from catalog.errors import Refused
-from catalog.model import PASSED, RegisteredInstance, RoutingPolicy, Verdict
+from catalog.model import PASSED, RegisteredInstance, RoutingPolicy
+from catalog.stores import Stores
 from catalog.validation import InvalidValue
 
 from .. import metrics
@@ -27,12 +28,6 @@ from .swarm import Swarm, image_ref
 log = logging.getLogger(__name__)
 
 OPEN, CLOSED = "open", "closed"
-
-
-class RolloutStore(Protocol):
-    def policy(self, service: str) -> Tuple[int, Optional[RoutingPolicy]]: ...
-    def verdict(self, instance_id: str) -> Optional[Verdict]: ...
-    def add_history(self, service: str, event: str, **details) -> None: ...
 
 
 def serves(policy: Optional[RoutingPolicy], version: str) -> bool:
@@ -48,8 +43,8 @@ def marker_state(ri: RegisteredInstance, policy: Optional[RoutingPolicy]) -> str
 
 
 class Rollout(Reconciler):
-    def __init__(self, store: RolloutStore, swarm: Swarm):
-        self.store, self.swarm = store, swarm
+    def __init__(self, stores: Stores, swarm: Swarm):
+        self.stores, self.swarm = stores, swarm
         self.written: Dict[str, Dict[str, str]] = {}   # service -> container id -> marker last written
         self.rolled_back: set = set()             # (swarm service, update start) already rolled back
 
@@ -60,13 +55,13 @@ class Rollout(Reconciler):
         if not tasks:
             return
         try:
-            policy = self.store.policy(service)[1]
+            policy = self.stores.policies.get(service)[1]
         except InvalidValue:
             policy = None
         for ri in tasks:
             if ri.instance.gate_mirror:
                 self._mirror(ri, marker_state(ri, policy), self.written[service])
-        failed = [(ri, v) for ri, v in ((ri, self.store.verdict(ri.instance.id)) for ri in tasks)
+        failed = [(ri, v) for ri, v in ((ri, self.stores.verdicts.get(ri.instance.id)) for ri in tasks)
                   if v is not None and v.applies_to(ri.instance) and v.final and v.state != PASSED]
         if failed:
             self._roll_back_failed_update(service, failed)
@@ -104,6 +99,6 @@ class Rollout(Reconciler):
             self.rolled_back.add((name, svc.update_started))
             metrics.PROMOTIONS.labels(service, "update rolled back").inc()
             log.warning("%s: Swarm update of %s to %s rolled back: %s", service, name, svc.image, reason)
-            self.store.add_history(service, "update rolled back", version=ri.instance.version,
-                                   image=svc.image, previous=svc.previous_image, reason=reason[:300],
-                                   by="gatekeeper (swarm)")
+            self.stores.history.add(service, "update rolled back", version=ri.instance.version,
+                                    image=svc.image, previous=svc.previous_image, reason=reason[:300],
+                                    by="gatekeeper (swarm)")

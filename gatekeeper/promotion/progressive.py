@@ -10,9 +10,10 @@ import logging
 import threading
 import time
 from dataclasses import asdict, replace
-from typing import Callable, Dict, List, Optional, Protocol, Tuple
+from typing import Callable, Dict, List, Optional
 
 from catalog.model import PROGRESSIVE, RUNNING, AnalysisState as State, RegisteredInstance, RoutingPolicy
+from catalog.stores import Stores
 from catalog.validation import InvalidValue
 
 from .. import metrics
@@ -23,19 +24,12 @@ from ..prometheus import MetricsUnavailable, Prometheus
 log = logging.getLogger(__name__)
 
 
-class AnalysisStore(Protocol):
-    def policy(self, service: str) -> Tuple[int, Optional[RoutingPolicy]]: ...
-    def analysis(self, service: str) -> Optional[State]: ...
-    def put_analysis(self, state: State) -> None: ...
-    def add_history(self, service: str, event: str, **details) -> None: ...
-
-
 class Progressive:
-    def __init__(self, store: AnalysisStore, prometheus: Optional[Prometheus],
+    def __init__(self, stores: Stores, prometheus: Optional[Prometheus],
                  set_weight: Callable[[str, str, int], bool], promote: Callable[[str, str], bool],
                  roll_back: Callable[[str, str, str, List[RegisteredInstance]], bool],
                  clock: Callable[[], float] = time.time):
-        self.store, self.prometheus, self.clock = store, prometheus, clock
+        self.stores, self.prometheus, self.clock = stores, prometheus, clock
         self.set_weight, self.promote, self.roll_back = set_weight, promote, roll_back
         self.due: Dict[str, float] = {}          # service -> its next check (epoch seconds)
         self.lock = threading.RLock()            # a step, or a canary being set with its analysis
@@ -43,15 +37,15 @@ class Progressive:
     def begin(self, service: str, version: str, policy: RoutingPolicy) -> State:
         """A new canary entered progressive mode (at the first step's weight): a fresh analysis,
         replacing one of an older canary (which is superseded, not judged)."""
-        before = self.store.analysis(service)
+        before = self.stores.analysis.get(service)
         if before and before.status == RUNNING and before.version != version:
-            self.store.add_history(service, "analysis superseded", version=before.version, by=version,
-                                   weight=before.weight)
+            self.stores.history.add(service, "analysis superseded", version=before.version, by=version,
+                                    weight=before.weight)
         state = analysis.start(service, version, policy.analysis, self.clock())
-        self.store.put_analysis(state)
+        self.stores.analysis.put(state)
         self.due[service] = state.next_check
-        self.store.add_history(service, "analysis started", version=version, weight=state.weight,
-                               settings=asdict(policy.analysis))
+        self.stores.history.add(service, "analysis started", version=version, weight=state.weight,
+                                settings=asdict(policy.analysis))
         log.info("%s: %s is the canary at %d %%; analysis every %g s", service, version, state.weight,
                  policy.analysis.interval)
         return state
@@ -61,7 +55,7 @@ class Progressive:
         is read under the lock, so a canary set meanwhile is seen with its analysis."""
         with self.lock:
             try:
-                policy = self.store.policy(service)[1]
+                policy = self.stores.policies.get(service)[1]
             except InvalidValue:
                 return
             if policy is not None:
@@ -71,7 +65,7 @@ class Progressive:
         if policy.mode != PROGRESSIVE or not policy.canary:
             self.due.pop(service, None)
             return
-        state = self.store.analysis(service)
+        state = self.stores.analysis.get(service)
         if state is None or state.version != policy.canary or state.status != RUNNING:
             # made the canary some other way: `gatekeeper canary` (a rolled-back version tried
             # again starts a new analysis), or the mode changed while it was the canary
@@ -117,12 +111,12 @@ class Progressive:
                                    [ri for ri in registered if ri.instance.version == policy.canary])
         if not acted:      # the policy changed under us (an operator): judge again next interval
             decision = replace(decision, state=replace(state, next_check=decision.state.next_check))
-        self.store.put_analysis(decision.state)
+        self.stores.analysis.put(decision.state)
         self.due[service] = decision.state.next_check
         check = decision.check
-        self.store.add_history(service, "analysis", version=policy.canary, result=check.result,
-                               weight=check.weight, reason=check.reason,
-                               **({"canary": check.canary} if check.canary else {}),
-                               **({"stable": check.stable} if check.stable else {}))
+        self.stores.history.add(service, "analysis", version=policy.canary, result=check.result,
+                                weight=check.weight, reason=check.reason,
+                                **({"canary": check.canary} if check.canary else {}),
+                                **({"stable": check.stable} if check.stable else {}))
         metrics.ANALYSIS_STEPS.labels(service, check.result).inc()
         log.info("%s: analysis of %s: %s", service, policy.canary, check.reason)

@@ -9,12 +9,12 @@ import logging
 import threading
 import time
 from dataclasses import asdict, replace
-from typing import Callable, List, Optional, Protocol, Tuple
+from typing import Callable, Optional, Tuple
 
 from catalog.errors import Refused
 from catalog.kv_layout import POLICIES
-from catalog.model import (AUTO, MANUAL, MODES, PASSED, PROGRESSIVE, AnalysisState, Instance, RegisteredInstance,
-                           RoutingPolicy, Verdict)
+from catalog.model import AUTO, MANUAL, MODES, PASSED, PROGRESSIVE, Instance, RoutingPolicy
+from catalog.stores import InstanceStore, PolicyStore, Stores
 from catalog.validation import InvalidValue, parse_analysis_label, validate_analysis
 
 from .. import metrics
@@ -25,19 +25,6 @@ from ..prometheus import Prometheus
 log = logging.getLogger(__name__)
 
 
-class PolicyStore(Protocol):
-    """What promotion needs of Consul (catalog.consul_store.ConsulStore provides it)."""
-    def policy(self, service: str) -> Tuple[int, Optional[RoutingPolicy]]: ...
-    def put_policy(self, policy: RoutingPolicy, cas: int) -> bool: ...
-    def instances(self, service: str) -> List[RegisteredInstance]: ...
-    def verdict(self, instance_id: str) -> Optional[Verdict]: ...
-    def add_history(self, service: str, event: str, **details) -> None: ...
-    def set_gate(self, inst: Instance, passing: bool, output: str) -> None: ...
-    def request_action(self, inst: Instance, action: str, reason: str, timeout: int = 10) -> None: ...
-    def analysis(self, service: str) -> Optional[AnalysisState]: ...
-    def put_analysis(self, state: AnalysisState) -> None: ...
-
-
 class PromotionError(Refused):
     """A promotion request that cannot be carried out; the message says why and what to do."""
 
@@ -46,16 +33,16 @@ class Conflict(PromotionError):
     pass
 
 
-def update_policy(store: PolicyStore, service: str, change: Callable[[RoutingPolicy], Optional[RoutingPolicy]],
+def update_policy(policies: PolicyStore, service: str, change: Callable[[RoutingPolicy], Optional[RoutingPolicy]],
                   attempts: int = 5) -> Optional[RoutingPolicy]:
     """Read-modify-write with check-and-set; `change` returns None for "nothing to do"."""
     for _ in range(attempts):
-        cas, current = store.policy(service)
+        cas, current = policies.get(service)
         new = change(current or RoutingPolicy(service=service))
         if new is None:
             return current
         new = replace(new, updated=time.time())
-        if store.put_policy(new, cas):
+        if policies.put(new, cas):
             return new
     raise Conflict(f"the routing policy of {service} kept changing under us; try again")
 
@@ -65,10 +52,10 @@ class Promoter(Reconciler):
     manual mode makes it the canary at 0 %; progressive mode makes it the canary at the first
     step and lets the analysis (`progressive`) move it on."""
 
-    def __init__(self, store: PolicyStore, drain_seconds: float = 10.0, stop_old: bool = True,
+    def __init__(self, stores: Stores, drain_seconds: float = 10.0, stop_old: bool = True,
                  unhealthy_grace: float = 10.0, prometheus: Optional[Prometheus] = None):
-        self.store = store
-        self.progressive = Progressive(store, prometheus, self._analysis_weight, self._analysis_promote,
+        self.stores = stores
+        self.progressive = Progressive(stores, prometheus, self._analysis_weight, self._analysis_promote,
                                        self._analysis_roll_back)
         self.unhealthy_grace = unhealthy_grace
         self.unhealthy_since: dict = {}          # service -> when its canary was first seen unhealthy
@@ -83,7 +70,7 @@ class Promoter(Reconciler):
 
     def _admitted(self, inst: Instance) -> None:
         try:
-            before = self.store.policy(inst.service)[1]
+            before = self.stores.policies.get(inst.service)[1]
         except InvalidValue as exc:
             log.error("%s: routing policy is invalid (%s); not promoting until it is fixed", inst.service, exc)
             return
@@ -101,24 +88,24 @@ class Promoter(Reconciler):
                 return replace(p.with_canary(inst.version), weight=min(p.analysis.step, p.analysis.max_weight))
             return p.promoted(inst.version)
 
-        after = update_policy(self.store, inst.service, change)
+        after = update_policy(self.stores.policies, inst.service, change)
         if after is not None and (before is None or (before.mode, before.analysis) != (after.mode, after.analysis)) \
                 and (inst.mode or inst.analysis):
-            self.store.add_history(inst.service, "mode", mode=after.mode, by=f"label on {inst.container_name}",
-                                   **({"settings": asdict(after.analysis)} if after.mode == PROGRESSIVE else {}))
+            self.stores.history.add(inst.service, "mode", mode=after.mode, by=f"label on {inst.container_name}",
+                                    **({"settings": asdict(after.analysis)} if after.mode == PROGRESSIVE else {}))
         mode = after.mode if after is not None else mode
         if after is None or (before and after.stable == before.stable and after.canary == before.canary):
             return
         if after.mode == PROGRESSIVE and after.canary == inst.version:
-            self.store.add_history(inst.service, "canary", version=inst.version, weight=after.weight,
-                                   by="gatekeeper (progressive)")
+            self.stores.history.add(inst.service, "canary", version=inst.version, weight=after.weight,
+                                    by="gatekeeper (progressive)")
             metrics.PROMOTIONS.labels(inst.service, "canary").inc()
             self.progressive.begin(inst.service, inst.version, after)
             return
         if mode == MANUAL and before and before.stable:
             log.info("%s: %s passed and is now the canary (weight 0); `gatekeeper promote %s` to make it stable",
                      inst.service, inst.version, inst.service)
-            self.store.add_history(inst.service, "canary", version=inst.version, by="gatekeeper")
+            self.stores.history.add(inst.service, "canary", version=inst.version, by="gatekeeper")
             metrics.PROMOTIONS.labels(inst.service, "canary").inc()
             return
         log.info("%s: %s passed and is now stable (was %s)", inst.service, inst.version,
@@ -127,7 +114,7 @@ class Promoter(Reconciler):
 
     def _became_stable(self, service: str, version: str, before: Optional[RoutingPolicy], by: str) -> None:
         """What follows every promotion by the daemon: the history, the count, the old drained."""
-        self.store.add_history(service, "promoted", version=version, previous=before.stable if before else "", by=by)
+        self.stores.history.add(service, "promoted", version=version, previous=before.stable if before else "", by=by)
         metrics.PROMOTIONS.labels(service, "promoted").inc()
         self.drain_later(service, version)
 
@@ -145,14 +132,14 @@ class Promoter(Reconciler):
         (a single stale read of the catalog must not abort a healthy canary)."""
         self.progressive.tick(service, registered)
         try:
-            policy = self.store.policy(service)[1]          # after the step, which may have moved it on
+            policy = self.stores.policies.get(service)[1]          # after the step, which may have moved it on
         except InvalidValue:
             return
         canary = [ri for ri in registered if policy and ri.instance.version == policy.canary]
         if not policy or not policy.canary or not canary or any(ri.admitted for ri in canary):
             self.unhealthy_since.pop(service, None)
             return
-        verdicts = [self.store.verdict(ri.instance.id) for ri in canary]
+        verdicts = [self.stores.verdicts.get(ri.instance.id) for ri in canary]
         all_failed = all(v is not None and v.applies_to(ri.instance) and v.final and v.state != PASSED
                          for ri, v in zip(canary, verdicts))
         since = self.unhealthy_since.setdefault(service, time.monotonic())
@@ -163,7 +150,7 @@ class Promoter(Reconciler):
         log.warning("%s: canary %s has no healthy instance left; aborting it", service, policy.canary)
         self.unhealthy_since.pop(service, None)
         try:
-            abort(self.store, service, why="no healthy canary instance: " + "; ".join(reasons)[:300],
+            abort(self.stores, service, why="no healthy canary instance: " + "; ".join(reasons)[:300],
                   by="gatekeeper (auto-rollback)")
             metrics.PROMOTIONS.labels(service, "aborted").inc()
         except PromotionError:
@@ -171,13 +158,13 @@ class Promoter(Reconciler):
 
     # --- what the progressive analysis decides, carried out with check-and-set -------------
     def _analysis_weight(self, service: str, version: str, weight: int) -> bool:
-        after = update_policy(self.store, service, lambda p: replace(p, weight=weight)
+        after = update_policy(self.stores.policies, service, lambda p: replace(p, weight=weight)
                               if p.canary == version and p.mode == PROGRESSIVE and p.weight != weight else None)
         return bool(after and after.canary == version and after.weight == weight)
 
     def _analysis_promote(self, service: str, version: str) -> bool:
-        before = self.store.policy(service)[1]
-        after = update_policy(self.store, service, lambda p: p.promoted(version)
+        before = self.stores.policies.get(service)[1]
+        after = update_policy(self.stores.policies, service, lambda p: p.promoted(version)
                               if p.canary == version and p.mode == PROGRESSIVE else None)
         if not after or after.stable != version:
             return False
@@ -187,16 +174,16 @@ class Promoter(Reconciler):
 
     def _analysis_roll_back(self, service: str, version: str, reason: str, instances) -> bool:
         try:
-            abort(self.store, service, why=reason, by="gatekeeper (analysis)")
+            abort(self.stores, service, why=reason, by="gatekeeper (analysis)")
         except PromotionError:
             return False
         metrics.PROMOTIONS.labels(service, "rolled back").inc()
         log.warning("%s: %s %s", service, version, reason)
         for ri in instances:                     # the Consul UI shows why beside the gate
             try:
-                verdict = self.store.verdict(ri.instance.id)
-                self.store.set_gate(ri.instance, True, f"{verdict.summary if verdict else 'passed'}; "
-                                                       f"then {reason}")
+                verdict = self.stores.verdicts.get(ri.instance.id)
+                self.stores.node_records.set_gate(ri.instance, True, f"{verdict.summary if verdict else 'passed'}; "
+                                                                     f"then {reason}")
             except Exception as exc:
                 log.warning("%s: could not note the rollback on %s's gate: %s", service, ri.instance.id, exc)
         return True
@@ -208,26 +195,27 @@ class Promoter(Reconciler):
         container's own host (registrator.actions), so it reaches containers on every host."""
         if not self.stop_old:
             return
-        old = {ri.instance.container_id for ri in self.store.instances(service) if ri.instance.version != stable}
+        old = {ri.instance.container_id for ri in self.stores.instances.of(service) if ri.instance.version != stable}
         t = threading.Timer(self.drain_seconds, self._stop_old, args=(service, stable, old))
         t.daemon = True
         t.start()
 
     def _stop_old(self, service: str, stable: str, old: set) -> None:
         try:
-            _, policy = self.store.policy(service)
+            _, policy = self.stores.policies.get(service)
             if policy is None or policy.stable != stable:
                 return                                  # promoted again meanwhile
-            for ri in self.store.instances(service):
+            for ri in self.stores.instances.of(service):
                 inst = ri.instance
                 if inst.version in (policy.stable, policy.canary) or inst.container_id not in old:
                     continue
                 if inst.swarm_service:
                     continue                            # Swarm owns its tasks: its update replaces them
-                verdict = self.store.verdict(inst.id)
+                verdict = self.stores.verdicts.get(inst.id)
                 if not verdict or verdict.state != PASSED or not verdict.applies_to(inst):
                     continue                            # failed builds stay up for inspection
-                self.store.request_action(inst, "stop", f"{inst.version} drained after {stable} was promoted")
+                self.stores.node_records.request_action(inst, "stop",
+                                                        f"{inst.version} drained after {stable} was promoted")
                 log.info("%s: %s (%s) drained; asked %s to stop it", service, inst.container_name, inst.version,
                          inst.node or "its host")
         except Exception:
@@ -255,9 +243,9 @@ def _labelled(inst: Instance) -> Callable[[RoutingPolicy], RoutingPolicy]:
 PROMOTE_STEPS = (25, 50, 100)
 
 
-def _policy_or_error(store: PolicyStore, service: str) -> RoutingPolicy:
+def _policy_or_error(policies: PolicyStore, service: str) -> RoutingPolicy:
     try:
-        policy = store.policy(service)[1]
+        policy = policies.get(service)[1]
     except InvalidValue as exc:
         raise PromotionError(f"the routing policy of {service} is invalid ({exc}); fix or delete "
                              f"{POLICIES}{service} in Consul KV") from None
@@ -267,13 +255,13 @@ def _policy_or_error(store: PolicyStore, service: str) -> RoutingPolicy:
     return policy
 
 
-def _admitted_versions(store: PolicyStore, service: str) -> set:
-    return {ri.instance.version for ri in store.instances(service) if ri.admitted}
+def _admitted_versions(instances: InstanceStore, service: str) -> set:
+    return {ri.instance.version for ri in instances.of(service) if ri.admitted}
 
 
-def promote(store: PolicyStore, service: str, full: bool = False) -> Tuple[RoutingPolicy, str]:
+def promote(stores: Stores, service: str, full: bool = False) -> Tuple[RoutingPolicy, str]:
     """Next step of the canary (25 % -> 50 % -> stable), or straight to stable with `full`."""
-    before = _policy_or_error(store, service)
+    before = _policy_or_error(stores.policies, service)
 
     def change(p: RoutingPolicy) -> RoutingPolicy:
         if not p.canary:
@@ -284,70 +272,70 @@ def promote(store: PolicyStore, service: str, full: bool = False) -> Tuple[Routi
             return p.promoted(p.canary)
         return replace(p, weight=nxt)
 
-    after = update_policy(store, service, change)
+    after = update_policy(stores.policies, service, change)
     if after.stable != before.stable:
-        store.add_history(service, "promoted", version=after.stable, previous=before.stable, by="operator")
+        stores.history.add(service, "promoted", version=after.stable, previous=before.stable, by="operator")
         return after, (f"{service}: {after.stable} is now stable and takes all traffic "
                        f"({before.stable or 'nothing'} is kept as the rollback target)")
-    store.add_history(service, "weight", version=after.canary, weight=after.weight, by="operator (promote)")
+    stores.history.add(service, "weight", version=after.canary, weight=after.weight, by="operator (promote)")
     return after, (f"{service}: canary {after.canary} now takes {after.weight}% of traffic; "
                    f"promote again for the next step, or --full for all of it")
 
 
-def set_weight(store: PolicyStore, service: str, weight: int) -> Tuple[RoutingPolicy, str]:
+def set_weight(stores: Stores, service: str, weight: int) -> Tuple[RoutingPolicy, str]:
     if not 0 <= weight <= 100:
         raise InvalidValue("weight", weight, "a whole number from 0 to 100")
-    _policy_or_error(store, service)
+    _policy_or_error(stores.policies, service)
 
     def change(p: RoutingPolicy) -> RoutingPolicy:
         if not p.canary:
             raise PromotionError(f"{service} has no canary; a weight applies to a canary only")
         return replace(p, weight=weight)
 
-    after = update_policy(store, service, change)
-    store.add_history(service, "weight", version=after.canary, weight=weight, by="operator")
+    after = update_policy(stores.policies, service, change)
+    stores.history.add(service, "weight", version=after.canary, weight=weight, by="operator")
     return after, f"{service}: canary {after.canary} takes {weight}% of traffic, stable {after.stable} the rest"
 
 
-def abort(store: PolicyStore, service: str, why: str = "", by: str = "operator") -> Tuple[RoutingPolicy, str]:
-    before = _policy_or_error(store, service)
+def abort(stores: Stores, service: str, why: str = "", by: str = "operator") -> Tuple[RoutingPolicy, str]:
+    before = _policy_or_error(stores.policies, service)
 
     def change(p: RoutingPolicy) -> RoutingPolicy:
         if not p.canary:
             raise PromotionError(f"{service} has no canary to abort; stable {p.stable} serves all traffic")
         return replace(p, canary="", weight=0, aborted=p.canary)
 
-    after = update_policy(store, service, change)
-    store.add_history(service, "aborted", version=before.canary, by=by, **({"reason": why} if why else {}))
+    after = update_policy(stores.policies, service, change)
+    stores.history.add(service, "aborted", version=before.canary, by=by, **({"reason": why} if why else {}))
     return after, (f"{service}: canary {before.canary} aborted{' (' + why + ')' if why else ''}; "
                    f"stable {after.stable} serves all traffic. {before.canary}'s instances keep running "
                    "but get no requests")
 
 
-def try_canary(store: PolicyStore, service: str, version: str) -> Tuple[RoutingPolicy, str]:
+def try_canary(stores: Stores, service: str, version: str) -> Tuple[RoutingPolicy, str]:
     """Make an admitted version (an aborted canary, typically) the canary again, at weight 0."""
-    before = _policy_or_error(store, service)
+    before = _policy_or_error(stores.policies, service)
     if version == before.stable:
         raise PromotionError(f"{version} is already the stable version of {service}")
-    if version not in _admitted_versions(store, service):
+    if version not in _admitted_versions(stores.instances, service):
         raise PromotionError(f"{service} {version} has no admitted instance (`gatekeeper why {service}` "
                              "says why); deploy it, or `gatekeeper retest` its instances first")
 
     def change(p: RoutingPolicy) -> Optional[RoutingPolicy]:
         return None if p.canary == version and p.aborted != version else p.with_canary(version)
 
-    after = update_policy(store, service, change)
-    store.add_history(service, "canary", version=version, by="operator",
-                      **({"was": "aborted"} if before.aborted == version else {}))
+    after = update_policy(stores.policies, service, change)
+    stores.history.add(service, "canary", version=version, by="operator",
+                       **({"was": "aborted"} if before.aborted == version else {}))
     return after, (f"{service}: {version} is the canary at 0% (requests with X-Canary: always reach it); "
                    f"`gatekeeper weight {service} N` or `promote` to move it on")
 
 
-def rollback(store: PolicyStore, service: str) -> Tuple[RoutingPolicy, str]:
-    before = _policy_or_error(store, service)
+def rollback(stores: Stores, service: str) -> Tuple[RoutingPolicy, str]:
+    before = _policy_or_error(stores.policies, service)
     if not before.previous:
         raise PromotionError(f"{service} has no previous stable version to roll back to")
-    if before.previous not in _admitted_versions(store, service):
+    if before.previous not in _admitted_versions(stores.instances, service):
         raise PromotionError(
             f"cannot roll {service} back to {before.previous}: it has no admitted instance "
             "(its containers were stopped after draining?). Deploy it again, or run gatekeeper "
@@ -356,23 +344,23 @@ def rollback(store: PolicyStore, service: str) -> Tuple[RoutingPolicy, str]:
     def change(p: RoutingPolicy) -> RoutingPolicy:
         return replace(p, stable=p.previous, previous=p.stable, canary="", weight=0)
 
-    after = update_policy(store, service, change)
-    store.add_history(service, "rolled back", version=after.stable, previous=before.stable, by="operator")
+    after = update_policy(stores.policies, service, change)
+    stores.history.add(service, "rolled back", version=after.stable, previous=before.stable, by="operator")
     return after, f"{service}: rolled back to {after.stable}; {before.stable} gets no more traffic"
 
 
-def set_mode(store: PolicyStore, service: str, mode: str, settings: Optional[dict] = None) -> Tuple[RoutingPolicy, str]:
+def set_mode(stores: Stores, service: str, mode: str, settings: Optional[dict] = None) -> Tuple[RoutingPolicy, str]:
     """Set the promotion mode; `settings` changes progressive mode's (validated, the rest kept)."""
     if mode not in MODES:
         raise InvalidValue("mode", mode, "'auto', 'manual' or 'progressive'")
-    known = store.policy(service)[1] is not None or bool(store.instances(service))
+    known = stores.policies.get(service)[1] is not None or bool(stores.instances.of(service))
     if not known:
         raise PromotionError(f"unknown service {service!r}: no instance and no policy")
-    current = _policy_or_error(store, service) if store.policy(service)[1] else RoutingPolicy(service)
+    current = _policy_or_error(stores.policies, service) if stores.policies.get(service)[1] else RoutingPolicy(service)
     analysis = validate_analysis({**asdict(current.analysis), **(settings or {})})
-    after = update_policy(store, service, lambda p: replace(p, mode=mode, analysis=analysis))
-    store.add_history(service, "mode", mode=mode, by="operator",
-                      **({"settings": asdict(analysis)} if mode == PROGRESSIVE else {}))
+    after = update_policy(stores.policies, service, lambda p: replace(p, mode=mode, analysis=analysis))
+    stores.history.add(service, "mode", mode=mode, by="operator",
+                       **({"settings": asdict(analysis)} if mode == PROGRESSIVE else {}))
     a = analysis
     explain = {AUTO: "a new version that passes becomes stable at once and old ones drain",
                MANUAL: "a new version that passes becomes a canary at 0%; `gatekeeper promote` moves it on",

@@ -14,6 +14,7 @@ from typing import Callable, Dict, List, Optional
 from catalog.errors import Refused
 from catalog.model import RUNNING, Analysis, AnalysisState, Rejection, RegisteredInstance, RoutingPolicy
 from catalog.routing import route_for
+from catalog.stores import InstanceStore, Stores
 from catalog.validation import InvalidValue
 
 from ..promotion.analysis import ms, pct
@@ -25,26 +26,26 @@ class UnknownTarget(Refused):
     """No service, instance or rejected container by that name."""
 
 
-def known_services(store, rejections: Dict[str, Rejection]) -> List[str]:
-    names = {n for n, found in store.all_instances().items() if found} | set(store.policy_services())
+def known_services(stores: Stores, rejections: Dict[str, Rejection]) -> List[str]:
+    names = {n for n, found in stores.instances.all().items() if found} | set(stores.policies.services())
     names |= {r.service for r in rejections.values() if r.service}
     return sorted(names)
 
 
-def service_status(store, service: str, rejections: Dict[str, Rejection], detail: bool = False,
+def service_status(stores: Stores, service: str, rejections: Dict[str, Rejection], detail: bool = False,
                    replicas: Optional[Callable[[str, list], Optional[dict]]] = None,
                    healing: Optional[Dict[str, dict]] = None) -> dict:
-    registered: List[RegisteredInstance] = store.instances(service)
+    registered: List[RegisteredInstance] = stores.instances.of(service)
     policy_error = ""
     try:
-        _, policy = store.policy(service)
+        _, policy = stores.policies.get(service)
     except InvalidValue as exc:
         policy, policy_error = None, str(exc)
     route = route_for(service, registered, policy)
     instances = []
     for ri in sorted(registered, key=lambda r: (r.instance.version, r.instance.id)):
         inst = ri.instance
-        verdict = store.verdict(inst.id)
+        verdict = stores.verdicts.get(inst.id)
         if verdict and not verdict.applies_to(inst):
             verdict = None
         why = explain_instance(ri, verdict, policy, route)
@@ -79,13 +80,13 @@ def service_status(store, service: str, rejections: Dict[str, Rejection], detail
         "instances": instances,
         "rejected": {name: _rejection_dict(r) for name, r in sorted(rejections.items()) if r.service == service},
     }
-    state = store.analysis(service)
+    state = stores.analysis.get(service)
     out["analysis"] = analysis_view(state, policy) if state else None
     out["replicas"] = replicas(service, registered) if replicas else None
     if detail:
-        out["default_tests"] = store.default_tests_image(service)
-        proxies = store.proxies()
-        out["proxies"] = {p.id: store.served(p.id, service) for p in proxies}
+        out["default_tests"] = stores.policies.tests_image(service)
+        proxies = stores.proxies.all()
+        out["proxies"] = {p.id: stores.proxies.served(p.id, service) for p in proxies}
         out["proxies_not_alive"] = {p.id: p.note for p in proxies if not p.alive}
     return out
 
@@ -149,7 +150,7 @@ def _rejection_dict(r: Rejection) -> dict:
             "registered_by": r.registered_by, "time": r.time}
 
 
-def replicas_view(store, swarm) -> Callable[[str, list], Optional[dict]]:
+def replicas_view(stores: Stores, swarm) -> Callable[[str, list], Optional[dict]]:
     """A Swarm service's replicas for `status`: desired (Swarm's spec), running tasks, admitted
     instances, its bounds and targets, and the last change with its reason."""
     def view(service: str, registered: list) -> Optional[dict]:
@@ -162,34 +163,34 @@ def replicas_view(store, swarm) -> Callable[[str, list], Optional[dict]]:
             scale, scale_error = None, str(exc)
         return {"swarm_service": svc.name, "desired": svc.replicas, "running": swarm.running_tasks(svc),
                 "admitted": admitted_tasks(registered, svc.name), "update": svc.update_state,
-                "image": svc.image, "scale": scale, "scale_error": scale_error, "last_change": store.scaling(service)}
+                "image": svc.image, "scale": scale, "scale_error": scale_error, "last_change": stores.scaling.get(service)}
     return view
 
 
-def collect(store, service: Optional[str], swarm=None) -> dict:
-    rejections = store.rejections()
-    names = [service] if service else known_services(store, rejections)
-    healing = store.healing_records()
-    view = replicas_view(store, swarm) if swarm is not None else None
-    return {"services": [service_status(store, n, rejections, replicas=view, healing=healing) for n in names],
+def collect(stores: Stores, service: Optional[str], swarm=None) -> dict:
+    rejections = stores.rejections.all()
+    names = [service] if service else known_services(stores, rejections)
+    healing = stores.healing.all()
+    view = replicas_view(stores, swarm) if swarm is not None else None
+    return {"services": [service_status(stores, n, rejections, replicas=view, healing=healing) for n in names],
             "rejected": {name: _rejection_dict(r) for name, r in sorted(rejections.items())},
             "time": time.time()}
 
 
-def collect_why(store, target: str) -> dict:
+def collect_why(stores: Stores, target: str) -> dict:
     """`why`: a service (every instance) or one instance or one rejected container, in detail."""
-    rejections = store.rejections()
-    if target in rejections and target not in known_services(store, rejections):
+    rejections = stores.rejections.all()
+    if target in rejections and target not in known_services(stores, rejections):
         return {"rejected": {target: _rejection_dict(rejections[target])}, "services": []}
     if is_instance_id(target):
-        ri = find_instance(store, target)
+        ri = find_instance(stores.instances, target)
         if ri is None:
             raise UnknownTarget(f"no instance {target!r} is registered; `gatekeeper status` lists them")
-        s = service_status(store, ri.instance.service, rejections, detail=True)
+        s = service_status(stores, ri.instance.service, rejections, detail=True)
         s["instances"] = [i for i in s["instances"] if i["id"] == target]
         return {"services": [s], "rejected": {}}
-    require_known(store, target, rejections)
-    return {"services": [service_status(store, target, rejections, detail=True)], "rejected": {}}
+    require_known(stores, target, rejections)
+    return {"services": [service_status(stores, target, rejections, detail=True)], "rejected": {}}
 
 
 def is_instance_id(target: str) -> bool:
@@ -197,18 +198,18 @@ def is_instance_id(target: str) -> bool:
     return target.count(":") >= 2
 
 
-def find_instance(store, instance_id: str) -> Optional[RegisteredInstance]:
+def find_instance(instances: InstanceStore, instance_id: str) -> Optional[RegisteredInstance]:
     """A registered instance by id, whatever its service (ids do not name the service)."""
-    return next((ri for found in store.all_instances().values() for ri in found
+    return next((ri for found in instances.all().values() for ri in found
                  if ri.instance.id == instance_id), None)
 
 
-def require_known(store, service: str, rejections: Optional[Dict[str, Rejection]] = None) -> None:
+def require_known(stores: Stores, service: str, rejections: Optional[Dict[str, Rejection]] = None) -> None:
     """UnknownTarget, naming the known services, unless the stack knows `service` somehow."""
-    if service in store.service_names() or store.policy(service)[1] is not None:
+    if service in stores.instances.service_names() or stores.policies.get(service)[1] is not None:
         return
-    rejections = store.rejections() if rejections is None else rejections
-    known = known_services(store, rejections)
+    rejections = stores.rejections.all() if rejections is None else rejections
+    known = known_services(stores, rejections)
     if service not in known:
         raise UnknownTarget(f"unknown service {service!r} (known: {', '.join(known) or 'none'})")
 

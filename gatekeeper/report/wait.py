@@ -16,34 +16,26 @@ answer follows the last proxy's report by a round trip, not by a polling interva
 from __future__ import annotations
 
 import time
-from typing import Callable, Dict, List, Optional, Protocol, Tuple
+from typing import Callable, Dict, List, Optional
 
 from catalog.cli import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT
 from catalog.kv_layout import GATEKEEPER, SERVED
-from catalog.model import ERROR, FAILED, PASSED, ProxyState, RegisteredInstance, RoutingPolicy, Verdict
+from catalog.model import ERROR, FAILED, PASSED, ProxyState
+from catalog.stores import ProxyStore, Stores
 from catalog.validation import InvalidValue
 
 WAIT_OK, WAIT_FAILED, WAIT_TIMEOUT = EXIT_OK, EXIT_FAILED, EXIT_TIMEOUT
 
 
-class WaitStore(Protocol):
-    """What waiting reads (catalog.consul_store.ConsulStore is the real one)."""
-    def instances(self, service: str) -> List[RegisteredInstance]: ...
-    def verdict(self, instance_id: str) -> Optional[Verdict]: ...
-    def policy(self, service: str) -> Tuple[int, Optional[RoutingPolicy]]: ...
-    def proxies(self) -> List[ProxyState]: ...
-    def served(self, proxy_id: str, service: str) -> Optional[dict]: ...
-    def wait_keys(self, prefix: str, index: int, wait: float) -> int: ...
-
-
-def wait_for_version(store: WaitStore, service: str, version: str, timeout: float,
+def wait_for_version(stores: Stores, service: str, version: str, timeout: float,
                      say: Callable[[str], None] = print, longest_block: float = 1.0) -> int:
-    """`longest_block` bounds each blocking query, so a change Consul KV does not see (an
-    instance registered, a proxy appearing) is noticed within it."""
+    """Reads the instances, verdicts, policies and proxies of `stores`. `longest_block` bounds
+    each blocking query, so a change Consul KV does not see (an instance registered, a proxy
+    appearing) is noticed within it."""
     deadline = time.monotonic() + timeout
     last: Optional[str] = None
-    indexes: Dict[str, int] = {GATEKEEPER: store.wait_keys(GATEKEEPER, 0, 0),
-                               SERVED: store.wait_keys(SERVED, 0, 0)}
+    waits = {GATEKEEPER: stores.policies.wait_changes, SERVED: stores.proxies.wait_served}
+    indexes: Dict[str, int] = {prefix: wait(0, 0) for prefix, wait in waits.items()}
 
     def progress(line: str) -> None:
         nonlocal last
@@ -64,19 +56,19 @@ def wait_for_version(store: WaitStore, service: str, version: str, timeout: floa
         return [p.id for p in dead]
 
     while True:
-        proxies = store.proxies()
+        proxies = stores.proxies.all()
         dead = name_the_dead(proxies)
-        instances = [ri for ri in store.instances(service) if ri.instance.version == version]
-        verdicts = [store.verdict(ri.instance.id) for ri in instances]
+        instances = [ri for ri in stores.instances.of(service) if ri.instance.version == version]
+        verdicts = [stores.verdicts.get(ri.instance.id) for ri in instances]
         verdicts = [v for ri, v in zip(instances, verdicts) if v and v.applies_to(ri.instance)]
         try:
-            policy = store.policy(service)[1]
+            policy = stores.policies.get(service)[1]
         except InvalidValue:
             policy = None
         passed = [v for v in verdicts if v.state == PASSED]
         failed = [v for v in verdicts if v.state in (FAILED, ERROR)]
         routed = policy is not None and version in (policy.stable, policy.canary)
-        lagging = _proxies_not_serving(store, proxies, service, version, policy) if passed and routed else []
+        lagging = _proxies_not_serving(stores.proxies, proxies, service, version, policy) if passed and routed else []
         if not instances:
             progress(f"{service} {version}: waiting for an instance to be registered")
         elif passed and routed and not lagging:
@@ -104,11 +96,12 @@ def wait_for_version(store: WaitStore, service: str, version: str, timeout: floa
         # The next change comes from the proxies once the policy routes a passed version,
         # from gatekeeper before that.
         prefix = SERVED if passed and routed else GATEKEEPER
-        indexes[prefix] = store.wait_keys(prefix, indexes[prefix], min(longest_block, left))
+        indexes[prefix] = waits[prefix](indexes[prefix], min(longest_block, left))
 
 
-def _proxies_not_serving(store, proxies: List[ProxyState], service: str, version: str, policy) -> List[str]:
+def _proxies_not_serving(served: ProxyStore, proxies: List[ProxyState], service: str, version: str,
+                         policy) -> List[str]:
     """The live proxies whose nginx does not serve `version` in the role the policy gives it yet.
     No proxy announcing itself: nothing to confirm with, so the policy's word stands."""
     role = "stable" if policy.stable == version else "canary"
-    return [p.id for p in proxies if p.alive and (store.served(p.id, service) or {}).get(role) != version]
+    return [p.id for p in proxies if p.alive and (served.served(p.id, service) or {}).get(role) != version]

@@ -62,7 +62,7 @@ def gatekeeper_cli(cluster, *args):
 
 
 def test_each_host_is_a_node_and_its_agent_answers_on_that_host_only(cluster):
-    nodes = {n["Node"] for n in cluster.store()._c.catalog.nodes()[1]}
+    nodes = {n["Node"] for n in cluster.stores().consul._c.catalog.nodes()[1]}
     assert {"h1", "h2", "h3", "server-11", "server-12", "server-13"} <= nodes
     for h in cluster.hosts:
         with pytest.raises(requests.ConnectionError):
@@ -79,7 +79,7 @@ def test_instances_on_any_host_are_gated_and_served_by_every_proxy_with_their_ho
         assert cluster.get(h)[1].get("version") == "v1"
     by_host = {ri.instance.node: ri for ri in cluster.instances()}
     assert set(by_host) == {"h1", "h3"} and all(ri.admitted for ri in by_host.values())
-    records = cluster.store().kv_keys("gatekeeper/gates/h3/")
+    records = cluster.stores().consul.kv_keys("gatekeeper/gates/h3/")
     assert records == [f"gatekeeper/gates/h3/{by_host['h3'].instance.id}"], "h3's gate is kept under h3's node"
     code, out, err = gatekeeper_cli(cluster, "status", "demo", "--json")
     assert code == 0, err
@@ -133,12 +133,12 @@ def test_the_consul_leader_killed_loses_no_request_and_nothing_registered(clean)
     instances = cluster.instances()
     ids = [ri.instance.id for ri in instances]
     assert len(ids) == len(set(ids)) == 4 and all(ri.admitted for ri in instances), ids
-    verdicts = [k for k in cluster.store().kv_keys("gatekeeper/verdicts/") if any(k.endswith(i) for i in ids)]
+    verdicts = [k for k in cluster.stores().consul.kv_keys("gatekeeper/verdicts/") if any(k.endswith(i) for i in ids)]
     assert len(verdicts) == 4
     print(f"leader {old} killed; {new} leads after {leaderless:.1f} s; "
           f"{sum(load.total for load in running.values())} requests, 0 failed")
     wait_for_leader(cluster)
-    cluster.wait(lambda: cluster.server_alive(old) and len(cluster.store()._c.status.peers()) == 3, 60,
+    cluster.wait(lambda: cluster.server_alive(old) and len(cluster.stores().consul._c.status.peers()) == 3, 60,
                  "the killed server back in the quorum")
 
 
@@ -226,7 +226,7 @@ def test_the_drain_and_the_healer_act_on_the_host_the_container_runs_on(clean):
     cluster.wait_routed({new_backend}, timeout=120)
     cluster.wait(lambda: engine.containers.get(old.id).status == "exited", 30,
                  "h3's v1 stopped after the drain", logs=("registrator-h3",))
-    asked = cluster.store().kv_keys("gatekeeper/actions/")
+    asked = cluster.stores().consul.kv_keys("gatekeeper/actions/")
     assert [k for k in asked if "demo-old" in k] == ["gatekeeper/actions/h3/h3:demo-old:8080"], asked
     assert "demo-old:8080: stop asked" in cluster.logs("registrator-h3", 400)
 
@@ -257,11 +257,11 @@ def test_the_gatekeeper_leaders_host_stopped_mid_test_another_tests_once_to_a_ve
     stop = threading.Event()
 
     def record():
-        store = cluster.store()
+        stores = cluster.stores()
         while not stop.is_set():
             try:
                 for ri in cluster.instances():
-                    v = store.verdict(ri.instance.id)
+                    v = stores.verdicts.get(ri.instance.id)
                     if v and (not seen or seen[-1] != (v.state, v.started, v.finished)):
                         seen.append((v.state, v.started, v.finished))
             except Exception:

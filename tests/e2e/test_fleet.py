@@ -35,7 +35,7 @@ def test_every_change_reaches_every_proxy_of_20_hosts_and_they_end_equal_to_the_
     missing = [(i, new) for new, _, old, _ in changes for i, (seen, gone) in enumerate(zip(fleet.seen, fleet.gone_seen))
                if new not in seen or old not in gone]
     assert len(changes) >= 20 and not missing, f"{len(missing)} arrivals or departures missing: {missing[:5]}"
-    catalog = {s: {ri.instance.id for ri in fleet.store(0).instances(s) if ri.admitted} for s in {i.service for _, i in live.values()}}
+    catalog = {s: {ri.instance.id for ri in fleet.stores(0).instances.of(s) if ri.admitted} for s in {i.service for _, i in live.values()}}
     assert set().union(*catalog.values()) == set(live), "the catalog holds exactly the live instances"
     for i in range(fleet.n):
         routed = fleet.admitted(i)

@@ -38,7 +38,7 @@ def test_a_container_gone_unhealthy_is_restarted_retested_and_back_with_no_faile
     stack.wait(lambda: all(stack.instance(c) and stack.instance(c).admitted for c in (a, b)), 120, "both admitted")
     stack.wait(lambda: stack.proxy_serves([a, b]), 10, "the proxy to serve both")   # what the load will meet
     first_run = started(a)
-    first_verdict = stack.store.verdict(stack.instance(a).instance.id)
+    first_verdict = stack.stores.verdicts.get(stack.instance(a).instance.id)
     load = KeepAliveLoad("127.0.0.1", PORT, connections=10, rate=10).start()
     try:
         port = stack.instance(a).instance.port
@@ -51,7 +51,7 @@ def test_a_container_gone_unhealthy_is_restarted_retested_and_back_with_no_faile
         load.finish()
     assert load.failures == [], load.failures[:5]
     assert load.versions["v1"] > 100
-    verdict = stack.store.verdict(stack.instance(a).instance.id)
+    verdict = stack.stores.verdicts.get(stack.instance(a).instance.id)
     assert verdict.container_started == started(a) != first_verdict.container_started
     assert verdict.finished > first_verdict.finished                 # a new verdict, not the stored one
     history = stack.gatekeeper_cli("history", "heal")[1]
@@ -66,7 +66,7 @@ def test_a_crash_looping_container_is_given_up_on_with_a_clear_status(stack):
     def gave_up():
         runs.add(started(c))
         ri = stack.instance(c)
-        record = ri and stack.store.healing(ri.instance.id)
+        record = ri and stack.stores.healing.get(ri.instance.id)
         return record and record.get("gave_up")
     stack.wait(gave_up, 120, "the healer to give up")
     assert len(runs) == 3, runs                                       # the first run and two restarts
@@ -88,7 +88,7 @@ def test_a_restart_asked_while_the_hosts_registrator_is_down_is_taken_back_when_
     run, inst = started(c), stack.instance(c).instance
 
     def asked():
-        return stack.store.action_records(inst.node)[1].get(inst.id)
+        return stack.stores.node_records.actions(inst.node)[1].get(inst.id)
 
     def restart_asked():
         record = asked()

@@ -63,7 +63,7 @@ class TestMainFlow:
         ri = wait(stack, lambda: (lambda r: r if r and "failed" in r.gate_output else None)(stack.instance(v3)),
                   90, "v3's gate verdict")
         assert ri.gate_status == "critical" and "failed: rec_shape" in ri.gate_output
-        verdict = stack.store.verdict(ri.instance.id)
+        verdict = stack.stores.verdicts.get(ri.instance.id)
         assert verdict.state == "failed" and "FAIL rec_shape" in verdict.log_tail
         assert [stack.served_version() for _ in range(100)] == ["v2"] * 100
         with urllib.request.urlopen(f"http://127.0.0.1:{host_port(v3)}/stats", timeout=5) as r:
@@ -88,7 +88,7 @@ class TestMainFlow:
     def test_5_registrator_restart_loses_nothing_and_resets_no_verdict(self, stack):
         v2 = stack.containers["v2"]
         before = stack.instance(v2)
-        verdict_before = stack.store.verdict(before.instance.id)
+        verdict_before = stack.stores.verdicts.get(before.instance.id)
         gate_seen, stop = set(), threading.Event()
 
         def watch_gate():
@@ -112,16 +112,16 @@ class TestMainFlow:
         stack.registrator = stack._registrator().start()
         wait(stack, lambda: "sync:" in stack.registrator.log()[offset:], 30, "the restarted registrator's resync")
         wait(stack, lambda: stack.instance(arrived) is not None, 20, "the container started meanwhile, registered")
-        assert gone_id not in [ri.instance.id for ri in stack.store.instances("demo")], "the removed one, gone"
+        assert gone_id not in [ri.instance.id for ri in stack.stores.instances.of("demo")], "the removed one, gone"
         assert stack.registrator.alive()
         time.sleep(2)
         load.finish()
         stop.set()
         watcher.join(5)
-        ids = [ri.instance.id for ri in stack.store.instances("demo")]
+        ids = [ri.instance.id for ri in stack.stores.instances.of("demo")]
         running = [c for c in stack.containers.values() if (c.reload(), c.status)[1] == "running"]
         assert sorted(ids) == sorted(f"e2e:{c.name}:8080" for c in running), "no duplicate, none lost"
         assert gate_seen == {"passing"}, f"v2's gate left passing during the restart: {gate_seen}"
-        assert stack.store.verdict(before.instance.id) == verdict_before
+        assert stack.stores.verdicts.get(before.instance.id) == verdict_before
         assert load.failures == [], load.failures[:5]
         assert load.versions == {"v2": load.total}

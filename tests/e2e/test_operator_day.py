@@ -53,13 +53,13 @@ def cli_json(stack, *args):
 
 
 def instance_of(stack, service, container):
-    return next((ri for ri in stack.store.instances(service) if ri.instance.container_id == container.id), None)
+    return next((ri for ri in stack.stores.instances.of(service) if ri.instance.container_id == container.id), None)
 
 
 def test_a_default_test_image_set_after_the_fact_tests_admits_and_routes_the_waiting_instance(stack):
     c = deploy(stack, "late", "demo:v1", "odlate", **{"gatekeeper.tests": ""})
-    stack.wait(lambda: (lambda ri: ri and (stack.store.verdict(ri.instance.id) or None)
-                        and stack.store.verdict(ri.instance.id).state == "error")(instance_of(stack, "odlate", c)),
+    stack.wait(lambda: (lambda ri: ri and (stack.stores.verdicts.get(ri.instance.id) or None)
+                        and stack.stores.verdicts.get(ri.instance.id).state == "error")(instance_of(stack, "odlate", c)),
                60, "an error verdict for want of a test image")
     code, why, _ = cli_json(stack, "why", "odlate")
     assert code == 0 and "gatekeeper tests odlate IMAGE" in why["services"][0]["instances"][0]["why"]
@@ -67,7 +67,7 @@ def test_a_default_test_image_set_after_the_fact_tests_admits_and_routes_the_wai
     assert code == 0 and "1 instance(s) that had no test image will be tested now" in out, out + err
     code, out, err = stack.gatekeeper_cli("wait", "odlate", "--version", "v1", "--timeout", "90")
     assert code == 0, out + err + stack.logs()
-    assert stack.store.policy("odlate")[1].stable == "v1", "its first admission created the routing policy"
+    assert stack.stores.policies.get("odlate")[1].stable == "v1", "its first admission created the routing policy"
     assert version_at(stack, "odlate") == "v1"
 
 
@@ -77,8 +77,8 @@ def good_v1_and_failed_v3(stack, service, prefix=""):
     stack.wait(lambda: stack.gatekeeper_cli("wait", service, "--version", "v1", "--timeout", "5")[0] == 0, 90,
                "v1 served")
     bad = deploy(stack, f"{prefix}bad", "demo:v3", service)
-    stack.wait(lambda: (lambda ri: ri and stack.store.verdict(ri.instance.id)
-                        and stack.store.verdict(ri.instance.id).state == "failed")(instance_of(stack, service, bad)),
+    stack.wait(lambda: (lambda ri: ri and stack.stores.verdicts.get(ri.instance.id)
+                        and stack.stores.verdicts.get(ri.instance.id).state == "failed")(instance_of(stack, service, bad)),
                90, "v3's tests to fail")
     return bad, instance_of(stack, service, bad).instance.id
 
@@ -100,7 +100,7 @@ def test_why_shows_the_failing_tests_output_and_status_says_what_is_served(stack
 
 def test_rejections_show_under_their_service_and_verdicts_of_gone_containers_are_forgotten(stack):
     bad = deploy(stack, "uxbad", "demo:v1", "uxbad", **{"proxy.path": "/a b/"})
-    stack.wait(lambda: bad.name in stack.store.rejections(), 30, "the rejection")
+    stack.wait(lambda: bad.name in stack.stores.rejections.all(), 30, "the rejection")
     code, data, err = cli_json(stack, "status", "uxbad")
     assert code == 0, err
     assert list(data["services"][0]["rejected"]) == [bad.name] and "proxy.path" in \
@@ -114,8 +114,8 @@ def test_rejections_show_under_their_service_and_verdicts_of_gone_containers_are
     stack.wait(lambda: instance_of(stack, "odgc", c) and instance_of(stack, "odgc", c).admitted, 90, "admitted")
     iid = instance_of(stack, "odgc", c).instance.id
     c.remove(force=True)
-    stack.wait(lambda: stack.store.verdict(iid) is None, 30, "the gone instance's verdict removed (--forget-after 3)")
-    assert any(e["event"] == "promoted" for e in stack.store.history("odgc")), "history keeps what happened"
+    stack.wait(lambda: stack.stores.verdicts.get(iid) is None, 30, "the gone instance's verdict removed (--forget-after 3)")
+    assert any(e["event"] == "promoted" for e in stack.stores.history.of("odgc")), "history keeps what happened"
 
 
 def test_a_service_without_instances_is_listed_with_what_the_proxy_answers_and_can_be_forgotten(stack):
@@ -125,14 +125,14 @@ def test_a_service_without_instances_is_listed_with_what_the_proxy_answers_and_c
     code, data, _ = cli_json(stack, "forget", "odforget")
     assert code == 1 and "still has 1 registered instance" in data["error"] and data["exit"] == 1
     c.remove(force=True)
-    stack.wait(lambda: not stack.store.instances("odforget"), 30, "deregistered")
+    stack.wait(lambda: not stack.stores.instances.of("odforget"), 30, "deregistered")
     stack.wait(lambda: stack.get("/odforget/1")[0] == 404, 30, "the route gone from nginx")
     code, data, _ = cli_json(stack, "status")
     entry = next(s for s in data["services"] if s["service"] == "odforget")
     assert entry["proxy_answers"].startswith("404") and entry["policy"]["stable"] == "v1"
     code, data, err = cli_json(stack, "forget", "odforget")
     assert code == 0 and "gatekeeper/policies/odforget" in data["removed"], err
-    assert stack.store.policy("odforget")[1] is None and stack.store.history("odforget") == []
+    assert stack.stores.policies.get("odforget")[1] is None and stack.stores.history.of("odforget") == []
     code, data, _ = cli_json(stack, "status", "odforget")
     assert code == 1 and "unknown service 'odforget'" in data["error"]
 
@@ -143,7 +143,7 @@ def test_an_aborted_canary_says_so_and_can_be_tried_again_without_a_redeploy(sta
                "v1 stable")
     assert stack.gatekeeper_cli("mode", "odcan", "manual")[0] == 0
     deploy(stack, "c2", "demo:v2", "odcan")
-    stack.wait(lambda: stack.store.policy("odcan")[1].canary == "v2", 90, "v2 the canary")
+    stack.wait(lambda: stack.stores.policies.get("odcan")[1].canary == "v2", 90, "v2 the canary")
     assert stack.gatekeeper_cli("abort", "odcan")[0] == 0
     code, out, _ = stack.gatekeeper_cli("status", "odcan")
     assert "no: aborted" in out and "aborted v2" in out
@@ -151,7 +151,7 @@ def test_an_aborted_canary_says_so_and_can_be_tried_again_without_a_redeploy(sta
     assert code == 0 and data["policy"]["canary"] == "v2" and data["policy"]["aborted"] == "", err
     stack.wait(lambda: version_at(stack, "odcan", {"X-Canary": "always"}) == "v2", 20, "the canary back in nginx")
     assert version_at(stack, "odcan", {"X-Client-Id": "someone"}) == "v1", "at 0% only X-Canary reaches it"
-    assert [e["event"] for e in stack.store.history("odcan")][-2:] == ["aborted", "canary"]
+    assert [e["event"] for e in stack.stores.history.of("odcan")][-2:] == ["aborted", "canary"]
 
 
 def test_json_errors_and_the_shared_exit_codes(stack):
@@ -192,7 +192,7 @@ def test_a_failed_instance_is_admitted_only_by_the_break_glass_token_and_history
     bad, iid = good_v1_and_failed_v3(stack, "odforce", "force-")
     code, out, err = stack.gatekeeper_cli("admit", iid, "--reason", "hotfix, tests broken upstream")
     assert code == 1 and "breakglass token" in err, out + err
-    assert stack.store.verdict(iid).state == "failed" and not instance_of(stack, "odforce", bad).admitted
+    assert stack.stores.verdicts.get(iid).state == "failed" and not instance_of(stack, "odforce", bad).admitted
 
     code, out, err = stack.gatekeeper_cli("admit", iid, "--reason", "hotfix, tests broken upstream", "--json",
                                           token="breakglass")

@@ -45,7 +45,7 @@ def service_with_stable(stack, name, **settings):
 
 
 def analysis_steps(stack, name):
-    return [e for e in stack.store.history(name) if e["event"] == "analysis"]
+    return [e for e in stack.stores.history.of(name) if e["event"] == "analysis"]
 
 
 def test_a_version_failing_5_percent_of_requests_is_rolled_back_at_20_percent_at_most(stack):
@@ -53,7 +53,7 @@ def test_a_version_failing_5_percent_of_requests_is_rolled_back_at_20_percent_at
     try:
         stack.deploy("pgbad-v2", "demo:v2", environment={"DEMO_ERROR_RATE": "5%"}, SERVICE_NAME="pgbad",
                      **{"proxy.host": "pgbad.test"})
-        policy = stack.wait(lambda: (lambda p: p if p and p.aborted == "v2" else None)(stack.store.policy("pgbad")[1]),
+        policy = stack.wait(lambda: (lambda p: p if p and p.aborted == "v2" else None)(stack.stores.policies.get("pgbad")[1]),
                             120, "the analysis to roll v2 back")
         rolled_back = time.monotonic()
         assert policy.canary == "" and policy.weight == 0 and policy.stable == "v1"
@@ -65,7 +65,7 @@ def test_a_version_failing_5_percent_of_requests_is_rolled_back_at_20_percent_at
         assert last["result"] == "fail"
         assert "success rate" in last["reason"] and "< 99 %" in last["reason"]
         assert all("canary" in e and "requests" in e["canary"] for e in steps if e["result"] in ("pass", "fail"))
-        aborted = [e for e in stack.store.history("pgbad") if e["event"] == "aborted"]
+        aborted = [e for e in stack.stores.history.of("pgbad") if e["event"] == "aborted"]
         assert aborted and aborted[-1]["by"] == "gatekeeper (analysis)" and "rolled back at" in aborted[-1]["reason"]
         time.sleep(6)
         after = load.since(rolled_back + 1.0)
@@ -74,7 +74,7 @@ def test_a_version_failing_5_percent_of_requests_is_rolled_back_at_20_percent_at
         # the operator's view says the same
         code, out, _ = stack.gatekeeper_cli("status", "pgbad")
         assert code == 0 and "rolled back at" in out
-        ri = next(r for r in stack.store.instances("pgbad") if r.instance.version == "v2")
+        ri = next(r for r in stack.stores.instances.of("pgbad") if r.instance.version == "v2")
         assert "rolled back at" in ri.gate_output
     finally:
         load.finish()
@@ -85,7 +85,7 @@ def test_a_version_with_a_slow_p99_is_rolled_back_on_latency(stack):
     try:
         stack.deploy("pgslow-v2", "demo:v2", environment={"DEMO_ADDED_LATENCY": "1.5s"}, SERVICE_NAME="pgslow",
                      **{"proxy.host": "pgslow.test"})
-        stack.wait(lambda: (stack.store.policy("pgslow")[1] or None) and stack.store.policy("pgslow")[1].aborted == "v2",
+        stack.wait(lambda: (stack.stores.policies.get("pgslow")[1] or None) and stack.stores.policies.get("pgslow")[1].aborted == "v2",
                    120, "the analysis to roll the slow v2 back")
         last = stack.wait(lambda: (lambda s: s[-1] if s and s[-1]["reason"].startswith("rolled back at ") else None)(
             analysis_steps(stack, "pgslow")), 10, "the rollback in the history")
@@ -98,12 +98,12 @@ def test_a_good_version_walks_every_step_to_100_and_the_old_one_drains_without_a
     load = service_with_stable(stack, "pggood", step=25, threshold=3, min_requests=20)
     try:
         stack.deploy("pggood-v2", "demo:v2", SERVICE_NAME="pggood", **{"proxy.host": "pggood.test"})
-        stack.wait(lambda: (stack.store.policy("pggood")[1] or None) and stack.store.policy("pggood")[1].stable == "v2",
+        stack.wait(lambda: (stack.stores.policies.get("pggood")[1] or None) and stack.stores.policies.get("pggood")[1].stable == "v2",
                    180, "the analysis to promote v2")
         steps = stack.wait(lambda: (lambda s: s if s and "promoted" in s[-1]["reason"] else None)(
             analysis_steps(stack, "pggood")), 10, "the promotion in the history")
         assert [e["weight"] for e in steps if e["result"] == "pass"] == [25, 50, 75, 100], steps
-        promoted = [e for e in stack.store.history("pggood") if e["event"] == "promoted"]
+        promoted = [e for e in stack.stores.history.of("pggood") if e["event"] == "promoted"]
         assert promoted[-1]["by"] == "gatekeeper (analysis)"
         stack.wait(lambda: {a[2] for a in load.since(time.monotonic() - 1)} == {"v2"}, 30, "all traffic on v2")
         time.sleep(3)                                      # v1 drains (1 s) and is stopped
@@ -123,11 +123,11 @@ def test_without_traffic_the_analysis_holds_and_says_why_and_never_promotes(stac
     stack.wait(lambda: len(analysis_steps(stack, "pgidle")) >= 3, 60, "three checks")
     steps = analysis_steps(stack, "pgidle")
     assert {e["result"] for e in steps} == {"hold"} and "too little traffic to judge" in steps[-1]["reason"]
-    policy = stack.store.policy("pgidle")[1]
+    policy = stack.stores.policies.get("pgidle")[1]
     assert (policy.stable, policy.canary, policy.weight) == ("v1", "v2", 50)
     assert (policy.mode, policy.analysis.interval) == ("progressive", INTERVAL)
-    assert [e["by"] for e in stack.store.history("pgidle") if e["event"] == "mode"] == ["label on e2e-" + stack.session
-                                                                                    + "-pgidle-v2"]
+    assert [e["by"] for e in stack.stores.history.of("pgidle") if e["event"] == "mode"] == [
+        "label on e2e-" + stack.session + "-pgidle-v2"]
     code, out, _ = stack.gatekeeper_cli("status", "pgidle")
     assert "too little traffic" in out
 
@@ -140,11 +140,11 @@ def test_prometheus_down_makes_a_step_inconclusive_and_the_analysis_resumes_afte
         stack.wait(lambda: len(analysis_steps(stack, "pgprom")) >= 2, 60, "two checks without Prometheus")
         steps = analysis_steps(stack, "pgprom")
         assert {e["result"] for e in steps} == {"inconclusive"}
-        assert stack.store.policy("pgprom")[1].weight == 20          # held, not passed
+        assert stack.stores.policies.get("pgprom")[1].weight == 20          # held, not passed
         stack.prometheus.start()
         stack.wait(lambda: any(e["result"] == "pass" for e in analysis_steps(stack, "pgprom")), 60,
                    "a passed check once Prometheus answers")
-        assert stack.store.policy("pgprom")[1].weight > 20 or stack.store.policy("pgprom")[1].stable == "v2"
+        assert stack.stores.policies.get("pgprom")[1].weight > 20 or stack.stores.policies.get("pgprom")[1].stable == "v2"
     finally:
         if stack.prometheus.proc.popen.poll() is not None:
             stack.prometheus.start()
@@ -161,7 +161,7 @@ def test_a_new_leader_resumes_the_analysis_at_the_same_step(stack, consul_server
     follower.start()
     try:
         stack.deploy("pglead-v2", "demo:v2", SERVICE_NAME="pglead", **{"proxy.host": "pglead.test"})
-        stack.wait(lambda: stack.store.policy("pglead")[1].weight == 40, 60, "the first step passed (20 -> 40 %)")
+        stack.wait(lambda: stack.stores.policies.get("pglead")[1].weight == 40, 60, "the first step passed (20 -> 40 %)")
         stack.wait(lambda: len(analysis_steps(stack, "pglead")) == 1, 10, "the 20 % check in the history")
         stack.gatekeeper.popen.send_signal(signal.SIGKILL)              # the leader dies mid-analysis
         stack.gatekeeper.popen.wait(10)
@@ -170,7 +170,7 @@ def test_a_new_leader_resumes_the_analysis_at_the_same_step(stack, consul_server
                    90, "the follower to lead and judge the 40 % step")
         resumed = [e for e in analysis_steps(stack, "pglead") if e["time"] > killed]
         assert resumed[0]["weight"] == 40                              # same step, not started over
-        assert not [e for e in stack.store.history("pglead") if e["event"] == "analysis started"][1:]
+        assert not [e for e in stack.stores.history.of("pglead") if e["event"] == "analysis started"][1:]
     finally:
         load.finish()
         follower.stop()

@@ -31,7 +31,7 @@ def wait(stack, predicate, timeout, what):
 
 
 def policy(stack):
-    return stack.store.policy(SERVICE)[1]
+    return stack.stores.policies.get(SERVICE)[1]
 
 
 def versions_for(stack, n, headers=lambda i: {}):
@@ -133,13 +133,13 @@ class TestCommandsAndGate:
         assert code == 2
 
     def test_retest_reruns_the_tests_while_the_instance_keeps_serving(self, stack):
-        ri = next(r for r in stack.store.instances(SERVICE) if r.instance.version == "v1")
-        before = stack.store.verdict(ri.instance.id)
+        ri = next(r for r in stack.stores.instances.of(SERVICE) if r.instance.version == "v1")
+        before = stack.stores.verdicts.get(ri.instance.id)
         code, out, _ = stack.gatekeeper_cli("retest", ri.instance.id)
         assert code == 0 and ri.instance.id in out
-        wait(stack, lambda: stack.store.verdict(ri.instance.id).finished > before.finished, 60, "the retest")
+        wait(stack, lambda: stack.stores.verdicts.get(ri.instance.id).finished > before.finished, 60, "the retest")
         assert stack.served_version() == "v1"
-        assert stack.store.verdict(ri.instance.id).state == "passed"
+        assert stack.stores.verdicts.get(ri.instance.id).state == "passed"
 
     def test_default_tests_and_reverification_take_an_instance_that_starts_failing_out(self, stack, docker_client):
         from tests.integration.test_tester import build
@@ -150,7 +150,7 @@ class TestCommandsAndGate:
             c = stack.deploy("rv", "demo:v1", **{"gatekeeper.tests": "", "gatekeeper.version": "v8"})
             ri = wait(stack, lambda: (lambda r: r if r and r.gate_status == "passing" else None)(stack.instance(c)),
                       60, "admitted with the default test image")
-            assert stack.store.verdict(ri.instance.id).tests_image == "demo-test:latest"
+            assert stack.stores.verdicts.get(ri.instance.id).tests_image == "demo-test:latest"
             assert stack.gatekeeper_cli("tests", SERVICE, failing)[0] == 0
             ri = wait(stack, lambda: (lambda r: r if r and "forced failure" in r.gate_output else None)(stack.instance(c)),
                       90, "re-verification to fail and close the gate")
@@ -172,15 +172,15 @@ class TestCommandsAndGate:
         assert row["verdict"] == "error" and row["serving"] is False
         # Consul lets any service-write token (registrator's) pass a check; gatekeeper fails
         # closed and shuts a gate that has no passing verdict behind it.
-        from catalog.consul_store import ConsulStore
-        forger = ConsulStore(stack.consul.address, token=open(stack.consul.token_file("registrator")).read().strip())
-        forger.apply_gate(ri.instance, True, "forged")
+        from catalog.stores import Stores
+        forger = Stores.connect(stack.consul.address, token=open(stack.consul.token_file("registrator")).read().strip())
+        forger.instances.apply_gate(ri.instance, True, "forged")
         wait(stack, lambda: stack.instance(c).gate_status == "critical", 30, "gatekeeper to close the forged gate")
-        assert stack.store.verdict(ri.instance.id).state == "error"
+        assert stack.stores.verdicts.get(ri.instance.id).state == "error"
 
     def test_verdicts_survive_restarts_of_gatekeeper_consul_and_registrator(self, stack):
-        ri = next(r for r in stack.store.instances(SERVICE) if r.instance.version == "v1")
-        before = stack.store.verdict(ri.instance.id)
+        ri = next(r for r in stack.stores.instances.of(SERVICE) if r.instance.version == "v1")
+        before = stack.stores.verdicts.get(ri.instance.id)
         stack.gatekeeper.kill()
         stack.registrator.kill()
         stack.consul.stop()
@@ -190,7 +190,7 @@ class TestCommandsAndGate:
         wait(stack, lambda: stack.gatekeeper.log().count("is now the leader") >= 2, 60, "gatekeeper leading again")
         wait(stack, lambda: stack.served_version() == "v1", 30, "v1 served")
         after = stack.instance(stack.containers["v1"])
-        assert after.admitted and stack.store.verdict(ri.instance.id) == before, "no retest, no reset"
+        assert after.admitted and stack.stores.verdicts.get(ri.instance.id) == before, "no retest, no reset"
 
     def test_leader_failover_to_a_second_daemon(self, stack, tmp_path):
         from testbed.processes import Proc, python_module

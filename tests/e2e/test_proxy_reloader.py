@@ -25,13 +25,13 @@ pytestmark = pytest.mark.e2e
 LISTEN, ADMIN = 18002, 19002
 
 
-def admit(store, service, port, version="v1", host="", path=None, container="x"):
+def admit(stores, service, port, version="v1", host="", path=None, container="x"):
     inst = Instance(id=f"px:{service}-{port}:8080", service=service, address="127.0.0.1", port=port,
                     version=version, container_id=f"{container}{port}", container_name=f"{service}-{port}",
                     image="demo:v1", registered_by="registrator@px", proxy_path=path or f"/{service}/",
                     proxy_host=host)
-    store.register(inst)
-    store.apply_gate(inst, True, "9/9 passed (set by the test)")
+    stores.instances.register(inst)
+    stores.instances.apply_gate(inst, True, "9/9 passed (set by the test)")
     return inst
 
 
@@ -61,10 +61,10 @@ def reloader(consul_server, tmp_path_factory):
     proc.stop()
     # What the tests registered goes even when one failed half-way: a service left in the shared
     # Consul would be routed by every later module's proxy (one nginx refuses broke them all).
-    from catalog.consul_store import ConsulStore
-    store = ConsulStore(consul_server.address, token=consul_server.management_token)
-    for instance_id in store.local_instances("registrator@px"):
-        store.deregister(instance_id)
+    from catalog.stores import Stores
+    stores = Stores.connect(consul_server.address, token=consul_server.management_token)
+    for instance_id in stores.instances.local("registrator@px"):
+        stores.instances.deregister(instance_id)
     pid_file = base / "nginx" / "nginx.pid"
     assert not pid_file.exists() or not pid_alive(int(pid_file.read_text() or 0)), \
         "stopping proxy-reloader stops its nginx"
@@ -76,8 +76,8 @@ def proxy_check(consul_server):
     return next(c for c in checks if c["CheckID"] == f"proxy-reloader:127.0.0.1:{LISTEN}:config")
 
 
-def test_status_endpoint_reports_routes_and_refuses_writes(reloader, store):
-    admit(store, "stat", 30001)
+def test_status_endpoint_reports_routes_and_refuses_writes(reloader, stores):
+    admit(stores, "stat", 30001)
     wait_until(lambda: "stat" in status()["services"], 20, "the route in /status")
     route = status("/services/stat")
     assert route["stable"]["servers"] == ["127.0.0.1:30001"] and route["path"] == "/stat/"
@@ -90,7 +90,7 @@ def test_status_endpoint_reports_routes_and_refuses_writes(reloader, store):
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(req, timeout=5)
     assert err.value.code == 405
-    store.deregister("px:stat-30001:8080")
+    stores.instances.deregister("px:stat-30001:8080")
 
 
 def test_admin_address_must_be_loopback(consul_server, tmp_path):
@@ -100,11 +100,11 @@ def test_admin_address_must_be_loopback(consul_server, tmp_path):
     assert res.popen.returncode == 2 and "loopback" in res.log()
 
 
-def test_a_burst_of_changes_costs_a_handful_of_reloads(reloader, store):
+def test_a_burst_of_changes_costs_a_handful_of_reloads(reloader, stores):
     before = status()["reloads"]
     t0 = time.monotonic()
     for i in range(100):
-        admit(store, "burst", 31000 + i)        # 200 changes: a registration and a gate pass each
+        admit(stores, "burst", 31000 + i)        # 200 changes: a registration and a gate pass each
     last_change = time.monotonic()
     wait_until(lambda: len((status()["services"].get("burst") or {"stable": {"servers": []}})["stable"]["servers"]) == 100,
                20, "all 100 instances routed")
@@ -113,19 +113,19 @@ def test_a_burst_of_changes_costs_a_handful_of_reloads(reloader, store):
     assert reloads <= 8, f"{reloads} reloads for 200 changes in {last_change - t0:.1f} s"
     assert settled - last_change < 3.0, "no change waits much longer than max-wait (1 s)"
     for i in range(100):
-        store.deregister(f"px:burst-{31000 + i}:8080")
+        stores.instances.deregister(f"px:burst-{31000 + i}:8080")
 
 
-def test_a_service_nginx_refuses_is_isolated_and_reported(reloader, store, consul_server, tmp_path):
+def test_a_service_nginx_refuses_is_isolated_and_reported(reloader, stores, consul_server, tmp_path):
     long_host = ".".join(["a" * 60] * 3) + ".example"          # valid DNS, longer than nginx's bucket
-    admit(store, "longhost", 32001, host=long_host, path="/")
+    admit(stores, "longhost", 32001, host=long_host, path="/")
     wait_until(lambda: "longhost" in status()["service_errors"], 20, "the refusal in /status")
     assert "server_names_hash" in status()["service_errors"]["longhost"]
     # The check may already be critical for another reason (an invalid policy another test left):
     # wait for it to name this service.
     wait_until(lambda: (lambda c: c["Status"] == "critical" and "longhost" in c["Output"])(proxy_check(consul_server)),
                20, "the proxy's own check failing and naming the service")
-    admit(store, "other", 32002)                                # other services still get applied
+    admit(stores, "other", 32002)                                # other services still get applied
     wait_until(lambda: "other" in status()["services"], 20, "another service applied meanwhile")
     wait_until(lambda: (lambda st: st["config_version"] == st["served_version"])(status()), 10,
                "the workers serving the rendered config")
@@ -137,22 +137,22 @@ def test_a_service_nginx_refuses_is_isolated_and_reported(reloader, store, consu
     assert once.returncode == 0 and "service longhost left out: nginx refused its config" in once.stderr, once.stderr
     rendered = (tmp_path / "nginx" / "nginx.conf").read_text()
     assert '"other"' in rendered and "longhost" not in rendered and long_host not in rendered
-    store.deregister("px:longhost-32001:8080")
+    stores.instances.deregister("px:longhost-32001:8080")
     wait_until(lambda: proxy_check(consul_server)["Status"] == "passing", 20, "the check passing again")
-    store.deregister("px:other-32002:8080")
+    stores.instances.deregister("px:other-32002:8080")
 
 
 @pytest.fixture
-def two_demo_instances(reloader, store, run_container, demo_images):
+def two_demo_instances(reloader, stores, run_container, demo_images):
     containers = [run_container("demo:v2") for _ in range(2)]
-    instances = [admit(store, "pxdemo", host_port(c), version="v2", path="/demo/", container=c.id[:12])
+    instances = [admit(stores, "pxdemo", host_port(c), version="v2", path="/demo/", container=c.id[:12])
                  for c in containers]
     wait_until(lambda: len((status()["services"].get("pxdemo") or {"stable": {"servers": []}})["stable"]["servers"]) == 2,
                30, "both instances routed")
     wait_until(lambda: get("/demo/1")[0] == 200, 10, "traffic through the proxy")
     yield containers, instances
     for inst in instances:
-        store.deregister(inst.id)
+        stores.instances.deregister(inst.id)
 
 
 def test_an_instance_killed_under_load_costs_no_client_error(two_demo_instances):
@@ -167,7 +167,7 @@ def test_an_instance_killed_under_load_costs_no_client_error(two_demo_instances)
     assert load.versions["v2"] == load.total
 
 
-def test_consul_down_for_10_seconds_traffic_continues(two_demo_instances, consul_server, store):
+def test_consul_down_for_10_seconds_traffic_continues(two_demo_instances, consul_server, stores):
     load = LoadClient("127.0.0.1", LISTEN, max_seconds=60)
     load.start()
     consul_server.stop()
@@ -178,9 +178,9 @@ def test_consul_down_for_10_seconds_traffic_continues(two_demo_instances, consul
     time.sleep(1)
     load.finish()
     assert load.failures == [] and load.total > 100, (load.total, load.failures[:5])
-    admit(store, "after-outage", 33001)
+    admit(stores, "after-outage", 33001)
     wait_until(lambda: "after-outage" in status()["services"], 60, "the reloader applying changes again")
-    store.deregister("px:after-outage-33001:8080")
+    stores.instances.deregister("px:after-outage-33001:8080")
 
 
 def test_panic_keeps_serving_when_every_instance_fails_a_health_check(two_demo_instances, consul_server):
@@ -197,8 +197,8 @@ def test_panic_keeps_serving_when_every_instance_fails_a_health_check(two_demo_i
             requests.put(f"{url}/deregister/{inst.health_check_id}", timeout=5, headers=consul_server.headers)
 
 
-def test_exec_mode_restarts_nginx_when_it_dies(reloader, store):
-    admit(store, "execd", 34001)
+def test_exec_mode_restarts_nginx_when_it_dies(reloader, stores):
+    admit(stores, "execd", 34001)
     wait_until(lambda: "execd" in status()["services"], 20, "route")
     pid_file = [p for p in reloader.args if p.endswith("nginx")][0] + "/nginx.pid"
     old = int(open(pid_file).read())
@@ -206,7 +206,7 @@ def test_exec_mode_restarts_nginx_when_it_dies(reloader, store):
     wait_until(lambda: status()["served_version"] == status()["config_version"] and
                int(open(pid_file).read()) != old, 30, "nginx restarted by proxy-reloader")
     assert "restarting" in reloader.log()
-    store.deregister("px:execd-34001:8080")
+    stores.instances.deregister("px:execd-34001:8080")
 
 
 @pytest.fixture
@@ -232,8 +232,8 @@ def echo_port():
     server.shutdown()
 
 
-def test_nginx_hides_its_version_limits_bodies_and_sets_request_headers(reloader, store, echo_port):
-    inst = admit(store, "echo", echo_port)
+def test_nginx_hides_its_version_limits_bodies_and_sets_request_headers(reloader, stores, echo_port):
+    inst = admit(stores, "echo", echo_port)
     try:
         wait_until(lambda: get("/echo/x")[0] == 200, 20, "the echo service routed")
         with urllib.request.urlopen(f"http://127.0.0.1:{LISTEN}/echo/x", timeout=5) as r:
@@ -246,11 +246,11 @@ def test_nginx_hides_its_version_limits_bodies_and_sets_request_headers(reloader
             urllib.request.urlopen(req, timeout=10)
         assert err.value.code == 413
     finally:
-        store.deregister(inst.id)
+        stores.instances.deregister(inst.id)
 
 
-def test_a_malformed_routing_policy_keeps_the_last_good_route(two_demo_instances, store, consul_server):
-    store.kv_put("gatekeeper/policies/pxdemo", "{this is not json")
+def test_a_malformed_routing_policy_keeps_the_last_good_route(two_demo_instances, stores, consul_server):
+    stores.consul.kv_put("gatekeeper/policies/pxdemo", "{this is not json")
     try:
         wait_until(lambda: "pxdemo" in status()["service_errors"], 20, "the policy error in /status")
         assert "routing policy" in status()["service_errors"]["pxdemo"]
@@ -262,4 +262,4 @@ def test_a_malformed_routing_policy_keeps_the_last_good_route(two_demo_instances
         res = subprocess.run(cli + ["promote", "pxdemo"], capture_output=True, text=True, timeout=30, cwd=ROOT)
         assert res.returncode == 1 and "invalid" in res.stderr and "gatekeeper/policies/pxdemo" in res.stderr
     finally:
-        store.kv_delete("gatekeeper/policies/pxdemo")
+        stores.consul.kv_delete("gatekeeper/policies/pxdemo")

@@ -86,7 +86,7 @@ class Proxy:
 
 
 @pytest.fixture
-def service(proxy, store, unique):
+def service(proxy, stores, unique):
     """A fresh service name, its backends and registrations cleaned up after the test."""
     made = []
 
@@ -96,17 +96,17 @@ def service(proxy, store, unique):
         inst = Instance(id=f"modes:{unique}-{len(made)}:8080", service=unique, address="127.0.0.1",
                         port=port or b.port, version=version, container_id=f"c{unique}{len(made)}",
                         container_name=f"{unique}-{len(made)}", image="x:1", registered_by="registrator@modes")
-        store.register(inst)
-        store.apply_gate(inst, True, "passed (set by the test)")
+        stores.instances.register(inst)
+        stores.instances.apply_gate(inst, True, "passed (set by the test)")
         made.append((inst, b))
         return b
     add.name = unique
     yield add
     for inst, b in made:
-        store.deregister(inst.id)
+        stores.instances.deregister(inst.id)
         if b:
             b.close()
-    store.kv_delete(f"gatekeeper/policies/{unique}")
+    stores.consul.kv_delete(f"gatekeeper/policies/{unique}")
 
 
 def routed(proxy, name, n):
@@ -114,10 +114,10 @@ def routed(proxy, name, n):
     return route.get("stable") and len(route["stable"]["servers"]) + len((route.get("canary") or {}).get("servers", [])) == n
 
 
-def set_policy(store, name, **fields):
-    index, current = store.policy(name)
+def set_policy(stores, name, **fields):
+    index, current = stores.policies.get(name)
     policy = RoutingPolicy(**{**(current.__dict__ if current else {}), "service": name, **fields})
-    assert store.put_policy(policy, index)
+    assert stores.policies.put(policy, index)
 
 
 def test_round_robin_over_admitted_instances(proxy, service):
@@ -128,22 +128,22 @@ def test_round_robin_over_admitted_instances(proxy, service):
     assert len(set(names)) == 3 and max(names.count(n) for n in set(names)) <= 12
 
 
-def test_nothing_admitted_answers_503_json(proxy, service, store):
+def test_nothing_admitted_answers_503_json(proxy, service, stores):
     service("v1")
     wait_until(lambda: routed(proxy, service.name, 1), 30, "routed")
     inst = Instance(id=f"modes:{service.name}-0:8080", service=service.name, address="127.0.0.1", port=1,
                     version="v1", container_id="x", container_name="x", image="x", registered_by="r")
-    store.apply_gate(inst, False, "closed by the test")
+    stores.instances.apply_gate(inst, False, "closed by the test")
     wait_until(lambda: proxy.get(f"/{service.name}/x")[0] == 503, 30, "503 once nothing is admitted")
     status, body = proxy.get(f"/{service.name}/x")
     assert body == {"error": f"no admitted instance of service {service.name}", "service": service.name,
                     "status": 503}
 
 
-def test_canary_split_stickiness_header_and_cookie(proxy, service, store):
+def test_canary_split_stickiness_header_and_cookie(proxy, service, stores):
     service("v1")
     service("v2")
-    set_policy(store, service.name, stable="v1", canary="v2", weight=20, mode="manual")
+    set_policy(stores, service.name, stable="v1", canary="v2", weight=20, mode="manual")
     wait_until(lambda: routed(proxy, service.name, 2) and proxy.status(f"/services/{service.name}")["canary"],
                30, "canary routed")
     path = f"/{service.name}/x"
@@ -159,16 +159,16 @@ def test_canary_split_stickiness_header_and_cookie(proxy, service, store):
     assert all(proxy.get(path, {"Cookie": "canary=always"})[1]["version"] == "v2" for _ in range(10))
 
 
-def test_weight_change_is_served_and_reloads_only_in_reload_mode(proxy, service, store):
+def test_weight_change_is_served_and_reloads_only_in_reload_mode(proxy, service, stores):
     service("v1")
     service("v2")
-    set_policy(store, service.name, stable="v1", canary="v2", weight=0, mode="manual")
+    set_policy(stores, service.name, stable="v1", canary="v2", weight=0, mode="manual")
     wait_until(lambda: proxy.status(f"/services/{service.name}").get("canary"), 30, "canary at 0 %")
     path = f"/{service.name}/x"
     assert all(proxy.get(path)[1]["version"] == "v1" for _ in range(10))
     generations = WorkerGenerations(proxy.master)
     generations.start()
-    set_policy(store, service.name, weight=100)
+    set_policy(stores, service.name, weight=100)
     wait_until(lambda: proxy.get(path)[1]["version"] == "v2", 10, "weight 100 served")
     new = generations.finish()
     assert new == (0 if proxy.mode == "dynamic" else 1), f"{new} worker generations for one weight change"
@@ -203,7 +203,7 @@ def metric(text: str, name: str, **labels) -> float:
     return 0.0
 
 
-def test_per_request_metrics_by_service_version_and_status(proxy, service, store):
+def test_per_request_metrics_by_service_version_and_status(proxy, service, stores):
     url = f"http://127.0.0.1:{proxy.admin}/metrics"
     if proxy.mode == "reload":          # no Lua, so no per-request metrics: proxy-reloader's own only
         text = urllib.request.urlopen(url, timeout=5).read().decode()
@@ -215,7 +215,7 @@ def test_per_request_metrics_by_service_version_and_status(proxy, service, store
         assert proxy.get(f"/{service.name}/x")[0] == 200
     inst = Instance(id=f"modes:{service.name}-0:8080", service=service.name, address="127.0.0.1", port=1,
                     version="v7", container_id="x", container_name="x", image="x", registered_by="r")
-    store.apply_gate(inst, False, "closed by the test")
+    stores.instances.apply_gate(inst, False, "closed by the test")
     wait_until(lambda: proxy.get(f"/{service.name}/x")[0] == 503, 30, "503 once nothing is admitted")
 
     def scraped():

@@ -39,7 +39,7 @@ def stack(consul_server, docker_client, demo_images, tmp_path_factory):
     finally:
         try:
             remove_services(s.session)          # while registrator runs, so it deregisters them
-            s.wait(lambda: not any(s.store.instances(name) for name in SERVICES), 60,
+            s.wait(lambda: not any(s.stores.instances.of(name) for name in SERVICES), 60,
                    "the services' instances to leave Consul")
         finally:
             try:
@@ -68,7 +68,7 @@ class Watcher:
         self.seen_admitted = set()
 
     def instances(self):
-        out = self.stack.store.instances(self.service)
+        out = self.stack.stores.instances.of(self.service)
         for ri in out:
             if ri.admitted:
                 self.seen_admitted.add(ri.instance.id)
@@ -167,7 +167,7 @@ def test_a_killed_task_is_replaced_and_its_replacement_gated(stack):
         stack.wait(lambda: len(w.admitted()) == 2, 180, "a replacement task admitted")
         replacement = [ri for ri in w.admitted() if ri.instance.container_id != victim.container_id]
         assert len(replacement) == 2
-        verdicts = [stack.store.verdict(ri.instance.id) for ri in replacement]
+        verdicts = [stack.stores.verdicts.get(ri.instance.id) for ri in replacement]
         assert all(v and v.container_id == ri.instance.container_id for v, ri in zip(verdicts, replacement))
         time.sleep(1)
     finally:
@@ -259,7 +259,7 @@ def test_in_manual_mode_a_rolling_update_waits_for_promote(stack):
     try:
         docker("service", "update", "--detach", "--no-resolve-image", "--image", "demo:v2", name)
         stack.wait(lambda: w.admitted("v2"), 120, "the first v2 task admitted")
-        stack.wait(lambda: (stack.store.policy(name)[1].canary == "v2"), 30, "v2 the canary at 0 %")
+        stack.wait(lambda: (stack.stores.policies.get(name)[1].canary == "v2"), 30, "v2 the canary at 0 %")
         time.sleep(6)                         # Swarm waits: the v2 task is not healthy until it takes traffic
         assert len(w.admitted("v1")) == 2 and len(w.instances()) == 3
         assert sorted(t["image"] for t in tasks(name)) == ["demo:v1", "demo:v1", "demo:v2"]

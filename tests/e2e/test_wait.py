@@ -45,30 +45,30 @@ def test_a_request_sent_the_moment_wait_exits_gets_the_new_version(stack, docker
     assert misses == [], f"{len(misses)} of {DEPLOYS} answered wrong right after wait: {misses}"
 
 
-def test_wait_names_the_proxy_that_has_not_served_it_yet(stack, store):
+def test_wait_names_the_proxy_that_has_not_served_it_yet(stack, stores):
     """A proxy that announced itself but serves nothing of the service keeps wait waiting, and
     wait says which one (here: a registration that no proxy-reloader runs behind)."""
-    ghost = store.self_reporter("proxy-reloader", "proxy-reloader:ghost", "127.0.0.1:1")
+    ghost = stores.proxies.self_report("proxy-reloader", "proxy-reloader:ghost", "127.0.0.1:1")
     ghost(True, "a proxy that never serves anything")
     try:
         stack.deploy("ghost", "demo:v1", **{"gatekeeper.version": "rghost"})
         code, out, _ = stack.gatekeeper_cli("wait", "waitdemo", "--version", "rghost", "--timeout", "15")
         assert code == 4 and "proxy-reloader:ghost" in out
     finally:
-        store.deregister("proxy-reloader:ghost")
+        stores.instances.deregister("proxy-reloader:ghost")
 
 
-def test_a_proxy_that_is_not_alive_is_named_at_once_and_not_waited_for(stack, store):
+def test_a_proxy_that_is_not_alive_is_named_at_once_and_not_waited_for(stack, stores):
     """A proxy killed without a word (SIGKILL, its host gone) stops passing its `:alive` check;
     Consul turns it critical after the TTL (1 s here, 30 s as proxy-reloader registers it). wait
     names it in its first lines and does not wait for it; the stack's own proxy, which has run
     for longer than its TTL by now, is alive and confirms the version."""
-    dead = store.self_reporter("proxy-reloader", "proxy-reloader:dead", "127.0.0.1:2", alive_ttl="1s")
+    dead = stores.proxies.self_report("proxy-reloader", "proxy-reloader:dead", "127.0.0.1:2", alive_ttl="1s")
     dead(True, "a proxy killed without a word")
     try:
-        stack.wait(lambda: [p for p in store.proxies() if p.id == "proxy-reloader:dead" and not p.alive], 30,
+        stack.wait(lambda: [p for p in stores.proxies.all() if p.id == "proxy-reloader:dead" and not p.alive], 30,
                    "Consul to expire the dead proxy's heartbeat")
-        own = next(p for p in store.proxies() if p.id == f"proxy-reloader:127.0.0.1:{PORT}")
+        own = next(p for p in stores.proxies.all() if p.id == f"proxy-reloader:127.0.0.1:{PORT}")
         assert own.alive, own
         stack.deploy("after-dead", "demo:v1", **{"gatekeeper.version": "rdead"})
         code, out, err = stack.gatekeeper_cli("wait", "waitdemo", "--version", "rdead", "--timeout", "120")
@@ -80,4 +80,4 @@ def test_a_proxy_that_is_not_alive_is_named_at_once_and_not_waited_for(stack, st
         status = json.loads(stack.gatekeeper_cli("why", "waitdemo", "--json")[1])
         assert status["services"][0]["proxies_not_alive"] == {"proxy-reloader:dead": "TTL expired"}, status
     finally:
-        store.deregister("proxy-reloader:dead")
+        stores.instances.deregister("proxy-reloader:dead")

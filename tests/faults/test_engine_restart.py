@@ -18,7 +18,7 @@ PIDFILE = ROOT / ".stack" / "run" / "dockerd.pid"
 
 
 @pytest.mark.engine_restart
-def test_dockerd_restart_reconnects_and_resyncs(store, consul_server, tmp_path, run_container, demo_images):
+def test_dockerd_restart_reconnects_and_resyncs(stores, consul_server, tmp_path, run_container, demo_images):
     if not PIDFILE.exists():
         pytest.fail("this test restarts the Docker Engine by its pid and needs the one that "
                     "scripts/install.sh starts (make test does); no .stack/run/dockerd.pid here")
@@ -26,14 +26,14 @@ def test_dockerd_restart_reconnects_and_resyncs(store, consul_server, tmp_path, 
     always = run_container("demo:v1", labels=LABELS, restart_policy={"Name": "always"})
     reg = start_registrator(consul_server, tmp_path)
     try:
-        wait_until(lambda: instance_of(store, plain) and instance_of(store, always), 20, "registration")
+        wait_until(lambda: instance_of(stores, plain) and instance_of(stores, always), 20, "registration")
         pid = int(PIDFILE.read_text())
         os.kill(pid, signal.SIGTERM)
         wait_until(lambda: not pid_alive(pid), 60, "dockerd to exit")
         subprocess.run(["bash", str(ROOT / "scripts" / "install.sh"), "docker"], check=True, timeout=120,
                        capture_output=True)
-        wait_until(lambda: instance_of(store, plain) is None, 60, "the stopped container's deregistration")
-        ri = wait_until(lambda: instance_of(store, always), 60, "the restarted container's registration")
+        wait_until(lambda: instance_of(stores, plain) is None, 60, "the stopped container's deregistration")
+        ri = wait_until(lambda: instance_of(stores, always), 60, "the restarted container's registration")
         assert ri.instance.port == host_port(always), "registered with the port it has after the restart"
         log = reg.log()
         assert "reconnecting" in log and reg.alive()

@@ -21,8 +21,8 @@ def service(name):
     return {"ID": f"{name}-1", "Name": name, "Address": "127.0.0.1", "Port": 1}
 
 
-def test_anonymous_requests_are_refused(consul_server, store, unique):
-    store.kv_put(f"gatekeeper/policies/{unique}", json.dumps({"service": unique}))
+def test_anonymous_requests_are_refused(consul_server, stores, unique):
+    stores.consul.kv_put(f"gatekeeper/policies/{unique}", json.dumps({"service": unique}))
     assert call(consul_server, "GET", f"/v1/kv/gatekeeper/policies/{unique}").status_code == 403
     assert call(consul_server, "PUT", "/v1/kv/gatekeeper/policies/x", body="x").status_code == 403
     assert call(consul_server, "PUT", "/v1/agent/service/register", body=service(unique)).status_code == 403

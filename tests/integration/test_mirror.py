@@ -14,37 +14,37 @@ def instance(service, n=0):
                     registered_by="registrator@mirror")
 
 
-def test_the_mirror_follows_instances_gates_policies_and_removals(consul_server, store, unique):
+def test_the_mirror_follows_instances_gates_policies_and_removals(consul_server, stores, unique):
     woken = threading.Event()
     other = unique + "-other"
-    store.register(instance(other))
+    stores.instances.register(instance(other))
     mirror = CatalogMirror(consul_server.address, consul_server.management_token, woken.set, wait=5).start()
     try:
         wait_until(mirror.ready.is_set, 20, "the first full read")
         assert mirror.everything()[other][0][0].instance.id == instance(other).id
 
         inst = instance(unique)
-        store.register(inst)
+        stores.instances.register(inst)
         wait_until(lambda: (mirror.take().get(unique) or (None,))[0], 10, "the new service seen")
-        store.apply_gate(inst, True, "passed")
+        stores.instances.apply_gate(inst, True, "passed")
         changed = {}
         wait_until(lambda: changed.update(mirror.take()) or
                    (changed.get(unique) and changed[unique][0][0].admitted), 10, "the gate seen open")
         assert other not in changed                  # only what changed is read again
 
-        index, _ = store.policy(unique)
-        store.put_policy(RoutingPolicy(unique, stable="v1"), index)
+        index, _ = stores.policies.get(unique)
+        stores.policies.put(RoutingPolicy(unique, stable="v1"), index)
         changed = {}
         wait_until(lambda: changed.update(mirror.take()) or (changed.get(unique) and changed[unique][1]), 10,
                    "the policy seen")
         assert parse_policy(changed[unique][1]).stable == "v1"
 
-        store.deregister(inst.id)
+        stores.instances.deregister(inst.id)
         changed = {}
         wait_until(lambda: changed.update(mirror.take()) or (unique in changed and not changed[unique][0]), 10,
                    "the removal seen")
         assert woken.is_set()
     finally:
         mirror.stop()
-        store.deregister(instance(other).id)
-        store.kv_delete(f"gatekeeper/policies/{unique}")
+        stores.instances.deregister(instance(other).id)
+        stores.consul.kv_delete(f"gatekeeper/policies/{unique}")

@@ -5,7 +5,7 @@ import contextlib
 import json
 import subprocess
 
-from catalog.consul_store import ConsulStore
+from catalog.stores import Stores
 from monitoring.config import RULES, render
 from testbed.processes import Proc, find_binary, python_module, wait_until
 
@@ -35,20 +35,20 @@ def test_the_watcher_follows_announcements_in_consul(consul_server, tmp_path, un
     watcher = Proc("targets", python_module("monitoring.targets", "--consul", consul_server.address,
                                             "--consul-token-file", consul_server.token_file("prometheus"),
                                             "--out", str(out)), tmp_path).start()
-    gatekeeper = ConsulStore(consul_server.address, token=open(consul_server.token_file("gatekeeper")).read().strip())
+    gatekeeper = Stores.connect(consul_server.address, token=open(consul_server.token_file("gatekeeper")).read().strip())
     sid = f"proxystack-metrics:gatekeeper:{unique}"
 
     def mine():
         return [g for g in json.loads(out.read_text()) if g["labels"]["consul_service_id"] == sid]
     try:
         wait_until(lambda: out.exists(), 30, "the targets file")
-        gatekeeper.announce_metrics(sid, "gatekeeper", "127.0.0.1:18999")
+        gatekeeper.proxies.announce_metrics(sid, "gatekeeper", "127.0.0.1:18999")
         found = wait_until(mine, 20, "the announced endpoint in the file")
         assert found == [{"targets": ["127.0.0.1:18999"],
                           "labels": {"job": "gatekeeper", "node": "proxystack-test", "consul_service_id": sid}}]
-        gatekeeper.withdraw(sid)
+        gatekeeper.proxies.withdraw(sid)
         wait_until(lambda: not mine(), 20, "the withdrawn endpoint gone from the file")
     finally:
         with contextlib.suppress(Exception):       # already withdrawn when the test got that far
-            gatekeeper.withdraw(sid)
+            gatekeeper.proxies.withdraw(sid)
         watcher.stop()

@@ -1,9 +1,9 @@
-"""The in-memory registry used by unit tests behaves like Consul on the same calls."""
+"""The in-memory instance store used by unit tests behaves like Consul on the same calls."""
 import pytest
 
 from catalog.model import HealthCheck, Instance
 from registrator.bridge import same_registration
-from tests.support.fakes import InMemoryRegistry
+from tests.support.fakes import InMemoryInstances
 
 
 def make(unique, n=1, **kw):
@@ -16,20 +16,20 @@ def make(unique, n=1, **kw):
 
 
 @pytest.fixture(params=["memory", "consul"])
-def registry(request, store):
+def registry(request, stores):
     if request.param == "memory":
-        yield InMemoryRegistry()
+        yield InMemoryInstances()
         return
-    yield store
-    for iid in store.local_instances():
+    yield stores.instances
+    for iid in stores.instances.local():
         if iid.startswith("t"):
-            store.deregister(iid)
+            stores.instances.deregister(iid)
 
 
 def test_register_reads_back_as_the_same_registration(registry, unique):
     inst = make(unique, health_check=HealthCheck("http", "/health"), docker_health=True)
     registry.register(inst)
-    got = registry.local_instances(inst.registered_by)
+    got = registry.local(inst.registered_by)
     assert list(got) == [inst.id]
     assert same_registration(got[inst.id], inst)
 
@@ -38,7 +38,7 @@ def test_local_instances_only_returns_the_asking_registrators(registry, unique):
     mine, theirs = make(unique, 1), make(unique, 2, registered_by="registrator@elsewhere")
     registry.register(mine)
     registry.register(theirs)
-    assert list(registry.local_instances(mine.registered_by)) == [mine.id]
+    assert list(registry.local(mine.registered_by)) == [mine.id]
     registry.deregister(theirs.id)
 
 
@@ -47,4 +47,4 @@ def test_deregister_removes_and_is_idempotent(registry, unique):
     registry.register(inst)
     registry.deregister(inst.id)
     registry.deregister(inst.id)
-    assert registry.local_instances(inst.registered_by) == {}
+    assert registry.local(inst.registered_by) == {}

@@ -108,7 +108,7 @@ raise SystemExit(1)
 """
 
 
-def test_a_test_image_that_tries_to_escape_is_contained_and_fails(docker_client, demo_images, consul_server, store):
+def test_a_test_image_that_tries_to_escape_is_contained_and_fails(docker_client, demo_images, consul_server, stores):
     tag = build(docker_client, "escape", ESCAPE)
     try:
         res = DockerTester(docker_client, RunLimits(timeout=30), labels={TEST_LABEL: SESSION}).run(
@@ -116,6 +116,6 @@ def test_a_test_image_that_tries_to_escape_is_contained_and_fails(docker_client,
         assert res.state == FAILED
         assert "consul 18500: 403" in res.summary, res.summary
         assert "WRITE ACCEPTED" not in res.summary and "fs: Read-only file system" in res.summary
-        assert store.kv_get("gatekeeper/policies/stolen")[1] is None
+        assert stores.consul.kv_get("gatekeeper/policies/stolen")[1] is None
     finally:
         docker_client.images.remove(tag, force=True)

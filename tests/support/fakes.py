@@ -9,11 +9,12 @@ from catalog.model import Instance, Rejection
 from registrator.docker_source import Container, PublishedPort
 
 
-class InMemoryRegistry:
-    def __init__(self):
+class InMemoryInstances:
+    """Stands in for catalog.stores.InstanceStore: this agent's registrations."""
+
+    def __init__(self, calls: Optional[List[tuple]] = None):
         self.services: Dict[str, Instance] = {}
-        self.calls: List[tuple] = []
-        self.rejected: Dict[str, Rejection] = {}
+        self.calls: List[tuple] = [] if calls is None else calls
         self.docker_health: Dict[str, str] = {}
 
     def register(self, inst: Instance) -> None:
@@ -24,23 +25,43 @@ class InMemoryRegistry:
         self.calls.append(("deregister", instance_id))
         self.services.pop(instance_id, None)
 
-    def local_instances(self, registered_by: Optional[str] = None) -> Dict[str, Instance]:
+    def local(self, registered_by: Optional[str] = None) -> Dict[str, Instance]:
         return {i: s for i, s in self.services.items() if registered_by in (None, s.registered_by)}
-
-    def record_rejection(self, rejection: Rejection) -> None:
-        self.calls.append(("record_rejection", rejection.container_name))
-        self.rejected[rejection.container_name] = rejection
-
-    def forget_rejection(self, container_name: str) -> None:
-        self.calls.append(("forget_rejection", container_name))
-        self.rejected.pop(container_name, None)
-
-    def rejections(self) -> Dict[str, Rejection]:
-        return dict(self.rejected)
 
     def set_docker_health(self, inst: Instance, status: str) -> None:
         self.calls.append(("docker_health", inst.id, status))
         self.docker_health[inst.id] = status
+
+
+class InMemoryRejections:
+    """Stands in for catalog.stores.RejectionStore."""
+
+    def __init__(self, calls: Optional[List[tuple]] = None):
+        self.rejected: Dict[str, Rejection] = {}
+        self.calls: List[tuple] = [] if calls is None else calls
+
+    def put(self, rejection: Rejection) -> None:
+        self.calls.append(("record_rejection", rejection.container_name))
+        self.rejected[rejection.container_name] = rejection
+
+    def forget(self, container_name: str) -> None:
+        self.calls.append(("forget_rejection", container_name))
+        self.rejected.pop(container_name, None)
+
+    def all(self) -> Dict[str, Rejection]:
+        return dict(self.rejected)
+
+
+class InMemoryRegistry:
+    """The two stores registrator's bridge writes (`instances`, `rejections`), with one log of
+    the calls made to either, and their contents at hand (`services`, `rejected`, `docker_health`)."""
+
+    def __init__(self):
+        self.calls: List[tuple] = []
+        self.instances = InMemoryInstances(self.calls)
+        self.rejections = InMemoryRejections(self.calls)
+        self.services, self.docker_health = self.instances.services, self.instances.docker_health
+        self.rejected = self.rejections.rejected
 
 
 class FakeDocker:
@@ -66,7 +87,8 @@ class FakeDocker:
 class NodeRecords:
     """One node's KV records as Consul's blocking queries answer them (registrator.follow): the
     first answer at index 2, then nothing changes and each later query waits, as Consul does.
-    Keeps the (node, index) of every query in `asked`."""
+    Keeps the (node, index) of every query in `asked`. Its `node_name` is the agent's
+    (catalog.stores.InstanceStore), `answer` what a NodeRecordStore read returns."""
 
     def __init__(self, records=None):
         self.node_records, self.asked = dict(records or {}), []

@@ -35,7 +35,9 @@ class Engine:
 
 
 class Store(NodeRecords):
-    """This agent's instances registered by this registrator: a on container c1."""
+    """One fake for both stores the runner reads: this agent's instances registered by this
+    registrator, a on container c1 (InstanceStore: node_name, local), and its node's container
+    actions (NodeRecordStore: actions)."""
     def __init__(self, records=None):
         super().__init__(records)
         self.instances = {"a": Instance(id="a", service="demo", address="127.0.0.1", port=1, version="v1",
@@ -43,17 +45,18 @@ class Store(NodeRecords):
                                         registered_by="registrator@h2")}
         self.reads = 0
 
-    def local_instances(self, registered_by=None):
+    def local(self, registered_by=None):
         assert registered_by == "registrator@h2"
         self.reads += 1
         return dict(self.instances)
 
-    def action_records(self, node, index=0, wait=0.0):
+    def actions(self, node, index=0, wait=0.0):
         return self.answer(node, index, wait)
 
 
 def runner(engine):
-    return ActionRunner(Store(), engine, "registrator@h2", threading.Event())
+    store = Store()
+    return ActionRunner(store, store, engine, "registrator@h2", threading.Event())
 
 
 def settle(engine, n):
@@ -75,9 +78,9 @@ def test_each_record_is_carried_out_once_and_again_when_written_again():
     r.records = {"a": action()}
     assert r.apply() == 1
     settle(engine, 1)
-    reads = r.store.reads
+    reads = r.instances.reads
     assert r.apply() == 0, "the same record is not done twice"
-    assert r.store.reads == reads, "and with nothing to do, the agent is not asked"
+    assert r.instances.reads == reads, "and with nothing to do, the agent is not asked"
     assert engine.calls == [("stop", "c1", "t1", 10)]
     r.records = {"a": action(kind="restart", written=2.0)}
     assert r.apply() == 1
@@ -104,7 +107,7 @@ def test_a_container_not_registered_here_is_not_acted_on_until_it_is():
     r = runner(engine)
     r.records = {"a": action(container="c9"), "b": action()}
     assert r.apply() == 0, "a names another container than a's; b is not registered here"
-    r.store.instances["b"] = Instance(id="b", service="demo", address="127.0.0.1", port=2, version="v1",
+    r.instances.instances["b"] = Instance(id="b", service="demo", address="127.0.0.1", port=2, version="v1",
                                       container_id="c1", container_name="b", image="demo:v1",
                                       registered_by="registrator@h2")
     assert r.apply() == 1, "b registered (a sync came after the record): done now"
@@ -116,7 +119,7 @@ def test_started_it_follows_its_own_nodes_actions_with_blocking_queries():
     engine = Engine()
     stopping = threading.Event()
     store = Store({"a": action()})
-    ActionRunner(store, engine, "registrator@h2", stopping, wait=0.05).start()
+    ActionRunner(store, store, engine, "registrator@h2", stopping, wait=0.05).start()
     settle(engine, 1)
     deadline = time.monotonic() + 5
     while len(store.asked) < 3 and time.monotonic() < deadline:

@@ -9,7 +9,7 @@ L = {"SERVICE_NAME": "demo", "gatekeeper.tests": "demo-test:latest"}
 
 def setup():
     reg, dock = InMemoryRegistry(), FakeDocker()
-    return reg, dock, Bridge(reg, dock, S)
+    return reg, dock, Bridge(reg.instances, reg.rejections, dock, S)
 
 
 def test_start_registers_and_stop_deregisters():
@@ -44,7 +44,7 @@ def test_resync_never_reregisters_an_unchanged_instance():
     dock.add("c1", "web1", labels=L)
     bridge.sync()
     reg.calls.clear()
-    fresh = Bridge(reg, dock, S)           # a restarted registrator
+    fresh = Bridge(reg.instances, reg.rejections, dock, S)           # a restarted registrator
     fresh.sync()
     fresh.add("c1")                        # a late start event
     assert reg.calls == []
@@ -72,7 +72,7 @@ def test_docker_health_is_mirrored_once_per_change():
 def test_a_restarted_registrator_mirrors_current_health_at_sync():
     reg, dock, bridge = setup()
     dock.add("c1", "web1", labels=L, health="healthy")
-    Bridge(reg, dock, S).sync()
+    Bridge(reg.instances, reg.rejections, dock, S).sync()
     assert reg.docker_health == {"h:web1:8080": "healthy"}
 
 
@@ -99,12 +99,12 @@ def test_a_rejection_names_its_service_and_is_replaced_when_the_container_is_fix
 
 def test_a_gone_containers_rejection_is_forgotten_after_the_grace_period_only():
     reg, dock, clock = InMemoryRegistry(), FakeDocker(), Clock()
-    bridge = Bridge(reg, dock, S, forget_after=600, clock=clock)
+    bridge = Bridge(reg.instances, reg.rejections, dock, S, forget_after=600, clock=clock)
     dock.add("c1", "web1", labels={"SERVICE_NAME": "demo", "proxy.path": "/x;y/"})
     dock.add("c3", "other", labels={"SERVICE_NAME": "demo", "proxy.path": "/x;y/"})
     bridge.sync()
     from catalog.model import Rejection
-    reg.record_rejection(Rejection("theirs", "c9", "bad", "demo", "registrator@elsewhere"))
+    reg.rejections.put(Rejection("theirs", "c9", "bad", "demo", "registrator@elsewhere"))
     clock.now += 10_000
     bridge.sync()
     assert set(reg.rejected) == {"web1", "other", "theirs"}, "running containers keep their record"
@@ -121,7 +121,7 @@ def test_a_gone_containers_rejection_is_forgotten_after_the_grace_period_only():
 def test_a_skipped_container_is_logged_once_with_the_reason(caplog):
     import logging
     reg, dock = InMemoryRegistry(), FakeDocker()
-    bridge = Bridge(reg, dock, Settings(hostname="h", registered_by="r", explicit=True))
+    bridge = Bridge(reg.instances, reg.rejections, dock, Settings(hostname="h", registered_by="r", explicit=True))
     dock.add("c1", "web1", labels={"proxy.path": "/a b/"})
     with caplog.at_level(logging.INFO, logger="registrator.bridge"):
         bridge.add("c1")

@@ -3,24 +3,53 @@ from catalog.model import FAILED, PASSED, Instance, RegisteredInstance, RoutingP
 from gatekeeper.promotion.promoter import Promoter
 
 
+class Policies:
+    def __init__(self, store):
+        self.store = store
+
+    def get(self, service):
+        return 1, self.store.pol
+
+    def put(self, policy, cas):
+        self.store.pol = policy
+        return True
+
+
+class Verdicts:
+    def __init__(self, store):
+        self.store = store
+
+    def get(self, iid):
+        return Verdict(iid, "c2", "t", self.store.verdict_state, "s", 1, 2)
+
+
+class History:
+    def __init__(self, store):
+        self.store = store
+
+    def add(self, service, event, **details):
+        self.store.hist.append((event, details))
+
+
+class Instances:
+    """The service's registered instances: `listed`."""
+
+    def __init__(self, listed):
+        self.listed = listed
+
+    def of(self, service):
+        return self.listed
+
+
 class Store:
+    """The stores the promoter reads and writes, in memory: the policy (`pol`), every verdict in
+    `verdict_state`, the history (`hist`)."""
+
     def __init__(self, verdict_state=PASSED):
         self.pol = RoutingPolicy(service="demo", stable="v1", canary="v2", weight=20, mode="manual")
         self.verdict_state = verdict_state
         self.hist = []
-
-    def policy(self, service):
-        return 1, self.pol
-
-    def put_policy(self, policy, cas):
-        self.pol = policy
-        return True
-
-    def verdict(self, iid):
-        return Verdict(iid, "c2", "t", self.verdict_state, "s", 1, 2)
-
-    def add_history(self, service, event, **details):
-        self.hist.append((event, details))
+        self.policies, self.verdicts, self.history = Policies(self), Verdicts(self), History(self)
 
 
 def canary(gate="passing", health="critical"):
@@ -74,7 +103,7 @@ def test_an_aborted_canary_is_remembered_and_can_be_tried_again_only_while_admit
     from gatekeeper.promotion.promoter import PromotionError, abort, try_canary
     store = Store()
     admitted = canary(health="passing")
-    store.instances = lambda service: admitted
+    store.instances = Instances(admitted)
     abort(store, "demo")
     assert (store.pol.canary, store.pol.aborted) == ("", "v2")
     policy, message = try_canary(store, "demo", "v2")

@@ -14,23 +14,48 @@ def registered(version):
 
 
 class Store:
+    """The stores a drain reads and writes, in memory: the registered instances (`listed`), the
+    policy (`pol`), a passed verdict for each instance, and the containers asked to stop."""
+
     def __init__(self, versions, stable):
         self.listed = [registered(v) for v in versions]
         self.pol = RoutingPolicy("demo", stable=stable)
         self.stopped = []                       # containers whose host was asked to stop them
+        self.node_records, self.instances = NodeRecords(self), Instances(self)
+        self.policies, self.verdicts = Policies(self), Verdicts(self)
+
+
+class NodeRecords:
+    def __init__(self, store):
+        self.store = store
 
     def request_action(self, inst, action, reason, timeout=10):
         assert action == "stop"
-        self.stopped.append(inst.container_id)
+        self.store.stopped.append(inst.container_id)
 
-    def instances(self, service):
-        return list(self.listed)
 
-    def policy(self, service):
-        return 1, self.pol
+class Instances:
+    def __init__(self, store):
+        self.store = store
 
-    def verdict(self, iid):
-        ri = next(r for r in self.listed if r.instance.id == iid)
+    def of(self, service):
+        return list(self.store.listed)
+
+
+class Policies:
+    def __init__(self, store):
+        self.store = store
+
+    def get(self, service):
+        return 1, self.store.pol
+
+
+class Verdicts:
+    def __init__(self, store):
+        self.store = store
+
+    def get(self, iid):
+        ri = next(r for r in self.store.listed if r.instance.id == iid)
         return Verdict(iid, ri.instance.container_id, "t", PASSED, "9/9 passed", 1, 2)
 
 

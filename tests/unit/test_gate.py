@@ -1,4 +1,4 @@
-"""The gate's decisions, with an in-memory store; tests/e2e runs the same against real parts."""
+"""The gate's decisions, with in-memory stores; tests/e2e runs the same against real parts."""
 import time
 
 from catalog.model import FAILED, PASSED, Instance, RegisteredInstance, Verdict
@@ -7,44 +7,69 @@ from gatekeeper.admission.tester import RunResult
 from gatekeeper.reconciler import run_pass
 
 
-class Store:
-    def __init__(self, *instances):
-        self.gates = {i.id: "critical" for i in instances}
-        self.instances = {i.id: i for i in instances}
-        self.verdicts = {}
-        self.outputs = {}
-        self.healings = {}
+class Verdicts(dict):
+    """The verdict store: instance id -> verdict; no retest asked."""
 
-    def all_instances(self):
-        return {"demo": [RegisteredInstance(i, {i.gate_check_id: self.gates[i.id]}) for i in self.instances.values()]}
+    def put(self, v):
+        self[v.instance_id] = v
 
-    def verdict(self, iid):
-        return self.verdicts.get(iid)
+    def ids(self):
+        return list(self)
 
-    def put_verdict(self, v):
-        self.verdicts[v.instance_id] = v
+    def forget(self, iid):
+        self.pop(iid, None)
 
-    def verdict_ids(self):
-        return list(self.verdicts)
-
-    def forget_verdict(self, iid):
-        self.verdicts.pop(iid, None)
-
-    def default_tests_image(self, service):
-        return ""
-
-    def retest_requests(self):
+    def retests(self):
         return []
 
     def clear_retest(self, iid):
         pass
 
-    def healing(self, iid):
-        return self.healings.get(iid)
+
+class NodeRecords:
+    """The node record store's gates, applied at once: the bundle's `gates` and `outputs`."""
+
+    def __init__(self, store):
+        self.store = store
 
     def set_gate(self, inst, passing, output):
-        self.gates[inst.id] = "passing" if passing else "critical"
-        self.outputs[inst.id] = output
+        self.store.gates[inst.id] = "passing" if passing else "critical"
+        self.store.outputs[inst.id] = output
+
+
+class Policies:
+    """No service has a default test image."""
+
+    def tests_image(self, service):
+        return ""
+
+
+class Healing(dict):
+    """The healing store: instance id -> its record (`get`)."""
+
+
+class Instances:
+    """The catalog as the daemon reads it: every instance with its gate check."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def all(self):
+        return self.store.catalog()
+
+
+class Store:
+    """The stores the gate takes, in memory: `gates` and `outputs` hold what each gate shows."""
+
+    def __init__(self, *instances):
+        self.gates = {i.id: "critical" for i in instances}
+        self.registered = {i.id: i for i in instances}
+        self.outputs = {}
+        self.verdicts, self.healing, self.policies = Verdicts(), Healing(), Policies()
+        self.node_records, self.instances = NodeRecords(self), Instances(self)
+
+    def catalog(self):
+        return {"demo": [RegisteredInstance(i, {i.gate_check_id: self.gates[i.id]}) for i in self.registered.values()]}
 
 
 class FakeTester:
@@ -73,7 +98,7 @@ def inst(cid="c1"):
 
 def pass_over(gate):
     """One pass of the daemon over the catalog, with the gate as its only reconciler."""
-    run_pass(gate.store.all_instances(), [gate])
+    run_pass(gate.stores.instances.all(), [gate])
 
 
 def settle(gate):
@@ -147,7 +172,7 @@ def test_the_same_container_restarted_is_a_new_run_and_tested_again():
 def test_a_container_the_healer_gave_up_on_keeps_its_gate_shut_and_says_why():
     store, tester = Store(inst()), FakeTester()
     store.verdicts["h:web:8080"] = Verdict("h:web:8080", "c1", "demo-test:latest", PASSED, "9/9 passed", 1, 2)
-    store.healings["h:web:8080"] = {"gave_up": True, "reason": "gave up healing: restarted 3 times"}
+    store.healing["h:web:8080"] = {"gave_up": True, "reason": "gave up healing: restarted 3 times"}
     gate = Gate(store, tester)
     pass_over(gate)
     settle(gate)
@@ -207,7 +232,7 @@ def test_an_error_for_want_of_a_test_image_is_retested_once_the_service_has_a_de
     pass_over(gate)
     settle(gate)
     assert tester.runs == [], "no default image yet: the error verdict stands"
-    store.default_tests_image = lambda service: "demo-test:latest"
+    store.policies.tests_image = lambda service: "demo-test:latest"
     gate = Gate(store, tester, on_admitted=admitted.append)
     pass_over(gate)
     settle(gate)
@@ -218,7 +243,7 @@ def test_an_error_for_want_of_a_test_image_is_retested_once_the_service_has_a_de
 def test_a_failed_verdict_with_an_image_is_not_retested_by_a_default_image():
     store, tester = Store(inst()), FakeTester()
     store.verdicts["h:web:8080"] = Verdict("h:web:8080", "c1", "demo-test:latest", FAILED, "0/9", 1, 2)
-    store.default_tests_image = lambda service: "other-test:latest"
+    store.policies.tests_image = lambda service: "other-test:latest"
     gate = Gate(store, tester)
     pass_over(gate)
     settle(gate)
@@ -228,7 +253,7 @@ def test_a_failed_verdict_with_an_image_is_not_retested_by_a_default_image():
 def test_a_requested_retest_that_passes_after_a_failure_is_a_first_admission():
     store, admitted = Store(inst()), []
     store.verdicts["h:web:8080"] = Verdict("h:web:8080", "c1", "demo-test:latest", FAILED, "0/9", 1, 2)
-    store.retest_requests = lambda: ["h:web:8080"]
+    store.verdicts.retests = lambda: ["h:web:8080"]
     gate = Gate(store, FakeTester(), on_admitted=admitted.append)
     pass_over(gate)
     settle(gate)
@@ -252,23 +277,32 @@ def test_verdicts_of_instances_gone_longer_than_the_grace_period_are_removed():
     assert set(store.verdicts) == {"h:web:8080"}, "the live instance's verdict is never removed"
 
 
+class RecordedVerdicts(Verdicts):
+    def __init__(self, store):
+        super().__init__()
+        self.store = store
+
+    def put(self, v):
+        self.store.log.append(("verdict", v.state, v.container_id, v.tests_image, v.summary))
+        super().put(v)
+
+    def clear_retest(self, iid):
+        self.store.cleared.append(iid)
+
+
+class RecordedGates(NodeRecords):
+    def set_gate(self, inst, passing, output):
+        self.store.log.append(("gate", passing, output))
+        super().set_gate(inst, passing, output)
+
+
 class Recording(Store):
     """Keeps every verdict and gate write in order, to check what the UI shows during a test."""
 
     def __init__(self, *instances):
         super().__init__(*instances)
         self.log, self.cleared = [], []
-
-    def put_verdict(self, v):
-        self.log.append(("verdict", v.state, v.container_id, v.tests_image, v.summary))
-        super().put_verdict(v)
-
-    def set_gate(self, inst, passing, output):
-        self.log.append(("gate", passing, output))
-        super().set_gate(inst, passing, output)
-
-    def clear_retest(self, iid):
-        self.cleared.append(iid)
+        self.verdicts, self.node_records = RecordedVerdicts(self), RecordedGates(self)
 
 
 def test_a_first_test_closes_the_gate_with_what_runs_then_records_the_result_of_that_container():
@@ -287,7 +321,7 @@ def test_a_reverification_leaves_the_gate_open_while_it_runs_and_clears_its_requ
     store = Recording(inst())
     store.verdicts["h:web:8080"] = Verdict("h:web:8080", "c1", "demo-test:latest", PASSED, "9/9 passed", 1, 2)
     store.gates["h:web:8080"] = "passing"
-    store.retest_requests = lambda: ["h:web:8080"]
+    store.verdicts.retests = lambda: ["h:web:8080"]
     gate = Gate(store, FakeTester(FAILED, "0/9"))
     pass_over(gate)
     settle(gate)
@@ -306,7 +340,7 @@ def test_no_test_image_at_all_is_run_as_none_and_shown_so():
 
 
 def test_an_aborted_run_records_nothing_and_a_consul_refusal_or_a_bug_frees_the_instance():
-    from catalog.consul_store import ConsulError
+    from catalog.consul_client import ConsulError
 
     class Aborting(FakeTester):
         def run(self, image, url, iid):
@@ -319,10 +353,11 @@ def test_an_aborted_run_records_nothing_and_a_consul_refusal_or_a_bug_frees_the_
     assert [e for e in store.log if e[0] == "verdict"] == [("verdict", "testing", "c1", "demo-test:latest",
                                                             "testing with demo-test:latest")]
     for error in (ConsulError("PUT gone: 404"), RuntimeError("bug")):
-        class Failing(Store):
+        class Failing(NodeRecords):
             def set_gate(self, inst, passing, output, error=error):
                 raise error
-        failing = Failing(inst())
+        failing = Store(inst())
+        failing.node_records = Failing(failing)
         gate = Gate(failing, FakeTester())
         pass_over(gate)
         settle(gate)
@@ -336,7 +371,7 @@ def test_an_instance_with_a_docker_healthcheck_waits_for_healthy_before_its_test
     class Health(Store):
         health = "critical"
 
-        def all_instances(self):
+        def catalog(self):
             return {"demo": [RegisteredInstance(i, {i.gate_check_id: self.gates[i.id],
                                                     i.docker_health_check_id: self.health})]}
     store, tester = Health(i), FakeTester()
@@ -407,24 +442,24 @@ def test_a_gate_that_keeps_disagreeing_is_written_again_at_once_then_backing_off
     store, tester = Store(inst()), FakeTester()
     store.verdicts["h:web:8080"] = Verdict("h:web:8080", "c1", "demo-test:latest", FAILED, "0/9", 1, 2)
     writes = []
-    real = store.set_gate
+    real = store.node_records.set_gate
 
     def set_gate(i, passing, output):
         writes.append(now[0])
         real(i, passing, output)
         store.gates[i.id] = "passing"                  # ... and nobody applies it: the gate stays forged
-    store.set_gate = set_gate
+    store.node_records.set_gate = set_gate
     store.gates["h:web:8080"] = "passing"
     gate = Gate(store, tester, clock=lambda: now[0])
     for t in range(1000, 1200):
         now[0] = float(t)
         pass_over(gate)
     assert [w - 1000 for w in writes] == [0, 5, 15, 35, 75, 135, 195], writes
-    store.set_gate = real
+    store.node_records.set_gate = real
     store.gates["h:web:8080"] = "critical"             # the registrator is back and applied it
     pass_over(gate)
     store.gates["h:web:8080"] = "passing"              # forged again
-    store.set_gate = set_gate
+    store.node_records.set_gate = set_gate
     now[0] = 1200.5
     pass_over(gate)
     assert writes[-1] == 1200.5, "answered at once, not after the back-off"

@@ -58,19 +58,22 @@ def test_an_instance_whose_check_is_not_there_yet_is_skipped_and_the_others_stil
 
 
 class Store(NodeRecords):
+    """One fake for both stores the mirror reads: this agent's (InstanceStore: node_name, local,
+    gate_checks, apply_gate) and its node's gate records (NodeRecordStore: gates)."""
+
     def __init__(self):
         super().__init__()             # no gate record at all
         self.instances = {}
         self.checks = {}
         self.applied = []
 
-    def gate_records(self, node, index=0, wait=0.0):
+    def gates(self, node, index=0, wait=0.0):
         return self.answer(node, index, wait)
 
-    def local_instances(self, registered_by=None):
+    def local(self, registered_by=None):
         return {i: x for i, x in self.instances.items() if registered_by in (None, x.registered_by)}
 
-    def local_gate_checks(self):
+    def gate_checks(self):
         return dict(self.checks)
 
     def apply_gate(self, inst, passing, output):
@@ -83,7 +86,7 @@ def test_the_mirror_applies_nothing_before_it_has_read_the_records():
     a = inst("a")
     store.instances[a.id] = a
     store.checks[a.gate_check_id] = ("passing", "9/9 passed")
-    mirror = GateMirror(store, "registrator@h2", threading.Event())
+    mirror = GateMirror(store, store, "registrator@h2", threading.Event())
     assert mirror.apply() == 0 and store.applied == [], "a restart must not shut admitted gates"
     mirror.records = {}
     assert mirror.apply() == 1 and store.applied == [(a.id, False, NO_DECISION)]
@@ -96,7 +99,7 @@ def test_the_mirror_applies_only_its_own_registrations_and_only_once():
     for i in (mine, other):
         store.instances[i.id] = i
         store.checks[i.gate_check_id] = ("critical", "")
-    mirror = GateMirror(store, "registrator@h2", threading.Event())
+    mirror = GateMirror(store, store, "registrator@h2", threading.Event())
     mirror.records = {mine.id: GateRecord(True, "ok", "c1", "t1"), other.id: GateRecord(True, "ok", "c1", "t1")}
     assert mirror.apply() == 1 and store.applied == [(mine.id, True, "ok")]
     assert mirror.apply() == 0, "nothing left to change"
@@ -108,7 +111,7 @@ def test_started_it_follows_its_own_nodes_records_with_blocking_queries():
     store.instances[a.id] = a
     store.checks[a.gate_check_id] = ("passing", "forged")
     stopping = threading.Event()
-    GateMirror(store, "registrator@h2", stopping, wait=0.05).start()
+    GateMirror(store, store, "registrator@h2", stopping, wait=0.05).start()
     deadline = time.monotonic() + 5
     while (not store.applied or len(store.asked) < 3) and time.monotonic() < deadline:
         time.sleep(0.01)

@@ -29,37 +29,59 @@ def test_only_the_instances_own_health_checks_count_and_the_share_is_at_least_on
     assert (limit(1, 0.25), limit(4, 0.25), limit(8, 0.25), limit(10, 0.5)) == (1, 1, 2, 5)
 
 
-class Store:
-    def __init__(self):
-        self.records, self.gates, self.history = {}, {}, []
-        self.actions = []                 # (container id, action) asked of the container's host
-        self.carried_out = []             # of those, what the host's registrator has done
+class Healing:
+    """The healing store over the bundle's `records`."""
 
-    def healing_records(self):
-        return dict(self.records)
+    def __init__(self, store):
+        self.store = store
 
-    def put_healing(self, iid, record):
+    def all(self):
+        return dict(self.store.records)
+
+    def put(self, iid, record):
         if record is None:
-            self.records.pop(iid, None)
+            self.store.records.pop(iid, None)
         else:
-            self.records[iid] = record
+            self.store.records[iid] = record
+
+
+class NodeRecords:
+    """Gates and container actions, as the bundle's `gates` and `actions`; a registrator carries
+    out what `carried_out` holds."""
+
+    def __init__(self, store):
+        self.store = store
 
     def set_gate(self, inst, passing, output):
-        self.gates[inst.id] = (passing, output)
+        self.store.gates[inst.id] = (passing, output)
 
     def request_action(self, inst, action, reason, timeout=10):
         assert inst.node and reason
-        self.actions.append((inst.container_id, action))
+        self.store.actions.append((inst.container_id, action))
 
     def withdraw_action(self, inst, action):
         asked = (inst.container_id, action)
-        if asked in self.actions and asked not in self.carried_out:
-            self.actions.remove(asked)
+        if asked in self.store.actions and asked not in self.store.carried_out:
+            self.store.actions.remove(asked)
             return True
         return False
 
-    def add_history(self, service, event, **details):
-        self.history.append((event, details))
+
+class History(list):
+    """The history store: (event, details) in order."""
+
+    def add(self, service, event, **details):
+        self.append((event, details))
+
+
+class Store:
+    """The stores the healer takes, in memory."""
+
+    def __init__(self):
+        self.records, self.gates, self.history = {}, {}, History()
+        self.actions = []                 # (container id, action) asked of the container's host
+        self.carried_out = []             # of those, what the host's registrator has done
+        self.healing, self.node_records = Healing(self), NodeRecords(self)
 
 
 def failed_for_ten_seconds():
@@ -241,8 +263,8 @@ def test_records_are_read_once_per_pass_and_a_write_is_seen_at_once():
     now = [1000.0]
     h, store = healer(now)
     reads = []
-    real = store.healing_records
-    store.healing_records = lambda: reads.append(1) or real()
+    real = store.healing.all
+    store.healing.all = lambda: reads.append(1) or real()
     h.reconcile("demo", [ri(1)])
     h.reconcile("other", [ri(2)])
     now[0] = 1000.5
@@ -309,8 +331,8 @@ def test_a_restart_carried_out_is_not_taken_back_and_each_run_is_looked_at_once(
     h, store, now = failed_for_ten_seconds()
     store.carried_out.append(("c1", "restart"))
     calls = []
-    withdraw = store.withdraw_action
-    store.withdraw_action = lambda inst, action: calls.append(inst.id) or withdraw(inst, action)
+    withdraw = store.node_records.withdraw_action
+    store.node_records.withdraw_action = lambda inst, action: calls.append(inst.id) or withdraw(inst, action)
     for t in (1015.0, 1020.0, 1025.0):               # the new run, tested again and admitted
         now[0] = t
         h.reconcile("demo", [ri(1), ri(2)])
@@ -320,13 +342,13 @@ def test_a_restart_carried_out_is_not_taken_back_and_each_run_is_looked_at_once(
 
 def test_taking_a_restart_back_is_tried_again_when_consul_did_not_answer():
     h, store, now = failed_for_ten_seconds()
-    withdraw, failures = store.withdraw_action, [ConnectionError("Consul restarting")]
+    withdraw, failures = store.node_records.withdraw_action, [ConnectionError("Consul restarting")]
 
     def flaky(inst, action):
         if failures:
             raise failures.pop()
         return withdraw(inst, action)
-    store.withdraw_action = flaky
+    store.node_records.withdraw_action = flaky
     now[0] = 1015.0
     try:
         h.reconcile("demo", [ri(1), ri(2)])

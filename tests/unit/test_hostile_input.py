@@ -98,16 +98,18 @@ def test_arbitrary_hostile_labels_are_rejected_or_come_out_clean(labels):
     assert_clean(instances)
 
 
-class StoreWith:
+class InstancesWith:
     """What someone with write access to Consul could have put there, bypassing registrator."""
 
     def __init__(self, service, instances):
         self.service, self.instances = service, instances
 
-    def all_instances(self):
+    def all(self):
         return {self.service: self.instances}
 
-    def policy(self, service):
+
+class NoPolicies:
+    def get(self, service):
         return 0, None
 
 
@@ -118,7 +120,8 @@ def test_hostile_values_written_straight_into_consul_never_reach_nginx(field, va
                 container_name="web", image="demo:v1", registered_by="r", proxy_path="/demo/")
     base[field] = value
     inst = Instance(**base)
-    view = build_view(StoreWith(inst.service, [RegisteredInstance(inst, {inst.gate_check_id: "passing"})]))
+    view = build_view(InstancesWith(inst.service, [RegisteredInstance(inst, {inst.gate_check_id: "passing"})]),
+                      NoPolicies())
     text = render(view.routes, "/p", "127.0.0.1:1")
     if DANGEROUS & set(value):
         assert view.routes == [] and view.errors                 # left out, and reported

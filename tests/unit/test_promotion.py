@@ -1,5 +1,5 @@
-"""Routing-policy decisions with an in-memory store that does check-and-set as Consul does.
-The same commands run against the real stack in tests/e2e/test_promotion.py."""
+"""Routing-policy decisions with in-memory stores, the policy store doing check-and-set as Consul
+does. The same commands run against the real stack in tests/e2e/test_promotion.py."""
 from __future__ import annotations
 
 import pytest
@@ -9,43 +9,83 @@ from catalog.validation import InvalidValue
 from gatekeeper.promotion import promoter as pr
 
 
+class Policies:
+    """The policy store, with check-and-set as Consul does it, over the bundle's `pol` and `index`."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def get(self, service):
+        assert service == "demo", service          # every call names the service it is about
+        return self.store.index, self.store.pol
+
+    def put(self, policy, cas):
+        store = self.store
+        assert policy.service == "demo" and isinstance(policy.updated, float) and policy.updated > 0
+        store.writes += 1
+        if store.race:
+            store.race -= 1
+            store.index += 1
+            return False
+        if cas != store.index:
+            return False
+        store.pol, store.index = policy, store.index + 1
+        return True
+
+
+class Instances:
+    def __init__(self, store):
+        self.store = store
+
+    def of(self, service):
+        assert service == "demo", service
+        return list(self.store.registered)
+
+
+class History:
+    def __init__(self, store):
+        self.store = store
+
+    def add(self, service, event, **details):
+        assert service == "demo", service
+        self.store.hist.append((event, details))
+
+
+class Verdicts:
+    def get(self, iid):
+        return Verdict(iid, "c-" + iid, "t", PASSED, "ok", 1, 2)
+
+
+class NodeRecords:
+    def __init__(self, store):
+        self.store = store
+
+    def request_action(self, inst, action, reason, timeout=10):
+        self.store.actions.append((inst.container_id, action))
+
+
 class Store:
+    """The stores promotion takes, in memory: the policy (`pol`, at `index`), the history
+    (`hist`), the registered instances, and the container actions asked."""
+
     def __init__(self, policy=None, versions=(), admitted=True):
         self.pol, self.index, self.hist = policy, 1 if policy else 0, []
         self.registered = [reg(v, admitted) for v in versions]
         self.writes = 0
         self.race = 0               # this many writes lose their check-and-set first
         self.actions = []           # (container id, action) asked of the container's host
+        self.policies, self.instances, self.history = Policies(self), Instances(self), History(self)
+        self.verdicts, self.node_records = Verdicts(), NodeRecords(self)
 
-    def request_action(self, inst, action, reason, timeout=10):
-        self.actions.append((inst.container_id, action))
 
-    def policy(self, service):
-        assert service == "demo", service          # every call names the service it is about
-        return self.index, self.pol
+def broken():
+    """A store whose policy fails validation."""
+    store = Store()
 
-    def put_policy(self, policy, cas):
-        assert policy.service == "demo" and isinstance(policy.updated, float) and policy.updated > 0
-        self.writes += 1
-        if self.race:
-            self.race -= 1
-            self.index += 1
-            return False
-        if cas != self.index:
-            return False
-        self.pol, self.index = policy, self.index + 1
-        return True
-
-    def instances(self, service):
-        assert service == "demo", service
-        return list(self.registered)
-
-    def add_history(self, service, event, **details):
-        assert service == "demo", service
-        self.hist.append((event, details))
-
-    def verdict(self, iid):
-        return Verdict(iid, "c-" + iid, "t", PASSED, "ok", 1, 2)
+    def get(service):
+        raise InvalidValue("weight", 500, "0 to 100")
+    store.policies.get = get
+    return store
 
 
 def inst(version, n=1):
@@ -106,10 +146,7 @@ def test_a_canary_that_was_aborted_and_passes_again_is_no_longer_marked_aborted(
 
 
 def test_an_invalid_policy_is_left_alone():
-    class Broken(Store):
-        def policy(self, service):
-            raise InvalidValue("weight", 500, "0 to 100")
-    store = Broken()
+    store = broken()
     pr.Promoter(store).admitted(inst("v1"))
     assert store.writes == 0 and store.hist == []
 
@@ -121,7 +158,7 @@ def test_a_lost_check_and_set_is_retried_and_a_lasting_race_is_a_conflict():
     assert store.pol.stable == "v2" and store.writes == 3
     store.race = 5
     with pytest.raises(pr.Conflict, match="kept changing"):
-        pr.update_policy(store, "demo", lambda p: pr.replace(p, weight=10))
+        pr.update_policy(store.policies, "demo", lambda p: pr.replace(p, weight=10))
 
 
 # --- operator commands -------------------------------------------------------------------------
@@ -196,11 +233,8 @@ def test_mode_is_validated_and_needs_a_known_service():
 
 
 def test_an_invalid_policy_is_refused_with_the_key_to_fix():
-    class Broken(Store):
-        def policy(self, service):
-            raise InvalidValue("weight", 500, "0 to 100")
     with pytest.raises(pr.PromotionError, match="fix or delete gatekeeper/policies/demo"):
-        pr.promote(Broken(), "demo")
+        pr.promote(broken(), "demo")
 
 
 # --- stopping old versions after a promotion ---------------------------------------------------
@@ -275,19 +309,29 @@ def test_defaults_of_the_promoter():
 
 # --- progressive mode: the analysis carried out (real Prometheus: tests/e2e/test_progressive.py) --
 
+class Analyses:
+    """The analysis store: the one service's analysis state is the bundle's `state`."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def get(self, service):
+        return self.store.state
+
+    def put(self, state):
+        self.store.state = state
+
+
+class GatesAndActions(NodeRecords):
+    def set_gate(self, inst, passing, output):
+        self.store.gates.append((inst.id, passing, output))
+
+
 class AnalysisStore(Store):
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
         self.state, self.gates = None, []
-
-    def analysis(self, service):
-        return self.state
-
-    def put_analysis(self, state):
-        self.state = state
-
-    def set_gate(self, inst, passing, output):
-        self.gates.append((inst.id, passing, output))
+        self.analysis, self.node_records = Analyses(self), GatesAndActions(self)
 
 
 class Metrics:

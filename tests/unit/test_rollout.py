@@ -26,18 +26,27 @@ def test_the_marker_opens_only_for_an_admitted_instance_of_a_version_that_takes_
     assert marker_state(unhealthy, stable) == OPEN           # the healer's to judge, not Swarm's retries
 
 
-class Store:
-    def __init__(self, policy, verdicts=()):
-        self.p, self.verdicts, self.history = policy, {v.instance_id: v for v in verdicts}, []
+class Policies:
+    def __init__(self, policy):
+        self.p = policy
 
-    def policy(self, service):
+    def get(self, service):
         return 1, self.p
 
-    def verdict(self, iid):
-        return self.verdicts.get(iid)
 
-    def add_history(self, service, event, **details):
-        self.history.append((event, details))
+class History(list):
+    """The history store: (event, details) in order."""
+
+    def add(self, service, event, **details):
+        self.append((event, details))
+
+
+class Store:
+    """The stores a rollout reads and writes, in memory: the policy, the verdicts (instance id ->
+    verdict, `get`), the history."""
+
+    def __init__(self, policy, verdicts=()):
+        self.policies, self.verdicts, self.history = Policies(policy), {v.instance_id: v for v in verdicts}, History()
 
 
 class Swarm:
@@ -118,11 +127,13 @@ def test_each_swarm_service_is_judged_on_its_own():
 def test_an_invalid_policy_keeps_every_marker_closed():
     from catalog.validation import InvalidValue
 
-    class Broken(Store):
-        def policy(self, service):
+    class Broken(Policies):
+        def get(self, service):
             raise InvalidValue("policy", "x", "valid JSON")
     swarm = Swarm()
-    r = Rollout(Broken(None), swarm)
+    store = Store(None)
+    store.policies = Broken(None)
+    r = Rollout(store, swarm)
     r.written["demo"] = {"c1": OPEN}
     r.reconcile("demo", [ri(1)])
     assert swarm.markers == [("c1", CLOSED)]

@@ -63,7 +63,7 @@ def test_an_event_that_arrives_during_the_first_sync_is_not_dropped():
     dock = ScriptedDocker([[lambda: time.sleep(0.1), lambda: dock.add("c2", "late", labels=L),
                             ContainerEvent("start", "c2")]], sync_delay=0.5)
     dock.add("c1", "early", labels=L)
-    runner = Runner(Bridge(reg, dock, Settings(hostname="h")), dock, RunnerOptions(resync_every=60))
+    runner = Runner(Bridge(reg.instances, reg.rejections, dock, Settings(hostname="h")), dock, RunnerOptions(resync_every=60))
     assert run_until(runner, lambda: set(reg.services) == {"h:early:8080", "h:late:8080"})
     assert dock.syncs == 1, "only the queued start event can have registered the late container"
 
@@ -76,7 +76,7 @@ def test_a_broken_event_stream_reconnects_and_resyncs_away_what_died_meanwhile()
 
     dock = ScriptedDocker([[container_dies_while_disconnected, END]])
     dock.add("c1", "web", labels=L)
-    runner = Runner(Bridge(reg, dock, Settings(hostname="h")), dock, RunnerOptions(resync_every=60))
+    runner = Runner(Bridge(reg.instances, reg.rejections, dock, Settings(hostname="h")), dock, RunnerOptions(resync_every=60))
     assert run_until(runner, lambda: dock.syncs >= 2 and reg.services == {})
 
 
@@ -86,7 +86,7 @@ def test_kill_with_sigterm_takes_the_instance_out_but_a_sighup_does_not():
                             ContainerEvent("start", "c2"), ContainerEvent("kill", "c3", {"signal": "15"})]])
     for cid, name in (("c1", "hup"), ("c2", "marker"), ("c3", "term")):
         dock.add(cid, name, labels=L)
-    runner = Runner(Bridge(reg, dock, Settings(hostname="h")), dock, RunnerOptions(resync_every=60))
+    runner = Runner(Bridge(reg.instances, reg.rejections, dock, Settings(hostname="h")), dock, RunnerOptions(resync_every=60))
     assert run_until(runner, lambda: ("deregister", "h:term:8080") in reg.calls)
     assert "h:hup:8080" in reg.services          # events run in order: the SIGHUP came first
     assert "h:term:8080" not in reg.services      # SIGTERM: out before the process exits

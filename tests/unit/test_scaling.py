@@ -82,20 +82,30 @@ class FakeSwarm:
 
 
 class FakeStore:
+    """The stores the autoscaler takes (instances, scaling, history), in memory: `registered`
+    instances, scaling `records` by service, `history` as (service, event, details)."""
+
     def __init__(self, instances=()):
-        self.registered, self.records, self.history = list(instances), {}, []
+        self.registered, self.records, self.history = list(instances), Records(), History()
+        self.instances, self.scaling = Instances(self), self.records
 
-    def instances(self, service):
-        return [ri for ri in self.registered if ri.instance.service == service]
 
-    def scaling(self, service):
-        return self.records.get(service)
+class Instances:
+    def __init__(self, store):
+        self.store = store
 
-    def put_scaling(self, service, record):
-        self.records[service] = record
+    def of(self, service):
+        return [ri for ri in self.store.registered if ri.instance.service == service]
 
-    def add_history(self, service, event, **details):
-        self.history.append((service, event, details))
+
+class Records(dict):
+    def put(self, service, record):
+        self[service] = record
+
+
+class History(list):
+    def add(self, service, event, **details):
+        self.append((service, event, details))
 
 
 def svc(replicas=2, label="min=1,max=4", name="demo"):

@@ -1,7 +1,7 @@
 """Where Consul tokens come from: a file or the environment, never the command line."""
 import pytest
 
-from catalog.consul_store import ConsulStore, read_token
+from catalog.consul_client import ConsulClient, read_token
 
 
 def test_token_file_then_token_file_env_then_token_env(tmp_path, monkeypatch):
@@ -22,5 +22,5 @@ def test_an_unreadable_token_file_is_a_clear_error(tmp_path):
 
 def test_an_explicit_token_beats_the_environment(monkeypatch):
     monkeypatch.setenv("CONSUL_HTTP_TOKEN", "operator-token")
-    store = ConsulStore("127.0.0.1:1", token="registrator-token")
-    assert store._c.token == "registrator-token" and store._blocking.token == "registrator-token"
+    client = ConsulClient("127.0.0.1:1", token="registrator-token")
+    assert client._c.token == "registrator-token" and client._blocking.token == "registrator-token"

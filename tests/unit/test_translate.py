@@ -1,7 +1,7 @@
 import pytest
 
 from registrator.docker_source import Container, PublishedPort
-from catalog.consul_store import instance_from_consul
+from catalog.stores.instances import instance_from_consul
 from catalog.images import image_version
 from registrator.translate import Rejected, Settings, Skipped, instances_for
 

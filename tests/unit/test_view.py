@@ -48,15 +48,16 @@ def test_two_services_on_one_host_and_path_the_first_by_name_keeps_it():
 
 
 def test_build_view_reads_everything_once_and_reports_each_bad_service():
-    class Store:
-        def all_instances(self):
+    class Instances:
+        def all(self):
             return {"good": [reg("good")], "bad": [reg("bad", port=0)], "pol": [reg("pol")]}
 
-        def policy(self, service):
+    class Policies:
+        def get(self, service):
             if service == "pol":
                 from catalog.validation import InvalidValue
                 raise InvalidValue("weight", 500, "a whole number from 0 to 100")
             return 0, RoutingPolicy(service, stable="v1")
-    view = build_view(Store())
+    view = build_view(Instances(), Policies())
     assert [r.service for r in view.routes] == ["good"] and view.routes[0].stable.version == "v1"
     assert set(view.errors) == {"bad", "pol"} and view.errors["pol"].startswith("weight=500")

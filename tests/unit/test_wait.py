@@ -10,33 +10,59 @@ def instance(version="v2", port=1):
 
 
 class Store:
-    """What wait reads, held in plain fields; wait_keys returns at once (nothing blocks)."""
+    """What wait reads, held in plain fields, through fakes of the stores it takes (instances,
+    verdicts, policies, proxies); waiting for a change returns at once (nothing blocks)."""
 
     def __init__(self, state=PASSED, policy=None, proxies=(), served=None):
         self.inst = instance()
-        self.verdicts = {self.inst.id: Verdict(self.inst.id, "c1", "demo-test", state, f"{state}: 3 tests", 1, 2)}
+        self.verdict_of = {self.inst.id: Verdict(self.inst.id, "c1", "demo-test", state, f"{state}: 3 tests", 1, 2)}
         self.the_policy = policy if policy is not None else RoutingPolicy("demo", stable="v2")
         self.the_proxies = list(proxies)
         self.served_by = served or {}
         self.proxy_reads = 0
+        self.instances, self.verdicts = Instances(self), Verdicts(self)
+        self.policies, self.proxies = Policies(self), Proxies(self)
 
-    def instances(self, service):
-        return [RegisteredInstance(self.inst, {self.inst.gate_check_id: "passing"})]
 
-    def verdict(self, instance_id):
-        return self.verdicts.get(instance_id)
+class Instances:
+    def __init__(self, store):
+        self.store = store
 
-    def policy(self, service):
-        return 1, self.the_policy
+    def of(self, service):
+        return [RegisteredInstance(self.store.inst, {self.store.inst.gate_check_id: "passing"})]
 
-    def proxies(self):
-        self.proxy_reads += 1
-        return self.the_proxies
+
+class Verdicts:
+    def __init__(self, store):
+        self.store = store
+
+    def get(self, instance_id):
+        return self.store.verdict_of.get(instance_id)
+
+
+class Policies:
+    def __init__(self, store):
+        self.store = store
+
+    def get(self, service):
+        return 1, self.store.the_policy
+
+    def wait_changes(self, index, wait):
+        return index + 1
+
+
+class Proxies:
+    def __init__(self, store):
+        self.store = store
+
+    def all(self):
+        self.store.proxy_reads += 1
+        return self.store.the_proxies
 
     def served(self, proxy_id, service):
-        return self.served_by.get(proxy_id)
+        return self.store.served_by.get(proxy_id)
 
-    def wait_keys(self, prefix, index, wait):
+    def wait_served(self, index, wait):
         return index + 1
 
 

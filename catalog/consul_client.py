@@ -1,0 +1,234 @@
+"""The one way to reach Consul: where it is, with which token, how long to wait, and the
+generic operations every store is built on (python-consul2 underneath, aiohttp for the
+asynchronous blocking queries of catalog.mirror).
+
+Nothing here knows what a key or a service means; the stores of catalog.stores do. Every call
+has a timeout (python-consul2 has none by default); a blocking query gets a client of its own
+whose timeout outlasts its wait. `ConsulError` and the exception classes re-exported here are
+what callers catch.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+import consul
+import consul.base
+
+# What callers catch: any refusal, and the kinds retry policies tell apart.
+ConsulException = consul.base.ConsulException
+ACLPermissionDenied = consul.base.ACLPermissionDenied
+NotFound = consul.base.NotFound
+BadRequest = consul.base.BadRequest
+
+
+class ConsulError(ConsulException):
+    """Consul refused a request; str() starts with the path and carries Consul's status code."""
+
+
+def parse_address(addr: str) -> Tuple[str, str, int]:
+    """'127.0.0.1:8500' or 'http://127.0.0.1:8500' -> (scheme, host, port)."""
+    scheme, _, rest = addr.rpartition("://")
+    host, _, port = rest.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"Consul address {addr!r} is not HOST:PORT (for example 127.0.0.1:8500)")
+    return scheme or "http", host, int(port)
+
+
+def read_token(token_file: Optional[str] = None) -> Optional[str]:
+    """A Consul ACL token from a file (the option, or CONSUL_HTTP_TOKEN_FILE) or from
+    CONSUL_HTTP_TOKEN; never from the command line, never logged."""
+    token_file = token_file or os.environ.get("CONSUL_HTTP_TOKEN_FILE")
+    if token_file:
+        try:
+            with open(token_file) as f:
+                return f.read().strip() or None
+        except OSError as exc:
+            raise ValueError(f"cannot read the Consul token file {token_file}: {exc.strerror}") from None
+    return os.environ.get("CONSUL_HTTP_TOKEN") or None
+
+
+def token_headers(token: Optional[str]) -> Dict[str, str]:
+    return {"X-Consul-Token": token} if token else {}
+
+
+def blocking_timeout(max_wait: float, timeout: float) -> float:
+    """A blocking query's timeout: its wait, Consul's jitter (up to wait/16) and a normal timeout."""
+    return max_wait * 1.1 + timeout
+
+
+def _values(items) -> Dict[str, str]:
+    return {i["Key"]: (i["Value"] or b"").decode() for i in items or []}
+
+
+class ConsulClient:
+    """One Consul agent reached with one token: KV, the agent's services and checks, catalog
+    and health reads, sessions and locks."""
+
+    def __init__(self, address: str = "127.0.0.1:8500", token: Optional[str] = None,
+                 timeout: float = 5.0, max_wait: float = 30.0):
+        scheme, host, port = parse_address(address)
+        self.address = address
+        self.max_wait = max_wait
+        self._c = consul.Consul(host=host, port=port, scheme=scheme, token=token, timeout=timeout)
+        # Blocking queries hold the connection for up to `wait`; they get a client of their own
+        # whose timeout outlasts the wait.
+        self._blocking = consul.Consul(host=host, port=port, scheme=scheme, token=token,
+                                       timeout=blocking_timeout(max_wait, timeout))
+        # python-consul2 lets CONSUL_HTTP_TOKEN override an explicit token; the one given wins here.
+        self._c.token = self._blocking.token = token
+        self._token = token
+
+    # --- the cluster -----------------------------------------------------------------------
+    def leader(self) -> str:
+        return self._c.status.leader() or ""
+
+    # --- KV --------------------------------------------------------------------------------
+    def kv_get(self, key: str) -> Tuple[int, Optional[str]]:
+        """(ModifyIndex, value); (0, None) when the key is absent."""
+        _, item = self._c.kv.get(key)
+        if item is None:
+            return 0, None
+        value = item["Value"]
+        return int(item["ModifyIndex"]), value.decode() if value is not None else ""
+
+    def kv_put(self, key: str, value: str, cas: Optional[int] = None) -> bool:
+        """Write `value`; with `cas` only if the key's ModifyIndex is still `cas` (0: absent)."""
+        return bool(self._c.kv.put(key, value, cas=cas))
+
+    def kv_delete(self, key: str, cas: Optional[int] = None) -> bool:
+        """Delete `key`; with `cas` only if its ModifyIndex is still `cas`."""
+        return bool(self._c.kv.delete(key, cas=cas))
+
+    def kv_delete_tree(self, prefix: str) -> None:
+        self._c.kv.delete(prefix, recurse=True)
+
+    def kv_keys(self, prefix: str) -> List[str]:
+        _, keys = self._c.kv.get(prefix, keys=True)
+        return list(keys or [])
+
+    def kv_list(self, prefix: str) -> Dict[str, str]:
+        _, items = self._c.kv.get(prefix, recurse=True)
+        return _values(items)
+
+    def kv_list_indexed(self, prefix: str) -> Tuple[int, Dict[str, str]]:
+        """(the prefix's index, every key under it with its value): the start of a blocking query."""
+        idx, items = self._c.kv.get(prefix, recurse=True)
+        return int(idx), _values(items)
+
+    def wait_kv(self, prefix: str, index: int, wait: float) -> Tuple[int, Dict[str, str]]:
+        """Blocking query on every key under `prefix` with its value."""
+        idx, items = self._blocking.kv.get(prefix, recurse=True, index=index or None,
+                                           wait=f"{int(wait)}s")
+        return int(idx), _values(items)
+
+    def wait_keys(self, prefix: str, index: int, wait: float) -> int:
+        """Block until something under `prefix` changes (a key written or deleted) or `wait`
+        seconds pass; return the prefix's index to pass next time (0: return at once). Lists
+        keys only, so a prefix holding much history costs little."""
+        idx, _ = self._blocking.kv.get(prefix, keys=True, index=index or None,
+                                       wait=f"{max(1, int(wait * 1000))}ms")
+        return int(idx)
+
+    # --- this agent: its services and checks -------------------------------------------------
+    def register_service(self, definition: dict) -> None:
+        self.put("/v1/agent/service/register", json.dumps(definition))
+
+    def deregister_service(self, service_id: str) -> None:
+        self.put(f"/v1/agent/service/deregister/{service_id}")
+
+    def set_check(self, check_id: str, passing: bool, note: str) -> None:
+        """Pass or fail a TTL check of this agent, with `note` as its output."""
+        self.put(f"/v1/agent/check/{'pass' if passing else 'fail'}/{check_id}", params=[("note", note)])
+
+    def agent_services(self) -> Dict[str, dict]:
+        return self._c.agent.services()
+
+    def agent_checks(self) -> Dict[str, dict]:
+        return self._c.agent.checks()
+
+    def node_name(self) -> str:
+        """The name of the node this agent is (the host it stands for)."""
+        return self._c.agent.self()["Config"]["NodeName"]
+
+    def put(self, path: str, data: str = "", params: Iterable = ()) -> None:
+        """A PUT to the agent's HTTP API; a refusal raises ConsulError naming the path."""
+        try:
+            self._c.http.put(consul.base.CB.bool(), path=path, params=list(params), data=data,
+                             headers=token_headers(self._token))
+        except consul.base.ConsulException as exc:
+            raise ConsulError(f"PUT {path}: {exc}") from None
+
+    # --- the catalog and health ----------------------------------------------------------------
+    def catalog_services(self) -> Dict[str, list]:
+        _, services = self._c.catalog.services()
+        return services
+
+    def health_service(self, service: str) -> list:
+        """A /v1/health/service/NAME answer: every instance with its checks, any status."""
+        _, entries = self._c.health.service(service)
+        return entries
+
+    def wait_health_service(self, service: str, index: int, wait: float) -> Tuple[int, list]:
+        idx, entries = self._blocking.health.service(service, index=index or None, wait=f"{int(wait)}s")
+        return int(idx), entries or []
+
+    def wait_health_state(self, index: int, wait: float) -> Tuple[int, list]:
+        idx, checks = self._blocking.health.state("any", index=index or None, wait=f"{int(wait)}s")
+        return int(idx), checks
+
+    # --- sessions and locks ----------------------------------------------------------------
+    def session_create(self, name: str, ttl: int = 10, lock_delay: int = 5) -> str:
+        return self._c.session.create(name=name, ttl=ttl, lock_delay=lock_delay, behavior="release")
+
+    def session_renew(self, session: str) -> bool:
+        return self._c.session.renew(session) is not None
+
+    def session_destroy(self, session: str) -> None:
+        self._c.session.destroy(session)
+
+    def acquire(self, key: str, session: str, value: str) -> bool:
+        return bool(self._c.kv.put(key, value, acquire=session))
+
+    def release(self, key: str, session: str) -> None:
+        self._c.kv.put(key, "", release=session)
+
+
+class AsyncConsul:
+    """Blocking queries over one aiohttp session, for many idle queries on one thread:
+
+        async with AsyncConsul(address, token, wait=30) as c:
+            index, data = await c.blocking_get("/v1/catalog/services", {}, index)
+    """
+
+    def __init__(self, address: str, token: Optional[str], wait: float = 30.0, timeout: float = 5.0):
+        scheme, host, port = parse_address(address)
+        self.base = f"{scheme}://{host}:{port}"
+        self.headers = token_headers(token)
+        self.wait, self.timeout = wait, timeout
+        self._session = None
+
+    async def __aenter__(self) -> "AsyncConsul":
+        import aiohttp
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0), headers=self.headers,
+            timeout=aiohttp.ClientTimeout(total=blocking_timeout(self.wait, self.timeout)))
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self._session.close()
+
+    async def blocking_get(self, path: str, params: dict, index: int) -> Tuple[int, Any]:
+        """(X-Consul-Index, the JSON answer); an empty KV prefix answers []; an error status
+        raises ConsulError."""
+        query = {**params, "wait": f"{int(self.wait)}s"}
+        if index:
+            query["index"] = str(index)
+        async with self._session.get(self.base + path, params=query) as resp:
+            new_index = int(resp.headers.get("X-Consul-Index", "0") or 0)
+            if resp.status == 404:                 # an empty KV prefix
+                return new_index, []
+            if resp.status != 200:
+                raise ConsulError(f"{path}: {resp.status} {(await resp.text())[:200]}")
+            return new_index, await resp.json(content_type=None)

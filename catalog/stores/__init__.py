@@ -1,0 +1,69 @@
+"""What the stack keeps in Consul, one store per owner of a part of it (catalog.kv_layout names
+the KV prefixes), each built on one `catalog.consul_client.ConsulClient`:
+
+    verdicts      VerdictStore      gatekeeper's verdicts and the retest requests
+    policies      PolicyStore       routing policies and default test images
+    history       HistoryStore      each service's events
+    analysis      AnalysisStore     where progressive analyses stand
+    scaling       ScalingStore      the last replica-count change of Swarm services
+    healing       HealingStore      restarts tried on unhealthy instances
+    node_records  NodeRecordStore   the gates and container actions each node's registrator applies
+    rejections    RejectionStore    containers registrator did not register, and why
+    instances     InstanceStore     service instances: registered on the agent, read from the catalog
+    proxies       ProxyStore        what each proxy serves; daemons' own registrations
+    locks         LockStore         sessions and the leader lock
+
+`Stores` holds one of each over one client; a part takes the bundle or only the stores it needs.
+Callers get and give the dataclasses of `catalog.model`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from ..consul_client import ConsulClient
+from .analysis import AnalysisStore
+from .healing import HealingStore
+from .history import HistoryStore
+from .instances import InstanceStore
+from .locks import LockStore
+from .node_records import NodeRecordStore
+from .policies import PolicyStore
+from .proxies import ProxyStore
+from .rejections import RejectionStore
+from .scaling import ScalingStore
+from .verdicts import VerdictStore
+
+__all__ = ["Stores", "AnalysisStore", "HealingStore", "HistoryStore", "InstanceStore", "LockStore",
+           "NodeRecordStore", "PolicyStore", "ProxyStore", "RejectionStore", "ScalingStore", "VerdictStore"]
+
+
+@dataclass(frozen=True)
+class Stores:
+    consul: ConsulClient
+    verdicts: VerdictStore
+    policies: PolicyStore
+    history: HistoryStore
+    analysis: AnalysisStore
+    scaling: ScalingStore
+    healing: HealingStore
+    node_records: NodeRecordStore
+    rejections: RejectionStore
+    instances: InstanceStore
+    proxies: ProxyStore
+    locks: LockStore
+
+    @classmethod
+    def over(cls, consul: ConsulClient) -> "Stores":
+        return cls(consul, VerdictStore(consul), PolicyStore(consul), HistoryStore(consul), AnalysisStore(consul),
+                   ScalingStore(consul), HealingStore(consul), NodeRecordStore(consul), RejectionStore(consul),
+                   InstanceStore(consul), ProxyStore(consul), LockStore(consul))
+
+    @classmethod
+    def connect(cls, address: str = "127.0.0.1:8500", token: Optional[str] = None, timeout: float = 5.0,
+                max_wait: float = 30.0) -> "Stores":
+        return cls.over(ConsulClient(address, token=token, timeout=timeout, max_wait=max_wait))
+
+    @property
+    def address(self) -> str:
+        return self.consul.address

@@ -1,0 +1,29 @@
+"""Each service's history (gatekeeper/history/<service>/<ns time>): promotions, aborts,
+scaling, healing, forced admissions, one JSON event per key."""
+from __future__ import annotations
+
+import json
+import time
+from typing import List
+
+from ..consul_client import ConsulClient
+from ..kv_layout import HISTORY
+
+
+class HistoryStore:
+    def __init__(self, consul: ConsulClient):
+        self.consul = consul
+
+    def add(self, service: str, event: str, **details) -> None:
+        entry = {"time": time.time(), "event": event, **details}
+        self.consul.kv_put(f"{HISTORY}{service}/{time.time_ns():020d}", json.dumps(entry, sort_keys=True))
+
+    def of(self, service: str) -> List[dict]:
+        """The service's events, oldest first; unreadable ones skipped."""
+        out = []
+        for key, raw in sorted(self.consul.kv_list(f"{HISTORY}{service}/").items()):
+            try:
+                out.append(json.loads(raw))
+            except ValueError:
+                continue
+        return out

@@ -1,0 +1,78 @@
+"""What gatekeeper asks of each node's registrator, per instance: the gate to apply
+(gatekeeper/gates/<node>/<instance id>) and a container action to carry out
+(gatekeeper/actions/<node>/<instance id>). A host's agent answers on that host only, so
+gatekeeper writes here and each registrator follows its own node's records."""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Dict, Tuple
+
+from ..consul_client import ConsulClient
+from ..kv_layout import ACTIONS, GATES
+from ..model import ContainerAction, GateRecord, Instance
+
+log = logging.getLogger(__name__)
+
+
+class NodeRecordStore:
+    def __init__(self, consul: ConsulClient):
+        self.consul = consul
+
+    # --- gates: gatekeeper decides, the instance's own host applies -------------------------
+    def set_gate(self, inst: Instance, passing: bool, output: str) -> None:
+        """Record the gate of `inst` for its node's registrator to apply. Every write wakes it, the
+        same decision written again too (the record carries its time): gatekeeper shuts a forged
+        gate check by writing its decision again."""
+        if not inst.node:
+            raise ValueError(f"{inst.id}: the instance's node is unknown (read it from the catalog)")
+        record = GateRecord(passing, output[:1000], inst.container_id, inst.started, time.time())
+        self.consul.kv_put(f"{GATES}{inst.node}/{inst.id}", record.to_json())
+
+    def gates(self, node: str, index: int = 0, wait: float = 0.0) -> Tuple[int, Dict[str, GateRecord]]:
+        """The gate records of one node's instances (blocking when `index` is given)."""
+        return self._of_node(GATES, node, index, wait, GateRecord.from_json,
+                             "gate record ignored (the gate stays shut)")
+
+    # --- container actions: gatekeeper asks, the container's own host carries them out --------
+    def request_action(self, inst: Instance, action: str, reason: str, timeout: int = 10) -> None:
+        """Ask the registrator of `inst`'s node to stop, restart or kill this run of its container."""
+        if not inst.node:
+            raise ValueError(f"{inst.id}: the instance's node is unknown (read it from the catalog)")
+        record = ContainerAction(action, inst.container_id, inst.started, reason[:300], timeout, time.time())
+        self.consul.kv_put(f"{ACTIONS}{inst.node}/{inst.id}", record.to_json())
+
+    def withdraw_action(self, inst: Instance, action: str) -> bool:
+        """Take back `action` if it was asked for the run of `inst` that is running now (a restart
+        asked to heal an instance that healed before its host's registrator carried it out). A
+        record for another run or another action stays. True when a record was taken back."""
+        key = f"{ACTIONS}{inst.node}/{inst.id}"
+        index, raw = self.consul.kv_get(key)
+        if raw is None:
+            return False
+        try:
+            record = ContainerAction.from_json(raw)
+        except (ValueError, KeyError, TypeError):
+            return False
+        if (record.action, record.container_id, record.started) != (action, inst.container_id, inst.started):
+            return False
+        return self.consul.kv_delete(key, cas=index)
+
+    def actions(self, node: str, index: int = 0, wait: float = 0.0) -> Tuple[int, Dict[str, ContainerAction]]:
+        """The container actions asked of one node (blocking when `index` is given)."""
+        return self._of_node(ACTIONS, node, index, wait, ContainerAction.from_json,
+                             "container action ignored (nothing is done)")
+
+    def _of_node(self, kind: str, node: str, index: int, wait: float, parse, what: str) -> Tuple[int, dict]:
+        prefix = f"{kind}{node}/"
+        if index:
+            idx, raw = self.consul.wait_kv(prefix, index, wait)
+        else:
+            idx, raw = self.consul.kv_list_indexed(prefix)
+        out = {}
+        for key, value in raw.items():
+            try:
+                out[key[len(prefix):]] = parse(value)
+            except (ValueError, KeyError, TypeError):
+                log.warning("%s: damaged %s", key, what)
+        return int(idx), out

@@ -1,0 +1,59 @@
+"""Each service's routing policy (gatekeeper/policies/<service>) and default test image
+(gatekeeper/tests/<service>), and forgetting all a service leaves under gatekeeper/."""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Tuple
+
+from ..consul_client import ConsulClient
+from ..kv_layout import ANALYSIS, DEFAULT_TESTS, GATEKEEPER, HISTORY, POLICIES, SCALING
+from ..model import RoutingPolicy
+from ..validation import parse_policy
+
+
+class PolicyStore:
+    def __init__(self, consul: ConsulClient):
+        self.consul = consul
+
+    def get(self, service: str) -> Tuple[int, Optional[RoutingPolicy]]:
+        """(ModifyIndex, policy); a policy that fails validation raises InvalidValue."""
+        index, raw = self.consul.kv_get(POLICIES + service)
+        if not raw:
+            return index, None
+        return index, parse_policy(raw)
+
+    def put(self, policy: RoutingPolicy, cas: int) -> bool:
+        """Check-and-set: False when someone else changed the policy since `cas` was read."""
+        return self.consul.kv_put(POLICIES + policy.service, policy.to_json(), cas=cas)
+
+    def services(self) -> List[str]:
+        """Services with a routing policy or a default test image, registered or not."""
+        names = {k[len(POLICIES):] for k in self.consul.kv_keys(POLICIES)}
+        names |= {k[len(DEFAULT_TESTS):] for k in self.consul.kv_keys(DEFAULT_TESTS)}
+        return sorted(n for n in names if n and "/" not in n)
+
+    def tests_image(self, service: str) -> str:
+        """The service's default test image ("" when it has none)."""
+        return self.consul.kv_get(DEFAULT_TESTS + service)[1] or ""
+
+    def set_tests_image(self, service: str, image: str) -> None:
+        self.consul.kv_put(DEFAULT_TESTS + service, image)
+
+    def forget_service(self, service: str) -> List[str]:
+        """Remove a service's policy, default test image, analysis and scaling records and
+        history; return the keys removed."""
+        own = (POLICIES + service, DEFAULT_TESTS + service, ANALYSIS + service, SCALING + service)
+        keys = [k for k in own if self.consul.kv_get(k)[1] is not None]
+        keys += self.consul.kv_keys(f"{HISTORY}{service}/")
+        for key in own:
+            self.consul.kv_delete(key)
+        self.consul.kv_delete_tree(f"{HISTORY}{service}/")
+        return keys
+
+    def wait(self, index: int, wait: float) -> Tuple[int, Dict[str, str]]:
+        """Blocking query on everything gatekeeper keeps (policies, retests, default images)."""
+        return self.consul.wait_kv(GATEKEEPER, index, wait)
+
+    def wait_changes(self, index: int, wait: float) -> int:
+        """Block until anything gatekeeper keeps (verdicts, policies, ...) changes or `wait`
+        seconds pass; return the index to pass next time (0: return at once). Keys only."""
+        return self.consul.wait_keys(GATEKEEPER, index, wait)

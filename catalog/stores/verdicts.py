@@ -1,0 +1,45 @@
+"""Gatekeeper's verdicts (gatekeeper/verdicts/<instance id>) and the operator's retest requests
+(gatekeeper/retest/<instance id>)."""
+from __future__ import annotations
+
+import json
+import time
+from typing import List, Optional
+
+from ..consul_client import ConsulClient
+from ..kv_layout import ACTIONS, GATES, RETESTS, VERDICTS
+from ..model import Verdict
+from ._records import read_record
+
+
+class VerdictStore:
+    def __init__(self, consul: ConsulClient):
+        self.consul = consul
+
+    def get(self, instance_id: str) -> Optional[Verdict]:
+        return read_record(self.consul, VERDICTS + instance_id, Verdict.from_json, f"verdict for {instance_id}")
+
+    def put(self, verdict: Verdict) -> None:
+        self.consul.kv_put(VERDICTS + verdict.instance_id, verdict.to_json())
+
+    def ids(self) -> List[str]:
+        """The instance ids that have a stored verdict (keys only: cheap even with thousands)."""
+        return [k[len(VERDICTS):] for k in self.consul.kv_keys(VERDICTS)]
+
+    def forget(self, instance_id: str) -> None:
+        """Remove the verdict of an instance long gone, its gate record and any container action
+        asked for it (on whichever node)."""
+        self.consul.kv_delete(VERDICTS + instance_id)
+        for key in self.consul.kv_keys(GATES) + self.consul.kv_keys(ACTIONS):
+            if key.endswith("/" + instance_id):
+                self.consul.kv_delete(key)
+
+    def request_retest(self, instance_id: str) -> None:
+        self.consul.kv_put(RETESTS + instance_id, json.dumps({"time": time.time()}))
+
+    def retests(self) -> List[str]:
+        """The instance ids whose retest is asked for."""
+        return [k[len(RETESTS):] for k in self.consul.kv_list(RETESTS)]
+
+    def clear_retest(self, instance_id: str) -> None:
+        self.consul.kv_delete(RETESTS + instance_id)

@@ -1,0 +1,125 @@
+"""The stores of catalog.stores against a real Consul server: the behaviour the rest of the stack
+relies on."""
+import dataclasses
+import json
+
+import pytest
+
+from catalog.model import PASSED, Instance, RoutingPolicy, Verdict
+from catalog.validation import InvalidValue
+
+
+def make(unique):
+    return Instance(id=f"{unique}:web:8080", service=unique, address="127.0.0.1", port=31000,
+                    version="v1", container_id="cid", container_name="web", image="demo:v1",
+                    registered_by=f"registrator@{unique}", tests_image="demo-test:latest",
+                    proxy_path=f"/{unique}/")
+
+
+def test_a_new_instance_starts_with_a_critical_gate_and_is_not_admitted(stores, unique):
+    inst = make(unique)
+    stores.instances.register(inst)
+    [ri] = stores.instances.of(unique)
+    assert ri.gate_status == "critical" and not ri.admitted
+    stores.instances.deregister(inst.id)
+
+
+def test_gate_pass_admits_with_its_output_and_survives_reregistration(stores, unique):
+    inst = make(unique)
+    stores.instances.register(inst)
+    stores.instances.apply_gate(inst, True, "9/9 passed in 0.2 s")
+    [ri] = stores.instances.of(unique)
+    assert ri.admitted and ri.gate_output == "9/9 passed in 0.2 s"
+    stores.instances.register(inst)                     # a registrator resync that does re-register
+    [ri] = stores.instances.of(unique)
+    assert ri.admitted, "re-registering the same instance must not reset its gate"
+    stores.instances.apply_gate(inst, False, "failed: 0/9")
+    assert not stores.instances.of(unique)[0].admitted
+    [check] = [c for c in stores.consul._c.health.checks(unique)[1] if c["CheckID"] == inst.gate_check_id]
+    assert "awaiting" not in check["Notes"] and "demo-test:latest" in check["Notes"], \
+        "the UI shows Notes beside every result: they must not contradict a pass or a failure"
+    stores.instances.deregister(inst.id)
+
+
+def test_blocking_query_returns_on_a_check_change(stores, unique):
+    inst = make(unique)
+    stores.instances.register(inst)
+    index, _ = stores.instances.wait_checks(0, 1)
+    stores.instances.apply_gate(inst, True, "ok")
+    new_index, checks = stores.instances.wait_checks(index, 5)
+    assert new_index > index
+    assert any(c["CheckID"] == inst.gate_check_id and c["Status"] == "passing" for c in checks)
+    stores.instances.deregister(inst.id)
+
+
+def test_verdict_roundtrip(stores, unique):
+    v = Verdict(f"{unique}:web:8080", "cid", "demo-test:latest", PASSED, "9/9 passed", 10.0, 11.5, "tail")
+    stores.verdicts.put(v)
+    assert stores.verdicts.get(v.instance_id) == v
+    assert json.loads(stores.consul.kv_get("gatekeeper/verdicts/" + v.instance_id)[1])["duration"] == 1.5
+
+
+def test_policy_check_and_set_refuses_a_stale_writer(stores, unique):
+    cas, none = stores.policies.get(unique)
+    assert none is None and cas == 0
+    assert stores.policies.put(RoutingPolicy(service=unique, stable="v1"), cas)
+    cas1, p1 = stores.policies.get(unique)
+    assert stores.policies.put(RoutingPolicy(service=unique, stable="v2"), cas1)
+    assert not stores.policies.put(RoutingPolicy(service=unique, stable="v3"), cas1), "stale CAS must lose"
+    assert stores.policies.get(unique)[1].stable == "v2"
+
+
+def test_a_malformed_policy_is_reported_not_crashed_on(stores, unique):
+    stores.consul.kv_put(f"gatekeeper/policies/{unique}", "{not json")
+    with pytest.raises(InvalidValue):
+        stores.policies.get(unique)
+    stores.consul.kv_put(f"gatekeeper/policies/{unique}", json.dumps({"service": unique, "weight": 500}))
+    with pytest.raises(InvalidValue) as err:
+        stores.policies.get(unique)
+    assert "weight" in str(err.value)
+    stores.consul.kv_delete(f"gatekeeper/policies/{unique}")      # every proxy of the test session reports it
+
+
+def test_a_verdict_written_by_hand_that_does_not_parse_is_ignored(stores, unique):
+    stores.consul.kv_put(f"gatekeeper/verdicts/{unique}:web:8080", "passed, trust me")
+    assert stores.verdicts.get(f"{unique}:web:8080") is None          # so the instance is tested again
+
+
+def test_gates_and_actions_are_kept_under_the_instances_node_and_forgotten_with_its_verdict(stores, unique):
+    inst = make(unique)
+    stores.instances.register(inst)
+    [ri] = stores.instances.of(unique)
+    node = ri.instance.node
+    assert node == stores.instances.node_name(), "an instance read from the catalog knows its node"
+    stores.verdicts.put(Verdict(inst.id, inst.container_id, "t", PASSED, "9/9 passed", 1, 2))
+    stores.node_records.set_gate(ri.instance, True, "9/9 passed")
+    stores.node_records.request_action(ri.instance, "stop", "drained after v2 was promoted", timeout=7)
+    _, gates = stores.node_records.gates(node)
+    _, actions = stores.node_records.actions(node)
+    assert gates[inst.id].passing and gates[inst.id].applies_to(inst)
+    act = actions[inst.id]
+    assert (act.action, act.container_id, act.reason, act.timeout) == ("stop", "cid", "drained after v2 was promoted", 7)
+    stores.consul.kv_put(f"gatekeeper/actions/{node}/{unique}:damaged", '{"action": "format-disk", "container_id": "x"}')
+    records = stores.node_records.actions(node)[1]        # other tests' stacks share this agent's node
+    assert inst.id in records and f"{unique}:damaged" not in records, "an unknown action is ignored, not carried out"
+    stores.verdicts.forget(inst.id)
+    assert inst.id not in stores.node_records.gates(node)[1] and inst.id not in stores.node_records.actions(node)[1]
+    assert stores.verdicts.get(inst.id) is None
+    stores.consul.kv_delete(f"gatekeeper/actions/{node}/{unique}:damaged")
+    stores.instances.deregister(inst.id)
+
+
+def test_an_action_is_taken_back_only_for_the_run_and_the_action_it_names(stores, unique):
+    inst = make(unique)
+    stores.instances.register(inst)
+    [ri] = stores.instances.of(unique)
+    run = dataclasses.replace(ri.instance, started="2026-11-29T08:00:00.1Z")
+    stores.node_records.request_action(run, "restart", "healing: restart 1 of 3")
+    assert not stores.node_records.withdraw_action(dataclasses.replace(run, started="2026-11-29T08:01:00.2Z"), "restart"), \
+        "a new run of the container does not take back what was asked for the old one"
+    assert not stores.node_records.withdraw_action(run, "stop")
+    assert run.id in stores.node_records.actions(run.node)[1]
+    assert stores.node_records.withdraw_action(run, "restart")
+    assert run.id not in stores.node_records.actions(run.node)[1]
+    assert not stores.node_records.withdraw_action(run, "restart"), "nothing left to take back"
+    stores.instances.deregister(inst.id)
