@@ -43,7 +43,7 @@ def leader_kill(cluster: Cluster) -> float:
                f"a Consul leader other than server {old}")
     leaderless = time.monotonic() - t0
     cluster.sh("start-server", str(old))
-    wait_until(lambda: len(cluster.stores().consul._c.status.peers()) == 3, 60, "three servers in the quorum again")
+    wait_until(lambda: len(cluster.stores().consul.peers()) == 3, 60, "three servers in the quorum again")
     return leaderless
 
 

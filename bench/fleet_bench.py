@@ -71,7 +71,7 @@ def main(argv=None) -> int:
                 reach.append(max(arrivals) - at)
                 leave.append(max(departures) - gone_at)
             # per proxy: one per service in the catalog, one on the service list, one on the policies
-            open_queries = fleet.n * (len(fleet.stores(0).consul._c.catalog.services()[1]) + 2)
+            open_queries = fleet.n * (len(fleet.stores(0).consul.catalog_services()) + 2)
         finally:
             fleet.stop()
     p50, p99 = statistics.median(reach), percentile(reach, 99)

@@ -170,6 +170,25 @@ class ConsulClient:
         _, entries = self._c.health.service(service)
         return entries
 
+    def nodes(self) -> List[dict]:
+        """The catalog's nodes (one per agent that joined)."""
+        return self._c.catalog.nodes()[1]
+
+    def node_checks(self, node: str) -> List[dict]:
+        """Every check on one node, its serf health among them."""
+        return self._c.health.node(node)[1]
+
+    def service_checks(self, service: str) -> List[dict]:
+        return self._c.health.checks(service)[1]
+
+    def peers(self) -> List[str]:
+        """The servers in the Raft quorum."""
+        return self._c.status.peers()
+
+    def kv_entry(self, key: str) -> Optional[dict]:
+        """A key's whole entry (its Session among the fields), or None."""
+        return self._c.kv.get(key)[1]
+
     def wait_health_service(self, service: str, index: int, wait: float) -> Tuple[int, list]:
         idx, entries = self._blocking.health.service(service, index=index or None, wait=f"{int(wait)}s")
         return int(idx), entries or []

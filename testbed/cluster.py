@@ -15,6 +15,7 @@ from typing import Callable, Dict, FrozenSet, List, Optional, Tuple
 import docker
 import requests
 
+from catalog.kv_layout import LEADER
 from catalog.stores import Stores
 from testbed.load import KeepAliveLoad
 from testbed.processes import ROOT, wait_until
@@ -185,7 +186,7 @@ class Cluster:
         return leaders.pop() if len(named) == alive and len(leaders) == 1 else None
 
     def node_health(self, host: str) -> str:
-        checks = self.stores().consul._c.health.node(host)[1]
+        checks = self.stores().consul.node_checks(host)
         return next((c["Status"] for c in checks if c["CheckID"] == "serfHealth"), "missing")
 
     def instances(self, service: str = "demo"):
@@ -243,7 +244,7 @@ def remove_demo_containers(cluster: Cluster, host: str) -> None:
 
 def gatekeeper_leader(cluster: Cluster) -> str:
     """The host whose gatekeeper holds the leader lock ('' when none does)."""
-    _, item = cluster.stores().consul._c.kv.get("gatekeeper/leader")
+    item = cluster.stores().consul.kv_entry(LEADER)
     if not item or not item.get("Session"):
         return ""
     return (item.get("Value") or b"").decode().split("@")[-1].strip()

@@ -62,7 +62,7 @@ def gatekeeper_cli(cluster, *args):
 
 
 def test_each_host_is_a_node_and_its_agent_answers_on_that_host_only(cluster):
-    nodes = {n["Node"] for n in cluster.stores().consul._c.catalog.nodes()[1]}
+    nodes = {n["Node"] for n in cluster.stores().consul.nodes()}
     assert {"h1", "h2", "h3", "server-11", "server-12", "server-13"} <= nodes
     for h in cluster.hosts:
         with pytest.raises(requests.ConnectionError):
@@ -138,7 +138,7 @@ def test_the_consul_leader_killed_loses_no_request_and_nothing_registered(clean)
     print(f"leader {old} killed; {new} leads after {leaderless:.1f} s; "
           f"{sum(load.total for load in running.values())} requests, 0 failed")
     wait_for_leader(cluster)
-    cluster.wait(lambda: cluster.server_alive(old) and len(cluster.stores().consul._c.status.peers()) == 3, 60,
+    cluster.wait(lambda: cluster.server_alive(old) and len(cluster.stores().consul.peers()) == 3, 60,
                  "the killed server back in the quorum")
 
 

@@ -35,7 +35,7 @@ def test_gate_pass_admits_with_its_output_and_survives_reregistration(stores, un
     assert ri.admitted, "re-registering the same instance must not reset its gate"
     stores.instances.apply_gate(inst, False, "failed: 0/9")
     assert not stores.instances.of(unique)[0].admitted
-    [check] = [c for c in stores.consul._c.health.checks(unique)[1] if c["CheckID"] == inst.gate_check_id]
+    [check] = [c for c in stores.consul.service_checks(unique) if c["CheckID"] == inst.gate_check_id]
     assert "awaiting" not in check["Notes"] and "demo-test:latest" in check["Notes"], \
         "the UI shows Notes beside every result: they must not contradict a pass or a failure"
     stores.instances.deregister(inst.id)
