@@ -52,6 +52,17 @@ kill_prefix_nginx() {   # any nginx still running under HOST's prefix (a master 
   local pid
   for pid in $(pgrep -f -- "nginx -p $CSTATE/$1/nginx -c" || true); do kill -KILL -- "-$pid" 2>/dev/null || true; done
 }
+kill_host_leftovers() {   # HOST's daemons whose pid file was lost: found by the host's own paths
+  local h="$1" pids mine
+  mine="($DATA/$h |$CSTATE/$h/|/run/psc-$h/|gatekeeper@$h( |$))"
+  kill_prefix_nginx "$h"
+  pids="$(pgrep -f -- "$mine" || true)"
+  [ -n "$pids" ] || return 0
+  info "$h: stopping daemons no pid file names (pids $(echo $pids))"
+  kill -TERM $pids 2>/dev/null || true
+  for _ in $(seq 1 100); do pgrep -f -- "$mine" >/dev/null || return 0; sleep 0.1; done
+  kill -KILL $(pgrep -f -- "$mine" || true) 2>/dev/null || true
+}
 acl_hcl() {    # the ACL settings every agent shares; with the agent token once it exists
   local token=""
   [ -s "$TOKENS/agent.token" ] && token="tokens { agent = \"$(cat "$TOKENS/agent.token")\" }"
@@ -201,6 +212,9 @@ up() {
   [[ "$n" =~ ^[2-9]$ ]] || die "HOSTS must be 2 to 9, got '$n'"
   command -v consul >/dev/null || die "consul is missing: run scripts/install.sh all first"
   for i in "${IMAGES[@]}"; do docker image inspect "$i" >/dev/null 2>&1 || die "image $i is missing: run scripts/install.sh all first"; done
+  # No cluster recorded: any daemon still running on a host's paths is left from a run whose
+  # state was lost, and would hold that host's addresses and files.
+  if [ ! -s "$CSTATE/hosts" ]; then for i in $(seq 1 "$n"); do kill_host_leftovers "h$i"; done; fi
   step "network: one namespace per host, routed here ($NET.0/24)"
   net_up
   : >"$CSTATE/hosts.new"
@@ -268,7 +282,6 @@ down() {
         kill -QUIT "$(cat "$CRUN/nginx-$h.pid")" 2>/dev/null || true; sleep 0.3
         kill -KILL -- "-$(cat "$CRUN/nginx-$h.pid")" 2>/dev/null || true; rm -f "$CRUN/nginx-$h.pid"
       fi
-      kill_prefix_nginx "$h"
       if running "dockerd-$h"; then
         ids="$(hdocker "$h" ps -aq 2>/dev/null || true)"
         [ -n "$ids" ] && hdocker "$h" rm -f $ids >/dev/null 2>&1 || true
@@ -277,6 +290,8 @@ down() {
     ) &
     kill_pid "consul-$h" TERM &
   done
+  wait
+  for h in $(hosts_made); do kill_host_leftovers "$h" & done
   wait
   for h in $(hosts_made); do
     while read -r mnt; do umount -l "$mnt" 2>/dev/null || true; done < <(awk -v d="$DATA/$h" '$2 ~ "^"d {print $2}' /proc/mounts | sort -r)
