@@ -123,13 +123,15 @@ http {{
     access_log {prefix}/logs/access.log;
     client_body_temp_path {prefix}/tmp/body;
     proxy_temp_path {prefix}/tmp/proxy;
+    map $http_upgrade $connection_upgrade {{ default upgrade; "" ""; }}
     upstream fast {{ server 127.0.0.1:{port}; keepalive 64; }}
     server {{
         listen 127.0.0.1:{listen};
         location /fast/ {{
             proxy_pass http://fast;
             proxy_http_version 1.1;
-            proxy_set_header Connection "";
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $connection_upgrade;
             {headers}
         }}
     }}

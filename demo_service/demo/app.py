@@ -129,11 +129,48 @@ async def stats(request: web.Request) -> web.Response:
     return web.json_response(dict(request.app[COUNTERS]))
 
 
+async def echo(request: web.Request) -> web.WebSocketResponse:
+    """A WebSocket that answers each text message with it and the version: `v2: hello`."""
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    version = request.app[SETTINGS].version
+    async for msg in ws:
+        if msg.type == web.WSMsgType.TEXT:
+            await ws.send_str(f"{version}: {msg.data}")
+    return ws
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """Server-sent events: `count` events (1 to 100, 3 by default) `every` seconds apart (0 to 5,
+    0.5 by default), each `{"n": N, "version": V}`, flushed as it is written. `X-Accel-Buffering: no`
+    tells a proxy in front (nginx) to pass each event on at once rather than fill a buffer first."""
+    try:
+        count = int(request.query.get("count", "3"))
+        every = float(request.query.get("every", "0.5"))
+    except ValueError:
+        count, every = -1, -1.0
+    if not (1 <= count <= 100 and 0 <= every <= 5):
+        return json_error(400, "count must be an integer from 1 to 100 and every a number of seconds "
+                               f"from 0 to 5, got count={request.query.get('count')!r} every={request.query.get('every')!r}")
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                                "X-Accel-Buffering": "no"})
+    await resp.prepare(request)
+    version = request.app[SETTINGS].version
+    for n in range(count):
+        if n:
+            await asyncio.sleep(every)
+        await resp.write(f'id: {n}\ndata: {{"n": {n}, "version": "{version}"}}\n\n'.encode())
+    await resp.write_eof()
+    return resp
+
+
 def make_app(settings: Settings | None = None) -> web.Application:
     app = web.Application()
     app[SETTINGS] = settings or Settings()
     app[COUNTERS] = {"requests": 0, "proxied": 0}
     app[HEALTH] = {"started": time.monotonic(), "failing": ""}
+    app.router.add_get("/demo/ws", echo)          # before /demo/{item_id}, which would take it
+    app.router.add_get("/demo/events", events)
     app.router.add_get("/demo/{item_id}", get_rec)
     app.router.add_get("/health", health)
     app.router.add_post("/health/fail", fail_health)

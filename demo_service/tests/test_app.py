@@ -112,3 +112,29 @@ def test_after_sigterm_it_keeps_answering_for_its_drain_time_then_exits():
         assert proc.wait(timeout=5) == 0
     finally:
         proc.kill()
+
+
+async def test_the_websocket_echoes_each_message_with_the_version(aiohttp_client):
+    client = await aiohttp_client(make_app(Settings(version="v3")))
+    ws = await client.ws_connect("/demo/ws")
+    for text in ("hello", "again"):
+        await ws.send_str(text)
+        assert await ws.receive_str() == f"v3: {text}"
+    await ws.close()
+
+
+async def test_events_stream_one_by_one_and_bad_parameters_are_a_400(aiohttp_client):
+    import json
+    import time
+    client = await aiohttp_client(make_app(Settings(version="v2")))
+    resp = await client.get("/demo/events?count=3&every=0.2")
+    assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/event-stream")
+    start, seen = time.monotonic(), []
+    async for line in resp.content:
+        if line.startswith(b"data: "):
+            seen.append((json.loads(line[6:]), time.monotonic() - start))
+    assert [e for e, _ in seen] == [{"n": n, "version": "v2"} for n in range(3)]
+    assert seen[0][1] < 0.15 <= seen[1][1], "each event is written when it happens, not at the end"
+    for bad in ("count=0", "count=101", "count=x", "every=6", "every=-1"):
+        resp = await client.get(f"/demo/events?{bad}")
+        assert resp.status == 400 and "count must be" in (await resp.json())["error"], bad

@@ -1,0 +1,123 @@
+"""Long-lived connections through the proxy, in both modes, on the real stack: a WebSocket (the
+demo's echo at /demo/ws) and a stream of server-sent events (/demo/events). A WebSocket stays
+open and answering while the route's instances change; in dynamic mode that costs no reload."""
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+import aiohttp
+import pytest
+
+from tests.conftest import SESSION
+from testbed.nginx_workers import WorkerGenerations
+from testbed.stack import Stack
+
+pytestmark = pytest.mark.e2e
+
+PORTS = {"dynamic": 18024, "reload": 18025}
+
+
+@pytest.fixture(scope="module", params=sorted(PORTS))
+def stack(request, consul_server, docker_client, demo_images, tmp_path_factory):
+    mode = request.param
+    s = Stack(consul_server, tmp_path_factory.mktemp(f"long-{mode}"), docker_client, f"{SESSION}l{mode[0]}",
+              PORTS[mode], service=f"long{mode[0]}", mode=mode).start()
+    try:
+        first = s.deploy("v1", "demo:v1")
+        s.wait(lambda: s.proxy_serves([first]), 120, "v1 served by the proxy")
+        yield s
+    finally:
+        s.stop()
+
+
+class Echo(threading.Thread):
+    """One WebSocket through the proxy, sending a message every `every` seconds and keeping
+    each answer (or the error that ended it) until stopped."""
+
+    def __init__(self, port: int, every: float = 0.2):
+        super().__init__(daemon=True)
+        self.url, self.every = f"http://127.0.0.1:{port}/demo/ws", every
+        self.answers, self.error = [], None
+        self.open = threading.Event()
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        asyncio.run(self._talk())
+
+    async def _talk(self) -> None:
+        try:
+            async with aiohttp.ClientSession() as session:
+                async with session.ws_connect(self.url, timeout=10) as ws:
+                    self.open.set()
+                    n = 0
+                    while not self.stopping.is_set():
+                        await ws.send_str(f"m{n}")
+                        self.answers.append(await ws.receive_str(timeout=10))
+                        n += 1
+                        await asyncio.sleep(self.every)
+        except Exception as exc:          # a closed socket, a refused upgrade: the test says which
+            self.error = exc
+        finally:
+            self.open.set()
+
+    def finish(self) -> list:
+        self.stopping.set()
+        self.join(15)
+        return self.answers
+
+
+def test_a_websocket_is_proxied_both_ways(stack):
+    echo = Echo(stack.listen_port)
+    echo.start()
+    assert echo.open.wait(15) and echo.error is None, f"no WebSocket through the proxy: {echo.error!r}"
+    time.sleep(1)
+    answers = echo.finish()
+    assert echo.error is None, repr(echo.error)
+    assert len(answers) >= 3 and answers == [f"v1: m{n}" for n in range(len(answers))]
+
+
+def test_server_sent_events_arrive_as_they_are_written(stack):
+    async def read():
+        async with aiohttp.ClientSession() as session:
+            url = f"http://127.0.0.1:{stack.listen_port}/demo/events?count=3&every=1"
+            async with session.get(url, timeout=aiohttp.ClientTimeout(total=30)) as resp:
+                assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/event-stream")
+                seen = []
+                async for line in resp.content:
+                    if line.startswith(b"data: "):
+                        seen.append((json.loads(line[6:]), time.monotonic()))
+                return seen
+    events = asyncio.run(read())
+    assert [e for e, _ in events] == [{"n": n, "version": "v1"} for n in range(3)]
+    # Written 2 s apart: a proxy that held the stream until its end would hand them over together.
+    assert events[-1][1] - events[0][1] >= 1.5, f"events arrived {events[-1][1] - events[0][1]:.2f} s apart"
+
+
+def test_a_websocket_stays_open_while_the_routes_instances_come_and_go(stack):
+    """A second instance joins the route and leaves again while the socket talks. In dynamic
+    mode the proxy takes both changes without a reload; in reload mode the old worker keeps the
+    socket (for up to worker_shutdown_timeout)."""
+    [first] = stack.containers.values()
+    master = stack.nginx.master_pid()
+    generations = WorkerGenerations(master)
+    generations.start()
+    echo = Echo(stack.listen_port)
+    echo.start()
+    try:
+        assert echo.open.wait(15) and echo.error is None, repr(echo.error)
+        second = stack.deploy("v1b", "demo:v1")
+        stack.wait(lambda: stack.proxy_serves([first, second]), 120, "the second instance served")
+        second.remove(force=True)
+        del stack.containers["v1b"]
+        stack.wait(lambda: stack.proxy_serves([first]), 60, "the second instance out of the route")
+        time.sleep(1)
+    finally:
+        answers = echo.finish()
+        new_workers = generations.finish()
+    assert echo.error is None, f"the WebSocket ended: {echo.error!r} after {len(answers)} answers"
+    assert answers == [f"v1: m{n}" for n in range(len(answers))] and len(answers) >= 5
+    if stack.mode == "dynamic":
+        assert new_workers == 0, f"{new_workers} nginx reloads for two instance changes"
