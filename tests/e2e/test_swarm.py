@@ -106,7 +106,7 @@ def test_scale_out_and_in_through_the_gate_under_load(stack):
     load = load_for(stack, name)
     try:
         docker("service", "scale", "--detach", f"{name}=5")
-        stack.wait(lambda: len(w.admitted()) == 5, 180, "five admitted instances")
+        stack.wait(lambda: len(w.admitted()) == 5, 90, "five admitted instances")
         assert len(tasks(name)) == 5
         docker("service", "scale", "--detach", f"{name}=1")
         stack.wait(lambda: len(w.instances()) == 1 and len(tasks(name)) == 1, 120, "back to one instance")
@@ -122,12 +122,12 @@ def test_rolling_update_goes_task_by_task_through_the_gate_and_a_broken_one_roll
     name = "swupdate"
     docker(*gated_service_args(name, stack.session, 3, "demo:v1"))
     w = Watcher(stack, name)
-    stack.wait(lambda: len(w.admitted("v1")) == 3, 180, "three admitted v1 tasks")
+    stack.wait(lambda: len(w.admitted("v1")) == 3, 90, "three admitted v1 tasks")
     served(stack, w, "v1")
     load = load_for(stack, name)
     try:
         docker("service", "update", "--detach", "--image", "demo:v2", name)
-        stack.wait(lambda: len(w.admitted("v2")) == 3 and len(w.instances()) == 3, 240,
+        stack.wait(lambda: len(w.admitted("v2")) == 3 and len(w.instances()) == 3, 120,
                    "every task replaced by an admitted v2 one")
         stack.wait(lambda: all(t["image"] == "demo:v2" for t in tasks(name)), 30, "Swarm to see only v2 tasks")
         served(stack, w, "v2")
@@ -157,14 +157,14 @@ def test_a_killed_task_is_replaced_and_its_replacement_gated(stack):
     name = "swscale"
     w = Watcher(stack, name)
     docker("service", "scale", "--detach", f"{name}=2")
-    stack.wait(lambda: len(w.admitted()) == 2, 180, "two admitted instances")
+    stack.wait(lambda: len(w.admitted()) == 2, 90, "two admitted instances")
     served(stack, w)
     load = load_for(stack, name)
     try:
         victim = w.admitted()[0].instance
         stack.docker.containers.get(victim.container_id).kill()
         stack.wait(lambda: victim.id not in {ri.instance.id for ri in w.instances()}, 30, "the killed task to leave")
-        stack.wait(lambda: len(w.admitted()) == 2, 180, "a replacement task admitted")
+        stack.wait(lambda: len(w.admitted()) == 2, 90, "a replacement task admitted")
         replacement = [ri for ri in w.admitted() if ri.instance.container_id != victim.container_id]
         assert len(replacement) == 2
         verdicts = [stack.stores.verdicts.get(ri.instance.id) for ri in replacement]
@@ -183,7 +183,7 @@ def test_scale_by_hand_through_gatekeeper_within_bounds_and_clear_refusals(stack
     assert code == 0, out + err
     assert json.loads(out)["replicas"] == 3
     w = Watcher(stack, name)
-    stack.wait(lambda: len(w.admitted()) == 3, 180, "three admitted instances")
+    stack.wait(lambda: len(w.admitted()) == 3, 90, "three admitted instances")
     code, out, err = stack.gatekeeper_cli("scale", name, "7")
     assert code == 1 and "outside swscale's bounds 1..3" in err, (out, err)
     code, out, err = stack.gatekeeper_cli("scale", name, "-1")
@@ -231,7 +231,7 @@ def test_an_unhealthy_task_is_taken_out_then_replaced_by_a_gated_one(stack):
     docker(*gated_service_args(name, stack.session, 2, "demo:v1", "--container-label", "SERVICE_CHECK_HTTP=/health",
                                "--container-label", "SERVICE_CHECK_INTERVAL=1s"))
     w = Watcher(stack, name)
-    stack.wait(lambda: len(w.admitted()) == 2, 180, "two admitted tasks")
+    stack.wait(lambda: len(w.admitted()) == 2, 90, "two admitted tasks")
     served(stack, w)
     load = load_for(stack, name)
     try:
@@ -253,7 +253,7 @@ def test_in_manual_mode_a_rolling_update_waits_for_promote(stack):
     name = "swmanual"
     docker(*gated_service_args(name, stack.session, 2, "demo:v1", "--container-label", "gatekeeper.mode=manual"))
     w = Watcher(stack, name)
-    stack.wait(lambda: len(w.admitted("v1")) == 2, 180, "two admitted v1 tasks")
+    stack.wait(lambda: len(w.admitted("v1")) == 2, 90, "two admitted v1 tasks")
     served(stack, w, "v1")
     load = load_for(stack, name)
     try:
@@ -265,7 +265,7 @@ def test_in_manual_mode_a_rolling_update_waits_for_promote(stack):
         assert sorted(t["image"] for t in tasks(name)) == ["demo:v1", "demo:v1", "demo:v2"]
         code, out, err = stack.gatekeeper_cli("promote", name, "--full")
         assert code == 0, out + err
-        stack.wait(lambda: len(w.admitted("v2")) == 2 and len(w.instances()) == 2, 180,
+        stack.wait(lambda: len(w.admitted("v2")) == 2 and len(w.instances()) == 2, 90,
                    "the update to go on once v2 takes traffic")
         served(stack, w, "v2")
     finally:

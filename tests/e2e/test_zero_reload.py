@@ -184,7 +184,7 @@ def test_a_burst_of_forty_containers_of_a_new_service_costs_one_reload(stack, do
     def admitted():
         route = stack.proxy_status("/services/burst")
         return len((route.get("stable") or {}).get("servers", []))
-    stack.wait(lambda: admitted() == 40, 300, "all 40 admitted")
+    stack.wait(lambda: admitted() == 40, 150, "all 40 admitted")
     load.finish()
     reloads = generations.finish()
     status, body = stack.get("/demo/1", headers={"Host": "burst.test"})
