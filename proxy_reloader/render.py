@@ -37,6 +37,13 @@ class Settings:
     read_timeout: str = "30s"                   # an answer slower than this is a failure (tried on the next)
 
     @property
+    def next_upstream_timeout(self) -> str:
+        """How long a request may go on being passed to the next instance: one whole read
+        timeout and 10 s more, so a request an instance never answered is still retried once on
+        another (nginx counts from the first try)."""
+        return f"{float(self.read_timeout.rstrip('s')) + 10:g}s"
+
+    @property
     def table(self) -> Path:
         return Path(self.prefix) / "backends.json"
 
@@ -68,7 +75,8 @@ def render(routes: List[Route], prefix: str, listen: str, workers: str = "2", se
     ordered = sorted(routes, key=lambda r: r.service)
     template = _env.get_template("nginx-dynamic.conf.j2" if s.mode == DYNAMIC else "nginx.conf.j2")
     args = dict(routes=ordered, servers=group_by_host(ordered), prefix=s.prefix, listen=s.listen,
-                workers=s.workers, read_timeout=s.read_timeout, modules=s.modules, lua=str(LUA_DIR), table=str(s.table),
+                workers=s.workers, read_timeout=s.read_timeout,
+                next_upstream_timeout=s.next_upstream_timeout, modules=s.modules, lua=str(LUA_DIR), table=str(s.table),
                 secret=str(s.secret), socket=str(s.socket), table_size=s.table_size)
     version = hashlib.sha256(template.render(version="", **args).encode()).hexdigest()[:16]
     return template.render(version=version, **args)

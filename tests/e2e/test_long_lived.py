@@ -1,15 +1,19 @@
 """Long-lived connections through the proxy, in both modes, on the real stack: a WebSocket (the
 demo's echo at /demo/ws) and a stream of server-sent events (/demo/events). A WebSocket stays
-open and answering while the route's instances change; in dynamic mode that costs no reload."""
+open and answering while the route's instances change; in dynamic mode that costs no reload.
+And a request an instance holds past the read timeout is retried on another instance, however
+long that timeout is."""
 from __future__ import annotations
 
 import asyncio
 import json
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import aiohttp
 import pytest
+import requests
 
 from tests.conftest import SESSION
 from testbed.nginx_workers import WorkerGenerations
@@ -18,13 +22,15 @@ from testbed.stack import Stack
 pytestmark = pytest.mark.e2e
 
 PORTS = {"dynamic": 18024, "reload": 18025}
+READ_TIMEOUT = 12       # longer than the 10 s nginx's retries were once limited to
 
 
 @pytest.fixture(scope="module", params=sorted(PORTS))
 def stack(request, consul_server, docker_client, demo_images, tmp_path_factory):
     mode = request.param
     s = Stack(consul_server, tmp_path_factory.mktemp(f"long-{mode}"), docker_client, f"{SESSION}l{mode[0]}",
-              PORTS[mode], service=f"long{mode[0]}", mode=mode).start()
+              PORTS[mode], service=f"long{mode[0]}", mode=mode,
+              proxy_args=("--read-timeout", str(READ_TIMEOUT))).start()
     try:
         first = s.deploy("v1", "demo:v1")
         s.wait(lambda: s.proxy_serves([first]), 120, "v1 served by the proxy")
@@ -121,3 +127,26 @@ def test_a_websocket_stays_open_while_the_routes_instances_come_and_go(stack):
     assert answers == [f"v1: m{n}" for n in range(len(answers))] and len(answers) >= 5
     if stack.mode == "dynamic":
         assert new_workers == 0, f"{new_workers} nginx reloads for two instance changes"
+
+
+def test_a_request_an_instance_never_answers_is_retried_on_another_after_the_read_timeout(stack):
+    """The second instance holds every proxied request for 60 s (DEMO_ADDED_LATENCY; its tests
+    call it directly and pass). Round robin sends each worker's every other request to it."""
+    [first] = stack.containers.values()
+    hung = stack.deploy("hung", "demo:v1", environment={"DEMO_ADDED_LATENCY": "60"})
+    try:
+        stack.wait(lambda: stack.proxy_serves([first, hung]), 120, "both instances served")
+
+        def timed(_):
+            start = time.monotonic()
+            r = requests.get(f"http://127.0.0.1:{stack.listen_port}/demo/1", timeout=60)
+            return r.status_code, time.monotonic() - start
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(timed, range(8)))
+    finally:
+        hung.remove(force=True)
+        del stack.containers["hung"]
+    assert [code for code, _ in answers] == [200] * 8, answers
+    retried = [t for _, t in answers if t >= READ_TIMEOUT - 1]
+    assert retried, f"no request met the hung instance: {answers}"
+    assert all(t < READ_TIMEOUT + 8 for t in retried), answers

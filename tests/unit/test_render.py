@@ -71,5 +71,7 @@ def test_the_read_timeout_is_the_one_given_and_nginx_accepts_it(tmp_path, mode):
     short = render(routes, str(tmp_path), "127.0.0.1:18999",
                    settings=Settings(str(tmp_path), "127.0.0.1:18999", mode=mode, read_timeout="3s"))
     assert "proxy_read_timeout 30s;" in default and "proxy_read_timeout 3s;" in short
+    # retries go on for a whole read timeout and more, so a request never answered is tried again
+    assert "proxy_next_upstream_timeout 40s;" in default and "proxy_next_upstream_timeout 13s;" in short
     if mode == "reload":
         assert nginx_t(tmp_path, short).exists()
