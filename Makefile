@@ -31,7 +31,9 @@ install:
 mutation:  ## mutation testing of the decision modules (mutmut, unit tests); the score beside its goal
 	@bash scripts/install.sh venv
 	@.venv/bin/pip install -q -e '.[mutation]'
-	@rm -rf mutants && .venv/bin/mutmut run >/dev/null 2>&1 || true
+	@mkdir -p .stack/logs && rm -rf mutants
+	@.venv/bin/mutmut run >.stack/logs/mutmut.log 2>&1 || { tail -40 .stack/logs/mutmut.log; \
+	  echo "mutmut itself failed (a test failing without mutants, or none collected): .stack/logs/mutmut.log"; exit 1; }
 	@.venv/bin/python scripts/mutation_score.py --check
 
 cli-reference:  ## rewrite README's command reference from the tools' --help
