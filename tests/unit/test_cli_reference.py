@@ -21,6 +21,12 @@ def test_generated_blocks_equal_the_generated_help():
         assert ("usage", tool) in tools and ("help", tool) in tools, f"the docs have no generated block for {tool}"
 
 
+def test_the_full_reference_is_in_docs_reference_cli():
+    text = (ROOT / "docs" / "reference" / "cli.md").read_text()
+    helps = {tool for _, kind, tool, _, _ in REF["BLOCK"].findall(text) if kind == "help"}
+    assert helps == {"registrator", "gatekeeper", "proxy-reloader", "delivery"}
+
+
 def options_of(parser):
     return {o for a in parser._actions for o in a.option_strings}
 
