@@ -1,10 +1,11 @@
-"""README's command reference, generated from the tools' own argument parsers.
+"""The documentation's command reference, generated from the tools' own argument parsers.
 
-    python scripts/cli_reference.py          rewrite README.md's generated blocks
-    python scripts/cli_reference.py --check  exit 1 when README.md differs from the parsers
+    python scripts/cli_reference.py          rewrite the generated blocks in README.md and docs/
+    python scripts/cli_reference.py --check  exit 1 when any of them differs from the parsers
 
-README marks each generated block with `<!-- cli:KIND:TOOL -->` ... `<!-- /cli -->`, KIND being
-`usage` (every command's usage line) or `help` (every command's full --help).
+A Markdown file (README.md, or any under docs/) marks each generated block with
+`<!-- cli:KIND:TOOL -->` ... `<!-- /cli -->`, KIND being `usage` (every command's usage line) or
+`help` (every command's full --help). The full reference is docs/reference/cli.md.
 """
 from __future__ import annotations
 
@@ -17,12 +18,13 @@ from typing import Dict, List, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+DOCS = ROOT / "docs"
 BLOCK = re.compile(r"(<!-- cli:(usage|help):([a-z-]+) -->\n)(.*?)(<!-- /cli -->)", re.S)
 WIDTH = "100"
 
 
 def parsers() -> Dict[str, argparse.ArgumentParser]:
-    os.environ["COLUMNS"] = WIDTH            # argparse wraps to the terminal; README needs one width
+    os.environ["COLUMNS"] = WIDTH            # argparse wraps to the terminal; the docs need one width
     sys.path.insert(0, str(ROOT))
     from delivery.__main__ import build_parser as delivery
     from gatekeeper.__main__ import build_parser as gatekeeper
@@ -59,13 +61,18 @@ def help_block(parser: argparse.ArgumentParser) -> str:
     return "```\n" + "\n\n".join(parts) + "\n```\n"
 
 
+def documents() -> List[Path]:
+    """Every Markdown file that may hold generated blocks: README.md, then docs/ in path order."""
+    return [README] + sorted(DOCS.rglob("*.md"))
+
+
 def generate(text: str) -> str:
     found = parsers()
 
     def block(m: re.Match) -> str:
         kind, tool = m.group(2), m.group(3)
         if tool not in found:
-            raise SystemExit(f"README.md names an unknown tool in {m.group(1).strip()}: one of {', '.join(found)}")
+            raise SystemExit(f"unknown tool in {m.group(1).strip()}: one of {', '.join(found)}")
         body = usage_block(found[tool]) if kind == "usage" else help_block(found[tool])
         return m.group(1) + body + m.group(5)
 
@@ -74,20 +81,25 @@ def generate(text: str) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--check", action="store_true", help="exit 1 when README.md is not up to date")
+    ap.add_argument("--check", action="store_true", help="exit 1 when a generated block is not up to date")
     args = ap.parse_args(argv)
-    text = README.read_text()
-    new = generate(text)
+    stale = []
+    for path in documents():
+        text = path.read_text()
+        new = generate(text)
+        if new == text:
+            continue
+        name = str(path.relative_to(ROOT))
+        stale.append(name)
+        if not args.check:
+            path.write_text(new)
+            print(f"{name}: command reference updated")
     if args.check:
-        if new != text:
-            print("README.md's command reference differs from the parsers: run `make cli-reference`",
+        if stale:
+            print(f"{', '.join(stale)}: the command reference differs from the parsers: run `make cli-reference`",
                   file=sys.stderr)
             return 1
-        print("README.md's command reference matches every --help")
-        return 0
-    if new != text:
-        README.write_text(new)
-        print("README.md: command reference updated")
+        print("the command reference matches every --help")
     return 0
 
 

@@ -30,7 +30,7 @@ wait_served() {   # wait_served VERSION: until the proxy answers from VERSION
   info "\$ curl $PROXY/demo/1  ->  $(curl -s "$PROXY/demo/1")"
 }
 
-# Swarm services run the demo's tasks with the gate mirrored into their health (README, "Swarm services").
+# Swarm services run the demo's tasks with the gate mirrored into their health (docs/guides/swarm.md).
 SWARM=(--publish mode=host,target=8080 --container-label SERVICE_NAME=demo
        --container-label gatekeeper.tests=demo-test:latest
        --container-label SERVICE_CHECK_HTTP=/health --container-label SERVICE_CHECK_INTERVAL=1s
@@ -106,7 +106,7 @@ step "Swarm: demo as a Swarm service. Every task passes the gate; scaled, update
 bash "$ROOT/scripts/stack.sh" swarm | tail -n +2
 "$VENV/bin/python" "$ROOT/scripts/traffic.py" --url "$PROXY/demo/1" --seconds 600 --threads 2 --rate 40 >"$STATE/traffic-swarm.txt" 2>&1 &
 traffic=$!
-info "\$ docker service create --name demo --replicas 2 <gate and health flags, README> demo:v2"
+info "\$ docker service create --name demo --replicas 2 <gate and health flags, docs/guides/swarm.md> demo:v2"
 docker service create --detach --name demo --replicas 2 "${SWARM[@]}" demo:v2 >/dev/null
 wait_admitted 2
 docker rm -f $(docker ps -aq --filter label=proxystack.demo=1) >/dev/null

@@ -1,7 +1,7 @@
-"""Re-measure every figure README shows and rewrite README's tables from the results.
+"""Re-measure every figure docs/measurements.md shows and rewrite its tables from the results.
 
 Runs each benchmark in turn (`--json`; they share ports, so never two at once), then replaces
-the text between `<!-- figures:NAME -->` and `<!-- /figures:NAME -->` in README.md with that
+the text between `<!-- figures:NAME -->` and `<!-- /figures:NAME -->` in docs/measurements.md with that
 benchmark's table: each figure beside its goal, the date, the commit, the machine's size and
 the command that reproduces it. A benchmark that fails leaves its table as it was and is named
 on stderr. Exit 0 when every benchmark ran (and, with --check, met every goal), else 1.
@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
+MEASUREMENTS = ROOT / "docs" / "measurements.md"
 
-# name -> (module, arguments, what it measures); README's order.
+# name -> (module, arguments, what it measures); the order of docs/measurements.md.
 BENCHES: Dict[str, tuple] = {
     "lead-time": ("bench.deploy_lead_time", ["--runs", "5"], "deploy lead time and failed requests during a switch"),
     "delivery": ("bench.delivery_bench", ["--runs", "5"], "build-and-push and deploy over TLS through the gate"),
@@ -51,9 +51,9 @@ def machine() -> str:
 
 def commit() -> str:
     out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    # README.md is what this script rewrites: its own changes are not changes to what was measured
+    # docs/measurements.md is what this script rewrites: its own changes are not changes to what was measured
     dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no", "--", ".",
-                            ":(exclude)README.md"], capture_output=True, text=True).stdout.strip()
+                            ":(exclude)docs/measurements.md"], capture_output=True, text=True).stdout.strip()
     return (out.stdout.strip() or "unknown") + (" with uncommitted changes" if dirty else "")
 
 
@@ -89,12 +89,12 @@ def table(name: str, result: dict, when: str, where: str) -> str:
     return "\n".join(lines)
 
 
-def rewrite(readme: str, name: str, block: str) -> str:
+def rewrite(doc: str, name: str, block: str) -> str:
     begin, end = f"<!-- figures:{name} -->", f"<!-- /figures:{name} -->"
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
-    if not pattern.search(readme):
-        raise SystemExit(f"figures: README.md has no {begin} ... {end} block; add one where the table belongs")
-    return pattern.sub(lambda _: f"{begin}\n{block}\n{end}", readme)
+    if not pattern.search(doc):
+        raise SystemExit(f"figures: docs/measurements.md has no {begin} ... {end} block; add one where the table belongs")
+    return pattern.sub(lambda _: f"{begin}\n{block}\n{end}", doc)
 
 
 def main(argv=None) -> int:
@@ -116,14 +116,14 @@ def main(argv=None) -> int:
         missed = [g["measure"] for g in result["goals"] if g["met"] is False]
         print(f"figures: {name} done in {result['seconds']} s; "
               + (f"missed: {'; '.join(missed)}" if missed else "every goal met"), file=sys.stderr, flush=True)
-    readme = README.read_text()
+    doc = MEASUREMENTS.read_text()
     for name, result in results.items():
-        readme = rewrite(readme, name, table(name, result, when, where))
-    README.write_text(readme)
+        doc = rewrite(doc, name, table(name, result, when, where))
+    MEASUREMENTS.write_text(doc)
     if args.json:
         print(json.dumps({"date": when, "machine": where, "results": results, "failed": failed}, indent=2))
     missed = any(g["met"] is False for r in results.values() for g in r["goals"])
-    print(f"figures: README.md rewritten for {', '.join(results) or 'nothing'}"
+    print(f"figures: docs/measurements.md rewritten for {', '.join(results) or 'nothing'}"
           + (f"; failed: {', '.join(failed)}" if failed else ""), file=sys.stderr)
     return 1 if failed or (args.check and missed) else 0
 

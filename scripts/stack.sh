@@ -88,7 +88,7 @@ swarm() {
   # Loopback only: Swarm's management (2377) and gossip (7946) ports listen on 127.0.0.1. The
   # routing mesh goes: the stack routes, the mesh's virtual port would balance over tasks that
   # have not passed their gate, and its VXLAN port (4789/udp) would listen on every interface.
-  # Services publish their tasks' ports in host mode instead (README, "Swarm services").
+  # Services publish their tasks' ports in host mode instead (docs/guides/swarm.md).
   docker swarm init --advertise-addr 127.0.0.1 --listen-addr 127.0.0.1:2377 >/dev/null || die "docker swarm init failed"
   touch "$RUN/swarm.by-stack"
   docker network rm ingress >/dev/null 2>&1 <<<y || die "could not remove Swarm's routing mesh (docker network rm ingress)"

@@ -1,4 +1,4 @@
-"""Swarm services for tests, made with the docker CLI as README shows, removed by label."""
+"""Swarm services for tests, made with the docker CLI as docs/guides/swarm.md shows, removed by label."""
 from __future__ import annotations
 
 import subprocess
@@ -45,7 +45,7 @@ def exposed_listeners() -> List[str]:
 def gated_service_args(name: str, session: str, replicas: int, image: str, *extra: str,
                        start_period: str = "120s") -> List[str]:
     """`docker service create` for a service whose every task passes the gate before traffic
-    (README, "Swarm services")."""
+    (docs/guides/swarm.md)."""
     return ["service", "create", "--detach", "--name", name, "--replicas", str(replicas),
             "--publish", "mode=host,target=8080",
             "--container-label", f"SERVICE_NAME={name}", "--container-label", "gatekeeper.tests=demo-test:latest",

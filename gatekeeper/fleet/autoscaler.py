@@ -52,12 +52,12 @@ def scale_by_hand(stores: Stores, swarm: Swarm, service: str, replicas: int) -> 
         raise InvalidValue("replicas", replicas, "a whole number of replicas, 0 or more")
     if not swarm.active():
         raise SwarmError("this Docker Engine is not a Swarm manager; replicas exist only for Swarm services "
-                         "(`scripts/stack.sh swarm` turns swarm mode on; README, \"Swarm services\")")
+                         "(`scripts/stack.sh swarm` turns swarm mode on; docs/guides/swarm.md)")
     svc = swarm.service(service)
     if svc is None:
         known = "" if not stores.instances.of(service) else " (its instances are plain containers: start more with docker run)"
         raise SwarmError(f"no Swarm service runs {service!r}{known}; create one with `docker service create` "
-                         "(README, \"Swarm services\")")
+                         "(docs/guides/swarm.md)")
     if svc.replicas is None:
         raise SwarmError(f"Swarm service {svc.name} is global (one task per node); it has no replica count")
     try:

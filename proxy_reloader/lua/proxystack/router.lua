@@ -10,7 +10,7 @@ local _M = {}
 local rr = setmetatable({}, {__mode = "k"})
 local MAX_TRIES = 3         -- as proxy_next_upstream_tries: a dead peer costs a retry, not an error
 
--- The sticky key README documents: X-Client-Id, else the client_id cookie, else address + user agent.
+-- The sticky key docs/guides/routing.md documents: X-Client-Id, else the client_id cookie, else address + user agent.
 local function client_key()
     local id = ngx.var.http_x_client_id
     if id and id ~= "" then return id end
