@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 from catalog.model import Instance
 from registrator.bridge import Bridge
 from registrator.translate import Settings
@@ -130,3 +132,44 @@ def test_a_skipped_container_is_logged_once_with_the_reason(caplog):
     lines = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
     assert lines == ["container web1 (c1) skipped: it has no SERVICE_NAME and registrator runs with --explicit"]
     assert reg.services == {} and reg.rejected == {}
+
+
+def test_a_container_stopped_and_started_again_has_its_health_mirrored_anew():
+    """Its new registration's Docker-health check starts critical: the health it had before the
+    stop must be written again, or it would never be admitted."""
+    reg, dock, bridge = setup()
+    dock.add("c1", "web1", labels=L, health="healthy")
+    bridge.add("c1")
+    dock.containers["c1"] = replace(dock.containers["c1"], running=False)
+    bridge.add("c1")                                   # the stop event: it is not running
+    assert reg.services == {}
+    dock.add("c1", "web1", labels=L, health="healthy")  # `docker start`: same id, healthy again
+    bridge.add("c1")
+    assert [c for c in reg.calls if c[0] == "docker_health"] == [
+        ("docker_health", "h:web1:8080", "healthy"), ("docker_health", "h:web1:8080", "healthy")]
+
+
+def test_a_rejection_whose_container_went_unseen_is_forgotten_a_grace_period_after_the_sync_that_found_it_gone():
+    """Containers that went while registrator was down: the next sync finds them gone, and the
+    grace period counts from then. One that runs again in the meantime keeps its record."""
+    bad = {"SERVICE_NAME": "demo", "proxy.path": "/x;y/"}
+    reg, dock, clock = InMemoryRegistry(), FakeDocker(), Clock()
+    bridge = Bridge(reg.instances, reg.rejections, dock, S, forget_after=600, clock=clock)
+    dock.add("c1", "web1", labels=bad)
+    dock.add("c2", "web2", labels=bad)
+    bridge.sync()
+    dock.containers.pop("c1")
+    dock.containers.pop("c2")
+    clock.now += 5_000
+    bridge.sync()                                      # both found gone: the grace starts now
+    clock.now += 599
+    bridge.tick()
+    assert set(reg.rejected) == {"web1", "web2"}
+    dock.add("c2", "web2", labels=bad)                 # started again before the grace ran out
+    bridge.sync()
+    clock.now += 2
+    bridge.tick()
+    assert set(reg.rejected) == {"web2"}
+    clock.now += 10_000
+    bridge.tick()
+    assert set(reg.rejected) == {"web2"}, "a running container's rejection stays"
