@@ -465,3 +465,47 @@ def test_a_gate_that_keeps_disagreeing_is_written_again_at_once_then_backing_off
     assert writes[-1] == 1200.5, "answered at once, not after the back-off"
     settle(gate)
     assert tester.runs == []
+
+
+def test_reverification_takes_only_admitted_instances_whose_pass_is_old_enough_and_keeps_their_gate_open():
+    """Due: admitted, passed, last passed longer ago than reverify_every. Not due: a pass just
+    now, a failure (its gate is closed, not retested), an instance out of traffic for another
+    check. A re-verification keeps the gate open while it runs."""
+    def web(n):
+        return Instance(id=f"h:web{n}:8080", service="demo", address="127.0.0.1", port=30000 + n, version="v1",
+                        container_id=f"c{n}", container_name=f"web{n}", image="demo:v1", registered_by="r",
+                        tests_image="demo-test:latest")
+    out_of_traffic, failed, recent, due = web(1), web(2), web(3), web(4)
+    store = Recording(out_of_traffic, failed, recent, due)
+    now = time.time()
+    for i, state, finished in ((out_of_traffic, PASSED, 2), (failed, FAILED, 2), (recent, PASSED, now), (due, PASSED, 2)):
+        store.verdicts[i.id] = Verdict(i.id, i.container_id, "demo-test:latest", state, "result", 1, finished)
+        store.gates[i.id] = "passing"
+    store.catalog = lambda: {"demo": [
+        RegisteredInstance(i, {i.gate_check_id: "passing", **({"health": "critical"} if i is out_of_traffic else {})})
+        for i in store.registered.values()]}
+    tester = FakeTester()
+    gate = Gate(store, tester, reverify_every=600)
+    pass_over(gate)
+    settle(gate)
+    assert [url for _, url in tester.runs] == ["http://127.0.0.1:30004"], tester.runs
+    assert ("gate", False, "failed: result") in store.log, "the stored failure closes its gate"
+    assert not [e for e in store.log if e[0] == "gate" and e[1] is False and e[2] != "failed: result"], \
+        f"a re-verification closed a gate: {store.log}"
+
+
+def test_the_healers_reason_is_written_once_and_a_record_without_one_still_shuts_the_gate():
+    store, tester = Recording(inst()), FakeTester()
+    store.verdicts["h:web:8080"] = Verdict("h:web:8080", "c1", "demo-test:latest", PASSED, "9/9 passed", 1, 2)
+    store.healing["h:web:8080"] = {"gave_up": True, "reason": "gave up healing: restarted 3 times"}
+    gate = Gate(store, tester)
+    pass_over(gate)
+    store.catalog = lambda: {"demo": [RegisteredInstance(inst(), {inst().gate_check_id: "critical"},
+                                                         gate_output="gave up healing: restarted 3 times")]}
+    pass_over(gate)                                    # the gate already says so: nothing written again
+    store.healing["h:web:8080"] = {"gave_up": True}
+    pass_over(gate)
+    settle(gate)
+    assert tester.runs == []
+    assert [e for e in store.log if e[0] == "gate"] == [("gate", False, "gave up healing: restarted 3 times"),
+                                                        ("gate", False, "gave up healing")]
