@@ -29,6 +29,8 @@ class Instances:
         self.store = store
 
     def of(self, service):
+        if service != "demo":
+            return []
         return [RegisteredInstance(self.store.inst, {self.store.inst.gate_check_id: "passing"})]
 
 
@@ -45,7 +47,9 @@ class Policies:
         self.store = store
 
     def get(self, service):
-        return 1, self.store.the_policy
+        if isinstance(self.store.the_policy, Exception):
+            raise self.store.the_policy
+        return 1, self.store.the_policy if service == "demo" else None
 
     def wait_changes(self, index, wait):
         return index + 1
@@ -60,7 +64,7 @@ class Proxies:
         return self.store.the_proxies
 
     def served(self, proxy_id, service):
-        return self.store.served_by.get(proxy_id)
+        return self.store.served_by.get(proxy_id) if service == "demo" else None
 
     def wait_served(self, index, wait):
         return index + 1
@@ -116,3 +120,81 @@ def test_a_dead_proxy_is_named_once_however_long_wait_waits():
     code, lines = run(store)
     assert code == WAIT_TIMEOUT and store.proxy_reads > 2
     assert sum("not waiting for proxy gone" in line for line in lines) == 1, lines
+
+
+class Unfolding(Store):
+    """A deploy as wait sees it, one step further at each of wait's blocking reads: registered,
+    awaiting tests, testing, passed, routed by the policy, served. Keeps which read it made
+    (the policies' or the proxies') with the index it passed."""
+
+    def __init__(self):
+        super().__init__(policy=RoutingPolicy("demo", stable="v1"), proxies=[ProxyState("p")], served={"p": {"stable": "v1"}})
+        self.step, self.reads, self.registered = 0, [], []
+        self.verdict_of = {}
+        self.instances.of = lambda service: list(self.registered) if service == "demo" else []
+        self.policies.wait_changes = lambda index, wait: self.advance("policies", index)
+        self.proxies.wait_served = lambda index, wait: self.advance("proxies", index)
+
+    def advance(self, read, index):
+        self.reads.append((read, index))
+        if index == 0:               # the first read of each kind, before wait looks: its index only
+            return 1
+        self.step += 1
+        iid = self.inst.id
+        if self.step == 1:
+            self.registered = [RegisteredInstance(self.inst, {self.inst.gate_check_id: "critical"})]
+        elif self.step == 2:
+            self.verdict_of[iid] = Verdict(iid, "c1", "demo-test", "testing", "testing with demo-test", 1, 0)
+        elif self.step == 4:
+            self.verdict_of[iid] = Verdict(iid, "c1", "demo-test", PASSED, "passed: 3 tests", 1, 2)
+        elif self.step == 5:
+            self.the_policy = RoutingPolicy("demo", stable="v2")
+        elif self.step == 7:
+            self.served_by["p"] = {"stable": "v2"}
+        return index + 10
+
+
+def test_wait_says_each_stage_once_and_follows_the_policies_then_the_proxies():
+    store = Unfolding()
+    code, lines = run(store, timeout=30)
+    assert code == WAIT_OK
+    assert lines == ["demo v2: waiting for an instance to be registered",
+                     "demo v2: 1 instance(s) registered, awaiting tests",
+                     "demo v2: 1 instance(s), tests running",
+                     "demo v2: tests passed (passed: 3 tests); waiting for the routing policy",
+                     "demo v2: routed by the policy; waiting for 1 proxy(ies) to serve it: p",
+                     "demo v2: admitted and stable: passed: 3 tests"]
+    # gatekeeper's changes until the policy routes the passed version, then the proxies'; each
+    # read resumes from the index the previous one of its kind returned
+    assert [r for r, _ in store.reads] == ["policies", "proxies"] + ["policies"] * 5 + ["proxies"] * 2, store.reads
+    assert [i for r, i in store.reads if r == "policies"] == [0, 1, 11, 21, 31, 41]
+    assert [i for r, i in store.reads if r == "proxies"] == [0, 1, 11]
+
+
+def test_a_time_out_says_where_it_stood_and_a_dead_proxy_without_a_note_is_named_by_its_check():
+    store = Store(state="testing", proxies=[ProxyState("gone", False, "")])
+    code, lines = run(store, timeout=0.2)
+    assert code == WAIT_TIMEOUT
+    assert lines[0].startswith("not waiting for proxy gone: it is not alive (heartbeat check critical); ")
+    assert lines[-1] == "demo v2: timed out after 0 s (demo v2: 1 instance(s), tests running)"
+
+
+def test_every_lagging_and_every_dead_proxy_is_named():
+    store = Store(proxies=[ProxyState("a"), ProxyState("b"), ProxyState("c"), ProxyState("x", False, "gone"),
+                           ProxyState("y", False, "gone")],
+                  served={"a": {"stable": "v2"}, "b": {"stable": "v1"}, "c": {}})
+    code, lines = run(store)
+    assert code == WAIT_TIMEOUT
+    assert "demo v2: routed by the policy; waiting for 2 proxy(ies) to serve it: b, c" in lines, lines
+    store.served_by.update(b={"stable": "v2"}, c={"stable": "v2"})
+    code, lines = run(store)
+    assert code == WAIT_OK
+    assert lines[-1].endswith("(not confirmed by 2 proxy(ies) that are not alive: x, y)"), lines
+
+
+def test_a_policy_that_cannot_be_read_is_waited_for_like_a_missing_one():
+    from catalog.validation import InvalidValue
+    store = Store(policy=InvalidValue("gatekeeper/policies/demo", "{not JSON", "a routing policy in JSON"))
+    code, lines = run(store)
+    assert code == WAIT_TIMEOUT
+    assert lines[0] == "demo v2: tests passed (passed: 3 tests); waiting for the routing policy", lines
