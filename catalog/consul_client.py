@@ -101,6 +101,13 @@ class ConsulClient:
         """Delete `key`; with `cas` only if its ModifyIndex is still `cas`."""
         return bool(self._c.kv.delete(key, cas=cas))
 
+    def kv_delete_present(self, keys: List[str]) -> List[str]:
+        """Delete those of `keys` that exist; return them."""
+        present = [k for k in keys if self.kv_get(k)[1] is not None]
+        for key in present:
+            self.kv_delete(key)
+        return present
+
     def kv_delete_tree(self, prefix: str) -> None:
         self._c.kv.delete(prefix, recurse=True)
 

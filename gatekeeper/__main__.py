@@ -242,7 +242,7 @@ def cmd_forget(args, stores: Stores) -> int:
     if live:
         raise PromotionError(f"{args.service} still has {len(live)} registered instance(s) "
                              f"({', '.join(ri.instance.id for ri in live)}); stop them first, then forget")
-    removed = stores.policies.forget_service(args.service)
+    removed = stores.forget_service(args.service)
     if not removed:
         raise PromotionError(f"nothing to forget: {args.service!r} has no policy, default test image or history")
     print(json.dumps({"service": args.service, "removed": removed}) if args.json else

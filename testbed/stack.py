@@ -93,7 +93,7 @@ class Stack:
         self.stores.instances.deregister(self.proxy_id)
         self.stores.proxies.forget(self.proxy_id)
         for service in self.services:
-            self.stores.policies.forget_service(service)
+            self.stores.forget_service(service)
         own = f"e2e:e2e-{self.session}-"
         for key in self.stores.consul.kv_keys(GATEKEEPER):
             if own in key:

@@ -19,7 +19,7 @@ Callers get and give the dataclasses of `catalog.model`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, Optional
 
 from ..consul_client import ConsulClient
 from .analysis import AnalysisStore
@@ -63,6 +63,18 @@ class Stores:
     def connect(cls, address: str = "127.0.0.1:8500", token: Optional[str] = None, timeout: float = 5.0,
                 max_wait: float = 30.0) -> "Stores":
         return cls.over(ConsulClient(address, token=token, timeout=timeout, max_wait=max_wait))
+
+    def forget_instance(self, instance_id: str) -> None:
+        """Everything gatekeeper kept of an instance long gone: its verdict, its gate record and
+        any container action asked for it."""
+        self.verdicts.forget(instance_id)
+        self.node_records.forget(instance_id)
+
+    def forget_service(self, service: str) -> List[str]:
+        """Everything gatekeeper kept of a service: its policy, default test image, analysis and
+        scaling records and history; the keys removed."""
+        return (self.policies.forget(service) + self.analysis.forget(service) + self.scaling.forget(service)
+                + self.history.forget(service))
 
     @property
     def address(self) -> str:

@@ -1,7 +1,7 @@
 """Where each service's progressive analysis stands (gatekeeper/analysis/<service>)."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 from ..consul_client import ConsulClient
 from ..kv_layout import ANALYSIS
@@ -19,3 +19,6 @@ class AnalysisStore:
 
     def put(self, state: AnalysisState) -> None:
         self.consul.kv_put(ANALYSIS + state.service, state.to_json())
+
+    def forget(self, service: str) -> List[str]:
+        return self.consul.kv_delete_present([ANALYSIS + service])

@@ -18,6 +18,12 @@ class HistoryStore:
         entry = {"time": time.time(), "event": event, **details}
         self.consul.kv_put(f"{HISTORY}{service}/{time.time_ns():020d}", json.dumps(entry, sort_keys=True))
 
+    def forget(self, service: str) -> List[str]:
+        """Remove the service's history; return the keys removed."""
+        keys = self.consul.kv_keys(f"{HISTORY}{service}/")
+        self.consul.kv_delete_tree(f"{HISTORY}{service}/")
+        return keys
+
     def of(self, service: str) -> List[dict]:
         """The service's events, oldest first; unreadable ones skipped."""
         out = []

@@ -63,6 +63,12 @@ class NodeRecordStore:
         return self._of_node(ACTIONS, node, index, wait, ContainerAction.from_json,
                              "container action ignored (nothing is done)")
 
+    def forget(self, instance_id: str) -> None:
+        """Remove the instance's gate record and any container action asked for it, on whichever node."""
+        for key in self.consul.kv_keys(GATES) + self.consul.kv_keys(ACTIONS):
+            if key.endswith("/" + instance_id):
+                self.consul.kv_delete(key)
+
     def _of_node(self, kind: str, node: str, index: int, wait: float, parse, what: str) -> Tuple[int, dict]:
         prefix = f"{kind}{node}/"
         if index:

@@ -1,11 +1,11 @@
 """Each service's routing policy (gatekeeper/policies/<service>) and default test image
-(gatekeeper/tests/<service>), and forgetting all a service leaves under gatekeeper/."""
+(gatekeeper/tests/<service>)."""
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Tuple
 
 from ..consul_client import ConsulClient
-from ..kv_layout import ANALYSIS, DEFAULT_TESTS, GATEKEEPER, HISTORY, POLICIES, SCALING
+from ..kv_layout import DEFAULT_TESTS, GATEKEEPER, POLICIES
 from ..model import RoutingPolicy
 from ..validation import parse_policy
 
@@ -38,16 +38,9 @@ class PolicyStore:
     def set_tests_image(self, service: str, image: str) -> None:
         self.consul.kv_put(DEFAULT_TESTS + service, image)
 
-    def forget_service(self, service: str) -> List[str]:
-        """Remove a service's policy, default test image, analysis and scaling records and
-        history; return the keys removed."""
-        own = (POLICIES + service, DEFAULT_TESTS + service, ANALYSIS + service, SCALING + service)
-        keys = [k for k in own if self.consul.kv_get(k)[1] is not None]
-        keys += self.consul.kv_keys(f"{HISTORY}{service}/")
-        for key in own:
-            self.consul.kv_delete(key)
-        self.consul.kv_delete_tree(f"{HISTORY}{service}/")
-        return keys
+    def forget(self, service: str) -> List[str]:
+        """Remove the service's policy and default test image; return the keys removed."""
+        return self.consul.kv_delete_present([POLICIES + service, DEFAULT_TESTS + service])
 
     def wait(self, index: int, wait: float) -> Tuple[int, Dict[str, str]]:
         """Blocking query on everything gatekeeper keeps (policies, retests, default images)."""

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from typing import Optional
+from typing import List, Optional
 
 from ..consul_client import ConsulClient
 from ..kv_layout import SCALING
@@ -19,3 +19,6 @@ class ScalingStore:
 
     def put(self, service: str, record: dict) -> None:
         self.consul.kv_put(SCALING + service, json.dumps(record, sort_keys=True))
+
+    def forget(self, service: str) -> List[str]:
+        return self.consul.kv_delete_present([SCALING + service])

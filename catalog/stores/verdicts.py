@@ -7,7 +7,7 @@ import time
 from typing import List, Optional
 
 from ..consul_client import ConsulClient
-from ..kv_layout import ACTIONS, GATES, RETESTS, VERDICTS
+from ..kv_layout import RETESTS, VERDICTS
 from ..model import Verdict
 from ._records import read_record
 
@@ -27,12 +27,7 @@ class VerdictStore:
         return [k[len(VERDICTS):] for k in self.consul.kv_keys(VERDICTS)]
 
     def forget(self, instance_id: str) -> None:
-        """Remove the verdict of an instance long gone, its gate record and any container action
-        asked for it (on whichever node)."""
         self.consul.kv_delete(VERDICTS + instance_id)
-        for key in self.consul.kv_keys(GATES) + self.consul.kv_keys(ACTIONS):
-            if key.endswith("/" + instance_id):
-                self.consul.kv_delete(key)
 
     def request_retest(self, instance_id: str) -> None:
         self.consul.kv_put(RETESTS + instance_id, json.dumps({"time": time.time()}))

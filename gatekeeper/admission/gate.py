@@ -84,7 +84,7 @@ class Gate(Reconciler):
         self.absent_since = {iid: self.absent_since.get(iid, now) for iid in absent}
         for iid, since in list(self.absent_since.items()):
             if now - since >= self.forget_after and not self._busy_id(iid):
-                self.stores.verdicts.forget(iid)
+                self.stores.forget_instance(iid)
                 del self.absent_since[iid]
                 log.info("%s: verdict removed; the instance has been gone for %.0f s", iid, now - since)
 

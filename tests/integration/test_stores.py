@@ -102,7 +102,7 @@ def test_gates_and_actions_are_kept_under_the_instances_node_and_forgotten_with_
     stores.consul.kv_put(f"gatekeeper/actions/{node}/{unique}:damaged", '{"action": "format-disk", "container_id": "x"}')
     records = stores.node_records.actions(node)[1]        # other tests' stacks share this agent's node
     assert inst.id in records and f"{unique}:damaged" not in records, "an unknown action is ignored, not carried out"
-    stores.verdicts.forget(inst.id)
+    stores.forget_instance(inst.id)
     assert inst.id not in stores.node_records.gates(node)[1] and inst.id not in stores.node_records.actions(node)[1]
     assert stores.verdicts.get(inst.id) is None
     stores.consul.kv_delete(f"gatekeeper/actions/{node}/{unique}:damaged")
