@@ -8,6 +8,7 @@ from typing import List
 
 from ..consul_client import ConsulClient
 from ..kv_layout import HISTORY
+from ._records import records_under
 
 
 class HistoryStore:
@@ -26,10 +27,4 @@ class HistoryStore:
 
     def of(self, service: str) -> List[dict]:
         """The service's events, oldest first; unreadable ones skipped."""
-        out = []
-        for key, raw in sorted(self.consul.kv_list(f"{HISTORY}{service}/").items()):
-            try:
-                out.append(json.loads(raw))
-            except ValueError:
-                continue
-        return out
+        return [e for _, e in sorted(records_under(self.consul, f"{HISTORY}{service}/", json.loads).items())]
