@@ -30,6 +30,7 @@ META_SWARM_TASK = "swarm_task"           # the Swarm task id (each replacement i
 META_CONTAINER_STARTED = "container_started"   # Docker's State.StartedAt of the registered run
 META_GATE_MIRROR = "gate_mirror"         # the container's HEALTHCHECK reads GATE_MARKER
 META_RESTART_POLICY = "restart_policy"   # the container's restart policy (always, unless-stopped, ...)
+META_ROUTE_SETTING = "proxy_"            # + a route setting's name: proxy.timeout=5s is meta proxy_timeout=5s
 DOCKER_HEALTH_SUFFIX = ":docker-health"
 
 # The file gatekeeper writes into a container whose HEALTHCHECK mirrors the gate: "open" once
@@ -54,7 +55,8 @@ class Instance:
     registered_by: str           # registrator identity, so it only ever removes its own
     tests_image: str = ""
     proxy_path: str = ""
-    proxy_host: str = ""
+    proxy_host: str = ""             # comma-separated names, canonical (catalog.route_settings.parse_hosts)
+    route_settings: Tuple[Tuple[str, str], ...] = ()   # proxy.timeout=5s and the like, canonical
     tags: Tuple[str, ...] = ()
     extra_meta: Tuple[Tuple[str, str], ...] = ()
     health_check: Optional["HealthCheck"] = None
@@ -97,6 +99,7 @@ class Instance:
             META_PROXY_HOST: self.proxy_host,
             META_REGISTERED_BY: self.registered_by,
         })
+        meta.update((META_ROUTE_SETTING + k, value) for k, value in self.route_settings)
         if self.docker_health:
             meta[META_DOCKER_HEALTH] = "1"
         if self.strip_prefix:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .model import Instance, RegisteredInstance, RoutingPolicy
@@ -31,6 +32,12 @@ class Route:
     weight: int = 0                  # percent of traffic to the canary
     note: str = ""                   # why the route is not what the policy asked for
     strip_prefix: bool = False       # forward /path/rest as /rest
+    settings: Tuple[Tuple[str, str], ...] = ()   # proxy.timeout and the like (catalog.route_settings)
+
+    @property
+    def hosts(self) -> Tuple[str, ...]:
+        """The names the route answers; none: every name no other route claims."""
+        return tuple(n for n in self.host.split(",") if n)
 
     @property
     def upstream_name(self) -> str:
@@ -43,7 +50,7 @@ class Route:
         return {"service": self.service, "path": self.path, "host": self.host, "strip_prefix": self.strip_prefix,
                 "stable": pool(self.stable) if self.stable else None,
                 "canary": {**pool(self.canary), "weight": self.weight} if self.canary else None,
-                "answers_503": self.stable is None, "note": self.note}
+                "answers_503": self.stable is None, "note": self.note, "settings": dict(self.settings)}
 
 
 def _pool(version: str, instances: Sequence[Instance]) -> Pool:
@@ -52,13 +59,28 @@ def _pool(version: str, instances: Sequence[Instance]) -> Pool:
     return Pool(version, servers, tuple(by_server[s] for s in servers))
 
 
+def _defining(registered: Sequence[RegisteredInstance], admitted: Sequence[Instance],
+              policy: Optional[RoutingPolicy]) -> Optional[Instance]:
+    """Whose labels say where the route is and how it is served: the stable version's (a canary
+    with other labels changes nothing until it is promoted), else the first admitted instance's,
+    else the first registered one's."""
+    if policy and policy.stable:
+        for inst in admitted:
+            if inst.version == policy.stable:
+                return inst
+    if admitted:
+        return admitted[0]
+    return registered[0].instance if registered else None
+
+
 def route_for(service: str, registered: Sequence[RegisteredInstance],
               policy: Optional[RoutingPolicy]) -> Route:
     admitted = [r.instance for r in registered if r.admitted]
-    first = registered[0].instance if registered else None
+    first = _defining(registered, admitted, policy)
     path = first.path if first else f"/{service}/"
     host = first.proxy_host if first else ""
     strip = first.strip_prefix if first else False
+    route = partial(Route, service, path, host, strip_prefix=strip, settings=first.route_settings if first else ())
     panic = ""
     if not admitted:
         # Panic policy: when every instance fails a health check at once (a health-check
@@ -66,7 +88,7 @@ def route_for(service: str, registered: Sequence[RegisteredInstance],
         # The gate itself is never overridden: an untested or failed instance gets nothing.
         admitted = [r.instance for r in registered if r.gate_status == "passing"]
         if not admitted:
-            return Route(service, path, host, None, strip_prefix=strip)
+            return route(None)
         panic = "panic: every instance fails a health check; serving those that passed their tests"
     by_version: Dict[str, List[Instance]] = {}
     for inst in admitted:
@@ -74,18 +96,16 @@ def route_for(service: str, registered: Sequence[RegisteredInstance],
     if panic:
         version = policy.stable if policy and policy.stable in by_version else "*"
         pool = by_version[version] if version != "*" else admitted
-        return Route(service, path, host, _pool(version, pool), note=panic, strip_prefix=strip)
+        return route(_pool(version, pool), note=panic)
     if policy is None or not policy.stable:
-        return Route(service, path, host, _pool("*", admitted),
-                     note="no routing policy yet: every admitted instance serves", strip_prefix=strip)
+        return route(_pool("*", admitted), note="no routing policy yet: every admitted instance serves")
     if policy.stable not in by_version:
         # Panic policy: the stable version has no admitted instance left; serving the others
         # beats answering nobody.
-        return Route(service, path, host, _pool("*", admitted),
-                     note=f"stable version {policy.stable} has no admitted instance: every admitted instance serves",
-                     strip_prefix=strip)
+        return route(_pool("*", admitted),
+                     note=f"stable version {policy.stable} has no admitted instance: every admitted instance serves")
     stable = _pool(policy.stable, by_version[policy.stable])
     canary = None
     if policy.canary and policy.canary != policy.stable and policy.canary in by_version:
         canary = _pool(policy.canary, by_version[policy.canary])
-    return Route(service, path, host, stable, canary, policy.weight if canary else 0, strip_prefix=strip)
+    return route(stable, canary, policy.weight if canary else 0)

@@ -1,12 +1,18 @@
 """The backend table pushed to nginx in dynamic mode.
 
     push   {"generation": N, "full": bool, "services": {NAME: ENTRY | null}}
-    ENTRY  {"service": NAME, "stable": POOL | null, "canary": POOL | null, "weight": 0..100}
+    ENTRY  {"service": NAME, "stable": POOL | null, "canary": POOL | null, "weight": 0..100,
+            "route": ROUTE}
     POOL   {"version": V, "servers": [[ADDRESS, PORT, VERSION], ...]}     (at least one server)
+    ROUTE  {"path": "/demo/", "hosts": [HOST, ...], "strip_prefix": bool, and the route's own
+            settings: "timeout", "connect_timeout" (seconds), "body_size" (bytes), "buffering",
+            "retries", "allow" ([NETWORK, ...])}
 
 The rules of that shape live in one file, lua/proxystack/contract.json, which `contract` here
 and nginx's `proxystack/contract.lua` both check by. proxy-reloader computes every entry from
-admitted instances and the routing policy (a route with no stable pool answers 503); nginx
+admitted instances, the routing policy and the stable version's labels (a route with no stable
+pool answers 503); nginx picks the route of each request from these entries too, so no route
+change needs a new nginx.conf; nginx
 checks the same rules again and refuses a whole push if one entry breaks them, keeping the
 table it had.
 The table file beside nginx.conf holds the last full table in the push format, so an nginx
@@ -19,6 +25,7 @@ import os
 from pathlib import Path
 from typing import Dict, Optional
 
+from catalog import route_settings
 from catalog.routing import Pool, Route
 
 from . import contract
@@ -33,11 +40,13 @@ def _pool(pool: Optional[Pool]) -> Optional[dict]:
 
 
 def entry(route: Route) -> dict:
-    """A route's table entry: who serves it, with what split."""
+    """A route's table entry: where it answers, how, who serves it, with what split."""
     stable = _pool(route.stable)
     canary = _pool(route.canary) if stable else None
+    where = {"path": route.path, "hosts": list(route.hosts), "strip_prefix": route.strip_prefix,
+             **route_settings.for_proxy(route.settings)}
     return {"service": route.service, "stable": stable, "canary": canary,
-            "weight": route.weight if canary else 0}
+            "weight": route.weight if canary else 0, "route": where}
 
 
 def check_entry(name: str, e: Optional[dict]) -> None:

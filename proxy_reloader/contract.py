@@ -6,6 +6,7 @@ with one list of cases, and holds the name rules to catalog.validation's.
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 from pathlib import Path
@@ -63,6 +64,60 @@ def check_pool(pool: Any, where: str) -> Optional[str]:
     return None
 
 
+def network_ok(value: Any) -> bool:
+    """An IPv4 or IPv6 address or network (no host bits set, IPv6 written in hex only)."""
+    if not name_ok("network", value) or (":" in value and "." in value):
+        return False
+    try:
+        ipaddress.ip_network(value, strict=True)
+        return True
+    except ValueError:
+        return False
+
+
+def host_ok(value: Any) -> bool:
+    """An exact host name, or *.DOMAIN for every name under DOMAIN."""
+    if isinstance(value, str) and value.startswith("*."):
+        value = value[2:]
+    return name_ok("host", value)
+
+
+def _number_in(value: Any, bounds, whole: bool) -> bool:
+    if whole:
+        return _int_in(value, bounds)
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and bounds[0] <= value <= bounds[1])
+
+
+def check_route(route: Any, where: str) -> Optional[str]:
+    rules = CONTRACT["route"]
+    if not isinstance(route, dict):
+        return f"{where} must be an object"
+    for key in sorted(route):
+        if key not in ("path", "hosts", "allow") and key not in rules["flags"] and key not in rules["numbers"]:
+            return f"{where}.{key} is not a route setting"
+    if not name_ok("path", route.get("path")) or "//" in route["path"]:
+        return f"{where}.path must be a path of plain segments ending in /"
+    hosts, (least, most) = route.get("hosts", []), rules["hosts"]
+    if not isinstance(hosts, list) or not least <= len(hosts) <= most or not all(host_ok(h) for h in hosts):
+        return f"{where}.hosts must list {least} to {most} host names"
+    for flag in rules["flags"]:
+        if flag in route and not isinstance(route[flag], bool):
+            return f"{where}.{flag} must be true or false"
+    for key in sorted(rules["numbers"]):
+        low, high = rules["numbers"][key]
+        if key in route and not _number_in(route[key], rules["numbers"][key], key in rules["integers"]):
+            return f"{where}.{key} must be a number {low}..{high}"
+    if "allow" in route:
+        allow, (least, most) = route["allow"], rules["allow"]
+        if not isinstance(allow, list) or not least <= len(allow) <= most:
+            return f"{where}.allow must list {least} to {most} networks"
+        for i, net in enumerate(allow, 1):
+            if not network_ok(net):
+                return f"{where}.allow[{i}] is not an address or network"
+    return None
+
+
 def check_entry(name: Any, entry: Any) -> Optional[str]:
     """None when the entry keeps the contract, else the reason (as the Lua side words it)."""
     if not name_ok("service", name):
@@ -82,6 +137,8 @@ def check_entry(name: Any, entry: Any) -> Optional[str]:
         return f"{name}.weight must be an integer {low}..{high}"
     if entry.get("canary") is not None and entry.get("stable") is None:
         return f"{name}: a canary needs a stable pool"
+    if "route" in entry:
+        return check_route(entry["route"], f"{name}.route")
     return None
 
 

@@ -1,8 +1,9 @@
 """Routes -> nginx configuration text (jinja2). Pure: the same routes give the same bytes.
 
-Two templates: `reload` lists every instance as an upstream server (any change is a reload);
-`dynamic` holds only the routes (service, path, host), and instances reach nginx's Lua balancer
-as a pushed table, so the file changes, and nginx reloads, only when a route comes or goes.
+Two templates: `reload` lists every route and instance (any change is a new file and a reload);
+`dynamic` holds neither: routes, their settings and instances reach nginx's Lua router as a
+pushed table, so the file changes, and nginx reloads, only when the listener or the proxy's own
+options do.
 """
 from __future__ import annotations
 
@@ -37,13 +38,6 @@ class Settings:
     read_timeout: str = "30s"                   # an answer slower than this is a failure (tried on the next)
 
     @property
-    def next_upstream_timeout(self) -> str:
-        """How long a request may go on being passed to the next instance: one whole read
-        timeout and 10 s more, so a request an instance never answered is still retried once on
-        another (nginx counts from the first try)."""
-        return f"{float(self.read_timeout.rstrip('s')) + 10:g}s"
-
-    @property
     def table(self) -> Path:
         return Path(self.prefix) / "backends.json"
 
@@ -61,10 +55,12 @@ class Settings:
 
 
 def group_by_host(routes: Iterable[Route]) -> List[Tuple[str, List[Route]]]:
-    """Server blocks: routes without a host go to the default server, which always exists."""
+    """Server blocks, one per host name (a route with several names is in each of them); routes
+    without a name go to the default server, which always exists."""
     groups = {"": []}
-    for r in sorted(routes, key=lambda r: (r.host, r.path, r.service)):
-        groups.setdefault(r.host, []).append(r)
+    for r in sorted(routes, key=lambda r: (r.path, r.service)):
+        for host in r.hosts or ("",):
+            groups.setdefault(host, []).append(r)
     return sorted(groups.items())
 
 
@@ -75,8 +71,7 @@ def render(routes: List[Route], prefix: str, listen: str, workers: str = "2", se
     ordered = sorted(routes, key=lambda r: r.service)
     template = _env.get_template("nginx-dynamic.conf.j2" if s.mode == DYNAMIC else "nginx.conf.j2")
     args = dict(routes=ordered, servers=group_by_host(ordered), prefix=s.prefix, listen=s.listen,
-                workers=s.workers, read_timeout=s.read_timeout,
-                next_upstream_timeout=s.next_upstream_timeout, modules=s.modules, lua=str(LUA_DIR), table=str(s.table),
+                workers=s.workers, read_timeout=s.read_timeout, modules=s.modules, lua=str(LUA_DIR), table=str(s.table),
                 secret=str(s.secret), socket=str(s.socket), table_size=s.table_size)
     version = hashlib.sha256(template.render(version="", **args).encode()).hexdigest()[:16]
     return template.render(version=version, **args)

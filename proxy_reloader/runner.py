@@ -5,10 +5,10 @@ policies) wake the runner; a quiescence timer waits until changes stop for `min_
 never longer than `max_wait` after the first one). Only the services that changed are
 computed again.
 
-Applying, in dynamic mode: the table entries that changed are pushed to nginx's Lua balancer
-and confirmed (the workers report the pushed generation); nginx is reloaded only when a route
-comes or goes (the config file holds routes, not instances). In reload mode every change is a
-new config and a reload, as before the Lua balancer existed.
+Applying, in dynamic mode: the table entries that changed (a route, its settings, its
+instances, its split) are pushed to nginx's Lua router and confirmed (the workers report the
+pushed generation); the config file holds no route, so no catalog change reloads nginx. In
+reload mode every change is a new config and a reload.
 
 When nginx refuses a rendered config, the services whose own config it refuses keep their
 last good route (or stay out, if they never had one) and every other service's change is
@@ -80,7 +80,6 @@ class Runner:
         self.generation = 0
         self.boot: Optional[str] = None
         self.recheck: Optional[threading.Timer] = None
-        self._structure = None
         self._last_check = 0.0
         self._last_beat = float("-inf")
 
@@ -112,17 +111,15 @@ class Runner:
         routes = without_conflicts(self.computed, errors)
         routes, errors = self._ride_out_blips(routes, errors)
         served = routes + self._kept(routes, errors)
-        text, candidate = None, None
-        if not self.dynamic or _structure_of(served) != self._structure:
+        text = self._render(served)                  # in dynamic mode, the same for any routes
+        try:
+            candidate = self.nginx.validate(text) if text != self.nginx.current() else None
+        except NginxError as exc:
+            metrics.APPLIED.labels("reload", "refused").inc()
+            routes, errors = self._isolate(routes, errors, exc)
+            served = routes + self._kept(routes, errors)
             text = self._render(served)
-            try:
-                candidate = self.nginx.validate(text) if text != self.nginx.current() else None
-            except NginxError as exc:
-                metrics.APPLIED.labels("reload", "refused").inc()
-                routes, errors = self._isolate(routes, errors, exc)
-                served = routes + self._kept(routes, errors)
-                text = self._render(served)
-                candidate = self.nginx.validate(text) if text != self.nginx.current() else None
+            candidate = self.nginx.validate(text) if text != self.nginx.current() else None
         self.service_errors = errors
         pushed = self._push_table(served) if self.dynamic else True   # before a reload: a new route has its servers
         if candidate is not None:
@@ -139,7 +136,6 @@ class Runner:
             self.last_good = {r.service: r for r in served}
             if self.served is not None:
                 self.served.update(served)
-        self._structure = _structure_of(served)
         return candidate is not None
 
     @staticmethod
@@ -331,11 +327,6 @@ class Runner:
     def stop(self) -> None:
         self.stopping.set()
         self.dirty.set()
-
-
-def _structure_of(routes: List[Route]) -> tuple:
-    """What the config file of dynamic mode holds: the routes, not who serves them."""
-    return tuple(sorted((r.service, r.path, r.host, r.strip_prefix) for r in routes))
 
 
 def isolate(nginx: Nginx, settings: Settings, routes: List[Route], errors: Dict[str, str],

@@ -9,7 +9,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from catalog import validation as v
+from catalog import route_settings, validation as v
 from catalog.model import RegisteredInstance
 from catalog.kv_layout import POLICIES
 from catalog.routing import Route, route_for
@@ -32,7 +32,8 @@ def _check_instance(inst) -> None:
     v.check("version", inst.version)
     v.check("proxy_path", inst.path)
     if inst.proxy_host:
-        v.check("proxy_host", inst.proxy_host)
+        route_settings.parse_hosts("proxy_host", inst.proxy_host)
+    route_settings.check_all(inst.route_settings)
 
 
 def route_of(service: str, registered: Optional[Sequence[RegisteredInstance]],
@@ -58,15 +59,18 @@ def _route(service, registered, policy) -> Tuple[Optional[Route], Optional[str]]
 
 
 def without_conflicts(routes: Dict[str, Route], errors: Dict[str, str]) -> List[Route]:
-    """Two services at one host and path: the first by name keeps it, the other is left out."""
+    """Two services at one host name and path: the first by name keeps it, the other is left
+    out (all of it: a route answers at all its names or at none)."""
     taken, out = {}, []
     for service in sorted(routes):
         route = routes[service]
-        key = (route.host, route.path)
-        if key in taken:
-            errors[service] = f"path {route.path} is already routed to {taken[key]}"
+        keys = [(host, route.path) for host in route.hosts or ("",)]
+        clash = next((k for k in keys if k in taken), None)
+        if clash:
+            where = f"{clash[0]}{route.path}" if clash[0] else f"path {route.path}"
+            errors[service] = f"{where} is already routed to {taken[clash]}"
             continue
-        taken[key] = service
+        taken.update((k, service) for k in keys)
         out.append(route)
     return out
 

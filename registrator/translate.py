@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Dict, List
 
-from catalog import validation as v
+from catalog import route_settings, validation as v
 from catalog.images import image_name, image_version
 from catalog.model import MODES, HealthCheck, Instance
 
@@ -143,7 +143,8 @@ def _instance(c, s, cfg, endpoint, base_name, several) -> Instance:
         v.check("proxy.path", path, "proxy_path")
     host = cfg.get("proxy.host", "")
     if host:
-        v.check("proxy.host", host, "proxy_host")
+        host = route_settings.parse_hosts("proxy.host", host)
+    per_route = route_settings.from_labels(cfg)
     strip = v.check("proxy.strip_prefix", cfg.get("proxy.strip_prefix", "false"), "flag") == "true"
     mode = cfg.get("gatekeeper.mode", "")
     if mode and mode not in MODES:
@@ -159,7 +160,7 @@ def _instance(c, s, cfg, endpoint, base_name, several) -> Instance:
         id=f"{s.hostname}:{c.name}:{container_port}",
         service=name, address=v.check("address", address), port=port, version=version,
         container_id=c.id, container_name=c.name, image=c.image, registered_by=s.registered_by,
-        tests_image=tests, proxy_path=path or f"/{name}/", proxy_host=host, tags=tags,
+        tests_image=tests, proxy_path=path or f"/{name}/", proxy_host=host, route_settings=per_route, tags=tags,
         extra_meta=_extra_meta(cfg), health_check=_health_check(cfg),
         docker_health=c.health is not None, strip_prefix=strip, mode=mode, analysis=analysis,
         swarm_service=c.swarm_service, swarm_task=c.swarm_task, gate_mirror=c.gate_mirror,
@@ -185,7 +186,7 @@ def _extra_meta(cfg: Dict[str, str]):
         if not key.startswith("SERVICE_") or _PORT_KEY.fullmatch(key):
             continue
         short = key[len("SERVICE_"):]
-        if short in _RESERVED or SECRET.search(short):
+        if short in _RESERVED or SECRET.search(short) or route_settings.is_setting_meta(short.lower()):
             continue
         meta[v.check(key, short.lower(), "meta_key")] = v.check(key, value, "meta_value")
     return tuple(sorted(meta.items()))

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Dict, List, Optional, Tuple
 
+from .. import route_settings
 from ..consul_client import ConsulClient, ConsulError
 from ..model import (META_ANALYSIS, META_CONTAINER_ID, META_CONTAINER_NAME, META_CONTAINER_STARTED,
                      META_DOCKER_HEALTH, META_GATE_MIRROR, META_IMAGE, META_MODE, META_PROXY_HOST,
@@ -150,7 +151,9 @@ def instance_from_consul(svc: dict) -> Optional[Instance]:
         image=meta.get(META_IMAGE, ""), registered_by=meta[META_REGISTERED_BY],
         tests_image=meta.get(META_TESTS_IMAGE, ""), proxy_path=meta.get(META_PROXY_PATH, ""),
         proxy_host=meta.get(META_PROXY_HOST, ""), tags=tags,
-        extra_meta=tuple(sorted((k, v) for k, v in meta.items() if k not in _OWN_META)),
+        route_settings=route_settings.from_meta(meta),
+        extra_meta=tuple(sorted((k, v) for k, v in meta.items()
+                                if k not in _OWN_META and not route_settings.is_setting_meta(k))),
         docker_health=meta.get(META_DOCKER_HEALTH) == "1",
         strip_prefix=meta.get(META_PROXY_STRIP) == "1",
         mode=meta.get(META_MODE, ""), analysis=meta.get(META_ANALYSIS, ""),

@@ -36,7 +36,11 @@ def admit(stores, service, port, version="v1", host="", path=None, container="x"
 
 
 def status(path="/status"):
-    with urllib.request.urlopen(f"http://127.0.0.1:{ADMIN}{path}", timeout=5) as r:
+    return status_of(ADMIN, path)
+
+
+def status_of(admin: int, path="/status"):
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}{path}", timeout=5) as r:
         return json.loads(r.read())
 
 
@@ -70,10 +74,10 @@ def reloader(consul_server, tmp_path_factory):
         "stopping proxy-reloader stops its nginx"
 
 
-def proxy_check(consul_server):
+def proxy_check(consul_server, listen=LISTEN):
     checks = requests.get(f"http://{consul_server.address}/v1/health/checks/proxy-reloader", timeout=5,
                           headers=consul_server.headers).json()
-    return next(c for c in checks if c["CheckID"] == f"proxy-reloader:127.0.0.1:{LISTEN}:config")
+    return next(c for c in checks if c["CheckID"] == f"proxy-reloader:127.0.0.1:{listen}:config")
 
 
 def test_status_endpoint_reports_routes_and_refuses_writes(reloader, stores):
@@ -116,30 +120,46 @@ def test_a_burst_of_changes_costs_a_handful_of_reloads(reloader, stores):
         stores.instances.deregister(f"px:burst-{31000 + i}:8080")
 
 
-def test_a_service_nginx_refuses_is_isolated_and_reported(reloader, stores, consul_server, tmp_path):
+def test_a_service_nginx_refuses_is_isolated_in_reload_mode_and_served_in_dynamic_mode(
+        reloader, stores, consul_server, tmp_path):
     long_host = ".".join(["a" * 60] * 3) + ".example"          # valid DNS, longer than nginx's bucket
-    admit(stores, "longhost", 32001, host=long_host, path="/")
-    wait_until(lambda: "longhost" in status()["service_errors"], 20, "the refusal in /status")
-    assert "server_names_hash" in status()["service_errors"]["longhost"]
-    # The check may already be critical for another reason (an invalid policy another test left):
-    # wait for it to name this service.
-    wait_until(lambda: (lambda c: c["Status"] == "critical" and "longhost" in c["Output"])(proxy_check(consul_server)),
-               20, "the proxy's own check failing and naming the service")
-    admit(stores, "other", 32002)                                # other services still get applied
-    wait_until(lambda: "other" in status()["services"], 20, "another service applied meanwhile")
-    wait_until(lambda: (lambda st: st["config_version"] == st["served_version"])(status()), 10,
-               "the workers serving the rendered config")
-    # An nginx (re)started meanwhile gets every other route: the first render leaves it out too.
-    once = subprocess.run(python_module(
+    # Reload mode writes each host into nginx.conf, and nginx refuses this one: the service is
+    # left out and named, every other service goes on being applied.
+    listen, admin = 18003, 19003
+    proc = Proc("proxy-reloader-reload", python_module(
         "proxy_reloader", "--consul", consul_server.address, "--consul-token-file",
-        consul_server.token_file("proxy-reloader"), "--nginx-prefix", str(tmp_path / "nginx"),
-        "--listen", "127.0.0.1:18003", "--once", "--mode", "dynamic"), capture_output=True, text=True, timeout=60)
-    assert once.returncode == 0 and "service longhost left out: nginx refused its config" in once.stderr, once.stderr
-    rendered = (tmp_path / "nginx" / "nginx.conf").read_text()
-    assert '"other"' in rendered and "longhost" not in rendered and long_host not in rendered
-    stores.instances.deregister("px:longhost-32001:8080")
-    wait_until(lambda: proxy_check(consul_server)["Status"] == "passing", 20, "the check passing again")
-    stores.instances.deregister("px:other-32002:8080")
+        consul_server.token_file("proxy-reloader"), "--nginx-prefix", str(tmp_path / "reload"), "--mode", "reload",
+        "--listen", f"127.0.0.1:{listen}", "--admin", f"127.0.0.1:{admin}", "--exec", "--report-check"),
+        tmp_path).start()
+    try:
+        wait_until(lambda: status_of(admin)["served_version"], 30, "the reload-mode proxy up")
+        admit(stores, "longhost", 32001, host=long_host, path="/")
+        wait_until(lambda: "longhost" in status_of(admin)["service_errors"], 20, "the refusal in /status")
+        assert "server_names_hash" in status_of(admin)["service_errors"]["longhost"]
+        wait_until(lambda: (lambda c: c["Status"] == "critical" and "longhost" in c["Output"])(
+            proxy_check(consul_server, listen)), 20, "the proxy's own check failing and naming the service")
+        admit(stores, "other", 32002)                            # other services still get applied
+        wait_until(lambda: "other" in status_of(admin)["services"], 20, "another service applied meanwhile")
+        wait_until(lambda: (lambda st: st["config_version"] == st["served_version"])(status_of(admin)), 10,
+                   "the workers serving the rendered config")
+        # Dynamic mode holds routes in the pushed table, not in nginx.conf: nothing to refuse.
+        wait_until(lambda: "longhost" in status()["services"], 20, "the long host routed in dynamic mode")
+        assert "longhost" not in status()["service_errors"]
+        assert get("/", headers={"Host": long_host})[0] == 502      # routed (to a port nothing listens on)
+        # An nginx (re)started meanwhile gets every other route: the first render leaves it out too.
+        once = subprocess.run(python_module(
+            "proxy_reloader", "--consul", consul_server.address, "--consul-token-file",
+            consul_server.token_file("proxy-reloader"), "--nginx-prefix", str(tmp_path / "nginx"),
+            "--listen", "127.0.0.1:18004", "--once", "--mode", "reload"), capture_output=True, text=True, timeout=60)
+        assert once.returncode == 0 and "service longhost left out: nginx refused its config" in once.stderr, once.stderr
+        rendered = (tmp_path / "nginx" / "nginx.conf").read_text()
+        assert "other" in rendered and "longhost" not in rendered and long_host not in rendered
+        stores.instances.deregister("px:longhost-32001:8080")
+        wait_until(lambda: proxy_check(consul_server, listen)["Status"] == "passing", 20, "the check passing again")
+    finally:
+        stores.instances.deregister("px:longhost-32001:8080")
+        stores.instances.deregister("px:other-32002:8080")
+        proc.stop()
 
 
 @pytest.fixture

@@ -14,12 +14,25 @@ def test_a_route_with_a_canary_carries_its_weight_and_every_server_its_version()
     e = backends.entry(Route("demo", "/demo/", "", STABLE, CANARY, 20))
     assert e == {"service": "demo", "weight": 20,
                  "stable": {"version": "v1", "servers": [["127.0.0.1", 1, "v1"], ["127.0.0.1", 2, "v1"]]},
-                 "canary": {"version": "v2", "servers": [["127.0.0.1", 3, "v2"]]}}
+                 "canary": {"version": "v2", "servers": [["127.0.0.1", 3, "v2"]]},
+                 "route": {"path": "/demo/", "hosts": [], "strip_prefix": False}}
 
 
 def test_no_admitted_instance_is_a_null_stable_pool_which_answers_503():
-    assert backends.entry(Route("demo", "/demo/", "", None)) == {"service": "demo", "stable": None,
-                                                                 "canary": None, "weight": 0}
+    assert backends.entry(Route("demo", "/demo/", "", None)) == {
+        "service": "demo", "stable": None, "canary": None, "weight": 0,
+        "route": {"path": "/demo/", "hosts": [], "strip_prefix": False}}
+
+
+def test_the_route_carries_its_names_prefix_and_settings_in_the_units_nginx_uses():
+    route = Route("demo", "/api/", "*.demo.test,demo.test", STABLE, strip_prefix=True,
+                  settings=(("allow", "10.0.0.0/8,192.0.2.7/32"), ("body_size", "10m"), ("buffering", "off"),
+                            ("connect_timeout", "250ms"), ("retries", "0"), ("timeout", "2m")))
+    assert backends.entry(route)["route"] == {
+        "path": "/api/", "hosts": ["*.demo.test", "demo.test"], "strip_prefix": True,
+        "allow": ["10.0.0.0/8", "192.0.2.7/32"], "body_size": 10 * 1024 * 1024, "buffering": False,
+        "connect_timeout": 0.25, "retries": 0, "timeout": 120}
+    backends.push_body(1, {"demo": backends.entry(route)}, False)        # and the contract takes it
 
 
 def test_a_mixed_pool_keeps_each_servers_own_version():

@@ -67,7 +67,7 @@ def full(route):
 def test_every_branch_gives_the_whole_route():
     """Each case compares the whole route (path, host, strip, pools, weight, note), not one field."""
     base = {"service": "demo", "path": "/api/", "host": "api.test", "strip_prefix": True, "canary": None,
-            "answers_503": False, "note": ""}
+            "answers_503": False, "note": "", "settings": {}}
     assert full(route_for("demo", [], None)) == {**base, "path": "/demo/", "host": "", "strip_prefix": False,
                                                    "stable": None, "answers_503": True}
     assert full(route_for("demo", [hosted("v1", 1, gate="critical")], None)) == {

@@ -28,26 +28,45 @@ local function names()
     return cjson.decode(dict:get("names") or "[]") or {}
 end
 
+-- The generation of the last push that changed a route (a service came or went, or its path,
+-- names or settings changed): workers build their route index again only then.
+function _M.routes_generation()
+    return dict:get("routes") or 0
+end
+
+-- A service's route as last applied ("rt:" keys), to notice a push that changes routes.
+local function set_route(name, entry)
+    local old = dict:get("rt:" .. name)
+    local new = entry and cjson.encode(entry.route or {}) or nil
+    if old == new then return false end
+    if new then dict:set("rt:" .. name, new) else dict:delete("rt:" .. name) end
+    return true
+end
+
 -- Apply a checked push. A full push replaces the table; otherwise only the named services change.
 function _M.apply(body)
     local gen = body.generation
     local known = {}
+    local routes_changed = false
     for _, n in ipairs(names()) do known[n] = true end
     if body.full then
         for n in pairs(known) do
             if body.services[n] == nil then
                 dict:delete("svc:" .. n); dict:set("stamp:" .. n, gen); known[n] = nil
+                routes_changed = set_route(n, nil) or routes_changed
             end
         end
     end
     for name, entry in pairs(body.services) do
         if entry == cjson.null then
             dict:delete("svc:" .. name); known[name] = nil
+            routes_changed = set_route(name, nil) or routes_changed
         else
             -- Entry first, stamp second: a worker that sees the new stamp finds the new entry.
             local ok, err = dict:set("svc:" .. name, cjson.encode(entry))
             if not ok then return nil, "shared dict full (" .. tostring(err) .. "); raise proxystack_backends' size" end
             known[name] = true
+            routes_changed = set_route(name, entry) or routes_changed
         end
         dict:set("stamp:" .. name, gen)
     end
@@ -55,6 +74,7 @@ function _M.apply(body)
     for n in pairs(known) do list[#list + 1] = n end
     table.sort(list)
     dict:set("names", cjson.encode(list))
+    if routes_changed then dict:set("routes", gen) end
     dict:set("generation", gen)
     return true
 end
@@ -75,6 +95,16 @@ function _M.get(service)
     local entry = raw and cjson.decode(raw) or nil
     cache[service] = {stamp = stamp, seen = gen, entry = entry}
     return entry
+end
+
+-- Every service's entry as this worker sees it (decoded once per change, as by get).
+function _M.entries()
+    local out = {}
+    for _, n in ipairs(names()) do
+        local entry = _M.get(n)
+        if entry then out[n] = entry end
+    end
+    return out
 end
 
 function _M.all()

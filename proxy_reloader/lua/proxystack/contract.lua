@@ -82,6 +82,129 @@ local function check_pool(pool, where)
     return true
 end
 
+-- An IPv4 or IPv6 address or network -> its bytes (4 or 16, as ngx.var.binary_remote_addr has
+-- them) and its prefix length; nil for anything else, a network with host bits set included.
+function _M.parse_network(text)
+    if not _M.name_ok("network", text) then return nil end
+    local addr, bits = text:match("^([^/]+)/(%d+)$")
+    if not addr then addr = text end
+    if text:find(":", 1, true) then
+        if text:find(".", 1, true) then return nil end
+        local head, tail = addr:match("^(.-)::(.*)$")
+        local groups = {}
+        local function split(part, out)
+            if part == "" then return true end
+            for g in (part .. ":"):gmatch("([^:]*):") do
+                if not g:match("^%x%x?%x?%x?$") then return false end
+                out[#out + 1] = tonumber(g, 16)
+            end
+            return true
+        end
+        if head then
+            local left, right = {}, {}
+            if not split(head, left) or not split(tail, right) or #left + #right > 7 then return nil end
+            for _, g in ipairs(left) do groups[#groups + 1] = g end
+            for _ = 1, 8 - #left - #right do groups[#groups + 1] = 0 end
+            for _, g in ipairs(right) do groups[#groups + 1] = g end
+        elseif not split(addr, groups) or #groups ~= 8 then
+            return nil
+        end
+        local bytes = {}
+        for _, g in ipairs(groups) do
+            bytes[#bytes + 1] = string.char(math.floor(g / 256), g % 256)
+        end
+        addr = table.concat(bytes)
+    else
+        local a, b, c, d = addr:match("^(%d+)%.(%d+)%.(%d+)%.(%d+)$")
+        if not a then return nil end
+        local octets = {tonumber(a), tonumber(b), tonumber(c), tonumber(d)}
+        for _, o in ipairs(octets) do if o > 255 then return nil end end
+        addr = string.char(octets[1], octets[2], octets[3], octets[4])
+    end
+    local size = #addr * 8
+    bits = bits and tonumber(bits) or size
+    if bits > size then return nil end
+    for i = bits, size - 1 do            -- host bits must be zero
+        local byte = addr:byte(math.floor(i / 8) + 1)
+        if math.floor(byte / 2 ^ (7 - i % 8)) % 2 == 1 then return nil end
+    end
+    return addr, bits
+end
+
+-- Whether the address bytes `addr` lie in the network (bytes, prefix length).
+function _M.in_network(addr, net, bits)
+    if #addr ~= #net then return false end
+    local whole = math.floor(bits / 8)
+    if addr:sub(1, whole) ~= net:sub(1, whole) then return false end
+    local rest = bits % 8
+    if rest == 0 then return true end
+    local shift = 2 ^ (8 - rest)
+    return math.floor(addr:byte(whole + 1) / shift) == math.floor(net:byte(whole + 1) / shift)
+end
+
+local function host_ok(h)
+    if type(h) == "string" and h:sub(1, 2) == "*." then h = h:sub(3) end
+    return _M.name_ok("host", h)
+end
+
+local R = C.route
+local known = {path = true, hosts = true, allow = true}
+for _, f in ipairs(R.flags) do known[f] = true end
+for k in pairs(R.numbers) do known[k] = true end
+local integers = {}
+for _, k in ipairs(R.integers) do integers[k] = true end
+
+local function sorted_keys(t)
+    local keys = {}
+    for k in pairs(t) do keys[#keys + 1] = tostring(k) end
+    table.sort(keys)
+    return keys
+end
+
+local function check_route(route, where)
+    if not object(route) then return nil, where .. " must be an object" end
+    for _, key in ipairs(sorted_keys(route)) do
+        if not known[key] then return nil, where .. "." .. key .. " is not a route setting" end
+    end
+    if not _M.name_ok("path", route.path) or route.path:find("//", 1, true) then
+        return nil, where .. ".path must be a path of plain segments ending in /"
+    end
+    local hosts = route.hosts
+    if hosts == nil then hosts = {} end
+    local ok = type(hosts) == "table" and (#hosts > 0 or next(hosts) == nil) and #hosts >= R.hosts[1]
+        and #hosts <= R.hosts[2]
+    if ok then
+        for _, h in ipairs(hosts) do if not host_ok(h) then ok = false end end
+    end
+    if not ok then
+        return nil, where .. ".hosts must list " .. R.hosts[1] .. " to " .. R.hosts[2] .. " host names"
+    end
+    for _, flag in ipairs(R.flags) do
+        if route[flag] ~= nil and type(route[flag]) ~= "boolean" then
+            return nil, where .. "." .. flag .. " must be true or false"
+        end
+    end
+    for _, key in ipairs(sorted_keys(R.numbers)) do
+        local n, bounds = route[key], R.numbers[key]
+        if n ~= nil and not (type(n) == "number" and n >= bounds[1] and n <= bounds[2]
+                             and (not integers[key] or n == math.floor(n))) then
+            return nil, where .. "." .. key .. " must be a number " .. tostring(bounds[1]) .. ".." .. tostring(bounds[2])
+        end
+    end
+    local allow = route.allow
+    if allow ~= nil then
+        if type(allow) ~= "table" or (#allow == 0 and next(allow) ~= nil) or #allow < R.allow[1] or #allow > R.allow[2] then
+            return nil, where .. ".allow must list " .. R.allow[1] .. " to " .. R.allow[2] .. " networks"
+        end
+        for i, net in ipairs(allow) do
+            if not _M.parse_network(net) then
+                return nil, where .. ".allow[" .. i .. "] is not an address or network"
+            end
+        end
+    end
+    return true
+end
+
 -- nil, reason when `entry` breaks the contract.
 function _M.check_entry(name, entry)
     if not _M.name_ok("service", name) then
@@ -101,6 +224,7 @@ function _M.check_entry(name, entry)
     if not absent(entry.canary) and absent(entry.stable) then
         return nil, name .. ": a canary needs a stable pool"
     end
+    if entry.route ~= nil then return check_route(entry.route, name .. ".route") end
     return true
 end
 

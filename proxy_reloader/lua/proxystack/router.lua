@@ -1,14 +1,51 @@
--- Per request: which pool (stable or canary) serves it, then which server of that pool.
--- Every decision about *who is admitted* was made by proxy-reloader; this only picks.
+-- Per request: which route it is for (by host and path), whether the route lets it through
+-- (client network, body size), which pool serves it (stable or canary), then which server of
+-- that pool, with the route's timeouts and retries. Every decision about *who is admitted* and
+-- *what is routed where* was made by proxy-reloader and pushed; this only picks.
 local balancer = require "ngx.balancer"
 local backends = require "proxystack.backends"
+local contract = require "proxystack.contract"
+local routes = require "proxystack.routes"
 
 local _M = {}
 
 -- per worker: a pool's server list -> the index it last used (round robin). Keyed by the list
 -- itself, which a push replaces, so a changed pool starts afresh and an old one is collected.
 local rr = setmetatable({}, {__mode = "k"})
-local MAX_TRIES = 3         -- as proxy_next_upstream_tries: a dead peer costs a retry, not an error
+-- A route's defaults, for the settings its labels leave out (catalog/route_settings.py).
+local DEFAULT_RETRIES = 2               -- a dead peer costs a retry, not an error
+local DEFAULT_BODY_SIZE = 1024 * 1024   -- as nginx's client_max_body_size default
+local NO_ROUTE = {}
+
+-- per worker: the route index and the routes generation it was built from
+local index, index_gen = nil, nil
+
+local function current_index()
+    local gen = backends.routes_generation()
+    if index == nil or index_gen ~= gen then
+        index = routes.build(backends.entries())
+        index_gen = gen
+    end
+    return index
+end
+
+-- A route's allow-list, parsed once per worker per entry (entries are replaced, never changed).
+local function allowed(route)
+    local nets = route._nets
+    if nets == nil then
+        nets = {}
+        for _, text in ipairs(route.allow) do
+            local bytes, bits = contract.parse_network(text)
+            if bytes then nets[#nets + 1] = {bytes, bits} end
+        end
+        route._nets = nets
+    end
+    local addr = ngx.var.binary_remote_addr
+    for _, net in ipairs(nets) do
+        if contract.in_network(addr, net[1], net[2]) then return true end
+    end
+    return false
+end
 
 -- The sticky key docs/guides/routing.md documents: X-Client-Id, else the client_id cookie, else address + user agent.
 local function client_key()
@@ -37,18 +74,37 @@ local function choose(entry)
     return stable.servers
 end
 
--- rewrite phase, from set_by_lua (which, unlike access_by_lua, needs no coroutine per request):
--- "" when nothing is admitted (the location then answers 503 with its JSON body), else "1".
-function _M.pick(service)
-    local ctx = ngx.ctx
-    ctx.service = service
-    local servers = choose(backends.get(service))
-    if servers == nil then
-        ctx.version = "none"
-        return ""
+-- rewrite phase, from set_by_lua (which, unlike access_by_lua, needs no coroutine per request).
+-- What the location does next: "ok" (proxy it), "404" (no route), "301" (the route's path
+-- without its final slash; $proxystack_location says where), "403" (the client's network is
+-- not allowed), "413" (the body is larger than the route takes), "503" (nothing admitted),
+-- or "stream" (a route that does not buffer: the location hands the request on to @stream,
+-- which calls this again with streaming = true).
+function _M.route(streaming)
+    local uri = ngx.var.uri
+    local name, path = routes.find(current_index(), ngx.var.host or "", uri)
+    if name == nil then
+        if path == nil then return "404" end
+        local args = ngx.var.args
+        ngx.var.proxystack_location = args and (path .. "?" .. args) or path
+        return "301"
     end
+    local ctx = ngx.ctx
+    ctx.service = name
+    ctx.version = "none"
+    ngx.var.proxystack_service = name
+    local entry = backends.get(name)
+    local route = entry and entry.route or NO_ROUTE
+    if route.allow and not allowed(route) then return "403" end
+    local length = tonumber(ngx.var.http_content_length)
+    if length and length > (route.body_size or DEFAULT_BODY_SIZE) then return "413" end
+    if route.buffering == false and not streaming then return "stream" end
+    local servers = choose(entry)
+    if servers == nil then return "503" end
     ctx.pool = servers
-    return "1"
+    ctx.route = route
+    if route.strip_prefix then ngx.req.set_uri(uri:sub(#path)) end
+    return "ok"
 end
 
 -- balancer phase: round robin over the chosen pool; a retry moves to the next server.
@@ -57,14 +113,19 @@ function _M.balance()
     local servers = ctx.pool
     local n = #servers
     local i = ctx.index
+    local route = ctx.route
     if i == nil then
         i = (rr[servers] or 0) % n + 1
         rr[servers] = i
-        if n > 1 then balancer.set_more_tries(math.min(n, MAX_TRIES) - 1) end
+        local tries = math.min(n, (route.retries or DEFAULT_RETRIES) + 1)
+        if tries > 1 then balancer.set_more_tries(tries - 1) end
     else
         i = i % n + 1
     end
     ctx.index = i
+    if route.timeout or route.connect_timeout then
+        balancer.set_timeouts(route.connect_timeout, route.timeout, route.timeout)
+    end
     local s = servers[i]
     ctx.version = s[3]
     local ok, err = balancer.set_current_peer(s[1], s[2])

@@ -1,0 +1,279 @@
+"""Routes and their settings live in the pushed table (dynamic mode), on a real nginx with the
+Lua router: host names (exact, wildcard, default), the longest path prefix, strip_prefix, and
+each route's allow-list, body size, timeouts, retries and buffering, all changed by pushes while
+nginx keeps its first workers. The same settings from container labels through Consul, in both
+modes: tests/e2e/test_route_settings.py."""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from threading import Thread
+
+import pytest
+
+from proxy_reloader import backends
+from proxy_reloader.nginx import Nginx
+from proxy_reloader.push import PushClient, ensure_secret
+from proxy_reloader.render import DYNAMIC, Settings, render
+from testbed.nginx_workers import WorkerGenerations
+from testbed.processes import wait_until
+
+PORT = 18764
+
+
+class Backend:
+    """Answers {"name", "path", "host", "body"} (the body's length); /slow/ waits 3 s, /stream/
+    sends a line every 0.2 s for 3 s, /big/ sends 16 MiB and notes when it has sent it all
+    (none of them with a header that would turn nginx's buffering off)."""
+
+    def __init__(self, name: str):
+        self.sent_all = []
+        backend = self
+
+        class H(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _answer(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                if "/stream/" in self.path:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/plain")
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    for i in range(15):
+                        line = f"tick {i}\n".encode()
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+                        self.wfile.flush()
+                        time.sleep(0.2)
+                    self.wfile.write(b"0\r\n\r\n")
+                    return
+                if "/big/" in self.path:
+                    size = 16 * 1024 * 1024
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(size))
+                    self.end_headers()
+                    for _ in range(size // 65536):
+                        self.wfile.write(b"x" * 65536)
+                    backend.sent_all.append(self.path)
+                    return
+                if "/slow/" in self.path:
+                    time.sleep(3)
+                out = json.dumps({"name": name, "path": self.path, "host": self.headers.get("Host"),
+                                  "body": len(body)}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *a):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on: a connection to it is refused."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory):
+    prefix = tmp_path_factory.mktemp("routes")
+    # a body larger than 1m goes to a temporary file, which workers running as nobody (nginx
+    # started as root) can only write if they can reach the prefix: pytest's folders are 0700
+    for folder in (prefix, *prefix.parents):
+        if folder == folder.parent or str(folder) == "/tmp":
+            break
+        os.chmod(folder, os.stat(folder).st_mode | 0o011)
+    n = Nginx(str(prefix), listen=f"127.0.0.1:{PORT}")
+    settings = Settings(str(n.prefix), n.listen, mode=DYNAMIC, modules=n.modules_path(), read_timeout="10s")
+    secret = ensure_secret(settings.secret)
+    n.apply(render([], str(n.prefix), n.listen, settings=settings))
+    subprocess.run([n.binary, "-p", str(n.prefix), "-c", str(n.conf)], check=True, timeout=20)
+    wait_until(lambda: n.served_version(), 10, "nginx up")
+    p = Proxy(n, PushClient(settings.socket, secret))
+    generations = WorkerGenerations(n.master_pid())
+    generations.start()
+    yield p
+    try:
+        assert generations.finish() == 0, "nginx started new workers: a route change reloaded it"
+    finally:
+        os.kill(n.master_pid(), signal.SIGQUIT)
+        for b in p.backends.values():
+            b.close()
+
+
+class Proxy:
+    def __init__(self, nginx, client):
+        self.nginx, self.client = nginx, client
+        self.backends = {}
+        self.generation = int(time.time() * 1000)
+
+    def backend(self, name):
+        if name not in self.backends:
+            self.backends[name] = Backend(name)
+        return self.backends[name]
+
+    def route(self, name, path=None, hosts=(), ports=None, **settings):
+        """Push one service's entry: its route and settings, served by its own backend (or by
+        `ports`, where nothing may listen)."""
+        ports = ports or [self.backend(name).port]
+        entry = {"service": name, "weight": 0, "canary": None,
+                 "stable": {"version": "v1", "servers": [["127.0.0.1", p, "v1"] for p in ports]},
+                 "route": {"path": path or f"/{name}/", "hosts": list(hosts), "strip_prefix": False, **settings}}
+        self.push({name: entry})
+
+    def push(self, services):
+        self.generation += 1
+        self.client.push(backends.push_body(self.generation, services, full=False))
+
+    def request(self, path, host="127.0.0.1", method="GET", body=None, headers=None, timeout=10):
+        conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=timeout)
+        try:
+            conn.request(method, path, body=body, headers={"Host": host, **(headers or {})})
+            resp = conn.getresponse()
+            raw = resp.read()
+            try:
+                data = json.loads(raw)
+            except ValueError:
+                data = raw
+            return resp.status, data, resp
+        finally:
+            conn.close()
+
+
+def test_host_names_pick_their_routes_exact_first_then_the_longest_wildcard_then_the_default(proxy):
+    proxy.route("r-default", path="/")
+    proxy.route("r-exact", path="/", hosts=["api.a.test"])
+    proxy.route("r-wild", path="/", hosts=["*.a.test"])
+    proxy.route("r-deeper", path="/", hosts=["*.x.a.test", "other.test"])
+    assert proxy.request("/x", host="api.a.test")[1]["name"] == "r-exact"
+    assert proxy.request("/x", host="www.a.test")[1]["name"] == "r-wild"
+    assert proxy.request("/x", host="deep.www.a.test")[1]["name"] == "r-wild"
+    assert proxy.request("/x", host="y.x.a.test")[1]["name"] == "r-deeper"
+    assert proxy.request("/x", host="other.test")[1]["name"] == "r-deeper"
+    assert proxy.request("/x", host="a.test")[1]["name"] == "r-default"       # *.a.test is not a.test
+    assert proxy.request("/x", host="API.A.TEST:18764")[1]["name"] == "r-exact"
+    proxy.push({"r-default": None, "r-exact": None, "r-wild": None, "r-deeper": None})
+    status, body, _ = proxy.request("/x", host="api.a.test")
+    assert status == 404 and body["error"] == "no service is routed at this path"
+
+
+def test_the_longest_path_prefix_wins_and_a_host_never_falls_back_to_the_default_hosts_routes(proxy):
+    proxy.route("p-api", path="/api/")
+    proxy.route("p-v2", path="/api/v2/")
+    proxy.route("p-hosted", path="/only/", hosts=["p.test"])
+    assert proxy.request("/api/v2/items?x=1")[1] == {"name": "p-v2", "path": "/api/v2/items?x=1",
+                                                     "host": "127.0.0.1", "body": 0}
+    assert proxy.request("/api/v1/items")[1]["name"] == "p-api"
+    assert proxy.request("/api/v2")[1]["name"] == "p-api"
+    assert proxy.request("/api/", host="p.test")[0] == 404
+    assert proxy.request("/only/x", host="p.test")[1]["name"] == "p-hosted"
+    status, _, resp = proxy.request("/only?q=1", host="p.test")
+    assert status == 301 and resp.getheader("Location").endswith("/only/?q=1")
+
+
+def test_strip_prefix_forwards_the_rest_of_the_path(proxy):
+    proxy.route("s-strip", path="/strip/me/", strip_prefix=True)
+    assert proxy.request("/strip/me/a/b?c=d")[1]["path"] == "/a/b?c=d"
+    assert proxy.request("/strip/me/")[1]["path"] == "/"
+
+
+def test_a_route_without_admitted_instances_answers_503_naming_its_service(proxy):
+    proxy.push({"gone": {"service": "gone", "stable": None, "canary": None, "weight": 0,
+                         "route": {"path": "/gone/", "hosts": [], "strip_prefix": False}}})
+    status, body, _ = proxy.request("/gone/x")
+    assert status == 503 and body["service"] == "gone" and "no admitted instance of service gone" in body["error"]
+
+
+def test_the_allow_list_lets_only_its_networks_through(proxy):
+    proxy.route("a-open", path="/allow/", allow=["127.0.0.0/8"])
+    assert proxy.request("/allow/x")[0] == 200
+    proxy.route("a-open", path="/allow/", allow=["10.0.0.0/8", "2001:db8::/32", "127.0.0.2/32"])
+    status, body, _ = proxy.request("/allow/x")
+    assert status == 403 and body["service"] == "a-open"
+    proxy.route("a-open", path="/allow/", allow=["127.0.0.1/32"])
+    assert proxy.request("/allow/x")[0] == 200
+
+
+def test_the_body_size_limit_is_the_routes_own(proxy):
+    proxy.route("b-default", path="/body-default/")
+    proxy.route("b-small", path="/body-small/", body_size=1000)
+    proxy.route("b-large", path="/body-large/", body_size=3 * 1024 * 1024)
+    two_mb = b"x" * (2 * 1024 * 1024)
+    assert proxy.request("/body-small/", method="POST", body=b"x" * 1000)[1]["body"] == 1000
+    status, body, _ = proxy.request("/body-small/", method="POST", body=b"x" * 1001)
+    assert status == 413 and body["service"] == "b-small"
+    assert proxy.request("/body-default/", method="POST", body=two_mb)[0] == 413         # 1m by default
+    assert proxy.request("/body-large/", method="POST", body=two_mb)[1]["body"] == len(two_mb)
+
+
+def test_the_read_timeout_is_the_routes_own(proxy):
+    proxy.route("t-short", path="/t-short/", timeout=1, retries=0)
+    proxy.route("t-long", path="/t-long/", timeout=5)
+    started = time.monotonic()
+    assert proxy.request("/t-short/slow/")[0] == 504
+    assert time.monotonic() - started < 2.5
+    assert proxy.request("/t-long/slow/")[1]["name"] == "t-long"
+
+
+def test_retries_move_a_refused_request_to_another_instance_and_zero_turns_them_off(proxy):
+    live = proxy.backend("rt-live").port
+    dead = [free_port(), free_port()]
+    proxy.route("rt", path="/rt/", ports=dead + [live])
+    # two retries by default: whichever server round robin starts at, two dead ones are passed
+    assert all(proxy.request("/rt/x")[0] == 200 for _ in range(6))
+    proxy.route("rt", path="/rt/", ports=dead + [live], retries=0)
+    answers = [proxy.request("/rt/x")[0] for _ in range(6)]
+    assert set(answers) <= {200, 502} and answers.count(502) >= 2
+
+
+def test_buffering_off_streams_at_the_clients_pace(proxy):
+    """Buffered (the default), nginx takes a large answer from the instance as fast as it comes,
+    into memory and a temporary file, whatever the client's pace; with proxy.buffering=off the
+    instance sends only as fast as the client reads (and each line as soon as it comes)."""
+    def stalled_client(name):
+        proxy.backend(name).sent_all.clear()
+        conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=20)
+        conn.request("GET", f"/{name}/big/")
+        resp = conn.getresponse()
+        resp.read(1024)
+        time.sleep(3)                     # the client reads nothing more for a while
+        sent = bool(proxy.backend(name).sent_all)
+        while resp.read(1024 * 1024):
+            pass
+        conn.close()
+        return sent
+    proxy.route("bf-off", path="/bf-off/", buffering=False)
+    proxy.route("bf-on", path="/bf-on/")
+    assert stalled_client("bf-on") is True
+    assert stalled_client("bf-off") is False
+
+    conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=10)
+    started = time.monotonic()
+    conn.request("GET", "/bf-off/stream/")
+    resp = conn.getresponse()
+    assert resp.readline() == b"tick 0\n" and time.monotonic() - started < 1.5
+    resp.read()
+    conn.close()

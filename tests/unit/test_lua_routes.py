@@ -1,0 +1,83 @@
+"""The Lua router's choice of route (proxystack/routes.lua, run by luajit, no nginx needed):
+host names as nginx picks server blocks (exact, then the longest wildcard, then the default
+host, with no fallback from a named host to the default's routes), then the longest path prefix,
+and a route's path without its final slash as a redirect. On a real nginx:
+tests/integration/test_route_table.py."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+from hypothesis import given, settings, strategies as st
+
+ROOT = Path(__file__).resolve().parents[2]
+LUA_DIR = ROOT / "proxy_reloader" / "lua"
+
+
+def find(tmp_path, routes, requests):
+    """routes: {service: (path, [hosts])} -> the Lua side's (service, path) per (host, uri)."""
+    luajit = shutil.which("luajit")
+    assert luajit, "luajit is missing: `bash scripts/install.sh all` installs it (Debian's luajit2)"
+    entries = {name: {"service": name, "route": {"path": path, "hosts": hosts}} for name, (path, hosts) in routes.items()}
+    cases = tmp_path / "cases.json"
+    cases.write_text(json.dumps({"entries": entries, "requests": requests}))
+    out = subprocess.run([luajit, str(ROOT / "tests" / "lua" / "find_routes.lua"), str(LUA_DIR), str(cases)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return [tuple(a) for a in json.loads(out.stdout)]
+
+
+ROUTES = {
+    "root": ("/", []),
+    "api": ("/api/", []),
+    "api-v2": ("/api/v2/", []),
+    "exact": ("/", ["shop.test"]),
+    "exact-api": ("/api/", ["shop.test"]),
+    "wild": ("/", ["*.shop.test"]),
+    "deeper": ("/only/", ["*.eu.shop.test", "other.test"]),
+    "a-first": ("/same/", []),
+    "b-second": ("/same/", []),
+}
+
+
+def test_each_request_gets_the_route_nginx_would_choose(tmp_path):
+    requests = [
+        ("x.test", "/"), ("x.test", "/anything"), ("x.test", "/api/x"), ("x.test", "/api/v2/x"),
+        ("x.test", "/api/v2"), ("x.test", "/api"), ("shop.test", "/api/x"), ("shop.test", "/x"),
+        ("www.shop.test", "/api/x"), ("a.b.shop.test", "/"), ("x.eu.shop.test", "/only/1"),
+        ("x.eu.shop.test", "/other"), ("other.test", "/only"), ("x.test", "/same/1"),
+    ]
+    assert find(tmp_path, ROUTES, requests) == [
+        ("root", "/"), ("root", "/"), ("api", "/api/"), ("api-v2", "/api/v2/"),
+        ("api", "/api/"), ("root", "/"), ("exact-api", "/api/"), ("exact", "/"),
+        ("wild", "/"), ("wild", "/"), ("deeper", "/only/"),
+        (None, None), (None, "/only/"), ("a-first", "/same/"),
+    ]
+
+
+def test_no_route_at_all_is_none(tmp_path):
+    assert find(tmp_path, {"api": ("/api/", ["api.test"])}, [("api.test", "/"), ("x.test", "/api/")]) == \
+        [(None, None), (None, None)]
+
+
+SEGMENT = st.sampled_from(["a", "b", "c", "api", "v2"])
+
+
+@settings(max_examples=25, deadline=None)
+@given(paths=st.lists(st.lists(SEGMENT, max_size=3).map(lambda s: "/" + "".join(x + "/" for x in s)),
+                      min_size=1, max_size=6, unique=True),
+       uris=st.lists(st.lists(SEGMENT, max_size=4).map(lambda s: "/" + "/".join(s)), min_size=1, max_size=8))
+def test_the_longest_matching_prefix_wins_whatever_the_routes(tmp_path_factory, paths, uris):
+    routes = {f"s{i}": (p, []) for i, p in enumerate(paths)}
+    got = find(tmp_path_factory.mktemp("prop"), routes, [("h.test", u) for u in uris])
+    for uri, (name, path) in zip(uris, got):
+        matching = [p for p in paths if uri.startswith(p)]
+        if matching:
+            best = max(matching, key=len)
+            assert (name, path) == (f"s{paths.index(best)}", best)
+        elif uri + "/" in paths:
+            assert (name, path) == (None, uri + "/")
+        else:
+            assert (name, path) == (None, None)
