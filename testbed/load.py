@@ -165,3 +165,43 @@ class ManyClients:
         for t in self._threads:
             t.join(15)
         return self
+
+
+class WebSocketEcho(threading.Thread):
+    """One WebSocket through the proxy (aiohttp), sending a message every `every` seconds and
+    keeping each answer, or the error that ended it, until stopped."""
+
+    def __init__(self, port: int, path: str = "/demo/ws", every: float = 0.2, host: str = ""):
+        super().__init__(daemon=True)
+        self.url, self.every = f"http://127.0.0.1:{port}{path}", every
+        self.headers = {"Host": host} if host else {}
+        self.answers, self.error = [], None
+        self.open = threading.Event()
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        import asyncio
+        asyncio.run(self._talk())
+
+    async def _talk(self) -> None:
+        import asyncio
+        import aiohttp
+        try:
+            async with aiohttp.ClientSession() as session:
+                async with session.ws_connect(self.url, timeout=10, headers=self.headers) as ws:
+                    self.open.set()
+                    n = 0
+                    while not self.stopping.is_set():
+                        await ws.send_str(f"m{n}")
+                        self.answers.append(await ws.receive_str(timeout=10))
+                        n += 1
+                        await asyncio.sleep(self.every)
+        except Exception as exc:          # a closed socket, a refused upgrade: the test says which
+            self.error = exc
+        finally:
+            self.open.set()
+
+    def finish(self) -> list:
+        self.stopping.set()
+        self.join(15)
+        return self.answers

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,6 +16,7 @@ import pytest
 import requests
 
 from tests.conftest import SESSION
+from testbed.load import WebSocketEcho
 from testbed.nginx_workers import WorkerGenerations
 from testbed.stack import Stack
 
@@ -40,40 +40,7 @@ def stack(request, consul_server, docker_client, demo_images, tmp_path_factory):
         s.stop()
 
 
-class Echo(threading.Thread):
-    """One WebSocket through the proxy, sending a message every `every` seconds and keeping
-    each answer (or the error that ended it) until stopped."""
-
-    def __init__(self, port: int, every: float = 0.2):
-        super().__init__(daemon=True)
-        self.url, self.every = f"http://127.0.0.1:{port}/demo/ws", every
-        self.answers, self.error = [], None
-        self.open = threading.Event()
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        asyncio.run(self._talk())
-
-    async def _talk(self) -> None:
-        try:
-            async with aiohttp.ClientSession() as session:
-                async with session.ws_connect(self.url, timeout=10) as ws:
-                    self.open.set()
-                    n = 0
-                    while not self.stopping.is_set():
-                        await ws.send_str(f"m{n}")
-                        self.answers.append(await ws.receive_str(timeout=10))
-                        n += 1
-                        await asyncio.sleep(self.every)
-        except Exception as exc:          # a closed socket, a refused upgrade: the test says which
-            self.error = exc
-        finally:
-            self.open.set()
-
-    def finish(self) -> list:
-        self.stopping.set()
-        self.join(15)
-        return self.answers
+Echo = WebSocketEcho
 
 
 def test_a_websocket_is_proxied_both_ways(stack):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,6 +15,7 @@ from threading import Thread
 
 import pytest
 
+from catalog import route_settings
 from catalog.model import Instance, RoutingPolicy
 from testbed.load import KeepAliveLoad
 from testbed.nginx_workers import WorkerGenerations
@@ -25,7 +27,7 @@ PORTS = {"dynamic": (18006, 19006), "reload": (18007, 19007)}
 
 
 class Backend:
-    """A loopback HTTP server that answers {"name": ..., "version": ...}."""
+    """A loopback HTTP server that answers {"name": ..., "version": ...} (after 3 s under /slow/)."""
 
     def __init__(self, name: str, version: str):
         body = json.dumps({"name": name, "version": version}).encode()
@@ -34,11 +36,16 @@ class Backend:
             protocol_version = "HTTP/1.1"
 
             def do_GET(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if "/slow/" in self.path:
+                    time.sleep(3)
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+
+            do_POST = do_GET
 
             def log_message(self, *a):
                 pass
@@ -90,12 +97,16 @@ def service(proxy, stores, unique):
     """A fresh service name, its backends and registrations cleaned up after the test."""
     made = []
 
-    def add(version, port=None):
-        """An admitted instance: a live backend, or at `port` (where nothing listens) if given."""
+    def add(version, port=None, **labels):
+        """An admitted instance: a live backend, or at `port` (where nothing listens) if given;
+        `labels` are its proxy.* labels, as registrator carries them (proxy_host=, timeout=)."""
         b = None if port else Backend(f"{unique}-{len(made)}", version)
+        host = route_settings.parse_hosts("proxy.host", labels.pop("proxy_host")) if "proxy_host" in labels else ""
         inst = Instance(id=f"modes:{unique}-{len(made)}:8080", service=unique, address="127.0.0.1",
                         port=port or b.port, version=version, container_id=f"c{unique}{len(made)}",
-                        container_name=f"{unique}-{len(made)}", image="x:1", registered_by="registrator@modes")
+                        container_name=f"{unique}-{len(made)}", image="x:1", registered_by="registrator@modes",
+                        proxy_host=host, route_settings=route_settings.from_labels(
+                            {f"proxy.{k}": v for k, v in labels.items()}))
         stores.instances.register(inst)
         stores.instances.apply_gate(inst, True, "passed (set by the test)")
         made.append((inst, b))
@@ -172,6 +183,48 @@ def test_weight_change_is_served_and_reloads_only_in_reload_mode(proxy, service,
     wait_until(lambda: proxy.get(path)[1]["version"] == "v2", 10, "weight 100 served")
     new = generations.finish()
     assert new == (0 if proxy.mode == "dynamic" else 1), f"{new} worker generations for one weight change"
+
+
+def test_route_settings_from_labels_take_effect_and_change_live(proxy, service, stores):
+    """proxy.host (exact and wildcard), proxy.allow, proxy.body_size and proxy.timeout, from an
+    instance's labels through Consul, the same in both modes; then the stable version's labels
+    change and the new settings are served (with no reload in dynamic mode)."""
+    name = service.name
+    service("v1", proxy_host=f"{name}.test,*.{name}.test", allow="127.0.0.0/8", body_size="1k", timeout="1s",
+            retries="0")
+    wait_until(lambda: routed(proxy, name, 1), 30, "routed")
+    path = f"/{name}/x"
+    assert proxy.get(path)[0] == 404                                   # only at its names now
+    assert proxy.get(path, {"Host": f"{name}.test"})[1]["version"] == "v1"
+    assert proxy.get(path, {"Host": f"www.{name}.test"})[1]["version"] == "v1"
+    assert post(proxy, path, 1024, f"{name}.test")[0] == 200
+    assert post(proxy, path, 1025, f"{name}.test") == (413, {
+        "error": f"the request body is larger than service {name} takes (proxy.body_size)", "service": name,
+        "status": 413})
+    assert proxy.get(f"/{name}/slow/", {"Host": f"{name}.test"}) == (504, {
+        "error": f"service {name} did not answer in time (proxy.timeout)", "service": name, "status": 504})
+    generations = WorkerGenerations(proxy.master)
+    generations.start()
+    registered = stores.instances.of(name)[0].instance
+    changed = replace(registered, route_settings=route_settings.from_labels(
+        {"proxy.allow": "10.0.0.0/8", "proxy.timeout": "10s"}))
+    stores.instances.register(changed)
+    stores.instances.apply_gate(changed, True, "passed (set by the test)")
+    wait_until(lambda: proxy.get(path, {"Host": f"{name}.test"})[0] == 403, 30, "the new allow-list served")
+    assert proxy.get(path, {"Host": f"{name}.test"})[1] == {
+        "error": f"service {name} does not take requests from your address", "service": name, "status": 403}
+    new = generations.finish()
+    assert new == (0 if proxy.mode == "dynamic" else 1), f"{new} worker generations for one settings change"
+
+
+def post(proxy, path, size, host):
+    req = urllib.request.Request(f"http://127.0.0.1:{proxy.listen}{path}", data=b"x" * size, method="POST",
+                                 headers={"Host": host})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
 
 
 def test_a_refused_peer_costs_a_retry_not_a_client_error(proxy, service):

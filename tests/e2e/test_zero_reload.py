@@ -11,7 +11,8 @@ import time
 import pytest
 
 from tests.conftest import SESSION
-from testbed.load import KeepAliveLoad
+from catalog.model import Instance
+from testbed.load import KeepAliveLoad, WebSocketEcho
 from testbed.nginx_workers import WorkerGenerations
 from testbed.stack import Stack
 
@@ -19,6 +20,8 @@ pytestmark = pytest.mark.e2e
 
 PORT = 18005
 DEPLOYS = 20
+ROUTES = 200             # services added and removed one by one meanwhile
+WEBSOCKETS = 20
 # A second service that streams a line every 0.2 s for as long as the client listens
 # (X-Accel-Buffering: no, as an SSE server would send). Its tests image is the base image's
 # python3, which exits 0 at once: this service is about the connection, not its gate.
@@ -118,30 +121,102 @@ def serving_demo(stack):
         return "v1-base"
 
 
-def test_twenty_deploys_under_keep_alive_load_fail_no_request_and_reload_nothing(stack, docker_client):
+def start_echo_service(stack, docker_client):
+    """A WebSocket echo service of its own (the demo app under the Host ws.test), up through the
+    whole test: the demo's own instances are drained and stopped by the deploys."""
+    labels = {"SERVICE_NAME": "wsecho", "proxy.host": "ws.test", "proxy.path": "/demo/",
+              "gatekeeper.tests": "demo-test:latest", "gatekeeper.version": "ws1",
+              "proxystack.test": stack.session, "proxystack.e2e": stack.session}
+    stack.containers["wsecho"] = docker_client.containers.run(
+        "demo:v1", detach=True, name=f"e2e-{stack.session}-wsecho", publish_all_ports=True, labels=labels)
+    stack.wait(lambda: (stack.proxy_status("/services/wsecho").get("stable") or {}).get("version") == "ws1",
+               120, "the WebSocket echo service admitted")
+
+
+class RouteChurn(threading.Thread):
+    """Services added and removed one by one (registered straight into Consul, gates passed, as
+    a registrator would leave them): each new service is a new route, each removal ends one."""
+
+    def __init__(self, stack, count: int):
+        super().__init__(daemon=True)
+        self.stack, self.count = stack, count
+        self.added, self.seen, self.error = 0, 0, None
+        self.owner = f"registrator@churn-{stack.session}"
+
+    def instance(self, i: int) -> Instance:
+        name = f"churn{i}"
+        return Instance(id=f"churn:{name}:8080", service=name, address="127.0.0.1", port=1, version="c1",
+                        container_id=f"churn{i}", container_name=name, image="churn:1", registered_by=self.owner,
+                        proxy_path=f"/{name}/", proxy_host="churn.test")
+
+    def run(self) -> None:
+        stores = self.stack.stores
+        try:
+            for i in range(self.count):
+                inst = self.instance(i)
+                stores.instances.register(inst)
+                stores.instances.apply_gate(inst, True, "passed (set by the test)")
+                self.added += 1
+                if i % 20 == 0:                  # now and then: the proxy saw it, then it goes
+                    self.stack.wait(lambda: self.stack.proxy_status(f"/services/{inst.service}").get("service")
+                                    == inst.service, 30, f"{inst.service} routed")
+                    self.seen += 1
+                else:
+                    time.sleep(0.2)
+                stores.instances.deregister(inst.id)
+        except Exception as exc:
+            self.error = exc
+
+    def clean_up(self) -> None:
+        stores = self.stack.stores
+        for instance_id in stores.instances.local(self.owner):
+            stores.instances.deregister(instance_id)
+        for i in range(self.added):
+            stores.forget_instance(self.instance(i).id)
+            stores.forget_service(self.instance(i).service)
+
+
+def test_twenty_deploys_and_two_hundred_routes_fail_no_request_close_no_websocket_and_reload_nothing(
+        stack, docker_client):
     stack.deploy("d0", "demo:v1", **{"gatekeeper.version": "v1-0"})
     stack.wait(lambda: _stable_is(stack, "v1-0"), 120, "the first version served")
     start_streamer(stack, docker_client)
     stack.wait(lambda: (stack.proxy_status("/services/stream").get("stable") or {}).get("version") == "s1",
                120, "the streaming service admitted")
+    start_echo_service(stack, docker_client)
     stream = Stream(PORT, "/stream/")
     stream.start()
+    sockets = [WebSocketEcho(PORT, "/demo/ws", every=0.5, host="ws.test") for _ in range(WEBSOCKETS)]
+    for ws in sockets:
+        ws.start()
+    for ws in sockets:
+        assert ws.open.wait(15) and ws.error is None, ws.error
     master = stack.nginx.master_pid()
     generations = WorkerGenerations(master)
     generations.start()
     load = KeepAliveLoad("127.0.0.1", PORT, connections=20, rate=21, max_seconds=600).start()   # 420 paced, 400 asserted
+    churn = RouteChurn(stack, ROUTES)
+    churn.start()
     try:
         for i in range(1, DEPLOYS + 1):
             image, answer = ("demo:v2", "v2") if i % 2 else ("demo:v1", "v1")
             deploy_and_wait(stack, f"d{i}", image, f"{answer}-{i}")
+        churn.join(300)
     finally:
         load.finish()
         reloads = generations.finish()
+        churn.clean_up()
     rate = load.total / load.elapsed
+    assert churn.error is None and churn.added == ROUTES and churn.seen == ROUTES // 20, churn.error
     assert load.failures == [], f"{len(load.failures)} of {load.total} failed: {load.failures[:5]}"
     assert rate >= 400, f"the load was only {rate:.0f} req/s"
     assert reloads == 0, f"nginx started {reloads} new worker generation(s) during {DEPLOYS} deploys"
     assert stack.nginx.master_pid() == master
+    # every WebSocket opened before is still open and answering, in order
+    for ws in sockets:
+        answers = ws.finish()
+        assert ws.error is None, f"a WebSocket closed: {ws.error!r}"
+        assert len(answers) > 20 and answers == [f"v1: m{n}" for n in range(len(answers))]
     # the stream opened before the deploys is still open and still receiving
     time.sleep(1.0)
     assert stream.error is None, stream.error
