@@ -16,6 +16,7 @@ applied anyway: one bad service never blocks the rest.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -179,8 +180,10 @@ class Runner:
             self._recheck_after(1.0)
             return False
         finally:
-            # The file holds the full current state, so an nginx (re)start routes right at once.
-            backends.write_table(self.settings.table, max(self.generation, 1), want)
+            # The file holds the full current state, so an nginx (re)start routes right at once;
+            # when an entry breaks the contract (ValueError), it keeps the last table it held.
+            with contextlib.suppress(ValueError):
+                backends.write_table(self.settings.table, max(self.generation, 1), want)
 
     def _ask_nginx(self) -> None:
         """Notice an nginx restart (a new boot id, or an older generation): the table it holds

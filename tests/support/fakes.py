@@ -102,3 +102,55 @@ class NodeRecords:
             time.sleep(min(wait, 0.05))
             return index, dict(self.node_records)
         return 2, dict(self.node_records)
+
+
+class FakeNginx:
+    """proxy_reloader.nginx.Nginx as the runner uses it (validate, install, current,
+    served_version, master_pid, apply), without an nginx binary. `refuse` is a list of
+    (fragments, nginx's complaint): `nginx -t` refuses a config that holds every fragment of one
+    entry. A candidate is a real file in the prefix, removed when installed (swapped in) or
+    refused, as the real one. Keeps each config validated and each installed (reloaded)."""
+
+    def __init__(self, prefix, refuse=(), conf: Optional[str] = None):
+        from pathlib import Path
+        self.prefix = Path(prefix)
+        self.refuse = list(refuse)
+        self.conf = conf
+        self.validated: List[str] = []
+        self.installed: List[str] = []
+        self.reload_error = None            # install raises it (a reload that did not take)
+        self.pid: Optional[int] = 4242
+
+    def current(self) -> Optional[str]:
+        return self.conf
+
+    def validate(self, text: str):
+        from proxy_reloader.nginx import NginxError
+        self.validated.append(text)
+        for fragments, complaint in self.refuse:
+            if all(f in text for f in fragments):
+                raise NginxError(complaint)
+        candidate = self.prefix / f".nginx.conf.{len(self.validated)}.tmp"
+        candidate.write_text(text)
+        return candidate
+
+    def install(self, candidate, text: str) -> None:
+        assert candidate.read_text() == text, "installs the candidate validated for this text"
+        candidate.unlink()
+        if self.reload_error is not None:
+            raise self.reload_error
+        self.conf = text
+        self.installed.append(text)
+
+    def served_version(self) -> str:
+        from proxy_reloader.render import config_version
+        return config_version(self.conf or "")
+
+    def master_pid(self) -> Optional[int]:
+        return self.pid
+
+    def apply(self, text: str) -> bool:
+        if text == self.conf:
+            return False
+        self.install(self.validate(text), text)
+        return True
