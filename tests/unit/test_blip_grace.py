@@ -67,6 +67,7 @@ def test_a_service_that_vanishes_in_the_grace_is_served_until_the_grace_is_over(
     assert upstream(nginx.conf, 2) and set(r.status()["services"]) == {"a", "b"}
     assert r.status()["service_errors"] == {
         "b": "kept its last good route: Consul was unreachable or restarted moments ago"}
+    assert r.recheck.daemon, "a planned apply never holds up proxy-reloader's exit"
     r.dirty.clear()
     started = time.monotonic()
     assert r.dirty.wait(2), "the runner applies again when the grace is over"

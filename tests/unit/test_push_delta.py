@@ -228,6 +228,13 @@ def test_idle_the_runner_notices_an_nginx_restart(tmp_path):
     assert not r.dirty.is_set(), "nginx down: its start reads the table file"
 
 
+def test_idle_before_the_first_push_nginx_is_asked_for_its_table(tmp_path):
+    table = FakeNginxTable()
+    r = dynamic(tmp_path, table, restart_check=0.0)
+    r._idle()                                     # Consul has not answered yet
+    assert table.asked == 1 and r.dirty.is_set()
+
+
 def test_idle_nginx_is_asked_only_every_restart_check(tmp_path):
     table = FakeNginxTable()
     r = dynamic(tmp_path, table, restart_check=60.0)

@@ -155,6 +155,23 @@ def test_a_service_nginx_refuses_is_left_out_and_every_other_change_applies(tmp_
     assert leftovers(tmp_path) == [], "the candidates tried one service at a time are removed"
 
 
+def test_a_refused_new_service_alone_does_not_reload_nginx(tmp_path):
+    r, nginx = make(tmp_path, REFUSE_BAD)
+    step(r, {"a": ([reg("a", 1)], None)})
+    good = nginx.conf
+    step(r, {"bad": ([reg("bad", BAD_PORT)], None)})
+    assert nginx.conf == good and len(nginx.installed) == 1 and r.status()["reloads"] == 1
+    assert set(r.status()["service_errors"]) == {"bad"}
+
+
+def test_every_problem_is_in_the_check_one_after_the_other(tmp_path):
+    reporter = Reporter()
+    r, nginx = make(tmp_path, REFUSE_BAD, reporter=reporter)
+    step(r, {"a": ([reg("a", 1)], "{bad"), "bad": ([reg("bad", BAD_PORT)], None), "c": ([reg("c", 3)], None)})
+    errors = r.status()["service_errors"]
+    assert reporter.reports[-1] == (False, f"a: {errors['a']}; bad: {errors['bad']}")
+
+
 def test_a_refused_service_keeps_its_last_good_route(tmp_path):
     r, nginx = make(tmp_path, REFUSE_BAD)
     step(r, {"a": ([reg("a", 1)], None), "b": ([reg("b", 5)], None)})
@@ -206,8 +223,10 @@ def test_a_reload_that_does_not_take_keeps_what_nginx_served(tmp_path):
 
 
 def test_isolate_names_each_refused_service_and_keeps_the_rest(tmp_path):
-    nginx = FakeNginx(tmp_path, REFUSE_BAD)
-    settings = Settings(str(tmp_path), "127.0.0.1:8000")
+    # nginx judges each service in the config it would really run: here it refuses the bad
+    # server only with the 7 s read timeout this proxy is configured with.
+    nginx = FakeNginx(tmp_path, [(("proxy_read_timeout 7s;", f"127.0.0.1:{BAD_PORT} "), "host not found in upstream")])
+    settings = Settings(str(tmp_path), "127.0.0.1:8000", read_timeout="7s")
     a = Route("a", "/a/", "", Pool("v1", (("127.0.0.1", 1),)))
     bad = Route("bad", "/bad/", "", Pool("v1", (("127.0.0.1", BAD_PORT),)))
     errors = {"x": "earlier"}
@@ -283,12 +302,13 @@ class Push:
 
 def test_once_writes_the_config_and_says_whether_it_changed(tmp_path):
     nginx = FakeNginx(tmp_path)
-    settings = Settings(str(tmp_path), "127.0.0.1:8000")
+    settings = Settings(str(tmp_path), "127.0.0.1:8000", workers="3", read_timeout="7s")
     stores = Stores({"a": [reg("a", 1), reg("a", 2, "v2")], "b": [reg("b", 3)]},
                     {"a": RoutingPolicy("a", stable="v2")})
     assert render_once(stores, nginx, settings) is True
     assert serves(nginx.conf, 2) and serves(nginx.conf, 3) and not serves(nginx.conf, 1)
-    assert "listen 127.0.0.1:8000 default_server;" in nginx.conf
+    assert "listen 127.0.0.1:8000 default_server;" in nginx.conf and "worker_processes 3;" in nginx.conf
+    assert "proxy_read_timeout 7s;" in nginx.conf
     assert render_once(stores, nginx, settings) is False
     assert not (tmp_path / "backends.json").exists(), "reload mode has no table"
 
@@ -296,8 +316,8 @@ def test_once_writes_the_config_and_says_whether_it_changed(tmp_path):
 def test_once_leaves_out_a_service_nginx_refuses(tmp_path):
     nginx = FakeNginx(tmp_path, REFUSE_BAD)
     stores = Stores({"a": [reg("a", 1)], "bad": [reg("bad", BAD_PORT)]})
-    assert render_once(stores, nginx, Settings(str(tmp_path), "127.0.0.1:8000")) is True
-    assert serves(nginx.conf, 1) and not serves(nginx.conf, BAD_PORT)
+    assert render_once(stores, nginx, Settings(str(tmp_path), "127.0.0.1:8000", read_timeout="7s")) is True
+    assert serves(nginx.conf, 1) and not serves(nginx.conf, BAD_PORT) and "proxy_read_timeout 7s;" in nginx.conf
 
 
 def test_once_fails_when_nginx_refuses_no_service_alone(tmp_path):

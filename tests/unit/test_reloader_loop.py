@@ -7,8 +7,10 @@ import time
 import requests
 
 from catalog.routing import Pool, Route
+from proxy_reloader.render import DYNAMIC
 from proxy_reloader.runner import Runner, RunnerOptions
 from tests.support.fakes import FakeNginx
+from tests.unit.test_push_delta import FakeNginxTable
 from tests.unit.test_reloader_apply import reg, serves
 
 
@@ -85,12 +87,34 @@ def test_the_loop_applies_everything_first_then_each_change(tmp_path):
 def test_stopped_before_consul_answers_it_touches_nothing(tmp_path):
     mirror, nginx, reporter = FakeMirror(ready=False), FakeNginx(tmp_path), Reporter()
     r = Runner(mirror, nginx, RunnerOptions(), reporter=reporter)
+    start = time.monotonic()
     t = started(r)
-    assert until(lambda: reporter.beats == 1), "alive while it waits for Consul"
+    assert until(lambda: reporter.beats == 1), "alive while it waits for Consul (a beat each second)"
     r.stop()
     t.join(3)
-    assert not t.is_alive()
+    assert not t.is_alive() and time.monotonic() - start < 3.0, "a stop is noticed within a second"
     assert mirror.calls == ["start"] and nginx.validated == [] and reporter.reports == []
+
+
+def test_idle_the_loop_notices_an_nginx_restart_and_pushes_the_whole_table_again(tmp_path):
+    mirror, table, reporter = FakeMirror({"a": ([reg("a", 1)], None)}), FakeNginxTable(), Reporter()
+    r = Runner(mirror, FakeNginx(tmp_path), RunnerOptions(mode=DYNAMIC, min_wait=0.01, max_wait=0.1,
+                                                         restart_check=0.0, heartbeat=0.0),
+               push=table, reporter=reporter)
+    t = started(r)
+    try:
+        assert until(lambda: len(table.bodies) == 1)
+        table.boot, table.generation = "b2", 0                  # nginx restarted, no Consul change
+        restarted = time.monotonic()
+        assert until(lambda: len(table.bodies) == 2, timeout=3)
+        assert time.monotonic() - restarted < 1.7, "noticed at the next idle second"
+        assert table.bodies[-1]["full"] is True and set(table.bodies[-1]["services"]) == {"a"}
+        beats = reporter.beats
+        assert until(lambda: reporter.beats > beats, timeout=2), "heartbeats go on while idle"
+    finally:
+        r.stop()
+        t.join(5)
+    assert mirror.calls.count("everything") == 1
 
 
 # --- quiescence --------------------------------------------------------------------------
