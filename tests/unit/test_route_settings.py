@@ -1,0 +1,143 @@
+"""The proxy.* route labels: each value is checked by its allow-list, a hostile one refuses the
+container with the label's rule, and what is admitted is what nginx's side takes (the push
+contract). The settings' effects on a real nginx: tests/integration/test_route_table.py and
+tests/e2e/test_routing_modes.py."""
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from catalog import route_settings as rs
+from catalog.validation import InvalidValue
+from proxy_reloader import contract
+from registrator.translate import Rejected, instances_for
+from tests.unit.test_translate import S, container
+
+HOSTILE = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)
+NGINX_BREAKERS = ["5s;", "5s }", "1m\nallow all", "off; allow all", "10.0.0.0/8;deny", "$host", "'5s'", "5s #", "{", "\x00"]
+
+
+@pytest.mark.parametrize("key", sorted(rs.SETTINGS))
+@pytest.mark.parametrize("raw", NGINX_BREAKERS)
+def test_a_value_that_would_break_out_of_an_nginx_directive_is_refused_by_every_setting(key, raw):
+    with pytest.raises(InvalidValue) as err:
+        rs.check(key, raw)
+    assert err.value.field == f"proxy.{key}" and err.value.rule
+
+
+@pytest.mark.parametrize("key", sorted(rs.SETTINGS))
+@settings(max_examples=150, deadline=None)
+@given(raw=HOSTILE)
+def test_whatever_a_setting_admits_is_plain_text_and_the_contract_takes_it(key, raw):
+    try:
+        canonical = rs.check(key, raw)
+    except InvalidValue:
+        return
+    assert all(c.isalnum() or c in ".:/," for c in canonical), canonical
+    route = {"path": "/x/", "hosts": [], **rs.for_proxy([(key, canonical)])}
+    assert contract.check_route(route, "x.route") is None
+
+
+def test_surrounding_blanks_are_trimmed_and_never_reach_the_proxy():
+    assert rs.check("timeout", " 5s\n") == "5s" and rs.check("body_size", "\t1m ") == "1m"
+
+
+@pytest.mark.parametrize("raw, seconds", [("1s", 1), ("500ms", None), ("2m", 120), ("3600s", 3600), ("60m", 3600)])
+def test_timeouts_are_whole_units_from_one_second_to_an_hour(raw, seconds):
+    if seconds is None:
+        with pytest.raises(InvalidValue, match="from 1s to 3600s"):
+            rs.check("timeout", raw)
+    else:
+        assert rs.for_proxy([("timeout", rs.check("timeout", raw))]) == {"timeout": seconds}
+
+
+@pytest.mark.parametrize("raw", ["0s", "61m", "3601s", "5", "5h", "-5s", "5.5s", " s", "05s"])
+def test_a_timeout_out_of_range_or_of_another_form_is_refused(raw):
+    with pytest.raises(InvalidValue, match="proxy.timeout"):
+        rs.check("timeout", raw)
+
+
+def test_the_connect_timeout_goes_from_ten_milliseconds_to_a_minute():
+    assert rs.for_proxy([("connect_timeout", "10ms")]) == {"connect_timeout": 0.01}
+    assert rs.for_proxy([("connect_timeout", "1m")]) == {"connect_timeout": 60}
+    for raw in ("9ms", "61s", "2m"):
+        with pytest.raises(InvalidValue, match="from 0.01s to 60s"):
+            rs.check("connect_timeout", raw)
+
+
+@pytest.mark.parametrize("raw, size", [("1", 1), ("1k", 1024), ("10m", 10 * 1024 ** 2), ("1g", 1024 ** 3),
+                                       ("1024m", 1024 ** 3)])
+def test_body_sizes_are_bytes_or_binary_units_up_to_one_gibibyte(raw, size):
+    assert rs.for_proxy([("body_size", rs.check("body_size", raw))]) == {"body_size": size}
+
+
+@pytest.mark.parametrize("raw", ["0", "2g", "1025m", "1t", "10M", "1.5m", "m", "-1"])
+def test_a_body_size_out_of_range_or_of_another_form_is_refused(raw):
+    with pytest.raises(InvalidValue, match="from 1 to 1g"):
+        rs.check("body_size", raw)
+
+
+def test_retries_and_buffering():
+    assert rs.for_proxy([("retries", "0"), ("buffering", "off")]) == {"retries": 0, "buffering": False}
+    assert rs.for_proxy([("retries", "10"), ("buffering", "on")]) == {"retries": 10, "buffering": True}
+    for key, raw in (("retries", "11"), ("retries", "-1"), ("retries", "two"), ("buffering", "false"),
+                     ("buffering", "OFF")):
+        with pytest.raises(InvalidValue, match=f"proxy.{key}"):
+            rs.check(key, raw)
+
+
+def test_the_allow_list_is_kept_canonical_sorted_and_without_repeats():
+    assert rs.check("allow", " 192.0.2.7, 10.0.0.0/8,192.0.2.7/32 ,2001:DB8::/32") == \
+        "10.0.0.0/8,192.0.2.7/32,2001:db8::/32"
+
+
+@pytest.mark.parametrize("raw", ["", "10.0.0.1/8", "10.0.0.0/33", "300.1.1.1", "example.com", "10.0.0.0/8;",
+                                 ",".join(f"10.0.{i}.0/24" for i in range(33)), "::ffff:1.2.3.4/128 x"])
+def test_an_allow_list_with_a_bad_network_or_too_many_is_refused(raw):
+    with pytest.raises(InvalidValue, match="client networks"):
+        rs.check("allow", raw)
+
+
+@settings(max_examples=100, deadline=None)
+@given(nets=st.lists(st.one_of(st.ip_addresses(v=4).map(lambda a: ipaddress.ip_network(a)),
+                               st.ip_addresses(v=6).map(lambda a: ipaddress.ip_network(a))), min_size=1, max_size=32))
+def test_any_list_of_addresses_is_admitted_and_the_lua_side_parses_each(nets):
+    canonical = rs.check("allow", ",".join(str(n) for n in nets))
+    assert set(canonical.split(",")) == {n.with_prefixlen for n in nets}
+    assert contract.check_route({"path": "/x/", "allow": canonical.split(",")}, "x.route") is None
+
+
+def test_host_names_exact_and_wildcard_sorted_without_repeats():
+    assert rs.parse_hosts("proxy.host", "b.test, *.a.test,b.test") == "*.a.test,b.test"
+    assert rs.hosts_of("*.a.test,b.test") == ("*.a.test", "b.test") and rs.hosts_of("") == ()
+
+
+@pytest.mark.parametrize("raw", ["", "*", "*.", "a.*.test", "**.a.test", "A.test", "a_b.test", "a..test", "-a.test",
+                                 "a.test;", "a.test b.test", ",".join(f"h{i}.test" for i in range(17)),
+                                 "a" * 64 + ".test"])
+def test_hostile_or_malformed_host_names_are_refused(raw):
+    with pytest.raises(InvalidValue, match="host names"):
+        rs.parse_hosts("proxy.host", raw)
+
+
+def test_an_unknown_setting_is_named_with_the_known_ones():
+    with pytest.raises(InvalidValue, match="proxy.timeout"):
+        rs.check("gzip", "on")
+
+
+def test_a_container_with_a_bad_route_label_is_refused_naming_the_label_and_the_rule():
+    with pytest.raises(Rejected) as err:
+        instances_for(container({"SERVICE_NAME": "demo", "proxy.body_size": "10mb"}), S)
+    assert "proxy.body_size" in str(err.value) and "from 1 to 1g" in str(err.value)
+
+
+def test_a_containers_route_labels_reach_its_consul_metadata_in_canonical_form():
+    [inst] = instances_for(container({"SERVICE_NAME": "demo", "proxy.host": "b.test,*.a.test",
+                                      "proxy.allow": "10.0.0.0/8, 192.0.2.7", "proxy.timeout": "5s",
+                                      "SERVICE_PROXY_TIMEOUT": "99s"}), S)
+    meta = inst.meta()
+    assert meta["proxy_host"] == "*.a.test,b.test"
+    assert meta["proxy_allow"] == "10.0.0.0/8,192.0.2.7/32" and meta["proxy_timeout"] == "5s"
+    assert rs.from_meta(meta) == (("allow", "10.0.0.0/8,192.0.2.7/32"), ("timeout", "5s"))
