@@ -10,12 +10,18 @@
    hand-written minimal nginx reverse proxy with the same worker count (goal: >= 0.95 x the
    hand-written one);
 4. a canary weight written to Consul -> live in nginx's workers (goal: p50 <= 100 ms, no reload);
-5. with S services x 10 instances admitted in Consul (written through the catalog API on 20
+5. route lookup at scale: the stack's nginx (dynamic mode, routes in the pushed table) with 10
+   routes and with 10,000, side by side with the hand-written proxy in the same rounds (goal:
+   each >= 0.95 x the hand-written one, and 10,000 / 10 routes >= 0.95: lookup cost flat);
+6. N new services, one every ~0.12 s (1,000 over two minutes by default), each registered
+   and then its gate opened: nginx reloads (goal: 0) and gate open -> the service's servers in
+   the workers' table (goal: p50 <= 100 ms);
+7. with S services x 10 instances admitted in Consul (written through the catalog API on 20
    nodes, as 20 hosts' agents would): proxy-reloader's CPU while they are admitted; one instance
    change -> live in nginx's workers, from the Consul write through the real watches (goal:
    p50 <= 50 ms); a full render + validate of every instance (goal <= 1 s).
 
-    .venv/bin/python -m bench.proxy_bench [--deploys 20] [--services 1000] [--check] [--json]
+    .venv/bin/python -m bench.proxy_bench [--deploys 20] [--new-services 1000] [--services 1000] [--check] [--json]
 """
 from __future__ import annotations
 
@@ -47,6 +53,7 @@ from testbed.stack import TEST_LABEL, Stack
 
 STACK_PORTS = {DYNAMIC: 18100, RELOAD: 18101}      # status endpoints at +1000
 HAND, LONE, LONE_ADMIN = 18102, 18103, 19103         # and HAND + 2: the minimal hand-written proxy
+ROUTES_FEW, ROUTES_MANY = 18104, 18105              # the stack's nginx with 10 and with 10,000 routes
 
 
 def cpu_seconds(pid):
@@ -163,6 +170,24 @@ def hand_written_proxy(env, port, name, listen, headers):
     return prefix
 
 
+def table_nginx(env, name, listen, routes, port):
+    """The stack's dynamic-mode nginx (its own config, Lua router and metrics) with `routes`
+    services in its pushed table, each at /rN/ on the fast backend, and the measured one at /fast/."""
+    n = Nginx(str(env.base / name), listen=f"127.0.0.1:{listen}")
+    settings = Settings(str(n.prefix), n.listen, mode=DYNAMIC, modules=n.modules_path())
+    client = PushClient(settings.socket, ensure_secret(settings.secret))
+    n.apply(render([], str(n.prefix), n.listen, settings=settings))
+    subprocess.run([n.binary, "-p", str(n.prefix), "-c", str(n.conf)], check=True, timeout=20)
+    wait_until(lambda: n.served_version(), 20, f"nginx with {routes} routes")
+    names = [f"r{i}" for i in range(routes - 1)] + ["fast"]
+    entries = {name: backends.entry(Route(name, f"/{name}/", "", Pool("v1", (("127.0.0.1", port),), ("v1",))))
+               for name in names}
+    client.push(backends.push_body(int(time.time() * 1000), entries, full=True))
+    wait_until(lambda: urllib.request.urlopen(f"http://127.0.0.1:{listen}/fast/", timeout=1).status == 200, 20,
+               f"the route at /fast/ among {routes}")
+    return n.prefix
+
+
 def throughput(env, stores, say, rounds=5):
     """wrk against each in turn, `rounds` times; medians, and the median of per-round ratios
     (the machine's noise moves all of a round together). Beside requests/s, which on 2 shared
@@ -173,10 +198,14 @@ def throughput(env, stores, say, rounds=5):
     wait_until(lambda: urllib.request.urlopen(f"http://127.0.0.1:{LONE}/fast/", timeout=1).status == 200, 30,
                "the stack's nginx routes the fast backend")
     hands = [hand_written_proxy(env, port, "hand", HAND, SAME_HEADERS),
-             hand_written_proxy(env, port, "minimal", HAND + 2, "")]
+             hand_written_proxy(env, port, "minimal", HAND + 2, ""),
+             table_nginx(env, "routes-10", ROUTES_FEW, 10, port),
+             table_nginx(env, "routes-10000", ROUTES_MANY, 10_000, port)]
     urls = {"direct": f"http://127.0.0.1:{port}/fast/", "stack": f"http://127.0.0.1:{LONE}/fast/",
-            "hand": f"http://127.0.0.1:{HAND}/fast/", "minimal": f"http://127.0.0.1:{HAND + 2}/fast/"}
-    prefixes = {"stack": env.base / "px", "hand": hands[0], "minimal": hands[1]}
+            "hand": f"http://127.0.0.1:{HAND}/fast/", "minimal": f"http://127.0.0.1:{HAND + 2}/fast/",
+            "routes10": f"http://127.0.0.1:{ROUTES_FEW}/fast/", "routes10k": f"http://127.0.0.1:{ROUTES_MANY}/fast/"}
+    prefixes = {"stack": env.base / "px", "hand": hands[0], "minimal": hands[1], "routes10": hands[2],
+                "routes10k": hands[3]}
     runs = {name: [] for name in urls}
     cpu_us = {name: [] for name in prefixes}
     try:
@@ -195,6 +224,10 @@ def throughput(env, stores, say, rounds=5):
            for n, vals in runs.items()}
     for other in ("hand", "minimal"):
         out[f"stack_vs_{other}"] = round(statistics.median(s[0] / h[0] for s, h in zip(runs["stack"], runs[other])), 3)
+    for name in ("routes10", "routes10k"):
+        out[f"{name}_vs_hand"] = round(statistics.median(s[0] / h[0] for s, h in zip(runs[name], runs["hand"])), 3)
+    out["routes10k_vs_routes10"] = round(statistics.median(
+        m[0] / f[0] for m, f in zip(runs["routes10k"], runs["routes10"])), 3)
     for name, vals in cpu_us.items():
         out[name]["cpu_us_per_request"] = round(statistics.median(vals), 1)
     out["stack_adds_cpu_us"] = round(statistics.median(s - h for s, h in zip(cpu_us["stack"], cpu_us["hand"])), 1)
@@ -202,7 +235,48 @@ def throughput(env, stores, say, rounds=5):
     return out
 
 
-# --- 4: a big catalog ------------------------------------------------------------------------
+# --- 6: new services one by one ----------------------------------------------------------------
+def catalog_deregister(session, consul, inst: Instance):
+    node = f"bench-host-{zlib.crc32(inst.id.encode()) % HOSTS}"
+    session.put(f"http://{consul.address}/v1/catalog/deregister", json={"Node": node, "ServiceID": inst.id},
+                headers=consul.headers, timeout=30).raise_for_status()
+
+
+def new_services(env, push, say, count, seconds):
+    """`count` services, one every seconds/count: each registered with its gate closed, then its
+    gate opened; the time from that write to its servers in the workers' table, and the worker
+    generations nginx started meanwhile. The services are removed afterwards."""
+    import requests
+    session = requests.Session()
+    generations = WorkerGenerations(int((env.base / "px" / "nginx.pid").read_text()))
+    generations.start()
+    pace, started, live = seconds / count, time.monotonic(), []
+    made = []
+    for k in range(count):
+        inst = instance(f"new{k}", 0, 22000 + k % 1000)
+        made.append(inst)
+        catalog_register(session, env.consul, inst, False)          # registered: a route that answers 503
+        time.sleep(pace / 2)
+        t = time.monotonic()
+        catalog_register(session, env.consul, inst, True)           # the gate opens
+        while not ((push.backends_of(inst.service) or {}).get("stable") or {}).get("servers"):
+            if time.monotonic() - t > 30:
+                raise TimeoutError(f"{inst.service}'s open gate never reached nginx")
+            time.sleep(0.001)
+        live.append((time.monotonic() - t) * 1000)
+        if (k + 1) % 100 == 0:
+            say(f"  {k + 1}/{count} new services: gate open -> in the table p50 {statistics.median(live):.1f} ms")
+        time.sleep(max(0.0, started + (k + 1) * pace - time.monotonic()))
+    reloads = generations.finish()
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: catalog_deregister(session, env.consul, i), made))
+    say(f"  {count} new services in {time.monotonic() - started:.0f} s: {reloads} reloads; gate open -> in the "
+        f"table p50 {statistics.median(live):.1f} ms, p95 {percentile(live, 95):.1f} ms")
+    return {"n": count, "seconds": round(time.monotonic() - started), "reloads": reloads,
+            "p50": round(statistics.median(live), 1), "p95": round(percentile(live, 95), 1)}
+
+
+# --- 7: a big catalog ------------------------------------------------------------------------
 def instance(service, n, port):
     return Instance(id=f"b:{service}-{n}:8080", service=service, address="127.0.0.1", port=port, version="v1",
                     container_id=f"c{service}{n}", container_name=f"{service}-{n}", image="demo:v1",
@@ -330,7 +404,9 @@ class TablePeek(PushClient):
 def main(argv=None) -> int:
     p = with_check(command_line(__doc__))
     p.add_argument("--deploys", type=int, default=20)
-    p.add_argument("--services", type=int, default=1000, help="services of 10 instances each for part 4")
+    p.add_argument("--new-services", type=int, default=1000, help="services added one by one for part 6")
+    p.add_argument("--new-seconds", type=float, default=120.0, help="over how long part 6 adds them")
+    p.add_argument("--services", type=int, default=1000, help="services of 10 instances each for part 7")
     args = p.parse_args(argv)
     say = progress(args.json)
     if not shutil.which("wrk"):
@@ -355,6 +431,8 @@ def main(argv=None) -> int:
             result["throughput"] = throughput(env, stores, say)
             say("== canary weight changes")
             result["weight_change_live_ms"] = weight_changes(env, stores, px, push, say)
+            say(f"== {args.new_services} new services over {args.new_seconds:.0f} s")
+            result["new_services"] = new_services(env, push, say, args.new_services, args.new_seconds)
             say(f"== {args.services} services x 10 instances")
             result["admitting"], result["instance_change_live_ms"] = big_catalog(env, stores, args.services, px, push, say)
         finally:
@@ -378,6 +456,17 @@ def main(argv=None) -> int:
         ("stack nginx / hand-written (same headers), req/s", t["stack_vs_hand"],
          "(rounds " + ", ".join(str(x) for x in t["stack_vs_hand_per_round"]) + ")", None),
         ("stack nginx / minimal hand-written, req/s", t["stack_vs_minimal"], "", None),
+        ("stack nginx, 10 routes in the table / hand-written, req/s", t["routes10_vs_hand"], ">= 0.95",
+         t["routes10_vs_hand"] >= 0.95),
+        ("stack nginx, 10,000 routes in the table / hand-written, req/s", t["routes10k_vs_hand"], ">= 0.95",
+         t["routes10k_vs_hand"] >= 0.95),
+        ("10,000 routes / 10 routes, req/s (lookup cost flat)", t["routes10k_vs_routes10"], ">= 0.95",
+         t["routes10k_vs_routes10"] >= 0.95),
+        (f"nginx reloads while {result['new_services']['n']} new services came, one by one",
+         result["new_services"]["reloads"], "0", result["new_services"]["reloads"] == 0),
+        ("new service's gate opens -> in the workers' table, p50 / p95 ms",
+         f"{result['new_services']['p50']} / {result['new_services']['p95']}", "p50 <= 100",
+         result["new_services"]["p50"] <= 100),
         ("canary weight written -> live in workers, p50 / p95 ms",
          f"{result['weight_change_live_ms']['p50']} / {result['weight_change_live_ms']['p95']}", "p50 <= 100",
          result["weight_change_live_ms"]["p50"] <= 100),

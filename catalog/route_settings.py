@@ -7,6 +7,7 @@
     proxy.buffering=off         responses stream to the client as they come (SSE, long polls)
     proxy.retries=2             idempotent requests tried again on another instance (0: never)
     proxy.allow=10.0.0.0/8,...  only these client networks reach the route (403 otherwise)
+    proxy.rate_limit=50r/s,burst=100   requests per client address (429 above it)
 
 Each value is checked by an allow-list here (a bad one refuses the container with the rule),
 kept in its canonical text in the instance's Consul metadata, checked again when read back,
@@ -101,6 +102,21 @@ def _networks(label: str, raw: str) -> Tuple[str, ...]:
     return tuple(sorted(set(out)))
 
 
+_RATE = re.compile(r"([1-9][0-9]{0,5})r/(s|m)(?:,burst=([0-9]{1,6}))?")
+
+
+def _rate_limit(label: str, raw: str) -> dict:
+    """'50r/s,burst=100' -> {"rate": 50.0 per second, "burst": 100}: a client may send `burst`
+    requests more than the rate at once; the next one too many is answered 429."""
+    m = _RATE.fullmatch(raw.replace(" ", ""))
+    if not m:
+        raise InvalidSetting(label, raw, "N requests per second or minute (Nr/s or Nr/m, N from 1 to 999999), "
+                             "optionally with ,burst=B (B from 0 to 999999), such as 50r/s,burst=100")
+    per = 1 if m.group(2) == "s" else 60
+    return {"rate": round(int(m.group(1)) / per, 6), "burst": int(m.group(3) or 0),
+            "text": f"{m.group(1)}r/{m.group(2)}" + (f",burst={int(m.group(3))}" if m.group(3) else "")}
+
+
 # setting -> (parse raw label text -> value for the proxy, canonical text from that value)
 SETTINGS = {
     "timeout": (lambda l, r: _seconds(l, r, 1, 3600), None),
@@ -109,6 +125,7 @@ SETTINGS = {
     "buffering": (_flag, None),
     "retries": (_retries, None),
     "allow": (_networks, lambda v: ",".join(v)),
+    "rate_limit": (_rate_limit, lambda v: v["text"]),
 }
 LABEL_PREFIX = "proxy."
 META_PREFIX = META_ROUTE_SETTING  # proxy.timeout=5s is kept in Consul as meta proxy_timeout=5s
@@ -156,5 +173,7 @@ def for_proxy(settings: Iterable[Tuple[str, str]]) -> dict:
     for k, v in settings:
         parse, _ = SETTINGS[k]
         value = parse(LABEL_PREFIX + k, v)
+        if isinstance(value, dict):
+            value = {key: item for key, item in value.items() if key != "text"}
         out[k] = list(value) if isinstance(value, tuple) else value
     return out

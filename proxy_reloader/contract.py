@@ -94,7 +94,8 @@ def check_route(route: Any, where: str) -> Optional[str]:
     if not isinstance(route, dict):
         return f"{where} must be an object"
     for key in sorted(route):
-        if key not in ("path", "hosts", "allow") and key not in rules["flags"] and key not in rules["numbers"]:
+        if key not in ("path", "hosts", "allow", "rate_limit") and key not in rules["flags"] \
+                and key not in rules["numbers"]:
             return f"{where}.{key} is not a route setting"
     if not name_ok("path", route.get("path")) or "//" in route["path"]:
         return f"{where}.path must be a path of plain segments ending in /"
@@ -108,6 +109,12 @@ def check_route(route: Any, where: str) -> Optional[str]:
         low, high = rules["numbers"][key]
         if key in route and not _number_in(route[key], rules["numbers"][key], key in rules["integers"]):
             return f"{where}.{key} must be a number {low}..{high}"
+    if "rate_limit" in route:
+        limit, bounds = route["rate_limit"], rules["rate_limit"]
+        if not (isinstance(limit, dict) and set(limit) == {"rate", "burst"}
+                and _number_in(limit["rate"], bounds["rate"], False) and _int_in(limit["burst"], bounds["burst"])):
+            return (f"{where}.rate_limit must be {{rate: {bounds['rate'][0]}..{bounds['rate'][1]}, "
+                    f"burst: {bounds['burst'][0]}..{bounds['burst'][1]}}}")
     if "allow" in route:
         allow, (least, most) = route["allow"], rules["allow"]
         if not isinstance(allow, list) or not least <= len(allow) <= most:

@@ -217,6 +217,15 @@ def test_route_settings_from_labels_take_effect_and_change_live(proxy, service, 
     assert new == (0 if proxy.mode == "dynamic" else 1), f"{new} worker generations for one settings change"
 
 
+def test_a_rate_limit_from_labels_answers_429_past_the_burst(proxy, service):
+    service("v1", rate_limit="1r/m,burst=2")
+    wait_until(lambda: routed(proxy, service.name, 1), 30, "routed")
+    answers = [proxy.get(f"/{service.name}/x") for _ in range(5)]
+    assert [status for status, _ in answers] == [200, 200, 200, 429, 429]   # one, and a burst of two more
+    assert answers[-1][1] == {"error": f"too many requests from your address for service {service.name} "
+                                       "(proxy.rate_limit)", "service": service.name, "status": 429}
+
+
 def post(proxy, path, size, host):
     req = urllib.request.Request(f"http://127.0.0.1:{proxy.listen}{path}", data=b"x" * size, method="POST",
                                  headers={"Host": host})

@@ -217,6 +217,19 @@ def test_the_allow_list_lets_only_its_networks_through(proxy):
     assert proxy.request("/allow/x")[0] == 200
 
 
+def test_a_client_over_the_routes_rate_limit_gets_429_and_another_route_is_not_limited(proxy):
+    proxy.route("rl-slow", path="/rl-slow/", rate_limit={"rate": 0.2, "burst": 3})
+    proxy.route("rl-free", path="/rl-free/")
+    answers = [proxy.request("/rl-slow/x")[0] for _ in range(8)]
+    assert answers == [200, 200, 200, 200, 429, 429, 429, 429]       # one, and a burst of three more
+    status, body, _ = proxy.request("/rl-slow/x")
+    assert status == 429 and body["service"] == "rl-slow" and "proxy.rate_limit" in body["error"]
+    assert all(proxy.request("/rl-free/x")[0] == 200 for _ in range(20))
+    proxy.route("rl-slow", path="/rl-slow/", rate_limit={"rate": 1000, "burst": 0})   # a new limit, at once
+    time.sleep(0.01)
+    assert proxy.request("/rl-slow/x")[0] == 200
+
+
 def test_the_body_size_limit_is_the_routes_own(proxy):
     proxy.route("b-default", path="/body-default/")
     proxy.route("b-small", path="/body-small/", body_size=1000)

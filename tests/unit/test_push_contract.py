@@ -35,7 +35,9 @@ POOL = {"version": "v1", "servers": [["127.0.0.1", 8080, "v1"]]}
 ROUTE = {"path": "/demo/", "hosts": [], "strip_prefix": False}
 FULL_ROUTE = {"path": "/api/v1/", "hosts": ["demo.test", "*.demo.test"], "strip_prefix": True, "timeout": 0.5,
               "connect_timeout": 1, "body_size": 10485760, "buffering": False, "retries": 0,
+              "rate_limit": {"rate": 50, "burst": 100},
               "allow": ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32", "::1/128", "fe80::/10", "0.0.0.0/0"]}
+RATE_RULE = "demo.route.rate_limit must be {rate: 0.01..1000000, burst: 0..1000000}"
 MIXED = {"version": "*", "servers": [["127.0.0.7", 1, "v1"], ["host-a.example", 65535, "v2.1_rc-3"]]}
 
 # (push body as JSON text, the reason it is refused or None)
@@ -125,6 +127,12 @@ CASES = [
     (push({"demo": entry(stable=POOL, route={**ROUTE, "retries": 11})}), "demo.route.retries must be a number 0..10"),
     (push({"demo": entry(stable=POOL, route={**ROUTE, "retries": True})}), "demo.route.retries must be a number 0..10"),
     (push({"demo": entry(stable=POOL, route={**ROUTE, "allow": []})}), "demo.route.allow must list 1 to 32 networks"),
+    (push({"demo": entry(stable=POOL, route={**ROUTE, "rate_limit": {"rate": 0.5, "burst": 0}})}), None),
+    (push({"demo": entry(stable=POOL, route={**ROUTE, "rate_limit": {"rate": 0, "burst": 1}})}), RATE_RULE),
+    (push({"demo": entry(stable=POOL, route={**ROUTE, "rate_limit": {"rate": 5, "burst": 1.5}})}), RATE_RULE),
+    (push({"demo": entry(stable=POOL, route={**ROUTE, "rate_limit": {"rate": 5}})}), RATE_RULE),
+    (push({"demo": entry(stable=POOL, route={**ROUTE, "rate_limit": {"rate": 5, "burst": 1, "x": 1}})}), RATE_RULE),
+    (push({"demo": entry(stable=POOL, route={**ROUTE, "rate_limit": "5r/s"})}), RATE_RULE),
     (push({"demo": entry(stable=POOL, route={**ROUTE, "allow": "10.0.0.0/8"})}),
      "demo.route.allow must list 1 to 32 networks"),
     (push({"demo": entry(stable=POOL, route={**ROUTE, "allow": ["10.0.0.0/8"] * 33})}),

@@ -93,12 +93,15 @@ def test_the_dynamic_config_holds_no_route_so_no_route_change_changes_it(tmp_pat
 def test_reload_mode_renders_every_route_setting_and_each_host_name_and_nginx_accepts_it(tmp_path):
     route = Route("demo", "/api/", "demo.test,*.demo.test", Pool("v1", (("127.0.0.1", 1),)),
                   settings=(("allow", "10.0.0.0/8,2001:db8::/32"), ("body_size", "10m"), ("buffering", "off"),
-                            ("connect_timeout", "250ms"), ("retries", "4"), ("timeout", "2m")))
+                            ("connect_timeout", "250ms"), ("rate_limit", "50r/s,burst=100"), ("retries", "4"),
+                            ("timeout", "2m")))
     quiet = Route("quiet", "/q/", "", Pool("v1", (("127.0.0.1", 2),)), settings=(("retries", "0"),))
     text = render([route, quiet], str(tmp_path), "127.0.0.1:18999")
     assert nginx_t(tmp_path, text).exists()
     assert "server_name demo.test;" in text and "server_name *.demo.test;" in text
     for line in ("allow 10.0.0.0/8;", "allow 2001:db8::/32;", "deny all;", "client_max_body_size 10m;",
                  "proxy_read_timeout 2m;", "proxy_send_timeout 2m;", "proxy_connect_timeout 250ms;",
-                 "proxy_next_upstream_tries 5;", "proxy_buffering off;", "proxy_next_upstream off;"):
+                 "proxy_next_upstream_tries 5;", "proxy_buffering off;", "proxy_next_upstream off;",
+                 "limit_req_zone $binary_remote_addr zone=proxystack_demo:10m rate=50r/s;",
+                 "limit_req zone=proxystack_demo burst=100 nodelay;"):
         assert line in text, line

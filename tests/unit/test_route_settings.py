@@ -141,3 +141,20 @@ def test_a_containers_route_labels_reach_its_consul_metadata_in_canonical_form()
     assert meta["proxy_host"] == "*.a.test,b.test"
     assert meta["proxy_allow"] == "10.0.0.0/8,192.0.2.7/32" and meta["proxy_timeout"] == "5s"
     assert rs.from_meta(meta) == (("allow", "10.0.0.0/8,192.0.2.7/32"), ("timeout", "5s"))
+
+
+@pytest.mark.parametrize("raw, canonical, pushed", [
+    ("50r/s,burst=100", "50r/s,burst=100", {"rate": 50, "burst": 100}),
+    ("30r/m", "30r/m", {"rate": 0.5, "burst": 0}),
+    ("5r/s, burst=007", "5r/s,burst=7", {"rate": 5, "burst": 7}),
+])
+def test_a_rate_limit_is_requests_per_second_or_minute_with_a_burst(raw, canonical, pushed):
+    assert rs.check("rate_limit", raw) == canonical
+    assert rs.for_proxy([("rate_limit", canonical)]) == {"rate_limit": pushed}
+
+
+@pytest.mark.parametrize("raw", ["0r/s", "50", "50r/h", "50r/s,burst=-1", "50r/s,burst=1000000", "1000000r/s",
+                                 "50r/s;burst=1", "50r/s,burst=1,nodelay", "5.5r/s"])
+def test_a_malformed_rate_limit_is_refused(raw):
+    with pytest.raises(InvalidValue, match="proxy.rate_limit"):
+        rs.check("rate_limit", raw)

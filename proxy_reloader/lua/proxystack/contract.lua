@@ -148,7 +148,7 @@ local function host_ok(h)
 end
 
 local R = C.route
-local known = {path = true, hosts = true, allow = true}
+local known = {path = true, hosts = true, allow = true, rate_limit = true}
 for _, f in ipairs(R.flags) do known[f] = true end
 for k in pairs(R.numbers) do known[k] = true end
 local integers = {}
@@ -189,6 +189,19 @@ local function check_route(route, where)
         if n ~= nil and not (type(n) == "number" and n >= bounds[1] and n <= bounds[2]
                              and (not integers[key] or n == math.floor(n))) then
             return nil, where .. "." .. key .. " must be a number " .. tostring(bounds[1]) .. ".." .. tostring(bounds[2])
+        end
+    end
+    local limit = route.rate_limit
+    if limit ~= nil then
+        local b = R.rate_limit
+        local ok_limit = object(limit) and type(limit.rate) == "number" and limit.rate >= b.rate[1]
+            and limit.rate <= b.rate[2] and int_in(limit.burst, b.burst)
+        if ok_limit then
+            for k in pairs(limit) do if k ~= "rate" and k ~= "burst" then ok_limit = false end end
+        end
+        if not ok_limit then
+            return nil, where .. ".rate_limit must be {rate: " .. tostring(b.rate[1]) .. ".." .. tostring(b.rate[2])
+                .. ", burst: " .. tostring(b.burst[1]) .. ".." .. tostring(b.burst[2]) .. "}"
         end
     end
     local allow = route.allow

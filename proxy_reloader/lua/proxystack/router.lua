@@ -17,6 +17,26 @@ local DEFAULT_RETRIES = 2               -- a dead peer costs a retry, not an err
 local DEFAULT_BODY_SIZE = 1024 * 1024   -- as nginx's client_max_body_size default
 local NO_ROUTE = {}
 
+-- Rate limits: per route and client address, how far ahead of its route's rate the client is
+-- ("excess:last ms"), as nginx's limit_req with nodelay counts it: a request passes while the
+-- excess stays within the burst; the one past it is answered 429 and not counted.
+local limits = ngx.shared.proxystack_limits
+
+local function over_limit(name, limit)
+    local key = name .. "|" .. ngx.var.binary_remote_addr
+    local now = ngx.now() * 1000
+    local excess = 0
+    local kept = limits:get(key)
+    if kept then
+        local e, last = kept:match("^([^:]+):(.+)$")
+        excess = math.max(tonumber(e) - limit.rate * (now - tonumber(last)) / 1000 + 1, 0)
+        if excess > limit.burst then return true end
+    end
+    -- forgotten once the client has been idle long enough for its excess to drain
+    limits:set(key, string.format("%.3f:%.3f", excess, now), (excess + 1) / limit.rate + 1)
+    return false
+end
+
 -- per worker: the route index and the routes generation it was built from
 local index, index_gen = nil, nil
 
@@ -77,7 +97,8 @@ end
 -- rewrite phase, from set_by_lua (which, unlike access_by_lua, needs no coroutine per request).
 -- What the location does next: "ok" (proxy it), "404" (no route), "301" (the route's path
 -- without its final slash; $proxystack_location says where), "403" (the client's network is
--- not allowed), "413" (the body is larger than the route takes), "503" (nothing admitted),
+-- not allowed), "429" (the client is over the route's rate limit), "413" (the body is larger
+-- than the route takes), "503" (nothing admitted),
 -- or "stream" (a route that does not buffer: the location hands the request on to @stream,
 -- which calls this again with streaming = true).
 function _M.route(streaming)
@@ -96,6 +117,7 @@ function _M.route(streaming)
     local entry = backends.get(name)
     local route = entry and entry.route or NO_ROUTE
     if route.allow and not allowed(route) then return "403" end
+    if route.rate_limit and not streaming and over_limit(name, route.rate_limit) then return "429" end
     local length = tonumber(ngx.var.http_content_length)
     if length and length > (route.body_size or DEFAULT_BODY_SIZE) then return "413" end
     if route.buffering == false and not streaming then return "stream" end
