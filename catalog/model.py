@@ -243,6 +243,7 @@ class Rejection:
 
 # Verdict states: pending -> testing -> passed | failed | error
 PASSED, FAILED, ERROR, TESTING = "passed", "failed", "error", "testing"
+ROUTE_TAKEN = "route taken: "     # an error verdict's summary: another service serves the instance's route
 
 
 @dataclass(frozen=True)
@@ -269,6 +270,12 @@ class Verdict:
     def lacked_test_image(self) -> bool:
         """An error because no test image was named: a default image set later retests it."""
         return self.state == ERROR and not self.tests_image
+
+    @property
+    def route_taken(self) -> bool:
+        """An error because another service serves the same host and path: tested again once
+        that route is free."""
+        return self.state == ERROR and self.summary.startswith(ROUTE_TAKEN)
 
     def applies_to(self, instance: Instance) -> bool:
         """A verdict belongs to one run of one container: a new container with the same name, or

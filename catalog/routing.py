@@ -59,6 +59,12 @@ def _pool(version: str, instances: Sequence[Instance]) -> Pool:
     return Pool(version, servers, tuple(by_server[s] for s in servers))
 
 
+def route_keys(inst: Instance) -> List[Tuple[str, str]]:
+    """The (host name, path) pairs an instance's labels claim; "" is the default host."""
+    hosts = [h for h in inst.proxy_host.split(",") if h] or [""]
+    return [(host, inst.path) for host in hosts]
+
+
 def _defining(registered: Sequence[RegisteredInstance], admitted: Sequence[Instance],
               policy: Optional[RoutingPolicy]) -> Optional[Instance]:
     """Whose labels say where the route is and how it is served: the stable version's (a canary

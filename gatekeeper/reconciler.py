@@ -1,7 +1,8 @@
 """The one shape of gatekeeper's work: a reconciler looks at one service's instances at a time.
 
-The daemon reads the catalog once per pass and hands each service's instances to every
-reconciler in turn (the gate first, so the others see its decisions of this pass), then lets
+The daemon reads the catalog once per pass, shows every reconciler the whole of it first
+(`begin_pass`: what spans services, such as who holds which route), hands each service's
+instances to every reconciler in turn (the gate first, so the others see its decisions of this pass), then lets
 each finish the pass (work across services). `next_due` says when a reconciler wants a pass
 although nothing changed (a grace period ends, an analysis step falls due).
 """
@@ -15,6 +16,9 @@ Snapshot = Dict[str, List[RegisteredInstance]]
 
 
 class Reconciler:
+    def begin_pass(self, snapshot: Snapshot) -> None:
+        """Before any service is reconciled: what this part needs to know across services."""
+
     def reconcile(self, service: str, instances: List[RegisteredInstance]) -> None:
         """Bring this service in line with what this part owns."""
 
@@ -33,6 +37,8 @@ class Reconciler:
 
 
 def run_pass(snapshot: Snapshot, reconcilers: Sequence[Reconciler]) -> None:
+    for r in reconcilers:
+        r.begin_pass(snapshot)
     for service, instances in snapshot.items():
         for r in reconcilers:
             r.reconcile(service, instances)

@@ -1,7 +1,7 @@
 """proxy-reloader: keep nginx in step with Consul.
 
-dynamic (the default): instance, gate and weight changes are pushed to nginx's Lua balancer
-without a reload; nginx reloads only when a route (service, path, host) comes or goes.
+dynamic (the default): routes, their settings, instances, gates and weights are pushed to
+nginx's Lua router without a reload; nginx reloads only when its own options change.
 reload: every change renders the config and reloads nginx (for an nginx without the Lua module).
 """
 from __future__ import annotations
@@ -37,9 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog=__doc__.split("\n\n", 1)[1] + "\n" + exit_code_epilog(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mode", choices=(DYNAMIC, RELOAD), default=DYNAMIC,
-                   help="dynamic: push instance changes to nginx's Lua balancer, reload only when routes "
-                        "change (needs libnginx-mod-http-lua); reload: reload nginx on every change "
-                        "(default %(default)s)")
+                   help="dynamic: push routes, their settings and instances to nginx's Lua router, "
+                        "never reload for a catalog change (needs libnginx-mod-http-lua); reload: reload "
+                        "nginx on every change (default %(default)s)")
     add_consul_options(p)
     p.add_argument("--nginx-prefix", required=True, metavar="DIR",
                    help="nginx prefix folder; the config is DIR/nginx.conf")

@@ -59,10 +59,11 @@ def _route(service, registered, policy) -> Tuple[Optional[Route], Optional[str]]
 
 
 def without_conflicts(routes: Dict[str, Route], errors: Dict[str, str]) -> List[Route]:
-    """Two services at one host name and path: the first by name keeps it, the other is left
-    out (all of it: a route answers at all its names or at none)."""
+    """Two services at one host name and path: the one with admitted instances keeps it (the
+    gate refuses the other's instances), else the first by name; the other is left out (all of
+    it: a route answers at all its names or at none)."""
     taken, out = {}, []
-    for service in sorted(routes):
+    for service in sorted(routes, key=lambda s: (routes[s].stable is None, s)):
         route = routes[service]
         keys = [(host, route.path) for host in route.hosts or ("",)]
         clash = next((k for k in keys if k in taken), None)
@@ -72,7 +73,7 @@ def without_conflicts(routes: Dict[str, Route], errors: Dict[str, str]) -> List[
             continue
         taken.update((k, service) for k in keys)
         out.append(route)
-    return out
+    return sorted(out, key=lambda r: r.service)
 
 
 def build_view(instances: InstanceStore, policies: PolicyStore) -> View:

@@ -2,6 +2,8 @@
 
 Fail closed: an instance is admitted (gate check passing) only when a stored verdict for that
 very container says its tests passed. A gate found passing without such a verdict is reset.
+An instance whose route (host name and path) another service serves is not tested: its gate
+stays shut with the reason until that route is free.
 
 Verdicts of instances that left the catalog are kept `forget_after` seconds (a registrator or
 agent restart re-registers the same container, which must not be tested again), then removed.
@@ -15,7 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, List, Optional, Tuple
 
 from catalog.consul_client import ConsulError
-from catalog.model import PASSED, TESTING, Instance, RegisteredInstance, Verdict
+from catalog.model import ERROR, PASSED, ROUTE_TAKEN, TESTING, Instance, RegisteredInstance, Verdict
+from catalog.routing import route_keys
 from catalog.retry import TRANSIENT
 from catalog.stores import Stores
 
@@ -54,6 +57,26 @@ class Gate(Reconciler):
         self.first_seen: Dict[str, float] = {}    # instance id awaiting its first verdict -> when seen
         self.rewrites: Dict[str, Tuple[int, float]] = {}  # gate disagreeing with its verdict -> (rewrites, last)
         self.next_sweep = 0.0
+        self.routes_taken: Dict[Tuple[str, str], str] = {}   # (host, path) -> the service serving it
+
+    def begin_pass(self, snapshot: Snapshot) -> None:
+        """Who serves which route (host name and path) now: a service's admitted instances hold
+        theirs; two at one route, the first by name (as the proxy keeps it)."""
+        taken: Dict[Tuple[str, str], str] = {}
+        for service in sorted(snapshot):
+            for ri in snapshot[service]:
+                if ri.admitted:
+                    for key in route_keys(ri.instance):
+                        taken.setdefault(key, service)
+        self.routes_taken = taken
+
+    def taken_by(self, inst: Instance) -> Optional[Tuple[str, str]]:
+        """(where, which service) when another service serves a route this instance claims."""
+        for key in route_keys(inst):
+            owner = self.routes_taken.get(key)
+            if owner and owner != inst.service:
+                return f"{key[0]}{key[1]}" if key[0] else f"path {key[1]}", owner
+        return None
 
     def reconcile(self, service: str, instances: List[RegisteredInstance]) -> None:
         for ri in instances:
@@ -111,7 +134,8 @@ class Gate(Reconciler):
             if self.testing.get(inst.id) == inst.container_id:
                 return
         verdict = self.stores.verdicts.get(inst.id)
-        if verdict is None or not verdict.applies_to(inst) or not verdict.final or self._image_now_known(inst, verdict):
+        if (verdict is None or not verdict.applies_to(inst) or not verdict.final or self._image_now_known(inst, verdict)
+                or (verdict.route_taken and self.taken_by(inst) is None)):
             with self.lock:
                 self.first_seen.setdefault(inst.id, time.monotonic())
             if inst.docker_health and ri.checks.get(inst.docker_health_check_id) != "passing":
@@ -177,6 +201,10 @@ class Gate(Reconciler):
             # A first pass of this container may change routing; a re-verification of one that
             # passed before may not (an old version kept for rollback must not be promoted again).
             first_pass = not (before and before.applies_to(inst) and before.state == PASSED)
+            taken = None if reverify else self.taken_by(inst)
+            if taken:
+                self._refuse_route(inst, image, *taken)
+                return
             if not reverify:
                 self.stores.verdicts.put(Verdict(inst.id, inst.container_id, image, TESTING, f"testing with {image}",
                                                        container_started=inst.started))
@@ -205,6 +233,17 @@ class Gate(Reconciler):
         finally:
             with self.lock:
                 self.testing.pop(inst.id, None)
+
+    def _refuse_route(self, inst: Instance, image: str, where: str, owner: str) -> None:
+        """Another service serves this instance's route: its gate stays shut, saying so (in the
+        Consul UI and `gatekeeper why`), and it is tested once the route is free."""
+        summary = (f"{ROUTE_TAKEN}{where} is already routed to service {owner}; give this container another "
+                   f"proxy.path or proxy.host, or remove {owner}'s instances")
+        now = time.time()
+        self.stores.verdicts.put(Verdict(inst.id, inst.container_id, image, ERROR, summary, now, now,
+                                         container_started=inst.started))
+        self.stores.node_records.set_gate(inst, False, f"{ERROR}: {summary}")
+        log.warning("%s: not tested: %s", inst.id, summary)
 
     def _count(self, inst: Instance, verdict: Verdict, reverify: bool) -> None:
         metrics.TEST_RUNS.labels(inst.service, verdict.state).inc()

@@ -1,7 +1,9 @@
 """The gate's decisions, with in-memory stores; tests/e2e runs the same against real parts."""
 import time
 
-from catalog.model import FAILED, PASSED, Instance, RegisteredInstance, Verdict
+from dataclasses import replace
+
+from catalog.model import ERROR, FAILED, PASSED, Instance, RegisteredInstance, Verdict
 from gatekeeper.admission.gate import Gate
 from gatekeeper.admission.tester import RunResult
 from gatekeeper.reconciler import run_pass
@@ -69,7 +71,10 @@ class Store:
         self.node_records, self.instances = NodeRecords(self), Instances(self)
 
     def catalog(self):
-        return {"demo": [RegisteredInstance(i, {i.gate_check_id: self.gates[i.id]}) for i in self.registered.values()]}
+        out = {}
+        for i in self.registered.values():
+            out.setdefault(i.service, []).append(RegisteredInstance(i, {i.gate_check_id: self.gates[i.id]}))
+        return out
 
     def forget_instance(self, iid):
         self.verdicts.forget(iid)
@@ -512,3 +517,43 @@ def test_the_healers_reason_is_written_once_and_a_record_without_one_still_shuts
     assert tester.runs == []
     assert [e for e in store.log if e[0] == "gate"] == [("gate", False, "gave up healing: restarted 3 times"),
                                                         ("gate", False, "gave up healing")]
+
+
+def test_an_instance_whose_route_another_service_serves_is_refused_with_the_reason_then_tested_when_free():
+    serving = replace(inst(), id="h:api:8080", service="api", container_id="c-api", proxy_host="shop.test",
+                      proxy_path="/api/")
+    newcomer = replace(inst(), id="h:newapi:8080", service="newapi", container_id="c-new",
+                       proxy_host="*.shop.test,shop.test", proxy_path="/api/")
+    elsewhere = replace(inst(), id="h:other:8080", service="other", container_id="c-other",
+                        proxy_host="shop.test", proxy_path="/other/")
+    store = Store(serving, newcomer, elsewhere)
+    store.gates[serving.id] = "passing"
+    store.verdicts.put(Verdict(serving.id, "c-api", "demo-test:latest", PASSED, "9/9 passed", 1, 2))
+    tester = FakeTester()
+    gate = Gate(store, tester)
+    pass_over(gate)
+    settle(gate)
+    verdict = store.verdicts[newcomer.id]
+    assert verdict.state == ERROR and verdict.route_taken
+    assert store.gates[newcomer.id] == "critical"
+    assert store.outputs[newcomer.id] == (
+        "error: route taken: shop.test/api/ is already routed to service api; give this container another "
+        "proxy.path or proxy.host, or remove api's instances")
+    assert [url for _, url in tester.runs] == [f"http://127.0.0.1:{elsewhere.port}"]   # only the other was tested
+    # the serving service goes: the refused instance is tested and admitted
+    del store.registered[serving.id]
+    gate = Gate(store, tester)
+    pass_over(gate)
+    settle(gate)
+    assert store.verdicts[newcomer.id].state == PASSED and store.gates[newcomer.id] == "passing"
+
+
+def test_a_route_held_only_by_instances_not_admitted_does_not_refuse_anyone():
+    waiting = replace(inst(), id="h:a:8080", service="a", container_id="c-a", proxy_path="/same/")
+    newcomer = replace(inst(), id="h:b:8080", service="b", container_id="c-b", proxy_path="/same/")
+    store = Store(waiting, newcomer)
+    store.verdicts.put(Verdict(waiting.id, "c-a", "demo-test:latest", FAILED, "1 failed", 1, 2))
+    gate = Gate(store, FakeTester())
+    pass_over(gate)
+    settle(gate)
+    assert store.verdicts[newcomer.id].state == PASSED

@@ -47,6 +47,17 @@ def test_two_services_on_one_host_and_path_the_first_by_name_keeps_it():
     assert errors == {"b": "path /shared/ is already routed to a", "c": "path /shared/ is already routed to a"}
 
 
+def test_a_route_with_admitted_instances_keeps_its_host_and_path_from_one_with_none_whatever_the_names():
+    serving = route_of("b", [reg("b", proxy_path="/shared/", proxy_host="shop.test")], None)[0]
+    waiting = RegisteredInstance(reg("a", proxy_path="/shared/", proxy_host="*.shop.test,shop.test").instance,
+                                 {"h:a1:8080:gate": "critical"})
+    refused = route_of("a", [waiting], None)[0]
+    assert refused.stable is None
+    errors = {}
+    assert [r.service for r in without_conflicts({"a": refused, "b": serving}, errors)] == ["b"]
+    assert errors == {"a": "shop.test/shared/ is already routed to b"}
+
+
 def test_build_view_reads_everything_once_and_reports_each_bad_service():
     class Instances:
         def all(self):
