@@ -115,3 +115,25 @@ def route_for(service: str, registered: Sequence[RegisteredInstance],
     if policy.canary and policy.canary != policy.stable and policy.canary in by_version:
         canary = _pool(policy.canary, by_version[policy.canary])
     return route(stable, canary, policy.weight if canary else 0)
+
+
+def _route_labels(inst: Instance) -> Dict[str, str]:
+    labels = {"path": inst.path, "host": inst.proxy_host or "-", "strip_prefix": str(inst.strip_prefix).lower()}
+    labels.update(inst.route_settings)
+    return labels
+
+
+def pending_route_change(registered: Sequence[RegisteredInstance],
+                         policy: Optional[RoutingPolicy]) -> Dict[str, Tuple[str, str]]:
+    """How the canary's route labels differ from the stable version's: {label: (now, after
+    promotion)}. The route keeps the stable version's until the canary is promoted."""
+    if not policy or not policy.stable or not policy.canary or policy.canary == policy.stable:
+        return {}
+    admitted = [r.instance for r in registered if r.admitted]
+    stable = next((i for i in admitted if i.version == policy.stable), None)
+    canary = next((i for i in admitted if i.version == policy.canary), None)
+    if stable is None or canary is None:
+        return {}
+    now, later = _route_labels(stable), _route_labels(canary)
+    return {k: (now.get(k, "-"), later.get(k, "-")) for k in sorted(set(now) | set(later))
+            if now.get(k, "-") != later.get(k, "-")}

@@ -13,7 +13,7 @@ from typing import Callable, Dict, List, Optional
 
 from catalog.errors import Refused
 from catalog.model import RUNNING, Analysis, AnalysisState, Rejection, RegisteredInstance, RoutingPolicy
-from catalog.routing import route_for
+from catalog.routing import pending_route_change, route_for
 from catalog.stores import InstanceStore, Stores
 from catalog.validation import InvalidValue
 
@@ -76,6 +76,8 @@ def service_status(stores: Stores, service: str, rejections: Dict[str, Rejection
                    "aborted": policy.aborted} if policy else None,
         "policy_error": policy_error,
         "route": route.to_dict(),
+        "pending_route_change": {k: {"now": a, "after_promotion": b}
+                                 for k, (a, b) in pending_route_change(registered, policy).items()},
         "proxy_answers": proxy_answer(len(registered), route),
         "instances": instances,
         "rejected": {name: _rejection_dict(r) for name, r in sorted(rejections.items()) if r.service == service},
@@ -236,6 +238,8 @@ def render_text(data: dict) -> str:
             out.extend(replica_lines(s["replicas"]))
         if r["note"]:
             out.append(f"  note     {r['note']}")
+        if s.get("pending_route_change"):
+            out.append(f"  pending  {pending_line(s)}")
         if s["instances"]:
             rows = [("INSTANCE", "HOST", "VERSION", "ADDRESS", "GATE", "VERDICT", "TESTS", "SERVING", "SUMMARY")]
             for i in s["instances"]:
@@ -284,6 +288,12 @@ def replica_lines(r: dict) -> List[str]:
     return out
 
 
+def pending_line(s: dict) -> str:
+    changes = "; ".join(f"proxy.{label} {c['now']} -> {c['after_promotion']}"
+                        for label, c in s["pending_route_change"].items())
+    return (f"canary {s['policy']['canary']}'s route labels differ, in effect once it is promoted: {changes}")
+
+
 def render_why(data: dict) -> str:
     out = []
     for name, rej in data["rejected"].items():
@@ -303,6 +313,8 @@ def render_why(data: dict) -> str:
             out.append("  policy: none yet (set when the first instance passes its tests)")
         if s.get("analysis"):
             out.extend(f"  {line}" for line in analysis_lines(s["analysis"]))
+        if s.get("pending_route_change"):
+            out.append(f"  route: {pending_line(s)}")
         out.append(f"  default test image: {s.get('default_tests') or 'none'}")
         for proxy, served in sorted(s.get("proxies", {}).items()):
             what = (f"stable {served['stable'] or '-'}, canary {served['canary'] or '-'} at {served['weight']}%"

@@ -99,3 +99,27 @@ def test_the_panic_policy_prefers_the_stable_version_and_says_so():
     route = route_for("demo", both, None)
     assert route.stable.version == "*" and route.canary is None and route.weight == 0
     assert route.stable.server_versions == ("v1", "v2")
+
+
+def labelled(version, port, **fields):
+    from dataclasses import replace
+    r = ri(version, port)
+    return RegisteredInstance(replace(r.instance, **fields), r.checks)
+
+
+def test_the_stable_versions_labels_define_the_route_and_a_canarys_wait_for_its_promotion():
+    from catalog.routing import pending_route_change
+    stable = labelled("v1", 1, route_settings=(("timeout", "5s"),))
+    canary = labelled("v2", 2, proxy_host="new.test", route_settings=(("retries", "0"), ("timeout", "10s")))
+    policy = RoutingPolicy("demo", stable="v1", canary="v2", weight=10, mode="manual")
+    for registered in ([stable, canary], [canary, stable]):             # whichever registered first
+        route = route_for("demo", registered, policy)
+        assert (route.host, route.settings) == ("", (("timeout", "5s"),))
+        assert pending_route_change(registered, policy) == {
+            "host": ("-", "new.test"), "retries": ("-", "0"), "timeout": ("5s", "10s")}
+    promoted = RoutingPolicy("demo", stable="v2", previous="v1", mode="manual")
+    route = route_for("demo", [stable, canary], promoted)
+    assert (route.host, route.settings) == ("new.test", (("retries", "0"), ("timeout", "10s")))
+    assert pending_route_change([stable, canary], promoted) == {}
+    same = labelled("v2", 3, route_settings=(("timeout", "5s"),))
+    assert pending_route_change([stable, same], policy) == {}
