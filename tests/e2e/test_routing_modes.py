@@ -34,6 +34,9 @@ class Backend:
 
         class H(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # headers and body leave in two writes: without TCP_NODELAY each answer on a kept-alive
+            # connection waits out the client's delayed ACK (40 ms)
+            disable_nagle_algorithm = True
 
             def do_GET(self):
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
