@@ -8,6 +8,7 @@
     proxy.retries=2             idempotent requests tried again on another instance (0: never)
     proxy.allow=10.0.0.0/8,...  only these client networks reach the route (403 otherwise)
     proxy.rate_limit=50r/s,burst=100   requests per client address (429 above it)
+    proxy.protocol=grpc         the instances speak gRPC (HTTP/2): served on the gRPC listener
 
 Each value is checked by an allow-list here (a bad one refuses the container with the rule),
 kept in its canonical text in the instance's Consul metadata, checked again when read back,
@@ -46,6 +47,14 @@ def parse_hosts(label: str, raw: str) -> str:
     return ",".join(sorted(set(names)))
 
 
+def check_canonical_hosts(label: str, value: str) -> str:
+    """A host list read back from Consul: valid, and exactly as registrator writes it (sorted,
+    comma-separated, nothing around the names)."""
+    if parse_hosts(label, value) != value:
+        raise InvalidSetting(label, value, HOSTS_RULE + ", written sorted with no blanks")
+    return value
+
+
 def hosts_of(canonical: str) -> Tuple[str, ...]:
     return tuple(n for n in canonical.split(",") if n) if canonical else ()
 
@@ -76,6 +85,12 @@ def _retries(label: str, raw: str) -> int:
     if not re.fullmatch(r"[0-9]{1,2}", raw) or int(raw) > 10:
         raise InvalidSetting(label, raw, "a whole number of retries from 0 (never retry) to 10")
     return int(raw)
+
+
+def _protocol(label: str, raw: str) -> str:
+    if raw not in ("http", "grpc"):
+        raise InvalidSetting(label, raw, "http (the default) or grpc")
+    return raw
 
 
 def _flag(label: str, raw: str) -> bool:
@@ -126,6 +141,7 @@ SETTINGS = {
     "retries": (_retries, None),
     "allow": (_networks, lambda v: ",".join(v)),
     "rate_limit": (_rate_limit, lambda v: v["text"]),
+    "protocol": (_protocol, None),
 }
 LABEL_PREFIX = "proxy."
 META_PREFIX = META_ROUTE_SETTING  # proxy.timeout=5s is kept in Consul as meta proxy_timeout=5s
@@ -163,8 +179,11 @@ def is_setting_meta(key: str) -> bool:
 
 
 def check_all(settings: Iterable[Tuple[str, str]]) -> None:
+    """Settings read back from Consul: each valid and in the canonical text registrator writes."""
     for k, v in settings:
-        check(k, v)
+        if check(k, v, META_PREFIX + k) != v:
+            raise InvalidSetting(META_PREFIX + k, v, "the canonical form of the setting "
+                                 f"({check(k, v, META_PREFIX + k)!r})")
 
 
 def for_proxy(settings: Iterable[Tuple[str, str]]) -> dict:

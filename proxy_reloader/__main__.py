@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nginx-binary", default=None, metavar="PATH", help="nginx executable (default: from PATH)")
     p.add_argument("--listen", default="127.0.0.1:8000", metavar="ADDRESS:PORT",
                    help="where the proxy listens (default %(default)s)")
+    p.add_argument("--grpc-listen", default="", metavar="ADDRESS:PORT",
+                   help="where the proxy takes gRPC calls (HTTP/2 in cleartext) for the services labelled "
+                        "proxy.protocol=grpc (default: no gRPC listener)")
     p.add_argument("--workers", default="2", help="nginx worker_processes (default %(default)s)")
     p.add_argument("--read-timeout", type=float, default=30.0, metavar="S",
                    help="seconds an instance may take to answer before the request is retried on another "
@@ -88,7 +91,7 @@ def main(argv=None) -> int:
         stores = Stores.connect(args.consul, token=token)
         nginx = Nginx(args.nginx_prefix, args.nginx_binary, listen=args.listen)
         settings = Settings(str(nginx.prefix), args.listen, args.workers, args.mode, nginx.modules_path(),
-                            read_timeout=f"{args.read_timeout:g}s")
+                            read_timeout=f"{args.read_timeout:g}s", grpc_listen=args.grpc_listen)
         push = None
         if args.mode == DYNAMIC:
             lua = Path(settings.modules) / "ngx_http_lua_module.so"
@@ -105,7 +108,7 @@ def main(argv=None) -> int:
         reporter = stores.proxies.self_report("proxy-reloader", proxy_id, args.listen)
     options = RunnerOptions(listen=args.listen, min_wait=args.min_wait, max_wait=args.max_wait,
                             workers=args.workers, mode=args.mode, modules=settings.modules,
-                            read_timeout=settings.read_timeout)
+                            read_timeout=settings.read_timeout, grpc_listen=args.grpc_listen)
     if args.once or args.exec_nginx:
         try:
             changed = render_once(stores, nginx, settings, push)

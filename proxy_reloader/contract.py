@@ -94,7 +94,7 @@ def check_route(route: Any, where: str) -> Optional[str]:
     if not isinstance(route, dict):
         return f"{where} must be an object"
     for key in sorted(route):
-        if key not in ("path", "hosts", "allow", "rate_limit") and key not in rules["flags"] \
+        if key not in ("path", "hosts", "allow", "rate_limit", "protocol") and key not in rules["flags"] \
                 and key not in rules["numbers"]:
             return f"{where}.{key} is not a route setting"
     if not name_ok("path", route.get("path")) or "//" in route["path"]:
@@ -109,6 +109,8 @@ def check_route(route: Any, where: str) -> Optional[str]:
         low, high = rules["numbers"][key]
         if key in route and not _number_in(route[key], rules["numbers"][key], key in rules["integers"]):
             return f"{where}.{key} must be a number {low}..{high}"
+    if "protocol" in route and route["protocol"] not in rules["protocol"]:
+        return f"{where}.protocol must be one of " + ", ".join(rules["protocol"])
     if "rate_limit" in route:
         limit, bounds = route["rate_limit"], rules["rate_limit"]
         if not (isinstance(limit, dict) and set(limit) == {"rate", "burst"}

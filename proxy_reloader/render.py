@@ -36,6 +36,7 @@ class Settings:
     modules: str = "/usr/lib/nginx/modules"     # where ndk and the Lua module live (dynamic)
     table_size: str = "64m"                     # shared memory for the backend table (dynamic)
     read_timeout: str = "30s"                   # an answer slower than this is a failure (tried on the next)
+    grpc_listen: str = ""                       # where gRPC clients connect (HTTP/2 cleartext), "" for none
 
     @property
     def table(self) -> Path:
@@ -71,7 +72,7 @@ def render(routes: List[Route], prefix: str, listen: str, workers: str = "2", se
     ordered = sorted(routes, key=lambda r: r.service)
     template = _env.get_template("nginx-dynamic.conf.j2" if s.mode == DYNAMIC else "nginx.conf.j2")
     args = dict(routes=ordered, servers=group_by_host(ordered), prefix=s.prefix, listen=s.listen,
-                workers=s.workers, read_timeout=s.read_timeout, modules=s.modules, lua=str(LUA_DIR), table=str(s.table),
+                workers=s.workers, read_timeout=s.read_timeout, grpc_listen=s.grpc_listen, modules=s.modules, lua=str(LUA_DIR), table=str(s.table),
                 secret=str(s.secret), socket=str(s.socket), table_size=s.table_size)
     version = hashlib.sha256(template.render(version="", **args).encode()).hexdigest()[:16]
     return template.render(version=version, **args)

@@ -46,6 +46,7 @@ class RunnerOptions:
     mode: str = RELOAD
     modules: str = "/usr/lib/nginx/modules"
     read_timeout: str = "30s"
+    grpc_listen: str = ""
     # After Consul was unreachable or restarted, its catalog can be incomplete for a moment
     # (agents re-sync their services): for this long a service that vanishes, or loses every
     # admitted instance, keeps its last good route instead of being dropped.
@@ -61,7 +62,7 @@ class Runner:
                  push: Optional[PushClient] = None):
         self.mirror, self.nginx, self.options = mirror, nginx, options
         self.settings = Settings(str(nginx.prefix), options.listen, options.workers, options.mode, options.modules,
-                                 read_timeout=options.read_timeout)
+                                 read_timeout=options.read_timeout, grpc_listen=options.grpc_listen)
         self.reporter = reporter                     # reports health as a Consul check, if set
         self.push = push                             # nginx's push endpoint (dynamic mode)
         self.served = None                           # publishes what nginx serves (--report-check)

@@ -32,7 +32,7 @@ def _check_instance(inst) -> None:
     v.check("version", inst.version)
     v.check("proxy_path", inst.path)
     if inst.proxy_host:
-        route_settings.parse_hosts("proxy_host", inst.proxy_host)
+        route_settings.check_canonical_hosts("proxy_host", inst.proxy_host)
     route_settings.check_all(inst.route_settings)
 
 

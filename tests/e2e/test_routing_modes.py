@@ -24,6 +24,7 @@ from testbed.processes import Proc, get_json, pid_alive, python_module, wait_unt
 pytestmark = pytest.mark.e2e
 
 PORTS = {"dynamic": (18006, 19006), "reload": (18007, 19007)}
+GRPC_PORTS = {"dynamic": 18766, "reload": 18767}
 
 
 class Backend:
@@ -71,7 +72,8 @@ def proxy(request, consul_server, tmp_path_factory):
     proc = Proc("proxy-reloader", python_module(
         "proxy_reloader", "--consul", consul_server.address, "--consul-token-file",
         consul_server.token_file("proxy-reloader"), "--nginx-prefix", str(base / "nginx"), "--mode", mode,
-        "--listen", f"127.0.0.1:{listen}", "--admin", f"127.0.0.1:{admin}", "--exec"), base).start()
+        "--listen", f"127.0.0.1:{listen}", "--admin", f"127.0.0.1:{admin}", "--exec",
+        "--grpc-listen", f"127.0.0.1:{GRPC_PORTS[mode]}"), base).start()
     px = Proxy(mode, listen, admin, base / "nginx", proc)
     wait_until(lambda: px.status()["served_version"], 30, f"proxy-reloader up ({mode})")
     yield px
@@ -105,10 +107,11 @@ def service(proxy, stores, unique):
         `labels` are its proxy.* labels, as registrator carries them (proxy_host=, timeout=)."""
         b = None if port else Backend(f"{unique}-{len(made)}", version)
         host = route_settings.parse_hosts("proxy.host", labels.pop("proxy_host")) if "proxy_host" in labels else ""
+        path = labels.pop("proxy_path", f"/{unique}/")
         inst = Instance(id=f"modes:{unique}-{len(made)}:8080", service=unique, address="127.0.0.1",
                         port=port or b.port, version=version, container_id=f"c{unique}{len(made)}",
                         container_name=f"{unique}-{len(made)}", image="x:1", registered_by="registrator@modes",
-                        proxy_host=host, route_settings=route_settings.from_labels(
+                        proxy_host=host, proxy_path=path, route_settings=route_settings.from_labels(
                             {f"proxy.{k}": v for k, v in labels.items()}))
         stores.instances.register(inst)
         stores.instances.apply_gate(inst, True, "passed (set by the test)")
@@ -229,6 +232,19 @@ def test_a_rate_limit_from_labels_answers_429_past_the_burst(proxy, service):
                                        "(proxy.rate_limit)", "service": service.name, "status": 429}
 
 
+def test_a_grpc_service_answers_on_the_grpc_listener(proxy, service):
+    from tests.integration.test_route_table import GrpcEcho, grpc_say
+    echo = GrpcEcho("g")
+    try:
+        service("v1", port=echo.port, protocol="grpc", proxy_path="/echo.Echo/")
+        wait_until(lambda: routed(proxy, service.name, 1), 30, "routed")
+        assert grpc_say(b"hello", GRPC_PORTS[proxy.mode]) == b"g: hello"
+        status, body = proxy.get("/echo.Echo/Say")
+        assert status == 426 and body["service"] == service.name
+    finally:
+        echo.close()
+
+
 def post(proxy, path, size, host):
     req = urllib.request.Request(f"http://127.0.0.1:{proxy.listen}{path}", data=b"x" * size, method="POST",
                                  headers={"Host": host})
@@ -289,7 +305,9 @@ def test_per_request_metrics_by_service_version_and_status(proxy, service, store
             return r.read().decode()
     labels = dict(service=service.name, version="v7")
     text = wait_until(lambda: (lambda t: t if metric(t, "proxystack_requests_total", **labels, status="2xx") >= 25
-                               else None)(scraped()), 10, "the counts flushed to shared memory")
+                               and metric(t, "proxystack_requests_total", service=service.name, version="none",
+                                          status="5xx") >= 1 else None)(scraped()),
+                      10, "the counts flushed to shared memory (each worker flushes once a second)")
     ok = metric(text, "proxystack_requests_total", **labels, status="2xx")     # 25, and any 200 while polling
     assert metric(text, "proxystack_requests_total", service=service.name, version="none", status="5xx") >= 1
     assert metric(text, "proxystack_request_duration_seconds_count", **labels) == ok

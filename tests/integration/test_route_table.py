@@ -25,6 +25,7 @@ from testbed.nginx_workers import WorkerGenerations
 from testbed.processes import wait_until
 
 PORT = 18764
+GRPC_PORT = 18765
 
 
 class Backend:
@@ -110,7 +111,8 @@ def proxy(tmp_path_factory):
             break
         os.chmod(folder, os.stat(folder).st_mode | 0o011)
     n = Nginx(str(prefix), listen=f"127.0.0.1:{PORT}")
-    settings = Settings(str(n.prefix), n.listen, mode=DYNAMIC, modules=n.modules_path(), read_timeout="10s")
+    settings = Settings(str(n.prefix), n.listen, mode=DYNAMIC, modules=n.modules_path(), read_timeout="10s",
+                        grpc_listen=f"127.0.0.1:{GRPC_PORT}")
     secret = ensure_secret(settings.secret)
     n.apply(render([], str(n.prefix), n.listen, settings=settings))
     subprocess.run([n.binary, "-p", str(n.prefix), "-c", str(n.conf)], check=True, timeout=20)
@@ -293,3 +295,45 @@ def test_buffering_off_streams_at_the_clients_pace(proxy):
     assert resp.readline() == b"tick 0\n" and time.monotonic() - started < 1.5
     resp.read()
     conn.close()
+
+
+class GrpcEcho:
+    """A gRPC server on loopback with one unary method, /echo.Echo/Say: b"NAME: " + the request
+    (raw bytes, no generated code)."""
+
+    def __init__(self, name: str):
+        import grpc
+        from concurrent import futures
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        say = grpc.unary_unary_rpc_method_handler(lambda request, context: name.encode() + b": " + request)
+        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("echo.Echo", {"Say": say}),))
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def close(self):
+        self.server.stop(0)
+
+
+def grpc_say(message: bytes, port: int = GRPC_PORT):
+    import grpc
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        return channel.unary_unary("/echo.Echo/Say")(message, timeout=10)
+
+
+def test_a_grpc_route_answers_unary_calls_on_the_grpc_listener_only(proxy):
+    import grpc
+    echoes = [GrpcEcho("g1"), GrpcEcho("g2")]
+    try:
+        proxy.route("grpc-echo", path="/echo.Echo/", ports=[e.port for e in echoes], protocol="grpc")
+        answers = {grpc_say(b"hi") for _ in range(6)}
+        assert answers == {b"g1: hi", b"g2: hi"}                   # balanced over both instances
+        status, body, _ = proxy.request("/echo.Echo/Say", method="POST", body=b"x")
+        assert status == 426 and body["service"] == "grpc-echo"     # not on the HTTP listener
+        proxy.route("grpc-echo", path="/echo.Echo/", ports=[e.port for e in echoes])   # no longer gRPC
+        with pytest.raises(grpc.RpcError) as err:
+            grpc_say(b"hi")
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED    # nginx's 404, as gRPC words it
+    finally:
+        proxy.push({"grpc-echo": None})
+        for e in echoes:
+            e.close()

@@ -120,12 +120,15 @@ def test_idle_the_loop_notices_an_nginx_restart_and_pushes_the_whole_table_again
 # --- quiescence --------------------------------------------------------------------------
 
 def changes_every(r, period, for_seconds):
+    """A change every `period` s for `for_seconds` s; the thread's `last` is when the last came."""
     def go():
         end = time.monotonic() + for_seconds
         while time.monotonic() < end:
             r.dirty.set()
+            t.last = time.monotonic()
             time.sleep(period)
     t = threading.Thread(target=go, daemon=True)
+    t.last = time.monotonic()
     t.start()
     return t
 
@@ -145,8 +148,13 @@ def test_after_the_last_change_it_waits_min_wait(tmp_path):
 
 def test_changes_within_min_wait_extend_the_wait(tmp_path):
     r = Runner(FakeMirror(), FakeNginx(tmp_path), RunnerOptions(min_wait=0.2, max_wait=5.0))
-    changes_every(r, 0.05, 0.4)
-    assert 0.55 <= quiesce_seconds(r) < 1.2               # the last change at about 0.4 s, then 0.2 s quiet
+    changes = changes_every(r, 0.05, 0.4)
+    took = quiesce_seconds(r)
+    ended = time.monotonic()
+    changes.join()
+    assert took >= 0.3                                    # not the first change's 0.2 s: the later ones extended it
+    assert ended - changes.last >= 0.18                   # it ended only after min_wait with no change
+    assert took < 2.0                                     # and not at max_wait
 
 
 def test_changes_that_never_stop_are_applied_after_max_wait(tmp_path):

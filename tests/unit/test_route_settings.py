@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 
 from catalog import route_settings as rs
 from catalog.validation import InvalidValue
-from proxy_reloader import contract
+from proxy_reloader import backends, contract
 from registrator.translate import Rejected, instances_for
 from tests.unit.test_translate import S, container
 
@@ -158,3 +158,31 @@ def test_a_rate_limit_is_requests_per_second_or_minute_with_a_burst(raw, canonic
 def test_a_malformed_rate_limit_is_refused(raw):
     with pytest.raises(InvalidValue, match="proxy.rate_limit"):
         rs.check("rate_limit", raw)
+
+
+def test_the_protocol_is_http_or_grpc():
+    assert rs.for_proxy([("protocol", rs.check("protocol", "grpc"))]) == {"protocol": "grpc"}
+    for raw in ("GRPC", "h2", "grpcs", ""):
+        with pytest.raises(InvalidValue, match="http \\(the default\\) or grpc"):
+            rs.check("protocol", raw)
+
+
+@settings(max_examples=200, deadline=None)
+@given(key=st.sampled_from(sorted(rs.SETTINGS) + ["host"]), value=HOSTILE)
+def test_route_labels_written_straight_into_consul_reach_the_proxy_only_valid_and_canonical(key, value):
+    """Anyone who may write to Consul could register an instance with any metadata: what the
+    proxy gets is what registrator would have written, or the service is left out, named."""
+    from catalog.model import Instance, RegisteredInstance
+    from proxy_reloader.view import route_of
+    fields = {"proxy_host": value} if key == "host" else {"route_settings": ((key, value),)}
+    inst = Instance(id="h:web:8080", service="demo", address="127.0.0.1", port=1, version="v1", container_id="c",
+                    container_name="web", image="demo:v1", registered_by="r", **fields)
+    route, error = route_of("demo", [RegisteredInstance(inst, {inst.gate_check_id: "passing"})], None)
+    if route is None:
+        assert error and ("proxy_" in error or "host" in error)
+        return
+    if key == "host":
+        assert route.host == (rs.parse_hosts("proxy.host", value) if value else "")
+    else:
+        assert route.settings == ((key, rs.check(key, value)),)
+    assert contract.check_entry("demo", backends.entry(route)) is None

@@ -148,7 +148,7 @@ local function host_ok(h)
 end
 
 local R = C.route
-local known = {path = true, hosts = true, allow = true, rate_limit = true}
+local known = {path = true, hosts = true, allow = true, rate_limit = true, protocol = true}
 for _, f in ipairs(R.flags) do known[f] = true end
 for k in pairs(R.numbers) do known[k] = true end
 local integers = {}
@@ -190,6 +190,11 @@ local function check_route(route, where)
                              and (not integers[key] or n == math.floor(n))) then
             return nil, where .. "." .. key .. " must be a number " .. tostring(bounds[1]) .. ".." .. tostring(bounds[2])
         end
+    end
+    if route.protocol ~= nil then
+        local found = false
+        for _, p in ipairs(R.protocol) do if route.protocol == p then found = true end end
+        if not found then return nil, where .. ".protocol must be one of " .. table.concat(R.protocol, ", ") end
     end
     local limit = route.rate_limit
     if limit ~= nil then

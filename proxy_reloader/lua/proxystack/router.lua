@@ -99,9 +99,12 @@ end
 -- without its final slash; $proxystack_location says where), "403" (the client's network is
 -- not allowed), "429" (the client is over the route's rate limit), "413" (the body is larger
 -- than the route takes), "503" (nothing admitted),
--- or "stream" (a route that does not buffer: the location hands the request on to @stream,
--- which calls this again with streaming = true).
-function _M.route(streaming)
+-- "426" (a gRPC route asked for on the HTTP listener), or "stream" (a route that does not
+-- buffer: the location hands the request on to @stream, which calls this again in "stream").
+-- listener: "http", "stream" (the second call) or "grpc" (the gRPC listener, where only
+-- proxy.protocol=grpc routes answer; any other route is "404").
+function _M.route(listener)
+    local streaming = listener == "stream"
     local uri = ngx.var.uri
     local name, path = routes.find(current_index(), ngx.var.host or "", uri)
     if name == nil then
@@ -116,6 +119,9 @@ function _M.route(streaming)
     ngx.var.proxystack_service = name
     local entry = backends.get(name)
     local route = entry and entry.route or NO_ROUTE
+    if (route.protocol == "grpc") ~= (listener == "grpc") then
+        return listener == "grpc" and "404" or "426"
+    end
     if route.allow and not allowed(route) then return "403" end
     if route.rate_limit and not streaming and over_limit(name, route.rate_limit) then return "429" end
     local length = tonumber(ngx.var.http_content_length)
