@@ -1,5 +1,5 @@
 -- Per request: which route it is for (by host and path), whether the route lets it through
--- (client network, body size), which pool serves it (stable or canary), then which server of
+-- (listener, client network, rate, body size), which pool serves it (stable or canary), then which server of
 -- that pool, with the route's timeouts and retries. Every decision about *who is admitted* and
 -- *what is routed where* was made by proxy-reloader and pushed; this only picks.
 local balancer = require "ngx.balancer"
@@ -95,14 +95,15 @@ local function choose(entry)
 end
 
 -- rewrite phase, from set_by_lua (which, unlike access_by_lua, needs no coroutine per request).
--- What the location does next: "ok" (proxy it), "404" (no route), "301" (the route's path
--- without its final slash; $proxystack_location says where), "403" (the client's network is
--- not allowed), "429" (the client is over the route's rate limit), "413" (the body is larger
--- than the route takes), "503" (nothing admitted),
--- "426" (a gRPC route asked for on the HTTP listener), or "stream" (a route that does not
--- buffer: the location hands the request on to @stream, which calls this again in "stream").
--- listener: "http", "stream" (the second call) or "grpc" (the gRPC listener, where only
--- proxy.protocol=grpc routes answer; any other route is "404").
+-- `listener`: "http", "stream" (the second call for a route that does not buffer) or "grpc"
+-- (the gRPC listener, where only proxy.protocol=grpc routes answer). Returns what the location
+-- does next:
+--   "ok"      proxy it (the pool and route are in ngx.ctx for the balancer)
+--   "404"     no route here;  "301" the route's path without its final slash ($proxystack_location)
+--   "426"     a gRPC route asked for on the HTTP listener
+--   "403"     the client's network is not allowed;  "429" over the route's rate limit
+--   "413"     the declared body is larger than the route takes;  "503" nothing admitted
+--   "stream"  a route with buffering off: the location hands the request on to @stream
 function _M.route(listener)
     local streaming = listener == "stream"
     local uri = ngx.var.uri
