@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Dict, Iterable, Mapping, Tuple
+from typing import Iterable, Mapping, Tuple
 
 from .model import META_ROUTE_SETTING
 from .validation import InvalidValue as InvalidSetting   # the same error as every label's
@@ -163,10 +163,6 @@ def check(key: str, raw, label: str = "") -> str:
 def from_labels(labels: Mapping[str, str]) -> Tuple[Tuple[str, str], ...]:
     """Every proxy.<setting> label present, checked, in canonical text, sorted by setting."""
     return tuple((k, check(k, labels[LABEL_PREFIX + k])) for k in sorted(SETTINGS) if LABEL_PREFIX + k in labels)
-
-
-def to_meta(settings: Iterable[Tuple[str, str]]) -> Dict[str, str]:
-    return {META_PREFIX + k: v for k, v in settings}
 
 
 def from_meta(meta: Mapping[str, str]) -> Tuple[Tuple[str, str], ...]:

@@ -186,3 +186,88 @@ def test_route_labels_written_straight_into_consul_reach_the_proxy_only_valid_an
     else:
         assert route.settings == ((key, rs.check(key, value)),)
     assert contract.check_entry("demo", backends.entry(route)) is None
+
+
+@pytest.mark.parametrize("key, raw, rule", [
+    ("timeout", "5", "a whole number followed by ms, s or m, from 1s to 3600s, such as 5s"),
+    ("timeout", "2h", "a whole number followed by ms, s or m, from 1s to 3600s, such as 5s"),
+    ("connect_timeout", "61s", "a whole number followed by ms, s or m, from 0.01s to 60s, such as 5s"),
+    ("body_size", "2g", "a whole number of bytes, or of k, m or g (1024-based), from 1 to 1g, such as 10m"),
+    ("body_size", "ten", "a whole number of bytes, or of k, m or g (1024-based), from 1 to 1g, such as 10m"),
+    ("retries", "11", "a whole number of retries from 0 (never retry) to 10"),
+    ("buffering", "no", "on or off"),
+    ("protocol", "h2", "http (the default) or grpc"),
+    ("rate_limit", "5r/h", "N requests per second or minute (Nr/s or Nr/m, N from 1 to 999999), optionally "
+                           "with ,burst=B (B from 0 to 999999), such as 50r/s,burst=100"),
+    ("allow", "10.0.0.0/8;", "one to 32 client networks separated by commas, each an IPv4 or IPv6 address or "
+                             "network with no host bits set, such as 10.0.0.0/8,192.0.2.7,2001:db8::/32"),
+])
+def test_a_refusal_names_the_label_the_value_and_the_whole_rule(key, raw, rule):
+    with pytest.raises(InvalidValue) as err:
+        rs.check(key, raw)
+    assert (err.value.field, err.value.value, err.value.rule) == (f"proxy.{key}", raw, rule)
+    assert str(err.value) == f"proxy.{key}={raw!r} is invalid: {rule}"
+
+
+def test_a_bad_network_in_a_list_is_named_alone():
+    with pytest.raises(InvalidValue) as err:
+        rs.check("allow", "10.0.0.0/8,10.0.0.1/8")
+    assert (err.value.field, err.value.value) == ("proxy.allow", "10.0.0.1/8")
+
+
+def test_an_unknown_or_non_text_setting_is_refused_naming_the_known_ones():
+    with pytest.raises(InvalidValue) as err:
+        rs.check("gzip", "on")
+    assert (err.value.field, err.value.value) == ("proxy.gzip", "on")
+    assert err.value.rule == "a known route setting: " + ", ".join(f"proxy.{k}" for k in rs.SETTINGS)
+    with pytest.raises(InvalidValue) as err:
+        rs.check("timeout", 5)
+    assert (err.value.field, err.value.value, err.value.rule) == ("proxy.timeout", 5, "text")
+
+
+def test_the_limits_on_counts_and_lengths_are_inclusive():
+    sixteen = ",".join(f"h{i}.test" for i in range(16))
+    assert len(rs.hosts_of(rs.parse_hosts("proxy.host", sixteen))) == 16
+    longest = ".".join(["a" * 63] * 3) + "." + "b" * 61                      # 253 characters
+    assert rs.parse_hosts("proxy.host", longest) == longest
+    with pytest.raises(InvalidValue) as err:
+        rs.parse_hosts("proxy.host", longest + "b")
+    assert err.value.value == longest + "b" and err.value.rule == rs.HOSTS_RULE
+    nets = ",".join(f"10.0.{i}.0/24" for i in range(32))
+    assert len(rs.check("allow", nets).split(",")) == 32
+    assert rs.check("allow", "0.0.0.0/0,::/0") == "0.0.0.0/0,::/0"
+
+
+def test_a_per_minute_rate_is_kept_to_six_decimals_of_a_second():
+    assert rs.for_proxy([("rate_limit", "1r/m")]) == {"rate_limit": {"rate": 0.016667, "burst": 0}}
+
+
+def test_http_is_a_protocol_too():
+    assert rs.check("protocol", "http") == "http"
+
+
+def test_only_known_settings_are_route_metadata():
+    assert rs.is_setting_meta("proxy_timeout") and rs.is_setting_meta("proxy_allow")
+    assert not rs.is_setting_meta("proxy_gzip") and not rs.is_setting_meta("timeout")
+    assert not rs.is_setting_meta("proxy_host") and not rs.is_setting_meta("version")
+
+
+def test_settings_read_back_must_be_valid_and_canonical():
+    rs.check_all([("timeout", "5s"), ("allow", "10.0.0.0/8,192.0.2.7/32")])      # as registrator writes them
+    with pytest.raises(InvalidValue) as err:
+        rs.check_all([("timeout", "5s"), ("allow", "192.0.2.7,10.0.0.0/8")])
+    assert (err.value.field, err.value.value) == ("proxy_allow", "192.0.2.7,10.0.0.0/8")
+    assert err.value.rule == "the canonical form of the setting ('10.0.0.0/8,192.0.2.7/32')"
+    with pytest.raises(InvalidValue) as err:
+        rs.check_all([("timeout", "0s")])
+    assert err.value.field == "proxy_timeout"
+
+
+def test_host_lists_read_back_must_be_canonical():
+    assert rs.check_canonical_hosts("proxy_host", "*.a.test,b.test") == "*.a.test,b.test"
+    with pytest.raises(InvalidValue) as err:
+        rs.check_canonical_hosts("proxy_host", "b.test,*.a.test")
+    assert (err.value.field, err.value.value) == ("proxy_host", "b.test,*.a.test")
+    assert err.value.rule == rs.HOSTS_RULE + ", written sorted with no blanks"
+    with pytest.raises(InvalidValue):
+        rs.parse_hosts("proxy.host", None)
