@@ -53,7 +53,7 @@ from testbed.stack import TEST_LABEL, Stack
 
 STACK_PORTS = {DYNAMIC: 18100, RELOAD: 18101}      # status endpoints at +1000
 HAND, LONE, LONE_ADMIN = 18102, 18103, 19103         # and HAND + 2: the minimal hand-written proxy
-ROUTES_FEW, ROUTES_MANY = 18104, 18105              # the stack's nginx with 10 and with 10,000 routes
+ROUTES_FEW, ROUTES_MANY = 18108, 18109              # the stack's nginx with 10 and with 10,000 routes
 
 
 def cpu_seconds(pid):
@@ -197,10 +197,16 @@ def throughput(env, stores, say, rounds=5):
     admit(stores, "fast", port, n=0)
     wait_until(lambda: urllib.request.urlopen(f"http://127.0.0.1:{LONE}/fast/", timeout=1).status == 200, 30,
                "the stack's nginx routes the fast backend")
-    hands = [hand_written_proxy(env, port, "hand", HAND, SAME_HEADERS),
-             hand_written_proxy(env, port, "minimal", HAND + 2, ""),
-             table_nginx(env, "routes-10", ROUTES_FEW, 10, port),
-             table_nginx(env, "routes-10000", ROUTES_MANY, 10_000, port)]
+    hands = []
+    try:
+        hands.append(hand_written_proxy(env, port, "hand", HAND, SAME_HEADERS))
+        hands.append(hand_written_proxy(env, port, "minimal", HAND + 2, ""))
+        hands.append(table_nginx(env, "routes-10", ROUTES_FEW, 10, port))
+        hands.append(table_nginx(env, "routes-10000", ROUTES_MANY, 10_000, port))
+    except BaseException:
+        for prefix in hands:
+            os.kill(int((prefix / "nginx.pid").read_text()), 15)
+        raise
     urls = {"direct": f"http://127.0.0.1:{port}/fast/", "stack": f"http://127.0.0.1:{LONE}/fast/",
             "hand": f"http://127.0.0.1:{HAND}/fast/", "minimal": f"http://127.0.0.1:{HAND + 2}/fast/",
             "routes10": f"http://127.0.0.1:{ROUTES_FEW}/fast/", "routes10k": f"http://127.0.0.1:{ROUTES_MANY}/fast/"}

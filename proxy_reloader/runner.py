@@ -83,6 +83,7 @@ class Runner:
         self.boot: Optional[str] = None
         self.recheck: Optional[threading.Timer] = None
         self._last_check = 0.0
+        self._static_text: Optional[str] = None
         self._last_beat = float("-inf")
 
     @property
@@ -90,6 +91,12 @@ class Runner:
         return self.options.mode == DYNAMIC
 
     def _render(self, routes: List[Route]) -> str:
+        if self.dynamic:
+            # no route in it: the same text for the runner's whole life, rendered once
+            if self._static_text is None:
+                self._static_text = render([], self.settings.prefix, self.settings.listen, self.settings.workers,
+                                           self.settings)
+            return self._static_text
         return render(routes, self.settings.prefix, self.settings.listen, self.settings.workers, self.settings)
 
     # --- computing what to serve -----------------------------------------------------------

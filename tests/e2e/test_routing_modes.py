@@ -1,5 +1,6 @@
-"""The same routing semantics in both modes (dynamic: the Lua balancer reads a pushed table;
-reload: every change is a config and a reload), on real Consul and nginx.
+"""The same routing semantics in both modes (dynamic: the Lua router reads a pushed table;
+reload: every change is a config and a reload), on real Consul and nginx: the same routes, the
+same settings, and each client on the same side of a canary split.
 
 Instances are registered straight into Consul with their gates passed by the test; each answers
 with its own name, so the test sees which one served."""
@@ -18,6 +19,7 @@ import pytest
 from catalog import route_settings
 from catalog.model import Instance, RoutingPolicy
 from testbed.load import KeepAliveLoad
+from testbed.split import in_split
 from testbed.nginx_workers import WorkerGenerations
 from testbed.processes import Proc, get_json, pid_alive, python_module, wait_until
 
@@ -164,8 +166,11 @@ def test_canary_split_stickiness_header_and_cookie(proxy, service, stores):
     wait_until(lambda: routed(proxy, service.name, 2) and proxy.status(f"/services/{service.name}")["canary"],
                30, "canary routed")
     path = f"/{service.name}/x"
-    canary = sum(proxy.get(path, {"X-Client-Id": f"client-{i}"})[1]["version"] == "v2" for i in range(1000))
+    sides = {f"client-{i}": proxy.get(path, {"X-Client-Id": f"client-{i}"})[1]["version"] for i in range(1000)}
+    canary = sum(v == "v2" for v in sides.values())
     assert 150 <= canary <= 250, f"{canary / 10:.1f} % to the canary at weight 20"
+    # each client where nginx's split_clients puts it, in both modes alike
+    assert sides == {key: "v2" if in_split(key, 20) else "v1" for key in sides}
     for i in range(20):                      # sticky: a client stays on its side
         sides = {proxy.get(path, {"X-Client-Id": f"sticky-{i}"})[1]["version"] for _ in range(5)}
         assert len(sides) == 1

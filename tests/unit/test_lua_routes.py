@@ -81,3 +81,28 @@ def test_the_longest_matching_prefix_wins_whatever_the_routes(tmp_path_factory, 
             assert (name, path) == (None, uri + "/")
         else:
             assert (name, path) == (None, None)
+
+
+def split_answers(tmp_path, keys, weight):
+    luajit = shutil.which("luajit")
+    cases = tmp_path / "keys.json"
+    cases.write_text(json.dumps({"keys": keys, "weight": weight}))
+    script = tmp_path / "split.lua"
+    script.write_text(
+        f'package.path = "{LUA_DIR}/?.lua;" .. package.path\n'
+        'local cjson = require "cjson.safe"\nlocal routes = require "proxystack.routes"\n'
+        'local f = assert(io.open(arg[1])); local c = cjson.decode(f:read("*a")); f:close()\n'
+        'local out = {}\nfor i, k in ipairs(c.keys) do out[i] = {string.format("%d", routes.murmur2(k)), '
+        'routes.in_split(k, c.weight)} end\nio.write(cjson.encode(out))\n')
+    out = subprocess.run([luajit, str(script), str(cases)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return [(int(h), side) for h, side in json.loads(out.stdout)]
+
+
+@settings(max_examples=20, deadline=None)
+@given(keys=st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40), min_size=1,
+                          max_size=50), weight=st.integers(0, 100))
+def test_the_lua_split_hashes_each_client_key_as_nginxs_split_clients(tmp_path_factory, keys, weight):
+    from testbed.split import in_split, murmur2
+    got = split_answers(tmp_path_factory.mktemp("split"), keys, weight)
+    assert got == [(murmur2(k.encode()), in_split(k, weight)) for k in keys]

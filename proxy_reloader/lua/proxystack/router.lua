@@ -81,7 +81,7 @@ local function wants_canary(entry)
     local w = entry.weight or 0
     if w <= 0 then return false end
     if w >= 100 then return true end
-    return ngx.crc32_long(client_key()) % 100 < w
+    return routes.in_split(client_key(), w)
 end
 
 -- The pool for this request: the canary's when the client asks for it or the split sends it
@@ -115,9 +115,8 @@ function _M.route(listener)
         return "301"
     end
     local ctx = ngx.ctx
-    ctx.service = name
-    ctx.version = "none"
-    ngx.var.proxystack_service = name
+    ctx.service = name                   -- for the metrics (their version is "none" until a peer is set)
+    ngx.var.proxystack_service = name    -- for the JSON of the proxy's own answers (403, 502, 504...)
     local entry = backends.get(name)
     local route = entry and entry.route or NO_ROUTE
     if (route.protocol == "grpc") ~= (listener == "grpc") then
