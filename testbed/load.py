@@ -188,7 +188,8 @@ class WebSocketEcho(threading.Thread):
         import aiohttp
         try:
             async with aiohttp.ClientSession() as session:
-                async with session.ws_connect(self.url, timeout=10, headers=self.headers) as ws:
+                async with session.ws_connect(self.url, headers=self.headers,
+                                              timeout=aiohttp.ClientWSTimeout(ws_close=10)) as ws:
                     self.open.set()
                     n = 0
                     while not self.stopping.is_set():
