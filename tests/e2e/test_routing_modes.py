@@ -11,13 +11,12 @@ import time
 from dataclasses import replace
 import urllib.error
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from threading import Thread
 
 import pytest
 
 from catalog import route_settings
 from catalog.model import Instance, RoutingPolicy
+from testbed.http_backend import LoopbackHTTP, read_body, reply_json
 from testbed.load import KeepAliveLoad
 from testbed.split import in_split
 from testbed.nginx_workers import WorkerGenerations
@@ -29,41 +28,16 @@ PORTS = {"dynamic": (18006, 19006), "reload": (18007, 19007)}
 GRPC_PORTS = {"dynamic": 18766, "reload": 18767}
 
 
-class Backend:
+class Backend(LoopbackHTTP):
     """A loopback HTTP server that answers {"name": ..., "version": ...} (after 3 s under /slow/)."""
 
     def __init__(self, name: str, version: str):
-        body = json.dumps({"name": name, "version": version}).encode()
-
-        class H(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            # headers and body leave in two writes: without TCP_NODELAY each answer on a kept-alive
-            # connection waits out the client's delayed ACK (40 ms)
-            disable_nagle_algorithm = True
-
-            def do_GET(self):
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if "/slow/" in self.path:
-                    time.sleep(3)
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            do_POST = do_GET
-
-            def log_message(self, *a):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        def answer(handler):
+            read_body(handler)
+            if "/slow/" in handler.path:
+                time.sleep(3)
+            reply_json(handler, {"name": name, "version": version})
+        super().__init__(answer)
 
 
 @pytest.fixture(scope="module", params=["dynamic", "reload"])

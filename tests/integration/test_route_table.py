@@ -12,8 +12,6 @@ import signal
 import socket
 import subprocess
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from threading import Thread
 
 import pytest
 
@@ -21,6 +19,7 @@ from proxy_reloader import backends
 from proxy_reloader.nginx import Nginx
 from proxy_reloader.push import PushClient, ensure_secret
 from proxy_reloader.render import DYNAMIC, Settings, render
+from testbed.http_backend import LoopbackHTTP, read_body, reply_json
 from testbed.nginx_workers import WorkerGenerations
 from testbed.processes import wait_until
 
@@ -28,68 +27,42 @@ PORT = 18764
 GRPC_PORT = 18765
 
 
-class Backend:
+class Backend(LoopbackHTTP):
     """Answers {"name", "path", "host", "body"} (the body's length); /slow/ waits 3 s, /stream/
     sends a line every 0.2 s for 3 s, /big/ sends 16 MiB and notes when it has sent it all
     (none of them with a header that would turn nginx's buffering off)."""
 
     def __init__(self, name: str):
         self.sent_all = []
-        backend = self
+        super().__init__(lambda handler: self._answer(name, handler))
 
-        class H(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            # headers and body leave in two writes: without TCP_NODELAY each answer on a kept-alive
-            # connection waits out the client's delayed ACK (40 ms)
-            disable_nagle_algorithm = True
-
-            def _answer(self):
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                if "/stream/" in self.path:
-                    self.send_response(200)
-                    self.send_header("Content-Type", "text/plain")
-                    self.send_header("Transfer-Encoding", "chunked")
-                    self.end_headers()
-                    for i in range(15):
-                        line = f"tick {i}\n".encode()
-                        self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
-                        self.wfile.flush()
-                        time.sleep(0.2)
-                    self.wfile.write(b"0\r\n\r\n")
-                    return
-                if "/big/" in self.path:
-                    size = 16 * 1024 * 1024
-                    self.send_response(200)
-                    self.send_header("Content-Length", str(size))
-                    self.end_headers()
-                    for _ in range(size // 65536):
-                        self.wfile.write(b"x" * 65536)
-                    backend.sent_all.append(self.path)
-                    return
-                if "/slow/" in self.path:
-                    time.sleep(3)
-                out = json.dumps({"name": name, "path": self.path, "host": self.headers.get("Host"),
-                                  "body": len(body)}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
-
-            do_GET = do_POST = _answer
-
-            def log_message(self, *a):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+    def _answer(self, name, handler):
+        body = read_body(handler)
+        if "/stream/" in handler.path:
+            handler.send_response(200)
+            handler.send_header("Content-Type", "text/plain")
+            handler.send_header("Transfer-Encoding", "chunked")
+            handler.end_headers()
+            for i in range(15):
+                line = f"tick {i}\n".encode()
+                handler.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+                handler.wfile.flush()
+                time.sleep(0.2)
+            handler.wfile.write(b"0\r\n\r\n")
+            return
+        if "/big/" in handler.path:
+            size = 16 * 1024 * 1024
+            handler.send_response(200)
+            handler.send_header("Content-Length", str(size))
+            handler.end_headers()
+            for _ in range(size // 65536):
+                handler.wfile.write(b"x" * 65536)
+            self.sent_all.append(handler.path)
+            return
+        if "/slow/" in handler.path:
+            time.sleep(3)
+        reply_json(handler, {"name": name, "path": handler.path, "host": handler.headers.get("Host"),
+                             "body": len(body)})
 
 
 def free_port() -> int:
