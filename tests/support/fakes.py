@@ -154,3 +154,26 @@ class FakeNginx:
             return False
         self.install(self.validate(text), text)
         return True
+
+
+class FakeSwarm:
+    """Swarm services by the Consul service they register as; `scaled` is what was asked, and
+    `refuse` an error every scale raises (as Swarm refusing it)."""
+
+    def __init__(self, *services, active=True, refuse=None):
+        self.services = {s.registers_as: s for s in services}
+        self.is_active, self.refuse, self.scaled = active, refuse, []
+
+    def active(self):
+        return self.is_active
+
+    def service(self, name):
+        return self.services.get(name)
+
+    def scaled_services(self):
+        return list(self.services.values())
+
+    def scale(self, svc, replicas):
+        if self.refuse:
+            raise self.refuse
+        self.scaled.append((svc.name, replicas))

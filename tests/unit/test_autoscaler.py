@@ -17,30 +17,9 @@ from catalog.validation import InvalidValue
 from gatekeeper.fleet.autoscaler import Autoscaler, scale_by_hand
 from gatekeeper.fleet.scaling import Load
 from gatekeeper.fleet.swarm import SwarmError, SwarmService
+from tests.support.fakes import FakeSwarm as Swarm
 
 BY_AUTOSCALER = "gatekeeper (autoscaler)"
-
-
-class Swarm:
-    """Swarm services by the Consul service they register as; `scaled` is what was asked."""
-
-    def __init__(self, *services, active=True, refuse=None):
-        self.services = {s.registers_as: s for s in services}
-        self.is_active, self.refuse, self.scaled = active, refuse, []
-
-    def active(self):
-        return self.is_active
-
-    def service(self, name):
-        return self.services.get(name)
-
-    def scaled_services(self):
-        return list(self.services.values())
-
-    def scale(self, svc, replicas):
-        if self.refuse:
-            raise self.refuse
-        self.scaled.append((svc.name, replicas))
 
 
 class Instances:

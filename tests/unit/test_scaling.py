@@ -7,6 +7,7 @@ from catalog.validation import InvalidValue, parse_scale_label
 from gatekeeper.fleet.autoscaler import Autoscaler, scale_by_hand
 from gatekeeper.fleet.scaling import Load, decide
 from gatekeeper.fleet.swarm import SwarmError, SwarmService
+from tests.support.fakes import FakeSwarm
 
 S = Scaling(min=1, max=6, rps=100, cooldown=30, step=2)
 
@@ -61,24 +62,6 @@ def test_the_label_is_checked_setting_by_setting():
         with pytest.raises(InvalidValue) as exc:
             parse_scale_label(bad)
         assert exc.value.field == field, bad
-
-
-class FakeSwarm:
-    def __init__(self, *services, active=True):
-        self.services = {s.registers_as: s for s in services}
-        self.is_active, self.scaled = active, []
-
-    def active(self):
-        return self.is_active
-
-    def service(self, name):
-        return self.services.get(name)
-
-    def scaled_services(self):
-        return list(self.services.values())
-
-    def scale(self, svc, replicas):
-        self.scaled.append((svc.name, replicas))
 
 
 class FakeStore:
