@@ -300,7 +300,8 @@ def cmd_history(args, stores: Stores) -> int:
     _known_service(stores, args.service)
     entries = stores.history.of(args.service)
     if args.json:
-        print(json.dumps(entries, indent=2, sort_keys=True))
+        # one JSON object, as every --json answer: the events, oldest first, under "history"
+        print(json.dumps({"service": args.service, "history": entries}, indent=2, sort_keys=True))
         return EXIT_OK
     if not entries:
         print(f"{args.service}: no history yet")

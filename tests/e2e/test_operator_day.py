@@ -201,7 +201,7 @@ def test_a_failed_instance_is_admitted_only_by_the_break_glass_token_and_history
                                "routed": False}
     stack.wait(lambda: instance_of(stack, "odforce", bad).admitted, 30, "gatekeeper to open the forced gate")
     assert instance_of(stack, "odforce", bad).gate_output == "forced admission: hotfix, tests broken upstream"
-    history = json.loads(stack.gatekeeper_cli("history", "odforce", "--json")[1])
+    history = json.loads(stack.gatekeeper_cli("history", "odforce", "--json")[1])["history"]
     forced = [h for h in history if h["event"] == "forced admission"]
     assert forced and forced[-1]["instance"] == iid and forced[-1]["by"] == "operator (break-glass)", history
     assert version_at(stack, "odforce") == "v1", "admitted is not routed: v3 waits for the operator"

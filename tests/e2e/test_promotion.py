@@ -100,7 +100,9 @@ class TestCanary:
         wait(stack, lambda: set(versions_for(stack, 40, lambda i: {"X-Client-Id": f"b{i}"})) == {"v1"}, 20,
              "the canary out of traffic")
         code, out, _ = stack.gatekeeper_cli("history", SERVICE, "--json")
-        events = [e["event"] for e in json.loads(out)]
+        answer = json.loads(out)
+        assert answer["service"] == SERVICE
+        events = [e["event"] for e in answer["history"]]
         assert events[-1] == "aborted" and "promoted" in events and "rolled back" in events
 
     def test_8_a_canary_that_turns_unhealthy_is_aborted_automatically(self, stack, docker_client):
@@ -112,7 +114,7 @@ class TestCanary:
             c.exec_run(["touch", "/tmp/sick"])
             wait(stack, lambda: policy(stack).canary == "", 25, "the automatic abort (10 s grace + detection)")
             code, out, _ = stack.gatekeeper_cli("history", SERVICE, "--json")
-            last = json.loads(out)[-1]
+            last = json.loads(out)["history"][-1]
             assert last["event"] == "aborted" and last["by"] == "gatekeeper (auto-rollback)" and "v5" == last["version"]
         finally:
             stack.containers.pop("v5").remove(force=True)
