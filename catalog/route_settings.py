@@ -132,6 +132,12 @@ def _rate_limit(label: str, raw: str) -> dict:
             "text": f"{m.group(1)}r/{m.group(2)}" + (f",burst={int(m.group(3))}" if m.group(3) else "")}
 
 
+def rate_limit_parts(canonical: str) -> Tuple[str, int]:
+    """'50r/s,burst=100' -> ('50r/s', 100): the rate as nginx's limit_req_zone writes it, and the burst."""
+    m = _RATE.fullmatch(canonical)
+    return f"{m.group(1)}r/{m.group(2)}", int(m.group(3) or 0)
+
+
 # setting -> (parse raw label text -> value for the proxy, canonical text from that value)
 SETTINGS = {
     "timeout": (lambda l, r: _seconds(l, r, 1, 3600), None),

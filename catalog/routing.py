@@ -11,6 +11,7 @@ from functools import partial
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .model import Instance, RegisteredInstance, RoutingPolicy
+from .route_settings import hosts_of
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ class Route:
     @property
     def hosts(self) -> Tuple[str, ...]:
         """The names the route answers; none: every name no other route claims."""
-        return tuple(n for n in self.host.split(",") if n)
+        return hosts_of(self.host)
 
     @property
     def upstream_name(self) -> str:
@@ -61,8 +62,7 @@ def _pool(version: str, instances: Sequence[Instance]) -> Pool:
 
 def route_keys(inst: Instance) -> List[Tuple[str, str]]:
     """The (host name, path) pairs an instance's labels claim; "" is the default host."""
-    hosts = [h for h in inst.proxy_host.split(",") if h] or [""]
-    return [(host, inst.path) for host in hosts]
+    return [(host, inst.path) for host in hosts_of(inst.proxy_host) or ("",)]
 
 
 def _defining(registered: Sequence[RegisteredInstance], admitted: Sequence[Instance],

@@ -15,6 +15,7 @@ from typing import Iterable, List, Tuple
 
 import jinja2
 
+from catalog import route_settings
 from catalog.routing import Route
 
 RELOAD, DYNAMIC = "reload", "dynamic"
@@ -24,6 +25,7 @@ _env = jinja2.Environment(loader=jinja2.PackageLoader("proxy_reloader", "templat
                           trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
                           undefined=jinja2.StrictUndefined, autoescape=False)
 _env.filters["regex_escape"] = re.escape
+_env.filters["rate_limit_parts"] = route_settings.rate_limit_parts
 
 
 @dataclass(frozen=True)

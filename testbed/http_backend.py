@@ -3,6 +3,7 @@ container: threaded, on a free port of 127.0.0.1, every GET and POST answered by
 from __future__ import annotations
 
 import json
+import socket
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from threading import Thread
 from typing import Callable
@@ -46,3 +47,12 @@ def reply_json(handler: BaseHTTPRequestHandler, data, status: int = 200) -> None
     handler.send_header("Content-Length", str(len(out)))
     handler.end_headers()
     handler.wfile.write(out)
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on: a connection to it is refused."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port

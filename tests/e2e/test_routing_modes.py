@@ -16,7 +16,7 @@ import pytest
 
 from catalog import route_settings
 from catalog.model import Instance, RoutingPolicy
-from testbed.http_backend import LoopbackHTTP, read_body, reply_json
+from testbed.http_backend import LoopbackHTTP, closed_port, read_body, reply_json
 from testbed.load import KeepAliveLoad
 from testbed.split import in_split
 from testbed.nginx_workers import WorkerGenerations
@@ -236,22 +236,13 @@ def post(proxy, path, size, host):
 
 def test_a_refused_peer_costs_a_retry_not_a_client_error(proxy, service):
     service("v1")
-    service("v1", port=_closed_port())
+    service("v1", port=closed_port())
     wait_until(lambda: routed(proxy, service.name, 2), 30, "both routed")
     load = KeepAliveLoad("127.0.0.1", proxy.listen, path=f"/{service.name}/x", connections=4, rate=25,
                          max_seconds=3).start()
     time.sleep(3)
     load.finish()
     assert load.total > 100 and load.failures == []
-
-
-def _closed_port() -> int:
-    import socket
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def metric(text: str, name: str, **labels) -> float:

@@ -9,7 +9,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 
@@ -19,7 +18,7 @@ from proxy_reloader import backends
 from proxy_reloader.nginx import Nginx
 from proxy_reloader.push import PushClient, ensure_secret
 from proxy_reloader.render import DYNAMIC, Settings, render
-from testbed.http_backend import LoopbackHTTP, read_body, reply_json
+from testbed.http_backend import LoopbackHTTP, closed_port, read_body, reply_json
 from testbed.nginx_workers import WorkerGenerations
 from testbed.processes import wait_until
 
@@ -63,15 +62,6 @@ class Backend(LoopbackHTTP):
             time.sleep(3)
         reply_json(handler, {"name": name, "path": handler.path, "host": handler.headers.get("Host"),
                              "body": len(body)})
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on: a connection to it is refused."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 @pytest.fixture(scope="module")
@@ -231,7 +221,7 @@ def test_the_read_timeout_is_the_routes_own(proxy):
 
 def test_retries_move_a_refused_request_to_another_instance_and_zero_turns_them_off(proxy):
     live = proxy.backend("rt-live").port
-    dead = [free_port(), free_port()]
+    dead = [closed_port(), closed_port()]
     proxy.route("rt", path="/rt/", ports=dead + [live])
     # two retries by default: whichever server round robin starts at, two dead ones are passed
     assert all(proxy.request("/rt/x")[0] == 200 for _ in range(6))

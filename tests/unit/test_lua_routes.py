@@ -5,28 +5,17 @@ and a route's path without its final slash as a redirect. On a real nginx:
 tests/integration/test_route_table.py."""
 from __future__ import annotations
 
-import json
-import shutil
-import subprocess
-from pathlib import Path
 
 from hypothesis import given, settings, strategies as st
 
-ROOT = Path(__file__).resolve().parents[2]
-LUA_DIR = ROOT / "proxy_reloader" / "lua"
+from tests.support.lua import run_lua
+
 
 
 def find(tmp_path, routes, requests):
     """routes: {service: (path, [hosts])} -> the Lua side's (service, path) per (host, uri)."""
-    luajit = shutil.which("luajit")
-    assert luajit, "luajit is missing: `bash scripts/install.sh all` installs it (Debian's luajit2)"
     entries = {name: {"service": name, "route": {"path": path, "hosts": hosts}} for name, (path, hosts) in routes.items()}
-    cases = tmp_path / "cases.json"
-    cases.write_text(json.dumps({"entries": entries, "requests": requests}))
-    out = subprocess.run([luajit, str(ROOT / "tests" / "lua" / "find_routes.lua"), str(LUA_DIR), str(cases)],
-                         capture_output=True, text=True, timeout=30)
-    assert out.returncode == 0, out.stderr
-    return [tuple(a) for a in json.loads(out.stdout)]
+    return [tuple(a) for a in run_lua("routes", {"entries": entries, "requests": requests}, tmp_path)]
 
 
 ROUTES = {
@@ -84,19 +73,7 @@ def test_the_longest_matching_prefix_wins_whatever_the_routes(tmp_path_factory, 
 
 
 def split_answers(tmp_path, keys, weight):
-    luajit = shutil.which("luajit")
-    cases = tmp_path / "keys.json"
-    cases.write_text(json.dumps({"keys": keys, "weight": weight}))
-    script = tmp_path / "split.lua"
-    script.write_text(
-        f'package.path = "{LUA_DIR}/?.lua;" .. package.path\n'
-        'local cjson = require "cjson.safe"\nlocal routes = require "proxystack.routes"\n'
-        'local f = assert(io.open(arg[1])); local c = cjson.decode(f:read("*a")); f:close()\n'
-        'local out = {}\nfor i, k in ipairs(c.keys) do out[i] = {string.format("%d", routes.murmur2(k)), '
-        'routes.in_split(k, c.weight)} end\nio.write(cjson.encode(out))\n')
-    out = subprocess.run([luajit, str(script), str(cases)], capture_output=True, text=True, timeout=30)
-    assert out.returncode == 0, out.stderr
-    return [(int(h), side) for h, side in json.loads(out.stdout)]
+    return [(int(h), side) for h, side in run_lua("split", {"keys": keys, "weight": weight}, tmp_path)]
 
 
 @settings(max_examples=20, deadline=None)

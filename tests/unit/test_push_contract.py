@@ -7,18 +7,15 @@ tests/integration/test_push_endpoint.py."""
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from tests.support.lua import run_lua
+
 from catalog import validation
 from proxy_reloader import backends, contract
 
-ROOT = Path(__file__).resolve().parents[2]
-LUA_DIR = ROOT / "proxy_reloader" / "lua"
 
 
 def push(services, generation=5):
@@ -163,14 +160,7 @@ def python_answers():
 
 
 def lua_answers(tmp_path):
-    luajit = shutil.which("luajit")
-    assert luajit, "luajit is missing: `bash scripts/install.sh all` installs it (Debian's luajit2)"
-    cases = tmp_path / "cases.json"
-    cases.write_text(json.dumps([text for text, _ in CASES]))
-    out = subprocess.run([luajit, str(ROOT / "tests" / "lua" / "check_pushes.lua"), str(LUA_DIR), str(cases)],
-                         capture_output=True, text=True, timeout=30)
-    assert out.returncode == 0, out.stderr
-    return [[a["ok"], a["reason"]] for a in json.loads(out.stdout)]
+    return [[a["ok"], a["reason"]] for a in run_lua("pushes", [text for text, _ in CASES], tmp_path)]
 
 
 def expected():

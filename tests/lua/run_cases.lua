@@ -1,0 +1,36 @@
+-- Runs the Lua side's pure modules, as nginx loads them, over a file of cases and prints one JSON
+-- answer; tests/support/lua.py calls it for the unit tests (no nginx needed).
+-- Usage: luajit run_cases.lua LUA_DIR KIND CASES
+--   pushes  CASES: [push body as JSON text, ...]  -> [{ok, reason}, ...]  (proxystack/contract.lua)
+--   routes  CASES: {entries, requests: [[host, uri], ...]} -> [[service or null, path or null], ...]
+--           (proxystack/routes.lua, as the router picks a request's route)
+--   split   CASES: {keys, weight} -> [[murmur2 hash as text, in the canary's share], ...]
+package.path = arg[1] .. "/?.lua;" .. package.path
+local cjson = require "cjson.safe"
+local contract = require "proxystack.contract"
+local routes = require "proxystack.routes"
+
+local f = assert(io.open(arg[3], "r"))
+local cases = assert(cjson.decode(f:read("*a")))
+f:close()
+
+local out = {}
+if arg[2] == "pushes" then
+    for i, text in ipairs(cases) do
+        local ok, reason = contract.check_push(cjson.decode(text))
+        out[i] = {ok = ok == true, reason = reason or cjson.null}
+    end
+elseif arg[2] == "routes" then
+    local index = routes.build(cases.entries)
+    for i, r in ipairs(cases.requests) do
+        local name, path = routes.find(index, r[1], r[2])
+        out[i] = {name or cjson.null, path or cjson.null}
+    end
+elseif arg[2] == "split" then
+    for i, key in ipairs(cases.keys) do
+        out[i] = {string.format("%d", routes.murmur2(key)), routes.in_split(key, cases.weight)}
+    end
+else
+    error("unknown kind " .. tostring(arg[2]) .. ": pushes, routes or split")
+end
+io.write(cjson.encode(out), "\n")
