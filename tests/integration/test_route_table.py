@@ -230,6 +230,31 @@ def test_retries_move_a_refused_request_to_another_instance_and_zero_turns_them_
     assert set(answers) <= {200, 502} and answers.count(502) >= 2
 
 
+def requests_counted(proxy, service, version, status):
+    """proxystack_requests_total of one service, version and status class, as /metrics says."""
+    for line in proxy.client.metrics().splitlines():
+        if line.startswith(f'proxystack_requests_total{{service="{service}",version="{version}",status="{status}"}} '):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_the_proxys_own_502_and_504_count_in_the_metrics_under_the_version_that_failed(proxy):
+    # what the progressive analysis reads: a canary whose instances refuse connections or time out
+    # must show as failing, though nginx answers for it from another location
+    live, dead = proxy.backend("mx-live").port, closed_port()
+    proxy.push({"mx": {"service": "mx", "weight": 100,
+                       "stable": {"version": "v1", "servers": [["127.0.0.1", live, "v1"]]},
+                       "canary": {"version": "v2", "servers": [["127.0.0.1", dead, "v2"]]},
+                       "route": {"path": "/mx/", "hosts": [], "strip_prefix": False, "retries": 0}}})
+    statuses = [proxy.request("/mx/x") for _ in range(3)]
+    assert [s for s, _, _ in statuses] == [502] * 3 and statuses[0][1]["service"] == "mx"
+    proxy.route("mx-slow", path="/mx-slow/", timeout=1, retries=0)
+    assert proxy.request("/mx-slow/slow/")[0] == 504
+    wait_until(lambda: requests_counted(proxy, "mx", "v2", "5xx") == 3, 10, "the three 502s counted under v2")
+    wait_until(lambda: requests_counted(proxy, "mx-slow", "v1", "5xx") == 1, 10, "the 504 counted under v1")
+    assert requests_counted(proxy, "mx", "v1", "5xx") == 0
+
+
 def test_buffering_off_streams_at_the_clients_pace(proxy):
     """Buffered (the default), nginx takes a large answer from the instance as fast as it comes,
     into memory and a temporary file, whatever the client's pace; with proxy.buffering=off the

@@ -5,10 +5,13 @@
 --   routes  CASES: {entries, requests: [[host, uri], ...]} -> [[service or null, path or null], ...]
 --           (proxystack/routes.lua, as the router picks a request's route)
 --   split   CASES: {keys, weight} -> [[murmur2 hash as text, in the canary's share], ...]
+--   buckets CASES: [seconds, ...] -> {bounds: [le, ...], buckets: [index, ...]}
+--           (proxystack/latency.lua, the histogram bucket of a request's time)
 package.path = arg[1] .. "/?.lua;" .. package.path
 local cjson = require "cjson.safe"
 local contract = require "proxystack.contract"
 local routes = require "proxystack.routes"
+local latency = require "proxystack.latency"
 
 local f = assert(io.open(arg[3], "r"))
 local cases = assert(cjson.decode(f:read("*a")))
@@ -30,7 +33,10 @@ elseif arg[2] == "split" then
     for i, key in ipairs(cases.keys) do
         out[i] = {string.format("%d", routes.murmur2(key)), routes.in_split(key, cases.weight)}
     end
+elseif arg[2] == "buckets" then
+    out = {bounds = latency.BUCKETS, buckets = {}}
+    for i, took in ipairs(cases) do out.buckets[i] = latency.bucket(took) end
 else
-    error("unknown kind " .. tostring(arg[2]) .. ": pushes, routes or split")
+    error("unknown kind " .. tostring(arg[2]) .. ": pushes, routes, split or buckets")
 end
 io.write(cjson.encode(out), "\n")

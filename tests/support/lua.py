@@ -11,7 +11,7 @@ LUA_DIR = ROOT / "proxy_reloader" / "lua"
 
 
 def run_lua(kind: str, cases, tmp_path: Path):
-    """The Lua side's answer (decoded JSON) to `cases` of `kind`: pushes, routes or split."""
+    """The Lua side's answer (decoded JSON) to `cases` of `kind`: pushes, routes, split or buckets."""
     luajit = shutil.which("luajit")
     assert luajit, "luajit is missing: `bash scripts/install.sh all` installs it (Debian's luajit2)"
     path = tmp_path / f"{kind}.json"

@@ -2,9 +2,11 @@
 host names as nginx picks server blocks (exact, then the longest wildcard, then the default
 host, with no fallback from a named host to the default's routes), then the longest path prefix,
 and a route's path without its final slash as a redirect. On a real nginx:
-tests/integration/test_route_table.py."""
+tests/integration/test_route_table.py. Also the canary split's hash and the latency histogram's
+buckets (proxystack/latency.lua), the other pure parts of the per-request path."""
 from __future__ import annotations
 
+import bisect
 
 from hypothesis import given, settings, strategies as st
 
@@ -83,3 +85,17 @@ def test_the_lua_split_hashes_each_client_key_as_nginxs_split_clients(tmp_path_f
     from testbed.split import in_split, murmur2
     got = split_answers(tmp_path_factory.mktemp("split"), keys, weight)
     assert got == [(murmur2(k.encode()), in_split(k, weight)) for k in keys]
+
+
+@settings(max_examples=20, deadline=None)
+@given(times=st.lists(st.one_of(st.floats(0, 30, allow_nan=False),
+                                st.sampled_from([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10])),
+                      min_size=1, max_size=60))
+def test_each_request_time_is_counted_in_the_first_bucket_whose_bound_it_does_not_exceed(tmp_path_factory, times):
+    # what /metrics reports as proxystack_request_duration_seconds_bucket{le=...}, as Prometheus
+    # defines `le`: a request of exactly 0.1 s is within le="0.1"
+    got = run_lua("buckets", times, tmp_path_factory.mktemp("buckets"))
+    bounds = got["bounds"]
+    assert bounds == sorted(bounds) and len(bounds) == 11
+    for took, index in zip(times, got["buckets"]):
+        assert index == 1 + bisect.bisect_left(bounds, took), (took, index)

@@ -10,6 +10,9 @@ local contract = require "proxystack.contract"
 local _M = {}
 
 local dict = ngx.shared.proxystack_backends
+-- The generation counters, which every request reads, in a dict of their own: a shared dict's
+-- lookup grows with its number of keys, and this one holds three.
+local state = ngx.shared.proxystack_state
 local cache = {}            -- per worker: service -> {stamp = N, seen = generation, entry = table}
 
 -- Whether a push keeps the contract (contract.lua, from the contract.json both sides read).
@@ -17,7 +20,7 @@ _M.check_entry = contract.check_entry
 _M.check_push = contract.check_push
 
 function _M.generation()
-    return dict:get("generation") or 0
+    return state:get("generation") or 0
 end
 
 function _M.boot()
@@ -31,7 +34,7 @@ end
 -- The generation of the last push that changed a route (a service came or went, or its path,
 -- names or settings changed): workers build their route index again only then.
 function _M.routes_generation()
-    return dict:get("routes") or 0
+    return state:get("routes") or 0
 end
 
 -- A service's route as last applied ("rt:" keys), to notice a push that changes routes.
@@ -74,16 +77,17 @@ function _M.apply(body)
     for n in pairs(known) do list[#list + 1] = n end
     table.sort(list)
     dict:set("names", cjson.encode(list))
-    if routes_changed then dict:set("routes", gen) end
-    dict:set("generation", gen)
+    if routes_changed then state:set("routes", gen) end
+    state:set("generation", gen)
     return true
 end
 
 -- The entry of one service as this worker sees it (nil: nothing admitted, or unknown).
 -- While the table's generation is the one this worker last checked, that is one read of a
--- constant key; after a push, each service's stamp says whether its entry changed.
-function _M.get(service)
-    local gen = dict:get("generation")
+-- constant key (none when the caller read the generation already: `gen`); after a push, each
+-- service's stamp says whether its entry changed.
+function _M.get(service, gen)
+    gen = gen or state:get("generation")
     local hit = cache[service]
     if hit and hit.seen == gen then return hit.entry end
     local stamp = dict:get("stamp:" .. service)
@@ -95,6 +99,24 @@ function _M.get(service)
     local entry = raw and cjson.decode(raw) or nil
     cache[service] = {stamp = stamp, seen = gen, entry = entry}
     return entry
+end
+
+-- The version of the server of `service` at the last address of `addresses` ($upstream_addr:
+-- every server a request tried, "a:p, b:p"), or nil.
+function _M.version_at(service, addresses)
+    local entry = _M.get(service)
+    local last = addresses and addresses:match("([^%s,]+)%s*$")
+    if entry == nil or last == nil then return nil end
+    for _, side in ipairs({"stable", "canary"}) do
+        local pool = entry[side]
+        if type(pool) == "table" then
+            for _, s in ipairs(pool.servers) do
+                local host = s[1]:find(":", 1, true) and ("[" .. s[1] .. "]") or s[1]
+                if host .. ":" .. s[2] == last then return s[3] end
+            end
+        end
+    end
+    return nil
 end
 
 -- Every service's entry as this worker sees it (decoded once per change, as by get).

@@ -3,21 +3,38 @@
 -- once a second (and when it exits), so a request costs no lock; /metrics reads the dict.
 local _M = {}
 
+local backends = require "proxystack.backends"
+local latency = require "proxystack.latency"
+
 local dict = ngx.shared.proxystack_metrics
-local BUCKETS = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}
-local NB = #BUCKETS + 1
+local BUCKETS = latency.BUCKETS
+local NB = latency.COUNT
+local bucket = latency.bucket
 local CLASSES = {"1xx", "2xx", "3xx", "4xx", "5xx"}
 -- per worker, not yet in the dict: service -> version -> {count per class, count per bucket, sum}
 local pending = {}
 
+-- The service and version of an answer that ngx.ctx no longer knows: the proxy's own 502 and
+-- 504, which nginx gives from another location (an internal redirect, which clears ngx.ctx). The
+-- router left the service's name in $proxystack_service; the version is that of the last server
+-- tried ($upstream_addr).
+local function answered_elsewhere()
+    local service = ngx.var.proxystack_service
+    if service == nil or service == "" then return nil end
+    return service, backends.version_at(service, ngx.var.upstream_addr)
+end
+
 -- log phase: a few table updates, no string built per request
 function _M.log()
     local ctx = ngx.ctx
-    local service = ctx.service
-    if not service then return end
+    local service, version = ctx.service, ctx.version
+    if not service then
+        service, version = answered_elsewhere()
+        if not service then return end
+    end
     local by_version = pending[service]
     if not by_version then by_version = {}; pending[service] = by_version end
-    local version = ctx.version or "none"
+    version = version or "none"
     local c = by_version[version]
     if not c then
         c = {classes = {0, 0, 0, 0, 0}, buckets = {}, sum = 0}
@@ -27,10 +44,7 @@ function _M.log()
     local class = math.floor(ngx.status / 100)
     if class >= 1 and class <= 5 then c.classes[class] = c.classes[class] + 1 end
     local took = ngx.now() - ngx.req.start_time()
-    local b = NB
-    for i = 1, NB - 1 do
-        if took <= BUCKETS[i] then b = i; break end
-    end
+    local b = bucket(took)
     c.buckets[b] = c.buckets[b] + 1
     c.sum = c.sum + took
 end

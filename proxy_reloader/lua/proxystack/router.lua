@@ -37,16 +37,52 @@ local function over_limit(name, limit)
     return false
 end
 
--- per worker: the route index and the routes generation it was built from
-local index, index_gen = nil, nil
+-- Per worker, everything a request needs once it has read the table's generation, kept until
+-- the generation moves on: the route index (built again only when a route changed), each
+-- request host and path's route as the index answered it, and the entries looked up.
+local seen, index, index_gen = nil, nil, nil
+local found, nfound = {}, 0     -- host -> uri -> {service or false, path or false}
+local known = {}                -- service -> entry, false: none
+local MAX_FOUND = 20000         -- then forgotten and found again (any client may send any path)
 
-local function current_index()
-    local gen = backends.routes_generation()
-    if index == nil or index_gen ~= gen then
+local function refresh()
+    local gen = backends.generation()
+    if gen == seen then return end
+    local rgen = backends.routes_generation()
+    if index == nil or index_gen ~= rgen then
         index = routes.build(backends.entries())
-        index_gen = gen
+        index_gen = rgen
+        found, nfound = {}, 0
     end
-    return index
+    known = {}
+    seen = gen
+end
+
+-- (service, route path) for a request, as routes.find answers it.
+local function find(host, uri)
+    if nfound >= MAX_FOUND then found, nfound = {}, 0 end
+    local by_host = found[host]
+    if by_host == nil then
+        by_host = {}
+        found[host] = by_host
+    end
+    local hit = by_host[uri]
+    if hit == nil then
+        local name, path = routes.find(index, host, uri)
+        hit = {name or false, path or false}
+        by_host[uri] = hit
+        nfound = nfound + 1
+    end
+    return hit[1] or nil, hit[2] or nil
+end
+
+local function entry_of(name)
+    local entry = known[name]
+    if entry == nil then
+        entry = backends.get(name, seen) or false
+        known[name] = entry
+    end
+    return entry or nil
 end
 
 -- A route's allow-list, parsed once per worker per entry (entries are replaced, never changed).
@@ -94,7 +130,10 @@ local function choose(entry)
     return stable.servers
 end
 
--- rewrite phase, from set_by_lua (which, unlike access_by_lua, needs no coroutine per request).
+-- rewrite phase, from set_by_lua (which, unlike access_by_lua, needs no coroutine per request),
+-- with the request's $host, $uri and $http_content_length as arguments (nginx evaluates them,
+-- cheaper than reading ngx.var). Written to compile (no loop on the way of a request whose route
+-- was seen before), as the JIT compiles only such code.
 -- `listener`: "http", "stream" (the second call for a route that does not buffer) or "grpc"
 -- (the gRPC listener, where only proxy.protocol=grpc routes answer). Returns what the location
 -- does next:
@@ -104,10 +143,10 @@ end
 --   "403"     the client's network is not allowed;  "429" over the route's rate limit
 --   "413"     the declared body is larger than the route takes;  "503" nothing admitted
 --   "stream"  a route with buffering off: the location hands the request on to @stream
-function _M.route(listener)
+function _M.route(listener, host, uri, content_length)
     local streaming = listener == "stream"
-    local uri = ngx.var.uri
-    local name, path = routes.find(current_index(), ngx.var.host or "", uri)
+    refresh()
+    local name, path = find(host or "", uri)
     if name == nil then
         if path == nil then return "404" end
         local args = ngx.var.args
@@ -116,15 +155,15 @@ function _M.route(listener)
     end
     local ctx = ngx.ctx
     ctx.service = name                   -- for the metrics (their version is "none" until a peer is set)
-    ngx.var.proxystack_service = name    -- for the JSON of the proxy's own answers (403, 502, 504...)
-    local entry = backends.get(name)
+    ngx.var.proxystack_service = name    -- for the proxy's own answers (403, 502, 504...): their JSON and metrics
+    local entry = entry_of(name)
     local route = entry and entry.route or NO_ROUTE
     if (route.protocol == "grpc") ~= (listener == "grpc") then
         return listener == "grpc" and "404" or "426"
     end
     if route.allow and not allowed(route) then return "403" end
     if route.rate_limit and not streaming and over_limit(name, route.rate_limit) then return "429" end
-    local length = tonumber(ngx.var.http_content_length)
+    local length = tonumber(content_length)
     if length and length > (route.body_size or DEFAULT_BODY_SIZE) then return "413" end
     if route.buffering == false and not streaming then return "stream" end
     local servers = choose(entry)
