@@ -79,7 +79,7 @@ def target(docker_client, tmp_path):
     c.remove(force=True)
 
 
-@pytest.mark.timeout(600)     # two runs of the whole playbook: about 3 minutes here
+@pytest.mark.timeout(600)     # two runs of the whole playbook: about 80 s here
 def test_the_playbook_applies_to_a_fresh_machine_and_a_second_run_changes_nothing(target, tmp_path):
     certs("ca", str(tmp_path / "ca"))
     certs("server", str(tmp_path / "ca"), str(tmp_path / "engine"), "IP:127.0.0.1,DNS:prod")
