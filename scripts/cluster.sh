@@ -159,11 +159,11 @@ dockerd_up() {
   wait_for "$h's Docker engine" 60 hdocker "$h" info
 }
 
-images_to() {
+images_to() {   # images_to HOST: the demo images, from the archive `up` saved once for every host
   local h="$1" missing=() i
   for i in "${IMAGES[@]}"; do hdocker "$h" image inspect "$i" >/dev/null 2>&1 || missing+=("$i"); done
   [ "${#missing[@]}" -eq 0 ] && return 0
-  docker save "${missing[@]}" | hdocker "$h" load >/dev/null || die "could not load ${missing[*]} into $h"
+  hdocker "$h" load -i "$CSTATE/images.tar" >/dev/null || die "could not load ${missing[*]} into $h"
   info "$h: loaded ${missing[*]}"
 }
 
@@ -221,7 +221,17 @@ up() {
   for i in $(seq 1 "$n"); do echo "h$i" >>"$CSTATE/hosts.new"; done
   sort -u "$CSTATE/hosts.new" <(hosts_made) >"$CSTATE/hosts"; rm -f "$CSTATE/hosts.new"
   servers_up
-  for i in $(seq 1 "$n"); do host_up "h$i"; done
+  docker save "${IMAGES[@]}" -o "$CSTATE/images.tar" || die "could not save ${IMAGES[*]}"
+  # The hosts come up side by side: each one's agent, engine and proxy wait on nothing of
+  # another's. Each host's lines are printed once it is up, in host order.
+  local pids=() failed=""
+  for i in $(seq 1 "$n"); do host_up "h$i" >"$CLOGS/up-h$i.out" 2>&1 & pids+=($!); done
+  for i in $(seq 1 "$n"); do
+    wait "${pids[$((i - 1))]}" || failed="$failed h$i"
+    cat "$CLOGS/up-h$i.out"
+  done
+  rm -f "$CSTATE/images.tar"
+  [ -z "$failed" ] || die "host(s)$failed did not come up (their lines above; logs in $CLOGS/)"
   step "cluster up: $n hosts; \`scripts/cluster.sh down\` removes everything it made"
 }
 
