@@ -298,7 +298,8 @@ down() {
       fi
       kill_pid "dockerd-$h" TERM
     ) &
-    kill_pid "consul-$h" TERM &
+    # Nothing is left to tell: a graceful leave would only cost seconds, the servers go next.
+    kill_pid "consul-$h" KILL &
   done
   wait
   for h in $(hosts_made); do kill_host_leftovers "$h" & done
@@ -311,7 +312,7 @@ down() {
     rm -rf "$DATA/$h" "/run/psc-$h" "$CSTATE/$h"
     info "$h removed"
   done
-  for s in "${SERVERS[@]}"; do kill_pid "consul-s$s" TERM & done
+  for s in "${SERVERS[@]}"; do kill_pid "consul-s$s" KILL & done
   wait
   iptables -D FORWARD -i 'psc-+' -o 'psc-+' -j ACCEPT 2>/dev/null || true
   for s in 1 "${SERVERS[@]}"; do ip addr del "$NET.$s/32" dev lo 2>/dev/null || true; done
