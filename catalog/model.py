@@ -244,6 +244,7 @@ class Rejection:
 # Verdict states: pending -> testing -> passed | failed | error
 PASSED, FAILED, ERROR, TESTING = "passed", "failed", "error", "testing"
 ROUTE_TAKEN = "route taken: "     # an error verdict's summary: another service serves the instance's route
+OTHER_OWNER = "other owner: "     # ... the service is run by Swarm and this is a plain container, or the reverse
 
 
 @dataclass(frozen=True)
@@ -276,6 +277,12 @@ class Verdict:
         """An error because another service serves the same host and path: tested again once
         that route is free."""
         return self.state == ERROR and self.summary.startswith(ROUTE_TAKEN)
+
+    @property
+    def other_owner(self) -> bool:
+        """An error because the service is run the other way (by a Swarm service, and this is a
+        plain container, or the reverse): tested again once the other way serves nothing."""
+        return self.state == ERROR and self.summary.startswith(OTHER_OWNER)
 
     def applies_to(self, instance: Instance) -> bool:
         """A verdict belongs to one run of one container: a new container with the same name, or

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, List, Optional, Tuple
 
 from catalog.consul_client import ConsulError
-from catalog.model import ERROR, PASSED, ROUTE_TAKEN, TESTING, Instance, RegisteredInstance, Verdict
+from catalog.model import ERROR, OTHER_OWNER, PASSED, ROUTE_TAKEN, TESTING, Instance, RegisteredInstance, Verdict
 from catalog.routing import route_keys
 from catalog.retry import TRANSIENT
 from catalog.stores import Stores
@@ -58,17 +58,39 @@ class Gate(Reconciler):
         self.rewrites: Dict[str, Tuple[int, float]] = {}  # gate disagreeing with its verdict -> (rewrites, last)
         self.next_sweep = 0.0
         self.routes_taken: Dict[Tuple[str, str], str] = {}   # (host, path) -> the service serving it
+        self.owners: Dict[str, Tuple[str, int]] = {}   # service -> (its Swarm service or "", admitted)
 
     def begin_pass(self, snapshot: Snapshot) -> None:
         """Who serves which route (host name and path) now: a service's admitted instances hold
-        theirs; two at one route, the first by name (as the proxy keeps it)."""
+        theirs; two at one route, the first by name (as the proxy keeps it). And who runs each
+        service: a Swarm service or plain containers, by its admitted instances (both: Swarm)."""
         taken: Dict[Tuple[str, str], str] = {}
+        owners: Dict[str, Tuple[str, int]] = {}
         for service in sorted(snapshot):
-            for ri in snapshot[service]:
-                if ri.admitted:
-                    for key in route_keys(ri.instance):
-                        taken.setdefault(key, service)
+            admitted = [ri.instance for ri in snapshot[service] if ri.admitted]
+            for inst in admitted:
+                for key in route_keys(inst):
+                    taken.setdefault(key, service)
+            if admitted:
+                swarm = sorted({i.swarm_service for i in admitted if i.swarm_service})
+                owner = swarm[0] if swarm else ""
+                owners[service] = (owner, sum(1 for i in admitted if i.swarm_service == owner))
         self.routes_taken = taken
+        self.owners = owners
+
+    def run_by_other(self, inst: Instance) -> Optional[str]:
+        """Why this instance may not join its service, when the service is run the other way: by
+        a Swarm service (and this is a plain container or another Swarm service's task), or by
+        plain containers (and this is a Swarm task). One owner per service: mixed, a promotion of
+        one kind would drain the other, which (Swarm) would replace what was drained."""
+        owner, count = self.owners.get(inst.service, (None, 0))
+        if owner is None or owner == inst.swarm_service:
+            return None
+        if owner:
+            return (f"{OTHER_OWNER}service {inst.service} is run by Swarm service {owner}; deploy new versions "
+                    f"with `docker service update --image IMAGE {owner}`, or remove that Swarm service first")
+        return (f"{OTHER_OWNER}service {inst.service} is run by plain containers ({count} admitted); remove them "
+                f"first, or give Swarm service {inst.swarm_service} another SERVICE_NAME")
 
     def taken_by(self, inst: Instance) -> Optional[Tuple[str, str]]:
         """(where, which service) when another service serves a route this instance claims."""
@@ -135,7 +157,8 @@ class Gate(Reconciler):
                 return
         verdict = self.stores.verdicts.get(inst.id)
         if (verdict is None or not verdict.applies_to(inst) or not verdict.final or self._image_now_known(inst, verdict)
-                or (verdict.route_taken and self.taken_by(inst) is None)):
+                or (verdict.route_taken and self.taken_by(inst) is None)
+                or (verdict.other_owner and self.run_by_other(inst) is None)):
             with self.lock:
                 self.first_seen.setdefault(inst.id, time.monotonic())
             if inst.docker_health and ri.checks.get(inst.docker_health_check_id) != "passing":
@@ -203,7 +226,13 @@ class Gate(Reconciler):
             first_pass = not (before and before.applies_to(inst) and before.state == PASSED)
             taken = None if reverify else self.taken_by(inst)
             if taken:
-                self._refuse_route(inst, image, *taken)
+                where, owner = taken
+                self._refuse(inst, image, f"{ROUTE_TAKEN}{where} is already routed to service {owner}; give this "
+                                          f"container another proxy.path or proxy.host, or remove {owner}'s instances")
+                return
+            other = None if reverify else self.run_by_other(inst)
+            if other:
+                self._refuse(inst, image, other)
                 return
             if not reverify:
                 self.stores.verdicts.put(Verdict(inst.id, inst.container_id, image, TESTING, f"testing with {image}",
@@ -234,11 +263,10 @@ class Gate(Reconciler):
             with self.lock:
                 self.testing.pop(inst.id, None)
 
-    def _refuse_route(self, inst: Instance, image: str, where: str, owner: str) -> None:
-        """Another service serves this instance's route: its gate stays shut, saying so (in the
-        Consul UI and `gatekeeper why`), and it is tested once the route is free."""
-        summary = (f"{ROUTE_TAKEN}{where} is already routed to service {owner}; give this container another "
-                   f"proxy.path or proxy.host, or remove {owner}'s instances")
+    def _refuse(self, inst: Instance, image: str, summary: str) -> None:
+        """Another service serves this instance's route, or its service is run the other way: its
+        gate stays shut, saying so (in the Consul UI, `gatekeeper why` and status), and it is
+        tested once that is no longer so."""
         now = time.time()
         self.stores.verdicts.put(Verdict(inst.id, inst.container_id, image, ERROR, summary, now, now,
                                          container_started=inst.started))

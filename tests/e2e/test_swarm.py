@@ -17,7 +17,7 @@ from testbed.swarm import docker, ensure_swarm, exposed_listeners, gated_service
 pytestmark = pytest.mark.e2e
 
 PORT, PROMETHEUS = 18020, 18021
-SERVICES = ("swscale", "swupdate", "swauto", "swheal", "swmanual")
+SERVICES = ("swscale", "swupdate", "swauto", "swheal", "swmanual", "swowner")
 
 
 @pytest.fixture(scope="module")
@@ -273,3 +273,34 @@ def test_in_manual_mode_a_rolling_update_waits_for_promote(stack):
     assert load.failures == [], load.failures[:5]
     assert w.served_before_gate == []
     assert stack.served_version(host(name)) == "v2"
+
+
+def test_plain_containers_of_a_service_swarm_runs_are_kept_out_with_the_reason_and_fail_nothing(stack):
+    """One owner per service: `docker run` of a new version into a service that Swarm runs would
+    start a fight (a promotion drains Swarm's tasks, Swarm replaces them, they pass and take the
+    service back). The plain containers are kept out of traffic, saying why; Swarm keeps serving."""
+    name = "swowner"
+    docker(*gated_service_args(name, stack.session, 2, "demo:v1"))
+    w = Watcher(stack, name)
+    stack.wait(lambda: len(w.admitted("v1")) == 2, 120, "two tasks admitted")
+    served(stack, w)
+    load = load_for(stack, name)
+    plain = []
+    try:
+        for i in range(3):
+            plain.append(stack.deploy(f"owner{i}", "demo:v2", SERVICE_NAME=name, **{"proxy.host": f"{name}.test",
+                                                                                  "gatekeeper.version": f"v2-{i}"}))
+        kept_out = lambda: [stack.instance(c, service=name) for c in plain]    # noqa: E731
+        stack.wait(lambda: all(ri and "other owner" in ri.gate_output for ri in kept_out()), 60,
+                   "the plain containers kept out, saying why")
+        time.sleep(3)                   # a promotion and its drain (1 s) would have happened by now
+        assert not any(ri.admitted for ri in kept_out())
+        code, out, _ = stack.gatekeeper_cli("why", name)
+        assert code == 0 and f"is run by Swarm service {name}" in out and "docker service update" in out, out
+        assert len(tasks(name)) == 2 and len(w.admitted("v1")) == 2
+    finally:
+        load.finish()
+        for c in plain:
+            c.remove(force=True)
+    assert load.failures == [], load.failures[:5]
+    assert load.total > 100 and set(load.versions) == {"v1"}
