@@ -1,6 +1,6 @@
 # The two commands: `make demo` (the stack up, demo deployed through the gate) and `make test`.
 SHELL := /bin/bash
-.PHONY: demo demo-cluster bench-cluster bench-fleet cd-demo test stop status install figures bench bench-registrator bench-promotion bench-proxy bench-delivery bench-analysis bench-scaling cli-reference mutation
+.PHONY: demo demo-cluster backup restore bench-cluster bench-fleet cd-demo test stop status install figures bench bench-registrator bench-promotion bench-proxy bench-delivery bench-analysis bench-scaling cli-reference mutation
 
 demo:  ## install what is missing, start the stack, deploy demo v1 -> v2 -> broken v3
 	@bash scripts/install.sh all
@@ -24,6 +24,16 @@ stop:  ## stop everything the stack scripts started (the cluster too, if one is 
 
 status:
 	@bash scripts/stack.sh status
+
+backup:  ## save the stack's state to FILE: a Consul snapshot and the token files (make backup FILE=proxystack.backup)
+	@test -n "$(FILE)" || { echo "usage: make backup FILE=PATH" >&2; exit 2; }
+	@bash scripts/install.sh venv
+	@.venv/bin/python -m catalog.backup save "$(FILE)" --consul 127.0.0.1:8500 --tokens .stack/tokens
+
+restore:  ## bring a backup back (on this machine or a fresh one): Consul's state and the tokens, the daemons restarted
+	@test -n "$(FILE)" || { echo "usage: make restore FILE=PATH" >&2; exit 2; }
+	@bash scripts/install.sh all
+	@bash scripts/stack.sh restore "$(FILE)"
 
 install:
 	@bash scripts/install.sh all

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Starts, stops and reports the stack: Consul, Prometheus, nginx, registrator, gatekeeper, proxy-reloader.
-#   scripts/stack.sh up | down | status | swarm
+#   scripts/stack.sh up | down | status | swarm | restore FILE
+# `restore FILE` brings a backup (make backup) back: the stack started if it is not, Consul's
+# state and the token files replaced, the daemons restarted with them (docs/operations.md).
 # `swarm` turns the engine's swarm mode on (a single-node swarm on 127.0.0.1) for Swarm services;
 # `down` removes the demo's Swarm services and leaves the swarm if `swarm` made it.
 # Logs: .stack/logs/<component>.log   pid files: .stack/run/<component>.pid
@@ -97,6 +99,18 @@ swarm() {
   info "listening on 127.0.0.1 only (2377, 7946); no routing mesh: services publish with --publish mode=host"
 }
 
+restore() {   # restore FILE: a backup (catalog/backup.py) into the stack's Consul; started first if it is not
+  local file="$1"
+  "$VENV/bin/python" -m catalog.backup check "$file" || die "nothing restored"
+  is_running consul || up
+  step "Restoring $file into Consul at $CONSUL_ADDR"
+  "$VENV/bin/python" -m catalog.backup restore "$file" --consul "$CONSUL_ADDR" --tokens "$TOKENS" | sed 's/^/    /'
+  [ "${PIPESTATUS[0]}" -eq 0 ] || die "nothing restored"
+  step "Restarting the daemons with the restored tokens"
+  for c in proxy-reloader gatekeeper registrator prometheus-targets; do stop_pid "$c"; done
+  up
+}
+
 down() {
   step "Stopping the stack"
   local ids
@@ -124,5 +138,6 @@ status() {
 
 case "${1:-}" in
   up) up ;; down) down ;; status) status ;; swarm) swarm ;;
-  *) echo "usage: $0 up|down|status|swarm" >&2; exit 2 ;;
+  restore) [ -n "${2:-}" ] || die "usage: $0 restore FILE"; restore "$2" ;;
+  *) echo "usage: $0 up|down|status|swarm|restore FILE" >&2; exit 2 ;;
 esac
