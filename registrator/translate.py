@@ -3,9 +3,12 @@
 Conventions follow gliderlabs/registrator (labels, or the same names as environment
 variables; labels win): SERVICE_NAME, SERVICE_<port>_NAME, SERVICE_TAGS, SERVICE_IGNORE,
 SERVICE_<port>_IGNORE, SERVICE_CHECK_HTTP or SERVICE_CHECK_TCP (+ _INTERVAL, _TIMEOUT); other
-SERVICE_* keys become metadata. Ours: gatekeeper.tests, gatekeeper.version, gatekeeper.mode,
-gatekeeper.analysis, proxy.path, proxy.host, proxy.strip_prefix. A Swarm task's container
-registers like any other, named after its Swarm service unless SERVICE_NAME says otherwise.
+SERVICE_* keys become metadata. Registrator's forms this stack does not take (SERVICE_ID, the
+other SERVICE_CHECK_* kinds, per-port keys other than NAME and IGNORE) refuse the container with
+the reason, rather than turning into metadata or nothing. Ours: gatekeeper.tests,
+gatekeeper.version, gatekeeper.mode, gatekeeper.analysis, proxy.path, proxy.host,
+proxy.strip_prefix and the per-route proxy.* settings. A Swarm task's container registers like
+any other, named after its Swarm service unless SERVICE_NAME says otherwise.
 """
 from __future__ import annotations
 
@@ -23,8 +26,13 @@ from .docker_source import Container
 log = logging.getLogger(__name__)
 
 SECRET = re.compile(r"PASSWORD|TOKEN|SECRET|KEY|CREDENTIAL", re.I)
-_RESERVED = {"NAME", "TAGS", "IGNORE", "ID", "CHECK_HTTP", "CHECK_TCP", "CHECK_INTERVAL", "CHECK_TIMEOUT"}
+_RESERVED = {"NAME", "TAGS", "IGNORE", "CHECK_HTTP", "CHECK_TCP", "CHECK_INTERVAL", "CHECK_TIMEOUT"}
 _PORT_KEY = re.compile(r"SERVICE_(\d+)_(.+)")
+_PER_PORT = {"NAME", "IGNORE"}
+CHECKS_TAKEN = ("a health check is SERVICE_CHECK_HTTP=/path or SERVICE_CHECK_TCP=true, with SERVICE_CHECK_INTERVAL "
+                "and SERVICE_CHECK_TIMEOUT")
+# The keys of our own labels, taken from the environment as well (labels win).
+_OURS = ("SERVICE_", "gatekeeper.", "proxy.")
 
 
 @dataclass(frozen=True)
@@ -57,7 +65,7 @@ class Skipped(Exception):
 
 def merged_config(c: Container) -> Dict[str, str]:
     """Environment first, labels over it: registrator's precedence."""
-    cfg = {k: val for k, val in c.env.items() if k.startswith("SERVICE_")}
+    cfg = {k: val for k, val in c.env.items() if k.startswith(_OURS)}
     cfg.update(c.labels)
     return cfg
 
@@ -90,6 +98,9 @@ def instances_for(c: Container, s: Settings) -> List[Instance]:
         raise Skipped(c, "it has no SERVICE_NAME and registrator runs with --explicit")
     wanted_name = base_name or default_name(c)
     wanted_name = wanted_name if v.valid("service", wanted_name) else ""
+    unsupported = _unsupported(cfg)
+    if unsupported:
+        raise Rejected(c, *unsupported, wanted_name)
     endpoints = _endpoints(c, s)
     for key in cfg:
         m = _PORT_KEY.fullmatch(key)
@@ -110,6 +121,21 @@ def instances_for(c: Container, s: Settings) -> List[Instance]:
         return [_instance(c, s, cfg, e, base_name, len(endpoints) > 1) for e in endpoints]
     except v.InvalidValue as exc:
         raise Rejected(c, exc.field, f"{exc.value!r} must be {exc.rule}", wanted_name) from None
+
+
+def _unsupported(cfg: Dict[str, str]):
+    """(key, reason) for the first of registrator's forms this stack does not take, or None."""
+    for key in sorted(cfg):
+        if key == "SERVICE_ID":
+            return key, ("is not supported: an instance's id is HOST:CONTAINER:PORT, so that every part "
+                         "recognises its own (remove it)")
+        if key.startswith("SERVICE_CHECK_") and key[len("SERVICE_"):] not in _RESERVED:
+            return key, f"is not supported ({key[len('SERVICE_CHECK_'):].lower()} checks): {CHECKS_TAKEN}"
+        m = _PORT_KEY.fullmatch(key)
+        if m and m.group(2) not in _PER_PORT:
+            return key, (f"is not supported per port: only SERVICE_<port>_NAME and SERVICE_<port>_IGNORE are; "
+                         f"SERVICE_{m.group(2)} applies to every port")
+    return None
 
 
 def _endpoints(c: Container, s: Settings):

@@ -211,3 +211,33 @@ def test_the_restart_policy_reaches_consul_for_the_healer_on_any_host():
                                      "Port": inst.port, "Tags": inst.all_tags(), "Meta": inst.meta()})
         assert back.restart_policy == carried and back == inst, policy
         assert ("restart_policy" in inst.meta()) == bool(carried)
+
+
+@pytest.mark.parametrize("key, value, says", [
+    ("SERVICE_ID", "myid", "SERVICE_ID: is not supported: an instance's id is HOST:CONTAINER:PORT"),
+    ("SERVICE_CHECK_SCRIPT", "curl localhost", "SERVICE_CHECK_SCRIPT: is not supported (script checks): a health "
+                                               "check is SERVICE_CHECK_HTTP=/path or SERVICE_CHECK_TCP=true"),
+    ("SERVICE_CHECK_TTL", "30s", "is not supported (ttl checks)"),
+    ("SERVICE_CHECK_HTTPS", "/health", "is not supported (https checks)"),
+    ("SERVICE_CHECK_INITIAL_STATUS", "passing", "is not supported (initial_status checks)"),
+    ("SERVICE_8080_TAGS", "a,b", "SERVICE_8080_TAGS: is not supported per port: only SERVICE_<port>_NAME and "
+                                 "SERVICE_<port>_IGNORE are; SERVICE_TAGS applies to every port"),
+    ("SERVICE_8080_CHECK_HTTP", "/health", "is not supported per port"),
+])
+@pytest.mark.parametrize("where", ["labels", "env"])
+def test_registrators_forms_this_stack_does_not_take_refuse_the_container_never_become_metadata(key, value, says,
+                                                                                               where):
+    c = container({"SERVICE_NAME": "demo", **({key: value} if where == "labels" else {})},
+                  env={key: value} if where == "env" else None)
+    with pytest.raises(Rejected) as err:
+        instances_for(c, S)
+    assert err.value.label == key and err.value.service == "demo"
+    assert says in str(err.value)
+
+
+def test_our_labels_are_taken_from_the_environment_too_and_labels_win():
+    [inst] = instances_for(container({"SERVICE_NAME": "demo", "proxy.path": "/fromlabel/"},
+                                     env={"proxy.path": "/fromenv/", "gatekeeper.tests": "demo-test:latest",
+                                          "proxy.timeout": "5s"}), S)
+    assert inst.proxy_path == "/fromlabel/" and inst.tests_image == "demo-test:latest"
+    assert inst.meta()["proxy_timeout"] == "5s"
