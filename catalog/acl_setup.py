@@ -21,7 +21,8 @@ What each token may touch (least privilege):
 - operator (the CLI, the UI): read services and nodes, write under gatekeeper/ (policies,
   history, retests, default test images, scaling), read registrator/ (rejections) and
   proxy-reloader/ (what each proxy serves, for `gatekeeper wait`); only read gatekeeper's own
-  decisions (verdicts, gate records, container actions, healing records, the leader lock), so
+  decisions (verdicts, gate records, container actions, healing records, the leader lock,
+  the KV layout's schema version), so
   the operator cannot admit an instance its tests did not pass.
 - breakglass: the rare forced admission (`gatekeeper admit INSTANCE --reason ...`): write
   verdicts and history, read the rest of gatekeeper/ and the catalog. Given to no daemon; kept
@@ -40,23 +41,23 @@ import requests
 from .consul_client import parse_address
 from .stores.proxies import METRICS_SERVICE
 from .kv_layout import (ACTIONS, GATEKEEPER, GATES, HEALING, HISTORY, LEADER, POLICIES as KV_POLICIES,
-                        PROXY_RELOADER, REGISTRATOR, SERVED, VERDICTS)
+                        PROXY_RELOADER, REGISTRATOR, SCHEMA, SERVED, VERDICTS)
 
 # gatekeeper's own decisions: what it alone writes (and the break-glass token, verdicts only)
 DECISIONS = "".join(f'key_prefix "{prefix}" {{ policy = "read" }}\n' for prefix in (VERDICTS, GATES, ACTIONS, HEALING)) \
-    + f'key "{LEADER}" {{ policy = "read" }}\n'
+    + f'key "{LEADER}" {{ policy = "read" }}\nkey "{SCHEMA}" {{ policy = "read" }}\n'
 
 POLICIES = {
     "agent": 'node_prefix "" { policy = "write" }\nservice_prefix "" { policy = "read" }\n',
     "registrator": f'service_prefix "" {{ policy = "write" }}\nnode_prefix "" {{ policy = "read" }}\n'
                    f'key_prefix "{REGISTRATOR}" {{ policy = "write" }}\n'
                    f'key_prefix "{GATES}" {{ policy = "read" }}\nkey_prefix "{ACTIONS}" {{ policy = "read" }}\n'
-                   f'agent_prefix "" {{ policy = "read" }}\n',
+                   f'key "{SCHEMA}" {{ policy = "read" }}\nagent_prefix "" {{ policy = "read" }}\n',
     "gatekeeper": f'service_prefix "" {{ policy = "write" }}\nnode_prefix "" {{ policy = "read" }}\n'
                   f'key_prefix "{GATEKEEPER}" {{ policy = "write" }}\nkey_prefix "{REGISTRATOR}" {{ policy = "read" }}\n'
                   f'key_prefix "{PROXY_RELOADER}" {{ policy = "read" }}\nsession_prefix "" {{ policy = "write" }}\n',
     "proxy-reloader": f'service_prefix "" {{ policy = "read" }}\nnode_prefix "" {{ policy = "read" }}\n'
-                      f'key_prefix "{KV_POLICIES}" {{ policy = "read" }}\n'
+                      f'key_prefix "{KV_POLICIES}" {{ policy = "read" }}\nkey "{SCHEMA}" {{ policy = "read" }}\n'
                       f'service "proxy-reloader" {{ policy = "write" }}\n'
                       f'service "{METRICS_SERVICE}" {{ policy = "write" }}\n'
                       f'key_prefix "{SERVED}" {{ policy = "write" }}\n',

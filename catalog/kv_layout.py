@@ -13,6 +13,7 @@ HEALING = GATEKEEPER + "healing/"              # <instance id>: restarts tried o
 GATES = GATEKEEPER + "gates/"                  # <node>/<instance id>: the gate that node's registrator applies
 ACTIONS = GATEKEEPER + "actions/"              # <node>/<instance id>: a stop, restart or kill for that node to do
 LEADER = GATEKEEPER + "leader"                 # the leader lock
+SCHEMA = GATEKEEPER + "schema"                 # the layout's version (catalog.schema): every part reads it
 
 REGISTRATOR = "registrator/"
 REJECTED = REGISTRATOR + "rejected/"           # <container name>: why it was not registered

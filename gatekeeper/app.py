@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 from dataclasses import dataclass
 from typing import Dict, Optional
 
-from catalog.cli import EXIT_OK
+from catalog import schema
+from catalog.cli import EXIT_FAILED, EXIT_OK
 from catalog.metrics import announce, serve_metrics, withdraw
 from catalog.stores import Stores
 
@@ -94,7 +96,8 @@ def build(stores: Stores, engine, options: Options) -> Daemon:
         reconcilers.append(Healer(stores, HealSettings(after=options.heal_after, max_tries=options.heal_tries,
                                                        backoff=options.heal_backoff, share=options.heal_share)))
     daemon = Daemon(stores.instances, stores.policies, reconcilers,
-                    LeaderLock(stores.locks, options.identity), wait=options.wait)
+                    LeaderLock(stores.locks, options.identity), wait=options.wait,
+                    on_lead=lambda: schema.claim(stores.consul))
     load = prometheus.service_load if prometheus else (
         lambda service, window: Load(None, why="gatekeeper runs without --prometheus"))
     Autoscaler(stores, swarm, load, daemon.leader.is_leader.is_set,
@@ -123,4 +126,7 @@ def run(stores: Stores, engine, options: Options, consul_address: str) -> int:
     signal.signal(signal.SIGINT, on_signal)
     logging.info("gatekeeper %s watching Consul at %s", daemon.leader.identity, consul_address)
     daemon.run()
+    if daemon.refused:
+        print(f"gatekeeper: {daemon.refused}", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK

@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Sequence
+from typing import Callable, Optional, Sequence
 
 from catalog.retry import TRANSIENT, backoff
+from catalog.schema import NewerSchema
 from catalog.stores import InstanceStore, PolicyStore
 from catalog.watch import Watch
 
@@ -26,9 +27,13 @@ RENEW_EVERY = 3.0
 
 class Daemon:
     def __init__(self, instances: InstanceStore, policies: PolicyStore, reconcilers: Sequence[Reconciler],
-                 leader: LeaderLock, wait: float = 30.0):
+                 leader: LeaderLock, wait: float = 30.0, on_lead: Optional[Callable[[], object]] = None):
         self.instances, self.policies = instances, policies
         self.reconcilers, self.leader, self.wait = list(reconcilers), leader, wait
+        # called each time it becomes the leader, before it acts (catalog.schema.claim): raising
+        # NewerSchema or ValueError makes it refuse to act, let go of the lock and stop, saying why
+        self.on_lead = on_lead
+        self.refused = ""
         self.stopping = threading.Event()
         self.dirty = threading.Event()
 
@@ -73,7 +78,16 @@ class Daemon:
 
     def _try_lead(self) -> bool:
         try:
-            return self.leader.try_acquire()
+            if not self.leader.try_acquire():
+                return False
+            if self.on_lead is not None:
+                self.on_lead()
+            return True
+        except (NewerSchema, ValueError) as exc:
+            log.error("%s", exc)
+            self.refused = str(exc)
+            self.stopping.set()           # run() ends and lets go of the lock
+            return False
         except TRANSIENT as exc:
             log.warning("Consul unreachable while seeking leadership: %s", exc)
             self.leader.session = None

@@ -1,0 +1,49 @@
+"""The KV layout's schema version: which layout of `catalog.kv_layout` the data in Consul has.
+
+gatekeeper writes it when it finds none (a new stack); every part reads it when it starts, and
+gatekeeper again each time it becomes the leader. A part that finds a version newer than it
+knows refuses to act and says so: an older build left running (or started) after an upgrade
+must not read, or worse write, data laid out in a way it does not know. A layout change raises
+SCHEMA_VERSION and brings its migration here. docs/operations.md: upgrades.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from .kv_layout import SCHEMA
+
+SCHEMA_VERSION = 1
+
+
+class NewerSchema(RuntimeError):
+    """The data in Consul is laid out by a newer proxystack than this one."""
+
+
+def stored(consul) -> Optional[int]:
+    """The version Consul holds (None: none written yet); raises ValueError on a value that is not one."""
+    _, value = consul.kv_get(SCHEMA)
+    if value is None:
+        return None
+    if not value.strip().isdigit():
+        raise ValueError(f"Consul key {SCHEMA} holds {value!r}, not a schema version (a whole number): "
+                         f"restore it (this release writes {SCHEMA_VERSION}) or a backup")
+    return int(value)
+
+
+def refuse_newer(consul, part: str) -> Optional[int]:
+    """The stored version; raises NewerSchema, saying what to do, when it is newer than ours."""
+    version = stored(consul)
+    if version is not None and version > SCHEMA_VERSION:
+        raise NewerSchema(f"{part} refuses to act: the data in Consul has schema version {version} ({SCHEMA}), "
+                          f"written by a newer proxystack; this {part} knows version {SCHEMA_VERSION}. Run the "
+                          f"same (newer) release of {part} as the rest of the stack (docs/operations.md, upgrades)")
+    return version
+
+
+def claim(consul) -> int:
+    """gatekeeper's: refuse a newer layout; write ours where there is none (a new stack)."""
+    version = refuse_newer(consul, "gatekeeper")
+    if version is None:
+        consul.kv_put(SCHEMA, str(SCHEMA_VERSION), cas=0)     # another gatekeeper may have written it first
+        return refuse_newer(consul, "gatekeeper") or SCHEMA_VERSION
+    return version
