@@ -201,6 +201,7 @@ class Promoter(Reconciler):
         t.start()
 
     def _stop_old(self, service: str, stable: str, old: set) -> None:
+        stopped: dict = {}                              # version -> [{"name", "node"}]
         try:
             _, policy = self.stores.policies.get(service)
             if policy is None or policy.stable != stable:
@@ -216,8 +217,13 @@ class Promoter(Reconciler):
                     continue                            # failed builds stay up for inspection
                 self.stores.node_records.request_action(inst, "stop",
                                                         f"{inst.version} drained after {stable} was promoted")
+                stopped.setdefault(inst.version, []).append({"name": inst.container_name, "node": inst.node})
                 log.info("%s: %s (%s) drained; asked %s to stop it", service, inst.container_name, inst.version,
                          inst.node or "its host")
+            # what a rollback to that version needs started again (the containers are stopped, not removed)
+            for version, containers in sorted(stopped.items()):
+                self.stores.history.add(service, "drained", version=version, stable=stable, by="gatekeeper",
+                                        containers=sorted(containers, key=lambda c: (c["node"], c["name"])))
         except Exception:
             log.exception("%s: stopping old instances failed", service)
 
@@ -253,6 +259,24 @@ def _policy_or_error(policies: PolicyStore, service: str) -> RoutingPolicy:
         raise PromotionError(f"unknown service {service!r}: it has no routing policy yet "
                              "(a service gets one when its first instance passes its tests)")
     return policy
+
+
+def _how_to_bring_back(stores: Stores, service: str, version: str) -> str:
+    """What to run for a rollback to a version none of whose instances is admitted: start the
+    containers the drain stopped (as its last "drained" event names them), or deploy it again."""
+    drained = [e for e in stores.history.of(service) if e.get("event") == "drained" and e.get("version") == version]
+    tail = (f"once they pass their tests again, {version} is stable again by itself in auto mode; in manual or "
+            f"progressive mode run `gatekeeper rollback {service}` again. (`gatekeeper run --keep-old` keeps old "
+            "versions running, ready for an instant rollback.)")
+    if drained and drained[-1].get("containers"):
+        by_node: dict = {}
+        for c in drained[-1]["containers"]:
+            by_node.setdefault(c.get("node") or "", []).append(c["name"])
+        starts = "; ".join(f"`docker start {' '.join(names)}`" + (f" on host {node}" if node else "")
+                           for node, names in sorted(by_node.items()))
+        return f"Its containers were stopped after the drain, not removed: start them again ({starts}); " + tail
+    return (f"Deploy {version} again (`docker run` its image with the service's labels, or `docker service update "
+            f"--image` for a Swarm service); " + tail)
 
 
 def _admitted_versions(instances: InstanceStore, service: str) -> set:
@@ -336,10 +360,8 @@ def rollback(stores: Stores, service: str) -> Tuple[RoutingPolicy, str]:
     if not before.previous:
         raise PromotionError(f"{service} has no previous stable version to roll back to")
     if before.previous not in _admitted_versions(stores.instances, service):
-        raise PromotionError(
-            f"cannot roll {service} back to {before.previous}: it has no admitted instance "
-            "(its containers were stopped after draining?). Deploy it again, or run gatekeeper "
-            "with --keep-old so old versions stay ready for rollback")
+        raise PromotionError(f"cannot roll {service} back to {before.previous}: it has no admitted instance. "
+                             + _how_to_bring_back(stores, service, before.previous))
 
     def change(p: RoutingPolicy) -> RoutingPolicy:
         return replace(p, stable=p.previous, previous=p.stable, canary="", weight=0)

@@ -125,3 +125,23 @@ class TestMainFlow:
         assert stack.stores.verdicts.get(before.instance.id) == verdict_before
         assert load.failures == [], load.failures[:5]
         assert load.versions == {"v2": load.total}
+
+    def test_6_a_rollback_after_the_drain_names_the_containers_to_start_and_they_take_the_traffic_back(self, stack):
+        """v1 was drained and stopped when v2 took over (test 2): nothing of it is admitted, so
+        `gatekeeper rollback` refuses, naming the stopped containers and the command that starts
+        them; started, v1 is tested again and, in auto mode, stable again, with no failed request."""
+        v1 = stack.containers["v1"]
+        assert (v1.reload(), v1.status)[1] == "exited"
+        drained = [e for e in stack.stores.history.of("demo") if e["event"] == "drained"]
+        assert drained and drained[-1]["version"] == "v1" and drained[-1]["containers"][0]["name"] == v1.name
+        code, out, err = stack.gatekeeper_cli("rollback", "demo")
+        # on the host whose Consul agent registered it (this machine's, here)
+        assert code == 1 and f"`docker start {v1.name}` on host proxystack-test" in out + err, out + err
+        load = LoadClient("127.0.0.1", LISTEN_PORT, max_seconds=120)
+        load.start()
+        v1.start()                                    # what the refusal said to run
+        wait(stack, lambda: stack.served_version() == "v1", 90, "v1 tested again and stable again")
+        load.finish()
+        assert stack.stores.policies.get("demo")[1].stable == "v1"
+        assert load.failures == [], load.failures[:5]
+        assert load.versions.get("v1", 0) > 0

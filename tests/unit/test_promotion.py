@@ -50,6 +50,10 @@ class History:
         assert service == "demo", service
         self.store.hist.append((event, details))
 
+    def of(self, service):
+        assert service == "demo", service
+        return [{"event": event, **details} for event, details in self.store.hist]
+
 
 class Verdicts:
     def get(self, iid):
@@ -245,6 +249,26 @@ def test_drain_stops_old_passed_versions_only_and_never_the_routed_ones():
     old = {ri.instance.container_id for ri in store.registered}
     p._stop_old("demo", "v2", old)
     assert store.actions == [(inst("v1").container_id, "stop")]
+    # and says which containers it stopped, for a rollback to start them again
+    assert store.hist == [("drained", {"version": "v1", "stable": "v2", "by": "gatekeeper",
+                                       "containers": [{"name": "v1-1", "node": inst("v1").node}]})]
+
+
+def test_a_rollback_to_a_drained_version_says_exactly_which_containers_to_start_and_where():
+    store = Store(policy(stable="v2", previous="v1"), versions=("v2",))
+    store.hist.append(("drained", {"version": "v1", "stable": "v2", "by": "gatekeeper", "containers": [
+        {"name": "web-b", "node": "h2"}, {"name": "web-a", "node": "h1"}, {"name": "web-c", "node": "h1"}]}))
+    with pytest.raises(pr.PromotionError) as err:
+        pr.rollback(store, "demo")
+    assert str(err.value) == (
+        "cannot roll demo back to v1: it has no admitted instance. Its containers were stopped after the drain, "
+        "not removed: start them again (`docker start web-a web-c` on host h1; `docker start web-b` on host h2); "
+        "once they pass their tests again, v1 is stable again by itself in auto mode; in manual or progressive "
+        "mode run `gatekeeper rollback demo` again. (`gatekeeper run --keep-old` keeps old versions running, "
+        "ready for an instant rollback.)")
+    store.hist.clear()                               # nothing drained on record: deploy it again
+    with pytest.raises(pr.PromotionError, match=r"Deploy v1 again \(`docker run` its image"):
+        pr.rollback(store, "demo")
 
 
 def test_drain_does_nothing_when_promoted_again_meanwhile_or_when_keeping_old():
@@ -271,8 +295,11 @@ def test_the_exact_refusals_and_answers_an_operator_reads():
         "weight=101 is invalid: a whole number from 0 to 100"
     assert refusal(pr.set_mode, Store(policy(stable="v1")), "demo", "x") == "mode='x' is invalid: 'auto', 'manual' or 'progressive'"
     assert refusal(pr.rollback, Store(policy(stable="v2", previous="v1")), "demo") == (
-        "cannot roll demo back to v1: it has no admitted instance (its containers were stopped after "
-        "draining?). Deploy it again, or run gatekeeper with --keep-old so old versions stay ready for rollback")
+        "cannot roll demo back to v1: it has no admitted instance. Deploy v1 again (`docker run` its image with "
+        "the service's labels, or `docker service update --image` for a Swarm service); once they pass their "
+        "tests again, v1 is stable again by itself in auto mode; in manual or progressive mode run `gatekeeper "
+        "rollback demo` again. (`gatekeeper run --keep-old` keeps old versions running, ready for an instant "
+        "rollback.)")
     assert refusal(pr.try_canary, Store(policy(stable="v1"), versions=("v1",)), "demo", "v2") == (
         "demo v2 has no admitted instance (`gatekeeper why demo` says why); deploy it, or `gatekeeper retest` "
         "its instances first")
