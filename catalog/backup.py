@@ -28,6 +28,7 @@ import json
 import os
 import sys
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 from typing import Dict, Tuple
@@ -84,14 +85,18 @@ def save(address: str, tokens: Path, out: Path) -> dict:
     files = {p.name: p for p in sorted(tokens.glob("*.token"))}
     manifest = {"format": FORMAT, "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "consul": address, "snapshot_bytes": len(snapshot), "tokens": sorted(files)}
-    tmp = out.with_name(out.name + ".partial")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f, tarfile.open(fileobj=f, mode="w") as tar:
-        _add(tar, MANIFEST, json.dumps(manifest, indent=2).encode(), 0o600)
-        _add(tar, SNAPSHOT, snapshot, 0o600)
-        for name, path in files.items():
-            _add(tar, TOKENS + name, path.read_bytes(), path.stat().st_mode & 0o777)
-    os.replace(tmp, out)
+    # a new file of our own, its owner's only from the first byte (never one left over, nor a link)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent or Path("."))
+    try:
+        with os.fdopen(fd, "wb") as f, tarfile.open(fileobj=f, mode="w") as tar:
+            _add(tar, MANIFEST, json.dumps(manifest, indent=2).encode(), 0o600)
+            _add(tar, SNAPSHOT, snapshot, 0o600)
+            for name, path in files.items():
+                _add(tar, TOKENS + name, path.read_bytes(), 0o600)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return manifest
 
 
@@ -101,8 +106,8 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes, mode: int) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def read(path: Path) -> Tuple[dict, bytes, Dict[str, Tuple[bytes, int]]]:
-    """(manifest, snapshot, {token file name: (content, mode)}) of a backup, checked whole."""
+def read(path: Path) -> Tuple[dict, bytes, Dict[str, bytes]]:
+    """(manifest, snapshot, {token file name: content}) of a backup, checked whole."""
     try:
         with tarfile.open(path, mode="r") as tar:
             members = {m.name: m for m in tar.getmembers() if m.isfile()}
@@ -114,11 +119,13 @@ def read(path: Path) -> Tuple[dict, bytes, Dict[str, Tuple[bytes, int]]]:
             for name, m in members.items():
                 base = name[len(TOKENS):]
                 if name.startswith(TOKENS) and base.endswith(".token") and "/" not in base and not base.startswith("."):
-                    tokens[base] = (tar.extractfile(m).read(), m.mode & 0o777)
+                    tokens[base] = tar.extractfile(m).read()
     except tarfile.ReadError:
         raise BadInput(f"{path} is not a proxystack backup (not a tar file): `make backup FILE=...` writes one") from None
     except (OSError, tarfile.TarError, ValueError) as exc:
         raise BadInput(f"cannot read {path} as a backup: {exc}") from None
+    if not isinstance(manifest, dict) or not all(k in manifest for k in ("format", "saved", "consul", "tokens")):
+        raise BadInput(f"{path} has no manifest this proxystack reads (format, saved, consul, tokens)")
     if manifest.get("format") != FORMAT:
         raise BadInput(f"{path} is a backup of format {manifest.get('format')!r}; this proxystack reads format "
                           f"{FORMAT}: restore it with the proxystack release that saved it")
@@ -133,15 +140,22 @@ def restore(address: str, tokens: Path, path: Path) -> dict:
     """Replace the state of the Consul at `address` with the backup's, then its token files."""
     manifest, snapshot, files = read(path)
     _call("PUT", f"{_base(address)}/v1/snapshot", _management_token(tokens), data=snapshot)
-    tokens.mkdir(parents=True, exist_ok=True)
-    os.chmod(tokens, 0o700)
-    for name, (content, mode) in files.items():
-        tmp = tokens / f".{name}.restoring"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-        os.chmod(tmp, mode)
-        os.replace(tmp, tokens / name)
+    for name, content in files.items():
+        # A token file that exists keeps its owner and mode (a daemon's user may read it, as
+        # Ansible's layout has it); a new one is its owner's only, whatever the archive says.
+        target = tokens / name
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=tokens)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(content)
+            if target.exists():
+                st = target.stat()
+                os.chown(tmp, st.st_uid, st.st_gid)
+                os.chmod(tmp, st.st_mode & 0o777)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return manifest
 
 

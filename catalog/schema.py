@@ -1,10 +1,11 @@
 """The KV layout's schema version: which layout of `catalog.kv_layout` the data in Consul has.
 
-gatekeeper writes it when it finds none (a new stack); every part reads it when it starts, and
-gatekeeper again each time it becomes the leader. A part that finds a version newer than it
-knows refuses to act and says so: an older build left running (or started) after an upgrade
-must not read, or worse write, data laid out in a way it does not know. A layout change raises
-SCHEMA_VERSION and brings its migration here. docs/operations.md: upgrades.
+gatekeeper writes it when it finds none (a new stack). registrator and proxy-reloader read it
+when they start, gatekeeper each time it becomes the leader (before it acts). A part that finds
+a version newer than it knows refuses to act and says so: an older build started after an
+upgrade must not read, or worse write, data laid out in a way it does not know. (One already
+running when the version changes is not stopped: upgrades replace every daemon.) A release that
+changes the layout must raise SCHEMA_VERSION and migrate in claim(). docs/operations.md: upgrades.
 """
 from __future__ import annotations
 

@@ -80,18 +80,24 @@ class Daemon:
         try:
             if not self.leader.try_acquire():
                 return False
-            if self.on_lead is not None:
-                self.on_lead()
-            return True
-        except (NewerSchema, ValueError) as exc:
-            log.error("%s", exc)
-            self.refused = str(exc)
-            self.stopping.set()           # run() ends and lets go of the lock
-            return False
         except TRANSIENT as exc:
             log.warning("Consul unreachable while seeking leadership: %s", exc)
             self.leader.session = None
             return False
+        if self.on_lead is None:
+            return True
+        try:
+            self.on_lead()
+            return True
+        except (NewerSchema, ValueError) as exc:
+            log.error("%s", exc)
+            self.refused = str(exc)
+            self.stopping.set()           # run() ends
+        except TRANSIENT as exc:
+            log.warning("could not check the KV layout's schema version (%s); letting go of the lock to try again",
+                        exc)
+        self.leader.release()             # never lead without the check
+        return False
 
     @backoff(max_wait=10.0, attempts=3, what="reconcile")
     def _reconcile(self) -> None:

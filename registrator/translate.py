@@ -98,9 +98,6 @@ def instances_for(c: Container, s: Settings) -> List[Instance]:
         raise Skipped(c, "it has no SERVICE_NAME and registrator runs with --explicit")
     wanted_name = base_name or default_name(c)
     wanted_name = wanted_name if v.valid("service", wanted_name) else ""
-    unsupported = _unsupported(cfg)
-    if unsupported:
-        raise Rejected(c, *unsupported, wanted_name)
     endpoints = _endpoints(c, s)
     for key in cfg:
         m = _PORT_KEY.fullmatch(key)
@@ -117,6 +114,9 @@ def instances_for(c: Container, s: Settings) -> List[Instance]:
                     " the ingress mode's virtual port is not the task's)" if c.swarm_service else
                     " (publish one with -p or -P, or run registrator with --internal)"))
         return []
+    unsupported = _unsupported(cfg)          # a container that would be registered, asking for what is not taken
+    if unsupported:
+        raise Rejected(c, *unsupported, wanted_name)
     try:
         return [_instance(c, s, cfg, e, base_name, len(endpoints) > 1) for e in endpoints]
     except v.InvalidValue as exc:

@@ -225,11 +225,14 @@ up() {
   # The hosts come up side by side: each one's agent, engine and proxy wait on nothing of
   # another's. Each host's lines are printed once it is up, in host order.
   local pids=() failed=""
+  # interrupted: the hosts still coming up stop too (what they started, `down` removes)
+  trap 'kill "${pids[@]}" 2>/dev/null; rm -f "$CSTATE/images.tar"; exit 130' INT TERM
   for i in $(seq 1 "$n"); do host_up "h$i" >"$CLOGS/up-h$i.out" 2>&1 & pids+=($!); done
   for i in $(seq 1 "$n"); do
     wait "${pids[$((i - 1))]}" || failed="$failed h$i"
     cat "$CLOGS/up-h$i.out"
   done
+  trap - INT TERM
   rm -f "$CSTATE/images.tar"
   [ -z "$failed" ] || die "host(s)$failed did not come up (their lines above; logs in $CLOGS/)"
   step "cluster up: $n hosts; \`scripts/cluster.sh down\` removes everything it made"

@@ -25,7 +25,7 @@ start_bg() {   # start_bg NAME COMMAND...: run in its own session, log and pid f
   info "$name started (pid $!, log $LOGS/$name.log)"
 }
 
-up() {
+consul_up() {
   step "Consul (single-node server, data in $STATE/consul, UI http://$CONSUL_ADDR/ui/)"
   mkdir -p "$STATE/consul"
   start_bg consul consul agent -server -bootstrap-expect 1 -data-dir "$STATE/consul" -node proxystack \
@@ -37,6 +37,10 @@ up() {
   "$VENV/bin/python" -m catalog.acl_setup --consul "$CONSUL_ADDR" --tokens "$TOKENS" >>"$LOGS/consul.log" 2>&1 \
     || die "ACL set-up failed (see $LOGS/consul.log)"
   info "ACLs on (default deny); one token per part in $TOKENS/ (the operator's: $TOKENS/operator.token)"
+}
+
+up() {
+  consul_up
 
   step "Prometheus on http://$PROMETHEUS_LISTEN/ (data in $PROMETHEUS_DIR/data)"
   mkdir -p "$PROMETHEUS_DIR/data"
@@ -99,15 +103,18 @@ swarm() {
   info "listening on 127.0.0.1 only (2377, 7946); no routing mesh: services publish with --publish mode=host"
 }
 
-restore() {   # restore FILE: a backup (catalog/backup.py) into the stack's Consul; started first if it is not
+restore() {   # restore FILE: a backup (catalog/backup.py) into the stack's Consul, then the stack up with it
   local file="$1"
   "$VENV/bin/python" -m catalog.backup check "$file" || die "nothing restored"
-  is_running consul || up
-  step "Restoring $file into Consul at $CONSUL_ADDR"
-  "$VENV/bin/python" -m catalog.backup restore "$file" --consul "$CONSUL_ADDR" --tokens "$TOKENS" | sed 's/^/    /'
-  [ "${PIPESTATUS[0]}" -eq 0 ] || die "nothing restored"
-  step "Restarting the daemons with the restored tokens"
+  # The daemons stay down until the backup is in: on an empty Consul they would register, test
+  # and promote the containers still running as if they were new.
   for c in proxy-reloader gatekeeper registrator prometheus-targets; do stop_pid "$c"; done
+  is_running consul || consul_up
+  step "Restoring $file into Consul at $CONSUL_ADDR"
+  if ! "$VENV/bin/python" -m catalog.backup restore "$file" --consul "$CONSUL_ADDR" --tokens "$TOKENS" | sed 's/^/    /'; then
+    die "nothing restored; start the stack again as it was with scripts/stack.sh up"
+  fi
+  step "Starting the stack with the restored state and tokens"
   up
 }
 

@@ -28,7 +28,11 @@ end
 function _M.log()
     local ctx = ngx.ctx
     local service, version = ctx.service, ctx.version
+    local status = ngx.status
     if not service then
+        -- only those two (reading the variable elsewhere, such as on the push socket where no
+        -- location sets it, would have nginx warn of an uninitialized variable)
+        if status ~= 502 and status ~= 504 then return end
         service, version = answered_elsewhere()
         if not service then return end
     end
@@ -41,7 +45,7 @@ function _M.log()
         for i = 1, NB do c.buckets[i] = 0 end
         by_version[version] = c
     end
-    local class = math.floor(ngx.status / 100)
+    local class = math.floor(status / 100)
     if class >= 1 and class <= 5 then c.classes[class] = c.classes[class] + 1 end
     local took = ngx.now() - ngx.req.start_time()
     local b = bucket(took)

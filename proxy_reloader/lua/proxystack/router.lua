@@ -41,9 +41,10 @@ end
 -- the generation moves on: the route index (built again only when a route changed), each
 -- request host and path's route as the index answered it, and the entries looked up.
 local seen, index, index_gen = nil, nil, nil
-local found, nfound = {}, 0     -- host -> uri -> {service or false, path or false}
+local found, nfound = {}, 0     -- host -> uri -> {service, path}
 local known = {}                -- service -> entry, false: none
-local MAX_FOUND = 20000         -- then forgotten and found again (any client may send any path)
+local MAX_FOUND = 20000         -- then forgotten and found again
+local MAX_KEY = 512             -- a longer host + path is looked up, not kept (any client may send any)
 
 local function refresh()
     local gen = backends.generation()
@@ -58,22 +59,27 @@ local function refresh()
     seen = gen
 end
 
--- (service, route path) for a request, as routes.find answers it.
+-- (service, route path) for a request, as routes.find answers it. Kept per worker for the
+-- requests a route answers (a miss, a 404, is looked up each time: random paths must not fill
+-- or churn the cache), at most MAX_FOUND of them, none longer than MAX_KEY.
 local function find(host, uri)
-    if nfound >= MAX_FOUND then found, nfound = {}, 0 end
     local by_host = found[host]
-    if by_host == nil then
-        by_host = {}
-        found[host] = by_host
-    end
-    local hit = by_host[uri]
-    if hit == nil then
-        local name, path = routes.find(index, host, uri)
-        hit = {name or false, path or false}
-        by_host[uri] = hit
+    local hit = by_host and by_host[uri]
+    if hit then return hit[1], hit[2] end
+    local name, path = routes.find(index, host, uri)
+    if name and #host + #uri <= MAX_KEY then
+        if nfound >= MAX_FOUND then
+            found, nfound = {}, 0
+            by_host = nil
+        end
+        if by_host == nil then
+            by_host = {}
+            found[host] = by_host
+        end
+        by_host[uri] = {name, path}
         nfound = nfound + 1
     end
-    return hit[1] or nil, hit[2] or nil
+    return name, path
 end
 
 local function entry_of(name)
