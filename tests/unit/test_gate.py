@@ -559,18 +559,24 @@ def test_a_route_held_only_by_instances_not_admitted_does_not_refuse_anyone():
     assert store.verdicts[newcomer.id].state == PASSED
 
 
+def pass_with_one_admitted(admitted, *others):
+    """One pass over `admitted` (passed, its gate open) and `others` (new): (store, tester)."""
+    store = Store(admitted, *others)
+    store.gates[admitted.id] = "passing"
+    store.verdicts.put(Verdict(admitted.id, admitted.container_id, "demo-test:latest", PASSED, "9/9 passed", 1, 2))
+    tester = FakeTester()
+    gate = Gate(store, tester)
+    pass_over(gate)
+    settle(gate)
+    return store, tester
+
+
 def test_a_plain_container_of_a_service_swarm_runs_is_kept_out_with_the_reason_until_swarm_serves_nothing():
     task = replace(inst(), id="h:demo.1.x:8080", container_id="c-task", swarm_service="demo", swarm_task="t1")
     new_task = replace(inst(), id="h:demo.2.y:8080", container_id="c-task2", port=30002, swarm_service="demo",
                        swarm_task="t2")
     plain = replace(inst(), id="h:web2:8080", container_id="c-plain", port=30003, version="v2")
-    store = Store(task, new_task, plain)
-    store.gates[task.id] = "passing"
-    store.verdicts.put(Verdict(task.id, task.container_id, "demo-test:latest", PASSED, "9/9 passed", 1, 2))
-    tester = FakeTester()
-    gate = Gate(store, tester)
-    pass_over(gate)
-    settle(gate)
+    store, tester = pass_with_one_admitted(task, new_task, plain)
     verdict = store.verdicts[plain.id]
     assert verdict.state == ERROR and verdict.other_owner and store.gates[plain.id] == "critical"
     assert store.outputs[plain.id] == (
@@ -591,13 +597,7 @@ def test_a_swarm_task_of_a_service_plain_containers_run_is_kept_out_and_a_lone_s
                    swarm_task="t1")
     other = replace(inst(), id="h:api.1.z:8080", service="api", container_id="c-api", port=30003,
                     swarm_service="api", swarm_task="t9")
-    store = Store(plain, task, other)
-    store.gates[plain.id] = "passing"
-    store.verdicts.put(Verdict(plain.id, plain.container_id, "demo-test:latest", PASSED, "9/9 passed", 1, 2))
-    tester = FakeTester()
-    gate = Gate(store, tester)
-    pass_over(gate)
-    settle(gate)
+    store, tester = pass_with_one_admitted(plain, task, other)
     assert store.outputs[task.id] == (
         "error: other owner: service demo is run by plain containers (1 admitted); remove them first, or give "
         "Swarm service demo-swarm another SERVICE_NAME")
