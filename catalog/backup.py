@@ -186,6 +186,9 @@ def main(argv=None) -> int:
     except BackupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:                         # a folder that does not exist, no permission
+        print(f"error: {exc.filename or args.file}: {exc.strerror}; nothing written", file=sys.stderr)
+        return BadInput.exit_code
     print(json.dumps(manifest) if args.json else said)
     return 0
 
