@@ -92,20 +92,3 @@ def emit_error(as_json: bool, message: str, code: int, prog: Optional[str] = Non
         print(json.dumps({"ok": False, "error": message, "exit": code}), flush=True)
     return code
 
-
-def refuses_newer_layout(stores, part: str) -> Optional[int]:
-    """A daemon's first look at Consul: None to go on; EXIT_FAILED, said on stderr, when the data in
-    Consul is laid out by a newer proxystack than this one (catalog.schema) or its version key holds
-    no version. Consul unreachable or refusing: go on (the daemon waits for it as always)."""
-    import logging
-
-    from .retry import TRANSIENT
-    from .schema import NewerSchema, refuse_newer
-    try:
-        refuse_newer(stores.consul, part)
-    except (NewerSchema, ValueError) as exc:
-        print(f"{part}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except TRANSIENT as exc:
-        logging.warning("could not read the KV layout's schema version (%s); going on", exc)
-    return None

@@ -9,24 +9,36 @@ changes the layout must raise SCHEMA_VERSION and migrate in claim(). docs/operat
 """
 from __future__ import annotations
 
+import logging
+import sys
 from typing import Optional
 
+from .cli import EXIT_FAILED
 from .kv_layout import SCHEMA
+from .retry import TRANSIENT
 
 SCHEMA_VERSION = 1
 
 
-class NewerSchema(RuntimeError):
+class SchemaRefusal(RuntimeError):
+    """This part may not act on the data in Consul; the message says why and what to do."""
+
+
+class NewerSchema(SchemaRefusal):
     """The data in Consul is laid out by a newer proxystack than this one."""
 
 
+class UnreadableSchema(SchemaRefusal):
+    """The version key holds something that is not a version."""
+
+
 def stored(consul) -> Optional[int]:
-    """The version Consul holds (None: none written yet); raises ValueError on a value that is not one."""
+    """The version Consul holds (None: none written yet); UnreadableSchema on a value that is not one."""
     _, value = consul.kv_get(SCHEMA)
     if value is None:
         return None
     if not value.strip().isdigit():
-        raise ValueError(f"Consul key {SCHEMA} holds {value!r}, not a schema version (a whole number): "
+        raise UnreadableSchema(f"Consul key {SCHEMA} holds {value!r}, not a schema version (a whole number): "
                          f"restore it (this release writes {SCHEMA_VERSION}) or a backup")
     return int(value)
 
@@ -48,3 +60,17 @@ def claim(consul) -> int:
         consul.kv_put(SCHEMA, str(SCHEMA_VERSION), cas=0)     # another gatekeeper may have written it first
         return refuse_newer(consul, "gatekeeper") or SCHEMA_VERSION
     return version
+
+
+def check_at_start(consul, part: str) -> Optional[int]:
+    """registrator's and proxy-reloader's first look at Consul: None to go on; EXIT_FAILED, said on
+    stderr, when they may not act (refuse_newer). Consul unreachable or refusing: go on (the
+    daemon waits for it as always)."""
+    try:
+        refuse_newer(consul, part)
+    except SchemaRefusal as exc:
+        print(f"{part}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except TRANSIENT as exc:
+        logging.warning("could not read the KV layout's schema version (%s); going on", exc)
+    return None

@@ -13,7 +13,7 @@ import time
 from typing import Callable, Optional, Sequence
 
 from catalog.retry import TRANSIENT, backoff
-from catalog.schema import NewerSchema
+from catalog.schema import SchemaRefusal
 from catalog.stores import InstanceStore, PolicyStore
 from catalog.watch import Watch
 
@@ -31,7 +31,7 @@ class Daemon:
         self.instances, self.policies = instances, policies
         self.reconcilers, self.leader, self.wait = list(reconcilers), leader, wait
         # called each time it becomes the leader, before it acts (catalog.schema.claim): raising
-        # NewerSchema or ValueError makes it refuse to act, let go of the lock and stop, saying why
+        # SchemaRefusal makes it refuse to act, let go of the lock and stop, saying why
         self.on_lead = on_lead
         self.refused = ""
         self.stopping = threading.Event()
@@ -89,7 +89,7 @@ class Daemon:
         try:
             self.on_lead()
             return True
-        except (NewerSchema, ValueError) as exc:
+        except SchemaRefusal as exc:
             log.error("%s", exc)
             self.refused = str(exc)
             self.stopping.set()           # run() ends

@@ -15,7 +15,8 @@ from pathlib import Path
 import requests
 
 from catalog.cli import (EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, add_consul_options,
-                         consul_address, exit_code_epilog, refuses_newer_layout)
+                         consul_address, exit_code_epilog)
+from catalog import schema
 from catalog.consul_client import read_token
 from catalog.stores import ProxyStore, Stores
 from catalog.logs import setup_logging
@@ -103,7 +104,7 @@ def main(argv=None) -> int:
     except (ValueError, OSError) as exc:
         print(f"proxy-reloader: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    refused = refuses_newer_layout(stores, "proxy-reloader")
+    refused = schema.check_at_start(stores.consul, "proxy-reloader")
     if refused is not None:
         return refused
     reporter, proxy_id = None, f"proxy-reloader:{args.listen}"

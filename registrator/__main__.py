@@ -7,8 +7,8 @@ import signal
 import socket
 import sys
 
-from catalog.cli import (EXIT_OK, EXIT_USAGE, add_consul_options, consul_address, exit_code_epilog,
-                         refuses_newer_layout)
+from catalog import schema
+from catalog.cli import EXIT_OK, EXIT_USAGE, add_consul_options, consul_address, exit_code_epilog
 from catalog.consul_client import read_token
 from catalog.stores import Stores
 from catalog.metrics import announce, metrics_address, serve_metrics, withdraw
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     except (ValueError, OSError) as exc:
         print(f"registrator: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    refused = refuses_newer_layout(stores, "registrator")
+    refused = schema.check_at_start(stores.consul, "registrator")
     if refused is not None:
         return refused
     announced = announce(stores.proxies, args.metrics, "registrator", settings.registered_by) if args.metrics else None

@@ -37,12 +37,12 @@ local function over_limit(name, limit)
     return false
 end
 
--- Per worker, everything a request needs once it has read the table's generation, kept until
--- the generation moves on: the route index (built again only when a route changed), each
--- request host and path's route as the index answered it, and the entries looked up.
+-- Per worker, what a request needs once it has read the table's generation, kept until the
+-- generation moves on: the route index (built again only when a route changed) and each request
+-- host and path's route as the index answered it. (Entries: backends.get's own cache, given the
+-- generation read here.)
 local seen, index, index_gen = nil, nil, nil
 local found, nfound = {}, 0     -- host -> uri -> {service, path}
-local known = {}                -- service -> entry, false: none
 local MAX_FOUND = 20000         -- then forgotten and found again
 local MAX_KEY = 512             -- a longer host + path is looked up, not kept (any client may send any)
 
@@ -55,7 +55,6 @@ local function refresh()
         index_gen = rgen
         found, nfound = {}, 0
     end
-    known = {}
     seen = gen
 end
 
@@ -80,15 +79,6 @@ local function find(host, uri)
         nfound = nfound + 1
     end
     return name, path
-end
-
-local function entry_of(name)
-    local entry = known[name]
-    if entry == nil then
-        entry = backends.get(name, seen) or false
-        known[name] = entry
-    end
-    return entry or nil
 end
 
 -- A route's allow-list, parsed once per worker per entry (entries are replaced, never changed).
@@ -162,7 +152,7 @@ function _M.route(listener, host, uri, content_length)
     local ctx = ngx.ctx
     ctx.service = name                   -- for the metrics (their version is "none" until a peer is set)
     ngx.var.proxystack_service = name    -- for the proxy's own answers (403, 502, 504...): their JSON and metrics
-    local entry = entry_of(name)
+    local entry = backends.get(name, seen)
     local route = entry and entry.route or NO_ROUTE
     if (route.protocol == "grpc") ~= (listener == "grpc") then
         return listener == "grpc" and "404" or "426"
