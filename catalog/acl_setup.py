@@ -11,16 +11,20 @@ What each token may touch (least privilege):
   read the gate records it applies (gatekeeper/gates/), the container actions it carries out
   (gatekeeper/actions/) and its agent's node name (agent read).
 - gatekeeper: update checks (service write: Consul ties TTL updates to it), KV under
-  gatekeeper/ only, sessions for its leader lock.
+  gatekeeper/ only, sessions for its leader lock; read certificate chains (not their keys)
+  for `status`.
 - proxy-reloader: read services, nodes and the routing policies; write only its own
-  `proxy-reloader` service and what it serves under proxy-reloader/served/ (for --report-check).
+  `proxy-reloader` service, what it serves under proxy-reloader/served/ (for --report-check),
+  and the TLS certificates under certificates/ (its local CA and ACME issuers write them; it
+  alone of the daemons reads their private keys).
 - registrator, gatekeeper and proxy-reloader announce their metrics endpoints as instances of
   `proxystack-metrics` (registrator and gatekeeper may write any service already).
 - prometheus: read the `proxystack-metrics` service and nodes (monitoring.targets, which tells
   Prometheus where the endpoints are), nothing else.
 - operator (the CLI, the UI): read services and nodes, write under gatekeeper/ (policies,
   history, retests, default test images, scaling), read registrator/ (rejections) and
-  proxy-reloader/ (what each proxy serves, for `gatekeeper wait`); only read gatekeeper's own
+  proxy-reloader/ (what each proxy serves, for `gatekeeper wait`), write certificates/
+  (`proxy-reloader cert add`); only read gatekeeper's own
   decisions (verdicts, gate records, container actions, healing records, the leader lock,
   the KV layout's schema version), so
   the operator cannot admit an instance its tests did not pass.
@@ -40,8 +44,8 @@ import requests
 
 from .consul_client import parse_address
 from .stores.proxies import METRICS_SERVICE
-from .kv_layout import (ACTIONS, GATEKEEPER, GATES, HEALING, HISTORY, LEADER, POLICIES as KV_POLICIES,
-                        PROXY_RELOADER, REGISTRATOR, SCHEMA, SERVED, VERDICTS)
+from .kv_layout import (ACTIONS, CERTIFICATE_CHAINS, CERTIFICATES, GATEKEEPER, GATES, HEALING, HISTORY, LEADER,
+                        POLICIES as KV_POLICIES, PROXY_RELOADER, REGISTRATOR, SCHEMA, SERVED, VERDICTS)
 
 # gatekeeper's own decisions: what it alone writes (and the break-glass token, verdicts only)
 DECISIONS = "".join(f'key_prefix "{prefix}" {{ policy = "read" }}\n' for prefix in (VERDICTS, GATES, ACTIONS, HEALING)) \
@@ -55,16 +59,19 @@ POLICIES = {
                    f'key "{SCHEMA}" {{ policy = "read" }}\nagent_prefix "" {{ policy = "read" }}\n',
     "gatekeeper": f'service_prefix "" {{ policy = "write" }}\nnode_prefix "" {{ policy = "read" }}\n'
                   f'key_prefix "{GATEKEEPER}" {{ policy = "write" }}\nkey_prefix "{REGISTRATOR}" {{ policy = "read" }}\n'
-                  f'key_prefix "{PROXY_RELOADER}" {{ policy = "read" }}\nsession_prefix "" {{ policy = "write" }}\n',
+                  f'key_prefix "{PROXY_RELOADER}" {{ policy = "read" }}\nsession_prefix "" {{ policy = "write" }}\n'
+                  f'key_prefix "{CERTIFICATE_CHAINS}" {{ policy = "read" }}\n',
     "proxy-reloader": f'service_prefix "" {{ policy = "read" }}\nnode_prefix "" {{ policy = "read" }}\n'
                       f'key_prefix "{KV_POLICIES}" {{ policy = "read" }}\nkey "{SCHEMA}" {{ policy = "read" }}\n'
                       f'service "proxy-reloader" {{ policy = "write" }}\n'
                       f'service "{METRICS_SERVICE}" {{ policy = "write" }}\n'
-                      f'key_prefix "{SERVED}" {{ policy = "write" }}\n',
+                      f'key_prefix "{SERVED}" {{ policy = "write" }}\n'
+                      f'key_prefix "{CERTIFICATES}" {{ policy = "write" }}\n',
     "prometheus": f'service "{METRICS_SERVICE}" {{ policy = "read" }}\nnode_prefix "" {{ policy = "read" }}\n',
     "operator": f'service_prefix "" {{ policy = "read" }}\nnode_prefix "" {{ policy = "read" }}\n'
                 f'key_prefix "{GATEKEEPER}" {{ policy = "write" }}\nkey_prefix "{REGISTRATOR}" {{ policy = "read" }}\n'
                 f'key_prefix "{PROXY_RELOADER}" {{ policy = "read" }}\nsession_prefix "" {{ policy = "read" }}\n'
+                f'key_prefix "{CERTIFICATES}" {{ policy = "write" }}\n'
                 + DECISIONS,
     "breakglass": f'service_prefix "" {{ policy = "read" }}\nnode_prefix "" {{ policy = "read" }}\n'
                   f'key_prefix "{GATEKEEPER}" {{ policy = "read" }}\nkey_prefix "{VERDICTS}" {{ policy = "write" }}\n'

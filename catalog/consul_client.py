@@ -9,6 +9,7 @@ what callers catch.
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 from typing import Any, Dict, Iterable, List, Optional, Tuple
@@ -100,6 +101,26 @@ class ConsulClient:
     def kv_delete(self, key: str, cas: Optional[int] = None) -> bool:
         """Delete `key`; with `cas` only if its ModifyIndex is still `cas`."""
         return bool(self._c.kv.delete(key, cas=cas))
+
+    def kv_txn(self, operations: List[Tuple[str, str, Optional[str], Optional[int]]]) -> bool:
+        """Several KV writes at once, all or none: (verb, key, value, index) each, verb "set",
+        "cas" (only while the key's ModifyIndex is `index`, 0: absent), "delete" or "delete-cas".
+        False when a check-and-set found the key changed."""
+        ops = []
+        for verb, key, value, index in operations:
+            kv = {"Verb": verb, "Key": key}
+            if value is not None:
+                kv["Value"] = base64.b64encode(value.encode()).decode()
+            if index is not None:
+                kv["Index"] = index
+            ops.append({"KV": kv})
+        try:
+            self._c.txn.put(ops)
+            return True
+        except consul.base.ClientError as exc:        # 409: rolled back; its errors say why
+            if str(exc).startswith("409") and "permission denied" not in str(exc).lower():
+                return False
+            raise ConsulError(f"PUT /v1/txn: {exc}") from None
 
     def kv_delete_present(self, keys: List[str]) -> List[str]:
         """Delete those of `keys` that exist; return them."""

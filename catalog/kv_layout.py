@@ -20,3 +20,7 @@ REJECTED = REGISTRATOR + "rejected/"           # <container name>: why it was no
 
 PROXY_RELOADER = "proxy-reloader/"
 SERVED = PROXY_RELOADER + "served/"            # <proxy id>/<service>: what that proxy's nginx serves
+
+CERTIFICATES = "certificates/"                 # TLS certificates every proxy serves (catalog.certificates)
+CERTIFICATE_CHAINS = CERTIFICATES + "chains/"  # <name>: {"cert": PEM chain, "source": ..., "added": ...}
+CERTIFICATE_KEYS = CERTIFICATES + "keys/"      # <name>: the PEM private key (proxy-reloader and operator only)

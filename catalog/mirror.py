@@ -4,7 +4,7 @@ their checks, and the routing policies, kept by Consul blocking queries.
 One blocking query per service, as consul-template keeps one per dependency: Consul wakes a
 service's query only when that service changes, so one instance change costs one small read
 whatever the catalog's size. One query on the service list starts and stops them; one on the
-policies' KV prefix follows promotions. Each follows consul-template's rules (skip an unchanged
+policies' KV prefix follows promotions, and one on the certificates' prefix follows certificates. Each follows consul-template's rules (skip an unchanged
 index or unchanged data, start over when the index goes backwards, back off on errors).
 
 The queries run as asyncio tasks on a thread of their own (aiohttp): a thousand services are a
@@ -23,7 +23,7 @@ from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from .consul_client import AsyncConsul
 from .stores.instances import registered_from_health
-from .kv_layout import POLICIES
+from .kv_layout import CERTIFICATES, POLICIES
 from .model import RegisteredInstance
 from .watch import IndexTracker
 
@@ -41,6 +41,7 @@ class CatalogMirror:
         self._lock = threading.Lock()
         self._instances: Dict[str, List[RegisteredInstance]] = {}
         self._policies: Dict[str, str] = {}
+        self._certificates: Optional[Dict[str, str]] = None    # certificates/ as last answered, until taken
         self._changed: Set[str] = set()
         self._pending: Set[str] = set()           # listed, first answer not in yet
         self._listed = self._policies_read = False
@@ -58,6 +59,12 @@ class CatalogMirror:
         with self._lock:
             changed, self._changed = self._changed, set()
             return {s: (self._instances.get(s), self._policies.get(s)) for s in changed}
+
+    def take_certificates(self) -> Optional[Dict[str, str]]:
+        """Every key under certificates/ with its value, when it changed since the last call; else None."""
+        with self._lock:
+            items, self._certificates = self._certificates, None
+            return items
 
     def everything(self) -> Snapshot:
         with self._lock:
@@ -83,14 +90,18 @@ class CatalogMirror:
             self._tasks: Dict[str, asyncio.Task] = {}
             loops = [asyncio.create_task(self._follow("services", "/v1/catalog/services", {}, self._on_services)),
                      asyncio.create_task(self._follow("policies", "/v1/kv/" + POLICIES, {"recurse": ""},
-                                                      self._on_policies))]
+                                                      self._on_policies)),
+                     asyncio.create_task(self._follow("certificates", "/v1/kv/" + CERTIFICATES, {"recurse": ""},
+                                                      self._on_certificates, disrupts=False))]
             await self._stop.wait()
             for t in loops + list(self._tasks.values()):
                 t.cancel()
             await asyncio.gather(*loops, *self._tasks.values(), return_exceptions=True)
 
     # --- one blocking-query loop -----------------------------------------------------------
-    async def _follow(self, name: str, path: str, params: dict, handle) -> None:
+    async def _follow(self, name: str, path: str, params: dict, handle, disrupts: bool = True) -> None:
+        """Follow one blocking query; `disrupts`: whether its failures count as a Consul disruption
+        (during which the proxy keeps routes that vanish, see proxy_reloader.runner)."""
         tracker, last, delay, failing = IndexTracker(), object(), 0.2, False
         while True:
             try:
@@ -99,7 +110,8 @@ class CatalogMirror:
                 raise
             except Exception as exc:               # unreachable, restarted, refusing: retry
                 self.errors += 1
-                self.disrupted_at = time.monotonic()
+                if disrupts:
+                    self.disrupted_at = time.monotonic()
                 if not failing:
                     log.warning("watch %s: %s: %s; retrying with back-off", name, type(exc).__name__, exc)
                 failing = True
@@ -110,7 +122,7 @@ class CatalogMirror:
             if failing:
                 log.info("watch %s: Consul answers again", name)
             failing, delay = False, 0.2
-            if index < tracker.index:
+            if index < tracker.index and disrupts:
                 self.disrupted_at = time.monotonic()       # Consul restarted or restored a snapshot
             if tracker.advance(index) and data != last:
                 last = data
@@ -160,6 +172,15 @@ class CatalogMirror:
             self._policies = policies
             self._policies_read = True
         self._notify()
+
+    def _on_certificates(self, _, items: list) -> None:
+        # Not part of `ready`: routing never waits for certificates (a proxy whose token may not
+        # read them routes plain HTTP as before, and the watch's errors say why).
+        with self._lock:
+            self._certificates = {item["Key"]: base64.b64decode(item.get("Value") or "").decode(errors="replace")
+                                  for item in items or []}
+        if self.ready.is_set():
+            self.on_change()
 
     def _notify(self) -> None:
         if not self.ready.is_set() and self._listed and self._policies_read and not self._pending:

@@ -9,6 +9,9 @@
     proxy.allow=10.0.0.0/8,...  only these client networks reach the route (403 otherwise)
     proxy.rate_limit=50r/s,burst=100   requests per client address (429 above it)
     proxy.protocol=grpc         the instances speak gRPC (HTTP/2): served on the gRPC listener
+    proxy.https=redirect        plain HTTP: redirect (308) to HTTPS, only (refused), both (served), off
+                                (HTTP only); left out: redirect when a certificate covers the host
+    proxy.hsts=max-age=31536000;includeSubDomains   Strict-Transport-Security on HTTPS answers
 
 Each value is checked by an allow-list here (a bad one refuses the container with the rule),
 kept in its canonical text in the instance's Consul metadata, checked again when read back,
@@ -138,6 +141,28 @@ def rate_limit_parts(canonical: str) -> Tuple[str, int]:
     return f"{m.group(1)}r/{m.group(2)}", int(m.group(3) or 0)
 
 
+HTTPS_MODES = ("redirect", "only", "both", "off")
+MAX_HSTS_AGE = 63072000                  # two years, as browsers' preload lists take at most
+_HSTS = re.compile(r"max-age=([0-9]{1,8})(;includesubdomains)?")
+
+
+def _https(label: str, raw: str) -> str:
+    if raw not in HTTPS_MODES:
+        raise InvalidSetting(label, raw, "redirect (plain HTTP is redirected to HTTPS), only (HTTPS only, plain "
+                             "HTTP refused), both (served on both) or off (plain HTTP only)")
+    return raw
+
+
+def _hsts(label: str, raw: str) -> dict:
+    """'max-age=31536000; includeSubDomains' -> {"hsts_max_age": 31536000, "hsts_subdomains": True}."""
+    m = _HSTS.fullmatch(raw.replace(" ", "").lower())
+    if not m or int(m.group(1)) > MAX_HSTS_AGE:
+        raise InvalidSetting(label, raw, f"max-age=N (seconds, 0 to {MAX_HSTS_AGE}), optionally followed by "
+                             ";includeSubDomains, such as max-age=31536000;includeSubDomains")
+    return {"hsts_max_age": int(m.group(1)), "hsts_subdomains": bool(m.group(2)),
+            "text": f"max-age={int(m.group(1))}" + (";includeSubDomains" if m.group(2) else "")}
+
+
 # setting -> (parse raw label text -> value for the proxy, canonical text from that value)
 SETTINGS = {
     "timeout": (lambda l, r: _seconds(l, r, 1, 3600), None),
@@ -148,7 +173,11 @@ SETTINGS = {
     "allow": (_networks, lambda v: ",".join(v)),
     "rate_limit": (_rate_limit, lambda v: v["text"]),
     "protocol": (_protocol, None),
+    "https": (_https, None),
+    "hsts": (_hsts, lambda v: v["text"]),
 }
+# settings the push carries as several keys of the route (the others: one key, the setting's name)
+_SPREAD = ("hsts",)
 LABEL_PREFIX = "proxy."
 META_PREFIX = META_ROUTE_SETTING  # proxy.timeout=5s is kept in Consul as meta proxy_timeout=5s
 
@@ -196,5 +225,8 @@ def for_proxy(settings: Iterable[Tuple[str, str]]) -> dict:
         value = parse(LABEL_PREFIX + k, v)
         if isinstance(value, dict):
             value = {key: item for key, item in value.items() if key != "text"}
-        out[k] = list(value) if isinstance(value, tuple) else value
+        if k in _SPREAD:
+            out.update(value)
+        else:
+            out[k] = list(value) if isinstance(value, tuple) else value
     return out

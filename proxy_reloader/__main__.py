@@ -3,6 +3,11 @@
 dynamic (the default): routes, their settings, instances, gates and weights are pushed to
 nginx's Lua router without a reload; nginx reloads only when its own options change.
 reload: every change renders the config and reloads nginx (for an nginx without the Lua module).
+
+HTTPS (dynamic mode, --tls-listen): certificates are picked per handshake by SNI from those
+pushed with the routes: from a folder (--cert-dir), from Consul (`proxy-reloader cert add`), and
+from the stack's local CA (--local-ca) for routed hosts that have none. `proxy-reloader cert
+--help` manages the ones in Consul.
 """
 from __future__ import annotations
 
@@ -24,6 +29,10 @@ from catalog.metrics import announce, own_metrics, withdraw
 from catalog.mirror import CatalogMirror
 
 from . import metrics
+from catalog import local_ca
+
+from . import cert_cli
+from .certificates import CertificateBook, LocalIssuer, ensure_fallback
 from .nginx import Nginx, NginxError
 from .push import PushClient, PushError, ensure_secret
 from .render import DYNAMIC, RELOAD, Settings
@@ -50,6 +59,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grpc-listen", default="", metavar="ADDRESS:PORT",
                    help="where the proxy takes gRPC calls (HTTP/2 in cleartext) for the services labelled "
                         "proxy.protocol=grpc (default: no gRPC listener)")
+    p.add_argument("--tls-listen", default="", metavar="ADDRESS:PORT",
+                   help="where the proxy takes HTTPS (TLS 1.2/1.3, HTTP/2), certificates by SNI; dynamic mode "
+                        "only (default: no TLS listener)")
+    p.add_argument("--cert-dir", default=None, metavar="DIR",
+                   help="a folder of certificates to serve: HOST.crt + HOST.key, _wildcard.DOMAIN.crt for "
+                        "*.DOMAIN, default.crt; re-read when a file changes")
+    p.add_argument("--local-ca", default=None, metavar="DIR",
+                   help="the stack's own CA (DIR/root.crt, made when absent): issues a certificate for each "
+                        "routed host that has none, written to Consul for every proxy")
+    p.add_argument("--local-ca-default", default="", metavar="NAME[,NAME]",
+                   help="with --local-ca: issue the default certificate (for clients whose name has no "
+                        "certificate) for these host names or addresses, such as localhost,127.0.0.1, "
+                        "unless another source has one (default: none, such clients fail the handshake)")
     p.add_argument("--workers", default="2", help="nginx worker_processes (default %(default)s)")
     p.add_argument("--read-timeout", type=float, default=30.0, metavar="S",
                    help="seconds an instance may take to answer before the request is retried on another "
@@ -81,10 +103,19 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("need 0 < --min-wait <= --max-wait")
     if not 0 < args.read_timeout <= 3600:
         p.error(f"--read-timeout must be more than 0 and at most 3600 seconds, got {args.read_timeout:g}")
+    if (args.tls_listen or args.cert_dir or args.local_ca) and not dynamic:
+        p.error("--tls-listen, --cert-dir and --local-ca need --mode dynamic (certificates are picked by nginx's Lua side)")
+    if args.local_ca_default and not args.local_ca:
+        p.error("--local-ca-default needs --local-ca")
+    if args.cert_dir and not Path(args.cert_dir).is_dir():
+        p.error(f"--cert-dir {args.cert_dir} is not a folder")
     return args
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["cert"]:
+        return cert_cli.main(argv[1:])
     args = parse_args(argv)
     setup_logging("proxy-reloader", args.verbose)
     try:
@@ -92,7 +123,8 @@ def main(argv=None) -> int:
         stores = Stores.connect(args.consul, token=token)
         nginx = Nginx(args.nginx_prefix, args.nginx_binary, listen=args.listen)
         settings = Settings(str(nginx.prefix), args.listen, args.workers, args.mode, nginx.modules_path(),
-                            read_timeout=f"{args.read_timeout:g}s", grpc_listen=args.grpc_listen)
+                            read_timeout=f"{args.read_timeout:g}s", grpc_listen=args.grpc_listen,
+                            tls_listen=args.tls_listen)
         push = None
         if args.mode == DYNAMIC:
             lua = Path(settings.modules) / "ngx_http_lua_module.so"
@@ -101,6 +133,15 @@ def main(argv=None) -> int:
                                  "libnginx-mod-http-lua and lua-cjson (scripts/install.sh nginx does), "
                                  "or run with --mode reload")
             push = PushClient(settings.socket, ensure_secret(settings.secret))
+            if args.tls_listen:
+                ensure_fallback(settings.fallback_cert, settings.fallback_key)
+        certificates = CertificateBook(args.cert_dir)
+        issuer = None
+        if args.local_ca:
+            ca, made = local_ca.ensure(args.local_ca)
+            logging.info("local CA %s: %s", "made" if made else "reused", Path(args.local_ca) / "root.crt")
+            issuer = LocalIssuer(ca, stores.certificates,
+                                 default_names=[n.strip() for n in args.local_ca_default.split(",") if n.strip()])
     except (ValueError, OSError) as exc:
         print(f"proxy-reloader: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -112,10 +153,11 @@ def main(argv=None) -> int:
         reporter = stores.proxies.self_report("proxy-reloader", proxy_id, args.listen)
     options = RunnerOptions(listen=args.listen, min_wait=args.min_wait, max_wait=args.max_wait,
                             workers=args.workers, mode=args.mode, modules=settings.modules,
-                            read_timeout=settings.read_timeout, grpc_listen=args.grpc_listen)
+                            read_timeout=settings.read_timeout, grpc_listen=args.grpc_listen,
+                            tls_listen=args.tls_listen)
     if args.once or args.exec_nginx:
         try:
-            changed = render_once(stores, nginx, settings, push)
+            changed = render_once(stores, nginx, settings, push, certificates)
         except (NginxError, PushError) as exc:
             if args.once:
                 print(f"proxy-reloader: nginx refused: {exc}", file=sys.stderr)
@@ -132,8 +174,9 @@ def main(argv=None) -> int:
             print(f"config {'written' if changed else 'unchanged'}: {nginx.conf}")
             return EXIT_OK
     mirror = CatalogMirror(args.consul, token, on_change=lambda: runner.dirty.set())
-    runner = Runner(mirror, nginx, options, reporter, push)
+    runner = Runner(mirror, nginx, options, reporter, push, certificates, issuer)
     metrics.count_watch_errors(mirror)
+    metrics.report_certificates(certificates)
     if args.report_check:
         runner.served = ServedReports(lambda service, served: stores.proxies.report(proxy_id, service, served))
         runner.served.start()

@@ -1,12 +1,13 @@
 """The backend table pushed to nginx in dynamic mode.
 
-    push   {"generation": N, "full": bool, "services": {NAME: ENTRY | null}}
+    push   {"generation": N, "full": bool, "services": {NAME: ENTRY | null},
+            "certificates": {CERTNAME: {"cert": PEM, "key": PEM} | null}}     (certificates: optional)
     ENTRY  {"service": NAME, "stable": POOL | null, "canary": POOL | null, "weight": 0..100,
             "route": ROUTE}
     POOL   {"version": V, "servers": [[ADDRESS, PORT, VERSION], ...]}     (at least one server)
     ROUTE  {"path": "/demo/", "hosts": [HOST, ...], "strip_prefix": bool, and the route's own
             settings: "timeout", "connect_timeout" (seconds), "body_size" (bytes), "buffering",
-            "retries", "allow" ([NETWORK, ...])}
+            "retries", "allow" ([NETWORK, ...]), "https", "hsts_max_age", "hsts_subdomains"}
 
 The rules of that shape live in one file, lua/proxystack/contract.json, which `contract` here
 and nginx's `proxystack/contract.lua` both check by. proxy-reloader computes every entry from
@@ -15,8 +16,9 @@ pool answers 503); nginx picks the route of each request from these entries too,
 change needs a new nginx.conf; nginx
 checks the same rules again and refuses a whole push if one entry breaks them, keeping the
 table it had.
-The table file beside nginx.conf holds the last full table in the push format, so an nginx
-that starts or restarts routes right before proxy-reloader pushes anything.
+The table file beside nginx.conf holds the last full table in the push format, certificates and
+their keys included (so it is readable by its owner only), so an nginx that starts or restarts
+routes and serves HTTPS right before proxy-reloader pushes anything.
 """
 from __future__ import annotations
 
@@ -57,15 +59,27 @@ def check_entry(name: str, e: Optional[dict]) -> None:
         raise ValueError(reason)
 
 
-def push_body(generation: int, entries: Dict[str, Optional[dict]], full: bool) -> bytes:
+def push_body(generation: int, entries: Dict[str, Optional[dict]], full: bool,
+              certificates: Optional[Dict[str, Optional[dict]]] = None) -> bytes:
     for name, e in entries.items():
         check_entry(name, e)
-    return json.dumps({"generation": generation, "full": full, "services": entries},
-                      sort_keys=True, separators=(",", ":")).encode()
+    body = {"generation": generation, "full": full, "services": entries}
+    if certificates is not None:
+        for name, cert in certificates.items():
+            reason = contract.check_certificate(name, cert)
+            if reason:
+                raise ValueError(reason)
+        body["certificates"] = certificates
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
 
-def write_table(path: Path, generation: int, entries: Dict[str, dict]) -> None:
-    """The full table, atomically, for nginx's next start (read in init_by_lua)."""
+def write_table(path: Path, generation: int, entries: Dict[str, dict],
+                certificates: Optional[Dict[str, dict]] = None) -> None:
+    """The full table, atomically, for nginx's next start (read in init_by_lua); 0600, since it
+    holds the certificates' private keys."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(push_body(generation, entries, full=True))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(push_body(generation, entries, full=True, certificates=certificates or {}))
+    os.chmod(tmp, 0o600)
     os.replace(tmp, path)

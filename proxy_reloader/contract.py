@@ -94,7 +94,7 @@ def check_route(route: Any, where: str) -> Optional[str]:
     if not isinstance(route, dict):
         return f"{where} must be an object"
     for key in sorted(route):
-        if key not in ("path", "hosts", "allow", "rate_limit", "protocol") and key not in rules["flags"] \
+        if key not in ("path", "hosts", "allow", "rate_limit", "protocol", "https") and key not in rules["flags"] \
                 and key not in rules["numbers"]:
             return f"{where}.{key} is not a route setting"
     if not name_ok("path", route.get("path")) or "//" in route["path"]:
@@ -111,6 +111,8 @@ def check_route(route: Any, where: str) -> Optional[str]:
             return f"{where}.{key} must be a number {low}..{high}"
     if "protocol" in route and route["protocol"] not in rules["protocol"]:
         return f"{where}.protocol must be one of " + ", ".join(rules["protocol"])
+    if "https" in route and route["https"] not in rules["https"]:
+        return f"{where}.https must be one of " + ", ".join(rules["https"])
     if "rate_limit" in route:
         limit, bounds = route["rate_limit"], rules["rate_limit"]
         if not (isinstance(limit, dict) and set(limit) == {"rate", "burst"}
@@ -151,6 +153,27 @@ def check_entry(name: Any, entry: Any) -> Optional[str]:
     return None
 
 
+def certificate_name_ok(name: Any) -> bool:
+    return name == "default" or host_ok(name)
+
+
+def check_certificate(name: Any, cert: Any) -> Optional[str]:
+    """None when a pushed certificate keeps the contract's shape (nginx parses it too)."""
+    if not certificate_name_ok(name):
+        return f"certificate name {name} is not valid"
+    if cert is None:
+        return None
+    rules = CONTRACT["certificates"]
+    if not isinstance(cert, dict) or set(cert) != {"cert", "key"}:
+        return f"certificate {name} must be {{cert, key}} or null"
+    for part in ("cert", "key"):
+        pem = cert[part]
+        if not (isinstance(pem, str) and rules["pem"][0] <= len(pem) <= rules["pem"][1]
+                and pem.startswith(rules["begins"])):
+            return f"certificate {name}: {part} must be PEM text of at most {rules['pem'][1]} bytes"
+    return None
+
+
 def check_push(body: Any) -> Tuple[bool, Optional[str]]:
     """(True, None) for a push nginx takes, else (False, reason): one bad entry refuses all."""
     if not isinstance(body, dict):
@@ -161,6 +184,13 @@ def check_push(body: Any) -> Tuple[bool, Optional[str]]:
         return False, "services must be an object"
     for name, entry in sorted(body["services"].items()):
         reason = check_entry(name, entry)
+        if reason:
+            return False, reason
+    certs = body.get("certificates", {})
+    if not isinstance(certs, dict) or len(certs) > CONTRACT["certificates"]["count"][1]:
+        return False, f"certificates must be an object of at most {CONTRACT['certificates']['count'][1]}"
+    for name, cert in sorted(certs.items()):
+        reason = check_certificate(name, cert)
         if reason:
             return False, reason
     return True, None

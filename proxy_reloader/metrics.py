@@ -1,6 +1,6 @@
 """proxy-reloader's own metrics, served beside nginx's per-request metrics on --admin /metrics."""
 from prometheus_client import REGISTRY, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 RENDERS = Counter("proxy_reloader_renders_total", "Times the wanted routes were computed and applied")
 APPLIED = Counter("proxy_reloader_applied_total", "Changes applied to nginx, by way (push, reload) and result",
@@ -21,3 +21,20 @@ class _WatchErrors:
 
 def count_watch_errors(mirror) -> None:
     REGISTRY.register(_WatchErrors(mirror))
+
+
+class _Certificates:
+    """Days until each served certificate expires (the alert rule fires under 14)."""
+    def __init__(self, book):
+        self.book = book
+
+    def collect(self):
+        family = GaugeMetricFamily("proxystack_certificate_days_left",
+                                   "Days until a served certificate expires, by name and source", labels=["name", "source"])
+        for name, cert in self.book.serving().items():
+            family.add_metric([name, cert.source], round(cert.days_left(), 3))
+        yield family
+
+
+def report_certificates(book) -> None:
+    REGISTRY.register(_Certificates(book))

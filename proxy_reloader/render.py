@@ -39,6 +39,8 @@ class Settings:
     table_size: str = "64m"                     # shared memory for the backend table (dynamic)
     read_timeout: str = "30s"                   # an answer slower than this is a failure (tried on the next)
     grpc_listen: str = ""                       # where gRPC clients connect (HTTP/2 cleartext), "" for none
+    tls_listen: str = ""                        # where HTTPS clients connect (dynamic mode), "" for none
+    certs_size: str = "16m"                     # shared memory for the pushed certificates (dynamic)
 
     @property
     def table(self) -> Path:
@@ -55,6 +57,19 @@ class Settings:
     @property
     def secret(self) -> Path:
         return self.admin_dir / "secret"
+
+    @property
+    def fallback_cert(self) -> Path:
+        """The certificate nginx needs for its TLS listener to start; never served (proxystack.certs)."""
+        return self.admin_dir / "fallback.crt"
+
+    @property
+    def fallback_key(self) -> Path:
+        return self.admin_dir / "fallback.key"
+
+    @property
+    def tls_port(self) -> str:
+        return self.tls_listen.rsplit(":", 1)[-1] if self.tls_listen else ""
 
 
 def group_by_host(routes: Iterable[Route]) -> List[Tuple[str, List[Route]]]:
@@ -74,8 +89,10 @@ def render(routes: List[Route], prefix: str, listen: str, workers: str = "2", se
     ordered = sorted(routes, key=lambda r: r.service)
     template = _env.get_template("nginx-dynamic.conf.j2" if s.mode == DYNAMIC else "nginx.conf.j2")
     args = dict(routes=ordered, servers=group_by_host(ordered), prefix=s.prefix, listen=s.listen,
-                workers=s.workers, read_timeout=s.read_timeout, grpc_listen=s.grpc_listen, modules=s.modules, lua=str(LUA_DIR), table=str(s.table),
-                secret=str(s.secret), socket=str(s.socket), table_size=s.table_size)
+                workers=s.workers, read_timeout=s.read_timeout, grpc_listen=s.grpc_listen, modules=s.modules,
+                lua=str(LUA_DIR), table=str(s.table), secret=str(s.secret), socket=str(s.socket),
+                table_size=s.table_size, tls_listen=s.tls_listen, tls_port=s.tls_port, certs_size=s.certs_size,
+                fallback_cert=str(s.fallback_cert), fallback_key=str(s.fallback_key))
     version = hashlib.sha256(template.render(version="", **args).encode()).hexdigest()[:16]
     return template.render(version=version, **args)
 

@@ -6,9 +6,13 @@ never longer than `max_wait` after the first one). Only the services that change
 computed again.
 
 Applying, in dynamic mode: the table entries that changed (a route, its settings, its
-instances, its split) are pushed to nginx's Lua router and confirmed (the workers report the
-pushed generation); the config file holds no route, so no catalog change reloads nginx. In
-reload mode every change is a new config and a reload.
+instances, its split) and the certificates that changed are pushed to nginx's Lua side and
+confirmed (the workers report the pushed generation); the config file holds no route and no
+certificate, so no catalog or certificate change reloads nginx. In reload mode every change is a
+new config and a reload (and there is no TLS listener).
+
+Certificates come from a folder (scanned when idle) and from Consul (the mirror's watch); the
+local CA issuer, when there is one, issues for routed hosts that have none after each apply.
 
 When nginx refuses a rendered config, the services whose own config it refuses keep their
 last good route (or stay out, if they never had one) and every other service's change is
@@ -29,6 +33,7 @@ from catalog.retry import TRANSIENT
 from catalog.routing import Route
 
 from . import backends, metrics
+from .certificates import CertificateBook, LocalIssuer
 from .nginx import Nginx, NginxError
 from .push import PushClient, PushError
 from .render import DYNAMIC, RELOAD, Settings, config_version, render
@@ -47,22 +52,30 @@ class RunnerOptions:
     modules: str = "/usr/lib/nginx/modules"
     read_timeout: str = "30s"
     grpc_listen: str = ""
+    tls_listen: str = ""
     # After Consul was unreachable or restarted, its catalog can be incomplete for a moment
     # (agents re-sync their services): for this long a service that vanishes, or loses every
     # admitted instance, keeps its last good route instead of being dropped.
     blip_grace: float = 15.0
     # Idle, how often to ask nginx whether it restarted (and so lost the pushed table).
     restart_check: float = 2.0
+    # Idle, how often to look for changed files in the certificate folder (--cert-dir).
+    cert_poll: float = 0.2
     # How often the proxy tells Consul it is alive (--report-check; the check's TTL is three times this).
     heartbeat: float = PROXY_HEARTBEAT
 
 
 class Runner:
     def __init__(self, mirror, nginx: Nginx, options: RunnerOptions, reporter=None,
-                 push: Optional[PushClient] = None):
+                 push: Optional[PushClient] = None, certificates: Optional[CertificateBook] = None,
+                 issuer: Optional[LocalIssuer] = None):
         self.mirror, self.nginx, self.options = mirror, nginx, options
         self.settings = Settings(str(nginx.prefix), options.listen, options.workers, options.mode, options.modules,
-                                 read_timeout=options.read_timeout, grpc_listen=options.grpc_listen)
+                                 read_timeout=options.read_timeout, grpc_listen=options.grpc_listen,
+                                 tls_listen=options.tls_listen)
+        self.certificates = certificates or CertificateBook()
+        self.issuer = issuer                         # the local CA, issuing for hosts with no certificate
+        self.certs_pushed: Dict[str, dict] = {}      # the certificates nginx confirmed
         self.reporter = reporter                     # reports health as a Consul check, if set
         self.push = push                             # nginx's push endpoint (dynamic mode)
         self.served = None                           # publishes what nginx serves (--report-check)
@@ -131,6 +144,8 @@ class Runner:
             candidate = self.nginx.validate(text) if text != self.nginx.current() else None
         self.service_errors = errors
         pushed = self._push_table(served) if self.dynamic else True   # before a reload: a new route has its servers
+        if pushed and self.issuer is not None:
+            self._issue(served)
         if candidate is not None:
             with metrics.APPLY_SECONDS.labels("reload").time():
                 self.nginx.install(candidate, text)
@@ -154,29 +169,41 @@ class Runner:
             + (f" + canary {r.canary.version} {r.weight}%" if r.canary else "")
             for r in sorted(routes, key=lambda r: r.service)) or "no services"
 
+    def _issue(self, served: List[Route]) -> None:
+        """The local CA's certificates for routed hosts with none (they come back by the KV watch)."""
+        try:
+            self.issuer.issue([h for r in served for h in r.hosts], self.certificates.serving())
+        except TRANSIENT as exc:
+            log.warning("local CA: could not write certificates to Consul: %s", exc)
+
     # --- dynamic mode: the table -----------------------------------------------------------
     def _push_table(self, served: List[Route]) -> bool:
         """Push what changed; True when the workers confirmed it (or nothing changed)."""
         want = {r.service: backends.entry(r) for r in served}
+        want_certs = self.certificates.for_push()
         try:
             self._ask_nginx()
             full = self.boot is None
             delta = want if full else {s: e for s, e in want.items() if self.table.get(s) != e}
+            certs = want_certs if full else {n: c for n, c in want_certs.items() if self.certs_pushed.get(n) != c}
             if not full:
                 delta.update({s: None for s in self.table if s not in want})
-            if delta or full:
+                certs.update({n: None for n in self.certs_pushed if n not in want_certs})
+            if delta or certs or full:
                 generation = max(self.generation + 1, int(time.time() * 1000))
                 started = time.monotonic()
-                self.push.push(backends.push_body(generation, delta, full))
+                self.push.push(backends.push_body(generation, delta, full, certs if (certs or full) else None))
                 state = self.push.state()
                 if state["generation"] != generation:
                     raise PushError(f"pushed generation {generation}, but the workers report {state['generation']}")
                 metrics.APPLY_SECONDS.labels("push").observe(time.monotonic() - started)
                 metrics.APPLIED.labels("push", "ok").inc()
                 self.generation, self.table, self.boot = generation, want, state["boot"]
+                self.certs_pushed = want_certs
                 self.pushes += 1
                 self.last_push = time.time()
-                log.info("pushed generation %d (%s): %s", generation, "full" if full else f"{len(delta)} service(s)",
+                what = "full" if full else f"{len(delta)} service(s)" + (f", {len(certs)} certificate(s)" if certs else "")
+                log.info("pushed generation %d (%s): %s", generation, what,
                          self._describe([r for r in served if r.service in delta]) if len(delta) <= 5 else "")
             self.push_error = None
             return True
@@ -191,7 +218,7 @@ class Runner:
             # The file holds the full current state, so an nginx (re)start routes right at once;
             # when an entry breaks the contract (ValueError), it keeps the last table it held.
             with contextlib.suppress(ValueError):
-                backends.write_table(self.settings.table, max(self.generation, 1), want)
+                backends.write_table(self.settings.table, max(self.generation, 1), want, want_certs)
 
     def _ask_nginx(self) -> None:
         """Notice an nginx restart (a new boot id, or an older generation): the table it holds
@@ -206,7 +233,11 @@ class Runner:
         self._last_check = time.monotonic()
 
     def _idle(self) -> None:
-        if not self.dynamic or time.monotonic() - self._last_check < self.options.restart_check:
+        if not self.dynamic:
+            return
+        if self.certificates.scan_files():
+            self.dirty.set()
+        if time.monotonic() - self._last_check < self.options.restart_check:
             return
         self._last_check = time.monotonic()
         try:
@@ -260,16 +291,23 @@ class Runner:
         if self.stopping.is_set():
             return
         self.update(self.mirror.everything())
+        self._take_certificates()
         self._apply()
         while not self.stopping.is_set():
             self._heartbeat()
-            if not self.dirty.wait(timeout=1.0):
+            if not self.dirty.wait(timeout=self.options.cert_poll if self.certificates.folder else 1.0):
                 self._idle()
                 continue
             self._quiesce()
             self.update(self.mirror.take())
+            self._take_certificates()
             self._apply()
         self.mirror.stop()
+
+    def _take_certificates(self) -> None:
+        if self.dynamic:
+            self.certificates.scan_files()
+            self.certificates.take_kv(self.mirror.take_certificates())
 
     def _quiesce(self) -> None:
         """Wait until no change for min_wait, or max_wait since the first change."""
@@ -332,7 +370,8 @@ class Runner:
             except PushError:
                 served = None
             out.update(pushes=self.pushes, last_push=self.last_push, generation=self.generation,
-                       served_generation=served, push_error=self.push_error)
+                       served_generation=served, push_error=self.push_error, tls_listen=self.options.tls_listen,
+                       **self.certificates.status())
         return out
 
     def stop(self) -> None:
@@ -356,7 +395,8 @@ def isolate(nginx: Nginx, settings: Settings, routes: List[Route], errors: Dict[
     return good
 
 
-def render_once(stores: Stores, nginx: Nginx, settings: Settings, push: Optional[PushClient] = None) -> bool:
+def render_once(stores: Stores, nginx: Nginx, settings: Settings, push: Optional[PushClient] = None,
+                certificates: Optional[CertificateBook] = None) -> bool:
     """One full read of Consul (synchronous) -> config file, and in dynamic mode the table file
     (pushed too when nginx runs). True when nginx got a new config. A service whose config nginx
     refuses is left out with a warning, as the runner does: one bad registration never keeps
@@ -374,10 +414,15 @@ def render_once(stores: Stores, nginx: Nginx, settings: Settings, push: Optional
         changed = nginx.apply(render(routes, settings.prefix, settings.listen, settings.workers, settings))
     if settings.mode == DYNAMIC:
         entries = {r.service: backends.entry(r) for r in routes}
+        book = certificates or CertificateBook()
+        book.scan_files()
+        with contextlib.suppress(*TRANSIENT):
+            book.take_kv(stores.certificates.items())
+        certs = book.for_push()
         generation = int(time.time() * 1000)
-        backends.write_table(settings.table, generation, entries)
+        backends.write_table(settings.table, generation, entries, certs)
         if push is not None and nginx.master_pid() is not None:
             state = push.state()
             generation = max(generation, int(state.get("generation") or 0) + 1)
-            push.push(backends.push_body(generation, entries, full=True))
+            push.push(backends.push_body(generation, entries, full=True, certificates=certs))
     return changed

@@ -29,9 +29,10 @@ def parsers() -> Dict[str, argparse.ArgumentParser]:
     from delivery.__main__ import build_parser as delivery
     from gatekeeper.__main__ import build_parser as gatekeeper
     from proxy_reloader.__main__ import build_parser as proxy_reloader
+    from proxy_reloader.cert_cli import build_parser as proxy_reloader_cert
     from registrator.__main__ import build_parser as registrator
     return {"registrator": registrator(), "gatekeeper": gatekeeper(), "proxy-reloader": proxy_reloader(),
-            "delivery": delivery()}
+            "proxy-reloader-cert": proxy_reloader_cert(), "delivery": delivery()}
 
 
 def commands(parser: argparse.ArgumentParser) -> List[Tuple[str, argparse.ArgumentParser]]:

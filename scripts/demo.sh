@@ -67,6 +67,13 @@ gatekeeper mode demo auto >/dev/null 2>&1 || true     # a previous run's last ch
 step "Deploy demo v1: registered by registrator, tested by gatekeeper, admitted, served by nginx"
 deploy v1 demo:v1 || die "v1 did not pass its integration tests"
 wait_served v1
+# HTTPS on the same route, with a certificate from the stack's own CA (trusted by this curl only).
+CA_ROOT="$STATE/ca/root.crt"
+PROXY_TLS_LISTEN="${PROXY_TLS_LISTEN:-127.0.0.1:8443}"
+TLS_URL="https://localhost:${PROXY_TLS_LISTEN##*:}/demo/1"
+https_answer="$(curl -sS --http2 --cacert "$CA_ROOT" -w ' (HTTP/%{http_version})' "$TLS_URL")" \
+  || die "HTTPS through the proxy failed: curl --cacert $CA_ROOT $TLS_URL (logs: $LOGS/proxy-reloader.log)"
+info "\$ curl --cacert $CA_ROOT $TLS_URL  ->  $https_answer"
 
 step "Deploy demo v2: tested, then it takes over; v1 drains and stops"
 deploy v2 demo:v2 || die "v2 did not pass its integration tests"
@@ -143,6 +150,7 @@ info "clients during the Swarm chapter: $(cat "$STATE/traffic-swarm.txt"); the b
 step "Where to look"
 info "Consul UI:      http://127.0.0.1:8500/ui/dc1/services/demo (log in with the token in $CONSUL_HTTP_TOKEN_FILE)"
 info "The service:    curl $PROXY/demo/1"
+info "Over HTTPS:     curl --cacert $STATE/ca/root.crt https://localhost:${PROXY_TLS_LISTEN##*:}/demo/1   (the stack's own CA)"
 info "Gate verdicts:  export CONSUL_HTTP_TOKEN_FILE=$CONSUL_HTTP_TOKEN_FILE; $VENV/bin/gatekeeper status demo"
 info "Proxy status:   curl http://127.0.0.1:8001/status"
 info "Metrics:        http://127.0.0.1:9090/graph?g0.expr=proxystack%3Asuccess_ratio%3Arate30s (Prometheus; every daemon's at /targets)"

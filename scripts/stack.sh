@@ -10,6 +10,10 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 CONSUL_ADDR="127.0.0.1:8500"
 PROXY_LISTEN="${PROXY_LISTEN:-127.0.0.1:8000}"
+PROXY_TLS_LISTEN="${PROXY_TLS_LISTEN:-127.0.0.1:8443}"
+# HTTPS: certificates from the stack's own CA (made once, in $STATE/ca; clients trust root.crt),
+# for every routed host name and, as the default certificate, for localhost and 127.0.0.1.
+TLS_ARGS=(--tls-listen "$PROXY_TLS_LISTEN" --local-ca "$STATE/ca" --local-ca-default localhost,127.0.0.1)
 NGINX_PREFIX="$STATE/nginx"
 NGINX_BIN="$(command -v nginx || echo /usr/sbin/nginx)"
 DEMO_LABEL="proxystack.demo"
@@ -59,10 +63,10 @@ up() {
   curl -sf -X POST "http://$PROMETHEUS_LISTEN/-/reload" >/dev/null || die "Prometheus refused its configuration (see $LOGS/prometheus.log)"
   info "scraping every daemon announced in Consul as proxystack-metrics; rules: monitoring/rules.yml"
 
-  step "nginx on http://$PROXY_LISTEN/ (prefix $NGINX_PREFIX)"
+  step "nginx on http://$PROXY_LISTEN/ and https://$PROXY_TLS_LISTEN/ (prefix $NGINX_PREFIX)"
   mkdir -p "$NGINX_PREFIX/logs"
   proxy-reloader --consul "$CONSUL_ADDR" --consul-token-file "$TOKENS/proxy-reloader.token" \
-    --nginx-prefix "$NGINX_PREFIX" --listen "$PROXY_LISTEN" --once \
+    --nginx-prefix "$NGINX_PREFIX" --listen "$PROXY_LISTEN" "${TLS_ARGS[@]}" --once \
     >>"$LOGS/proxy-reloader.log" 2>&1 || die "could not render the first nginx config (see $LOGS/proxy-reloader.log)"
   if [ -s "$NGINX_PREFIX/nginx.pid" ] && kill -0 "$(cat "$NGINX_PREFIX/nginx.pid")" 2>/dev/null; then
     info "nginx already running (pid $(cat "$NGINX_PREFIX/nginx.pid"))"
@@ -80,7 +84,7 @@ up() {
   start_bg gatekeeper gatekeeper --consul "$CONSUL_ADDR" --consul-token-file "$TOKENS/gatekeeper.token" \
     run --drain-seconds "${DRAIN_SECONDS:-5}" --metrics 127.0.0.1:8003
   start_bg proxy-reloader proxy-reloader --consul "$CONSUL_ADDR" --consul-token-file "$TOKENS/proxy-reloader.token" \
-    --nginx-prefix "$NGINX_PREFIX" --listen "$PROXY_LISTEN" --admin 127.0.0.1:8001 --report-check
+    --nginx-prefix "$NGINX_PREFIX" --listen "$PROXY_LISTEN" "${TLS_ARGS[@]}" --admin 127.0.0.1:8001 --report-check
 }
 
 swarm() {

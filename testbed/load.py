@@ -52,8 +52,10 @@ class KeepAliveLoad:
     does not resend. Bounded in time; counts answers by status and version."""
 
     def __init__(self, host: str, port: int, path: str = "/demo/1", connections: int = 20, rate: float = 20.0,
-                 max_seconds: float = 300.0, headers: dict = None):
+                 max_seconds: float = 300.0, headers: dict = None, connect=None):
+        """`connect`: makes each client's connection (default: plain HTTP to host:port)."""
         self.host, self.port, self.path, self.rate = host, port, path, rate
+        self.connect = connect or (lambda: http.client.HTTPConnection(self.host, self.port, timeout=10))
         self.max_seconds, self.headers = max_seconds, headers or {}
         self.stopping = threading.Event()
         self.versions: Counter = Counter()
@@ -75,7 +77,7 @@ class KeepAliveLoad:
             outcome = None
             try:
                 if conn is None:
-                    conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
+                    conn = self.connect()
                 conn.request("GET", self.path, headers=self.headers)
                 resp = conn.getresponse()
                 body = resp.read()

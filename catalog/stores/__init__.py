@@ -12,6 +12,7 @@ the KV prefixes), each built on one `catalog.consul_client.ConsulClient`:
     instances     InstanceStore     service instances: registered on the agent, read from the catalog
     proxies       ProxyStore        what each proxy serves; daemons' own registrations
     locks         LockStore         sessions and the leader lock
+    certificates  CertificateStore  TLS certificates every proxy serves, and their keys
 
 `Stores` holds one of each over one client; a part takes the bundle or only the stores it needs.
 Callers get and give the dataclasses of `catalog.model`.
@@ -23,6 +24,7 @@ from typing import List, Optional
 
 from ..consul_client import ConsulClient
 from .analysis import AnalysisStore
+from .certificates import CertificateStore
 from .healing import HealingStore
 from .history import HistoryStore
 from .instances import InstanceStore
@@ -34,7 +36,7 @@ from .rejections import RejectionStore
 from .scaling import ScalingStore
 from .verdicts import VerdictStore
 
-__all__ = ["Stores", "AnalysisStore", "HealingStore", "HistoryStore", "InstanceStore", "LockStore",
+__all__ = ["Stores", "AnalysisStore", "CertificateStore", "HealingStore", "HistoryStore", "InstanceStore", "LockStore",
            "NodeRecordStore", "PolicyStore", "ProxyStore", "RejectionStore", "ScalingStore", "VerdictStore"]
 
 
@@ -52,12 +54,13 @@ class Stores:
     instances: InstanceStore
     proxies: ProxyStore
     locks: LockStore
+    certificates: CertificateStore
 
     @classmethod
     def over(cls, consul: ConsulClient) -> "Stores":
         return cls(consul, VerdictStore(consul), PolicyStore(consul), HistoryStore(consul), AnalysisStore(consul),
                    ScalingStore(consul), HealingStore(consul), NodeRecordStore(consul), RejectionStore(consul),
-                   InstanceStore(consul), ProxyStore(consul), LockStore(consul))
+                   InstanceStore(consul), ProxyStore(consul), LockStore(consul), CertificateStore(consul))
 
     @classmethod
     def connect(cls, address: str = "127.0.0.1:8500", token: Optional[str] = None, timeout: float = 5.0,

@@ -37,11 +37,16 @@ def test_anonymous_requests_are_refused(consul_server, stores, unique):
      [("PUT", "/v1/kv/gatekeeper/verdicts/x", "forged"), ("PUT", "/v1/kv/gatekeeper/policies/x", "{}"),
       ("PUT", "/v1/kv/gatekeeper/actions/lpnode/x", "forged"), ("GET", "/v1/kv/gatekeeper/verdicts/?recurse=true", None)]),
     ("gatekeeper",
-     [("PUT", "/v1/kv/gatekeeper/verdicts/x", "v"), ("PUT", "/v1/session/create", {"TTL": "10s"})],
-     [("PUT", "/v1/kv/registrator/rejected/x", "r"), ("PUT", "/v1/kv/other/x", "o")]),
+     [("PUT", "/v1/kv/gatekeeper/verdicts/x", "v"), ("PUT", "/v1/session/create", {"TTL": "10s"}),
+      ("GET", "/v1/kv/certificates/chains/?recurse=true", None)],
+     [("PUT", "/v1/kv/registrator/rejected/x", "r"), ("PUT", "/v1/kv/other/x", "o"),
+      # a certificate's private key: proxy-reloader and the operator only
+      ("GET", "/v1/kv/certificates/keys/lpseed", None), ("GET", "/v1/kv/certificates/keys/?recurse=true", None),
+      ("PUT", "/v1/kv/certificates/chains/lp", "forged")]),
     ("proxy-reloader",
      [("GET", "/v1/kv/gatekeeper/policies/?recurse=true", None), ("GET", "/v1/health/state/any", None),
-      ("PUT", "/v1/kv/proxy-reloader/served/p1/demo", "{}"),
+      ("PUT", "/v1/kv/proxy-reloader/served/p1/demo", "{}"), ("GET", "/v1/kv/certificates/?recurse=true", None),
+      ("GET", "/v1/kv/certificates/keys/lpseed", None), ("PUT", "/v1/kv/certificates/keys/lp", "k"),
       ("PUT", "/v1/agent/service/register", {**service("proxystack-metrics"), "ID": "lp-px-metrics"})],
      [("PUT", "/v1/kv/gatekeeper/policies/x", "{}"), ("PUT", "/v1/kv/anything", "x"),
       ("PUT", "/v1/kv/proxy-reloader/other", "x"),
@@ -50,12 +55,14 @@ def test_anonymous_requests_are_refused(consul_server, stores, unique):
     ("prometheus",
      [("GET", "/v1/catalog/nodes", None)],
      [("GET", "/v1/kv/gatekeeper/policies/lpseed", None), ("GET", "/v1/kv/registrator/rejected/lpseed", None),
+      ("GET", "/v1/kv/certificates/keys/lpseed", None),
       ("PUT", "/v1/agent/service/register", {**service("proxystack-metrics"), "ID": "lp-prom"}),
       ("PUT", "/v1/kv/anything", "x")]),
     ("operator",
      [("PUT", "/v1/kv/gatekeeper/policies/lp", "{}"), ("GET", "/v1/kv/registrator/?recurse=true", None),
       ("PUT", "/v1/kv/gatekeeper/history/lp/1", "{}"), ("PUT", "/v1/kv/gatekeeper/retest/lp", "1"),
-      ("GET", "/v1/kv/gatekeeper/verdicts/?recurse=true", None)],
+      ("GET", "/v1/kv/gatekeeper/verdicts/?recurse=true", None),
+      ("PUT", "/v1/kv/certificates/keys/lp", "k"), ("GET", "/v1/kv/certificates/keys/lpseed", None)],
      [("PUT", "/v1/agent/service/register", service("lp-op")), ("PUT", "/v1/kv/registrator/rejected/x", "r"),
       ("PUT", "/v1/kv/proxy-reloader/served/p1/demo", "{}"),
       # gatekeeper's own decisions: the operator cannot admit what its tests did not pass
@@ -67,13 +74,14 @@ def test_anonymous_requests_are_refused(consul_server, stores, unique):
       ("GET", "/v1/kv/gatekeeper/policies/?recurse=true", None), ("GET", "/v1/health/state/any", None)],
      [("PUT", "/v1/kv/gatekeeper/policies/x", "{}"), ("PUT", "/v1/kv/gatekeeper/gates/lpnode/x", "forged"),
       ("PUT", "/v1/kv/gatekeeper/actions/lpnode/x", "forged"), ("PUT", "/v1/kv/registrator/rejected/x", "r"),
-      ("PUT", "/v1/agent/service/register", service("lp-bg"))]),
+      ("PUT", "/v1/agent/service/register", service("lp-bg")),
+      ("GET", "/v1/kv/certificates/keys/lpseed", None)]),
 ])
 def test_each_token_can_do_its_job_and_nothing_else(consul_server, part, allowed, refused):
     # Every key an allowed read asks for exists, so an allowed read answers 200 with the key:
     # a 404 (what Consul answers for a recursive read the token may not see) cannot pass for it.
     seeds = ["gatekeeper/policies/lpseed", "registrator/rejected/lpseed", "gatekeeper/verdicts/lpseed",
-             "gatekeeper/actions/lpnode/lpseed"]
+             "gatekeeper/actions/lpnode/lpseed", "certificates/chains/lpseed", "certificates/keys/lpseed"]
     for key in seeds:
         call(consul_server, "PUT", f"/v1/kv/{key}", "bootstrap", {"service": "lpseed"})
     for method, path, body in allowed:
@@ -88,7 +96,8 @@ def test_each_token_can_do_its_job_and_nothing_else(consul_server, part, allowed
             f"{part} must not {method} {path}: {r.status_code} {r.text}"
     call(consul_server, "PUT", "/v1/agent/service/deregister/lp-reg-1", "registrator")
     call(consul_server, "DELETE", "/v1/kv/gatekeeper/policies/lp", "bootstrap")    # '{}' is no valid policy
-    for key in ("gatekeeper/history/lp?recurse=true", "gatekeeper/retest/lp", "gatekeeper/verdicts/lpforced"):
+    for key in ("gatekeeper/history/lp?recurse=true", "gatekeeper/retest/lp", "gatekeeper/verdicts/lpforced",
+                "certificates/keys/lp"):
         call(consul_server, "DELETE", f"/v1/kv/{key}", "bootstrap")
     for key in seeds:
         call(consul_server, "DELETE", f"/v1/kv/{key}", "bootstrap")

@@ -27,7 +27,7 @@ def test_the_rendered_configuration_is_valid(tmp_path):
 def test_the_recording_and_alerting_rules_are_valid():
     res = promtool("check", "rules", str(RULES))
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "SUCCESS: 6 rules found" in res.stdout + res.stderr
+    assert "SUCCESS: 7 rules found" in res.stdout + res.stderr
 
 
 def test_the_watcher_follows_announcements_in_consul(consul_server, tmp_path, unique):

@@ -7,11 +7,14 @@
 --   split   CASES: {keys, weight} -> [[murmur2 hash as text, in the canary's share], ...]
 --   buckets CASES: [seconds, ...] -> {bounds: [le, ...], buckets: [index, ...]}
 --           (proxystack/latency.lua, the histogram bucket of a request's time)
+--   certnames CASES: {names, hosts} -> [[certificate name or null, covered], ...]
+--           (proxystack/certnames.lua, which certificate a TLS handshake gets)
 package.path = arg[1] .. "/?.lua;" .. package.path
 local cjson = require "cjson.safe"
 local contract = require "proxystack.contract"
 local routes = require "proxystack.routes"
 local latency = require "proxystack.latency"
+local certnames = require "proxystack.certnames"
 
 local f = assert(io.open(arg[3], "r"))
 local cases = assert(cjson.decode(f:read("*a")))
@@ -36,7 +39,13 @@ elseif arg[2] == "split" then
 elseif arg[2] == "buckets" then
     out = {bounds = latency.BUCKETS, buckets = {}}
     for i, took in ipairs(cases) do out.buckets[i] = latency.bucket(took) end
+elseif arg[2] == "certnames" then
+    local present = {}
+    for _, n in ipairs(cases.names) do present[n] = true end
+    for i, host in ipairs(cases.hosts) do
+        out[i] = {certnames.pick(present, host) or cjson.null, certnames.covered(present, host)}
+    end
 else
-    error("unknown kind " .. tostring(arg[2]) .. ": pushes, routes, split or buckets")
+    error("unknown kind " .. tostring(arg[2]) .. ": pushes, routes, split, buckets or certnames")
 end
 io.write(cjson.encode(out), "\n")

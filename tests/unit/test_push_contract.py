@@ -37,6 +37,14 @@ FULL_ROUTE = {"path": "/api/v1/", "hosts": ["demo.test", "*.demo.test"], "strip_
 RATE_RULE = "demo.route.rate_limit must be {rate: 0.01..1000000, burst: 0..1000000}"
 MIXED = {"version": "*", "servers": [["127.0.0.7", 1, "v1"], ["host-a.example", 65535, "v2.1_rc-3"]]}
 
+CERT = {"cert": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        "key": "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n"}
+
+
+def certs(certificates, generation=5):
+    return json.dumps({"generation": generation, "full": False, "services": {}, "certificates": certificates})
+
+
 # (push body as JSON text, the reason it is refused or None)
 CASES = [
     (push({"demo": entry(stable=POOL)}), None),
@@ -152,6 +160,30 @@ CASES = [
      "demo.route.allow[1] is not an address or network"),
     (push({"demo": entry(stable=POOL, route={**ROUTE, "allow": ["10.0.0.0/8 "]})}),
      "demo.route.allow[1] is not an address or network"),
+    # HTTPS: how a route is served over each scheme, and the certificates pushed beside the routes
+    (push({"demo": entry(stable=POOL, route={**ROUTE, "https": "redirect", "hsts_max_age": 31536000,
+                                             "hsts_subdomains": True})}), None),
+    (push({"demo": entry(stable=POOL, route={**ROUTE, "https": "always"})}),
+     "demo.route.https must be one of redirect, only, both, off"),
+    (push({"demo": entry(stable=POOL, route={**ROUTE, "hsts_max_age": 63072001})}),
+     "demo.route.hsts_max_age must be a number 0..63072000"),
+    (push({"demo": entry(stable=POOL, route={**ROUTE, "hsts_subdomains": "yes"})}),
+     "demo.route.hsts_subdomains must be true or false"),
+    (certs({"demo.test": CERT, "*.demo.test": CERT, "default": CERT, "gone.test": None}), None),
+    (certs({}), None),
+    (certs({"Demo.test": CERT}), "certificate name Demo.test is not valid"),
+    (certs({"*": CERT}), "certificate name * is not valid"),
+    (certs({"demo.test": {"cert": CERT["cert"]}}), "certificate demo.test must be {cert, key} or null"),
+    (certs({"demo.test": {**CERT, "chain": "x"}}), "certificate demo.test must be {cert, key} or null"),
+    (certs({"demo.test": [CERT]}), "certificate demo.test must be {cert, key} or null"),
+    (certs({"demo.test": {**CERT, "key": "secret"}}),
+     "certificate demo.test: key must be PEM text of at most 65536 bytes"),
+    (certs({"demo.test": {**CERT, "cert": "-----BEGIN " + "A" * 65536}}),
+     "certificate demo.test: cert must be PEM text of at most 65536 bytes"),
+    (json.dumps({"generation": 5, "services": {}, "certificates": [CERT]}),
+     "certificates must be an object of at most 10000"),
+    (json.dumps({"generation": 5, "services": {}, "certificates": None}),
+     "certificates must be an object of at most 10000"),
 ]
 
 

@@ -285,6 +285,7 @@ class Stores:
     def __init__(self, instances, policies=None):
         self.instances = SimpleNamespace(all=lambda: instances)
         self.policies = SimpleNamespace(get=lambda s: (1, (policies or {}).get(s)))
+        self.certificates = SimpleNamespace(items=lambda: {})
 
 
 class Push:

@@ -38,6 +38,9 @@ class FakeMirror:
         self.calls.append("take")
         return self.changes.pop(0) if self.changes else {}
 
+    def take_certificates(self):
+        return None
+
 
 class Reporter:
     def __init__(self, beat_fails=0):

@@ -4,9 +4,11 @@
 --   POST /backends        apply a push (see backends.lua for the contract)
 --   GET  /state           {"generation": N, "boot": ID, "services": N}
 --   GET  /backends[/NAME] what the workers route by
+--   GET  /certificates    {NAME: generation}: the certificates served by SNI (never the keys)
 --   GET  /metrics         Prometheus text
 local cjson = require "cjson.safe"
 local backends = require "proxystack.backends"
+local certs = require "proxystack.certs"
 local metrics = require "proxystack.metrics"
 
 local _M = {}
@@ -57,11 +59,15 @@ function _M.handle()
     local method, uri = ngx.req.get_method(), ngx.var.uri
     if method == "GET" and uri == "/state" then
         local n = #(cjson.decode(ngx.shared.proxystack_backends:get("names") or "[]") or {})
-        return reply(200, {generation = backends.generation(), boot = backends.boot(), services = n})
+        local c = 0
+        for _ in pairs(certs.names()) do c = c + 1 end
+        return reply(200, {generation = backends.generation(), boot = backends.boot(), services = n, certificates = c})
     elseif method == "GET" and uri == "/metrics" then
         ngx.header["Content-Type"] = "text/plain; version=0.0.4"
         ngx.print(metrics.render())
         return ngx.exit(200)
+    elseif method == "GET" and uri == "/certificates" then
+        return reply(200, {generation = certs.generation(), names = certs.names()})
     elseif method == "GET" and uri == "/backends" then
         return reply(200, backends.all())
     elseif method == "GET" and uri:find("^/backends/") then
@@ -79,11 +85,14 @@ function _M.handle()
             return reply(409, {error = "stale push: generation " .. body.generation .. " is not newer than "
                                .. backends.generation(), status = 409, generation = backends.generation()})
         end
-        ok, why = backends.apply(body)
+        ok, why = certs.check(body.certificates)
+        if not ok then return reply(400, {error = "push refused, table unchanged: " .. why, status = 400}) end
+        ok, why = certs.store(body.certificates, body.full, body.generation)
+        if ok then ok, why = backends.apply(body) end
         if not ok then return reply(507, {error = why, status = 507}) end
         return reply(200, {generation = backends.generation(), boot = backends.boot()})
     end
-    return reply(404, {error = "unknown endpoint; try POST /backends, GET /state, /backends, /metrics", status = 404})
+    return reply(404, {error = "unknown endpoint; try POST /backends, GET /state, /backends, /certificates, /metrics", status = 404})
 end
 
 return _M

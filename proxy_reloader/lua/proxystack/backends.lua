@@ -156,6 +156,9 @@ function _M.load_file(path)
     end
     if body.generation > _M.generation() then
         body.full = true
+        local certs = require "proxystack.certs"
+        local stored, why = certs.store(body.certificates, true, body.generation)
+        if not stored then ngx.log(ngx.ERR, "proxystack: certificates of ", path, " not loaded: ", why) end
         _M.apply(body)
     end
 end

@@ -148,7 +148,7 @@ local function host_ok(h)
 end
 
 local R = C.route
-local known = {path = true, hosts = true, allow = true, rate_limit = true, protocol = true}
+local known = {path = true, hosts = true, allow = true, rate_limit = true, protocol = true, https = true}
 for _, f in ipairs(R.flags) do known[f] = true end
 for k in pairs(R.numbers) do known[k] = true end
 local integers = {}
@@ -195,6 +195,11 @@ local function check_route(route, where)
         local found = false
         for _, p in ipairs(R.protocol) do if route.protocol == p then found = true end end
         if not found then return nil, where .. ".protocol must be one of " .. table.concat(R.protocol, ", ") end
+    end
+    if route.https ~= nil then
+        local found = false
+        for _, m in ipairs(R.https) do if route.https == m then found = true end end
+        if not found then return nil, where .. ".https must be one of " .. table.concat(R.https, ", ") end
     end
     local limit = route.rate_limit
     if limit ~= nil then
@@ -246,6 +251,31 @@ function _M.check_entry(name, entry)
     return true
 end
 
+local CERTS = C.certificates
+
+function _M.certificate_name_ok(name)
+    return name == "default" or host_ok(name)
+end
+
+-- nil, reason when a pushed certificate breaks the contract's shape (nginx parses it after).
+function _M.check_certificate(name, cert)
+    if not _M.certificate_name_ok(name) then return nil, "certificate name " .. tostring(name) .. " is not valid" end
+    if cert == cjson.null then return true end
+    local ok = object(cert) and cert.cert ~= nil and cert.key ~= nil
+    if ok then
+        for k in pairs(cert) do if k ~= "cert" and k ~= "key" then ok = false end end
+    end
+    if not ok then return nil, "certificate " .. name .. " must be {cert, key} or null" end
+    for _, part in ipairs({"cert", "key"}) do
+        local pem = cert[part]
+        if not (type(pem) == "string" and #pem >= CERTS.pem[1] and #pem <= CERTS.pem[2]
+                and pem:sub(1, #CERTS.begins) == CERTS.begins) then
+            return nil, "certificate " .. name .. ": " .. part .. " must be PEM text of at most " .. CERTS.pem[2] .. " bytes"
+        end
+    end
+    return true
+end
+
 -- A decoded push: true, or nil and the reason it must be refused whole.
 function _M.check_push(body)
     if not object(body) then return nil, "body must be a JSON object" end
@@ -257,6 +287,21 @@ function _M.check_push(body)
     for _, name in ipairs(sorted) do
         local ok, err = _M.check_entry(name, body.services[name])
         if not ok then return nil, err end
+    end
+    local certs = body.certificates
+    if certs ~= nil then
+        local count = 0
+        if type(certs) == "table" then for _ in pairs(certs) do count = count + 1 end end
+        if not (type(certs) == "table" and (certs[1] == nil or count == 0)) or count > CERTS.count[2] then
+            return nil, "certificates must be an object of at most " .. CERTS.count[2]
+        end
+        sorted = {}
+        for name in pairs(certs) do sorted[#sorted + 1] = name end
+        table.sort(sorted, function(a, b) return tostring(a) < tostring(b) end)
+        for _, name in ipairs(sorted) do
+            local ok, err = _M.check_certificate(name, certs[name])
+            if not ok then return nil, err end
+        end
     end
     return true
 end

@@ -4,6 +4,7 @@
 -- *what is routed where* was made by proxy-reloader and pushed; this only picks.
 local balancer = require "ngx.balancer"
 local backends = require "proxystack.backends"
+local certs = require "proxystack.certs"
 local contract = require "proxystack.contract"
 local routes = require "proxystack.routes"
 
@@ -55,7 +56,42 @@ local function refresh()
         index_gen = rgen
         found, nfound = {}, 0
     end
+    certs.refresh()
     seen = gen
+end
+
+-- Where plain HTTP is redirected to: the TLS listener's port ("" for 443, nil: no TLS listener).
+local https_suffix = nil
+
+function _M.configure(options)
+    local port = options.https_port
+    if port == nil or port == "" then
+        https_suffix = nil
+    else
+        https_suffix = (tostring(port) == "443") and "" or (":" .. port)
+    end
+end
+
+-- How a route is served over plain HTTP: its proxy.https, else "redirect" when a certificate
+-- covers the host (and a TLS listener exists), else "off" (served over HTTP).
+local function https_mode(route, host)
+    local mode = route.https
+    if mode == nil then
+        if https_suffix ~= nil and certs.covered(host) then return "redirect" end
+        return "off"
+    end
+    return mode
+end
+
+-- The Strict-Transport-Security value of a route, made once per entry.
+local function hsts(route)
+    local value = route._hsts
+    if value == nil then
+        value = "max-age=" .. string.format("%d", route.hsts_max_age)
+            .. (route.hsts_subdomains and "; includeSubDomains" or "")
+        route._hsts = value
+    end
+    return value
 end
 
 -- (service, route path) for a request, as routes.find answers it. Kept per worker for the
@@ -139,7 +175,11 @@ end
 --   "403"     the client's network is not allowed;  "429" over the route's rate limit
 --   "413"     the declared body is larger than the route takes;  "503" nothing admitted
 --   "stream"  a route with buffering off: the location hands the request on to @stream
-function _M.route(listener, host, uri, content_length)
+--   "308"     plain HTTP to a route served over HTTPS: redirected ($proxystack_location)
+--   "https"   plain HTTP to a route served over HTTPS only (proxy.https=only): refused
+-- `scheme`: "http" or "https" ($scheme). Over HTTPS a route with proxy.https=off is not found;
+-- one with proxy.hsts sends Strict-Transport-Security ($proxystack_hsts).
+function _M.route(listener, scheme, host, uri, content_length)
     local streaming = listener == "stream"
     refresh()
     local name, path = find(host or "", uri)
@@ -156,6 +196,18 @@ function _M.route(listener, host, uri, content_length)
     local route = entry and entry.route or NO_ROUTE
     if (route.protocol == "grpc") ~= (listener == "grpc") then
         return listener == "grpc" and "404" or "426"
+    end
+    if scheme == "https" then
+        if route.https == "off" then return "404" end
+        if route.hsts_max_age then ngx.var.proxystack_hsts = hsts(route) end
+    elseif listener ~= "grpc" then
+        local mode = https_mode(route, host or "")
+        if mode == "redirect" and https_suffix ~= nil and host ~= "" then
+            ngx.var.proxystack_location = "https://" .. host .. https_suffix .. ngx.var.request_uri
+            return "308"
+        elseif mode == "only" or mode == "redirect" then
+            return "https"
+        end
     end
     if route.allow and not allowed(route) then return "403" end
     if route.rate_limit and not streaming and over_limit(name, route.rate_limit) then return "429" end
