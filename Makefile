@@ -1,6 +1,6 @@
 # The two commands: `make demo` (the stack up, demo deployed through the gate) and `make test`.
 SHELL := /bin/bash
-.PHONY: demo demo-cluster backup restore bench-cluster bench-fleet cd-demo test stop status install figures bench bench-registrator bench-promotion bench-proxy bench-delivery bench-analysis bench-scaling cli-reference mutation
+.PHONY: demo demo-cluster backup restore bench-cluster bench-fleet cd-demo test stop status install figures bench bench-registrator bench-promotion bench-proxy bench-tls bench-delivery bench-analysis bench-scaling cli-reference mutation
 
 demo:  ## install what is missing, start the stack, deploy demo v1 -> v2 -> broken v3
 	@bash scripts/install.sh all
@@ -64,6 +64,10 @@ bench-registrator: ## registration latency, resync of 200 containers, stop -> ou
 bench-promotion: ## gate pass -> first proxied request, promote -> all traffic
 	@bash scripts/install.sh all
 	@.venv/bin/python -m bench.promotion_bench
+
+bench-tls: ## HTTPS keep-alive and new-handshake throughput vs a hand-written TLS nginx; certificate change -> served
+	@bash scripts/install.sh all bench-tools
+	@.venv/bin/python -m bench.tls_bench
 
 bench-proxy: ## reload storms, 100x10 render, idle CPU, nginx overhead, failed requests over 20 deploys
 	@bash scripts/install.sh all bench-tools

@@ -60,7 +60,7 @@ class RunnerOptions:
     # Idle, how often to ask nginx whether it restarted (and so lost the pushed table).
     restart_check: float = 2.0
     # Idle, how often to look for changed files in the certificate folder (--cert-dir).
-    cert_poll: float = 0.2
+    cert_poll: float = 0.05
     # How often the proxy tells Consul it is alive (--report-check; the check's TTL is three times this).
     heartbeat: float = PROXY_HEARTBEAT
 

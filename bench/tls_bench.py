@@ -1,0 +1,214 @@
+"""HTTPS through the stack's nginx against a hand-written nginx TLS config with the same
+certificate, every figure beside its goal, in one run:
+
+1. keep-alive HTTPS requests/s against a fast backend (nginx `return 200` in a container),
+   `wrk -t2 -c20`, the stack and the hand-written proxy alternating in each round (goal: stack /
+   hand-written >= 0.95);
+2. new TLS handshakes/s: the same with `Connection: close`, so every request is a new connection
+   and a full handshake, where the stack picks the certificate in Lua per handshake (goal: >= 0.95);
+3. a certificate changed -> served to a new handshake, from Consul (`cert add`'s write) and from
+   the certificate folder, probed every 5 ms (goal: p50 <= 100 ms each; no reload).
+
+    .venv/bin/python -m bench.tls_bench [--rounds 5] [--changes 20] [--check] [--json]
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+
+from bench.harness import bench_env, command_line, exit_code, goals_table, percentile, progress, report, with_check
+from bench.proxy_bench import SAME_HEADERS, admit, fast_backend, worker_cpu_seconds, wrk
+from catalog import local_ca
+from catalog.certificates import parse
+from catalog.stores import Stores
+from testbed.nginx_workers import WorkerGenerations
+from testbed.processes import Proc, get_json, python_module, wait_until
+from testbed.tls import fingerprint, make_cert, served_fingerprint
+
+LISTEN, TLS, ADMIN, HAND = 18110, 18441, 19110, 18442
+
+# The stack's TLS settings (proxy_reloader/templates/nginx-dynamic.conf.j2), the certificate a file.
+HAND_CONF = """worker_processes 2;
+pid {prefix}/nginx.pid;
+error_log {prefix}/logs/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log {prefix}/logs/access.log;
+    client_body_temp_path {prefix}/tmp/body;
+    proxy_temp_path {prefix}/tmp/proxy;
+    map $http_upgrade $connection_upgrade {{ default upgrade; "" ""; }}
+    upstream fast {{ server 127.0.0.1:{port}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{listen} ssl http2;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_ciphers ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305;
+        ssl_prefer_server_ciphers off;
+        ssl_session_cache shared:hand_tls:10m;
+        ssl_session_timeout 1d;
+        ssl_session_tickets off;
+        location /fast/ {{
+            proxy_pass http://fast;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $connection_upgrade;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            {headers}
+        }}
+    }}
+}}
+"""
+
+
+def hand_written_tls(env, port, cert, key):
+    prefix = env.base / "hand-tls"
+    (prefix / "logs").mkdir(parents=True)
+    (prefix / "tmp").mkdir()
+    (prefix / "nginx.conf").write_text(HAND_CONF.format(prefix=prefix, port=port, listen=HAND, cert=cert, key=key,
+                                                        headers=SAME_HEADERS))
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    subprocess.run([nginx, "-p", str(prefix), "-c", str(prefix / "nginx.conf")], check=True, timeout=20)
+    return prefix
+
+
+def wrk_close(url, seconds=5, conns=20):
+    """Like proxy_bench.wrk, every request on a new connection (a full TLS handshake each)."""
+    out = subprocess.run(["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", "-H", "Connection: close", url],
+                         capture_output=True, text=True, timeout=seconds + 30).stdout
+    rps = re.search(r"Requests/sec:\s+([0-9.]+)", out)
+    return float(rps.group(1)) if rps else 0.0
+
+
+def side_by_side(prefixes, say, rounds):
+    urls = {"stack": f"https://127.0.0.1:{TLS}/fast/", "hand": f"https://127.0.0.1:{HAND}/fast/"}
+    keep = {n: [] for n in urls}
+    fresh = {n: [] for n in urls}
+    cpu = {n: [] for n in urls}
+    for r in range(rounds):
+        for name, url in urls.items():
+            before = worker_cpu_seconds(prefixes[name])
+            rps, _, done = wrk(url)
+            keep[name].append(rps)
+            cpu[name].append((worker_cpu_seconds(prefixes[name]) - before) / max(1, done) * 1e6)
+        for name, url in urls.items():
+            fresh[name].append(wrk_close(url))
+        say(f"  round {r + 1}/{rounds}: keep-alive " + ", ".join(f"{n} {v[-1]:.0f}" for n, v in keep.items())
+            + " req/s; new handshakes " + ", ".join(f"{n} {v[-1]:.0f}" for n, v in fresh.items()) + " /s")
+    ratio = lambda runs: round(statistics.median(s / h for s, h in zip(runs["stack"], runs["hand"])), 3)  # noqa: E731
+    return {"keepalive_rps": {n: round(statistics.median(v)) for n, v in keep.items()},
+            "handshakes_per_s": {n: round(statistics.median(v)) for n, v in fresh.items()},
+            "cpu_us_per_request": {n: round(statistics.median(v), 1) for n, v in cpu.items()},
+            "keepalive_ratio": ratio(keep), "handshake_ratio": ratio(fresh),
+            "keepalive_ratio_per_round": [round(s / h, 3) for s, h in zip(keep["stack"], keep["hand"])],
+            "handshake_ratio_per_round": [round(s / h, 3) for s, h in zip(fresh["stack"], fresh["hand"])]}
+
+
+def until_served(name, want, timeout=10.0) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        try:
+            if served_fingerprint(TLS, name) == want:
+                return (time.monotonic() - started) * 1000
+        except OSError:
+            pass
+        time.sleep(0.005)
+    raise TimeoutError(f"certificate for {name} not served within {timeout} s")
+
+
+def changes(env, stores, ca, folder, say, n):
+    """ms from a certificate's write (Consul, then the folder) to a new handshake that gets it."""
+    out = {"consul": [], "files": []}
+    for i in range(n):
+        chain, key = make_cert(ca, ["kv.bench.test"])
+        started = time.monotonic()
+        stores.certificates.put(parse("kv.bench.test", chain, key, "operator"))
+        until_served("kv.bench.test", fingerprint(chain))
+        out["consul"].append((time.monotonic() - started) * 1000)
+        chain, key = make_cert(ca, ["file.bench.test"])
+        (folder / "file.bench.test.key.new").write_text(key)
+        (folder / "file.bench.test.crt.new").write_text(chain)
+        started = time.monotonic()
+        os.replace(folder / "file.bench.test.key.new", folder / "file.bench.test.key")
+        os.replace(folder / "file.bench.test.crt.new", folder / "file.bench.test.crt")
+        until_served("file.bench.test", fingerprint(chain))
+        out["files"].append((time.monotonic() - started) * 1000)
+        time.sleep(0.3)                    # apart, so each change is measured on its own
+        if (i + 1) % 5 == 0:
+            say(f"  change {i + 1}/{n}: Consul {out['consul'][-1]:.0f} ms, folder {out['files'][-1]:.0f} ms")
+    return {src: {"p50": round(statistics.median(v), 1), "p95": round(percentile(v, 95), 1)} for src, v in out.items()}
+
+
+def main(argv=None) -> int:
+    p = with_check(command_line(__doc__))
+    p.add_argument("--rounds", type=int, default=5, help="rounds of wrk, the two proxies alternating")
+    p.add_argument("--changes", type=int, default=20, help="certificate changes per source")
+    args = p.parse_args(argv)
+    say = progress(args.json)
+    if not shutil.which("wrk"):
+        print("wrk is missing: `bash scripts/install.sh bench-tools` installs it", file=sys.stderr)
+        return 2
+    result = {}
+    with bench_env() as env:
+        stores = Stores.connect(env.consul.address, token=env.consul.management_token)
+        ca, _ = local_ca.ensure(env.base / "ca")
+        folder = env.base / "certs"
+        folder.mkdir()
+        chain, key = make_cert(ca, ["bench.test"])
+        (folder / "default.crt").write_text(chain)
+        (folder / "default.key").write_text(key)
+        port = fast_backend(env)
+        px = Proc("proxy-reloader", python_module(
+            "proxy_reloader", "--consul", env.consul.address, "--consul-token-file",
+            env.consul.token_file("proxy-reloader"), "--nginx-prefix", str(env.base / "px"), "--listen",
+            f"127.0.0.1:{LISTEN}", "--tls-listen", f"127.0.0.1:{TLS}", "--admin", f"127.0.0.1:{ADMIN}",
+            "--cert-dir", str(folder), "--exec"), env.base).start()
+        hand = None
+        try:
+            admit(stores, "fast", port)
+            wait_until(lambda: "fast" in get_json(ADMIN, "/status")[1]["services"], 30, "the fast backend routed")
+            wait_until(lambda: served_fingerprint(TLS, "bench.test") == fingerprint(chain), 30, "the default certificate")
+            hand = hand_written_tls(env, port, folder / "default.crt", folder / "default.key")
+            wait_until(lambda: served_fingerprint(HAND, "bench.test") == fingerprint(chain), 10, "the hand-written proxy")
+            prefixes = {"stack": env.base / "px", "hand": hand}
+            say(f"== keep-alive HTTPS and new handshakes, {args.rounds} rounds")
+            result["throughput"] = side_by_side(prefixes, say, args.rounds)
+            say(f"== {args.changes} certificate changes from Consul and from the folder")
+            generations = WorkerGenerations(int((env.base / "px" / "nginx.pid").read_text()))
+            generations.start()
+            result["change_ms"] = changes(env, stores, ca, folder, say, args.changes)
+            result["reloads"] = generations.finish()
+            urllib.request.urlopen(f"http://127.0.0.1:{ADMIN}/status", timeout=2).read()
+        finally:
+            if hand is not None:
+                os.kill(int((hand / "nginx.pid").read_text()), 15)
+            px.stop()
+    t, c = result["throughput"], result["change_ms"]
+    rows = [
+        ("keep-alive HTTPS req/s, stack / hand-written", f"{t['keepalive_rps']['stack']} / {t['keepalive_rps']['hand']}", "", None),
+        ("keep-alive HTTPS, stack / hand-written", t["keepalive_ratio"],
+         ">= 0.95 (rounds " + ", ".join(map(str, t["keepalive_ratio_per_round"])) + ")", t["keepalive_ratio"] >= 0.95),
+        ("new TLS handshakes/s, stack / hand-written", f"{t['handshakes_per_s']['stack']} / {t['handshakes_per_s']['hand']}", "", None),
+        ("new TLS handshakes, stack / hand-written", t["handshake_ratio"],
+         ">= 0.95 (rounds " + ", ".join(map(str, t["handshake_ratio_per_round"])) + ")", t["handshake_ratio"] >= 0.95),
+        ("workers' CPU per keep-alive request, stack / hand-written, us",
+         f"{t['cpu_us_per_request']['stack']} / {t['cpu_us_per_request']['hand']}", "", None),
+        ("certificate written to Consul -> new handshake gets it, p50 / p95 ms",
+         f"{c['consul']['p50']} / {c['consul']['p95']}", "p50 <= 100", c["consul"]["p50"] <= 100),
+        ("certificate file replaced -> new handshake gets it, p50 / p95 ms",
+         f"{c['files']['p50']} / {c['files']['p95']}", "p50 <= 100", c["files"]["p50"] <= 100),
+        (f"nginx reloads for {2 * args.changes} certificate changes", result["reloads"], "0", result["reloads"] == 0),
+    ]
+    result["goals"] = [{"measure": m, "figure": str(f), "goal": g, "met": ok} for m, f, g, ok in rows]
+    report(result, args.json, "\n" + goals_table(rows))
+    return exit_code(rows, args.check)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
