@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import requests
 
 from catalog.certificates import CertificateRefused, check_name, parse
 from catalog.cli import (EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, add_consul_options, consul_address,
-                         consul_refusal, exit_code_epilog)
+                         consul_refusal, emit_error, exit_code_epilog)
 from catalog.consul_client import ConsulClient, ConsulException, read_token
 from catalog.stores.certificates import CertificateStore, checked
 
@@ -53,9 +52,13 @@ def _read(path: str, what: str) -> bytes:
         raise CertificateRefused(f"cannot read the {what} file {path}: {exc.strerror or exc}") from None
 
 
+PROG = "proxy-reloader cert"
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     consul_address(args)
+    as_json = getattr(args, "json", False)
     try:
         store = CertificateStore(ConsulClient(args.consul, token=read_token(args.consul_token_file)))
         if args.action == "add":
@@ -68,20 +71,16 @@ def main(argv=None) -> int:
             return _list(store, args.json)
         else:
             if not store.remove(args.host):
-                print(f"proxy-reloader cert: no certificate {args.host} in Consul (proxy-reloader cert list shows "
-                      "what there is)", file=sys.stderr)
-                return EXIT_FAILED
+                return emit_error(False, f"no certificate {args.host} in Consul (proxy-reloader cert list shows "
+                                         "what there is)", EXIT_FAILED, PROG)
             print(f"certificate {args.host} removed; proxies stop serving it within a second")
         return EXIT_OK
     except CertificateRefused as exc:
-        print(f"proxy-reloader cert: refused, nothing stored: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return emit_error(as_json, f"refused, nothing stored: {exc}", EXIT_USAGE, PROG)
     except (requests.ConnectionError, requests.Timeout):
-        print(f"proxy-reloader cert: Consul at {args.consul} is unreachable", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        return emit_error(as_json, f"Consul at {args.consul} is unreachable", EXIT_UNREACHABLE, PROG)
     except ConsulException as exc:
-        print(f"proxy-reloader cert: {consul_refusal(args.consul, exc)}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        return emit_error(as_json, consul_refusal(args.consul, exc), EXIT_UNREACHABLE, PROG)
 
 
 def _list(store: CertificateStore, as_json: bool) -> int:

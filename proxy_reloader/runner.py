@@ -61,6 +61,8 @@ class RunnerOptions:
     restart_check: float = 2.0
     # Idle, how often to look for changed files in the certificate folder (--cert-dir).
     cert_poll: float = 0.05
+    # Idle, how often the local CA looks for certificates to renew (and hosts it missed).
+    issue_every: float = 60.0
     # How often the proxy tells Consul it is alive (--report-check; the check's TTL is three times this).
     heartbeat: float = PROXY_HEARTBEAT
 
@@ -96,6 +98,7 @@ class Runner:
         self.boot: Optional[str] = None
         self.recheck: Optional[threading.Timer] = None
         self._last_check = 0.0
+        self._last_issue = time.monotonic()
         self._static_text: Optional[str] = None
         self._last_beat = float("-inf")
 
@@ -171,6 +174,7 @@ class Runner:
 
     def _issue(self, served: List[Route]) -> None:
         """The local CA's certificates for routed hosts with none (they come back by the KV watch)."""
+        self._last_issue = time.monotonic()
         try:
             self.issuer.issue([h for r in served for h in r.hosts], self.certificates.serving())
         except TRANSIENT as exc:
@@ -237,6 +241,8 @@ class Runner:
             return
         if self.certificates.scan_files():
             self.dirty.set()
+        if self.issuer is not None and time.monotonic() - self._last_issue >= self.options.issue_every:
+            self._issue(self.routes)                 # renewals come due with no change in the catalog
         if time.monotonic() - self._last_check < self.options.restart_check:
             return
         self._last_check = time.monotonic()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import urllib.error
 import urllib.request
@@ -22,11 +23,12 @@ pytestmark = pytest.mark.e2e
 
 PROJECT = f"pst{SESSION}"
 COMPOSE = [str(ROOT / ".venv" / "bin" / "docker-compose"), "-p", PROJECT, "-f", str(ROOT / "compose" / "docker-compose.yml")]
-PROXY, ADMIN, CONSUL = 18760, 18761, 18750
+PROXY, ADMIN, CONSUL, PROXY_TLS = 18760, 18761, 18750, 18763
 PROMETHEUS, REGISTRATOR_METRICS, GATEKEEPER_METRICS = 18754, 18755, 18756
 ENV = {
     "CONSUL_HTTP_PORT": str(CONSUL), "CONSUL_SERVER_PORT": "18751", "CONSUL_SERF_LAN_PORT": "18752",
-    "CONSUL_SERF_WAN_PORT": "18753", "PROXY_LISTEN": f"127.0.0.1:{PROXY}", "PROXY_ADMIN": f"127.0.0.1:{ADMIN}",
+    "CONSUL_SERF_WAN_PORT": "18753", "PROXY_LISTEN": f"127.0.0.1:{PROXY}",
+    "PROXY_TLS_LISTEN": f"127.0.0.1:{PROXY_TLS}", "PROXY_ADMIN": f"127.0.0.1:{ADMIN}",
     "PROMETHEUS_LISTEN": f"127.0.0.1:{PROMETHEUS}", "REGISTRATOR_METRICS": f"127.0.0.1:{REGISTRATOR_METRICS}",
     "GATEKEEPER_METRICS": f"127.0.0.1:{GATEKEEPER_METRICS}",
     # Only this session's containers, and test containers that the session's cleanup finds.
@@ -47,6 +49,14 @@ def get(port, path):
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
+
+
+def https_get(context, path):
+    try:
+        with urllib.request.urlopen(f"https://127.0.0.1:{PROXY_TLS}{path}", timeout=5, context=context) as r:
+            return r.status, r.read()
+    except (urllib.error.URLError, OSError):
+        return 0, b""
 
 
 def leftovers(client):
@@ -94,6 +104,12 @@ class TestComposeStack:
         wait_until(lambda: get(PROXY, "/demo/1")[0] == 200, 90, "the compose proxy to serve demo v1")
         status, body = get(PROXY, "/demo/1")
         assert json.loads(body) == {"id": 1, "rec": 7671, "version": "v1"}
+        # over HTTPS too, with a certificate of the stack's own CA, which this client trusts alone
+        root = compose("exec", "-T", "proxy", "cat", "/var/lib/proxystack/ca/root.crt")
+        assert root.returncode == 0 and "BEGIN CERTIFICATE" in root.stdout, root.stderr[-1000:]
+        tls = ssl.create_default_context(cadata=root.stdout)
+        wait_until(lambda: https_get(tls, "/demo/1")[0] == 200, 30, "the compose proxy to serve demo over HTTPS")
+        assert json.loads(https_get(tls, "/demo/1")[1])["version"] == "v1"
         logs = compose("logs", "--no-color", "gatekeeper").stdout
         assert "demo v1 with demo-test:latest" in logs and "passed" in logs, logs[-2000:]
         c.remove(force=True)

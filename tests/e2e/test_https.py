@@ -12,6 +12,7 @@ import shutil
 import ssl
 import subprocess
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -19,7 +20,7 @@ from catalog import local_ca, route_settings
 from catalog.certificates import parse
 from catalog.model import Instance
 from catalog.stores.certificates import CertificateStore
-from testbed.http_backend import LoopbackHTTP, read_body, reply_json
+from testbed.http_backend import LoopbackHTTP, closed_port, read_body, reply_json
 from testbed.load import KeepAliveLoad
 from testbed.nginx_workers import WorkerGenerations
 from testbed.processes import ROOT, Proc, get_json, pid_alive, python_module, wait_until
@@ -141,7 +142,7 @@ def test_http2_over_tls_with_the_local_ca_and_plain_http_redirected(proxy, servi
     assert out.returncode == 60, out.stderr       # curl: peer certificate cannot be authenticated
 
 
-def test_https_modes_and_hsts_per_route(proxy, service, unique):
+def test_https_modes_and_hsts_per_route(proxy, service, stores, unique):
     service("v1", host=f"{unique}.test", https="only", hsts="max-age=600;includeSubDomains")
     host = service.host
     wait_until(lambda: proxy.certificate(host), 30, "a certificate")
@@ -152,6 +153,14 @@ def test_https_modes_and_hsts_per_route(proxy, service, unique):
     assert out.stdout.endswith("403") and "served over HTTPS only" in out.stdout
     assert "strict-transport-security" not in curl("-D", "-", "-H", f"Host: {host}",
                                                    f"http://127.0.0.1:{LISTEN}/{service.name}/x").stdout.lower()
+    # the proxy's own answers over HTTPS carry it too: the instance moved to where nothing listens, a 502
+    moved = replace(stores.instances.of(service.name)[0].instance, port=closed_port())
+    stores.instances.register(moved)
+    stores.instances.apply_gate(moved, True, "passed (set by the test)")
+    https = ["-D", "-", "--cacert", ca_of(proxy), "--resolve", f"{host}:{TLS}:127.0.0.1",
+             f"https://{host}:{TLS}/{service.name}/x"]
+    wait_until(lambda: curl(*https).stdout.startswith("HTTP/2 502"), 10, "a 502 from the proxy")
+    assert "strict-transport-security: max-age=600" in curl(*https).stdout.lower()
 
 
 def test_an_unknown_name_fails_the_handshake_until_a_default_certificate_exists(proxy, service, stores, unique):

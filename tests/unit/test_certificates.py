@@ -181,7 +181,7 @@ def test_the_local_ca_issues_for_hosts_without_a_certificate_and_renews_its_own(
     assert issued.source == "local-ca" and issued.sans == ("new.test",) and issued.issuer == "proxystack local CA"
     serving_now["new.test"] = issued
     assert issuer.issue(["new.test"], serving_now) == 0                       # not due yet
-    assert not renew_due(issued) and renew_due(issued, now=issued.not_before + 21 * 86400)
+    assert not renew_due(issued) and renew_due(issued, now=issued.not_before + 61 * 86400)
     old = parse("old.test", *make_cert(ca, ["old.test"], starts=-21, days=30), "local-ca")
     store.indexes["old.test"] = 5
     assert issuer.issue(["old.test"], {**serving_now, "old.test": old}) == 1  # two thirds gone: renewed
