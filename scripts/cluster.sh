@@ -176,7 +176,7 @@ parts_up() {
     --consul-token-file "$TOKENS/registrator.token" --docker "unix://$(sock "$h")" --address "$ip" --hostname "$h" \
     --explicit --exclude-label proxystack.test
   in_host "$h" "$VENV/bin/proxy-reloader" --consul 127.0.0.1:8500 --consul-token-file "$TOKENS/proxy-reloader.token" \
-    --nginx-prefix "$prefix" --listen "$ip:8000" --read-timeout 3 --once >>"$CLOGS/proxy-reloader-$h.log" 2>&1 \
+    --nginx-prefix "$prefix" --listen "$ip:8000" --tls-listen "$ip:8443" --read-timeout 3 --once >>"$CLOGS/proxy-reloader-$h.log" 2>&1 \
     || die "$h: could not render the first nginx config (see $CLOGS/proxy-reloader-$h.log)"
   if ! running "nginx-$h"; then
     kill_prefix_nginx "$h"
@@ -187,7 +187,7 @@ parts_up() {
   fi
   start_bg "proxy-reloader-$h" nsenter --net="$n" -- "$VENV/bin/proxy-reloader" --consul 127.0.0.1:8500 \
     --consul-token-file "$TOKENS/proxy-reloader.token" --nginx-prefix "$prefix" --listen "$ip:8000" --read-timeout 3 \
-    --admin 127.0.0.1:8001 --report-check
+    --tls-listen "$ip:8443" --admin 127.0.0.1:8001 --report-check
   if [ "$h" = h1 ] || [ "$h" = h2 ]; then
     start_bg "gatekeeper-$h" env DOCKER_HOST="unix://$(sock "$h")" nsenter --net="$n" -- "$VENV/bin/gatekeeper" \
       --consul 127.0.0.1:8500 --consul-token-file "$TOKENS/gatekeeper.token" run --id "gatekeeper@$h" \

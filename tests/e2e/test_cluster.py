@@ -7,6 +7,7 @@ caused for real, under traffic through the proxies: the Consul leader killed, a 
 off for 15 s, a host stopped, the gatekeeper leader's host stopped in the middle of a test run.
 """
 import json
+import ssl
 import subprocess
 import threading
 import time
@@ -14,11 +15,13 @@ import time
 import pytest
 import requests
 
+from catalog import local_ca
 from catalog.model import PASSED, TESTING
 from testbed.cluster import (Cluster, NodeFailure, RouteLog, gatekeeper_leader, host_ip, in_host,
                                    keepalive_loads, kill_server, remove_demo_containers, wait_for_leader,
                                    wait_for_stable_leader)
 from testbed.processes import ROOT
+from testbed.tls import TLSConnection, fingerprint, make_cert, served_fingerprint
 
 pytestmark = pytest.mark.e2e
 
@@ -87,6 +90,31 @@ def test_instances_on_any_host_are_gated_and_served_by_every_proxy_with_their_ho
     assert {r["host"] for r in rows.values()} == {"h1", "h3"}
     code, out, _ = gatekeeper_cli(cluster, "status", "demo")
     assert "HOST" in out and " h3 " in out
+
+
+def test_a_certificate_added_once_is_served_by_every_hosts_proxy_over_https(clean, tmp_path):
+    cluster = clean
+    serve_on(cluster, [("h2", "demo-tls")])
+    ca, _ = local_ca.ensure(tmp_path / "ca")
+    chain, key = make_cert(ca, ["demo.cluster.test"])
+    (tmp_path / "c.crt").write_text(chain)
+    (tmp_path / "c.key").write_text(key)
+    added = subprocess.run([str(ROOT / ".venv/bin/proxy-reloader"), "cert", "add", "default", "--cert",
+                            str(tmp_path / "c.crt"), "--key", str(tmp_path / "c.key"), "--consul",
+                            cluster.consul_address(), "--consul-token-file",
+                            str(ROOT / ".cluster/tokens/operator.token")], capture_output=True, text=True, timeout=60)
+    assert added.returncode == 0, added.stderr
+    try:
+        for h in cluster.hosts:
+            cluster.wait(lambda: served_fingerprint(8443, "demo.cluster.test", host_ip(h))
+                         == fingerprint(chain), 10, f"{h}'s proxy serving the certificate")
+            ctx = ssl.create_default_context(cafile=str(ca.folder / "root.crt"))
+            conn = TLSConnection(host_ip(h), 8443, "demo.cluster.test", ctx)
+            conn.request("GET", "/demo/1")
+            assert json.loads(conn.getresponse().read())["version"] == "v1"
+            conn.close()
+    finally:
+        cluster.stores().certificates.remove("default")
 
 
 def test_a_forged_gate_on_a_host_without_gatekeeper_is_shut_again(clean):
