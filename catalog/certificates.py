@@ -181,6 +181,19 @@ def parse(name: str, chain_pem, key_pem, source: str, now: Optional[dt.datetime]
                        fingerprint=hashlib.sha256(leaf.public_bytes(serialization.Encoding.DER)).hexdigest())
 
 
+def describe(name: str, chain_pem: str, source: str, now: Optional[float] = None) -> dict:
+    """What a certificate chain says about itself (names, issuer, validity), for readers that may
+    not read its key (gatekeeper status); {"name", "source", "error"} when it does not parse."""
+    try:
+        leaf = x509.load_pem_x509_certificates(_text(chain_pem, "certificate").encode())[0]
+    except (ValueError, CertificateRefused) as exc:
+        return {"name": name, "source": source, "error": f"the certificate does not parse: {exc}"}
+    now = dt.datetime.now(dt.timezone.utc).timestamp() if now is None else now
+    after = leaf.not_valid_after_utc.timestamp()
+    return {"name": name, "source": source, "sans": list(sans_of(leaf)), "issuer": _common_name(leaf.issuer),
+            "not_after": _iso(after), "days_left": round((after - now) / 86400, 1)}
+
+
 def renew_due(cert: Certificate, now: Optional[float] = None) -> bool:
     """Whether two thirds of the certificate's lifetime have passed (when the stack's issuers renew)."""
     now = dt.datetime.now(dt.timezone.utc).timestamp() if now is None else now

@@ -2,7 +2,8 @@
 each instance gets traffic or not.
 
 `status` lists every service the stack knows: with instances, with only a policy or a default
-test image, or with only rejected containers. `why` adds, per instance, the verdict's detail
+test image, or with only rejected containers, and for each of a route's host names the
+certificate in Consul that HTTPS handshakes for it get. `why` adds, per instance, the verdict's detail
 (test image, duration, the output's tail), every check, and what each proxy reports serving.
 """
 from __future__ import annotations
@@ -11,10 +12,12 @@ import time
 from dataclasses import asdict
 from typing import Callable, Dict, List, Optional
 
+from catalog.certificates import describe, serving
 from catalog.errors import Refused
 from catalog.model import RUNNING, Analysis, AnalysisState, Rejection, RegisteredInstance, RoutingPolicy
 from catalog.routing import pending_route_change, route_for
 from catalog.stores import InstanceStore, Stores
+from catalog.stores.certificates import entries_from_kv
 from catalog.validation import InvalidValue
 
 from ..promotion.analysis import ms, pct
@@ -32,9 +35,28 @@ def known_services(stores: Stores, rejections: Dict[str, Rejection]) -> List[str
     return sorted(names)
 
 
+def certificates_view(stores: Stores) -> Dict[str, dict]:
+    """Each certificate in Consul, as its chain describes it (gatekeeper may not read the keys)."""
+    return {name: describe(name, e.chain, e.source) for name, e in entries_from_kv(stores.certificates.items()).items()}
+
+
+def https_view(hosts, certificates: Dict[str, dict]) -> Dict[str, Optional[dict]]:
+    """Each of a route's host names ("" for a route on every name) -> the certificate in Consul that
+    a handshake for it gets (exact, wildcard, default), or None; nothing at all while Consul holds
+    no certificate (a stack that serves plain HTTP only)."""
+    out = {}
+    if not certificates:
+        return out
+    for host in hosts or ("",):
+        name = serving(certificates, host) if host else ("default" if "default" in certificates else None)
+        out[host] = certificates[name] if name else None
+    return out
+
+
 def service_status(stores: Stores, service: str, rejections: Dict[str, Rejection], detail: bool = False,
                    replicas: Optional[Callable[[str, list], Optional[dict]]] = None,
-                   healing: Optional[Dict[str, dict]] = None) -> dict:
+                   healing: Optional[Dict[str, dict]] = None,
+                   certificates: Optional[Dict[str, dict]] = None) -> dict:
     registered: List[RegisteredInstance] = stores.instances.of(service)
     policy_error = ""
     try:
@@ -84,6 +106,7 @@ def service_status(stores: Stores, service: str, rejections: Dict[str, Rejection
     }
     state = stores.analysis.get(service)
     out["analysis"] = analysis_view(state, policy) if state else None
+    out["https"] = https_view(route.hosts, certificates if certificates is not None else certificates_view(stores))
     out["replicas"] = replicas(service, registered) if replicas else None
     if detail:
         out["default_tests"] = stores.policies.tests_image(service)
@@ -174,7 +197,9 @@ def collect(stores: Stores, service: Optional[str], swarm=None) -> dict:
     names = [service] if service else known_services(stores, rejections)
     healing = stores.healing.all()
     view = replicas_view(stores, swarm) if swarm is not None else None
-    return {"services": [service_status(stores, n, rejections, replicas=view, healing=healing) for n in names],
+    certificates = certificates_view(stores)
+    return {"services": [service_status(stores, n, rejections, replicas=view, healing=healing,
+                                        certificates=certificates) for n in names],
             "rejected": {name: _rejection_dict(r) for name, r in sorted(rejections.items())},
             "time": time.time()}
 
@@ -230,6 +255,8 @@ def render_text(data: dict) -> str:
         else:
             out.append("  policy   none yet (set when the first instance passes its tests)")
         out.append(f"  proxy    answers {s['proxy_answers']}")
+        for host, cert in (s.get("https") or {}).items():
+            out.append(f"  https    {host or 'any host'}: " + https_line(cert))
         if s.get("analysis"):
             first, *rest = analysis_lines(s["analysis"])
             out.append(f"  {first}")
@@ -263,6 +290,15 @@ def render_text(data: dict) -> str:
         if name not in shown:
             out.append(f"rejected container {name}: {rej['reason']}")
     return "\n".join(out).rstrip() + "\n"
+
+
+def https_line(cert: Optional[dict]) -> str:
+    if cert is None:
+        return "no certificate in Consul (a proxy's --cert-dir may have one: its /status says)"
+    if "error" in cert:
+        return f"certificate {cert['name']} ({cert['source']}): {cert['error']}"
+    return (f"certificate {cert['name']} ({cert['source']}), issuer {cert['issuer']}, until {cert['not_after']} "
+            f"({cert['days_left']:g} days left)")
 
 
 def replica_lines(r: dict) -> List[str]:

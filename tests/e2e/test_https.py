@@ -140,6 +140,16 @@ def test_http2_over_tls_with_the_local_ca_and_plain_http_redirected(proxy, servi
     # the stack's CA is no public one: a client that does not trust it refuses the certificate
     out = curl("--resolve", f"{host}:{TLS}:127.0.0.1", f"https://{host}:{TLS}/{service.name}/x")
     assert out.returncode == 60, out.stderr       # curl: peer certificate cannot be authenticated
+    # gatekeeper status names the certificate each of the route's host names gets
+    status = subprocess.run([str(ROOT / ".venv" / "bin" / "gatekeeper"), "--consul", proxy.consul_server.address,
+                             "--consul-token-file", proxy.consul_server.token_file("operator"), "status",
+                             service.name, "--json"], capture_output=True, text=True, timeout=30)
+    https = json.loads(status.stdout)["services"][0]["https"][host]
+    assert https["source"] == "local-ca" and https["issuer"] == "proxystack local CA" and 89 < https["days_left"] <= 90
+    text = subprocess.run([str(ROOT / ".venv" / "bin" / "gatekeeper"), "--consul", proxy.consul_server.address,
+                           "--consul-token-file", proxy.consul_server.token_file("operator"), "status", service.name],
+                          capture_output=True, text=True, timeout=30).stdout
+    assert f"https    {host}: certificate {host} (local-ca), issuer proxystack local CA" in text
 
 
 def test_https_modes_and_hsts_per_route(proxy, service, stores, unique):
