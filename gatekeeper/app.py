@@ -27,7 +27,7 @@ from .fleet.healer import Healer, HealSettings
 from .fleet.rollout import Rollout
 from .fleet.scaling import Load
 from .fleet.swarm import Swarm
-from .leader import LeaderLock
+from catalog.leader import LeaderLock
 from .prometheus import Prometheus
 from .promotion.promoter import Promoter
 

@@ -17,7 +17,7 @@ from catalog.schema import SchemaRefusal
 from catalog.stores import InstanceStore, PolicyStore
 from catalog.watch import Watch
 
-from .leader import LeaderLock
+from catalog.leader import LeaderLock
 from .reconciler import Reconciler, next_due, run_pass
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Consul sessions and the locks they hold (gatekeeper's leader lock, gatekeeper/leader)."""
+"""Consul sessions and the locks they hold (catalog.leader: gatekeeper's leader lock, the ACME issuer's)."""
 from __future__ import annotations
 
 from ..consul_client import ConsulClient

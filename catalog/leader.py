@@ -1,8 +1,9 @@
-"""Leader election through a Consul session lock, so two gatekeeper daemons never both act.
+"""Leader election through a Consul session lock, so two daemons never both act: gatekeeper's
+(`gatekeeper/leader`) and proxy-reloader's certificate issuer (`certificates/acme/leader`).
 
-The leader holds `gatekeeper/leader` with a session (TTL 10 s, renewed every 3 s). When it dies
-the session expires, the lock is released, and after Consul's lock-delay the other daemon
-acquires it. A leader that cannot renew steps down at once.
+The leader holds its key with a session (TTL 10 s, renewed every 3 s). When it dies the session
+expires, the lock is released, and after Consul's lock-delay the other daemon acquires it. A
+leader that cannot renew steps down at once.
 """
 from __future__ import annotations
 
@@ -10,16 +11,16 @@ import logging
 import socket
 import threading
 
-from catalog.kv_layout import LEADER
-from catalog.retry import TRANSIENT
-from catalog.stores import LockStore
+from .kv_layout import LEADER
+from .retry import TRANSIENT
+from .stores import LockStore
 
 log = logging.getLogger(__name__)
 
 
 class LeaderLock:
-    def __init__(self, locks: LockStore, identity: str = "", ttl: int = 10, lock_delay: int = 5):
-        self.locks = locks
+    def __init__(self, locks: LockStore, identity: str = "", ttl: int = 10, lock_delay: int = 5, key: str = LEADER):
+        self.locks, self.key = locks, key
         self.identity = identity or f"gatekeeper@{socket.gethostname()}"
         self.ttl, self.lock_delay = ttl, lock_delay
         self.session = None
@@ -31,7 +32,7 @@ class LeaderLock:
         if self.session is None:
             self.session = self.locks.create_session(self.identity, ttl=self.ttl, lock_delay=self.lock_delay)
         try:
-            acquired = self.locks.acquire(LEADER, self.session, self.identity)
+            acquired = self.locks.acquire(self.key, self.session, self.identity)
         except TRANSIENT:
             self.session = None        # e.g. "invalid session" after a Consul restart: start afresh
             raise
@@ -66,7 +67,7 @@ class LeaderLock:
     def release(self) -> None:
         if self.session:
             try:
-                self.locks.release(LEADER, self.session)
+                self.locks.release(self.key, self.session)
                 self.locks.destroy(self.session)
             except TRANSIENT:
                 pass
