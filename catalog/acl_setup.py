@@ -16,7 +16,7 @@ What each token may touch (least privilege):
 - proxy-reloader: read services, nodes and the routing policies; write only its own
   `proxy-reloader` service, what it serves under proxy-reloader/served/ (for --report-check),
   and the TLS certificates under certificates/ (its local CA and ACME issuers write them; it
-  alone of the daemons reads their private keys).
+  alone of the daemons reads their private keys), with a session for the ACME issuer's lock.
 - registrator, gatekeeper and proxy-reloader announce their metrics endpoints as instances of
   `proxystack-metrics` (registrator and gatekeeper may write any service already).
 - prometheus: read the `proxystack-metrics` service and nodes (monitoring.targets, which tells
@@ -66,7 +66,8 @@ POLICIES = {
                       f'service "proxy-reloader" {{ policy = "write" }}\n'
                       f'service "{METRICS_SERVICE}" {{ policy = "write" }}\n'
                       f'key_prefix "{SERVED}" {{ policy = "write" }}\n'
-                      f'key_prefix "{CERTIFICATES}" {{ policy = "write" }}\n',
+                      f'key_prefix "{CERTIFICATES}" {{ policy = "write" }}\n'
+                      f'session_prefix "" {{ policy = "write" }}\n',
     "prometheus": f'service "{METRICS_SERVICE}" {{ policy = "read" }}\nnode_prefix "" {{ policy = "read" }}\n',
     "operator": f'service_prefix "" {{ policy = "read" }}\nnode_prefix "" {{ policy = "read" }}\n'
                 f'key_prefix "{GATEKEEPER}" {{ policy = "write" }}\nkey_prefix "{REGISTRATOR}" {{ policy = "read" }}\n'

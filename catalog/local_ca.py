@@ -77,7 +77,8 @@ def ensure(folder) -> Tuple[LocalCA, bool]:
     return LocalCA(cert, key, folder), True
 
 
-def _san(name: str) -> x509.GeneralName:
+def general_name(name: str) -> x509.GeneralName:
+    """A SAN entry: an IP address for an address, else a DNS name."""
     try:
         return x509.IPAddress(ipaddress.ip_address(name))
     except ValueError:
@@ -96,7 +97,7 @@ def issue(ca: LocalCA, name: str, days: float = LEAF_DAYS, sans: Sequence[str] =
             .issuer_name(ca.cert.subject).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
-            .add_extension(x509.SubjectAlternativeName([_san(n) for n in sans]), critical=False)
+            .add_extension(x509.SubjectAlternativeName([general_name(n) for n in sans]), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False)

@@ -32,6 +32,7 @@ from . import metrics
 from catalog import local_ca
 
 from . import cert_cli
+from .acme_issuer import AcmeIssuer
 from .certificates import CertificateBook, LocalIssuer, ensure_fallback
 from .nginx import Nginx, NginxError
 from .push import PushClient, PushError, ensure_secret
@@ -72,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --local-ca: issue the default certificate (for clients whose name has no "
                         "certificate) for these host names or addresses, such as localhost,127.0.0.1, "
                         "unless another source has one (default: none, such clients fail the handshake)")
+    p.add_argument("--acme-directory", default="", metavar="URL",
+                   help="an ACME CA's directory (RFC 8555; Let's Encrypt: https://acme-v02.api.letsencrypt.org/directory): "
+                        "certificates for routed hosts by HTTP-01, answered on --listen (port 80 for a public CA); "
+                        "one proxy-reloader orders at a time (default: no ACME)")
+    p.add_argument("--acme-email", default="", metavar="ADDRESS", help="the ACME account's contact address")
+    p.add_argument("--acme-ca-bundle", default=None, metavar="FILE",
+                   help="CA certificates to trust for the ACME server's own HTTPS (default: the system's)")
     p.add_argument("--workers", default="2", help="nginx worker_processes (default %(default)s)")
     p.add_argument("--read-timeout", type=float, default=30.0, metavar="S",
                    help="seconds an instance may take to answer before the request is retried on another "
@@ -105,6 +113,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--read-timeout must be more than 0 and at most 3600 seconds, got {args.read_timeout:g}")
     if (args.tls_listen or args.cert_dir or args.local_ca) and not dynamic:
         p.error("--tls-listen, --cert-dir and --local-ca need --mode dynamic (certificates are picked by nginx's Lua side)")
+    if args.acme_directory and not dynamic:
+        p.error("--acme-directory needs --mode dynamic")
+    if args.acme_ca_bundle and not Path(args.acme_ca_bundle).is_file():
+        p.error(f"--acme-ca-bundle {args.acme_ca_bundle} is not a file")
     if args.local_ca_default and not args.local_ca:
         p.error("--local-ca-default needs --local-ca")
     if args.cert_dir and not Path(args.cert_dir).is_dir():
@@ -174,7 +186,11 @@ def main(argv=None) -> int:
             print(f"config {'written' if changed else 'unchanged'}: {nginx.conf}")
             return EXIT_OK
     mirror = CatalogMirror(args.consul, token, on_change=lambda: runner.dirty.set())
-    runner = Runner(mirror, nginx, options, reporter, push, certificates, issuer)
+    acme = None
+    if args.acme_directory:
+        acme = AcmeIssuer(stores.consul, args.acme_directory, args.acme_email, args.acme_ca_bundle,
+                          probe=args.listen, identity=proxy_id).start()
+    runner = Runner(mirror, nginx, options, reporter, push, certificates, issuer, acme)
     metrics.count_watch_errors(mirror)
     metrics.report_certificates(certificates)
     if args.report_check:
@@ -204,6 +220,8 @@ def main(argv=None) -> int:
     try:
         runner.run()
     finally:
+        if acme:
+            acme.stop()
         if child:
             child.stop()
         if args.report_check:

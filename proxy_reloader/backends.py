@@ -60,7 +60,8 @@ def check_entry(name: str, e: Optional[dict]) -> None:
 
 
 def push_body(generation: int, entries: Dict[str, Optional[dict]], full: bool,
-              certificates: Optional[Dict[str, Optional[dict]]] = None) -> bytes:
+              certificates: Optional[Dict[str, Optional[dict]]] = None,
+              challenges: Optional[Dict[str, Optional[str]]] = None) -> bytes:
     for name, e in entries.items():
         check_entry(name, e)
     body = {"generation": generation, "full": full, "services": entries}
@@ -70,16 +71,21 @@ def push_body(generation: int, entries: Dict[str, Optional[dict]], full: bool,
             if reason:
                 raise ValueError(reason)
         body["certificates"] = certificates
+    if challenges is not None:
+        body["challenges"] = challenges
+        ok, reason = contract.check_push({"generation": 1, "services": {}, "challenges": challenges})
+        if not ok:
+            raise ValueError(reason)
     return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
 
 def write_table(path: Path, generation: int, entries: Dict[str, dict],
-                certificates: Optional[Dict[str, dict]] = None) -> None:
+                certificates: Optional[Dict[str, dict]] = None, challenges: Optional[Dict[str, str]] = None) -> None:
     """The full table, atomically, for nginx's next start (read in init_by_lua); 0600, since it
     holds the certificates' private keys."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
-        f.write(push_body(generation, entries, full=True, certificates=certificates or {}))
+        f.write(push_body(generation, entries, full=True, certificates=certificates or {}, challenges=challenges or {}))
     os.chmod(tmp, 0o600)
     os.replace(tmp, path)

@@ -5,6 +5,8 @@
                                          within a second, without a reload
   cert list [--json]                     each certificate: name, SANs, issuer, expiry, source
   cert remove HOST                       stop serving it (the next source's, if any, takes over)
+  cert renew HOST                        ask the ACME issuer (proxy-reloader --acme-directory) for a
+                                         new certificate for HOST now
 
 HOST is a host name, *.DOMAIN for the names one level under DOMAIN, or default (for clients whose
 name no other certificate covers). Certificates in a --cert-dir folder are not listed here; a
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import requests
@@ -22,6 +25,7 @@ from catalog.certificates import CertificateRefused, check_name, parse
 from catalog.cli import (EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, add_consul_options, consul_address,
                          consul_refusal, emit_error, exit_code_epilog)
 from catalog.consul_client import ConsulClient, ConsulException, read_token
+from catalog.kv_layout import ACME_RENEW
 from catalog.stores.certificates import CertificateStore, checked
 
 
@@ -30,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog=__doc__.split("\n\n", 1)[1] + "\n" + exit_code_epilog(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_consul_options(p)
-    sub = p.add_subparsers(dest="action", required=True, metavar="{add,list,remove}")
+    sub = p.add_subparsers(dest="action", required=True, metavar="{add,list,remove,renew}")
     add = sub.add_parser("add", help="check a certificate and its key, and serve it on every proxy")
     add.add_argument("host", help="host name, *.DOMAIN, or default")
     add.add_argument("--cert", required=True, metavar="FILE", help="PEM certificate, then any intermediates")
@@ -42,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     remove = sub.add_parser("remove", help="stop serving a certificate from Consul")
     remove.add_argument("host", help="host name, *.DOMAIN, or default")
     add_consul_options(remove, subcommand=True)
+    renew = sub.add_parser("renew", help="ask the ACME issuer for a new certificate for a host now")
+    renew.add_argument("host", help="a routed host name")
+    add_consul_options(renew, subcommand=True)
     return p
 
 
@@ -69,6 +76,13 @@ def main(argv=None) -> int:
                   f"valid until {s['not_after']} ({s['days_left']:g} days). Every proxy serves it within a second.")
         elif args.action == "list":
             return _list(store, args.json)
+        elif args.action == "renew":
+            name = check_name(args.host)
+            if name == "default" or name.startswith("*."):
+                raise CertificateRefused(f"{name}: ACME issues for host names only (HTTP-01 cannot validate a wildcard)")
+            store.consul.kv_put(ACME_RENEW + name, str(round(time.time(), 3)))
+            print(f"renewal of {name} asked for: the ACME issuer (a proxy-reloader with --acme-directory) orders a "
+                  "new certificate within seconds; proxy-reloader cert list shows it when it is in")
         else:
             if not store.remove(args.host):
                 return emit_error(False, f"no certificate {args.host} in Consul (proxy-reloader cert list shows "

@@ -28,6 +28,7 @@ from cryptography.x509.oid import NameOID
 from catalog import local_ca
 from catalog.certificates import (DEFAULT, Certificate, CertificateRefused, file_stem, lookup_names, name_of_stem,
                                   name_ok, parse, renew_due)
+from catalog.kv_layout import ACME_CHALLENGES
 from catalog.stores.certificates import CertificateStore, StoredCertificate, checked, entries_from_kv
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ class CertificateBook:
         self.folder = Path(folder) if folder else None
         self.files = _Source("files")
         self.kv = _Source("Consul")
+        self.challenges: Dict[str, str] = {}      # ACME HTTP-01: token -> key authorization
         self._signature: Optional[tuple] = None
 
     # --- the sources -----------------------------------------------------------------------
@@ -92,7 +94,11 @@ class CertificateBook:
         found = {}
         for name, entry in entries_from_kv(items).items():
             found[name] = _checked(entry)
-        return self.kv.take(found)
+        challenges = {k[len(ACME_CHALLENGES):]: v for k, v in items.items()
+                      if k.startswith(ACME_CHALLENGES) and k != ACME_CHALLENGES}
+        changed = challenges != self.challenges
+        self.challenges = challenges
+        return self.kv.take(found) or changed
 
     # --- what is served --------------------------------------------------------------------
     def serving(self) -> Dict[str, Certificate]:

@@ -193,4 +193,10 @@ def check_push(body: Any) -> Tuple[bool, Optional[str]]:
         reason = check_certificate(name, cert)
         if reason:
             return False, reason
+    challenges = body.get("challenges", {})
+    if not isinstance(challenges, dict) or len(challenges) > CONTRACT["challenges"]["count"][1]:
+        return False, f"challenges must be an object of at most {CONTRACT['challenges']['count'][1]}"
+    for token, answer in sorted(challenges.items()):
+        if not name_ok("acme_token", token) or not (answer is None or name_ok("key_authorization", answer)):
+            return False, f"challenge {token}: must be TOKEN: KEY_AUTHORIZATION or null"
     return True, None

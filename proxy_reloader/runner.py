@@ -70,14 +70,16 @@ class RunnerOptions:
 class Runner:
     def __init__(self, mirror, nginx: Nginx, options: RunnerOptions, reporter=None,
                  push: Optional[PushClient] = None, certificates: Optional[CertificateBook] = None,
-                 issuer: Optional[LocalIssuer] = None):
+                 issuer: Optional[LocalIssuer] = None, acme=None):
         self.mirror, self.nginx, self.options = mirror, nginx, options
         self.settings = Settings(str(nginx.prefix), options.listen, options.workers, options.mode, options.modules,
                                  read_timeout=options.read_timeout, grpc_listen=options.grpc_listen,
                                  tls_listen=options.tls_listen)
         self.certificates = certificates or CertificateBook()
         self.issuer = issuer                         # the local CA, issuing for hosts with no certificate
+        self.acme = acme                             # the ACME issuer (its own thread), told what is routed
         self.certs_pushed: Dict[str, dict] = {}      # the certificates nginx confirmed
+        self.challenges_pushed: Dict[str, str] = {}  # the ACME HTTP-01 answers nginx confirmed
         self.reporter = reporter                     # reports health as a Consul check, if set
         self.push = push                             # nginx's push endpoint (dynamic mode)
         self.served = None                           # publishes what nginx serves (--report-check)
@@ -149,6 +151,8 @@ class Runner:
         pushed = self._push_table(served) if self.dynamic else True   # before a reload: a new route has its servers
         if pushed and self.issuer is not None:
             self._issue(served)
+        if pushed and self.acme is not None:
+            self.acme.update([h for r in served for h in r.hosts], self.certificates.serving())
         if candidate is not None:
             with metrics.APPLY_SECONDS.labels("reload").time():
                 self.nginx.install(candidate, text)
@@ -185,25 +189,30 @@ class Runner:
         """Push what changed; True when the workers confirmed it (or nothing changed)."""
         want = {r.service: backends.entry(r) for r in served}
         want_certs = self.certificates.for_push()
+        want_challenges = dict(self.certificates.challenges)
         try:
             self._ask_nginx()
             full = self.boot is None
             delta = want if full else {s: e for s, e in want.items() if self.table.get(s) != e}
             certs = want_certs if full else {n: c for n, c in want_certs.items() if self.certs_pushed.get(n) != c}
+            challenges = want_challenges if full else {
+                t: a for t, a in want_challenges.items() if self.challenges_pushed.get(t) != a}
             if not full:
                 delta.update({s: None for s in self.table if s not in want})
                 certs.update({n: None for n in self.certs_pushed if n not in want_certs})
-            if delta or certs or full:
+                challenges.update({t: None for t in self.challenges_pushed if t not in want_challenges})
+            if delta or certs or challenges or full:
                 generation = max(self.generation + 1, int(time.time() * 1000))
                 started = time.monotonic()
-                self.push.push(backends.push_body(generation, delta, full, certs if (certs or full) else None))
+                self.push.push(backends.push_body(generation, delta, full, certs if (certs or full) else None,
+                                                  challenges if (challenges or full) else None))
                 state = self.push.state()
                 if state["generation"] != generation:
                     raise PushError(f"pushed generation {generation}, but the workers report {state['generation']}")
                 metrics.APPLY_SECONDS.labels("push").observe(time.monotonic() - started)
                 metrics.APPLIED.labels("push", "ok").inc()
                 self.generation, self.table, self.boot = generation, want, state["boot"]
-                self.certs_pushed = want_certs
+                self.certs_pushed, self.challenges_pushed = want_certs, want_challenges
                 self.pushes += 1
                 self.last_push = time.time()
                 what = "full" if full else f"{len(delta)} service(s)" + (f", {len(certs)} certificate(s)" if certs else "")
@@ -222,7 +231,7 @@ class Runner:
             # The file holds the full current state, so an nginx (re)start routes right at once;
             # when an entry breaks the contract (ValueError), it keeps the last table it held.
             with contextlib.suppress(ValueError):
-                backends.write_table(self.settings.table, max(self.generation, 1), want, want_certs)
+                backends.write_table(self.settings.table, max(self.generation, 1), want, want_certs, want_challenges)
 
     def _ask_nginx(self) -> None:
         """Notice an nginx restart (a new boot id, or an older generation): the table it holds
@@ -378,6 +387,8 @@ class Runner:
             out.update(pushes=self.pushes, last_push=self.last_push, generation=self.generation,
                        served_generation=served, push_error=self.push_error, tls_listen=self.options.tls_listen,
                        **self.certificates.status())
+            if self.acme is not None:
+                out["acme"] = self.acme.status()
         return out
 
     def stop(self) -> None:

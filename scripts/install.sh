@@ -171,6 +171,14 @@ install_images() {
   build_image demo-test:latest Dockerfile.test
 }
 
+# pebble: an ACME (RFC 8555) test server, and its DNS stand-in, for the ACME issuer's tests (offline).
+install_pebble() {
+  step "ACME test server (pebble)"
+  command -v pebble >/dev/null && command -v pebble-challtestsrv >/dev/null && { info "using $(command -v pebble)"; return 0; }
+  apt_install pebble
+  info "installed pebble and pebble-challtestsrv"
+}
+
 install_bench_tools() {
   step "Benchmark tools (wrk)"
   command -v wrk >/dev/null && { info "using $(command -v wrk)"; return 0; }
@@ -240,8 +248,8 @@ for t in "${targets[@]}"; do
   case "$t" in
     all) install_venv; install_docker; install_consul; install_prometheus; install_nginx; install_images ;;
     venv) install_venv ;; docker) install_docker ;; consul) install_consul ;; prometheus) install_prometheus ;;
-    nginx) install_nginx ;; images) install_images ;; bench-tools) install_bench_tools ;;
+    nginx) install_nginx ;; images) install_images ;; bench-tools) install_bench_tools ;; pebble) install_pebble ;;
     delivery-tools) install_delivery_tools ;; compose) install_compose ;; target-image) install_target_image ;;
-    *) die "unknown target '$t' (expected: all, venv, docker, consul, prometheus, nginx, images, bench-tools, delivery-tools, compose, target-image)" ;;
+    *) die "unknown target '$t' (expected: all, venv, docker, consul, prometheus, nginx, images, bench-tools, pebble, delivery-tools, compose, target-image)" ;;
   esac
 done

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from catalog.local_ca import LocalCA
+from catalog.local_ca import LocalCA, general_name
 
 
 def make_cert(ca: LocalCA, names: Sequence[str], days: float = 30, starts: float = -1,
@@ -30,7 +30,7 @@ def make_cert(ca: LocalCA, names: Sequence[str], days: float = 30, starts: float
             .issuer_name(ca.cert.subject).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(begin).not_valid_after(begin + dt.timedelta(days=days))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+            .add_extension(x509.SubjectAlternativeName([general_name(n) for n in names]), critical=False)
             .sign(ca.key, hashes.SHA256()))
     pem_key = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption()).decode()

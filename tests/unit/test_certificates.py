@@ -219,3 +219,32 @@ def test_a_certificate_change_pushes_that_certificate_only(ca, tmp_path):
     assert set(saved["certificates"]) == {"b.test"} and oct((tmp_path / "backends.json").stat().st_mode & 0o777) == "0o600"
     pushes = len(table.bodies)
     assert r._push_table([route("a", 1)]) and len(table.bodies) == pushes     # nothing changed: no push
+
+
+class FakeConsul:
+    def __init__(self, keys=()):
+        self.keys = list(keys)
+
+    def kv_keys(self, prefix):
+        return [k for k in self.keys if k.startswith(prefix)]
+
+
+def test_what_the_acme_issuer_orders(ca):
+    """Hosts with nothing or only the local CA's certificate, its own past two thirds of their life,
+    renewals asked for and orders under way; never a wildcard, never the operator's certificates.
+    (Real-parts twin: tests/e2e/test_acme.py, against pebble.)"""
+    from catalog.kv_layout import ACME_ORDERS, ACME_RENEW
+    from proxy_reloader.acme_issuer import AcmeIssuer
+    issuer = AcmeIssuer(FakeConsul([ACME_RENEW + "asked.test", ACME_ORDERS + "resumed.test"]), "https://acme.test/dir")
+    cert = lambda name, source, **kw: parse(name, *make_cert(ca, [name], **kw), source)  # noqa: E731
+    issuer.update(["new.test", "*.wild.test", "mine.test", "file.test", "local.test", "fresh.test", "old.test",
+                   "asked.test"],
+                  {"mine.test": cert("mine.test", "operator"), "file.test": cert("file.test", "files"),
+                   "local.test": cert("local.test", "local-ca"), "fresh.test": cert("fresh.test", "acme", days=90),
+                   "old.test": cert("old.test", "acme", starts=-61, days=90),
+                   "asked.test": cert("asked.test", "acme", days=90)})
+    assert issuer.due() == {"asked.test": "renewal asked for", "local.test": "only the local CA's certificate",
+                            "new.test": "no certificate", "old.test": "two thirds of its life gone",
+                            "resumed.test": "an order under way"}
+    issuer.recent["new.test"] = cert("new.test", "acme", days=90)      # written, not yet back from Consul
+    assert "new.test" not in issuer.due()

@@ -184,6 +184,15 @@ CASES = [
      "certificates must be an object of at most 10000"),
     (json.dumps({"generation": 5, "services": {}, "certificates": None}),
      "certificates must be an object of at most 10000"),
+    # ACME HTTP-01 answers
+    (json.dumps({"generation": 5, "services": {}, "challenges": {"tok-EN_1": "tok-EN_1.thumb_PRINT-2", "old": None}}),
+     None),
+    (json.dumps({"generation": 5, "services": {}, "challenges": {"a/b": "x.y"}}),
+     "challenge a/b: must be TOKEN: KEY_AUTHORIZATION or null"),
+    (json.dumps({"generation": 5, "services": {}, "challenges": {"tok": "tok.<script>"}}),
+     "challenge tok: must be TOKEN: KEY_AUTHORIZATION or null"),
+    (json.dumps({"generation": 5, "services": {}, "challenges": ["tok"]}),
+     "challenges must be an object of at most 1000"),
 ]
 
 

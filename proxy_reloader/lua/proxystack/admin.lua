@@ -88,6 +88,7 @@ function _M.handle()
         ok, why = certs.check(body.certificates)
         if not ok then return reply(400, {error = "push refused, table unchanged: " .. why, status = 400}) end
         ok, why = certs.store(body.certificates, body.full, body.generation)
+        if ok then ok, why = certs.store_challenges(body.challenges, body.full) end
         if ok then ok, why = backends.apply(body) end
         if not ok then return reply(507, {error = why, status = 507}) end
         return reply(200, {generation = backends.generation(), boot = backends.boot()})

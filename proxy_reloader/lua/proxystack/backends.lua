@@ -158,6 +158,7 @@ function _M.load_file(path)
         body.full = true
         local certs = require "proxystack.certs"
         local stored, why = certs.store(body.certificates, true, body.generation)
+        if stored then stored, why = certs.store_challenges(body.challenges, true) end
         if not stored then ngx.log(ngx.ERR, "proxystack: certificates of ", path, " not loaded: ", why) end
         _M.apply(body)
     end

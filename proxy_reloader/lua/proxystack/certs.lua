@@ -88,6 +88,45 @@ function _M.store(certs, full, gen)
     return true
 end
 
+-- ACME HTTP-01 answers (token -> key authorization), pushed like certificates; a full push replaces them.
+function _M.store_challenges(challenges, full)
+    if challenges == nil and not full then return true end
+    challenges = challenges or {}
+    local tokens = cjson.decode(dict:get("challenges") or "{}") or {}
+    if full then
+        for t in pairs(tokens) do
+            if challenges[t] == nil then dict:delete("ch:" .. t); tokens[t] = nil end
+        end
+    end
+    for token, answer in pairs(challenges) do
+        if answer == cjson.null then
+            dict:delete("ch:" .. token)
+            tokens[token] = nil
+        else
+            local ok, err = dict:set("ch:" .. token, answer)
+            if not ok then return nil, "shared dict full (" .. tostring(err) .. "); raise proxystack_certs' size" end
+            tokens[token] = true
+        end
+    end
+    dict:set("challenges", next(tokens) and cjson.encode(tokens) or "{}")
+    return true
+end
+
+-- content phase of /.well-known/acme-challenge/TOKEN: the key authorization, or 404.
+function _M.challenge()
+    local token = ngx.var.uri:match("^/%.well%-known/acme%-challenge/([A-Za-z0-9_-]+)$")
+    local answer = token and dict:get("ch:" .. token)
+    if not answer then
+        ngx.status = 404
+        ngx.header["Content-Type"] = "application/json"
+        ngx.say('{"error": "no such ACME challenge", "status": 404}')
+        return ngx.exit(404)
+    end
+    ngx.header["Content-Type"] = "text/plain"
+    ngx.print(answer)
+    return ngx.exit(200)
+end
+
 -- The names and their stamps (for the push endpoint's GET /certificates).
 function _M.names()
     return cjson.decode(dict:get("names") or "{}") or {}

@@ -303,6 +303,23 @@ function _M.check_push(body)
             if not ok then return nil, err end
         end
     end
+    local challenges = body.challenges
+    if challenges ~= nil then
+        local count = 0
+        if type(challenges) == "table" then for _ in pairs(challenges) do count = count + 1 end end
+        if not (type(challenges) == "table" and (challenges[1] == nil or count == 0)) or count > C.challenges.count[2] then
+            return nil, "challenges must be an object of at most " .. C.challenges.count[2]
+        end
+        sorted = {}
+        for token in pairs(challenges) do sorted[#sorted + 1] = token end
+        table.sort(sorted, function(a, b) return tostring(a) < tostring(b) end)
+        for _, token in ipairs(sorted) do
+            local answer = challenges[token]
+            if not _M.name_ok("acme_token", token) or not (answer == cjson.null or _M.name_ok("key_authorization", answer)) then
+                return nil, "challenge " .. tostring(token) .. ": must be TOKEN: KEY_AUTHORIZATION or null"
+            end
+        end
+    end
     return true
 end
 
