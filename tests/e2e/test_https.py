@@ -12,6 +12,7 @@ import shutil
 import ssl
 import subprocess
 import time
+import urllib.request
 from dataclasses import replace
 
 import pytest
@@ -274,6 +275,12 @@ def test_bad_certificates_are_refused_with_the_reason_and_the_previous_one_keeps
 def test_certificates_are_kept_in_the_table_file_readable_by_its_owner_only(proxy, service):
     service("v1")
     wait_until(lambda: proxy.certificate(service.host), 30, "a certificate")
+    # and their days left are a metric, which the expiry alert reads
+    with urllib.request.urlopen(f"http://127.0.0.1:{ADMIN}/metrics", timeout=5) as r:
+        metrics = r.read().decode()
+    line = next(l for l in metrics.splitlines()
+                if l.startswith("proxystack_certificate_days_left{") and f'name="{service.host}"' in l)
+    assert 'source="local-ca"' in line and 89 < float(line.rsplit(" ", 1)[1]) <= 90
     table = proxy.prefix / "backends.json"
     assert oct(table.stat().st_mode & 0o777) == "0o600"
     assert service.host in json.loads(table.read_text())["certificates"]
