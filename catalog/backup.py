@@ -75,7 +75,8 @@ def _call(method: str, url: str, token: str, **kw) -> requests.Response:
         raise BackupError("Consul refused the management token in bootstrap.token (403): it is not this "
                           "Consul's; use the token folder of the Consul you point at")
     if r.status_code != 200:
-        raise BackupError(f"Consul answered {r.status_code} to {method} /v1/snapshot: {r.text.strip()[:300]}")
+        raise BackupError(f"Consul answered {r.status_code} to {method} /v1/{url.split('/v1/', 1)[1]}: "
+                          f"{r.text.strip()[:300]}")
     return r
 
 
@@ -136,10 +137,31 @@ def read(path: Path) -> Tuple[dict, bytes, Dict[str, bytes]]:
     return manifest, snapshot, tokens
 
 
+def _hand_node_back(address: str, token: str) -> None:
+    """On another machine (or a fresh data folder) the agent has a new node ID (and the token it
+    syncs with is the backup's agent token, set just before), and the snapshot's
+    catalog holds its node name under the old one: Consul then refuses every sync of that agent
+    ("Node name ... is reserved"), so nothing registered after the restore would reach the catalog.
+    The old entry goes; the agent registers itself and its services again at its next sync."""
+    agent = _call("GET", f"{_base(address)}/v1/agent/self", token).json()["Config"]
+    name, node_id = agent["NodeName"], agent["NodeID"]
+    node = _call("GET", f"{_base(address)}/v1/catalog/node/{name}", token).json()
+    if node and node["Node"]["ID"] != node_id:
+        _call("PUT", f"{_base(address)}/v1/catalog/deregister", token, json={"Node": name})
+
+
 def restore(address: str, tokens: Path, path: Path) -> dict:
     """Replace the state of the Consul at `address` with the backup's, then its token files."""
     manifest, snapshot, files = read(path)
-    _call("PUT", f"{_base(address)}/v1/snapshot", _management_token(tokens), data=snapshot)
+    token = _management_token(tokens)
+    _call("PUT", f"{_base(address)}/v1/snapshot", token, data=snapshot)
+    # Consul's ACLs are the backup's now: so are the management token and the agent's own
+    restored = files.get("bootstrap.token")
+    token = restored.decode().strip() if restored else token
+    agent_token = files.get("agent.token")
+    if agent_token:
+        _call("PUT", f"{_base(address)}/v1/agent/token/agent", token, json={"Token": agent_token.decode().strip()})
+    _hand_node_back(address, token)
     for name, content in files.items():
         # A token file that exists keeps its owner and mode (a daemon's user may read it, as
         # Ansible's layout has it); a new one is its owner's only, whatever the archive says.

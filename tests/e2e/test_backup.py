@@ -86,6 +86,13 @@ def test_a_backup_restored_into_a_fresh_consul_gives_everything_back_and_tests_n
         after = state(again)
         assert after == before
         assert "testing" not in again.gatekeeper.log(), "a restored verdict was tested again"
+        # and what comes after the restore reaches the catalog: the fresh agent (a new node ID under
+        # the snapshot's node name) syncs again
+        probe = {"ID": f"{SERVICE}-probe", "Name": f"{SERVICE}-probe", "Address": "127.0.0.1", "Port": 1}
+        again.stores.consul.register_service(probe)
+        again.wait(lambda: f"{SERVICE}-probe" in again.stores.consul.catalog_services(), 30,
+                   "a service registered after the restore in the catalog")
+        again.stores.consul.deregister_service(probe["ID"])
     finally:
         try:
             (again or stack).stop()
