@@ -111,13 +111,17 @@ gatekeeper mode demo auto >/dev/null
 
 step "Swarm: demo as a Swarm service. Every task passes the gate; scaled, updated, healed, autoscaled"
 bash "$ROOT/scripts/stack.sh" swarm | tail -n +2
-"$VENV/bin/python" "$ROOT/scripts/traffic.py" --url "$PROXY/demo/1" --seconds 600 --threads 2 --rate 40 >"$STATE/traffic-swarm.txt" 2>&1 &
-traffic=$!
+# A service has one owner: plain containers or a Swarm service, never both (a Swarm task of a
+# service that plain containers serve is kept out, with the reason). So the plain ones go first.
+info "\$ docker rm -f demo-v1 demo-v2 demo-v3 demo-v4      (one owner per service: the plain containers go first)"
+docker rm -f $(docker ps -aq --filter label=proxystack.demo=1) >/dev/null
 info "\$ docker service create --name demo --replicas 2 <gate and health flags, docs/guides/swarm.md> demo:v2"
 docker service create --detach --name demo --replicas 2 "${SWARM[@]}" demo:v2 >/dev/null
 wait_admitted 2
-docker rm -f $(docker ps -aq --filter label=proxystack.demo=1) >/dev/null
-info "2 tasks tested and admitted; the plain containers are gone, the tasks serve: $(served_version)"
+wait_served v2
+"$VENV/bin/python" "$ROOT/scripts/traffic.py" --url "$PROXY/demo/1" --seconds 600 --threads 2 --rate 40 >"$STATE/traffic-swarm.txt" 2>&1 &
+traffic=$!
+info "2 tasks tested and admitted; they serve: $(served_version)"
 info "\$ gatekeeper scale demo 3"
 gatekeeper scale demo 3 | sed 's/^/    /'
 wait_admitted 3
