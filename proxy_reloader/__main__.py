@@ -5,9 +5,9 @@ nginx's Lua router without a reload; nginx reloads only when its own options cha
 reload: every change renders the config and reloads nginx (for an nginx without the Lua module).
 
 HTTPS (dynamic mode, --tls-listen): certificates are picked per handshake by SNI from those
-pushed with the routes: from a folder (--cert-dir), from Consul (`proxy-reloader cert add`), and
-from the stack's local CA (--local-ca) for routed hosts that have none. `proxy-reloader cert
---help` manages the ones in Consul.
+pushed with the routes: from a folder (--cert-dir), from Consul (`proxy-reloader cert add`), from
+an ACME CA (--acme-directory, HTTP-01, one issuer at a time) and from the stack's local CA
+(--local-ca) for routed hosts that have none. `proxy-reloader cert --help` manages the ones in Consul.
 """
 from __future__ import annotations
 
@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "one proxy-reloader orders at a time (default: no ACME)")
     p.add_argument("--acme-email", default="", metavar="ADDRESS", help="the ACME account's contact address")
     p.add_argument("--acme-ca-bundle", default=None, metavar="FILE",
-                   help="CA certificates to trust for the ACME server's own HTTPS (default: the system's)")
+                   help="CA certificates to trust for the ACME server's own HTTPS (default: Python requests' bundle, "
+                        "or REQUESTS_CA_BUNDLE when set)")
     p.add_argument("--workers", default="2", help="nginx worker_processes (default %(default)s)")
     p.add_argument("--read-timeout", type=float, default=30.0, metavar="S",
                    help="seconds an instance may take to answer before the request is retried on another "

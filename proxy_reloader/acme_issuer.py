@@ -25,7 +25,7 @@ import time
 import urllib.request
 from typing import Dict, Iterable, Optional
 
-from catalog.certificates import Certificate, CertificateRefused, parse, renew_due
+from catalog.certificates import Certificate, CertificateRefused, lookup_names, parse, renew_due
 from catalog.consul_client import ConsulClient
 from catalog.kv_layout import ACME_ACCOUNT, ACME_CHALLENGES, ACME_LEADER, ACME_ORDERS, ACME_RENEW
 from catalog.leader import LeaderLock
@@ -38,6 +38,7 @@ from .acme_client import AcmeClient, AcmeError, new_account_key
 log = logging.getLogger(__name__)
 
 OPERATORS = ("files", "operator")       # certificates the issuer never replaces
+FIRST_RETRY, LAST_RETRY = 5.0, 900.0    # a failing host is tried again after 5 s, doubling up to 15 min
 
 
 class AcmeIssuer:
@@ -55,6 +56,7 @@ class AcmeIssuer:
         self.issued = 0
         # what this issuer wrote, until the runner's view (fed by the KV watch) has it too
         self.recent: Dict[str, Certificate] = {}
+        self.retry_at: Dict[str, tuple] = {}          # host -> (monotonic time of the next try, the delay)
         self._client: Optional[AcmeClient] = None
         self._wake, self._stop = threading.Event(), threading.Event()
         self._threads = []
@@ -101,12 +103,29 @@ class AcmeIssuer:
             self._wake.clear()
 
     # --- one round -------------------------------------------------------------------------
+    def operators(self, host: str) -> Optional[str]:
+        """The operator's certificate (a folder's or `cert add`'s, exact or wildcard) that serves `host`."""
+        for name in lookup_names(host)[:-1]:
+            cert = self.serving.get(name)
+            if cert is not None and cert.source in OPERATORS:
+                return name
+        return None
+
     def due(self) -> Dict[str, str]:
         """host -> why it is ordered now."""
         renew = {k[len(ACME_RENEW):] for k in self.consul.kv_keys(ACME_RENEW)} - {""}
         under_way = {k[len(ACME_ORDERS):] for k in self.consul.kv_keys(ACME_ORDERS)} - {""}
         out = {}
+        now = time.monotonic()
         for host in sorted(self.hosts | renew | under_way):
+            if self.retry_at.get(host, (0.0,))[0] > now:
+                continue                                  # failed lately: backing off
+            theirs = self.operators(host)
+            if theirs is not None:                        # the operator's certificate is never replaced
+                if host in renew or host in under_way:
+                    log.info("ACME issuer: %s is served by the operator's certificate %s: no order", host, theirs)
+                    self._forget(host)
+                continue
             current = self.serving.get(host)
             mine = self.recent.get(host)
             if mine is not None and (current is None or current.not_after < mine.not_after):
@@ -115,8 +134,6 @@ class AcmeIssuer:
                 out[host] = "an order under way"
             elif host in renew:
                 out[host] = "renewal asked for"
-            elif current is not None and current.source in OPERATORS:
-                continue
             elif current is None or current.source == "local-ca":
                 out[host] = "no certificate" if current is None else "only the local CA's certificate"
             elif current.source == "acme" and renew_due(current):
@@ -132,17 +149,31 @@ class AcmeIssuer:
             try:
                 self.issue(host, why)
                 self.errors.pop(host, None)
+                self.retry_at.pop(host, None)
                 done += 1
             except (AcmeError, CertificateRefused) as exc:
-                if self.errors.get(host) != str(exc):
-                    log.error("ACME issuer: %s: %s", host, exc)
-                self.errors[host] = str(exc)
-                if "invalid" in str(exc):
-                    self.consul.kv_delete(ACME_ORDERS + host)     # a failed order: the next round starts afresh
+                self._failed(host, str(exc))
+                self._forget(host, keep_renewal=True)     # a failed order: the next try starts afresh
             except (OSError, ValueError) as exc:
-                log.warning("ACME issuer: %s: ACME server unreachable or unreadable: %s", host, exc)
-                self.errors[host] = f"ACME server: {exc}"
+                self._failed(host, f"ACME server unreachable or unreadable: {exc}")
         return done
+
+    def _failed(self, host: str, error: str) -> None:
+        delay = min(self.retry_at.get(host, (0.0, FIRST_RETRY / 2))[1] * 2, LAST_RETRY)
+        self.retry_at[host] = (time.monotonic() + delay, delay)
+        if self.errors.get(host) != error:
+            log.error("ACME issuer: %s: %s (trying again in %.0f s, then less often)", host, error, delay)
+        self.errors[host] = error
+
+    def _forget(self, host: str, keep_renewal: bool = False) -> None:
+        """Drop the host's order under way, the challenge answers it published, and its renewal request."""
+        _, raw = self.consul.kv_get(ACME_ORDERS + host)
+        tokens = (json.loads(raw).get("tokens") or []) if raw else []
+        keys = [ACME_ORDERS + host] + [ACME_CHALLENGES + t for t in tokens]
+        if not keep_renewal:
+            keys.append(ACME_RENEW + host)
+        for key in keys:
+            self.consul.kv_delete(key)
 
     def client(self) -> AcmeClient:
         """The shared account (made once, kept in Consul), registered with the ACME server."""
@@ -172,10 +203,12 @@ class AcmeIssuer:
             record["url"] = order["url"]
             self.consul.kv_put(ACME_ORDERS + host, json.dumps(record))
             log.info("ACME issuer: %s: ordering (%s)", host, why)
-        tokens = []
+        tokens = record.setdefault("tokens", [])
         for challenge in client.http01(order):
+            if challenge["token"] not in tokens:            # the record names what to clean up after
+                tokens.append(challenge["token"])
+                self.consul.kv_put(ACME_ORDERS + host, json.dumps(record))
             self.consul.kv_put(ACME_CHALLENGES + challenge["token"], challenge["key_authorization"])
-            tokens.append(challenge["token"])
             self._until_answered(challenge)
             client.respond(challenge)
         chain = client.finish(order, record["key"], host)
@@ -187,8 +220,7 @@ class AcmeIssuer:
             self.recent[host] = cert
             log.info("ACME issuer: %s: certificate issued by %s, valid until %s", host, cert.issuer,
                      cert.summary()["not_after"])
-        for key in [ACME_ORDERS + host, ACME_RENEW + host] + [ACME_CHALLENGES + t for t in tokens]:
-            self.consul.kv_delete(key)
+        self._forget(host)
         return cert
 
     def _until_answered(self, challenge: dict, timeout: float = 10.0) -> None:

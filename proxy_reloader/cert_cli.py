@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("host", help="host name, *.DOMAIN, or default")
     add_consul_options(remove, subcommand=True)
     renew = sub.add_parser("renew", help="ask the ACME issuer for a new certificate for a host now")
-    renew.add_argument("host", help="a routed host name")
+    renew.add_argument("host", help="a host name (not a wildcard: HTTP-01 cannot validate one); a host served by "
+                                    "the operator's certificate is not ordered")
     add_consul_options(renew, subcommand=True)
     return p
 

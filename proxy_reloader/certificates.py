@@ -31,9 +31,12 @@ from catalog.certificates import (DEFAULT, Certificate, CertificateRefused, file
 from catalog.kv_layout import ACME_CHALLENGES
 from catalog.stores.certificates import CertificateStore, StoredCertificate, checked, entries_from_kv
 
+from . import contract
+
 log = logging.getLogger(__name__)
 
 PRECEDENCE = ("files", "operator", "acme", "local-ca")
+MAX_CHALLENGES = contract.CONTRACT["challenges"]["count"][1]
 
 
 class _Source:
@@ -94,8 +97,18 @@ class CertificateBook:
         found = {}
         for name, entry in entries_from_kv(items).items():
             found[name] = _checked(entry)
-        challenges = {k[len(ACME_CHALLENGES):]: v for k, v in items.items()
-                      if k.startswith(ACME_CHALLENGES) and k != ACME_CHALLENGES}
+        challenges = {}
+        for key, answer in sorted(items.items()):
+            token = key[len(ACME_CHALLENGES):]
+            if not key.startswith(ACME_CHALLENGES) or not token:
+                continue
+            # checked one by one: one bad entry must not make nginx refuse the whole push
+            if not (contract.name_ok("acme_token", token) and contract.name_ok("key_authorization", answer)):
+                log.error("ACME challenge %s in Consul is no token and key authorization: left out", key)
+            elif len(challenges) >= MAX_CHALLENGES:
+                log.error("more than %d ACME challenges in Consul: %s left out", MAX_CHALLENGES, key)
+            else:
+                challenges[token] = answer
         changed = challenges != self.challenges
         self.challenges = challenges
         return self.kv.take(found) or changed

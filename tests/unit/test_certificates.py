@@ -248,3 +248,26 @@ def test_what_the_acme_issuer_orders(ca):
                             "resumed.test": "an order under way"}
     issuer.recent["new.test"] = cert("new.test", "acme", days=90)      # written, not yet back from Consul
     assert "new.test" not in issuer.due()
+    # the operator's certificates, exact or wildcard, are never replaced: a renewal asked for or an
+    # order under way for such a host is dropped
+    issuer.hosts = issuer.hosts | {"w.example.test"}
+    issuer.serving["*.example.test"] = cert("*.example.test", "operator")
+    issuer.serving["asked.test"] = issuer.serving["resumed.test"] = cert("asked.test", "operator")
+    issuer.consul.kv_get = lambda key: (0, None)
+    issuer.consul.kv_delete = lambda key: issuer.consul.keys.remove(key) if key in issuer.consul.keys else None
+    due = issuer.due()
+    assert "w.example.test" not in due and "asked.test" not in due and "resumed.test" not in due
+    assert issuer.consul.keys == []                                    # the request and the order are dropped
+    # a failing host is tried again later, and less often each time
+    issuer._failed("new.test", "boom")
+    first = issuer.retry_at["new.test"][1]
+    issuer._failed("new.test", "boom")
+    assert issuer.retry_at["new.test"][1] == 2 * first and "local.test" in issuer.due() and "new.test" not in issuer.due()
+
+
+def test_a_bad_acme_challenge_in_consul_is_left_out_not_pushed(ca):
+    book = CertificateBook()
+    assert book.take_kv({"certificates/acme/challenges/good-Token_1": "good-Token_1.thumb",
+                         "certificates/acme/challenges/bad": "bad.<script>",
+                         "certificates/acme/challenges/a b": "x.y"})
+    assert book.challenges == {"good-Token_1": "good-Token_1.thumb"}
