@@ -175,6 +175,11 @@ def parse(name: str, chain_pem, key_pem, source: str, now: Optional[dt.datetime]
     sans = sans_of(leaf)
     if name != DEFAULT and not any(covers(s, name) for s in sans):
         raise CertificateRefused(f"the certificate's names ({', '.join(sans) or 'none'}) do not cover {name}")
+    # Kept as the parsed objects write themselves: whatever surrounded the PEM blocks (an openssl
+    # pkcs12 export's "Bag Attributes", comments) never reaches nginx.
+    chain_pem = "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in certs)
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
     return Certificate(name=name, chain=chain_pem, key=key_pem, source=source, sans=sans,
                        issuer=_common_name(leaf.issuer),
                        not_before=leaf.not_valid_before_utc.timestamp(), not_after=leaf.not_valid_after_utc.timestamp(),

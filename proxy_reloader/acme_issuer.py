@@ -54,8 +54,9 @@ class AcmeIssuer:
         self.serving: Dict[str, Certificate] = {}
         self.errors: Dict[str, str] = {}
         self.issued = 0
-        # what this issuer wrote, until the runner's view (fed by the KV watch) has it too
-        self.recent: Dict[str, Certificate] = {}
+        # what this issuer wrote, until the runner's view (fed by the KV watch) has it too, for 30 s
+        # at most (a certificate removed after that is ordered again)
+        self.recent: Dict[str, tuple] = {}
         self.retry_at: Dict[str, tuple] = {}          # host -> (monotonic time of the next try, the delay)
         self._client: Optional[AcmeClient] = None
         self._wake, self._stop = threading.Event(), threading.Event()
@@ -87,8 +88,12 @@ class AcmeIssuer:
         self.lock.release()
 
     def _keep_lock(self) -> None:
-        """Renew the session every 3 s (TTL 10 s), leading or waiting to: an order outlasts the TTL."""
+        """Renew the session every 3 s (TTL 10 s), leading or waiting to: an order outlasts the TTL.
+        An issuer whose ordering thread is gone steps down, so another one orders."""
         while not self._stop.wait(3.0):
+            if not self._threads[0].is_alive():
+                self.lock.release()
+                return
             if self.lock.session is not None:
                 self.lock.renew()
 
@@ -99,6 +104,9 @@ class AcmeIssuer:
                     self.step()
             except TRANSIENT as exc:
                 log.warning("ACME issuer: Consul: %s", exc)
+            except Exception:                        # a bug must not leave a leader that orders nothing
+                log.exception("ACME issuer: round failed; trying again in 10 s")
+                self._stop.wait(10.0)
             self._wake.wait(self.interval)
             self._wake.clear()
 
@@ -127,8 +135,10 @@ class AcmeIssuer:
                     self._forget(host)
                 continue
             current = self.serving.get(host)
-            mine = self.recent.get(host)
-            if mine is not None and (current is None or current.not_after < mine.not_after):
+            mine, written = self.recent.get(host, (None, 0.0))
+            if mine is not None and (now - written > 30 or (current is not None and current.not_after >= mine.not_after)):
+                del self.recent[host]                     # the watch brought it back, or it was removed since
+            elif mine is not None:
                 current = mine
             if host in under_way:
                 out[host] = "an order under way"
@@ -217,7 +227,7 @@ class AcmeIssuer:
             log.info("ACME issuer: %s: another certificate was written meanwhile; it stays", host)
         else:
             self.issued += 1
-            self.recent[host] = cert
+            self.recent[host] = (cert, time.monotonic())
             log.info("ACME issuer: %s: certificate issued by %s, valid until %s", host, cert.issuer,
                      cert.summary()["not_after"])
         self._forget(host)

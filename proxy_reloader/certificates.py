@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 PRECEDENCE = ("files", "operator", "acme", "local-ca")
 MAX_CHALLENGES = contract.CONTRACT["challenges"]["count"][1]
+MAX_CERTIFICATES = contract.CONTRACT["certificates"]["count"][1]
 
 
 class _Source:
@@ -51,14 +52,13 @@ class _Source:
         """`found`: name -> (certificate, None) or (None, why refused). True when what is served changed."""
         before = {n: c.fingerprint for n, c in self.good.items()}
         errors = {}
-        for name in list(self.good):
-            if name not in found:
-                del self.good[name]
+        good = {n: c for n, c in self.good.items() if n in found}
         for name, (cert, error) in found.items():
             if cert is not None:
-                self.good[name] = cert
+                good[name] = cert
             else:
                 errors[name] = error
+        self.good = good                     # one assignment: /status and /metrics read it from other threads
         for name, error in errors.items():
             if self.errors.get(name) != error:
                 kept = " (its previous certificate keeps serving)" if name in self.good else ""
@@ -128,7 +128,17 @@ class CertificateBook:
         return out
 
     def for_push(self) -> Dict[str, dict]:
-        return {n: {"cert": c.chain, "key": c.key} for n, c in self.serving().items()}
+        """What nginx gets: each certificate the contract takes (a checked one always is), at most
+        the contract's count; one that is not is left out here, never refusing the whole push."""
+        out = {}
+        for n, c in self.serving().items():
+            entry = {"cert": c.chain, "key": c.key}
+            reason = contract.check_certificate(n, entry)
+            if reason or len(out) >= MAX_CERTIFICATES:
+                log.error("certificate %s left out of the push: %s", n, reason or f"more than {MAX_CERTIFICATES}")
+                continue
+            out[n] = entry
+        return out
 
     def status(self) -> dict:
         return {"certificates": {n: c.summary() for n, c in self.serving().items()},
@@ -212,6 +222,8 @@ class LocalIssuer:
             elif current.source == "local-ca" and renew_due(current):
                 out[DEFAULT] = current
         for host in sorted(set(hosts)):
+            if not name_ok(host):
+                continue                      # *.localhost: a route may name it, no certificate can
             name = next((n for n in lookup_names(host) if n in serving and n != DEFAULT), None)
             if name is None:
                 out[host] = None
@@ -228,7 +240,11 @@ class LocalIssuer:
                 continue                      # another proxy wrote one; its answer is on the way
             chain, key = local_ca.issue(self.ca, host, self.days,
                                         sans=self.default_names if host == DEFAULT else ())
-            cert = parse(host, chain, key, "local-ca")
+            try:
+                cert = parse(host, chain, key, "local-ca")
+            except CertificateRefused as exc:
+                log.error("local CA: no certificate for %s: %s", host, exc)
+                continue
             if self.store.put(cert, cas=index):
                 written += 1
                 log.info("local CA: %s certificate for %s (valid until %s)", "renewed" if current else "issued",

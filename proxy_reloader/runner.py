@@ -183,6 +183,8 @@ class Runner:
             self.issuer.issue([h for r in served for h in r.hosts], self.certificates.serving())
         except TRANSIENT as exc:
             log.warning("local CA: could not write certificates to Consul: %s", exc)
+        except Exception:                            # issuing must never stop the proxy's loop
+            log.exception("local CA: issuing failed")
 
     # --- dynamic mode: the table -----------------------------------------------------------
     def _push_table(self, served: List[Route]) -> bool:
@@ -435,11 +437,11 @@ def render_once(stores: Stores, nginx: Nginx, settings: Settings, push: Optional
         book.scan_files()
         with contextlib.suppress(*TRANSIENT):
             book.take_kv(stores.certificates.items())
-        certs = book.for_push()
+        certs, challenges = book.for_push(), dict(book.challenges)
         generation = int(time.time() * 1000)
-        backends.write_table(settings.table, generation, entries, certs)
+        backends.write_table(settings.table, generation, entries, certs, challenges)
         if push is not None and nginx.master_pid() is not None:
             state = push.state()
             generation = max(generation, int(state.get("generation") or 0) + 1)
-            push.push(backends.push_body(generation, entries, full=True, certificates=certs))
+            push.push(backends.push_body(generation, entries, full=True, certificates=certs, challenges=challenges))
     return changed

@@ -49,6 +49,10 @@ class CertificateStore:
         """Every key under certificates/ with its value, as the proxies' watch reads them."""
         return self.consul.kv_list(CERTIFICATES)
 
+    def chains(self) -> Dict[str, str]:
+        """The chains alone (what gatekeeper's token may read): never a key."""
+        return self.consul.kv_list(CERTIFICATE_CHAINS)
+
     def all(self) -> Dict[str, StoredCertificate]:
         return entries_from_kv(self.items())
 

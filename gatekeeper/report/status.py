@@ -37,7 +37,7 @@ def known_services(stores: Stores, rejections: Dict[str, Rejection]) -> List[str
 
 def certificates_view(stores: Stores) -> Dict[str, dict]:
     """Each certificate in Consul, as its chain describes it (gatekeeper may not read the keys)."""
-    return {name: describe(name, e.chain, e.source) for name, e in entries_from_kv(stores.certificates.items()).items()}
+    return {name: describe(name, e.chain, e.source) for name, e in entries_from_kv(stores.certificates.chains()).items()}
 
 
 def https_view(hosts, certificates: Dict[str, dict]) -> Dict[str, Optional[dict]]:

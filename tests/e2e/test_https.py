@@ -225,7 +225,8 @@ def test_a_rotated_certificate_reaches_new_handshakes_with_no_failed_request_and
     load.finish()
     assert load.failures == [] and load.total > 500, (load.total, load.failures[:5])
     assert generations.finish() == 0, "a certificate change started new nginx workers (a reload)"
-    assert max(took) < 1.0, f"new handshakes got the new certificate after {took} s"
+    # about 0.1 s each (bench.tls_bench measures it); the bound leaves room for a loaded 2-core machine
+    assert max(took) < 2.0, f"new handshakes got the new certificate after {took} s"
     print(f"rotation: {load.total} requests, 0 failed; new certificate served after {took} s")
 
 

@@ -5,6 +5,7 @@ last-good rule, the local CA, and what proxy-reloader pushes when a certificate 
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -75,6 +76,19 @@ def test_each_rule_refuses_with_its_reason(ca, case, reason):
         chain = chain * 200
     with pytest.raises(CertificateRefused, match=reason.replace("(", r"\(").replace(".", r"\.")):
         parse(name, chain, key, "operator")
+
+
+def test_text_around_the_pem_blocks_is_not_kept(ca):
+    chain, key = make_cert(ca, ["demo.test"])
+    cert = parse("demo.test", "Bag Attributes\n    localKeyID: 01\n" + chain, "Key Attributes: <No Attributes>\n" + key,
+                 "files")
+    assert cert.chain.startswith("-----BEGIN CERTIFICATE-----") and cert.key.startswith("-----BEGIN PRIVATE KEY-----")
+    assert CertificateBook().for_push() == {}
+
+
+def test_the_local_ca_skips_a_host_no_certificate_can_name(ca):
+    store = FakeCertificateStore()
+    assert LocalIssuer(ca, store).issue(["*.localhost", "ok.test"], {}) == 1 and list(store.certs) == ["ok.test"]
 
 
 NAMES = ["demo.test", "*.example.test", "default"]
@@ -246,8 +260,10 @@ def test_what_the_acme_issuer_orders(ca):
     assert issuer.due() == {"asked.test": "renewal asked for", "local.test": "only the local CA's certificate",
                             "new.test": "no certificate", "old.test": "two thirds of its life gone",
                             "resumed.test": "an order under way"}
-    issuer.recent["new.test"] = cert("new.test", "acme", days=90)      # written, not yet back from Consul
+    issuer.recent["new.test"] = (cert("new.test", "acme", days=90), time.monotonic())   # not yet back from Consul
     assert "new.test" not in issuer.due()
+    issuer.recent["new.test"] = (cert("new.test", "acme", days=90), time.monotonic() - 31)
+    assert "new.test" in issuer.due() and "new.test" not in issuer.recent       # removed since: ordered again
     # the operator's certificates, exact or wildcard, are never replaced: a renewal asked for or an
     # order under way for such a host is dropped
     issuer.hosts = issuer.hosts | {"w.example.test"}

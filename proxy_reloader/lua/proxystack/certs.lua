@@ -78,12 +78,14 @@ function _M.store(certs, full, gen)
             dict:delete("crt:" .. name)
             names[name] = nil
         else
-            local ok, err = dict:set("crt:" .. name, cjson.encode(c))
+            -- safe_set: a full dict refuses instead of evicting other certificates
+            local ok, err = dict:safe_set("crt:" .. name, cjson.encode(c))
             if not ok then return nil, "shared dict full (" .. tostring(err) .. "); raise proxystack_certs' size" end
             names[name] = gen
         end
     end
-    dict:set("names", next(names) and cjson.encode(names) or "{}")
+    local ok, err = dict:safe_set("names", next(names) and cjson.encode(names) or "{}")
+    if not ok then return nil, "shared dict full (" .. tostring(err) .. "); raise proxystack_certs' size" end
     state:set("certs", gen)
     return true
 end
@@ -103,12 +105,13 @@ function _M.store_challenges(challenges, full)
             dict:delete("ch:" .. token)
             tokens[token] = nil
         else
-            local ok, err = dict:set("ch:" .. token, answer)
+            local ok, err = dict:safe_set("ch:" .. token, answer)
             if not ok then return nil, "shared dict full (" .. tostring(err) .. "); raise proxystack_certs' size" end
             tokens[token] = true
         end
     end
-    dict:set("challenges", next(tokens) and cjson.encode(tokens) or "{}")
+    local ok, err = dict:safe_set("challenges", next(tokens) and cjson.encode(tokens) or "{}")
+    if not ok then return nil, "shared dict full (" .. tostring(err) .. "); raise proxystack_certs' size" end
     return true
 end
 
@@ -134,7 +137,10 @@ end
 
 local function load(name, stamp)
     local c = cjson.decode(dict:get("crt:" .. name) or "null")
-    if type(c) ~= "table" then return nil end
+    if type(c) ~= "table" then
+        ngx.log(ngx.ERR, "proxystack: certificate ", name, " is listed but not in shared memory")
+        return nil
+    end
     local cert, err = ssl.parse_pem_cert(c.cert)
     local key
     if cert then key, err = ssl.parse_pem_priv_key(c.key) end

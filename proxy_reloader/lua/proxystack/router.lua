@@ -202,7 +202,9 @@ function _M.route(listener, scheme, host, uri, content_length)
         if route.hsts_max_age then ngx.var.proxystack_hsts = hsts(route) end
     elseif listener ~= "grpc" then
         local mode = https_mode(route, host or "")
-        if mode == "redirect" and https_suffix ~= nil and host ~= "" then
+        -- only to a host name as the contract spells one: a Host such as "evil.com?.example.com"
+        -- must not become a Location a browser (or a cache in front) follows elsewhere
+        if mode == "redirect" and https_suffix ~= nil and contract.name_ok("host", host) then
             ngx.var.proxystack_location = "https://" .. host .. https_suffix .. ngx.var.request_uri
             return "308"
         elseif mode == "only" or mode == "redirect" then
