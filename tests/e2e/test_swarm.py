@@ -110,7 +110,9 @@ def test_scale_out_and_in_through_the_gate_under_load(stack):
         assert len(tasks(name)) == 5
         docker("service", "scale", "--detach", f"{name}=1")
         stack.wait(lambda: len(w.instances()) == 1 and len(tasks(name)) == 1, 120, "back to one instance")
-        time.sleep(2)
+        served(stack, w)
+        then = load.total                 # and two seconds' worth of requests on the one left
+        stack.wait(lambda: load.total >= max(then + 200, 600), 30, "traffic on the one instance left")
     finally:
         load.finish()
     assert load.failures == [], load.failures[:5]
