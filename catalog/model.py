@@ -119,6 +119,11 @@ class Instance:
             meta[META_RESTART_POLICY] = self.restart_policy
         return meta
 
+    @property
+    def udp(self) -> bool:
+        """Registered for a UDP port (registrator's mark): nginx proxies HTTP, so never routed."""
+        return UDP in self.tags
+
     def all_tags(self) -> list:
         return sorted(set(self.tags) | {f"version={self.version}"})
 
@@ -150,6 +155,7 @@ class GateRecord:
 
 
 CONTAINER_ACTIONS = ("stop", "restart", "kill")
+UDP = "udp"      # the tag of an instance registered for a published UDP port: in the catalog, never proxied
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,12 @@ def _defining(registered: Sequence[RegisteredInstance], admitted: Sequence[Insta
 
 def route_for(service: str, registered: Sequence[RegisteredInstance],
               policy: Optional[RoutingPolicy]) -> Route:
+    udp = [r for r in registered if r.instance.udp]
+    if udp:                               # nginx proxies HTTP: a UDP port is registered, not routed
+        registered = [r for r in registered if not r.instance.udp]
+        if not registered:
+            return Route(service, f"/{service}/", "", None,
+                         note="UDP instances only: registered in Consul (tag udp), not proxied (nginx proxies HTTP)")
     admitted = [r.instance for r in registered if r.admitted]
     first = _defining(registered, admitted, policy)
     path = first.path if first else f"/{service}/"

@@ -48,6 +48,7 @@ def route_of(service: str, registered: Optional[Sequence[RegisteredInstance]],
 
 
 def _route(service, registered, policy) -> Tuple[Optional[Route], Optional[str]]:
+    registered = [ri for ri in registered or () if not ri.instance.udp]     # nginx proxies HTTP only
     if not registered:
         return None, None
     try:

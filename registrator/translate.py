@@ -19,7 +19,7 @@ from typing import Dict, List
 
 from catalog import route_settings, validation as v
 from catalog.images import image_name, image_version
-from catalog.model import MODES, HealthCheck, Instance
+from catalog.model import MODES, UDP, HealthCheck, Instance
 
 from .docker_source import Container
 
@@ -101,9 +101,9 @@ def instances_for(c: Container, s: Settings) -> List[Instance]:
     endpoints = _endpoints(c, s)
     for key in cfg:
         m = _PORT_KEY.fullmatch(key)
-        if m and int(m.group(1)) not in {cport for cport, _, _ in endpoints}:
+        if m and int(m.group(1)) not in {e[0] for e in endpoints}:
             raise Rejected(c, key, f"port {m.group(1)} is not {'exposed' if s.internal else 'published'} "
-                                   f"by the container (it has {sorted(p for p, _, _ in endpoints) or 'none'})",
+                                   f"by the container (it has {sorted({e[0] for e in endpoints}) or 'none'})",
                            wanted_name)
     endpoints = [e for e in endpoints if not cfg.get(f"SERVICE_{e[0]}_IGNORE")]
     if not endpoints:
@@ -139,14 +139,14 @@ def _unsupported(cfg: Dict[str, str]):
 
 
 def _endpoints(c: Container, s: Settings):
-    """(container port, address, port) per endpoint to register."""
+    """(container port, address, port, protocol) per endpoint to register."""
     if s.internal:
-        return [(p, c.internal_ip, p) for p in c.exposed] if c.internal_ip else []
-    return [(p.container_port, s.address, p.host_port) for p in c.ports]
+        return [(p, c.internal_ip, p, "tcp") for p in c.exposed] if c.internal_ip else []
+    return [(p.container_port, s.address, p.host_port, p.protocol) for p in c.ports]
 
 
 def _instance(c, s, cfg, endpoint, base_name, several) -> Instance:
-    container_port, address, port = endpoint
+    container_port, address, port, protocol = endpoint
     per_port = cfg.get(f"SERVICE_{container_port}_NAME")
     if per_port:
         name = per_port
@@ -182,8 +182,11 @@ def _instance(c, s, cfg, endpoint, base_name, several) -> Instance:
     tags = tuple(sorted({t.strip() for t in cfg.get("SERVICE_TAGS", "").split(",") if t.strip()}))
     for t in tags:
         v.check("SERVICE_TAGS", t, "tag")
+    udp = protocol == "udp"            # marked as registrator marks it: tag udp, id suffix :udp
+    if udp:
+        tags = tuple(sorted(set(tags) | {UDP}))
     return Instance(
-        id=f"{s.hostname}:{c.name}:{container_port}",
+        id=f"{s.hostname}:{c.name}:{container_port}" + (":udp" if udp else ""),
         service=name, address=v.check("address", address), port=port, version=version,
         container_id=c.id, container_name=c.name, image=c.image, registered_by=s.registered_by,
         tests_image=tests, proxy_path=path or f"/{name}/", proxy_host=host, route_settings=per_route, tags=tags,

@@ -54,3 +54,14 @@ def test_actions_reach_the_named_run_only(docker_client, demo_images, run_contai
     assert src.carry_out("kill", c.id, second.started_at) == "not running that run any more"
     c.remove(force=True)
     assert src.carry_out("kill", c.id, second.started_at) == "gone already"
+
+
+def test_a_published_udp_port_is_read_as_udp_and_registered_marked(docker_client, demo_images, run_container):
+    """The engine's own answer for `-p 8080 -p 5353/udp`: two endpoints, the UDP one marked
+    (tag udp, id suffix :udp), so the proxy never routes HTTP to it (registrator.translate)."""
+    from registrator.translate import Settings, instances_for
+    c = run_container("demo:v1", labels={"SERVICE_NAME": "dual"}, ports={"8080/tcp": None, "5353/udp": None})
+    seen = DockerSource().inspect(c.id)
+    assert {(p.container_port, p.protocol) for p in seen.ports} >= {(8080, "tcp"), (5353, "udp")}
+    by_port = {i.id.split(":", 2)[2]: i for i in instances_for(seen, Settings(hostname="h"))}
+    assert by_port["5353:udp"].udp and not by_port["8080"].udp

@@ -241,3 +241,21 @@ def test_our_labels_are_taken_from_the_environment_too_and_labels_win():
                                           "proxy.timeout": "5s"}), S)
     assert inst.proxy_path == "/fromlabel/" and inst.tests_image == "demo-test:latest"
     assert inst.meta()["proxy_timeout"] == "5s"
+
+
+def test_a_udp_port_is_registered_marked_as_registrator_marks_it_and_never_proxied():
+    from catalog.model import RegisteredInstance
+    from catalog.routing import route_for
+    from proxy_reloader.view import route_of
+    c = container({"SERVICE_NAME": "dns"})
+    c = Container(**{**c.__dict__, "ports": (PublishedPort(53, "tcp", "127.0.0.1", 1053),
+                                             PublishedPort(53, "udp", "127.0.0.1", 1053))})
+    tcp, udp = instances_for(c, S)
+    assert (tcp.id, udp.id) == ("host1:web1:53", "host1:web1:53:udp"), "one id each: both are container port 53"
+    assert "udp" in udp.all_tags() and "udp" not in tcp.all_tags() and udp.udp and not tcp.udp
+    assert instance_from_consul({"ID": udp.id, "Service": udp.service, "Address": udp.address, "Port": udp.port,
+                                 "Tags": udp.all_tags(), "Meta": udp.meta()}).udp, "the mark survives Consul"
+    both = [RegisteredInstance(i, {i.gate_check_id: "passing"}) for i in (tcp, udp)]
+    assert route_for("dns", both, None).stable.servers == (("127.0.0.1", 1053),), "the TCP port only"
+    assert route_of("dns", both[1:], None) == (None, None), "a UDP-only service gets no HTTP route"
+    assert "not proxied" in route_for("dns", both[1:], None).note
