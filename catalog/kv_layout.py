@@ -11,7 +11,8 @@ ANALYSIS = GATEKEEPER + "analysis/"            # <service>: where its progressiv
 SCALING = GATEKEEPER + "scaling/"              # <service>: its replica count's last change, and why
 HEALING = GATEKEEPER + "healing/"              # <instance id>: restarts tried on it, given up or not
 GATES = GATEKEEPER + "gates/"                  # <node>/<instance id>: the gate that node's registrator applies
-ACTIONS = GATEKEEPER + "actions/"              # <node>/<instance id>: a stop, restart or kill for that node to do
+ACTIONS = GATEKEEPER + "actions/"              # <node>/<instance id>: a stop, start, restart or kill for that node to do
+ROLLBACKS = GATEKEEPER + "rollbacks/"          # <service>: a rollback waiting for the drained containers it started
 LEADER = GATEKEEPER + "leader"                 # the leader lock
 SCHEMA = GATEKEEPER + "schema"                 # the layout's version (catalog.schema): every part reads it
 

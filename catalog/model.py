@@ -154,16 +154,18 @@ class GateRecord:
                    float(d.get("written", 0.0)))
 
 
-CONTAINER_ACTIONS = ("stop", "restart", "kill")
+CONTAINER_ACTIONS = ("stop", "start", "remove", "restart", "kill")
 UDP = "udp"      # the tag of an instance registered for a published UDP port: in the catalog, never proxied
 
 
 @dataclass(frozen=True)
 class ContainerAction:
     """Something gatekeeper wants done to one run of one container (stop it after a drain,
-    restart it to heal it, kill a Swarm task so Swarm replaces it), kept in KV under the
-    instance's node. That node's registrator carries it out on its own engine, once, and only
-    while that run of the container is the one running: a restarted or replaced container is
+    start a drained one again for a rollback, remove one drained too many versions ago, restart
+    it to heal it, kill a Swarm task so Swarm replaces it), kept in KV under the instance's node.
+    That node's registrator carries it out on its own engine, once, and only to the run the
+    record names: a stop, restart or kill while that run is the one running, a start or a remove
+    while the container is still stopped after that run. A restarted or replaced container is
     never acted on by a record made for its earlier run."""
 
     action: str                  # one of CONTAINER_ACTIONS
@@ -184,6 +186,32 @@ class ContainerAction:
             raise ValueError(f"unknown container action {action!r}")
         return cls(action, str(d["container_id"]), str(d.get("started", "")), str(d.get("reason", "")),
                    int(d.get("timeout", 10)), float(d.get("written", 0.0)))
+
+
+@dataclass(frozen=True)
+class RollbackRequest:
+    """`gatekeeper rollback` to a version whose containers the drain stopped: the leading
+    gatekeeper asks each container's registrator to start it (`containers`, as the drain's
+    history event names them), and once one of them has passed its tests again the version is
+    stable again. Kept in KV per service until then, or until `deadline`."""
+
+    version: str                 # the version to bring back
+    replacing: str               # the stable version when the rollback was asked
+    containers: Tuple[dict, ...]  # {"name", "node", "id", "started", "instance"} per drained container
+    by: str = "operator"
+    asked: float = 0.0           # when the operator asked
+    deadline: float = 0.0        # when an unfinished rollback is given up
+    started: bool = False        # the start actions have been written
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "containers": list(self.containers)}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, raw: str) -> "RollbackRequest":
+        d = json.loads(raw)
+        containers = tuple(c for c in d.get("containers", ()) if isinstance(c, dict) and c.get("name"))
+        return cls(str(d["version"]), str(d.get("replacing", "")), containers, str(d.get("by", "operator")),
+                   float(d.get("asked", 0.0)), float(d.get("deadline", 0.0)), bool(d.get("started", False)))
 
 
 @dataclass(frozen=True)

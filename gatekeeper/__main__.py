@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="after an automatic promotion, seconds before old instances' containers are stopped "
                           "(default %(default)s)")
     run.add_argument("--keep-old", action="store_true", help="never stop old instances' containers")
+    run.add_argument("--keep-versions", type=int, default=3, metavar="N",
+                     help="stopped containers of the N versions drained last are kept for `gatekeeper rollback`; "
+                          "those of older drained versions are removed (default %(default)s)")
     run.add_argument("--reverify-every", type=float, default=0.0, metavar="S",
                      help="re-run the tests of live instances this often, seconds (default 0: never)")
     run.add_argument("--forget-after", type=float, default=900.0, metavar="S",

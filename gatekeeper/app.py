@@ -44,6 +44,7 @@ class Options:
     parallel: int
     drain_seconds: float
     keep_old: bool
+    keep_versions: int
     reverify_every: float
     forget_after: float
     prometheus: str
@@ -66,6 +67,8 @@ def options_from(args) -> Options:
         labels[key] = value
     if args.parallel < 1:
         raise ValueError("--parallel must be at least 1")
+    if not 0 <= args.keep_versions <= 100:
+        raise ValueError(f"--keep-versions {args.keep_versions}: expected a whole number from 0 to 100")
     if args.forget_after < 0:
         raise ValueError("--forget-after must be zero or more seconds")
     if args.heal_after < 0 or args.heal_tries < 1 or args.heal_backoff < 0 or not 0 < args.heal_share <= 1:
@@ -75,7 +78,8 @@ def options_from(args) -> Options:
         raise ValueError(f"--scale-every {args.scale_every:g}: expected seconds from 0.5 to 3600")
     return Options(identity=args.id, wait=args.wait, test_labels=labels, test_timeout=args.test_timeout,
                    test_memory=args.test_memory, test_cpus=args.test_cpus, parallel=args.parallel,
-                   drain_seconds=args.drain_seconds, keep_old=args.keep_old, reverify_every=args.reverify_every,
+                   drain_seconds=args.drain_seconds, keep_old=args.keep_old,
+                   keep_versions=args.keep_versions, reverify_every=args.reverify_every,
                    forget_after=args.forget_after, prometheus=args.prometheus or "", heal=not args.no_heal,
                    heal_after=args.heal_after, heal_tries=args.heal_tries, heal_backoff=args.heal_backoff,
                    heal_share=args.heal_share, scale_every=args.scale_every, metrics=args.metrics or "")
@@ -87,7 +91,7 @@ def build(stores: Stores, engine, options: Options) -> Daemon:
     tester = DockerTester(engine, RunLimits(timeout=options.test_timeout, memory=options.test_memory,
                                             cpus=options.test_cpus), options.test_labels)
     promoter = Promoter(stores, drain_seconds=options.drain_seconds, stop_old=not options.keep_old,
-                        prometheus=prometheus)
+                        prometheus=prometheus, keep_versions=options.keep_versions)
     gate = Gate(stores, tester, parallel=options.parallel, on_admitted=promoter.admitted,
                 reverify_every=options.reverify_every, forget_after=options.forget_after)
     swarm = Swarm(engine)

@@ -1,14 +1,16 @@
 """Carry out gatekeeper's container actions on this host's engine.
 
-Gatekeeper may run on any host, and a container can be stopped, restarted or killed only
-through the engine it runs on. So gatekeeper writes what it wants done (stop the old version
-after a drain, restart an unhealthy container, kill a Swarm task so Swarm replaces it) under
+Gatekeeper may run on any host, and a container can be stopped, started, removed, restarted or
+killed only through the engine it runs on. So gatekeeper writes what it wants done (stop the
+old version after a drain, start it again for a rollback, remove it once it is too many
+versions old, restart an unhealthy container, kill a Swarm task so Swarm replaces it) under
 gatekeeper/actions/<node>/<instance id>, and the registrator of that node carries it out.
 
 Each action is done once per record (a record written again is asked again), only to a
-container this registrator registered on this node, and only to the run of it the record names
-(id and start time): a container restarted or replaced since is left alone, so carrying out a
-record twice, after a registrator restart say, changes nothing.
+container on this node (a stop, restart or kill: one this registrator registered; a start or
+remove: one that is not registered), and only to the run of it the record names (id and start
+time): a container restarted or replaced since is left alone, so carrying out a record twice,
+after a registrator restart say, changes nothing.
 """
 from __future__ import annotations
 
@@ -38,6 +40,17 @@ def registered_here(iid: str, record: ContainerAction, instances: Dict[str, Inst
     return inst is not None and inst.container_id == record.container_id
 
 
+def for_here(iid: str, record: ContainerAction, instances: Dict[str, Instance]) -> bool:
+    """Whether this registrator takes the record on: a stop, restart or kill for an instance it
+    registered; a start or remove for a container that is not registered (stopped by a drain,
+    it left the catalog): the engine then acts only while it is still stopped after the
+    record's run."""
+    if record.action in ("start", "remove"):
+        inst = instances.get(iid)
+        return inst is None or inst.container_id != record.container_id
+    return registered_here(iid, record, instances)
+
+
 class ActionRunner(NodeFollower):
     """Follows this node's container actions and carries each out once on the local engine."""
 
@@ -64,7 +77,7 @@ class ActionRunner(NodeFollower):
             instances = self.instances.local(self.registered_by) if pending else {}
             started = 0
             for iid, record in pending.items():
-                if not registered_here(iid, record, instances):
+                if not for_here(iid, record, instances):
                     log.debug("%s: %s asked of a container not registered here; not done", iid, record.action)
                     continue
                 self.done[iid] = record.written

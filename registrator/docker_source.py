@@ -111,10 +111,15 @@ class DockerSource:
 
     def carry_out(self, action: str, container_id: str, started: str, timeout: int = 10) -> str:
         """Stop, restart or kill a container, only while the run `started` is the one running;
-        what happened, in a few words."""
+        start one only while it is still stopped after the run `started` (a drained container
+        brought back for a rollback); remove one only while its last run is `started` (drained
+        too many versions ago: stopped first if that drain's stop is still under way). What
+        happened, in a few words."""
         current = self.inspect(container_id)
         if current is None:
             return "gone already"
+        if action in ("start", "remove"):
+            return self._on_stopped(action, current, container_id, started, timeout)
         if not current.running or current.started_at != started:
             return "not running that run any more"
         try:
@@ -133,6 +138,24 @@ class DockerSource:
                 return "not running that run any more"
             raise
         return {"stop": "stopped", "restart": "restarted", "kill": "killed"}[action]
+
+    def _on_stopped(self, action: str, current: Container, container_id: str, started: str,
+                    timeout: int) -> str:
+        if current.started_at != started:
+            return ("running another run since that one" if current.running else
+                    "started and stopped again since that run") + f"; not {'removed' if action == 'remove' else 'started'}"
+        try:
+            if action == "start":
+                if current.running:
+                    return "running already"
+                self.api.start(container_id)
+                return "started"
+            if current.running:            # the drained run, its stop still under way: a remove implies it
+                self.api.stop(container_id, timeout=timeout)
+            self.api.remove_container(container_id)
+        except docker.errors.NotFound:
+            return "gone already"
+        return "removed"
 
     def running_ids(self) -> List[str]:
         return [c["Id"] for c in self.api.containers(quiet=True)]

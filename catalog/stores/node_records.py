@@ -42,6 +42,16 @@ class NodeRecordStore:
         record = ContainerAction(action, inst.container_id, inst.started, reason[:300], timeout, time.time())
         self.consul.kv_put(f"{ACTIONS}{inst.node}/{inst.id}", record.to_json())
 
+    def request_stopped(self, node: str, instance_id: str, container_id: str, started: str, action: str,
+                        reason: str) -> None:
+        """Ask `node`'s registrator to start a stopped container again (a rollback to a drained
+        version) or to remove it (drained too many versions ago), only while it is still stopped
+        after the run `started`."""
+        if action not in ("start", "remove"):
+            raise ValueError(f"{action!r} is not an action on a stopped container (start, remove)")
+        record = ContainerAction(action, container_id, started, reason[:300], 10, time.time())
+        self.consul.kv_put(f"{ACTIONS}{node}/{instance_id}", record.to_json())
+
     def withdraw_action(self, inst: Instance, action: str) -> bool:
         """Take back `action` if it was asked for the run of `inst` that is running now (a restart
         asked to heal an instance that healed before its host's registrator carried it out). A

@@ -1,13 +1,18 @@
-"""Each service's routing policy (gatekeeper/policies/<service>) and default test image
-(gatekeeper/tests/<service>)."""
+"""Each service's routing policy (gatekeeper/policies/<service>), default test image
+(gatekeeper/tests/<service>) and a rollback waiting for drained containers
+(gatekeeper/rollbacks/<service>)."""
 from __future__ import annotations
 
+import json
+import logging
 from typing import Dict, List, Optional, Tuple
 
 from ..consul_client import ConsulClient
-from ..kv_layout import DEFAULT_TESTS, GATEKEEPER, POLICIES
-from ..model import RoutingPolicy
+from ..kv_layout import DEFAULT_TESTS, GATEKEEPER, POLICIES, ROLLBACKS
+from ..model import RollbackRequest, RoutingPolicy
 from ..validation import parse_policy
+
+log = logging.getLogger(__name__)
 
 
 class PolicyStore:
@@ -38,9 +43,29 @@ class PolicyStore:
     def set_tests_image(self, service: str, image: str) -> None:
         self.consul.kv_put(DEFAULT_TESTS + service, image)
 
+    def rollback(self, service: str) -> Tuple[int, Optional[RollbackRequest]]:
+        """(ModifyIndex, the rollback waiting for drained containers, or None); a damaged record
+        is None (logged), so the next request replaces it."""
+        index, raw = self.consul.kv_get(ROLLBACKS + service)
+        if not raw:
+            return index, None
+        try:
+            return index, RollbackRequest.from_json(raw)
+        except (ValueError, KeyError, TypeError, json.JSONDecodeError):
+            log.warning("%s%s: damaged rollback request ignored", ROLLBACKS, service)
+            return index, None
+
+    def put_rollback(self, service: str, request: RollbackRequest, cas: int) -> bool:
+        """Check-and-set, as policies are: False when it changed since `cas` was read."""
+        return self.consul.kv_put(ROLLBACKS + service, request.to_json(), cas=cas)
+
+    def clear_rollback(self, service: str, cas: Optional[int] = None) -> bool:
+        return self.consul.kv_delete(ROLLBACKS + service, cas=cas)
+
     def forget(self, service: str) -> List[str]:
-        """Remove the service's policy and default test image; return the keys removed."""
-        return self.consul.kv_delete_present([POLICIES + service, DEFAULT_TESTS + service])
+        """Remove the service's policy, default test image and any waiting rollback; return the
+        keys removed."""
+        return self.consul.kv_delete_present([POLICIES + service, DEFAULT_TESTS + service, ROLLBACKS + service])
 
     def wait(self, index: int, wait: float) -> Tuple[int, Dict[str, str]]:
         """Blocking query on everything gatekeeper keeps (policies, retests, default images)."""

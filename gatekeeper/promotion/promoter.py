@@ -13,7 +13,7 @@ from typing import Callable, Optional, Tuple
 
 from catalog.errors import Refused
 from catalog.kv_layout import POLICIES
-from catalog.model import AUTO, MANUAL, MODES, PASSED, PROGRESSIVE, Instance, RoutingPolicy
+from catalog.model import AUTO, MANUAL, MODES, PASSED, PROGRESSIVE, Instance, RollbackRequest, RoutingPolicy
 from catalog.stores import InstanceStore, PolicyStore, Stores
 from catalog.validation import InvalidValue, parse_analysis_label, validate_analysis
 
@@ -53,7 +53,7 @@ class Promoter(Reconciler):
     step and lets the analysis (`progressive`) move it on."""
 
     def __init__(self, stores: Stores, drain_seconds: float = 10.0, stop_old: bool = True,
-                 unhealthy_grace: float = 10.0, prometheus: Optional[Prometheus] = None):
+                 unhealthy_grace: float = 10.0, prometheus: Optional[Prometheus] = None, keep_versions: int = 3):
         self.stores = stores
         self.progressive = Progressive(stores, prometheus, self._analysis_weight, self._analysis_promote,
                                        self._analysis_roll_back)
@@ -61,6 +61,8 @@ class Promoter(Reconciler):
         self.unhealthy_since: dict = {}          # service -> when its canary was first seen unhealthy
         self.drain_seconds = drain_seconds
         self.stop_old = stop_old
+        self.keep_versions = keep_versions       # drained versions whose stopped containers are kept
+        self.rollback_due: dict = {}            # service -> when its waiting rollback is given up
 
     def admitted(self, inst: Instance) -> None:
         # Tests finish on worker threads while the daemon's thread runs the analysis: a canary
@@ -73,6 +75,8 @@ class Promoter(Reconciler):
             before = self.stores.policies.get(inst.service)[1]
         except InvalidValue as exc:
             log.error("%s: routing policy is invalid (%s); not promoting until it is fixed", inst.service, exc)
+            return
+        if self._finish_rollback(inst.service, inst.version):
             return
         mode = before.mode if before else AUTO
         labelled = _labelled(inst)
@@ -120,16 +124,84 @@ class Promoter(Reconciler):
 
     def next_due(self) -> Optional[float]:
         """When the next decision falls due (time.monotonic): the earliest unhealthy canary's
-        grace period ends, or a progressive analysis checks again."""
+        grace period ends, a progressive analysis checks again, or a waiting rollback's deadline."""
         due = [min(self.unhealthy_since.values()) + self.unhealthy_grace] if self.unhealthy_since else []
+        due += list(self.rollback_due.values())
         analysis_due = self.progressive.next_due()
         return min(due + ([analysis_due] if analysis_due is not None else []), default=None)
 
+    # --- a rollback to a drained version: start its containers, then make it stable -------
+    def _carry_on_rollback(self, service: str, registered) -> None:
+        """A waiting rollback request: its drained containers asked to start (once), the
+        version made stable once one of its instances is admitted, given up (with the reason in
+        the history) at its deadline or when another version became stable meanwhile."""
+        cas, request = self.stores.policies.rollback(service)
+        self.rollback_due.pop(service, None)
+        if request is None:
+            return
+        try:
+            policy = self.stores.policies.get(service)[1]
+        except InvalidValue:
+            return
+        self.rollback_due[service] = time.monotonic() + max(0.0, request.deadline - time.time())
+        if policy is None or policy.stable == request.version:
+            self.stores.policies.clear_rollback(service, cas)
+        elif policy.stable != request.replacing:
+            self._give_up_rollback(service, request, cas, f"{policy.stable} became stable meanwhile")
+        elif any(ri.admitted and ri.instance.version == request.version for ri in registered):
+            with self.progressive.lock:
+                self._finish_rollback(service, request.version)
+        elif time.time() >= request.deadline:
+            self._give_up_rollback(service, request, cas, f"no instance of {request.version} passed its tests within "
+                                                          f"{request.deadline - request.asked:.0f} s of the request "
+                                                          f"(`gatekeeper why {service}` says why)")
+        elif not request.started:
+            for c in request.containers:
+                self.stores.node_records.request_stopped(c["node"], c["instance"], c["id"], c.get("started", ""),
+                                                         "start", f"rollback of {service} to {request.version}")
+                log.info("%s: rollback to %s: asked %s to start %s", service, request.version, c["node"], c["name"])
+            self.stores.policies.put_rollback(service, replace(request, started=True), cas)
+
+    def _finish_rollback(self, service: str, version: str) -> bool:
+        """When a rollback to `version` waits: make it stable (as `gatekeeper rollback` does with
+        admitted instances) and clear the request. True when a request for `version` was there:
+        the pass is taken by it, even when another version became stable meanwhile (the rollback
+        is then given up, and the old version is not promoted over the newer one)."""
+        cas, request = self.stores.policies.rollback(service)
+        if request is None or request.version != version:
+            return False
+
+        def change(p: RoutingPolicy) -> Optional[RoutingPolicy]:
+            if p.stable != request.replacing:
+                return None
+            return replace(p, stable=version, previous=p.stable, canary="", weight=0)
+
+        after = update_policy(self.stores.policies, service, change)
+        if after is None or after.stable != version:
+            self._give_up_rollback(service, request, cas, f"{after.stable if after else 'another version'} "
+                                                          "became stable meanwhile")
+            return True
+        self.stores.policies.clear_rollback(service, cas)
+        self.stores.history.add(service, "rolled back", version=version, previous=request.replacing, by=request.by,
+                                started=[c["name"] for c in request.containers])
+        metrics.PROMOTIONS.labels(service, "rolled back").inc()
+        log.info("%s: rolled back to %s, whose drained containers were started and passed again; %s gets no "
+                 "more traffic", service, version, request.replacing)
+        return True
+
+    def _give_up_rollback(self, service: str, request: RollbackRequest, cas: int, why: str) -> None:
+        if self.stores.policies.clear_rollback(service, cas):
+            self.stores.history.add(service, "rollback given up", version=request.version, by="gatekeeper",
+                                    reason=why)
+            log.warning("%s: rollback to %s given up: %s", service, request.version, why)
+
     def reconcile(self, service: str, registered) -> None:
-        """At every pass, per service: the progressive analysis's next step when due, and
-        auto-abort of a canary none of whose instances is healthy any more: at once when every
-        one failed its re-verification, after `unhealthy_grace` seconds when health checks fail
-        (a single stale read of the catalog must not abort a healthy canary)."""
+        """At every pass, per service: a waiting rollback carried on, the progressive
+        analysis's next step when due, and auto-abort of a canary none of whose instances is
+        healthy any more: at once when every one failed its re-verification, after
+        `unhealthy_grace` seconds when health checks fail (a single stale read of the catalog
+        must not abort a healthy canary)."""
+        self._carry_on_rollback(service, registered)
         self.progressive.tick(service, registered)
         try:
             policy = self.stores.policies.get(service)[1]          # after the step, which may have moved it on
@@ -217,15 +289,40 @@ class Promoter(Reconciler):
                     continue                            # failed builds stay up for inspection
                 self.stores.node_records.request_action(inst, "stop",
                                                         f"{inst.version} drained after {stable} was promoted")
-                stopped.setdefault(inst.version, []).append({"name": inst.container_name, "node": inst.node})
+                stopped.setdefault(inst.version, []).append({"name": inst.container_name, "node": inst.node,
+                                                             "id": inst.container_id, "started": inst.started,
+                                                             "instance": inst.id})
                 log.info("%s: %s (%s) drained; asked %s to stop it", service, inst.container_name, inst.version,
                          inst.node or "its host")
             # what a rollback to that version needs started again (the containers are stopped, not removed)
             for version, containers in sorted(stopped.items()):
                 self.stores.history.add(service, "drained", version=version, stable=stable, by="gatekeeper",
                                         containers=sorted(containers, key=lambda c: (c["node"], c["name"])))
+            if stopped:
+                self._remove_old_drained(service)
         except Exception:
             log.exception("%s: stopping old instances failed", service)
+
+    def _remove_old_drained(self, service: str) -> None:
+        """Keep the stopped containers of the `keep_versions` versions drained last (ready for
+        `gatekeeper rollback`), never those of the stable, canary or previous version; ask
+        each host to remove the others' (only the run the drain stopped: a remove that comes
+        while that stop is under way waits for it), a "removed" event each."""
+        _, policy = self.stores.policies.get(service)
+        routed = {policy.stable, policy.canary, policy.previous} if policy else set()
+        kept = kept_drained(self.stores.history.of(service))
+        for version in [v for v in kept if v not in routed][self.keep_versions:]:
+            containers = [c for c in kept[version] if c.get("id") and c.get("node") and c.get("instance")]
+            for c in containers:
+                self.stores.node_records.request_stopped(c["node"], c["instance"], c["id"], c.get("started", ""),
+                                                         "remove", f"{version} is older than the {self.keep_versions} "
+                                                                   "drained versions kept")
+            self.stores.history.add(service, "removed", version=version, by="gatekeeper",
+                                    containers=[{"name": c["name"], "node": c["node"]} for c in containers],
+                                    reason=f"only the {self.keep_versions} versions drained last are kept "
+                                           "(gatekeeper run --keep-versions)")
+            log.info("%s: asked the hosts to remove %s's stopped containers (%s)", service, version,
+                     ", ".join(c["name"] for c in containers) or "none on record")
 
 
 def _labelled(inst: Instance) -> Callable[[RoutingPolicy], RoutingPolicy]:
@@ -264,13 +361,13 @@ def _policy_or_error(policies: PolicyStore, service: str) -> RoutingPolicy:
 def _how_to_bring_back(stores: Stores, service: str, version: str) -> str:
     """What to run for a rollback to a version none of whose instances is admitted: start the
     containers the drain stopped (as its last "drained" event names them), or deploy it again."""
-    drained = [e for e in stores.history.of(service) if e.get("event") == "drained" and e.get("version") == version]
+    drained = _drained(stores, service, version)
     tail = (f"once they pass their tests again, {version} is stable again by itself in auto mode; in manual or "
             f"progressive mode run `gatekeeper rollback {service}` again. (`gatekeeper run --keep-old` keeps old "
             "versions running, ready for an instant rollback.)")
-    if drained and drained[-1].get("containers"):
+    if drained:
         by_node: dict = {}
-        for c in drained[-1]["containers"]:
+        for c in drained:
             by_node.setdefault(c.get("node") or "", []).append(c["name"])
         starts = "; ".join(f"`docker start {' '.join(names)}`" + (f" on host {node}" if node else "")
                            for node, names in sorted(by_node.items()))
@@ -355,13 +452,38 @@ def try_canary(stores: Stores, service: str, version: str) -> Tuple[RoutingPolic
                    f"`gatekeeper weight {service} N` or `promote` to move it on")
 
 
+ROLLBACK_PATIENCE = 600.0      # seconds a rollback waits for its drained containers to pass again
+
+
+def kept_drained(history: list) -> dict:
+    """version -> the containers its last drain stopped (as the "drained" history event names
+    them), for each version whose stopped containers were not removed since; most recently
+    drained first."""
+    kept: dict = {}
+    for e in history:                                   # oldest first
+        version = e.get("version")
+        if e.get("event") == "drained":
+            kept.pop(version, None)
+            kept[version] = list(e.get("containers") or ())
+        elif e.get("event") == "removed":
+            kept.pop(version, None)
+    return dict(reversed(list(kept.items())))
+
+
+def _drained(stores: Stores, service: str, version: str) -> list:
+    """The containers of `version` the last drain stopped and nobody removed since."""
+    return kept_drained(stores.history.of(service)).get(version, [])
+
+
 def rollback(stores: Stores, service: str) -> Tuple[RoutingPolicy, str]:
+    """The previous stable version stable again: at once when it has admitted instances; when
+    the drain stopped them, a rollback request that the leading gatekeeper carries out (it asks
+    each container's registrator to start it; tested again, they take the traffic back)."""
     before = _policy_or_error(stores.policies, service)
     if not before.previous:
         raise PromotionError(f"{service} has no previous stable version to roll back to")
     if before.previous not in _admitted_versions(stores.instances, service):
-        raise PromotionError(f"cannot roll {service} back to {before.previous}: it has no admitted instance. "
-                             + _how_to_bring_back(stores, service, before.previous))
+        return _roll_back_to_drained(stores, service, before)
 
     def change(p: RoutingPolicy) -> RoutingPolicy:
         return replace(p, stable=p.previous, previous=p.stable, canary="", weight=0)
@@ -369,6 +491,29 @@ def rollback(stores: Stores, service: str) -> Tuple[RoutingPolicy, str]:
     after = update_policy(stores.policies, service, change)
     stores.history.add(service, "rolled back", version=after.stable, previous=before.stable, by="operator")
     return after, f"{service}: rolled back to {after.stable}; {before.stable} gets no more traffic"
+
+
+def _roll_back_to_drained(stores: Stores, service: str, before: RoutingPolicy) -> Tuple[RoutingPolicy, str]:
+    version = before.previous
+    drained = [c for c in _drained(stores, service, version) if c.get("id") and c.get("instance") and c.get("node")]
+    if not drained:
+        raise PromotionError(f"cannot roll {service} back to {version}: it has no admitted instance. "
+                             + _how_to_bring_back(stores, service, version))
+    cas, waiting = stores.policies.rollback(service)
+    now = time.time()
+    names = ", ".join(f"{c['name']} on {c['node']}" for c in drained)
+    then = (f"once one of them passes its tests again, {version} is stable and {before.stable} gets no more "
+            f"traffic (`gatekeeper status {service}` shows how far it got; it gives up after "
+            f"{ROLLBACK_PATIENCE:.0f} s and says why)")
+    if waiting and waiting.version == version and now < waiting.deadline:
+        return before, f"{service}: the rollback to {version} is under way already: starting {names}; {then}"
+    request = RollbackRequest(version, before.stable, tuple(drained), "operator", now, now + ROLLBACK_PATIENCE)
+    if not stores.policies.put_rollback(service, request, cas):
+        raise Conflict(f"a rollback of {service} was asked at the same moment; run `gatekeeper status {service}`")
+    stores.history.add(service, "rollback asked", version=version, previous=before.stable, by="operator",
+                       containers=[{"name": c["name"], "node": c["node"]} for c in drained])
+    return before, (f"{service}: rolling back to {version}: the drain stopped its containers; gatekeeper asks "
+                    f"their hosts to start them ({names}); {then}")
 
 
 def set_mode(stores: Stores, service: str, mode: str, settings: Optional[dict] = None) -> Tuple[RoutingPolicy, str]:

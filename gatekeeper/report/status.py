@@ -106,6 +106,11 @@ def service_status(stores: Stores, service: str, rejections: Dict[str, Rejection
     }
     state = stores.analysis.get(service)
     out["analysis"] = analysis_view(state, policy) if state else None
+    waiting = stores.policies.rollback(service)[1]
+    out["rollback"] = {"version": waiting.version, "replacing": waiting.replacing, "by": waiting.by,
+                       "asked": waiting.asked, "deadline": waiting.deadline, "started": waiting.started,
+                       "containers": [{"name": c["name"], "node": c["node"]} for c in waiting.containers]} \
+        if waiting else None
     out["https"] = https_view(route.hosts, certificates if certificates is not None else certificates_view(stores))
     out["replicas"] = replicas(service, registered) if replicas else None
     if detail:
@@ -167,7 +172,11 @@ def history_details(entry: dict) -> str:
                 f"+{s.get('step', '?')}% up to {s.get('max_weight', '?')}% while success >= "
                 f"{s.get('success_rate', '?')}% and p99 <= {s.get('p99_ms', '?')} ms (min {s.get('min_requests', '?')} "
                 f"requests), rollback after {s.get('threshold', '?')} failed checks")
-    return ", ".join(f"{k} {v}" for k, v in sorted(entry.items()) if k not in ("time", "event") and v != "")
+    def words(k, v):
+        if k == "containers" and isinstance(v, list):      # drained, rollback asked: name on host
+            return ", ".join(f"{c.get('name', '?')} on {c.get('node') or '?'}" for c in v if isinstance(c, dict))
+        return v
+    return ", ".join(f"{k} {words(k, v)}" for k, v in sorted(entry.items()) if k not in ("time", "event") and v != "")
 
 
 def _rejection_dict(r: Rejection) -> dict:
@@ -263,6 +272,8 @@ def render_text(data: dict) -> str:
             out.extend(f"  {line}" for line in rest)
         if s.get("replicas"):
             out.extend(replica_lines(s["replicas"]))
+        if s.get("rollback"):
+            out.append(f"  rollback {rollback_line(s['rollback'])}")
         if r["note"]:
             out.append(f"  note     {r['note']}")
         if s.get("pending_route_change"):
@@ -322,6 +333,15 @@ def replica_lines(r: dict) -> List[str]:
         out.append(f"  scaled   {_when(last.get('time'))} {last.get('previous', '?')} -> {last.get('replicas', '?')} "
                    f"by {last.get('by', '?')}: {last.get('reason', '')}")
     return out
+
+
+def rollback_line(b: dict, now: Optional[float] = None) -> str:
+    now = time.time() if now is None else now
+    names = ", ".join(f"{c['name']} on {c['node']}" for c in b["containers"])
+    step = "asked its hosts to start" if b["started"] else "about to ask its hosts to start"
+    return (f"to {b['version']} (asked by {b['by']} {max(0.0, now - b['asked']):.0f} s ago): {step} {names}; "
+            f"{b['version']} becomes stable once one passes its tests again (given up in "
+            f"{max(0.0, b['deadline'] - now):.0f} s)")
 
 
 def pending_line(s: dict) -> str:

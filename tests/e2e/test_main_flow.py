@@ -23,7 +23,9 @@ LISTEN_PORT = 18000
 
 @pytest.fixture(scope="module")
 def stack(consul_server, docker_client, demo_images, tmp_path_factory):
-    s = Stack(consul_server, tmp_path_factory.mktemp("e2e"), docker_client, SESSION, LISTEN_PORT).start()
+    # --keep-versions 0: a drained version's stopped containers are removed unless it is the rollback target
+    s = Stack(consul_server, tmp_path_factory.mktemp("e2e"), docker_client, SESSION, LISTEN_PORT,
+              gatekeeper_args=("--keep-versions", "0")).start()
     yield s
     s.stop()
 
@@ -126,22 +128,48 @@ class TestMainFlow:
         assert load.failures == [], load.failures[:5]
         assert load.versions == {"v2": load.total}
 
-    def test_6_a_rollback_after_the_drain_names_the_containers_to_start_and_they_take_the_traffic_back(self, stack):
+    def test_6_a_rollback_after_the_drain_starts_the_drained_containers_and_they_take_the_traffic_back(self, stack):
         """v1 was drained and stopped when v2 took over (test 2): nothing of it is admitted, so
-        `gatekeeper rollback` refuses, naming the stopped containers and the command that starts
-        them; started, v1 is tested again and, in auto mode, stable again, with no failed request."""
+        `gatekeeper rollback` asks the leader to start the containers the drain stopped (on their
+        own host, through its registrator); started, v1 is tested again and stable again, with no
+        failed request."""
         v1 = stack.containers["v1"]
         assert (v1.reload(), v1.status)[1] == "exited"
         drained = [e for e in stack.stores.history.of("demo") if e["event"] == "drained"]
         assert drained and drained[-1]["version"] == "v1" and drained[-1]["containers"][0]["name"] == v1.name
-        code, out, err = stack.gatekeeper_cli("rollback", "demo")
-        # on the host whose Consul agent registered it (this machine's, here)
-        assert code == 1 and f"`docker start {v1.name}` on host proxystack-test" in out + err, out + err
         load = LoadClient("127.0.0.1", LISTEN_PORT, max_seconds=120)
         load.start()
-        v1.start()                                    # what the refusal said to run
-        wait(stack, lambda: stack.served_version() == "v1", 90, "v1 tested again and stable again")
+        code, out, err = stack.gatekeeper_cli("rollback", "demo")
+        # on the host whose Consul agent registered it (this machine's, here)
+        assert code == 0 and f"start them ({v1.name} on proxystack-test)" in out, out + err
+        wait(stack, lambda: stack.served_version() == "v1", 90, "v1 started, tested again and stable again")
         load.finish()
-        assert stack.stores.policies.get("demo")[1].stable == "v1"
+        assert (v1.reload(), v1.status)[1] == "running"
+        policy = stack.stores.policies.get("demo")[1]
+        assert (policy.stable, policy.previous) == ("v1", "v2")
+        events = [e["event"] for e in stack.stores.history.of("demo")]
+        assert events[-2:] == ["rollback asked", "rolled back"], events[-4:]
+        assert stack.stores.policies.rollback("demo")[1] is None, "the request is cleared once done"
         assert load.failures == [], load.failures[:5]
         assert load.versions.get("v1", 0) > 0
+
+    def test_7_a_drained_version_past_the_ones_kept_is_removed_and_the_rollback_target_is_kept(self, stack):
+        """v1 is stable again and v2 still runs (test 6). A new version takes over: both old ones
+        are drained; v1 is the rollback target, so its stopped container is kept; v2's is removed
+        on its host (--keep-versions 0), with the reason in the history."""
+        load = LoadClient("127.0.0.1", LISTEN_PORT, max_seconds=120)
+        load.start()
+        v5 = stack.deploy("v5", "demo:v2", **{"gatekeeper.version": "v5"})     # the app says v2; Consul v5
+        wait(stack, lambda: stack.proxy_serves([v5]), 90, "v5 tested, stable and served")
+        v1, v2 = stack.containers["v1"], stack.containers["v2"]
+        wait(stack, lambda: not stack.docker.containers.list(all=True, filters={"id": v2.id}), 60,
+             "v2's container to be removed")
+        load.finish()
+        assert (v1.reload(), v1.status)[1] == "exited", "the rollback target's container is kept, stopped"
+        removed = [e for e in stack.stores.history.of("demo") if e["event"] == "removed"]
+        assert [e["version"] for e in removed] == ["v2"] and v2.name in [c["name"] for c in removed[0]["containers"]]
+        assert "--keep-versions" in removed[0]["reason"]
+        names = {c["name"] for c in removed[0]["containers"]}      # every v2 container the drain stopped (v2c too)
+        wait(stack, lambda: not names & {c.name for c in stack.docker.containers.list(all=True, ignore_removed=True)},
+             30, f"{sorted(names)} removed")
+        assert load.failures == [], load.failures[:5]

@@ -52,8 +52,27 @@ def test_actions_reach_the_named_run_only(docker_client, demo_images, run_contai
     assert src.carry_out("stop", c.id, second.started_at, timeout=5) == "stopped"
     assert not src.inspect(c.id).running
     assert src.carry_out("kill", c.id, second.started_at) == "not running that run any more"
-    c.remove(force=True)
+    # a start (a rollback to a drained version): only while stopped after the run the record names
+    assert src.carry_out("start", c.id, first.started_at) == "started and stopped again since that run; not started"
+    assert not src.inspect(c.id).running
+    assert src.carry_out("start", c.id, second.started_at) == "started"
+    third = src.inspect(c.id)
+    assert third.running and third.started_at != second.started_at
+    assert src.carry_out("start", c.id, second.started_at) == "running another run since that one; not started"
+    assert src.carry_out("start", c.id, third.started_at) == "running already"
+    # a remove (drained too many versions ago): only while the last run is the one drained
+    assert src.carry_out("remove", c.id, second.started_at) == "running another run since that one; not removed"
+    assert src.inspect(c.id).running
+    c.stop(timeout=5)
+    assert src.carry_out("remove", c.id, second.started_at) == "started and stopped again since that run; not removed"
+    assert src.carry_out("remove", c.id, third.started_at) == "removed"
+    assert src.inspect(c.id) is None
+    # the drained run still stopping when its remove comes: stopped, then removed
+    d = run_container("demo:v1")
+    run = src.inspect(d.id).started_at
+    assert src.carry_out("remove", d.id, run, timeout=5) == "removed" and src.inspect(d.id) is None
     assert src.carry_out("kill", c.id, second.started_at) == "gone already"
+    assert src.carry_out("start", c.id, second.started_at) == "gone already"
 
 
 def test_a_published_udp_port_is_read_as_udp_and_registered_marked(docker_client, demo_images, run_container):

@@ -127,3 +127,18 @@ def test_started_it_follows_its_own_nodes_actions_with_blocking_queries():
     stopping.set()
     assert engine.calls == [("stop", "c1", "t1", 10)], "carried out once, though the answer came again"
     assert store.asked[0] == ("h2", 0) and store.asked[1] == ("h2", 2), "then it blocks on the answer's index"
+
+
+def test_a_start_is_for_a_container_that_is_not_registered_here():
+    engine = Engine()
+    r = runner(engine)
+    r.records = {"a": action(kind="start", container="c1"), "gone": action(kind="start", container="c7")}
+    assert r.apply() == 1, "a is registered on c1, so c1 is running: only the drained c7 is started"
+    settle(engine, 1)
+    assert engine.calls == [("start", "c7", "t1", 10)]
+    r.records = {"a": action(kind="start", container="c9", written=2.0)}
+    assert r.apply() == 1, "a record for an earlier container of the same instance id: the engine decides"
+    r.records = {"a": action(kind="remove", container="c1", written=3.0), "old": action(kind="remove", container="c8")}
+    assert r.apply() == 1, "a remove, too, only for a container not registered here"
+    settle(engine, 3)
+    assert engine.calls[-1] == ("remove", "c8", "t1", 10)

@@ -176,3 +176,15 @@ def test_the_analysis_label_reads_comma_separated_settings():
         with pytest.raises(InvalidValue) as err:
             parse_analysis_label(bad)
         assert message in str(err.value), str(err.value)
+
+
+def test_history_names_drained_containers_by_name_and_host_not_by_their_record():
+    from gatekeeper.report.status import history_details, rollback_line
+    entry = {"event": "drained", "version": "v1", "stable": "v2", "by": "gatekeeper", "containers": [
+        {"name": "web-a", "node": "h1", "id": "c0ffee", "started": "t", "instance": "h1:web-a:8080"}]}
+    assert history_details(entry) == "by gatekeeper, containers web-a on h1, stable v2, version v1"
+    waiting = {"version": "v1", "by": "operator", "asked": 100.0, "deadline": 700.0, "started": True,
+               "containers": [{"name": "web-a", "node": "h1"}, {"name": "web-b", "node": "h2"}]}
+    assert rollback_line(waiting, now=112.0) == (
+        "to v1 (asked by operator 12 s ago): asked its hosts to start web-a on h1, web-b on h2; v1 becomes "
+        "stable once one passes its tests again (given up in 588 s)")

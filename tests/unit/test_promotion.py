@@ -32,6 +32,23 @@ class Policies:
         store.pol, store.index = policy, store.index + 1
         return True
 
+    def rollback(self, service):
+        assert service == "demo", service
+        return self.store.rollback_index, self.store.waiting
+
+    def put_rollback(self, service, request, cas):
+        assert service == "demo", service
+        if cas != self.store.rollback_index:
+            return False
+        self.store.waiting, self.store.rollback_index = request, self.store.rollback_index + 1
+        return True
+
+    def clear_rollback(self, service, cas=None):
+        if cas is not None and cas != self.store.rollback_index:
+            return False
+        self.store.waiting, self.store.rollback_index = None, self.store.rollback_index + 1
+        return True
+
 
 class Instances:
     def __init__(self, store):
@@ -67,6 +84,9 @@ class NodeRecords:
     def request_action(self, inst, action, reason, timeout=10):
         self.store.actions.append((inst.container_id, action))
 
+    def request_stopped(self, node, instance_id, container_id, started, action, reason):
+        self.store.actions.append((container_id, action, node, instance_id, started, reason))
+
 
 class Store:
     """The stores promotion takes, in memory: the policy (`pol`, at `index`), the history
@@ -78,6 +98,7 @@ class Store:
         self.writes = 0
         self.race = 0               # this many writes lose their check-and-set first
         self.actions = []           # (container id, action) asked of the container's host
+        self.waiting, self.rollback_index = None, 0     # a rollback waiting for drained containers
         self.policies, self.instances, self.history = Policies(self), Instances(self), History(self)
         self.verdicts, self.node_records = Verdicts(), NodeRecords(self)
 
@@ -250,11 +271,91 @@ def test_drain_stops_old_passed_versions_only_and_never_the_routed_ones():
     p._stop_old("demo", "v2", old)
     assert store.actions == [(inst("v1").container_id, "stop")]
     # and says which containers it stopped, for a rollback to start them again
-    assert store.hist == [("drained", {"version": "v1", "stable": "v2", "by": "gatekeeper",
-                                       "containers": [{"name": "v1-1", "node": inst("v1").node}]})]
+    v1 = inst("v1")
+    assert store.hist == [("drained", {"version": "v1", "stable": "v2", "by": "gatekeeper", "containers": [
+        {"name": "v1-1", "node": v1.node, "id": v1.container_id, "started": v1.started, "instance": v1.id}]})]
 
 
-def test_a_rollback_to_a_drained_version_says_exactly_which_containers_to_start_and_where():
+def drained_store(**policy_kw):
+    """v2 stable and serving; v1's containers stopped by the drain, as its history event names them."""
+    store = Store(policy(stable="v2", previous="v1", **policy_kw), versions=("v2",))
+    store.hist.append(("drained", {"version": "v1", "stable": "v2", "by": "gatekeeper", "containers": [
+        {"name": "web-a", "node": "h1", "id": "c-a", "started": "t-a", "instance": "h1:web-a:8080"},
+        {"name": "web-b", "node": "h2", "id": "c-b", "started": "t-b", "instance": "h2:web-b:8080"}]}))
+    return store
+
+
+def test_a_rollback_to_a_drained_version_asks_the_leader_to_start_its_containers():
+    store = drained_store()
+    p, msg = pr.rollback(store, "demo")
+    assert p.stable == "v2"                          # nothing served changes until v1 passes again
+    assert msg == ("demo: rolling back to v1: the drain stopped its containers; gatekeeper asks their hosts to "
+                   "start them (web-a on h1, web-b on h2); once one of them passes its tests again, v1 is stable "
+                   "and v2 gets no more traffic (`gatekeeper status demo` shows how far it got; it gives up after "
+                   "600 s and says why)")
+    w = store.waiting
+    assert (w.version, w.replacing, w.by, w.started) == ("v1", "v2", "operator", False)
+    assert w.deadline - w.asked == pr.ROLLBACK_PATIENCE
+    assert store.hist[-1] == ("rollback asked", {"version": "v1", "previous": "v2", "by": "operator", "containers": [
+        {"name": "web-a", "node": "h1"}, {"name": "web-b", "node": "h2"}]})
+    again = pr.rollback(store, "demo")[1]            # asked twice: the one under way is kept
+    assert again.startswith("demo: the rollback to v1 is under way already") and store.waiting == w
+
+    leader = pr.Promoter(store)
+    leader.reconcile("demo", store.registered)       # the leader asks each container's own host, once
+    assert store.actions == [("c-a", "start", "h1", "h1:web-a:8080", "t-a", "rollback of demo to v1"),
+                             ("c-b", "start", "h2", "h2:web-b:8080", "t-b", "rollback of demo to v1")]
+    assert store.waiting.started and store.pol.stable == "v2"
+    leader.reconcile("demo", store.registered)
+    assert len(store.actions) == 2 and leader.next_due() is not None
+
+    leader.admitted(inst("v1"))                      # web-a started and passed its tests again
+    assert (store.pol.stable, store.pol.previous, store.pol.canary) == ("v1", "v2", "")
+    assert store.hist[-1] == ("rolled back", {"version": "v1", "previous": "v2", "by": "operator",
+                                              "started": ["web-a", "web-b"]})
+    assert store.waiting is None
+    leader.reconcile("demo", store.registered)
+    assert leader.next_due() is None
+
+
+@pytest.mark.parametrize("mode", [MANUAL, "progressive"])
+def test_in_manual_and_progressive_mode_too_the_passed_drained_version_is_stable_not_a_canary(mode):
+    store = drained_store(mode=mode)
+    pr.rollback(store, "demo")
+    pr.Promoter(store).admitted(inst("v1"))
+    assert (store.pol.stable, store.pol.canary, store.pol.weight) == ("v1", "", 0)
+
+
+def test_a_waiting_rollback_is_given_up_at_its_deadline_or_when_another_version_became_stable():
+    store = drained_store()
+    pr.rollback(store, "demo")
+    store.waiting = pr.replace(store.waiting, deadline=store.waiting.asked)      # nothing passed in time
+    pr.Promoter(store).reconcile("demo", store.registered)
+    assert store.waiting is None and store.pol.stable == "v2"
+    assert store.hist[-1] == ("rollback given up", {"version": "v1", "by": "gatekeeper", "reason": (
+        "no instance of v1 passed its tests within 0 s of the request (`gatekeeper why demo` says why)")})
+
+    store = drained_store()
+    pr.rollback(store, "demo")
+    pr.Promoter(store).admitted(inst("v3"))          # a new deploy wins meanwhile (auto mode)
+    assert store.pol.stable == "v3"
+    pr.Promoter(store).reconcile("demo", store.registered)
+    assert store.waiting is None
+    assert store.hist[-1] == ("rollback given up", {"version": "v1", "by": "gatekeeper",
+                                                    "reason": "v3 became stable meanwhile"})
+    pr.Promoter(store).admitted(inst("v1"))          # v1 passing later is an ordinary new pass
+    assert store.pol.stable == "v1" and store.hist[-1][0] == "promoted"
+
+    store = drained_store()
+    pr.rollback(store, "demo")
+    pr.Promoter(store).admitted(inst("v3"))
+    pr.Promoter(store).admitted(inst("v1"))          # v1 passes before the leader saw v3 win
+    assert store.pol.stable == "v3", "the old version is not promoted over the newer one"
+    assert store.waiting is None and store.hist[-1] == ("rollback given up", {
+        "version": "v1", "by": "gatekeeper", "reason": "v3 became stable meanwhile"})
+
+
+def test_a_rollback_to_a_drain_recorded_without_container_ids_says_which_containers_to_start_and_where():
     store = Store(policy(stable="v2", previous="v1"), versions=("v2",))
     store.hist.append(("drained", {"version": "v1", "stable": "v2", "by": "gatekeeper", "containers": [
         {"name": "web-b", "node": "h2"}, {"name": "web-a", "node": "h1"}, {"name": "web-c", "node": "h1"}]}))
@@ -537,3 +638,34 @@ def test_progressive_mode_says_it_needs_prometheus():
     assert msg == ("demo: mode progressive: a new version that passes becomes a canary at 10%, then every 10 s gains "
                    "10% up to 100% and becomes stable while its success rate stays >= 99% and p99 <= 500 ms over at "
                    "least 20 requests; 3 failed checks roll it back (needs gatekeeper run --prometheus)")
+
+
+def drained_event(version, *names):
+    return ("drained", {"version": version, "stable": "x", "by": "gatekeeper", "containers": [
+        {"name": n, "node": "h1", "id": "c-" + n, "started": "t-" + n, "instance": "h1:" + n + ":8080"}
+        for n in names]})
+
+
+def test_only_the_versions_drained_last_keep_their_stopped_containers_and_never_the_rollback_target():
+    store = Store(policy(stable="v6", previous="v5"), versions=("v6",))
+    store.hist += [drained_event("v1", "a1"), drained_event("v2", "a2", "b2"), drained_event("v3", "a3"),
+                   drained_event("v4", "a4"), drained_event("v5", "a5")]
+    p = pr.Promoter(store, keep_versions=2)
+    p._remove_old_drained("demo")
+    # v5 is the rollback target (kept whatever its age); of the others, v4 and v3 are kept
+    assert [(a[0], a[1]) for a in store.actions] == [("c-a2", "remove"), ("c-b2", "remove"), ("c-a1", "remove")]
+    assert store.actions[0][2:5] == ("h1", "h1:a2:8080", "t-a2")
+    assert store.hist[-2:] == [
+        ("removed", {"version": "v2", "by": "gatekeeper", "containers": [{"name": "a2", "node": "h1"},
+                                                                          {"name": "b2", "node": "h1"}],
+                     "reason": "only the 2 versions drained last are kept (gatekeeper run --keep-versions)"}),
+        ("removed", {"version": "v1", "by": "gatekeeper", "containers": [{"name": "a1", "node": "h1"}],
+                     "reason": "only the 2 versions drained last are kept (gatekeeper run --keep-versions)"})]
+    p._remove_old_drained("demo")
+    assert len(store.actions) == 3, "asked once"
+    assert list(pr.kept_drained([e | {"event": ev} for ev, e in store.hist])) == ["v5", "v4", "v3"]
+    store.pol = policy(stable="v6", previous="v2")   # a rollback target whose containers are gone
+    with pytest.raises(pr.PromotionError, match=r"cannot roll demo back to v2: .* Deploy v2 again"):
+        pr.rollback(store, "demo")
+    store.hist.append(drained_event("v2", "c2"))     # deployed and drained again: kept again
+    assert pr.rollback(store, "demo")[1].startswith("demo: rolling back to v2")
