@@ -3,8 +3,10 @@
     python -m catalog.acl_setup --consul 127.0.0.1:8500 --tokens DIR
 
 Idempotent: the management token is kept in DIR/bootstrap.token, policies are updated to the
-rules below, tokens are found again by their description, and each part's secret is written to
-DIR/<part>.token (mode 0600). The agent's own token is set on the agent.
+rules below (so an upgrade that changes a rule takes effect by running it again), tokens are
+found again by their description, and each part's secret is written to DIR/<part>.token (mode
+0600; a file that holds it already is left alone). The agent's own token is set on the agent.
+The last line printed is "ACLs up to date" or "ACLs changed: ..." with what was changed.
 
 What each token may touch (least privilege):
 - registrator: register/deregister services (service write), read nodes, its own KV prefix,
@@ -39,6 +41,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import List, Optional
 
 import requests
 
@@ -100,15 +103,28 @@ class Api:
         return r.json() if r.text.strip().startswith(("{", "[")) else r.text
 
 
-def write_secret(path: Path, secret: str) -> None:
+def write_secret(path: Path, secret: str) -> bool:
+    """Write the token file (0600) unless it holds that secret already (its owner and mode
+    are then left as they are: an installer may have let a service's user read it). True when
+    it was written."""
+    try:
+        if path.read_text().strip() == secret:
+            return False
+    except OSError:
+        pass
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(secret + "\n")
+    return True
 
 
-def setup(address: str, tokens: Path) -> dict:
-    tokens.mkdir(parents=True, exist_ok=True)
-    os.chmod(tokens, 0o700)
+def setup(address: str, tokens: Path, changes: Optional[List[str]] = None) -> dict:
+    """Bootstrap (once), policies to this release's rules, one token per part and its file;
+    what was changed is appended to `changes` (nothing on a run that finds all as it should be)."""
+    changes = [] if changes is None else changes
+    if not tokens.is_dir():                 # made private; an existing folder keeps the mode it was given
+        tokens.mkdir(parents=True)
+        os.chmod(tokens, 0o700)
     boot_file = tokens / "bootstrap.token"
     if boot_file.exists():
         management = boot_file.read_text().strip()
@@ -119,15 +135,20 @@ def setup(address: str, tokens: Path) -> dict:
             raise AclSetupError(f"{exc}. If ACLs were bootstrapped before, put that management token "
                                 f"in {boot_file}") from None
         write_secret(boot_file, management)
+        changes.append("bootstrapped")
     api = Api(address, management)
     existing = {p["Name"]: p["ID"] for p in api.call("GET", "/v1/acl/policies")}
     for name, rules in POLICIES.items():
         body = {"Name": f"proxystack-{name}", "Rules": rules,
                 "Description": f"proxystack {name}: least privilege for its job"}
         if body["Name"] in existing:
-            api.call("PUT", f"/v1/acl/policy/{existing[body['Name']]}", body)
+            current = api.call("GET", f"/v1/acl/policy/{existing[body['Name']]}")
+            if (current.get("Rules"), current.get("Description")) != (rules, body["Description"]):
+                api.call("PUT", f"/v1/acl/policy/{existing[body['Name']]}", body)
+                changes.append(f"policy {name} updated")
         else:
             api.call("PUT", "/v1/acl/policy", body)
+            changes.append(f"policy {name} created")
     by_description = {t.get("Description"): t["AccessorID"] for t in api.call("GET", "/v1/acl/tokens")}
     secrets = {}
     for part in ("agent",) + PARTS:
@@ -137,8 +158,10 @@ def setup(address: str, tokens: Path) -> dict:
         else:
             secret = api.call("PUT", "/v1/acl/token", {"Description": description,
                                                        "Policies": [{"Name": f"proxystack-{part}"}]})["SecretID"]
+            changes.append(f"token {part} created")
         secrets[part] = secret
-        write_secret(tokens / f"{part}.token", secret)
+        if write_secret(tokens / f"{part}.token", secret):
+            changes.append(f"{part}.token written")
     api.call("PUT", "/v1/agent/token/agent", {"Token": secrets["agent"]})
     return secrets
 
@@ -148,12 +171,15 @@ def main(argv=None) -> int:
     p.add_argument("--consul", default="127.0.0.1:8500")
     p.add_argument("--tokens", required=True, help="folder for the token files (created 0700)")
     args = p.parse_args(argv)
+    changes: List[str] = []
     try:
-        setup(args.consul, Path(args.tokens))
+        setup(args.consul, Path(args.tokens), changes)
     except (AclSetupError, requests.RequestException) as exc:
         print(f"acl setup: {exc}", file=sys.stderr)
         return 1
     print(f"ACL tokens for {', '.join(PARTS)} in {args.tokens}")
+    # the last line says whether anything changed (Ansible's changed_when reads it)
+    print(f"ACLs changed: {'; '.join(changes)}" if changes else "ACLs up to date")
     return 0
 
 

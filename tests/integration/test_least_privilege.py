@@ -1,11 +1,15 @@
 """Consul ACLs as the stack sets them up: default deny, one token per part, each able to do
 its job and nothing else (real Consul, tokens made by catalog.acl_setup)."""
 import json
+import os
+import stat
 import subprocess
 
 import pytest
 import requests
 
+from catalog.acl_setup import POLICIES
+from catalog.kv_layout import VERDICTS
 from testbed.processes import ROOT
 
 
@@ -126,20 +130,39 @@ def test_script_checks_cannot_be_registered_through_the_api(consul_server):
 
 
 def test_token_files_are_private(consul_server):
-    import os
-    import stat
     for part in ("bootstrap", "registrator", "gatekeeper", "proxy-reloader", "operator", "breakglass"):
         mode = stat.S_IMODE(os.stat(consul_server.token_file(part)).st_mode)
         assert mode == 0o600, f"{part}.token has mode {oct(mode)}"
 
 
-def test_acl_setup_is_idempotent(consul_server):
+def test_acl_setup_is_idempotent_and_an_upgrade_gets_the_new_rules_by_running_it_again(consul_server):
+    def acl_setup():
+        res = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-m", "catalog.acl_setup", "--consul",
+                              consul_server.address, "--tokens", str(consul_server.tokens)],
+                             capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert res.returncode == 0, res.stderr
+        return res.stdout.strip().splitlines()[-1]
+
     before = {p: open(consul_server.token_file(p)).read() for p in ("registrator", "operator")}
-    res = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-m", "catalog.acl_setup", "--consul",
-                          consul_server.address, "--tokens", str(consul_server.tokens)],
-                         capture_output=True, text=True, timeout=60, cwd=ROOT)
-    assert res.returncode == 0, res.stderr
+    os.chmod(consul_server.token_file("operator"), 0o640)      # as an installer lets a service's user read it
+    assert acl_setup() == "ACLs up to date"
     assert before == {p: open(consul_server.token_file(p)).read() for p in ("registrator", "operator")}
+    assert stat.S_IMODE(os.stat(consul_server.token_file("operator")).st_mode) == 0o640, "a file left alone"
+    os.chmod(consul_server.token_file("operator"), 0o600)
+    # an older release's rules for the operator (it could write verdicts), as before an upgrade
+    mgmt = {"X-Consul-Token": open(consul_server.token_file("bootstrap")).read().strip()}
+    api = f"http://{consul_server.address}/v1/acl"
+    [policy] = [p for p in requests.get(f"{api}/policies", headers=mgmt, timeout=5).json()
+                if p["Name"] == "proxystack-operator"]
+    old_rules = POLICIES["operator"].replace(f'key_prefix "{VERDICTS}" {{ policy = "read" }}\n', "")
+    r = requests.put(f"{api}/policy/{policy['ID']}", headers=mgmt, timeout=5, json={
+        "Name": "proxystack-operator", "Rules": old_rules,
+        "Description": "proxystack operator: least privilege for its job"})
+    assert r.status_code == 200, r.text
+    assert acl_setup() == "ACLs changed: policy operator updated"
+    rules = requests.get(f"{api}/policy/{policy['ID']}", headers=mgmt, timeout=5).json()["Rules"]
+    assert rules == POLICIES["operator"]
+    assert acl_setup() == "ACLs up to date"
 
 
 def test_the_docker_engine_listens_on_loopback_only():
