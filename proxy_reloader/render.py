@@ -7,6 +7,7 @@ options do.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -82,6 +83,17 @@ def group_by_host(routes: Iterable[Route]) -> List[Tuple[str, List[Route]]]:
     return sorted(groups.items())
 
 
+@functools.lru_cache(maxsize=None)
+def lua_code_version(lua_dir: Path = LUA_DIR) -> str:
+    """A hash of the Lua modules nginx's workers load: rendered into the config, so that a new
+    build whose Lua differs makes the config differ and nginx reloads to load it (workers keep
+    the modules they loaded until then)."""
+    digest = hashlib.sha256()
+    for path in sorted(lua_dir.rglob("*.lua")):
+        digest.update(str(path.relative_to(lua_dir)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
 def render(routes: List[Route], prefix: str, listen: str, workers: str = "2", settings: Settings = None) -> str:
     """The config; its version (a hash of everything else in it) is written into it, so the
     running nginx can be asked which config its workers serve."""
@@ -92,7 +104,7 @@ def render(routes: List[Route], prefix: str, listen: str, workers: str = "2", se
                 workers=s.workers, read_timeout=s.read_timeout, grpc_listen=s.grpc_listen, modules=s.modules,
                 lua=str(LUA_DIR), table=str(s.table), secret=str(s.secret), socket=str(s.socket),
                 table_size=s.table_size, tls_listen=s.tls_listen, tls_port=s.tls_port, certs_size=s.certs_size,
-                fallback_cert=str(s.fallback_cert), fallback_key=str(s.fallback_key))
+                fallback_cert=str(s.fallback_cert), fallback_key=str(s.fallback_key), lua_version=lua_code_version())
     version = hashlib.sha256(template.render(version="", **args).encode()).hexdigest()[:16]
     return template.render(version=version, **args)
 

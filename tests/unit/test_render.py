@@ -90,6 +90,23 @@ def test_the_dynamic_config_holds_no_route_so_no_route_change_changes_it(tmp_pat
     assert N(str(tmp_path)).validate(render(many, str(tmp_path), "127.0.0.1:18999", settings=settings)).exists()
 
 
+def test_a_build_with_other_lua_code_renders_another_config_so_nginx_reloads_to_load_it(tmp_path, monkeypatch):
+    import shutil
+    from proxy_reloader import render as r
+    lua = tmp_path / "lua"
+    shutil.copytree(r.LUA_DIR, lua)
+    of_folder = r.lua_code_version.__wrapped__          # uncached: the folder is read at each render
+    monkeypatch.setattr(r, "lua_code_version", lambda: of_folder(lua))
+    settings = r.Settings(str(tmp_path), "127.0.0.1:18999", mode="dynamic")
+    same = r.render([], str(tmp_path), "127.0.0.1:18999", settings=settings)
+    assert r.config_version(same) == r.config_version(r.render([], str(tmp_path), "127.0.0.1:18999",
+                                                              settings=settings)), "the same code: no reload"
+    router = lua / "proxystack" / "router.lua"
+    router.write_text(router.read_text() + "\n-- a later build\n")
+    assert r.config_version(r.render([], str(tmp_path), "127.0.0.1:18999", settings=settings)) != \
+        r.config_version(same)
+
+
 def test_reload_mode_renders_every_route_setting_and_each_host_name_and_nginx_accepts_it(tmp_path):
     route = Route("demo", "/api/", "demo.test,*.demo.test", Pool("v1", (("127.0.0.1", 1),)),
                   settings=(("allow", "10.0.0.0/8,2001:db8::/32"), ("body_size", "10m"), ("buffering", "off"),
