@@ -45,14 +45,16 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):
 class Proc:
     """One child process, logging to a file, stopped by its pid."""
 
-    def __init__(self, name: str, args: List[str], log_dir: Path, env: Optional[dict] = None):
+    def __init__(self, name: str, args: List[str], log_dir: Path, env: Optional[dict] = None,
+                 cwd: Optional[Path] = None):
+        """`cwd`: where it runs (the checkout by default); `python -m` imports from there first."""
         self.name, self.args, self.log_path = name, args, log_dir / f"{name}.log"
-        self.env = env
+        self.env, self.cwd = env, cwd or ROOT
         self.popen: Optional[subprocess.Popen] = None
 
     def start(self) -> "Proc":
         log = open(self.log_path, "ab")
-        self.popen = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+        self.popen = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd,
                                       env={**os.environ, **(self.env or {})}, start_new_session=True)
         log.close()
         return self
