@@ -46,9 +46,10 @@ mutation:  ## mutation testing of the decision modules (mutmut, unit tests); the
 	  echo "mutmut itself failed (a test failing without mutants, or none collected): .stack/logs/mutmut.log"; exit 1; }
 	@.venv/bin/python scripts/mutation_score.py --check
 
-cli-reference:  ## rewrite the command reference (docs/reference/cli.md and the usage blocks in docs/) from the tools' --help
+cli-reference:  ## rewrite the generated references: commands (docs/reference/cli.md, usage blocks) from --help, labels' rules from the validation
 	@bash scripts/install.sh venv
 	@.venv/bin/python scripts/cli_reference.py
+	@.venv/bin/python scripts/labels_reference.py
 
 figures:  ## re-measure every figure docs/measurements.md shows (all benchmarks, in turn) and rewrite its tables
 	@bash scripts/install.sh all bench-tools delivery-tools
