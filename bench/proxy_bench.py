@@ -117,7 +117,7 @@ def deploys(env, mode, n, say):
 # --- 3: a fast backend, three ways -----------------------------------------------------------
 FAST = ("worker_processes 1; events {} http { access_log off; server { listen 8080; "
         "location / { return 200 '{\"ok\": 1}'; } } }")
-# The same job as the stack's nginx (proxy headers, access log, keep-alive upstream), written by
+# The same job as the stack's nginx (proxy headers, buffered access log, keep-alive upstream), written by
 # hand: a static upstream and no Lua. MINIMAL drops the proxy headers as well.
 SAME_HEADERS = """proxy_set_header Host $host;
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
@@ -127,7 +127,9 @@ pid {prefix}/nginx.pid;
 error_log {prefix}/logs/error.log warn;
 events {{ worker_connections 4096; }}
 http {{
-    access_log {prefix}/logs/access.log;
+    # logged as the stack's nginx logs: buffered, one write per 64 KiB or per second
+    access_log {prefix}/logs/access.log combined buffer=64k flush=1s;
+    server_tokens off;
     client_body_temp_path {prefix}/tmp/body;
     proxy_temp_path {prefix}/tmp/proxy;
     map $http_upgrade $connection_upgrade {{ default upgrade; "" ""; }}
@@ -139,6 +141,7 @@ http {{
             proxy_http_version 1.1;
             proxy_set_header Upgrade $http_upgrade;
             proxy_set_header Connection $connection_upgrade;
+            proxy_set_header X-Forwarded-Proto $scheme;
             {headers}
         }}
     }}

@@ -39,7 +39,9 @@ pid {prefix}/nginx.pid;
 error_log {prefix}/logs/error.log warn;
 events {{ worker_connections 4096; }}
 http {{
-    access_log {prefix}/logs/access.log;
+    # logged as the stack's nginx logs: buffered, one write per 64 KiB or per second
+    access_log {prefix}/logs/access.log combined buffer=64k flush=1s;
+    server_tokens off;
     client_body_temp_path {prefix}/tmp/body;
     proxy_temp_path {prefix}/tmp/proxy;
     map $http_upgrade $connection_upgrade {{ default upgrade; "" ""; }}
