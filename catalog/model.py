@@ -164,9 +164,10 @@ class ContainerAction:
     start a drained one again for a rollback, remove one drained too many versions ago, restart
     it to heal it, kill a Swarm task so Swarm replaces it), kept in KV under the instance's node.
     That node's registrator carries it out on its own engine, once, and only to the run the
-    record names: a stop, restart or kill while that run is the one running, a start or a remove
-    while the container is still stopped after that run. A restarted or replaced container is
-    never acted on by a record made for its earlier run."""
+    record names: a stop, restart or kill while that run is the one running, a start while the
+    container is still stopped after that run, a remove while that run is its last (stopped
+    first if its stop is still under way). A restarted or replaced container is never acted on
+    by a record made for its earlier run."""
 
     action: str                  # one of CONTAINER_ACTIONS
     container_id: str

@@ -7,9 +7,9 @@ versions old, restart an unhealthy container, kill a Swarm task so Swarm replace
 gatekeeper/actions/<node>/<instance id>, and the registrator of that node carries it out.
 
 Each action is done once per record (a record written again is asked again), only to a
-container on this node (a stop, restart or kill: one this registrator registered; a start or
-remove: one that is not registered), and only to the run of it the record names (id and start
-time): a container restarted or replaced since is left alone, so carrying out a record twice,
+container on this node (a stop, restart or kill: one this registrator registered; a start: one
+that is not registered; a remove: either), and only to the run of it the record names (id and
+start time): a container restarted or replaced since is left alone, so carrying out a record twice,
 after a registrator restart say, changes nothing.
 """
 from __future__ import annotations
@@ -42,10 +42,12 @@ def registered_here(iid: str, record: ContainerAction, instances: Dict[str, Inst
 
 def for_here(iid: str, record: ContainerAction, instances: Dict[str, Instance]) -> bool:
     """Whether this registrator takes the record on: a stop, restart or kill for an instance it
-    registered; a start or remove for a container that is not registered (stopped by a drain,
-    it left the catalog): the engine then acts only while it is still stopped after the
-    record's run."""
-    if record.action in ("start", "remove"):
+    registered; a start for a container that is not registered (stopped by a drain, it left the
+    catalog); a remove whether or not it still is (its drain's stop may be under way). The
+    engine then acts only on the record's run (DockerSource.carry_out)."""
+    if record.action == "remove":
+        return True
+    if record.action == "start":
         inst = instances.get(iid)
         return inst is None or inst.container_id != record.container_id
     return registered_here(iid, record, instances)

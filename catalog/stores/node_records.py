@@ -44,9 +44,9 @@ class NodeRecordStore:
 
     def request_stopped(self, node: str, instance_id: str, container_id: str, started: str, action: str,
                         reason: str) -> None:
-        """Ask `node`'s registrator to start a stopped container again (a rollback to a drained
-        version) or to remove it (drained too many versions ago), only while it is still stopped
-        after the run `started`."""
+        """Ask `node`'s registrator to start a drained container again (a rollback), only while
+        it is still stopped after the run `started`, or to remove it (drained too many versions
+        ago), only while that run is its last."""
         if action not in ("start", "remove"):
             raise ValueError(f"{action!r} is not an action on a stopped container (start, remove)")
         record = ContainerAction(action, container_id, started, reason[:300], 10, time.time())

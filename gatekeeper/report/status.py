@@ -172,6 +172,7 @@ def history_details(entry: dict) -> str:
                 f"+{s.get('step', '?')}% up to {s.get('max_weight', '?')}% while success >= "
                 f"{s.get('success_rate', '?')}% and p99 <= {s.get('p99_ms', '?')} ms (min {s.get('min_requests', '?')} "
                 f"requests), rollback after {s.get('threshold', '?')} failed checks")
+
     def words(k, v):
         if k == "containers" and isinstance(v, list):      # drained, rollback asked: name on host
             return ", ".join(f"{c.get('name', '?')} on {c.get('node') or '?'}" for c in v if isinstance(c, dict))
