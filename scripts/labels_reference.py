@@ -33,7 +33,7 @@ LABELS = (
     ("gatekeeper.version", "the image's tag (`latest` without one)", "-v1"),
     ("gatekeeper.mode", "the service's mode (`auto` for a new one)", "sometimes"),
     ("gatekeeper.analysis", "the service's settings; a new service's: {analysis}", "fast"),
-    ("gatekeeper.scale", "no scaling by the autoscaler", "fast"),
+    ("gatekeeper.scale", "no autoscaling; the settings a label leaves out: {scaling}", "fast"),
     ("proxy.path", "`/<service>/`", "demo"),
     ("proxy.host", "none: the default host", "Demo_Host"),
     ("proxy.strip_prefix", "`false`", "yes"),
@@ -87,6 +87,13 @@ def analysis_defaults() -> str:
     return ",".join(f"{key}={value:g}" for key, value in asdict(Analysis()).items())
 
 
+def scaling_defaults() -> str:
+    from catalog.model import Scaling
+    from catalog.validation import SCALE_RULES
+    field = {"p99": "p99_ms"}                        # the label's key -> the model's field
+    return ",".join(f"{key}={getattr(Scaling(), field.get(key, key)):g}" for key in SCALE_RULES)
+
+
 def table() -> str:
     rows = ["| label | default | a value must be |", "|---|---|---|"]
     for label, default, bad in LABELS:
@@ -94,7 +101,8 @@ def table() -> str:
         if settings_rules(label):
             rule += ". " + settings_rules(label)
         rule = rule.replace("|", "\\|")
-        rows.append(f"| `{label}` | {default.format(analysis=analysis_defaults())} | {rule} |")
+        default = default.format(analysis=analysis_defaults(), scaling=scaling_defaults())
+        rows.append(f"| `{label}` | {default} | {rule} |")
     return "\n".join(rows) + "\n"
 
 
