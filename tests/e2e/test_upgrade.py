@@ -61,6 +61,7 @@ def restart(proc: Proc) -> None:
 
 
 def test_each_daemon_replaced_by_a_new_build_one_at_a_time_under_keep_alive_load_loses_nothing(stack):
+    stack.wait(lambda: "is now the leader" in stack.gatekeeper.log(), 30, "the first gatekeeper to lead")
     follower = Proc("gatekeeper-follower", python_module(
         "gatekeeper", "--consul", stack.consul.address, "--consul-token-file", stack.consul.token_file("gatekeeper"),
         "run", "--id", "follower", "--wait", "5", "--drain-seconds", "3", "--test-timeout", "60",
