@@ -69,3 +69,39 @@ def test_the_table_file_is_written_whole(tmp_path):
     backends.write_table(path, 3, {"demo": backends.entry(Route("demo", "/demo/", "", STABLE))})
     assert json.loads(path.read_text())["services"]["demo"]["stable"]["version"] == "v1"
     assert [p.name for p in tmp_path.iterdir()] == ["backends.json"]
+
+
+PEM = {"cert": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+       "key": "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n"}
+TOKEN, ANSWER = "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA", "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA.9jg46WB3rR_AHD-EBXdN7cBkH1WOu0tA3M9fm21mqTI"
+
+
+def test_certificates_and_challenges_ride_in_the_body_as_given_and_the_bytes_are_canonical():
+    raw = backends.push_body(2, {"demo": None}, False, certificates={"shop.test": PEM, "old.test": None},
+                             challenges={TOKEN: ANSWER})
+    body = json.loads(raw)
+    assert body["certificates"] == {"shop.test": PEM, "old.test": None}
+    assert body["challenges"] == {TOKEN: ANSWER}
+    assert raw == json.dumps(body, sort_keys=True, separators=(",", ":")).encode(), "sorted, compact: one text"
+
+
+@pytest.mark.parametrize("certificates, challenges, says", [
+    ({"shop.test": {"cert": PEM["cert"]}}, None, "certificate shop.test must be {cert, key} or null"),
+    ({"shop.test": {**PEM, "key": "not PEM"}}, None, "certificate shop.test: key must be PEM text"),
+    (None, {TOKEN: "answer with spaces"}, f"challenge {TOKEN}: must be TOKEN: KEY_AUTHORIZATION or null"),
+])
+def test_a_certificate_or_challenge_that_breaks_the_contract_is_never_pushed(certificates, challenges, says):
+    with pytest.raises(ValueError) as err:
+        backends.push_body(1, {}, False, certificates=certificates, challenges=challenges)
+    assert str(err.value).startswith(says)
+
+
+def test_the_table_file_holds_the_keys_so_only_its_owner_reads_it(tmp_path):
+    import stat
+    path = tmp_path / "backends.json"
+    backends.write_table(path, 4, {}, certificates={"shop.test": PEM}, challenges={TOKEN: ANSWER})
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    body = json.loads(path.read_text())
+    assert (body["full"], body["certificates"], body["challenges"]) == (True, {"shop.test": PEM}, {TOKEN: ANSWER})
+    backends.write_table(path, 5, {})
+    assert json.loads(path.read_text())["challenges"] == {} and json.loads(path.read_text())["certificates"] == {}

@@ -252,3 +252,31 @@ def test_idle_in_reload_mode_nginx_is_not_asked(tmp_path):
                push=table)
     r._idle()
     assert table.asked == 0
+
+
+def test_certificates_and_challenges_go_whole_first_then_only_what_changed_and_the_file_has_all(tmp_path):
+    pem = lambda tag: {"cert": f"-----BEGIN CERTIFICATE-----\n{tag}\n", "key": f"-----BEGIN KEY-----\n{tag}\n"}  # noqa: E731
+    token = "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA"
+    book = SimpleNamespace(certs={"a.test": pem("a1"), "b.test": pem("b1")}, challenges={token: token + ".k1"})
+    book.for_push = lambda: dict(book.certs)
+    table = FakeNginxTable()
+    r = runner(tmp_path, table)
+    r.certificates = book
+    assert r._push_table([route("a", 1)])
+    first = table.bodies[-1]
+    assert first["full"] and first["certificates"] == book.certs and first["challenges"] == book.challenges
+    book.certs = {"a.test": pem("a2"), "b.test": pem("b1")}                      # a.test rotated
+    assert r._push_table([route("a", 1)])
+    assert table.bodies[-1]["certificates"] == {"a.test": pem("a2")} and table.bodies[-1]["services"] == {}
+    assert "challenges" not in table.bodies[-1], "no challenge changed: none sent"
+    book.certs, book.challenges = {"a.test": pem("a2")}, {}                       # b.test removed, answer done
+    assert r._push_table([route("a", 1)])
+    assert table.bodies[-1]["certificates"] == {"b.test": None} and table.bodies[-1]["challenges"] == {token: None}
+    pushes = len(table.bodies)
+    assert r._push_table([route("a", 1)]) and len(table.bodies) == pushes, "nothing changed: no push"
+    book.challenges = {token: token + ".k2"}
+    assert r._push_table([route("a", 1)])
+    assert table.bodies[-1]["challenges"] == {token: token + ".k2"} and "certificates" not in table.bodies[-1]
+    saved = json.loads((tmp_path / "backends.json").read_text())
+    assert saved["certificates"] == {"a.test": pem("a2")} and saved["challenges"] == {token: token + ".k2"}
+    assert saved["generation"] == table.generation == table.bodies[-1]["generation"]
