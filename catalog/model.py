@@ -189,6 +189,11 @@ class ContainerAction:
                    int(d.get("timeout", 10)), float(d.get("written", 0.0)))
 
 
+def containers_in_words(containers) -> str:
+    """Drained or started containers as people read them: "web-a on h1, web-b on h2"."""
+    return ", ".join(f"{c.get('name', '?')} on {c.get('node') or '?'}" for c in containers if isinstance(c, dict))
+
+
 @dataclass(frozen=True)
 class RollbackRequest:
     """`gatekeeper rollback` to a version whose containers the drain stopped: the leading

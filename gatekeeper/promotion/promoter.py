@@ -13,7 +13,8 @@ from typing import Callable, Optional, Tuple
 
 from catalog.errors import Refused
 from catalog.kv_layout import POLICIES
-from catalog.model import AUTO, MANUAL, MODES, PASSED, PROGRESSIVE, Instance, RollbackRequest, RoutingPolicy
+from catalog.model import (AUTO, MANUAL, MODES, PASSED, PROGRESSIVE, Instance, RollbackRequest, RoutingPolicy,
+                           containers_in_words)
 from catalog.stores import InstanceStore, PolicyStore, Stores
 from catalog.validation import InvalidValue, parse_analysis_label, validate_analysis
 
@@ -501,7 +502,7 @@ def _roll_back_to_drained(stores: Stores, service: str, before: RoutingPolicy) -
                              + _how_to_bring_back(stores, service, version))
     cas, waiting = stores.policies.rollback(service)
     now = time.time()
-    names = ", ".join(f"{c['name']} on {c['node']}" for c in drained)
+    names = containers_in_words(drained)
     then = (f"once one of them passes its tests again, {version} is stable and {before.stable} gets no more "
             f"traffic (`gatekeeper status {service}` shows how far it got; it gives up after "
             f"{ROLLBACK_PATIENCE:.0f} s and says why)")

@@ -14,7 +14,7 @@ from typing import Callable, Dict, List, Optional
 
 from catalog.certificates import describe, serving
 from catalog.errors import Refused
-from catalog.model import RUNNING, Analysis, AnalysisState, Rejection, RegisteredInstance, RoutingPolicy
+from catalog.model import RUNNING, containers_in_words, Analysis, AnalysisState, Rejection, RegisteredInstance, RoutingPolicy
 from catalog.routing import pending_route_change, route_for
 from catalog.stores import InstanceStore, Stores
 from catalog.stores.certificates import entries_from_kv
@@ -175,7 +175,7 @@ def history_details(entry: dict) -> str:
 
     def words(k, v):
         if k == "containers" and isinstance(v, list):      # drained, rollback asked: name on host
-            return ", ".join(f"{c.get('name', '?')} on {c.get('node') or '?'}" for c in v if isinstance(c, dict))
+            return containers_in_words(v)
         return v
     return ", ".join(f"{k} {words(k, v)}" for k, v in sorted(entry.items()) if k not in ("time", "event") and v != "")
 
@@ -338,7 +338,7 @@ def replica_lines(r: dict) -> List[str]:
 
 def rollback_line(b: dict, now: Optional[float] = None) -> str:
     now = time.time() if now is None else now
-    names = ", ".join(f"{c['name']} on {c['node']}" for c in b["containers"])
+    names = containers_in_words(b["containers"])
     step = "asked its hosts to start" if b["started"] else "about to ask its hosts to start"
     return (f"to {b['version']} (asked by {b['by']} {max(0.0, now - b['asked']):.0f} s ago): {step} {names}; "
             f"{b['version']} becomes stable once one passes its tests again (given up in "
