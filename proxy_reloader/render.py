@@ -95,9 +95,14 @@ def lua_code_version(lua_dir: Path = LUA_DIR) -> str:
 
 
 def render(routes: List[Route], prefix: str, listen: str, workers: str = "2", settings: Settings = None) -> str:
+    """render_config with default settings but for these three (prefix, listen and workers are
+    ignored when `settings` is given)."""
+    return render_config(routes, settings or Settings(prefix, listen, workers))
+
+
+def render_config(routes: List[Route], s: Settings) -> str:
     """The config; its version (a hash of everything else in it) is written into it, so the
     running nginx can be asked which config its workers serve."""
-    s = settings or Settings(prefix, listen, workers)
     ordered = sorted(routes, key=lambda r: r.service)
     template = _env.get_template("nginx-dynamic.conf.j2" if s.mode == DYNAMIC else "nginx.conf.j2")
     args = dict(routes=ordered, servers=group_by_host(ordered), prefix=s.prefix, listen=s.listen,

@@ -36,7 +36,7 @@ from . import backends, metrics
 from .certificates import CertificateBook, LocalIssuer
 from .nginx import Nginx, NginxError
 from .push import PushClient, PushError
-from .render import DYNAMIC, RELOAD, Settings, config_version, render
+from .render import DYNAMIC, RELOAD, Settings, config_version, render_config
 from .view import route_of, without_conflicts
 
 log = logging.getLogger(__name__)
@@ -112,10 +112,9 @@ class Runner:
         if self.dynamic:
             # no route in it: the same text for the runner's whole life, rendered once
             if self._static_text is None:
-                self._static_text = render([], self.settings.prefix, self.settings.listen, self.settings.workers,
-                                           self.settings)
+                self._static_text = render_config([], self.settings)
             return self._static_text
-        return render(routes, self.settings.prefix, self.settings.listen, self.settings.workers, self.settings)
+        return render_config(routes, self.settings)
 
     # --- computing what to serve -----------------------------------------------------------
     def update(self, snapshot) -> None:
@@ -405,7 +404,7 @@ def isolate(nginx: Nginx, settings: Settings, routes: List[Route], errors: Dict[
     good = []
     for route in routes:
         try:
-            nginx.validate(render([route], settings.prefix, settings.listen, settings.workers, settings)).unlink()
+            nginx.validate(render_config([route], settings)).unlink()
             good.append(route)
         except NginxError as own:
             errors[route.service] = f"nginx refused its config: {own}"
@@ -424,13 +423,13 @@ def render_once(stores: Stores, nginx: Nginx, settings: Settings, push: Optional
     view = build_view(stores.instances, stores.policies)
     routes = view.routes
     try:
-        changed = nginx.apply(render(routes, settings.prefix, settings.listen, settings.workers, settings))
+        changed = nginx.apply(render_config(routes, settings))
     except NginxError as exc:
         errors: Dict[str, str] = {}
         routes = isolate(nginx, settings, routes, errors, exc)
         for service, error in sorted(errors.items()):
             log.warning("service %s left out: %s", service, error)
-        changed = nginx.apply(render(routes, settings.prefix, settings.listen, settings.workers, settings))
+        changed = nginx.apply(render_config(routes, settings))
     if settings.mode == DYNAMIC:
         entries = {r.service: backends.entry(r) for r in routes}
         book = certificates or CertificateBook()
