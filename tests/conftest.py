@@ -17,9 +17,47 @@ TEST_LABEL = "proxystack.test"
 DEMO_IMAGES = ("demo:v1", "demo:v2", "demo:v3", "demo-test:latest")
 
 
+SHARED_CLUSTER = "namespace_cluster"
+_cluster_up = {}
+
+
+def uses_cluster(item) -> bool:
+    return SHARED_CLUSTER in getattr(item, "fixturenames", ())
+
+
 def pytest_collection_modifyitems(items):
-    """Tests that restart the Docker Engine run last: it stops every container."""
-    items.sort(key=lambda item: item.get_closest_marker("engine_restart") is not None)
+    """Tests that restart the Docker Engine run last: it stops every container. Just before
+    them, the test modules that share the namespace cluster, one after the other, so that it is
+    up only while they run."""
+    items.sort(key=lambda item: (item.get_closest_marker("engine_restart") is not None, uses_cluster(item)))
+
+
+def _cluster_down() -> None:
+    cluster = _cluster_up.pop("cluster", None)
+    if cluster is not None:
+        cluster.down()
+
+
+@pytest.fixture(scope="session")
+def namespace_cluster():
+    """Three hosts and a Consul cluster (scripts/cluster.sh), brought up once for every module
+    that needs one and taken down after the last of them. Each module leaves it as it found it:
+    no container, policy or history of its own left behind."""
+    from testbed.cluster import Cluster
+    cluster = Cluster(3)
+    _cluster_up["cluster"] = cluster
+    try:
+        yield cluster.up()
+    finally:
+        _cluster_down()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """After the last test that used the shared cluster (and its modules' fixtures), it goes."""
+    yield
+    if uses_cluster(item) and (nextitem is None or not uses_cluster(nextitem)):
+        _cluster_down()
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ import requests
 
 from delivery.engine import _TlsClient
 from tests.conftest import SESSION, TEST_LABEL
-from testbed.cluster import MACHINE_END, STATE as CLUSTER_STATE, Cluster, host_ip
+from testbed.cluster import MACHINE_END, STATE as CLUSTER_STATE, host_ip, remove_demo_containers
 from testbed.delivery import Registry, SshServer, certs
 from testbed.load import LoadClient
 from testbed.processes import ROOT
@@ -39,12 +39,14 @@ def delivery(*args, timeout=300, env=None):
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    c = Cluster(2)
-    try:
-        yield c.up()
-    finally:
-        c.down()
+def cluster(namespace_cluster):
+    """The shared cluster; what this module deployed on it goes at the end (test_cluster.py
+    uses it next)."""
+    yield namespace_cluster
+    for h in namespace_cluster.hosts:
+        remove_demo_containers(namespace_cluster, h)
+    namespace_cluster.wait(lambda: not namespace_cluster.instances(), 60, "no demo instance registered")
+    namespace_cluster.stores().forget_service("demo")
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +100,7 @@ def deploy(stack, registry, engine_tls, version, *extra):
     return delivery("deploy", f"{registry.address}/demo:{version}", "--engine", engine_tls.url,
                     "--tls-dir", str(engine_tls.client_dir), "--consul", engine_tls.cluster.consul_address(),
                     "--consul-token-file", str(CLUSTER_STATE / "tokens" / "operator.token"), "--timeout", "120",
-                    "--label", "proxy.path=/demo/", *extra)      # its containers go with the cluster
+                    "--label", "proxy.path=/demo/", "--label", "proxystack.demo=1", *extra)   # removed at the module's end
 
 
 class TestDelivery:
@@ -132,7 +134,7 @@ class TestDelivery:
         assert json.loads(res.stdout)["container"] == f"demo-{GOOD}"
         assert f"pulling {registry.address}/demo:{GOOD}" in res.stderr
         assert f"demo {GOOD}: admitted and stable" in res.stderr
-        container = engine_tls.docker.containers.get(f"demo-{GOOD}")     # on prod, removed with the cluster
+        container = engine_tls.docker.containers.get(f"demo-{GOOD}")     # on prod, removed at the module's end
         assert container.labels["gatekeeper.tests"] == f"{registry.address}/demo-test:{GOOD}"
         for h in engine_tls.cluster.hosts:                  # exit 0: every proxy serves it already
             assert engine_tls.cluster.get(h)[1].get("version") == GOOD, h

@@ -17,7 +17,7 @@ import requests
 
 from catalog import local_ca
 from catalog.model import PASSED, TESTING
-from testbed.cluster import (Cluster, NodeFailure, RouteLog, gatekeeper_leader, host_ip, in_host,
+from testbed.cluster import (NodeFailure, RouteLog, gatekeeper_leader, host_ip, in_host,
                                    keepalive_loads, kill_server, remove_demo_containers, wait_for_leader,
                                    wait_for_stable_leader)
 from testbed.processes import ROOT
@@ -27,13 +27,8 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    c = Cluster(3)
-    try:
-        c.up()
-        yield c
-    finally:
-        c.down()
+def cluster(namespace_cluster):
+    return namespace_cluster
 
 
 @pytest.fixture
