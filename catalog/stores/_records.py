@@ -27,6 +27,6 @@ def records_under(consul: ConsulClient, prefix: str, parse) -> dict:
     for key, raw in consul.kv_list(prefix).items():
         try:
             out[key[len(prefix):]] = parse(raw)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, KeyError):
             continue
     return out

@@ -7,13 +7,17 @@ stays shut with the reason until that route is free.
 
 Verdicts of instances that left the catalog are kept `forget_after` seconds (a registrator or
 agent restart re-registers the same container, which must not be tested again), then removed.
+
+Built for thousands of instances: a pass reads every verdict at once, not one per instance; the
+gates it corrects are written together (a few Consul transactions) at the end of the pass; and
+the test queue takes the instance seen last first, so a container started during a backlog
+(thousands of instances imported at once) is tested at once, not after all of them.
 """
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, List, Optional, Tuple
 
 from catalog.consul_client import ConsulError
@@ -24,6 +28,7 @@ from catalog.stores import Stores
 
 from .. import metrics
 from ..reconciler import Reconciler, Snapshot
+from .queue import FIRST, REVERIFY, NewestFirst
 from .tester import DockerTester
 
 log = logging.getLogger(__name__)
@@ -49,7 +54,7 @@ class Gate(Reconciler):
         self.stores, self.tester = stores, tester
         self.on_admitted = on_admitted or (lambda inst: None)
         self.reverify_every = reverify_every
-        self.pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="test")
+        self.pool = NewestFirst(parallel, "test")
         self.testing: Dict[str, str] = {}        # instance id -> container id under test
         self.lock = threading.Lock()
         self.forget_after, self.clock = forget_after, clock
@@ -59,11 +64,21 @@ class Gate(Reconciler):
         self.next_sweep = 0.0
         self.routes_taken: Dict[Tuple[str, str], str] = {}   # (host, path) -> the service serving it
         self.owners: Dict[str, Tuple[str, int]] = {}   # service -> (its Swarm service or "", admitted)
+        self.verdicts: Dict[str, Verdict] = {}         # every stored verdict, read once per pass ...
+        self.written: Dict[str, Verdict] = {}          # ... and those written since that read
+        self.corrections: List[Tuple[Instance, bool, str]] = []   # gates to write at the pass's end
 
     def begin_pass(self, snapshot: Snapshot) -> None:
-        """Who serves which route (host name and path) now: a service's admitted instances hold
-        theirs; two at one route, the first by name (as the proxy keeps it). And who runs each
-        service: a Swarm service or plain containers, by its admitted instances (both: Swarm)."""
+        """Every verdict, in one read. Who serves which route (host name and path) now: a
+        service's admitted instances hold theirs; two at one route, the first by name (as the
+        proxy keeps it). And who runs each service: a Swarm service or plain containers, by its
+        admitted instances (both: Swarm)."""
+        verdicts = self.stores.verdicts.all()
+        with self.lock:
+            # a test that ended after the read wrote its verdict there too late: it is kept here
+            verdicts.update(self.written)
+            self.written = {}
+            self.verdicts = verdicts
         taken: Dict[Tuple[str, str], str] = {}
         owners: Dict[str, Tuple[str, int]] = {}
         for service in sorted(snapshot):
@@ -105,6 +120,9 @@ class Gate(Reconciler):
             self._reconcile_one(ri)
 
     def end_pass(self, snapshot: Snapshot) -> None:
+        corrections, self.corrections = self.corrections, []
+        if corrections:
+            self.stores.node_records.set_gates(corrections)
         by_id = {ri.instance.id: ri for instances in snapshot.values() for ri in instances}
         for iid in self.stores.verdicts.retests():
             ri = by_id.get(iid)
@@ -125,7 +143,7 @@ class Gate(Reconciler):
         if now < self.next_sweep:
             return
         self.next_sweep = now + min(30.0, max(self.forget_after / 4, 0.5))
-        absent = set(self.stores.verdicts.ids()) - set(registered)
+        absent = set(self.stores.verdicts.ids()) - set(registered)   # unreadable ones too
         self.absent_since = {iid: self.absent_since.get(iid, now) for iid in absent}
         for iid, since in list(self.absent_since.items()):
             if now - since >= self.forget_after and not self._busy_id(iid):
@@ -138,10 +156,19 @@ class Gate(Reconciler):
         for ri in registered:
             if not ri.admitted or self._busy(ri.instance):
                 continue
-            verdict = self.stores.verdicts.get(ri.instance.id)
+            verdict = self._verdict(ri.instance.id)
             if verdict and verdict.state == PASSED and now - verdict.finished >= self.reverify_every:
                 log.info("%s: re-verifying (last passed %.0f s ago)", ri.instance.id, now - verdict.finished)
                 self._start_test(ri.instance, reverify=True)
+
+    def _verdict(self, instance_id: str) -> Optional[Verdict]:
+        with self.lock:
+            return self.verdicts.get(instance_id)
+
+    def _put_verdict(self, verdict: Verdict) -> None:
+        self.stores.verdicts.put(verdict)
+        with self.lock:
+            self.verdicts[verdict.instance_id] = self.written[verdict.instance_id] = verdict
 
     def _busy(self, inst: Instance) -> bool:
         return self._busy_id(inst.id)
@@ -155,7 +182,7 @@ class Gate(Reconciler):
         with self.lock:
             if self.testing.get(inst.id) == inst.container_id:
                 return
-        verdict = self.stores.verdicts.get(inst.id)
+        verdict = self._verdict(inst.id)
         if (verdict is None or not verdict.applies_to(inst) or not verdict.final or self._image_now_known(inst, verdict)
                 or (verdict.route_taken and self.taken_by(inst) is None)
                 or (verdict.other_owner and self.run_by_other(inst) is None)):
@@ -175,10 +202,10 @@ class Gate(Reconciler):
             return
         elif passing:
             log.info("%s: re-applying stored verdict (passed: %s)", inst.id, verdict.summary)
-            self.stores.node_records.set_gate(inst, True, verdict.summary)
+            self.corrections.append((inst, True, verdict.summary))
         else:
             log.warning("%s: gate was passing against a %s verdict; closing it", inst.id, verdict.state)
-            self.stores.node_records.set_gate(inst, False, f"{verdict.state}: {verdict.summary}")
+            self.corrections.append((inst, False, f"{verdict.state}: {verdict.summary}"))
 
     def _rewrite_due(self, instance_id: str) -> bool:
         """A gate that disagrees with its verdict gets the decision written again at once (a forged
@@ -210,7 +237,7 @@ class Gate(Reconciler):
     def _start_test(self, inst: Instance, reverify: bool = False) -> None:
         with self.lock:
             self.testing[inst.id] = inst.container_id
-        self.pool.submit(self._test, inst, reverify)
+        self.pool.submit(REVERIFY if reverify else FIRST, self._test, inst, reverify)
 
     def _test(self, inst: Instance, reverify: bool = False) -> None:
         """Test one instance. A first test closes the gate while it runs; a re-verification of
@@ -235,8 +262,8 @@ class Gate(Reconciler):
                 self._refuse(inst, image, other)
                 return
             if not reverify:
-                self.stores.verdicts.put(Verdict(inst.id, inst.container_id, image, TESTING, f"testing with {image}",
-                                                       container_started=inst.started))
+                self._put_verdict(Verdict(inst.id, inst.container_id, image, TESTING, f"testing with {image}",
+                                          container_started=inst.started))
                 self.stores.node_records.set_gate(inst, False, f"testing with {image or '(no tests image)'}")
             res = self.tester.run(image, instance_url(inst), inst.id)
             if res.aborted:
@@ -244,7 +271,7 @@ class Gate(Reconciler):
                 return
             verdict = Verdict(inst.id, inst.container_id, image, res.state, res.summary,
                               res.started, res.finished, res.log_tail, container_started=inst.started)
-            self.stores.verdicts.put(verdict)
+            self._put_verdict(verdict)
             passed = res.state == PASSED
             self.stores.node_records.set_gate(inst, passed, res.summary if passed else f"{res.state}: {res.summary}")
             if reverify:
@@ -268,8 +295,8 @@ class Gate(Reconciler):
         gate stays shut, saying so (in the Consul UI, `gatekeeper why` and status), and it is
         tested once that is no longer so."""
         now = time.time()
-        self.stores.verdicts.put(Verdict(inst.id, inst.container_id, image, ERROR, summary, now, now,
-                                         container_started=inst.started))
+        self._put_verdict(Verdict(inst.id, inst.container_id, image, ERROR, summary, now, now,
+                                  container_started=inst.started))
         self.stores.node_records.set_gate(inst, False, f"{ERROR}: {summary}")
         log.warning("%s: not tested: %s", inst.id, summary)
 
@@ -286,6 +313,6 @@ class Gate(Reconciler):
         self.tester.abort_all()
 
     def shutdown(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool.shutdown(wait=False)
         self.tester.abort_all()
         self.tester.close()

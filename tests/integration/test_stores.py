@@ -123,3 +123,29 @@ def test_an_action_is_taken_back_only_for_the_run_and_the_action_it_names(stores
     assert run.id not in stores.node_records.actions(run.node)[1]
     assert not stores.node_records.withdraw_action(run, "restart"), "nothing left to take back"
     stores.instances.deregister(inst.id)
+
+
+def test_every_verdict_comes_in_one_read_and_an_unreadable_one_is_left_out(stores, unique):
+    ids = [f"{unique}:web{n}:8080" for n in range(3)]
+    for n, iid in enumerate(ids):
+        stores.verdicts.put(Verdict(iid, f"c{n}", "t", PASSED, f"{n}/9 passed", 1, 2))
+    stores.consul.kv_put(f"gatekeeper/verdicts/{unique}:forged:8080", "passed, trust me")
+    every = stores.verdicts.all()
+    assert {iid: every[iid].summary for iid in ids} == {iid: f"{n}/9 passed" for n, iid in enumerate(ids)}
+    assert f"{unique}:forged:8080" not in every, "so the instance is tested again"
+    for iid in ids + [f"{unique}:forged:8080"]:
+        stores.verdicts.forget(iid)
+
+
+def test_many_gates_written_at_once_each_under_its_node_past_one_transactions_limit(stores, unique):
+    node = stores.instances.node_name()
+    insts = [dataclasses.replace(make(unique), id=f"{unique}:web{n}:8080", container_id=f"c{n}", node=node)
+             for n in range(150)]                     # more than the 64 operations of one transaction
+    stores.node_records.set_gates([(i, n % 2 == 0, f"decision {n}") for n, i in enumerate(insts)])
+    gates = stores.node_records.gates(node)[1]
+    for n, i in enumerate(insts):
+        assert gates[i.id].passing == (n % 2 == 0) and gates[i.id].output == f"decision {n}" and gates[i.id].applies_to(i)
+    with pytest.raises(ValueError, match="node is unknown"):
+        stores.node_records.set_gates([(make(unique), True, "no node")])
+    for i in insts:
+        stores.consul.kv_delete(f"gatekeeper/gates/{node}/{i.id}")

@@ -1,10 +1,14 @@
 """The gate's decisions, with in-memory stores; tests/e2e runs the same against real parts."""
+import threading
 import time
 
 from dataclasses import replace
 
 from catalog.model import ERROR, FAILED, PASSED, Instance, RegisteredInstance, Verdict
+import pytest
+
 from gatekeeper.admission.gate import Gate
+from gatekeeper.admission.queue import NewestFirst
 from gatekeeper.admission.tester import RunResult
 from gatekeeper.reconciler import run_pass
 
@@ -17,6 +21,9 @@ class Verdicts(dict):
 
     def ids(self):
         return list(self)
+
+    def all(self):
+        return dict(self)
 
     def forget(self, iid):
         self.pop(iid, None)
@@ -37,6 +44,10 @@ class NodeRecords:
     def set_gate(self, inst, passing, output):
         self.store.gates[inst.id] = "passing" if passing else "critical"
         self.store.outputs[inst.id] = output
+
+    def set_gates(self, decisions):
+        for inst, passing, output in decisions:
+            self.set_gate(inst, passing, output)
 
 
 class Policies:
@@ -602,3 +613,59 @@ def test_a_swarm_task_of_a_service_plain_containers_run_is_kept_out_and_a_lone_s
         "error: other owner: service demo is run by plain containers (1 admitted); remove them first, or give "
         "Swarm service demo-swarm another SERVICE_NAME")
     assert [url for _, url in tester.runs] == ["http://127.0.0.1:30003"]     # api has no owner yet: tested
+
+
+# --- thousands of instances: one read, one batch of writes, the newest tested first ---------------
+
+def many(n, prefix="bulk"):
+    return [replace(inst(f"{prefix}{k}"), id=f"h:{prefix}{k}:8080", container_name=f"{prefix}{k}") for k in range(n)]
+
+
+def test_a_pass_reads_every_verdict_at_once_and_writes_its_corrections_together():
+    instances = many(3)
+    store = Store(*instances)
+    for i in instances:
+        store.verdicts[i.id] = Verdict(i.id, i.container_id, "demo-test:latest", PASSED, "9/9", 1, 2)
+    reads, batches = [], []
+    store.verdicts.all = lambda: (reads.append(1), dict(store.verdicts))[1]
+    store.verdicts.get = lambda iid: pytest.fail("a pass reads verdicts one by one")
+    store.node_records.set_gate = lambda *a: pytest.fail("a correction written on its own")
+    store.node_records.set_gates = lambda decisions: batches.append([(i.id, p) for i, p, _ in decisions])
+    gate = Gate(store, FakeTester())
+    pass_over(gate)
+    assert reads == [1] and batches == [[(i.id, True) for i in instances]]
+    settle(gate)
+
+
+def test_a_container_started_during_a_backlog_is_tested_before_the_backlog():
+    release, running = threading.Event(), threading.Event()
+
+    class Slow(FakeTester):
+        def run(self, image, url, iid):
+            running.set()
+            release.wait(5)
+            return super().run(image, url, iid)
+    backlog = many(20)
+    store, tester = Store(*backlog), Slow()
+    gate = Gate(store, tester, parallel=1)
+    pass_over(gate)
+    assert running.wait(5)                             # one test runs, nineteen wait
+    new = replace(inst("fresh"), id="h:fresh:8080", port=40000)
+    store.registered[new.id], store.gates[new.id] = new, "critical"
+    pass_over(gate)
+    release.set()
+    settle(gate)
+    assert tester.runs[1] == ("demo-test:latest", "http://127.0.0.1:40000"), "next after the one running"
+    assert len(tester.runs) == 21
+
+
+def test_a_verdict_written_after_the_passs_read_still_counts_in_that_pass():
+    store, tester = Store(inst()), FakeTester()
+    gate = Gate(store, tester)
+    pass_over(gate)
+    gate.pool.shutdown(wait=True)
+    gate.pool = NewestFirst(1)
+    store.verdicts.all = lambda: {}                   # read before the test above wrote its verdict
+    pass_over(gate)
+    settle(gate)
+    assert len(tester.runs) == 1, "tested once, not again"
