@@ -10,8 +10,10 @@ what callers catch.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
+import threading
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import consul
@@ -80,14 +82,55 @@ class ConsulClient:
         # python-consul2 lets CONSUL_HTTP_TOKEN override an explicit token; the one given wins here.
         self._c.token = self._blocking.token = token
         self._token = token
+        self._pass = threading.local()          # reads_of_one_pass's snapshot, per thread ...
+        self._passes: List[tuple] = []          # ... and every thread's, for writes to reach
+        self._passes_lock = threading.Lock()
 
     # --- the cluster -----------------------------------------------------------------------
     def leader(self) -> str:
         return self._c.status.leader() or ""
 
     # --- KV --------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def reads_of_one_pass(self, prefixes: Tuple[str, ...]):
+        """Within the block, on this thread only: a key under one of `prefixes` is answered from
+        one recursive read of each prefix, made on entry, instead of one request per key (a pass
+        over a thousand services reads each one's policy several times). A key written through
+        this client meanwhile, from any thread, is read from Consul again; other threads always
+        read Consul."""
+        snapshot: Dict[str, Tuple[int, Optional[str]]] = {}
+        for prefix in prefixes:
+            _, items = self._c.kv.get(prefix, recurse=True)
+            for item in items or []:
+                value = item["Value"]
+                snapshot[item["Key"]] = (int(item["ModifyIndex"]), value.decode() if value is not None else "")
+        view = (tuple(prefixes), snapshot, set())
+        self._pass.view = view
+        with self._passes_lock:
+            self._passes.append(view)
+        try:
+            yield
+        finally:
+            self._pass.view = None
+            with self._passes_lock:
+                self._passes = [v for v in self._passes if v is not view]
+
+    def _from_pass(self, key: str) -> Optional[Tuple[int, Optional[str]]]:
+        view = getattr(self._pass, "view", None)
+        if view is None or not key.startswith(view[0]) or key in view[2]:
+            return None
+        return view[1].get(key, (0, None))
+
+    def _written(self, key: str) -> None:
+        with self._passes_lock:
+            for view in self._passes:
+                view[2].add(key)
+
     def kv_get(self, key: str) -> Tuple[int, Optional[str]]:
         """(ModifyIndex, value); (0, None) when the key is absent."""
+        kept = self._from_pass(key)
+        if kept is not None:
+            return kept
         _, item = self._c.kv.get(key)
         if item is None:
             return 0, None
@@ -96,10 +139,12 @@ class ConsulClient:
 
     def kv_put(self, key: str, value: str, cas: Optional[int] = None) -> bool:
         """Write `value`; with `cas` only if the key's ModifyIndex is still `cas` (0: absent)."""
+        self._written(key)
         return bool(self._c.kv.put(key, value, cas=cas))
 
     def kv_delete(self, key: str, cas: Optional[int] = None) -> bool:
         """Delete `key`; with `cas` only if its ModifyIndex is still `cas`."""
+        self._written(key)
         return bool(self._c.kv.delete(key, cas=cas))
 
     def kv_txn(self, operations: List[Tuple[str, str, Optional[str], Optional[int]]]) -> bool:
@@ -108,6 +153,7 @@ class ConsulClient:
         False when a check-and-set found the key changed."""
         ops = []
         for verb, key, value, index in operations:
+            self._written(key)
             kv = {"Verb": verb, "Key": key}
             if value is not None:
                 kv["Value"] = base64.b64encode(value.encode()).decode()
@@ -130,6 +176,9 @@ class ConsulClient:
         return present
 
     def kv_delete_tree(self, prefix: str) -> None:
+        with self._passes_lock:
+            for view in self._passes:
+                view[2].update(k for k in view[1] if k.startswith(prefix))
         self._c.kv.delete(prefix, recurse=True)
 
     def kv_keys(self, prefix: str) -> List[str]:
@@ -197,6 +246,15 @@ class ConsulClient:
         """A /v1/health/service/NAME answer: every instance with its checks, any status."""
         _, entries = self._c.health.service(service)
         return entries
+
+    def node_services(self, node: str) -> Dict[str, dict]:
+        """Every service instance registered on one node (/v1/catalog/node/NODE), by id."""
+        _, answer = self._c.catalog.node(node)
+        return (answer or {}).get("Services") or {}
+
+    def health_state(self) -> List[dict]:
+        """Every check in the catalog, any status (/v1/health/state/any)."""
+        return self._c.health.state("any")[1]
 
     def nodes(self) -> List[dict]:
         """The catalog's nodes (one per agent that joined)."""

@@ -2,8 +2,9 @@
 
 Two blocking-query watches wake the daemon: every check's state (new instances, gates, health)
 and everything under `gatekeeper/` in KV (policies, retest requests, default test images). Each
-pass reads the catalog once and hands it to the reconcilers (gatekeeper.reconciler). Only the
-leader acts; a follower just keeps trying for the lock.
+pass reads the catalog once, and the KV records read per service once (PASS_READS), and hands
+the catalog to the reconcilers (gatekeeper.reconciler). Only the leader acts; a follower just
+keeps trying for the lock.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import threading
 import time
 from typing import Callable, Optional, Sequence
 
+from catalog.kv_layout import ANALYSIS, DEFAULT_TESTS, POLICIES, ROLLBACKS
 from catalog.retry import TRANSIENT, backoff
 from catalog.schema import SchemaRefusal
 from catalog.stores import InstanceStore, PolicyStore
@@ -23,6 +25,9 @@ from .reconciler import Reconciler, next_due, run_pass
 log = logging.getLogger(__name__)
 
 RENEW_EVERY = 3.0
+# What the reconcilers read per service at every pass (a policy several times, a rollback request,
+# a default test image, an analysis): read once per pass, a recursive read of each prefix.
+PASS_READS = (POLICIES, ROLLBACKS, DEFAULT_TESTS, ANALYSIS)
 
 
 class Daemon:
@@ -102,7 +107,8 @@ class Daemon:
     @backoff(max_wait=10.0, attempts=3, what="reconcile")
     def _reconcile(self) -> None:
         if not self.stopping.is_set() and self.leader.is_leader.is_set():
-            run_pass(self.instances.all(), self.reconcilers)
+            with self.instances.consul.reads_of_one_pass(PASS_READS):
+                run_pass(self.instances.all(), self.reconcilers)
 
     def stop(self) -> None:
         self.stopping.set()

@@ -149,3 +149,54 @@ def test_many_gates_written_at_once_each_under_its_node_past_one_transactions_li
         stores.node_records.set_gates([(make(unique), True, "no node")])
     for i in insts:
         stores.consul.kv_delete(f"gatekeeper/gates/{node}/{i.id}")
+
+
+def test_a_pass_reads_each_prefix_once_and_sees_every_write_made_through_its_client(stores, consul_server, unique):
+    import threading
+    from catalog.stores import Stores
+    other = Stores.connect(consul_server.address, token=consul_server.management_token, timeout=5)
+    stores.policies.put(RoutingPolicy(service=unique, stable="v1"), 0)
+    with stores.consul.reads_of_one_pass(("gatekeeper/policies/",)):
+        index, policy = stores.policies.get(unique)
+        assert policy.stable == "v1" and index > 0
+        assert stores.policies.get(f"{unique}-none") == (0, None), "absent at the read: absent"
+        other.policies.put(RoutingPolicy(service=unique, stable="v2"), index)   # another process
+        assert stores.policies.get(unique)[1].stable == "v1", "one read for the whole pass"
+        assert not stores.policies.put(RoutingPolicy(service=unique, stable="v3"), index), "its index is stale"
+        index, policy = stores.policies.get(unique)                              # tried through it: read again
+        assert policy.stable == "v2"
+        worker = threading.Thread(target=stores.policies.put, args=(RoutingPolicy(service=unique, stable="v4"), index))
+        worker.start()
+        worker.join()
+        assert stores.policies.get(unique)[1].stable == "v4", "another thread's write through the same client"
+    other.policies.put(RoutingPolicy(service=unique, stable="v5"), stores.policies.get(unique)[0])
+    assert stores.policies.get(unique)[1].stable == "v5", "after the pass, every read goes to Consul"
+    stores.forget_service(unique)
+
+
+def test_every_instance_in_a_few_reads_is_what_each_services_own_read_says(stores, consul_server, unique):
+    """all() reads each node's services and every check at once; of() one service's health."""
+    import requests
+    local = make(unique)
+    stores.instances.register(local)
+    stores.instances.apply_gate(local, True, "9/9 passed")
+    remote = dataclasses.replace(make(unique), id=f"{unique}:far:8080", container_id="far", container_name="far")
+    body = {"Node": f"{unique}-host", "Address": "127.0.0.2",
+            "Service": {"ID": remote.id, "Service": remote.service, "Address": remote.address, "Port": remote.port,
+                        "Tags": remote.all_tags(), "Meta": remote.meta()},
+            "Checks": [{"CheckID": remote.gate_check_id, "Name": "gate", "ServiceID": remote.id, "Status": "critical",
+                        "Output": "testing"},
+                       {"CheckID": "serfHealth", "Name": "Serf Health Status", "Status": "passing"}]}
+    requests.put(f"http://{consul_server.address}/v1/catalog/register", json=body, timeout=5,
+                 headers=consul_server.headers).raise_for_status()
+    try:
+        every = stores.instances.all()
+        assert every[unique] == stores.instances.of(unique)
+        by_id = {ri.instance.id: ri for ri in every[unique]}
+        assert by_id[local.id].admitted and by_id[local.id].gate_output == "9/9 passed"
+        assert by_id[remote.id].instance.node == f"{unique}-host" and by_id[remote.id].gate_status == "critical"
+        assert list(every) == sorted(every)
+    finally:
+        requests.put(f"http://{consul_server.address}/v1/catalog/deregister", json={"Node": f"{unique}-host"},
+                     timeout=5, headers=consul_server.headers).raise_for_status()
+        stores.instances.deregister(local.id)
