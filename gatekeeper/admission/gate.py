@@ -65,7 +65,7 @@ class Gate(Reconciler):
         self.routes_taken: Dict[Tuple[str, str], str] = {}   # (host, path) -> the service serving it
         self.owners: Dict[str, Tuple[str, int]] = {}   # service -> (its Swarm service or "", admitted)
         self.verdicts: Dict[str, Verdict] = {}         # every stored verdict, read once per pass ...
-        self.written: Dict[str, Verdict] = {}          # ... and those written since that read
+        self.written: Dict[str, Tuple[float, Verdict]] = {}   # ... and those written since: (when, verdict)
         self.corrections: List[Tuple[Instance, bool, str]] = []   # gates to write at the pass's end
 
     def begin_pass(self, snapshot: Snapshot) -> None:
@@ -73,11 +73,13 @@ class Gate(Reconciler):
         service's admitted instances hold theirs; two at one route, the first by name (as the
         proxy keeps it). And who runs each service: a Swarm service or plain containers, by its
         admitted instances (both: Swarm)."""
+        read_at = time.monotonic()
         verdicts = self.stores.verdicts.all()
         with self.lock:
-            # a test that ended after the read wrote its verdict there too late: it is kept here
-            verdicts.update(self.written)
-            self.written = {}
+            # a verdict a test wrote once the read had begun may be missing from it: kept from here
+            # (one written before, the read has, or a newer one another writer put since)
+            verdicts.update({iid: v for iid, (when, v) in self.written.items() if when >= read_at})
+            self.written = {iid: w for iid, w in self.written.items() if w[0] >= read_at}
             self.verdicts = verdicts
         taken: Dict[Tuple[str, str], str] = {}
         owners: Dict[str, Tuple[str, int]] = {}
@@ -168,7 +170,8 @@ class Gate(Reconciler):
     def _put_verdict(self, verdict: Verdict) -> None:
         self.stores.verdicts.put(verdict)
         with self.lock:
-            self.verdicts[verdict.instance_id] = self.written[verdict.instance_id] = verdict
+            self.verdicts[verdict.instance_id] = verdict
+            self.written[verdict.instance_id] = (time.monotonic(), verdict)
 
     def _busy(self, inst: Instance) -> bool:
         return self._busy_id(inst.id)

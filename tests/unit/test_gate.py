@@ -8,7 +8,6 @@ from catalog.model import ERROR, FAILED, PASSED, Instance, RegisteredInstance, V
 import pytest
 
 from gatekeeper.admission.gate import Gate
-from gatekeeper.admission.queue import NewestFirst
 from gatekeeper.admission.tester import RunResult
 from gatekeeper.reconciler import run_pass
 
@@ -659,13 +658,24 @@ def test_a_container_started_during_a_backlog_is_tested_before_the_backlog():
     assert len(tester.runs) == 21
 
 
-def test_a_verdict_written_after_the_passs_read_still_counts_in_that_pass():
-    store, tester = Store(inst()), FakeTester()
-    gate = Gate(store, tester)
-    pass_over(gate)
-    gate.pool.shutdown(wait=True)
-    gate.pool = NewestFirst(1)
-    store.verdicts.all = lambda: {}                   # read before the test above wrote its verdict
+def test_a_verdict_written_while_the_pass_reads_still_counts_in_that_pass():
+    release, done = threading.Event(), threading.Event()
+
+    class Held(FakeTester):
+        def run(self, image, url, iid):
+            release.wait(5)
+            return super().run(image, url, iid)
+    store, tester = Store(inst()), Held()
+    gate = Gate(store, tester, on_admitted=lambda i: done.set())
+    pass_over(gate)                                    # the test starts and is held
+
+    def read_racing_the_test():
+        """The read begins, the test ends and writes its verdict, the read answers without it."""
+        release.set()
+        assert done.wait(5)
+        time.sleep(0.05)                               # the worker has let go of the instance
+        return {}
+    store.verdicts.all = read_racing_the_test
     pass_over(gate)
     settle(gate)
     assert len(tester.runs) == 1, "tested once, not again"
