@@ -1,6 +1,6 @@
 # The two commands: `make demo` (the stack up, demo deployed through the gate) and `make test`.
 SHELL := /bin/bash
-.PHONY: demo demo-cluster backup restore bench-cluster bench-fleet cd-demo test stop status install figures bench bench-registrator bench-promotion bench-proxy bench-tls bench-delivery bench-analysis bench-scaling cli-reference mutation
+.PHONY: demo demo-cluster backup restore bench-cluster bench-fleet cd-demo test stop status install figures bench bench-registrator bench-promotion bench-backlog bench-proxy bench-tls bench-delivery bench-analysis bench-scaling cli-reference mutation
 
 demo:  ## install what is missing, start the stack, deploy demo v1 -> v2 -> broken v3
 	@bash scripts/install.sh all
@@ -65,6 +65,10 @@ bench-registrator: ## registration latency, resync of 200 containers, stop -> ou
 bench-promotion: ## gate pass -> first proxied request, promote -> all traffic
 	@bash scripts/install.sh all
 	@.venv/bin/python -m bench.promotion_bench
+
+bench-backlog: ## 10,000 instances imported at once: a new container's test start, a gate change -> nginx
+	@bash scripts/install.sh all
+	@.venv/bin/python -m bench.backlog_bench
 
 bench-tls: ## HTTPS keep-alive and new-handshake throughput vs a hand-written TLS nginx; certificate change -> served
 	@bash scripts/install.sh all bench-tools

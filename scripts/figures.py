@@ -32,6 +32,8 @@ BENCHES: Dict[str, tuple] = {
     "tls": ("bench.tls_bench", ["--rounds", "5", "--changes", "20"],
             "HTTPS: keep-alive and new-handshake throughput vs a hand-written TLS nginx, certificate change -> served"),
     "promotion": ("bench.promotion_bench", ["--runs", "10"], "gate pass and promote -> proxied"),
+    "backlog": ("bench.backlog_bench", ["--instances", "10000", "--containers", "5"],
+                "a backlog of 10,000 instances: a new container's test start, a gate change -> nginx"),
     "analysis": ("bench.analysis_bench", ["--runs", "3"],
                  "progressive mode: breach -> rollback, decision latency, errors before a rollback"),
     "scaling": ("bench.scaling_bench", ["--runs", "3"],
