@@ -25,7 +25,7 @@ import time
 import requests
 
 from bench.harness import bench_env, command_line, exit_code, goals_table, percentile, progress, report, with_check
-from bench.proxy_bench import TablePeek, instance
+from bench.proxy_bench import TablePeek, catalog_register, instance
 from catalog.model import TESTING
 from catalog.stores import Stores
 from proxy_reloader.render import Settings
@@ -38,14 +38,7 @@ NODES = 10
 
 def register(session, consul, inst, passing: bool) -> None:
     """As a host's agent syncs an instance to the catalog: on one of NODES nodes."""
-    node = f"bulk-host-{int(inst.container_name.split('-')[-1]) % NODES}"
-    body = {"Node": node, "Address": "127.0.0.1",
-            "Service": {"ID": inst.id, "Service": inst.service, "Address": inst.address, "Port": inst.port,
-                        "Tags": inst.all_tags(), "Meta": inst.meta()},
-            "Checks": [{"CheckID": inst.gate_check_id, "Name": "integration tests (gatekeeper)", "ServiceID": inst.id,
-                        "Status": "passing" if passing else "critical", "Output": "bench"}]}
-    session.put(f"http://{consul.address}/v1/catalog/register", json=body, headers=consul.headers,
-                timeout=30).raise_for_status()
+    catalog_register(session, consul, inst, passing, node=f"bulk-host-{int(inst.container_name.split('-')[-1]) % NODES}")
 
 
 def import_backlog(env, count: int, say) -> list:

@@ -302,11 +302,11 @@ def admit(stores, service, port, n=0):
 HOSTS = 20
 
 
-def catalog_register(session, consul, inst: Instance, passing: bool):
+def catalog_register(session, consul, inst: Instance, passing: bool, node: str = ""):
     """One instance as a host's agent syncs it to the catalog: the service and its gate check,
-    on one of HOSTS nodes (a single agent holding 10,000 services re-syncs its whole list on
-    every registration, which is not the shape measured here)."""
-    node = f"bench-host-{zlib.crc32(inst.id.encode()) % HOSTS}"
+    on `node` or one of HOSTS nodes (a single agent holding 10,000 services re-syncs its whole
+    list on every registration, which is not the shape measured here)."""
+    node = node or f"bench-host-{zlib.crc32(inst.id.encode()) % HOSTS}"
     body = {"Node": node, "Address": "127.0.0.1",
             "Service": {"ID": inst.id, "Service": inst.service, "Address": inst.address, "Port": inst.port,
                         "Tags": inst.all_tags(), "Meta": inst.meta()},

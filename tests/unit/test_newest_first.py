@@ -45,6 +45,16 @@ def test_shut_down_it_drops_what_has_not_started_and_takes_nothing_more():
     q.submit(FIRST, ran.append, "never")
     q.shutdown()
     release.set()
-    with pytest.raises(RuntimeError, match="shut down"):
+    with pytest.raises(RuntimeError, match="^the test queue is shut down$"):
         q.submit(FIRST, ran.append, "late")
     assert ran == []
+
+
+def test_its_workers_are_named_and_never_keep_a_stopping_gatekeeper_alive():
+    """Daemon threads, named test-N as a thread dump of a hung gatekeeper shows them: a test
+    that hangs does not keep the process from exiting."""
+    before = set(threading.enumerate())
+    q = NewestFirst(2, "test")
+    workers = {t.name: t.daemon for t in set(threading.enumerate()) - before}
+    q.shutdown(wait=True)
+    assert workers == {"test-0": True, "test-1": True}
