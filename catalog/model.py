@@ -338,6 +338,8 @@ class Verdict:
     @classmethod
     def from_json(cls, raw: str) -> "Verdict":
         data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise ValueError(f"a verdict is a JSON object, not {type(data).__name__}")
         data.pop("duration", None)
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 

@@ -27,9 +27,18 @@ def uses_cluster(item) -> bool:
 
 def pytest_collection_modifyitems(items):
     """Tests that restart the Docker Engine run last: it stops every container. Just before
-    them, the test modules that share the namespace cluster, one after the other, so that it is
-    up only while they run."""
-    items.sort(key=lambda item: (item.get_closest_marker("engine_restart") is not None, uses_cluster(item)))
+    them, the test modules that share the namespace cluster (each whole, in its own order, so
+    that a module's fixtures are set up once), one after the other, so that the cluster is up
+    only while they run."""
+    cluster_modules = {item.module for item in items if uses_cluster(item)}
+    items.sort(key=lambda item: (item.get_closest_marker("engine_restart") is not None,
+                                 item.module in cluster_modules))
+
+
+def _cluster_ahead(item) -> bool:
+    """Whether `item`, or a later test of the cluster modules, still needs the cluster: those
+    modules run together, so a test of one of them that does not use it is followed by one that does."""
+    return uses_cluster(item) or any(uses_cluster(other) for other in item.session.items[item.session.items.index(item):])
 
 
 def _cluster_down() -> None:
@@ -56,7 +65,7 @@ def namespace_cluster():
 def pytest_runtest_teardown(item, nextitem):
     """After the last test that used the shared cluster (and its modules' fixtures), it goes."""
     yield
-    if uses_cluster(item) and (nextitem is None or not uses_cluster(nextitem)):
+    if uses_cluster(item) and (nextitem is None or not _cluster_ahead(nextitem)):
         _cluster_down()
 
 

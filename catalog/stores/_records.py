@@ -16,7 +16,7 @@ def read_record(consul: ConsulClient, key: str, parse, what: str):
         return None
     try:
         return parse(raw)
-    except (ValueError, TypeError, KeyError) as exc:
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
         log.error("ignoring unreadable %s: %s", what, exc)
         return None
 
@@ -27,6 +27,6 @@ def records_under(consul: ConsulClient, prefix: str, parse) -> dict:
     for key, raw in consul.kv_list(prefix).items():
         try:
             out[key[len(prefix):]] = parse(raw)
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, AttributeError):
             continue
     return out

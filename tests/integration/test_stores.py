@@ -129,11 +129,14 @@ def test_every_verdict_comes_in_one_read_and_an_unreadable_one_is_left_out(store
     ids = [f"{unique}:web{n}:8080" for n in range(3)]
     for n, iid in enumerate(ids):
         stores.verdicts.put(Verdict(iid, f"c{n}", "t", PASSED, f"{n}/9 passed", 1, 2))
-    stores.consul.kv_put(f"gatekeeper/verdicts/{unique}:forged:8080", "passed, trust me")
+    forged = {f"{unique}:forged{n}:8080": raw for n, raw in enumerate(("passed, trust me", '"passed"', "7", "[]", "{}"))}
+    for iid, raw in forged.items():
+        stores.consul.kv_put(f"gatekeeper/verdicts/{iid}", raw)
     every = stores.verdicts.all()
     assert {iid: every[iid].summary for iid in ids} == {iid: f"{n}/9 passed" for n, iid in enumerate(ids)}
-    assert f"{unique}:forged:8080" not in every, "so the instance is tested again"
-    for iid in ids + [f"{unique}:forged:8080"]:
+    assert not set(forged) & set(every), "so those instances are tested again"
+    assert all(stores.verdicts.get(iid) is None for iid in forged), "and read alone, the same"
+    for iid in ids + list(forged):
         stores.verdicts.forget(iid)
 
 
