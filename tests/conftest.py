@@ -36,9 +36,10 @@ def pytest_collection_modifyitems(items):
 
 
 def _cluster_ahead(item) -> bool:
-    """Whether `item`, or a later test of the cluster modules, still needs the cluster: those
-    modules run together, so a test of one of them that does not use it is followed by one that does."""
-    return uses_cluster(item) or any(uses_cluster(other) for other in item.session.items[item.session.items.index(item):])
+    """Whether `item` or any test after it needs the cluster (a test of a cluster module that
+    does not use it may sit between two that do)."""
+    items = item.session.items
+    return any(uses_cluster(other) for other in items[items.index(item):])
 
 
 def _cluster_down() -> None:
