@@ -61,7 +61,10 @@ def _pool(version: str, instances: Sequence[Instance]) -> Pool:
 
 
 def route_keys(inst: Instance) -> List[Tuple[str, str]]:
-    """The (host name, path) pairs an instance's labels claim; "" is the default host."""
+    """The (host name, path) pairs an instance's labels claim; "" is the default host. An
+    instance registered for a UDP port claims none: nginx never routes to it."""
+    if inst.udp:
+        return []
     return [(host, inst.path) for host in hosts_of(inst.proxy_host) or ("",)]
 
 

@@ -569,6 +569,20 @@ def test_a_route_held_only_by_instances_not_admitted_does_not_refuse_anyone():
     assert store.verdicts[newcomer.id].state == PASSED
 
 
+def test_an_instance_registered_for_a_udp_port_holds_no_route():
+    """A DNS server's UDP port is in the catalog but never proxied: a web service may take its
+    path, and the UDP instance is not refused for a route it does not claim."""
+    dns = replace(inst(), id="h:dns:53:udp", service="dns", container_id="c-dns", proxy_path="/dns/", tags=("udp",))
+    web = replace(inst(), id="h:web2:8080", service="web", container_id="c-web", proxy_path="/dns/")
+    store = Store(dns, web)
+    store.gates[dns.id] = "passing"
+    store.verdicts.put(Verdict(dns.id, "c-dns", "demo-test:latest", PASSED, "9/9 passed", 1, 2))
+    gate = Gate(store, FakeTester())
+    pass_over(gate)
+    settle(gate)
+    assert store.verdicts[web.id].state == PASSED and store.gates[web.id] == "passing"
+
+
 def pass_with_one_admitted(admitted, *others):
     """One pass over `admitted` (passed, its gate open) and `others` (new): (store, tester)."""
     store = Store(admitted, *others)
