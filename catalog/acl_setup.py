@@ -30,6 +30,8 @@ What each token may touch (least privilege):
   decisions (verdicts, gate records, container actions, healing records, the leader lock,
   the KV layout's schema version), so
   the operator cannot admit an instance its tests did not pass.
+- viewer (read-only logins on the dashboard): read what the operator reads (services, nodes,
+  gatekeeper/, registrator/, proxy-reloader/, certificate chains), write nothing.
 - breakglass: the rare forced admission (`gatekeeper admit INSTANCE --reason ...`): write
   verdicts and history, read the rest of gatekeeper/ and the catalog. Given to no daemon; kept
   apart from the operator's token, and every use is recorded in the service's history.
@@ -77,11 +79,15 @@ POLICIES = {
                 f'key_prefix "{PROXY_RELOADER}" {{ policy = "read" }}\nsession_prefix "" {{ policy = "read" }}\n'
                 f'key_prefix "{CERTIFICATES}" {{ policy = "write" }}\n'
                 + DECISIONS,
+    "viewer": f'service_prefix "" {{ policy = "read" }}\nnode_prefix "" {{ policy = "read" }}\n'
+              f'key_prefix "{GATEKEEPER}" {{ policy = "read" }}\nkey_prefix "{REGISTRATOR}" {{ policy = "read" }}\n'
+              f'key_prefix "{PROXY_RELOADER}" {{ policy = "read" }}\n'
+              f'key_prefix "{CERTIFICATE_CHAINS}" {{ policy = "read" }}\n',
     "breakglass": f'service_prefix "" {{ policy = "read" }}\nnode_prefix "" {{ policy = "read" }}\n'
                   f'key_prefix "{GATEKEEPER}" {{ policy = "read" }}\nkey_prefix "{VERDICTS}" {{ policy = "write" }}\n'
                   f'key_prefix "{HISTORY}" {{ policy = "write" }}\nkey_prefix "{REGISTRATOR}" {{ policy = "read" }}\n',
 }
-PARTS = ("registrator", "gatekeeper", "proxy-reloader", "operator", "prometheus", "breakglass")
+PARTS = ("registrator", "gatekeeper", "proxy-reloader", "operator", "viewer", "prometheus", "breakglass")
 
 
 class AclSetupError(RuntimeError):

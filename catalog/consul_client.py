@@ -86,6 +86,14 @@ class ConsulClient:
         self._passes: List[tuple] = []          # ... and every thread's, for writes to reach
         self._passes_lock = threading.Lock()
 
+    # --- the token itself --------------------------------------------------------------------
+    def token_self(self) -> dict:
+        """The token this client speaks with, as Consul describes it: accessor id, description and
+        policies, never the secret. ACLPermissionDenied when Consul does not know the token."""
+        info = self._c.acl.self() or {}
+        return {"accessor": info.get("AccessorID", ""), "description": info.get("Description", ""),
+                "policies": [p.get("Name", "") for p in info.get("Policies") or []]}
+
     # --- the cluster -----------------------------------------------------------------------
     def leader(self) -> str:
         return self._c.status.leader() or ""

@@ -381,8 +381,9 @@ def _admitted_versions(instances: InstanceStore, service: str) -> set:
     return {ri.instance.version for ri in instances.of(service) if ri.admitted}
 
 
-def promote(stores: Stores, service: str, full: bool = False) -> Tuple[RoutingPolicy, str]:
-    """Next step of the canary (25 % -> 50 % -> stable), or straight to stable with `full`."""
+def promote(stores: Stores, service: str, full: bool = False, by: str = "operator") -> Tuple[RoutingPolicy, str]:
+    """Next step of the canary (25 % -> 50 % -> stable), or straight to stable with `full`;
+    `by` names who asked, in the history."""
     before = _policy_or_error(stores.policies, service)
 
     def change(p: RoutingPolicy) -> RoutingPolicy:
@@ -396,15 +397,15 @@ def promote(stores: Stores, service: str, full: bool = False) -> Tuple[RoutingPo
 
     after = update_policy(stores.policies, service, change)
     if after.stable != before.stable:
-        stores.history.add(service, "promoted", version=after.stable, previous=before.stable, by="operator")
+        stores.history.add(service, "promoted", version=after.stable, previous=before.stable, by=by)
         return after, (f"{service}: {after.stable} is now stable and takes all traffic "
                        f"({before.stable or 'nothing'} is kept as the rollback target)")
-    stores.history.add(service, "weight", version=after.canary, weight=after.weight, by="operator (promote)")
+    stores.history.add(service, "weight", version=after.canary, weight=after.weight, by=f"{by} (promote)")
     return after, (f"{service}: canary {after.canary} now takes {after.weight}% of traffic; "
                    f"promote again for the next step, or --full for all of it")
 
 
-def set_weight(stores: Stores, service: str, weight: int) -> Tuple[RoutingPolicy, str]:
+def set_weight(stores: Stores, service: str, weight: int, by: str = "operator") -> Tuple[RoutingPolicy, str]:
     if not 0 <= weight <= 100:
         raise InvalidValue("weight", weight, "a whole number from 0 to 100")
     _policy_or_error(stores.policies, service)
@@ -415,7 +416,7 @@ def set_weight(stores: Stores, service: str, weight: int) -> Tuple[RoutingPolicy
         return replace(p, weight=weight)
 
     after = update_policy(stores.policies, service, change)
-    stores.history.add(service, "weight", version=after.canary, weight=weight, by="operator")
+    stores.history.add(service, "weight", version=after.canary, weight=weight, by=by)
     return after, f"{service}: canary {after.canary} takes {weight}% of traffic, stable {after.stable} the rest"
 
 
@@ -476,7 +477,7 @@ def _drained(stores: Stores, service: str, version: str) -> list:
     return kept_drained(stores.history.of(service)).get(version, [])
 
 
-def rollback(stores: Stores, service: str) -> Tuple[RoutingPolicy, str]:
+def rollback(stores: Stores, service: str, by: str = "operator") -> Tuple[RoutingPolicy, str]:
     """The previous stable version stable again: at once when it has admitted instances; when
     the drain stopped them, a rollback request that the leading gatekeeper carries out (it asks
     each container's registrator to start it; tested again, they take the traffic back)."""
@@ -484,17 +485,17 @@ def rollback(stores: Stores, service: str) -> Tuple[RoutingPolicy, str]:
     if not before.previous:
         raise PromotionError(f"{service} has no previous stable version to roll back to")
     if before.previous not in _admitted_versions(stores.instances, service):
-        return _roll_back_to_drained(stores, service, before)
+        return _roll_back_to_drained(stores, service, before, by)
 
     def change(p: RoutingPolicy) -> RoutingPolicy:
         return replace(p, stable=p.previous, previous=p.stable, canary="", weight=0)
 
     after = update_policy(stores.policies, service, change)
-    stores.history.add(service, "rolled back", version=after.stable, previous=before.stable, by="operator")
+    stores.history.add(service, "rolled back", version=after.stable, previous=before.stable, by=by)
     return after, f"{service}: rolled back to {after.stable}; {before.stable} gets no more traffic"
 
 
-def _roll_back_to_drained(stores: Stores, service: str, before: RoutingPolicy) -> Tuple[RoutingPolicy, str]:
+def _roll_back_to_drained(stores: Stores, service: str, before: RoutingPolicy, by: str) -> Tuple[RoutingPolicy, str]:
     version = before.previous
     drained = [c for c in _drained(stores, service, version) if c.get("id") and c.get("instance") and c.get("node")]
     if not drained:
@@ -508,10 +509,10 @@ def _roll_back_to_drained(stores: Stores, service: str, before: RoutingPolicy) -
             f"{ROLLBACK_PATIENCE:.0f} s and says why)")
     if waiting and waiting.version == version and now < waiting.deadline:
         return before, f"{service}: the rollback to {version} is under way already: starting {names}; {then}"
-    request = RollbackRequest(version, before.stable, tuple(drained), "operator", now, now + ROLLBACK_PATIENCE)
+    request = RollbackRequest(version, before.stable, tuple(drained), by, now, now + ROLLBACK_PATIENCE)
     if not stores.policies.put_rollback(service, request, cas):
         raise Conflict(f"a rollback of {service} was asked at the same moment; run `gatekeeper status {service}`")
-    stores.history.add(service, "rollback asked", version=version, previous=before.stable, by="operator",
+    stores.history.add(service, "rollback asked", version=version, previous=before.stable, by=by,
                        containers=[{"name": c["name"], "node": c["node"]} for c in drained])
     return before, (f"{service}: rolling back to {version}: the drain stopped its containers; gatekeeper asks "
                     f"their hosts to start them ({names}); {then}")

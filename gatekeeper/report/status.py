@@ -227,7 +227,8 @@ def collect_why(stores: Stores, target: str) -> dict:
         s["instances"] = [i for i in s["instances"] if i["id"] == target]
         return {"services": [s], "rejected": {}}
     require_known(stores, target, rejections)
-    return {"services": [service_status(stores, target, rejections, detail=True)], "rejected": {}}
+    return {"services": [service_status(stores, target, rejections, detail=True, healing=stores.healing.all())],
+            "rejected": {}}
 
 
 def is_instance_id(target: str) -> bool:

@@ -73,6 +73,13 @@ def test_anonymous_requests_are_refused(consul_server, stores, unique):
       ("PUT", "/v1/kv/gatekeeper/verdicts/x", "forged"), ("PUT", "/v1/kv/gatekeeper/gates/lpnode/x", "forged"),
       ("PUT", "/v1/kv/gatekeeper/actions/lpnode/x", "forged"), ("PUT", "/v1/kv/gatekeeper/healing/x", "{}"),
       ("DELETE", "/v1/kv/gatekeeper/verdicts/lpseed", None), ("PUT", "/v1/kv/gatekeeper/leader", "me")]),
+    ("viewer",     # the dashboard's read-only logins: what the operator reads, nothing written
+     [("GET", "/v1/kv/gatekeeper/policies/?recurse=true", None), ("GET", "/v1/kv/registrator/?recurse=true", None),
+      ("GET", "/v1/kv/gatekeeper/verdicts/?recurse=true", None), ("GET", "/v1/kv/certificates/chains/?recurse=true", None),
+      ("GET", "/v1/health/state/any", None)],
+     [("PUT", "/v1/kv/gatekeeper/policies/x", "{}"), ("PUT", "/v1/kv/gatekeeper/history/lp/3", "{}"),
+      ("PUT", "/v1/kv/gatekeeper/verdicts/x", "forged"), ("PUT", "/v1/kv/proxy-reloader/served/p1/demo", "{}"),
+      ("GET", "/v1/kv/certificates/keys/lpseed", None), ("PUT", "/v1/agent/service/register", service("lp-view"))]),
     ("breakglass",
      [("PUT", "/v1/kv/gatekeeper/verdicts/lpforced", "{}"), ("PUT", "/v1/kv/gatekeeper/history/lp/2", "{}"),
       ("GET", "/v1/kv/gatekeeper/policies/?recurse=true", None), ("GET", "/v1/health/state/any", None)],
@@ -130,7 +137,7 @@ def test_script_checks_cannot_be_registered_through_the_api(consul_server):
 
 
 def test_token_files_are_private(consul_server):
-    for part in ("bootstrap", "registrator", "gatekeeper", "proxy-reloader", "operator", "breakglass"):
+    for part in ("bootstrap", "registrator", "gatekeeper", "proxy-reloader", "operator", "viewer", "breakglass"):
         mode = stat.S_IMODE(os.stat(consul_server.token_file(part)).st_mode)
         assert mode == 0o600, f"{part}.token has mode {oct(mode)}"
 
