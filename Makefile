@@ -1,6 +1,6 @@
 # The two commands: `make demo` (the stack up, demo deployed through the gate) and `make test`.
 SHELL := /bin/bash
-.PHONY: demo demo-cluster backup restore bench-cluster bench-fleet cd-demo test stop status install figures bench bench-registrator bench-promotion bench-backlog bench-proxy bench-tls bench-delivery bench-analysis bench-scaling cli-reference mutation
+.PHONY: screenshots demo demo-cluster backup restore bench-cluster bench-fleet cd-demo test stop status install figures bench bench-registrator bench-promotion bench-backlog bench-proxy bench-tls bench-delivery bench-analysis bench-scaling bench-dashboard cli-reference mutation
 
 demo:  ## install what is missing, start the stack, deploy demo v1 -> v2 -> broken v3
 	@bash scripts/install.sh all
@@ -51,6 +51,10 @@ cli-reference:  ## rewrite the generated references: commands (docs/reference/cl
 	@.venv/bin/python scripts/cli_reference.py
 	@.venv/bin/python scripts/labels_reference.py
 
+screenshots:  ## retake the dashboard's screenshots in docs/images (its browser test, on a stack of its own)
+	@bash scripts/install.sh all browser
+	@PROXYSTACK_SCREENSHOTS=$(CURDIR)/docs/images .venv/bin/python -m pytest -q tests/e2e/test_progressive.py -k dashboard
+
 figures:  ## re-measure every figure docs/measurements.md shows (all benchmarks, in turn) and rewrite its tables
 	@bash scripts/install.sh all bench-tools delivery-tools
 	@.venv/bin/python scripts/figures.py --check
@@ -65,6 +69,10 @@ bench-registrator: ## registration latency, resync of 200 containers, stop -> ou
 bench-promotion: ## gate pass -> first proxied request, promote -> all traffic
 	@bash scripts/install.sh all
 	@.venv/bin/python -m bench.promotion_bench
+
+bench-dashboard: ## the dashboard: pages left open and idle (Consul requests, CPU), a change -> the page, pages served
+	@bash scripts/install.sh venv consul
+	@.venv/bin/python -m bench.dashboard_bench
 
 bench-backlog: ## 10,000 instances imported at once: a new container's test start, a gate change -> nginx
 	@bash scripts/install.sh all

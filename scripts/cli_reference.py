@@ -26,13 +26,14 @@ WIDTH = "100"
 def parsers() -> Dict[str, argparse.ArgumentParser]:
     os.environ["COLUMNS"] = WIDTH            # argparse wraps to the terminal; the docs need one width
     sys.path.insert(0, str(ROOT))
+    from dashboard.__main__ import build_parser as dashboard
     from delivery.__main__ import build_parser as delivery
     from gatekeeper.__main__ import build_parser as gatekeeper
     from proxy_reloader.__main__ import build_parser as proxy_reloader
     from proxy_reloader.cert_cli import build_parser as proxy_reloader_cert
     from registrator.__main__ import build_parser as registrator
     return {"registrator": registrator(), "gatekeeper": gatekeeper(), "proxy-reloader": proxy_reloader(),
-            "proxy-reloader-cert": proxy_reloader_cert(), "delivery": delivery()}
+            "proxy-reloader-cert": proxy_reloader_cert(), "delivery": delivery(), "dashboard": dashboard()}
 
 
 def commands(parser: argparse.ArgumentParser) -> List[Tuple[str, argparse.ArgumentParser]]:

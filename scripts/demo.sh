@@ -152,6 +152,7 @@ kill "$traffic" 2>/dev/null || true; wait "$traffic" 2>/dev/null || true
 info "clients during the Swarm chapter: $(cat "$STATE/traffic-swarm.txt"); the burst: $(cat "$STATE/traffic-burst.txt")"
 
 step "Where to look"
+info "Dashboard:      http://${DASHBOARD_LISTEN:-127.0.0.1:8005}/  (log in with the token in $STATE/tokens/viewer.token, or the operator's)"
 info "Consul UI:      http://127.0.0.1:8500/ui/dc1/services/demo (log in with the token in $CONSUL_HTTP_TOKEN_FILE)"
 info "The service:    curl $PROXY/demo/1"
 info "Over HTTPS:     curl --cacert $STATE/ca/root.crt https://localhost:${PROXY_TLS_LISTEN##*:}/demo/1   (the stack's own CA)"

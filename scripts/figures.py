@@ -43,6 +43,8 @@ BENCHES: Dict[str, tuple] = {
     "fleet": ("bench.fleet_bench", [], "20 agents, 5,000 instances churned: propagation, server CPU, memory, reads"),
     "registrator": ("bench.registrator_bench", ["--starts", "100", "--containers", "200"],
                     "registration latency, resync, stop -> out of traffic"),
+    "dashboard": ("bench.dashboard_bench", ["--services", "100", "--pages", "10", "--idle", "120"],
+                  "the dashboard: open pages left idle, a change -> the page, pages served"),
 }
 WITHOUT_ACLS = {"fleet"}          # benchmarks whose Consul runs without ACLs
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the stack needs and is missing, reusing whatever already exists.
-#   scripts/install.sh [all|venv|docker|consul|prometheus|nginx|images|bench-tools|delivery-tools|compose|target-image]...
+#   scripts/install.sh [all|venv|docker|consul|prometheus|nginx|images|bench-tools|delivery-tools|compose|target-image|pebble|browser]...
 # Safe to run again and again: every step checks before it acts.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -179,6 +179,15 @@ install_pebble() {
   info "installed pebble and pebble-challtestsrv"
 }
 
+# The dashboard's browser tests: Debian's Chromium, driven by Playwright (a test dependency in
+# the venv, whose own browser download is never used).
+install_browser() {
+  step "Browser for the dashboard's tests (chromium)"
+  if command -v chromium >/dev/null; then info "using $(command -v chromium)"; return 0; fi
+  apt_install chromium
+  info "installed $(chromium --version 2>/dev/null | head -1)"
+}
+
 install_bench_tools() {
   step "Benchmark tools (wrk)"
   command -v wrk >/dev/null && { info "using $(command -v wrk)"; return 0; }
@@ -209,7 +218,8 @@ install_compose() {
   ensure_base_image
   local wh="$ROOT/compose/wheels" want
   want="$( (cat "$ROOT/pyproject.toml"; find "$ROOT/catalog" "$ROOT/registrator" "$ROOT/gatekeeper" "$ROOT/proxy_reloader" "$ROOT/delivery" \
-           "$ROOT/monitoring" -name '*.py' -o -name '*.j2' -o -name '*.lua' -o -name '*.yml' | sort | xargs cat) | sha256sum | cut -c1-16)"
+           "$ROOT/monitoring" "$ROOT/dashboard" -name '*.py' -o -name '*.j2' -o -name '*.lua' -o -name '*.yml' -o -name '*.html' \
+           -o -name '*.js' -o -name '*.css' | sort | xargs cat) | sha256sum | cut -c1-16)"
   if [ "$(cat "$wh/.stamp" 2>/dev/null)" != "$want" ]; then
     rm -rf "$wh"; mkdir -p "$wh"
     "$VENV/bin/pip" wheel -q -w "$wh" "$ROOT" >"$LOGS/wheelhouse-stack.log" 2>&1 || die "building the stack's wheels failed (see $LOGS/wheelhouse-stack.log)"
@@ -249,7 +259,7 @@ for t in "${targets[@]}"; do
     all) install_venv; install_docker; install_consul; install_prometheus; install_nginx; install_images ;;
     venv) install_venv ;; docker) install_docker ;; consul) install_consul ;; prometheus) install_prometheus ;;
     nginx) install_nginx ;; images) install_images ;; bench-tools) install_bench_tools ;; pebble) install_pebble ;;
-    delivery-tools) install_delivery_tools ;; compose) install_compose ;; target-image) install_target_image ;;
-    *) die "unknown target '$t' (expected: all, venv, docker, consul, prometheus, nginx, images, bench-tools, pebble, delivery-tools, compose, target-image)" ;;
+    browser) install_browser ;; delivery-tools) install_delivery_tools ;; compose) install_compose ;; target-image) install_target_image ;;
+    *) die "unknown target '$t' (expected: all, venv, docker, consul, prometheus, nginx, images, bench-tools, pebble, browser, delivery-tools, compose, target-image)" ;;
   esac
 done

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Starts, stops and reports the stack: Consul, Prometheus, nginx, registrator, gatekeeper, proxy-reloader.
+# Starts, stops and reports the stack: Consul, Prometheus, nginx, registrator, gatekeeper, proxy-reloader,
+# the dashboard (read-only; DASHBOARD_ACTIONS=1 offers promote/abort/rollback to the operator's token).
 #   scripts/stack.sh up | down | status | swarm | restore FILE
 # `restore FILE` brings a backup (make backup) back: the stack started if it is not, Consul's
 # state and the token files replaced, the daemons restarted with them (docs/operations.md).
@@ -20,6 +21,7 @@ DEMO_LABEL="proxystack.demo"
 TOKENS="$STATE/tokens"
 PROMETHEUS_LISTEN="127.0.0.1:9090"
 PROMETHEUS_DIR="$STATE/prometheus"
+DASHBOARD_LISTEN="${DASHBOARD_LISTEN:-127.0.0.1:8005}"
 
 start_bg() {   # start_bg NAME COMMAND...: run in its own session, log and pid file by NAME
   local name="$1"; shift
@@ -85,6 +87,13 @@ up() {
     run --drain-seconds "${DRAIN_SECONDS:-5}" --metrics 127.0.0.1:8003
   start_bg proxy-reloader proxy-reloader --consul "$CONSUL_ADDR" --consul-token-file "$TOKENS/proxy-reloader.token" \
     --nginx-prefix "$NGINX_PREFIX" --listen "$PROXY_LISTEN" "${TLS_ARGS[@]}" --admin 127.0.0.1:8001 --report-check
+
+  step "dashboard on http://$DASHBOARD_LISTEN/"
+  local actions=(); [ "${DASHBOARD_ACTIONS:-0}" = "1" ] && actions=(--allow-actions)
+  start_bg dashboard dashboard --consul "$CONSUL_ADDR" --listen "$DASHBOARD_LISTEN" \
+    --prometheus "http://$PROMETHEUS_LISTEN" "${actions[@]}"
+  wait_for "the dashboard" 30 curl -sf "http://$DASHBOARD_LISTEN/healthz"
+  info "log in with the token in $TOKENS/viewer.token (read-only) or $TOKENS/operator.token"
 }
 
 swarm() {
@@ -112,7 +121,7 @@ restore() {   # restore FILE: a backup (catalog/backup.py) into the stack's Cons
   "$VENV/bin/python" -m catalog.backup check "$file" || die "nothing restored"
   # The daemons stay down until the backup is in: on an empty Consul they would register, test
   # and promote the containers still running as if they were new.
-  for c in proxy-reloader gatekeeper registrator prometheus-targets; do stop_pid "$c"; done
+  for c in dashboard proxy-reloader gatekeeper registrator prometheus-targets; do stop_pid "$c"; done
   is_running consul || consul_up
   step "Restoring $file into Consul at $CONSUL_ADDR"
   if ! "$VENV/bin/python" -m catalog.backup restore "$file" --consul "$CONSUL_ADDR" --tokens "$TOKENS" | sed 's/^/    /'; then
@@ -133,7 +142,7 @@ down() {
   fi
   ids="$(docker ps -aq --filter "label=$DEMO_LABEL" 2>/dev/null || true)"
   if [ -n "$ids" ]; then docker rm -f $ids >/dev/null; info "removed $(echo "$ids" | wc -l) demo container(s)"; fi
-  for c in proxy-reloader gatekeeper registrator registry prometheus prometheus-targets; do stop_pid "$c"; done
+  for c in dashboard proxy-reloader gatekeeper registrator registry prometheus prometheus-targets; do stop_pid "$c"; done
   if [ -s "$RUN/nginx.pid" ]; then kill -QUIT "$(cat "$RUN/nginx.pid")" 2>/dev/null || true; sleep 0.5; stop_pid nginx; fi
   stop_pid consul
   if [ -s "$RUN/dockerd.pid" ]; then
@@ -142,7 +151,7 @@ down() {
 }
 
 status() {
-  for c in consul prometheus prometheus-targets nginx registrator gatekeeper proxy-reloader registry dockerd; do
+  for c in consul prometheus prometheus-targets nginx registrator gatekeeper proxy-reloader dashboard registry dockerd; do
     if is_running "$c"; then echo "$c: running (pid $(cat "$RUN/$c.pid"))"; else echo "$c: not started by this stack"; fi
   done
 }

@@ -15,7 +15,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-bash "$ROOT/scripts/install.sh" all delivery-tools compose target-image pebble
+bash "$ROOT/scripts/install.sh" all delivery-tools compose target-image pebble browser
 
 step "Running the test suite (unit, real Consul/Docker/nginx, end to end)"
 cd "$ROOT"

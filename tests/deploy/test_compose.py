@@ -24,13 +24,13 @@ pytestmark = pytest.mark.e2e
 PROJECT = f"pst{SESSION}"
 COMPOSE = [str(ROOT / ".venv" / "bin" / "docker-compose"), "-p", PROJECT, "-f", str(ROOT / "compose" / "docker-compose.yml")]
 PROXY, ADMIN, CONSUL, PROXY_TLS = 18760, 18761, 18750, 18763
-PROMETHEUS, REGISTRATOR_METRICS, GATEKEEPER_METRICS = 18754, 18755, 18756
+PROMETHEUS, REGISTRATOR_METRICS, GATEKEEPER_METRICS, DASHBOARD = 18754, 18755, 18756, 18757
 ENV = {
     "CONSUL_HTTP_PORT": str(CONSUL), "CONSUL_SERVER_PORT": "18751", "CONSUL_SERF_LAN_PORT": "18752",
     "CONSUL_SERF_WAN_PORT": "18753", "PROXY_LISTEN": f"127.0.0.1:{PROXY}",
     "PROXY_TLS_LISTEN": f"127.0.0.1:{PROXY_TLS}", "PROXY_ADMIN": f"127.0.0.1:{ADMIN}",
     "PROMETHEUS_LISTEN": f"127.0.0.1:{PROMETHEUS}", "REGISTRATOR_METRICS": f"127.0.0.1:{REGISTRATOR_METRICS}",
-    "GATEKEEPER_METRICS": f"127.0.0.1:{GATEKEEPER_METRICS}",
+    "GATEKEEPER_METRICS": f"127.0.0.1:{GATEKEEPER_METRICS}", "DASHBOARD_LISTEN": f"127.0.0.1:{DASHBOARD}",
     # Only this session's containers, and test containers that the session's cleanup finds.
     "REGISTRATOR_FLAGS": f"--explicit --filter-label proxystack.compose={SESSION}",
     "GATEKEEPER_FLAGS": f"--test-label {TEST_LABEL}={SESSION} --drain-seconds 2",
@@ -81,7 +81,7 @@ class TestComposeStack:
         states = {c.labels["com.docker.compose.service"]: c.status
                   for c in docker_client.containers.list(all=True, filters={"label": f"com.docker.compose.project={PROJECT}"})}
         assert set(states) == {"consul", "acl-setup", "registrator", "gatekeeper", "proxy", "prometheus-targets",
-                               "prometheus"}, states
+                               "prometheus", "dashboard"}, states
         assert states["acl-setup"] == "exited"
         assert {states[s] for s in set(states) - {"acl-setup"}} == {"running"}
         exit_code = docker_client.containers.get(f"{PROJECT}-acl-setup-1").attrs["State"]["ExitCode"]
@@ -97,6 +97,12 @@ class TestComposeStack:
         operator = compose(*"run --rm --no-deps --entrypoint cat acl-setup /tokens/operator.token".split())
         assert operator.returncode == 0 and len(operator.stdout.strip()) == 36, operator.stderr[-1000:]
         wait_until(lambda: get(ADMIN, "/status")[0] == 200, 30, "the proxy's status endpoint")
+        # the dashboard: the viewer's token logs in, read-only
+        viewer = compose(*"run --rm --no-deps --entrypoint cat acl-setup /tokens/viewer.token".split()).stdout.strip()
+        wait_until(lambda: get(DASHBOARD, "/healthz")[0] == 200, 30, "the dashboard")
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+        with opener.open(f"http://127.0.0.1:{DASHBOARD}/login", data=f"token={viewer}".encode(), timeout=10) as r:
+            assert "(read-only)" in r.read().decode() and r.url.endswith("/")
 
     def test_2_a_docker_run_container_is_tested_then_served(self, project, run_container):
         c = run_container("demo:v1", labels={"SERVICE_NAME": "demo", "gatekeeper.tests": "demo-test:latest",

@@ -103,7 +103,7 @@ def test_the_playbook_applies_to_a_fresh_machine_and_a_second_run_changes_nothin
         code, out = target.exec_run(["sh", "-c", cmd])
         return code, out.decode()
 
-    for tool in ("gatekeeper", "delivery", "registrator", "proxy-reloader"):
+    for tool in ("gatekeeper", "delivery", "registrator", "proxy-reloader", "dashboard"):
         assert sh(f"{tool} --help")[0] == 0, f"{tool} is not installed on the target"
     assert sh("consul validate /etc/consul.d")[0] == 0
     daemon = json.loads(sh("cat /etc/docker/daemon.json")[1])
@@ -117,6 +117,9 @@ def test_the_playbook_applies_to_a_fresh_machine_and_a_second_run_changes_nothin
     assert "--consul-token-file /etc/proxystack/tokens/gatekeeper.token" in gatekeeper_unit
     assert "--metrics 127.0.0.1:8003 --prometheus http://127.0.0.1:9090" in gatekeeper_unit
     assert "--metrics 127.0.0.1:8002" in sh("cat /etc/systemd/system/registrator.service")[1]
+    dashboard_unit = sh("cat /etc/systemd/system/dashboard.service")[1]
+    assert "--listen 127.0.0.1:8005 --prometheus http://127.0.0.1:9090\n" in dashboard_unit
+    assert "token" not in dashboard_unit.split("ExecStart=")[1].split("\n")[0]
     for unit in ("prometheus", "prometheus-targets"):
         code, text = sh(f"cat /etc/systemd/system/{unit}.service")
         assert code == 0 and "ExecStart=" in text, unit

@@ -78,6 +78,13 @@ def test_the_getting_started_guide_from_a_fresh_clone(clone, docker_client):
         assert step in demo.stdout, f"make demo did not show {step!r}:\n{demo.stdout[-3000:]}"
     assert re.search(r"requests that reached v3 through the proxy: 0\b", demo.stdout), demo.stdout[-3000:]
     assert get("http://127.0.0.1:8000/demo/1")[0] == 200, "the demo is served when make demo ends"
+    # the dashboard make demo started and printed: the viewer's token sees demo, read-only
+    assert "http://127.0.0.1:8005/" in demo.stdout
+    viewer = (clone / ".stack" / "tokens" / "viewer.token").read_text().strip()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+    with opener.open("http://127.0.0.1:8005/login", data=f"token={viewer}".encode(), timeout=10) as r:
+        page = r.read().decode()
+    assert 'data-service="demo"' in page and "(read-only)" in page, page[-2000:]
 
     # Deploy your own container: the guide's block, as written (one shell, so its export holds)
     result = sh(clone, "set -e\n" + "\n".join(labelled(c) for c in deploy), timeout=180)
@@ -105,4 +112,5 @@ def test_the_getting_started_guide_from_a_fresh_clone(clone, docker_client):
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     assert get("http://127.0.0.1:8000/demo/1") == (None, None), "make stop leaves no proxy running"
     assert get("http://127.0.0.1:8500/v1/status/leader") == (None, None), "nor Consul"
+    assert get("http://127.0.0.1:8005/healthz") == (None, None), "nor the dashboard"
     assert not docker_client.containers.list(all=True, filters={"id": container_id}), "nor the container"

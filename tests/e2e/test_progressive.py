@@ -3,19 +3,23 @@ it for the canary's success rate and p99 every interval, and moves the canary on
 rolls it back, under load from many clients. Each test has a service of its own (by Host)."""
 from __future__ import annotations
 
+import os
+import re
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import SESSION
+from testbed.dashboard import DashboardServer, browser
 from testbed.load import ManyClients
 from testbed.processes import Proc, PrometheusServer, python_module
 from testbed.stack import Stack
 
 pytestmark = pytest.mark.e2e
 
-PORT, PROMETHEUS = 18014, 18015
+PORT, PROMETHEUS, DASHBOARD = 18014, 18015, 18018
 INTERVAL = 4
 
 
@@ -48,7 +52,10 @@ def analysis_steps(stack, name):
     return [e for e in stack.stores.history.of(name) if e["event"] == "analysis"]
 
 
-def test_a_version_failing_5_percent_of_requests_is_rolled_back_at_20_percent_at_most(stack):
+@pytest.fixture(scope="module")
+def pgbad(stack):
+    """v2 failing 5 % of requests under load, rolled back by the analysis: what the clients saw
+    after it, for the test below, and the history it leaves, for the dashboard's."""
     load = service_with_stable(stack, "pgbad", step=10, threshold=3, min_requests=40)
     try:
         stack.deploy("pgbad-v2", "demo:v2", environment={"DEMO_ERROR_RATE": "5%"}, SERVICE_NAME="pgbad",
@@ -56,28 +63,90 @@ def test_a_version_failing_5_percent_of_requests_is_rolled_back_at_20_percent_at
         policy = stack.wait(lambda: (lambda p: p if p and p.aborted == "v2" else None)(stack.stores.policies.get("pgbad")[1]),
                             120, "the analysis to roll v2 back")
         rolled_back = time.monotonic()
-        assert policy.canary == "" and policy.weight == 0 and policy.stable == "v1"
         # the step's history entry follows the policy write by a moment
         steps = stack.wait(lambda: (lambda s: s if s and s[-1]["reason"].startswith("rolled back at ") else None)(
             analysis_steps(stack, "pgbad")), 10, "the rollback in the history")
-        assert max(e["weight"] for e in steps) <= 20, steps
-        last = steps[-1]
-        assert last["result"] == "fail"
-        assert "success rate" in last["reason"] and "< 99 %" in last["reason"]
-        assert all("canary" in e and "requests" in e["canary"] for e in steps if e["result"] in ("pass", "fail"))
-        aborted = [e for e in stack.stores.history.of("pgbad") if e["event"] == "aborted"]
-        assert aborted and aborted[-1]["by"] == "gatekeeper (analysis)" and "rolled back at" in aborted[-1]["reason"]
         time.sleep(6)
-        after = load.since(rolled_back + 1.0)
-        assert len(after) > 100 and load.errors_since(rolled_back + 1.0) == []
-        assert {a[2] for a in after} == {"v1"}
-        # the operator's view says the same
-        code, out, _ = stack.gatekeeper_cli("status", "pgbad")
-        assert code == 0 and "rolled back at" in out
-        ri = next(r for r in stack.stores.instances.of("pgbad") if r.instance.version == "v2")
-        assert "rolled back at" in ri.gate_output
+        return {"policy": policy, "steps": steps, "after": load.since(rolled_back + 1.0),
+                "errors_after": load.errors_since(rolled_back + 1.0)}
     finally:
         load.finish()
+
+
+def test_a_version_failing_5_percent_of_requests_is_rolled_back_at_20_percent_at_most(stack, pgbad):
+    policy, steps = pgbad["policy"], pgbad["steps"]
+    assert policy.canary == "" and policy.weight == 0 and policy.stable == "v1"
+    assert max(e["weight"] for e in steps) <= 20, steps
+    last = steps[-1]
+    assert last["result"] == "fail"
+    assert "success rate" in last["reason"] and "< 99 %" in last["reason"]
+    assert all("canary" in e and "requests" in e["canary"] for e in steps if e["result"] in ("pass", "fail"))
+    aborted = [e for e in stack.stores.history.of("pgbad") if e["event"] == "aborted"]
+    assert aborted and aborted[-1]["by"] == "gatekeeper (analysis)" and "rolled back at" in aborted[-1]["reason"]
+    after = pgbad["after"]
+    assert len(after) > 100 and pgbad["errors_after"] == []
+    assert {a[2] for a in after} == {"v1"}
+    # the operator's view says the same
+    code, out, _ = stack.gatekeeper_cli("status", "pgbad")
+    assert code == 0 and "rolled back at" in out
+    ri = next(r for r in stack.stores.instances.of("pgbad") if r.instance.version == "v2")
+    assert "rolled back at" in ri.gate_output
+
+
+def test_the_dashboard_shows_the_rollout_the_failed_tests_and_follows_changes_live(stack, pgbad, tmp_path):
+    """In a real browser (Debian's Chromium): log in with the operator's token, the overview shows
+    pgbad with v1 stable; a broken v3 deployed meanwhile appears without a reload, its page shows
+    its failed tests; the rollback's steps are on the chart. The viewer's token sees no action,
+    and a forged action request is refused. Screenshots go to $PROXYSTACK_SCREENSHOTS (docs/images
+    with `make screenshots`)."""
+    from playwright.sync_api import expect
+    shots = Path(os.environ.get("PROXYSTACK_SCREENSHOTS") or tmp_path)
+    d = DashboardServer(stack.base, stack.consul.address, DASHBOARD, prometheus=f"http://{stack.prometheus.address}",
+                        allow_actions=True).start()
+    tokens = {part: open(stack.consul.token_file(part)).read().strip() for part in ("operator", "viewer")}
+    try:
+        with browser() as chromium:
+            page = chromium.new_context(viewport={"width": 1280, "height": 900}).new_page()
+            page.goto(d.url + "/")
+            expect(page).to_have_url(d.url + "/login")
+            page.fill("#token", tokens["operator"])
+            page.click("button[type=submit]")
+            row = page.locator('tr[data-service="pgbad"]')
+            expect(row.locator(".stable")).to_have_text("v1")
+            expect(row).to_contain_text("rolled back (v2 aborted)")
+            expect(page.locator("body[data-live-ready]")).to_have_count(1)
+            stack.deploy("pgbad-v3", "demo:v3", SERVICE_NAME="pgbad", **{"proxy.host": "pgbad.test"})
+            expect(row).to_contain_text(re.compile(r"\b\d / 3\b"), timeout=30_000)   # live: v3 is registered
+            page.screenshot(path=str(shots / "dashboard-overview.png"), full_page=True)
+
+            page.click('a[href="/services/pgbad"]')
+            steps = analysis_steps(stack, "pgbad")
+            chart = page.locator("svg.rollout-chart")
+            expect(chart.locator("circle.step")).to_have_count(len(steps))
+            expect(chart.locator("circle.result-fail")).to_have_count(sum(e["result"] == "fail" for e in steps))
+            expect(chart.locator("text.outcome-label")).to_have_text("rolled back")
+            expect(page.locator("#steps tbody tr")).to_have_count(len(steps) + 1)
+            v3 = page.locator("tr.verdict-failed", has_text="pgbad-v3")
+            expect(v3).to_have_count(1, timeout=120_000)                    # its tests ran and failed, live
+            expect(page.locator("pre.test-output")).to_contain_text("failed")
+            page.screenshot(path=str(shots / "dashboard-rollout.png"), full_page=True)
+            expect(page.locator("#actions button")).to_have_count(4)
+            forged = page.evaluate("""fetch('/services/pgbad/actions', {method: 'POST',
+                body: new URLSearchParams({action: 'rollback'})}).then(r => r.status)""")
+            assert forged == 403
+
+            viewer = chromium.new_context().new_page()
+            viewer.goto(d.url + "/login")
+            viewer.fill("#token", tokens["viewer"])
+            viewer.click("button[type=submit]")
+            expect(viewer.locator('tr[data-service="pgbad"]')).to_have_count(1)
+            viewer.goto(d.url + "/services/pgbad")
+            expect(viewer.locator("svg.rollout-chart")).to_have_count(1)
+            expect(viewer.locator("#actions")).to_have_count(0)
+        policy = stack.stores.policies.get("pgbad")[1]
+        assert (policy.stable, policy.previous, policy.canary) == ("v1", pgbad["policy"].previous, "")
+    finally:
+        d.stop()
 
 
 def test_a_version_with_a_slow_p99_is_rolled_back_on_latency(stack):

@@ -24,7 +24,7 @@ def test_generated_blocks_equal_the_generated_help():
 def test_the_full_reference_is_in_docs_reference_cli():
     text = (ROOT / "docs" / "reference" / "cli.md").read_text()
     helps = {tool for _, kind, tool, _, _ in REF["BLOCK"].findall(text) if kind == "help"}
-    assert helps == {"registrator", "gatekeeper", "proxy-reloader", "proxy-reloader-cert", "delivery"}
+    assert helps == {"registrator", "gatekeeper", "proxy-reloader", "proxy-reloader-cert", "delivery", "dashboard"}
 
 
 def options_of(parser):

@@ -1,0 +1,64 @@
+"""dashboard: the services, their gates and rollouts at a glance, live (a web page)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from aiohttp import web
+
+from catalog.cli import EXIT_OK, EXIT_USAGE, consul_address, exit_code_epilog
+from catalog.consul_client import parse_address
+from catalog.logs import setup_logging
+
+from .server import Config, make_app
+
+log = logging.getLogger("dashboard")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dashboard", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="A web dashboard of the stack: every service, its gates, versions and rollouts, live.\n"
+                    "Log in with a Consul ACL token; the pages show what that token may read.",
+        epilog="Example:\n  dashboard --listen 127.0.0.1:8005 --prometheus http://127.0.0.1:9090\n\n"
+               + exit_code_epilog())
+    p.add_argument("--listen", default="127.0.0.1:8005", metavar="HOST:PORT",
+                   help="address to serve the dashboard on (default: 127.0.0.1:8005)")
+    p.add_argument("--consul", metavar="HOST:PORT",
+                   help="Consul agent HTTP address (default: CONSUL_HTTP_ADDR, else 127.0.0.1:8500)")
+    p.add_argument("--prometheus", metavar="URL",
+                   help="Prometheus that scrapes the proxies, for req/s, success rate and p99 (optional)")
+    p.add_argument("--allow-actions", action="store_true",
+                   help="offer promote, weight, abort and rollback to tokens that may write routing policies "
+                        "(default: read-only for everyone)")
+    p.add_argument("--session-minutes", type=float, default=30.0, metavar="N",
+                   help="a login ends after N minutes without a request (default: 30)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging("dashboard", args.verbose)
+    host, _, port = args.listen.rpartition(":")
+    if not host or not port.isdigit():
+        print(f"dashboard: --listen {args.listen!r} is not HOST:PORT (for example 127.0.0.1:8005)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        parse_address(consul_address(args))
+    except ValueError as exc:
+        print(f"dashboard: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.session_minutes <= 0:
+        print("dashboard: --session-minutes must be more than 0", file=sys.stderr)
+        return EXIT_USAGE
+    config = Config(args.consul, args.prometheus, args.allow_actions, idle_seconds=args.session_minutes * 60)
+    log.info("dashboard on http://%s (Consul %s, Prometheus %s, actions %s)", args.listen, args.consul,
+             args.prometheus or "none", "allowed" if args.allow_actions else "off")
+    web.run_app(make_app(config), host=host, port=int(port), print=None, access_log=None)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""Live pages: one server-sent-event stream per open page, fed by Consul's blocking queries.
+
+Each stream holds two blocking queries made with the page's own token, both cheap to answer:
+the stack's keys (listed one level deep, so the answer stays small however many verdicts or
+history events there are; its index still moves on any write below) and the checks of every
+instance (a gate opening or closing, an instance coming or going). When either index moves,
+the page hears "change" once (changes within `QUIET` seconds are sent together) and fetches its
+live part again. An idle page costs two requests to Consul per `wait` (60 s by default) and a
+comment line every `HEARTBEAT` seconds; no polling.
+
+"problem" carries a sentence when Consul cannot be read (the page shows it, and the stream
+retries every few seconds); "expired" tells the page its session ended.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import aiohttp
+from aiohttp import web
+
+from catalog.consul_client import AsyncConsul, ConsulError
+from catalog.watch import IndexTracker
+
+log = logging.getLogger(__name__)
+
+WATCHED = (("/v1/kv/", {"keys": "", "separator": "/"}), ("/v1/health/state/any", {}))
+QUIET = 0.3
+HEARTBEAT = 20.0
+RETRY = 3.0
+
+
+async def _watch(consul: AsyncConsul, path: str, params: dict, changes: asyncio.Queue) -> None:
+    tracker = IndexTracker()
+    first = True
+    while True:
+        try:
+            index, _ = await consul.blocking_get(path, params, tracker.index)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ConsulError) as exc:
+            await changes.put(("problem", f"Consul cannot be read ({type(exc).__name__}: {str(exc)[:160]}); "
+                                          f"retrying every {RETRY:g} s"))
+            tracker.index = 0
+            first = True
+            await asyncio.sleep(RETRY)
+            continue
+        if tracker.advance(index) and not first:
+            await changes.put(("change", path))
+        elif first:
+            await changes.put(("ok", path))
+        first = False
+
+
+async def _send(resp: web.StreamResponse, event: str, data) -> None:
+    await resp.write(f"event: {event}\ndata: {json.dumps(data)}\n\n".encode())
+
+
+async def events(request: web.Request, config) -> web.StreamResponse:
+    session = request["session"]
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
+                                       "X-Accel-Buffering": "no"})
+    await resp.prepare(request)
+    await resp.write(f"retry: {int(RETRY * 1000)}\n\n".encode())
+    changes: asyncio.Queue = asyncio.Queue()
+    async with AsyncConsul(config.consul, session.token, wait=config.watch_wait) as consul:
+        watchers = [asyncio.create_task(_watch(consul, path, params, changes)) for path, params in WATCHED]
+        problem = ""
+        try:
+            while True:
+                try:
+                    kind, what = await asyncio.wait_for(changes.get(), HEARTBEAT)
+                except asyncio.TimeoutError:
+                    if not config.sessions.alive(session.id):
+                        await _send(resp, "expired", "your session expired; log in again")
+                        break
+                    await resp.write(b": idle\n\n")
+                    continue
+                await asyncio.sleep(QUIET)           # let a burst of writes arrive, then say it once
+                batch = [(kind, what)]
+                while not changes.empty():
+                    batch.append(changes.get_nowait())
+                problems = [w for k, w in batch if k == "problem"]
+                if problems:
+                    if problems[-1] != problem:
+                        problem = problems[-1]
+                        await _send(resp, "problem", problem)
+                    continue
+                if problem or any(k == "change" for k, _ in batch):
+                    problem = ""
+                    await _send(resp, "change", sorted({w for _, w in batch}))
+        except ConnectionResetError:       # the page was closed
+            pass
+        finally:
+            for w in watchers:
+                w.cancel()
+            await asyncio.gather(*watchers, return_exceptions=True)
+    return resp
