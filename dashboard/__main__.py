@@ -7,7 +7,7 @@ import sys
 
 from aiohttp import web
 
-from catalog.cli import EXIT_OK, EXIT_USAGE, consul_address, exit_code_epilog
+from catalog.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, consul_address, exit_code_epilog
 from catalog.consul_client import parse_address
 from catalog.logs import setup_logging
 
@@ -56,7 +56,12 @@ def main(argv=None) -> int:
     config = Config(args.consul, args.prometheus, args.allow_actions, idle_seconds=args.session_minutes * 60)
     log.info("dashboard on http://%s (Consul %s, Prometheus %s, actions %s)", args.listen, args.consul,
              args.prometheus or "none", "allowed" if args.allow_actions else "off")
-    web.run_app(make_app(config), host=host, port=int(port), print=None, access_log=None)
+    try:
+        # open pages hold event streams: at a stop they are cut after a second, not waited for
+        web.run_app(make_app(config), host=host, port=int(port), print=None, access_log=None, shutdown_timeout=1.0)
+    except OSError as exc:
+        print(f"dashboard: cannot listen on {args.listen}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
 
 

@@ -56,18 +56,27 @@ class Rollout:
         return points
 
 
+def _number(value, default: float = 0.0) -> float:
+    """A figure from a history entry (JSON anyone with the operator's token may write): a number,
+    or the default for anything else."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
+
+
 def last_rollout(history: List[dict]) -> Optional[Rollout]:
     """The service's last progressive rollout, from its history (oldest event first)."""
     rollout: Optional[Rollout] = None
     for e in history:
-        event, version, t = e.get("event"), e.get("version"), e.get("time") or 0.0
+        event, version, t = e.get("event"), e.get("version"), _number(e.get("time"))
         if event == "analysis started":
-            rollout = Rollout(version or "?", t, int(e.get("weight") or 0), dict(e.get("settings") or {}))
+            settings = e.get("settings") if isinstance(e.get("settings"), dict) else {}
+            settings = {k: _number(v, None) for k, v in settings.items()}
+            rollout = Rollout(str(version or "?"), t, int(_number(e.get("weight"))), settings)
         elif rollout is None or version != rollout.version:
             continue
         elif event == "analysis":          # the deciding step is written just after the rollback it caused
-            rollout.steps.append(Step(max(0.0, t - rollout.started), int(e.get("weight") or 0), e.get("result", "?"),
-                                      e.get("reason", ""), e.get("canary"), e.get("stable")))
+            rollout.steps.append(Step(max(0.0, t - rollout.started), int(_number(e.get("weight"))),
+                                      str(e.get("result", "?")), str(e.get("reason", "")),
+                                      *(m if isinstance(m, dict) else None for m in (e.get("canary"), e.get("stable")))))
         elif event in ENDINGS and rollout.outcome == RUNNING:
             rollout.outcome = ENDINGS[event]
             if event == "aborted" and "analysis" in str(e.get("by", "")):
@@ -131,7 +140,7 @@ def _threshold(panel: _Panel, value: Optional[float], label: str) -> str:
 
 def svg(r: Rollout) -> str:
     """The rollout's chart: weight and decisions, success rate, p99; one step marker per step."""
-    t_max = max(r.duration, float(r.settings.get("interval") or 1)) * 1.05
+    t_max = max(r.duration, r.settings.get("interval") or 1.0) * 1.05
     weight = _Panel(0, t_max, 0, 100)
     rates = [v for s in r.steps for m in (s.canary, s.stable) for v in [_figure(m, "success_rate")] if v is not None]
     threshold_rate = r.settings.get("success_rate")

@@ -125,3 +125,14 @@ def test_a_session_lives_while_used_and_expires_when_idle():
 
 def test_csrf_tokens_compare_whole_and_never_empty():
     assert same_secret("abc", "abc") and not same_secret("abc", "abd") and not same_secret("", "")
+
+
+def test_a_damaged_history_entry_draws_without_failing():
+    history = [{"time": "yesterday", "event": "analysis started", "version": "v2", "weight": "ten",
+                "settings": {"interval": "4", "success_rate": None}},
+               {"time": 4.0, "event": "analysis", "version": "v2", "weight": [1], "result": "<b>pass</b>",
+                "reason": "<script>x</script>", "canary": "not a dict"}]
+    r = last_rollout(history)
+    assert (r.weight, r.steps[0].weight, r.steps[0].canary) == (0, 0, None)
+    chart = svg(r)
+    assert "<script>" not in chart and "&lt;script&gt;" in chart and "result-&lt;b&gt;" in chart
