@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -32,8 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-actions", action="store_true",
                    help="offer promote, weight, abort and rollback to tokens that may write routing policies "
                         "(default: read-only for everyone)")
-    p.add_argument("--session-minutes", type=float, default=30.0, metavar="N",
-                   help="a login ends after N minutes without a request (default: 30)")
+    p.add_argument("--session-minutes", type=float, default=60.0, metavar="N",
+                   help="a login ends after N minutes without anyone using it; a page's own live "
+                        "updates do not count (default: 60)")
+    p.add_argument("--public-url", metavar="URL", default="",
+                   help="the address people open, when a proxy stands in front (https://dash.example.com): "
+                        "forms must come from it, and https makes the session cookie Secure")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -53,7 +58,11 @@ def main(argv=None) -> int:
     if args.session_minutes <= 0:
         print("dashboard: --session-minutes must be more than 0", file=sys.stderr)
         return EXIT_USAGE
-    config = Config(args.consul, args.prometheus, args.allow_actions, idle_seconds=args.session_minutes * 60)
+    if args.public_url and (urlsplit(args.public_url).scheme not in ("http", "https") or not urlsplit(args.public_url).netloc):
+        print(f"dashboard: --public-url {args.public_url!r} is not http(s)://HOST[:PORT]", file=sys.stderr)
+        return EXIT_USAGE
+    config = Config(args.consul, args.prometheus, args.allow_actions, idle_seconds=args.session_minutes * 60,
+                    public_url=args.public_url)
     log.info("dashboard on http://%s (Consul %s, Prometheus %s, actions %s)", args.listen, args.consul,
              args.prometheus or "none", "allowed" if args.allow_actions else "off")
     try:

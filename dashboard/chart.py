@@ -9,6 +9,7 @@ and no script: the page's stylesheet colours it by class.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from html import escape
 from typing import List, Optional, Tuple
@@ -59,7 +60,8 @@ class Rollout:
 def _number(value, default: float = 0.0) -> float:
     """A figure from a history entry (JSON anyone with the operator's token may write): a number,
     or the default for anything else."""
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else default
 
 
 def last_rollout(history: List[dict]) -> Optional[Rollout]:
@@ -105,10 +107,9 @@ class _Panel:
 
 
 def _figure(m: Optional[dict], key: str) -> Optional[float]:
-    if not m or not m.get("requests"):
+    if not m or not _number(m.get("requests")):
         return None
-    v = m.get(key)
-    return float(v) if isinstance(v, (int, float)) else None
+    return _number(m.get(key), None)
 
 
 def _series(panel: _Panel, steps: List[Step], who: str, key: str) -> str:

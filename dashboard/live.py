@@ -1,9 +1,11 @@
 """Live pages: one server-sent-event stream per open page, fed by Consul's blocking queries.
 
 Each stream holds two blocking queries made with the page's own token, both cheap to answer:
-the stack's keys (listed one level deep, so the answer stays small however many verdicts or
-history events there are; its index still moves on any write below) and the checks of every
-instance (a gate opening or closing, an instance coming or going). When either index moves,
+Consul's KV (listed one level deep, so the answer stays small however many verdicts or history
+events there are; its index still moves on any write below, so any KV write wakes the page)
+and the checks of every instance (a gate opening or closing, an instance coming or going). A
+session may hold 8 streams, the dashboard 64 (each holds two connections to Consul); past
+that a page gets 429 and stays as it is. When either index moves,
 the page hears "change" once (changes within `QUIET` seconds are sent together) and fetches its
 live part again. An idle page costs two requests to Consul per `wait` (60 s by default) and a
 comment line every `HEARTBEAT` seconds; no polling.
@@ -26,6 +28,7 @@ from catalog.watch import IndexTracker
 log = logging.getLogger(__name__)
 
 WATCHED = (("/v1/kv/", {"keys": "", "separator": "/"}), ("/v1/health/state/any", {}))
+STREAMS = web.AppKey("streams", dict)      # session id -> its open streams
 QUIET = 0.3
 HEARTBEAT = 20.0
 RETRY = 3.0
@@ -57,6 +60,19 @@ async def _send(resp: web.StreamResponse, event: str, data) -> None:
 
 async def events(request: web.Request, config) -> web.StreamResponse:
     session = request["session"]
+    open_streams = request.app[STREAMS]
+    if sum(open_streams.values()) >= config.streams or open_streams.get(session.id, 0) >= config.streams_per_session:
+        return web.Response(status=429, text="too many open pages; close some, this one updates no more")
+    open_streams[session.id] = open_streams.get(session.id, 0) + 1
+    try:
+        return await _stream(request, config, session)
+    finally:
+        open_streams[session.id] -= 1
+        if not open_streams[session.id]:
+            del open_streams[session.id]
+
+
+async def _stream(request: web.Request, config, session) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
                                        "X-Accel-Buffering": "no"})
     await resp.prepare(request)
@@ -70,9 +86,11 @@ async def events(request: web.Request, config) -> web.StreamResponse:
                 try:
                     kind, what = await asyncio.wait_for(changes.get(), HEARTBEAT)
                 except asyncio.TimeoutError:
-                    if not config.sessions.alive(session.id):
-                        await _send(resp, "expired", "your session expired; log in again")
-                        break
+                    kind = ""
+                if not config.sessions.alive(session.id):        # expired or logged out meanwhile
+                    await _send(resp, "expired", "your session ended; log in again")
+                    break
+                if not kind:
                     await resp.write(b": idle\n\n")
                     continue
                 await asyncio.sleep(QUIET)           # let a burst of writes arrive, then say it once

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Optional
@@ -55,18 +56,35 @@ OPEN_PATHS = ("/login", "/healthz", "/static/")
 
 class Config:
     def __init__(self, consul: str, prometheus: Optional[str] = None, allow_actions: bool = False,
-                 idle_seconds: float = 1800.0, watch_wait: float = 60.0):
+                 idle_seconds: float = 3600.0, watch_wait: float = 60.0, public_url: str = "",
+                 streams_per_session: int = 8, streams: int = 64):
         self.consul, self.allow_actions, self.watch_wait = consul, allow_actions, watch_wait
         self.prometheus = Prometheus(prometheus, timeout=2.0) if prometheus else None
         self.sessions = Sessions(idle_seconds)
+        # Behind a proxy the browser's origin is not what reaches this server: the address people
+        # use, when given, is what a request's Origin must be (and https makes the cookie Secure).
+        self.public_origin = _origin(public_url) if public_url else None
+        self.streams_per_session, self.streams = streams_per_session, streams
+
+
+CONFIG = web.AppKey("config", Config)
+
+
+def _origin(url: str) -> tuple:
+    parts = urlsplit(url)
+    return parts.scheme, parts.netloc
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _when(t) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "?"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if _is_number(t) and t > 0 else "?"
 
 
 def _figure(v, unit="", digits=1) -> str:
-    return "-" if v is None else f"{v:.{digits}f}{unit}"
+    return f"{v:.{digits}f}{unit}" if _is_number(v) else "-"
 
 
 TEMPLATES = jinja2.Environment(loader=jinja2.FileSystemLoader(str(HERE / "templates")),
@@ -123,24 +141,25 @@ async def errors(request: web.Request, handler):
     except web.HTTPException:
         raise
     except Exception as exc:          # noqa: BLE001 -- the page must never show a trace
-        config: Config = request.app["config"]
+        config: Config = request.app[CONFIG]
         status, message = problem_of(exc, config)
         if status == 500:
             log.exception("%s %s", request.method, request.path)
         if request.query.get("fragment"):
             return web.Response(text=message, status=status)
         return page("problem.html", status=status, message=message, session=request.get("session"),
-                    config=config)
+                    config=config, live=request.method == "GET")
 
 
 @web.middleware
 async def authenticated(request: web.Request, handler):
     if request.path.startswith(OPEN_PATHS):
         return await handler(request)
-    config: Config = request.app["config"]
-    session, why = config.sessions.lookup(request.cookies.get(COOKIE))
+    config: Config = request.app[CONFIG]
+    live = bool(request.query.get("fragment")) or request.path == "/events"   # the page itself, not a person
+    session, why = config.sessions.lookup(request.cookies.get(COOKIE), use=not live)
     if session is None:
-        if request.query.get("fragment") or request.path == "/events":
+        if live:
             return web.Response(text="log in again", status=401)
         target = "/login" + ("?expired=1" if why == EXPIRED else "")
         raise web.HTTPSeeOther(target)
@@ -155,11 +174,11 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def login_form(request: web.Request) -> web.Response:
     message = "Your session expired; log in again." if request.query.get("expired") else ""
-    return page("login.html", message=message, config=request.app["config"])
+    return page("login.html", message=message, config=request.app[CONFIG])
 
 
 async def login(request: web.Request) -> web.Response:
-    config: Config = request.app["config"]
+    config: Config = request.app[CONFIG]
     refused = cross_origin(request)
     if refused:
         return page("login.html", status=403, message=refused, config=config)
@@ -179,21 +198,22 @@ async def login(request: web.Request) -> web.Response:
                     message=f"Consul at {config.consul} does not answer ({type(exc).__name__}); try again once it is up.")
     session = config.sessions.open(token, who, may_act)
     resp = web.HTTPSeeOther("/")
-    resp.set_cookie(COOKIE, session.id, httponly=True, samesite="Strict", path="/", secure=request.secure)
+    secure = request.secure or (config.public_origin or ("",))[0] == "https"
+    resp.set_cookie(COOKIE, session.id, httponly=True, samesite="Strict", path="/", secure=secure)
     log.info("login: %s (actions %s)", who, "allowed" if may_act and config.allow_actions else "off")
     raise resp
 
 
 async def logout(request: web.Request) -> web.Response:
     if not cross_origin(request) and same_secret(str((await request.post()).get("csrf", "")), request["session"].csrf):
-        request.app["config"].sessions.close(request["session"].id)
+        request.app[CONFIG].sessions.close(request["session"].id)
     resp = web.HTTPSeeOther("/login")
     resp.del_cookie(COOKIE, path="/")
     raise resp
 
 
 async def overview(request: web.Request) -> web.Response:
-    config: Config = request.app["config"]
+    config: Config = request.app[CONFIG]
     session = request["session"]
     data = await in_thread(views.overview, Stores.connect(config.consul, token=session.token, timeout=5),
                            config.prometheus)
@@ -202,7 +222,7 @@ async def overview(request: web.Request) -> web.Response:
 
 
 async def service(request: web.Request) -> web.Response:
-    config: Config = request.app["config"]
+    config: Config = request.app[CONFIG]
     session = request["session"]
     data = await in_thread(views.service_page, Stores.connect(config.consul, token=session.token, timeout=5),
                            request.match_info["name"])
@@ -216,18 +236,20 @@ async def service(request: web.Request) -> web.Response:
 
 
 def cross_origin(request: web.Request) -> str:
-    """Why a state-changing request is refused as coming from another site, or ""."""
+    """Why a state-changing request is refused as coming from another origin, or ""."""
     origin = request.headers.get("Origin") or request.headers.get("Referer")
     if origin is None:
         return ""          # browsers send Origin on every POST; a client without one holds no cookie of ours
+    ours = request.app[CONFIG].public_origin or (request.scheme, request.host)
     parts = urlsplit(origin)
-    if (parts.scheme, parts.netloc) != (request.scheme, request.host):
-        return f"refused: a request from {parts.scheme}://{parts.netloc} may not change anything here"
+    if (parts.scheme, parts.netloc) != ours:
+        return (f"refused: a request from {parts.scheme}://{parts.netloc} may not change anything here "
+                f"(this dashboard is {ours[0]}://{ours[1]}; behind a proxy, start it with --public-url)")
     return ""
 
 
 async def act(request: web.Request) -> web.Response:
-    config: Config = request.app["config"]
+    config: Config = request.app[CONFIG]
     session = request["session"]
     service_name = request.match_info["name"]
     form = await request.post()
@@ -240,7 +262,7 @@ async def act(request: web.Request) -> web.Response:
         refused = "this token may not change routing policies; log in with the operator's token"
     if refused:
         log.warning("action refused for %s on %s: %s", session.who, service_name, refused)
-        return page("problem.html", status=403, message=refused, session=session, config=config)
+        return page("problem.html", status=403, message=refused, session=session, config=config, live=False)
     try:
         message = await in_thread(actions.perform, Stores.connect(config.consul, token=session.token, timeout=5),
                                   service_name, str(form.get("action", "")), str(form.get("weight", "")),
@@ -253,7 +275,8 @@ async def act(request: web.Request) -> web.Response:
 
 def make_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[security_headers, errors, authenticated], client_max_size=64 * 1024)
-    app["config"] = config
+    app[CONFIG] = config
+    app[live.STREAMS] = {}
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/login", login_form)
     app.router.add_post("/login", login)

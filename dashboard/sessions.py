@@ -1,7 +1,8 @@
 """Login sessions: the Consul token stays on the server, the browser holds a random id.
 
-A session lives while it is used: `idle_seconds` after its last request it expires, and the
-next request is sent to the login page with "your session expired". Each session has its own
+A session lives while it is used: `idle_seconds` after its last request made by someone (a
+page's live refreshes do not count) it expires, and the next request is sent to the login page
+with "your session expired". Each session has its own
 CSRF token, which every form that changes something must send back.
 """
 from __future__ import annotations
@@ -30,6 +31,7 @@ class Sessions:
     def __init__(self, idle_seconds: float = 1800.0, clock: Callable[[], float] = time.monotonic):
         self.idle_seconds, self.clock = idle_seconds, clock
         self._by_id: Dict[str, Session] = {}
+        self._ended: Dict[str, float] = {}     # id -> when it expired, so every later request says so
         self._lock = threading.Lock()
 
     def open(self, token: str, who: str, may_act: bool) -> Session:
@@ -39,20 +41,23 @@ class Sessions:
             self._by_id[s.id] = s
         return s
 
-    def lookup(self, session_id: Optional[str]) -> Tuple[Optional[Session], str]:
-        """(the session, "") while it lives, and marks it used; (None, EXPIRED) once idle too
-        long; (None, UNKNOWN) for no id or one never given (a restarted dashboard, a guess)."""
+    def lookup(self, session_id: Optional[str], use: bool = True) -> Tuple[Optional[Session], str]:
+        """(the session, "") while it lives, marked used unless `use` is False (a page's own live
+        refreshes are not someone using it); (None, EXPIRED) once idle too long; (None, UNKNOWN)
+        for no id or one never given (a restarted dashboard, a guess)."""
         if not session_id:
             return None, UNKNOWN
         with self._lock:
             s = self._by_id.get(session_id)
             if s is None:
-                return None, UNKNOWN
+                return None, EXPIRED if session_id in self._ended else UNKNOWN
             now = self.clock()
             if now - s.seen > self.idle_seconds:
                 del self._by_id[session_id]
+                self._ended[session_id] = now
                 return None, EXPIRED
-            s.seen = now
+            if use:
+                s.seen = now
             return s, ""
 
     def alive(self, session_id: str) -> bool:
@@ -69,6 +74,9 @@ class Sessions:
         now = self.clock()
         for sid in [sid for sid, s in self._by_id.items() if now - s.seen > self.idle_seconds]:
             del self._by_id[sid]
+            self._ended[sid] = now
+        for sid in [sid for sid, t in self._ended.items() if now - t > self.idle_seconds]:
+            del self._ended[sid]
 
     def __len__(self) -> int:
         return len(self._by_id)

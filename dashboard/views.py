@@ -5,6 +5,7 @@ Every function here blocks (python-consul2, requests); the server calls them in 
 """
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from typing import Dict, List, Optional
@@ -13,7 +14,7 @@ from catalog.consul_client import ACLPermissionDenied
 from catalog.kv_layout import POLICIES
 from catalog.stores import Stores
 from gatekeeper.prometheus import MetricsUnavailable, Prometheus, Traffic
-from gatekeeper.report.status import collect, collect_why, history_details
+from gatekeeper.report.status import collect, history_details, require_known, service_status
 
 from .chart import last_rollout, svg
 
@@ -94,17 +95,27 @@ def overview(stores: Stores, prometheus: Optional[Prometheus]) -> dict:
             "traffic_window": TRAFFIC_WINDOW, "time": time.time()}
 
 
+def details(entry: dict) -> str:
+    """An entry's details in words; one damaged by hand shown as it is."""
+    try:
+        return history_details(entry)
+    except (TypeError, ValueError, KeyError, AttributeError):
+        return json.dumps(entry, sort_keys=True, default=str)[:500]
+
+
 def service_page(stores: Stores, name: str) -> dict:
     """One service in detail; UnknownTarget when the stack knows no such service."""
-    data = collect_why(stores, name)
-    s = data["services"][0]
+    rejections = stores.rejections.all()
+    require_known(stores, name, rejections)
+    s = service_status(stores, name, rejections, detail=True, healing=stores.healing.all())
     s["state"], s["tone"] = badge(s)
-    history = stores.history.of(name)
+    # history entries are JSON operators may write: keep the objects, each field as it comes
+    history = [e for e in stores.history.of(name) if isinstance(e, dict)]
     rollout = last_rollout(history)
     swarm = sorted({i["swarm_service"] for i in s["instances"] if i.get("swarm_service")})
     return {
         "s": s,
-        "history": [{"time": e.get("time"), "event": e.get("event", "?"), "details": history_details(e)}
+        "history": [{"time": e.get("time"), "event": str(e.get("event", "?")), "details": details(e)}
                     for e in reversed(history)],
         "rollout": rollout, "chart": svg(rollout) if rollout else "",
         "swarm": {"services": swarm,

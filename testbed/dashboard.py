@@ -67,3 +67,33 @@ def browser() -> Iterator["object"]:
             yield b
         finally:
             b.close()
+
+
+@contextlib.contextmanager
+def forging_page(port: int, target: str, fields: dict) -> Iterator[str]:
+    """A page of another origin (127.0.0.1:PORT) with a form that posts `fields` to `target`:
+    what a forged request from another site looks like to the dashboard. Yields its URL."""
+    import html
+    import http.server
+    import threading
+    inputs = "".join(f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">' for k, v in fields.items())
+    body = (f'<!doctype html><form method="post" action="{html.escape(target)}">{inputs}'
+            f'<button type="submit">win a prize</button></form>').encode()
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -37,6 +37,10 @@ document.addEventListener("submit", (event) => {
   stream.addEventListener("problem", (e) => say(JSON.parse(e.data)));
   stream.addEventListener("expired", () => { stream.close(); window.location.assign("/login?expired=1"); });
   stream.addEventListener("open", () => { if (banner.textContent.startsWith("The dashboard")) refresh(); });
-  stream.addEventListener("error", () => say("The dashboard does not answer; retrying."));
+  stream.addEventListener("error", () => {
+    say("The dashboard does not answer; retrying.");
+    // refused for good (a restarted dashboard answers 401): refresh, which goes to the login
+    if (stream.readyState === EventSource.CLOSED) window.setTimeout(refresh, 3000);
+  });
   document.body.setAttribute("data-live-ready", "1");
 })();

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SESSION
-from testbed.dashboard import DashboardServer, browser
+from testbed.dashboard import DashboardServer, browser, forging_page
 from testbed.load import ManyClients
 from testbed.processes import Proc, PrometheusServer, python_module
 from testbed.stack import Stack
 
 pytestmark = pytest.mark.e2e
 
-PORT, PROMETHEUS, DASHBOARD = 18014, 18015, 18018
+PORT, PROMETHEUS, DASHBOARD, ATTACKER = 18014, 18015, 18018, 18019
 INTERVAL = 4
 
 
@@ -131,9 +131,12 @@ def test_the_dashboard_shows_the_rollout_the_failed_tests_and_follows_changes_li
             expect(page.locator("pre.test-output")).to_contain_text("failed")
             page.screenshot(path=str(shots / "dashboard-rollout.png"), full_page=True)
             expect(page.locator("#actions button")).to_have_count(4)
-            forged = page.evaluate("""fetch('/services/pgbad/actions', {method: 'POST',
-                body: new URLSearchParams({action: 'rollback'})}).then(r => r.status)""")
-            assert forged == 403
+            # a page of another origin (another port: the same site, so the browser sends the
+            # session cookie along) posts a rollback: refused, nothing changes
+            with forging_page(ATTACKER, d.url + "/services/pgbad/actions", {"action": "rollback"}) as forged:
+                page.goto(forged)
+                page.click("button")
+                expect(page.locator("#problem")).to_contain_text(f"a request from http://127.0.0.1:{ATTACKER}")
 
             viewer = chromium.new_context().new_page()
             viewer.goto(d.url + "/login")

@@ -194,3 +194,29 @@ def test_the_live_stream_says_change_when_consul_changes(dashboards, consul_serv
     t.join(15)
     assert events and events[-1][0] == "change", events
     assert time.monotonic() - written < 10
+
+
+def test_a_page_left_open_does_not_keep_its_session_alive(dashboards, consul_server):
+    d = dashboards["short"]
+    http = d.login(token(consul_server, "viewer"))
+    codes, deadline = [], time.monotonic() + 2.5     # twice the 1.8 s a session may stay unused
+    while time.monotonic() < deadline:               # the page's own live refreshes, nobody at it
+        codes.append(http.get(d.url + "/?fragment=1", timeout=10).status_code)
+        time.sleep(0.2)
+    assert codes[0] == 200 and codes[-1] == 401, codes
+    assert "Your session expired" in http.get(d.url + "/", timeout=10).text
+
+
+def test_a_damaged_history_entry_leaves_the_page_readable(dashboards, consul_server, stores, service):
+    """History is JSON the operator's token may write; a hand-made entry must not break the page."""
+    from catalog.kv_layout import HISTORY
+    for i, value in enumerate(['"just a string"', '{"time": "yesterday", "event": "analysis", "canary": 7}',
+                               '{"time": NaN, "event": "analysis started", "version": "v2", "weight": "x", '
+                               '"settings": {"interval": "4"}}', '{"event": "analysis", "version": "v2", '
+                               '"weight": 10, "result": "<b>fail</b>", "canary": {"requests": "many"}}']):
+        stores.consul.kv_put(f"{HISTORY}{service}/{time.time_ns() + i:020d}", value)
+    d = dashboards["read_only"]
+    http = d.login(token(consul_server, "viewer"))
+    r = http.get(d.url + f"/services/{service}", timeout=10)
+    assert r.status_code == 200 and "rollout-chart" in r.text and "<b>fail</b>" not in r.text
+    assert "&lt;b&gt;fail&lt;/b&gt;" in r.text

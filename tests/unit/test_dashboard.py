@@ -117,7 +117,8 @@ def test_a_session_lives_while_used_and_expires_when_idle():
     now[0] = 161
     assert not sessions.alive(s.id)
     assert sessions.lookup(s.id) == (None, EXPIRED)
-    assert sessions.lookup(s.id) == (None, UNKNOWN) and sessions.lookup(None) == (None, UNKNOWN)
+    assert sessions.lookup(s.id) == (None, EXPIRED)      # said again to the page's next request
+    assert sessions.lookup(None) == (None, UNKNOWN) and sessions.lookup("guess") == (None, UNKNOWN)
     t = sessions.open("x", "viewer", False)
     sessions.close(t.id)
     assert sessions.lookup(t.id) == (None, UNKNOWN) and len(sessions) == 0
@@ -136,3 +137,21 @@ def test_a_damaged_history_entry_draws_without_failing():
     assert (r.weight, r.steps[0].weight, r.steps[0].canary) == (0, 0, None)
     chart = svg(r)
     assert "<script>" not in chart and "&lt;script&gt;" in chart and "result-&lt;b&gt;" in chart
+
+
+def test_behind_a_proxy_forms_must_come_from_the_public_url():
+    from aiohttp.test_utils import make_mocked_request
+    from aiohttp import web
+    from dashboard.server import CONFIG, Config, cross_origin
+
+    def post(config, origin):
+        app = web.Application()
+        app[CONFIG] = config
+        return cross_origin(make_mocked_request("POST", "/services/x/actions", app=app,
+                                                headers={"Host": "127.0.0.1:8005", "Origin": origin}))
+    direct = Config("127.0.0.1:8500")
+    assert post(direct, "http://127.0.0.1:8005") == ""
+    assert "refused" in post(direct, "http://127.0.0.1:9999") and "refused" in post(direct, "null")
+    proxied = Config("127.0.0.1:8500", public_url="https://dash.example.com")
+    assert post(proxied, "https://dash.example.com") == ""
+    assert "refused" in post(proxied, "http://127.0.0.1:8005") and "--public-url" in post(proxied, "https://evil.test")
