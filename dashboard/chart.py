@@ -57,7 +57,7 @@ class Rollout:
         return points
 
 
-def _number(value, default: float = 0.0) -> float:
+def number(value, default: float = 0.0) -> float:
     """A figure from a history entry (JSON anyone with the operator's token may write): a number,
     or the default for anything else."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
@@ -68,15 +68,15 @@ def last_rollout(history: List[dict]) -> Optional[Rollout]:
     """The service's last progressive rollout, from its history (oldest event first)."""
     rollout: Optional[Rollout] = None
     for e in history:
-        event, version, t = e.get("event"), e.get("version"), _number(e.get("time"))
+        event, version, t = e.get("event"), e.get("version"), number(e.get("time"))
         if event == "analysis started":
             settings = e.get("settings") if isinstance(e.get("settings"), dict) else {}
-            settings = {k: _number(v, None) for k, v in settings.items()}
-            rollout = Rollout(str(version or "?"), t, int(_number(e.get("weight"))), settings)
+            settings = {k: number(v, None) for k, v in settings.items()}
+            rollout = Rollout(str(version or "?"), t, int(number(e.get("weight"))), settings)
         elif rollout is None or version != rollout.version:
             continue
         elif event == "analysis":          # the deciding step is written just after the rollback it caused
-            rollout.steps.append(Step(max(0.0, t - rollout.started), int(_number(e.get("weight"))),
+            rollout.steps.append(Step(max(0.0, t - rollout.started), int(number(e.get("weight"))),
                                       str(e.get("result", "?")), str(e.get("reason", "")),
                                       *(m if isinstance(m, dict) else None for m in (e.get("canary"), e.get("stable")))))
         elif event in ENDINGS and rollout.outcome == RUNNING:
@@ -107,9 +107,9 @@ class _Panel:
 
 
 def _figure(m: Optional[dict], key: str) -> Optional[float]:
-    if not m or not _number(m.get("requests")):
+    if not m or not number(m.get("requests")):
         return None
-    return _number(m.get(key), None)
+    return number(m.get(key), None)
 
 
 def _series(panel: _Panel, steps: List[Step], who: str, key: str) -> str:

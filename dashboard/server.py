@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Optional
@@ -36,6 +35,7 @@ from gatekeeper.prometheus import Prometheus
 from gatekeeper.report.status import UnknownTarget
 
 from . import actions, live, views
+from .chart import number
 from .sessions import EXPIRED, Sessions, same_secret
 
 log = logging.getLogger(__name__)
@@ -75,16 +75,12 @@ def _origin(url: str) -> tuple:
     return parts.scheme, parts.netloc
 
 
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def _when(t) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if _is_number(t) and t > 0 else "?"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if number(t) > 0 else "?"
 
 
 def _figure(v, unit="", digits=1) -> str:
-    return f"{v:.{digits}f}{unit}" if _is_number(v) else "-"
+    return f"{v:.{digits}f}{unit}" if number(v, None) is not None else "-"
 
 
 TEMPLATES = jinja2.Environment(loader=jinja2.FileSystemLoader(str(HERE / "templates")),

@@ -62,7 +62,7 @@ def badge(s: dict) -> tuple:
 def per_host(instances: List[dict]) -> Dict[str, str]:
     """host -> "admitted/total" of the service's instances on it."""
     total = Counter(i["host"] or "?" for i in instances)
-    admitted = Counter(i["host"] or "?" for i in instances if i["gate"] == "passing")
+    admitted = Counter(i["host"] or "?" for i in instances if i["admitted"])
     return {host: f"{admitted[host]}/{n}" for host, n in sorted(total.items())}
 
 
@@ -87,7 +87,7 @@ def overview(stores: Stores, prometheus: Optional[Prometheus]) -> dict:
         rows.append({"name": s["service"], "mode": p.get("mode", "-"), "stable": p.get("stable") or "-",
                      "canary": p.get("canary") or "", "weight": p.get("weight", 0),
                      "hosts": per_host(s["instances"]),
-                     "admitted": sum(1 for i in s["instances"] if i["gate"] == "passing"),
+                     "admitted": sum(1 for i in s["instances"] if i["admitted"]),
                      "total": len(s["instances"]), "state": state, "tone": tone,
                      "rps": t.rps if t else None, "success_rate": t.success_rate if t else None,
                      "p99_ms": t.p99_ms if t else None})
@@ -119,7 +119,7 @@ def service_page(stores: Stores, name: str) -> dict:
                     for e in reversed(history)],
         "rollout": rollout, "chart": svg(rollout) if rollout else "",
         "swarm": {"services": swarm,
-                  "admitted": sum(1 for i in s["instances"] if i.get("swarm_service") and i["gate"] == "passing"),
+                  "admitted": sum(1 for i in s["instances"] if i.get("swarm_service") and i["admitted"]),
                   "registered": sum(1 for i in s["instances"] if i.get("swarm_service")),
                   "last_change": stores.scaling.get(name)} if swarm else None,
         "time": time.time(),

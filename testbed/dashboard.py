@@ -11,6 +11,7 @@ from typing import Iterator, Optional
 
 import requests
 
+from .http_backend import LoopbackHTTP
 from .processes import Proc, python_module, wait_until
 
 CHROMIUM = os.environ.get("PROXYSTACK_CHROMIUM", "/usr/bin/chromium")
@@ -70,30 +71,23 @@ def browser() -> Iterator["object"]:
 
 
 @contextlib.contextmanager
-def forging_page(port: int, target: str, fields: dict) -> Iterator[str]:
-    """A page of another origin (127.0.0.1:PORT) with a form that posts `fields` to `target`:
-    what a forged request from another site looks like to the dashboard. Yields its URL."""
+def forging_page(target: str, fields: dict) -> Iterator[str]:
+    """A page of another origin (another port on 127.0.0.1) with a form that posts `fields` to
+    `target`: what a forged request from another site looks like to the dashboard. Yields its URL."""
     import html
-    import http.server
-    import threading
     inputs = "".join(f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">' for k, v in fields.items())
     body = (f'<!doctype html><form method="post" action="{html.escape(target)}">{inputs}'
             f'<button type="submit">win a prize</button></form>').encode()
 
-    class Page(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html")
-            self.end_headers()
-            self.wfile.write(body)
+    def answer(handler):
+        handler.send_response(200)
+        handler.send_header("Content-Type", "text/html")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
 
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Page)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = LoopbackHTTP(answer)
     try:
-        yield f"http://127.0.0.1:{port}/"
+        yield f"http://127.0.0.1:{server.port}/"
     finally:
-        server.shutdown()
-        server.server_close()
+        server.close()

@@ -73,7 +73,7 @@ def service_status(stores: Stores, service: str, rejections: Dict[str, Rejection
         why = explain_instance(ri, verdict, policy, route)
         row = {
             "id": inst.id, "host": inst.node, "version": inst.version, "address": inst.address, "port": inst.port,
-            "container": inst.container_name, "gate": ri.gate_status,
+            "container": inst.container_name, "gate": ri.gate_status, "admitted": ri.admitted,
             "verdict": verdict.state if verdict else "pending",
             "summary": verdict.summary if verdict else (ri.gate_output or "awaiting integration tests"),
             "tests_seconds": round(verdict.duration, 2) if verdict else None,

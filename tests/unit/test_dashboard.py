@@ -101,7 +101,7 @@ def test_the_badge_says_the_most_pressing_state_first():
 
 
 def test_instances_are_counted_per_host():
-    rows = [{"host": "a", "gate": "passing"}, {"host": "a", "gate": "critical"}, {"host": "b", "gate": "passing"}]
+    rows = [{"host": "a", "admitted": True}, {"host": "a", "admitted": False}, {"host": "b", "admitted": True}]
     assert per_host(rows) == {"a": "1/2", "b": "1/1"}
 
 
