@@ -105,18 +105,22 @@ class ConsulClient:
         one recursive read of each prefix, made on entry, instead of one request per key (a pass
         over a thousand services reads each one's policy several times). A key written through
         this client meanwhile, from any thread, is read from Consul again; other threads always
-        read Consul."""
+        read Consul.
+
+        The view is registered before its reads, and a write marks its key both before it is
+        sent and once Consul has answered: a write that another thread makes while the
+        snapshot is being read is never answered from the snapshot's older value."""
         snapshot: Dict[str, Tuple[int, Optional[str]]] = {}
-        for prefix in prefixes:
-            _, items = self._c.kv.get(prefix, recurse=True)
-            for item in items or []:
-                value = item["Value"]
-                snapshot[item["Key"]] = (int(item["ModifyIndex"]), value.decode() if value is not None else "")
         view = (tuple(prefixes), snapshot, set())
-        self._pass.view = view
         with self._passes_lock:
             self._passes.append(view)
         try:
+            for prefix in prefixes:
+                _, items = self._c.kv.get(prefix, recurse=True)
+                for item in items or []:
+                    value = item["Value"]
+                    snapshot[item["Key"]] = (int(item["ModifyIndex"]), value.decode() if value is not None else "")
+            self._pass.view = view
             yield
         finally:
             self._pass.view = None
@@ -125,14 +129,29 @@ class ConsulClient:
 
     def _from_pass(self, key: str) -> Optional[Tuple[int, Optional[str]]]:
         view = getattr(self._pass, "view", None)
-        if view is None or not key.startswith(view[0]) or key in view[2]:
+        if view is None or not key.startswith(view[0]):
             return None
-        return view[1].get(key, (0, None))
+        with self._passes_lock:
+            if key in view[2]:
+                return None
+            return view[1].get(key, (0, None))
 
     def _written(self, key: str) -> None:
         with self._passes_lock:
             for view in self._passes:
                 view[2].add(key)
+
+    @contextlib.contextmanager
+    def _writing(self, keys):
+        """Around a write: its keys are marked in every pass's view before it is sent and again
+        after Consul answered (a view registered while it was in flight sees it too)."""
+        for key in keys:
+            self._written(key)
+        try:
+            yield
+        finally:
+            for key in keys:
+                self._written(key)
 
     def kv_get(self, key: str) -> Tuple[int, Optional[str]]:
         """(ModifyIndex, value); (0, None) when the key is absent."""
@@ -147,13 +166,13 @@ class ConsulClient:
 
     def kv_put(self, key: str, value: str, cas: Optional[int] = None) -> bool:
         """Write `value`; with `cas` only if the key's ModifyIndex is still `cas` (0: absent)."""
-        self._written(key)
-        return bool(self._c.kv.put(key, value, cas=cas))
+        with self._writing((key,)):
+            return bool(self._c.kv.put(key, value, cas=cas))
 
     def kv_delete(self, key: str, cas: Optional[int] = None) -> bool:
         """Delete `key`; with `cas` only if its ModifyIndex is still `cas`."""
-        self._written(key)
-        return bool(self._c.kv.delete(key, cas=cas))
+        with self._writing((key,)):
+            return bool(self._c.kv.delete(key, cas=cas))
 
     def kv_txn(self, operations: List[Tuple[str, str, Optional[str], Optional[int]]]) -> bool:
         """Several KV writes at once, all or none: (verb, key, value, index) each, verb "set",
@@ -161,7 +180,6 @@ class ConsulClient:
         False when a check-and-set found the key changed."""
         ops = []
         for verb, key, value, index in operations:
-            self._written(key)
             kv = {"Verb": verb, "Key": key}
             if value is not None:
                 kv["Value"] = base64.b64encode(value.encode()).decode()
@@ -169,7 +187,8 @@ class ConsulClient:
                 kv["Index"] = index
             ops.append({"KV": kv})
         try:
-            self._c.txn.put(ops)
+            with self._writing([key for _, key, _, _ in operations]):
+                self._c.txn.put(ops)
             return True
         except consul.base.ClientError as exc:        # 409: rolled back; its errors say why
             if str(exc).startswith("409") and "permission denied" not in str(exc).lower():
@@ -184,10 +203,15 @@ class ConsulClient:
         return present
 
     def kv_delete_tree(self, prefix: str) -> None:
-        with self._passes_lock:
-            for view in self._passes:
-                view[2].update(k for k in view[1] if k.startswith(prefix))
-        self._c.kv.delete(prefix, recurse=True)
+        def mark() -> None:
+            with self._passes_lock:
+                for view in self._passes:
+                    view[2].update(k for k in list(view[1]) if k.startswith(prefix))
+        mark()
+        try:
+            self._c.kv.delete(prefix, recurse=True)
+        finally:
+            mark()
 
     def kv_keys(self, prefix: str) -> List[str]:
         _, keys = self._c.kv.get(prefix, keys=True)

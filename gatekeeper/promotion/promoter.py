@@ -172,12 +172,17 @@ class Promoter(Reconciler):
         if request is None or request.version != version:
             return False
 
+        made = {"here": False}
+
         def change(p: RoutingPolicy) -> Optional[RoutingPolicy]:
-            if p.stable != request.replacing:
-                return None
-            return replace(p, stable=version, previous=p.stable, canary="", weight=0)
+            made["here"] = p.stable == request.replacing
+            return replace(p, stable=version, previous=p.stable, canary="", weight=0) if made["here"] else None
 
         after = update_policy(self.stores.policies, service, change)
+        if after is not None and after.stable == version and not made["here"]:
+            # made stable by an earlier pass whose clearing of the request failed: recorded then
+            self.stores.policies.clear_rollback(service)
+            return True
         if after is None or after.stable != version:
             self._give_up_rollback(service, request, cas, f"{after.stable if after else 'another version'} "
                                                           "became stable meanwhile")

@@ -177,6 +177,34 @@ def test_a_pass_reads_each_prefix_once_and_sees_every_write_made_through_its_cli
     stores.forget_service(unique)
 
 
+def test_a_write_made_while_a_pass_reads_its_snapshot_is_seen_by_the_pass(stores, unique, monkeypatch):
+    """The daemon's pass reads its prefixes one after another while a test's worker thread may
+    write (a canary set with its analysis, a rollback finished): a write landing between those
+    reads must not be answered from the snapshot's older value (it was: an analysis started
+    twice, a rollback recorded twice)."""
+    import threading
+    stores.policies.put(RoutingPolicy(service=unique, stable="v1"), 0)
+    kv = stores.consul._c.kv
+    read = kv.get
+
+    def get(key, **kwargs):
+        answer = read(key, **kwargs)
+        if kwargs.get("recurse") and key == "gatekeeper/policies/":      # the first prefix is read:
+            def write():                                                # a worker writes before the next
+                stores.policies.put(RoutingPolicy(service=unique, stable="v2"), stores.policies.get(unique)[0])
+            worker = threading.Thread(target=write)
+            worker.start()
+            worker.join()
+        return answer
+
+    monkeypatch.setattr(kv, "get", get)
+    with stores.consul.reads_of_one_pass(("gatekeeper/policies/", "gatekeeper/rollbacks/")):
+        assert stores.policies.get(unique)[1].stable == "v2"
+    monkeypatch.undo()
+    assert stores.policies.get(unique)[1].stable == "v2"
+    stores.forget_service(unique)
+
+
 def test_every_instance_in_a_few_reads_is_what_each_services_own_read_says(stores, consul_server, unique):
     """all() reads each node's services and every check at once; of() one service's health."""
     import requests

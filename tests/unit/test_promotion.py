@@ -317,6 +317,11 @@ def test_a_rollback_to_a_drained_version_asks_the_leader_to_start_its_containers
     leader.reconcile("demo", store.registered)
     assert leader.next_due() is None
 
+    store.waiting = w                                # its clearing had failed: found again by a pass
+    leader.admitted(inst("v1"))
+    leader.reconcile("demo", store.registered)
+    assert store.waiting is None and [e for e, _ in store.hist].count("rolled back") == 1, "recorded once"
+
 
 @pytest.mark.parametrize("mode", [MANUAL, "progressive"])
 def test_in_manual_and_progressive_mode_too_the_passed_drained_version_is_stable_not_a_canary(mode):
