@@ -2,9 +2,11 @@
 
 The daemon reads the catalog once per pass, shows every reconciler the whole of it first
 (`begin_pass`: what spans services, such as who holds which route), hands each service's
-instances to every reconciler in turn (the gate first, so the others see its decisions of this pass), then lets
-each finish the pass (work across services). `next_due` says when a reconciler wants a pass
-although nothing changed (a grace period ends, an analysis step falls due).
+instances to every reconciler in turn (the gate first, so the others see its decisions of this
+pass), then lets each finish the pass (work across services). New instances are also shown as
+they arrive (`arrived`), before the next pass, so that a backlog's long passes do not hold them
+up. `next_due` says when a reconciler wants a pass although nothing changed (a grace period
+ends, an analysis step falls due).
 """
 from __future__ import annotations
 
@@ -24,6 +26,10 @@ class Reconciler:
 
     def end_pass(self, snapshot: Snapshot) -> None:
         """After every service was reconciled: work that spans services."""
+
+    def arrived(self, service: str, instances: List[RegisteredInstance]) -> None:
+        """Instances registered since the daemon last looked, shown before the next pass (on the
+        daemon's watch thread): what cannot wait for a pass over the whole catalog."""
 
     def next_due(self) -> Optional[float]:
         """When the next decision falls due (time.monotonic), or None."""

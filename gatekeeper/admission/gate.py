@@ -67,6 +67,7 @@ class Gate(Reconciler):
         self.verdicts: Dict[str, Verdict] = {}         # every stored verdict, read once per pass ...
         self.written: Dict[str, Tuple[float, Verdict]] = {}   # ... and those written since: (when, verdict)
         self.corrections: List[Tuple[Instance, bool, str]] = []   # gates to write at the pass's end
+        self.passes = 0                                # passes since it leads (`arrived` waits for one)
 
     def begin_pass(self, snapshot: Snapshot) -> None:
         """Every verdict, in one read. Who serves which route (host name and path) now: a
@@ -121,7 +122,24 @@ class Gate(Reconciler):
         for ri in instances:
             self._reconcile_one(ri)
 
+    def arrived(self, service: str, instances: List[RegisteredInstance]) -> None:
+        """Instances registered since the daemon last looked, before a pass reaches them: one with
+        no verdict for its container is tested now, whatever the pass under way still has to do
+        (a pass over 10,000 instances takes more than a second). Only what the pass would do
+        for it too, and only once a pass has read the verdicts; the rest waits for the pass."""
+        if not self.passes:
+            return
+        for ri in instances:
+            verdict = self._verdict(ri.instance.id)
+            if verdict is not None and verdict.applies_to(ri.instance):
+                continue
+            with self.lock:
+                self.first_seen.setdefault(ri.instance.id, time.monotonic())
+            if not self._waiting_for_docker_health(ri):
+                self._start_test(ri.instance)
+
     def end_pass(self, snapshot: Snapshot) -> None:
+        self.passes += 1
         corrections, self.corrections = self.corrections, []
         if corrections:
             self.stores.node_records.set_gates(corrections)
@@ -191,10 +209,8 @@ class Gate(Reconciler):
                 or (verdict.other_owner and self.run_by_other(inst) is None)):
             with self.lock:
                 self.first_seen.setdefault(inst.id, time.monotonic())
-            if inst.docker_health and ri.checks.get(inst.docker_health_check_id) != "passing":
-                log.debug("%s: waiting for Docker to report the container healthy before testing", inst.id)
-                return
-            self._start_test(inst)             # new, replaced, or interrupted mid-test
+            if not self._waiting_for_docker_health(ri):
+                self._start_test(inst)             # new, replaced, or interrupted mid-test
             return
         passing = verdict.state == PASSED
         if passing and ri.gate_status != "passing" and self._healing_gave_up(ri):
@@ -209,6 +225,14 @@ class Gate(Reconciler):
         else:
             log.warning("%s: gate was passing against a %s verdict; closing it", inst.id, verdict.state)
             self.corrections.append((inst, False, f"{verdict.state}: {verdict.summary}"))
+
+    @staticmethod
+    def _waiting_for_docker_health(ri: RegisteredInstance) -> bool:
+        inst = ri.instance
+        if inst.docker_health and ri.checks.get(inst.docker_health_check_id) != "passing":
+            log.debug("%s: waiting for Docker to report the container healthy before testing", inst.id)
+            return True
+        return False
 
     def _rewrite_due(self, instance_id: str) -> bool:
         """A gate that disagrees with its verdict gets the decision written again at once (a forged
@@ -238,7 +262,9 @@ class Gate(Reconciler):
                 and bool(self.stores.policies.tests_image(inst.service)))
 
     def _start_test(self, inst: Instance, reverify: bool = False) -> None:
-        with self.lock:
+        with self.lock:       # a pass and the daemon's look at new instances may both get here
+            if self.testing.get(inst.id) == inst.container_id:
+                return
             self.testing[inst.id] = inst.container_id
         self.pool.submit(REVERIFY if reverify else FIRST, self._test, inst, reverify)
 
@@ -313,6 +339,7 @@ class Gate(Reconciler):
 
     def leadership_lost(self) -> None:
         """Stop every running test at once (the next leader retests)."""
+        self.passes = 0
         self.tester.abort_all()
 
     def shutdown(self) -> None:

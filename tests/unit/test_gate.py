@@ -693,3 +693,29 @@ def test_a_verdict_written_while_the_pass_reads_still_counts_in_that_pass():
     pass_over(gate)
     settle(gate)
     assert len(tester.runs) == 1, "tested once, not again"
+
+
+def test_an_instance_shown_as_it_arrives_is_tested_once_a_pass_has_read_the_verdicts_and_only_once():
+    """The daemon shows new instances before its next pass (a pass over a backlog takes seconds):
+    the gate tests those with no verdict for their container, once, and leaves the rest to the pass."""
+    store, tester = Store(inst()), FakeTester()
+    gate = Gate(store, tester)
+    arrived = store.catalog()["demo"]
+    gate.arrived("demo", arrived)                  # before any pass: the verdicts are not read yet
+    settle(gate)
+    assert tester.runs == []
+
+    store, tester = Store(inst()), FakeTester()
+    store.verdicts["h:web:8080"] = Verdict("h:web:8080", "c1", "demo-test:latest", FAILED, "0/9", 1, 2)
+    later = replace(inst("c2"), id="h:web2:8080")  # a second container, arrived after the first pass
+    gate = Gate(store, tester)
+    pass_over(gate)
+    store.registered[later.id], store.gates[later.id] = later, "critical"
+    gate.testing["h:web2:8080"] = "c0"              # an older container of that id still under test
+    gate.arrived("demo", store.catalog()["demo"])  # the failed one has its verdict: not retested
+    gate.arrived("demo", store.catalog()["demo"])  # shown twice (and the pass too): tested once
+    pass_over(gate)
+    settle(gate)
+    assert tester.runs == [("demo-test:latest", "http://127.0.0.1:32768")]
+    assert store.verdicts["h:web2:8080"].container_id == "c2" and store.gates["h:web2:8080"] == "passing"
+    assert store.gates["h:web:8080"] == "critical"

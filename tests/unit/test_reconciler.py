@@ -27,3 +27,57 @@ def test_each_service_goes_through_every_reconciler_in_order_then_each_ends_the_
 def test_the_earliest_decision_due_wakes_the_daemon_and_none_means_none():
     assert next_due([Recorder("a", [], 7.0), Recorder("b", [], None), Recorder("c", [], 3.0)]) == 3.0
     assert next_due([Recorder("a", []), Reconciler()]) is None
+
+
+class Leader:
+    def __init__(self, leading):
+        import threading
+        self.is_leader = threading.Event()
+        if leading:
+            self.is_leader.set()
+
+
+class Catalog:
+    """`instances.of` as the daemon calls it for new arrivals; counts the reads."""
+
+    def __init__(self):
+        self.reads = []
+
+    def of(self, service):
+        self.reads.append(service)
+        return [type("RI", (), {"instance": type("I", (), {"id": f"{service}:{n}"})()})() for n in range(3)]
+
+    def wait_checks(self, index, wait):
+        raise AssertionError("not watched here")
+
+
+def gate_checks(*ids):
+    return [{"CheckID": "serfHealth", "ServiceID": ""}] + [
+        {"CheckID": f"{i}:gate", "ServiceID": i, "ServiceName": i.split(":")[0]} for i in ids] + [
+        {"CheckID": f"{i}:docker-health", "ServiceID": i, "ServiceName": i.split(":")[0]} for i in ids]
+
+
+class Arrivals(Reconciler):
+    def __init__(self):
+        self.shown = []
+
+    def arrived(self, service, instances):
+        self.shown.append((service, sorted(ri.instance.id for ri in instances)))
+
+
+def test_the_leader_shows_a_few_new_instances_before_its_pass_and_leaves_a_bulk_import_to_the_pass():
+    from gatekeeper.daemon import ARRIVALS_AT_ONCE, Daemon
+    catalog, seen = Catalog(), Arrivals()
+    daemon = Daemon(catalog, None, [seen], Leader(True))
+    daemon._show_arrivals(gate_checks("a:0"))                    # the first answer: nothing is new yet
+    daemon._show_arrivals(gate_checks("a:0", "a:1", "b:2"))      # two new, of two services
+    assert seen.shown == [("a", ["a:1"]), ("b", ["b:2"])] and catalog.reads == ["a", "b"]
+    daemon._show_arrivals(gate_checks("a:1", "b:2"))             # one left: nothing to show
+    bulk = [f"c:{n}" for n in range(ARRIVALS_AT_ONCE + 1)]
+    daemon._show_arrivals(gate_checks("a:1", "b:2", *bulk))      # a bulk import: the pass takes it
+    assert len(seen.shown) == 2 and catalog.reads == ["a", "b"]
+
+    follower = Daemon(catalog, None, [seen], Leader(False))
+    follower._show_arrivals(gate_checks("a:0"))
+    follower._show_arrivals(gate_checks("a:0", "a:1"))
+    assert len(seen.shown) == 2, "a follower shows nothing"
