@@ -11,7 +11,8 @@ agent restart re-registers the same container, which must not be tested again), 
 Built for thousands of instances: a pass reads every verdict at once, not one per instance; the
 gates it corrects are written together (a few Consul transactions) at the end of the pass; and
 the test queue takes the instance seen last first, so a container started during a backlog
-(thousands of instances imported at once) is tested at once, not after all of them.
+(thousands of instances imported at once) is tested at once, not after all of them; and the
+daemon shows it to the gate as it arrives (`arrived`), so it does not wait for the pass under way.
 """
 from __future__ import annotations
 
