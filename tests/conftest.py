@@ -25,14 +25,34 @@ def uses_cluster(item) -> bool:
     return SHARED_CLUSTER in getattr(item, "fixturenames", ())
 
 
-def pytest_collection_modifyitems(items):
+# `make test` runs the suite as two pytest processes side by side, one side each
+# (PROXYSTACK_TEST_SIDE=a or b), each with a Consul of its own, both on this machine's Docker
+# Engine; the tests that restart the engine run afterwards, alone (scripts/test.sh). Side "b" holds
+# what may not run beside itself and is long enough to balance the rest: the modules that turn on
+# swarm mode or use the demo's own ports (tests/deploy/, test_swarm), those of the namespace
+# cluster and the 20-agent fleet, and two that share ports (test_progressive's proxy and pebble
+# in test_acme). Every other module is side "a". Each module's ports are its own
+# (docs/development.md lists them), so the two sides never meet.
+SIDE_B = ("tests/deploy/", "tests/e2e/test_swarm.py", "tests/e2e/test_cluster.py", "tests/e2e/test_fleet.py",
+          "tests/e2e/test_progressive.py", "tests/e2e/test_acme.py")
+
+
+def side(item) -> str:
+    return "b" if item.nodeid.split("::")[0].startswith(SIDE_B) else "a"
+
+
+def pytest_collection_modifyitems(config, items):
     """Tests that restart the Docker Engine run last: it stops every container. Just before
     them, the test modules that share the namespace cluster (each whole, in its own order, so
     that a module's fixtures are set up once), one after the other, so that the cluster is up
-    only while they run."""
+    only while they run. With PROXYSTACK_TEST_SIDE, only that side's tests run."""
     cluster_modules = {item.module for item in items if uses_cluster(item)}
     items.sort(key=lambda item: (item.get_closest_marker("engine_restart") is not None,
                                  item.module in cluster_modules))
+    chosen = os.environ.get("PROXYSTACK_TEST_SIDE")
+    if chosen:
+        config.hook.pytest_deselected(items=[item for item in items if side(item) != chosen])
+        items[:] = [item for item in items if side(item) == chosen]
 
 
 def _cluster_ahead(item) -> bool:
