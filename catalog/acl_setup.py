@@ -47,7 +47,7 @@ from typing import List, Optional
 
 import requests
 
-from .consul_client import parse_address
+from .consul_client import Tls, parse_address
 from .stores.proxies import METRICS_SERVICE
 from .kv_layout import (ACTIONS, CERTIFICATE_CHAINS, CERTIFICATES, GATEKEEPER, GATES, HEALING, HISTORY, LEADER,
                         POLICIES as KV_POLICIES, PROXY_RELOADER, REGISTRATOR, SCHEMA, SERVED, VERDICTS)
@@ -99,11 +99,13 @@ class Api:
         scheme, host, port = parse_address(address)
         self.base = f"{scheme}://{host}:{port}"
         self.token = token
+        self.tls = Tls.from_env()
 
     def call(self, method: str, path: str, body=None, ok=(200,)):
         headers = {"X-Consul-Token": self.token} if self.token else {}
         r = requests.request(method, self.base + path, headers=headers, timeout=10,
-                             data=json.dumps(body) if body is not None else None)
+                             data=json.dumps(body) if body is not None else None,
+                             verify=self.tls.verify, cert=self.tls.cert)
         if r.status_code not in ok:
             raise AclSetupError(f"{method} {path}: {r.status_code} {r.text.strip()[:200]}")
         return r.json() if r.text.strip().startswith(("{", "[")) else r.text

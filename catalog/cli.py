@@ -67,6 +67,16 @@ def consul_refusal(address: str, exc: Exception) -> str:
     return f"Consul at {address} refused the request: {text}{hint}"
 
 
+def consul_unreachable(address: str, exc: Exception) -> str:
+    """Why Consul could not be reached, in words: an HTTPS certificate this client does not
+    trust is said so, with the variables that fix it."""
+    if "SSL" in type(exc).__name__ or "CERTIFICATE_VERIFY_FAILED" in str(exc):
+        return (f"Consul at {address} answered with a certificate this client does not trust, or asked for "
+                f"a client certificate: set CONSUL_CACERT to the CA file that signed its certificate (and "
+                f"CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY when it verifies clients)")
+    return f"Consul at {address} is unreachable ({type(exc).__name__}); is the stack running? (make demo starts it)"
+
+
 class JsonAwareParser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors are a JSON object on stdout when --json was given
     (its subcommands' parsers are of this class too, and share what the command line said)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import json
 import os
 import threading
@@ -52,6 +53,40 @@ def read_token(token_file: Optional[str] = None) -> Optional[str]:
     return os.environ.get("CONSUL_HTTP_TOKEN") or None
 
 
+@dataclasses.dataclass(frozen=True)
+class Tls:
+    """How HTTPS to Consul is verified, from Consul's own variables as its CLI reads them:
+    CONSUL_CACERT, the CA that signed the agents' HTTPS certificates (else the system's), and
+    CONSUL_CLIENT_CERT with CONSUL_CLIENT_KEY, this client's own certificate for agents that
+    verify incoming HTTPS. Plain HTTP ignores them."""
+    ca: Optional[str] = None
+    cert: Optional[Tuple[str, str]] = None
+
+    @classmethod
+    def from_env(cls) -> "Tls":
+        ca = os.environ.get("CONSUL_CACERT") or None
+        cert, key = os.environ.get("CONSUL_CLIENT_CERT"), os.environ.get("CONSUL_CLIENT_KEY")
+        if bool(cert) != bool(key):
+            raise ValueError("CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY go together: set both or neither")
+        for what, path in (("CONSUL_CACERT", ca), ("CONSUL_CLIENT_CERT", cert), ("CONSUL_CLIENT_KEY", key)):
+            if path and not os.path.isfile(path):
+                raise ValueError(f"{what}={path}: no such file")
+        return cls(ca, (cert, key) if cert else None)
+
+    @property
+    def verify(self):
+        """For requests and python-consul2: the CA file, or True (the system's CAs)."""
+        return self.ca or True
+
+    def ssl_context(self):
+        """For aiohttp."""
+        import ssl
+        context = ssl.create_default_context(cafile=self.ca)
+        if self.cert:
+            context.load_cert_chain(*self.cert)
+        return context
+
+
 def token_headers(token: Optional[str]) -> Dict[str, str]:
     return {"X-Consul-Token": token} if token else {}
 
@@ -74,11 +109,13 @@ class ConsulClient:
         scheme, host, port = parse_address(address)
         self.address = address
         self.max_wait = max_wait
-        self._c = consul.Consul(host=host, port=port, scheme=scheme, token=token, timeout=timeout)
+        tls = Tls.from_env()
+        self._c = consul.Consul(host=host, port=port, scheme=scheme, token=token, timeout=timeout,
+                                verify=tls.verify, cert=tls.cert)
         # Blocking queries hold the connection for up to `wait`; they get a client of their own
         # whose timeout outlasts the wait.
         self._blocking = consul.Consul(host=host, port=port, scheme=scheme, token=token,
-                                       timeout=blocking_timeout(max_wait, timeout))
+                                       timeout=blocking_timeout(max_wait, timeout), verify=tls.verify, cert=tls.cert)
         # python-consul2 lets CONSUL_HTTP_TOKEN override an explicit token; the one given wins here.
         self._c.token = self._blocking.token = token
         self._token = token
@@ -344,12 +381,14 @@ class AsyncConsul:
         self.base = f"{scheme}://{host}:{port}"
         self.headers = token_headers(token)
         self.wait, self.timeout = wait, timeout
+        self.tls = Tls.from_env() if scheme == "https" else None
         self._session = None
 
     async def __aenter__(self) -> "AsyncConsul":
         import aiohttp
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0), headers=self.headers,
+            connector=aiohttp.TCPConnector(limit=0, ssl=self.tls.ssl_context() if self.tls else None),
+            headers=self.headers,
             timeout=aiohttp.ClientTimeout(total=blocking_timeout(self.wait, self.timeout)))
         return self
 

@@ -31,7 +31,8 @@ from dataclasses import asdict
 import requests
 
 from catalog.cli import (EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, JsonAwareParser,
-                         add_consul_options, consul_address, consul_refusal, emit_error, exit_code_epilog)
+                         add_consul_options, consul_address, consul_refusal, consul_unreachable, emit_error,
+                         exit_code_epilog)
 from catalog.consul_client import ACLPermissionDenied, ConsulException, read_token
 from catalog.errors import Refused, StackError, Unreachable
 from catalog.logs import setup_logging
@@ -423,8 +424,7 @@ def main(argv=None) -> int:
     except StackError as exc:
         return fail(exc.exit_code, str(exc))
     except (requests.ConnectionError, requests.Timeout) as exc:
-        return fail(EXIT_UNREACHABLE, f"Consul at {args.consul} is unreachable ({type(exc).__name__}); "
-                                      "is the stack running? (make demo starts it)")
+        return fail(EXIT_UNREACHABLE, consul_unreachable(args.consul, exc))
     except ConsulException as exc:
         return fail(EXIT_UNREACHABLE, consul_refusal(args.consul, exc))
     except ValueError as exc:

@@ -20,7 +20,7 @@ from pathlib import Path
 import requests
 
 from catalog.cli import (EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, add_consul_options,
-                         consul_address, exit_code_epilog)
+                         consul_address, consul_unreachable, exit_code_epilog)
 from catalog import schema
 from catalog.consul_client import read_token
 from catalog.stores import ProxyStore, Stores
@@ -177,11 +177,11 @@ def main(argv=None) -> int:
                 return EXIT_FAILED
             logging.warning("first render failed (%s); nginx starts with what is on disk", exc)
             changed = False
-        except (requests.ConnectionError, requests.Timeout):
+        except (requests.ConnectionError, requests.Timeout) as exc:
             if args.once:
-                print(f"proxy-reloader: Consul at {args.consul} is unreachable", file=sys.stderr)
+                print(f"proxy-reloader: {consul_unreachable(args.consul, exc)}", file=sys.stderr)
                 return EXIT_UNREACHABLE
-            logging.warning("first render: Consul at %s is unreachable; nginx starts with what is on disk", args.consul)
+            logging.warning("first render: %s; nginx starts with what is on disk", consul_unreachable(args.consul, exc))
             changed = False
         if args.once:
             print(f"config {'written' if changed else 'unchanged'}: {nginx.conf}")

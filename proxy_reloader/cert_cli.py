@@ -23,7 +23,7 @@ import requests
 
 from catalog.certificates import CertificateRefused, check_name, parse
 from catalog.cli import (EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, add_consul_options, consul_address,
-                         consul_refusal, emit_error, exit_code_epilog)
+                         consul_refusal, consul_unreachable, emit_error, exit_code_epilog)
 from catalog.consul_client import ConsulClient, ConsulException, read_token
 from catalog.kv_layout import ACME_RENEW
 from catalog.stores.certificates import CertificateStore, checked
@@ -92,8 +92,8 @@ def main(argv=None) -> int:
         return EXIT_OK
     except CertificateRefused as exc:
         return emit_error(as_json, f"refused, nothing stored: {exc}", EXIT_USAGE, PROG)
-    except (requests.ConnectionError, requests.Timeout):
-        return emit_error(as_json, f"Consul at {args.consul} is unreachable", EXIT_UNREACHABLE, PROG)
+    except (requests.ConnectionError, requests.Timeout) as exc:
+        return emit_error(as_json, consul_unreachable(args.consul, exc), EXIT_UNREACHABLE, PROG)
     except ConsulException as exc:
         return emit_error(as_json, consul_refusal(args.consul, exc), EXIT_UNREACHABLE, PROG)
 

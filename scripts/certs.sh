@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# TLS material for Docker Engines reached over TCP (port 2376), in docker's own layout.
+# TLS material for Docker Engines reached over TCP (port 2376), in docker's own layout, and for
+# Consul agents with TLS on.
 #   scripts/certs.sh ca DIR                      DIR/ca.pem, DIR/ca-key.pem (kept if present)
 #   scripts/certs.sh server DIR OUT SAN[,SAN]    OUT/{ca,cert,key}.pem for dockerd --tlsverify
 #                                                (SAN: IP:10.100.200.100,DNS:prod)
+#   scripts/certs.sh peer DIR OUT SAN[,SAN]      OUT/{ca,cert,key}.pem for a Consul agent (TLS on RPC and
+#                                                HTTPS: server and client of the others)
 #   scripts/certs.sh client DIR OUT NAME         OUT/{ca,cert,key}.pem for DOCKER_CERT_PATH
 # Keys are P-256, private files 0600. Existing files are never overwritten.
 set -euo pipefail
@@ -39,7 +42,9 @@ case "${1:-}" in
   ca) [ $# -eq 2 ] || die "usage: $0 ca DIR"; ca "$2" ;;
   server) [ $# -eq 4 ] || die "usage: $0 server DIR OUT SAN[,SAN...] (for example IP:127.0.0.1,DNS:localhost)"
           first="${4%%,*}"; issue "$2" "$3" "${first#*:}" "subjectAltName=$4\nextendedKeyUsage=serverAuth\nkeyUsage=digitalSignature\n" ;;
+  peer) [ $# -eq 4 ] || die "usage: $0 peer DIR OUT SAN[,SAN...] (a Consul agent: server and client of the others)"
+          first="${4%%,*}"; issue "$2" "$3" "${first#*:}" "subjectAltName=$4\nextendedKeyUsage=serverAuth,clientAuth\nkeyUsage=digitalSignature\n" ;;
   client) [ $# -eq 4 ] || die "usage: $0 client DIR OUT NAME"
           issue "$2" "$3" "$4" "extendedKeyUsage=clientAuth\nkeyUsage=digitalSignature\n" ;;
-  *) die "usage: $0 ca DIR | server DIR OUT SANS | client DIR OUT NAME" ;;
+  *) die "usage: $0 ca DIR | server DIR OUT SANS | peer DIR OUT SANS | client DIR OUT NAME" ;;
 esac

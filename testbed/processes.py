@@ -111,18 +111,26 @@ def stop_all(procs: List[Proc], timeout: float = 15.0) -> None:
 
 class ConsulServer:
     """A single-node Consul server with a data folder, on ports apart from the demo stack's,
-    with ACLs on (default deny) and one token per part, as the stack runs it."""
+    with ACLs on (default deny) and one token per part, as the stack runs it.
 
-    def __init__(self, base: Path, http_port: int = 18500, port_base: int = 18300):
+    With `tls`, hardened as production runs it: gossip encrypted with a key of its own, TLS on
+    RPC with verify_incoming/verify_outgoing and the server's host name checked, and the API on
+    HTTPS only (at `address`, https://...), with a CA of its own made by scripts/certs.sh
+    (`ca_file`; clients trust it through CONSUL_CACERT, `tls_env`)."""
+
+    def __init__(self, base: Path, http_port: int = 18500, port_base: int = 18300, tls: bool = False):
         self.data = base / "consul-data"
         self.data.mkdir(parents=True, exist_ok=True)
         self.tokens = base / "tokens"
         self.http_port = http_port
-        self.address = f"127.0.0.1:{http_port}"
+        self.tls = tls
+        self.address = f"{'https://' if tls else ''}127.0.0.1:{http_port}"
+        self.ca_file = str(base / "tls" / "ca" / "ca.pem")
+        hardened = self._harden(base) if tls else ["-http-port", str(http_port)]
         self.proc = Proc("consul", [
             find_binary("consul"), "agent", "-server", "-bootstrap-expect", "1", "-node", "proxystack-test",
-            "-data-dir", str(self.data), "-bind", "127.0.0.1", "-client", "127.0.0.1",
-            "-http-port", str(http_port), "-dns-port", "-1", "-grpc-port", "-1",
+            "-data-dir", str(self.data), "-bind", "127.0.0.1", "-client", "127.0.0.1", *hardened,
+            "-dns-port", "-1", "-grpc-port", "-1",
             "-server-port", str(port_base), "-serf-lan-port", str(port_base + 1),
             "-serf-wan-port", str(port_base + 2), "-log-level", "warn", "-ui",
             # Sync a check's output to the catalog at once, not every 5 minutes, so the gate's
@@ -133,11 +141,29 @@ class ConsulServer:
             "-hcl", 'acl { enabled = true, default_policy = "deny", enable_token_persistence = true }',
         ], base)
 
+    def _harden(self, base: Path) -> List[str]:
+        ca, peer = base / "tls" / "ca", base / "tls" / "server"
+        certs = str(ROOT / "scripts" / "certs.sh")
+        subprocess.run(["bash", certs, "ca", str(ca)], check=True, capture_output=True)
+        subprocess.run(["bash", certs, "peer", str(ca), str(peer), "DNS:server.dc1.consul,DNS:localhost,IP:127.0.0.1"],
+                       check=True, capture_output=True)
+        key = subprocess.run([find_binary("consul"), "keygen"], check=True, capture_output=True, text=True).stdout.strip()
+        return ["-http-port", "-1", "-hcl", f"ports {{ https = {self.http_port} }}", "-encrypt", key,
+                "-hcl", f'ca_file = "{ca}/ca.pem"', "-hcl", f'cert_file = "{peer}/cert.pem"',
+                "-hcl", f'key_file = "{peer}/key.pem"', "-hcl", "verify_incoming_rpc = true",
+                "-hcl", "verify_outgoing = true", "-hcl", "verify_server_hostname = true"]
+
+    @property
+    def tls_env(self) -> dict:
+        """What a client needs to trust this server's HTTPS: nothing without TLS."""
+        return {"CONSUL_CACERT": self.ca_file} if self.tls else {}
+
     def start(self) -> "ConsulServer":
         from catalog.acl_setup import setup
         self.proc.start()
-        wait_until(lambda: ":" in requests.get(f"http://{self.address}/v1/status/leader", timeout=2).json(),
-                   60, "Consul leader election")
+        url = f"{'https' if self.tls else 'http'}://127.0.0.1:{self.http_port}/v1/status/leader"
+        verify = self.ca_file if self.tls else True
+        wait_until(lambda: ":" in requests.get(url, timeout=2, verify=verify).json(), 60, "Consul leader election")
         wait_until(lambda: setup(self.address, self.tokens), 30, "ACL bootstrap and tokens")
         return self
 
