@@ -67,7 +67,7 @@ def _management_token(tokens: Path) -> str:
 
 def _call(method: str, url: str, token: str, **kw) -> requests.Response:
     try:
-        tls = Tls.from_env()
+        tls = Tls.from_env() if url.startswith("https://") else Tls()
         r = requests.request(method, url, headers={"X-Consul-Token": token}, timeout=120, verify=tls.verify,
                              cert=tls.cert, **kw)
     except requests.exceptions.SSLError:

@@ -58,7 +58,7 @@ class Tls:
     """How HTTPS to Consul is verified, from Consul's own variables as its CLI reads them:
     CONSUL_CACERT, the CA that signed the agents' HTTPS certificates (else the system's), and
     CONSUL_CLIENT_CERT with CONSUL_CLIENT_KEY, this client's own certificate for agents that
-    verify incoming HTTPS. Plain HTTP ignores them."""
+    verify incoming HTTPS. Read for https:// addresses only: plain HTTP ignores them."""
     ca: Optional[str] = None
     cert: Optional[Tuple[str, str]] = None
 
@@ -109,7 +109,7 @@ class ConsulClient:
         scheme, host, port = parse_address(address)
         self.address = address
         self.max_wait = max_wait
-        tls = Tls.from_env()
+        tls = Tls.from_env() if scheme == "https" else Tls()
         self._c = consul.Consul(host=host, port=port, scheme=scheme, token=token, timeout=timeout,
                                 verify=tls.verify, cert=tls.cert)
         # Blocking queries hold the connection for up to `wait`; they get a client of their own

@@ -52,3 +52,10 @@ def test_a_certificate_the_client_does_not_trust_is_said_so_with_the_variable_to
     told = consul_unreachable("https://10.0.0.1:8501", requests.exceptions.SSLError("CERTIFICATE_VERIFY_FAILED"))
     assert "does not trust" in told and "CONSUL_CACERT" in told
     assert "is unreachable (ConnectionError)" in consul_unreachable("127.0.0.1:8500", requests.ConnectionError())
+
+
+def test_plain_http_to_consul_ignores_the_tls_variables(monkeypatch, tmp_path):
+    monkeypatch.setenv("CONSUL_CACERT", str(tmp_path / "gone.pem"))        # stale, from another shell
+    ConsulClient("127.0.0.1:8500")                                           # no error: HTTP reads none
+    with pytest.raises(ValueError, match="CONSUL_CACERT"):
+        ConsulClient("https://127.0.0.1:8501")
