@@ -1,36 +1,15 @@
 """A new instance does not wait for the pass under way: the leading daemon reads the instances
 whose gate check just appeared and the gate starts their tests at once. Against a real Consul:
 the daemon's own watch, its read of the new service, the gate's queue."""
-import dataclasses
 import threading
 import time
 
 from catalog.leader import LeaderLock
 from catalog.model import Instance
 from gatekeeper.admission.gate import Gate
-from gatekeeper.admission.tester import RunResult
 from gatekeeper.daemon import Daemon
 from gatekeeper.reconciler import Reconciler
-
-
-class Recording:
-    """What the gate asked to test (the Docker tester has tests of its own)."""
-
-    def __init__(self):
-        self.runs = []
-
-    def remove_leftovers(self, iid):
-        pass
-
-    def abort_all(self):
-        pass
-
-    def close(self):
-        pass
-
-    def run(self, image, url, iid):
-        self.runs.append(iid)
-        return RunResult("passed", "1/1 passed", "", time.time(), time.time())
+from tests.support.fakes import FakeTester
 
 
 class Only(Reconciler):
@@ -83,7 +62,7 @@ def wait(condition, seconds, what):
 
 
 def test_a_container_registered_while_a_long_pass_runs_is_tested_before_the_pass_ends(stores, unique):
-    tester = Recording()
+    tester = FakeTester()                         # what the gate asked to test (DockerTester: test_tester.py)
     gate = Gate(stores, tester, forget_after=1e9)
     stuck = Stuck(f"slow-{unique}")              # not the gate's: only the pass is held up by it
     daemon = Daemon(stores.instances, stores.policies, [Only(gate, unique), stuck],
@@ -96,13 +75,13 @@ def test_a_container_registered_while_a_long_pass_runs_is_tested_before_the_pass
         stores.instances.register(slow)
         assert stuck.inside.wait(30), "the pass reached the slow service"
         stores.instances.register(new)
-        wait(lambda: new.id in tester.runs, 30, "the new instance's test")
+        wait(lambda: tester.runs, 30, "the new instance's test")
         assert not stuck.release.is_set(), "started while the pass was still under way"
         wait(lambda: gate.verdicts.get(new.id) is not None, 30, "its verdict")
         stuck.release.set()
         passes = gate.passes
         wait(lambda: gate.passes > passes, 30, "the pass to end")
-        assert tester.runs == [new.id], "tested once, though the pass saw it too"
+        assert tester.runs == [("demo-test:latest", "http://127.0.0.1:31002")], "tested once, though the pass saw it too"
         assert stores.verdicts.get(new.id).state == "passed"
     finally:
         stuck.release.set()

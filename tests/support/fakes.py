@@ -1,5 +1,5 @@
 """In-memory stand-ins for unit tests. Each has a twin test against the real component
-(tests/integration/test_registry_contract.py, test_docker_source.py)."""
+(tests/integration/test_registry_contract.py, test_docker_source.py, test_tester.py)."""
 from __future__ import annotations
 
 import time
@@ -177,3 +177,25 @@ class FakeSwarm:
         if self.refuse:
             raise self.refuse
         self.scaled.append((svc.name, replicas))
+
+
+class FakeTester:
+    """Stands in for gatekeeper's DockerTester: every run ends as told at once, and is recorded
+    as (test image, instance URL)."""
+
+    def __init__(self, state="passed", summary="9/9 passed in 0.1 s"):
+        self.state, self.summary, self.runs = state, summary, []
+
+    def remove_leftovers(self, iid):
+        pass
+
+    def abort_all(self):
+        pass
+
+    def close(self):
+        pass
+
+    def run(self, image, url, iid):
+        from gatekeeper.admission.tester import RunResult
+        self.runs.append((image, url))
+        return RunResult(self.state, self.summary, "log", time.time(), time.time())

@@ -8,8 +8,8 @@ from catalog.model import ERROR, FAILED, PASSED, Instance, RegisteredInstance, V
 import pytest
 
 from gatekeeper.admission.gate import Gate
-from gatekeeper.admission.tester import RunResult
 from gatekeeper.reconciler import run_pass
+from tests.support.fakes import FakeTester
 
 
 class Verdicts(dict):
@@ -88,24 +88,6 @@ class Store:
 
     def forget_instance(self, iid):
         self.verdicts.forget(iid)
-
-
-class FakeTester:
-    def __init__(self, state=PASSED, summary="9/9 passed in 0.1 s"):
-        self.state, self.summary, self.runs = state, summary, []
-
-    def remove_leftovers(self, iid):
-        pass
-
-    def abort_all(self):
-        pass
-
-    def close(self):
-        pass
-
-    def run(self, image, url, iid):
-        self.runs.append((image, url))
-        return RunResult(self.state, self.summary, "log", time.time(), time.time())
 
 
 def inst(cid="c1"):
