@@ -10,9 +10,13 @@ ends, an analysis step falls due).
 """
 from __future__ import annotations
 
+import logging
 from typing import Dict, List, Optional, Sequence
 
 from catalog.model import RegisteredInstance
+from catalog.retry import TRANSIENT
+
+log = logging.getLogger(__name__)
 
 Snapshot = Dict[str, List[RegisteredInstance]]
 
@@ -43,11 +47,21 @@ class Reconciler:
 
 
 def run_pass(snapshot: Snapshot, reconcilers: Sequence[Reconciler]) -> None:
+    """One pass. A reconciler that fails on one service (a bug, a record no code expected) is
+    logged with its traceback and the pass goes on with the next: one service cannot stop the
+    gate and the promotions of every other. Consul or Docker unreachable ends the pass (the
+    daemon tries it again)."""
     for r in reconcilers:
         r.begin_pass(snapshot)
     for service, instances in snapshot.items():
         for r in reconcilers:
-            r.reconcile(service, instances)
+            try:
+                r.reconcile(service, instances)
+            except TRANSIENT:
+                raise
+            except Exception:
+                log.exception("%s: %s failed on this service; the other services go on, and the next pass "
+                              "tries it again", service, type(r).__name__)
     for r in reconcilers:
         r.end_pass(snapshot)
 

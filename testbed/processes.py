@@ -159,12 +159,18 @@ class ConsulServer:
         return {"CONSUL_CACERT": self.ca_file} if self.tls else {}
 
     def start(self) -> "ConsulServer":
+        """Started, a leader elected and the ACL tokens made; on any failure the process is
+        stopped again (a Consul left on these ports would answer the next run in its place)."""
         from catalog.acl_setup import setup
         self.proc.start()
         url = f"{'https' if self.tls else 'http'}://127.0.0.1:{self.http_port}/v1/status/leader"
         verify = self.ca_file if self.tls else True
-        wait_until(lambda: ":" in requests.get(url, timeout=2, verify=verify).json(), 60, "Consul leader election")
-        wait_until(lambda: setup(self.address, self.tokens), 30, "ACL bootstrap and tokens")
+        try:
+            wait_until(lambda: ":" in requests.get(url, timeout=2, verify=verify).json(), 60, "Consul leader election")
+            wait_until(lambda: setup(self.address, self.tokens), 30, "ACL bootstrap and tokens")
+        except BaseException:
+            self.proc.stop()
+            raise
         return self
 
     def token_file(self, part: str) -> str:

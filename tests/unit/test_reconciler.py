@@ -81,3 +81,28 @@ def test_the_leader_shows_a_few_new_instances_before_its_pass_and_leaves_a_bulk_
     follower._show_arrivals(gate_checks("a:0"))
     follower._show_arrivals(gate_checks("a:0", "a:1"))
     assert len(seen.shown) == 2, "a follower shows nothing"
+
+
+class Broken(Recorder):
+    def __init__(self, name, log, fails_on, error):
+        super().__init__(name, log)
+        self.fails_on, self.error = fails_on, error
+
+    def reconcile(self, service, instances):
+        if service == self.fails_on:
+            raise self.error
+        super().reconcile(service, instances)
+
+
+def test_a_reconciler_failing_on_one_service_does_not_stop_the_others_but_consul_down_ends_the_pass(caplog):
+    import pytest
+    import requests
+    log = []
+    run_pass({"a": [1], "b": [2]}, [Broken("gate", log, "a", KeyError("odd record")), Recorder("promoter", log)])
+    assert log == [("promoter", "a", 1), ("gate", "b", 1), ("promoter", "b", 1),
+                   ("gate", "end", ["a", "b"]), ("promoter", "end", ["a", "b"])]
+    assert "a: Broken failed on this service" in caplog.text and "KeyError: 'odd record'" in caplog.text
+    log.clear()
+    with pytest.raises(requests.ConnectionError):
+        run_pass({"a": [1], "b": [2]}, [Broken("gate", log, "a", requests.ConnectionError()), Recorder("p", log)])
+    assert log == []
