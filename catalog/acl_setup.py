@@ -99,7 +99,7 @@ class Api:
         scheme, host, port = parse_address(address)
         self.base = f"{scheme}://{host}:{port}"
         self.token = token
-        self.tls = Tls.from_env() if scheme == "https" else Tls()
+        self.tls = Tls.for_scheme(scheme)
 
     def call(self, method: str, path: str, body=None, ok=(200,)):
         headers = {"X-Consul-Token": self.token} if self.token else {}

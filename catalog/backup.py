@@ -35,6 +35,7 @@ from typing import Dict, Tuple
 
 import requests
 
+from catalog.cli import consul_unreachable
 from catalog.consul_client import Tls, parse_address
 
 SNAPSHOT, MANIFEST, TOKENS = "snapshot.tgz", "manifest.json", "tokens/"
@@ -67,14 +68,11 @@ def _management_token(tokens: Path) -> str:
 
 def _call(method: str, url: str, token: str, **kw) -> requests.Response:
     try:
-        tls = Tls.from_env() if url.startswith("https://") else Tls()
+        tls = Tls.for_scheme(url.partition("://")[0])
         r = requests.request(method, url, headers={"X-Consul-Token": token}, timeout=120, verify=tls.verify,
                              cert=tls.cert, **kw)
-    except requests.exceptions.SSLError:
-        raise BackupError(f"Consul at {url.split('/v1/')[0]} answered with a certificate this machine does not "
-                          f"trust, or asked for a client certificate: set CONSUL_CACERT to the CA that signed "
-                          f"its certificate (and CONSUL_CLIENT_CERT, CONSUL_CLIENT_KEY when it verifies "
-                          f"clients)") from None
+    except requests.exceptions.SSLError as exc:
+        raise BackupError(consul_unreachable(url.split('/v1/')[0], exc)) from None
     except requests.RequestException as exc:
         raise BackupError(f"Consul at {url.split('/v1/')[0]} did not answer ({exc.__class__.__name__}); is it "
                           f"running? (`make status`)") from None

@@ -19,6 +19,8 @@ import os
 import sys
 from typing import NoReturn, Optional
 
+import requests
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_TIMEOUT = 0, 1, 2, 3, 4
 
 EXIT_CODES = {
@@ -70,7 +72,7 @@ def consul_refusal(address: str, exc: Exception) -> str:
 def consul_unreachable(address: str, exc: Exception) -> str:
     """Why Consul could not be reached, in words: an HTTPS certificate this client does not
     trust is said so, with the variables that fix it."""
-    if "SSL" in type(exc).__name__ or "CERTIFICATE_VERIFY_FAILED" in str(exc):
+    if isinstance(exc, requests.exceptions.SSLError):
         return (f"Consul at {address} answered with a certificate this client does not trust, or asked for "
                 f"a client certificate: set CONSUL_CACERT to the CA file that signed its certificate (and "
                 f"CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY when it verifies clients)")

@@ -63,6 +63,11 @@ class Tls:
     cert: Optional[Tuple[str, str]] = None
 
     @classmethod
+    def for_scheme(cls, scheme: str) -> "Tls":
+        """What to verify for an address of `scheme`: the variables for https, nothing for http."""
+        return cls.from_env() if scheme == "https" else cls()
+
+    @classmethod
     def from_env(cls) -> "Tls":
         ca = os.environ.get("CONSUL_CACERT") or None
         cert, key = os.environ.get("CONSUL_CLIENT_CERT"), os.environ.get("CONSUL_CLIENT_KEY")
@@ -109,7 +114,7 @@ class ConsulClient:
         scheme, host, port = parse_address(address)
         self.address = address
         self.max_wait = max_wait
-        tls = Tls.from_env() if scheme == "https" else Tls()
+        tls = Tls.for_scheme(scheme)
         self._c = consul.Consul(host=host, port=port, scheme=scheme, token=token, timeout=timeout,
                                 verify=tls.verify, cert=tls.cert)
         # Blocking queries hold the connection for up to `wait`; they get a client of their own
@@ -173,22 +178,22 @@ class ConsulClient:
                 return None
             return view[1].get(key, (0, None))
 
-    def _written(self, key: str) -> None:
-        with self._passes_lock:
-            for view in self._passes:
-                view[2].add(key)
-
     @contextlib.contextmanager
-    def _writing(self, keys):
-        """Around a write: its keys are marked in every pass's view before it is sent and again
-        after Consul answered (a view registered while it was in flight sees it too)."""
-        for key in keys:
-            self._written(key)
+    def _writing(self, keys=(), prefix: Optional[str] = None):
+        """Around a write: its keys (and, for `prefix`, every key under it a view holds) are
+        marked in every pass's view before it is sent and again after Consul answered (a view
+        registered while it was in flight sees it too)."""
+        def mark() -> None:
+            with self._passes_lock:
+                for view in self._passes:
+                    view[2].update(keys)
+                    if prefix is not None:
+                        view[2].update(k for k in list(view[1]) if k.startswith(prefix))
+        mark()
         try:
             yield
         finally:
-            for key in keys:
-                self._written(key)
+            mark()
 
     def kv_get(self, key: str) -> Tuple[int, Optional[str]]:
         """(ModifyIndex, value); (0, None) when the key is absent."""
@@ -240,15 +245,8 @@ class ConsulClient:
         return present
 
     def kv_delete_tree(self, prefix: str) -> None:
-        def mark() -> None:
-            with self._passes_lock:
-                for view in self._passes:
-                    view[2].update(k for k in list(view[1]) if k.startswith(prefix))
-        mark()
-        try:
+        with self._writing(prefix=prefix):
             self._c.kv.delete(prefix, recurse=True)
-        finally:
-            mark()
 
     def kv_keys(self, prefix: str) -> List[str]:
         _, keys = self._c.kv.get(prefix, keys=True)
@@ -381,13 +379,14 @@ class AsyncConsul:
         self.base = f"{scheme}://{host}:{port}"
         self.headers = token_headers(token)
         self.wait, self.timeout = wait, timeout
-        self.tls = Tls.from_env() if scheme == "https" else None
+        self.tls = Tls.for_scheme(scheme)
         self._session = None
 
     async def __aenter__(self) -> "AsyncConsul":
         import aiohttp
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, ssl=self.tls.ssl_context() if self.tls else None),
+            connector=aiohttp.TCPConnector(limit=0, ssl=self.tls.ssl_context() if self.base.startswith("https:")
+                                           else None),
             headers=self.headers,
             timeout=aiohttp.ClientTimeout(total=blocking_timeout(self.wait, self.timeout)))
         return self

@@ -132,12 +132,8 @@ class Gate(Reconciler):
             return
         for ri in instances:
             verdict = self._verdict(ri.instance.id)
-            if verdict is not None and verdict.applies_to(ri.instance):
-                continue
-            with self.lock:
-                self.first_seen.setdefault(ri.instance.id, time.monotonic())
-            if not self._waiting_for_docker_health(ri):
-                self._start_test(ri.instance)
+            if verdict is None or not verdict.applies_to(ri.instance):
+                self._first_test(ri)
 
     def end_pass(self, snapshot: Snapshot) -> None:
         self.passes += 1
@@ -208,10 +204,7 @@ class Gate(Reconciler):
         if (verdict is None or not verdict.applies_to(inst) or not verdict.final or self._image_now_known(inst, verdict)
                 or (verdict.route_taken and self.taken_by(inst) is None)
                 or (verdict.other_owner and self.run_by_other(inst) is None)):
-            with self.lock:
-                self.first_seen.setdefault(inst.id, time.monotonic())
-            if not self._waiting_for_docker_health(ri):
-                self._start_test(inst)             # new, replaced, or interrupted mid-test
+            self._first_test(ri)                   # new, replaced, or interrupted mid-test
             return
         passing = verdict.state == PASSED
         if passing and ri.gate_status != "passing" and self._healing_gave_up(ri):
@@ -227,13 +220,16 @@ class Gate(Reconciler):
             log.warning("%s: gate was passing against a %s verdict; closing it", inst.id, verdict.state)
             self.corrections.append((inst, False, f"{verdict.state}: {verdict.summary}"))
 
-    @staticmethod
-    def _waiting_for_docker_health(ri: RegisteredInstance) -> bool:
+    def _first_test(self, ri: RegisteredInstance) -> None:
+        """An instance awaiting its verdict: tested, once Docker says it is healthy if it has a
+        healthcheck."""
         inst = ri.instance
+        with self.lock:
+            self.first_seen.setdefault(inst.id, time.monotonic())
         if inst.docker_health and ri.checks.get(inst.docker_health_check_id) != "passing":
             log.debug("%s: waiting for Docker to report the container healthy before testing", inst.id)
-            return True
-        return False
+            return
+        self._start_test(inst)
 
     def _rewrite_due(self, instance_id: str) -> bool:
         """A gate that disagrees with its verdict gets the decision written again at once (a forged

@@ -49,7 +49,7 @@ def test_https_to_consul_trusts_consuls_own_variables_and_says_what_is_wrong_wit
 def test_a_certificate_the_client_does_not_trust_is_said_so_with_the_variable_to_set():
     import requests
     from catalog.cli import consul_unreachable
-    told = consul_unreachable("https://10.0.0.1:8501", requests.exceptions.SSLError("CERTIFICATE_VERIFY_FAILED"))
+    told = consul_unreachable("https://127.0.0.1:8501", requests.exceptions.SSLError("CERTIFICATE_VERIFY_FAILED"))
     assert "does not trust" in told and "CONSUL_CACERT" in told
     assert "is unreachable (ConnectionError)" in consul_unreachable("127.0.0.1:8500", requests.ConnectionError())
 
