@@ -1,12 +1,17 @@
 """Consul ACLs for the stack: bootstrap once, one policy and one token per part.
 
-    python -m catalog.acl_setup --consul 127.0.0.1:8500 --tokens DIR
+    python -m catalog.acl_setup --consul 127.0.0.1:8500 --tokens DIR [--node NAME ...]
 
 Idempotent: the management token is kept in DIR/bootstrap.token, policies are updated to the
 rules below (so an upgrade that changes a rule takes effect by running it again), tokens are
 found again by their description, and each part's secret is written to DIR/<part>.token (mode
 0600; a file that holds it already is left alone). The agent's own token is set on the agent.
 The last line printed is "ACLs up to date" or "ACLs changed: ..." with what was changed.
+
+On several hosts each Consul agent gets a token of its own (`--node NAME`, written to
+DIR/agent-NAME.token): a node identity, which may write that node's own catalog entry and read
+services, and nothing of another node's. A host taken over cannot then rewrite the others' nodes,
+and one host's token is revoked without touching the rest.
 
 What each token may touch (least privilege):
 - registrator: register/deregister services (service write), read nodes, its own KV prefix,
@@ -41,9 +46,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import requests
 
@@ -90,6 +96,9 @@ POLICIES = {
 PARTS = ("registrator", "gatekeeper", "proxy-reloader", "operator", "viewer", "prometheus", "breakglass")
 
 
+NODE_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
 class AclSetupError(RuntimeError):
     pass
 
@@ -126,9 +135,10 @@ def write_secret(path: Path, secret: str) -> bool:
     return True
 
 
-def setup(address: str, tokens: Path, changes: Optional[List[str]] = None) -> dict:
-    """Bootstrap (once), policies to this release's rules, one token per part and its file;
-    what was changed is appended to `changes` (nothing on a run that finds all as it should be)."""
+def setup(address: str, tokens: Path, changes: Optional[List[str]] = None, nodes: Sequence[str] = ()) -> dict:
+    """Bootstrap (once), policies to this release's rules, one token per part and its file,
+    and one agent token per node named in `nodes` (secrets["agent-NAME"]); what was changed is
+    appended to `changes` (nothing on a run that finds all as it should be)."""
     changes = [] if changes is None else changes
     if not tokens.is_dir():                 # made private; an existing folder keeps the mode it was given
         tokens.mkdir(parents=True)
@@ -158,14 +168,18 @@ def setup(address: str, tokens: Path, changes: Optional[List[str]] = None) -> di
             api.call("PUT", "/v1/acl/policy", body)
             changes.append(f"policy {name} created")
     by_description = {t.get("Description"): t["AccessorID"] for t in api.call("GET", "/v1/acl/tokens")}
+    wanted = {part: {"Policies": [{"Name": f"proxystack-{part}"}]} for part in ("agent",) + PARTS}
+    if nodes:
+        datacenter = api.call("GET", "/v1/agent/self")["Config"]["Datacenter"]
+        for node in nodes:
+            wanted[f"agent-{node}"] = {"NodeIdentities": [{"NodeName": node, "Datacenter": datacenter}]}
     secrets = {}
-    for part in ("agent",) + PARTS:
+    for part, grants in wanted.items():
         description = f"proxystack {part}"
         if description in by_description:
             secret = api.call("GET", f"/v1/acl/token/{by_description[description]}")["SecretID"]
         else:
-            secret = api.call("PUT", "/v1/acl/token", {"Description": description,
-                                                       "Policies": [{"Name": f"proxystack-{part}"}]})["SecretID"]
+            secret = api.call("PUT", "/v1/acl/token", {"Description": description, **grants})["SecretID"]
             changes.append(f"token {part} created")
         secrets[part] = secret
         if write_secret(tokens / f"{part}.token", secret):
@@ -178,10 +192,15 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m catalog.acl_setup", description=__doc__.split("\n\n")[0])
     p.add_argument("--consul", default="127.0.0.1:8500")
     p.add_argument("--tokens", required=True, help="folder for the token files (created 0700)")
+    p.add_argument("--node", action="append", default=[], metavar="NAME",
+                   help="a Consul agent's node name: a token of its own in agent-NAME.token (repeatable)")
     args = p.parse_args(argv)
+    bad = [n for n in args.node if not NODE_NAME.fullmatch(n)]
+    if bad:
+        p.error(f"--node {bad[0]!r}: a node name is letters, digits and '-' (at most 63), as Consul's node identities take it")
     changes: List[str] = []
     try:
-        setup(args.consul, Path(args.tokens), changes)
+        setup(args.consul, Path(args.tokens), changes, args.node)
     except (AclSetupError, requests.RequestException) as exc:
         print(f"acl setup: {exc}", file=sys.stderr)
         return 1

@@ -110,11 +110,11 @@ class ConsulClient:
     and health reads, sessions and locks."""
 
     def __init__(self, address: str = "127.0.0.1:8500", token: Optional[str] = None,
-                 timeout: float = 5.0, max_wait: float = 30.0):
+                 timeout: float = 5.0, max_wait: float = 30.0, tls: Optional[Tls] = None):
         scheme, host, port = parse_address(address)
         self.address = address
         self.max_wait = max_wait
-        tls = Tls.for_scheme(scheme)
+        tls = tls or Tls.for_scheme(scheme)          # given: a program that knows its CA (a test) says it
         self._c = consul.Consul(host=host, port=port, scheme=scheme, token=token, timeout=timeout,
                                 verify=tls.verify, cert=tls.cert)
         # Blocking queries hold the connection for up to `wait`; they get a client of their own

@@ -4,16 +4,22 @@
 # on the first two hosts, leader-elected across them.
 #   scripts/cluster.sh up [HOSTS] | down | status | env HOST
 #   scripts/cluster.sh stop-host HOST | start-host HOST | cut HOST | heal HOST | stop-server N | start-server N
+# Consul runs as production runs it: gossip encrypted, TLS on RPC with every certificate checked
+# (verify_incoming_rpc, verify_outgoing, the servers' names), the API on HTTPS only, and ACLs
+# (default deny) with one agent token per node; the CA and certificates come from scripts/certs.sh.
 # Addresses (10.210.0.0/24, routed by this namespace; nothing leaves this machine):
-#   Consul servers 10.210.0.11-13 (HTTP on 127.0.0.11-13:8500, this namespace only)
-#   host hN        10.210.0.2N: proxy :8000, its agent's HTTP on 127.0.0.1:8500 inside hN only,
+#   Consul servers 10.210.0.11-13 (HTTPS on 127.0.0.11-13:8501, this namespace only)
+#   host hN        10.210.0.2N: proxy :8000, its agent's HTTPS on 127.0.0.1:8501 inside hN only,
 #                  dockerd unix:///run/psc-hN/docker.sock (h2: also TLS with client certificates
 #                  on tcp://10.210.0.22:2376, certificates from scripts/certs.sh)
 # Everything it makes lives in .cluster/ and /var/lib/proxystack-cluster/; `down` removes it all.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 CSTATE="${PROXYSTACK_CLUSTER_STATE:-$ROOT/.cluster}"
-CRUN="$CSTATE/run"; CLOGS="$CSTATE/logs"; TOKENS="$CSTATE/tokens"
+CRUN="$CSTATE/run"; CLOGS="$CSTATE/logs"; TOKENS="$CSTATE/tokens"; TLS="$CSTATE/tls"
+# Every Consul client started here (the stack's parts, acl_setup) trusts the cluster's CA.
+export CONSUL_CACERT="$TLS/ca/ca.pem"
+API_PORT=8501
 DATA="/var/lib/proxystack-cluster"            # dockerd data-roots: overlay2 wants a plain filesystem
 NET="10.210.0"
 SERVERS=(11 12 13)
@@ -63,10 +69,39 @@ kill_host_leftovers() {   # HOST's daemons whose pid file was lost: found by the
   for _ in $(seq 1 100); do pgrep -f -- "$mine" >/dev/null || return 0; sleep 0.1; done
   kill -KILL $(pgrep -f -- "$mine" || true) 2>/dev/null || true
 }
-acl_hcl() {    # the ACL settings every agent shares; with the agent token once it exists
-  local token=""
-  [ -s "$TOKENS/agent.token" ] && token="tokens { agent = \"$(cat "$TOKENS/agent.token")\" }"
-  echo "acl { enabled = true, default_policy = \"deny\", enable_token_persistence = true $token }"
+ccurl() { curl -sf --cacert "$CONSUL_CACERT" "$@"; }    # the Consul API, over HTTPS
+
+# --- Consul's TLS material and settings -------------------------------------------------------
+tls_up() {   # once: the CA, a certificate per server and per host, the gossip key
+  local s h
+  { bash "$ROOT/scripts/certs.sh" ca "$TLS/ca"
+    for s in "${SERVERS[@]}"; do
+      bash "$ROOT/scripts/certs.sh" peer "$TLS/ca" "$TLS/server-$s" "DNS:server.dc1.consul,IP:$NET.$s,IP:127.0.0.$s"
+    done
+    for h in $(hosts_made); do
+      bash "$ROOT/scripts/certs.sh" peer "$TLS/ca" "$TLS/$h" "DNS:client.dc1.consul,DNS:localhost,IP:127.0.0.1,IP:$(host_ip "$h")"
+    done; } >/dev/null
+  [ -s "$TLS/gossip.key" ] || (umask 077; consul keygen >"$TLS/gossip.key")
+}
+
+agent_config() {   # agent_config NAME [TOKEN_FILE]: NAME's settings in a private file, printed
+  local name="$1" token_file="${2:-}" f="$CSTATE/consul-$1.hcl" token=""
+  [ -n "$token_file" ] && [ -s "$token_file" ] && token="tokens { agent = \"$(cat "$token_file")\" }"
+  (umask 077; cat >"$f" <<EOF
+encrypt = "$(cat "$TLS/gossip.key")"
+ca_file = "$TLS/ca/ca.pem"
+cert_file = "$TLS/$name/cert.pem"
+key_file = "$TLS/$name/key.pem"
+verify_incoming_rpc = true
+verify_outgoing = true
+verify_server_hostname = true
+ports { http = -1, https = $API_PORT }
+check_update_interval = "0s"
+limits { http_max_conns_per_client = 4096 }
+acl { enabled = true, default_policy = "deny", enable_token_persistence = true $token }
+EOF
+  )
+  echo "$f"
 }
 
 # --- the network -----------------------------------------------------------------------------
@@ -110,24 +145,27 @@ server_up() {   # server_up N: the Consul server at $NET.N (its HTTP API on 127.
   mkdir -p "$CSTATE/consul-s$n"
   start_bg "consul-s$n" consul agent -server -bootstrap-expect 3 -data-dir "$CSTATE/consul-s$n" -node "server-$n" \
     -bind "$NET.$n" -client "127.0.0.$n" -ui -dns-port -1 $join -log-level warn \
-    -hcl 'performance { raft_multiplier = 1 }' -hcl 'check_update_interval = "0s"' -hcl 'limits { http_max_conns_per_client = 4096 }' -hcl "$(acl_hcl)"
+    -hcl 'performance { raft_multiplier = 1 }' -config-file "$(agent_config "server-$n" "$TOKENS/agent-server-$n.token")"
 }
 
 servers_up() {
-  step "Consul: three servers ($NET.11-13), a Raft quorum; UI http://127.0.0.11:8500/ui/"
-  local s
+  step "Consul: three servers ($NET.11-13), a Raft quorum, TLS and gossip encryption; UI https://127.0.0.11:$API_PORT/ui/"
+  local s nodes=() h
+  tls_up
   for s in "${SERVERS[@]}"; do server_up "$s"; done
-  wait_for "a Consul leader" 90 sh -c "curl -sf http://127.0.0.11:8500/v1/status/leader | grep -q ':'"
-  info "leader $(curl -sf http://127.0.0.11:8500/v1/status/leader)"
+  wait_for "a Consul leader" 90 sh -c "curl -sf --cacert '$CONSUL_CACERT' https://127.0.0.11:$API_PORT/v1/status/leader | grep -q ':'"
+  info "leader $(ccurl "https://127.0.0.11:$API_PORT/v1/status/leader")"
+  for s in "${SERVERS[@]}"; do nodes+=(--node "server-$s"); done
+  for h in $(hosts_made); do nodes+=(--node "$h"); done
   # A new cluster runs legacy ACLs until its servers agree on the current system (seconds).
-  wait_for "the ACL set-up (see $CLOGS/acl.log)" 90 \
-    "$VENV/bin/python" -m catalog.acl_setup --consul 127.0.0.11:8500 --tokens "$TOKENS" 2>>"$CLOGS/acl.log"
+  wait_for "the ACL set-up (see $CLOGS/acl.log)" 90 "$VENV/bin/python" -m catalog.acl_setup \
+    --consul "https://127.0.0.11:$API_PORT" --tokens "$TOKENS" "${nodes[@]}" 2>>"$CLOGS/acl.log"
   local boot; boot="$(cat "$TOKENS/bootstrap.token")"
-  for s in "${SERVERS[@]}"; do
-    curl -sf -X PUT -H "X-Consul-Token: $boot" -d "{\"Token\": \"$(cat "$TOKENS/agent.token")\"}" \
-      "http://127.0.0.$s:8500/v1/agent/token/agent" >/dev/null || die "could not give server $s its agent token"
+  for s in "${SERVERS[@]}"; do   # the servers started before their tokens existed
+    ccurl -X PUT -H "X-Consul-Token: $boot" -d "{\"Token\": \"$(cat "$TOKENS/agent-server-$s.token")\"}" \
+      "https://127.0.0.$s:$API_PORT/v1/agent/token/agent" >/dev/null || die "could not give server $s its agent token"
   done
-  info "ACLs on (default deny); tokens in $TOKENS/"
+  info "ACLs on (default deny), one agent token per node; tokens in $TOKENS/, CA $CONSUL_CACERT"
 }
 
 agent_up() {
@@ -136,9 +174,9 @@ agent_up() {
   mkdir -p "$CSTATE/$h/consul"
   start_bg "consul-$h" nsenter --net="/var/run/netns/$(ns "$h")" -- consul agent -data-dir "$CSTATE/$h/consul" \
     -node "$h" -bind "$(host_ip "$h")" -client 127.0.0.1 -dns-port -1 $join -log-level warn \
-    -hcl 'check_update_interval = "0s"' -hcl 'limits { http_max_conns_per_client = 4096 }' -hcl "$(acl_hcl)"
+    -config-file "$(agent_config "$h" "$TOKENS/agent-$h.token")"
   # Up when it knows the leader (a node left in the catalog from before says nothing of that).
-  wait_for "$h's Consul agent" 60 in_host "$h" sh -c "curl -sf http://127.0.0.1:8500/v1/status/leader | grep -q ':'"
+  wait_for "$h's Consul agent" 60 in_host "$h" sh -c "curl -sf --cacert '$CONSUL_CACERT' https://127.0.0.1:$API_PORT/v1/status/leader | grep -q ':'"
 }
 
 # --- Docker: one engine per host ---------------------------------------------------------------
@@ -172,10 +210,10 @@ parts_up() {
   local h="$1" ip n prefix
   ip="$(host_ip "$h")"; n="/var/run/netns/$(ns "$h")"; prefix="$CSTATE/$h/nginx"
   mkdir -p "$prefix/logs"
-  start_bg "registrator-$h" nsenter --net="$n" -- "$VENV/bin/registrator" --consul 127.0.0.1:8500 \
+  start_bg "registrator-$h" nsenter --net="$n" -- "$VENV/bin/registrator" --consul "https://127.0.0.1:$API_PORT" \
     --consul-token-file "$TOKENS/registrator.token" --docker "unix://$(sock "$h")" --address "$ip" --hostname "$h" \
     --explicit --exclude-label proxystack.test
-  in_host "$h" "$VENV/bin/proxy-reloader" --consul 127.0.0.1:8500 --consul-token-file "$TOKENS/proxy-reloader.token" \
+  in_host "$h" "$VENV/bin/proxy-reloader" --consul "https://127.0.0.1:$API_PORT" --consul-token-file "$TOKENS/proxy-reloader.token" \
     --nginx-prefix "$prefix" --listen "$ip:8000" --tls-listen "$ip:8443" --read-timeout 3 --once >>"$CLOGS/proxy-reloader-$h.log" 2>&1 \
     || die "$h: could not render the first nginx config (see $CLOGS/proxy-reloader-$h.log)"
   if ! running "nginx-$h"; then
@@ -185,12 +223,12 @@ parts_up() {
     wait_for "$h's nginx" 10 test -s "$prefix/nginx.pid"
     cp "$prefix/nginx.pid" "$CRUN/nginx-$h.pid"
   fi
-  start_bg "proxy-reloader-$h" nsenter --net="$n" -- "$VENV/bin/proxy-reloader" --consul 127.0.0.1:8500 \
+  start_bg "proxy-reloader-$h" nsenter --net="$n" -- "$VENV/bin/proxy-reloader" --consul "https://127.0.0.1:$API_PORT" \
     --consul-token-file "$TOKENS/proxy-reloader.token" --nginx-prefix "$prefix" --listen "$ip:8000" --read-timeout 3 \
     --tls-listen "$ip:8443" --admin 127.0.0.1:8001 --report-check
   if [ "$h" = h1 ] || [ "$h" = h2 ]; then
     start_bg "gatekeeper-$h" env DOCKER_HOST="unix://$(sock "$h")" nsenter --net="$n" -- "$VENV/bin/gatekeeper" \
-      --consul 127.0.0.1:8500 --consul-token-file "$TOKENS/gatekeeper.token" run --id "gatekeeper@$h" \
+      --consul "https://127.0.0.1:$API_PORT" --consul-token-file "$TOKENS/gatekeeper.token" run --id "gatekeeper@$h" \
       --drain-seconds 2 --heal-after 3 --heal-backoff 2
   fi
   wait_for "$h's proxy" 30 curl -s -o /dev/null "http://$ip:8000/"

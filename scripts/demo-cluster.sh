@@ -22,8 +22,9 @@ finish() {
 trap finish EXIT
 
 hdocker() { local h="$1"; shift; docker -H "unix:///run/psc-$h/docker.sock" "$@"; }
+export CONSUL_CACERT="$CSTATE/tls/ca/ca.pem"    # the cluster's Consul speaks HTTPS only, with a CA of its own
 gk() { gatekeeper --consul "$(consul_addr)" --consul-token-file "$CSTATE/tokens/operator.token" "$@"; }
-consul_addr() { local s; for s in 11 12 13; do [ -s "$CSTATE/run/consul-s$s.pid" ] && kill -0 "$(cat "$CSTATE/run/consul-s$s.pid")" 2>/dev/null && { echo "127.0.0.$s:8500"; return; }; done; }
+consul_addr() { local s; for s in 11 12 13; do [ -s "$CSTATE/run/consul-s$s.pid" ] && kill -0 "$(cat "$CSTATE/run/consul-s$s.pid")" 2>/dev/null && { echo "https://127.0.0.$s:8501"; return; }; done; }
 served() { curl -s --max-time 3 "http://$NET.2${1#h}:8000/demo/1" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("version",""))' 2>/dev/null; }
 every_proxy() { local h; for h in h1 h2 h3; do printf '%s ' "$h:$(served "$h")"; done; }
 traffic() {   # traffic NAME HOST SECONDS: background load through one proxy, counts in LOGS/NAME.json
@@ -40,7 +41,8 @@ serving_on() {   # serving_on HOST: true when an instance on HOST serves demo
 
 step "1. the cluster"
 bash "$CLUSTER" up 3
-info "Consul UI: http://127.0.0.11:8500/ui/ (token: $CSTATE/tokens/operator.token); every host is a node"
+info "Consul UI: https://127.0.0.11:8501/ui/ (CA: $CONSUL_CACERT, token: $CSTATE/tokens/operator.token); every host is a node"
+info "Consul as production runs it: gossip encrypted, TLS on RPC with every certificate checked, HTTPS only, one agent token per node"
 
 step "2. demo v1 on h1 and h3; gatekeeper (leader on h1 or h2) tests each instance where it runs"
 for h in h1 h3; do

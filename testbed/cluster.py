@@ -15,6 +15,7 @@ from typing import Callable, Dict, FrozenSet, List, Optional, Tuple
 import docker
 import requests
 
+from catalog.consul_client import Tls
 from catalog.kv_layout import LEADER
 from catalog.stores import Stores
 from testbed.load import KeepAliveLoad
@@ -25,6 +26,8 @@ STATE = ROOT / ".cluster"
 NET = "10.210.0"
 MACHINE_END = f"{NET}.1"          # this machine's address on every host's link (the registry's, say)
 SERVERS = (11, 12, 13)
+API_PORT = 8501                   # every agent's API, HTTPS only, its certificate signed by CONSUL_CA
+CONSUL_CA = STATE / "tls" / "ca" / "ca.pem"
 DEMO_LABELS = {"SERVICE_NAME": "demo", "gatekeeper.tests": "demo-test:latest", "proxystack.demo": "1"}
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -61,6 +64,11 @@ def in_host(host: str, fn: Callable, *args, **kwargs):
     if "error" in out:
         raise out["error"]
     return out["value"]
+
+
+def consul_get(url: str, **kwargs) -> requests.Response:
+    """A GET to a cluster agent's HTTPS API, trusting the cluster's CA."""
+    return requests.get(url, verify=str(CONSUL_CA), timeout=kwargs.pop("timeout", 2), **kwargs)
 
 
 def routed_servers(service: str) -> Optional[FrozenSet[str]]:
@@ -153,12 +161,17 @@ class Cluster:
             return False
 
     def consul_address(self) -> str:
-        """The HTTP address of a live server (only this namespace reaches it)."""
-        return f"127.0.0.{next(n for n in SERVERS if self.server_alive(n))}:8500"
+        """The HTTPS address of a live server (only this namespace reaches it)."""
+        return f"https://127.0.0.{next(n for n in SERVERS if self.server_alive(n))}:{API_PORT}"
+
+    @property
+    def client_env(self) -> dict:
+        """The environment for a program of the stack run against the cluster: trusting its CA."""
+        return {**os.environ, "CONSUL_CACERT": str(CONSUL_CA)}
 
     def stores(self, part: str = "bootstrap") -> Stores:
         """The stores on a live server (the management token by default: tests read everything)."""
-        return Stores.connect(self.consul_address(), token=self.token(part))
+        return Stores.connect(self.consul_address(), token=self.token(part), tls=Tls(ca=str(CONSUL_CA)))
 
     def _leaders_named(self) -> Dict[int, Optional[int]]:
         """{live server: the leader it names, None for none}; a server that does not answer is left out."""
@@ -167,7 +180,7 @@ class Cluster:
             if not self.server_alive(n):
                 continue
             try:
-                addr = requests.get(f"http://127.0.0.{n}:8500/v1/status/leader", timeout=2).json()
+                addr = consul_get(f"https://127.0.0.{n}:{API_PORT}/v1/status/leader").json()
             except (requests.RequestException, ValueError):
                 continue
             named[n] = int(addr.split(":")[0].rsplit(".", 1)[1]) if addr else None

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List, Optional
 
-from ..consul_client import ConsulClient
+from ..consul_client import ConsulClient, Tls
 from .analysis import AnalysisStore
 from .certificates import CertificateStore
 from .healing import HealingStore
@@ -64,8 +64,8 @@ class Stores:
 
     @classmethod
     def connect(cls, address: str = "127.0.0.1:8500", token: Optional[str] = None, timeout: float = 5.0,
-                max_wait: float = 30.0) -> "Stores":
-        return cls.over(ConsulClient(address, token=token, timeout=timeout, max_wait=max_wait))
+                max_wait: float = 30.0, tls: Optional[Tls] = None) -> "Stores":
+        return cls.over(ConsulClient(address, token=token, timeout=timeout, max_wait=max_wait, tls=tls))
 
     def forget_instance(self, instance_id: str) -> None:
         """Everything gatekeeper kept of an instance long gone: its verdict, its gate record and

@@ -17,7 +17,7 @@ import requests
 
 from catalog import local_ca
 from catalog.model import PASSED, TESTING
-from testbed.cluster import (NodeFailure, RouteLog, gatekeeper_leader, host_ip, in_host,
+from testbed.cluster import (API_PORT, CONSUL_CA, NodeFailure, RouteLog, consul_get, gatekeeper_leader, host_ip, in_host,
                                    keepalive_loads, kill_server, remove_demo_containers, wait_for_leader,
                                    wait_for_stable_leader)
 from testbed.processes import ROOT
@@ -55,7 +55,7 @@ def serve_on(cluster, placements, service="demo"):
 def gatekeeper_cli(cluster, *args):
     r = subprocess.run([str(ROOT / ".venv/bin/gatekeeper"), "--consul", cluster.consul_address(),
                         "--consul-token-file", str(ROOT / ".cluster/tokens/operator.token"), *args],
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=60, env=cluster.client_env)
     return r.returncode, r.stdout, r.stderr
 
 
@@ -64,10 +64,37 @@ def test_each_host_is_a_node_and_its_agent_answers_on_that_host_only(cluster):
     assert {"h1", "h2", "h3", "server-11", "server-12", "server-13"} <= nodes
     for h in cluster.hosts:
         with pytest.raises(requests.ConnectionError):
-            requests.get(f"http://{host_ip(h)}:8500/v1/status/leader", timeout=2)
+            consul_get(f"https://{host_ip(h)}:{API_PORT}/v1/status/leader")
     with pytest.raises(requests.ConnectionError):                 # from another host neither
-        in_host("h1", requests.get, f"http://{host_ip('h2')}:8500/v1/status/leader", timeout=2)
-    assert in_host("h2", requests.get, "http://127.0.0.1:8500/v1/status/leader", timeout=2).status_code == 200
+        in_host("h1", consul_get, f"https://{host_ip('h2')}:{API_PORT}/v1/status/leader")
+    assert in_host("h2", consul_get, f"https://127.0.0.1:{API_PORT}/v1/status/leader").status_code == 200
+
+
+def test_every_agent_encrypts_gossip_checks_certificates_on_rpc_and_serves_https_only(cluster):
+    for where, url in [("server-11", f"https://127.0.0.11:{API_PORT}"), *((h, f"https://127.0.0.1:{API_PORT}") for h in cluster.hosts)]:
+        host = where if where.startswith("h") else None
+        get = (lambda u, **kw: in_host(host, consul_get, u, **kw)) if host else consul_get
+        agent = get(f"{url}/v1/agent/self", headers={"X-Consul-Token": cluster.token("bootstrap")}).json()
+        assert agent["Stats"]["serf_lan"]["encrypted"] == "true", where
+        debug = agent["DebugConfig"]
+        assert debug["VerifyIncomingRPC"] and debug["VerifyOutgoing"] and debug["VerifyServerHostname"], where
+        assert debug["HTTPPort"] == -1, f"{where} serves plain HTTP"
+        with pytest.raises(requests.exceptions.SSLError):            # not the cluster's CA: refused
+            (lambda u: in_host(host, requests.get, u, timeout=2) if host else requests.get(u, timeout=2))(
+                f"{url}/v1/status/leader")
+
+
+def test_each_host_speaks_with_an_agent_token_of_its_own_that_writes_its_own_node_only(cluster):
+    def register(token_of, node):
+        return requests.put(
+            f"{cluster.consul_address()}/v1/catalog/register", verify=str(CONSUL_CA), timeout=5,
+            headers={"X-Consul-Token": cluster.token(f"agent-{token_of}")},
+            json={"Node": node, "Address": host_ip(node)})
+    tokens = {h: cluster.token(f"agent-{h}") for h in cluster.hosts}
+    assert len(set(tokens.values())) == len(cluster.hosts), "one token per host"
+    assert register("h1", "h1").status_code == 200
+    refused = register("h1", "h2")
+    assert refused.status_code == 403, "h1's token may not write h2's node"
 
 
 def test_instances_on_any_host_are_gated_and_served_by_every_proxy_with_their_host(clean):
@@ -97,7 +124,8 @@ def test_a_certificate_added_once_is_served_by_every_hosts_proxy_over_https(clea
     added = subprocess.run([str(ROOT / ".venv/bin/proxy-reloader"), "cert", "add", "default", "--cert",
                             str(tmp_path / "c.crt"), "--key", str(tmp_path / "c.key"), "--consul",
                             cluster.consul_address(), "--consul-token-file",
-                            str(ROOT / ".cluster/tokens/operator.token")], capture_output=True, text=True, timeout=60)
+                            str(ROOT / ".cluster/tokens/operator.token")], capture_output=True, text=True, timeout=60,
+                           env=cluster.client_env)
     assert added.returncode == 0, added.stderr
     try:
         for h in cluster.hosts:
@@ -121,8 +149,8 @@ def test_a_forged_gate_on_a_host_without_gatekeeper_is_shut_again(clean):
                  logs=("gatekeeper-h1", "gatekeeper-h2", "registrator-h3"))
     [ri] = [ri for ri in cluster.instances() if ri.instance.container_name == "demo-bad"]
     token = cluster.token("registrator")
-    forged = in_host("h3", requests.put, f"http://127.0.0.1:8500/v1/agent/check/pass/{ri.instance.gate_check_id}",
-                     params={"note": "forged"}, headers={"X-Consul-Token": token}, timeout=5)
+    forged = in_host("h3", requests.put, f"https://127.0.0.1:{API_PORT}/v1/agent/check/pass/{ri.instance.gate_check_id}",
+                     params={"note": "forged"}, headers={"X-Consul-Token": token}, timeout=5, verify=str(CONSUL_CA))
     assert forged.status_code == 200
     forged_at = time.monotonic()
     cluster.wait(lambda: next(r for r in cluster.instances() if r.instance.id == ri.instance.id).gate_status == "critical",

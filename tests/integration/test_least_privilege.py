@@ -172,6 +172,43 @@ def test_acl_setup_is_idempotent_and_an_upgrade_gets_the_new_rules_by_running_it
     assert acl_setup() == "ACLs up to date"
 
 
+def acl_setup_nodes(consul_server, *nodes):
+    return subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-m", "catalog.acl_setup", "--consul",
+                           consul_server.address, "--tokens", str(consul_server.tokens),
+                           *[a for n in nodes for a in ("--node", n)]],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+
+
+def test_each_hosts_agent_token_writes_its_own_node_only_and_is_made_once(consul_server):
+    res = acl_setup_nodes(consul_server, "lp-host-a", "lp-host-b")
+    assert res.returncode == 0, res.stderr
+    assert "token agent-lp-host-a created" in res.stdout and "token agent-lp-host-b created" in res.stdout
+    secret_a = open(consul_server.token_file("agent-lp-host-a")).read()
+    assert stat.S_IMODE(os.stat(consul_server.token_file("agent-lp-host-a")).st_mode) == 0o600
+
+    def register(node, part):
+        return call(consul_server, "PUT", "/v1/catalog/register", part,
+                    {"Node": node, "Address": "192.0.2.7", "SkipNodeUpdate": False})
+    assert register("lp-host-a", "agent-lp-host-a").status_code == 200
+    assert register("lp-host-b", "agent-lp-host-a").status_code == 403, "another host's node"
+    assert register("lp-host-b", "agent-lp-host-b").status_code == 200
+    assert call(consul_server, "GET", "/v1/catalog/services", "agent-lp-host-a").status_code == 200
+    assert call(consul_server, "GET", "/v1/kv/gatekeeper/?recurse", "agent-lp-host-a").status_code in (403, 404)
+
+    again = acl_setup_nodes(consul_server, "lp-host-a", "lp-host-b")
+    assert again.stdout.strip().splitlines()[-1] == "ACLs up to date"
+    assert open(consul_server.token_file("agent-lp-host-a")).read() == secret_a
+    for node in ("lp-host-a", "lp-host-b"):
+        call(consul_server, "PUT", "/v1/catalog/deregister", "bootstrap", {"Node": node})
+
+
+def test_a_node_name_consul_would_not_take_is_refused_before_anything_is_made(consul_server):
+    res = acl_setup_nodes(consul_server, "h1", "bad name")
+    assert res.returncode == 2
+    assert "--node 'bad name'" in res.stderr and "letters, digits and '-'" in res.stderr
+    assert not os.path.exists(consul_server.token_file("agent-h1"))
+
+
 def test_the_docker_engine_listens_on_loopback_only():
     """No TCP port at all without swarm mode; with it (scripts/stack.sh swarm), Swarm's
     management and gossip ports on 127.0.0.1 only and no VXLAN port (tests/e2e/test_swarm.py
