@@ -1,6 +1,6 @@
 """Consul ACLs for the stack: bootstrap once, one policy and one token per part.
 
-    python -m catalog.acl_setup --consul 127.0.0.1:8500 --tokens DIR [--node NAME ...]
+    python -m catalog.acl_setup --consul 127.0.0.1:8500 --tokens DIR [--node NAME ...] [--host NAME ...]
 
 Idempotent: the management token is kept in DIR/bootstrap.token, policies are updated to the
 rules below (so an upgrade that changes a rule takes effect by running it again), tokens are
@@ -10,8 +10,11 @@ The last line printed is "ACLs up to date" or "ACLs changed: ..." with what was 
 
 On several hosts each Consul agent gets a token of its own (`--node NAME`, written to
 DIR/agent-NAME.token): a node identity, which may write that node's own catalog entry and read
-services, and nothing of another node's. A host taken over cannot then rewrite the others' nodes,
-and one host's token is revoked without touching the rest.
+services, and nothing of another node's. A Docker host (`--host NAME`) gets its agent's token and
+a registrator token of its own (DIR/registrator-NAME.token, registrator's rules). A host taken over
+cannot then rewrite the others' nodes, and one host's tokens are revoked without touching the
+rest; running this again makes any revoked token anew (registrator reads its file again when
+Consul refuses its token; an agent is given its new token with `consul acl set-agent-token`).
 
 What each token may touch (least privilege):
 - registrator: register/deregister services (service write), read nodes, its own KV prefix,
@@ -135,10 +138,12 @@ def write_secret(path: Path, secret: str) -> bool:
     return True
 
 
-def setup(address: str, tokens: Path, changes: Optional[List[str]] = None, nodes: Sequence[str] = ()) -> dict:
-    """Bootstrap (once), policies to this release's rules, one token per part and its file,
-    and one agent token per node named in `nodes` (secrets["agent-NAME"]); what was changed is
-    appended to `changes` (nothing on a run that finds all as it should be)."""
+def setup(address: str, tokens: Path, changes: Optional[List[str]] = None, nodes: Sequence[str] = (),
+          hosts: Sequence[str] = ()) -> dict:
+    """Bootstrap (once), policies to this release's rules, one token per part and its file, one
+    agent token per node in `nodes` or `hosts` (secrets["agent-NAME"]) and one registrator token
+    per host (secrets["registrator-NAME"]); what was changed is appended to `changes` (nothing on
+    a run that finds all as it should be)."""
     changes = [] if changes is None else changes
     if not tokens.is_dir():                 # made private; an existing folder keeps the mode it was given
         tokens.mkdir(parents=True)
@@ -169,10 +174,12 @@ def setup(address: str, tokens: Path, changes: Optional[List[str]] = None, nodes
             changes.append(f"policy {name} created")
     by_description = {t.get("Description"): t["AccessorID"] for t in api.call("GET", "/v1/acl/tokens")}
     wanted = {part: {"Policies": [{"Name": f"proxystack-{part}"}]} for part in ("agent",) + PARTS}
-    if nodes:
+    if nodes or hosts:
         datacenter = api.call("GET", "/v1/agent/self")["Config"]["Datacenter"]
-        for node in nodes:
+        for node in (*nodes, *hosts):
             wanted[f"agent-{node}"] = {"NodeIdentities": [{"NodeName": node, "Datacenter": datacenter}]}
+        for host in hosts:
+            wanted[f"registrator-{host}"] = wanted["registrator"]
     secrets = {}
     for part, grants in wanted.items():
         description = f"proxystack {part}"
@@ -194,13 +201,18 @@ def main(argv=None) -> int:
     p.add_argument("--tokens", required=True, help="folder for the token files (created 0700)")
     p.add_argument("--node", action="append", default=[], metavar="NAME",
                    help="a Consul agent's node name: a token of its own in agent-NAME.token (repeatable)")
+    p.add_argument("--host", action="append", default=[], metavar="NAME",
+                   help="a Docker host's node name: its agent's token and a registrator token of its own, "
+                        "registrator-NAME.token (repeatable)")
     args = p.parse_args(argv)
-    bad = [n for n in args.node if not NODE_NAME.fullmatch(n)]
-    if bad:
-        p.error(f"--node {bad[0]!r}: a node name is letters, digits and '-' (at most 63), as Consul's node identities take it")
+    for option, names in (("--node", args.node), ("--host", args.host)):
+        bad = [n for n in names if not NODE_NAME.fullmatch(n)]
+        if bad:
+            p.error(f"{option} {bad[0]!r}: a node name is letters, digits and '-' (at most 63), "
+                    "as Consul's node identities take it")
     changes: List[str] = []
     try:
-        setup(args.consul, Path(args.tokens), changes, args.node)
+        setup(args.consul, Path(args.tokens), changes, args.node, args.host)
     except (AclSetupError, requests.RequestException) as exc:
         print(f"acl setup: {exc}", file=sys.stderr)
         return 1

@@ -53,6 +53,28 @@ def read_token(token_file: Optional[str] = None) -> Optional[str]:
     return os.environ.get("CONSUL_HTTP_TOKEN") or None
 
 
+class TokenFile:
+    """A daemon's token as its file holds it now. Read again when Consul refuses the token in use
+    (`refresh`): a token revoked and replaced in the file is taken up without a restart."""
+
+    def __init__(self, client: "ConsulClient", path: Optional[str]):
+        self.client, self.path = client, path
+
+    def refresh(self) -> bool:
+        """True when the file holds a token other than the one in use (now in use); False when
+        there is no file, it cannot be read, or it holds the same token."""
+        if not self.path:
+            return False
+        try:
+            token = read_token(self.path)
+        except ValueError:
+            return False
+        if token == self.client.token:
+            return False
+        self.client.use_token(token)
+        return True
+
+
 @dataclasses.dataclass(frozen=True)
 class Tls:
     """How HTTPS to Consul is verified, from Consul's own variables as its CLI reads them:
@@ -129,6 +151,14 @@ class ConsulClient:
         self._passes_lock = threading.Lock()
 
     # --- the token itself --------------------------------------------------------------------
+    def use_token(self, token: Optional[str]) -> None:
+        """Speak with `token` from the next call on (every thread of this client)."""
+        self._c.token = self._blocking.token = self._token = token
+
+    @property
+    def token(self) -> Optional[str]:
+        return self._token
+
     def token_self(self) -> dict:
         """The token this client speaks with, as Consul describes it: accessor id, description and
         policies, never the secret. ACLPermissionDenied when Consul does not know the token."""

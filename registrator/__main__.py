@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import socket
 import sys
 
 from catalog import schema
 from catalog.cli import EXIT_OK, EXIT_USAGE, add_consul_options, consul_address, exit_code_epilog
-from catalog.consul_client import read_token
+from catalog.consul_client import TokenFile, read_token
 from catalog.stores import Stores
 from catalog.metrics import announce, metrics_address, serve_metrics, withdraw
 from catalog.logs import setup_logging
@@ -83,6 +84,7 @@ def main(argv=None) -> int:
     announced = announce(stores.proxies, args.metrics, "registrator", settings.registered_by) if args.metrics else None
     runner = Runner(Bridge(stores.instances, stores.rejections, docker, settings, forget_after=args.forget_after), docker,
                     RunnerOptions(resync_every=args.resync, cleanup_on_exit=args.cleanup_on_exit))
+    runner.token_file = TokenFile(stores.consul, args.consul_token_file or os.environ.get("CONSUL_HTTP_TOKEN_FILE"))
     runner.followers = [GateMirror(stores.instances, stores.node_records, settings.registered_by,
                                    runner.stopping).start(),
                         ActionRunner(stores.instances, stores.node_records, docker.carry_out, settings.registered_by,

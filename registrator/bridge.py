@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import replace
-from typing import Dict, List, Protocol
+from typing import Dict, List, Optional, Protocol
 
 from catalog.model import Instance, Rejection
 from catalog.stores import InstanceStore, RejectionStore
@@ -81,10 +81,15 @@ class Bridge:
             if rej.container_id == container_id:
                 self.gone_since.setdefault(name, self.clock())
 
-    def sync(self) -> None:
-        """Make the registry match the running containers: add missing, drop stale, keep equal."""
+    def sync(self, again: bool = False) -> None:
+        """Make the registry match the running containers: add missing, drop stale, keep equal;
+        `again`: register every instance again (with registrator's token now; each gate keeps its status),
+        as after a new token: the agent syncs an instance to the catalog with the token it was
+        registered with, and a revoked one would keep it out for good."""
         started = time.monotonic()
         existing = self.instances.local(self.settings.registered_by)
+        if again:
+            self._remove_left_in_catalog(existing)
         self.rejected = {name: rej for name, rej in self.rejections.all().items()
                          if rej.registered_by == self.settings.registered_by}
         wanted: Dict[str, Instance] = {}
@@ -104,6 +109,8 @@ class Bridge:
             self.known.pop(iid, None)
             metrics.DEREGISTRATIONS.labels("gone").inc()
             log.info("deregistered %s (its container is gone)", iid)
+        if again:
+            self.known = {}
         for inst in wanted.values():
             self._ensure(inst)
         self.health = {cid: h for cid, h in self.health.items() if cid in health}
@@ -161,6 +168,17 @@ class Bridge:
                 del self.rejected[name]
                 self.gone_since.pop(name, None)
                 log.info("forgot the rejection of container %s: gone for %.0f s", name, now - since)
+
+    def _remove_left_in_catalog(self, existing: Dict[str, Instance]) -> None:
+        """Instances the agent dropped while Consul refused their token, still in the catalog (the
+        agent would go on trying to remove them with the token they were registered with, for
+        good): given the token in use now, then removed with it."""
+        for iid, inst in sorted(self.instances.in_catalog(self.settings.registered_by).items()):
+            if iid not in existing:
+                self.instances.register(inst)
+                self.instances.deregister(iid)
+                metrics.DEREGISTRATIONS.labels("gone").inc()
+                log.info("deregistered %s (gone from this agent, left in the catalog while Consul refused the token)", iid)
 
     def _ensure(self, inst: Instance) -> None:
         """Register unless an equal registration exists: no needless re-registration, no flap."""

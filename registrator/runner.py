@@ -12,6 +12,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from catalog.consul_client import ACLPermissionDenied, TokenFile
 from catalog.retry import TRANSIENT, backoff, is_transient
 
 from . import metrics
@@ -25,12 +26,17 @@ REMOVE_ACTIONS = {"die", "stop", "destroy", "pause"}
 # docker stop sends kill (SIGTERM) first: leave traffic then, before the process exits.
 STOP_SIGNALS = {"15", "9", "2", "3"}
 _RESYNC = "resync"
+_REGISTER_AGAIN = "register again"      # a new token: every instance registered again with it
 
 
 @dataclass
 class RunnerOptions:
     resync_every: float = 60.0
     cleanup_on_exit: bool = False
+    # How often registrator asks Consul whether its token still holds: the agent answers
+    # registrations from its ACL cache for a while after a revocation, and only the servers'
+    # sync (which registrator does not see) would fail.
+    token_check_every: float = 5.0
 
 
 class Runner:
@@ -39,6 +45,8 @@ class Runner:
         self.followers = []                # GateMirror, ActionRunner: applied again after each sync
         self.events: "queue.Queue" = queue.Queue()
         self.stopping = threading.Event()
+        self.token_file: "TokenFile | None" = None   # read again when Consul refuses the token
+        self.refused = False
 
     # --- event reader thread --------------------------------------------------------------
     def _read_events(self, first_ready: threading.Event) -> None:
@@ -71,19 +79,26 @@ class Runner:
         ready.wait()                       # subscribed first ...
         self._sync()                       # ... then list and sync ...
         next_resync = time.monotonic() + self.options.resync_every
+        next_token_check = time.monotonic() + self.options.token_check_every
         while not self.stopping.is_set():  # ... then events, and a periodic resync
-            timeout = max(0.0, next_resync - time.monotonic())
+            timeout = max(0.0, min(next_resync, next_token_check) - time.monotonic())
             try:
                 item = self.events.get(timeout=min(timeout, 1.0))
             except queue.Empty:
                 if self.bridge.gone_since:
                     self._retrying(self.bridge.tick)
+                if time.monotonic() >= next_token_check:
+                    self._check_token()
+                    next_token_check = time.monotonic() + self.options.token_check_every
                 if time.monotonic() >= next_resync:
                     self._sync()
                     next_resync = time.monotonic() + self.options.resync_every
                 continue
             if item == _RESYNC:
                 self._sync()
+                next_resync = time.monotonic() + self.options.resync_every
+            elif item == _REGISTER_AGAIN:
+                self._sync(again=True)
                 next_resync = time.monotonic() + self.options.resync_every
             else:
                 self._handle(item)
@@ -113,8 +128,46 @@ class Runner:
         elif ev.action in REMOVE_ACTIONS or (ev.action == "kill" and ev.attributes.get("signal") in STOP_SIGNALS):
             self._retrying(self.bridge.remove, ev.container_id, ev.action)
 
-    def _sync(self) -> None:
-        self._retrying(self.bridge.sync)
+    def _check_token(self) -> None:
+        """Ask Consul's servers whether registrator's token still holds."""
+        if self.token_file is None:
+            return
+        try:
+            self.token_file.client.token_self()
+        except ACLPermissionDenied as exc:
+            self._token_refused(exc)
+        except TRANSIENT:
+            return                           # unreachable: the calls' own retries say so
+        else:
+            self._token_accepted()
+
+    def _token_accepted(self) -> None:
+        if self.refused:
+            self.refused = False
+            metrics.TOKEN_REFUSED.set(0)
+            log.warning("Consul accepts registrator's token again")
+
+    def _token_refused(self, exc: Exception) -> None:
+        """Consul refused the token: said once per refusal (the retries say the rest), and the token
+        file read again, so that a new token written there is used from the next attempt, and
+        every instance registered again with it."""
+        where = self.token_file.path if self.token_file and self.token_file.path else None
+        if self.token_file and self.token_file.refresh():
+            log.warning("Consul refused registrator's token (%s); a new one is in %s: using it and "
+                        "registering this host's instances again with it", exc, where)
+            self.events.put(_REGISTER_AGAIN)
+            return
+        if not self.refused:
+            self.refused = True
+            metrics.TOKEN_REFUSED.set(1)
+            log.error("Consul refuses registrator's token (%s): revoked, or without the rights it needs. This "
+                      "host's containers are neither registered nor removed until it is restored: %s. "
+                      "Events are kept and retried; nothing is lost.", exc,
+                      f"write a valid token to {where} (read again at each attempt)" if where
+                      else "restart registrator with a valid token")
+
+    def _sync(self, again: bool = False) -> None:
+        self._retrying(self.bridge.sync, *((True,) if again else ()))
         for follower in self.followers:
             self._retrying(follower.apply)
 
@@ -130,6 +183,8 @@ class Runner:
                 try:
                     fn(*args)
                 except TRANSIENT + DOCKER_ERRORS as exc:
+                    if isinstance(exc, ACLPermissionDenied):
+                        self._token_refused(exc)
                     if is_transient(exc) or isinstance(exc, DOCKER_ERRORS):
                         failures += 1
                         metrics.RETRIES.inc()

@@ -2,7 +2,7 @@
 # Several hosts on this one machine: a three-server Consul cluster and N Docker hosts, each a
 # network namespace with its own Consul client agent, dockerd, registrator and proxy; gatekeeper
 # on the first two hosts, leader-elected across them.
-#   scripts/cluster.sh up [HOSTS] | down | status | env HOST
+#   scripts/cluster.sh up [HOSTS] | down | status | env HOST | tokens (any revoked token made anew)
 #   scripts/cluster.sh stop-host HOST | start-host HOST | cut HOST | heal HOST | stop-server N | start-server N
 # Consul runs as production runs it: gossip encrypted, TLS on RPC with every certificate checked
 # (verify_incoming_rpc, verify_outgoing, the servers' names), the API on HTTPS only, and ACLs
@@ -155,18 +155,32 @@ servers_up() {
   for s in "${SERVERS[@]}"; do server_up "$s"; done
   wait_for "a Consul leader" 90 sh -c "curl -sf --cacert '$CONSUL_CACERT' https://127.0.0.11:$API_PORT/v1/status/leader | grep -q ':'"
   info "leader $(ccurl "https://127.0.0.11:$API_PORT/v1/status/leader")"
-  for s in "${SERVERS[@]}"; do nodes+=(--node "server-$s"); done
-  for h in $(hosts_made); do nodes+=(--node "$h"); done
   # A new cluster runs legacy ACLs until its servers agree on the current system (seconds).
-  wait_for "the ACL set-up (see $CLOGS/acl.log)" 90 "$VENV/bin/python" -m catalog.acl_setup \
-    --consul "https://127.0.0.11:$API_PORT" --tokens "$TOKENS" "${nodes[@]}" 2>>"$CLOGS/acl.log"
-  local boot; boot="$(cat "$TOKENS/bootstrap.token")"
-  for s in "${SERVERS[@]}"; do   # the servers started before their tokens existed
-    ccurl -X PUT -H "X-Consul-Token: $boot" -d "{\"Token\": \"$(cat "$TOKENS/agent-server-$s.token")\"}" \
-      "https://127.0.0.$s:$API_PORT/v1/agent/token/agent" >/dev/null || die "could not give server $s its agent token"
-  done
-  info "ACLs on (default deny), one agent token per node; tokens in $TOKENS/, CA $CONSUL_CACERT"
+  wait_for "the ACL set-up (see $CLOGS/acl.log)" 90 tokens
+  info "ACLs on (default deny), tokens of its own for each node's agent and each host's registrator; tokens in $TOKENS/, CA $CONSUL_CACERT"
 }
+
+tokens() {   # every part's token, made anew if revoked, and each running agent given its own
+  local s h boot nodes=()
+  for s in "${SERVERS[@]}"; do nodes+=(--node "server-$s"); done
+  for h in $(hosts_made); do nodes+=(--host "$h"); done
+  "$VENV/bin/python" -m catalog.acl_setup --consul "https://127.0.0.$(live_server):$API_PORT" --tokens "$TOKENS" \
+    "${nodes[@]}" >>"$CLOGS/acl.log" 2>&1 || return 1
+  boot="$(cat "$TOKENS/bootstrap.token")"
+  for s in "${SERVERS[@]}"; do   # a server starts before its token exists
+    running "consul-s$s" || continue
+    ccurl -X PUT -H "X-Consul-Token: $boot" -d "{\"Token\": \"$(cat "$TOKENS/agent-server-$s.token")\"}" \
+      "https://127.0.0.$s:$API_PORT/v1/agent/token/agent" >/dev/null || { echo "could not give server $s its agent token" >&2; return 1; }
+  done
+  for h in $(hosts_made); do     # a host's agent is given a token made anew (its file has it for a restart)
+    running "consul-$h" || continue
+    in_host "$h" curl -sf --cacert "$CONSUL_CACERT" -X PUT -H "X-Consul-Token: $boot" \
+      -d "{\"Token\": \"$(cat "$TOKENS/agent-$h.token")\"}" "https://127.0.0.1:$API_PORT/v1/agent/token/agent" >/dev/null \
+      || { echo "could not give $h's agent its token" >&2; return 1; }
+  done
+}
+
+live_server() { local s; for s in "${SERVERS[@]}"; do running "consul-s$s" && { echo "$s"; return; }; done; echo "${SERVERS[0]}"; }
 
 agent_up() {
   local h="$1" join="" s
@@ -211,7 +225,7 @@ parts_up() {
   ip="$(host_ip "$h")"; n="/var/run/netns/$(ns "$h")"; prefix="$CSTATE/$h/nginx"
   mkdir -p "$prefix/logs"
   start_bg "registrator-$h" nsenter --net="$n" -- "$VENV/bin/registrator" --consul "https://127.0.0.1:$API_PORT" \
-    --consul-token-file "$TOKENS/registrator.token" --docker "unix://$(sock "$h")" --address "$ip" --hostname "$h" \
+    --consul-token-file "$TOKENS/registrator-$h.token" --docker "unix://$(sock "$h")" --address "$ip" --hostname "$h" \
     --explicit --exclude-label proxystack.test
   in_host "$h" "$VENV/bin/proxy-reloader" --consul "https://127.0.0.1:$API_PORT" --consul-token-file "$TOKENS/proxy-reloader.token" \
     --nginx-prefix "$prefix" --listen "$ip:8000" --tls-listen "$ip:8443" --read-timeout 3 --once >>"$CLOGS/proxy-reloader-$h.log" 2>&1 \
@@ -379,7 +393,8 @@ case "${1:-}" in
   up) up "${2:-3}" ;; down) down ;; status) status ;;
   stop-host) stop_host "${2:?host}" ;; start-host) start_host "${2:?host}" ;;
   cut) cut "${2:?host}" ;; heal) heal "${2:?host}" ;;
+  tokens) tokens && info "tokens up to date; each running agent has its own" ;;
   stop-server) kill_pid "consul-s${2:?server number, 11 to 13}" KILL ;; start-server) server_up "${2:?server number, 11 to 13}" ;;
   env) h="${2:?host}"; echo "DOCKER_HOST=unix://$(sock "$h") PROXY=http://$(host_ip "$h"):8000 NETNS=/var/run/netns/$(ns "$h")" ;;
-  *) echo "usage: $0 up [HOSTS] | down | status | env HOST | stop-host HOST | start-host HOST | cut HOST | heal HOST | stop-server N | start-server N" >&2; exit 2 ;;
+  *) echo "usage: $0 up [HOSTS] | down | status | env HOST | tokens | stop-host HOST | start-host HOST | cut HOST | heal HOST | stop-server N | start-server N" >&2; exit 2 ;;
 esac

@@ -30,6 +30,8 @@ class InstanceStore:
 
     # --- this agent: registrator's side ------------------------------------------------------
     def register(self, inst: Instance) -> None:
+        """Register `inst` with its gate shut; registered again, its checks keep their status
+        (Consul keeps a TTL check's status and output when its service is registered again)."""
         checks = [{
             "CheckID": inst.gate_check_id,
             "Name": "integration tests (gatekeeper)",
@@ -93,6 +95,16 @@ class InstanceStore:
     def node_name(self) -> str:
         """The name of the node this agent is (the host it stands for)."""
         return self.consul.node_name()
+
+    def in_catalog(self, registered_by: str) -> Dict[str, Instance]:
+        """The instances one registrator wrote that the catalog holds for this agent's node (an
+        instance the agent dropped but could not remove from the catalog is among them)."""
+        out = {}
+        for sid, svc in self.consul.node_services(self.node_name()).items():
+            inst = instance_from_consul(svc)
+            if inst and inst.registered_by == registered_by:
+                out[sid] = inst
+        return out
 
     # --- the catalog -----------------------------------------------------------------------
     def service_names(self) -> List[str]:

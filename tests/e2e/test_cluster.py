@@ -263,6 +263,41 @@ def test_a_stopped_host_leaves_every_proxy_within_failure_detection_plus_1_s(cle
     cluster.wait_routed(backends - gone, timeout=60)
 
 
+def revoke(cluster, part):
+    """Delete a token from Consul, as an operator revokes one (its file still holds the old secret)."""
+    accessor = cluster.stores(part).consul.token_self()["accessor"]
+    r = requests.delete(f"{cluster.consul_address()}/v1/acl/token/{accessor}", verify=str(CONSUL_CA), timeout=5,
+                        headers={"X-Consul-Token": cluster.token("bootstrap")})
+    assert r.status_code == 200, r.text
+
+
+def test_a_hosts_tokens_revoked_its_registrator_reports_the_refusal_and_loses_nothing_once_restored(clean):
+    cluster = clean
+    containers, _ = serve_on(cluster, [("h3", "demo-old"), ("h1", "demo-other")])
+    other = cluster.backend("h1", containers["demo-other"][1])
+    revoked = {part: cluster.token(part) for part in ("registrator-h3", "agent-h3")}
+    for part in revoked:
+        revoke(cluster, part)
+    new = cluster.run_demo("h3", "demo-new")              # while h3 can write nothing to Consul ...
+    containers["demo-old"][1].stop(timeout=2)              # ... a container comes and one goes
+    cluster.wait(lambda: "Consul refuses registrator's token" in cluster.logs("registrator-h3", 400), 30,
+                 "h3's registrator to report the refusal", logs=("registrator-h3",))
+    refusal = next(line for line in cluster.logs("registrator-h3", 400).splitlines()
+                   if "Consul refuses registrator's token" in line)
+    assert "ACL not found" in refusal and "registrator-h3.token" in refusal, refusal
+    assert not any(ri.instance.container_name == "demo-new" for ri in cluster.instances()), "refused, so not there"
+    for h in ("h1", "h2"):                                 # the other hosts go on as before
+        assert other in (cluster.routes(h) or set())
+
+    cluster.sh("tokens")                                   # the operator makes h3's tokens anew
+    assert all(cluster.token(part) != old for part, old in revoked.items()), "new secrets in the files"
+    cluster.wait_routed({cluster.backend("h3", new), other}, timeout=60)
+    assert {ri.instance.container_name for ri in cluster.instances()} == {"demo-new", "demo-other"}, \
+        "the container started meanwhile registered, the one stopped meanwhile removed"
+    cluster.wait(lambda: "Consul accepts registrator's token again" in cluster.logs("registrator-h3", 400), 15,
+                 "h3's registrator to say its token holds again")
+
+
 def test_the_drain_and_the_healer_act_on_the_host_the_container_runs_on(clean):
     """Gatekeeper runs on h1 or h2; the containers here run on h3. Stopping the old version after
     a promotion and restarting an unhealthy container are asked in KV under h3's node and carried

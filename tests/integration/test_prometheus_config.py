@@ -27,7 +27,32 @@ def test_the_rendered_configuration_is_valid(tmp_path):
 def test_the_recording_and_alerting_rules_are_valid():
     res = promtool("check", "rules", str(RULES))
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "SUCCESS: 7 rules found" in res.stdout + res.stderr
+    assert "SUCCESS: 8 rules found" in res.stdout + res.stderr
+
+
+def test_a_registrator_whose_token_is_refused_pages_after_a_minute_and_not_before(tmp_path):
+    (tmp_path / "t.yml").write_text(f"""rule_files: ["{RULES}"]
+evaluation_interval: 15s
+tests:
+  - interval: 15s
+    input_series:
+      - series: 'registrator_consul_token_refused{{instance="10.210.0.23:9102"}}'
+        values: '0 0 1 1 1 1 1 1 1'
+      - series: 'registrator_consul_token_refused{{instance="10.210.0.21:9102"}}'
+        values: '0 0 0 0 0 0 0 0 0'
+    alert_rule_test:
+      - eval_time: 45s
+        alertname: ProxystackRegistratorTokenRefused
+        exp_alerts: []
+      - eval_time: 2m
+        alertname: ProxystackRegistratorTokenRefused
+        exp_alerts:
+          - exp_labels: {{severity: page, instance: "10.210.0.23:9102"}}
+            exp_annotations:
+              summary: "registrator at 10.210.0.23:9102: Consul refuses its token, so its host's containers are neither registered nor removed; write a valid token to its --consul-token-file"
+""")
+    res = promtool("test", "rules", str(tmp_path / "t.yml"))
+    assert res.returncode == 0, res.stdout + res.stderr
 
 
 def test_the_watcher_follows_announcements_in_consul(consul_server, tmp_path, unique):

@@ -3,6 +3,7 @@ import pytest
 
 from catalog.model import HealthCheck, Instance
 from registrator.bridge import same_registration
+from testbed.processes import wait_until
 from tests.support.fakes import InMemoryInstances
 
 
@@ -48,3 +49,24 @@ def test_deregister_removes_and_is_idempotent(registry, unique):
     registry.deregister(inst.id)
     registry.deregister(inst.id)
     assert registry.local(inst.registered_by) == {}
+
+
+def test_registered_again_its_gate_stays_as_it_was(registry, unique):
+    inst = make(unique)
+    registry.register(inst)
+    assert registry.gate_checks()[inst.gate_check_id][0] == "critical", "a new registration starts shut"
+    registry.apply_gate(inst, True, "9/9 passed")
+    registry.register(inst)
+    assert registry.gate_checks()[inst.gate_check_id][0] == "passing", "registered again: still open"
+    registry.deregister(inst.id)
+    registry.register(inst)
+    assert registry.gate_checks()[inst.gate_check_id][0] == "critical", "removed and registered: shut"
+
+
+def test_the_catalog_holds_what_this_agent_registered_for_its_node(registry, unique):
+    mine, theirs = make(unique, 1), make(unique, 2, registered_by="registrator@elsewhere")
+    registry.register(mine)
+    registry.register(theirs)
+    wait_until(lambda: set(registry.in_catalog(mine.registered_by)) == {mine.id}, 10, "the agent's sync")
+    registry.deregister(mine.id)
+    wait_until(lambda: not registry.in_catalog(mine.registered_by), 10, "the removal synced")

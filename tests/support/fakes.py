@@ -16,14 +16,29 @@ class InMemoryInstances:
         self.services: Dict[str, Instance] = {}
         self.calls: List[tuple] = [] if calls is None else calls
         self.docker_health: Dict[str, str] = {}
+        self.statuses: Dict[str, str] = {}        # gate check id -> status
+        self.stuck: Dict[str, Instance] = {}       # dropped by the agent, left in the catalog
 
     def register(self, inst: Instance) -> None:
         self.calls.append(("register", inst.id))
         self.services[inst.id] = inst
+        self.statuses.setdefault(inst.gate_check_id, "critical")    # registered again: kept
+
+    def apply_gate(self, inst: Instance, passing: bool, output: str) -> None:
+        self.statuses[inst.gate_check_id] = "passing" if passing else "critical"
+
+    def gate_checks(self) -> Dict[str, tuple]:
+        return {cid: (status, "") for cid, status in self.statuses.items()}
+
+    def in_catalog(self, registered_by: str) -> Dict[str, Instance]:
+        """The catalog's entries for this node: the agent's, and any it dropped that stayed (`stuck`)."""
+        return {**self.local(registered_by), **{i: s for i, s in self.stuck.items() if s.registered_by == registered_by}}
 
     def deregister(self, instance_id: str) -> None:
         self.calls.append(("deregister", instance_id))
         self.services.pop(instance_id, None)
+        self.stuck.pop(instance_id, None)
+        self.statuses = {cid: s for cid, s in self.statuses.items() if not cid.startswith(instance_id + ":")}
 
     def local(self, registered_by: Optional[str] = None) -> Dict[str, Instance]:
         return {i: s for i, s in self.services.items() if registered_by in (None, s.registered_by)}

@@ -65,7 +65,7 @@ OTHER_PROGRAMS = {"--ip", "--network", "--rm", "--tlsverify", "--no-deps", "--en
                   "--update-failure-action", "--restart-delay", "--label", "--image", "--restart",
                   "--listen-addr",
                   # the helper modules the Makefile and scripts run (python -m catalog.backup, catalog.acl_setup)
-                  "--tokens",
+                  "--tokens", "--node", "--host",
                   # curl, trusting the stack's own CA
                   "--cacert", "--resolve", "--http2"}
 

@@ -3,6 +3,9 @@ The same behaviour runs against the real engine in tests/faults/."""
 import threading
 import time
 
+from catalog.consul_client import ACLPermissionDenied
+from catalog.model import Instance
+from registrator import metrics
 from registrator.bridge import Bridge
 from registrator.docker_source import ContainerEvent
 from registrator.runner import Runner, RunnerOptions
@@ -90,3 +93,50 @@ def test_kill_with_sigterm_takes_the_instance_out_but_a_sighup_does_not():
     assert run_until(runner, lambda: ("deregister", "h:term:8080") in reg.calls)
     assert "h:hup:8080" in reg.services          # events run in order: the SIGHUP came first
     assert "h:term:8080" not in reg.services      # SIGTERM: out before the process exits
+
+
+class RevocableToken:
+    """Stands in for catalog.consul_client.TokenFile and the Consul behind it: the token in use
+    is refused until a new one is written to the file (`write_new`) and read again."""
+
+    def __init__(self):
+        self.path, self.revoked, self.new_in_file, self.reads = "/tokens/registrator.token", True, False, 0
+        self.client = self
+
+    def token_self(self):
+        if self.revoked:
+            raise ACLPermissionDenied("ACL not found")
+        return {"accessor": "a"}
+
+    def refresh(self):
+        self.reads += 1
+        if self.new_in_file:
+            self.new_in_file, self.revoked = False, False
+            return True
+        return False
+
+
+def test_a_revoked_token_is_reported_once_and_a_new_one_in_its_file_registers_everything_again(caplog):
+    reg = InMemoryRegistry()
+    dock = ScriptedDocker([])
+    dock.add("c1", "web", labels=L)
+    bridge = Bridge(reg.instances, reg.rejections, dock, Settings(hostname="h"))
+    stale = Instance(id="h:gone:8080", service="demo", address="127.0.0.1", port=1, version="v1",
+                     container_id="c0", container_name="gone", image="demo:v1", registered_by="registrator")
+    reg.instances.stuck[stale.id] = stale          # dropped by the agent while its token was refused
+    token = RevocableToken()
+    runner = Runner(bridge, dock, RunnerOptions(resync_every=60, token_check_every=0.05))
+    runner.token_file = token
+    assert run_until(runner, lambda: token.reads >= 3, timeout=5)
+    refusals = [r for r in caplog.records if "Consul refuses registrator's token" in r.getMessage()]
+    assert len(refusals) == 1 and "/tokens/registrator.token" in refusals[0].getMessage()
+    assert metrics.TOKEN_REFUSED._value.get() == 1
+    assert ("deregister", stale.id) not in reg.calls
+
+    registrations = reg.calls.count(("register", "h:web:8080"))
+    token.new_in_file = True
+    runner = Runner(bridge, dock, RunnerOptions(resync_every=60, token_check_every=0.05))
+    runner.token_file, runner.refused = token, True
+    assert run_until(runner, lambda: ("deregister", stale.id) in reg.calls and metrics.TOKEN_REFUSED._value.get() == 0)
+    assert reg.calls.count(("register", "h:web:8080")) > registrations, "registered again with the new token"
+    assert set(reg.services) == {"h:web:8080"}

@@ -59,3 +59,18 @@ def test_plain_http_to_consul_ignores_the_tls_variables(monkeypatch, tmp_path):
     ConsulClient("127.0.0.1:8500")                                           # no error: HTTP reads none
     with pytest.raises(ValueError, match="CONSUL_CACERT"):
         ConsulClient("https://127.0.0.1:8501")
+
+
+def test_a_token_file_read_again_puts_a_new_token_in_use_on_every_connection(tmp_path):
+    from catalog.consul_client import TokenFile
+    f = tmp_path / "registrator.token"
+    f.write_text("old\n")
+    client = ConsulClient("127.0.0.1:1", token="old")
+    tokens = TokenFile(client, str(f))
+    assert tokens.refresh() is False, "the same token: nothing changes"
+    f.write_text("new\n")
+    assert tokens.refresh() is True
+    assert client.token == client._c.token == client._blocking.token == "new"
+    f.unlink()
+    assert tokens.refresh() is False and client.token == "new", "a missing file keeps the token in use"
+    assert TokenFile(client, None).refresh() is False
