@@ -18,8 +18,9 @@ Consul refuses its token; an agent is given its new token with `consul acl set-a
 
 What each token may touch (least privilege):
 - registrator: register/deregister services (service write), read nodes, its own KV prefix,
-  read the gate records it applies (gatekeeper/gates/), the container actions it carries out
-  (gatekeeper/actions/) and its agent's node name (agent read).
+  read the gate records it applies (gatekeeper/gates/), the gate markers it writes into Swarm
+  tasks (gatekeeper/markers/), the container actions it carries out (gatekeeper/actions/) and
+  its agent's node name (agent read).
 - gatekeeper: update checks (service write: Consul ties TTL updates to it), KV under
   gatekeeper/ only, sessions for its leader lock; read certificate chains (not their keys)
   for `status`.
@@ -58,11 +59,11 @@ import requests
 
 from .consul_client import Tls, parse_address
 from .stores.proxies import METRICS_SERVICE
-from .kv_layout import (ACTIONS, CERTIFICATE_CHAINS, CERTIFICATES, GATEKEEPER, GATES, HEALING, HISTORY, LEADER,
+from .kv_layout import (ACTIONS, CERTIFICATE_CHAINS, CERTIFICATES, GATEKEEPER, GATES, HEALING, HISTORY, LEADER, MARKERS,
                         POLICIES as KV_POLICIES, PROXY_RELOADER, REGISTRATOR, SCHEMA, SERVED, VERDICTS)
 
 # gatekeeper's own decisions: what it alone writes (and the break-glass token, verdicts only)
-DECISIONS = "".join(f'key_prefix "{prefix}" {{ policy = "read" }}\n' for prefix in (VERDICTS, GATES, ACTIONS, HEALING)) \
+DECISIONS = "".join(f'key_prefix "{prefix}" {{ policy = "read" }}\n' for prefix in (VERDICTS, GATES, MARKERS, ACTIONS, HEALING)) \
     + f'key "{LEADER}" {{ policy = "read" }}\nkey "{SCHEMA}" {{ policy = "read" }}\n'
 
 POLICIES = {
@@ -70,6 +71,7 @@ POLICIES = {
     "registrator": f'service_prefix "" {{ policy = "write" }}\nnode_prefix "" {{ policy = "read" }}\n'
                    f'key_prefix "{REGISTRATOR}" {{ policy = "write" }}\n'
                    f'key_prefix "{GATES}" {{ policy = "read" }}\nkey_prefix "{ACTIONS}" {{ policy = "read" }}\n'
+                   f'key_prefix "{MARKERS}" {{ policy = "read" }}\n'
                    f'key "{SCHEMA}" {{ policy = "read" }}\nagent_prefix "" {{ policy = "read" }}\n',
     "gatekeeper": f'service_prefix "" {{ policy = "write" }}\nnode_prefix "" {{ policy = "read" }}\n'
                   f'key_prefix "{GATEKEEPER}" {{ policy = "write" }}\nkey_prefix "{REGISTRATOR}" {{ policy = "read" }}\n'

@@ -12,6 +12,7 @@ SCALING = GATEKEEPER + "scaling/"              # <service>: its replica count's 
 HEALING = GATEKEEPER + "healing/"              # <instance id>: restarts tried on it, given up or not
 GATES = GATEKEEPER + "gates/"                  # <node>/<instance id>: the gate that node's registrator applies
 ACTIONS = GATEKEEPER + "actions/"              # <node>/<instance id>: a stop, start, remove, restart or kill for that node
+MARKERS = GATEKEEPER + "markers/"                # <node>/<instance id>: the gate marker that node's registrator writes into a Swarm task
 ROLLBACKS = GATEKEEPER + "rollbacks/"          # <service>: a rollback waiting for the drained containers it started
 LEADER = GATEKEEPER + "leader"                 # the leader lock
 SCHEMA = GATEKEEPER + "schema"                 # the layout's version (catalog.schema): every part reads it

@@ -154,6 +154,37 @@ class GateRecord:
                    float(d.get("written", 0.0)))
 
 
+MARKER_STATES = ("open", "closed")
+
+
+@dataclass(frozen=True)
+class MarkerRecord:
+    """The gate marker gatekeeper decided for one run of a Swarm task's container: "open" once
+    it passed its gate and its version takes traffic, "closed" otherwise. Kept in KV under the
+    task's node; that node's registrator writes it into the container (GATE_MARKER), where the
+    task's health command, and so Swarm's rolling update, reads it. Only its own host's engine
+    reaches the container."""
+
+    state: str                   # one of MARKER_STATES
+    container_id: str
+    started: str = ""
+    written: float = 0.0
+
+    def applies_to(self, inst: "Instance") -> bool:
+        return self.container_id == inst.container_id and self.started == inst.started
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, raw: str) -> "MarkerRecord":
+        d = json.loads(raw)
+        state = str(d["state"])
+        if state not in MARKER_STATES:
+            raise ValueError(f"unknown gate marker state {state!r}")
+        return cls(state, str(d["container_id"]), str(d.get("started", "")), float(d.get("written", 0.0)))
+
+
 CONTAINER_ACTIONS = ("stop", "start", "remove", "restart", "kill")
 UDP = "udp"      # the tag of an instance registered for a published UDP port: in the catalog, never proxied
 

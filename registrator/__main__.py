@@ -19,6 +19,7 @@ from .actions import ActionRunner
 from .bridge import Bridge
 from .docker_source import DockerSource
 from .gates import GateMirror
+from .markers import MarkerMirror
 from .runner import Runner, RunnerOptions
 from .translate import Settings
 
@@ -88,6 +89,8 @@ def main(argv=None) -> int:
     runner.followers = [GateMirror(stores.instances, stores.node_records, settings.registered_by,
                                    runner.stopping).start(),
                         ActionRunner(stores.instances, stores.node_records, docker.carry_out, settings.registered_by,
+                                     runner.stopping).start(),
+                        MarkerMirror(stores.instances, stores.node_records, docker.write_marker, settings.registered_by,
                                      runner.stopping).start()]
     signal.signal(signal.SIGTERM, lambda *_: runner.stop())
     signal.signal(signal.SIGINT, lambda *_: runner.stop())

@@ -1,8 +1,11 @@
 """The Docker side of registrator: container details and the event stream, as plain values."""
 from __future__ import annotations
 
+import io
 import logging
+import tarfile
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -91,6 +94,17 @@ def container_from_inspect(data: dict) -> Container:
     )
 
 
+def _marker_tar(state: str) -> bytes:
+    """GATE_MARKER's file holding `state`, as the tar archive the Engine's put_archive takes."""
+    body = (state + "\n").encode()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo(GATE_MARKER.rsplit("/", 1)[1])
+        info.size, info.mode, info.mtime = len(body), 0o644, int(time.time())
+        tar.addfile(info, io.BytesIO(body))
+    return buf.getvalue()
+
+
 class DockerSource:
     """Narrow Docker interface: inspect, running containers, events."""
 
@@ -108,6 +122,20 @@ class DockerSource:
             return container_from_inspect(self.api.inspect_container(container_id))
         except docker.errors.NotFound:
             return None
+
+    def write_marker(self, container_id: str, started: str, state: str) -> str:
+        """Write "open" or "closed" into the gate marker of a container, only while the run
+        `started` is the one running. What happened, in a few words."""
+        current = self.inspect(container_id)
+        if current is None:
+            return "gone already"
+        if not current.running or current.started_at != started:
+            return "not running that run any more"
+        try:
+            self.api.put_archive(container_id, GATE_MARKER.rsplit("/", 1)[0] or "/", _marker_tar(state))
+        except docker.errors.NotFound:
+            return "gone already"
+        return f"marker {state}"
 
     def carry_out(self, action: str, container_id: str, started: str, timeout: int = 10) -> str:
         """Stop, restart or kill a container, only while the run `started` is the one running;

@@ -3,6 +3,7 @@
 # network namespace with its own Consul client agent, dockerd, registrator and proxy; gatekeeper
 # on the first two hosts, leader-elected across them.
 #   scripts/cluster.sh up [HOSTS] | down | status | env HOST | tokens (any revoked token made anew)
+#   scripts/cluster.sh swarm: the hosts' engines joined in one swarm, each a manager
 #   scripts/cluster.sh stop-host HOST | start-host HOST | cut HOST | heal HOST | stop-server N | start-server N
 # Consul runs as production runs it: gossip encrypted, TLS on RPC with every certificate checked
 # (verify_incoming_rpc, verify_outgoing, the servers' names), the API on HTTPS only, and ACLs
@@ -290,6 +291,32 @@ up() {
   step "cluster up: $n hosts; \`scripts/cluster.sh down\` removes everything it made"
 }
 
+# --- one swarm across the hosts -----------------------------------------------------------------
+swarm_up() {   # every host's engine a Swarm manager (three: a quorum that outlives one host)
+  local h first="" token id
+  for h in $(hosts_made); do
+    if [ "$(hdocker "$h" info --format '{{.Swarm.LocalNodeState}}')" = active ]; then
+      first="${first:-$h}"; continue
+    fi
+    if [ -z "$first" ]; then
+      # Management (2377) and gossip (7946) on the host's own address; the routing mesh goes, as on
+      # one host (its virtual port would balance over tasks that have not passed their gate).
+      hdocker "$h" swarm init --advertise-addr "$(host_ip "$h")" --listen-addr "$(host_ip "$h"):2377" >/dev/null \
+        || die "$h: docker swarm init failed"
+      hdocker "$h" network rm ingress >/dev/null 2>&1 <<<y || die "could not remove Swarm's routing mesh"
+      first="$h"
+    else
+      token="$(hdocker "$first" swarm join-token -q manager)"
+      hdocker "$h" swarm join --token "$token" --advertise-addr "$(host_ip "$h")" \
+        --listen-addr "$(host_ip "$h"):2377" "$(host_ip "$first"):2377" >/dev/null || die "$h: docker swarm join failed"
+    fi
+    id="$(hdocker "$h" info --format '{{.Swarm.NodeID}}')"
+    hdocker "$first" node update --label-add "host=$h" "$id" >/dev/null || die "could not label $h's Swarm node"
+    info "$h: Swarm manager (node $id, label host=$h)"
+  done
+  step "one swarm across $(hosts_made | wc -l) hosts; every engine a manager; tasks publish in host mode"
+}
+
 # --- faults and their repair ----------------------------------------------------------------------
 stop_host() {   # a host goes away at once: network first, then every process on it
   local h="$1"
@@ -393,8 +420,9 @@ case "${1:-}" in
   up) up "${2:-3}" ;; down) down ;; status) status ;;
   stop-host) stop_host "${2:?host}" ;; start-host) start_host "${2:?host}" ;;
   cut) cut "${2:?host}" ;; heal) heal "${2:?host}" ;;
+  swarm) swarm_up ;;
   tokens) tokens && info "tokens up to date; each running agent has its own" ;;
   stop-server) kill_pid "consul-s${2:?server number, 11 to 13}" KILL ;; start-server) server_up "${2:?server number, 11 to 13}" ;;
   env) h="${2:?host}"; echo "DOCKER_HOST=unix://$(sock "$h") PROXY=http://$(host_ip "$h"):8000 NETNS=/var/run/netns/$(ns "$h")" ;;
-  *) echo "usage: $0 up [HOSTS] | down | status | env HOST | tokens | stop-host HOST | start-host HOST | cut HOST | heal HOST | stop-server N | start-server N" >&2; exit 2 ;;
+  *) echo "usage: $0 up [HOSTS] | down | status | env HOST | swarm | tokens | stop-host HOST | start-host HOST | cut HOST | heal HOST | stop-server N | start-server N" >&2; exit 2 ;;
 esac

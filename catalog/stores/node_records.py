@@ -9,8 +9,8 @@ import time
 from typing import Dict, List, Tuple
 
 from ..consul_client import ConsulClient
-from ..kv_layout import ACTIONS, GATES
-from ..model import ContainerAction, GateRecord, Instance
+from ..kv_layout import ACTIONS, GATES, MARKERS
+from ..model import ContainerAction, GateRecord, Instance, MarkerRecord
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,19 @@ class NodeRecordStore:
         """The gate records of one node's instances (blocking when `index` is given)."""
         return self._of_node(GATES, node, index, wait, GateRecord.from_json,
                              "gate record ignored (the gate stays shut)")
+
+    # --- gate markers: gatekeeper decides, the Swarm task's own host writes it ---------------
+    def set_marker(self, inst: Instance, state: str) -> None:
+        """Record the gate marker of `inst` (a Swarm task) for its node's registrator to write."""
+        if not inst.node:
+            raise ValueError(f"{inst.id}: the instance's node is unknown (read it from the catalog)")
+        record = MarkerRecord(state, inst.container_id, inst.started, time.time())
+        self.consul.kv_put(f"{MARKERS}{inst.node}/{inst.id}", record.to_json())
+
+    def markers(self, node: str, index: int = 0, wait: float = 0.0) -> Tuple[int, Dict[str, MarkerRecord]]:
+        """The gate markers of one node's Swarm tasks (blocking when `index` is given)."""
+        return self._of_node(MARKERS, node, index, wait, MarkerRecord.from_json,
+                             "gate marker ignored (the task's marker stays as it is)")
 
     # --- container actions: gatekeeper asks, the container's own host carries them out --------
     def request_action(self, inst: Instance, action: str, reason: str, timeout: int = 10) -> None:
@@ -89,8 +102,9 @@ class NodeRecordStore:
                              "container action ignored (nothing is done)")
 
     def forget(self, instance_id: str) -> None:
-        """Remove the instance's gate record and any container action asked for it, on whichever node."""
-        for key in self.consul.kv_keys(GATES) + self.consul.kv_keys(ACTIONS):
+        """Remove the instance's gate record, gate marker and any container action asked for it,
+        on whichever node."""
+        for key in self.consul.kv_keys(GATES) + self.consul.kv_keys(MARKERS) + self.consul.kv_keys(ACTIONS):
             if key.endswith("/" + instance_id):
                 self.consul.kv_delete(key)
 

@@ -5,6 +5,9 @@ Two duties, at every reconcile of a service whose instances are Swarm tasks:
   its gate and its version takes traffic, "closed" when that stops. Swarm's updater waits for a
   healthy task before it stops the task it replaces, so an update proceeds task by task only
   as fast as new tasks pass their tests; in manual mode it waits for `gatekeeper promote`.
+  The marker is written into the container by the registrator of the task's own host (from
+  gatekeeper/markers/<node>/, registrator.markers): a swarm spans hosts, and a container's
+  files are reached only through its own engine.
 - roll an update back the moment a task of the new image fails its tests: Swarm's own rollback,
   recorded in the service's history with the failed test's summary. No failed task ever took
   traffic (its gate stayed shut); the old tasks it was to replace are still running.
@@ -70,13 +73,10 @@ class Rollout(Reconciler):
         cid = ri.instance.container_id
         if written.get(cid) == state or (state == CLOSED and cid not in written):
             return                      # a task starts without a marker: closed already
-        try:
-            if self.swarm.write_marker(cid, state):
-                log.info("%s: gate marker %s (%s)", ri.instance.id, state,
-                         "Swarm may go on with its update" if state == OPEN else "Swarm sees the task unhealthy")
-            written[cid] = state
-        except Exception as exc:         # the container is stopping, its /tmp is read-only, ...
-            log.warning("%s: could not write the gate marker: %s", ri.instance.id, exc)
+        self.stores.node_records.set_marker(ri.instance, state)
+        log.info("%s: gate marker %s asked of %s's registrator (%s)", ri.instance.id, state, ri.instance.node,
+                 "Swarm may go on with its update" if state == OPEN else "Swarm sees the task unhealthy")
+        written[cid] = state
 
     def _roll_back_failed_update(self, service: str, failed) -> None:
         by_swarm: Dict[str, list] = {}

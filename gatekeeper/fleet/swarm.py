@@ -1,18 +1,16 @@
-"""The one Swarm adapter: find a service's Swarm service, scale it, roll it back, replace a
-task, and write the gate marker into a task's container. Plain values out; Docker's JSON stays here.
+"""The one Swarm adapter: find a service's Swarm service, scale it, roll it back. Plain values
+out; Docker's JSON stays here. It speaks to a manager node's engine (gatekeeper's own).
 
 Swarm schedules the replicas; the stack decides which of them get traffic. The two meet in the
 gate marker (catalog.model.GATE_MARKER): a service created with the stack's health command
-(GATE_MIRROR_HEALTH_CMD) is healthy only once gatekeeper writes "open" into the task's container,
-so Swarm's rolling update (`--update-order start-first`) stops an old task only after the new
-one has passed its gate and takes traffic.
+(GATE_MIRROR_HEALTH_CMD) is healthy only once "open" is written into the task's container (by
+the registrator of the task's host, gatekeeper.fleet.rollout), so Swarm's rolling update
+(`--update-order start-first`) stops an old task only after the new one has passed its gate and
+takes traffic.
 """
 from __future__ import annotations
 
-import io
 import logging
-import tarfile
-import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
@@ -21,7 +19,6 @@ import docker.errors
 
 from catalog.errors import Refused
 from catalog.images import split_image
-from catalog.model import GATE_MARKER
 
 log = logging.getLogger(__name__)
 
@@ -75,16 +72,6 @@ def service_from_inspect(data: dict) -> SwarmService:
         registers_as=(container.get("Labels") or {}).get("SERVICE_NAME") or spec.get("Name", ""), spec=spec)
 
 
-def _marker_tar(state: str) -> bytes:
-    body = (state + "\n").encode()
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        info = tarfile.TarInfo(GATE_MARKER.rsplit("/", 1)[1])
-        info.size, info.mode, info.mtime = len(body), 0o644, int(time.time())
-        tar.addfile(info, io.BytesIO(body))
-    return buf.getvalue()
-
-
 class Swarm:
     """Narrow Swarm interface over the Engine API of a manager node."""
 
@@ -135,11 +122,3 @@ class Swarm:
             if "out of sequence" in str(exc):
                 raise SwarmError(f"Swarm service {svc.name} changed while {what}; try again") from None
             raise
-
-    def write_marker(self, container_id: str, state: str) -> bool:
-        """Write "open" or "closed" into the container's gate marker; False if it is gone."""
-        try:
-            return bool(self.client.containers.get(container_id).put_archive(
-                GATE_MARKER.rsplit("/", 1)[0] or "/", _marker_tar(state)))
-        except docker.errors.NotFound:
-            return False

@@ -8,7 +8,7 @@ from gatekeeper.fleet.swarm import SwarmService
 def ri(n, version="v1", admitted=True, mirror=True, image=None):
     inst = Instance(id=f"h:demo.{n}:8080", service="demo", address="127.0.0.1", port=30000 + n, version=version,
                     container_id=f"c{n}", container_name=f"demo.{n}", image=image or f"demo:{version}",
-                    registered_by="r", swarm_service="demo", swarm_task=f"t{n}", gate_mirror=mirror)
+                    registered_by="r", swarm_service="demo", swarm_task=f"t{n}", gate_mirror=mirror, node="h")
     return RegisteredInstance(inst, {inst.gate_check_id: "passing" if admitted else "critical"})
 
 
@@ -41,21 +41,26 @@ class History(list):
         self.append((event, details))
 
 
+class Markers(list):
+    """The node records store's gate markers: (container id, state) in the order asked."""
+
+    def set_marker(self, inst, state):
+        assert inst.node, "a marker goes to the task's node"
+        self.append((inst.container_id, state))
+
+
 class Store:
     """The stores a rollout reads and writes, in memory: the policy, the verdicts (instance id ->
-    verdict, `get`), the history."""
+    verdict, `get`), the history, the gate markers asked of each task's host (`node_records`)."""
 
     def __init__(self, policy, verdicts=()):
         self.policies, self.verdicts, self.history = Policies(policy), {v.instance_id: v for v in verdicts}, History()
+        self.node_records = Markers()
 
 
 class Swarm:
     def __init__(self, svc=None):
-        self.svc, self.markers, self.rollbacks = svc, [], []
-
-    def write_marker(self, cid, state):
-        self.markers.append((cid, state))
-        return True
+        self.svc, self.rollbacks = svc, []
 
     def service(self, name):
         return self.svc
@@ -69,15 +74,15 @@ def updating(image="demo:v2", state="updating"):
                         previous_image="demo:v1", registers_as="demo")
 
 
-def test_markers_are_written_on_change_only():
-    swarm = Swarm()
-    r = Rollout(Store(RoutingPolicy("demo", stable="v1")), swarm)
+def test_markers_are_asked_of_the_tasks_host_on_change_only():
+    store = Store(RoutingPolicy("demo", stable="v1"))
+    r = Rollout(store, Swarm())
     tasks = [ri(1), ri(2, admitted=False), ri(3, mirror=False)]
     r.reconcile("demo", tasks)
     r.reconcile("demo", tasks)
-    assert swarm.markers == [("c1", OPEN)]                   # a new task starts closed; no mirror, no marker
+    assert store.node_records == [("c1", OPEN)]              # a new task starts closed; no mirror, no marker
     r.reconcile("demo", [ri(1, admitted=False), ri(2)])
-    assert swarm.markers == [("c1", OPEN), ("c1", CLOSED), ("c2", OPEN)]
+    assert store.node_records == [("c1", OPEN), ("c1", CLOSED), ("c2", OPEN)]
 
 
 def test_a_new_task_failing_its_tests_rolls_the_update_back_once_with_the_reason():
@@ -136,4 +141,4 @@ def test_an_invalid_policy_keeps_every_marker_closed():
     r = Rollout(store, swarm)
     r.written["demo"] = {"c1": OPEN}
     r.reconcile("demo", [ri(1)])
-    assert swarm.markers == [("c1", CLOSED)]
+    assert store.node_records == [("c1", CLOSED)]
