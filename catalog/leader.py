@@ -28,7 +28,16 @@ class LeaderLock:
         self.lost = threading.Event()
 
     def try_acquire(self) -> bool:
-        """One attempt; True when this daemon now leads."""
+        """One attempt; True when this daemon now leads. A daemon waiting its turn keeps its session
+        renewed, and makes a new one if it expired meanwhile (Consul drops a session not renewed
+        within twice its TTL, and acquiring with it would be refused as an invalid session)."""
+        if self.session is not None and not self.is_leader.is_set():
+            try:
+                if not self.locks.renew(self.session):
+                    self.session = None
+            except TRANSIENT:
+                self.session = None
+                raise
         if self.session is None:
             self.session = self.locks.create_session(self.identity, ttl=self.ttl, lock_delay=self.lock_delay)
         try:

@@ -206,7 +206,9 @@ dockerd_up() {
     extra=(--tlsverify --tlscacert "$CSTATE/certs/$h/ca.pem" --tlscert "$CSTATE/certs/$h/cert.pem"
            --tlskey "$CSTATE/certs/$h/key.pem" -H "tcp://$ip:2376")
   fi
-  start_bg "dockerd-$h" nsenter --net="/var/run/netns/$(ns "$h")" -- dockerd --data-root "$DATA/$h" \
+  # A Swarm task's image is the one loaded here: no registry is reached from a host (a pull
+  # attempt would hold each new task in "preparing" for its time-out).
+  start_bg "dockerd-$h" env DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1 nsenter --net="/var/run/netns/$(ns "$h")" -- dockerd --data-root "$DATA/$h" \
     --exec-root "/run/psc-$h/exec" -H "unix://$(sock "$h")" --pidfile "/run/psc-$h/dockerd.pid" --ip "$ip" \
     --cgroup-parent "psc-$h" --bip 172.31.2${h#h}.1/24 "${extra[@]}"
   wait_for "$h's Docker engine" 60 hdocker "$h" info

@@ -33,8 +33,20 @@ traffic() {   # traffic NAME HOST SECONDS: background load through one proxy, co
   PIDS+=($!)
 }
 counted() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("%d requests, %d failed" % (d["requests"], d["failed"]))' "$LOGS/$1.json"; }
-not_serving_on() { ! serving_on "$1"; }
+not_GATE_CMD="grep -qx open /tmp/proxystack-gate"
+swarm_images() { hdocker h1 service ps demo --filter desired-state=running --format '{{.Image}} {{.CurrentState}}' | awk '$2 == "Running" {print $1}' | sort | uniq -c | awk '{print $1, $2}'; }
+tasks_gated() {   # tasks_gated VERSION N: N running tasks of demo:VERSION, each admitted
+  [ "$(swarm_images)" = "$2 demo:$1" ] && [ "$(gk status demo --json | python3 -c 'import json,sys; print(sum(1 for i in json.load(sys.stdin)["services"][0]["instances"] if i["version"] == sys.argv[1] and i["serving"]))' "$1")" = "$2" ]
+}
+update_done() { [ "$(hdocker h1 service inspect demo --format '{{.UpdateStatus.State}}')" = "$1" ] && tasks_gated "$2" 3; }
+serving_on() { ! serving_on "$1"; }
 v1_stopped() { [ "$(hdocker h1 inspect -f '{{.State.Running}}' demo-v1)$(hdocker h3 inspect -f '{{.State.Running}}' demo-v1)" = falsefalse ]; }
+GATE_CMD="grep -qx open /tmp/proxystack-gate"
+swarm_images() { hdocker h1 service ps demo --filter desired-state=running --format '{{.Image}} {{.CurrentState}}' | awk '$2 == "Running" {print $1}' | sort | uniq -c | awk '{print $1, $2}'; }
+tasks_gated() {   # tasks_gated VERSION N: N running tasks of demo:VERSION, each admitted
+  [ "$(swarm_images)" = "$2 demo:$1" ] && [ "$(gk status demo --json | python3 -c 'import json,sys; print(sum(1 for i in json.load(sys.stdin)["services"][0]["instances"] if i["version"] == sys.argv[1] and i["serving"]))' "$1")" = "$2" ]
+}
+update_done() { [ "$(hdocker h1 service inspect demo --format '{{.UpdateStatus.State}}')" = "$1" ] && tasks_gated "$2" 3; }
 serving_on() {   # serving_on HOST: true when an instance on HOST serves demo
   gk status demo --json | python3 -c 'import json,sys; sys.exit(0 if any(i["host"] == sys.argv[1] and i["serving"] for i in json.load(sys.stdin)["services"][0]["instances"]) else 1)' "$1"
 }
@@ -67,11 +79,11 @@ gk status demo | sed 's/^/    /'
 step "4. the Consul leader killed under traffic through every proxy"
 for h in h1 h2 h3; do traffic "leader-$h" "$h" 20; done
 sleep 3
-leader="$(curl -s "http://$(consul_addr)/v1/status/leader" | tr -d '"' | cut -d: -f1)"
+leader="$(curl -s --cacert "$CONSUL_CACERT" "$(consul_addr)/v1/status/leader" | tr -d '"' | cut -d: -f1)"
 info "leader is $leader; killing it"
 t0=$(date +%s.%N)                          # the clock starts with the kill (stop-server sends SIGKILL first)
 bash "$CLUSTER" stop-server "${leader##*.}"
-until new="$(curl -s "http://$(consul_addr)/v1/status/leader" | tr -d '"' | cut -d: -f1)"; [ -n "$new" ] && [ "$new" != "$leader" ]; do sleep 0.1; done
+until new="$(curl -s --cacert "$CONSUL_CACERT" "$(consul_addr)/v1/status/leader" | tr -d '"' | cut -d: -f1)"; [ -n "$new" ] && [ "$new" != "$leader" ]; do sleep 0.1; done
 info "$new leads after $(python3 -c "print(f'{$(date +%s.%N) - $t0:.1f}')") s"
 bash "$CLUSTER" start-server "${leader##*.}"
 wait "${PIDS[@]}"; PIDS=()
@@ -92,5 +104,34 @@ for h in h1 h2; do info "through $h's proxy: $(counted "host-$h")"; done
 bash "$CLUSTER" start-host h3
 info "its containers stopped with it, and their registrations are gone:"
 gk status demo | sed 's/^/    /'
+
+step "6. one swarm across the three hosts: demo moves from plain containers to a Swarm service"
+bash "$CLUSTER" swarm | sed 's/^ *//; s/^/    /'
+for h in h1 h2 h3; do hdocker "$h" rm -f $(hdocker "$h" ps -aq --filter label=proxystack.demo) >/dev/null 2>&1 || true; done
+info "plain demo containers removed (one owner per service); the Swarm service takes over"
+info "\$ docker -H h1 service create --name demo --replicas 3 --publish mode=host,target=8080 --health-cmd '$GATE_CMD' ... demo:v1"
+hdocker h1 service create --detach --name demo --replicas 3 --publish mode=host,target=8080 --no-resolve-image \
+  --container-label SERVICE_NAME=demo --container-label gatekeeper.tests=demo-test:latest --container-label proxystack.demo=1 \
+  --label proxystack.demo=1 --placement-pref spread=node.labels.host --health-cmd "$GATE_CMD" --health-interval 1s \
+  --health-retries 3 --health-start-period 120s --update-order start-first --update-failure-action rollback \
+  --restart-delay 1s demo:v1 >/dev/null
+wait_for "a gated v1 task on every host" 240 tasks_gated v1 3
+gk status demo | sed 's/^/    /'
+info "every proxy answers: $(every_proxy)"
+
+step "7. a rolling update across hosts, each new task through the gate, its marker written by its own host"
+for h in h1 h2 h3; do traffic "update-$h" "$h" 400; done
+info "\$ docker -H h2 service update --image demo:v2 demo   (from another manager)"
+hdocker h2 service update --detach --image demo:v2 demo >/dev/null 2>&1
+wait_for "every task replaced by a gated v2 one" 300 update_done completed v2
+for h in h1 h2 h3; do info "  $h's registrator: $(grep -c 'gate marker open' "$CSTATE/logs/registrator-$h.log") gate marker(s) opened"; done
+info "every proxy answers: $(every_proxy)"
+info "\$ docker service update --image demo:v3 demo   (v3 fails its integration tests)"
+hdocker h3 service update --detach --image demo:v3 demo >/dev/null 2>&1
+wait_for "Swarm to roll v3 back" 300 update_done rollback_completed v2
+gk history demo | grep "update rolled back" | tail -n 1 | sed 's/^/    /'
+for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+wait "${PIDS[@]}" 2>/dev/null; PIDS=()
+for h in h1 h2 h3; do info "through $h's proxy during the update and the rollback: $(counted "update-$h")"; done
 
 step "done; tearing the cluster down (KEEP=1 keeps it)"

@@ -33,7 +33,8 @@ def uses_cluster(item) -> bool:
 # cluster and the 20-agent fleet, and two that share ports (test_progressive's proxy and pebble
 # in test_acme). Every other module is side "a". Each module's ports are its own
 # (docs/development.md lists them), so the two sides never meet.
-SIDE_B = ("tests/deploy/", "tests/e2e/test_swarm.py", "tests/e2e/test_cluster.py", "tests/e2e/test_fleet.py",
+SIDE_B = ("tests/deploy/", "tests/e2e/test_swarm.py", "tests/e2e/test_cluster.py", "tests/e2e/test_swarm_cluster.py",
+          "tests/e2e/test_fleet.py",
           "tests/e2e/test_progressive.py", "tests/e2e/test_acme.py")
 
 

@@ -230,6 +230,17 @@ def test_retries_move_a_refused_request_to_another_instance_and_zero_turns_them_
     assert set(answers) <= {200, 502} and answers.count(502) >= 2
 
 
+def test_a_retry_moves_to_another_host_not_to_a_neighbour_on_the_host_that_failed(proxy):
+    # a host gone takes all its instances: 127.0.0.2 stands for it (two refusing ports), 127.0.0.1
+    # for a live host; one retry (two tries) is enough only if it leaves the failed host
+    live, dead = proxy.backend("rh-live").port, [closed_port(), closed_port()]
+    servers = [["127.0.0.2", dead[0], "v1"], ["127.0.0.2", dead[1], "v1"], ["127.0.0.1", live, "v1"]]
+    proxy.push({"rh": {"service": "rh", "weight": 0, "canary": None, "stable": {"version": "v1", "servers": servers},
+                       "route": {"path": "/rh/", "hosts": [], "strip_prefix": False, "retries": 1}}})
+    answers = [proxy.request("/rh/x")[0] for _ in range(9)]
+    assert answers == [200] * 9, answers
+
+
 def requests_counted(proxy, service, version, status):
     """proxystack_requests_total of one service, version and status class, as /metrics says."""
     for line in proxy.client.metrics().splitlines():

@@ -224,7 +224,19 @@ function _M.route(listener, scheme, host, uri, content_length)
     return "ok"
 end
 
--- balancer phase: round robin over the chosen pool; a retry moves to the next server.
+-- The next server after `i` whose host no try of this request failed on; else simply the next.
+-- A host that went away takes all its instances with it: a retry on its neighbour in the pool
+-- (the same host, as often as not) would fail the same way.
+local function next_elsewhere(servers, n, i, failed)
+    for step = 1, n - 1 do
+        local j = (i + step - 1) % n + 1
+        if not failed[servers[j][1]] then return j end
+    end
+    return i % n + 1
+end
+
+-- balancer phase: round robin over the chosen pool; a retry moves to the next server on a host
+-- no earlier try failed on.
 function _M.balance()
     local ctx = ngx.ctx
     local servers = ctx.pool
@@ -237,7 +249,13 @@ function _M.balance()
         local tries = math.min(n, (route.retries or DEFAULT_RETRIES) + 1)
         if tries > 1 then balancer.set_more_tries(tries - 1) end
     else
-        i = i % n + 1
+        local failed = ctx.failed_hosts
+        if failed == nil then
+            failed = {}
+            ctx.failed_hosts = failed
+        end
+        failed[servers[i][1]] = true
+        i = next_elsewhere(servers, n, i, failed)
     end
     ctx.index = i
     if route.timeout or route.connect_timeout then
