@@ -33,13 +33,7 @@ traffic() {   # traffic NAME HOST SECONDS: background load through one proxy, co
   PIDS+=($!)
 }
 counted() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("%d requests, %d failed" % (d["requests"], d["failed"]))' "$LOGS/$1.json"; }
-not_GATE_CMD="grep -qx open /tmp/proxystack-gate"
-swarm_images() { hdocker h1 service ps demo --filter desired-state=running --format '{{.Image}} {{.CurrentState}}' | awk '$2 == "Running" {print $1}' | sort | uniq -c | awk '{print $1, $2}'; }
-tasks_gated() {   # tasks_gated VERSION N: N running tasks of demo:VERSION, each admitted
-  [ "$(swarm_images)" = "$2 demo:$1" ] && [ "$(gk status demo --json | python3 -c 'import json,sys; print(sum(1 for i in json.load(sys.stdin)["services"][0]["instances"] if i["version"] == sys.argv[1] and i["serving"]))' "$1")" = "$2" ]
-}
-update_done() { [ "$(hdocker h1 service inspect demo --format '{{.UpdateStatus.State}}')" = "$1" ] && tasks_gated "$2" 3; }
-serving_on() { ! serving_on "$1"; }
+not_serving_on() { ! serving_on "$1"; }
 v1_stopped() { [ "$(hdocker h1 inspect -f '{{.State.Running}}' demo-v1)$(hdocker h3 inspect -f '{{.State.Running}}' demo-v1)" = falsefalse ]; }
 GATE_CMD="grep -qx open /tmp/proxystack-gate"
 swarm_images() { hdocker h1 service ps demo --filter desired-state=running --format '{{.Image}} {{.CurrentState}}' | awk '$2 == "Running" {print $1}' | sort | uniq -c | awk '{print $1, $2}'; }
@@ -95,9 +89,10 @@ wait_for "h3's demo v2 to pass its gate" 120 serving_on h3
 info "h3's demo v2 passed its gate and serves beside h2's"
 for h in h1 h2; do traffic "host-$h" "$h" 25; done
 sleep 3
+t0=$(date +%s.%N)
 bash "$CLUSTER" stop-host h3
 wait_for "h3's instances to leave service" 60 not_serving_on h3
-info "Consul marked h3 failed; its instances serve no more:"
+info "Consul marked h3 failed $(python3 -c "print(f'{$(date +%s.%N) - $t0:.0f}')") s after it stopped; its instances serve no more:"
 gk status demo | grep -E "INSTANCE|h3" | sed 's/^/    /'
 wait "${PIDS[@]}"; PIDS=()
 for h in h1 h2; do info "through $h's proxy: $(counted "host-$h")"; done
