@@ -19,6 +19,7 @@ Each figure is printed beside its goal; --check exits 1 when one is missed.
 """
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import sys
@@ -26,7 +27,7 @@ import threading
 import time
 
 from bench.harness import bench_env, command_line, exit_code, goals_table, progress, report, with_check
-from testbed.cluster import MACHINE_END, STATE as CLUSTER_STATE, Cluster, host_ip
+from testbed.cluster import CONSUL_CA, MACHINE_END, STATE as CLUSTER_STATE, Cluster, host_ip
 from testbed.delivery import Registry
 from testbed.load import LoadClient
 from testbed.processes import ROOT
@@ -37,7 +38,8 @@ REGISTRY_PORT, PROD = 18910, "h2"
 def cli(*args) -> float:
     t0 = time.monotonic()
     res = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-m", "delivery", *args],
-                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+                         capture_output=True, text=True, timeout=600, cwd=ROOT,
+                         env={**os.environ, "CONSUL_CACERT": str(CONSUL_CA)})   # the cluster's Consul: HTTPS only
     if res.returncode != 0:
         raise RuntimeError(f"delivery {args[0]} exited {res.returncode}: {res.stderr[-2000:]}")
     return time.monotonic() - t0

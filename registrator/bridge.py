@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import replace
-from typing import Dict, List, Optional, Protocol
+from typing import Dict, List, Protocol
 
 from catalog.model import Instance, Rejection
 from catalog.stores import InstanceStore, RejectionStore

@@ -42,7 +42,7 @@ class RunnerOptions:
 class Runner:
     def __init__(self, bridge: Bridge, docker: DockerSource, options: RunnerOptions):
         self.bridge, self.docker, self.options = bridge, docker, options
-        self.followers = []                # GateMirror, ActionRunner: applied again after each sync
+        self.followers = []                # GateMirror, ActionRunner, MarkerMirror: applied again after each sync
         self.events: "queue.Queue" = queue.Queue()
         self.stopping = threading.Event()
         self.token_file: "TokenFile | None" = None   # read again when Consul refuses the token
@@ -85,11 +85,13 @@ class Runner:
             try:
                 item = self.events.get(timeout=min(timeout, 1.0))
             except queue.Empty:
+                item = None
+            if time.monotonic() >= next_token_check:      # between events too: a busy host still asks
+                self._check_token()
+                next_token_check = time.monotonic() + self.options.token_check_every
+            if item is None:
                 if self.bridge.gone_since:
                     self._retrying(self.bridge.tick)
-                if time.monotonic() >= next_token_check:
-                    self._check_token()
-                    next_token_check = time.monotonic() + self.options.token_check_every
                 if time.monotonic() >= next_resync:
                     self._sync()
                     next_resync = time.monotonic() + self.options.resync_every

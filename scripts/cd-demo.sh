@@ -25,7 +25,8 @@ trap finish EXIT
 step "prod: a host of its own (h2, $PROD) in a Consul cluster; its engine speaks only TLS"
 bash "$ROOT/scripts/cluster.sh" up 2 | sed 's/^/    /'
 ENGINE=(--engine "tcp://$PROD:2376" --tls-dir "$CSTATE/certs/client")
-CONSUL=(--consul 127.0.0.11:8500)
+CONSUL=(--consul https://127.0.0.11:8501)
+export CONSUL_CACERT="$CSTATE/tls/ca/ca.pem"     # the cluster's Consul speaks HTTPS only, with a CA of its own
 info "prod's engine: tcp://$PROD:2376 (dockerd --tlsverify; the CD node's client certificate: $CSTATE/certs/client/)"
 bash "$ROOT/scripts/registry.sh" up
 

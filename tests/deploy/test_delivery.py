@@ -18,7 +18,7 @@ import requests
 
 from delivery.engine import _TlsClient
 from tests.conftest import SESSION, TEST_LABEL
-from testbed.cluster import MACHINE_END, STATE as CLUSTER_STATE, host_ip, remove_demo_containers
+from testbed.cluster import CONSUL_CA, MACHINE_END, STATE as CLUSTER_STATE, host_ip, remove_demo_containers
 from testbed.delivery import Registry, SshServer, certs
 from testbed.load import LoadClient
 from testbed.processes import ROOT
@@ -100,7 +100,8 @@ def deploy(stack, registry, engine_tls, version, *extra):
     return delivery("deploy", f"{registry.address}/demo:{version}", "--engine", engine_tls.url,
                     "--tls-dir", str(engine_tls.client_dir), "--consul", engine_tls.cluster.consul_address(),
                     "--consul-token-file", str(CLUSTER_STATE / "tokens" / "operator.token"), "--timeout", "120",
-                    "--label", "proxy.path=/demo/", "--label", "proxystack.demo=1", *extra)   # removed at the module's end
+                    "--label", "proxy.path=/demo/", "--label", "proxystack.demo=1", *extra,   # removed at the module's end
+                    env={"CONSUL_CACERT": str(CONSUL_CA)})       # the cluster's Consul speaks HTTPS only
 
 
 class TestDelivery:
