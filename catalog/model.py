@@ -128,8 +128,19 @@ class Instance:
         return sorted(set(self.tags) | {f"version={self.version}"})
 
 
+class ForOneRun:
+    """What gatekeeper decided for one run of one container (its `container_id` and `started`),
+    kept in KV as JSON for that container's own host to apply."""
+
+    def applies_to(self, inst: "Instance") -> bool:
+        return self.container_id == inst.container_id and self.started == inst.started
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
 @dataclass(frozen=True)
-class GateRecord:
+class GateRecord(ForOneRun):
     """The gate gatekeeper decided for one run of one container, kept in KV under the instance's
     node. That node's registrator applies it to the gate check: a TTL check can only be set
     through the agent the instance is registered with, and only its own host reaches that agent."""
@@ -140,12 +151,6 @@ class GateRecord:
     started: str = ""
     written: float = 0.0         # when gatekeeper wrote it: a rewrite of the same gate is a new value
                                  # (Consul keeps the index of an unchanged one, and would not wake anyone)
-
-    def applies_to(self, inst: "Instance") -> bool:
-        return self.container_id == inst.container_id and self.started == inst.started
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, raw: str) -> "GateRecord":
@@ -158,7 +163,7 @@ MARKER_STATES = ("open", "closed")
 
 
 @dataclass(frozen=True)
-class MarkerRecord:
+class MarkerRecord(ForOneRun):
     """The gate marker gatekeeper decided for one run of a Swarm task's container: "open" once
     it passed its gate and its version takes traffic, "closed" otherwise. Kept in KV under the
     task's node; that node's registrator writes it into the container (GATE_MARKER), where the
@@ -169,12 +174,6 @@ class MarkerRecord:
     container_id: str
     started: str = ""
     written: float = 0.0
-
-    def applies_to(self, inst: "Instance") -> bool:
-        return self.container_id == inst.container_id and self.started == inst.started
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, raw: str) -> "MarkerRecord":

@@ -151,7 +151,7 @@ server_up() {   # server_up N: the Consul server at $NET.N (its HTTP API on 127.
 
 servers_up() {
   step "Consul: three servers ($NET.11-13), a Raft quorum, TLS and gossip encryption; UI https://127.0.0.11:$API_PORT/ui/"
-  local s nodes=() h
+  local s
   tls_up
   for s in "${SERVERS[@]}"; do server_up "$s"; done
   wait_for "a Consul leader" 90 sh -c "curl -sf --cacert '$CONSUL_CACERT' https://127.0.0.11:$API_PORT/v1/status/leader | grep -q ':'"

@@ -36,9 +36,9 @@ evaluation_interval: 15s
 tests:
   - interval: 15s
     input_series:
-      - series: 'registrator_consul_token_refused{{instance="10.210.0.23:9102"}}'
+      - series: 'registrator_consul_token_refused{{instance="127.0.0.3:9102"}}'
         values: '0 0 1 1 1 1 1 1 1'
-      - series: 'registrator_consul_token_refused{{instance="10.210.0.21:9102"}}'
+      - series: 'registrator_consul_token_refused{{instance="127.0.0.2:9102"}}'
         values: '0 0 0 0 0 0 0 0 0'
     alert_rule_test:
       - eval_time: 45s
@@ -47,9 +47,9 @@ tests:
       - eval_time: 2m
         alertname: ProxystackRegistratorTokenRefused
         exp_alerts:
-          - exp_labels: {{severity: page, instance: "10.210.0.23:9102"}}
+          - exp_labels: {{severity: page, instance: "127.0.0.3:9102"}}
             exp_annotations:
-              summary: "registrator at 10.210.0.23:9102: Consul refuses its token, so its host's containers are neither registered nor removed; write a valid token to its --consul-token-file"
+              summary: "registrator at 127.0.0.3:9102: Consul refuses its token, so its host's containers are neither registered nor removed; write a valid token to its --consul-token-file"
 """)
     res = promtool("test", "rules", str(tmp_path / "t.yml"))
     assert res.returncode == 0, res.stdout + res.stderr
