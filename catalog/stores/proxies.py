@@ -71,12 +71,18 @@ class ProxyStore:
         """Register a daemon's metrics endpoint as an instance of `proxystack-metrics` (which
         Prometheus discovers); no check: a target that stops answering shows as down."""
         host, _, port = address.rpartition(":")
-        self.consul.register_service({"ID": service_id, "Name": METRICS_SERVICE, "Address": host,
+        self.consul.register_service({"ID": service_id, "Name": METRICS_SERVICE, "Address": advertised(host),
                                       "Port": int(port), "Meta": {"component": component}})
 
     def withdraw(self, service_id: str) -> None:
         """Deregister a service this process registered for itself (metrics, proxy)."""
         self.consul.deregister_service(service_id)
+
+
+def advertised(host: str) -> str:
+    """The address to register for a listener: a wildcard one (0.0.0.0, ::) is no address
+    another host can reach, and Consul refuses it; registered empty, it is the node's."""
+    return "" if host.strip("[]") in ("", "0.0.0.0", "::") else host
 
 
 class SelfReport:
@@ -95,7 +101,7 @@ class SelfReport:
         host, _, port = self.address.rpartition(":")
         ok, note = self.last
         self.consul.register_service({
-            "ID": self.id, "Name": self.name, "Address": host, "Port": int(port),
+            "ID": self.id, "Name": self.name, "Address": advertised(host), "Port": int(port),
             "Checks": [
                 {"CheckID": self.config_check, "Name": "config applied", "TTL": GATE_TTL,
                  "Status": "passing" if ok else "critical"},

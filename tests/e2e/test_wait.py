@@ -81,3 +81,17 @@ def test_a_proxy_that_is_not_alive_is_named_at_once_and_not_waited_for(stack, st
         assert status["services"][0]["proxies_not_alive"] == {"proxy-reloader:dead": "TTL expired"}, status
     finally:
         stores.instances.deregister("proxy-reloader:dead")
+
+
+def test_a_proxy_listening_on_every_address_announces_itself_at_its_nodes_address(stores):
+    """--listen 0.0.0.0:80 (Ansible's default): Consul refuses 0.0.0.0 as a service address, and
+    the proxy would not start; it registers with its node's address instead."""
+    report = stores.proxies.self_report("proxy-reloader", "proxy-reloader:0.0.0.0:80", "0.0.0.0:80")
+    try:
+        entry = next(e for e in stores.consul.health_service("proxy-reloader")
+                     if e["Service"]["ID"] == "proxy-reloader:0.0.0.0:80")
+        assert entry["Service"]["Address"] == "" and entry["Service"]["Port"] == 80
+        assert entry["Node"]["Address"]
+        report(True, "serving")
+    finally:
+        stores.proxies.withdraw("proxy-reloader:0.0.0.0:80")
