@@ -243,13 +243,14 @@ install_compose() {
 }
 
 # A throwaway Ansible target: Debian 12 with the packages the roles install already present
-# (a container cannot reach the package mirror), and python3-apt for Ansible's apt module.
-TARGET_TAG="proxystack-target:bookworm-3"
+# (a container cannot reach the package mirror), python3-apt for Ansible's apt module, and systemd,
+# iproute2 and curl so that a container can stand in for a whole host (systemd as its init).
+TARGET_TAG="proxystack-target:bookworm-4"
 install_target_image() {
   step "Ansible test target image ($TARGET_TAG)"
   if docker image inspect "$TARGET_TAG" >/dev/null 2>&1; then info "reused"; return 0; fi
   info "building with debootstrap (about two minutes, once)"
-  debootstrap_image "$TARGET_TAG" python3,python3-apt,python3-venv,python3-packaging,ca-certificates,nginx-light,libnginx-mod-http-lua,lua-cjson,docker.io,docker-registry
+  debootstrap_image "$TARGET_TAG" python3,python3-apt,python3-venv,python3-packaging,ca-certificates,nginx-light,libnginx-mod-http-lua,lua-cjson,docker.io,docker-registry,systemd,systemd-sysv,dbus,iproute2,curl
   info "built"
 }
 

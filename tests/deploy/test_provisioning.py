@@ -20,7 +20,7 @@ from testbed.processes import ROOT
 pytestmark = pytest.mark.e2e
 
 VENV_BIN = ROOT / ".venv" / "bin"
-TARGET_IMAGE = "proxystack-target:bookworm-3"
+TARGET_IMAGE = "proxystack-target:bookworm-4"
 RECAP = re.compile(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 
 
