@@ -100,7 +100,7 @@ bench-cluster: ## several hosts: Consul leader killed, host killed, registration
 
 bench-fleet: ## 20 Consul agents for 20 hosts, 5,000 instances churned: propagation to every proxy, server CPU, memory, reads
 	@bash scripts/install.sh all
-	@.venv/bin/python -m bench.fleet_bench
+	@.venv/bin/python -m bench.fleet_bench --runs 5
 
 bench-delivery: ## build-and-push and deploy over TLS through the gate: time per release, failed requests
 	@bash scripts/install.sh all delivery-tools

@@ -400,17 +400,24 @@ class ConsulClient:
 class AsyncConsul:
     """Blocking queries over one aiohttp session, for many idle queries on one thread:
 
-        async with AsyncConsul(address, token, wait=30) as c:
+        async with AsyncConsul(address, token, wait=300) as c:
             index, data = await c.blocking_get("/v1/catalog/services", {}, index)
+
+    With `max_stale` (seconds), any Consul server may answer (`?stale`: the reads spread over
+    the servers instead of all going to the leader), and an answer from a server that has not
+    heard from the leader for longer than that, or knows of none, is asked again of the leader
+    (consul-template's max_stale).
     """
 
-    def __init__(self, address: str, token: Optional[str], wait: float = 30.0, timeout: float = 5.0):
+    def __init__(self, address: str, token: Optional[str], wait: float = 30.0, timeout: float = 5.0,
+                 max_stale: Optional[float] = None):
         scheme, host, port = parse_address(address)
         self.base = f"{scheme}://{host}:{port}"
         self.headers = token_headers(token)
-        self.wait, self.timeout = wait, timeout
+        self.wait, self.timeout, self.max_stale = wait, timeout, max_stale
         self.tls = Tls.for_scheme(scheme)
         self._session = None
+        self.stale_answers = self.leader_answers = 0     # what answered: any server, or the leader
 
     async def __aenter__(self) -> "AsyncConsul":
         import aiohttp
@@ -430,10 +437,23 @@ class AsyncConsul:
         query = {**params, "wait": f"{int(self.wait)}s"}
         if index:
             query["index"] = str(index)
+        if self.max_stale is not None:
+            new_index, data, fresh = await self._get(path, {**query, "stale": ""})
+            if fresh:
+                self.stale_answers += 1
+                return new_index, data
+        new_index, data, _ = await self._get(path, query)
+        self.leader_answers += 1
+        return new_index, data
+
+    async def _get(self, path: str, query: dict) -> Tuple[int, Any, bool]:
+        """(index, answer, whether it is within max_stale of the leader)."""
         async with self._session.get(self.base + path, params=query) as resp:
             new_index = int(resp.headers.get("X-Consul-Index", "0") or 0)
+            fresh = (resp.headers.get("X-Consul-KnownLeader", "true") == "true"
+                     and int(resp.headers.get("X-Consul-LastContact", "0") or 0) <= (self.max_stale or 0) * 1000)
             if resp.status == 404:                 # an empty KV prefix
-                return new_index, []
+                return new_index, [], fresh
             if resp.status != 200:
                 raise ConsulError(f"{path}: {resp.status} {(await resp.text())[:200]}")
-            return new_index, await resp.json(content_type=None)
+            return new_index, await resp.json(content_type=None), fresh

@@ -40,7 +40,7 @@ BENCHES: Dict[str, tuple] = {
                 "Swarm scaling through the gate, unhealthy -> replaced, the autoscaler"),
     "cluster": ("bench.cluster_bench", ["--runs", "3"],
                 "several hosts: the Consul leader killed, a host killed, registrations, lead time across hosts"),
-    "fleet": ("bench.fleet_bench", [], "20 agents, 5,000 instances churned: propagation, server CPU, memory, reads"),
+    "fleet": ("bench.fleet_bench", ["--runs", "5"], "20 agents, 5,000 instances churned: propagation, server CPU, memory, reads"),
     "registrator": ("bench.registrator_bench", ["--starts", "100", "--containers", "200"],
                     "registration latency, resync, stop -> out of traffic"),
     "dashboard": ("bench.dashboard_bench", ["--services", "100", "--pages", "10", "--idle", "120"],

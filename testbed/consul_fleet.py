@@ -19,7 +19,7 @@ from typing import Dict, List, Optional
 
 import requests
 
-from catalog.mirror import CatalogMirror
+from catalog.mirror import MAX_STALE, WAIT, CatalogMirror
 from catalog.model import Instance
 from catalog.stores import Stores
 from testbed.processes import ROOT, Proc, find_binary, stop_all, wait_until
@@ -73,7 +73,7 @@ class Fleet:
         return self._stores[i]
 
     # --- the proxies ---------------------------------------------------------------------
-    def follow(self) -> None:
+    def follow(self, wait: float = WAIT, max_stale: Optional[float] = MAX_STALE) -> None:
         """One proxy per agent, each a process of its own (as each host's proxy-reloader is):
         a CatalogMirror that reports when each instance is admitted there and when it leaves.
         CLOCK_MONOTONIC is one clock for every process, so its times compare with ours."""
@@ -81,7 +81,8 @@ class Fleet:
             seen, gone = {}, {}
             self.seen.append(seen)
             self.gone_seen.append(gone)
-            proc = subprocess.Popen([sys.executable, "-m", "testbed.consul_fleet", f"{agent_ip(i)}:8500"],
+            proc = subprocess.Popen([sys.executable, "-m", "testbed.consul_fleet", f"{agent_ip(i)}:8500", str(wait),
+                                     "leader" if max_stale is None else str(max_stale)],
                                     cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True)
             self.followers.append(proc)
             ready = threading.Event()
@@ -143,11 +144,15 @@ class Fleet:
 
     def cpu_seconds(self) -> float:
         """CPU time the three servers have used (user + system)."""
-        total = 0.0
+        return sum(self.cpu_seconds_each())
+
+    def cpu_seconds_each(self) -> List[float]:
+        """CPU time each server has used (user + system), in server order."""
+        out = []
         for p in self.servers:
             fields = Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / 100.0
-        return total
+            out.append((int(fields[11]) + int(fields[12])) / 100.0)
+        return out
 
     def rss_mb(self) -> List[float]:
         out = []
@@ -198,7 +203,7 @@ def churn(fleet: Fleet, live: Dict[str, tuple], rate: float, seconds: float,
     return changes
 
 
-def follow_one(address: str) -> None:
+def follow_one(address: str, wait: float, max_stale: Optional[float]) -> None:
     """A proxy's mirror: prints `ready`, then `seen ID T` / `gone ID T` as instances are
     admitted or leave, and `answers N` every second."""
     admitted_now: Dict[str, set] = {}
@@ -221,7 +226,7 @@ def follow_one(address: str) -> None:
                 admitted_now[service] = admitted
             if lines:
                 emit("".join(lines))
-    mirror = CatalogMirror(address, None, lambda: None)
+    mirror = CatalogMirror(address, None, lambda: None, wait=wait, max_stale=max_stale)
     mirror.on_change = changed
     mirror.start()
     mirror.ready.wait()
@@ -233,4 +238,4 @@ def follow_one(address: str) -> None:
 
 
 if __name__ == "__main__":
-    follow_one(sys.argv[1])
+    follow_one(sys.argv[1], float(sys.argv[2]), None if sys.argv[3] == "leader" else float(sys.argv[3]))

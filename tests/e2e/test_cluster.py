@@ -6,6 +6,7 @@ and so do container actions (the drain's stop, the healer's restart). The cluste
 caused for real, under traffic through the proxies: the Consul leader killed, a host's agent cut
 off for 15 s, a host stopped, the gatekeeper leader's host stopped in the middle of a test run.
 """
+import asyncio
 import json
 import ssl
 import subprocess
@@ -16,8 +17,9 @@ import pytest
 import requests
 
 from catalog import local_ca
+from catalog.consul_client import AsyncConsul, ConsulError
 from catalog.model import PASSED, TESTING
-from testbed.cluster import (API_PORT, CONSUL_CA, NodeFailure, RouteLog, consul_get, gatekeeper_leader, host_ip, in_host,
+from testbed.cluster import (API_PORT, CONSUL_CA, SERVERS, NodeFailure, RouteLog, consul_get, gatekeeper_leader, host_ip, in_host,
                                    keepalive_loads, kill_server, remove_demo_containers, wait_for_leader,
                                    wait_for_stable_leader)
 from testbed.processes import ROOT
@@ -191,6 +193,48 @@ def test_the_consul_leader_killed_loses_no_request_and_nothing_registered(clean)
     wait_for_leader(cluster)
     cluster.wait(lambda: cluster.server_alive(old) and len(cluster.stores().consul.peers()) == 3, 60,
                  "the killed server back in the quorum")
+
+
+def test_proxies_read_from_any_server_but_not_from_one_that_lost_the_leader(cluster, monkeypatch):
+    """The proxies' reads (CatalogMirror) take an answer from any server within 2 s of the leader.
+    A server cut off from the others answers ?stale with what it last knew; the read does not
+    believe it, asks for the leader, and fails while there is none (the proxy keeps its routes),
+    rather than routing by data nobody can vouch for."""
+    monkeypatch.setenv("CONSUL_CACERT", str(CONSUL_CA))
+    token = cluster.token("proxy-reloader")
+
+    def read(n: int):
+        async def go():
+            async with AsyncConsul(f"https://127.0.0.{n}:{API_PORT}", token, wait=1, max_stale=2.0) as c:
+                await c.blocking_get("/v1/catalog/services", {}, 0)
+                return c.stale_answers, c.leader_answers
+        return asyncio.run(go())
+
+    leader = wait_for_stable_leader(cluster)
+    follower = next(n for n in SERVERS if n != leader)
+    assert read(follower) == (1, 0), "a follower in touch with the leader answers itself"
+    others = [n for n in SERVERS if n != follower]
+    for n in others:
+        kill_server(cluster, n)
+    try:
+        seen = {}
+
+        def lost_its_leader():
+            r = consul_get(f"https://127.0.0.{follower}:{API_PORT}/v1/catalog/services?stale",
+                           headers={"X-Consul-Token": token})
+            seen["answer"] = r
+            return r.status_code == 200 and (r.headers.get("X-Consul-KnownLeader") == "false"
+                                             or int(r.headers.get("X-Consul-LastContact", 0)) > 2000)
+        cluster.wait(lost_its_leader, 30, "the lone server to lose its leader")
+        assert "proxy-reloader" in seen["answer"].json(), "it still answers ?stale, with what it last knew"
+        with pytest.raises((ConsulError, asyncio.TimeoutError)):     # "No cluster leader", or held until then
+            read(follower)
+    finally:
+        for n in others:
+            cluster.sh("start-server", str(n))
+    cluster.wait(lambda: len(cluster.stores().consul.peers()) == 3, 60, "the stopped servers back in the quorum")
+    leader = wait_for_stable_leader(cluster)
+    assert [read(n) for n in SERVERS if n != leader] == [(1, 0), (1, 0)], "both followers answer again"
 
 
 def test_an_agent_cut_off_for_15_s_keeps_every_proxy_serving_without_flapping(clean):
