@@ -2,8 +2,9 @@
 manager: a Swarm service's tasks run on every host, each is tested through the gate by the leading
 gatekeeper, its gate marker is written by its own host's registrator, and Swarm's rolling update
 goes task by task across hosts only as fast as new tasks pass; a broken image is rolled back, and
-a manager host stopped mid-update has its tasks rescheduled and gated on the others. Under
-kept-alive traffic through every host's proxy, with 0 failed requests."""
+a manager host stopped mid-update has its tasks rescheduled and gated on the others; scaled out
+and in from any manager, a sick task on one host healed and a killed one replaced, each new task
+gated. Under kept-alive traffic through every host's proxy, with 0 failed requests."""
 from __future__ import annotations
 
 import json
@@ -11,9 +12,11 @@ import subprocess
 import time
 
 import pytest
+import requests
 
 from catalog.model import GATE_MIRROR_HEALTH_CMD
-from testbed.cluster import DEMO_LABELS, keepalive_loads
+from testbed.cluster import DEMO_LABELS, STATE, host_ip, keepalive_loads
+from testbed.processes import ROOT
 
 # A rolling update of three tasks, a rollback, a host stopped mid-update: minutes, not the usual 180 s.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -46,8 +49,8 @@ def swarm(namespace_cluster):
             hdocker(h, "swarm", "leave", "--force")
 
 
-def create(version: str = "v1", replicas: int = 3) -> None:
-    labels = [a for k, v in DEMO_LABELS.items() for a in ("--container-label", f"{k}={v}")]
+def create(version: str = "v1", replicas: int = 3, **extra_labels: str) -> None:
+    labels = [a for k, v in {**DEMO_LABELS, **extra_labels}.items() for a in ("--container-label", f"{k}={v}")]
     hdocker("h1", "service", "create", "--detach", "--name", NAME, "--replicas", str(replicas),
             "--publish", "mode=host,target=8080", *labels, "--label", "proxystack.demo=1",
             "--placement-pref", "spread=node.labels.host",
@@ -171,3 +174,65 @@ def test_a_manager_host_stopped_mid_update_loses_no_request_and_the_update_ends_
     swarm_wait(cluster, settled, 240, "the update to end with three gated tasks of one version once h3 is back")
     version = settled()
     cluster.wait_routed({f"{ri.instance.address}:{ri.instance.port}" for ri in admitted(cluster, version)}, timeout=60)
+
+
+def gatekeeper_scale(cluster, replicas: int, manager: str) -> str:
+    """`gatekeeper scale demo N` as an operator runs it, against a given manager's engine."""
+    env = {**cluster.client_env, "DOCKER_HOST": f"unix:///run/psc-{manager}/docker.sock"}
+    res = subprocess.run([str(ROOT / ".venv" / "bin" / "gatekeeper"), "--consul", cluster.consul_address(),
+                          "--consul-token-file", str(STATE / "tokens" / "operator.token"), "scale", NAME, str(replicas)],
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res.stdout
+
+
+def test_scaled_out_and_in_across_hosts_a_sick_task_healed_and_a_killed_one_replaced_each_through_the_gate(swarm):
+    cluster = swarm
+    if hdocker("h1", "service", "ls", "-q", "--filter", f"name={NAME}"):
+        hdocker("h1", "service", "rm", NAME)
+        cluster.wait(lambda: not cluster.instances(), 90, "the previous tasks' instances to leave Consul")
+    create("v1", SERVICE_CHECK_HTTP="/health", SERVICE_CHECK_INTERVAL="1s")
+    swarm_wait(cluster, lambda: {ri.instance.node for ri in admitted(cluster, "v1")} == set(cluster.hosts)
+               and len(admitted(cluster, "v1")) == 3, 180, "a gated task on every host")
+    cluster.wait_routed({f"{ri.instance.address}:{ri.instance.port}" for ri in admitted(cluster, "v1")}, timeout=60)
+    loads = keepalive_loads(cluster.hosts)
+    try:
+        # out, from a manager that runs no gatekeeper: each new task gated on its own host
+        gatekeeper_scale(cluster, 5, "h3")
+        swarm_wait(cluster, lambda: len(admitted(cluster, "v1")) == 5 and len(cluster.instances()) == 5, 180,
+                   "five gated tasks")
+        cluster.wait_routed({f"{ri.instance.address}:{ri.instance.port}" for ri in admitted(cluster, "v1")}, timeout=60)
+
+        # a task on h3 turns sick: out of traffic at once, replaced by Swarm, the replacement gated
+        sick = next(ri.instance for ri in admitted(cluster, "v1") if ri.instance.node == "h3")
+        answer = requests.post(f"http://{host_ip('h3')}:{sick.port}/health/fail", timeout=5)
+        assert answer.status_code == 200, answer.text
+        swarm_wait(cluster, lambda: sick.id not in {ri.instance.id for ri in admitted(cluster, "v1")}, 15,
+                   "the sick task out of traffic")
+        swarm_wait(cluster, lambda: sick.id not in {ri.instance.id for ri in cluster.instances()}
+                   and len(admitted(cluster, "v1")) == 5, 180, "the sick task replaced by a gated one")
+
+        # a task on h2 killed: Swarm starts another, which passes its gate before it serves
+        victim = next(ri.instance for ri in admitted(cluster, "v1") if ri.instance.node == "h2")
+        hdocker("h2", "kill", victim.container_id)
+        swarm_wait(cluster, lambda: victim.id not in {ri.instance.id for ri in cluster.instances()}
+                   and len(admitted(cluster, "v1")) == 5, 180, "the killed task replaced by a gated one")
+        for ri in admitted(cluster, "v1"):
+            verdict = cluster.stores().verdicts.get(ri.instance.id)
+            assert verdict and verdict.container_id == ri.instance.container_id, (ri.instance.id, verdict)
+        cluster.wait_routed({f"{ri.instance.address}:{ri.instance.port}" for ri in admitted(cluster, "v1")}, timeout=60)
+
+        # and in again
+        gatekeeper_scale(cluster, 3, "h2")
+        swarm_wait(cluster, lambda: len(cluster.instances()) == 3 and len(admitted(cluster, "v1")) == 3, 180,
+                   "back to three tasks")
+        cluster.wait_routed({f"{ri.instance.address}:{ri.instance.port}" for ri in admitted(cluster, "v1")}, timeout=60)
+        time.sleep(2)
+    finally:
+        failed = failures(loads)
+    assert all(not f for f in failed.values()), failed
+    assert all(load.total > 100 for load in loads.values()), {h: load.total for h, load in loads.items()}
+    events = [e.get("event") for e in cluster.stores().history.of(NAME)]
+    assert "healing: replaced" in events, events
+    print(f"scaled 3 -> 5 -> 3, one task healed on h3, one killed on h2: "
+          f"{sum(load.total for load in loads.values())} requests through three proxies, 0 failed")
