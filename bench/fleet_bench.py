@@ -4,7 +4,7 @@ at a steady rate while 20 proxies' catalog mirrors (one per agent, what proxy-re
 follow. How long a change takes to reach every proxy, what the three servers spend (CPU,
 memory), and the blocking-query load they carry.
 
-    .venv/bin/python -m bench.fleet_bench [--runs 5] [--agents 20] [--services 100] [--per-service 50]
+    .venv/bin/python -m bench.fleet_bench [--runs 1] [--agents 20] [--services 100] [--per-service 50]
                                           [--rate 2] [--seconds 60] [--wait 300] [--max-stale 2 | --leader]
                                           [--json] [--check]
 

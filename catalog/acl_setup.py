@@ -176,8 +176,10 @@ def setup(address: str, tokens: Path, changes: Optional[List[str]] = None, nodes
             changes.append(f"policy {name} created")
     by_description = {t.get("Description"): t["AccessorID"] for t in api.call("GET", "/v1/acl/tokens")}
     wanted = {part: {"Policies": [{"Name": f"proxystack-{part}"}]} for part in ("agent",) + PARTS}
+    own_node = ""
     if nodes or hosts:
-        datacenter = api.call("GET", "/v1/agent/self")["Config"]["Datacenter"]
+        config = api.call("GET", "/v1/agent/self")["Config"]
+        datacenter, own_node = config["Datacenter"], config["NodeName"]
         for node in (*nodes, *hosts):
             wanted[f"agent-{node}"] = {"NodeIdentities": [{"NodeName": node, "Datacenter": datacenter}]}
         for host in hosts:
@@ -193,7 +195,9 @@ def setup(address: str, tokens: Path, changes: Optional[List[str]] = None, nodes
         secrets[part] = secret
         if write_secret(tokens / f"{part}.token", secret):
             changes.append(f"{part}.token written")
-    api.call("PUT", "/v1/agent/token/agent", {"Token": secrets["agent"]})
+    # the agent this talks to: its own node identity when it is one of the nodes named (else, on
+    # several hosts, every run would give it back the shared token, which may write any node)
+    api.call("PUT", "/v1/agent/token/agent", {"Token": secrets.get(f"agent-{own_node}", secrets["agent"])})
     return secrets
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from catalog.cli import (EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, add
 from catalog import schema
 from catalog.consul_client import read_token
 from catalog.stores import ProxyStore, Stores
+from catalog.stores.proxies import advertised
 from catalog.logs import setup_logging
 from catalog.metrics import announce, own_metrics, withdraw
 from catalog.mirror import CatalogMirror
@@ -161,7 +163,7 @@ def main(argv=None) -> int:
     refused = schema.check_at_start(stores.consul, "proxy-reloader")
     if refused is not None:
         return refused
-    reporter, proxy_id = None, f"proxy-reloader:{args.listen}"
+    reporter, proxy_id = None, proxy_identity(args.listen)
     if args.report_check:
         reporter = stores.proxies.self_report("proxy-reloader", proxy_id, args.listen)
     options = RunnerOptions(listen=args.listen, min_wait=args.min_wait, max_wait=args.max_wait,
@@ -230,6 +232,15 @@ def main(argv=None) -> int:
             _withdraw(stores.proxies, proxy_id)
         withdraw(stores.proxies, announced)
     return EXIT_OK
+
+
+def proxy_identity(listen: str) -> str:
+    """How this proxy is known in Consul (its registration, what it reports serving, which
+    `gatekeeper wait` counts): its listener, and on a wildcard one (0.0.0.0:80 is the same on
+    every host) this machine's name too."""
+    if advertised(listen.rpartition(":")[0]):
+        return f"proxy-reloader:{listen}"
+    return f"proxy-reloader:{socket.gethostname()}:{listen}"
 
 
 def _withdraw(proxies: ProxyStore, proxy_id: str) -> None:

@@ -139,9 +139,11 @@ def test_cluster_playbook_makes_three_hosts_that_gate_and_serve_a_service_everyw
     code, keyring = consul_api(c1, "/v1/operator/keyring", boot)
     assert code == 0 and json.loads(keyring)[0]["Keys"], f"gossip is not encrypted: {keyring}"
     for h, (c, _) in machines.items():
-        # the agent holds its node identity: it may write its own node and no other
-        own = sh(c, "cat /var/lib/consul/proxystack-agent.token")[1].strip()
-        code, out = consul_api(c, "/v1/acl/token/self", own)
+        # the agent holds its node identity (as Consul keeps it), which may write its own node only
+        held = json.loads(sh(c, "cat /var/lib/consul/acl-tokens.json")[1])["agent"]
+        assert held == sh(c1, f"cat /etc/proxystack/cluster-tokens/agent-{h}.token")[1].strip(), \
+            f"{h}'s agent holds another token than its own node identity"
+        code, out = consul_api(c, "/v1/acl/token/self", held)
         assert code == 0 and json.loads(out)["NodeIdentities"][0]["NodeName"] == h, out
         conf = sh(c, "stat -c %a /etc/consul.d/secrets.hcl /etc/consul.d/tls/key.pem")[1].split()
         assert conf == ["640", "640"], f"{h}: gossip key or TLS key readable by others: {conf}"
@@ -173,8 +175,12 @@ def test_cluster_playbook_makes_three_hosts_that_gate_and_serve_a_service_everyw
     assert any("pass" in ch["Output"].lower() for ch in checks), checks
     instance = json.loads(health)[0]["Service"]
     assert instance["Address"] == machines["host-1"][1], f"registered with an address other hosts cannot reach: {instance}"
-    leaders = [h for h in GATEKEEPERS if "leader" in sh(machines[h][0], "journalctl -u gatekeeper --no-pager")[1].lower()]
-    assert leaders, story()
+    leaders = [h for h in GATEKEEPERS if "is now the leader" in sh(machines[h][0], "journalctl -u gatekeeper --no-pager")[1]]
+    assert leaders, story()          # (a restart of the daemons during the playbook may have moved it)
+    # three proxies on 0.0.0.0:80, each known by its own host (what `gatekeeper wait` counts)
+    code, out = consul_api(c1, "/v1/health/service/proxy-reloader", boot)
+    proxies = sorted((e["Node"]["Node"], e["Service"]["ID"]) for e in json.loads(out))
+    assert proxies == [(h, f"proxy-reloader:{h}:0.0.0.0:80") for h in HOSTS], proxies
 
 
 def recap_of(output: str, host: str) -> dict:

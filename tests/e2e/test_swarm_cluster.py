@@ -86,11 +86,18 @@ def swarm_wait(cluster, cond, timeout: float, what: str) -> None:
 
 
 def failures(loads) -> dict:
-    """{host: (failed requests, of how many, the first three)} of each host's load; () for none."""
+    """{host: (failed requests, of how many, the first three, what its nginx logged about its
+    upstreams last)} of each host's load; () for none."""
     out = {}
     for h, load in loads.items():
         load.finish()
-        out[h] = (len(load.failures), load.total, load.failures[:3]) if load.failures else ()
+        if load.failures:
+            log = STATE / h / "nginx" / "logs" / "error.log"
+            upstreams = [line for line in (log.read_text(errors="replace").splitlines() if log.exists() else [])
+                         if "upstream" in line][-6:]
+            out[h] = (len(load.failures), load.total, load.failures[:3], upstreams)
+        else:
+            out[h] = ()
     return out
 
 
