@@ -98,8 +98,8 @@ def main(argv=None) -> int:
             say(f"run {n + 1} of {args.runs}")
         runs.append(one_run(args, say))
 
-    def each(key, fmt=str):
-        return " / ".join(fmt(r[key]) for r in runs)
+    def each(key):
+        return " / ".join(str(r[key]) for r in runs)
 
     several = args.runs > 1
     per = "in each run" if several else ""

@@ -64,6 +64,11 @@ def admitted(cluster, version: str):
             and ri.instance.swarm_service == NAME]
 
 
+def wait_serving(cluster, version: str) -> None:
+    """Until every proxy routes exactly the admitted tasks of `version`."""
+    cluster.wait_routed({f"{ri.instance.address}:{ri.instance.port}" for ri in admitted(cluster, version)}, timeout=60)
+
+
 def running_images(host: str = "h1"):
     out = hdocker(host, "service", "ps", NAME, "--filter", "desired-state=running", "--format", "{{.Image}} {{.CurrentState}}")
     return [line.split()[0] for line in out.splitlines() if " Running " in f" {line} "]
@@ -107,15 +112,14 @@ def test_a_rolling_update_across_hosts_waits_for_each_tasks_gate_and_a_broken_on
     cluster.wait(lambda: {ri.instance.node for ri in admitted(cluster, "v1")} == set(cluster.hosts)
                  and len(admitted(cluster, "v1")) == 3, 180, "a gated v1 task on every host",
                  logs=("gatekeeper-h1", "gatekeeper-h2", "registrator-h3"))
-    cluster.wait_routed({f"{ri.instance.address}:{ri.instance.port}" for ri in admitted(cluster, "v1")}, timeout=60)
+    wait_serving(cluster, "v1")
     loads = keepalive_loads(cluster.hosts)
     try:
         hdocker("h2", "service", "update", "--detach", "--image", "demo:v2", NAME)      # from another manager
         cluster.wait(lambda: len(admitted(cluster, "v2")) == 3 and running_images() == ["demo:v2"] * 3
                      and update_state() == "completed", 300, "every task replaced by a gated v2 one",
                      logs=("gatekeeper-h1", "gatekeeper-h2"))
-        v2 = {f"{ri.instance.address}:{ri.instance.port}" for ri in admitted(cluster, "v2")}
-        cluster.wait_routed(v2, timeout=60)
+        wait_serving(cluster, "v2")
         for h in cluster.hosts:          # each host's registrator opened its own v2 task's marker
             assert any("gate marker open" in line and f"{h}:{NAME}." in line
                        for line in cluster.logs(f"registrator-{h}", 300).splitlines()), cluster.logs(f"registrator-{h}")
@@ -128,7 +132,7 @@ def test_a_rolling_update_across_hosts_waits_for_each_tasks_gate_and_a_broken_on
                      and len(admitted(cluster, "v2")) == 3
                      and not any(ri.instance.version == "v3" for ri in cluster.instances()), 180,
                      "three gated v2 tasks again, no v3 left")
-        cluster.wait_routed({f"{ri.instance.address}:{ri.instance.port}" for ri in admitted(cluster, "v2")}, timeout=60)
+        wait_serving(cluster, "v2")
         time.sleep(2)
     finally:
         failed = failures(loads)
@@ -180,7 +184,7 @@ def test_a_manager_host_stopped_mid_update_loses_no_request_and_the_update_ends_
                 and len(admitted(cluster, version)) == 3 and len(cluster.instances()) == 3 and version)
     swarm_wait(cluster, settled, 240, "the update to end with three gated tasks of one version once h3 is back")
     version = settled()
-    cluster.wait_routed({f"{ri.instance.address}:{ri.instance.port}" for ri in admitted(cluster, version)}, timeout=60)
+    wait_serving(cluster, version)
 
 
 def gatekeeper_scale(cluster, replicas: int, manager: str) -> str:
@@ -201,14 +205,14 @@ def test_scaled_out_and_in_across_hosts_a_sick_task_healed_and_a_killed_one_repl
     create("v1", SERVICE_CHECK_HTTP="/health", SERVICE_CHECK_INTERVAL="1s")
     swarm_wait(cluster, lambda: {ri.instance.node for ri in admitted(cluster, "v1")} == set(cluster.hosts)
                and len(admitted(cluster, "v1")) == 3, 180, "a gated task on every host")
-    cluster.wait_routed({f"{ri.instance.address}:{ri.instance.port}" for ri in admitted(cluster, "v1")}, timeout=60)
+    wait_serving(cluster, "v1")
     loads = keepalive_loads(cluster.hosts)
     try:
         # out, from a manager that runs no gatekeeper: each new task gated on its own host
         gatekeeper_scale(cluster, 5, "h3")
         swarm_wait(cluster, lambda: len(admitted(cluster, "v1")) == 5 and len(cluster.instances()) == 5, 180,
                    "five gated tasks")
-        cluster.wait_routed({f"{ri.instance.address}:{ri.instance.port}" for ri in admitted(cluster, "v1")}, timeout=60)
+        wait_serving(cluster, "v1")
 
         # a task on h3 turns sick: out of traffic at once, replaced by Swarm, the replacement gated
         sick = next(ri.instance for ri in admitted(cluster, "v1") if ri.instance.node == "h3")
@@ -227,13 +231,13 @@ def test_scaled_out_and_in_across_hosts_a_sick_task_healed_and_a_killed_one_repl
         for ri in admitted(cluster, "v1"):
             verdict = cluster.stores().verdicts.get(ri.instance.id)
             assert verdict and verdict.container_id == ri.instance.container_id, (ri.instance.id, verdict)
-        cluster.wait_routed({f"{ri.instance.address}:{ri.instance.port}" for ri in admitted(cluster, "v1")}, timeout=60)
+        wait_serving(cluster, "v1")
 
         # and in again
         gatekeeper_scale(cluster, 3, "h2")
         swarm_wait(cluster, lambda: len(cluster.instances()) == 3 and len(admitted(cluster, "v1")) == 3, 180,
                    "back to three tasks")
-        cluster.wait_routed({f"{ri.instance.address}:{ri.instance.port}" for ri in admitted(cluster, "v1")}, timeout=60)
+        wait_serving(cluster, "v1")
         time.sleep(2)
     finally:
         failed = failures(loads)
