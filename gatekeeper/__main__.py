@@ -72,8 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--test-label", action="append", default=[], metavar="KEY=VALUE",
                      help="extra label on every test container (repeatable)")
     run.add_argument("--drain-seconds", type=float, default=10.0, metavar="S",
-                     help="after an automatic promotion, seconds before old instances' containers are stopped "
-                          "(default %(default)s)")
+                     help="after an automatic promotion, seconds between every live proxy serving the new "
+                          "version and old instances' containers being stopped (default %(default)s)")
     run.add_argument("--keep-old", action="store_true", help="never stop old instances' containers")
     run.add_argument("--keep-versions", type=int, default=3, metavar="N",
                      help="stopped containers of the N versions drained last are kept for `gatekeeper rollback`; "

@@ -43,6 +43,14 @@ class ProxyStore:
         except ValueError:
             return None
 
+    def lagging(self, service: str, role: str, version: str,
+                proxies: Optional[List[ProxyState]] = None) -> List[str]:
+        """The live proxies (of `proxies`, all by default) that do not report serving `version` as
+        `role` ("stable" or "canary") of `service` yet. A proxy that stopped saying it is alive
+        applies nothing and is not counted; none announcing itself: nothing lags."""
+        proxies = self.all() if proxies is None else proxies
+        return [p.id for p in proxies if p.alive and (self.served(p.id, service) or {}).get(role) != version]
+
     def wait_served(self, index: int, wait: float) -> int:
         """Block until a proxy's report changes or `wait` seconds pass; return the index to pass
         next time (0: return at once). Keys only."""

@@ -54,13 +54,15 @@ class Promoter(Reconciler):
     step and lets the analysis (`progressive`) move it on."""
 
     def __init__(self, stores: Stores, drain_seconds: float = 10.0, stop_old: bool = True,
-                 unhealthy_grace: float = 10.0, prometheus: Optional[Prometheus] = None, keep_versions: int = 3):
+                 unhealthy_grace: float = 10.0, prometheus: Optional[Prometheus] = None, keep_versions: int = 3,
+                 confirm_timeout: float = 300.0):
         self.stores = stores
         self.progressive = Progressive(stores, prometheus, self._analysis_weight, self._analysis_promote,
                                        self._analysis_roll_back)
         self.unhealthy_grace = unhealthy_grace
         self.unhealthy_since: dict = {}          # service -> when its canary was first seen unhealthy
         self.drain_seconds = drain_seconds
+        self.confirm_timeout = confirm_timeout   # how long a drain waits for every proxy to serve the new version
         self.stop_old = stop_old
         self.keep_versions = keep_versions       # drained versions whose stopped containers are kept
         self.rollback_due: dict = {}            # service -> when its waiting rollback is given up
@@ -267,16 +269,55 @@ class Promoter(Reconciler):
         return True
 
     def drain_later(self, service: str, stable: str) -> None:
-        """After the drain period, stop the containers of admitted instances of other versions:
-        those registered when `stable` was promoted. A version that arrives during the drain is
-        newer, not old, and is never stopped by it. Each stop is asked of the registrator of the
-        container's own host (registrator.actions), so it reaches containers on every host."""
+        """Once every live proxy serves `stable` (their reports in Consul, written after nginx
+        applied it) and the drain period has passed, stop the containers of admitted instances
+        of other versions: those registered when `stable` was promoted. A version that arrives
+        during the drain is newer, not old, and is never stopped by it. Each stop is asked of
+        the registrator of the container's own host (registrator.actions), so it reaches
+        containers on every host."""
         if not self.stop_old:
             return
         old = {ri.instance.container_id for ri in self.stores.instances.of(service) if ri.instance.version != stable}
-        t = threading.Timer(self.drain_seconds, self._stop_old, args=(service, stable, old))
-        t.daemon = True
-        t.start()
+        threading.Thread(target=self._drain, args=(service, stable, old), name=f"drain {service}",
+                         daemon=True).start()
+
+    def _drain(self, service: str, stable: str, old: set) -> None:
+        try:
+            if not self._served_everywhere(service, stable):
+                return
+        except Exception:
+            log.exception("%s: could not learn whether every proxy serves %s; old instances left running",
+                          service, stable)
+            return
+        time.sleep(self.drain_seconds)
+        self._stop_old(service, stable, old)
+
+    def _served_everywhere(self, service: str, stable: str) -> bool:
+        """Wait until every live proxy reports serving `stable` as the stable version: an old
+        instance stopped before a proxy switched fails that proxy's requests (a proxy busy with
+        other routes, or restarting, may take seconds). False when the policy moved on meanwhile
+        (that promotion drains) or after `confirm_timeout` (the old instances stay up, and the
+        next promotion's drain stops them)."""
+        deadline, index, waiting = time.monotonic() + self.confirm_timeout, 0, None
+        while True:
+            policy = self.stores.policies.get(service)[1]
+            if policy is None or policy.stable != stable:
+                return False
+            lagging = self.stores.proxies.lagging(service, "stable", stable)
+            if not lagging:
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                reason = (f"{', '.join(lagging)} did not serve {stable} within {self.confirm_timeout:.0f} s; "
+                          "old instances are left running until the next promotion drains them")
+                log.warning("%s: not draining: %s", service, reason)
+                self.stores.history.add(service, "drain held", version=stable, by="gatekeeper", reason=reason)
+                return False
+            if lagging != waiting:
+                log.info("%s: draining once %d proxy(ies) serve %s: %s", service, len(lagging), stable,
+                         ", ".join(lagging))
+                waiting = lagging
+            index = self.stores.proxies.wait_served(index, min(5.0, left))
 
     def _stop_old(self, service: str, stable: str, old: set) -> None:
         stopped: dict = {}                              # version -> [{"name", "node"}]

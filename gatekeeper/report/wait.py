@@ -21,7 +21,7 @@ from typing import Callable, Dict, List, Optional
 from catalog.cli import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT
 from catalog.kv_layout import GATEKEEPER, SERVED
 from catalog.model import ERROR, FAILED, PASSED, ProxyState
-from catalog.stores import ProxyStore, Stores
+from catalog.stores import Stores
 from catalog.validation import InvalidValue
 
 WAIT_OK, WAIT_FAILED, WAIT_TIMEOUT = EXIT_OK, EXIT_FAILED, EXIT_TIMEOUT
@@ -68,7 +68,8 @@ def wait_for_version(stores: Stores, service: str, version: str, timeout: float,
         passed = [v for v in verdicts if v.state == PASSED]
         failed = [v for v in verdicts if v.state in (FAILED, ERROR)]
         routed = policy is not None and version in (policy.stable, policy.canary)
-        lagging = _proxies_not_serving(stores.proxies, proxies, service, version, policy) if passed and routed else []
+        role = "stable" if policy and policy.stable == version else "canary"
+        lagging = stores.proxies.lagging(service, role, version, proxies) if passed and routed else []
         if not instances:
             progress(f"{service} {version}: waiting for an instance to be registered")
         elif passed and routed and not lagging:
@@ -98,10 +99,3 @@ def wait_for_version(stores: Stores, service: str, version: str, timeout: float,
         prefix = SERVED if passed and routed else GATEKEEPER
         indexes[prefix] = waits[prefix](indexes[prefix], min(longest_block, left))
 
-
-def _proxies_not_serving(served: ProxyStore, proxies: List[ProxyState], service: str, version: str,
-                         policy) -> List[str]:
-    """The live proxies whose nginx does not serve `version` in the role the policy gives it yet.
-    No proxy announcing itself: nothing to confirm with, so the policy's word stands."""
-    role = "stable" if policy.stable == version else "canary"
-    return [p.id for p in proxies if p.alive and (served.served(p.id, service) or {}).get(role) != version]

@@ -1,9 +1,11 @@
 """`gatekeeper wait` exits 0 only once the proxy serves the version: a request sent the moment
 it exits gets the new version, deploy after deploy (new services and upgrades), on the real
-stack. The proxy announces itself in Consul (--report-check), as the stack's does."""
+stack; and the drain after a promotion stops the old version only once every live proxy serves
+the new one. The proxy announces itself in Consul (--report-check), as the stack's does."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -95,3 +97,32 @@ def test_a_proxy_listening_on_every_address_announces_itself_at_its_nodes_addres
         report(True, "serving")
     finally:
         stores.proxies.withdraw("proxy-reloader:0.0.0.0:80")
+
+
+def test_the_old_version_is_stopped_only_once_every_live_proxy_serves_the_new_one(stack, stores):
+    """A second proxy that has not applied the promotion yet (busy with other changes, or
+    restarting: here a registration whose reports the test writes) still routes the old
+    version, so the drain holds its containers past --drain-seconds (2 s here) until that
+    proxy reports serving the new version; then they are stopped, and the history says so."""
+    old = stack.deploy("drain-old", "demo:v1", **{"gatekeeper.version": "rdrain1"})
+    code, out, err = stack.gatekeeper_cli("wait", "waitdemo", "--version", "rdrain1", "--timeout", "120")
+    assert code == 0, out + err
+    slow_id = "proxy-reloader:slow"
+    slow = stores.proxies.self_report("proxy-reloader", slow_id, "127.0.0.1:3", alive_ttl="600s")
+    slow(True, "a proxy that has not applied the promotion yet")
+    try:
+        stores.proxies.report(slow_id, "waitdemo", {"stable": "rdrain1"})
+        stack.deploy("drain-new", "demo:v2", **{"gatekeeper.version": "rdrain2"})
+        stack.wait(lambda: stack.served_version() == "v2", 120, "the stack's own proxy to serve rdrain2")
+        time.sleep(2 + 4)                                   # the drain period, and then some
+        old.reload()
+        assert old.status == "running", "stopped while a live proxy still routed it"
+        assert not [e for e in stores.history.of("waitdemo") if e.get("event") == "drained"
+                    and e.get("stable") == "rdrain2"]
+        stores.proxies.report(slow_id, "waitdemo", {"stable": "rdrain2"})     # it switched
+        stack.wait(lambda: (old.reload(), old.status)[1] != "running", 30, "the old container drained")
+        drained = [e for e in stores.history.of("waitdemo") if e.get("event") == "drained" and e.get("stable") == "rdrain2"]
+        assert old.name in {c["name"] for e in drained if e.get("version") == "rdrain1" for c in e["containers"]}, drained
+    finally:
+        stores.instances.deregister(slow_id)
+        stores.proxies.forget(slow_id)

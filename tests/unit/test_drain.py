@@ -1,6 +1,8 @@
 """What a drain after a promotion stops: the instances of other versions that were there when
-the version was promoted, never a newer one that passed its tests meanwhile (the real-stack
-twin: tests/e2e/test_zero_reload.py, whose deploys follow each other faster than the drain)."""
+the version was promoted, never a newer one that passed its tests meanwhile; and when: only once
+every live proxy serves the new version (the real-stack twins: tests/e2e/test_zero_reload.py,
+whose deploys follow each other faster than the drain, and tests/e2e/test_drain.py, whose proxy
+is held still)."""
 import time
 
 from catalog.model import PASSED, Instance, RegisteredInstance, RoutingPolicy, Verdict
@@ -21,7 +23,10 @@ class Store:
         self.listed = [registered(v) for v in versions]
         self.pol = RoutingPolicy("demo", stable=stable)
         self.stopped = []                       # containers whose host was asked to stop them
+        self.lagging = []                       # the live proxies that do not serve the stable version yet
+        self.events = []
         self.node_records, self.instances = NodeRecords(self), Instances(self)
+        self.proxies, self.history = Proxies(self), History(self)
         self.policies, self.verdicts = Policies(self), Verdicts(self)
 
 
@@ -32,6 +37,27 @@ class NodeRecords:
     def request_action(self, inst, action, reason, timeout=10):
         assert action == "stop"
         self.store.stopped.append(inst.container_id)
+
+
+class Proxies:
+    def __init__(self, store):
+        self.store = store
+
+    def lagging(self, service, role, version):
+        assert (service, role, version) == ("demo", "stable", self.store.pol.stable)
+        return list(self.store.lagging)
+
+    def wait_served(self, index, wait):
+        time.sleep(min(wait, 0.05))
+        return index + 1
+
+
+class History:
+    def __init__(self, store):
+        self.store = store
+
+    def add(self, service, event, **fields):
+        self.store.events.append((event, fields))
 
 
 class Instances:
@@ -73,3 +99,24 @@ def test_nothing_is_stopped_when_another_promotion_came_first():
     store.pol = RoutingPolicy("demo", stable="v3")
     time.sleep(0.4)
     assert store.stopped == []
+
+
+def test_the_drain_waits_for_every_live_proxy_to_serve_the_new_version():
+    store = Store(["v1", "v2"], stable="v2")
+    store.lagging = ["proxy-reloader:h2:0.0.0.0:80"]                       # still routes v1
+    Promoter(store, drain_seconds=0.1).drain_later("demo", "v2")
+    time.sleep(0.5)
+    assert store.stopped == []
+    store.lagging = []                                                       # it switched
+    time.sleep(0.5)
+    assert store.stopped == ["c-v1"]
+
+
+def test_a_proxy_that_never_switches_holds_the_drain_and_says_so():
+    store = Store(["v1", "v2"], stable="v2")
+    store.lagging = ["proxy-reloader:h2:0.0.0.0:80"]
+    Promoter(store, drain_seconds=0, confirm_timeout=0.2).drain_later("demo", "v2")
+    time.sleep(0.6)
+    assert store.stopped == []
+    assert [e for e, _ in store.events] == ["drain held"]
+    assert "proxy-reloader:h2:0.0.0.0:80 did not serve v2 within 0 s" in store.events[0][1]["reason"]

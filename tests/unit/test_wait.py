@@ -1,6 +1,7 @@
 """`gatekeeper wait`'s answer, the CD exit code: from the verdicts, the policy and what each live
 proxy reports serving. The same behaviour on the real stack: tests/e2e/test_wait.py."""
 from catalog.model import FAILED, PASSED, Instance, ProxyState, RegisteredInstance, RoutingPolicy, Verdict
+from catalog.stores import ProxyStore
 from gatekeeper.report.wait import WAIT_FAILED, WAIT_OK, WAIT_TIMEOUT, wait_for_version
 
 
@@ -55,7 +56,9 @@ class Policies:
         return index + 1
 
 
-class Proxies:
+class Proxies(ProxyStore):
+    """ProxyStore's own reading of the reports (`lagging`) over reports held in memory."""
+
     def __init__(self, store):
         self.store = store
 
