@@ -15,6 +15,7 @@ from catalog.errors import Refused
 from catalog.kv_layout import POLICIES
 from catalog.model import (AUTO, MANUAL, MODES, PASSED, PROGRESSIVE, Instance, RollbackRequest, RoutingPolicy,
                            containers_in_words)
+from catalog.retry import TRANSIENT
 from catalog.stores import InstanceStore, PolicyStore, Stores
 from catalog.validation import InvalidValue, parse_analysis_label, validate_analysis
 
@@ -282,42 +283,49 @@ class Promoter(Reconciler):
                          daemon=True).start()
 
     def _drain(self, service: str, stable: str, old: set) -> None:
-        try:
-            if not self._served_everywhere(service, stable):
-                return
-        except Exception:
-            log.exception("%s: could not learn whether every proxy serves %s; old instances left running",
-                          service, stable)
-            return
-        time.sleep(self.drain_seconds)
-        self._stop_old(service, stable, old)
+        if self._served_everywhere(service, stable):
+            time.sleep(self.drain_seconds)
+            self._stop_old(service, stable, old)
 
     def _served_everywhere(self, service: str, stable: str) -> bool:
         """Wait until every live proxy reports serving `stable` as the stable version: an old
         instance stopped before a proxy switched fails that proxy's requests (a proxy busy with
         other routes, or restarting, may take seconds). False when the policy moved on meanwhile
         (that promotion drains) or after `confirm_timeout` (the old instances stay up, and the
-        next promotion's drain stops them)."""
-        deadline, index, waiting = time.monotonic() + self.confirm_timeout, 0, None
+        next promotion's drain stops them). Consul unreachable for a while: asked again."""
+        deadline, index, waiting, lagging = time.monotonic() + self.confirm_timeout, 0, None, ["(Consul unreachable)"]
         while True:
-            policy = self.stores.policies.get(service)[1]
-            if policy is None or policy.stable != stable:
-                return False
-            lagging = self.stores.proxies.lagging(service, "stable", stable)
-            if not lagging:
-                return True
+            try:
+                policy = self.stores.policies.get(service)[1]
+                if policy is None or policy.stable != stable:
+                    return False
+                lagging = self.stores.proxies.lagging(service, "stable", stable)
+                if not lagging:
+                    return True
+            except TRANSIENT + (InvalidValue,) as exc:
+                log.warning("%s: drain after %s: cannot read the policy or the proxies' reports yet: %s",
+                            service, stable, exc)
+                index = 0
+                time.sleep(1.0)
             left = deadline - time.monotonic()
             if left <= 0:
                 reason = (f"{', '.join(lagging)} did not serve {stable} within {self.confirm_timeout:.0f} s; "
                           "old instances are left running until the next promotion drains them")
                 log.warning("%s: not draining: %s", service, reason)
-                self.stores.history.add(service, "drain held", version=stable, by="gatekeeper", reason=reason)
+                try:
+                    self.stores.history.add(service, "drain held", version=stable, by="gatekeeper", reason=reason)
+                except TRANSIENT:
+                    pass
                 return False
             if lagging != waiting:
                 log.info("%s: draining once %d proxy(ies) serve %s: %s", service, len(lagging), stable,
                          ", ".join(lagging))
                 waiting = lagging
-            index = self.stores.proxies.wait_served(index, min(5.0, left))
+            try:
+                index = self.stores.proxies.wait_served(index, min(5.0, left))
+            except TRANSIENT:
+                index = 0
+                time.sleep(1.0)
 
     def _stop_old(self, service: str, stable: str, old: set) -> None:
         stopped: dict = {}                              # version -> [{"name", "node"}]

@@ -5,6 +5,8 @@ whose deploys follow each other faster than the drain, and tests/e2e/test_drain.
 is held still)."""
 import time
 
+import requests
+
 from catalog.model import PASSED, Instance, RegisteredInstance, RoutingPolicy, Verdict
 from gatekeeper.promotion.promoter import Promoter
 
@@ -24,6 +26,7 @@ class Store:
         self.pol = RoutingPolicy("demo", stable=stable)
         self.stopped = []                       # containers whose host was asked to stop them
         self.lagging = []                       # the live proxies that do not serve the stable version yet
+        self.unreachable = 0                    # how many reads of the proxies' reports fail first
         self.events = []
         self.node_records, self.instances = NodeRecords(self), Instances(self)
         self.proxies, self.history = Proxies(self), History(self)
@@ -45,6 +48,9 @@ class Proxies:
 
     def lagging(self, service, role, version):
         assert (service, role, version) == ("demo", "stable", self.store.pol.stable)
+        if self.store.unreachable:
+            self.store.unreachable -= 1
+            raise requests.ConnectionError("Consul restarting")
         return list(self.store.lagging)
 
     def wait_served(self, index, wait):
@@ -120,3 +126,11 @@ def test_a_proxy_that_never_switches_holds_the_drain_and_says_so():
     assert store.stopped == []
     assert [e for e, _ in store.events] == ["drain held"]
     assert "proxy-reloader:h2:0.0.0.0:80 did not serve v2 within 0 s" in store.events[0][1]["reason"]
+
+
+def test_consul_unreachable_for_a_moment_delays_the_drain_and_loses_nothing():
+    store = Store(["v1", "v2"], stable="v2")
+    store.unreachable = 2
+    Promoter(store, drain_seconds=0).drain_later("demo", "v2")
+    time.sleep(3.5)                                  # two reads failed, a second apart, then the answer
+    assert store.stopped == ["c-v1"] and store.unreachable == 0
