@@ -164,6 +164,10 @@ def test_a_manager_host_stopped_mid_update_loses_no_request_and_the_update_ends_
         # with it fails requests through any proxy until a replacement passes its gate
         cluster.wait(lambda: [ri for ri in admitted(cluster, "v1") if ri.instance.node in survivors], 180,
                      "a gated v1 task on h1 or h2")
+        # and routed by both proxies left: Consul's gate opens before a proxy applies it
+        serving = {f"{ri.instance.address}:{ri.instance.port}" for ri in admitted(cluster, "v1")
+                   if ri.instance.node in survivors}
+        cluster.wait_routed(serving, hosts=survivors, timeout=60, exactly=False)
         cluster.sh("stop-host", "h3")                     # a manager
         swarm_wait(cluster, lambda: len([ri for ri in admitted(cluster, "v1") if ri.instance.node in survivors]) >= 3,
                    240, "three gated v1 tasks on the two hosts left")
