@@ -84,6 +84,7 @@ class Promoter(Reconciler):
             return
         mode = before.mode if before else AUTO
         labelled = _labelled(inst)
+        registered = self.stores.instances.of(inst.service) if inst.swarm_service else []
 
         def change(p: RoutingPolicy) -> Optional[RoutingPolicy]:
             told = labelled(p)                     # the container's gatekeeper.mode/analysis labels
@@ -94,6 +95,9 @@ class Promoter(Reconciler):
                 return p.with_canary(inst.version)
             if p.mode == PROGRESSIVE and p.stable:
                 return replace(p.with_canary(inst.version), weight=min(p.analysis.step, p.analysis.max_weight))
+            share = task_share(registered, inst, p.stable) if p.mode == AUTO and p.stable else None
+            if share is not None:
+                return replace(p.with_canary(inst.version), weight=share)
             return p.promoted(inst.version)
 
         after = update_policy(self.stores.policies, inst.service, change)
@@ -109,6 +113,13 @@ class Promoter(Reconciler):
                                     by="gatekeeper (progressive)")
             metrics.PROMOTIONS.labels(inst.service, "canary").inc()
             self.progressive.begin(inst.service, inst.version, after)
+            return
+        if after.mode == AUTO and after.canary == inst.version:
+            log.info("%s: %s passed; Swarm's update goes on, and it takes %d%% of the traffic, its share of the "
+                     "admitted tasks", inst.service, inst.version, after.weight)
+            self.stores.history.add(inst.service, "canary", version=inst.version, weight=after.weight,
+                                    by="gatekeeper (swarm update)")
+            metrics.PROMOTIONS.labels(inst.service, "canary").inc()
             return
         if mode == MANUAL and before and before.stable:
             log.info("%s: %s passed and is now the canary (weight 0); `gatekeeper promote %s` to make it stable",
@@ -212,6 +223,7 @@ class Promoter(Reconciler):
         must not abort a healthy canary)."""
         self._carry_on_rollback(service, registered)
         self.progressive.tick(service, registered)
+        self._follow_swarm_update(service, registered)
         try:
             policy = self.stores.policies.get(service)[1]          # after the step, which may have moved it on
         except InvalidValue:
@@ -236,6 +248,46 @@ class Promoter(Reconciler):
             metrics.PROMOTIONS.labels(service, "aborted").inc()
         except PromotionError:
             pass
+
+    def _follow_swarm_update(self, service: str, registered) -> None:
+        """A Swarm rolling update in auto mode: its new version is the canary, with its share
+        of the admitted tasks as its weight, while Swarm replaces the old tasks one by one; the
+        old version keeps the rest of the traffic on the tasks it still has, as Swarm's update
+        means it to. Stable once no admitted task of the old version is left; withdrawn once
+        none of its own is (Swarm rolled the update back)."""
+        try:
+            policy = self.stores.policies.get(service)[1]
+        except InvalidValue:
+            return
+        if not policy or policy.mode != AUTO or not policy.canary or not policy.stable:
+            return
+        if not any(ri.instance.swarm_service for ri in registered):
+            return
+        new = [ri for ri in registered if ri.instance.version == policy.canary]
+        old = [ri for ri in registered if ri.instance.version == policy.stable and ri.admitted
+               and ri.instance.swarm_service]
+        if new and (not all(ri.instance.swarm_service for ri in new) or not any(ri.admitted for ri in new)):
+            return                          # not a Swarm update's canary, or its task not admitted yet
+        if not new:
+            after = update_policy(self.stores.policies, service, lambda p: replace(p, canary="", weight=0)
+                                  if p.canary == policy.canary and p.mode == AUTO else None)
+            if after and not after.canary:
+                log.info("%s: %s has no task left (Swarm's update rolled back); %s serves all traffic",
+                         service, policy.canary, after.stable)
+                self.stores.history.add(service, "canary withdrawn", version=policy.canary, by="gatekeeper (swarm update)",
+                                        reason="no task of it left")
+            return
+        if not old:
+            after = update_policy(self.stores.policies, service, lambda p: p.promoted(policy.canary)
+                                  if p.canary == policy.canary and p.mode == AUTO else None)
+            if after and after.stable == policy.canary:
+                log.info("%s: %s is stable: Swarm's update left no task of %s", service, policy.canary, policy.stable)
+                self._became_stable(service, policy.canary, policy, "gatekeeper (swarm update)")
+            return
+        share = _share(len([ri for ri in new if ri.admitted]), len(old))
+        if share != policy.weight:
+            update_policy(self.stores.policies, service, lambda p: replace(p, weight=share)
+                          if p.canary == policy.canary and p.mode == AUTO and p.weight != share else None)
 
     # --- what the progressive analysis decides, carried out with check-and-set -------------
     def _analysis_weight(self, service: str, version: str, weight: int) -> bool:
@@ -378,6 +430,25 @@ class Promoter(Reconciler):
                                            "(gatekeeper run --keep-versions)")
             log.info("%s: asked the hosts to remove %s's stopped containers (%s)", service, version,
                      ", ".join(c["name"] for c in containers) or "none on record")
+
+
+def task_share(registered, inst: Instance, stable: str) -> Optional[int]:
+    """For a Swarm task of a new version that passed its tests while admitted tasks of the stable
+    version still run (a rolling update): the new version's share of the admitted tasks, in
+    percent (1 to 99), counting this one. None for anything else: a plain container, or no
+    admitted task of the stable version left (the new version is simply stable)."""
+    if not inst.swarm_service:
+        return None
+    tasks = [ri for ri in registered if ri.instance.swarm_service == inst.swarm_service and ri.admitted]
+    old = sum(1 for ri in tasks if ri.instance.version == stable)
+    if not old:
+        return None
+    new = len({ri.instance.id for ri in tasks if ri.instance.version == inst.version} | {inst.id})
+    return _share(new, old)
+
+
+def _share(new: int, old: int) -> int:
+    return min(99, max(1, round(100 * new / (new + old))))
 
 
 def _labelled(inst: Instance) -> Callable[[RoutingPolicy], RoutingPolicy]:

@@ -4,6 +4,7 @@ an unhealthy one, each under keep-alive load."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import pytest
@@ -120,6 +121,36 @@ def test_scale_out_and_in_through_the_gate_under_load(stack):
     assert w.served_before_gate == []
 
 
+class RouteSamples(threading.Thread):
+    """What the proxy routes for a service, every 0.2 s: ((stable, canary) versions, weight,
+    stable servers, canary servers), each change once."""
+
+    def __init__(self, stack: Stack, service: str):
+        super().__init__(daemon=True)
+        self.stack, self.service, self.samples, self.stopping = stack, service, [], threading.Event()
+
+    def start(self) -> "RouteSamples":
+        super().start()
+        return self
+
+    def run(self) -> None:
+        while not self.stopping.wait(0.2):
+            try:
+                route = self.stack.proxy_status(f"/services/{self.service}")
+            except Exception:                      # the status endpoint busy for a moment
+                continue
+            stable, canary = route.get("stable") or {}, route.get("canary") or {}
+            sample = ((stable.get("version"), canary.get("version")), canary.get("weight") or 0,
+                      len(stable.get("servers") or ()), len(canary.get("servers") or ()))
+            if not self.samples or self.samples[-1] != sample:
+                self.samples.append(sample)
+
+    def finish(self) -> list:
+        self.stopping.set()
+        self.join(5)
+        return self.samples
+
+
 def test_rolling_update_goes_task_by_task_through_the_gate_and_a_broken_one_rolls_back(stack):
     name = "swupdate"
     docker(*gated_service_args(name, stack.session, 3, "demo:v1"))
@@ -127,6 +158,7 @@ def test_rolling_update_goes_task_by_task_through_the_gate_and_a_broken_one_roll
     stack.wait(lambda: len(w.admitted("v1")) == 3, 90, "three admitted v1 tasks")
     served(stack, w, "v1")
     load = load_for(stack, name)
+    routes = RouteSamples(stack, name).start()
     try:
         docker("service", "update", "--detach", "--image", "demo:v2", name)
         stack.wait(lambda: len(w.admitted("v2")) == 3 and len(w.instances()) == 3, 120,
@@ -134,6 +166,13 @@ def test_rolling_update_goes_task_by_task_through_the_gate_and_a_broken_one_roll
         stack.wait(lambda: all(t["image"] == "demo:v2" for t in tasks(name)), 30, "Swarm to see only v2 tasks")
         served(stack, w, "v2")
         assert stack.served_version(host(name)) == "v2"
+        # meanwhile the traffic moved with the tasks: v2 a canary at its share, v1 serving the rest
+        shared = routes.finish()
+        assert any(s == ("v1", "v2") and 0 < weight < 100 and n_old and n_new
+                   for s, weight, n_old, n_new in shared), shared
+        events = [(e.get("event"), e.get("version"), e.get("by")) for e in stack.stores.history.of(name)]
+        assert events.index(("canary", "v2", "gatekeeper (swarm update)")) \
+            < events.index(("promoted", "v2", "gatekeeper (swarm update)")), events
 
         # demo:v3 builds but fails its integration tests: the update stops at its first task
         docker("service", "update", "--detach", "--image", "demo:v3", name)
@@ -147,6 +186,7 @@ def test_rolling_update_goes_task_by_task_through_the_gate_and_a_broken_one_roll
         time.sleep(2)
     finally:
         load.finish()
+        routes.stopping.set()
     assert load.failures == [], load.failures[:5]
     assert set(load.versions) <= {"v1", "v2"} and load.versions["v2"] > 0
     assert w.served_before_gate == []

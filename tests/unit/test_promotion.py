@@ -72,6 +72,16 @@ class History:
         return [{"event": event, **details} for event, details in self.store.hist]
 
 
+class Proxies:
+    """Every proxy serves what the policy says (none lags): a drain waits only its period."""
+
+    def lagging(self, service, role, version, proxies=None):
+        return []
+
+    def wait_served(self, index, wait):
+        return index + 1
+
+
 class Verdicts:
     def get(self, iid):
         return Verdict(iid, "c-" + iid, "t", PASSED, "ok", 1, 2)
@@ -100,7 +110,7 @@ class Store:
         self.actions = []           # (container id, action) asked of the container's host
         self.waiting, self.rollback_index = None, 0     # a rollback waiting for drained containers
         self.policies, self.instances, self.history = Policies(self), Instances(self), History(self)
-        self.verdicts, self.node_records = Verdicts(), NodeRecords(self)
+        self.verdicts, self.node_records, self.proxies = Verdicts(), NodeRecords(self), Proxies()
 
 
 def broken():
@@ -674,3 +684,54 @@ def test_only_the_versions_drained_last_keep_their_stopped_containers_and_never_
         pr.rollback(store, "demo")
     store.hist.append(drained_event("v2", "c2"))     # deployed and drained again: kept again
     assert pr.rollback(store, "demo")[1].startswith("demo: rolling back to v2")
+
+
+# --- a Swarm rolling update in auto mode --------------------------------------------------------
+
+def task(version, n, admitted=True):
+    i = Instance(id=f"h:demo.{n}.{version}:8080", service="demo", address="127.0.0.1", port=31000 + n,
+                 version=version, container_id=f"c-{version}-{n}", container_name=f"demo.{n}.{version}",
+                 image=f"demo:{version}", registered_by="r", swarm_service="demo")
+    return RegisteredInstance(i, {i.gate_check_id: "passing" if admitted else "critical"})
+
+
+def test_a_swarm_update_spreads_traffic_by_admitted_tasks_and_makes_the_new_version_stable_when_the_old_is_gone():
+    store = Store(policy(stable="v1"))
+    store.registered = [task("v1", 1), task("v1", 2), task("v1", 3), task("v2", 4)]
+    p = pr.Promoter(store)
+    p.admitted(store.registered[3].instance)                 # the update's first new task passed
+    assert (store.pol.stable, store.pol.canary, store.pol.weight) == ("v1", "v2", 25)
+    assert store.hist[-1] == ("canary", {"version": "v2", "weight": 25, "by": "gatekeeper (swarm update)"})
+    store.registered = store.registered[1:]                   # Swarm stopped one old task
+    p.reconcile("demo", store.registered)
+    assert (store.pol.stable, store.pol.canary, store.pol.weight) == ("v1", "v2", 33)
+    store.registered = [task("v1", 3), task("v2", 4), task("v2", 5, admitted=False)]
+    p.reconcile("demo", store.registered)                     # a new task not through its gate yet
+    assert store.pol.weight == 50
+    store.registered = [task("v2", 4), task("v2", 5), task("v2", 6)]
+    p.reconcile("demo", store.registered)                     # no old task left
+    assert (store.pol.stable, store.pol.canary, store.pol.weight, store.pol.previous) == ("v2", "", 0, "v1")
+    assert store.hist[-1] == ("promoted", {"version": "v2", "previous": "v1", "by": "gatekeeper (swarm update)"})
+
+
+def test_a_rolled_back_swarm_update_withdraws_its_canary():
+    store = Store(policy(stable="v1", canary="v2", weight=33))
+    store.registered = [task("v1", 1), task("v1", 2), task("v1", 3)]        # Swarm put the old tasks back
+    pr.Promoter(store).reconcile("demo", store.registered)
+    assert (store.pol.stable, store.pol.canary, store.pol.weight) == ("v1", "", 0)
+    assert store.hist[-1][0] == "canary withdrawn"
+
+
+def test_plain_containers_and_other_modes_are_promoted_as_before():
+    store = Store(policy(stable="v1"))
+    store.registered = [reg("v1"), reg("v2")]
+    pr.Promoter(store).admitted(inst("v2"))                   # plain containers: stable at once
+    assert (store.pol.stable, store.pol.canary) == ("v2", "")
+    manual = Store(policy(stable="v1", mode=MANUAL))
+    manual.registered = [task("v1", 1), task("v2", 2)]
+    pr.Promoter(manual).admitted(manual.registered[1].instance)
+    assert (manual.pol.canary, manual.pol.weight) == ("v2", 0)   # manual: waits for promote, as before
+    fresh = Store(policy(stable="v1"))
+    fresh.registered = [task("v1", 1, admitted=False), task("v2", 2)]
+    pr.Promoter(fresh).admitted(fresh.registered[1].instance)   # no admitted old task: stable at once
+    assert (fresh.pol.stable, fresh.pol.canary) == ("v2", "")
