@@ -241,6 +241,28 @@ def test_a_retry_moves_to_another_host_not_to_a_neighbour_on_the_host_that_faile
     assert answers == [200] * 9, answers
 
 
+def test_a_retry_moves_to_the_other_versions_pool_once_every_host_of_its_own_failed(proxy):
+    # mid-update, a host lost may hold every server of one version's pool (127.0.0.2 here); a
+    # request the split placed there is retried on the other version's, not failed
+    live, dead = proxy.backend("xv-live").port, closed_port()
+    stable_dead = {"xv": {"service": "xv", "weight": 50,
+                          "stable": {"version": "v1", "servers": [["127.0.0.2", dead, "v1"]]},
+                          "canary": {"version": "v2", "servers": [["127.0.0.1", live, "v2"]]},
+                          "route": {"path": "/xv/", "hosts": [], "strip_prefix": False, "retries": 1}}}
+    proxy.push(stable_dead)
+    answers = [proxy.request("/xv/x", headers={"X-Client-Id": f"client-{i}"})[0] for i in range(16)]
+    assert answers == [200] * 16, answers
+    # a client that asked for the canary stays on it, and retries 0 still means one try
+    canary_dead = {"xv": {**stable_dead["xv"], "stable": {"version": "v1", "servers": [["127.0.0.1", live, "v1"]]},
+                          "canary": {"version": "v2", "servers": [["127.0.0.2", dead, "v2"]]}}}
+    proxy.push(canary_dead)
+    assert proxy.request("/xv/x", headers={"X-Canary": "always"})[0] == 502
+    assert all(proxy.request("/xv/x", headers={"X-Client-Id": f"client-{i}"})[0] == 200 for i in range(16))
+    proxy.push({"xv": {**stable_dead["xv"], "route": {**stable_dead["xv"]["route"], "retries": 0}}})
+    answers = [proxy.request("/xv/x", headers={"X-Client-Id": f"client-{i}"})[0] for i in range(16)]
+    assert 502 in answers and 200 in answers, answers
+
+
 def requests_counted(proxy, service, version, status):
     """proxystack_requests_total of one service, version and status class, as /metrics says."""
     for line in proxy.client.metrics().splitlines():

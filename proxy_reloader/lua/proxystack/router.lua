@@ -144,22 +144,19 @@ local function client_key()
     return (ngx.var.remote_addr or "") .. (ngx.var.http_user_agent or "")
 end
 
-local function wants_canary(entry)
-    if ngx.var.http_x_canary == "always" or ngx.var.cookie_canary == "always" then return true end
-    local w = entry.weight or 0
-    if w <= 0 then return false end
-    if w >= 100 then return true end
-    return routes.in_split(client_key(), w)
-end
-
 -- The pool for this request: the canary's when the client asks for it or the split sends it
--- there, else the stable one; nil when nothing is admitted.
+-- there, else the stable one; nil when nothing is admitted. Second, the pool a retry may move
+-- to once every host of the first has failed: the other version's, for a request the split
+-- placed (a client that asked for the canary stays on it).
 local function choose(entry)
     local stable = entry and entry.stable
     if type(stable) ~= "table" then return nil end
     local canary = entry.canary
-    if type(canary) == "table" and wants_canary(entry) then return canary.servers end
-    return stable.servers
+    if type(canary) ~= "table" then return stable.servers, nil end
+    if ngx.var.http_x_canary == "always" or ngx.var.cookie_canary == "always" then return canary.servers, nil end
+    local w = entry.weight or 0
+    if w > 0 and (w >= 100 or routes.in_split(client_key(), w)) then return canary.servers, stable.servers end
+    return stable.servers, canary.servers
 end
 
 -- rewrite phase, from set_by_lua (which, unlike access_by_lua, needs no coroutine per request),
@@ -216,27 +213,29 @@ function _M.route(listener, scheme, host, uri, content_length)
     local length = tonumber(content_length)
     if length and length > (route.body_size or DEFAULT_BODY_SIZE) then return "413" end
     if route.buffering == false and not streaming then return "stream" end
-    local servers = choose(entry)
+    local servers, other = choose(entry)
     if servers == nil then return "503" end
     ctx.pool = servers
+    ctx.other = other
     ctx.route = route
     if route.strip_prefix then ngx.req.set_uri(uri:sub(#path)) end
     return "ok"
 end
 
--- The next server after `i` whose host no try of this request failed on; else simply the next.
--- A host that went away takes all its instances with it: a retry on its neighbour in the pool
--- (the same host, as often as not) would fail the same way.
+-- The first server after `i` (from the start when `i` is 0) whose host no try of this request
+-- failed on, or nil. A host that went away takes all its instances with it: a retry on its
+-- neighbour in the pool (the same host, as often as not) would fail the same way.
 local function next_elsewhere(servers, n, i, failed)
-    for step = 1, n - 1 do
+    for step = 1, n do
         local j = (i + step - 1) % n + 1
-        if not failed[servers[j][1]] then return j end
+        if j ~= i and not failed[servers[j][1]] then return j end
     end
-    return i % n + 1
+    return nil
 end
 
 -- balancer phase: round robin over the chosen pool; a retry moves to the next server on a host
--- no earlier try failed on.
+-- no earlier try failed on, and once the pool has none left, to the other version's pool (for
+-- a request the split placed): a host lost mid-update may hold every server of one pool.
 function _M.balance()
     local ctx = ngx.ctx
     local servers = ctx.pool
@@ -246,7 +245,8 @@ function _M.balance()
     if i == nil then
         i = (rr[servers] or 0) % n + 1
         rr[servers] = i
-        local tries = math.min(n, (route.retries or DEFAULT_RETRIES) + 1)
+        local other = ctx.other
+        local tries = math.min(n + (other and #other or 0), (route.retries or DEFAULT_RETRIES) + 1)
         if tries > 1 then balancer.set_more_tries(tries - 1) end
     else
         local failed = ctx.failed_hosts
@@ -255,7 +255,14 @@ function _M.balance()
             ctx.failed_hosts = failed
         end
         failed[servers[i][1]] = true
-        i = next_elsewhere(servers, n, i, failed)
+        local j = next_elsewhere(servers, n, i, failed)
+        local other = ctx.other
+        if j == nil and other ~= nil and #other > 0 then
+            servers, n = other, #other
+            ctx.pool, ctx.other = other, nil
+            j = next_elsewhere(servers, n, 0, failed) or 1
+        end
+        i = j or (i % n + 1)
     end
     ctx.index = i
     if route.timeout or route.connect_timeout then
