@@ -223,11 +223,11 @@ class Promoter(Reconciler):
         must not abort a healthy canary)."""
         self._carry_on_rollback(service, registered)
         self.progressive.tick(service, registered)
-        self._follow_swarm_update(service, registered)
         try:
             policy = self.stores.policies.get(service)[1]          # after the step, which may have moved it on
         except InvalidValue:
             return
+        self._follow_swarm_update(service, registered, policy)
         canary = [ri for ri in registered if policy and ri.instance.version == policy.canary]
         if not policy or not policy.canary or not canary or any(ri.admitted for ri in canary):
             self.unhealthy_since.pop(service, None)
@@ -249,19 +249,14 @@ class Promoter(Reconciler):
         except PromotionError:
             pass
 
-    def _follow_swarm_update(self, service: str, registered) -> None:
+    def _follow_swarm_update(self, service: str, registered, policy: Optional[RoutingPolicy]) -> None:
         """A Swarm rolling update in auto mode: its new version is the canary, with its share
         of the admitted tasks as its weight, while Swarm replaces the old tasks one by one; the
         old version keeps the rest of the traffic on the tasks it still has, as Swarm's update
         means it to. Stable once no admitted task of the old version is left; withdrawn once
         none of its own is (Swarm rolled the update back)."""
-        try:
-            policy = self.stores.policies.get(service)[1]
-        except InvalidValue:
-            return
-        if not policy or policy.mode != AUTO or not policy.canary or not policy.stable:
-            return
-        if not any(ri.instance.swarm_service for ri in registered):
+        if not policy or policy.mode != AUTO or not policy.canary or not policy.stable \
+                or not any(ri.instance.swarm_service for ri in registered):
             return
         new = [ri for ri in registered if ri.instance.version == policy.canary]
         old = [ri for ri in registered if ri.instance.version == policy.stable and ri.admitted
