@@ -52,6 +52,7 @@ import json
 import os
 import re
 import sys
+import time
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -140,6 +141,20 @@ def write_secret(path: Path, secret: str) -> bool:
     return True
 
 
+def bootstrap(api: Api, wait: float = 60.0) -> str:
+    """The management token from Consul's one-time bootstrap. A cluster that has just elected
+    its leader answers "currently in legacy mode" for a few seconds, until its servers agree
+    on the ACL system: asked again until `wait` seconds have passed."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return api.call("PUT", "/v1/acl/bootstrap")["SecretID"]
+        except AclSetupError as exc:
+            if "legacy mode" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(1.0)
+
+
 def setup(address: str, tokens: Path, changes: Optional[List[str]] = None, nodes: Sequence[str] = (),
           hosts: Sequence[str] = ()) -> dict:
     """Bootstrap (once), policies to this release's rules, one token per part and its file, one
@@ -155,7 +170,7 @@ def setup(address: str, tokens: Path, changes: Optional[List[str]] = None, nodes
         management = boot_file.read_text().strip()
     else:
         try:
-            management = Api(address).call("PUT", "/v1/acl/bootstrap")["SecretID"]
+            management = bootstrap(Api(address))
         except AclSetupError as exc:
             raise AclSetupError(f"{exc}. If ACLs were bootstrapped before, put that management token "
                                 f"in {boot_file}") from None

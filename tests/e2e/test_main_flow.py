@@ -143,6 +143,7 @@ class TestMainFlow:
         # on the host whose Consul agent registered it (this machine's, here)
         assert code == 0 and f"start them ({v1.name} on proxystack-test)" in out, out + err
         wait(stack, lambda: stack.served_version() == "v1", 90, "v1 started, tested again and stable again")
+        wait(stack, lambda: load.versions.get("v1", 0) > 0, 10, "the load's requests to reach v1 too")
         load.finish()
         assert (v1.reload(), v1.status)[1] == "running"
         policy = stack.stores.policies.get("demo")[1]
