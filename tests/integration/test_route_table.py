@@ -258,6 +258,8 @@ def test_a_retry_moves_to_the_other_versions_pool_once_every_host_of_its_own_fai
     proxy.push(canary_dead)
     assert proxy.request("/xv/x", headers={"X-Canary": "always"})[0] == 502
     assert all(proxy.request("/xv/x", headers={"X-Client-Id": f"client-{i}"})[0] == 200 for i in range(16))
+    proxy.push({"xv": {**stable_dead["xv"], "weight": 0}})             # a canary at 0 %: no retry target
+    assert all(proxy.request("/xv/x", headers={"X-Client-Id": f"client-{i}"})[0] == 502 for i in range(4))
     proxy.push({"xv": {**stable_dead["xv"], "route": {**stable_dead["xv"]["route"], "retries": 0}}})
     answers = [proxy.request("/xv/x", headers={"X-Client-Id": f"client-{i}"})[0] for i in range(16)]
     assert 502 in answers and 200 in answers, answers

@@ -147,7 +147,7 @@ end
 -- The pool for this request: the canary's when the client asks for it or the split sends it
 -- there, else the stable one; nil when nothing is admitted. Second, the pool a retry may move
 -- to once every host of the first has failed: the other version's, for a request the split
--- placed (a client that asked for the canary stays on it).
+-- placed (a client that asked for the canary stays on it; a canary at 0 % is no retry target).
 local function choose(entry)
     local stable = entry and entry.stable
     if type(stable) ~= "table" then return nil end
@@ -155,7 +155,8 @@ local function choose(entry)
     if type(canary) ~= "table" then return stable.servers, nil end
     if ngx.var.http_x_canary == "always" or ngx.var.cookie_canary == "always" then return canary.servers, nil end
     local w = entry.weight or 0
-    if w > 0 and (w >= 100 or routes.in_split(client_key(), w)) then return canary.servers, stable.servers end
+    if w <= 0 then return stable.servers, nil end       -- a canary at 0 % takes only who asks for it
+    if w >= 100 or routes.in_split(client_key(), w) then return canary.servers, stable.servers end
     return stable.servers, canary.servers
 end
 
