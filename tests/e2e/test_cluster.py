@@ -358,7 +358,9 @@ def test_the_drain_and_the_healer_act_on_the_host_the_container_runs_on(clean):
                  "h3's v1 stopped after the drain", logs=("registrator-h3",))
     asked = cluster.stores().consul.kv_keys("gatekeeper/actions/")
     assert [k for k in asked if "demo-old" in k] == ["gatekeeper/actions/h3/h3:demo-old:8080"], asked
-    assert "demo-old:8080: stop asked" in cluster.logs("registrator-h3", 400)
+    # said once the engine's stop returned, which may come a moment after the container exited
+    cluster.wait(lambda: "demo-old:8080: stop asked" in cluster.logs("registrator-h3", 400), 15,
+                 "h3's registrator to say it stopped demo-old", logs=("registrator-h3",))
 
     def run_of(c):
         return engine.api.inspect_container(c.id)["State"]["StartedAt"]
