@@ -290,6 +290,28 @@ def test_the_proxys_own_502_and_504_count_in_the_metrics_under_the_version_that_
     assert requests_counted(proxy, "mx", "v1", "5xx") == 0
 
 
+def test_each_answer_counts_under_the_version_that_gave_it_and_the_proxys_own_under_none(proxy):
+    # what the progressive analysis compares: a split service's requests by the version that
+    # answered each, and the proxy's own refusals (here an allow-list's 403) under the service
+    stable, canary = proxy.backend("sp-v1").port, proxy.backend("sp-v2").port
+    proxy.push({"sp": {"service": "sp", "weight": 50,
+                       "stable": {"version": "v1", "servers": [["127.0.0.1", stable, "v1"]]},
+                       "canary": {"version": "v2", "servers": [["127.0.0.1", canary, "v2"]]},
+                       "route": {"path": "/sp/", "hosts": [], "strip_prefix": False}}})
+    answered = {"sp-v1": 0, "sp-v2": 0}
+    for i in range(40):
+        status, data, _ = proxy.request("/sp/x", headers={"X-Client-Id": f"client-{i}"})
+        assert status == 200
+        answered[data["name"]] += 1
+    assert answered["sp-v1"] > 0 and answered["sp-v2"] > 0, answered
+    wait_until(lambda: (requests_counted(proxy, "sp", "v1", "2xx"), requests_counted(proxy, "sp", "v2", "2xx"))
+               == (answered["sp-v1"], answered["sp-v2"]), 10, f"the split counted as answered: {answered}")
+    proxy.route("sp-deny", path="/sp-deny/", allow=["127.0.0.2/32"])
+    assert proxy.request("/sp-deny/x")[0] == 403
+    wait_until(lambda: requests_counted(proxy, "sp-deny", "none", "4xx") == 1, 10, "the 403 counted under none")
+    assert requests_counted(proxy, "sp-deny", "v1", "4xx") == 0
+
+
 def test_buffering_off_streams_at_the_clients_pace(proxy):
     """Buffered (the default), nginx takes a large answer from the instance as fast as it comes,
     into memory and a temporary file, whatever the client's pace; with proxy.buffering=off the

@@ -101,22 +101,63 @@ function _M.get(service, gen)
     return entry
 end
 
--- The version of the server of `service` at the last address of `addresses` ($upstream_addr:
--- every server a request tried, "a:p, b:p"), or nil.
-function _M.version_at(service, addresses)
-    local entry = _M.get(service)
-    local last = addresses and addresses:match("([^%s,]+)%s*$")
-    if entry == nil or last == nil then return nil end
-    for _, side in ipairs({"stable", "canary"}) do
-        local pool = entry[side]
-        if type(pool) == "table" then
-            for _, s in ipairs(pool.servers) do
-                local host = s[1]:find(":", 1, true) and ("[" .. s[1] .. "]") or s[1]
-                if host .. ":" .. s[2] == last then return s[3] end
+-- An entry's servers by address as $upstream_addr spells them ("a:p", "[v6]:p") -> version; made
+-- once per worker per entry (entries are replaced, never changed).
+local function versions(entry)
+    local by_address = entry._versions
+    if by_address == nil then
+        by_address = {}
+        for _, side in ipairs({"stable", "canary"}) do
+            local pool = entry[side]
+            if type(pool) == "table" then
+                for _, s in ipairs(pool.servers) do
+                    local host = s[1]:find(":", 1, true) and ("[" .. s[1] .. "]") or s[1]
+                    by_address[host .. ":" .. s[2]] = s[3]
+                end
             end
         end
+        entry._versions = by_address
     end
-    return nil
+    return by_address
+end
+
+-- The version every server of an entry has, or false when they differ (a canary, a mixed pool).
+local function only_version(entry)
+    local only = entry._only_version
+    if only == nil then
+        only = false
+        for _, side in ipairs({"stable", "canary"}) do
+            local pool = entry[side]
+            if type(pool) == "table" then
+                for _, s in ipairs(pool.servers) do
+                    if only == false then only = s[3] elseif only ~= s[3] then only = false; break end
+                end
+            end
+        end
+        entry._only_version = only
+    end
+    return only
+end
+
+-- The version of the server of `service` that answered: with one version among its servers (no
+-- canary) that one, whichever server; else the one at the last address of $upstream_addr (every
+-- server a request tried, "a:p, b:p", read only then), or nil. From the entry this worker last
+-- read (the one the request was balanced by; an address keeps its version while it is listed).
+function _M.version_of(service)
+    local hit = cache[service]
+    local entry = hit and hit.entry or _M.get(service)
+    if entry == nil then return nil end
+    local only = only_version(entry)
+    if only then return only end
+    local addresses = ngx.var.upstream_addr
+    if addresses == nil then return nil end
+    local by_address = versions(entry)
+    local version = by_address[addresses]
+    if version == nil and addresses:find(",", 1, true) then
+        local last = addresses:match("([^%s,]+)%s*$")
+        version = last and by_address[last]
+    end
+    return version
 end
 
 -- Every service's entry as this worker sees it (decoded once per change, as by get).

@@ -14,28 +14,25 @@ local CLASSES = {"1xx", "2xx", "3xx", "4xx", "5xx"}
 -- per worker, not yet in the dict: service -> version -> {count per class, count per bucket, sum}
 local pending = {}
 
--- The service and version of an answer that ngx.ctx no longer knows: the proxy's own 502 and
--- 504, which nginx gives from another location (an internal redirect, which clears ngx.ctx). The
--- router left the service's name in $proxystack_service; the version is that of the last server
--- tried ($upstream_addr).
-local function answered_elsewhere()
-    local service = ngx.var.proxystack_service
-    if service == nil or service == "" then return nil end
-    return service, backends.version_at(service, ngx.var.upstream_addr)
-end
+local BANG = string.byte("!")
 
--- log phase: a few table updates, no string built per request
+-- log phase (in the locations that route): a few table updates, no string built per request.
+-- The service is the one the router named ($proxystack_route), or for an answer of the proxy's
+-- own (403, 429, ...: a "!" code, version "none") the one it left in $proxystack_service, if any;
+-- the version is that of the server that answered (backends.version_of).
 function _M.log()
-    local ctx = ngx.ctx
-    local service, version = ctx.service, ctx.version
-    local status = ngx.status
-    if not service then
-        -- only those two (reading the variable elsewhere, such as on the push socket where no
-        -- location sets it, would have nginx warn of an uninitialized variable)
-        if status ~= 502 and status ~= 504 then return end
-        service, version = answered_elsewhere()
-        if not service then return end
+    local service = ngx.var.proxystack_route
+    local version
+    if service == nil or service == "" then return end
+    if service:byte(1) == BANG then
+        -- no service for these two (and nothing wrote $proxystack_service: nginx would warn)
+        if service == "!404" or service == "!301" then return end
+        service = ngx.var.proxystack_service
+        if service == nil or service == "" then return end
+    else
+        version = backends.version_of(service)
     end
+    local status = ngx.status
     local by_version = pending[service]
     if not by_version then by_version = {}; pending[service] = by_version end
     version = version or "none"

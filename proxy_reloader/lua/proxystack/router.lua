@@ -2,7 +2,10 @@
 -- (listener, client network, rate, body size), which pool serves it (stable or canary), then which server of
 -- that pool, with the route's timeouts and retries. Every decision about *who is admitted* and
 -- *what is routed where* was made by proxy-reloader and pushed; this only picks.
+local ffi = require "ffi"
 local balancer = require "ngx.balancer"
+local base = require "resty.core.base"
+require "resty.core.param"      -- declares ngx_http_lua_ffi_get_setby_param, which ngx.arg uses
 local backends = require "proxystack.backends"
 local certs = require "proxystack.certs"
 local contract = require "proxystack.contract"
@@ -58,6 +61,33 @@ local function refresh()
     end
     certs.refresh()
     seen = gen
+end
+
+-- set_by_lua's arguments, read as resty.core's ngx.arg reads them (its C function) minus what
+-- ngx.arg adds on each read (the request and the phase looked up again): for four arguments that
+-- was about 0.4 us of the 2 us of worker CPU the Lua side adds to a proxied request. (ngx.arg is
+-- the fallback should a build of lua-nginx-module not export the function.)
+local C = ffi.C
+local get_request = base.get_request
+local ffi_string = ffi.string
+local arg_data = ffi.new("unsigned char *[1]")
+local arg_len = ffi.new("size_t[1]")
+local read_arg = pcall(function() return C.ngx_http_lua_ffi_get_setby_param end)
+
+local function arg(r, i)
+    C.ngx_http_lua_ffi_get_setby_param(r, i, arg_data, arg_len)
+    local n = tonumber(arg_len[0])
+    if n == 0 then return nil end
+    return ffi_string(arg_data[0], n)
+end
+
+local function args()
+    if not read_arg then
+        local a = ngx.arg
+        return a[1], a[2], a[3], a[4]
+    end
+    local r = get_request()
+    return arg(r, 1), arg(r, 2), arg(r, 3), arg(r, 4)
 end
 
 -- Where plain HTTP is redirected to: the TLS listener's port ("" for 443, nil: no TLS listener).
@@ -160,21 +190,31 @@ local function choose(entry)
     return stable.servers, canary.servers
 end
 
+-- The answer of the proxy's own for a request of service `name` (its JSON and its metrics name the
+-- service: $proxystack_service, written only on this path, not for each proxied request; the
+-- answers of no service, "!404" and "!301", leave it unwritten).
+local function answer(name, code)
+    ngx.var.proxystack_service = name
+    return code
+end
+
 -- rewrite phase, from set_by_lua (which, unlike access_by_lua, needs no coroutine per request),
 -- with the request's $host, $uri and $http_content_length as arguments (nginx evaluates them,
 -- cheaper than reading ngx.var). Written to compile (no loop on the way of a request whose route
 -- was seen before), as the JIT compiles only such code.
 -- `listener`: "http", "stream" (the second call for a route that does not buffer) or "grpc"
--- (the gRPC listener, where only proxy.protocol=grpc routes answer). Returns what the location
--- does next:
---   "ok"      proxy it (the pool and route are in ngx.ctx for the balancer)
---   "404"     no route here;  "301" the route's path without its final slash ($proxystack_location)
---   "426"     a gRPC route asked for on the HTTP listener
---   "403"     the client's network is not allowed;  "429" over the route's rate limit
---   "413"     the declared body is larger than the route takes;  "503" nothing admitted
---   "stream"  a route with buffering off: the location hands the request on to @stream
---   "308"     plain HTTP to a route served over HTTPS: redirected ($proxystack_location)
---   "https"   plain HTTP to a route served over HTTPS only (proxy.https=only): refused
+-- (the gRPC listener, where only proxy.protocol=grpc routes answer). Returns the name of the
+-- service that serves the request, which the location proxies and the balancer and the metrics
+-- read back ($proxystack_route: one variable instead of ngx.ctx, whose per-request table cost
+-- about 0.6 us a request), or what the location answers itself, a code that begins with "!" (no
+-- service name does):
+--   "!404"    no route here;  "!301" the route's path without its final slash ($proxystack_location)
+--   "!426"    a gRPC route asked for on the HTTP listener
+--   "!403"    the client's network is not allowed;  "!429" over the route's rate limit
+--   "!413"    the declared body is larger than the route takes;  "!503" nothing admitted
+--   "!stream" a route with buffering off: the location hands the request on to @stream
+--   "!308"    plain HTTP to a route served over HTTPS: redirected ($proxystack_location)
+--   "!https"  plain HTTP to a route served over HTTPS only (proxy.https=only): refused
 -- `scheme`: "http" or "https" ($scheme). Over HTTPS a route with proxy.https=off is not found;
 -- one with proxy.hsts sends Strict-Transport-Security ($proxystack_hsts).
 function _M.route(listener, scheme, host, uri, content_length)
@@ -182,21 +222,18 @@ function _M.route(listener, scheme, host, uri, content_length)
     refresh()
     local name, path = find(host or "", uri)
     if name == nil then
-        if path == nil then return "404" end
+        if path == nil then return "!404" end
         local args = ngx.var.args
         ngx.var.proxystack_location = args and (path .. "?" .. args) or path
-        return "301"
+        return "!301"
     end
-    local ctx = ngx.ctx
-    ctx.service = name                   -- for the metrics (their version is "none" until a peer is set)
-    ngx.var.proxystack_service = name    -- for the proxy's own answers (403, 502, 504...): their JSON and metrics
     local entry = backends.get(name, seen)
     local route = entry and entry.route or NO_ROUTE
     if (route.protocol == "grpc") ~= (listener == "grpc") then
-        return listener == "grpc" and "404" or "426"
+        return listener == "grpc" and "!404" or answer(name, "!426")
     end
     if scheme == "https" then
-        if route.https == "off" then return "404" end
+        if route.https == "off" then return "!404" end
         if route.hsts_max_age then ngx.var.proxystack_hsts = hsts(route) end
     elseif listener ~= "grpc" then
         local mode = https_mode(route, host or "")
@@ -204,23 +241,25 @@ function _M.route(listener, scheme, host, uri, content_length)
         -- must not become a Location a browser (or a cache in front) follows elsewhere
         if mode == "redirect" and https_suffix ~= nil and contract.name_ok("host", host) then
             ngx.var.proxystack_location = "https://" .. host .. https_suffix .. ngx.var.request_uri
-            return "308"
+            return answer(name, "!308")
         elseif mode == "only" or mode == "redirect" then
-            return "https"
+            return answer(name, "!https")
         end
     end
-    if route.allow and not allowed(route) then return "403" end
-    if route.rate_limit and not streaming and over_limit(name, route.rate_limit) then return "429" end
+    if route.allow and not allowed(route) then return answer(name, "!403") end
+    if route.rate_limit and not streaming and over_limit(name, route.rate_limit) then return answer(name, "!429") end
     local length = tonumber(content_length)
-    if length and length > (route.body_size or DEFAULT_BODY_SIZE) then return "413" end
-    if route.buffering == false and not streaming then return "stream" end
-    local servers, other = choose(entry)
-    if servers == nil then return "503" end
-    ctx.pool = servers
-    ctx.other = other
-    ctx.route = route
+    if length and length > (route.body_size or DEFAULT_BODY_SIZE) then return answer(name, "!413") end
+    if route.buffering == false and listener == "http" then return "!stream" end
+    if type(entry and entry.stable) ~= "table" then return answer(name, "!503") end
     if route.strip_prefix then ngx.req.set_uri(uri:sub(#path)) end
-    return "ok"
+    return name
+end
+
+-- The route of the request set_by_lua runs for, with $scheme $host $uri $http_content_length as
+-- its arguments (the template's one call: `set_by_lua $proxystack_route 'return router.request(...)'`).
+function _M.request(listener)
+    return _M.route(listener, args())
 end
 
 -- The first server after `i` (from the start when `i` is 0) whose host no try of this request
@@ -234,43 +273,69 @@ local function next_elsewhere(servers, n, i, failed)
     return nil
 end
 
--- balancer phase: round robin over the chosen pool; a retry moves to the next server on a host
--- no earlier try failed on, and once the pool has none left, to the other version's pool (for
--- a request the split placed): a host lost mid-update may hold every server of one pool.
+-- What the earlier tries of this request went to, from $upstream_addr ("a:p, [v6]:p, ..."): the
+-- set of their hosts as the pool spells them (IPv6 without brackets), and the last try's host and port.
+local function tried(addresses)
+    local failed, host, port = {}, nil, nil
+    for token in (addresses or ""):gmatch("[^%s,]+") do
+        local h, p = token:match("^%[(.+)%]:(%d+)$")
+        if h == nil then h, p = token:match("^([^:]+):(%d+)$") end
+        if h then
+            failed[h] = true
+            host, port = h, p
+        end
+    end
+    return failed, host, port
+end
+
+-- The index of the server at host:port in a pool, or nil.
+local function position(servers, host, port)
+    for j, s in ipairs(servers) do
+        if s[1] == host and tostring(s[2]) == port then return j end
+    end
+    return nil
+end
+
+-- The next round-robin index of a pool in this worker.
+local function next_index(servers)
+    local i = (rr[servers] or 0) % #servers + 1
+    rr[servers] = i
+    return i
+end
+
+-- balancer phase: round robin over the request's pool (chosen here from the service the router
+-- named: stable or canary, as choose() decides); a retry moves to the next server on a host no
+-- earlier try failed on, and once the pool has none left, to the other version's pool (for a
+-- request the split placed): a host lost mid-update may hold every server of one pool. No state
+-- is kept between the tries but what nginx keeps: the addresses tried ($upstream_addr).
 function _M.balance()
-    local ctx = ngx.ctx
-    local servers = ctx.pool
-    local n = #servers
-    local i = ctx.index
-    local route = ctx.route
-    if i == nil then
-        i = (rr[servers] or 0) % n + 1
-        rr[servers] = i
-        local other = ctx.other
-        local tries = math.min(n + (other and #other or 0), (route.retries or DEFAULT_RETRIES) + 1)
+    local entry = backends.get(ngx.var.proxystack_route, seen)
+    local servers, other = choose(entry)
+    if servers == nil or #servers == 0 then
+        -- withdrawn between the route's check and this moment (a push in between)
+        ngx.log(ngx.WARN, "proxystack: no admitted instance left for ", ngx.var.proxystack_route)
+        return ngx.exit(502)
+    end
+    local route = entry.route or NO_ROUTE
+    local i
+    if balancer.get_last_failure() == nil then
+        i = next_index(servers)
+        local tries = math.min(#servers + (other and #other or 0), (route.retries or DEFAULT_RETRIES) + 1)
         if tries > 1 then balancer.set_more_tries(tries - 1) end
     else
-        local failed = ctx.failed_hosts
-        if failed == nil then
-            failed = {}
-            ctx.failed_hosts = failed
+        local failed, host, port = tried(ngx.var.upstream_addr)
+        i = next_elsewhere(servers, #servers, position(servers, host, port) or 0, failed)
+        if i == nil and other ~= nil and #other > 0 then
+            servers = other
+            i = next_elsewhere(servers, #servers, 0, failed)
         end
-        failed[servers[i][1]] = true
-        local j = next_elsewhere(servers, n, i, failed)
-        local other = ctx.other
-        if j == nil and other ~= nil and #other > 0 then
-            servers, n = other, #other
-            ctx.pool, ctx.other = other, nil
-            j = next_elsewhere(servers, n, 0, failed) or 1
-        end
-        i = j or (i % n + 1)
+        -- every host failed: the server after the last one tried (in the pool it was in)
+        if i == nil then i = (position(servers, host, port) or 0) % #servers + 1 end
     end
-    ctx.index = i
     if route.timeout or route.connect_timeout then
         balancer.set_timeouts(route.connect_timeout, route.timeout, route.timeout)
     end
     local s = servers[i]
-    ctx.version = s[3]
     local ok, err = balancer.set_current_peer(s[1], s[2])
     if not ok then
         ngx.log(ngx.ERR, "proxystack: cannot use peer ", s[1], ":", s[2], ": ", err)
