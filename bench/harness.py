@@ -24,6 +24,20 @@ def percentile(values, p: float) -> float:
     return ordered[max(1, math.ceil(p / 100 * len(ordered))) - 1]
 
 
+def beside(run, baseline: str, contenders, rounds: int) -> dict:
+    """Each contender measured right beside the baseline, `rounds` times, the pair's order swapped
+    from one round to the next (baseline first, then contender first), so that what the machine
+    does meanwhile weighs on both sides of a pair alike. `run(name)` measures one and returns its
+    result; returns {contender: [(contender's result, its baseline's result), ...]}, a pair per round."""
+    pairs = {name: [] for name in contenders}
+    for r in range(rounds):
+        for name in contenders:
+            order = (baseline, name) if r % 2 == 0 else (name, baseline)
+            got = {n: run(n) for n in order}
+            pairs[name].append((got[name], got[baseline]))
+    return pairs
+
+
 def command_line(doc: str) -> argparse.ArgumentParser:
     """A benchmark's parser: the first paragraph of its docstring as --help, and --json."""
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0])

@@ -29,7 +29,7 @@ BENCHES: Dict[str, tuple] = {
     "delivery": ("bench.delivery_bench", ["--runs", "5"], "build-and-push and deploy over TLS through the gate"),
     "proxy": ("bench.proxy_bench", ["--deploys", "20", "--services", "1000"],
               "proxy-reloader and nginx: deploys under keep-alive load, throughput, big catalogs"),
-    "tls": ("bench.tls_bench", ["--rounds", "5", "--changes", "20"],
+    "tls": ("bench.tls_bench", ["--rounds", "10", "--changes", "20"],
             "HTTPS: keep-alive and new-handshake throughput vs a hand-written TLS nginx, certificate change -> served"),
     "promotion": ("bench.promotion_bench", ["--runs", "10"], "gate pass and promote -> proxied"),
     "backlog": ("bench.backlog_bench", ["--instances", "10000", "--containers", "5"],

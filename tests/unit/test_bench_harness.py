@@ -1,5 +1,6 @@
-"""What the benchmarks' printed figures mean: percentiles by nearest rank, and --check's exit code."""
-from bench.harness import exit_code, goals_table, percentile
+"""What the benchmarks' printed figures mean: percentiles by nearest rank, side-by-side pairs, and
+--check's exit code."""
+from bench.harness import beside, exit_code, goals_table, percentile
 
 
 def test_a_percentile_is_a_value_measured_at_its_nearest_rank():
@@ -23,3 +24,19 @@ def test_check_fails_only_on_a_missed_goal_and_the_table_says_which():
     assert exit_code(rows[:2], check=True) == 0
     table = goals_table(rows).splitlines()
     assert table[0].endswith("met") and table[2].endswith("MISSED") and not table[1].rstrip().endswith(("met", "MISSED"))
+
+
+def test_each_contender_runs_right_beside_the_baseline_and_who_goes_first_swaps_every_round():
+    ran = []
+
+    def run(name):
+        ran.append(name)
+        return f"{name}#{len(ran)}"
+
+    pairs = beside(run, "hand", ("stack", "other"), rounds=3)
+    assert ran == ["hand", "stack", "hand", "other",          # round 1: the baseline first
+                   "stack", "hand", "other", "hand",          # round 2: the contender first
+                   "hand", "stack", "hand", "other"]
+    # each contender's result with the baseline's run of its own pair, not any other
+    assert pairs["stack"] == [("stack#2", "hand#1"), ("stack#5", "hand#6"), ("stack#10", "hand#9")]
+    assert pairs["other"] == [("other#4", "hand#3"), ("other#7", "hand#8"), ("other#12", "hand#11")]
