@@ -55,7 +55,7 @@ local function refresh()
     if gen == seen then return end
     local rgen = backends.routes_generation()
     if index == nil or index_gen ~= rgen then
-        index = routes.build(backends.entries())
+        index = routes.build(backends.routes())
         index_gen = rgen
         found, nfound = {}, 0
     end
