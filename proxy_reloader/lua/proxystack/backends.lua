@@ -125,15 +125,15 @@ end
 local function only_version(entry)
     local only = entry._only_version
     if only == nil then
-        only = false
-        for _, side in ipairs({"stable", "canary"}) do
-            local pool = entry[side]
-            if type(pool) == "table" then
-                for _, s in ipairs(pool.servers) do
-                    if only == false then only = s[3] elseif only ~= s[3] then only = false; break end
-                end
+        for _, version in pairs(versions(entry)) do
+            if only == nil then
+                only = version
+            elseif only ~= version then
+                only = false
+                break
             end
         end
+        only = only or false
         entry._only_version = only
     end
     return only
