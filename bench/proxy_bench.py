@@ -89,6 +89,15 @@ def wrk(url, seconds=5, conns=20):
 
 
 # --- 1 + 2: deploys under keep-alive load, both modes ----------------------------------------
+def wrk_costed(url, prefix=None, seconds=4):
+    """(requests/s, p99 ms, CPU per request in us) of a wrk run: the CPU time the workers of the
+    nginx under `prefix` spent on it (None when no prefix is given)."""
+    before = worker_cpu_seconds(prefix) if prefix else 0.0
+    rps, p99, done = wrk(url, seconds=seconds)
+    cpu = (worker_cpu_seconds(prefix) - before) / max(1, done) * 1e6 if prefix else None
+    return rps, p99, cpu
+
+
 def deploys(env, mode, n, say):
     (env.base / f"stack-{mode}").mkdir()
     stack = Stack(env.consul, env.base / f"stack-{mode}", env.client, f"{env.session}{mode[0]}",
@@ -221,9 +230,7 @@ def throughput(env, stores, say, rounds=10):
 
     def run(name):
         """(requests/s, p99 ms, the workers' CPU per request in us or None)"""
-        before = worker_cpu_seconds(prefixes[name]) if name in prefixes else 0.0
-        rps, p99, done = wrk(urls[name], seconds=4)
-        cpu = (worker_cpu_seconds(prefixes[name]) - before) / max(1, done) * 1e6 if name in prefixes else None
+        rps, p99, cpu = wrk_costed(urls[name], prefixes.get(name))
         say(f"    {name}: {rps:.0f} req/s" + (f", {cpu:.1f} us CPU per request" if cpu is not None else ""))
         return rps, p99, cpu
 

@@ -23,7 +23,7 @@ import time
 import urllib.request
 
 from bench.harness import beside, bench_env, command_line, exit_code, goals_table, percentile, progress, report, with_check
-from bench.proxy_bench import SAME_HEADERS, admit, fast_backend, worker_cpu_seconds, wrk
+from bench.proxy_bench import SAME_HEADERS, admit, fast_backend, wrk_costed
 from catalog import local_ca
 from catalog.certificates import parse
 from catalog.stores import Stores
@@ -94,9 +94,7 @@ def side_by_side(prefixes, say, rounds):
     urls = {"stack": f"https://127.0.0.1:{TLS}/fast/", "hand": f"https://127.0.0.1:{HAND}/fast/"}
 
     def keep_alive(name):
-        before = worker_cpu_seconds(prefixes[name])
-        rps, _, done = wrk(urls[name], seconds=4)
-        cpu = (worker_cpu_seconds(prefixes[name]) - before) / max(1, done) * 1e6
+        rps, _, cpu = wrk_costed(urls[name], prefixes[name])
         say(f"    keep-alive, {name}: {rps:.0f} req/s, {cpu:.1f} us CPU per request")
         return rps, cpu
 
