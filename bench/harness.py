@@ -27,11 +27,16 @@ def percentile(values, p: float) -> float:
 def beside(run, baseline: str, contenders, rounds: int) -> dict:
     """Each contender measured right beside the baseline, `rounds` times, the pair's order swapped
     from one round to the next (baseline first, then contender first), so that what the machine
-    does meanwhile weighs on both sides of a pair alike. `run(name)` measures one and returns its
-    result; returns {contender: [(contender's result, its baseline's result), ...]}, a pair per round."""
+    does meanwhile weighs on both sides of a pair alike; and the contenders' order turned by one
+    every two rounds, so that none always runs in the same place of a round (first after a pause,
+    or last after the others), each place once with the baseline first and once after it. `run(name)`
+    measures one and returns its result; returns {contender: [(contender's result, its baseline's
+    result), ...]}, a pair per round."""
+    contenders = list(contenders)
     pairs = {name: [] for name in contenders}
     for r in range(rounds):
-        for name in contenders:
+        turn = (r // 2) % len(contenders)
+        for name in contenders[turn:] + contenders[:turn]:
             order = (baseline, name) if r % 2 == 0 else (name, baseline)
             got = {n: run(n) for n in order}
             pairs[name].append((got[name], got[baseline]))

@@ -36,7 +36,21 @@ def test_each_contender_runs_right_beside_the_baseline_and_who_goes_first_swaps_
     pairs = beside(run, "hand", ("stack", "other"), rounds=3)
     assert ran == ["hand", "stack", "hand", "other",          # round 1: the baseline first
                    "stack", "hand", "other", "hand",          # round 2: the contender first
-                   "hand", "stack", "hand", "other"]
+                   "hand", "other", "hand", "stack"]          # round 3: the contenders' order turned
     # each contender's result with the baseline's run of its own pair, not any other
-    assert pairs["stack"] == [("stack#2", "hand#1"), ("stack#5", "hand#6"), ("stack#10", "hand#9")]
-    assert pairs["other"] == [("other#4", "hand#3"), ("other#7", "hand#8"), ("other#12", "hand#11")]
+    assert pairs["stack"] == [("stack#2", "hand#1"), ("stack#5", "hand#6"), ("stack#12", "hand#11")]
+    assert pairs["other"] == [("other#4", "hand#3"), ("other#7", "hand#8"), ("other#10", "hand#9")]
+
+
+def test_no_contender_always_runs_in_the_same_place_of_a_round():
+    """A place in the round (first after a pause, last after the others) must not weigh on one
+    contender only: over 2 x N rounds each of N contenders takes each place, baseline first and after."""
+    ran = []
+    contenders = ("stack", "few", "many")
+    beside(lambda name: ran.append(name), "hand", contenders, rounds=6)
+    seen = {name: set() for name in contenders}
+    for r in range(6):
+        round_ = [n for n in ran[r * 6:(r + 1) * 6] if n != "hand"]
+        for place, name in enumerate(round_):
+            seen[name].add((place, ran[r * 6 + 2 * place] == "hand"))
+    assert all(places == {(p, first) for p in range(3) for first in (True, False)} for places in seen.values()), seen
