@@ -29,6 +29,8 @@ BENCHES: Dict[str, tuple] = {
     "delivery": ("bench.delivery_bench", ["--runs", "5"], "build-and-push and deploy over TLS through the gate"),
     "proxy": ("bench.proxy_bench", ["--deploys", "20", "--services", "1000"],
               "proxy-reloader and nginx: deploys under keep-alive load, throughput, big catalogs"),
+    "proxy-cost": ("bench.proxy_cost_bench", ["--rounds", "12"],
+                   "where the proxy's CPU per request goes: the stack's Lua, the Lua balancer, the rest"),
     "tls": ("bench.tls_bench", ["--rounds", "10", "--changes", "20"],
             "HTTPS: keep-alive and new-handshake throughput vs a hand-written TLS nginx, certificate change -> served"),
     "promotion": ("bench.promotion_bench", ["--runs", "10"], "gate pass and promote -> proxied"),

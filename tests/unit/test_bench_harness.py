@@ -54,3 +54,33 @@ def test_no_contender_always_runs_in_the_same_place_of_a_round():
         for place, name in enumerate(round_):
             seen[name].add((place, ran[r * 6 + 2 * place] == "hand"))
     assert all(places == {(p, first) for p in range(3) for first in (True, False)} for places in seen.values()), seen
+
+
+def test_the_cost_benchmark_takes_away_what_each_step_names_from_the_config_the_stack_renders():
+    """bench.proxy_cost_bench edits proxy-reloader's rendered nginx.conf; a template that moved on
+    must stop it (not let it measure a step that changed nothing)."""
+    from bench import proxy_cost_bench as cost
+    from proxy_reloader.render import DYNAMIC, Settings, render
+
+    conf = render([], "/p", "127.0.0.1:1", settings=Settings("/p", "127.0.0.1:1", workers="1", mode=DYNAMIC))
+
+    def location(text):
+        start = text.index("        location / {\n            set")
+        return text[start:text.index("\n        }\n", start)]
+
+    stack = location(conf)
+    assert "router.request" in stack and "metrics.log" in stack and "proxystack_backend" in stack
+    no_lua = conf
+    for step in cost.STEPS["no Lua code"]:
+        no_lua = step(no_lua, 9)
+    assert "router.request" not in location(no_lua) and "metrics.log" not in location(no_lua)
+    assert 'set_current_peer("127.0.0.1", 9)' in no_lua and "router.balance()" not in no_lua
+    static = cost.static_upstream(no_lua, 9)
+    assert "proxy_pass http://static_backend;" in location(static)
+    assert "server 127.0.0.1:9; keepalive 64;" in static
+    try:
+        cost.static_upstream(static, 9)          # applied twice: its pattern is gone
+    except RuntimeError as e:
+        assert "needs updating" in str(e)
+    else:
+        raise AssertionError("a step whose pattern is not in the config went through")

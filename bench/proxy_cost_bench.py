@@ -1,0 +1,241 @@
+"""Where the stack's cost per proxied request goes, measured on a core of the proxy's own.
+
+Each proxy runs one worker pinned to one CPU; wrk and the backend (nginx `return 200`, local, no
+container in between) run on the other. The figure is the worker's user CPU time per request:
+what the proxy's own code spends. (Its kernel time, printed apart, moves with how often the two
+cores wake each other, by more than the differences measured here.) Contenders, each measured
+right beside the hand-written proxy (bench.harness.beside), 2 s per run:
+
+- hand-written: bench.proxy_bench's hand-written nginx reverse proxy (same headers, same log);
+- the stack: its dynamic-mode nginx.conf as proxy-reloader renders it, 10 routes pushed;
+- the same config with the stack's own Lua taken away: no per-request metrics (no log_by_lua),
+  the router's answer a constant (set_by_lua returns the service: no lookup, no checks), the
+  balancer's peer a constant (set_current_peer of the backend: no pool, no retries);
+- and that one with no Lua balancer either (a static upstream).
+Each step takes off what a part costs; what the last still adds over the hand-written proxy is
+the rest (nginx entering Lua for the route, the two tests on the router's answer, the HSTS
+header). The total is steady from run to run within about 0.2 us; a part moves by up to 0.5 us.
+Goal: the stack adds at most 10 us of user CPU to a request
+(bench.proxy_bench's goal for the same figure, measured there unpinned).
+
+    .venv/bin/python -m bench.proxy_cost_bench [--rounds 12] [--check] [--json]
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from bench.harness import beside, command_line, exit_code, goals_table, progress, report, with_check
+from bench.proxy_bench import FAST, HAND_CONF, SAME_HEADERS
+from catalog.routing import Pool, Route
+from proxy_reloader import backends
+from proxy_reloader.nginx import Nginx
+from proxy_reloader.push import PushClient, ensure_secret
+from proxy_reloader.render import DYNAMIC, Settings, render
+from testbed.processes import wait_until
+
+BACKEND, HAND = 18140, 18141
+STACK = 18142               # and one port more for each step below
+CPUS = sorted(os.sched_getaffinity(0))
+PROXY_CPU, LOAD_CPU = CPUS[0], CPUS[-1]     # main() refuses to run with only one
+
+
+def no_metrics(conf: str, port: int) -> str:
+    return replace(conf, r"(proxy_pass http://proxystack_backend;\n)\s+log_by_lua_block \{ metrics\.log\(\) \}\n", r"\1")
+
+
+def constant_route(conf: str, port: int) -> str:
+    return replace(conf, r"set_by_lua \$proxystack_route 'return router\.request\(\"http\"\)'\s+[^;]*;",
+                   "set_by_lua $proxystack_route 'return \"fast\"';")
+
+
+def constant_peer(conf: str, port: int) -> str:
+    conf = replace(conf, r"balancer_by_lua_block \{ router\.balance\(\) \}",
+                   f'balancer_by_lua_block {{ proxystack_peer.set_current_peer("127.0.0.1", {port}) }}')
+    return replace(conf, r"init_by_lua_block \{\n", 'init_by_lua_block {\n        proxystack_peer = require "ngx.balancer"\n')
+
+
+def static_upstream(conf: str, port: int) -> str:
+    conf = replace(conf, r"    upstream proxystack_backend \{",
+                   f"    upstream static_backend {{ server 127.0.0.1:{port}; keepalive 64; }}\n    upstream proxystack_backend {{")
+    return replace(conf, r"(add_header Strict-Transport-Security \$proxystack_hsts always;\s+)proxy_pass http://proxystack_backend;",
+                   r"\1proxy_pass http://static_backend;")
+
+
+def replace(conf: str, pattern: str, by: str) -> str:
+    """The config with the first match of `pattern` replaced; a template that no longer has it
+    stops the benchmark rather than measure a step that changed nothing."""
+    out, n = re.subn(pattern, by, conf, count=1)
+    if n != 1:
+        raise RuntimeError(f"the rendered nginx.conf has no {pattern!r}: bench/proxy_cost_bench.py needs updating")
+    return out
+
+
+# contender -> the steps applied to the stack's config, in order; and the part each step takes away
+STEPS = {
+    "stack": (),
+    "no Lua code": (no_metrics, constant_route, constant_peer),
+    "no Lua balancer": (no_metrics, constant_route, constant_peer, static_upstream),
+}
+PARTS = (("the stack's own Lua: route lookup and checks, the balancer's choice, the metrics", "stack", "no Lua code"),
+         ("nginx's Lua balancer itself (balancer_by_lua, set_current_peer)", "no Lua code", "no Lua balancer"),
+         ("the rest: set_by_lua's entry, the two tests on its answer, the HSTS header", "no Lua balancer", "hand"))
+
+
+def pin(pid: int, cpu: int) -> None:
+    os.sched_setaffinity(pid, {cpu})
+
+
+def workers(prefix: Path):
+    master = int((prefix / "nginx.pid").read_text())
+    out = []
+    for d in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fields = open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == master:
+            out.append((int(d), fields))
+    return out
+
+
+def cpu_seconds(prefix: Path):
+    """(user, system) CPU seconds of the workers of the nginx under `prefix`."""
+    tick = os.sysconf("SC_CLK_TCK")
+    ws = workers(prefix)
+    return sum(int(f[11]) for _, f in ws) / tick, sum(int(f[12]) for _, f in ws) / tick
+
+
+def start_nginx(prefix: Path, cpu: int) -> None:
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    subprocess.run([nginx, "-p", str(prefix), "-c", str(prefix / "nginx.conf")], check=True, timeout=20)
+    wait_until(lambda: workers(prefix), 10, f"nginx under {prefix} has its worker")
+    for pid, _ in workers(prefix):
+        pin(pid, cpu)
+
+
+def stop_nginx(prefix: Path) -> None:
+    try:
+        os.kill(int((prefix / "nginx.pid").read_text()), 15)
+    except (OSError, ValueError):
+        pass
+
+
+def backend(base: Path) -> Path:
+    prefix = base / "backend"
+    (prefix / "logs").mkdir(parents=True)
+    (prefix / "nginx.conf").write_text(
+        FAST.replace("worker_processes 1;", f"worker_processes 1; pid {prefix}/nginx.pid; error_log {prefix}/logs/error.log;")
+            .replace("listen 8080;", f"listen 127.0.0.1:{BACKEND};"))
+    start_nginx(prefix, LOAD_CPU)
+    return prefix
+
+
+def hand_written(base: Path) -> Path:
+    prefix = base / "hand"
+    (prefix / "logs").mkdir(parents=True)
+    (prefix / "tmp").mkdir()
+    conf = HAND_CONF.format(prefix=prefix, port=BACKEND, listen=HAND, headers=SAME_HEADERS)
+    (prefix / "nginx.conf").write_text(conf.replace("worker_processes 2;", "worker_processes 1;"))
+    start_nginx(prefix, PROXY_CPU)
+    return prefix
+
+
+def stack(base: Path, name: str, listen: int, steps) -> Path:
+    """The stack's dynamic-mode nginx with one worker, `steps` applied to its config, and 10
+    services pushed (the measured one at /fast/)."""
+    n = Nginx(str(base / name.replace(" ", "-").replace(",", "")), listen=f"127.0.0.1:{listen}")
+    settings = Settings(str(n.prefix), n.listen, workers="1", mode=DYNAMIC, modules=n.modules_path())
+    client = PushClient(settings.socket, ensure_secret(settings.secret))      # makes the socket's folder
+    n.apply(render([], str(n.prefix), n.listen, settings=settings))
+    conf = n.conf.read_text()
+    for step in steps:
+        conf = step(conf, BACKEND)
+    n.conf.write_text(conf)
+    start_nginx(n.prefix, PROXY_CPU)
+    wait_until(lambda: n.served_version(), 20, f"nginx ({name})")
+    names = [f"r{i}" for i in range(9)] + ["fast"]
+    entries = {s: backends.entry(Route(s, f"/{s}/", "", Pool("v1", (("127.0.0.1", BACKEND),), ("v1",)))) for s in names}
+    client.push(backends.push_body(int(time.time() * 1000), entries, full=True))
+    wait_until(lambda: urllib.request.urlopen(f"http://127.0.0.1:{listen}/fast/", timeout=1).status == 200, 20,
+               f"the route at /fast/ ({name})")
+    return n.prefix
+
+
+def measure(port: int, prefix: Path, seconds: int):
+    """(user us, system us) of the proxy's worker per request over one wrk run pinned to the load CPU."""
+    u0, s0 = cpu_seconds(prefix)
+    out = subprocess.run(["wrk", "-t1", "-c10", f"-d{seconds}s", f"http://127.0.0.1:{port}/fast/"], capture_output=True,
+                         text=True, timeout=seconds + 30, preexec_fn=lambda: pin(0, LOAD_CPU)).stdout
+    done = re.search(r"(\d+) requests in", out)
+    if not done or int(done.group(1)) == 0:
+        raise RuntimeError(f"wrk against 127.0.0.1:{port} made no request:\n{out}")
+    u1, s1 = cpu_seconds(prefix)
+    n = int(done.group(1))
+    return (u1 - u0) / n * 1e6, (s1 - s0) / n * 1e6
+
+
+def main(argv=None) -> int:
+    p = with_check(command_line(__doc__))
+    p.add_argument("--rounds", type=int, default=12, help="pairs of wrk runs per contender, which one goes first swapped every round")
+    p.add_argument("--seconds", type=int, default=2, help="length of each wrk run")
+    args = p.parse_args(argv)
+    say = progress(args.json)
+    if not shutil.which("wrk"):
+        print("wrk is missing: `bash scripts/install.sh bench-tools` installs it", file=sys.stderr)
+        return 2
+    if PROXY_CPU == LOAD_CPU:
+        print("this benchmark pins the proxy and the load to two different CPUs; this machine lets it use one",
+              file=sys.stderr)
+        return 2
+    base = Path(tempfile.mkdtemp(prefix="proxystack-cost-"))
+    prefixes = {}
+    try:
+        prefixes["backend"] = backend(base)
+        prefixes["hand"] = hand_written(base)
+        ports = {"hand": HAND}
+        for i, (name, steps) in enumerate(STEPS.items()):
+            ports[name] = STACK + i
+            prefixes[name] = stack(base, name, STACK + i, steps)
+
+        def run(name):
+            user, system = measure(ports[name], prefixes[name], args.seconds)
+            say(f"    {name}: {user:.2f} us user, {system:.2f} us system per request")
+            return user, system
+
+        say(f"== {len(STEPS)} proxies beside the hand-written one, {args.rounds} rounds of {args.seconds} s runs")
+        pairs = beside(run, "hand", tuple(STEPS), args.rounds)
+    finally:
+        for prefix in prefixes.values():
+            stop_nginx(prefix)
+        shutil.rmtree(base, ignore_errors=True)
+    hand = [h for name in STEPS for _, h in pairs[name]]
+    result = {
+        "hand_user_us": round(statistics.median(u for u, _ in hand), 2),
+        "hand_system_us": round(statistics.median(s for _, s in hand), 2),
+        "adds_user_us": {name: round(statistics.median(c[0] - h[0] for c, h in pairs[name]), 2) for name in STEPS},
+        "adds_user_us_per_round": {name: [round(c[0] - h[0], 2) for c, h in pairs[name]] for name in STEPS},
+        "stack_system_us": round(statistics.median(c[1] for c, _ in pairs["stack"]), 2),
+    }
+    adds = dict(result["adds_user_us"], hand=0.0)
+    result["parts_us"] = {part: round(adds[a] - adds[b], 2) for part, a, b in PARTS}
+    rows = [("user CPU per request, hand-written proxy, us", result["hand_user_us"], "", None),
+            ("the stack adds, us", adds["stack"], "<= 10", adds["stack"] <= 10)]
+    rows += [(f"  of which {part}, us", cost, "", None) for part, cost in result["parts_us"].items()]
+    rows.append(("kernel CPU per request, hand-written / stack, us",
+                 f"{result['hand_system_us']} / {result['stack_system_us']}", "", None))
+    result["goals"] = [{"measure": m, "figure": str(f), "goal": g, "met": ok} for m, f, g, ok in rows]
+    report(result, args.json, "\n" + goals_table(rows))
+    return exit_code(rows, args.check)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
