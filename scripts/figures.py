@@ -49,6 +49,7 @@ BENCHES: Dict[str, tuple] = {
                   "the dashboard: open pages left idle, a change -> the page, pages served"),
 }
 WITHOUT_ACLS = {"fleet"}          # benchmarks whose Consul runs without ACLs
+WITHOUT_CONSUL = {"proxy-cost"}   # benchmarks of nginx alone
 
 
 def machine() -> str:
@@ -86,7 +87,8 @@ def run_bench(name: str) -> Optional[dict]:
 def table(name: str, result: dict, when: str, where: str) -> str:
     module, args, _ = BENCHES[name]
     goals: List[dict] = result["goals"]
-    acls = "ACLs off (the fleet's own Consul)" if name in WITHOUT_ACLS else "ACLs on"
+    acls = ("no Consul" if name in WITHOUT_CONSUL else
+            "ACLs off (the fleet's own Consul)" if name in WITHOUT_ACLS else "ACLs on")
     command = " ".join([".venv/bin/python", "-m", module, *args, "--check"])
     lines = [f"Measured {when} on {where}, {acls}, by `make figures` (this table alone: `{command}`):", "",
              "| measure | figure | goal | |", "|---|---|---|---|"]
