@@ -86,6 +86,10 @@ bench-proxy: ## reload storms, 100x10 render, idle CPU, nginx overhead, failed r
 	@bash scripts/install.sh all bench-tools
 	@.venv/bin/python -m bench.proxy_bench
 
+bench-proxy-cost: ## where the proxy's CPU per request goes, on a core of its own: the stack's Lua, the Lua balancer, the rest
+	@bash scripts/install.sh venv nginx bench-tools
+	@.venv/bin/python -m bench.proxy_cost_bench
+
 bench-analysis: ## progressive mode: breach -> weight 0, decision latency per step, errors before a rollback
 	@bash scripts/install.sh all
 	@.venv/bin/python -m bench.analysis_bench
