@@ -132,9 +132,8 @@ def stop_nginx(prefix: Path) -> None:
 def backend(base: Path) -> Path:
     prefix = base / "backend"
     (prefix / "logs").mkdir(parents=True)
-    (prefix / "nginx.conf").write_text(
-        FAST.replace("worker_processes 1;", f"worker_processes 1; pid {prefix}/nginx.pid; error_log {prefix}/logs/error.log;")
-            .replace("listen 8080;", f"listen 127.0.0.1:{BACKEND};"))
+    conf = replace(FAST, r"worker_processes 1;", f"worker_processes 1; pid {prefix}/nginx.pid; error_log {prefix}/logs/error.log;")
+    (prefix / "nginx.conf").write_text(replace(conf, r"listen 8080;", f"listen 127.0.0.1:{BACKEND};"))
     start_nginx(prefix, LOAD_CPU)
     return prefix
 
@@ -144,7 +143,7 @@ def hand_written(base: Path) -> Path:
     (prefix / "logs").mkdir(parents=True)
     (prefix / "tmp").mkdir()
     conf = HAND_CONF.format(prefix=prefix, port=BACKEND, listen=HAND, headers=SAME_HEADERS)
-    (prefix / "nginx.conf").write_text(conf.replace("worker_processes 2;", "worker_processes 1;"))
+    (prefix / "nginx.conf").write_text(replace(conf, r"worker_processes \d+;", "worker_processes 1;"))
     start_nginx(prefix, PROXY_CPU)
     return prefix
 
