@@ -7,18 +7,19 @@ cores wake each other, by more than the differences measured here.) Contenders, 
 right beside the hand-written proxy (bench.harness.beside), 2 s per run:
 
 - hand-written: bench.proxy_bench's hand-written nginx reverse proxy (same headers, same log);
-- the stack: its dynamic-mode nginx.conf as proxy-reloader renders it, 10 routes pushed;
+- the stack: its dynamic-mode nginx.conf as proxy-reloader renders it, 10 routes pushed
+  (--routes: as many as asked, to see that their number costs nothing per request);
 - the same config with the stack's own Lua taken away: no per-request metrics (no log_by_lua),
   the router's answer a constant (set_by_lua returns the service: no lookup, no checks), the
   balancer's peer a constant (set_current_peer of the backend: no pool, no retries);
 - and that one with no Lua balancer either (a static upstream).
 Each step takes off what a part costs; what the last still adds over the hand-written proxy is
 the rest (nginx entering Lua for the route, the two tests on the router's answer, the HSTS
-header). The total is steady from run to run within about 0.2 us; a part moves by up to 0.5 us.
+header). The total moves by about 0.5 us from run to run, a part by as much.
 Goal: the stack adds at most 10 us of user CPU to a request
 (bench.proxy_bench's goal for the same figure, measured there unpinned).
 
-    .venv/bin/python -m bench.proxy_cost_bench [--rounds 12] [--check] [--json]
+    .venv/bin/python -m bench.proxy_cost_bench [--rounds 12] [--routes 10] [--check] [--json]
 """
 from __future__ import annotations
 
@@ -148,8 +149,8 @@ def hand_written(base: Path) -> Path:
     return prefix
 
 
-def stack(base: Path, name: str, listen: int, steps) -> Path:
-    """The stack's dynamic-mode nginx with one worker, `steps` applied to its config, and 10
+def stack(base: Path, name: str, listen: int, steps, routes: int) -> Path:
+    """The stack's dynamic-mode nginx with one worker, `steps` applied to its config, and `routes`
     services pushed (the measured one at /fast/)."""
     n = Nginx(str(base / name.replace(" ", "-").replace(",", "")), listen=f"127.0.0.1:{listen}")
     settings = Settings(str(n.prefix), n.listen, workers="1", mode=DYNAMIC, modules=n.modules_path())
@@ -161,7 +162,7 @@ def stack(base: Path, name: str, listen: int, steps) -> Path:
     n.conf.write_text(conf)
     start_nginx(n.prefix, PROXY_CPU)
     wait_until(lambda: n.served_version(), 20, f"nginx ({name})")
-    names = [f"r{i}" for i in range(9)] + ["fast"]
+    names = [f"r{i}" for i in range(routes - 1)] + ["fast"]
     entries = {s: backends.entry(Route(s, f"/{s}/", "", Pool("v1", (("127.0.0.1", BACKEND),), ("v1",)))) for s in names}
     client.push(backends.push_body(int(time.time() * 1000), entries, full=True))
     wait_until(lambda: urllib.request.urlopen(f"http://127.0.0.1:{listen}/fast/", timeout=1).status == 200, 20,
@@ -186,6 +187,7 @@ def main(argv=None) -> int:
     p = with_check(command_line(__doc__))
     p.add_argument("--rounds", type=int, default=12, help="pairs of wrk runs per contender, which one goes first swapped every round")
     p.add_argument("--seconds", type=int, default=2, help="length of each wrk run")
+    p.add_argument("--routes", type=int, default=10, help="services in the stack's pushed table (each with its route)")
     args = p.parse_args(argv)
     say = progress(args.json)
     if not shutil.which("wrk"):
@@ -203,7 +205,7 @@ def main(argv=None) -> int:
         ports = {"hand": HAND}
         for i, (name, steps) in enumerate(STEPS.items()):
             ports[name] = STACK + i
-            prefixes[name] = stack(base, name, STACK + i, steps)
+            prefixes[name] = stack(base, name, STACK + i, steps, args.routes)
 
         def run(name):
             user, system = measure(ports[name], prefixes[name], args.seconds)
