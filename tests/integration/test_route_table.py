@@ -342,7 +342,6 @@ def test_buffering_off_streams_at_the_clients_pace(proxy):
     conn.close()
 
 
-
 def test_a_streaming_route_whose_instances_fail_answers_in_json_like_every_other_route(proxy):
     """A route with proxy.buffering=off is proxied from a location of its own (reached by the
     router's "!stream"); its instances' failures must still come back as the proxy's JSON
@@ -354,6 +353,7 @@ def test_a_streaming_route_whose_instances_fail_answers_in_json_like_every_other
     proxy.route("bf-slow", path="/bf-slow/", buffering=False, timeout=1, retries=0)
     status, body, _ = proxy.request("/bf-slow/slow/")
     assert status == 504 and isinstance(body, dict) and body["service"] == "bf-slow", body
+
 
 class GrpcEcho:
     """A gRPC server on loopback with one unary method, /echo.Echo/Say: b"NAME: " + the request
