@@ -195,9 +195,10 @@ def test_route_settings_from_labels_take_effect_and_change_live(proxy, service, 
         {"proxy.allow": "10.0.0.0/8", "proxy.timeout": "10s"}))
     stores.instances.register(changed)
     stores.instances.apply_gate(changed, True, "passed (set by the test)")
-    wait_until(lambda: proxy.get(path, {"Host": f"{name}.test"})[0] == 403, 30, "the new allow-list served")
-    assert proxy.get(path, {"Host": f"{name}.test"})[1] == {
-        "error": f"service {name} does not take requests from your address", "service": name, "status": 403}
+    # (in reload mode an old worker may still take a connection or two while it shuts down)
+    refused = (403, {"error": f"service {name} does not take requests from your address", "service": name,
+                     "status": 403})
+    wait_until(lambda: proxy.get(path, {"Host": f"{name}.test"}) == refused, 30, "the new allow-list served")
     new = generations.finish()
     assert new == (0 if proxy.mode == "dynamic" else 1), f"{new} worker generations for one settings change"
 

@@ -58,7 +58,7 @@ def test_every_option_the_docs_use_with_a_command_exists():
 # Options the docs mention that belong to other programs: Docker, Compose, Ansible, the benchmarks.
 OTHER_PROGRAMS = {"--ip", "--network", "--rm", "--tlsverify", "--no-deps", "--entrypoint", "--syntax-check",
                   "--check", "--containers", "--deploys", "--runs", "--services", "--starts", "--only",
-                  "--rounds", "--changes", "--instances", "--pages", "--idle", "--rate", "--leader",
+                  "--rounds", "--changes", "--instances", "--pages", "--idle", "--rate", "--leader", "--routes",
                   # docker service create / update / run, as the Swarm guide shows them
                   "--replicas", "--no-resolve-image", "--publish", "--container-label", "--health-cmd",
                   "--health-interval", "--health-retries", "--health-start-period", "--update-order",
