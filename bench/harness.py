@@ -6,6 +6,8 @@ import argparse
 import contextlib
 import json
 import math
+import shutil
+import sys
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -41,6 +43,14 @@ def beside(run, baseline: str, contenders, rounds: int) -> dict:
             got = {n: run(n) for n in order}
             pairs[name].append((got[name], got[baseline]))
     return pairs
+
+
+def wrk_missing() -> bool:
+    """True, having said how to install it, when wrk is not on this machine."""
+    if shutil.which("wrk"):
+        return False
+    print("wrk is missing: `bash scripts/install.sh bench-tools` installs it", file=sys.stderr)
+    return True
 
 
 def command_line(doc: str) -> argparse.ArgumentParser:

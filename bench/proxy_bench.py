@@ -38,7 +38,7 @@ import time
 import urllib.request
 import zlib
 
-from bench.harness import beside, bench_env, command_line, exit_code, goals_table, percentile, progress, report, with_check
+from bench.harness import bench_env, beside, command_line, exit_code, goals_table, percentile, progress, report, with_check, wrk_missing
 from bench.promotion_bench import deploy_measuring_gate_to_proxy
 from catalog.stores import Stores
 from catalog.model import Instance
@@ -62,17 +62,24 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def worker_cpu_seconds(prefix) -> float:
-    """CPU time of the worker processes of the nginx whose pid file is under `prefix`."""
+def nginx_workers(prefix) -> list:
+    """(pid, user CPU s, system CPU s) of each worker process of the nginx whose pid file is under `prefix`."""
     master = int((prefix / "nginx.pid").read_text())
-    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    out = []
     for d in filter(str.isdigit, os.listdir("/proc")):
         try:
-            if int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1]) == master:
-                total += cpu_seconds(int(d))
+            fields = open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()
         except OSError:          # a process that ended meanwhile
             continue
-    return total
+        if int(fields[1]) == master:
+            out.append((int(d), int(fields[11]) / tick, int(fields[12]) / tick))
+    return out
+
+
+def worker_cpu_seconds(prefix) -> float:
+    """CPU time of the worker processes of the nginx whose pid file is under `prefix`."""
+    return sum(user + system for _, user, system in nginx_workers(prefix))
 
 
 def wrk(url, seconds=5, conns=20):
@@ -435,8 +442,7 @@ def main(argv=None) -> int:
     p.add_argument("--services", type=int, default=1000, help="services of 10 instances each for part 7")
     args = p.parse_args(argv)
     say = progress(args.json)
-    if not shutil.which("wrk"):
-        print("wrk is missing: `bash scripts/install.sh bench-tools` installs it", file=sys.stderr)
+    if wrk_missing():
         return 2
     result = {}
     with bench_env() as env:

@@ -34,8 +34,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bench.harness import beside, command_line, exit_code, goals_table, progress, report, with_check
-from bench.proxy_bench import FAST, HAND_CONF, SAME_HEADERS
+from bench.harness import beside, command_line, exit_code, goals_table, progress, report, with_check, wrk_missing
+from bench.proxy_bench import FAST, HAND_CONF, SAME_HEADERS, nginx_workers
 from catalog.routing import Pool, Route
 from proxy_reloader import backends
 from proxy_reloader.nginx import Nginx
@@ -95,31 +95,17 @@ def pin(pid: int, cpu: int) -> None:
     os.sched_setaffinity(pid, {cpu})
 
 
-def workers(prefix: Path):
-    master = int((prefix / "nginx.pid").read_text())
-    out = []
-    for d in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            fields = open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == master:
-            out.append((int(d), fields))
-    return out
-
-
 def cpu_seconds(prefix: Path):
     """(user, system) CPU seconds of the workers of the nginx under `prefix`."""
-    tick = os.sysconf("SC_CLK_TCK")
-    ws = workers(prefix)
-    return sum(int(f[11]) for _, f in ws) / tick, sum(int(f[12]) for _, f in ws) / tick
+    ws = nginx_workers(prefix)
+    return sum(u for _, u, _ in ws), sum(s for _, _, s in ws)
 
 
 def start_nginx(prefix: Path, cpu: int) -> None:
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     subprocess.run([nginx, "-p", str(prefix), "-c", str(prefix / "nginx.conf")], check=True, timeout=20)
-    wait_until(lambda: workers(prefix), 10, f"nginx under {prefix} has its worker")
-    for pid, _ in workers(prefix):
+    wait_until(lambda: nginx_workers(prefix), 10, f"nginx under {prefix} has its worker")
+    for pid, _, _ in nginx_workers(prefix):
         pin(pid, cpu)
 
 
@@ -190,8 +176,7 @@ def main(argv=None) -> int:
     p.add_argument("--routes", type=int, default=10, help="services in the stack's pushed table (each with its route)")
     args = p.parse_args(argv)
     say = progress(args.json)
-    if not shutil.which("wrk"):
-        print("wrk is missing: `bash scripts/install.sh bench-tools` installs it", file=sys.stderr)
+    if wrk_missing():
         return 2
     if PROXY_CPU == LOAD_CPU:
         print("this benchmark pins the proxy and the load to two different CPUs; this machine lets it use one",

@@ -22,7 +22,7 @@ import sys
 import time
 import urllib.request
 
-from bench.harness import beside, bench_env, command_line, exit_code, goals_table, percentile, progress, report, with_check
+from bench.harness import bench_env, beside, command_line, exit_code, goals_table, percentile, progress, report, with_check, wrk_missing
 from bench.proxy_bench import SAME_HEADERS, admit, fast_backend, wrk_costed
 from catalog import local_ca
 from catalog.certificates import parse
@@ -159,8 +159,7 @@ def main(argv=None) -> int:
     p.add_argument("--changes", type=int, default=20, help="certificate changes per source")
     args = p.parse_args(argv)
     say = progress(args.json)
-    if not shutil.which("wrk"):
-        print("wrk is missing: `bash scripts/install.sh bench-tools` installs it", file=sys.stderr)
+    if wrk_missing():
         return 2
     result = {}
     with bench_env() as env:
