@@ -185,11 +185,11 @@ def _swarm_if_any():
     """The local engine's Swarm, when it is a manager; None otherwise (status then shows no replicas)."""
     import docker
 
-    from .fleet.swarm import Swarm
+    from .fleet.swarm import Swarm, SwarmUnavailable
     try:
         swarm = Swarm(docker.from_env(timeout=5))
         return swarm if swarm.active() else None
-    except (docker.errors.DockerException, requests.RequestException):
+    except (docker.errors.DockerException, requests.RequestException, SwarmUnavailable):
         return None
 
 

@@ -20,7 +20,7 @@ from catalog.validation import InvalidValue, check, parse_scale_label
 
 from .. import metrics
 from .scaling import Load, ScaleDecision, decide
-from .swarm import SCALE_LABEL, Swarm, SwarmError, SwarmService
+from .swarm import SCALE_LABEL, Swarm, SwarmError, SwarmService, SwarmUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class Autoscaler:
                 continue
             try:
                 self.tick()
-            except TRANSIENT as exc:
+            except TRANSIENT + (SwarmUnavailable,) as exc:
                 log.warning("autoscaler: Consul or Docker unreachable, will retry: %s", exc)
             except Exception:
                 log.exception("autoscaler: tick failed")

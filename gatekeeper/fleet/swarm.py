@@ -11,13 +11,15 @@ takes traffic.
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import docker
 import docker.errors
+import requests
 
-from catalog.errors import Refused
+from catalog.errors import Refused, Unreachable
 from catalog.images import split_image
 
 log = logging.getLogger(__name__)
@@ -27,6 +29,19 @@ SCALE_LABEL = "gatekeeper.scale"        # a Swarm service label: min=1,max=10,rp
 
 class SwarmError(Refused):
     """A Swarm request that cannot be carried out; the message says why and what to do."""
+
+
+class SwarmUnavailable(Unreachable):
+    """The engine did not answer a Swarm read: it is joining or leaving a swarm, or is down."""
+
+
+@contextmanager
+def _engine_answers(what: str) -> Iterator[None]:
+    try:
+        yield
+    except (docker.errors.DockerException, requests.RequestException) as exc:
+        raise SwarmUnavailable(f"the Docker Engine did not answer while {what} ({exc}); "
+                               "try again in a moment") from None
 
 
 @dataclass(frozen=True)
@@ -80,26 +95,30 @@ class Swarm:
 
     def active(self) -> bool:
         """This engine is a Swarm manager (a worker cannot read or change services)."""
-        info = self.api.info().get("Swarm") or {}
+        with _engine_answers("saying whether it is a Swarm manager"):
+            info = self.api.info().get("Swarm") or {}
         return info.get("LocalNodeState") == "active" and bool(info.get("ControlAvailable"))
 
     def service(self, name: str) -> Optional[SwarmService]:
         """The Swarm service whose tasks register as `name`: named so, or labelled SERVICE_NAME=name."""
         if not self.active():
             return None
-        found = [s for s in self.api.services() if (_container_spec(s).get("Labels") or {}).get("SERVICE_NAME") == name]
-        found = found or [s for s in self.api.services(filters={"name": name}) if s["Spec"]["Name"] == name]
+        with _engine_answers(f"listing Swarm services to find {name}'s"):
+            found = [s for s in self.api.services() if (_container_spec(s).get("Labels") or {}).get("SERVICE_NAME") == name]
+            found = found or [s for s in self.api.services(filters={"name": name}) if s["Spec"]["Name"] == name]
         return service_from_inspect(found[0]) if found else None
 
     def scaled_services(self) -> List[SwarmService]:
         """Replicated services that carry a gatekeeper.scale label."""
         if not self.active():
             return []
-        return [svc for svc in map(service_from_inspect, self.api.services(filters={"label": SCALE_LABEL}))
-                if svc.replicas is not None]
+        with _engine_answers("listing Swarm services"):
+            found = self.api.services(filters={"label": SCALE_LABEL})
+        return [svc for svc in map(service_from_inspect, found) if svc.replicas is not None]
 
     def running_tasks(self, svc: SwarmService) -> int:
-        tasks = self.api.tasks(filters={"service": svc.id, "desired-state": "running"})
+        with _engine_answers(f"listing Swarm service {svc.name}'s tasks"):
+            tasks = self.api.tasks(filters={"service": svc.id, "desired-state": "running"})
         return sum(1 for t in tasks if (t.get("Status") or {}).get("State") == "running")
 
     def scale(self, svc: SwarmService, replicas: int) -> None:

@@ -22,6 +22,7 @@ from catalog.validation import InvalidValue
 
 from ..promotion.analysis import ms, pct
 from ..fleet.autoscaler import admitted_tasks, settings_of
+from ..fleet.swarm import SwarmUnavailable
 from .explain import explain_instance, proxy_answer
 
 
@@ -187,16 +188,21 @@ def _rejection_dict(r: Rejection) -> dict:
 
 def replicas_view(stores: Stores, swarm) -> Callable[[str, list], Optional[dict]]:
     """A Swarm service's replicas for `status`: desired (Swarm's spec), running tasks, admitted
-    instances, its bounds and targets, and the last change with its reason."""
+    instances, its bounds and targets, and the last change with its reason. An engine that does
+    not answer (joining or leaving a swarm) leaves {"error": why} in place of the replicas."""
     def view(service: str, registered: list) -> Optional[dict]:
-        svc = swarm.service(service)
+        try:
+            svc = swarm.service(service)
+            running = swarm.running_tasks(svc) if svc is not None else 0
+        except SwarmUnavailable as exc:
+            return {"error": str(exc)}
         if svc is None:
             return None
         try:
             scale, scale_error = asdict(settings_of(svc)), ""
         except InvalidValue as exc:
             scale, scale_error = None, str(exc)
-        return {"swarm_service": svc.name, "desired": svc.replicas, "running": swarm.running_tasks(svc),
+        return {"swarm_service": svc.name, "desired": svc.replicas, "running": running,
                 "admitted": admitted_tasks(registered, svc.name), "update": svc.update_state,
                 "image": svc.image, "scale": scale, "scale_error": scale_error, "last_change": stores.scaling.get(service)}
     return view
@@ -315,6 +321,8 @@ def https_line(cert: Optional[dict]) -> str:
 
 
 def replica_lines(r: dict) -> List[str]:
+    if "error" in r:
+        return [f"  replicas unknown: {r['error']}"]
     desired = "global" if r["desired"] is None else r["desired"]
     line = (f"  replicas desired {desired}, running {r['running']}, admitted {r['admitted']} "
             f"(Swarm service {r['swarm_service']}, {r['image']}")
