@@ -17,8 +17,6 @@ from __future__ import annotations
 import logging
 from typing import Dict, List, Optional
 
-import docker.errors
-
 from catalog.errors import Refused
 from catalog.model import PASSED, RegisteredInstance, RoutingPolicy
 from catalog.stores import Stores
@@ -26,7 +24,7 @@ from catalog.validation import InvalidValue
 
 from .. import metrics
 from ..reconciler import Reconciler
-from .swarm import Swarm, image_ref
+from .swarm import Swarm, SwarmUnavailable, image_ref
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +81,11 @@ class Rollout(Reconciler):
         for ri, verdict in failed:
             by_swarm.setdefault(ri.instance.swarm_service, []).append((ri, verdict))
         for name, items in by_swarm.items():
-            svc = self.swarm.service(name)
+            try:
+                svc = self.swarm.service(name)
+            except SwarmUnavailable as exc:
+                log.warning("%s: Swarm service %s's update not checked this pass: %s", service, name, exc)
+                continue
             if svc is None or not svc.updating or (name, svc.update_started) in self.rolled_back:
                 continue
             new = [(ri, v) for ri, v in items if image_ref(ri.instance.image) == svc.image]
@@ -93,7 +95,7 @@ class Rollout(Reconciler):
             reason = f"task {ri.instance.container_name} of {svc.image} {verdict.state}: {verdict.summary}"
             try:
                 self.swarm.roll_back(svc)
-            except (Refused, docker.errors.APIError) as exc:
+            except (Refused, SwarmUnavailable) as exc:
                 log.warning("%s: could not roll Swarm service %s back: %s", service, name, exc)
                 continue
             self.rolled_back.add((name, svc.update_started))

@@ -133,11 +133,13 @@ class Swarm:
         self._update(svc, svc.spec, what="rolling it back", rollback="previous")
 
     def _update(self, svc: SwarmService, spec: dict, what: str, **params) -> None:
-        response = self.api._post_json(self.api._url("/services/{0}/update", svc.id), data=spec,
-                                       params={"version": svc.version_index, **params})
+        with _engine_answers(f"{what} (Swarm service {svc.name})"):
+            response = self.api._post_json(self.api._url("/services/{0}/update", svc.id), data=spec,
+                                           params={"version": svc.version_index, **params})
         try:
             self.api._raise_for_status(response)
         except docker.errors.APIError as exc:
             if "out of sequence" in str(exc):
                 raise SwarmError(f"Swarm service {svc.name} changed while {what}; try again") from None
-            raise
+            raise SwarmError(f"Swarm service {svc.name}: the Docker Engine refused {what}: "
+                             f"{exc.explanation or exc}") from None

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from gatekeeper.fleet.swarm import Swarm, SwarmError, SwarmService
 from tests.conftest import SESSION
 from testbed.load import KeepAliveLoad
 from testbed.processes import PrometheusServer, get_json
@@ -236,6 +237,9 @@ def test_scale_by_hand_through_gatekeeper_within_bounds_and_clear_refusals(stack
     code, out, err = stack.gatekeeper_cli("status", name)
     assert code == 0 and "replicas desired 3, running 3, admitted 3" in out and "bounds 1..3" in out, out + err
     assert "set by hand" in stack.gatekeeper_cli("history", name)[1]
+    gone = SwarmService("no-such-service-id", "gone", 1, 1, "demo:v1", registers_as="gone")
+    with pytest.raises(SwarmError, match="Swarm service gone: the Docker Engine refused scaling it: \\S"):
+        Swarm(stack.docker).scale(gone, 2)                  # an update Swarm refuses: its reason, no traceback
 
 
 def test_the_autoscaler_follows_load_out_and_back_in_with_no_failed_request(stack):

@@ -10,7 +10,7 @@ import docker
 
 from catalog.cli import EXIT_UNREACHABLE
 from catalog.model import Instance
-from gatekeeper.fleet.swarm import Swarm, SwarmUnavailable
+from gatekeeper.fleet.swarm import Swarm, SwarmService, SwarmUnavailable
 from gatekeeper.report.status import collect, render_text
 
 
@@ -34,12 +34,14 @@ def test_status_reports_every_service_and_why_its_replicas_are_unknown(stores, u
         stores.forget_service(unique)
 
 
-def test_a_swarm_read_the_engine_does_not_answer_is_unreachable_not_a_traceback(tmp_path):
+def test_a_swarm_call_the_engine_does_not_answer_is_unreachable_not_a_traceback(tmp_path):
     swarm = Swarm(docker.DockerClient(base_url=f"unix://{tmp_path}/docker.sock", version="1.41", timeout=2))
-    for read in (lambda: swarm.active(), lambda: swarm.service("demo"), lambda: swarm.scaled_services()):
+    svc = SwarmService("id", "demo-svc", 9, 3, "demo:v2", registers_as="demo")
+    for call in (swarm.active, lambda: swarm.service("demo"), swarm.scaled_services, lambda: swarm.running_tasks(svc),
+                 lambda: swarm.scale(svc, 2), lambda: swarm.roll_back(svc)):
         try:
-            read()
+            call()
         except SwarmUnavailable as exc:
             assert exc.exit_code == EXIT_UNREACHABLE and "try again in a moment" in str(exc)
         else:
-            raise AssertionError("a Swarm read of an engine that does not answer returned")
+            raise AssertionError("a Swarm call to an engine that does not answer returned")

@@ -2,7 +2,7 @@
 runs them against Swarm, Consul and nginx."""
 from catalog.model import FAILED, PASSED, Instance, RegisteredInstance, RoutingPolicy, Verdict
 from gatekeeper.fleet.rollout import CLOSED, OPEN, Rollout, marker_state, serves
-from gatekeeper.fleet.swarm import SwarmService
+from gatekeeper.fleet.swarm import SwarmService, SwarmUnavailable
 
 
 def ri(n, version="v1", admitted=True, mirror=True, image=None):
@@ -108,6 +108,27 @@ def test_no_rollback_without_an_update_for_an_old_image_or_for_a_pass():
         Rollout(Store(RoutingPolicy("demo", stable="v1"), verdicts), swarm).reconcile(
             "demo", [ri(4, "v2", admitted=False, image=image)])
         assert swarm.rollbacks == ([] if image is None else ["demo"]), (svc, verdicts, image)
+
+
+class Silent(Swarm):
+    """An engine that does not answer Swarm reads until told to."""
+    answering = False
+
+    def service(self, name):
+        if not self.answering:
+            raise SwarmUnavailable("the Docker Engine did not answer while listing Swarm services")
+        return super().service(name)
+
+
+def test_an_engine_that_does_not_answer_delays_the_rollback_to_a_later_pass_and_loses_it_not(caplog):
+    failed = Verdict("h:demo.4:8080", "c4", "demo-test:latest", FAILED, "3/9 passed")
+    swarm, store = Silent(updating()), Store(RoutingPolicy("demo", stable="v1"), [failed])
+    r = Rollout(store, swarm)
+    r.reconcile("demo", [ri(1), ri(4, "v2", admitted=False)])
+    assert swarm.rollbacks == [] and "update not checked this pass" in caplog.text
+    swarm.answering = True
+    r.reconcile("demo", [ri(1), ri(4, "v2", admitted=False)])
+    assert swarm.rollbacks == ["demo"]
 
 
 class Swarms(Swarm):
