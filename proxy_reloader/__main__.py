@@ -18,12 +18,11 @@ import socket
 import sys
 from pathlib import Path
 
-import requests
-
 from catalog.cli import (EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, add_consul_options,
-                         consul_address, consul_unreachable, exit_code_epilog)
+                         consul_address, consul_refusal, consul_unreachable, exit_code_epilog)
 from catalog import schema
-from catalog.consul_client import read_token
+from catalog.consul_client import ConsulException, read_token
+from catalog.retry import TRANSIENT
 from catalog.stores import ProxyStore, Stores
 from catalog.stores.proxies import advertised
 from catalog.logs import setup_logging
@@ -179,12 +178,19 @@ def main(argv=None) -> int:
                 return EXIT_FAILED
             logging.warning("first render failed (%s); nginx starts with what is on disk", exc)
             changed = False
-        except (requests.ConnectionError, requests.Timeout) as exc:
+        except TRANSIENT as exc:                # Consul unreachable, or refusing (no leader yet, a token)
+            why = (consul_refusal(args.consul, exc) if isinstance(exc, ConsulException)
+                   else consul_unreachable(args.consul, exc))
             if args.once:
-                print(f"proxy-reloader: {consul_unreachable(args.consul, exc)}", file=sys.stderr)
+                print(f"proxy-reloader: {why}", file=sys.stderr)
                 return EXIT_UNREACHABLE
-            logging.warning("first render: %s; nginx starts with what is on disk", consul_unreachable(args.consul, exc))
+            logging.warning("first render: %s; nginx starts with what is on disk", why)
             changed = False
+        except OSError as exc:                  # the prefix: not writable, a disk full
+            if args.once:
+                print(f"proxy-reloader: {exc}", file=sys.stderr)
+                return EXIT_FAILED
+            raise
         if args.once:
             print(f"config {'written' if changed else 'unchanged'}: {nginx.conf}")
             return EXIT_OK

@@ -5,12 +5,16 @@ instance of `proxystack-metrics`, which Prometheus discovers."""
 from __future__ import annotations
 
 import json
+import logging
 from typing import List, Optional
 
 from ..consul_client import ConsulClient, ConsulError
+from ..retry import TRANSIENT
 from ..kv_layout import SERVED
 from ..model import ProxyState
 from .instances import GATE_TTL
+
+log = logging.getLogger(__name__)
 
 PROXY_SERVICE = "proxy-reloader"
 METRICS_SERVICE = "proxystack-metrics"     # each daemon's metrics endpoint, for Prometheus
@@ -72,8 +76,16 @@ class ProxyStore:
                     reap_after: str = PROXY_REAP_AFTER) -> "SelfReport":
         """Register a component as a service with two TTL checks: `:config` (is its config
         applied, with a note) and `:alive` (a heartbeat; Consul removes the registration once it
-        has been critical for `reap_after`, so a killed component does not count for ever)."""
-        return SelfReport(self.consul, name, service_id, address, alive_ttl, reap_after).register()
+        has been critical for `reap_after`, so a killed component does not count for ever).
+        Consul not answering yet (the component starts first, or Consul is electing a leader) is
+        no reason to stop: the registration is made at the first report Consul takes."""
+        report = SelfReport(self.consul, name, service_id, address, alive_ttl, reap_after)
+        try:
+            return report.register()
+        except TRANSIENT as exc:
+            log.warning("%s: not registered in Consul yet (%s); registered at the first report Consul takes",
+                        service_id, exc)
+            return report
 
     def announce_metrics(self, service_id: str, component: str, address: str) -> None:
         """Register a daemon's metrics endpoint as an instance of `proxystack-metrics` (which

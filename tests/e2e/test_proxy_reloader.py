@@ -203,6 +203,38 @@ def test_consul_down_for_10_seconds_traffic_continues(two_demo_instances, consul
     stores.instances.deregister("px:after-outage-33001:8080")
 
 
+def test_a_proxy_that_starts_before_consul_serves_what_it_had_and_registers_once_consul_is_back(
+        two_demo_instances, consul_server, tmp_path):
+    """A host's boot, or Consul electing a leader: proxy-reloader (--exec --report-check, as compose
+    and Ansible run it) comes up while Consul does not answer. nginx starts with the config on
+    disk, and the proxy registers itself at its first report Consul takes."""
+    listen, admin = 18016, 19016
+    args = python_module("proxy_reloader", "--consul", consul_server.address, "--consul-token-file",
+                         consul_server.token_file("proxy-reloader"), "--nginx-prefix", str(tmp_path / "nginx"),
+                         "--listen", f"127.0.0.1:{listen}", "--admin", f"127.0.0.1:{admin}", "--exec",
+                         "--report-check")
+    first = Proc("proxy-reloader-before", args, tmp_path).start()
+    try:
+        wait_until(lambda: get("/demo/1", port=listen)[0] == 200, 30, "the second proxy serving")
+    finally:
+        first.stop()
+    again = Proc("proxy-reloader-boot", args, tmp_path)
+    consul_server.stop()
+    try:
+        again.start()
+        wait_until(lambda: get("/demo/1", port=listen)[0] == 200, 30, "served from the config on disk, Consul down")
+        assert again.alive(), again.log()[-2000:]
+    finally:
+        consul_server.start()
+    try:
+        wait_until(lambda: proxy_check(consul_server, listen)["Status"] == "passing", 60,
+                   "the proxy registered and reporting once Consul is back")
+        assert "Traceback" not in again.log() and "not registered in Consul yet" in again.log(), again.log()[-2000:]
+        assert get("/demo/1", port=listen)[0] == 200
+    finally:
+        again.stop()
+
+
 def test_panic_keeps_serving_when_every_instance_fails_a_health_check(two_demo_instances, consul_server):
     _, instances = two_demo_instances
     url = f"http://{consul_server.address}/v1/agent/check"
@@ -227,6 +259,17 @@ def test_exec_mode_restarts_nginx_when_it_dies(reloader, stores):
                int(open(pid_file).read()) != old, 30, "nginx restarted by proxy-reloader")
     assert "restarting" in reloader.log()
     stores.instances.deregister("px:execd-34001:8080")
+
+
+def test_once_with_a_token_consul_refuses_says_so_and_exits_3(consul_server, tmp_path):
+    bogus = tmp_path / "bogus.token"
+    bogus.write_text("00000000-0000-0000-0000-000000000000\n")
+    once = subprocess.run(python_module(
+        "proxy_reloader", "--consul", consul_server.address, "--consul-token-file", str(bogus),
+        "--nginx-prefix", str(tmp_path / "nginx"), "--listen", "127.0.0.1:18017", "--once"),
+        capture_output=True, text=True, timeout=60)
+    assert once.returncode == 3 and "Traceback" not in once.stderr, once.stderr
+    assert f"Consul at {consul_server.address} refused the request" in once.stderr and "token" in once.stderr, once.stderr
 
 
 @pytest.fixture
