@@ -155,13 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args, stores: Stores) -> int:
-    import docker
+    from catalog.engine import engine_client
 
     from . import app
 
     setup_logging("gatekeeper", args.verbose)
     options = app.options_from(args)
-    return app.run(stores, docker.from_env(timeout=30), options, args.consul)
+    # the engine runs the integration tests: wait for one that is not up yet (a host's boot)
+    return app.run(stores, engine_client(what="the Docker Engine (gatekeeper)"), options, args.consul)
 
 
 def _known_service(stores: Stores, service: str) -> None:

@@ -13,6 +13,7 @@ import docker
 import docker.errors
 import requests
 
+from catalog.engine import engine_client
 from catalog.model import GATE_MARKER
 
 log = logging.getLogger(__name__)
@@ -108,9 +109,10 @@ def _marker_tar(state: str) -> bytes:
 class DockerSource:
     """Narrow Docker interface: inspect, running containers, events."""
 
-    def __init__(self, base_url: Optional[str] = None, timeout: float = 10.0):
-        kwargs = {"timeout": timeout}
-        self.client = docker.DockerClient(base_url=base_url, **kwargs) if base_url else docker.from_env(**kwargs)
+    def __init__(self, base_url: Optional[str] = None, timeout: float = 10.0, attempts: Optional[int] = None):
+        """Waits for an engine that does not answer yet (`attempts`: at most so many tries);
+        ValueError for an address no engine can have."""
+        self.client = engine_client(base_url, timeout, attempts, what="the Docker Engine (registrator)")
         self.api = self.client.api
 
     def ping(self) -> bool:

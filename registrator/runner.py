@@ -50,9 +50,9 @@ class Runner:
 
     # --- event reader thread --------------------------------------------------------------
     def _read_events(self, first_ready: threading.Event) -> None:
-        first = True
         while not self.stopping.is_set():
-            ready = first_ready if first else threading.Event()
+            # until a first subscription holds, each try may be the first (run() waits for it)
+            ready = threading.Event() if first_ready.is_set() else first_ready
             try:
                 self.docker.stream_events(self.events.put, ready, self.stopping)
                 if not self.stopping.is_set():
@@ -62,8 +62,8 @@ class Runner:
             if self.stopping.is_set():
                 return
             self._wait_for_docker()
-            first = False
-            self.events.put(_RESYNC)      # containers may have changed while we were away
+            if first_ready.is_set():
+                self.events.put(_RESYNC)      # containers may have changed while we were away
 
     @backoff(max_wait=10.0, on=DOCKER_ERRORS, what="Docker ping")
     def _wait_for_docker(self) -> None:
@@ -76,7 +76,9 @@ class Runner:
         ready = threading.Event()
         reader = threading.Thread(target=self._read_events, args=(ready,), name="docker-events", daemon=True)
         reader.start()
-        ready.wait()                       # subscribed first ...
+        while not ready.wait(0.5):         # subscribed first ...
+            if self.stopping.is_set():
+                return
         self._sync()                       # ... then list and sync ...
         next_resync = time.monotonic() + self.options.resync_every
         next_token_check = time.monotonic() + self.options.token_check_every

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import threading
 import time
@@ -89,6 +90,32 @@ def test_sigterm_leaves_registrations_and_cleanup_on_exit_removes_them(stores, c
     wait_until(lambda: reg.log().count("sync:") >= 2, 20, "the second registrator's first sync")
     reg.stop()
     assert instance_of(stores, c) is None
+
+
+def test_a_registrator_started_before_its_engine_waits_for_it_then_registers(
+        stores, consul_server, tmp_path, run_container):
+    """A host's boot: registrator comes up before dockerd answers. It says it waits, and once
+    the engine answers (here: its socket appears where --docker points) it syncs and registers."""
+    c = run_container("demo:v1", labels=LABELS)
+    socket = tmp_path / "engine.sock"
+    reg = start_registrator(consul_server, tmp_path, "--docker", f"unix://{socket}")
+    try:
+        wait_until(lambda: "connecting to the Docker Engine (registrator) failed" in reg.log(), 20,
+                   "registrator saying it waits for the engine")
+        assert reg.alive() and instance_of(stores, c) is None
+        socket.symlink_to(os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock").removeprefix("unix://"))
+        wait_until(lambda: instance_of(stores, c), 30, "registration once the engine answers")
+        assert "Traceback" not in reg.log(), reg.log()[-2000:]
+    finally:
+        reg.stop()
+
+
+def test_a_docker_address_no_engine_can_have_is_refused_at_once(consul_server, tmp_path):
+    out = subprocess.run(python_module(
+        "registrator", "--consul", consul_server.address, "--consul-token-file", consul_server.token_file("registrator"),
+        "--docker", "foo://nowhere"), capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and "foo://nowhere: not a Docker Engine address" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
 
 
 def test_sigkill_and_restart_removes_own_stale_adds_missed_and_touches_nothing_else(

@@ -84,3 +84,15 @@ def test_a_published_udp_port_is_read_as_udp_and_registered_marked(docker_client
     assert {(p.container_port, p.protocol) for p in seen.ports} >= {(8080, "tcp"), (5353, "udp")}
     by_port = {i.id.split(":", 2)[2]: i for i in instances_for(seen, Settings(hostname="h"))}
     assert by_port["5353:udp"].udp and not by_port["8080"].udp
+
+
+def test_an_engine_that_does_not_answer_is_waited_for_and_a_bad_address_refused_at_once(tmp_path):
+    import pytest
+
+    from catalog.engine import EngineNotUp, engine_client
+    t0 = time.monotonic()
+    with pytest.raises(ValueError, match="foo://nowhere: not a Docker Engine address"):
+        DockerSource("foo://nowhere")
+    assert time.monotonic() - t0 < 2, "an address no engine can have is not waited for"
+    with pytest.raises(EngineNotUp, match="no answer from unix://"):
+        engine_client(f"unix://{tmp_path}/docker.sock", attempts=2)

@@ -83,6 +83,48 @@ def test_a_broken_event_stream_reconnects_and_resyncs_away_what_died_meanwhile()
     assert run_until(runner, lambda: dock.syncs >= 2 and reg.services == {})
 
 
+class FirstSubscriptionFails(ScriptedDocker):
+    """The engine drops between the client's first request and the event subscription."""
+
+    def __init__(self):
+        super().__init__([])
+        self.tries = 0
+
+    def stream_events(self, on_event, ready, stop):
+        self.tries += 1
+        if self.tries == 1:
+            raise ConnectionError("the engine went away")
+        super().stream_events(on_event, ready, stop)
+
+
+def test_a_first_event_subscription_that_fails_is_tried_again_and_the_first_sync_still_happens():
+    reg = InMemoryRegistry()
+    dock = FirstSubscriptionFails()
+    dock.add("c1", "web", labels=L)
+    runner = Runner(Bridge(reg.instances, reg.rejections, dock, Settings(hostname="h")), dock, RunnerOptions(resync_every=60))
+    assert run_until(runner, lambda: set(reg.services) == {"h:web:8080"})
+    assert dock.tries == 2
+
+
+def test_a_registrator_stopped_before_its_first_subscription_stops():
+    class NeverSubscribes(ScriptedDocker):
+        def stream_events(self, on_event, ready, stop):
+            raise ConnectionError("no engine")
+
+        def ping(self):
+            raise ConnectionError("no engine")
+
+    dock = NeverSubscribes([])
+    reg = InMemoryRegistry()
+    runner = Runner(Bridge(reg.instances, reg.rejections, dock, Settings(hostname="h")), dock, RunnerOptions(resync_every=60))
+    t = threading.Thread(target=runner.run, daemon=True)
+    t.start()
+    time.sleep(0.3)
+    runner.stop()
+    t.join(5)
+    assert not t.is_alive(), "run() must return on stop even before the engine ever answered"
+
+
 def test_kill_with_sigterm_takes_the_instance_out_but_a_sighup_does_not():
     reg = InMemoryRegistry()
     dock = ScriptedDocker([[lambda: time.sleep(0.2), ContainerEvent("kill", "c1", {"signal": "1"}),
