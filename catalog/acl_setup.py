@@ -162,6 +162,7 @@ def setup(address: str, tokens: Path, changes: Optional[List[str]] = None, nodes
     per host (secrets["registrator-NAME"]); what was changed is appended to `changes` (nothing on
     a run that finds all as it should be)."""
     changes = [] if changes is None else changes
+    Api(address)                            # a bad address or TLS setting: said before anything is written
     if not tokens.is_dir():                 # made private; an existing folder keeps the mode it was given
         tokens.mkdir(parents=True)
         os.chmod(tokens, 0o700)
@@ -236,6 +237,13 @@ def main(argv=None) -> int:
         setup(args.consul, Path(args.tokens), changes, args.node, args.host)
     except (AclSetupError, requests.RequestException) as exc:
         print(f"acl setup: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:                      # --consul, the CONSUL_* TLS variables
+        print(f"acl setup: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:                         # the token folder: not creatable, a file not readable
+        print(f"acl setup: {exc.filename or args.tokens}: {exc.strerror}; fix its owner or mode, or "
+              "pass another --tokens", file=sys.stderr)
         return 1
     print(f"ACL tokens for {', '.join(PARTS)} in {args.tokens}")
     # the last line says whether anything changed (Ansible's changed_when reads it)

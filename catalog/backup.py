@@ -216,6 +216,9 @@ def main(argv=None) -> int:
     except OSError as exc:                         # a folder that does not exist, no permission
         print(f"error: {exc.filename or args.file}: {exc.strerror}; nothing written", file=sys.stderr)
         return BadInput.exit_code
+    except ValueError as exc:                      # --consul, the CONSUL_* TLS variables
+        print(f"error: {exc}; nothing written", file=sys.stderr)
+        return BadInput.exit_code
     print(json.dumps(manifest) if args.json else said)
     return 0
 

@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging("dashboard", args.verbose)
     host, _, port = args.listen.rpartition(":")
-    if not host or not port.isdigit():
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
         print(f"dashboard: --listen {args.listen!r} is not HOST:PORT (for example 127.0.0.1:8005)", file=sys.stderr)
         return EXIT_USAGE
     try:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -138,11 +139,26 @@ def main(argv=None) -> int:
     except ValueError as exc:
         return fail(EXIT_USAGE, str(exc))
     except (requests.ConnectionError, requests.Timeout) as exc:
-        return fail(EXIT_UNREACHABLE, f"Consul at {args.consul} is unreachable: {exc.__class__.__name__}")
+        # build-and-push speaks to the engine only; deploy to Consul and the engine
+        where = f"Consul at {args.consul} or the Docker Engine" if getattr(args, "consul", None) else "the Docker Engine"
+        return fail(EXIT_UNREACHABLE, f"{where} stopped answering: {exc.__class__.__name__}: {exc}")
+    except shutil.Error as exc:               # copying SOURCE: an unreadable file, a dangling link
+        return fail(EXIT_FAILED, f"could not copy the source folder: {copy_errors(exc)}")
+    except OSError as exc:
+        return fail(EXIT_FAILED, f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}")
     except Exception as exc:  # noqa: BLE001 - a CD job needs a message and an exit code, not a traceback
         if exc.__class__.__module__.startswith(("consul", "docker")):
             return fail(EXIT_UNREACHABLE, f"{exc.__class__.__name__}: {exc}")
         raise
+
+
+def copy_errors(exc: shutil.Error) -> str:
+    """shutil.copytree's error: a list of (source, destination, why), said for the first."""
+    found = exc.args[0] if exc.args and isinstance(exc.args[0], list) else []
+    if not found:
+        return str(exc)
+    src, _, why = found[0]
+    return f"{src}: {why}" + (f" (and {len(found) - 1} more)" if len(found) > 1 else "")
 
 
 if __name__ == "__main__":

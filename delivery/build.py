@@ -50,7 +50,10 @@ def check_registry(registry: str) -> str:
 def git_version(source: Path) -> str:
     """The commit the source is at (12 hex digits), with '-dirty' when it has local changes."""
     def git(*args):
-        return subprocess.run(["git", "-C", str(source), *args], capture_output=True, text=True, timeout=30)
+        try:
+            return subprocess.run(["git", "-C", str(source), *args], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ValueError(f"cannot run git to name the version ({exc}); give --version") from None
     sha = git("rev-parse", "--short=12", "HEAD")
     if sha.returncode != 0:
         raise ValueError(f"{source} is not in a git checkout; give --version")

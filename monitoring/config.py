@@ -35,7 +35,11 @@ def main(argv=None) -> int:
     p.add_argument("--listen", default="", help="Prometheus's own address, to scrape itself too")
     p.add_argument("--out", required=True, help="where to write the configuration")
     args = p.parse_args(argv)
-    Path(args.out).write_text(render(args.targets, args.rules, args.interval, args.listen))
+    try:
+        Path(args.out).write_text(render(args.targets, args.rules, args.interval, args.listen))
+    except OSError as exc:
+        print(f"monitoring.config: --out {args.out}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -82,8 +82,12 @@ def main(argv=None) -> int:
         print(f"monitoring.targets: {exc}", file=sys.stderr)
         return EXIT_USAGE
     out = Path(args.out)
-    if not out.exists():
-        write_if_changed(out, [])                # Prometheus starts with an empty, valid file
+    try:
+        if not out.exists():
+            write_if_changed(out, [])            # Prometheus starts with an empty, valid file
+    except OSError as exc:
+        print(f"monitoring.targets: --out {out}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())

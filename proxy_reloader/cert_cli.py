@@ -92,6 +92,8 @@ def main(argv=None) -> int:
         return EXIT_OK
     except CertificateRefused as exc:
         return emit_error(as_json, f"refused, nothing stored: {exc}", EXIT_USAGE, PROG)
+    except ValueError as exc:               # the token file, --consul, the CONSUL_* TLS variables
+        return emit_error(as_json, f"{exc}; nothing changed", EXIT_USAGE, PROG)
     except (requests.ConnectionError, requests.Timeout) as exc:
         return emit_error(as_json, consul_unreachable(args.consul, exc), EXIT_UNREACHABLE, PROG)
     except ConsulException as exc:

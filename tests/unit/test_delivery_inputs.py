@@ -107,3 +107,26 @@ def test_every_error_carries_its_exit_code():
     for exc, code in codes.items():
         assert isinstance(exc, StackError) and exc.exit_code == code, type(exc).__name__
     assert isinstance(InvalidValue("f", 1, "r"), ValueError), "callers that catch ValueError still do"
+
+
+def test_without_git_and_without_version_the_cli_says_to_give_one(capsys, tmp_path, monkeypatch):
+    (tmp_path / "svc").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))            # no git anywhere
+    code = main(["build-and-push", str(tmp_path / "svc"), "--registry", "127.0.0.1:5000"])
+    assert code == 2 and "cannot run git to name the version" in capsys.readouterr().err
+
+
+def test_a_source_folder_that_cannot_be_copied_is_named_with_the_reason(tmp_path):
+    import shutil
+
+    from delivery.__main__ import copy_errors
+    from delivery.build import stage
+    (tmp_path / "svc").mkdir()
+    for name in ("Dockerfile", "Dockerfile.test"):
+        (tmp_path / "svc" / name).write_text("FROM scratch\n")
+    (tmp_path / "svc" / "dangling").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "out").mkdir()
+    with pytest.raises(shutil.Error) as refused:
+        stage(tmp_path / "svc", None, tmp_path / "out")
+    said = copy_errors(refused.value)
+    assert said.startswith(f"{tmp_path / 'svc' / 'dangling'}: ") and "No such file" in said
