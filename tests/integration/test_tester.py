@@ -119,3 +119,16 @@ def test_a_test_image_that_tries_to_escape_is_contained_and_fails(docker_client,
         assert stores.consul.kv_get("gatekeeper/policies/stolen")[1] is None
     finally:
         docker_client.images.remove(tag, force=True)
+
+
+def test_stopping_every_test_while_the_engine_is_away_does_not_end_the_daemon(tmp_path, caplog):
+    """Leadership lost, or gatekeeper stopping, while dockerd does not answer: the tests it ran
+    cannot be killed now (they go with the engine, or are removed as leftovers later)."""
+    import docker
+
+    gone = docker.DockerClient(base_url=f"unix://{tmp_path}/docker.sock", version="1.41", timeout=2)
+    tester = DockerTester(gone)
+    tester.running["0123456789abcdef"] = "h:demo:8080"
+    tester.abort_all()
+    assert "could not stop test container 0123456789ab" in caplog.text
+    tester.close()
