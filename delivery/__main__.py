@@ -23,12 +23,14 @@ import shutil
 import sys
 from pathlib import Path
 
+import docker.errors
 import requests
-from catalog.images import image_name
 
 from catalog.cli import (EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, EXIT_UNREACHABLE, EXIT_USAGE, JsonAwareParser,
-                         add_consul_options, consul_address, emit_error, exit_code_epilog)
-from catalog.consul_client import read_token
+                         add_consul_options, consul_address, consul_refusal, consul_unreachable, emit_error,
+                         exit_code_epilog)
+from catalog.images import image_name
+from catalog.consul_client import ConsulException, read_token
 from catalog.stores import Stores
 from catalog.errors import StackError
 
@@ -126,7 +128,12 @@ def main(argv=None) -> int:
         d = Deployment.of(service, args.image, args.tests_image, args.version, args.name,
                           labels=dict(args.label), timeout=args.timeout, keep_failed=args.keep_failed)
         stores = Stores.connect(args.consul, token=read_token(args.consul_token_file))
-        stores.consul.leader()          # fail early when Consul is unreachable or refuses us
+        try:
+            stores.consul.leader()      # fail early when Consul is unreachable or refuses us
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            return fail(EXIT_UNREACHABLE, consul_unreachable(args.consul, exc))
+        except ConsulException as exc:
+            return fail(EXIT_UNREACHABLE, consul_refusal(args.consul, exc))
         client = connect(args.engine, args.tls_dir)
         outcome = deploy(client, stores, d, say=say)
         code = {WAIT_OK: EXIT_OK, WAIT_FAILED: EXIT_FAILED}.get(outcome, EXIT_TIMEOUT)
@@ -142,6 +149,8 @@ def main(argv=None) -> int:
         # build-and-push speaks to the engine only; deploy to Consul and the engine
         where = f"Consul at {args.consul} or the Docker Engine" if getattr(args, "consul", None) else "the Docker Engine"
         return fail(EXIT_UNREACHABLE, f"{where} stopped answering: {exc.__class__.__name__}: {exc}")
+    except (docker.errors.DockerException, ConsulException, requests.RequestException) as exc:
+        return fail(EXIT_UNREACHABLE, f"{exc.__class__.__name__}: {exc}")    # the engine or Consul refused
     except shutil.Error as exc:               # copying SOURCE: an unreadable file, a dangling link
         return fail(EXIT_FAILED, f"could not copy the source folder: {copy_errors(exc)}")
     except OSError as exc:

@@ -396,7 +396,7 @@ def cmd_scale(args, stores: Stores) -> int:
     try:
         client = docker.from_env(timeout=30)
         client.ping()
-    except docker.errors.DockerException as exc:
+    except (docker.errors.DockerException, requests.RequestException) as exc:
         raise Unreachable(f"no Docker Engine answers ({exc}); `gatekeeper scale` talks to a Swarm manager's "
                           "engine (DOCKER_HOST)") from None
     svc, message = scale_by_hand(stores, Swarm(client), args.service, args.replicas)

@@ -9,7 +9,7 @@ import logging
 from typing import List, Optional
 
 from ..consul_client import ConsulClient, ConsulError
-from ..retry import TRANSIENT
+from ..retry import TRANSIENT, is_transient
 from ..kv_layout import SERVED
 from ..model import ProxyState
 from .instances import GATE_TTL
@@ -83,6 +83,8 @@ class ProxyStore:
         try:
             return report.register()
         except TRANSIENT as exc:
+            if not is_transient(exc):           # a refusal that will not change (a bad request)
+                raise
             log.warning("%s: not registered in Consul yet (%s); registered at the first report Consul takes",
                         service_id, exc)
             return report

@@ -37,8 +37,16 @@ class SwarmUnavailable(Unreachable):
 
 @contextmanager
 def _engine_answers(what: str) -> Iterator[None]:
+    """Docker's errors in the adapter's words: 503 (the engine joining or leaving a swarm, its
+    managers without a leader) and no answer at all are SwarmUnavailable, any other refusal a
+    SwarmError with the engine's reason."""
     try:
         yield
+    except docker.errors.APIError as exc:
+        if exc.status_code == 503:
+            raise SwarmUnavailable(f"the Docker Engine's Swarm is unavailable while {what} "
+                                   f"({exc.explanation or exc}); try again in a moment") from None
+        raise SwarmError(f"the Docker Engine refused {what}: {exc.explanation or exc}") from None
     except (docker.errors.DockerException, requests.RequestException) as exc:
         raise SwarmUnavailable(f"the Docker Engine did not answer while {what} ({exc}); "
                                "try again in a moment") from None

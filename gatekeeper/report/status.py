@@ -22,7 +22,7 @@ from catalog.validation import InvalidValue
 
 from ..promotion.analysis import ms, pct
 from ..fleet.autoscaler import admitted_tasks, settings_of
-from ..fleet.swarm import SwarmUnavailable
+from ..fleet.swarm import SwarmError, SwarmUnavailable
 from .explain import explain_instance, proxy_answer
 
 
@@ -189,13 +189,20 @@ def _rejection_dict(r: Rejection) -> dict:
 def replicas_view(stores: Stores, swarm) -> Callable[[str, list], Optional[dict]]:
     """A Swarm service's replicas for `status`: desired (Swarm's spec), running tasks, admitted
     instances, its bounds and targets, and the last change with its reason. An engine that does
-    not answer (joining or leaving a swarm) leaves {"error": why} in place of the replicas."""
+    not answer or refuses (joining or leaving a swarm) is asked once per `status`: a service with
+    Swarm tasks gets {"error": why} in place of its replicas, any other no replicas."""
+    failed: List[str] = []
+
     def view(service: str, registered: list) -> Optional[dict]:
+        tasks = any(ri.instance.swarm_service for ri in registered)
+        if failed:
+            return {"error": failed[0]} if tasks else None
         try:
             svc = swarm.service(service)
             running = swarm.running_tasks(svc) if svc is not None else 0
-        except SwarmUnavailable as exc:
-            return {"error": str(exc)}
+        except (SwarmError, SwarmUnavailable) as exc:
+            failed.append(str(exc))
+            return {"error": failed[0]} if tasks else None
         if svc is None:
             return None
         try:

@@ -96,3 +96,38 @@ def test_an_engine_that_does_not_answer_is_waited_for_and_a_bad_address_refused_
     assert time.monotonic() - t0 < 2, "an address no engine can have is not waited for"
     with pytest.raises(EngineNotUp, match="no answer from unix://"):
         engine_client(f"unix://{tmp_path}/docker.sock", attempts=2)
+
+
+def test_an_engine_socket_this_user_may_not_open_is_refused_at_once_with_what_to_do(tmp_path):
+    """Waiting would never help: a user outside the docker group is told so, not kept waiting.
+    Tried from a forked child that has become another user (the interpreter is already loaded)."""
+    import os
+    import socket
+
+    import pytest
+
+    from catalog.engine import engine_client
+    if os.geteuid() != 0:
+        pytest.skip("needs root to try the socket as another user")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(tmp_path / "docker.sock"))
+    sock.listen(1)
+    os.chmod(tmp_path / "docker.sock", 0o600)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                    # the child: nobody
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            engine_client(f"unix://{tmp_path}/docker.sock", attempts=1, timeout=2)
+            said = "connected"
+        except BaseException as exc:                # noqa: BLE001 - reported to the parent
+            said = f"{type(exc).__name__}: {exc}"
+        os.write(write, said.encode()[:4000])
+        os._exit(0)
+    os.close(write)
+    said = os.read(read, 4000).decode()
+    os.waitpid(pid, 0)
+    sock.close()
+    assert said.startswith("ValueError: ") and \
+        "permission denied; run as root or as a member of the docker group" in said, said

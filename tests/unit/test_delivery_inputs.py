@@ -130,3 +130,18 @@ def test_a_source_folder_that_cannot_be_copied_is_named_with_the_reason(tmp_path
         stage(tmp_path / "svc", None, tmp_path / "out")
     said = copy_errors(refused.value)
     assert said.startswith(f"{tmp_path / 'svc' / 'dangling'}: ") and "No such file" in said
+
+
+def test_an_engine_refusal_is_exit_3_not_a_failed_test(capsys, tmp_path, monkeypatch):
+    """docker's APIError is an OSError too (through requests): it must still read as 'the engine
+    refused' (3), never as 'the tests failed' (1), which a CD job acts on differently."""
+    import docker.errors
+
+    import delivery.__main__ as cli
+
+    def refusing(*_):
+        raise docker.errors.APIError("409 Client Error: Conflict", explanation="the name is in use")
+    monkeypatch.setattr(cli, "connect", refusing)
+    (tmp_path / "svc").mkdir()
+    code = main(["build-and-push", str(tmp_path / "svc"), "--registry", "127.0.0.1:5000", "--version", "v1"])
+    assert code == 3 and "APIError" in capsys.readouterr().err
