@@ -62,10 +62,15 @@ class NginxChild:
                 return
             log.error("nginx exited unexpectedly (code %s); restarting in %.1f s", code, delay)
             self._finish_orphans(self.proc.pid)
-            time.sleep(delay)
-            delay = min(delay * 2, 10.0)
-            self.restarts += 1
-            self._spawn()
+            while not self.stopping.wait(delay):
+                delay = min(delay * 2, 10.0)
+                try:
+                    self._spawn()
+                except OSError as exc:      # no memory or processes left to fork, the binary away
+                    log.error("could not start nginx (%s); trying again in %.1f s", exc, delay)
+                    continue
+                self.restarts += 1
+                break
 
     def stop(self, timeout: float = 30.0) -> None:
         self.stopping.set()
