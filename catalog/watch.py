@@ -61,7 +61,12 @@ class Watch(threading.Thread):
                 self.disrupted_at = time.monotonic()     # Consul restarted or restored a snapshot
             if self.tracker.advance(index) and data != self.last_data:
                 self.last_data = data
-                self.changed()
+                try:
+                    self.changed()
+                except Exception:           # a handler that failed (a disk full) tries again
+                    log.exception("%s: acting on the change failed; trying again in 5 s", self.name)
+                    self.last_data, self.tracker.index = None, 0     # the next query answers at once
+                    self.stopping.wait(5.0)
 
     @backoff(max_wait=10.0, what="Consul blocking query")
     def _fetch(self):

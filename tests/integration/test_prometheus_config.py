@@ -77,3 +77,28 @@ def test_the_watcher_follows_announcements_in_consul(consul_server, tmp_path, un
         with contextlib.suppress(Exception):       # already withdrawn when the test got that far
             gatekeeper.proxies.withdraw(sid)
         watcher.stop()
+
+
+def test_a_targets_file_that_cannot_be_written_for_a_while_is_written_once_it_can(consul_server, tmp_path, unique):
+    """A full disk or a volume away for a moment must not leave Prometheus's targets frozen."""
+    folder = tmp_path / "sd"
+    folder.mkdir()
+    out = folder / "targets.json"
+    watcher = Proc("targets-away", python_module("monitoring.targets", "--consul", consul_server.address,
+                                                 "--consul-token-file", consul_server.token_file("prometheus"),
+                                                 "--out", str(out)), tmp_path).start()
+    gatekeeper = Stores.connect(consul_server.address, token=open(consul_server.token_file("gatekeeper")).read().strip())
+    sid = f"proxystack-metrics:gatekeeper:{unique}"
+    try:
+        wait_until(lambda: out.exists(), 30, "the targets file")
+        out.unlink()
+        folder.rmdir()                                   # the folder away: the next write fails
+        gatekeeper.proxies.announce_metrics(sid, "gatekeeper", "127.0.0.1:18998")
+        wait_until(lambda: "acting on the change failed" in watcher.log(), 30, "the failed write, said")
+        folder.mkdir()
+        wait_until(lambda: out.exists() and sid in out.read_text(), 30, "the file written once the folder is back")
+        assert watcher.alive()
+    finally:
+        with contextlib.suppress(Exception):
+            gatekeeper.proxies.withdraw(sid)
+        watcher.stop()
