@@ -33,7 +33,8 @@ def is_transient(exc: BaseException) -> bool:
         if isinstance(exc, (NotFound, BadRequest)):
             return False
         m = _STATUS.search(str(exc))
-        return m is None or m.group(1).startswith("5")
+        # 5xx, and 429: the agent's per-client connection limit, free again in a moment
+        return m is None or m.group(1).startswith("5") or m.group(1) == "429"
     return False
 
 

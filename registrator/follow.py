@@ -43,7 +43,9 @@ class NodeFollower:
                            self.wait, self.stopping)
         self.watch.run()
 
-    @backoff(max_wait=10.0, what="reading this agent's node name")
+    # any failure: without the node's name the follower would never start, and the host's gates,
+    # actions and markers with it
+    @backoff(max_wait=10.0, on=(Exception,), what="reading this agent's node name")
     def _node_name(self) -> str:
         return self.instances.node_name()
 

@@ -118,3 +118,29 @@ def test_started_it_follows_its_own_nodes_records_with_blocking_queries():
     stopping.set()
     assert store.applied == [(a.id, False, NO_DECISION)], "the first answer (no record) shuts the forged gate"
     assert store.asked[0] == ("h2", 0) and store.asked[1] == ("h2", 2), "then it blocks on the answer's index"
+
+
+def test_a_node_name_the_agent_does_not_give_at_first_is_asked_again_and_the_mirror_starts():
+    """An agent at its connection limit (429), or an odd answer, at the registrator's start: the
+    follower must not die with it, or no gate on this host would ever open."""
+    import consul.base
+
+    store = Store()
+    a = inst("a")
+    store.instances[a.id] = a
+    store.checks[a.gate_check_id] = ("passing", "forged")
+    answers = [consul.base.ClientError("429 Too Many Requests"), ValueError("not JSON")]
+    real_node_name = store.node_name
+
+    def node_name():
+        if answers:
+            raise answers.pop(0)
+        return real_node_name()
+    store.node_name = node_name
+    stopping = threading.Event()
+    GateMirror(store, store, "registrator@h2", stopping, wait=0.05).start()
+    deadline = time.monotonic() + 10
+    while not store.applied and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stopping.set()
+    assert store.applied == [(a.id, False, NO_DECISION)] and not answers
