@@ -164,8 +164,11 @@ class AcmeIssuer:
             except (AcmeError, CertificateRefused) as exc:
                 self._failed(host, str(exc))
                 self._forget(host, keep_renewal=True)     # a failed order: the next try starts afresh
+                if isinstance(exc, AcmeError):
+                    self._client = None     # the server may have forgotten the account: register again
             except (OSError, ValueError) as exc:
                 self._failed(host, f"ACME server unreachable or unreadable: {exc}")
+                self._client = None         # a server back from a restart may know the account no more
         return done
 
     def _failed(self, host: str, error: str) -> None:

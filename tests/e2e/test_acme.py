@@ -13,6 +13,7 @@ import subprocess
 import time
 
 import pytest
+import requests
 
 from catalog import route_settings
 from catalog.kv_layout import ACME_LEADER, ACME_ORDERS
@@ -140,3 +141,24 @@ def test_the_leading_issuer_killed_mid_order_the_other_resumes_it_and_one_certif
     time.sleep(2)                                       # nothing more is issued for it
     assert issued_in_logs(base, host) == 1
     assert stores.consul.kv_get(ACME_ORDERS + host)[1] is None
+
+
+def test_a_ca_that_restarted_and_forgot_the_account_issues_again(acme, service, consul_server, unique):
+    """pebble keeps accounts in memory, as a CA reset or a deactivated account would lose them: the
+    issuer registers again instead of failing every order until it is restarted."""
+    pebble, procs, base = acme
+    host = f"{unique}.acme.test"
+    service(host)
+    wait_until(lambda: acme_cert("p1", host).get("source") == "acme", 60, "a certificate: the account registered")
+    first = acme_cert("p1", host)["fingerprint"]
+    pebble.proc.stop()
+    pebble.proc.start()
+    wait_until(lambda: requests.get(pebble.directory, verify=pebble.ca_bundle, timeout=2).status_code == 200, 30,
+               "pebble back, without the issuer's account")
+    renew = subprocess.run([str(ROOT / ".venv/bin/proxy-reloader"), "cert", "renew", host, "--consul",
+                            consul_server.address, "--consul-token-file", consul_server.token_file("operator")],
+                           capture_output=True, text=True, timeout=30)
+    assert renew.returncode == 0, renew.stderr
+    wait_until(lambda: acme_cert("p1", host).get("fingerprint") not in (None, first), 90,
+               "the certificate renewed by the restarted CA")
+    assert served_fingerprint(TLS, host, ADDRESSES["p1"]) == acme_cert("p1", host)["fingerprint"]
