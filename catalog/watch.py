@@ -47,6 +47,7 @@ class Watch(threading.Thread):
         self.tracker = IndexTracker()
         self.last_data = None
         self.disrupted_at = 0.0      # monotonic time of the last failed query or index reset
+        self.failed_at, self.last_error, self.retry_in = 0.0, "", 5.0     # the handler's last failure
 
     def run(self) -> None:
         while not self.stopping.is_set():
@@ -59,14 +60,31 @@ class Watch(threading.Thread):
                 continue
             if int(index) < self.tracker.index:
                 self.disrupted_at = time.monotonic()     # Consul restarted or restored a snapshot
-            if self.tracker.advance(index) and data != self.last_data:
+            if self.tracker.advance(index) and (data != self.last_data or self.failed_at):
                 self.last_data = data
-                try:
-                    self.changed()
-                except Exception:           # a handler that failed (a disk full) tries again
-                    log.exception("%s: acting on the change failed; trying again in 5 s", self.name)
-                    self.last_data, self.tracker.index = None, 0     # the next query answers at once
-                    self.stopping.wait(5.0)
+                self._act()
+
+    def _act(self) -> None:
+        """Call the handler; one that fails (a disk full) is called again after a wait that
+        doubles up to a minute, the next query answering at once. Its traceback is logged when
+        the error is new, a line otherwise."""
+        try:
+            self.changed()
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            self.retry_in = min(self.retry_in * 2, 60.0) if self.failed_at else 5.0
+            if error != self.last_error:
+                log.exception("%s: acting on the change failed; trying again in %.0f s", self.name, self.retry_in)
+            else:
+                log.error("%s: acting on the change failed again (%s); trying again in %.0f s", self.name, error,
+                          self.retry_in)
+            self.failed_at, self.last_error = time.monotonic(), error
+            self.tracker.index = 0
+            self.stopping.wait(self.retry_in)
+            return
+        if self.failed_at:
+            log.info("%s: acting on the change works again", self.name)
+        self.failed_at, self.last_error, self.retry_in = 0.0, "", 5.0
 
     @backoff(max_wait=10.0, what="Consul blocking query")
     def _fetch(self):

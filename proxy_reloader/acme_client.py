@@ -31,7 +31,15 @@ BAD_NONCE = "urn:ietf:params:acme:error:badNonce"
 
 
 class AcmeError(RuntimeError):
-    """The ACME server refused or failed; the message carries its problem document."""
+    """The ACME server refused or failed; the message carries its problem document, `problem`
+    its type (urn:ietf:params:acme:error:...) when the server sent one."""
+
+    def __init__(self, message: str, problem: str = ""):
+        super().__init__(message)
+        self.problem = problem
+
+
+ACCOUNT_GONE = ("urn:ietf:params:acme:error:accountDoesNotExist", "urn:ietf:params:acme:error:unauthorized")
 
 
 def b64url(raw: bytes) -> str:
@@ -107,7 +115,8 @@ class AcmeClient:
                 return r
             problem = _problem(r)
             if problem.get("type") != BAD_NONCE:
-                raise AcmeError(f"{url}: HTTP {r.status_code} {problem.get('type', '')}: {problem.get('detail', r.text[:200])}")
+                raise AcmeError(f"{url}: HTTP {r.status_code} {problem.get('type', '')}: {problem.get('detail', r.text[:200])}",
+                                problem.get("type", ""))
         raise AcmeError(f"{url}: the server rejected five nonces in a row")
 
     # --- the protocol ----------------------------------------------------------------------

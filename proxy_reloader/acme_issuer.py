@@ -33,7 +33,7 @@ from catalog.retry import TRANSIENT
 from catalog.stores import LockStore
 from catalog.stores.certificates import CertificateStore
 
-from .acme_client import AcmeClient, AcmeError, new_account_key
+from .acme_client import ACCOUNT_GONE, AcmeClient, AcmeError, new_account_key
 
 log = logging.getLogger(__name__)
 
@@ -164,8 +164,8 @@ class AcmeIssuer:
             except (AcmeError, CertificateRefused) as exc:
                 self._failed(host, str(exc))
                 self._forget(host, keep_renewal=True)     # a failed order: the next try starts afresh
-                if isinstance(exc, AcmeError):
-                    self._client = None     # the server may have forgotten the account: register again
+                if isinstance(exc, AcmeError) and exc.problem in ACCOUNT_GONE:
+                    self._client = None     # the server forgot the account (a reset CA): register again
             except (OSError, ValueError) as exc:
                 self._failed(host, f"ACME server unreachable or unreadable: {exc}")
                 self._client = None         # a server back from a restart may know the account no more

@@ -23,6 +23,7 @@ class NginxChild:
         self.proc = None
         self.stopping = threading.Event()
         self.restarts = 0
+        self.spawning = threading.Lock()     # a restart and stop() never cross: no nginx outlives a stop
 
     def start(self) -> None:
         self._spawn()
@@ -65,7 +66,10 @@ class NginxChild:
             while not self.stopping.wait(delay):
                 delay = min(delay * 2, 10.0)
                 try:
-                    self._spawn()
+                    with self.spawning:
+                        if self.stopping.is_set():
+                            return
+                        self._spawn()
                 except OSError as exc:      # no memory or processes left to fork, the binary away
                     log.error("could not start nginx (%s); trying again in %.1f s", exc, delay)
                     continue
@@ -73,7 +77,8 @@ class NginxChild:
                 break
 
     def stop(self, timeout: float = 30.0) -> None:
-        self.stopping.set()
+        with self.spawning:
+            self.stopping.set()
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGQUIT)       # finish in-flight requests, then exit
             try:

@@ -38,6 +38,8 @@ class NodeFollower:
 
     def _run(self) -> None:
         self.node = self._node_name()
+        if self.stopping.is_set():
+            return
         log.info("following gatekeeper's %s for node %s", self.kind, self.node)
         self.watch = Watch(f"{self.kind.replace(' ', '-')}-{self.node}", self._fetch, self._changed,
                            self.wait, self.stopping)
@@ -47,6 +49,8 @@ class NodeFollower:
     # actions and markers with it
     @backoff(max_wait=10.0, on=(Exception,), what="reading this agent's node name")
     def _node_name(self) -> str:
+        if self.stopping.is_set():
+            return ""
         return self.instances.node_name()
 
     def _fetch(self, index: int, wait: float):

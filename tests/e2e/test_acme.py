@@ -136,7 +136,8 @@ def test_the_leading_issuer_killed_mid_order_the_other_resumes_it_and_one_certif
     procs["p2"].kill()                                  # SIGKILL: its session lives on until Consul expires it
     wait_until(lambda: leader(stores).endswith(f"{ADDRESSES['p1']}:{HTTP}"), 60, "p1's issuer to lead")
     wait_until(lambda: acme_cert("p1", host).get("source") == "acme", 60, "the certificate from the resumed order")
-    assert served_fingerprint(TLS, host, ADDRESSES["p1"]) == acme_cert("p1", host)["fingerprint"]
+    wait_until(lambda: served_fingerprint(TLS, host, ADDRESSES["p1"]) == acme_cert("p1", host)["fingerprint"], 10,
+               "the certificate served")
     assert "resuming order" in (base / "proxy-reloader-p1.log").read_text()
     time.sleep(2)                                       # nothing more is issued for it
     assert issued_in_logs(base, host) == 1
@@ -161,4 +162,5 @@ def test_a_ca_that_restarted_and_forgot_the_account_issues_again(acme, service, 
     assert renew.returncode == 0, renew.stderr
     wait_until(lambda: acme_cert("p1", host).get("fingerprint") not in (None, first), 90,
                "the certificate renewed by the restarted CA")
-    assert served_fingerprint(TLS, host, ADDRESSES["p1"]) == acme_cert("p1", host)["fingerprint"]
+    wait_until(lambda: served_fingerprint(TLS, host, ADDRESSES["p1"]) == acme_cert("p1", host)["fingerprint"], 10,
+               "the renewed certificate served")

@@ -88,9 +88,11 @@ def test_a_targets_file_that_cannot_be_written_for_a_while_is_written_once_it_ca
                                                  "--consul-token-file", consul_server.token_file("prometheus"),
                                                  "--out", str(out)), tmp_path).start()
     gatekeeper = Stores.connect(consul_server.address, token=open(consul_server.token_file("gatekeeper")).read().strip())
-    sid = f"proxystack-metrics:gatekeeper:{unique}"
+    first, sid = f"proxystack-metrics:gatekeeper:{unique}-first", f"proxystack-metrics:gatekeeper:{unique}"
     try:
-        wait_until(lambda: out.exists(), 30, "the targets file")
+        gatekeeper.proxies.announce_metrics(first, "gatekeeper", "127.0.0.1:18997")
+        # once the file names it, the watch is waiting in a blocking query: nothing writes meanwhile
+        wait_until(lambda: out.exists() and first in out.read_text(), 30, "the targets file naming a first endpoint")
         out.unlink()
         folder.rmdir()                                   # the folder away: the next write fails
         gatekeeper.proxies.announce_metrics(sid, "gatekeeper", "127.0.0.1:18998")
@@ -99,6 +101,7 @@ def test_a_targets_file_that_cannot_be_written_for_a_while_is_written_once_it_ca
         wait_until(lambda: out.exists() and sid in out.read_text(), 30, "the file written once the folder is back")
         assert watcher.alive()
     finally:
-        with contextlib.suppress(Exception):
-            gatekeeper.proxies.withdraw(sid)
+        for announced in (first, sid):
+            with contextlib.suppress(Exception):
+                gatekeeper.proxies.withdraw(announced)
         watcher.stop()
