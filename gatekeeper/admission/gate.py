@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 REWRITE_BACKOFF = 5.0          # seconds before a disagreeing gate's decision is written again; doubling
 REWRITE_BACKOFF_MAX = 60.0
+FIRST_SEEN_KEPT = 600.0        # seconds an instance missing from a snapshot keeps its first-seen time
 
 
 def instance_url(inst: Instance) -> str:
@@ -148,8 +149,13 @@ class Gate(Reconciler):
             elif not self._busy(ri.instance):
                 log.info("%s: retest requested", iid)
                 self._start_test(ri.instance, reverify=True)
+        # Forget when an instance was first seen once it is gone, but not one that arrived after
+        # this pass's snapshot was read (the daemon's look at new instances tests it meanwhile):
+        # its gate-open time would be lost.
+        recent = time.monotonic() - FIRST_SEEN_KEPT
         with self.lock:
-            self.first_seen = {iid: t for iid, t in self.first_seen.items() if iid in by_id}
+            self.first_seen = {iid: t for iid, t in self.first_seen.items()
+                               if iid in by_id or iid in self.testing or t > recent}
         self.rewrites = {iid: r for iid, r in self.rewrites.items() if iid in by_id}
         if self.reverify_every > 0:
             self._reverify_due(by_id.values())

@@ -407,6 +407,32 @@ def sample(name, **labels):
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
+def test_an_instance_tested_on_arrival_keeps_its_gate_open_time_through_a_pass_that_had_not_seen_it():
+    """A pass reads its snapshot; the instance registers and is tested on arrival meanwhile; the
+    pass then begins with the snapshot that does not have it: its gate opening still counts."""
+    class Held(FakeTester):
+        def __init__(self):
+            super().__init__()
+            self.go = threading.Event()
+
+        def run(self, image, url, iid):
+            self.go.wait(5)
+            return super().run(image, url, iid)
+
+    opened = sample("gatekeeper_gate_open_seconds_count", service="demo")
+    store, tester = Store(), Held()
+    gate = Gate(store, tester)
+    pass_over(gate)                                              # a first pass: arrivals are acted on
+    stale = store.catalog()                                      # read before the instance came
+    new = inst()
+    store.gates[new.id], store.registered[new.id] = "critical", new
+    gate.arrived("demo", [RegisteredInstance(new, {new.gate_check_id: "critical"})])
+    run_pass(stale, [gate])
+    tester.go.set()
+    settle(gate)
+    assert sample("gatekeeper_gate_open_seconds_count", service="demo") == opened + 1
+
+
 def test_test_runs_and_the_time_to_an_open_gate_are_counted_per_service_and_result():
     """gatekeeper's /metrics: every run by result, and first seen -> gate open for a first pass only."""
     runs, opened = (sample("gatekeeper_test_runs_total", service="demo", result=r) for r in (PASSED, FAILED)), \
