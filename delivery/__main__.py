@@ -22,6 +22,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Optional, Tuple
 
 import docker.errors
 import requests
@@ -149,16 +150,25 @@ def main(argv=None) -> int:
         # build-and-push speaks to the engine only; deploy to Consul and the engine
         where = f"Consul at {args.consul} or the Docker Engine" if getattr(args, "consul", None) else "the Docker Engine"
         return fail(EXIT_UNREACHABLE, f"{where} stopped answering: {exc.__class__.__name__}: {exc}")
-    except (docker.errors.DockerException, ConsulException, requests.RequestException) as exc:
-        return fail(EXIT_UNREACHABLE, f"{exc.__class__.__name__}: {exc}")    # the engine or Consul refused
-    except shutil.Error as exc:               # copying SOURCE: an unreadable file, a dangling link
-        return fail(EXIT_FAILED, f"could not copy the source folder: {copy_errors(exc)}")
-    except OSError as exc:
-        return fail(EXIT_FAILED, f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}")
     except Exception as exc:  # noqa: BLE001 - a CD job needs a message and an exit code, not a traceback
-        if exc.__class__.__module__.startswith(("consul", "docker")):
-            return fail(EXIT_UNREACHABLE, f"{exc.__class__.__name__}: {exc}")
-        raise
+        known = outside_failure(exc)
+        if known is None:
+            raise
+        return fail(*known)
+
+
+def outside_failure(exc: Exception) -> Optional[Tuple[int, str]]:
+    """(exit code, message) for a failure outside this program: the engine or Consul refusing
+    (docker's APIError is an OSError too, through requests: it is checked first), the source
+    folder or the file system; None for anything else (a bug: its traceback is wanted)."""
+    if isinstance(exc, (docker.errors.DockerException, ConsulException, requests.RequestException)) \
+            or type(exc).__module__.startswith(("consul", "docker")):
+        return EXIT_UNREACHABLE, f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, shutil.Error):           # copying SOURCE: an unreadable file, a dangling link
+        return EXIT_FAILED, f"could not copy the source folder: {copy_errors(exc)}"
+    if isinstance(exc, OSError):
+        return EXIT_FAILED, f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}"
+    return None
 
 
 def copy_errors(exc: shutil.Error) -> str:

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import json
 
-import docker
-
 from catalog.cli import EXIT_UNREACHABLE
 from catalog.model import Instance
 from gatekeeper.fleet.swarm import Swarm, SwarmService, SwarmUnavailable
 from gatekeeper.report.status import collect, render_text
+from tests.support.no_engine import client_nobody_answers
 
 
 def register(stores, service, **swarm):
@@ -26,7 +25,7 @@ def register(stores, service, **swarm):
 def test_status_reports_every_service_and_why_swarm_replicas_are_unknown(stores, unique, tmp_path):
     plain, tasks = f"{unique}-plain", f"{unique}-tasks"
     made = [register(stores, plain), register(stores, tasks, swarm_service=f"{tasks}-svc", swarm_task="t1")]
-    swarm = Swarm(docker.DockerClient(base_url=f"unix://{tmp_path}/docker.sock", version="1.41", timeout=2))
+    swarm = Swarm(client_nobody_answers(tmp_path))
     try:
         data = collect(stores, None, swarm)
         by_name = {s["service"]: s for s in data["services"]}
@@ -44,7 +43,7 @@ def test_status_reports_every_service_and_why_swarm_replicas_are_unknown(stores,
 
 
 def test_a_swarm_call_the_engine_does_not_answer_is_unreachable_not_a_traceback(tmp_path):
-    swarm = Swarm(docker.DockerClient(base_url=f"unix://{tmp_path}/docker.sock", version="1.41", timeout=2))
+    swarm = Swarm(client_nobody_answers(tmp_path))
     svc = SwarmService("id", "demo-svc", 9, 3, "demo:v2", registers_as="demo")
     for call in (swarm.active, lambda: swarm.service("demo"), swarm.scaled_services, lambda: swarm.running_tasks(svc),
                  lambda: swarm.scale(svc, 2), lambda: swarm.roll_back(svc)):

@@ -7,6 +7,7 @@ from catalog.model import ERROR, FAILED, PASSED
 from gatekeeper.admission.tester import DockerTester, RunLimits
 from tests.conftest import SESSION, TEST_LABEL, host_port
 from tests.support.images import build_image
+from tests.support.no_engine import client_nobody_answers
 
 
 @pytest.fixture
@@ -124,9 +125,7 @@ def test_a_test_image_that_tries_to_escape_is_contained_and_fails(docker_client,
 def test_stopping_every_test_while_the_engine_is_away_does_not_end_the_daemon(tmp_path, caplog):
     """Leadership lost, or gatekeeper stopping, while dockerd does not answer: the tests it ran
     cannot be killed now (they go with the engine, or are removed as leftovers later)."""
-    import docker
-
-    gone = docker.DockerClient(base_url=f"unix://{tmp_path}/docker.sock", version="1.41", timeout=2)
+    gone = client_nobody_answers(tmp_path)
     tester = DockerTester(gone)
     tester.running["0123456789abcdef"] = "h:demo:8080"
     tester.abort_all()
