@@ -186,12 +186,18 @@ def _swarm_if_any():
     """The local engine's Swarm, when it is a manager; None otherwise (status then shows no replicas)."""
     import docker
 
-    from .fleet.swarm import Swarm, SwarmUnavailable
+    from .fleet.swarm import Swarm, SwarmError, SwarmUnavailable
     try:
         swarm = Swarm(docker.from_env(timeout=5))
-        return swarm if swarm.active() else None
-    except (docker.errors.DockerException, requests.RequestException, SwarmUnavailable):
+    except (docker.errors.DockerException, requests.RequestException):
         return None
+    try:
+        return swarm if swarm.active() else None
+    except (SwarmError, SwarmUnavailable):
+        # an engine that answers but will not say (joining or leaving a swarm, a refusal of its
+        # own): asked again for each picture, where a service with Swarm tasks says why its
+        # replicas are unknown and every other is reported from Consul alone
+        return swarm
 
 
 def cmd_status(args, stores: Stores) -> int:
