@@ -31,11 +31,12 @@ def uses_cluster(item) -> bool:
 # what may not run beside itself and is long enough to balance the rest: the modules that turn on
 # swarm mode or use the demo's own ports (tests/deploy/, test_swarm), those of the namespace
 # cluster and the 20-agent fleet, and two that share ports (test_progressive's proxy and pebble
-# in test_acme). Every other module is side "a". Each module's ports are its own
-# (docs/development.md lists them), so the two sides never meet.
+# in test_acme), and test_backup (a stack and two Consuls of its own) to even the two sides'
+# times. Every other module is side "a". Each module's ports are its own (docs/development.md
+# lists them), so the two sides never meet.
 SIDE_B = ("tests/deploy/", "tests/e2e/test_swarm.py", "tests/e2e/test_cluster.py", "tests/e2e/test_swarm_cluster.py",
           "tests/e2e/test_fleet.py",
-          "tests/e2e/test_progressive.py", "tests/e2e/test_acme.py")
+          "tests/e2e/test_progressive.py", "tests/e2e/test_acme.py", "tests/e2e/test_backup.py")
 
 
 # Whole hosts in containers on a network of their own (no port of this machine's): side a, which
