@@ -16,11 +16,17 @@ from .nginx import Nginx
 
 log = logging.getLogger(__name__)
 
+# Restarts wait 0.5 s, then twice as long after each quick death, at most 10 s; an nginx that
+# ran this long was healthy, so its next death is waited on 0.5 s again.
+FIRST_DELAY, MAX_DELAY = 0.5, 10.0
+STEADY = 30.0
+
 
 class NginxChild:
     def __init__(self, nginx: Nginx):
         self.nginx = nginx
         self.proc = None
+        self.started = 0.0
         self.stopping = threading.Event()
         self.restarts = 0
         self.spawning = threading.Lock()     # a restart and stop() never cross: no nginx outlives a stop
@@ -35,6 +41,7 @@ class NginxChild:
         # listening socket) can be found and told to finish, and nothing else is touched.
         self.proc = subprocess.Popen([self.nginx.binary, "-p", str(self.nginx.prefix), "-c", str(self.nginx.conf),
                                       "-g", "daemon off;"], stdin=subprocess.DEVNULL, start_new_session=True)
+        self.started = time.monotonic()
         log.info("nginx started as a child (pid %d)", self.proc.pid)
 
     def _finish_orphans(self, pgid: int, timeout: float = 10.0) -> None:
@@ -56,15 +63,17 @@ class NginxChild:
             pass
 
     def _watch(self) -> None:
-        delay = 0.5
+        delay = FIRST_DELAY
         while not self.stopping.is_set():
             code = self.proc.wait()
             if self.stopping.is_set():
                 return
+            if time.monotonic() - self.started >= STEADY:
+                delay = FIRST_DELAY
             log.error("nginx exited unexpectedly (code %s); restarting in %.1f s", code, delay)
             self._finish_orphans(self.proc.pid)
             while not self.stopping.wait(delay):
-                delay = min(delay * 2, 10.0)
+                delay = min(delay * 2, MAX_DELAY)
                 try:
                     with self.spawning:
                         if self.stopping.is_set():
