@@ -283,15 +283,18 @@ class Gate(Reconciler):
             # A first pass of this container may change routing; a re-verification of one that
             # passed before may not (an old version kept for rollback must not be promoted again).
             first_pass = not (before and before.applies_to(inst) and before.state == PASSED)
-            taken = None if reverify else self.taken_by(inst)
+            # Whether its route is free and its service run its way is asked of every container
+            # not yet admitted, retested or not: a retest must not let in what the gate refused.
+            taken = self.taken_by(inst) if first_pass else None
             if taken:
                 where, owner = taken
                 self._refuse(inst, image, f"{ROUTE_TAKEN}{where} is already routed to service {owner}; give this "
-                                          f"container another proxy.path or proxy.host, or remove {owner}'s instances")
+                                          f"container another proxy.path or proxy.host, or remove {owner}'s instances",
+                             reverify)
                 return
-            other = None if reverify else self.run_by_other(inst)
+            other = self.run_by_other(inst) if first_pass else None
             if other:
-                self._refuse(inst, image, other)
+                self._refuse(inst, image, other, reverify)
                 return
             if not reverify:
                 self._put_verdict(Verdict(inst.id, inst.container_id, image, TESTING, f"testing with {image}",
@@ -322,14 +325,16 @@ class Gate(Reconciler):
             with self.lock:
                 self.testing.pop(inst.id, None)
 
-    def _refuse(self, inst: Instance, image: str, summary: str) -> None:
+    def _refuse(self, inst: Instance, image: str, summary: str, retest: bool = False) -> None:
         """Another service serves this instance's route, or its service is run the other way: its
         gate stays shut, saying so (in the Consul UI, `gatekeeper why` and status), and it is
-        tested once that is no longer so."""
+        tested once that is no longer so. A retest asked for is answered by the refusal."""
         now = time.time()
         self._put_verdict(Verdict(inst.id, inst.container_id, image, ERROR, summary, now, now,
                                   container_started=inst.started))
         self.stores.node_records.set_gate(inst, False, f"{ERROR}: {summary}")
+        if retest:
+            self.stores.verdicts.clear_retest(inst.id)
         log.warning("%s: not tested: %s", inst.id, summary)
 
     def _count(self, inst: Instance, verdict: Verdict, reverify: bool) -> None:
