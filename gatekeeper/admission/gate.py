@@ -70,6 +70,7 @@ class Gate(Reconciler):
         self.written: Dict[str, Tuple[float, Verdict]] = {}   # ... and those written since: (when, verdict)
         self.corrections: List[Tuple[Instance, bool, str]] = []   # gates to write at the pass's end
         self.passes = 0                                # passes since it leads (`arrived` waits for one)
+        self.term = 0                                  # leaderships lost: a test queued before is not run
 
     def begin_pass(self, snapshot: Snapshot) -> None:
         """Every verdict, in one read. Who serves which route (host name and path) now: a
@@ -269,12 +270,24 @@ class Gate(Reconciler):
             if self.testing.get(inst.id) == inst.container_id:
                 return
             self.testing[inst.id] = inst.container_id
-        self.pool.submit(REVERIFY if reverify else FIRST, self._test, inst, reverify)
+            term = self.term
+        self.pool.submit(REVERIFY if reverify else FIRST, self._test, inst, reverify, term)
 
-    def _test(self, inst: Instance, reverify: bool = False) -> None:
+    def _still_leading(self, inst: Instance, term: Optional[int]) -> bool:
+        """A test queued or running when leadership was lost writes nothing (no verdict, gate or
+        promotion): the next leader decides, and no instance is tested by two daemons at once."""
+        with self.lock:
+            if term is None or term == self.term:
+                return True
+        log.info("%s: not tested or recorded here: leadership was lost since it was queued", inst.id)
+        return False
+
+    def _test(self, inst: Instance, reverify: bool = False, term: Optional[int] = None) -> None:
         """Test one instance. A first test closes the gate while it runs; a re-verification of
         a live instance leaves it serving until a failure takes it out."""
         try:
+            if not self._still_leading(inst, term):
+                return
             image = inst.tests_image or self.stores.policies.tests_image(inst.service)
             log.info("%s: %s %s %s with %s against %s", inst.id, "re-verifying" if reverify else "testing",
                      inst.service, inst.version, image or "(none)", instance_url(inst))
@@ -303,6 +316,8 @@ class Gate(Reconciler):
             res = self.tester.run(image, instance_url(inst), inst.id)
             if res.aborted:
                 log.warning("%s: test run aborted (leadership lost); the next leader tests again", inst.id)
+                return
+            if not self._still_leading(inst, term):
                 return
             verdict = Verdict(inst.id, inst.container_id, image, res.state, res.summary,
                               res.started, res.finished, res.log_tail, container_started=inst.started)
@@ -346,7 +361,9 @@ class Gate(Reconciler):
             metrics.GATE_SECONDS.labels(inst.service).observe(time.monotonic() - seen)
 
     def leadership_lost(self) -> None:
-        """Stop every running test at once (the next leader retests)."""
+        """Stop every running test at once, and drop those queued (the next leader retests)."""
+        with self.lock:
+            self.term += 1
         self.passes = 0
         self.tester.abort_all()
 

@@ -1,0 +1,73 @@
+"""A gatekeeper that stops leading stops testing: the test running is aborted, and those still
+queued behind it (a backlog larger than --parallel) are dropped, not run and recorded by a daemon
+that no longer leads: no verdict, no closed gate over what the next leader admitted meanwhile.
+Real Consul: the verdict and gate records; the tester stands in for the Docker one
+(tests/integration/test_tester.py aborts real test containers)."""
+import threading
+import time
+
+from catalog.model import PASSED, Instance, Verdict
+from gatekeeper.admission.gate import Gate
+from gatekeeper.admission.tester import RunResult
+from gatekeeper.reconciler import run_pass
+from testbed.processes import wait_until
+
+
+class HeldTester:
+    """Every run waits until it is aborted (the first) or runs at once (any other)."""
+
+    def __init__(self):
+        self.runs, self.aborted = [], threading.Event()
+
+    def remove_leftovers(self, iid):
+        pass
+
+    def abort_all(self):
+        self.aborted.set()
+
+    def close(self):
+        pass
+
+    def run(self, image, url, iid):
+        self.runs.append(iid)
+        if len(self.runs) == 1:
+            self.aborted.wait(30)
+            return RunResult("error", "aborted", "", time.time(), time.time(), aborted=True)
+        return RunResult(PASSED, "9/9 passed", "", time.time(), time.time())
+
+
+def instance(service, n):
+    return Instance(id=f"lead:{service}:{n}:8080", service=service, address="127.0.0.1", port=32100 + n,
+                    version="v1", container_id=f"c{service}{n}", container_name=f"{service}{n}", image="demo:v1",
+                    registered_by="registrator@lead", tests_image="demo-test:latest", proxy_path=f"/{service}/")
+
+
+def test_tests_queued_when_leadership_is_lost_are_not_run_or_recorded(stores, unique):
+    made = [instance(unique, n) for n in (1, 2, 3)]
+    for inst in made:
+        stores.instances.register(inst)
+    tester = HeldTester()
+    gate = Gate(stores, tester, parallel=1, forget_after=1e9)
+    try:
+        run_pass({s: i for s, i in stores.instances.all().items() if s == unique}, [gate])
+        wait_until(lambda: tester.runs, 30, "the first test running")
+        assert gate.pool.waiting() == 2
+        # meanwhile the next leader admitted one of those queued here
+        admitted = next(i for i in made if i.id not in tester.runs)
+        stores.verdicts.put(Verdict(admitted.id, admitted.container_id, "demo-test:latest", PASSED, "9/9 passed",
+                                    time.time(), time.time()))
+        stores.instances.apply_gate(admitted, True, "9/9 passed (the next leader)")
+        gate.leadership_lost()
+        wait_until(lambda: not gate.testing, 30, "the queue drained")
+        assert len(tester.runs) == 1, f"tests run after leadership was lost: {tester.runs[1:]}"
+        assert stores.verdicts.get(admitted.id).summary == "9/9 passed"
+        gates = {ri.instance.id: ri.gate_status for ri in stores.instances.of(unique)}
+        assert gates[admitted.id] == "passing", "a daemon that no longer leads closed a gate"
+        others = [i for i in made if i.id not in (admitted.id, tester.runs[0])]
+        assert all(stores.verdicts.get(i.id) is None for i in others)
+    finally:
+        gate.shutdown()
+        for inst in made:
+            stores.instances.deregister(inst.id)
+            stores.verdicts.forget(inst.id)
+        stores.forget_service(unique)
