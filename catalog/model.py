@@ -328,6 +328,9 @@ class Verdict:
     finished: float = 0.0
     log_tail: str = ""
     container_started: str = ""      # when the tested process started (Docker's State.StartedAt)
+    # a first pass whose promotion (the routing policy's change) is still to be made: set with
+    # the verdict, cleared once made, so that a promotion a fault cut short is made later
+    promotion_pending: bool = False
 
     @property
     def duration(self) -> float:

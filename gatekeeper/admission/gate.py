@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import replace
 from typing import Callable, Dict, List, Optional, Tuple
 
 from catalog.consul_client import ConsulError
@@ -216,6 +217,12 @@ class Gate(Reconciler):
         passing = verdict.state == PASSED
         if passing and ri.gate_status != "passing" and self._healing_gave_up(ri):
             return
+        if passing and verdict.promotion_pending and ri.admitted:
+            log.info("%s: making the promotion its first pass was cut short of", inst.id)
+            try:
+                self._promote(inst, verdict)
+            except (ConsulError, *TRANSIENT) as exc:
+                log.warning("%s: promotion not made (%s); the next pass tries again", inst.id, exc)
         if passing == (ri.gate_status == "passing"):
             self.rewrites.pop(inst.id, None)      # the gate agrees: a disagreement is answered at once again
         elif not self._rewrite_due(inst.id):
@@ -319,17 +326,18 @@ class Gate(Reconciler):
                 return
             if not self._still_leading(inst, term):
                 return
-            verdict = Verdict(inst.id, inst.container_id, image, res.state, res.summary,
-                              res.started, res.finished, res.log_tail, container_started=inst.started)
-            self._put_verdict(verdict)
             passed = res.state == PASSED
+            verdict = Verdict(inst.id, inst.container_id, image, res.state, res.summary,
+                              res.started, res.finished, res.log_tail, container_started=inst.started,
+                              promotion_pending=passed and first_pass)
+            self._put_verdict(verdict)
             self.stores.node_records.set_gate(inst, passed, res.summary if passed else f"{res.state}: {res.summary}")
             if reverify:
                 self.stores.verdicts.clear_retest(inst.id)
             log.info("%s: %s (%s) in %.1f s", inst.id, res.state, res.summary, verdict.duration)
             self._count(inst, verdict, reverify)
-            if passed and first_pass:
-                self.on_admitted(inst)
+            if verdict.promotion_pending:
+                self._promote(inst, verdict)
         except ConsulError as exc:
             log.warning("%s: could not record the verdict (%s); the instance is probably gone", inst.id, exc)
         except TRANSIENT as exc:
@@ -339,6 +347,13 @@ class Gate(Reconciler):
         finally:
             with self.lock:
                 self.testing.pop(inst.id, None)
+
+    def _promote(self, inst: Instance, verdict: Verdict) -> None:
+        """A first pass's promotion (`on_admitted`), then the verdict saying it was made. Cut short
+        (Consul without a leader, this daemon stopped or no longer leading), the verdict still
+        says it is pending: the pass that finds the instance admitted makes it then."""
+        self.on_admitted(inst)
+        self._put_verdict(replace(verdict, promotion_pending=False))
 
     def _refuse(self, inst: Instance, image: str, summary: str, retest: bool = False) -> None:
         """Another service serves this instance's route, or its service is run the other way: its

@@ -1,10 +1,14 @@
-"""A gatekeeper that stops leading stops testing: the test running is aborted, and those still
+"""What a fault between a test's end and what follows it must not lose or do twice.
+
+A gatekeeper that stops leading stops testing: the test running is aborted, and those still
 queued behind it (a backlog larger than --parallel) are dropped, not run and recorded by a daemon
 that no longer leads: no verdict, no closed gate over what the next leader admitted meanwhile.
-Real Consul: the verdict and gate records; the tester stands in for the Docker one
+A promotion cut short after the verdict was written is made by the next pass.
+Real Consul: the verdict, gate and policy records; the tester stands in for the Docker one
 (tests/integration/test_tester.py aborts real test containers)."""
 import threading
 import time
+from dataclasses import replace
 
 from catalog.model import PASSED, Instance, Verdict
 from gatekeeper.admission.gate import Gate
@@ -70,4 +74,45 @@ def test_tests_queued_when_leadership_is_lost_are_not_run_or_recorded(stores, un
         for inst in made:
             stores.instances.deregister(inst.id)
             stores.verdicts.forget(inst.id)
+        stores.forget_service(unique)
+
+
+def test_a_promotion_cut_short_after_the_verdict_is_made_at_the_next_pass(stores, unique):
+    """The first pass of v2 is recorded, then Consul refuses the policy's change (no leader for a
+    moment): v2 is admitted, and the pass that finds it so makes the promotion, once."""
+    from consul.base import ConsulException
+    from catalog.model import RoutingPolicy
+    from gatekeeper.promotion.promoter import Promoter
+    from tests.support.fakes import FakeTester
+
+    stores.policies.put(RoutingPolicy(unique, stable="v1"), cas=0)
+    v2 = replace(instance(unique, 1), version="v2")
+    stores.instances.register(v2)
+    promoter, calls = Promoter(stores, stop_old=False), []
+
+    def on_admitted(inst):
+        calls.append(inst.version)
+        if len(calls) == 1:
+            raise ConsulException("500 No cluster leader")
+        promoter.admitted(inst)
+
+    gate = Gate(stores, FakeTester(), forget_after=1e9, on_admitted=on_admitted)
+
+    def one_pass():
+        run_pass({s: i for s, i in stores.instances.all().items() if s == unique}, [gate])
+        wait_until(lambda: not gate.testing, 30, "the pass's tests")
+
+    try:
+        one_pass()
+        assert stores.verdicts.get(v2.id).state == PASSED and calls == ["v2"]
+        assert stores.policies.get(unique)[1].stable == "v1"
+        stores.instances.apply_gate(v2, True, "9/9 passed")       # as its host's registrator does
+        one_pass()
+        assert stores.policies.get(unique)[1].stable == "v2", "the promotion was never made"
+        one_pass()
+        assert calls == ["v2", "v2"], "made once"
+    finally:
+        gate.shutdown()
+        stores.instances.deregister(v2.id)
+        stores.verdicts.forget(v2.id)
         stores.forget_service(unique)
