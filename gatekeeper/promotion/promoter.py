@@ -145,6 +145,15 @@ class Promoter(Reconciler):
         analysis_due = self.progressive.next_due()
         return min(due + ([analysis_due] if analysis_due is not None else []), default=None)
 
+    def end_pass(self, snapshot) -> None:
+        """A service no longer in the catalog (every instance gone) is reconciled no more: its
+        timers go with it (kept, one already due would wake the daemon for a pass every 0.1 s
+        for ever). It comes back with its instances: its rollback, analysis or grace is read again."""
+        with self.progressive.lock:
+            for timers in (self.unhealthy_since, self.rollback_due, self.progressive.due):
+                for service in [s for s in timers if s not in snapshot]:
+                    del timers[service]
+
     # --- a rollback to a drained version: start its containers, then make it stable -------
     def _carry_on_rollback(self, service: str, registered) -> None:
         """A waiting rollback request: its drained containers asked to start (once), the

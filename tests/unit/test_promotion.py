@@ -7,6 +7,7 @@ import pytest
 from catalog.model import AUTO, MANUAL, PASSED, Instance, RegisteredInstance, RoutingPolicy, Verdict
 from catalog.validation import InvalidValue
 from gatekeeper.promotion import promoter as pr
+from gatekeeper.reconciler import run_pass
 
 
 class Policies:
@@ -735,3 +736,13 @@ def test_plain_containers_and_other_modes_are_promoted_as_before():
     fresh.registered = [task("v1", 1, admitted=False), task("v2", 2)]
     pr.Promoter(fresh).admitted(fresh.registered[1].instance)   # no admitted old task: stable at once
     assert (fresh.pol.stable, fresh.pol.canary) == ("v2", "")
+
+
+def test_a_service_whose_every_instance_left_mid_analysis_leaves_no_timer_waking_the_daemon():
+    store, metrics, clock, promoter = v2_in_analysis()
+    assert promoter.next_due() is not None
+    clock.t += 60                                     # its next check is long due, and no pass reaches it
+    run_pass({}, [promoter])
+    assert promoter.next_due() is None, "a pass every 0.1 s for ever"
+    run_pass({"demo": store.registered}, [promoter])  # back with its instances: the analysis goes on
+    assert promoter.next_due() is not None and [e for e, _ in store.hist].count("analysis") == 1
