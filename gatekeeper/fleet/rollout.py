@@ -18,7 +18,7 @@ import logging
 from typing import Dict, List, Optional
 
 from catalog.errors import Refused
-from catalog.model import PASSED, RegisteredInstance, RoutingPolicy
+from catalog.model import PASSED, MarkerRecord, RegisteredInstance, RoutingPolicy
 from catalog.stores import Stores
 from catalog.validation import InvalidValue
 
@@ -46,8 +46,19 @@ def marker_state(ri: RegisteredInstance, policy: Optional[RoutingPolicy]) -> str
 class Rollout(Reconciler):
     def __init__(self, stores: Stores, swarm: Swarm):
         self.stores, self.swarm = stores, swarm
-        self.written: Dict[str, Dict[str, str]] = {}   # service -> container id -> marker last written
+        # service -> container id -> its marker in KV, as this leader wrote or read it; a task not
+        # in it has its marker read from KV (another leader, or this one before it lost the lead,
+        # may have written one), so that what KV says is what is compared
+        self.written: Dict[str, Dict[str, str]] = {}
+        self.read: Dict[str, Dict[str, MarkerRecord]] = {}   # node -> its markers in KV, read this pass
         self.rolled_back: set = set()             # (swarm service, update start) already rolled back
+
+    def begin_pass(self, snapshot) -> None:
+        self.read = {}
+
+    def leadership_lost(self) -> None:
+        """Another leader may write markers now: what this one wrote is read again when it leads."""
+        self.written = {}
 
     def reconcile(self, service: str, registered: List[RegisteredInstance]) -> None:
         tasks = [ri for ri in registered if ri.instance.swarm_service]
@@ -67,10 +78,22 @@ class Rollout(Reconciler):
         if failed:
             self._roll_back_failed_update(service, failed)
 
+    def _in_kv(self, ri: RegisteredInstance) -> str:
+        """The marker KV holds for this run of the task's container; CLOSED when none (a task
+        starts without a marker: closed already)."""
+        inst = ri.instance
+        records = self.read.get(inst.node)
+        if records is None:
+            records = self.read[inst.node] = self.stores.node_records.markers(inst.node)[1]
+        record = records.get(inst.id)
+        return record.state if record is not None and record.applies_to(inst) else CLOSED
+
     def _mirror(self, ri: RegisteredInstance, state: str, written: Dict[str, str]) -> None:
         cid = ri.instance.container_id
-        if written.get(cid) == state or (state == CLOSED and cid not in written):
-            return                      # a task starts without a marker: closed already
+        if cid not in written:
+            written[cid] = self._in_kv(ri)
+        if written[cid] == state:
+            return
         self.stores.node_records.set_marker(ri.instance, state)
         log.info("%s: gate marker %s asked of %s's registrator (%s)", ri.instance.id, state, ri.instance.node,
                  "Swarm may go on with its update" if state == OPEN else "Swarm sees the task unhealthy")

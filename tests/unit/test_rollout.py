@@ -1,6 +1,6 @@
 """Swarm rolling updates through the gate (gatekeeper.rollout) on fakes; tests/e2e/test_swarm.py
 runs them against Swarm, Consul and nginx."""
-from catalog.model import FAILED, PASSED, Instance, RegisteredInstance, RoutingPolicy, Verdict
+from catalog.model import FAILED, PASSED, Instance, MarkerRecord, RegisteredInstance, RoutingPolicy, Verdict
 from gatekeeper.fleet.rollout import CLOSED, OPEN, Rollout, marker_state, serves
 from gatekeeper.fleet.swarm import SwarmService, SwarmUnavailable
 
@@ -42,11 +42,20 @@ class History(list):
 
 
 class Markers(list):
-    """The node records store's gate markers: (container id, state) in the order asked."""
+    """The node records store's gate markers: (container id, state) in the order asked, and the
+    records they make (`markers`: as KV holds them, every task on one node here)."""
+
+    def __init__(self):
+        super().__init__()
+        self.records = {}
 
     def set_marker(self, inst, state):
         assert inst.node, "a marker goes to the task's node"
         self.append((inst.container_id, state))
+        self.records[inst.id] = MarkerRecord(state, inst.container_id, inst.started)
+
+    def markers(self, node):
+        return 0, dict(self.records)
 
 
 class Store:
