@@ -21,9 +21,14 @@ class HealingStore:
         """Instance id -> its healing record; unreadable records skipped."""
         return records_under(self.consul, HEALING, json.loads)
 
-    def put(self, instance_id: str, record: Optional[dict]) -> None:
-        """Keep `record` for the instance; None removes it."""
-        if record is None:
+    def put(self, instance_id: str, record: Optional[dict], *with_ops) -> None:
+        """Keep `record` for the instance; None removes it. With `with_ops` (kv_txn operations,
+        e.g. the container action the record counts), all are written at once or none."""
+        if with_ops:
+            op = ("delete", HEALING + instance_id, None, None) if record is None else \
+                ("set", HEALING + instance_id, json.dumps(record, sort_keys=True), None)
+            self.consul.kv_txn([op, *with_ops])
+        elif record is None:
             self.consul.kv_delete(HEALING + instance_id)
         else:
             self.consul.kv_put(HEALING + instance_id, json.dumps(record, sort_keys=True))

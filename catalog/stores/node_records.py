@@ -65,10 +65,16 @@ class NodeRecordStore:
     # --- container actions: gatekeeper asks, the container's own host carries them out --------
     def request_action(self, inst: Instance, action: str, reason: str, timeout: int = 10) -> None:
         """Ask the registrator of `inst`'s node to stop, restart or kill this run of its container."""
+        _, key, value, _ = self.action_op(inst, action, reason, timeout)
+        self.consul.kv_put(key, value)
+
+    def action_op(self, inst: Instance, action: str, reason: str, timeout: int = 10):
+        """request_action as one operation of a transaction (ConsulClient.kv_txn), to be written
+        together with what decided it."""
         if not inst.node:
             raise ValueError(f"{inst.id}: the instance's node is unknown (read it from the catalog)")
         record = ContainerAction(action, inst.container_id, inst.started, reason[:300], timeout, time.time())
-        self.consul.kv_put(f"{ACTIONS}{inst.node}/{inst.id}", record.to_json())
+        return ("set", f"{ACTIONS}{inst.node}/{inst.id}", record.to_json(), None)
 
     def request_stopped(self, node: str, instance_id: str, container_id: str, started: str, action: str,
                         reason: str) -> None:

@@ -138,9 +138,9 @@ class Healer(Reconciler):
             self.records_read = (now, records)
         return records
 
-    def _put(self, instance_id: str, record: Optional[dict]) -> None:
-        """Write a record, and into the pass's copy too."""
-        self.stores.healing.put(instance_id, record)
+    def _put(self, instance_id: str, record: Optional[dict], *with_ops) -> None:
+        """Write a record (with `with_ops`, in one transaction), and into the pass's copy too."""
+        self.stores.healing.put(instance_id, record, *with_ops)
         records = self.records_read[1]
         if record is None:
             records.pop(instance_id, None)
@@ -215,10 +215,11 @@ class Healer(Reconciler):
             self.stores.node_records.set_gate(inst, False, reason)
             self._did(inst, "gave up", reason)
             return False
+        # the try counted and the restart asked, together: a write that fails counts no restart
         self._put(inst.id, {"tries": tries + 1, "last": now, "gave_up": False, "service": inst.service,
-                                         "reason": f"restart {tries + 1} of {self.s.max_tries}: {checks}"})
-        self.stores.node_records.request_action(inst, "restart",
-                                                f"healing: restart {tries + 1} of {self.s.max_tries}: {checks}")
+                            "reason": f"restart {tries + 1} of {self.s.max_tries}: {checks}"},
+                  self.stores.node_records.action_op(inst, "restart",
+                                                     f"healing: restart {tries + 1} of {self.s.max_tries}: {checks}"))
         self._did(inst, "restarted", f"{checks} for {self.s.after:g} s: restart {tries + 1} of {self.s.max_tries} "
                                      f"asked of {inst.node}; tested again before it takes traffic")
         return True

@@ -38,11 +38,13 @@ class Healing:
     def all(self):
         return dict(self.store.records)
 
-    def put(self, iid, record):
+    def put(self, iid, record, *with_ops):
         if record is None:
             self.store.records.pop(iid, None)
         else:
             self.store.records[iid] = record
+        for op in with_ops:                    # a container action written with the record
+            self.store.actions.append(op)
 
 
 class NodeRecords:
@@ -56,8 +58,11 @@ class NodeRecords:
         self.store.gates[inst.id] = (passing, output)
 
     def request_action(self, inst, action, reason, timeout=10):
+        self.store.actions.append(self.action_op(inst, action, reason, timeout))
+
+    def action_op(self, inst, action, reason, timeout=10):
         assert inst.node and reason
-        self.store.actions.append((inst.container_id, action))
+        return (inst.container_id, action)
 
     def withdraw_action(self, inst, action):
         asked = (inst.container_id, action)
