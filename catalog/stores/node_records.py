@@ -107,6 +107,23 @@ class NodeRecordStore:
         return self._of_node(ACTIONS, node, index, wait, ContainerAction.from_json,
                              "container action ignored (nothing is done)")
 
+    def forget_old_actions(self, registered, older_than: float) -> List[str]:
+        """Remove the container actions asked more than `older_than` seconds ago for instances no
+        longer registered (a drained container removed, a rollback's start given up): each host's
+        registrator has carried them out or never will. The keys removed."""
+        cutoff, removed = time.time() - older_than, []
+        for key, raw in self.consul.kv_list(ACTIONS).items():
+            if key.rsplit("/", 1)[-1] in registered:
+                continue
+            try:
+                stale = ContainerAction.from_json(raw).written < cutoff
+            except (ValueError, KeyError, TypeError):
+                stale = True                  # damaged: never carried out
+            index, now = self.consul.kv_get(key)
+            if stale and now == raw and self.consul.kv_delete(key, cas=index):
+                removed.append(key)
+        return removed
+
     def forget(self, instance_id: str) -> None:
         """Remove the instance's gate record, gate marker and any container action asked for it,
         on whichever node."""

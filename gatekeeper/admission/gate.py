@@ -175,6 +175,11 @@ class Gate(Reconciler):
                 self.stores.forget_instance(iid)
                 del self.absent_since[iid]
                 log.info("%s: verdict removed; the instance has been gone for %.0f s", iid, now - since)
+        # actions asked for containers already gone when their verdict went (a drained one
+        # removed versions later) are not forgotten with it
+        for key in self.stores.node_records.forget_old_actions(registered, self.forget_after):
+            log.info("%s: container action removed: asked over %.0f s ago for an instance no longer registered",
+                     key, self.forget_after)
 
     def _reverify_due(self, registered) -> None:
         now = time.time()

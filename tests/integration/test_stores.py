@@ -231,3 +231,35 @@ def test_every_instance_in_a_few_reads_is_what_each_services_own_read_says(store
         requests.put(f"http://{consul_server.address}/v1/catalog/deregister", json={"Node": f"{unique}-host"},
                      timeout=5, headers=consul_server.headers).raise_for_status()
         stores.instances.deregister(local.id)
+
+
+def test_actions_for_instances_long_gone_are_forgotten_and_no_other(stores, unique):
+    """A drained container removed versions after its verdict was forgotten, a rollback's start
+    given up: their records would stay in KV for ever, read by every registrator of the node."""
+    from catalog.kv_layout import ACTIONS
+    from catalog.model import ContainerAction
+    import time
+
+    inst = make(unique)
+    stores.instances.register(inst)
+    [ri] = stores.instances.of(unique)
+    node, old = f"{unique}-node", time.time() - 3600
+
+    def put(iid, written):
+        stores.consul.kv_put(f"{ACTIONS}{node}/{iid}",
+                             ContainerAction("remove", "c", "t0", "drained 3 versions ago", 10, written).to_json())
+
+    put(f"{unique}:removed:8080", old)               # gone long ago: forgotten
+    put(f"{unique}:fresh:8080", time.time())        # gone, but asked just now: its host may not have read it yet
+    put(inst.id, old)                               # still registered: kept
+    stores.consul.kv_put(f"{ACTIONS}{node}/{unique}:damaged:8080", "{not json")
+    try:
+        registered = {r.instance.id for rs in stores.instances.all().values() for r in rs}
+        removed = stores.node_records.forget_old_actions(registered, 900)
+        mine = {k for k in removed if k.startswith(f"{ACTIONS}{node}/")}
+        assert mine == {f"{ACTIONS}{node}/{unique}:removed:8080", f"{ACTIONS}{node}/{unique}:damaged:8080"}
+        assert set(stores.consul.kv_keys(f"{ACTIONS}{node}/")) == {f"{ACTIONS}{node}/{unique}:fresh:8080",
+                                                                   f"{ACTIONS}{node}/{inst.id}"}
+    finally:
+        stores.consul.kv_delete_tree(f"{ACTIONS}{node}/")
+        stores.instances.deregister(inst.id)
