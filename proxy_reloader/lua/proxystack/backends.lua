@@ -160,6 +160,28 @@ function _M.version_of(service)
     return version
 end
 
+-- Whether the table lists `version` for `service`: the version of its stable or canary pool or of
+-- any of their servers, or "none" (the proxy's own answers) for any service in the table. (The
+-- metrics keep a version's series while this holds; the set is made once per worker per entry.)
+function _M.lists(service, version)
+    local entry = _M.get(service)
+    if entry == nil then return false end
+    if version == "none" then return true end
+    local listed = entry._listed
+    if listed == nil then
+        listed = {}
+        for _, side in ipairs({"stable", "canary"}) do
+            local pool = entry[side]
+            if type(pool) == "table" then
+                listed[pool.version] = true
+                for _, s in ipairs(pool.servers) do listed[s[3]] = true end
+            end
+        end
+        entry._listed = listed
+    end
+    return listed[version] == true
+end
+
 -- Every service's route, name -> {route = ...} (what routes.build reads of an entry), decoded from
 -- the "rt:" keys and kept nowhere: a worker keeps only the index built from them, and decodes a
 -- service's whole entry when a request asks for it. (Decoding every entry for the index kept each

@@ -1,6 +1,13 @@
 -- Per-request metrics: requests by service, version and status class, and a latency histogram
 -- per service and version. Each worker counts in a Lua table and adds it to the shared dict
 -- once a second (and when it exits), so a request costs no lock; /metrics reads the dict.
+--
+-- Keys in the dict, LABEL being "SERVICE|VERSION":
+--   r|LABEL|CLASS  requests by status class     h|LABEL|N  requests in histogram bucket N
+--   s|LABEL        total request time           t|LABEL    when a worker last added to LABEL
+--   prune          taken for prune_every seconds by the one worker that looks for series to delete
+-- The series of a version the pushed table no longer lists go once no worker has added to them
+-- for the grace period (configure), so that deploys do not grow /metrics, and the zone, forever.
 local _M = {}
 
 local backends = require "proxystack.backends"
@@ -50,6 +57,19 @@ function _M.log()
     c.sum = c.sum + took
 end
 
+-- How long a version the table no longer lists keeps its series after its last request:
+-- long enough for Prometheus to scrape the last increments, even after missing a few scrapes.
+local grace = 600
+-- How often a worker looks for such series: at most once a minute, and at least once per grace.
+local prune_every = 60
+local next_prune = 0            -- per worker: when to look next
+
+-- The settings nginx.conf renders (proxy-reloader's Settings.metrics_grace).
+function _M.configure(options)
+    grace = options.grace or grace
+    prune_every = math.min(60, grace)
+end
+
 local function incr(key, amount)
     if amount ~= 0 then
         local ok, err = dict:incr(key, amount, 0)
@@ -57,16 +77,53 @@ local function incr(key, amount)
     end
 end
 
+local function delete_series(label)
+    for i = 1, 5 do dict:delete("r|" .. label .. "|" .. CLASSES[i]) end
+    for i = 1, NB do dict:delete("h|" .. label .. "|" .. i) end
+    dict:delete("s|" .. label)
+    dict:delete("t|" .. label)
+end
+
+-- Delete the series of each version the table no longer lists and no worker added to for the
+-- grace period. A series with no time yet (written before times were kept, or whose time was
+-- evicted) gets one now, so it goes a grace period later.
+local function prune(now)
+    local labels = {}
+    local keys = dict:get_keys(0)
+    for i = 1, #keys do
+        local label = keys[i]:match("^%a|([^|]*|[^|]*)")
+        if label then labels[label] = true end
+    end
+    for label in pairs(labels) do
+        local service, version = label:match("^([^|]*)|(.*)$")
+        if not backends.lists(service, version) then
+            local last = dict:get("t|" .. label)
+            if last == nil then
+                dict:set("t|" .. label, now)
+            elseif now - last >= grace then
+                delete_series(label)
+            end
+        end
+    end
+end
+
 function _M.flush(premature)
     local batch = pending
     pending = {}
+    local now = ngx.now()
     for service, by_version in pairs(batch) do
         for version, c in pairs(by_version) do
             local label = service .. "|" .. version
+            dict:set("t|" .. label, now)
             for i = 1, 5 do incr("r|" .. label .. "|" .. CLASSES[i], c.classes[i]) end
             for i = 1, NB do incr("h|" .. label .. "|" .. i, c.buckets[i]) end
             incr("s|" .. label, c.sum)
         end
+    end
+    -- each worker asks at most once per prune_every; the first to take "prune" looks for all of them
+    if not premature and now >= next_prune then
+        next_prune = now + prune_every
+        if dict:add("prune", true, prune_every) then prune(now) end
     end
 end
 
@@ -78,9 +135,9 @@ end
 function _M.render()
     local requests, hist, sums = {}, {}, {}
     for _, key in ipairs(dict:get_keys(0)) do
-        local kind, service, version, rest = key:match("^(%a)|([^|]*)|([^|]*)|?(.*)$")
-        local v = dict:get(key) or 0
-        local labels = 'service="' .. esc(service) .. '",version="' .. esc(version) .. '"'
+        local kind, service, version, rest = key:match("^([rhs])|([^|]*)|([^|]*)|?(.*)$")
+        local v = kind and dict:get(key) or 0
+        local labels = kind and ('service="' .. esc(service) .. '",version="' .. esc(version) .. '"')
         if kind == "r" then
             requests[#requests + 1] = "proxystack_requests_total{" .. labels .. ',status="' .. esc(rest) .. '"} ' .. v
         elseif kind == "h" then
