@@ -42,6 +42,7 @@ class Settings:
     grpc_listen: str = ""                       # where gRPC clients connect (HTTP/2 cleartext), "" for none
     tls_listen: str = ""                        # where HTTPS clients connect (dynamic mode), "" for none
     certs_size: str = "16m"                     # shared memory for the pushed certificates (dynamic)
+    metrics_size: str = "16m"                   # shared memory for the per-request metrics (dynamic)
     # seconds a version the table no longer lists keeps its metrics after its last request (dynamic)
     metrics_grace: int = 600
 
@@ -111,7 +112,7 @@ def render_config(routes: List[Route], s: Settings) -> str:
                 workers=s.workers, read_timeout=s.read_timeout, grpc_listen=s.grpc_listen, modules=s.modules,
                 lua=str(LUA_DIR), table=str(s.table), secret=str(s.secret), socket=str(s.socket),
                 table_size=s.table_size, tls_listen=s.tls_listen, tls_port=s.tls_port, certs_size=s.certs_size,
-                metrics_grace=s.metrics_grace,
+                metrics_size=s.metrics_size, metrics_grace=s.metrics_grace,
                 fallback_cert=str(s.fallback_cert), fallback_key=str(s.fallback_key), lua_version=lua_code_version())
     version = hashlib.sha256(template.render(version="", **args).encode()).hexdigest()[:16]
     return template.render(version=version, **args)

@@ -1,6 +1,7 @@
 """nginx's per-request metrics over deploys (dynamic mode), on a real nginx with the Lua side:
 a version the pushed table no longer lists loses its series once it has been idle for the grace
-period (Settings.metrics_grace, two seconds here), and a listed version keeps them however quiet."""
+period (Settings.metrics_grace, two seconds here), a listed version keeps them however quiet,
+and a full metrics zone is reported in error.log naming the setting that sizes it."""
 from __future__ import annotations
 
 import http.client
@@ -20,6 +21,7 @@ from testbed.http_backend import LoopbackHTTP, reply_json
 from testbed.processes import wait_until
 
 PORT = 18680
+SMALL_ZONE_PORT = 18681
 GRACE = 2
 
 
@@ -106,3 +108,22 @@ def test_a_service_gone_from_the_table_loses_every_series_the_proxys_own_answers
     proxy.push({"gone": None})
     wait_until(lambda: proxy.versions("gone") == set(), 10 + 3 * GRACE, "the removed service's series gone")
 
+
+def test_a_full_metrics_zone_is_reported_at_most_once_per_flush_naming_the_setting(tmp_path):
+    p = Proxy(tmp_path, SMALL_ZONE_PORT, metrics_size="12k", workers="1")
+    started = time.monotonic()
+    try:
+        for i in range(40):
+            p.deploy(f"s{i}", "v1")
+        for _ in range(3):
+            assert all(p.get(f"/s{i}/x") == 200 for i in range(40))
+        log = p.nginx.prefix / "logs" / "error.log"
+        full = lambda: [line for line in log.read_text().splitlines() if "proxystack_metrics is full" in line]
+        wait_until(full, 10, "the full zone reported")
+        time.sleep(1.5)
+        lines = full()
+        assert "metrics_size" in lines[0] and "lua_shared_dict proxystack_metrics" in lines[0], lines[0]
+        # one worker flushing once a second: a line per flush at most, not one per request (120)
+        assert len(lines) <= time.monotonic() - started + 2, lines
+    finally:
+        p.stop()

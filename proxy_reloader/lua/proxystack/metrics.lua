@@ -70,11 +70,35 @@ function _M.configure(options)
     prune_every = math.min(60, grace)
 end
 
-local function incr(key, amount)
-    if amount ~= 0 then
-        local ok, err = dict:incr(key, amount, 0)
-        if not ok then ngx.log(ngx.ERR, "proxystack: metrics dict: ", err) end
+-- One flush's troubles with the dict (a full zone), logged once when the flush ends.
+local evicted, failed, why = 0, 0, nil
+
+local function noted(ok, err, forcible)
+    if not ok then
+        failed = failed + 1
+        why = err
+    elseif forcible then
+        evicted = evicted + 1
     end
+end
+
+local function incr(key, amount)
+    if amount ~= 0 then noted(dict:incr(key, amount, 0)) end
+end
+
+local function report_troubles()
+    if evicted == 0 and failed == 0 then return end
+    local what = {}
+    if evicted > 0 then
+        what[#what + 1] = evicted .. " updates evicted the least recently used keys (their series restart at 0)"
+    end
+    if failed > 0 then
+        what[#what + 1] = failed .. " updates failed (" .. tostring(why) .. "; their counts are lost)"
+    end
+    ngx.log(failed > 0 and ngx.ERR or ngx.WARN, "proxystack: shared dict proxystack_metrics is full: ",
+            table.concat(what, ", "), "; raise its size: lua_shared_dict proxystack_metrics in nginx.conf, ",
+            "proxy-reloader's Settings.metrics_size")
+    evicted, failed, why = 0, 0, nil
 end
 
 local function delete_series(label)
@@ -99,7 +123,7 @@ local function prune(now)
         if not backends.lists(service, version) then
             local last = dict:get("t|" .. label)
             if last == nil then
-                dict:set("t|" .. label, now)
+                noted(dict:set("t|" .. label, now))
             elseif now - last >= grace then
                 delete_series(label)
             end
@@ -114,7 +138,7 @@ function _M.flush(premature)
     for service, by_version in pairs(batch) do
         for version, c in pairs(by_version) do
             local label = service .. "|" .. version
-            dict:set("t|" .. label, now)
+            noted(dict:set("t|" .. label, now))
             for i = 1, 5 do incr("r|" .. label .. "|" .. CLASSES[i], c.classes[i]) end
             for i = 1, NB do incr("h|" .. label .. "|" .. i, c.buckets[i]) end
             incr("s|" .. label, c.sum)
@@ -125,6 +149,7 @@ function _M.flush(premature)
         next_prune = now + prune_every
         if dict:add("prune", true, prune_every) then prune(now) end
     end
+    report_troubles()
 end
 
 local function esc(s)
