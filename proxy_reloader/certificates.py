@@ -18,7 +18,7 @@ import datetime as dt
 import logging
 import os
 from pathlib import Path
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Dict, Iterable, Optional, Set, Tuple
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -36,6 +36,7 @@ from . import contract
 log = logging.getLogger(__name__)
 
 PRECEDENCE = ("files", "operator", "acme", "local-ca")
+ISSUED = ("acme", "local-ca")          # the sources the stack issues (and renews) itself
 MAX_CHALLENGES = contract.CONTRACT["challenges"]["count"][1]
 MAX_CERTIFICATES = contract.CONTRACT["certificates"]["count"][1]
 
@@ -74,6 +75,7 @@ class CertificateBook:
         self.kv = _Source("Consul")
         self.challenges: Dict[str, str] = {}      # ACME HTTP-01: token -> key authorization
         self._signature: Optional[tuple] = None
+        self.routed: Optional[Set[str]] = None    # the host names routes name now (None: not known yet)
 
     # --- the sources -----------------------------------------------------------------------
     def scan_files(self) -> bool:
@@ -121,6 +123,12 @@ class CertificateBook:
                 if name not in out or PRECEDENCE.index(cert.source) < PRECEDENCE.index(out[name].source):
                     out[name] = cert
         return dict(sorted(out.items()))
+
+    def watched(self) -> Dict[str, Certificate]:
+        """The certificates whose expiry matters: every one served, but those the stack issued
+        (local CA, ACME) for a host name no route names any more, which are no longer renewed."""
+        return {n: c for n, c in self.serving().items()
+                if not (c.source in ISSUED and n != DEFAULT and self.routed is not None and n not in self.routed)}
 
     def errors(self) -> Dict[str, str]:
         out = {f"files: {n}": e for n, e in self.files.errors.items()}

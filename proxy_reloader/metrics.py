@@ -24,14 +24,15 @@ def count_watch_errors(mirror) -> None:
 
 
 class _Certificates:
-    """Days until each served certificate expires (the alert rule fires under 14)."""
+    """Days until each served certificate expires (the alert rule fires under 14), but those the
+    stack issued for host names no longer routed, which it no longer renews (CertificateBook.watched)."""
     def __init__(self, book):
         self.book = book
 
     def collect(self):
         family = GaugeMetricFamily("proxystack_certificate_days_left",
                                    "Days until a served certificate expires, by name and source", labels=["name", "source"])
-        for name, cert in self.book.serving().items():
+        for name, cert in self.book.watched().items():
             family.add_metric([name, cert.source], round(cert.days_left(), 3))
         yield family
 

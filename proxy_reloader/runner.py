@@ -164,6 +164,7 @@ class Runner:
             # never sees a route before the workers do.
             self.routes = served
             self.last_good = {r.service: r for r in served}
+            self.certificates.routed = {h for r in served for h in r.hosts}
             if self.served is not None:
                 self.served.update(served)
         return candidate is not None

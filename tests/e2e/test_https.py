@@ -286,3 +286,21 @@ def test_certificates_are_kept_in_the_table_file_readable_by_its_owner_only(prox
     assert oct(table.stat().st_mode & 0o777) == "0o600"
     assert service.host in json.loads(table.read_text())["certificates"]
     assert shutil.which("curl")
+
+
+def days_left_names(proxy_admin=ADMIN):
+    with urllib.request.urlopen(f"http://127.0.0.1:{proxy_admin}/metrics", timeout=5) as r:
+        lines = r.read().decode().splitlines()
+    return {l.split('name="', 1)[1].split('"', 1)[0] for l in lines if l.startswith("proxystack_certificate_days_left{")}
+
+
+def test_a_certificate_the_stack_issued_for_a_host_no_longer_routed_is_not_watched_for_expiry(proxy, service, stores):
+    """It stays served (until `cert remove`) but is no longer renewed: its days left would fall
+    under the alert's 14 and below zero, an alert for a host nobody serves."""
+    service("v1")
+    wait_until(lambda: service.host in days_left_names(), 30, "the local CA's certificate watched")
+    for ri in stores.instances.of(service.name):
+        stores.instances.deregister(ri.instance.id)
+    wait_until(lambda: service.name not in proxy.status()["services"], 30, "the route gone")
+    wait_until(lambda: service.host not in days_left_names(), 10, "no days-left series for it")
+    assert (proxy.certificate(service.host) or {}).get("source") == "local-ca", "still served"
