@@ -20,6 +20,7 @@ from tests.conftest import SESSION, TEST_LABEL
 from testbed.processes import wait_until
 
 PORT = 18762
+RESTARTED_PORT, FULL_PORT = 18771, 18772     # nginxes of their own (18763 is compose's TLS port, on the other side)
 GOOD = Route("demo", "/demo/", "", Pool("v1", (("127.0.0.1", 1111), ("127.0.0.1", 2222)), ("v1", "v1")))
 
 
@@ -145,7 +146,7 @@ def test_an_oversized_or_stale_push_is_refused_and_the_table_stays(nginx):
 
 
 def test_a_restarted_nginx_routes_by_the_table_file_before_any_push(tmp_path):
-    n = Nginx(str(tmp_path), listen=f"127.0.0.1:{PORT + 1}")
+    n = Nginx(str(tmp_path), listen=f"127.0.0.1:{RESTARTED_PORT}")
     settings = Settings(str(n.prefix), n.listen, mode=DYNAMIC, modules=n.modules_path())
     secret = ensure_secret(settings.secret)
     n.apply(render([GOOD], str(n.prefix), n.listen, settings=settings))
@@ -156,5 +157,40 @@ def test_a_restarted_nginx_routes_by_the_table_file_before_any_push(tmp_path):
         client = PushClient(settings.socket, secret)
         assert client.state()["generation"] == 77
         assert client.backends()["demo"]["stable"]["servers"][0] == ["127.0.0.1", 1111, "v1"]
+    finally:
+        os.kill(n.master_pid(), signal.SIGQUIT)
+
+
+def test_a_table_that_no_longer_fits_is_refused_and_no_service_already_there_is_evicted(tmp_path):
+    """A full proxystack_backends zone: nginx's shared dict would evict the least recently used
+    entries to make room (other services, which then answer 404 without a word); the push is
+    refused instead (507, saying which zone), and every service already there is still served."""
+    n = Nginx(str(tmp_path), listen=f"127.0.0.1:{FULL_PORT}")
+    settings = Settings(str(n.prefix), n.listen, mode=DYNAMIC, modules=n.modules_path(), table_size="64k")
+    client = PushClient(settings.socket, ensure_secret(settings.secret))
+    n.apply(render([], str(n.prefix), n.listen, settings=settings))
+    subprocess.run([n.binary, "-p", str(n.prefix), "-c", str(n.conf)], check=True, timeout=20)
+    try:
+        wait_until(lambda: n.served_version(), 10, "nginx up")
+
+        def route(i):
+            servers = tuple(("127.0.0.1", 20000 + j) for j in range(8))
+            return Route(f"s{i:04d}", f"/s{i:04d}/", "", Pool("v1", servers, ("v1",) * len(servers)))
+
+        generation, pushed, refusal = 100, [], None
+        for i in range(400):
+            generation += 1
+            try:
+                client.push(backends.push_body(generation, {f"s{i:04d}": backends.entry(route(i))}, full=False))
+            except PushError as exc:
+                refusal = str(exc)
+                break
+            pushed.append(f"s{i:04d}")
+        served = client.backends()
+        evicted = [s for s in pushed if s not in served]
+        assert evicted == [], f"{len(evicted)} services evicted to make room, e.g. {evicted[:3]}"
+        assert refusal is not None, "400 services fit in 64k: the test needs a smaller zone"
+        assert "507" in refusal and "proxystack_backends" in refusal, refusal
+        assert len(pushed) > 10
     finally:
         os.kill(n.master_pid(), signal.SIGQUIT)

@@ -42,8 +42,25 @@ local function set_route(name, entry)
     local old = dict:get("rt:" .. name)
     local new = entry and cjson.encode(entry.route or {}) or nil
     if old == new then return false end
-    if new then dict:set("rt:" .. name, new) else dict:delete("rt:" .. name) end
+    if new then
+        local ok, err = dict:safe_set("rt:" .. name, new)
+        if not ok then return nil, err end
+    else
+        dict:delete("rt:" .. name)
+    end
     return true
+end
+
+-- safe_set, never set: a full zone refuses the push (nginx keeps serving, proxy-reloader says so)
+-- rather than evicting other services' entries, which would stop serving them without a word.
+local FULL = "shared dict proxystack_backends full (%s): the table does not fit; raise lua_shared_dict proxystack_backends"
+
+-- A service gone from the table: its entry, route and stamp deleted (a worker's cached stamp then
+-- differs from the absent one, so it reads the entry again and finds none).
+local function remove(name)
+    dict:delete("svc:" .. name)
+    dict:delete("stamp:" .. name)
+    return set_route(name, nil)
 end
 
 -- Apply a checked push. A full push replaces the table; otherwise only the named services change.
@@ -55,28 +72,32 @@ function _M.apply(body)
     if body.full then
         for n in pairs(known) do
             if body.services[n] == nil then
-                dict:delete("svc:" .. n); dict:set("stamp:" .. n, gen); known[n] = nil
-                routes_changed = set_route(n, nil) or routes_changed
+                known[n] = nil
+                routes_changed = remove(n) or routes_changed
             end
         end
     end
     for name, entry in pairs(body.services) do
         if entry == cjson.null then
-            dict:delete("svc:" .. name); known[name] = nil
-            routes_changed = set_route(name, nil) or routes_changed
+            known[name] = nil
+            routes_changed = remove(name) or routes_changed
         else
             -- Entry first, stamp second: a worker that sees the new stamp finds the new entry.
-            local ok, err = dict:set("svc:" .. name, cjson.encode(entry))
-            if not ok then return nil, "shared dict full (" .. tostring(err) .. "); raise proxystack_backends' size" end
+            local ok, err = dict:safe_set("svc:" .. name, cjson.encode(entry))
+            if not ok then return nil, string.format(FULL, tostring(err)) end
             known[name] = true
-            routes_changed = set_route(name, entry) or routes_changed
+            local changed, rerr = set_route(name, entry)
+            if rerr then return nil, string.format(FULL, tostring(rerr)) end
+            routes_changed = changed or routes_changed
+            ok, err = dict:safe_set("stamp:" .. name, gen)
+            if not ok then return nil, string.format(FULL, tostring(err)) end
         end
-        dict:set("stamp:" .. name, gen)
     end
     local list = {}
     for n in pairs(known) do list[#list + 1] = n end
     table.sort(list)
-    dict:set("names", cjson.encode(list))
+    local ok, err = dict:safe_set("names", cjson.encode(list))
+    if not ok then return nil, string.format(FULL, tostring(err)) end
     if routes_changed then state:set("routes", gen) end
     state:set("generation", gen)
     return true
