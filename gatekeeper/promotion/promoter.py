@@ -82,6 +82,8 @@ class Promoter(Reconciler):
             return
         if self._finish_rollback(inst.service, inst.version):
             return
+        if self._drained_came_back(inst, before):
+            return
         mode = before.mode if before else AUTO
         labelled = _labelled(inst)
         registered = self.stores.instances.of(inst.service) if inst.swarm_service else []
@@ -130,6 +132,25 @@ class Promoter(Reconciler):
         log.info("%s: %s passed and is now stable (was %s)", inst.service, inst.version,
                  before.stable if before and before.stable else "none")
         self._became_stable(inst.service, inst.version, before, "gatekeeper (auto)")
+
+    def _drained_came_back(self, inst: Instance, policy: Optional[RoutingPolicy]) -> bool:
+        """A container the drain stopped, started again by something else than a rollback: its
+        restart policy `always` when its engine restarted (a host's reboot brings back every
+        drained version kept), or `docker start`. Admitted, it is no promotion: an old version
+        must not take production back by itself. The history says so, and how to use it."""
+        if policy is None or inst.version in (policy.stable, policy.canary):
+            return False
+        drained = kept_drained(self.stores.history.of(inst.service)).get(inst.version, [])
+        if not any(c.get("id") == inst.container_id for c in drained):
+            return False
+        how = (f"`gatekeeper rollback {inst.service}` makes it stable again" if inst.version == policy.previous else
+               f"`gatekeeper canary {inst.service} {inst.version}`, then `promote`, sends it traffic")
+        reason = (f"{inst.container_name} ({inst.version}), stopped by the drain, started again (its restart policy "
+                  f"when its engine restarted, or by hand) and passed its tests: admitted, not routed; {how}")
+        log.warning("%s: %s", inst.service, reason)
+        self.stores.history.add(inst.service, "drained container back", version=inst.version, instance=inst.id,
+                                by="gatekeeper", reason=reason[:300])
+        return True
 
     def _became_stable(self, service: str, version: str, before: Optional[RoutingPolicy], by: str) -> None:
         """What follows every promotion by the daemon: the history, the count, the old drained."""

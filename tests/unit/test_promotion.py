@@ -746,3 +746,19 @@ def test_a_service_whose_every_instance_left_mid_analysis_leaves_no_timer_waking
     assert promoter.next_due() is None, "a pass every 0.1 s for ever"
     run_pass({"demo": store.registered}, [promoter])  # back with its instances: the analysis goes on
     assert promoter.next_due() is not None and [e for e, _ in store.hist].count("analysis") == 1
+
+
+def test_a_drained_container_started_again_by_its_restart_policy_is_admitted_not_promoted():
+    """A host's engine restarts: drained containers run with --restart always come back, pass
+    their tests, and must not make their old version stable (and drain the current one)."""
+    store = drained_store()
+    back = Instance(id="h1:web-a:8080", service="demo", address="127.0.0.1", port=30001, version="v1",
+                    container_id="c-a", container_name="web-a", image="demo:v1", registered_by="r",
+                    started="t-a2", node="h1")
+    pr.Promoter(store).admitted(back)
+    assert (store.pol.stable, store.pol.canary) == ("v2", "")
+    event, details = store.hist[-1]
+    assert event == "drained container back" and details["version"] == "v1"
+    assert "`gatekeeper rollback demo` makes it stable again" in details["reason"]
+    pr.Promoter(store).admitted(inst("v1"))               # a new container of v1, run on purpose: promoted
+    assert store.pol.stable == "v1"
