@@ -8,6 +8,9 @@ HTTPS (dynamic mode, --tls-listen): certificates are picked per handshake by SNI
 pushed with the routes: from a folder (--cert-dir), from Consul (`proxy-reloader cert add`), from
 an ACME CA (--acme-directory, HTTP-01, one issuer at a time) and from the stack's local CA
 (--local-ca) for routed hosts that have none. `proxy-reloader cert --help` manages the ones in Consul.
+
+nginx's logs (DIR/logs/access.log and error.log): one grown past --log-max-size becomes NAME.1
+(NAME.1 becomes NAME.2, ..., at most --log-keep kept) and nginx is told to reopen its logs.
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ from catalog.mirror import CatalogMirror
 from . import metrics
 from catalog import local_ca
 
-from . import cert_cli
+from . import cert_cli, logfiles
 from .acme_issuer import AcmeIssuer
 from .certificates import CertificateBook, LocalIssuer, ensure_fallback
 from .nginx import Nginx, NginxError
@@ -94,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--admin", default="127.0.0.1:8001", metavar="ADDRESS:PORT",
                    help="loopback address of the read-only status and metrics endpoint, '' to disable "
                         "(default %(default)s); its /metrics is announced in Consul for Prometheus")
+    p.add_argument("--log-max-size", default=logfiles.DEFAULT_MAX_SIZE, metavar="SIZE",
+                   help="rotate nginx's access.log and error.log (in the prefix's logs/ folder) when one grows "
+                        "past SIZE: bytes, or k, m, g; 0 leaves them to something else, such as logrotate "
+                        "(default %(default)s)")
+    p.add_argument("--log-keep", type=int, default=logfiles.DEFAULT_KEEP, metavar="N",
+                   help="rotated files kept per log, NAME.1 the newest (default %(default)s)")
     p.add_argument("--exec", dest="exec_nginx", action="store_true", help="run nginx as a child and supervise it")
     p.add_argument("--report-check", action="store_true",
                    help="register the proxy in Consul with a check that fails while a config is refused")
@@ -123,6 +132,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--local-ca-default needs --local-ca")
     if args.cert_dir and not Path(args.cert_dir).is_dir():
         p.error(f"--cert-dir {args.cert_dir} is not a folder")
+    try:
+        args.log_max_size = logfiles.parse_size(args.log_max_size)
+    except ValueError as exc:
+        p.error(f"--log-max-size: {exc}")
+    if not 1 <= args.log_keep <= logfiles.MAX_KEEP:
+        p.error(f"--log-keep must be from 1 to {logfiles.MAX_KEEP} rotated files, got {args.log_keep}")
     return args
 
 
@@ -222,6 +237,7 @@ def main(argv=None) -> int:
             return EXIT_FAILED
         child = NginxChild(nginx)
         child.start()
+    rotation = logfiles.LogRotation(nginx, args.log_max_size, args.log_keep).start() if args.log_max_size else None
     signal.signal(signal.SIGTERM, lambda *_: runner.stop())
     signal.signal(signal.SIGINT, lambda *_: runner.stop())
     logging.info("proxy-reloader: Consul %s -> nginx %s (%s mode, listen %s, status %s)", args.consul, nginx.conf,
@@ -229,6 +245,8 @@ def main(argv=None) -> int:
     try:
         runner.run()
     finally:
+        if rotation:
+            rotation.stop()
         if acme:
             acme.stop()
         if child:

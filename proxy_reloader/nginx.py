@@ -86,6 +86,17 @@ class Nginx:
         os.kill(pid, signal.SIGHUP)
         return True
 
+    def reopen_logs(self) -> bool:
+        """SIGUSR1 the master, as `nginx -s reopen` does: the master opens its log files again by
+        name (creating them, owned by the worker user), then tells each worker to do the same;
+        a worker flushes its buffered access log lines to the file it had first. False when no
+        nginx runs."""
+        pid = self.master_pid()
+        if pid is None:
+            return False
+        os.kill(pid, signal.SIGUSR1)
+        return True
+
     def apply(self, text: str) -> bool:
         """Validate, swap and reload when `text` differs from the live config. True if changed."""
         if text == self.current():

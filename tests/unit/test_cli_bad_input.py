@@ -43,3 +43,19 @@ def test_bad_input_is_one_clear_line_and_exit_2(module, argv, said, tmp_path, ca
     assert code == 2, err
     assert said in err and "Traceback" not in err, err
     assert not (tmp_path / "b.backup").exists() and not (tmp_path / "tokens").exists()
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["--log-max-size", "10q"], "--log-max-size: '10q' is not a size"),
+    (["--log-max-size", "-1"], "--log-max-size: '-1' is not a size"),
+    (["--log-keep", "0"], "--log-keep must be from 1 to 100"),
+    (["--log-keep", "101"], "--log-keep must be from 1 to 100"),
+    (["--log-keep", "three"], "argument --log-keep: invalid int value"),
+])
+def test_proxy_reloader_refuses_a_bad_log_rotation_on_one_line_with_exit_2(argv, said, tmp_path, capsys):
+    from proxy_reloader.__main__ import main
+    with pytest.raises(SystemExit) as done:
+        main(["--nginx-prefix", str(tmp_path / "nginx"), *argv])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and said in err and "Traceback" not in err, err
+    assert not (tmp_path / "nginx").exists(), "nothing written"
