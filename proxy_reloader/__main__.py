@@ -205,7 +205,10 @@ def main(argv=None) -> int:
             if args.once:
                 print(f"proxy-reloader: {exc}", file=sys.stderr)
                 return EXIT_FAILED
-            raise
+            # The config and table on disk are the last ones written: nginx serves them, and the
+            # runner reports the write and tries it again until it works.
+            logging.error("first render: could not write nginx's files (%s); nginx starts with what is on disk", exc)
+            changed = False
         if args.once:
             print(f"config {'written' if changed else 'unchanged'}: {nginx.conf}")
             return EXIT_OK

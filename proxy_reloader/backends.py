@@ -82,10 +82,17 @@ def push_body(generation: int, entries: Dict[str, Optional[dict]], full: bool,
 def write_table(path: Path, generation: int, entries: Dict[str, dict],
                 certificates: Optional[Dict[str, dict]] = None, challenges: Optional[Dict[str, str]] = None) -> None:
     """The full table, atomically, for nginx's next start (read in init_by_lua); 0600, since it
-    holds the certificates' private keys."""
+    holds the certificates' private keys. Raises ValueError when an entry breaks the contract and
+    OSError when the file cannot be written (a full disk, say); either way the file keeps the
+    table it held and no temporary file stays behind."""
+    body = push_body(generation, entries, full=True, certificates=certificates or {}, challenges=challenges or {})
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(push_body(generation, entries, full=True, certificates=certificates or {}, challenges=challenges or {}))
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(body)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise

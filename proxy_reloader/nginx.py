@@ -50,7 +50,11 @@ class Nginx:
     def validate(self, text: str) -> Path:
         """Write `text` beside the live config and run `nginx -t` on it; return the temp path."""
         candidate = self.prefix / f".nginx.conf.{os.getpid()}.tmp"
-        candidate.write_text(text)
+        try:
+            candidate.write_text(text)
+        except OSError:                           # a full disk, say: no half-written file stays behind
+            candidate.unlink(missing_ok=True)
+            raise
         proc = subprocess.run([self.binary, "-t", "-q", "-p", str(self.prefix), "-c", str(candidate)],
                               capture_output=True, text=True, timeout=30)
         if proc.returncode != 0:

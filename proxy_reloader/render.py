@@ -47,6 +47,10 @@ class Settings:
     metrics_grace: int = 600
 
     @property
+    def config(self) -> Path:
+        return Path(self.prefix) / "nginx.conf"
+
+    @property
     def table(self) -> Path:
         return Path(self.prefix) / "backends.json"
 

@@ -17,6 +17,10 @@ local CA issuer, when there is one, issues for routed hosts that have none after
 When nginx refuses a rendered config, the services whose own config it refuses keep their
 last good route (or stay out, if they never had one) and every other service's change is
 applied anyway: one bad service never blocks the rest.
+
+A file nginx reads that cannot be written (the config, the table file; a full disk, say) is an
+error like a refused config: nginx goes on serving what it has, the error shows in the status and
+the Consul check, and the write is tried again every `write_retry` seconds.
 """
 from __future__ import annotations
 
@@ -65,6 +69,8 @@ class RunnerOptions:
     issue_every: float = 60.0
     # How often the proxy tells Consul it is alive (--report-check; the check's TTL is three times this).
     heartbeat: float = PROXY_HEARTBEAT
+    # How soon a file nginx reads that could not be written (a full disk, say) is written again.
+    write_retry: float = 5.0
 
 
 class Runner:
@@ -91,6 +97,7 @@ class Runner:
         self.last_error: Optional[str] = None
         self.push_error: Optional[str] = None
         self.service_errors: Dict[str, str] = {}
+        self.file_errors: Dict[str, str] = {}        # per file nginx reads: why it could not be written
         self.computed: Dict[str, Route] = {}         # per service, from Consul
         self.invalid: Dict[str, str] = {}            # per service: why Consul's data is left out
         self.routes: List[Route] = []                # what nginx serves now
@@ -136,16 +143,16 @@ class Runner:
         errors = dict(self.invalid)
         routes = without_conflicts(self.computed, errors)
         routes, errors = self._ride_out_blips(routes, errors)
-        served = routes + self._kept(routes, errors)
-        text = self._render(served)                  # in dynamic mode, the same for any routes
         try:
-            candidate = self.nginx.validate(text) if text != self.nginx.current() else None
-        except NginxError as exc:
-            metrics.APPLIED.labels("reload", "refused").inc()
-            routes, errors = self._isolate(routes, errors, exc)
-            served = routes + self._kept(routes, errors)
-            text = self._render(served)
-            candidate = self.nginx.validate(text) if text != self.nginx.current() else None
+            routes, served, text, candidate = self._validated(routes, errors)
+            self._written(self.settings.config)
+        except OSError as exc:
+            if not self.dynamic:
+                raise                                # nothing changes: nginx keeps its config (see _apply)
+            # The config could not be written (a full disk, say); it holds no route, so the
+            # table is pushed all the same and only a new listener or option waits.
+            self._unwritten(self.settings.config, exc)
+            served, text, candidate = routes + self._kept(routes, errors), None, None
         self.service_errors = errors
         pushed = self._push_table(served) if self.dynamic else True   # before a reload: a new route has its servers
         if pushed and self.issuer is not None:
@@ -168,6 +175,22 @@ class Runner:
             if self.served is not None:
                 self.served.update(served)
         return candidate is not None
+
+    def _validated(self, routes: List[Route], errors: Dict[str, str]):
+        """The config for `routes`, checked by nginx: (routes, served, text, candidate). A service
+        whose own config nginx refuses is left out and named in `errors`; the candidate is None
+        when nginx runs that config already. OSError: the candidate could not be written."""
+        served = routes + self._kept(routes, errors)
+        text = self._render(served)                  # in dynamic mode, the same for any routes
+        try:
+            candidate = self.nginx.validate(text) if text != self.nginx.current() else None
+        except NginxError as exc:
+            metrics.APPLIED.labels("reload", "refused").inc()
+            routes, errors = self._isolate(routes, errors, exc)
+            served = routes + self._kept(routes, errors)
+            text = self._render(served)
+            candidate = self.nginx.validate(text) if text != self.nginx.current() else None
+        return routes, served, text, candidate
 
     @staticmethod
     def _describe(routes: List[Route]) -> str:
@@ -230,10 +253,35 @@ class Runner:
             self._recheck_after(1.0)
             return False
         finally:
-            # The file holds the full current state, so an nginx (re)start routes right at once;
-            # when an entry breaks the contract (ValueError), it keeps the last table it held.
-            with contextlib.suppress(ValueError):
-                backends.write_table(self.settings.table, max(self.generation, 1), want, want_certs, want_challenges)
+            self._write_table(want, want_certs, want_challenges)
+
+    def _write_table(self, entries: Dict[str, dict], certs: Dict[str, dict], challenges: Dict[str, str]) -> None:
+        """The table file holds the full current state, so an nginx (re)start routes right at
+        once. It keeps the last table it held when an entry breaks the contract (ValueError) or
+        the file cannot be written; nginx's workers serve the pushed table either way."""
+        try:
+            backends.write_table(self.settings.table, max(self.generation, 1), entries, certs, challenges)
+        except ValueError:
+            return
+        except OSError as exc:
+            self._unwritten(self.settings.table, exc)
+            return
+        self._written(self.settings.table)
+
+    # --- files nginx reads: the config and the table -----------------------------------------
+    def _unwritten(self, path, exc: OSError) -> None:
+        """A file nginx reads could not be written (a full disk, say): it is reported (status,
+        Consul check) and written again after write_retry; nginx serves what it has meanwhile."""
+        error = f"could not write {path}: {exc.strerror or exc}"
+        if self.file_errors.get(str(path)) != error:
+            log.error("%s; nginx keeps serving what it has, trying again every %g s", error,
+                      self.options.write_retry)
+        self.file_errors[str(path)] = error
+        self._recheck_after(self.options.write_retry)
+
+    def _written(self, path) -> None:
+        if self.file_errors.pop(str(path), None) is not None:
+            log.info("%s written again", path)
 
     def _ask_nginx(self) -> None:
         """Notice an nginx restart (a new boot id, or an older generation): the table it holds
@@ -339,15 +387,24 @@ class Runner:
     def _apply(self) -> None:
         try:
             self.apply()
-            problems = [f"{s}: {e}" for s, e in sorted(self.service_errors.items())]
-            if self.push_error:
-                problems.append(f"push: {self.push_error}")
-            self.last_error = "; ".join(problems) or None
+            self.last_error = self._problems()
         except NginxError as exc:
             # nginx refused the config or did not take it: it keeps serving the last good one.
+            self._written(self.settings.config)      # it was written, for nginx to refuse
             self.last_error = str(exc)
             log.error("new config not applied, nginx keeps the last good one: %s", exc)
+        except OSError as exc:
+            # The config could not be written (a full disk, say): nginx keeps the last good one.
+            self._unwritten(self.settings.config, exc)
+            self.last_error = self._problems()
         self._report()
+
+    def _problems(self) -> Optional[str]:
+        problems = [f"{s}: {e}" for s, e in sorted(self.service_errors.items())]
+        if self.push_error:
+            problems.append(f"push: {self.push_error}")
+        problems += [e for _, e in sorted(self.file_errors.items())]
+        return "; ".join(problems) or None
 
     def _report(self) -> None:
         if self.reporter is None:
@@ -378,7 +435,7 @@ class Runner:
             "served_version": self.nginx.served_version(),
             "reloads": self.reloads, "renders": self.renders,
             "last_reload": self.last_reload, "last_error": self.last_error,
-            "service_errors": dict(self.service_errors),
+            "service_errors": dict(self.service_errors), "file_errors": dict(self.file_errors),
             "services": {r.service: r.to_dict() for r in self.routes},
         }
         if self.dynamic:

@@ -267,7 +267,8 @@ def test_status_in_reload_mode(tmp_path):
     r, nginx = make(tmp_path)
     empty = r.status()
     assert empty == {"mode": "reload", "config_version": "", "served_version": "", "reloads": 0, "renders": 0,
-                     "last_reload": None, "last_error": None, "service_errors": {}, "services": {}}
+                     "last_reload": None, "last_error": None, "service_errors": {}, "file_errors": {},
+                     "services": {}}
     step(r, {"a": ([reg("a", 1)], None), "b": ([reg("b", 2)], "{bad")})
     status = r.status()
     assert status["config_version"] == config_version(nginx.conf) != ""
