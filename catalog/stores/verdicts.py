@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from ..consul_client import ConsulClient
 from ..kv_layout import RETESTS, VERDICTS
@@ -24,8 +24,19 @@ class VerdictStore:
         pass over thousands of instances compares their gates with."""
         return records_under(self.consul, VERDICTS, Verdict.from_json)
 
-    def put(self, verdict: Verdict) -> None:
-        self.consul.kv_put(VERDICTS + verdict.instance_id, verdict.to_json())
+    def get_indexed(self, instance_id: str) -> Tuple[int, Optional[Verdict]]:
+        """(ModifyIndex, verdict): the index a check-and-set `put` names (0: no verdict); the
+        verdict None too when it is unreadable."""
+        index, raw = self.consul.kv_get(VERDICTS + instance_id)
+        try:
+            return index, Verdict.from_json(raw) if raw is not None else None
+        except (ValueError, KeyError, TypeError):
+            return index, None
+
+    def put(self, verdict: Verdict, cas: Optional[int] = None) -> bool:
+        """Write the verdict; with `cas`, only while the stored one is still at that index (0:
+        none): False when another writer put one since."""
+        return self.consul.kv_put(VERDICTS + verdict.instance_id, verdict.to_json(), cas=cas)
 
     def ids(self) -> List[str]:
         """The instance ids that have a stored verdict (keys only: cheap even with thousands)."""
@@ -41,5 +52,10 @@ class VerdictStore:
         """The instance ids whose retest is asked for."""
         return [k[len(RETESTS):] for k in self.consul.kv_list(RETESTS)]
 
-    def clear_retest(self, instance_id: str) -> None:
-        self.consul.kv_delete(RETESTS + instance_id)
+    def retest_asked(self, instance_id: str) -> int:
+        """The ModifyIndex of the retest asked for the instance (0: none), for `clear_retest`'s cas."""
+        return self.consul.kv_get(RETESTS + instance_id)[0]
+
+    def clear_retest(self, instance_id: str, cas: Optional[int] = None) -> None:
+        """Take the retest request away; with `cas`, only that request, not one asked again since."""
+        self.consul.kv_delete(RETESTS + instance_id, cas=cas)

@@ -195,11 +195,13 @@ class Gate(Reconciler):
         with self.lock:
             return self.verdicts.get(instance_id)
 
-    def _put_verdict(self, verdict: Verdict) -> None:
-        self.stores.verdicts.put(verdict)
+    def _put_verdict(self, verdict: Verdict, cas: Optional[int] = None) -> bool:
+        if self.stores.verdicts.put(verdict, cas=cas) is False:
+            return False
         with self.lock:
             self.verdicts[verdict.instance_id] = verdict
             self.written[verdict.instance_id] = (time.monotonic(), verdict)
+        return True
 
     def _busy(self, inst: Instance) -> bool:
         return self._busy_id(inst.id)
@@ -285,29 +287,43 @@ class Gate(Reconciler):
             term = self.term
         self.pool.submit(REVERIFY if reverify else FIRST, self._test, inst, reverify, term)
 
-    def _still_leading(self, inst: Instance, term: Optional[int]) -> bool:
-        """A test queued or running when leadership was lost writes nothing (no verdict, gate or
-        promotion): the next leader decides, and no instance is tested by two daemons at once."""
+    def _may_record(self, inst: Instance, term: Optional[int]) -> bool:
+        """Whether a test queued or running may still run and record (a verdict, a gate, a
+        promotion): not once leadership was lost since it was queued (the next leader decides,
+        and no instance is tested by two daemons at once), nor once another container took the
+        instance's name (compose recreating it, `docker rm -f` and `run`): that one's test owns
+        the instance's records now."""
         with self.lock:
-            if term is None or term == self.term:
-                return True
-        log.info("%s: not tested or recorded here: leadership was lost since it was queued", inst.id)
-        return False
+            lost = term is not None and term != self.term
+            replaced = self.testing.get(inst.id) != inst.container_id
+        if lost:
+            log.info("%s: not tested or recorded here: leadership was lost since it was queued", inst.id)
+        elif replaced:
+            log.info("%s: container %s replaced by another of the same name: its test records nothing",
+                     inst.id, inst.container_id[:12])
+        return not (lost or replaced)
 
     def _test(self, inst: Instance, reverify: bool = False, term: Optional[int] = None) -> None:
         """Test one instance. A first test closes the gate while it runs; a re-verification of
         a live instance leaves it serving until a failure takes it out."""
         try:
-            if not self._still_leading(inst, term):
+            if not self._may_record(inst, term):
                 return
             image = inst.tests_image or self.stores.policies.tests_image(inst.service)
             log.info("%s: %s %s %s with %s against %s", inst.id, "re-verifying" if reverify else "testing",
                      inst.service, inst.version, image or "(none)", instance_url(inst))
             self.tester.remove_leftovers(inst.id)     # a dead leader's run must not overlap ours
-            before = self.stores.verdicts.get(inst.id)
+            # what this run answers: the retest asked now (one asked while it runs is run after
+            # it), and the verdict now (one written while it runs, by `gatekeeper admit` say, is
+            # kept: the run records nothing over it)
+            asked = self.stores.verdicts.retest_asked(inst.id) if reverify else 0
+            index, before = self.stores.verdicts.get_indexed(inst.id)
             # A first pass of this container may change routing; a re-verification of one that
-            # passed before may not (an old version kept for rollback must not be promoted again).
-            first_pass = not (before and before.applies_to(inst) and before.state == PASSED)
+            # passed before may not (an old version kept for rollback must not be promoted again),
+            # nor a new run of a container that passed before (restarted by its restart policy,
+            # when its engine restarted, or by the healer): an old version kept running must not
+            # take production back because its host rebooted.
+            first_pass = not (before and before.container_id == inst.container_id and before.state == PASSED)
             # Whether its route is free and its service run its way is asked of every container
             # not yet admitted, retested or not: a retest must not let in what the gate refused.
             taken = self.taken_by(inst) if first_pass else None
@@ -315,30 +331,37 @@ class Gate(Reconciler):
                 where, owner = taken
                 self._refuse(inst, image, f"{ROUTE_TAKEN}{where} is already routed to service {owner}; give this "
                                           f"container another proxy.path or proxy.host, or remove {owner}'s instances",
-                             reverify)
+                             asked)
                 return
             other = self.run_by_other(inst) if first_pass else None
             if other:
-                self._refuse(inst, image, other, reverify)
+                self._refuse(inst, image, other, asked)
                 return
             if not reverify:
-                self._put_verdict(Verdict(inst.id, inst.container_id, image, TESTING, f"testing with {image}",
-                                          container_started=inst.started))
+                testing = Verdict(inst.id, inst.container_id, image, TESTING, f"testing with {image}",
+                                  container_started=inst.started)
+                if not self._put_verdict(testing, cas=index):
+                    log.warning("%s: a verdict was written for it meanwhile; not tested now", inst.id)
+                    return
+                index = self.stores.verdicts.get_indexed(inst.id)[0]
                 self.stores.node_records.set_gate(inst, False, f"testing with {image or '(no tests image)'}")
             res = self.tester.run(image, instance_url(inst), inst.id)
             if res.aborted:
                 log.warning("%s: test run aborted (leadership lost); the next leader tests again", inst.id)
                 return
-            if not self._still_leading(inst, term):
+            if not self._may_record(inst, term):
                 return
             passed = res.state == PASSED
             verdict = Verdict(inst.id, inst.container_id, image, res.state, res.summary,
                               res.started, res.finished, res.log_tail, container_started=inst.started,
                               promotion_pending=passed and first_pass)
-            self._put_verdict(verdict)
+            if not self._put_verdict(verdict, cas=index):
+                log.warning("%s: its verdict was written while it was tested (`gatekeeper admit`, a restore): "
+                            "that one is kept; this run (%s: %s) is not recorded", inst.id, res.state, res.summary)
+                return
             self.stores.node_records.set_gate(inst, passed, res.summary if passed else f"{res.state}: {res.summary}")
-            if reverify:
-                self.stores.verdicts.clear_retest(inst.id)
+            if asked:
+                self.stores.verdicts.clear_retest(inst.id, cas=asked)
             log.info("%s: %s (%s) in %.1f s", inst.id, res.state, res.summary, verdict.duration)
             self._count(inst, verdict, reverify)
             if verdict.promotion_pending:
@@ -350,8 +373,9 @@ class Gate(Reconciler):
         except Exception:                           # a bug must not kill the worker silently
             log.exception("%s: test run failed unexpectedly", inst.id)
         finally:
-            with self.lock:
-                self.testing.pop(inst.id, None)
+            with self.lock:                       # its own mark only, not a successor's
+                if self.testing.get(inst.id) == inst.container_id:
+                    del self.testing[inst.id]
 
     def _promote(self, inst: Instance, verdict: Verdict) -> None:
         """A first pass's promotion (`on_admitted`), then the verdict saying it was made. Cut short
@@ -360,16 +384,17 @@ class Gate(Reconciler):
         self.on_admitted(inst)
         self._put_verdict(replace(verdict, promotion_pending=False))
 
-    def _refuse(self, inst: Instance, image: str, summary: str, retest: bool = False) -> None:
+    def _refuse(self, inst: Instance, image: str, summary: str, retest: int = 0) -> None:
         """Another service serves this instance's route, or its service is run the other way: its
         gate stays shut, saying so (in the Consul UI, `gatekeeper why` and status), and it is
-        tested once that is no longer so. A retest asked for is answered by the refusal."""
+        tested once that is no longer so. A retest asked for (`retest`: its index) is answered
+        by the refusal."""
         now = time.time()
         self._put_verdict(Verdict(inst.id, inst.container_id, image, ERROR, summary, now, now,
                                   container_started=inst.started))
         self.stores.node_records.set_gate(inst, False, f"{ERROR}: {summary}")
         if retest:
-            self.stores.verdicts.clear_retest(inst.id)
+            self.stores.verdicts.clear_retest(inst.id, cas=retest)
         log.warning("%s: not tested: %s", inst.id, summary)
 
     def _count(self, inst: Instance, verdict: Verdict, reverify: bool) -> None:

@@ -14,6 +14,7 @@ from catalog.model import PASSED, Instance, Verdict
 from gatekeeper.admission.gate import Gate
 from gatekeeper.admission.tester import RunResult
 from gatekeeper.reconciler import run_pass
+from tests.support.fakes import FakeTester
 from testbed.processes import wait_until
 
 
@@ -83,7 +84,6 @@ def test_a_promotion_cut_short_after_the_verdict_is_made_at_the_next_pass(stores
     from consul.base import ConsulException
     from catalog.model import RoutingPolicy
     from gatekeeper.promotion.promoter import Promoter
-    from tests.support.fakes import FakeTester
 
     stores.policies.put(RoutingPolicy(unique, stable="v1"), cas=0)
     v2 = replace(instance(unique, 1), version="v2")
@@ -115,4 +115,132 @@ def test_a_promotion_cut_short_after_the_verdict_is_made_at_the_next_pass(stores
         gate.shutdown()
         stores.instances.deregister(v2.id)
         stores.verdicts.forget(v2.id)
+        stores.forget_service(unique)
+
+
+class StepTester:
+    """Each run waits until the test lets it end (`release(n)`), then passes."""
+
+    def __init__(self):
+        self.runs, self.go = [], [threading.Event() for _ in range(5)]
+
+    def remove_leftovers(self, iid):
+        pass
+
+    def abort_all(self):
+        pass
+
+    def close(self):
+        pass
+
+    def run(self, image, url, iid):
+        n = len(self.runs)
+        self.runs.append(url)
+        self.go[n].wait(30)
+        return RunResult(PASSED, f"9/9 passed (run {n})", "", time.time(), time.time())
+
+
+def test_a_container_replaced_under_the_same_name_mid_test_is_tested_once_and_its_successor_once(stores, unique):
+    """compose recreating a container, or `docker rm -f web && docker run --name web`: the same
+    instance id, another container. The old one's test records nothing and leaves the new one's
+    test its mark, so the new one is tested once, not again and again."""
+    old = instance(unique, 1)
+    new = replace(old, container_id=f"{old.container_id}-new", port=old.port + 50)
+    tester = StepTester()
+    gate = Gate(stores, tester, parallel=1, forget_after=1e9)
+
+    def one_pass():
+        run_pass({s: i for s, i in stores.instances.all().items() if s == unique}, [gate])
+
+    try:
+        stores.instances.register(old)
+        one_pass()
+        wait_until(lambda: len(tester.runs) == 1, 30, "the old container's test running")
+        stores.instances.deregister(old.id)
+        stores.instances.register(new)
+        one_pass()                                         # the new container's test, queued
+        tester.go[0].set()
+        wait_until(lambda: len(tester.runs) == 2, 30, "the new container's test running")
+        assert gate.testing.get(new.id) == new.container_id, "the old test took the new one's mark away"
+        one_pass()
+        assert gate.pool.waiting() == 0, "the new container queued for a second test while its first runs"
+        tester.go[1].set()
+        wait_until(lambda: not gate.testing, 30, "its test done")
+        one_pass()
+        wait_until(lambda: not gate.testing, 30, "nothing more to test")
+        verdict = stores.verdicts.get(new.id)
+        assert verdict.container_id == new.container_id and verdict.summary == "9/9 passed (run 1)"
+        assert len(tester.runs) == 2, tester.runs
+    finally:
+        for g in tester.go:
+            g.set()
+        gate.shutdown()
+        stores.instances.deregister(new.id)
+        stores.verdicts.forget(new.id)
+        stores.forget_service(unique)
+
+
+def test_what_an_operator_writes_while_a_test_runs_is_not_overwritten_when_it_ends(stores, unique):
+    """`gatekeeper admit` while a first test hangs (the tests broken upstream): the forced
+    verdict stays when the run times out. `gatekeeper retest` while a retest runs: asked again,
+    it runs after, not cleared by the run that began before it."""
+    hung, live = instance(unique, 1), instance(unique, 2)
+    for inst in (hung, live):
+        stores.instances.register(inst)
+    stores.verdicts.put(Verdict(live.id, live.container_id, "demo-test:latest", PASSED, "9/9 passed", 1, 2))
+    stores.instances.apply_gate(live, True, "9/9 passed")
+    tester = StepTester()
+    gate = Gate(stores, tester, parallel=2, forget_after=1e9)
+
+    def one_pass():
+        run_pass({s: i for s, i in stores.instances.all().items() if s == unique}, [gate])
+
+    try:
+        stores.verdicts.request_retest(live.id)
+        one_pass()                                        # hung's first test and live's retest, both held
+        wait_until(lambda: len(tester.runs) == 2, 30, "both tests running")
+        forced = Verdict(hung.id, hung.container_id, "", PASSED, "forced admission: tests broken upstream",
+                         time.time(), time.time())
+        stores.verdicts.put(forced)                       # as `gatekeeper admit` writes it
+        stores.verdicts.request_retest(live.id)           # asked again while its retest runs
+        tester.go[0].set()
+        tester.go[1].set()
+        wait_until(lambda: not gate.testing, 30, "both runs ended")
+        assert stores.verdicts.get(hung.id).summary == "forced admission: tests broken upstream"
+        assert live.id in stores.verdicts.retests(), "the retest asked during the run was cleared by it"
+    finally:
+        for g in tester.go:
+            g.set()
+        gate.shutdown()
+        for inst in (hung, live):
+            stores.instances.deregister(inst.id)
+            stores.verdicts.forget(inst.id)
+            stores.verdicts.clear_retest(inst.id)
+        stores.forget_service(unique)
+
+
+def test_a_restarted_container_that_passed_before_is_admitted_again_and_promotes_nothing(stores, unique):
+    """v1 kept running beside stable v2 (`--keep-old`, or the bad version after a rollback); its
+    host reboots, or the healer restarts it: the new run is tested again and admitted, and v1
+    does not become stable again."""
+    from catalog.model import RoutingPolicy
+
+    stores.policies.put(RoutingPolicy(unique, stable="v2", previous="v1"), cas=0)
+    run1 = replace(instance(unique, 1), started="2026-12-06T00:00:00Z")
+    run2 = replace(run1, started="2026-12-06T01:00:00Z")       # the same container, started again
+    stores.verdicts.put(Verdict(run1.id, run1.container_id, "demo-test:latest", PASSED, "9/9 passed", 1, 2,
+                                container_started=run1.started))
+    stores.instances.register(run2)
+    promoted = []
+    gate = Gate(stores, FakeTester(), forget_after=1e9, on_admitted=promoted.append)
+    try:
+        run_pass({s: i for s, i in stores.instances.all().items() if s == unique}, [gate])
+        wait_until(lambda: not gate.testing, 30, "its test")
+        verdict = stores.verdicts.get(run2.id)
+        assert verdict.state == PASSED and verdict.applies_to(run2), "tested again: a new run"
+        assert promoted == [], "a new run of a container that passed before was promoted"
+    finally:
+        gate.shutdown()
+        stores.instances.deregister(run2.id)
+        stores.verdicts.forget(run2.id)
         stores.forget_service(unique)

@@ -15,7 +15,7 @@ from tests.support.fakes import FakeTester
 class Verdicts(dict):
     """The verdict store: instance id -> verdict; no retest asked."""
 
-    def put(self, v):
+    def put(self, v, cas=None):
         self[v.instance_id] = v
 
     def ids(self):
@@ -27,10 +27,16 @@ class Verdicts(dict):
     def forget(self, iid):
         self.pop(iid, None)
 
+    def get_indexed(self, iid):
+        return (1 if iid in self else 0), self.get(iid)
+
     def retests(self):
         return []
 
-    def clear_retest(self, iid):
+    def retest_asked(self, iid):
+        return 1 if iid in self.retests() else 0
+
+    def clear_retest(self, iid, cas=None):
         pass
 
 
@@ -285,11 +291,11 @@ class RecordedVerdicts(Verdicts):
         super().__init__()
         self.store = store
 
-    def put(self, v):
+    def put(self, v, cas=None):
         self.store.log.append(("verdict", v.state, v.container_id, v.tests_image, v.summary))
         super().put(v)
 
-    def clear_retest(self, iid):
+    def clear_retest(self, iid, cas=None):
         self.store.cleared.append(iid)
 
 
