@@ -355,7 +355,10 @@ class Promoter(Reconciler):
         containers on every host."""
         if not self.stop_old:
             return
-        old = {ri.instance.container_id for ri in self.stores.instances.of(service) if ri.instance.version != stable}
+        # admitted ones only: a newer version still under test is not old (its pass, a moment
+        # later, may make it stable while this drain decides)
+        old = {ri.instance.container_id for ri in self.stores.instances.of(service)
+               if ri.instance.version != stable and ri.admitted}
         threading.Thread(target=self._drain, args=(service, stable, old), name=f"drain {service}",
                          daemon=True).start()
 
@@ -419,6 +422,8 @@ class Promoter(Reconciler):
                 verdict = self.stores.verdicts.get(inst.id)
                 if not verdict or verdict.state != PASSED or not verdict.applies_to(inst):
                     continue                            # failed builds stay up for inspection
+                if verdict.promotion_pending:
+                    continue                            # its promotion is still to be made
                 self.stores.node_records.request_action(inst, "stop",
                                                         f"{inst.version} drained after {stable} was promoted")
                 stopped.setdefault(inst.version, []).append({"name": inst.container_name, "node": inst.node,

@@ -2,6 +2,8 @@
 does. The same commands run against the real stack in tests/e2e/test_promotion.py."""
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from catalog.model import AUTO, MANUAL, PASSED, Instance, RegisteredInstance, RoutingPolicy, Verdict
@@ -762,3 +764,17 @@ def test_a_drained_container_started_again_by_its_restart_policy_is_admitted_not
     assert "`gatekeeper rollback demo` makes it stable again" in details["reason"]
     pr.Promoter(store).admitted(inst("v1"))               # a new container of v1, run on purpose: promoted
     assert store.pol.stable == "v1"
+
+
+def test_a_newer_version_still_under_test_when_one_is_promoted_is_not_drained_by_it():
+    """v2 promoted while v3's container is still under test: v3 may pass, and be made stable,
+    while v2's drain decides; only what was admitted when v2 was promoted is old."""
+    store = Store(policy(stable="v2", previous="v1"), versions=("v1", "v2"))
+    store.registered.append(reg("v3", admitted=False))
+    p, drains = pr.Promoter(store, drain_seconds=0), []
+    p._drain = lambda service, stable, old: drains.append(old)
+    p.drain_later("demo", "v2")
+    deadline = time.monotonic() + 5
+    while not drains and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert drains == [{inst("v1").container_id}]
