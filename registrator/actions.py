@@ -63,18 +63,23 @@ class ActionRunner(NodeFollower):
         super().__init__(instances, node_records, stopping, wait)
         self.engine, self.registered_by = engine, registered_by
         self.done: Dict[str, float] = {}       # instance id -> `written` of the record taken on
+        # instance id -> held while an action on its container is carried out: a newer record
+        # waits for it (a rollback's start asked while the drain's stop still waits out the
+        # container's shutdown would find it running, do nothing, and be lost)
+        self.serial: Dict[str, threading.Lock] = {}
 
     def fetch(self, node: str, index: int, wait: float):
         return self.node_records.actions(node, index, wait)
 
     def apply(self) -> int:
         """Start every action not taken on yet, each on its own thread (a stop waits for the
-        container's own shutdown); how many were started. A record for an instance not (or not
+        container's own shutdown; actions on one instance one after the other); how many were started. A record for an instance not (or not
         yet: a sync is under way) registered here waits for the next answer or sync."""
         with self.lock:
             if self.records is None:
                 return 0
             self.done = {iid: w for iid, w in self.done.items() if iid in self.records}
+            self.serial = {iid: s for iid, s in self.serial.items() if iid in self.records or s.locked()}
             pending = to_do(self.records, self.done)
             instances = self.instances.local(self.registered_by) if pending else {}
             started = 0
@@ -83,14 +88,16 @@ class ActionRunner(NodeFollower):
                     log.debug("%s: %s asked of a container not registered here; not done", iid, record.action)
                     continue
                 self.done[iid] = record.written
-                threading.Thread(target=self._carry_out, args=(iid, record), name=f"action-{iid}",
+                serial = self.serial.setdefault(iid, threading.Lock())
+                threading.Thread(target=self._carry_out, args=(iid, record, serial), name=f"action-{iid}",
                                  daemon=True).start()
                 started += 1
         return started
 
-    def _carry_out(self, iid: str, record: ContainerAction) -> None:
+    def _carry_out(self, iid: str, record: ContainerAction, serial: threading.Lock) -> None:
         try:
-            outcome = self.engine(record.action, record.container_id, record.started, record.timeout)
+            with serial:
+                outcome = self.engine(record.action, record.container_id, record.started, record.timeout)
         except Exception as exc:               # the engine is away: the next answer or sync retries
             log.warning("%s: could not %s container %s: %s; trying again later", iid, record.action,
                         record.container_id[:12], exc)

@@ -131,3 +131,35 @@ def test_an_engine_socket_this_user_may_not_open_is_refused_at_once_with_what_to
     sock.close()
     assert said.startswith("ValueError: ") and \
         "permission denied; run as root or as a member of the docker group" in said, said
+
+
+def test_a_start_asked_while_the_drains_stop_still_runs_is_carried_out_after_it(docker_client, demo_images,
+                                                                                run_container, stores, unique):
+    """A rollback asked seconds after a drain: its start reaches registrator while the stop waits
+    out the container's shutdown (the instance already left the catalog at SIGTERM). The start
+    waits for the stop, then starts the container; done at once, it found it running and did nothing."""
+    from catalog.model import ContainerAction, Instance
+    from registrator.actions import ActionRunner
+
+    src = DockerSource()
+    c = run_container("demo:v1", stop_signal="SIGWINCH")          # ignored: a stop waits its whole timeout
+    run = src.inspect(c.id).started_at
+    by = f"registrator@{unique}"
+    inst = Instance(id=f"act:{unique}:8080", service=unique, address="127.0.0.1", port=host_port(c), version="v1",
+                    container_id=c.id, container_name=c.name, image="demo:v1", registered_by=by)
+    stores.instances.register(inst)
+    runner = ActionRunner(stores.instances, stores.node_records, src.carry_out, by, threading.Event())
+    try:
+        runner.records = {inst.id: ContainerAction("stop", c.id, run, "drained after v2 was promoted", 4, 1.0)}
+        assert runner.apply() == 1
+        time.sleep(0.5)
+        stores.instances.deregister(inst.id)                  # what registrator does at the stop's SIGTERM
+        runner.records = {inst.id: ContainerAction("start", c.id, run, "rollback of demo to v1", 10, 2.0)}
+        assert runner.apply() == 1
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (lambda i: i.running and i.started_at != run)(src.inspect(c.id)):
+            time.sleep(0.2)
+        now = src.inspect(c.id)
+        assert now.running and now.started_at != run, "the rollback's start was lost: the container stayed stopped"
+    finally:
+        stores.instances.deregister(inst.id)
