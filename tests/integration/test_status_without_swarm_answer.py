@@ -17,6 +17,7 @@ from catalog.model import Instance
 from gatekeeper.fleet.swarm import Swarm, SwarmService, SwarmUnavailable
 from gatekeeper.report.status import collect, render_text
 from tests.support.no_engine import client_nobody_answers
+from testbed.http_backend import reply_json
 from testbed.processes import ROOT
 
 
@@ -74,12 +75,7 @@ class _Refuse(http.server.BaseHTTPRequestHandler):
             code, body = 200, {"ApiVersion": "1.41", "MinAPIVersion": "1.12", "Version": "24.0.0"}
         else:
             code, body = 500, {"message": "authorization denied by plugin house-rules: no Swarm reads"}
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        reply_json(self, body, code)
 
     def address_string(self):
         return "engine-socket"
