@@ -70,8 +70,15 @@ class Stores:
     def forget_instance(self, instance_id: str) -> None:
         """Everything gatekeeper kept of an instance long gone: its verdict, its gate record and
         any container action asked for it."""
-        self.verdicts.forget(instance_id)
-        self.node_records.forget(instance_id)
+        self.forget_instances([instance_id])
+
+    def forget_instances(self, instance_ids) -> None:
+        """forget_instance for many at once (a fleet torn down is forgotten in one sweep)."""
+        if not instance_ids:
+            return
+        for iid in instance_ids:
+            self.verdicts.forget(iid)
+        self.node_records.forget(*instance_ids)
 
     def forget_service(self, service: str) -> List[str]:
         """Everything gatekeeper kept of a service: its policy, default test image, analysis and

@@ -124,11 +124,12 @@ class NodeRecordStore:
                 removed.append(key)
         return removed
 
-    def forget(self, instance_id: str) -> None:
-        """Remove the instance's gate record, gate marker and any container action asked for it,
-        on whichever node."""
+    def forget(self, *instance_ids: str) -> None:
+        """Remove the instances' gate records, gate markers and any container action asked for
+        them, on whichever node: the three folders listed once however many instances go."""
+        ids = set(instance_ids)
         for key in self.consul.kv_keys(GATES) + self.consul.kv_keys(MARKERS) + self.consul.kv_keys(ACTIONS):
-            if key.endswith("/" + instance_id):
+            if key.rsplit("/", 1)[-1] in ids:
                 self.consul.kv_delete(key)
 
     def _of_node(self, kind: str, node: str, index: int, wait: float, parse, what: str) -> Tuple[int, dict]:

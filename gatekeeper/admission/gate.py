@@ -170,11 +170,12 @@ class Gate(Reconciler):
         self.next_sweep = now + min(30.0, max(self.forget_after / 4, 0.5))
         absent = set(self.stores.verdicts.ids()) - set(registered)   # unreadable ones too
         self.absent_since = {iid: self.absent_since.get(iid, now) for iid in absent}
-        for iid, since in list(self.absent_since.items()):
-            if now - since >= self.forget_after and not self._busy_id(iid):
-                self.stores.forget_instance(iid)
-                del self.absent_since[iid]
-                log.info("%s: verdict removed; the instance has been gone for %.0f s", iid, now - since)
+        gone = {iid: since for iid, since in self.absent_since.items()
+                if now - since >= self.forget_after and not self._busy_id(iid)}
+        self.stores.forget_instances(list(gone))
+        for iid, since in gone.items():
+            del self.absent_since[iid]
+            log.info("%s: verdict removed; the instance has been gone for %.0f s", iid, now - since)
         # actions asked for containers already gone when their verdict went (a drained one
         # removed versions later) are not forgotten with it
         for key in self.stores.node_records.forget_old_actions(registered, self.forget_after):

@@ -263,3 +263,25 @@ def test_actions_for_instances_long_gone_are_forgotten_and_no_other(stores, uniq
     finally:
         stores.consul.kv_delete_tree(f"{ACTIONS}{node}/")
         stores.instances.deregister(inst.id)
+
+
+def test_many_instances_are_forgotten_at_once_on_every_node_and_no_other(stores, unique):
+    from catalog.kv_layout import ACTIONS, GATES, MARKERS
+
+    def node_keys():
+        return {k for prefix in (GATES, MARKERS, ACTIONS) for k in stores.consul.kv_keys(prefix) if unique in k}
+
+    made = [dataclasses.replace(make(unique), id=f"{unique}:web{n}:8080", node=f"{unique}-n{n % 2}",
+                                container_id=f"c{n}") for n in range(3)]
+    for inst in made:
+        stores.verdicts.put(Verdict(inst.id, inst.container_id, "t", PASSED, "9/9 passed", 1, 2))
+        stores.node_records.set_gate(inst, True, "9/9 passed")
+        stores.node_records.set_marker(inst, "open")
+        stores.node_records.request_action(inst, "stop", "drained")
+    try:
+        stores.forget_instances([made[0].id, made[1].id])
+        assert node_keys() == {f"{prefix}{made[2].node}/{made[2].id}" for prefix in (GATES, MARKERS, ACTIONS)}
+        assert stores.verdicts.get(made[0].id) is None and stores.verdicts.get(made[2].id) is not None
+    finally:
+        stores.forget_instances([inst.id for inst in made])
+    assert node_keys() == set()

@@ -95,8 +95,9 @@ class Store:
             out.setdefault(i.service, []).append(RegisteredInstance(i, {i.gate_check_id: self.gates[i.id]}))
         return out
 
-    def forget_instance(self, iid):
-        self.verdicts.forget(iid)
+    def forget_instances(self, iids):
+        for iid in iids:
+            self.verdicts.forget(iid)
 
 
 def inst(cid="c1"):
