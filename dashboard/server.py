@@ -185,6 +185,10 @@ async def login(request: web.Request) -> web.Response:
                     message="Paste a Consul ACL token: the viewer's or the operator's (make demo prints where they are).")
     try:
         who, may_act = await in_thread(views.who_is, Stores.connect(config.consul, token=token, timeout=5))
+    except views.AnonymousToken:
+        return page("login.html", status=403, config=config,
+                    message="That is Consul's anonymous token, which anyone may type: it is no login. Paste the "
+                            "viewer's or the operator's token.")
     except ACLPermissionDenied:
         return page("login.html", status=403, config=config,
                     message="Consul does not know this token (it may have been deleted or mistyped). Check it and "

@@ -24,10 +24,21 @@ WRITE_PROBE = f"{POLICIES}.dashboard-write-probe"
 TRAFFIC_WINDOW = 60.0
 
 
+# Consul's anonymous token: its secret is the word "anonymous", which anybody can type; it is
+# what requests without a token act as, never a login
+ANONYMOUS = "00000000-0000-0000-0000-000000000002"
+
+
+class AnonymousToken(ACLPermissionDenied):
+    """The token given at the login is Consul's anonymous one."""
+
+
 def who_is(stores: Stores) -> tuple:
     """(the token's description, whether it may write routing policies); ACLPermissionDenied
-    when Consul does not know the token."""
+    when Consul does not know the token, or it is the anonymous token."""
     me = stores.consul.token_self()
+    if me["accessor"] == ANONYMOUS:
+        raise AnonymousToken("the anonymous token is no login")
     return (me["description"] or f"token {me['accessor'][:8]}"), may_write_policies(stores)
 
 

@@ -77,6 +77,9 @@ def test_a_bad_token_gets_a_clear_message_and_no_session(dashboards):
     assert "proxystack_session" not in r.cookies
     r = requests.post(d.url + "/login", data={"token": "  "}, timeout=10)
     assert r.status_code == 400 and "Paste a Consul ACL token" in r.text
+    # Consul's anonymous token, which Consul knows and anyone may type, is no login either
+    r = requests.post(d.url + "/login", data={"token": "anonymous"}, timeout=10, allow_redirects=False)
+    assert r.status_code == 403 and "anonymous token" in r.text and "proxystack_session" not in r.cookies
 
 
 def test_the_viewer_sees_the_services_read_only_and_cannot_act(dashboards, consul_server, stores, service):
