@@ -11,6 +11,7 @@ from aiohttp import web
 from catalog.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, consul_address, exit_code_epilog
 from catalog.consul_client import parse_address
 from catalog.logs import setup_logging
+from gatekeeper.prometheus import shown
 
 from .server import Config, make_app
 
@@ -64,7 +65,7 @@ def main(argv=None) -> int:
     config = Config(args.consul, args.prometheus, args.allow_actions, idle_seconds=args.session_minutes * 60,
                     public_url=args.public_url)
     log.info("dashboard on http://%s (Consul %s, Prometheus %s, actions %s)", args.listen, args.consul,
-             args.prometheus or "none", "allowed" if args.allow_actions else "off")
+             shown(args.prometheus) if args.prometheus else "none", "allowed" if args.allow_actions else "off")
     try:
         # open pages hold event streams: at a stop they are cut after a second, not waited for
         web.run_app(make_app(config), host=host, port=int(port), print=None, access_log=None, shutdown_timeout=1.0)

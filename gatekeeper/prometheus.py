@@ -8,6 +8,8 @@ import math
 from dataclasses import dataclass
 from typing import Dict, Optional
 
+from urllib.parse import urlsplit, urlunsplit
+
 import requests
 
 from .promotion.analysis import Measurement
@@ -35,9 +37,21 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
+def shown(url: str) -> str:
+    """The URL as messages, logs and the history show it: without the user and password a
+    Prometheus behind basic authentication is given in it (http://user:pass@host:9090)."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    return urlunsplit(parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host))
+
+
 class Prometheus:
     def __init__(self, url: str, timeout: float = 3.0):
         self.url = url.rstrip("/")
+        self.shown = shown(self.url)
         self.timeout = timeout
         self.session = requests.Session()
 
@@ -46,9 +60,9 @@ class Prometheus:
             r = self.session.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=self.timeout)
             body = r.json()
         except (requests.RequestException, ValueError) as exc:
-            raise MetricsUnavailable(f"Prometheus at {self.url}: {type(exc).__name__}") from None
+            raise MetricsUnavailable(f"Prometheus at {self.shown}: {type(exc).__name__}") from None
         if r.status_code != 200 or body.get("status") != "success":
-            raise MetricsUnavailable(f"Prometheus at {self.url} answered {r.status_code}: "
+            raise MetricsUnavailable(f"Prometheus at {self.shown} answered {r.status_code}: "
                                      f"{body.get('error', '')}"[:300])
         return body["data"]["result"]
 
