@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import sys
 from urllib.parse import urlsplit
@@ -44,6 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def loopback(host: str) -> bool:
+    host = host.strip("[]")
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging("dashboard", args.verbose)
@@ -64,6 +73,10 @@ def main(argv=None) -> int:
         return EXIT_USAGE
     config = Config(args.consul, args.prometheus, args.allow_actions, idle_seconds=args.session_minutes * 60,
                     public_url=args.public_url)
+    if not loopback(host) and urlsplit(args.public_url or "").scheme != "https":
+        log.warning("dashboard on %s, off this machine, over plain HTTP: the Consul tokens pasted at its login "
+                    "cross the network readable; put it behind a TLS proxy and give --public-url https://...",
+                    args.listen)
     log.info("dashboard on http://%s (Consul %s, Prometheus %s, actions %s)", args.listen, args.consul,
              shown(args.prometheus) if args.prometheus else "none", "allowed" if args.allow_actions else "off")
     try:
