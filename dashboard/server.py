@@ -76,7 +76,11 @@ def _origin(url: str) -> tuple:
 
 
 def _when(t) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if number(t) > 0 else "?"
+    """A history entry's time in words; "?" for one no calendar holds (1e300, written by hand)."""
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if number(t) > 0 else "?"
+    except (OverflowError, OSError, ValueError):
+        return "?"
 
 
 def _figure(v, unit="", digits=1) -> str:

@@ -216,7 +216,8 @@ def test_a_damaged_history_entry_leaves_the_page_readable(dashboards, consul_ser
     for i, value in enumerate(['"just a string"', '{"time": "yesterday", "event": "analysis", "canary": 7}',
                                '{"time": NaN, "event": "analysis started", "version": "v2", "weight": "x", '
                                '"settings": {"interval": "4"}}', '{"event": "analysis", "version": "v2", '
-                               '"weight": 10, "result": "<b>fail</b>", "canary": {"requests": "many"}}']):
+                               '"weight": 10, "result": "<b>fail</b>", "canary": {"requests": "many"}}',
+                               '{"time": 1e300, "event": "promoted", "version": "v2", "by": "hand"}']):
         stores.consul.kv_put(f"{HISTORY}{service}/{time.time_ns() + i:020d}", value)
     d = dashboards["read_only"]
     http = d.login(token(consul_server, "viewer"))
