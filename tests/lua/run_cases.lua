@@ -9,12 +9,36 @@
 --           (proxystack/latency.lua, the histogram bucket of a request's time)
 --   certnames CASES: {names, hosts} -> [[certificate name or null, covered], ...]
 --           (proxystack/certnames.lua, which certificate a TLS handshake gets)
+--   kept    CASES: {room, values: [text, ...]} -> [[written, value read back or null], ...]
+--           (proxystack/kept.lua, over a zone of `room` bytes that frees a key's old value before
+--           it allocates a new one of another length, as nginx's shared dicts do)
 package.path = arg[1] .. "/?.lua;" .. package.path
 local cjson = require "cjson.safe"
 local contract = require "proxystack.contract"
 local routes = require "proxystack.routes"
 local latency = require "proxystack.latency"
 local certnames = require "proxystack.certnames"
+local kept = require "proxystack.kept"
+
+-- A shared dict of `room` bytes (the lengths of its values): a write of a key frees its old value
+-- first, then fails with "no memory" when the new one does not fit.
+local function zone(room)
+    local values, used = {}, 0
+    local z = {}
+    local function write(self, key, value)
+        if values[key] then used = used - #values[key]; values[key] = nil end
+        if used + #value > room then return nil, "no memory" end
+        values[key] = value
+        used = used + #value
+        return true, nil, false
+    end
+    z.set, z.safe_set = write, write
+    function z.get(self, key) return values[key] end
+    function z.delete(self, key)
+        if values[key] then used = used - #values[key]; values[key] = nil end
+    end
+    return z
+end
 
 local f = assert(io.open(arg[3], "r"))
 local cases = assert(cjson.decode(f:read("*a")))
@@ -45,7 +69,13 @@ elseif arg[2] == "certnames" then
     for i, host in ipairs(cases.hosts) do
         out[i] = {certnames.pick(present, host) or cjson.null, certnames.covered(present, host)}
     end
+elseif arg[2] == "kept" then
+    local dict = zone(cases.room)
+    for i, value in ipairs(cases.values) do
+        local ok = kept.set(dict, "names", value, true)
+        out[i] = {ok == true, kept.get(dict, "names") or cjson.null}
+    end
 else
-    error("unknown kind " .. tostring(arg[2]) .. ": pushes, routes, split, buckets or certnames")
+    error("unknown kind " .. tostring(arg[2]) .. ": pushes, routes, split, buckets, certnames or kept")
 end
 io.write(cjson.encode(out), "\n")

@@ -58,7 +58,7 @@ function _M.handle()
     end
     local method, uri = ngx.req.get_method(), ngx.var.uri
     if method == "GET" and uri == "/state" then
-        local n = #(cjson.decode(ngx.shared.proxystack_backends:get("names") or "[]") or {})
+        local n = #backends.names()
         local c = 0
         for _ in pairs(certs.names()) do c = c + 1 end
         return reply(200, {generation = backends.generation(), boot = backends.boot(), services = n, certificates = c})

@@ -6,6 +6,7 @@
 -- applied: one bad entry refuses all of it.
 local cjson = require "cjson.safe"
 local contract = require "proxystack.contract"
+local kept = require "proxystack.kept"
 
 local _M = {}
 
@@ -28,8 +29,10 @@ function _M.boot()
 end
 
 local function names()
-    return cjson.decode(dict:get("names") or "[]") or {}
+    return cjson.decode(kept.get(dict, "names") or "[]") or {}
 end
+
+_M.names = names
 
 -- The generation of the last push that changed a route (a service came or went, or its path,
 -- names or settings changed): workers build their route index again only then.
@@ -37,23 +40,33 @@ function _M.routes_generation()
     return state:get("routes") or 0
 end
 
+-- Writes to the zone. `set`, which makes room by evicting the least recently used keys when the
+-- zone is full: a refused write of a key that exists would free its old value all the same (the
+-- shared dict frees it before it allocates the new one), so a table that no longer fits would
+-- lose entries and even the list of names whichever way. Every eviction is counted instead, and
+-- the push answered with an error saying so (proxy-reloader shows it in /status and its check).
+local evicted, failed = 0, nil
+
+local function put(key, value)
+    local ok, err, forcible = dict:set(key, value)
+    if not ok then
+        failed = err
+    elseif forcible then
+        evicted = evicted + 1
+    end
+end
+
+local FULL = "shared dict proxystack_backends is full: %s; services may answer 404 or 503 until "
+    .. "it is larger (proxy-reloader --table-size)"
+
 -- A service's route as last applied ("rt:" keys), to notice a push that changes routes.
 local function set_route(name, entry)
     local old = dict:get("rt:" .. name)
     local new = entry and cjson.encode(entry.route or {}) or nil
     if old == new then return false end
-    if new then
-        local ok, err = dict:safe_set("rt:" .. name, new)
-        if not ok then return nil, err end
-    else
-        dict:delete("rt:" .. name)
-    end
+    if new then put("rt:" .. name, new) else dict:delete("rt:" .. name) end
     return true
 end
-
--- safe_set, never set: a full zone refuses the push (nginx keeps serving, proxy-reloader says so)
--- rather than evicting other services' entries, which would stop serving them without a word.
-local FULL = "shared dict proxystack_backends full (%s): the table does not fit; raise lua_shared_dict proxystack_backends"
 
 -- A service gone from the table: its entry, route and stamp deleted (a worker's cached stamp then
 -- differs from the absent one, so it reads the entry again and finds none).
@@ -64,10 +77,12 @@ local function remove(name)
 end
 
 -- Apply a checked push. A full push replaces the table; otherwise only the named services change.
+-- nil and the reason when the zone had to evict entries to hold it, or could not hold a value.
 function _M.apply(body)
     local gen = body.generation
     local known = {}
     local routes_changed = false
+    evicted, failed = 0, nil
     for _, n in ipairs(names()) do known[n] = true end
     if body.full then
         for n in pairs(known) do
@@ -83,23 +98,25 @@ function _M.apply(body)
             routes_changed = remove(name) or routes_changed
         else
             -- Entry first, stamp second: a worker that sees the new stamp finds the new entry.
-            local ok, err = dict:safe_set("svc:" .. name, cjson.encode(entry))
-            if not ok then return nil, string.format(FULL, tostring(err)) end
+            put("svc:" .. name, cjson.encode(entry))
             known[name] = true
-            local changed, rerr = set_route(name, entry)
-            if rerr then return nil, string.format(FULL, tostring(rerr)) end
-            routes_changed = changed or routes_changed
-            ok, err = dict:safe_set("stamp:" .. name, gen)
-            if not ok then return nil, string.format(FULL, tostring(err)) end
+            routes_changed = set_route(name, entry) or routes_changed
+            put("stamp:" .. name, gen)
         end
     end
     local list = {}
     for n in pairs(known) do list[#list + 1] = n end
     table.sort(list)
-    local ok, err = dict:safe_set("names", cjson.encode(list))
-    if not ok then return nil, string.format(FULL, tostring(err)) end
+    local ok, why = kept.set(dict, "names", cjson.encode(list))
+    if not ok then
+        failed = why                    -- the list before this push stays
+    elseif why then
+        evicted = evicted + 1           -- room made for it by evicting others
+    end
     if routes_changed then state:set("routes", gen) end
     state:set("generation", gen)
+    if failed then return nil, string.format(FULL, "a value did not fit (" .. tostring(failed) .. ")") end
+    if evicted > 0 then return nil, string.format(FULL, evicted .. " older entries were evicted to hold this push") end
     return true
 end
 
@@ -249,7 +266,8 @@ function _M.load_file(path)
         local stored, why = certs.store(body.certificates, true, body.generation)
         if stored then stored, why = certs.store_challenges(body.challenges, true) end
         if not stored then ngx.log(ngx.ERR, "proxystack: certificates of ", path, " not loaded: ", why) end
-        _M.apply(body)
+        local applied, why = _M.apply(body)
+        if not applied then ngx.log(ngx.ERR, "proxystack: ", path, ": ", why) end
     end
 end
 

@@ -9,6 +9,7 @@
 local ssl = require "ngx.ssl"
 local cjson = require "cjson.safe"
 local certnames = require "proxystack.certnames"
+local kept = require "proxystack.kept"
 
 local _M = {}
 
@@ -30,7 +31,7 @@ end
 function _M.refresh()
     local gen = state:get("certs") or 0
     if gen == seen then return end
-    present = cjson.decode(dict:get("names") or "{}") or {}
+    present = cjson.decode(kept.get(dict, "names") or "{}") or {}
     covers, ncovers = {}, 0
     seen = gen
 end
@@ -67,7 +68,7 @@ end
 function _M.store(certs, full, gen)
     if certs == nil and not full then return true end
     certs = certs or {}
-    local names = cjson.decode(dict:get("names") or "{}") or {}
+    local names = cjson.decode(kept.get(dict, "names") or "{}") or {}
     if full then
         for n in pairs(names) do
             if certs[n] == nil then dict:delete("crt:" .. n); names[n] = nil end
@@ -84,7 +85,7 @@ function _M.store(certs, full, gen)
             names[name] = gen
         end
     end
-    local ok, err = dict:safe_set("names", next(names) and cjson.encode(names) or "{}")
+    local ok, err = kept.set(dict, "names", next(names) and cjson.encode(names) or "{}", true)
     if not ok then return nil, "shared dict full (" .. tostring(err) .. "); raise proxystack_certs' size" end
     state:set("certs", gen)
     return true
@@ -94,7 +95,7 @@ end
 function _M.store_challenges(challenges, full)
     if challenges == nil and not full then return true end
     challenges = challenges or {}
-    local tokens = cjson.decode(dict:get("challenges") or "{}") or {}
+    local tokens = cjson.decode(kept.get(dict, "challenges") or "{}") or {}
     if full then
         for t in pairs(tokens) do
             if challenges[t] == nil then dict:delete("ch:" .. t); tokens[t] = nil end
@@ -110,7 +111,7 @@ function _M.store_challenges(challenges, full)
             tokens[token] = true
         end
     end
-    local ok, err = dict:safe_set("challenges", next(tokens) and cjson.encode(tokens) or "{}")
+    local ok, err = kept.set(dict, "challenges", next(tokens) and cjson.encode(tokens) or "{}", true)
     if not ok then return nil, "shared dict full (" .. tostring(err) .. "); raise proxystack_certs' size" end
     return true
 end
@@ -132,7 +133,7 @@ end
 
 -- The names and their stamps (for the push endpoint's GET /certificates).
 function _M.names()
-    return cjson.decode(dict:get("names") or "{}") or {}
+    return cjson.decode(kept.get(dict, "names") or "{}") or {}
 end
 
 local function load(name, stamp)
