@@ -103,12 +103,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default %(default)s)")
     p.add_argument("--log-keep", type=int, default=logfiles.DEFAULT_KEEP, metavar="N",
                    help="rotated files kept per log, NAME.1 the newest (default %(default)s)")
+    p.add_argument("--table-size", default="64m", metavar="SIZE",
+                   help="nginx's shared memory for the pushed table (dynamic mode): bytes, or k, m, g; "
+                        "about 1 KiB per service of 8 instances (default %(default)s)")
+    p.add_argument("--metrics-size", default="16m", metavar="SIZE",
+                   help="nginx's shared memory for the per-request metrics (dynamic mode): about 2.5 KiB "
+                        "per service and version (default %(default)s)")
     p.add_argument("--exec", dest="exec_nginx", action="store_true", help="run nginx as a child and supervise it")
     p.add_argument("--report-check", action="store_true",
                    help="register the proxy in Consul with a check that fails while a config is refused")
     p.add_argument("--once", action="store_true", help="render and apply once, then exit")
     p.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
     return p
+
+
+ZONE_MIN, ZONE_MAX = 64 * 1024, 4 * 1024 ** 3       # an nginx shared memory zone's size, bytes
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -136,6 +145,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.log_max_size = logfiles.parse_size(args.log_max_size)
     except ValueError as exc:
         p.error(f"--log-max-size: {exc}")
+    for option in ("table_size", "metrics_size"):
+        flag = "--" + option.replace("_", "-")
+        try:
+            size = logfiles.parse_size(getattr(args, option))
+        except ValueError as exc:
+            p.error(f"{flag}: {exc}")
+        if not ZONE_MIN <= size <= ZONE_MAX:
+            p.error(f"{flag} {getattr(args, option)}: a shared memory zone of 64k to 4g")
+        setattr(args, option, f"{size // 1024}k")
     if not 1 <= args.log_keep <= logfiles.MAX_KEEP:
         p.error(f"--log-keep must be from 1 to {logfiles.MAX_KEEP} rotated files, got {args.log_keep}")
     return args
@@ -153,7 +171,7 @@ def main(argv=None) -> int:
         nginx = Nginx(args.nginx_prefix, args.nginx_binary, listen=args.listen)
         settings = Settings(str(nginx.prefix), args.listen, args.workers, args.mode, nginx.modules_path(),
                             read_timeout=f"{args.read_timeout:g}s", grpc_listen=args.grpc_listen,
-                            tls_listen=args.tls_listen)
+                            tls_listen=args.tls_listen, table_size=args.table_size, metrics_size=args.metrics_size)
         push = None
         if args.mode == DYNAMIC:
             lua = Path(settings.modules) / "ngx_http_lua_module.so"

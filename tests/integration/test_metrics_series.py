@@ -122,7 +122,7 @@ def test_a_full_metrics_zone_is_reported_at_most_once_per_flush_naming_the_setti
         wait_until(full, 10, "the full zone reported")
         time.sleep(1.5)
         lines = full()
-        assert "metrics_size" in lines[0] and "lua_shared_dict proxystack_metrics" in lines[0], lines[0]
+        assert "--metrics-size" in lines[0] and "proxystack_metrics" in lines[0], lines[0]
         # one worker flushing once a second: a line per flush at most, not one per request (120)
         assert len(lines) <= time.monotonic() - started + 2, lines
     finally:

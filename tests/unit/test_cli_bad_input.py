@@ -51,6 +51,8 @@ def test_bad_input_is_one_clear_line_and_exit_2(module, argv, said, tmp_path, ca
     (["--log-keep", "0"], "--log-keep must be from 1 to 100"),
     (["--log-keep", "101"], "--log-keep must be from 1 to 100"),
     (["--log-keep", "three"], "argument --log-keep: invalid int value"),
+    (["--table-size", "1k"], "--table-size 1k: a shared memory zone of 64k to 4g"),
+    (["--metrics-size", "lots"], "--metrics-size: 'lots' is not a size"),
 ])
 def test_proxy_reloader_refuses_a_bad_log_rotation_on_one_line_with_exit_2(argv, said, tmp_path, capsys):
     from proxy_reloader.__main__ import main

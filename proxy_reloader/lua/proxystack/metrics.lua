@@ -96,8 +96,7 @@ local function report_troubles()
         what[#what + 1] = failed .. " updates failed (" .. tostring(why) .. "; their counts are lost)"
     end
     ngx.log(failed > 0 and ngx.ERR or ngx.WARN, "proxystack: shared dict proxystack_metrics is full: ",
-            table.concat(what, ", "), "; raise its size: lua_shared_dict proxystack_metrics in nginx.conf, ",
-            "proxy-reloader's Settings.metrics_size")
+            table.concat(what, ", "), "; raise its size: proxy-reloader --metrics-size")
     evicted, failed, why = 0, 0, nil
 end
 
