@@ -319,22 +319,28 @@ class Gate(Reconciler):
             # kept: the run records nothing over it)
             asked = self.stores.verdicts.retest_asked(inst.id) if reverify else 0
             index, before = self.stores.verdicts.get_indexed(inst.id)
+            if not reverify and before is not None and before.applies_to(inst) and before.state == PASSED:
+                log.info("%s: passed already (%s); not tested now", inst.id, before.summary)
+                return                            # `gatekeeper admit` while it waited in the queue
             # A first pass of this container may change routing; a re-verification of one that
             # passed before may not (an old version kept for rollback must not be promoted again),
             # nor a new run of a container that passed before (restarted by its restart policy,
             # when its engine restarted, or by the healer): an old version kept running must not
-            # take production back because its host rebooted.
-            first_pass = not (before and before.container_id == inst.container_id and before.state == PASSED)
-            # Whether its route is free and its service run its way is asked of every container
-            # not yet admitted, retested or not: a retest must not let in what the gate refused.
-            taken = self.taken_by(inst) if first_pass else None
+            # take production back because its host rebooted. (A promotion still to be made is.)
+            passed_before = before is not None and before.container_id == inst.container_id and before.state == PASSED
+            first_pass = not passed_before or before.promotion_pending
+            # Whether its route is free and its service run its way is asked of every run not yet
+            # admitted, retested or not: a retest must not let in what the gate refused, nor a
+            # restart a container whose route another service took meanwhile.
+            checked = not (before is not None and before.applies_to(inst) and before.state == PASSED)
+            taken = self.taken_by(inst) if checked else None
             if taken:
                 where, owner = taken
                 self._refuse(inst, image, f"{ROUTE_TAKEN}{where} is already routed to service {owner}; give this "
                                           f"container another proxy.path or proxy.host, or remove {owner}'s instances",
                              asked)
                 return
-            other = self.run_by_other(inst) if first_pass else None
+            other = self.run_by_other(inst) if checked else None
             if other:
                 self._refuse(inst, image, other, asked)
                 return

@@ -55,3 +55,33 @@ def test_a_retest_of_a_container_refused_for_a_taken_route_refuses_it_again(stor
             stores.verdicts.clear_retest(inst.id)
         for service in mine:
             stores.forget_service(service)
+
+
+def test_a_restarted_container_whose_route_another_service_took_meanwhile_is_refused(stores, unique):
+    """A's only container restarts (its restart policy, the healer): while its new run waits for
+    its test, B is admitted at the same path. A's new run passed before, but it is asked the
+    route's question again, and refused: two services are never admitted on one route."""
+    from dataclasses import replace
+
+    path = f"/{unique}/"
+    b = instance(f"aa-{unique}", 1, path)                     # first by name: the proxy would keep it
+    a = replace(instance(f"zz-{unique}", 2, path), started="2026-12-06T01:00:00Z")
+    stores.instances.register(a)
+    stores.instances.register(b)
+    stores.verdicts.put(Verdict(a.id, a.container_id, "demo-test:latest", PASSED, "9/9 passed", 1, 2,
+                                container_started="2026-12-06T00:00:00Z"))     # its earlier run
+    stores.verdicts.put(Verdict(b.id, b.container_id, "demo-test:latest", PASSED, "9/9 passed", 1, 2))
+    stores.instances.apply_gate(b, True, "9/9 passed")
+    tester = FakeTester()
+    gate = Gate(stores, tester, forget_after=1e9)
+    try:
+        run_pass({s: i for s, i in stores.instances.all().items() if s in (a.service, b.service)}, [gate])
+        wait_until(lambda: not gate.testing, 30, "the pass's tests")
+        verdict = stores.verdicts.get(a.id)
+        assert verdict.state == ERROR and verdict.route_taken and verdict.applies_to(a), verdict
+        assert tester.runs == []
+    finally:
+        for inst in (a, b):
+            stores.instances.deregister(inst.id)
+            stores.verdicts.forget(inst.id)
+            stores.forget_service(inst.service)
