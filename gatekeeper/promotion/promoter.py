@@ -355,10 +355,10 @@ class Promoter(Reconciler):
         containers on every host."""
         if not self.stop_old:
             return
-        # admitted ones only: a newer version still under test is not old (its pass, a moment
-        # later, may make it stable while this drain decides)
+        # those whose gate is open only (failing health checks or not): a newer version still
+        # under test is not old (its pass, a moment later, may make it stable while this drain decides)
         old = {ri.instance.container_id for ri in self.stores.instances.of(service)
-               if ri.instance.version != stable and ri.admitted}
+               if ri.instance.version != stable and ri.gate_status == "passing"}
         threading.Thread(target=self._drain, args=(service, stable, old), name=f"drain {service}",
                          daemon=True).start()
 

@@ -771,10 +771,12 @@ def test_a_newer_version_still_under_test_when_one_is_promoted_is_not_drained_by
     while v2's drain decides; only what was admitted when v2 was promoted is old."""
     store = Store(policy(stable="v2", previous="v1"), versions=("v1", "v2"))
     store.registered.append(reg("v3", admitted=False))
+    sick = inst("v0")                                 # its gate open, its health check failing: old all the same
+    store.registered.append(RegisteredInstance(sick, {sick.gate_check_id: "passing", sick.health_check_id: "critical"}))
     p, drains = pr.Promoter(store, drain_seconds=0), []
     p._drain = lambda service, stable, old: drains.append(old)
     p.drain_later("demo", "v2")
     deadline = time.monotonic() + 5
     while not drains and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert drains == [{inst("v1").container_id}]
+    assert drains == [{inst("v1").container_id, sick.container_id}]
