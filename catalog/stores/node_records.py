@@ -119,8 +119,10 @@ class NodeRecordStore:
                 stale = ContainerAction.from_json(raw).written < cutoff
             except (ValueError, KeyError, TypeError):
                 stale = True                  # damaged: never carried out
-            index, now = self.consul.kv_get(key)
-            if stale and now == raw and self.consul.kv_delete(key, cas=index):
+            if not stale:
+                continue
+            index, now = self.consul.kv_get(key)      # removed only if nobody wrote it again since
+            if now == raw and self.consul.kv_delete(key, cas=index):
                 removed.append(key)
         return removed
 

@@ -80,7 +80,6 @@ def test_a_table_file_that_cannot_be_written_is_reported_and_written_later_while
     assert r.status()["file_errors"] == {str(tmp_path / "backends.json"): error}
     assert r.last_error == error and reporter.reports[-1] == (False, error)
     assert r.recheck is not None and r.recheck.is_alive(), "written again later, with no change in Consul"
-    assert not list(tmp_path.glob(".backends.json.*")), "no half-written file left"
 
     disk.full = False
     pushes = len(push.bodies)
