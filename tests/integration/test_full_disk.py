@@ -47,9 +47,10 @@ def test_exec_on_a_full_disk_starts_nginx_with_what_is_on_disk_and_says_why(cons
         assert proc.alive(), proc.log()
         assert nginx.served_version() == status()["config_version"], "the config on disk"
         error = f"could not write {prefix / 'backends.json'}: No space left on device"
-        wait_until(lambda: status()["file_errors"] == {str(prefix / "backends.json"): error}, 20,
-                   "the unwritable table file in /status")
-        assert error in status()["last_error"]
+        # file_errors is written as the write fails, last_error once the change it was part of is done
+        wait_until(lambda: (lambda s: s["file_errors"] == {str(prefix / "backends.json"): error}
+                            and error in (s["last_error"] or ""))(status()), 20,
+                   "the unwritable table file in /status, and in its last error")
         assert (prefix / "backends.json").read_bytes() == table, "the last table written stays"
         assert "first render: could not write nginx's files" in proc.log()
     finally:
