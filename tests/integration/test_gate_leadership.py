@@ -18,20 +18,15 @@ from tests.support.fakes import FakeTester
 from testbed.processes import wait_until
 
 
-class HeldTester:
+class HeldTester(FakeTester):
     """Every run waits until it is aborted (the first) or runs at once (any other)."""
 
     def __init__(self):
-        self.runs, self.aborted = [], threading.Event()
-
-    def remove_leftovers(self, iid):
-        pass
+        super().__init__()
+        self.aborted = threading.Event()
 
     def abort_all(self):
         self.aborted.set()
-
-    def close(self):
-        pass
 
     def run(self, image, url, iid):
         self.runs.append(iid)
@@ -118,20 +113,12 @@ def test_a_promotion_cut_short_after_the_verdict_is_made_at_the_next_pass(stores
         stores.forget_service(unique)
 
 
-class StepTester:
-    """Each run waits until the test lets it end (`release(n)`), then passes."""
+class StepTester(FakeTester):
+    """Each run waits until the test lets it end (`go[n].set()`), then passes."""
 
     def __init__(self):
-        self.runs, self.go = [], [threading.Event() for _ in range(5)]
-
-    def remove_leftovers(self, iid):
-        pass
-
-    def abort_all(self):
-        pass
-
-    def close(self):
-        pass
+        super().__init__()
+        self.go = [threading.Event() for _ in range(5)]
 
     def run(self, image, url, iid):
         n = len(self.runs)
