@@ -55,6 +55,10 @@ class PolicyStore:
             log.warning("%s%s: damaged rollback request ignored", ROLLBACKS, service)
             return index, None
 
+    def rollbacks_waiting(self) -> List[str]:
+        """The services a rollback request waits for (keys only)."""
+        return [k[len(ROLLBACKS):] for k in self.consul.kv_keys(ROLLBACKS) if k != ROLLBACKS]
+
     def put_rollback(self, service: str, request: RollbackRequest, cas: int) -> bool:
         """Check-and-set, as policies are: False when it changed since `cas` was read."""
         return self.consul.kv_put(ROLLBACKS + service, request.to_json(), cas=cas)

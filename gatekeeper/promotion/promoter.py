@@ -169,11 +169,16 @@ class Promoter(Reconciler):
     def end_pass(self, snapshot) -> None:
         """A service no longer in the catalog (every instance gone) is reconciled no more: its
         timers go with it (kept, one already due would wake the daemon for a pass every 0.1 s
-        for ever). It comes back with its instances: its rollback, analysis or grace is read again."""
+        for ever). It comes back with its instances: its analysis or grace is read again. But a
+        rollback asked for it is carried on here: with every instance gone (the new version down
+        for good) is when it is needed most, and starting the drained containers brings them back."""
         with self.progressive.lock:
             for timers in (self.unhealthy_since, self.rollback_due, self.progressive.due):
                 for service in [s for s in timers if s not in snapshot]:
                     del timers[service]
+        for service in self.stores.policies.rollbacks_waiting():
+            if service not in snapshot:
+                self._carry_on_rollback(service, [])
 
     # --- a rollback to a drained version: start its containers, then make it stable -------
     def _carry_on_rollback(self, service: str, registered) -> None:

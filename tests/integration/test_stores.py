@@ -285,3 +285,15 @@ def test_many_instances_are_forgotten_at_once_on_every_node_and_no_other(stores,
     finally:
         stores.forget_instances([inst.id for inst in made])
     assert node_keys() == set()
+
+
+def test_the_services_a_rollback_waits_for_are_listed_until_it_is_cleared(stores, unique):
+    from catalog.model import RollbackRequest
+
+    request = RollbackRequest("v1", "v2", ({"name": "web", "node": "h1", "id": "c1", "instance": "h1:web:8080"},))
+    assert stores.policies.put_rollback(unique, request, cas=0)
+    try:
+        assert unique in stores.policies.rollbacks_waiting()
+    finally:
+        stores.policies.clear_rollback(unique)
+    assert unique not in stores.policies.rollbacks_waiting()

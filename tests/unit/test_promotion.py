@@ -46,6 +46,9 @@ class Policies:
         self.store.waiting, self.store.rollback_index = request, self.store.rollback_index + 1
         return True
 
+    def rollbacks_waiting(self):
+        return ["demo"] if self.store.waiting else []
+
     def clear_rollback(self, service, cas=None):
         if cas is not None and cas != self.store.rollback_index:
             return False
@@ -780,3 +783,16 @@ def test_a_newer_version_still_under_test_when_one_is_promoted_is_not_drained_by
     while not drains and time.monotonic() < deadline:
         time.sleep(0.01)
     assert drains == [{inst("v1").container_id, sick.container_id}]
+
+
+def test_a_rollback_asked_while_every_instance_of_the_service_is_gone_starts_the_drained_containers():
+    """The new version down for good, every container gone: no pass reaches the service, and the
+    rollback (when it is needed most) must still ask the drained containers' hosts to start them."""
+    store = drained_store()
+    store.registered = []
+    pr.rollback(store, "demo")
+    leader = pr.Promoter(store)
+    run_pass({}, [leader])
+    assert store.actions == [("c-a", "start", "h1", "h1:web-a:8080", "t-a", "rollback of demo to v1"),
+                             ("c-b", "start", "h2", "h2:web-b:8080", "t-b", "rollback of demo to v1")]
+    assert leader.next_due() is not None, "its deadline is watched"
