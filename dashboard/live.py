@@ -7,8 +7,9 @@ and the checks of every instance (a gate opening or closing, an instance coming 
 session may hold 8 streams, the dashboard 64 (each holds two connections to Consul); past
 that a page gets 429 and stays as it is. When either index moves,
 the page hears "change" once (changes within `QUIET` seconds are sent together) and fetches its
-live part again. An idle page costs two requests to Consul per `wait` (60 s by default) and a
-comment line every `HEARTBEAT` seconds; no polling.
+live part again; and once as the stream connects, for what changed since the page was read. An
+idle page costs two requests to Consul per `wait` (60 s by default) and a comment line every
+`HEARTBEAT` seconds; no polling.
 
 "problem" carries a sentence when Consul cannot be read (the page shows it, and the stream
 retries every few seconds); "expired" tells the page its session ended.
@@ -47,10 +48,13 @@ async def _watch(consul: AsyncConsul, path: str, params: dict, changes: asyncio.
             first = True
             await asyncio.sleep(RETRY)
             continue
-        if tracker.advance(index) and not first:
-            await changes.put(("change", path))
-        elif first:
+        # The first answer too is a change: the page was read before its stream connected, and a
+        # write in between (a verdict written that moment) would otherwise wait for the next one.
+        if first:
             await changes.put(("ok", path))
+            await changes.put(("change", path))
+        elif tracker.advance(index):
+            await changes.put(("change", path))
         first = False
 
 
