@@ -73,8 +73,9 @@ class ActionRunner(NodeFollower):
 
     def apply(self) -> int:
         """Start every action not taken on yet, each on its own thread (a stop waits for the
-        container's own shutdown; actions on one instance one after the other); how many were started. A record for an instance not (or not
-        yet: a sync is under way) registered here waits for the next answer or sync."""
+        container's own shutdown; actions on one instance one after the other); how many were
+        started. A record for an instance not (or not yet: a sync is under way) registered here
+        waits for the next answer or sync."""
         with self.lock:
             if self.records is None:
                 return 0
