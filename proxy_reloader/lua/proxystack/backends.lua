@@ -208,12 +208,9 @@ function _M.lists(service, version)
     local listed = entry._listed
     if listed == nil then
         listed = {}
+        for _, v in pairs(versions(entry)) do listed[v] = true end
         for _, side in ipairs({"stable", "canary"}) do
-            local pool = entry[side]
-            if type(pool) == "table" then
-                listed[pool.version] = true
-                for _, s in ipairs(pool.servers) do listed[s[3]] = true end
-            end
+            if type(entry[side]) == "table" then listed[entry[side].version] = true end
         end
         entry._listed = listed
     end
