@@ -8,9 +8,11 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import random
 import signal
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -27,7 +29,8 @@ GRPC_PORT = 18765
 
 
 class Backend(LoopbackHTTP):
-    """Answers {"name", "path", "host", "body"} (the body's length); /slow/ waits 3 s, /stream/
+    """Answers {"name", "path", "host", "body"} (the body's length); /slow/ waits 3 s, /pause/ up
+    to 20 ms, /stream/
     sends a line every 0.2 s for 3 s, /big/ sends 16 MiB and notes when it has sent it all
     (none of them with a header that would turn nginx's buffering off)."""
 
@@ -60,6 +63,8 @@ class Backend(LoopbackHTTP):
             return
         if "/slow/" in handler.path:
             time.sleep(3)
+        if "/pause/" in handler.path:
+            time.sleep(random.uniform(0, 0.02))
         reply_json(handler, {"name": name, "path": handler.path, "host": handler.headers.get("Host"),
                              "body": len(body)})
 
@@ -310,6 +315,36 @@ def test_each_answer_counts_under_the_version_that_gave_it_and_the_proxys_own_un
     assert proxy.request("/sp-deny/x")[0] == 403
     wait_until(lambda: requests_counted(proxy, "sp-deny", "none", "4xx") == 1, 10, "the 403 counted under none")
     assert requests_counted(proxy, "sp-deny", "v1", "4xx") == 0
+
+
+def test_requests_in_flight_together_are_each_served_and_counted_by_their_own_service(proxy):
+    # a worker serves many requests at once, each handed from the router to the balancer and the
+    # metrics by a table keyed by the request: requests of four services interleaved (each answer
+    # paused up to 20 ms) must each reach their own service and count under it, none under another
+    names = [f"il-{i}" for i in range(4)]
+    for name in names:
+        proxy.route(name)
+
+    def client(k):
+        wrong = []
+        conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=10)
+        try:
+            for j in range(24):
+                name = names[(k + j) % len(names)]
+                conn.request("GET", f"/{name}/pause/{k}-{j}")
+                resp = conn.getresponse()
+                data = json.loads(resp.read())
+                if resp.status != 200 or data["name"] != name:
+                    wrong.append((name, resp.status, data))
+        finally:
+            conn.close()
+        return wrong
+
+    with ThreadPoolExecutor(16) as pool:
+        wrong = [w for found in pool.map(client, range(16)) for w in found]
+    assert wrong == []
+    wait_until(lambda: [requests_counted(proxy, name, "v1", "2xx") for name in names] == [96] * 4, 10,
+               "each service's 96 requests counted under it")
 
 
 def test_buffering_off_streams_at_the_clients_pace(proxy):

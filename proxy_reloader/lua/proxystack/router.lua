@@ -81,13 +81,36 @@ local function arg(r, i)
     return ffi_string(arg_data[0], n)
 end
 
-local function args()
+local function args(r)
     if not read_arg then
         local a = ngx.arg
-        return a[1], a[2], a[3], a[4]
+        return a[1], a[2], a[3]
     end
-    local r = get_request()
-    return arg(r, 1), arg(r, 2), arg(r, 3), arg(r, 4)
+    return arg(r, 1), arg(r, 2), arg(r, 3)
+end
+
+-- Per worker: each request being served (by its address, request_key) -> what the router answered
+-- for it (a service's name or a "!" code), which the balancer and the metrics read back. Reading
+-- $proxystack_route instead costs a variable lookup by name (lower-cased and hashed) each time:
+-- about 0.15 us a read, two reads a proxied request. Written by every call of the router, so a
+-- slot never holds an older request's answer; emptied by the metrics when the request ends.
+_M.routed = {}
+local routed = _M.routed
+
+-- The running request's address as a number: a table key (the request pointer itself, a cdata,
+-- would be a new key at each call).
+local uintptr = ffi.typeof("uintptr_t")
+
+local function request_key(r)
+    return tonumber(ffi.cast(uintptr, r or get_request()))
+end
+
+_M.request_key = request_key
+
+-- What the router answered for the running request ($proxystack_route when the slot is gone:
+-- the metrics empty the table should it ever hold more than requests can be in flight).
+local function routed_name()
+    return routed[request_key()] or ngx.var.proxystack_route
 end
 
 -- Where plain HTTP is redirected to: the TLS listener's port ("" for 443, nil: no TLS listener).
@@ -199,7 +222,7 @@ local function answer(name, code)
 end
 
 -- rewrite phase, from set_by_lua (which, unlike access_by_lua, needs no coroutine per request),
--- with the request's $host, $uri and $http_content_length as arguments (nginx evaluates them,
+-- with the request's $host, $uri and $content_length as arguments (nginx evaluates them,
 -- cheaper than reading ngx.var). Written to compile (no loop on the way of a request whose route
 -- was seen before), as the JIT compiles only such code.
 -- `listener`: "http", "stream" (the second call for a route that does not buffer) or "grpc"
@@ -215,7 +238,7 @@ end
 --   "!stream" a route with buffering off: the location hands the request on to @stream
 --   "!308"    plain HTTP to a route served over HTTPS: redirected ($proxystack_location)
 --   "!https"  plain HTTP to a route served over HTTPS only (proxy.https=only): refused
--- `scheme`: "http" or "https" ($scheme). Over HTTPS a route with proxy.https=off is not found;
+-- `scheme`: "http" or "https", the server's (a constant in each server of the template). Over HTTPS a route with proxy.https=off is not found;
 -- one with proxy.hsts sends Strict-Transport-Security ($proxystack_hsts).
 function _M.route(listener, scheme, host, uri, content_length)
     local streaming = listener == "stream"
@@ -256,10 +279,14 @@ function _M.route(listener, scheme, host, uri, content_length)
     return name
 end
 
--- The route of the request set_by_lua runs for, with $scheme $host $uri $http_content_length as
--- its arguments (the template's one call: `set_by_lua $proxystack_route 'return router.request(...)'`).
-function _M.request(listener)
-    return _M.route(listener, args())
+-- The route of the request set_by_lua runs for, with $host $uri $content_length as its
+-- arguments (the template's call: `set_by_lua $proxystack_route 'return router.request(listener,
+-- scheme)'`), kept for the balancer and the metrics (routed).
+function _M.request(listener, scheme)
+    local r = get_request()
+    local answer = _M.route(listener, scheme, args(r))
+    routed[request_key(r)] = answer
+    return answer
 end
 
 -- The first server after `i` (from the start when `i` is 0) whose host no try of this request
@@ -309,11 +336,12 @@ end
 -- request the split placed): a host lost mid-update may hold every server of one pool. No state
 -- is kept between the tries but what nginx keeps: the addresses tried ($upstream_addr).
 function _M.balance()
-    local entry = backends.get(ngx.var.proxystack_route, seen)
+    local name = routed_name()
+    local entry = backends.get(name, seen)
     local servers, other = choose(entry)
     if servers == nil or #servers == 0 then
         -- withdrawn between the route's check and this moment (a push in between)
-        ngx.log(ngx.WARN, "proxystack: no admitted instance left for ", ngx.var.proxystack_route)
+        ngx.log(ngx.WARN, "proxystack: no admitted instance left for ", name)
         return ngx.exit(502)
     end
     local route = entry.route or NO_ROUTE
