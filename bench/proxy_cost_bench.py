@@ -16,13 +16,19 @@ right beside the hand-written proxy (bench.harness.beside), 2 s per run:
 Each step takes off what a part costs; what the last still adds over the hand-written proxy is
 the rest (nginx entering Lua for the route, the test on the router's answer). The total moves by
 about 0.5 us from run to run, a part by as much.
+
+The same four proxies are then counted exactly: each restarted as one process under valgrind's
+callgrind, warmed up (the JIT's traces made), and the instructions it runs for 3,000 keep-alive
+requests counted alone. An instruction count does not move from run to run, so it shows a
+change of a few hundred instructions that CPU time cannot (it does not weigh cache misses).
 Goal: the stack adds at most 10 us of user CPU to a request
 (bench.proxy_bench's goal for the same figure, measured there unpinned).
 
-    .venv/bin/python -m bench.proxy_cost_bench [--rounds 12] [--routes 10] [--check] [--json]
+    .venv/bin/python -m bench.proxy_cost_bench [--rounds 12] [--routes 10] [--requests 3000] [--check] [--json]
 """
 from __future__ import annotations
 
+import http.client
 import os
 import re
 import shutil
@@ -31,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -135,9 +142,9 @@ def hand_written(base: Path) -> Path:
     return prefix
 
 
-def stack(base: Path, name: str, listen: int, steps, routes: int) -> Path:
+def stack(base: Path, name: str, listen: int, steps, routes: int):
     """The stack's dynamic-mode nginx with one worker, `steps` applied to its config, and `routes`
-    services pushed (the measured one at /fast/)."""
+    services pushed (the measured one at /fast/); returns its prefix and what pushes them again."""
     n = Nginx(str(base / name.replace(" ", "-").replace(",", "")), listen=f"127.0.0.1:{listen}")
     settings = Settings(str(n.prefix), n.listen, workers="1", mode=DYNAMIC, modules=n.modules_path())
     client = PushClient(settings.socket, ensure_secret(settings.secret))      # makes the socket's folder
@@ -150,10 +157,14 @@ def stack(base: Path, name: str, listen: int, steps, routes: int) -> Path:
     wait_until(lambda: n.served_version(), 20, f"nginx ({name})")
     names = [f"r{i}" for i in range(routes - 1)] + ["fast"]
     entries = {s: backends.entry(Route(s, f"/{s}/", "", Pool("v1", (("127.0.0.1", BACKEND),), ("v1",)))) for s in names}
-    client.push(backends.push_body(int(time.time() * 1000), entries, full=True))
-    wait_until(lambda: urllib.request.urlopen(f"http://127.0.0.1:{listen}/fast/", timeout=1).status == 200, 20,
-               f"the route at /fast/ ({name})")
-    return n.prefix
+
+    def push(timeout=20):
+        client.push(backends.push_body(int(time.time() * 1000), entries, full=True))
+        wait_until(lambda: urllib.request.urlopen(f"http://127.0.0.1:{listen}/fast/", timeout=5).status == 200,
+                   timeout, f"the route at /fast/ ({name})")
+
+    push()
+    return n.prefix, push
 
 
 def measure(port: int, prefix: Path, seconds: int):
@@ -169,28 +180,86 @@ def measure(port: int, prefix: Path, seconds: int):
     return (u1 - u0) / n * 1e6, (s1 - s0) / n * 1e6
 
 
+def keep_alive(port: int, n: int) -> None:
+    """`n` requests to /fast/ on one keep-alive connection, each answered 200."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        for _ in range(n):
+            conn.request("GET", "/fast/")
+            resp = conn.getresponse()
+            resp.read()
+            if resp.status != 200:
+                raise RuntimeError(f"127.0.0.1:{port}/fast/ answered {resp.status} under callgrind")
+    finally:
+        conn.close()
+
+
+def instructions(prefix: Path, port: int, requests: int, push=None) -> float:
+    """Instructions per request of the nginx under `prefix`, counted by callgrind: stopped, started
+    again as one process (no master) under valgrind, its table pushed again (`push`), 2,000
+    requests to warm up, then `requests` counted alone."""
+    stop_nginx(prefix)
+    wait_until(lambda: not (prefix / "nginx.pid").exists(), 20, f"nginx under {prefix} stopped")
+    conf = prefix / "nginx-counted.conf"
+    conf.write_text("daemon off;\nmaster_process off;\n" + (prefix / "nginx.conf").read_text())
+    out = prefix / "callgrind.out"
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", nginx, "-p", str(prefix),
+                             "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def answers():
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/fast/", timeout=5)
+            except urllib.error.HTTPError:
+                pass
+            return True
+        wait_until(answers, 120, f"nginx under callgrind ({prefix.name})")
+        if push:
+            push(120)
+        keep_alive(port, 2000)
+        subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True, timeout=60)
+        keep_alive(port, requests)
+        subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True, timeout=60)
+        dump = Path(f"{out}.1").read_text()
+        total = re.search(r"^(?:summary|totals): (\d+)", dump, re.M)
+        if not total:
+            raise RuntimeError(f"callgrind's dump {out}.1 has no total")
+        return int(total.group(1)) / requests
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
+def valgrind_missing() -> bool:
+    if shutil.which("valgrind") and shutil.which("callgrind_control"):
+        return False
+    print("valgrind is missing: `bash scripts/install.sh bench-tools` installs it", file=sys.stderr)
+    return True
+
+
 def main(argv=None) -> int:
     p = with_check(command_line(__doc__))
     p.add_argument("--rounds", type=int, default=12, help="pairs of wrk runs per contender, which one goes first swapped every round")
     p.add_argument("--seconds", type=int, default=2, help="length of each wrk run")
     p.add_argument("--routes", type=int, default=10, help="services in the stack's pushed table (each with its route)")
+    p.add_argument("--requests", type=int, default=3000, help="requests counted under callgrind per proxy")
     args = p.parse_args(argv)
     say = progress(args.json)
-    if wrk_missing():
+    if wrk_missing() or valgrind_missing():
         return 2
     if PROXY_CPU == LOAD_CPU:
         print("this benchmark pins the proxy and the load to two different CPUs; this machine lets it use one",
               file=sys.stderr)
         return 2
     base = Path(tempfile.mkdtemp(prefix="proxystack-cost-"))
-    prefixes = {}
+    prefixes, pushes = {}, {}
     try:
         prefixes["backend"] = backend(base)
         prefixes["hand"] = hand_written(base)
         ports = {"hand": HAND}
         for i, (name, steps) in enumerate(STEPS.items()):
             ports[name] = STACK + i
-            prefixes[name] = stack(base, name, STACK + i, steps, args.routes)
+            prefixes[name], pushes[name] = stack(base, name, STACK + i, steps, args.routes)
 
         def run(name):
             user, system = measure(ports[name], prefixes[name], args.seconds)
@@ -199,6 +268,11 @@ def main(argv=None) -> int:
 
         say(f"== {len(STEPS)} proxies beside the hand-written one, {args.rounds} rounds of {args.seconds} s runs")
         pairs = beside(run, "hand", tuple(STEPS), args.rounds)
+        say(f"== instructions per request under callgrind, {args.requests} requests each")
+        counted = {}
+        for name in ("hand", *STEPS):
+            counted[name] = instructions(prefixes[name], ports[name], args.requests, pushes.get(name))
+            say(f"    {name}: {counted[name]:,.0f} instructions per request")
     finally:
         for prefix in prefixes.values():
             stop_nginx(prefix)
@@ -213,11 +287,17 @@ def main(argv=None) -> int:
     }
     adds = dict(result["adds_user_us"], hand=0.0)
     result["parts_us"] = {part: round(adds[a] - adds[b], 2) for part, a, b in PARTS}
+    result["instructions_per_request"] = {name: round(n) for name, n in counted.items()}
+    result["parts_instructions"] = {part: round(counted[a] - counted[b]) for part, a, b in PARTS}
     rows = [("user CPU per request, hand-written proxy, us", result["hand_user_us"], "", None),
             ("the stack adds, us", adds["stack"], "<= 10", adds["stack"] <= 10)]
     rows += [(f"  of which {part}, us", cost, "", None) for part, cost in result["parts_us"].items()]
     rows.append(("kernel CPU per request, hand-written / stack, us",
                  f"{result['hand_system_us']} / {result['stack_system_us']}", "", None))
+    hand_n, stack_n = counted["hand"], counted["stack"]
+    rows.append(("instructions per request (callgrind), hand-written / stack",
+                 f"{hand_n:,.0f} / {stack_n:,.0f} (+{(stack_n - hand_n) / hand_n:.0%})", "", None))
+    rows += [(f"  of which {part}", f"{n:,}", "", None) for part, n in result["parts_instructions"].items()]
     result["goals"] = [{"measure": m, "figure": str(f), "goal": g, "met": ok} for m, f, g, ok in rows]
     report(result, args.json, "\n" + goals_table(rows))
     return exit_code(rows, args.check)

@@ -189,10 +189,10 @@ install_browser() {
 }
 
 install_bench_tools() {
-  step "Benchmark tools (wrk)"
-  command -v wrk >/dev/null && { info "using $(command -v wrk)"; return 0; }
-  apt_install wrk
-  info "installed wrk"
+  step "Benchmark tools (wrk, valgrind)"
+  if command -v wrk >/dev/null; then info "using $(command -v wrk)"; else apt_install wrk; info "installed wrk"; fi
+  # bench/proxy_cost_bench.py counts the proxy's instructions per request under callgrind
+  if command -v valgrind >/dev/null; then info "using $(command -v valgrind)"; else apt_install valgrind; info "installed valgrind"; fi
 }
 
 # Tools of the CD flow: a local image registry, a TLS front for engine tests, Vagrant, and in
