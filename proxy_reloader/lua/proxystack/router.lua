@@ -238,8 +238,9 @@ end
 --   "!stream" a route with buffering off: the location hands the request on to @stream
 --   "!308"    plain HTTP to a route served over HTTPS: redirected ($proxystack_location)
 --   "!https"  plain HTTP to a route served over HTTPS only (proxy.https=only): refused
--- `scheme`: "http" or "https", the server's (a constant in each server of the template). Over HTTPS a route with proxy.https=off is not found;
--- one with proxy.hsts sends Strict-Transport-Security ($proxystack_hsts).
+-- `scheme`: "http" or "https", the server's (a constant in each server of the template). Over
+-- HTTPS a route with proxy.https=off is not found; one with proxy.hsts sends
+-- Strict-Transport-Security ($proxystack_hsts).
 function _M.route(listener, scheme, host, uri, content_length)
     local streaming = listener == "stream"
     refresh()
@@ -284,9 +285,9 @@ end
 -- scheme)'`), kept for the balancer and the metrics (routed).
 function _M.request(listener, scheme)
     local r = get_request()
-    local answer = _M.route(listener, scheme, args(r))
-    routed[request_key(r)] = answer
-    return answer
+    local said = _M.route(listener, scheme, args(r))
+    routed[request_key(r)] = said
+    return said
 end
 
 -- The first server after `i` (from the start when `i` is 0) whose host no try of this request
