@@ -46,7 +46,7 @@ end
 -- host and path's route as the index answered it. (Entries: backends.get's own cache, given the
 -- generation read here.)
 local seen, index, index_gen = nil, nil, nil
-local found, nfound = {}, 0     -- host -> uri -> {service, path}
+local found, nfound = {}, 0     -- "$host$uri" -> {service, path, host, uri}
 local MAX_FOUND = 20000         -- then forgotten and found again
 local MAX_KEY = 512             -- a longer host + path is looked up, not kept (any client may send any)
 
@@ -84,9 +84,9 @@ end
 local function args(r)
     if not read_arg then
         local a = ngx.arg
-        return a[1], a[2], a[3]
+        return a[1], a[2]
     end
-    return arg(r, 1), arg(r, 2), arg(r, 3)
+    return arg(r, 1), arg(r, 2)
 end
 
 -- Per worker: each request being served (by its address, request_key) -> what the router answered
@@ -147,27 +147,26 @@ local function hsts(route)
     return value
 end
 
--- (service, route path) for a request, as routes.find answers it. Kept per worker for the
--- requests a route answers (a miss, a 404, is looked up each time: random paths must not fill
--- or churn the cache), at most MAX_FOUND of them, none longer than MAX_KEY.
-local function find(host, uri)
-    local by_host = found[host]
-    local hit = by_host and by_host[uri]
-    if hit then return hit[1], hit[2] end
+-- (service, route path, host, uri) for a request, from "$host$uri" (nginx refuses a Host with a
+-- "/" in it, and a URI begins with one: the first "/" is where the path starts), as routes.find
+-- answers it. Kept per worker for the requests a route answers (a miss, a 404, is looked up each
+-- time: random paths must not fill or churn the cache), at most MAX_FOUND of them, none longer
+-- than MAX_KEY: one lookup of the string nginx passed, no string made, for a request seen before.
+local function find(key)
+    local hit = found[key]
+    if hit then return hit[1], hit[2], hit[3], hit[4] end
+    local slash = key:find("/", 1, true)
+    if slash == nil then return nil, nil, key, "" end
+    local host, uri = key:sub(1, slash - 1), key:sub(slash)
     local name, path = routes.find(index, host, uri)
-    if name and #host + #uri <= MAX_KEY then
+    if name and #key <= MAX_KEY then
         if nfound >= MAX_FOUND then
             found, nfound = {}, 0
-            by_host = nil
         end
-        if by_host == nil then
-            by_host = {}
-            found[host] = by_host
-        end
-        by_host[uri] = {name, path}
+        found[key] = {name, path, host, uri}
         nfound = nfound + 1
     end
-    return name, path
+    return name, path, host, uri
 end
 
 -- A route's allow-list, parsed once per worker per entry (entries are replaced, never changed).
@@ -222,14 +221,14 @@ local function answer(name, code)
 end
 
 -- rewrite phase, from set_by_lua (which, unlike access_by_lua, needs no coroutine per request),
--- with the request's $host, $uri and $content_length as arguments (nginx evaluates them,
--- cheaper than reading ngx.var). Written to compile (no loop on the way of a request whose route
--- was seen before), as the JIT compiles only such code.
+-- with the request's "$host$uri" (`target`) and $content_length as arguments (nginx evaluates
+-- them, cheaper than reading ngx.var). Written to compile (no loop on the way of a request whose
+-- route was seen before), as the JIT compiles only such code.
 -- `listener`: "http", "stream" (the second call for a route that does not buffer) or "grpc"
 -- (the gRPC listener, where only proxy.protocol=grpc routes answer). Returns the name of the
 -- service that serves the request, which the location proxies and the balancer and the metrics
--- read back ($proxystack_route: one variable instead of ngx.ctx, whose per-request table cost
--- about 0.6 us a request), or what the location answers itself, a code that begins with "!" (no
+-- read back (routed, not ngx.ctx, whose per-request table cost about 0.6 us a request), or what
+-- the location answers itself, a code that begins with "!" (no
 -- service name does):
 --   "!404"    no route here;  "!301" the route's path without its final slash ($proxystack_location)
 --   "!426"    a gRPC route asked for on the HTTP listener
@@ -241,10 +240,10 @@ end
 -- `scheme`: "http" or "https", the server's (a constant in each server of the template). Over
 -- HTTPS a route with proxy.https=off is not found; one with proxy.hsts sends
 -- Strict-Transport-Security ($proxystack_hsts).
-function _M.route(listener, scheme, host, uri, content_length)
+function _M.route(listener, scheme, target, content_length)
     local streaming = listener == "stream"
     refresh()
-    local name, path = find(host or "", uri)
+    local name, path, host, uri = find(target or "")
     if name == nil then
         if path == nil then return "!404" end
         local args = ngx.var.args
@@ -280,7 +279,7 @@ function _M.route(listener, scheme, host, uri, content_length)
     return name
 end
 
--- The route of the request set_by_lua runs for, with $host $uri $content_length as its
+-- The route of the request set_by_lua runs for, with $host$uri $content_length as its
 -- arguments (the template's call: `set_by_lua $proxystack_route 'return router.request(listener,
 -- scheme)'`), kept for the balancer and the metrics (routed).
 function _M.request(listener, scheme)
