@@ -227,7 +227,11 @@ def instructions(prefix: Path, port: int, requests: int, push=None) -> float:
         return int(total.group(1)) / requests
     finally:
         proc.terminate()
-        proc.wait(60)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
 
 
 def valgrind_missing() -> bool:
