@@ -30,9 +30,8 @@ GRPC_PORT = 18765
 
 class Backend(LoopbackHTTP):
     """Answers {"name", "path", "host", "body"} (the body's length); /slow/ waits 3 s, /pause/ up
-    to 20 ms, /stream/
-    sends a line every 0.2 s for 3 s, /big/ sends 16 MiB and notes when it has sent it all
-    (none of them with a header that would turn nginx's buffering off)."""
+    to 20 ms, /stream/ sends a line every 0.2 s for 3 s, /big/ sends 16 MiB and notes when it has
+    sent it all (none of them with a header that would turn nginx's buffering off)."""
 
     def __init__(self, name: str):
         self.sent_all = []
