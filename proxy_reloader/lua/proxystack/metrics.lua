@@ -10,13 +10,9 @@
 -- for the grace period (configure), so that deploys do not grow /metrics, and the zone, forever.
 local _M = {}
 
-local clear = require "table.clear"
-local nkeys = require "table.nkeys"
 local backends = require "proxystack.backends"
 local latency = require "proxystack.latency"
 local router = require "proxystack.router"
-local routed = router.routed
-local request_key = router.request_key
 
 local dict = ngx.shared.proxystack_metrics
 local BUCKETS = latency.BUCKETS
@@ -29,18 +25,12 @@ local pending = {}
 local BANG = string.byte("!")
 
 -- log phase (in the locations that route): a few table updates, no string built per request.
--- The service is the one the router named (router.routed, whose slot for the request ends here;
--- $proxystack_route should it be gone), or for an answer of the proxy's own (403, 429, ...: a "!"
--- code, version "none") the one it left in $proxystack_service, if any; the version is that of
--- the server that answered (backends.version_of).
+-- The service is the one the router named (router.take, which ends the request's slot), or for
+-- an answer of the proxy's own (403, 429, ...: a "!" code, version "none") the one it left in
+-- $proxystack_service, if any; the version is that of the server that answered
+-- (backends.version_of).
 function _M.log()
-    local r = request_key()
-    local service = routed[r]
-    if service == nil then
-        service = ngx.var.proxystack_route
-    else
-        routed[r] = nil
-    end
+    local service = router.take()
     local version
     if service == nil or service == "" then return end
     if service:byte(1) == BANG then
@@ -142,13 +132,8 @@ local function prune(now)
     end
 end
 
--- router.routed holds a slot per request in flight, each emptied by the log phase. Should slots
--- ever be left (a request that ended with no log phase), the table is emptied past this many;
--- the requests in flight then read $proxystack_route instead.
-local MAX_ROUTED = 20000
-
 function _M.flush(premature)
-    if nkeys(routed) > MAX_ROUTED then clear(routed) end
+    router.trim()
     local batch = pending
     pending = {}
     local now = ngx.now()

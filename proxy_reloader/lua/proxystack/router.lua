@@ -10,6 +10,8 @@ local backends = require "proxystack.backends"
 local certs = require "proxystack.certs"
 local contract = require "proxystack.contract"
 local routes = require "proxystack.routes"
+local clear = require "table.clear"
+local nkeys = require "table.nkeys"
 
 local _M = {}
 
@@ -90,12 +92,14 @@ local function args(r)
 end
 
 -- Per worker: each request being served (by its address, request_key) -> what the router answered
--- for it (a service's name or a "!" code), which the balancer and the metrics read back. Reading
--- $proxystack_route instead costs a variable lookup by name (lower-cased and hashed) each time:
--- about 0.15 us a read, two reads a proxied request. Written by every call of the router, so a
--- slot never holds an older request's answer; emptied by the metrics when the request ends.
-_M.routed = {}
-local routed = _M.routed
+-- for it (a service's name or a "!" code), which the balancer and the log phase read back.
+-- Reading $proxystack_route instead costs a variable lookup by name (lower-cased and hashed)
+-- each time: about 0.15 us a read, two reads a proxied request. Written by every call of the
+-- router, so a slot never holds an older request's answer; emptied when the request ends (taken).
+local routed = {}
+-- Should slots ever be left (a request that ended with no log phase), the table is emptied past
+-- this many (trim); the requests in flight then read $proxystack_route instead.
+local MAX_ROUTED = 20000
 
 -- The running request's address as a number: a table key (the request pointer itself, a cdata,
 -- would be a new key at each call).
@@ -105,12 +109,23 @@ local function request_key(r)
     return tonumber(ffi.cast(uintptr, r or get_request()))
 end
 
-_M.request_key = request_key
-
--- What the router answered for the running request ($proxystack_route when the slot is gone:
--- the metrics empty the table should it ever hold more than requests can be in flight).
+-- What the router answered for the running request ($proxystack_route when the slot is gone).
 local function routed_name()
     return routed[request_key()] or ngx.var.proxystack_route
+end
+
+-- The same in the log phase, which ends the request's slot.
+function _M.take()
+    local r = request_key()
+    local name = routed[r]
+    if name == nil then return ngx.var.proxystack_route end
+    routed[r] = nil
+    return name
+end
+
+-- Empties the slots should they be more than requests can be in flight (a timer calls it).
+function _M.trim()
+    if nkeys(routed) > MAX_ROUTED then clear(routed) end
 end
 
 -- Where plain HTTP is redirected to: the TLS listener's port ("" for 443, nil: no TLS listener).
