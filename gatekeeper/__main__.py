@@ -330,9 +330,11 @@ def cmd_tests(args, stores: Stores) -> int:
               else f"{args.service}: {image or 'no default test image (each container names its own)'}")
         return EXIT_OK
     check("image", args.image)
-    stores.policies.set_tests_image(args.service, args.image)
+    # read before the write: a running gatekeeper wakes on the new image and retests them at once,
+    # and their "no test image" verdicts are gone by the time a read after it comes
     untested = [ri.instance.id for ri in stores.instances.of(args.service)
                 if not ri.instance.tests_image and _lacked_test_image(stores.verdicts.get(ri.instance.id), ri.instance)]
+    stores.policies.set_tests_image(args.service, args.image)
     print(json.dumps({"service": args.service, "image": args.image, "to_test": untested}) if args.json else
           f"{args.service}: instances without a gatekeeper.tests label are tested with {args.image}"
           + (f"; {len(untested)} instance(s) that had no test image will be tested now" if untested else ""))
