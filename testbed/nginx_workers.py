@@ -71,3 +71,32 @@ class WorkerGenerations(threading.Thread):
         self.stopping.set()
         self.join(5)
         return n
+
+
+def _loopback_hex(port: int) -> str:
+    return f"0100007F:{port:04X}"
+
+
+def worker_serving(master: int, server_port: int, client_port: int) -> int:
+    """The worker of `master` that holds the server side of the loopback TCP connection from
+    127.0.0.1:`client_port` to 127.0.0.1:`server_port` (from /proc/net/tcp and the workers'
+    descriptors); 0 when none does."""
+    local, remote = _loopback_hex(server_port), _loopback_hex(client_port)
+    inode = None
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if fields[1] == local and fields[2] == remote:
+                inode = fields[9]
+                break
+    if inode is None:
+        return 0
+    target = f"socket:[{inode}]"
+    for pid in worker_pids(master):
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == target:
+                    return pid
+        except OSError:
+            continue
+    return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import http.client
 import socket
 import subprocess
 
@@ -17,10 +18,12 @@ from proxy_reloader.nginx import Nginx
 from proxy_reloader.push import PushClient, PushError, ensure_secret
 from proxy_reloader.render import DYNAMIC, Settings, render
 from tests.conftest import SESSION, TEST_LABEL
+from testbed.http_backend import LoopbackHTTP, reply_json
+from testbed.nginx_workers import worker_pids, worker_serving
 from testbed.processes import wait_until
 
 PORT = 18762
-RESTARTED_PORT, FULL_PORT = 18771, 18772     # nginxes of their own (18763 is compose's TLS port, on the other side)
+RESTARTED_PORT, FULL_PORT, WORKERS_PORT = 18771, 18772, 18773     # nginxes of their own (18763 is compose's TLS port, on the other side)
 GOOD = Route("demo", "/demo/", "", Pool("v1", (("127.0.0.1", 1111), ("127.0.0.1", 2222)), ("v1", "v1")))
 
 
@@ -202,3 +205,64 @@ def test_a_table_that_no_longer_fits_is_said_and_the_table_stays_whole(tmp_path)
         assert newest in client.backends()
     finally:
         os.kill(n.master_pid(), signal.SIGQUIT)
+
+
+def answers_by_worker(n, path="/demo/", tries=400):
+    """Fresh connections to the proxy until each of its workers has answered at least once:
+    worker pid -> the names of the backends that answered through it."""
+    master = n.master_pid()
+    workers = worker_pids(master)
+    seen = {}
+    for _ in range(tries):
+        conn = http.client.HTTPConnection("127.0.0.1", WORKERS_PORT, timeout=5)
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            body = resp.read()
+            pid = worker_serving(master, WORKERS_PORT, conn.sock.getsockname()[1])
+        finally:
+            conn.close()
+        name = json.loads(body)["name"] if resp.status == 200 else resp.status
+        seen.setdefault(pid, set()).add(name)
+        if workers <= set(seen):
+            return seen
+    raise AssertionError(f"{tries} connections reached only workers {sorted(seen)} of {sorted(workers)}")
+
+
+def test_every_worker_routes_by_a_push_at_once_and_so_do_the_workers_of_a_reload(tmp_path):
+    """A push lands in one worker; the next request, whichever worker accepts it, is routed by it.
+    After a reload (new workers, the table kept by nginx) the same, and for pushes after it."""
+    names = {name: LoopbackHTTP(lambda h, name=name: reply_json(h, {"name": name})) for name in ("a", "b")}
+    n = Nginx(str(tmp_path), listen=f"127.0.0.1:{WORKERS_PORT}")
+    settings = Settings(str(n.prefix), n.listen, mode=DYNAMIC, modules=n.modules_path(), workers="2")
+    client = PushClient(settings.socket, ensure_secret(settings.secret))
+    n.apply(render([], str(n.prefix), n.listen, settings=settings))
+    subprocess.run([n.binary, "-p", str(n.prefix), "-c", str(n.conf)], check=True, timeout=20)
+    generation = 1000
+
+    def serve_from(name):
+        nonlocal generation
+        generation += 1
+        route = Route("demo", "/demo/", "", Pool("v1", (("127.0.0.1", names[name].port),), ("v1",)))
+        client.push(backends.push_body(generation, {"demo": backends.entry(route)}, full=False))
+
+    try:
+        wait_until(lambda: n.served_version(), 10, "nginx up")
+        for name in ("a", "b", "a", "b"):
+            serve_from(name)
+            seen = answers_by_worker(n)
+            assert all(answered == {name} for answered in seen.values()), (name, seen)
+        before = worker_pids(n.master_pid())
+        n.reload()
+        wait_until(lambda: len(worker_pids(n.master_pid()) - before) == 2
+                   and not worker_pids(n.master_pid()) & before, 20, "the reload's workers alone")
+        seen = answers_by_worker(n)
+        assert all(answered == {"b"} for answered in seen.values()), seen
+        for name in ("a", "b"):
+            serve_from(name)
+            seen = answers_by_worker(n)
+            assert all(answered == {name} for answered in seen.values()), (name, seen)
+    finally:
+        os.kill(n.master_pid(), signal.SIGQUIT)
+        for backend in names.values():
+            backend.close()

@@ -12,6 +12,9 @@
 --   kept    CASES: {room, values: [text, ...]} -> [[written, value read back or null], ...]
 --           (proxystack/kept.lua, over a zone of `room` bytes that frees a key's old value before
 --           it allocates a new one of another length, as nginx's shared dicts do)
+--   generation CASES: {start, steps: [[what, n], ...]} -> [the page's generation after each step]
+--           (proxystack/generation_page.lua; what: "write", "catch_up", or "write_in_child": a
+--           forked process writes n and exits, as a worker forked by the master would)
 package.path = arg[1] .. "/?.lua;" .. package.path
 local cjson = require "cjson.safe"
 local contract = require "proxystack.contract"
@@ -19,6 +22,7 @@ local routes = require "proxystack.routes"
 local latency = require "proxystack.latency"
 local certnames = require "proxystack.certnames"
 local kept = require "proxystack.kept"
+local ffi = require "ffi"
 
 -- A shared dict of `room` bytes (the lengths of its values): a write of a key frees its old value
 -- first, then fails with "no memory" when the new one does not fit.
@@ -75,7 +79,33 @@ elseif arg[2] == "kept" then
         local ok = kept.set(dict, "names", value, true)
         out[i] = {ok == true, kept.get(dict, "names") or cjson.null}
     end
+elseif arg[2] == "generation" then
+    local page = require "proxystack.generation_page"
+    ffi.cdef[[
+    int fork(void);
+    void _exit(int status);
+    int waitpid(int pid, int *status, int options);
+    ]]
+    assert(page.map(cases.start), "no page mapped")
+    for i, step in ipairs(cases.steps) do
+        local what, n = step[1], step[2]
+        if what == "write" then
+            page.write(n)
+        elseif what == "catch_up" then
+            page.catch_up(n)
+        elseif what == "write_in_child" then
+            local pid = ffi.C.fork()
+            if pid == 0 then
+                page.write(n)
+                ffi.C._exit(0)
+            end
+            assert(pid > 0 and ffi.C.waitpid(pid, nil, 0) == pid, "fork failed")
+        else
+            error("unknown step " .. tostring(what))
+        end
+        out[i] = page.read()
+    end
 else
-    error("unknown kind " .. tostring(arg[2]) .. ": pushes, routes, split, buckets, certnames or kept")
+    error("unknown kind " .. tostring(arg[2]) .. ": pushes, routes, split, buckets, certnames, kept or generation")
 end
 io.write(cjson.encode(out), "\n")

@@ -6,13 +6,15 @@
 -- applied: one bad entry refuses all of it.
 local cjson = require "cjson.safe"
 local contract = require "proxystack.contract"
+local generation_page = require "proxystack.generation_page"
 local kept = require "proxystack.kept"
 
 local _M = {}
 
 local dict = ngx.shared.proxystack_backends
--- The generation counters, which every request reads, in a dict of their own: a shared dict's
--- lookup grows with its number of keys, and this one holds three.
+-- The generation counters in a dict of their own: a shared dict's lookup grows with its number
+-- of keys, and this one holds three. Every request reads the generation, from the page the
+-- master shares with the workers (generation_page) where there is one.
 local state = ngx.shared.proxystack_state
 local cache = {}            -- per worker: service -> {stamp = N, seen = generation, entry = table}
 
@@ -20,8 +22,21 @@ local cache = {}            -- per worker: service -> {stamp = N, seen = generat
 _M.check_entry = contract.check_entry
 _M.check_push = contract.check_push
 
+local read_page = generation_page.read
+
 function _M.generation()
-    return state:get("generation") or 0
+    return read_page() or state:get("generation") or 0
+end
+
+-- In the master, before it forks the workers: the page they read the generation from.
+function _M.share_generation()
+    return generation_page.map(state:get("generation") or 0)
+end
+
+-- Each worker, once a second (a timer): the page caught up with the dict, should a push have
+-- missed it (generation_page.catch_up).
+function _M.check_generation(premature)
+    if not premature then generation_page.catch_up(state:get("generation") or 0) end
 end
 
 function _M.boot()
@@ -115,6 +130,7 @@ function _M.apply(body)
     end
     if routes_changed then state:set("routes", gen) end
     state:set("generation", gen)
+    generation_page.write(gen)
     if failed then return nil, string.format(FULL, "a value did not fit (" .. tostring(failed) .. ")") end
     if evicted > 0 then return nil, string.format(FULL, evicted .. " older entries were evicted to hold this push") end
     return true
@@ -125,7 +141,7 @@ end
 -- constant key (none when the caller read the generation already: `gen`); after a push, each
 -- service's stamp says whether its entry changed.
 function _M.get(service, gen)
-    gen = gen or state:get("generation")
+    gen = gen or _M.generation()
     local hit = cache[service]
     if hit and hit.seen == gen then return hit.entry end
     local stamp = dict:get("stamp:" .. service)
