@@ -13,7 +13,10 @@
 4. a canary weight written to Consul -> live in nginx's workers (goal: p50 <= 100 ms, no reload);
 5. route lookup at scale: the stack's nginx (dynamic mode, routes in the pushed table) with 10
    routes and with 10,000, each beside the hand-written proxy in the same way (goal:
-   each >= 0.95 x the hand-written one, and 10,000 / 10 routes >= 0.95: lookup cost flat);
+   each >= 0.95 x the hand-written one, and 10,000 / 10 routes >= 0.95: lookup cost flat); and,
+   for what those ratios can reach, the Lua floor beside it the same way: the stack's nginx.conf
+   with its Lua answering constants (nginx enters Lua as often, for a fixed route and peer, no
+   lookup, no checks, no metrics);
 6. N new services, one every ~0.12 s (1,000 over two minutes by default), each registered
    and then its gate opened: nginx reloads (goal: 0) and gate open -> the service's servers in
    the workers' table (goal: p50 <= 100 ms);
@@ -31,6 +34,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -40,6 +44,7 @@ import zlib
 
 from bench.harness import bench_env, beside, command_line, exit_code, goals_table, percentile, progress, report, with_check, wrk_missing
 from bench.promotion_bench import deploy_measuring_gate_to_proxy
+from bench.stack_variants import constant_peer, constant_route, no_metrics
 from catalog.stores import Stores
 from catalog.model import Instance
 from catalog.routing import Pool, Route
@@ -48,13 +53,14 @@ from proxy_reloader.nginx import Nginx
 from proxy_reloader.push import PushClient, ensure_secret
 from proxy_reloader.render import DYNAMIC, RELOAD, Settings, render
 from testbed.load import KeepAliveLoad
-from testbed.nginx_workers import WorkerGenerations
+from testbed.nginx_workers import WorkerGenerations, worker_pids
 from testbed.processes import Proc, python_module, wait_until
 from testbed.stack import TEST_LABEL, Stack
 
 STACK_PORTS = {DYNAMIC: 18100, RELOAD: 18101}      # status endpoints at +1000
 HAND, LONE, LONE_ADMIN = 18102, 18103, 19103         # and HAND + 2: the minimal hand-written proxy
 ROUTES_FEW, ROUTES_MANY = 18108, 18109              # the stack's nginx with 10 and with 10,000 routes
+LUA_FLOOR = 18111                                   # its config with the Lua answering constants
 
 
 def cpu_seconds(pid):
@@ -208,6 +214,23 @@ def table_nginx(env, name, listen, routes, port):
     return n.prefix
 
 
+def lua_floor(env, port):
+    """The stack's nginx (table_nginx, 10 routes) with its Lua answering constants: set_by_lua
+    returns the measured service, the balancer sets the backend as its peer, no metrics. nginx
+    enters Lua as often as for the stack; what the stack adds beyond it is its own code."""
+    prefix = table_nginx(env, "lua-floor", LUA_FLOOR, 10, port)
+    conf = prefix / "nginx.conf"
+    text = conf.read_text()
+    for step in (no_metrics, constant_route, constant_peer):
+        text = step(text, port)
+    conf.write_text(text)
+    master = int((prefix / "nginx.pid").read_text())
+    before = worker_pids(master)
+    os.kill(master, signal.SIGHUP)
+    wait_until(lambda: not worker_pids(master) & before and worker_pids(master), 20, "the Lua floor's workers")
+    return prefix
+
+
 def throughput(env, stores, say, rounds=10):
     """The backend direct and the minimal proxy twice each, for context; then each of the stack's
     proxies measured with wrk right beside the hand-written one, `rounds` times, the pair's order
@@ -225,15 +248,17 @@ def throughput(env, stores, say, rounds=10):
         hands.append(hand_written_proxy(env, port, "minimal", HAND + 2, ""))
         hands.append(table_nginx(env, "routes-10", ROUTES_FEW, 10, port))
         hands.append(table_nginx(env, "routes-10000", ROUTES_MANY, 10_000, port))
+        hands.append(lua_floor(env, port))
     except BaseException:
         for prefix in hands:
             os.kill(int((prefix / "nginx.pid").read_text()), 15)
         raise
     urls = {"direct": f"http://127.0.0.1:{port}/fast/", "stack": f"http://127.0.0.1:{LONE}/fast/",
             "hand": f"http://127.0.0.1:{HAND}/fast/", "minimal": f"http://127.0.0.1:{HAND + 2}/fast/",
-            "routes10": f"http://127.0.0.1:{ROUTES_FEW}/fast/", "routes10k": f"http://127.0.0.1:{ROUTES_MANY}/fast/"}
+            "routes10": f"http://127.0.0.1:{ROUTES_FEW}/fast/", "routes10k": f"http://127.0.0.1:{ROUTES_MANY}/fast/",
+            "floor": f"http://127.0.0.1:{LUA_FLOOR}/fast/"}
     prefixes = {"stack": env.base / "px", "hand": hands[0], "minimal": hands[1], "routes10": hands[2],
-                "routes10k": hands[3]}
+                "routes10k": hands[3], "floor": hands[4]}
 
     def run(name):
         """(requests/s, p99 ms, the workers' CPU per request in us or None)"""
@@ -241,7 +266,7 @@ def throughput(env, stores, say, rounds=10):
         say(f"    {name}: {rps:.0f} req/s" + (f", {cpu:.1f} us CPU per request" if cpu is not None else ""))
         return rps, p99, cpu
 
-    contenders = ("stack", "routes10", "routes10k")
+    contenders = ("stack", "routes10", "routes10k", "floor")
     try:
         context = {name: [run(name) for _ in range(2)] for name in ("direct", "minimal")}
         pairs = beside(run, "hand", contenders, rounds)
@@ -256,7 +281,7 @@ def throughput(env, stores, say, rounds=10):
     ratios = {name: [c[0] / h[0] for c, h in pairs[name]] for name in contenders}
     out["stack_vs_hand"] = round(statistics.median(ratios["stack"]), 3)
     out["stack_vs_minimal"] = round(out["stack"]["rps"] / out["minimal"]["rps"], 3)
-    for name in ("routes10", "routes10k"):
+    for name in ("routes10", "routes10k", "floor"):
         out[f"{name}_vs_hand"] = round(statistics.median(ratios[name]), 3)
         out[f"{name}_vs_hand_per_round"] = [round(x, 3) for x in ratios[name]]
     out["routes10k_vs_routes10"] = round(statistics.median(
@@ -496,6 +521,9 @@ def main(argv=None) -> int:
          t["routes10k_vs_hand"] >= 0.95),
         ("10,000 routes / 10 routes, req/s (lookup cost flat)", t["routes10k_vs_routes10"], ">= 0.95",
          t["routes10k_vs_routes10"] >= 0.95),
+        ("the Lua floor: the stack's config, its Lua answering constants / hand-written, req/s (each pair)",
+         f"{t['floor_vs_hand']} ({', '.join(str(x) for x in t['floor_vs_hand_per_round'])})", "(what the ratios above can reach)",
+         None),
         (f"nginx reloads while {result['new_services']['n']} new services came, one by one",
          result["new_services"]["reloads"], "0", result["new_services"]["reloads"] == 0),
         ("new service's gate opens -> in the workers' table, p50 / p95 ms",

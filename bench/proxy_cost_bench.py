@@ -43,6 +43,7 @@ from pathlib import Path
 
 from bench.harness import beside, command_line, exit_code, goals_table, progress, report, with_check, wrk_missing
 from bench.proxy_bench import FAST, HAND_CONF, SAME_HEADERS, nginx_workers
+from bench.stack_variants import constant_peer, constant_route, no_metrics, replace, static_upstream
 from catalog.routing import Pool, Route
 from proxy_reloader import backends
 from proxy_reloader.nginx import Nginx
@@ -54,37 +55,6 @@ BACKEND, HAND = 18140, 18141
 STACK = 18142               # and one port more for each step below
 CPUS = sorted(os.sched_getaffinity(0))
 PROXY_CPU, LOAD_CPU = CPUS[0], CPUS[-1]     # main() refuses to run with only one
-
-
-def no_metrics(conf: str, port: int) -> str:
-    return replace(conf, r"(proxy_pass http://proxystack_backend;\n)\s+log_by_lua_block \{ metrics\.log\(\) \}\n", r"\1")
-
-
-def constant_route(conf: str, port: int) -> str:
-    return replace(conf, r"set_by_lua \$proxystack_route 'return router\.request\(\"http\", \"http\"\)'\s+[^;]*;",
-                   "set_by_lua $proxystack_route 'return \"fast\"';")
-
-
-def constant_peer(conf: str, port: int) -> str:
-    conf = replace(conf, r"balancer_by_lua_block \{ router\.balance\(\) \}",
-                   f'balancer_by_lua_block {{ proxystack_peer.set_current_peer("127.0.0.1", {port}) }}')
-    return replace(conf, r"init_by_lua_block \{\n", 'init_by_lua_block {\n        proxystack_peer = require "ngx.balancer"\n')
-
-
-def static_upstream(conf: str, port: int) -> str:
-    conf = replace(conf, r"    upstream proxystack_backend \{",
-                   f"    upstream static_backend {{ server 127.0.0.1:{port}; keepalive 64; }}\n    upstream proxystack_backend {{")
-    return replace(conf, r"(error_page 504 = @proxystack_504;\s+)proxy_pass http://proxystack_backend;",
-                   r"\1proxy_pass http://static_backend;")
-
-
-def replace(conf: str, pattern: str, by: str) -> str:
-    """The config with the first match of `pattern` replaced; a template that no longer has it
-    stops the benchmark rather than measure a step that changed nothing."""
-    out, n = re.subn(pattern, by, conf, count=1)
-    if n != 1:
-        raise RuntimeError(f"the rendered nginx.conf has no {pattern!r}: bench/proxy_cost_bench.py needs updating")
-    return out
 
 
 # contender -> the steps applied to the stack's config, in order; and the part each step takes away

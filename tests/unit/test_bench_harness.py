@@ -57,9 +57,11 @@ def test_no_contender_always_runs_in_the_same_place_of_a_round():
 
 
 def test_the_cost_benchmark_takes_away_what_each_step_names_from_the_config_the_stack_renders():
-    """bench.proxy_cost_bench edits proxy-reloader's rendered nginx.conf; a template that moved on
-    must stop it (not let it measure a step that changed nothing)."""
+    """bench.proxy_cost_bench and proxy_bench's Lua floor edit proxy-reloader's rendered nginx.conf
+    (bench/stack_variants.py); a template that moved on must stop them (not let them measure a
+    step that changed nothing)."""
     from bench import proxy_cost_bench as cost
+    from bench import stack_variants
     from proxy_reloader.render import DYNAMIC, Settings, render
 
     conf = render([], "/p", "127.0.0.1:1", settings=Settings("/p", "127.0.0.1:1", workers="1", mode=DYNAMIC))
@@ -75,11 +77,11 @@ def test_the_cost_benchmark_takes_away_what_each_step_names_from_the_config_the_
         no_lua = step(no_lua, 9)
     assert "router.request" not in location(no_lua) and "metrics.log" not in location(no_lua)
     assert 'set_current_peer("127.0.0.1", 9)' in no_lua and "router.balance()" not in no_lua
-    static = cost.static_upstream(no_lua, 9)
+    static = stack_variants.static_upstream(no_lua, 9)
     assert "proxy_pass http://static_backend;" in location(static)
     assert "server 127.0.0.1:9; keepalive 64;" in static
     try:
-        cost.static_upstream(static, 9)          # applied twice: its pattern is gone
+        stack_variants.static_upstream(static, 9)    # applied twice: its pattern is gone
     except RuntimeError as e:
         assert "needs updating" in str(e)
     else:
