@@ -1,7 +1,8 @@
 -- The table's generation, which every request reads, on a page of memory that the master maps
 -- (shared, anonymous) before it forks the workers: a read is one load. A shared dict's get takes
--- its zone's lock, an atomic write to a cache line that every worker writes: on two cores the
--- line moving between them cost about 1 us a request, more than the rest of the read.
+-- its zone's lock, an atomic write to a cache line that every worker writes: with two workers on
+-- two cores the line moving between them cost 1.5-1.9 us of CPU a request (docs/measurements.md),
+-- far more than the read's instructions.
 --
 -- Written after the table it numbers (the shared dict proxystack_state keeps the generation too,
 -- and outlives a reload: the page of a reload's workers starts from it). read() answers nil where
