@@ -3,10 +3,10 @@ proxy-reloader's credentials push, bad pushes are refused whole, and the good ta
 The JSON contract is checked from both sides: what backends.py refuses, the Lua side refuses."""
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
-import http.client
 import socket
 import subprocess
 
