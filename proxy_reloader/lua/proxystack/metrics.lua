@@ -133,7 +133,6 @@ local function prune(now)
 end
 
 function _M.flush(premature)
-    router.trim()
     local batch = pending
     pending = {}
     local now = ngx.now()

@@ -123,7 +123,8 @@ function _M.take()
     return name
 end
 
--- Empties the slots should they be more than requests can be in flight (a timer calls it).
+-- Empties the slots should they be more than requests can be in flight (a timer of its own
+-- calls it once a second).
 function _M.trim()
     if nkeys(routed) > MAX_ROUTED then clear(routed) end
 end
