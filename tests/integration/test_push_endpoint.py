@@ -23,7 +23,8 @@ from testbed.nginx_workers import worker_pids, worker_serving
 from testbed.processes import wait_until
 
 PORT = 18762
-RESTARTED_PORT, FULL_PORT, WORKERS_PORT = 18771, 18772, 18773     # nginxes of their own (18763 is compose's TLS port, on the other side)
+RESTARTED_PORT, FULL_PORT, WORKERS_PORT, HEAP_PORT = 18771, 18772, 18773, 18774     # nginxes of their own
+# (18763 is compose's TLS port, on the other side)
 GOOD = Route("demo", "/demo/", "", Pool("v1", (("127.0.0.1", 1111), ("127.0.0.1", 2222)), ("v1", "v1")))
 
 
@@ -266,3 +267,47 @@ def test_every_worker_routes_by_a_push_at_once_and_so_do_the_workers_of_a_reload
         os.kill(n.master_pid(), signal.SIGQUIT)
         for backend in names.values():
             backend.close()
+
+
+def test_a_worker_gives_back_what_building_a_big_route_index_left_behind(tmp_path):
+    """Building the route index of 5,000 routes (and decoding their push) leaves megabytes of
+    garbage in the worker; within seconds its upkeep has collected it: the worker's Lua heap comes
+    back near what is alive, and does again after the next route change."""
+    backend = LoopbackHTTP(lambda h: reply_json(h, {"name": "fast"}))
+    n = Nginx(str(tmp_path), listen=f"127.0.0.1:{HEAP_PORT}")
+    settings = Settings(str(n.prefix), n.listen, mode=DYNAMIC, modules=n.modules_path(), workers="1")
+    client = PushClient(settings.socket, ensure_secret(settings.secret), timeout=60)
+    n.apply(render([], str(n.prefix), n.listen, settings=settings))
+    subprocess.run([n.binary, "-p", str(n.prefix), "-c", str(n.conf)], check=True, timeout=20)
+
+    def table_of(count, path):
+        names = [f"r{i}" for i in range(count - 1)] + ["fast"]
+        return {name: backends.entry(Route(name, path if name == "fast" else f"/{name}/", "",
+                                           Pool("v1", (("127.0.0.1", backend.port),), ("v1",))))
+                for name in names}
+
+    def served(path):
+        conn = http.client.HTTPConnection("127.0.0.1", HEAP_PORT, timeout=10)
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
+
+    try:
+        wait_until(lambda: n.served_version(), 10, "nginx up")
+        client.push(backends.push_body(1, table_of(10, "/fast/"), full=True))
+        assert served("/fast/")[0] == 200
+        wait_until(lambda: served("/r1/")[0] == 200 and client.state()["lua_heap_kb"] < 4096, 10,
+                   "a worker with 10 routes")
+        small = client.state()["lua_heap_kb"]
+        for generation, path in ((2, "/fast/"), (3, "/fast-moved/")):
+            client.push(backends.push_body(generation, table_of(5000, path), full=True))
+            assert served(path)[0] == 200       # the index of 5,000 routes is built for this request
+            wait_until(lambda: client.state()["lua_heap_kb"] < small + 4096, 10,
+                       f"the worker's Lua heap near what is alive after the index of generation {generation}")
+        assert served("/fast/")[0] == 404 and served("/r4321/")[0] == 200
+    finally:
+        os.kill(n.master_pid(), signal.SIGQUIT)
+        backend.close()

@@ -2,7 +2,8 @@
 -- guarded by a secret only that user can read: loopback is no boundary (test containers share
 -- the host's network), so an address alone proves nothing.
 --   POST /backends        apply a push (see backends.lua for the contract)
---   GET  /state           {"generation": N, "boot": ID, "services": N}
+--   GET  /state           {"generation": N, "boot": ID, "services": N, "certificates": N,
+--                          "worker": PID, "lua_heap_kb": N}: the last two of the worker that answered
 --   GET  /backends[/NAME] what the workers route by
 --   GET  /certificates    {NAME: generation}: the certificates served by SNI (never the keys)
 --   GET  /metrics         Prometheus text
@@ -61,7 +62,8 @@ function _M.handle()
         local n = #backends.names()
         local c = 0
         for _ in pairs(certs.names()) do c = c + 1 end
-        return reply(200, {generation = backends.generation(), boot = backends.boot(), services = n, certificates = c})
+        return reply(200, {generation = backends.generation(), boot = backends.boot(), services = n, certificates = c,
+                           worker = ngx.worker.pid(), lua_heap_kb = math.floor(collectgarbage("count"))})
     elseif method == "GET" and uri == "/metrics" then
         ngx.header["Content-Type"] = "text/plain; version=0.0.4"
         ngx.print(metrics.render())

@@ -52,6 +52,17 @@ local found, nfound = {}, 0     -- "$host$uri" -> {service, path, host, uri}
 local MAX_FOUND = 20000         -- then forgotten and found again
 local MAX_KEY = 512             -- a longer host + path is looked up, not kept (any client may send any)
 
+-- The Lua heap. Each request leaves garbage behind (nginx's Lua module makes a closure at each
+-- entry into Lua: about 150 bytes a proxied request), and with the collector's default pause a
+-- cycle starts each time the heap has doubled: every few thousand requests a cycle walks all that
+-- is alive, the index of 10,000 routes included (~2 MB, more than a core's cache holds), and the
+-- requests around it pay for it. And building the index leaves ~2 KB of garbage a route. So once
+-- an index was built, the worker's upkeep collects in full, and then lets the heap grow by
+-- GC_ROOM_KB before the next cycle starts, whatever the number of routes (at least the default
+-- doubling): a worker's heap stays under what is alive plus that room.
+local GC_ROOM_KB = 16 * 1024
+local built = false             -- an index was built since the last upkeep
+
 local function refresh()
     local gen = backends.generation()
     if gen == seen then return end
@@ -60,6 +71,7 @@ local function refresh()
         index = routes.build(backends.routes())
         index_gen = rgen
         found, nfound = {}, 0
+        built = true
     end
     certs.refresh()
     seen = gen
@@ -123,10 +135,22 @@ function _M.take()
     return name
 end
 
--- Empties the slots should they be more than requests can be in flight (a timer of its own
--- calls it once a second).
-function _M.trim()
+-- The collector's pause (percent of the heap alive after a cycle that the heap may reach before
+-- the next one starts) that leaves GC_ROOM_KB of room above `alive` KB, the default 200 at least.
+function _M.gc_pause(alive)
+    return math.max(200, math.floor(100 * (alive + GC_ROOM_KB) / math.max(alive, 1)))
+end
+
+-- The router's upkeep (a timer of its own calls it once a second): empties the slots should they
+-- be more than requests can be in flight; after an index was built, collects the garbage and sets
+-- the pause from what is alive (GC_ROOM_KB).
+function _M.upkeep()
     if nkeys(routed) > MAX_ROUTED then clear(routed) end
+    if built then
+        built = false
+        collectgarbage()
+        collectgarbage("setpause", _M.gc_pause(collectgarbage("count")))
+    end
 end
 
 -- Where plain HTTP is redirected to: the TLS listener's port ("" for 443, nil: no TLS listener).
