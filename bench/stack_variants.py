@@ -11,7 +11,7 @@ def no_metrics(conf: str, port: int) -> str:
 
 
 def constant_route(conf: str, port: int) -> str:
-    return replace(conf, r"set_by_lua \$proxystack_route 'return router\.request\(\"http\", \"http\"\)'\s+[^;]*;",
+    return replace(conf, r"set_by_lua \$proxystack_route 'return router\.request\(\"http\", \"http\", \.\.\.\)'\s+[^;]*;",
                    "set_by_lua $proxystack_route 'return \"fast\"';")
 
 

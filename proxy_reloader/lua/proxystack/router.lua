@@ -5,7 +5,6 @@
 local ffi = require "ffi"
 local balancer = require "ngx.balancer"
 local base = require "resty.core.base"
-require "resty.core.param"      -- declares ngx_http_lua_ffi_get_setby_param, which ngx.arg uses
 local backends = require "proxystack.backends"
 local certs = require "proxystack.certs"
 local contract = require "proxystack.contract"
@@ -77,31 +76,7 @@ local function refresh()
     seen = gen
 end
 
--- set_by_lua's arguments, read as resty.core's ngx.arg reads them (its C function) minus what
--- ngx.arg adds on each read (the request and the phase looked up again): for four arguments that
--- was about 0.4 us of the 2 us of worker CPU the Lua side adds to a proxied request. (ngx.arg is
--- the fallback should a build of lua-nginx-module not export the function.)
-local C = ffi.C
 local get_request = base.get_request
-local ffi_string = ffi.string
-local arg_data = ffi.new("unsigned char *[1]")
-local arg_len = ffi.new("size_t[1]")
-local read_arg = pcall(function() return C.ngx_http_lua_ffi_get_setby_param end)
-
-local function arg(r, i)
-    C.ngx_http_lua_ffi_get_setby_param(r, i, arg_data, arg_len)
-    local n = tonumber(arg_len[0])
-    if n == 0 then return nil end
-    return ffi_string(arg_data[0], n)
-end
-
-local function args(r)
-    if not read_arg then
-        local a = ngx.arg
-        return a[1], a[2]
-    end
-    return arg(r, 1), arg(r, 2)
-end
 
 -- Per worker: each request being served (by its address, request_key) -> what the router answered
 -- for it (a service's name or a "!" code), which the balancer and the log phase read back.
@@ -319,13 +294,14 @@ function _M.route(listener, scheme, target, content_length)
     return name
 end
 
--- The route of the request set_by_lua runs for, with $host$uri $content_length as its
--- arguments (the template's call: `set_by_lua $proxystack_route 'return router.request(listener,
--- scheme)'`), kept for the balancer and the metrics (routed).
-function _M.request(listener, scheme)
-    local r = get_request()
-    local said = _M.route(listener, scheme, args(r))
-    routed[request_key(r)] = said
+-- The route of the request set_by_lua runs for, kept for the balancer and the metrics (routed).
+-- The template's call passes set_by_lua's arguments on as they come, `$host$uri` and
+-- `$content_length`: `set_by_lua $proxystack_route 'return router.request(listener, scheme, ...)'
+-- $host$uri $content_length` (nginx's Lua module hands them to the chunk as Lua strings, ""
+-- for an empty one; reading them again through ngx.arg would make each string a second time).
+function _M.request(listener, scheme, target, content_length)
+    local said = _M.route(listener, scheme, target, content_length)
+    routed[request_key()] = said
     return said
 end
 
