@@ -66,8 +66,8 @@ OTHER_PROGRAMS = {"--ip", "--network", "--rm", "--tlsverify", "--no-deps", "--en
                   "--listen-addr",
                   # the helper modules the Makefile and scripts run (python -m catalog.backup, catalog.acl_setup)
                   "--tokens", "--node", "--host",
-                  # curl, trusting the stack's own CA
-                  "--cacert", "--resolve", "--http2"}
+                  # curl, trusting the stack's own CA; and reading nginx's push socket (operations.md)
+                  "--cacert", "--resolve", "--http2", "--unix-socket"}
 
 
 def test_every_option_the_docs_mention_belongs_to_a_tool():
