@@ -85,15 +85,15 @@ local get_request = base.get_request
 -- router, so a slot never holds an older request's answer; emptied when the request ends (taken).
 local routed = {}
 -- Should slots ever be left (a request that ended with no log phase), the table is emptied past
--- this many (trim); the requests in flight then read $proxystack_route instead.
+-- this many (upkeep); the requests in flight then read $proxystack_route instead.
 local MAX_ROUTED = 20000
 
 -- The running request's address as a number: a table key (the request pointer itself, a cdata,
 -- would be a new key at each call).
 local uintptr = ffi.typeof("uintptr_t")
 
-local function request_key(r)
-    return tonumber(ffi.cast(uintptr, r or get_request()))
+local function request_key()
+    return tonumber(ffi.cast(uintptr, get_request()))
 end
 
 -- What the router answered for the running request ($proxystack_route when the slot is gone).
@@ -112,7 +112,7 @@ end
 
 -- The collector's pause (percent of the heap alive after a cycle that the heap may reach before
 -- the next one starts) that leaves GC_ROOM_KB of room above `alive` KB, the default 200 at least.
-function _M.gc_pause(alive)
+local function gc_pause(alive)
     return math.max(200, math.floor(100 * (alive + GC_ROOM_KB) / math.max(alive, 1)))
 end
 
@@ -124,7 +124,7 @@ function _M.upkeep()
     if built then
         built = false
         collectgarbage()
-        collectgarbage("setpause", _M.gc_pause(collectgarbage("count")))
+        collectgarbage("setpause", gc_pause(collectgarbage("count")))
     end
 end
 
