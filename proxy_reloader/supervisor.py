@@ -2,6 +2,11 @@
 
 nginx runs in the foreground (`daemon off`), is restarted with back-off if it dies, and is
 asked to finish gracefully (SIGQUIT) when proxy-reloader stops.
+
+A proxy-reloader killed outright (SIGKILL, the OOM killer) leaves its nginx serving: it runs in its
+own session, so traffic goes on. The next proxy-reloader on the same prefix finds that master
+through nginx.pid and takes it over instead of starting a second nginx that could not bind the
+ports: it watches, reloads and stops it as if it were its own child.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import threading
 import time
 
 from .nginx import Nginx
+from .render import config_version
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +38,8 @@ class NginxChild:
         self.spawning = threading.Lock()     # a restart and stop() never cross: no nginx outlives a stop
 
     def start(self) -> None:
-        self._spawn()
+        if not self._adopt():
+            self._spawn()
         threading.Thread(target=self._watch, name="nginx-child", daemon=True).start()
 
     def _spawn(self) -> None:
@@ -43,6 +50,24 @@ class NginxChild:
                                       "-g", "daemon off;"], stdin=subprocess.DEVNULL, start_new_session=True)
         self.started = time.monotonic()
         log.info("nginx started as a child (pid %d)", self.proc.pid)
+
+    def _adopt(self) -> bool:
+        """Take over the master a killed proxy-reloader left on this prefix, if one runs. It
+        loads the config just written when it serves another one (a reload, as any change)."""
+        pid = self.nginx.master_pid()
+        if pid is None or not _master_of(pid, str(self.nginx.prefix)):
+            return False
+        self.proc = AdoptedMaster(pid)
+        self.started = time.monotonic()
+        log.info("nginx already runs on this prefix (master pid %d, left by a proxy-reloader before this one); "
+                 "taking it over", pid)
+        wanted = config_version(self.nginx.current() or "")
+        if self.nginx.served_version() != wanted:
+            self.nginx.reload()
+            if not self.nginx.serves(wanted):
+                log.warning("the nginx taken over does not serve the config on disk yet (%s)",
+                            self.nginx.error_log_tail() or "nothing in error.log")
+        return True
 
     def _finish_orphans(self, pgid: int, timeout: float = 10.0) -> None:
         """Workers outlive a killed master and keep the port: ask them to finish (SIGQUIT)."""
@@ -70,7 +95,8 @@ class NginxChild:
                 return
             if time.monotonic() - self.started >= STEADY:
                 delay = FIRST_DELAY
-            log.error("nginx exited unexpectedly (code %s); restarting in %.1f s", code, delay)
+            log.error("nginx exited unexpectedly (%s); restarting in %.1f s",
+                      "code unknown: taken over, not a child" if code is None else f"code {code}", delay)
             self._finish_orphans(self.proc.pid)
             while not self.stopping.wait(delay):
                 delay = min(delay * 2, MAX_DELAY)
@@ -96,3 +122,50 @@ class NginxChild:
                 self.proc.kill()
         if self.proc:
             self._finish_orphans(self.proc.pid)
+
+
+class AdoptedMaster:
+    """An nginx master that is not this process's child, with the part of Popen's interface
+    the supervision uses. Its exit status cannot be read: `wait` returns None."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+
+    def poll(self):
+        return None if _alive(self.pid) else 0
+
+    def wait(self, timeout: float = None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while _alive(self.pid):
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(f"nginx master {self.pid}", timeout)
+            time.sleep(0.1)
+        return None
+
+    def send_signal(self, sig: int) -> None:
+        try:
+            os.kill(self.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    """Running, and not a zombie waiting for its new parent to collect it."""
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
+def _master_of(pid: int, prefix: str) -> bool:
+    """Whether `pid` is an nginx master started on `prefix` (a pid file can outlive its process,
+    and the number be someone else's by now)."""
+    try:
+        title = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
+    return "nginx: master process" in title and f" -p {prefix} " in f"{title} " and _alive(pid)

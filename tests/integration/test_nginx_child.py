@@ -7,11 +7,13 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+import threading
 import time
 
 from catalog.routing import Pool, Route
 from proxy_reloader.nginx import Nginx, find_nginx
-from proxy_reloader.render import render
+from proxy_reloader.render import config_version, render
 from proxy_reloader import supervisor
 from proxy_reloader.supervisor import NginxChild
 from testbed.processes import wait_until
@@ -68,5 +70,71 @@ def test_an_nginx_that_ran_healthy_is_restarted_after_the_first_short_wait_again
         time.sleep(2.5)                                  # then it ran healthy for STEADY
         kill_and_wait_for_the_restart()
         assert waits() == [0.5, 1.0, 0.5]
+    finally:
+        child.stop()
+
+
+def _config(n, path):
+    text = render([Route("a", path, "", Pool("v1", (("127.0.0.1", 1),)))], str(n.prefix), f"127.0.0.1:{PORT}")
+    n.swap(n.validate(text))
+    return config_version(text)
+
+
+def test_the_nginx_a_killed_proxy_reloader_left_is_taken_over_not_started_twice(tmp_path, caplog):
+    n = Nginx(str(tmp_path / "prefix"), listen=f"127.0.0.1:{PORT}")
+    _config(n, "/a/")
+    # What a proxy-reloader killed with SIGKILL leaves: its nginx, in its own session, serving on.
+    left = subprocess.Popen([n.binary, "-p", str(n.prefix), "-c", str(n.conf), "-g", "daemon off;"],
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    threading.Thread(target=left.wait, daemon=True).start()    # collected when it exits, as init would
+    child = NginxChild(n)
+    caplog.set_level(logging.INFO, logger="proxy_reloader.supervisor")
+    try:
+        wait_until(lambda: n.served_version(), 20, "the left nginx up")
+        wanted = _config(n, "/b/")                   # the next proxy-reloader writes its config first
+        child.start()
+        assert child.proc.pid == left.pid, "a second nginx was started beside the first"
+        assert "taking it over" in caplog.text
+        assert n.served_version() == wanted          # and the nginx taken over serves it
+        os.kill(left.pid, signal.SIGKILL)            # it dies: restarted like a child
+        wait_until(lambda: child.proc.pid != left.pid and n.served_version() == wanted, 30,
+                   "nginx restarted after the one taken over died")
+        assert "code unknown: taken over" in caplog.text
+    finally:
+        child.stop()
+        if left.poll() is None:
+            left.kill()
+    assert n.master_pid() is None
+
+
+def test_stopping_proxy_reloader_stops_the_nginx_it_took_over(tmp_path):
+    n = Nginx(str(tmp_path / "prefix"), listen=f"127.0.0.1:{PORT}")
+    _config(n, "/a/")
+    left = subprocess.Popen([n.binary, "-p", str(n.prefix), "-c", str(n.conf), "-g", "daemon off;"],
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    threading.Thread(target=left.wait, daemon=True).start()
+    child = NginxChild(n)
+    try:
+        wait_until(lambda: n.served_version(), 20, "the left nginx up")
+        child.start()
+        assert child.proc.pid == left.pid
+    finally:
+        child.stop()
+        stopped = left.poll() is not None
+        if not stopped:
+            left.kill()
+    assert stopped, "the nginx taken over still runs after proxy-reloader stopped"
+    assert not n.served_version()
+
+
+def test_a_pid_file_naming_another_process_is_not_taken_for_nginx(tmp_path):
+    n = Nginx(str(tmp_path / "prefix"), listen=f"127.0.0.1:{PORT}")
+    _config(n, "/a/")
+    n.pid_file.write_text(f"{os.getpid()}\n")        # a stale file whose number is in use by now
+    child = NginxChild(n)
+    try:
+        child.start()
+        assert child.proc.pid != os.getpid()
+        wait_until(lambda: n.served_version(), 20, "nginx started as a child")
     finally:
         child.stop()
