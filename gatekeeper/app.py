@@ -16,6 +16,7 @@ from typing import Dict, Optional
 from catalog import schema
 from catalog.cli import EXIT_FAILED, EXIT_OK
 from catalog.metrics import announce, serve_metrics, withdraw
+from catalog.signals import STOP_SIGNALS
 from catalog.stores import Stores
 
 from . import metrics
@@ -119,17 +120,24 @@ def run(stores: Stores, engine, options: Options, consul_address: str) -> int:
         announced = announce(stores.proxies, options.metrics, "gatekeeper", daemon.leader.identity)
 
     def on_signal(*_):
-        # The main thread may sit in a Consul call; leave now. A test cut short keeps its
-        # "testing" verdict and is run again by whichever daemon leads next.
+        # The main thread may sit in a Consul call: leave it now. Nothing else happens in the
+        # handler (it may run while the main thread holds a lock the clean-up needs); a second
+        # signal does not cut the clean-up short.
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        raise SystemExit(EXIT_OK)
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, on_signal)
+    logging.info("gatekeeper %s watching Consul at %s", daemon.leader.identity, consul_address)
+    try:
+        daemon.run()
+    except SystemExit:
+        # A test cut short keeps its "testing" verdict and is run again by whichever daemon leads next.
         daemon.stop()
         daemon.shutdown()
         withdraw(stores.proxies, announced)
-        raise SystemExit(EXIT_OK)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    logging.info("gatekeeper %s watching Consul at %s", daemon.leader.identity, consul_address)
-    daemon.run()
+        raise
     if daemon.refused:
         print(f"gatekeeper: {daemon.refused}", file=sys.stderr)
         return EXIT_FAILED

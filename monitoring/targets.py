@@ -13,7 +13,6 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 import threading
 from pathlib import Path
@@ -25,6 +24,7 @@ from catalog.stores import InstanceStore, Stores
 from catalog.stores.proxies import METRICS_SERVICE
 from catalog.logs import setup_logging
 from catalog.watch import Watch
+from catalog.signals import stop_on_signals
 
 log = logging.getLogger("monitoring.targets")
 
@@ -89,8 +89,7 @@ def main(argv=None) -> int:
         print(f"monitoring.targets: --out {out}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
     stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    stop_on_signals(stopping.set)
     log.info("following %s in Consul at %s -> %s", METRICS_SERVICE, args.consul, out)
     follow(instances, out, stopping).start()
     while not stopping.wait(1.0):

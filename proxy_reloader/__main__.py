@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import socket
 import sys
 from pathlib import Path
@@ -34,6 +33,7 @@ from catalog.mirror import CatalogMirror
 
 from . import metrics
 from catalog import local_ca
+from catalog.signals import stop_on_signals
 
 from . import cert_cli, logfiles
 from .acme_issuer import AcmeIssuer
@@ -259,8 +259,7 @@ def main(argv=None) -> int:
         child = NginxChild(nginx)
         child.start()
     rotation = logfiles.LogRotation(nginx, args.log_max_size, args.log_keep).start() if args.log_max_size else None
-    signal.signal(signal.SIGTERM, lambda *_: runner.stop())
-    signal.signal(signal.SIGINT, lambda *_: runner.stop())
+    stop_on_signals(runner.stop)
     logging.info("proxy-reloader: Consul %s -> nginx %s (%s mode, listen %s, status %s)", args.consul, nginx.conf,
                  args.mode, args.listen, args.admin or "off")
     try:

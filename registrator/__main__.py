@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import socket
 import sys
 
@@ -14,6 +13,7 @@ from catalog.consul_client import TokenFile, read_token
 from catalog.stores import Stores
 from catalog.metrics import announce, metrics_address, serve_metrics, withdraw
 from catalog.logs import setup_logging
+from catalog.signals import stop_on_signals
 
 from .actions import ActionRunner
 from .bridge import Bridge
@@ -92,8 +92,7 @@ def main(argv=None) -> int:
                                      runner.stopping).start(),
                         MarkerMirror(stores.instances, stores.node_records, docker.write_marker, settings.registered_by,
                                      runner.stopping).start()]
-    signal.signal(signal.SIGTERM, lambda *_: runner.stop())
-    signal.signal(signal.SIGINT, lambda *_: runner.stop())
+    stop_on_signals(runner.stop)
     logging.info("registrator %s: Consul %s, address %s", settings.registered_by, args.consul, args.address)
     try:
         runner.run()
