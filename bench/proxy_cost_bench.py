@@ -14,7 +14,9 @@ right beside the hand-written proxy (bench.harness.beside), 2 s per run:
   balancer's peer a constant (set_current_peer of the backend: no pool, no retries);
 - and that one with no Lua balancer either (a static upstream).
 Each step takes off what a part costs; what the last still adds over the hand-written proxy is
-the rest (nginx entering Lua for the route, the test on the router's answer). The total moves by
+the rest (nginx entering Lua for the route, the test on the router's answer). Apart from the
+steps, the Lua floor: the hand-written proxy entering nginx's Lua module where the stack does
+(a set_by_lua, a Lua balancer, a log_by_lua), doing nothing there (bench.stack_variants). The total moves by
 about 0.5 us from run to run, a part by as much.
 
 The same four proxies are then counted exactly: each restarted as one process under valgrind's
@@ -43,15 +45,15 @@ from pathlib import Path
 
 from bench.harness import beside, command_line, exit_code, goals_table, progress, report, with_check, wrk_missing
 from bench.proxy_bench import FAST, HAND_CONF, SAME_HEADERS, nginx_workers
-from bench.stack_variants import constant_peer, constant_route, no_metrics, replace, static_upstream
+from bench.stack_variants import constant_peer, constant_route, empty_lua_entries, no_metrics, replace, static_upstream
 from catalog.routing import Pool, Route
 from proxy_reloader import backends
-from proxy_reloader.nginx import Nginx
+from proxy_reloader.nginx import Nginx, modules_path
 from proxy_reloader.push import PushClient, ensure_secret
 from proxy_reloader.render import DYNAMIC, Settings, render
 from testbed.processes import wait_until
 
-BACKEND, HAND = 18140, 18141
+BACKEND, HAND, FLOOR = 18140, 18141, 18139
 STACK = 18142               # and one port more for each step below
 CPUS = sorted(os.sched_getaffinity(0))
 PROXY_CPU, LOAD_CPU = CPUS[0], CPUS[-1]     # main() refuses to run with only one
@@ -63,6 +65,7 @@ STEPS = {
     "no Lua code": (no_metrics, constant_route, constant_peer),
     "no Lua balancer": (no_metrics, constant_route, constant_peer, static_upstream),
 }
+LUA_FLOOR = "Lua floor"
 PARTS = (("the stack's own Lua: route lookup and checks, the balancer's choice, the metrics", "stack", "no Lua code"),
          ("nginx's Lua balancer itself (balancer_by_lua, set_current_peer)", "no Lua code", "no Lua balancer"),
          ("the rest: set_by_lua's entry and its arguments, the test on its answer", "no Lua balancer", "hand"))
@@ -102,12 +105,16 @@ def backend(base: Path) -> Path:
     return prefix
 
 
-def hand_written(base: Path) -> Path:
-    prefix = base / "hand"
+def hand_written(base: Path, lua: bool = False) -> Path:
+    """The hand-written proxy, one worker; with `lua`, the Lua floor."""
+    prefix = base / ("lua-floor" if lua else "hand")
     (prefix / "logs").mkdir(parents=True)
     (prefix / "tmp").mkdir()
-    conf = HAND_CONF.format(prefix=prefix, port=BACKEND, listen=HAND, headers=SAME_HEADERS)
-    (prefix / "nginx.conf").write_text(replace(conf, r"worker_processes \d+;", "worker_processes 1;"))
+    conf = HAND_CONF.format(prefix=prefix, port=BACKEND, listen=FLOOR if lua else HAND, headers=SAME_HEADERS)
+    conf = replace(conf, r"worker_processes \d+;", "worker_processes 1;")
+    if lua:
+        conf = empty_lua_entries(conf, BACKEND, modules_path(shutil.which("nginx") or "/usr/sbin/nginx"))
+    (prefix / "nginx.conf").write_text(conf)
     start_nginx(prefix, PROXY_CPU)
     return prefix
 
@@ -233,7 +240,8 @@ def main(argv=None) -> int:
     try:
         prefixes["backend"] = backend(base)
         prefixes["hand"] = hand_written(base)
-        ports = {"hand": HAND}
+        prefixes[LUA_FLOOR] = hand_written(base, lua=True)
+        ports = {"hand": HAND, LUA_FLOOR: FLOOR}
         for i, (name, steps) in enumerate(STEPS.items()):
             ports[name] = STACK + i
             prefixes[name], pushes[name] = stack(base, name, STACK + i, steps, args.routes)
@@ -243,23 +251,24 @@ def main(argv=None) -> int:
             say(f"    {name}: {user:.2f} us user, {system:.2f} us system per request")
             return user, system
 
-        say(f"== {len(STEPS)} proxies beside the hand-written one, {args.rounds} rounds of {args.seconds} s runs")
-        pairs = beside(run, "hand", tuple(STEPS), args.rounds)
+        contenders = (*STEPS, LUA_FLOOR)
+        say(f"== {len(contenders)} proxies beside the hand-written one, {args.rounds} rounds of {args.seconds} s runs")
+        pairs = beside(run, "hand", contenders, args.rounds)
         say(f"== instructions per request under callgrind, {args.requests} requests each")
         counted = {}
-        for name in ("hand", *STEPS):
+        for name in ("hand", *contenders):
             counted[name] = instructions(prefixes[name], ports[name], args.requests, pushes.get(name))
             say(f"    {name}: {counted[name]:,.0f} instructions per request")
     finally:
         for prefix in prefixes.values():
             stop_nginx(prefix)
         shutil.rmtree(base, ignore_errors=True)
-    hand = [h for name in STEPS for _, h in pairs[name]]
+    hand = [h for name in contenders for _, h in pairs[name]]
     result = {
         "hand_user_us": round(statistics.median(u for u, _ in hand), 2),
         "hand_system_us": round(statistics.median(s for _, s in hand), 2),
-        "adds_user_us": {name: round(statistics.median(c[0] - h[0] for c, h in pairs[name]), 2) for name in STEPS},
-        "adds_user_us_per_round": {name: [round(c[0] - h[0], 2) for c, h in pairs[name]] for name in STEPS},
+        "adds_user_us": {name: round(statistics.median(c[0] - h[0] for c, h in pairs[name]), 2) for name in contenders},
+        "adds_user_us_per_round": {name: [round(c[0] - h[0], 2) for c, h in pairs[name]] for name in contenders},
         "stack_system_us": round(statistics.median(c[1] for c, _ in pairs["stack"]), 2),
     }
     adds = dict(result["adds_user_us"], hand=0.0)
@@ -275,6 +284,10 @@ def main(argv=None) -> int:
     rows.append(("instructions per request (callgrind), hand-written / stack",
                  f"{hand_n:,.0f} / {stack_n:,.0f} (+{(stack_n - hand_n) / hand_n:.0%})", "", None))
     rows += [(f"  of which {part}", f"{n:,}", "", None) for part, n in result["parts_instructions"].items()]
+    floor_n = counted[LUA_FLOOR]
+    rows.append(("the Lua floor (hand-written entering Lua as the stack does, doing nothing) adds, us / instructions",
+                 f"{adds[LUA_FLOOR]} / {floor_n - hand_n:,.0f} (+{(floor_n - hand_n) / hand_n:.0%})",
+                 "(of the stack's " + f"{adds['stack']} / {stack_n - hand_n:,.0f})", None))
     result["goals"] = [{"measure": m, "figure": str(f), "goal": g, "met": ok} for m, f, g, ok in rows]
     report(result, args.json, "\n" + goals_table(rows))
     return exit_code(rows, args.check)

@@ -4,6 +4,8 @@ certificate, every figure beside its goal, in one run:
 1. keep-alive HTTPS requests/s against a fast backend (nginx `return 200` in a container),
    `wrk -t2 -c20`, the stack and the hand-written proxy side by side in each round, which of the
    two goes first swapped every round (goal: the median of the pairs' stack / hand-written >= 0.95);
+   and, for what that ratio can reach, the Lua floor beside the hand-written proxy the same way:
+   the hand-written proxy entering nginx's Lua module where the stack does, doing nothing there;
 2. new TLS handshakes/s: the same with `Connection: close`, so every request is a new connection
    and a full handshake, where the stack picks the certificate in Lua per handshake (goal: >= 0.95);
 3. a certificate changed -> served to a new handshake, from Consul (`cert add`'s write) and from
@@ -24,14 +26,16 @@ import urllib.request
 
 from bench.harness import bench_env, beside, command_line, exit_code, goals_table, percentile, progress, report, with_check, wrk_missing
 from bench.proxy_bench import SAME_HEADERS, admit, fast_backend, wrk_costed
+from bench.stack_variants import empty_lua_entries
 from catalog import local_ca
 from catalog.certificates import parse
 from catalog.stores import Stores
+from proxy_reloader.nginx import modules_path
 from testbed.nginx_workers import WorkerGenerations
 from testbed.processes import Proc, get_json, python_module, wait_until
 from testbed.tls import fingerprint, make_cert, served_fingerprint
 
-LISTEN, TLS, ADMIN, HAND = 18110, 18441, 19110, 18442
+LISTEN, TLS, ADMIN, HAND, FLOOR = 18110, 18441, 19110, 18442, 18443
 
 # The stack's TLS settings (proxy_reloader/templates/nginx-dynamic.conf.j2), the certificate a file.
 HAND_CONF = """worker_processes 2;
@@ -69,13 +73,16 @@ http {{
 """
 
 
-def hand_written_tls(env, port, cert, key):
-    prefix = env.base / "hand-tls"
+def hand_written_tls(env, port, cert, key, lua=False):
+    """The hand-written TLS proxy; with `lua`, entering nginx's Lua module where the stack does,
+    doing nothing there (the Lua floor), on its own port."""
+    prefix = env.base / ("lua-floor-tls" if lua else "hand-tls")
     (prefix / "logs").mkdir(parents=True)
     (prefix / "tmp").mkdir()
-    (prefix / "nginx.conf").write_text(HAND_CONF.format(prefix=prefix, port=port, listen=HAND, cert=cert, key=key,
-                                                        headers=SAME_HEADERS))
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    conf = HAND_CONF.format(prefix=prefix, port=port, listen=FLOOR if lua else HAND, cert=cert, key=key,
+                            headers=SAME_HEADERS)
+    (prefix / "nginx.conf").write_text(empty_lua_entries(conf, port, modules_path(nginx)) if lua else conf)
     subprocess.run([nginx, "-p", str(prefix), "-c", str(prefix / "nginx.conf")], check=True, timeout=20)
     return prefix
 
@@ -90,8 +97,9 @@ def wrk_close(url, seconds=5, conns=20):
 
 def side_by_side(prefixes, say, rounds):
     """The stack beside the hand-written proxy, the pair's order swapped every round
-    (bench.harness.beside): keep-alive requests/s, then new handshakes/s."""
-    urls = {"stack": f"https://127.0.0.1:{TLS}/fast/", "hand": f"https://127.0.0.1:{HAND}/fast/"}
+    (bench.harness.beside): keep-alive requests/s (and the Lua floor's), then new handshakes/s."""
+    urls = {"stack": f"https://127.0.0.1:{TLS}/fast/", "hand": f"https://127.0.0.1:{HAND}/fast/",
+            "floor": f"https://127.0.0.1:{FLOOR}/fast/"}
 
     def keep_alive(name):
         rps, _, cpu = wrk_costed(urls[name], prefixes[name])
@@ -103,7 +111,8 @@ def side_by_side(prefixes, say, rounds):
         say(f"    new handshakes, {name}: {rps:.0f} /s")
         return rps
 
-    keep = beside(keep_alive, "hand", ("stack",), rounds)["stack"]
+    both = beside(keep_alive, "hand", ("stack", "floor"), rounds)
+    keep, floor = both["stack"], both["floor"]
     fresh = beside(handshakes, "hand", ("stack",), rounds)["stack"]
     median = lambda values: round(statistics.median(values), 3)  # noqa: E731
     return {"keepalive_rps": {"stack": round(statistics.median(s[0] for s, _ in keep)),
@@ -115,6 +124,8 @@ def side_by_side(prefixes, say, rounds):
             "keepalive_ratio": median(s[0] / h[0] for s, h in keep),
             "handshake_ratio": median(s / h for s, h in fresh),
             "keepalive_ratio_per_round": [round(s[0] / h[0], 3) for s, h in keep],
+            "floor_ratio": median(f[0] / h[0] for f, h in floor),
+            "floor_ratio_per_round": [round(f[0] / h[0], 3) for f, h in floor],
             "handshake_ratio_per_round": [round(s / h, 3) for s, h in fresh]}
 
 
@@ -176,14 +187,16 @@ def main(argv=None) -> int:
             env.consul.token_file("proxy-reloader"), "--nginx-prefix", str(env.base / "px"), "--listen",
             f"127.0.0.1:{LISTEN}", "--tls-listen", f"127.0.0.1:{TLS}", "--admin", f"127.0.0.1:{ADMIN}",
             "--cert-dir", str(folder), "--exec"), env.base).start()
-        hand = None
+        hand = floor = None
         try:
             admit(stores, "fast", port)
             wait_until(lambda: "fast" in get_json(ADMIN, "/status")[1]["services"], 30, "the fast backend routed")
             wait_until(lambda: served_fingerprint(TLS, "bench.test") == fingerprint(chain), 30, "the default certificate")
             hand = hand_written_tls(env, port, folder / "default.crt", folder / "default.key")
             wait_until(lambda: served_fingerprint(HAND, "bench.test") == fingerprint(chain), 10, "the hand-written proxy")
-            prefixes = {"stack": env.base / "px", "hand": hand}
+            floor = hand_written_tls(env, port, folder / "default.crt", folder / "default.key", lua=True)
+            wait_until(lambda: served_fingerprint(FLOOR, "bench.test") == fingerprint(chain), 10, "the Lua floor")
+            prefixes = {"stack": env.base / "px", "hand": hand, "floor": floor}
             say(f"== keep-alive HTTPS and new handshakes, {args.rounds} rounds")
             result["throughput"] = side_by_side(prefixes, say, args.rounds)
             say(f"== {args.changes} certificate changes from Consul and from the folder")
@@ -193,14 +206,18 @@ def main(argv=None) -> int:
             result["reloads"] = generations.finish()
             urllib.request.urlopen(f"http://127.0.0.1:{ADMIN}/status", timeout=2).read()
         finally:
-            if hand is not None:
-                os.kill(int((hand / "nginx.pid").read_text()), 15)
+            for prefix in (hand, floor):
+                if prefix is not None:
+                    os.kill(int((prefix / "nginx.pid").read_text()), 15)
             px.stop()
     t, c = result["throughput"], result["change_ms"]
     rows = [
         ("keep-alive HTTPS req/s, stack / hand-written", f"{t['keepalive_rps']['stack']} / {t['keepalive_rps']['hand']}", "", None),
         ("keep-alive HTTPS, stack / hand-written", t["keepalive_ratio"],
          ">= 0.95 (rounds " + ", ".join(map(str, t["keepalive_ratio_per_round"])) + ")", t["keepalive_ratio"] >= 0.95),
+        ("the Lua floor: hand-written entering Lua as the stack does, doing nothing / hand-written, keep-alive",
+         t["floor_ratio"], "(what the ratio above can reach; rounds " + ", ".join(map(str, t["floor_ratio_per_round"])) + ")",
+         None),
         ("new TLS handshakes/s, stack / hand-written", f"{t['handshakes_per_s']['stack']} / {t['handshakes_per_s']['hand']}", "", None),
         ("new TLS handshakes, stack / hand-written", t["handshake_ratio"],
          ">= 0.95 (rounds " + ", ".join(map(str, t["handshake_ratio_per_round"])) + ")", t["handshake_ratio"] >= 0.95),

@@ -28,6 +28,15 @@ def find_nginx() -> str:
     return shutil.which("nginx") or "/usr/sbin/nginx"
 
 
+def modules_path(binary: str) -> str:
+    """Where the nginx at `binary` looks for dynamic modules (`nginx -V`'s --modules-path)."""
+    out = subprocess.run([binary, "-V"], capture_output=True, text=True, timeout=10).stderr
+    for word in out.split():
+        if word.startswith("--modules-path="):
+            return word.split("=", 1)[1]
+    return str(Path(binary).resolve().parent.parent / "lib" / "nginx" / "modules")
+
+
 class Nginx:
     def __init__(self, prefix: str, binary: Optional[str] = None, listen: str = "",
                  reload_timeout: float = 5.0):
@@ -125,12 +134,7 @@ class Nginx:
                               f"the previous one is back. nginx said: {errors or '(nothing in error.log)'}")
 
     def modules_path(self) -> str:
-        """Where this nginx looks for dynamic modules (`nginx -V`'s --modules-path)."""
-        out = subprocess.run([self.binary, "-V"], capture_output=True, text=True, timeout=10).stderr
-        for word in out.split():
-            if word.startswith("--modules-path="):
-                return word.split("=", 1)[1]
-        return str(Path(self.binary).resolve().parent.parent / "lib" / "nginx" / "modules")
+        return modules_path(self.binary)
 
     def served_version(self) -> str:
         if not self.listen:

@@ -57,7 +57,7 @@ def test_no_contender_always_runs_in_the_same_place_of_a_round():
 
 
 def test_the_cost_benchmark_takes_away_what_each_step_names_from_the_config_the_stack_renders():
-    """bench.proxy_cost_bench and proxy_bench's Lua floor edit proxy-reloader's rendered nginx.conf
+    """bench.proxy_cost_bench's steps edit proxy-reloader's rendered nginx.conf
     (bench/stack_variants.py); a template that moved on must stop them (not let them measure a
     step that changed nothing)."""
     from bench import proxy_cost_bench as cost
@@ -86,3 +86,39 @@ def test_the_cost_benchmark_takes_away_what_each_step_names_from_the_config_the_
         assert "needs updating" in str(e)
     else:
         raise AssertionError("a step whose pattern is not in the config went through")
+
+
+def test_the_lua_floor_is_the_hand_written_proxy_entering_lua_three_times_and_nginx_takes_it(tmp_path):
+    """The Lua floor of proxy_bench, tls_bench and proxy_cost_bench: each hand-written config with
+    nginx's Lua module entered where the stack enters it (route, peer, log phase), and nothing
+    else changed; real nginx accepts both."""
+    import subprocess
+    from bench import proxy_bench, tls_bench
+    from bench.stack_variants import empty_lua_entries
+    from catalog import local_ca
+    from proxy_reloader.nginx import find_nginx, modules_path
+    from testbed.tls import make_cert
+
+    nginx = find_nginx()
+    ca, _ = local_ca.ensure(tmp_path / "ca")
+    chain, key = make_cert(ca, ["bench.test"])
+    (tmp_path / "c.pem").write_text(chain)
+    (tmp_path / "k.pem").write_text(key)
+    for name, template, extra in (("http", proxy_bench.HAND_CONF, {}),
+                                  ("tls", tls_bench.HAND_CONF, {"cert": tmp_path / "c.pem", "key": tmp_path / "k.pem"})):
+        prefix = tmp_path / name
+        (prefix / "logs").mkdir(parents=True)
+        (prefix / "tmp").mkdir()
+        hand = template.format(prefix=prefix, port=9, listen=1, headers=proxy_bench.SAME_HEADERS, **extra)
+        floor = empty_lua_entries(hand, 9, modules_path(nginx))
+        added = [line.strip() for line in floor.splitlines() if line not in hand.splitlines()]
+        assert [a for a in added if "_by_lua" in a] == [
+            "init_by_lua_block { proxystack_peer = require 'ngx.balancer' }",
+            "upstream fast { server 0.0.0.1; balancer_by_lua_block "
+            "{ proxystack_peer.set_current_peer('127.0.0.1', 9) } keepalive 64; }",
+            "set_by_lua $proxystack_route 'return \"fast\"';",
+            "log_by_lua_block { }"], name
+        (prefix / "nginx.conf").write_text(floor)
+        checked = subprocess.run([nginx, "-t", "-p", str(prefix), "-c", str(prefix / "nginx.conf")],
+                                 capture_output=True, text=True, timeout=30)
+        assert checked.returncode == 0, checked.stderr

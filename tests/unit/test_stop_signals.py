@@ -2,7 +2,6 @@
 set() or clear()) still stops the daemon. Each daemon's SIGTERM handler once set an Event itself:
 in that window it waited for a lock its own thread held, the daemon never stopped, and its nginx
 child was never told to finish."""
-import os
 import subprocess
 import sys
 from pathlib import Path
