@@ -16,6 +16,7 @@ import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 from .nginx import Nginx
 from .render import config_version
@@ -155,7 +156,7 @@ class AdoptedMaster:
 def _alive(pid: int) -> bool:
     """Running, and not a zombie waiting for its new parent to collect it."""
     try:
-        stat = open(f"/proc/{pid}/stat").read()
+        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return False
     return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
@@ -165,7 +166,7 @@ def _master_of(pid: int, prefix: str) -> bool:
     """Whether `pid` is an nginx master started on `prefix` (a pid file can outlive its process,
     and the number be someone else's by now)."""
     try:
-        title = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+        title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return False
     return "nginx: master process" in title and f" -p {prefix} " in f"{title} " and _alive(pid)
