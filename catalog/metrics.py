@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
 import logging
+import socket
+import threading
+from socketserver import ThreadingMixIn
 from typing import Optional
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import generate_latest, start_http_server
+from prometheus_client import generate_latest, make_wsgi_app
 
 from .stores.proxies import METRICS_SERVICE, ProxyStore
 from .validation import InvalidValue
@@ -40,6 +45,32 @@ def loopback_endpoint(option: str, value: str, default_host: str = "") -> tuple:
     return host, int(port)
 
 
+def loopback_host(header: Optional[str]) -> bool:
+    """Whether a request's Host header names a loopback address or `localhost` (or is absent, as
+    from an HTTP/1.0 client). A page of another site that a browser was made to resolve to
+    127.0.0.1 (DNS rebinding) sends that site's name: the loopback endpoints, which have no
+    authentication, do not answer it."""
+    if not header:
+        return True
+    host = header.strip().lower()
+    if host.startswith("["):
+        host = host[1:].partition("]")[0]
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def misdirected(header: str) -> bytes:
+    """The body of the 421 a loopback endpoint answers to any other Host."""
+    return (json.dumps({"error": f"this endpoint answers to loopback host names only (127.0.0.1, ::1, localhost), "
+                                 f"not to Host: {header}; open it by its address", "status": 421}) + "\n").encode()
+
+
 def parse_metrics_address(value: str) -> tuple:
     return loopback_endpoint("--metrics", value)
 
@@ -54,15 +85,44 @@ def metrics_address(value: str) -> str:
     return value
 
 
-def serve_metrics(address: str) -> None:
+def serve_metrics(address: str) -> WSGIServer:
     """Serve this process's metrics at http://ADDRESS/metrics (a daemon thread)."""
     host, port = parse_metrics_address(address)
     try:
-        start_http_server(port, addr=host)
+        server = make_server(host, port, loopback_only(make_wsgi_app()),
+                             _Server6 if ":" in host else _Server, handler_class=_Quiet)
     except OSError as exc:
         raise InvalidValue("--metrics", address, f"cannot listen there ({exc.strerror or exc}); "
                            "choose a free port") from None
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     log.info("metrics on http://%s:%d/metrics", host, port)
+    return server
+
+
+def loopback_only(app):
+    """A WSGI app that answers 421 to a request whose Host is not a loopback name."""
+    def guarded(environ, start_response):
+        header = environ.get("HTTP_HOST", "")
+        if loopback_host(header):
+            return app(environ, start_response)
+        body = misdirected(header)
+        start_response("421 Misdirected Request", [("Content-Type", "application/json"),
+                                                   ("Content-Length", str(len(body)))])
+        return [body]
+    return guarded
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, *args):
+        pass
 
 
 def announce(proxies: ProxyStore, address: str, component: str, instance: str) -> Optional[str]:

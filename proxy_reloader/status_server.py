@@ -1,4 +1,5 @@
-"""Read-only status endpoint on a loopback admin port.
+"""Read-only status endpoint on a loopback admin port (a request naming another Host than a
+loopback one gets 421: catalog.metrics.loopback_host).
 
   GET /status            config version (rendered and served), reloads, last reload, errors
   GET /services          every routed service
@@ -13,7 +14,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Optional
 
-from catalog.metrics import loopback_endpoint
+from catalog.metrics import loopback_endpoint, loopback_host, misdirected
 
 
 def parse_loopback(address: str):
@@ -27,6 +28,8 @@ def serve_status(address: str, status: Callable[[], dict], own_metrics: Callable
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
+            if not self._ours():
+                return
             path = self.path.split("?", 1)[0].rstrip("/")
             if path == "/metrics":
                 return self._metrics()
@@ -63,8 +66,22 @@ def serve_status(address: str, status: Callable[[], dict], own_metrics: Callable
             self.end_headers()
             self.wfile.write(raw)
 
+        def _ours(self) -> bool:
+            """False, having answered 421, when the request names another host than loopback."""
+            header = self.headers.get("Host", "")
+            if loopback_host(header):
+                return True
+            raw = misdirected(header)
+            self.send_response(421)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+            return False
+
         def do_POST(self):
-            self._send(405, {"error": "read-only endpoint", "status": 405})
+            if self._ours():
+                self._send(405, {"error": "read-only endpoint", "status": 405})
 
         do_PUT = do_DELETE = do_PATCH = do_POST
 
