@@ -16,10 +16,10 @@ right beside the hand-written proxy (bench.harness.beside), 2 s per run:
 Each step takes off what a part costs; what the last still adds over the hand-written proxy is
 the rest (nginx entering Lua for the route, the test on the router's answer). Apart from the
 steps, the Lua floor: the hand-written proxy entering nginx's Lua module where the stack does
-(a set_by_lua, a Lua balancer, a log_by_lua), doing nothing there (bench.stack_variants). The total moves by
-about 0.5 us from run to run, a part by as much.
+(a set_by_lua, a Lua balancer, a log_by_lua), doing nothing there (bench.stack_variants). The
+total moves by about 0.5 us from run to run, a part by as much.
 
-The same four proxies are then counted exactly: each restarted as one process under valgrind's
+The same five proxies are then counted exactly: each restarted as one process under valgrind's
 callgrind, warmed up (the JIT's traces made), and the instructions it runs for 3,000 keep-alive
 requests counted alone. An instruction count does not move from run to run, so it shows a
 change of a few hundred instructions that CPU time cannot (it does not weigh cache misses).
