@@ -101,13 +101,22 @@ class BenchEnv:
 
 @contextlib.contextmanager
 def bench_env():
+    """A Consul of its own, a temporary folder and a session label for containers; all of it
+    gone afterwards. The folder (nginx's logs of every proxy measured: hundreds of MB after a
+    throughput run) is kept only when the benchmark failed, for a look, and named on stderr."""
     session = "bench" + uuid.uuid4().hex[:6]
     client = docker.from_env(timeout=120)
     base = Path(tempfile.mkdtemp(prefix="proxystack-bench-"))
     env = BenchEnv(client, ConsulServer(base, http_port=18600, port_base=18400).start(), base, session)
+    finished = False
     try:
         yield env
+        finished = True
     finally:
         for c in client.containers.list(all=True, filters={"label": f"{TEST_LABEL}={session}"}, ignore_removed=True):
             c.remove(force=True)
         env.consul.stop()
+        if finished:
+            shutil.rmtree(base, ignore_errors=True)
+        else:
+            print(f"the benchmark's files (logs, configs) are kept for a look: {base}", file=sys.stderr)
