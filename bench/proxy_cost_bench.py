@@ -48,7 +48,7 @@ from bench.proxy_bench import FAST, HAND_CONF, SAME_HEADERS, nginx_workers
 from bench.stack_variants import constant_peer, constant_route, empty_lua_entries, no_metrics, replace, static_upstream
 from catalog.routing import Pool, Route
 from proxy_reloader import backends
-from proxy_reloader.nginx import Nginx, modules_path
+from proxy_reloader.nginx import Nginx, find_nginx, modules_path
 from proxy_reloader.push import PushClient, ensure_secret
 from proxy_reloader.render import DYNAMIC, Settings, render
 from testbed.processes import wait_until
@@ -113,7 +113,7 @@ def hand_written(base: Path, lua: bool = False) -> Path:
     conf = HAND_CONF.format(prefix=prefix, port=BACKEND, listen=FLOOR if lua else HAND, headers=SAME_HEADERS)
     conf = replace(conf, r"worker_processes \d+;", "worker_processes 1;")
     if lua:
-        conf = empty_lua_entries(conf, BACKEND, modules_path(shutil.which("nginx") or "/usr/sbin/nginx"))
+        conf = empty_lua_entries(conf, BACKEND, modules_path(find_nginx()))
     (prefix / "nginx.conf").write_text(conf)
     start_nginx(prefix, PROXY_CPU)
     return prefix

@@ -65,10 +65,10 @@ def loopback_host(header: Optional[str]) -> bool:
         return False
 
 
-def misdirected(header: str) -> bytes:
-    """The body of the 421 a loopback endpoint answers to any other Host."""
-    return (json.dumps({"error": f"this endpoint answers to loopback host names only (127.0.0.1, ::1, localhost), "
-                                 f"not to Host: {header}; open it by its address", "status": 421}) + "\n").encode()
+def misdirected(header: str) -> dict:
+    """The JSON body of the 421 a loopback endpoint answers to any other Host."""
+    return {"error": f"this endpoint answers to loopback host names only (127.0.0.1, ::1, localhost), "
+                     f"not to Host: {header}; open it by its address", "status": 421}
 
 
 def parse_metrics_address(value: str) -> tuple:
@@ -105,7 +105,7 @@ def loopback_only(app):
         header = environ.get("HTTP_HOST", "")
         if loopback_host(header):
             return app(environ, start_response)
-        body = misdirected(header)
+        body = (json.dumps(misdirected(header)) + "\n").encode()
         start_response("421 Misdirected Request", [("Content-Type", "application/json"),
                                                    ("Content-Length", str(len(body)))])
         return [body]

@@ -71,12 +71,7 @@ def serve_status(address: str, status: Callable[[], dict], own_metrics: Callable
             header = self.headers.get("Host", "")
             if loopback_host(header):
                 return True
-            raw = misdirected(header)
-            self.send_response(421)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(raw)))
-            self.end_headers()
-            self.wfile.write(raw)
+            self._send(421, misdirected(header))
             return False
 
         def do_POST(self):

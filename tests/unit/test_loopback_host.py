@@ -57,16 +57,17 @@ def test_the_metrics_endpoint_answers_its_own_name_and_refuses_another():
         server.server_close()
 
 
+# 192.0.2.10 (a documentation address) is data in the status shown, never dialled.
 def test_the_status_endpoint_answers_its_own_name_and_refuses_another():
     port = free_port()
-    secret_route = {"services": {"shop": {"servers": ["10.1.2.3:8080"]}}, "service_errors": {}}
+    secret_route = {"services": {"shop": {"servers": ["192.0.2.10:8080"]}}, "service_errors": {}}
     server = serve_status(f"127.0.0.1:{port}", lambda: secret_route, lambda: "")
     try:
         status, body = get(port, "/services", f"localhost:{port}")
-        assert status == 200 and "10.1.2.3:8080" in body
+        assert status == 200 and "192.0.2.10:8080" in body
         for path in ("/status", "/services", "/services/shop", "/metrics"):
             status, body = get(port, path, "rebind.example")
-            assert status == 421 and "10.1.2.3" not in body, path
+            assert status == 421 and "192.0.2.10" not in body, path
             assert "open it by its address" in json.loads(body)["error"]
     finally:
         server.shutdown()
